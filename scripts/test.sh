@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The project's test command (the README's, and what CI runs): builds the local Docker test
+# image, then runs every test, the ones against the real Docker engine included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! docker version >/dev/null 2>&1; then
+  echo "error: the Docker engine is unreachable (DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}); the tests need it" >&2
+  exit 1
+fi
+export AUDSYNC_TEST_IMAGE=${AUDSYNC_TEST_IMAGE:-audsync-test/busybox:1}
+bash scripts/test-image.sh "$AUDSYNC_TEST_IMAGE"
+export AUDSYNC_DOCKER_TESTS=1
+cargo nextest run --workspace --all-targets --no-fail-fast "$@"

@@ -1,0 +1,172 @@
+//! The command line: one `Args` struct per subcommand, shared options flattened in.
+//!
+//! Every option has an environment variable. Precedence: flags > process environment > the
+//! `.env` file (--env-file) > built-in defaults. The `.env` layer is applied by
+//! [`crate::config::parse_args`], which feeds the file's values to clap as defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::reconcile::RestartMode;
+use crate::sink::{SinkKind, WriteMode};
+
+pub const PRECEDENCE: &str = "\
+Configuration precedence: command-line flags > process environment > the .env file (--env-file) > defaults.
+Secrets are read from the environment or the .env file only, never from flags; each also accepts
+<NAME>_FILE naming a file that holds it (Docker secrets): CLOUDFLARE_API_TOKEN, or CLOUDFLARE_EMAIL +
+CLOUDFLARE_API_KEY.
+
+Exit codes: 0 in sync or change applied; 1 failure (the next run retries); 2 usage or configuration
+error; 3 change pending (--dry-run found work, or Infisical holds the write for approval).";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "audsync",
+    version,
+    about = "Keep a Cloudflare Access application's AUD tag in sync with the services that check it",
+    long_about = "Keep a Cloudflare Access application's AUD tag in sync with the services that check it.\n\n\
+audsync fetches the AUD tag of the Access application protecting a host, writes it where the server\n\
+reads it (a .env file), and restarts or recreates the server's container only when something changed.",
+    after_help = PRECEDENCE,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// More logging on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less logging (-q errors only, -qq nothing).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+    /// Log line format on stderr.
+    #[arg(long, global = true, env = "AUDSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One reconcile pass: fetch the AUD, write it to the sinks, restart/recreate containers if it changed.
+    #[command(after_help = PRECEDENCE)]
+    Sync(SyncArgs),
+    /// Print the AUD tag alone on stdout, e.g. AUD=$(audsync get --domain api.example.com).
+    #[command(after_help = PRECEDENCE)]
+    Get(GetArgs),
+}
+
+/// Where the AUD comes from, and where configuration is read.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// The host the Access application protects, e.g. api.example.com.
+    #[arg(long, env = "AUDSYNC_DOMAIN", value_name = "HOST")]
+    pub domain: Option<String>,
+    /// The Access application's id (UUID); skips the lookup by host.
+    #[arg(long, env = "AUDSYNC_APP_ID", value_name = "UUID")]
+    pub app_id: Option<String>,
+    /// Cloudflare account id. When unset, the only account the credential can see is used.
+    #[arg(long, env = "CLOUDFLARE_ACCOUNT_ID", value_name = "ID")]
+    pub account_id: Option<String>,
+    /// Cloudflare API base URL.
+    #[arg(long, env = "CLOUDFLARE_API_URL", value_name = "URL", default_value = crate::cloudflare::DEFAULT_API_URL)]
+    pub api_url: String,
+    /// The .env file: read for configuration (process env wins) and, for `sync`, the file the AUD is written to.
+    #[arg(
+        long,
+        env = "AUDSYNC_ENV_FILE",
+        value_name = "PATH",
+        default_value = ".env"
+    )]
+    pub env_file: PathBuf,
+    /// Timeout for each HTTP request (e.g. 10s, 1m).
+    #[arg(long, env = "AUDSYNC_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The variable that holds the AUD tag.
+    #[arg(
+        long,
+        env = "AUDSYNC_KEY",
+        value_name = "NAME",
+        default_value = "CLOUDFLARE_AUD_TAG"
+    )]
+    pub key: String,
+    /// Where to write the AUD (repeatable or comma-separated).
+    #[arg(
+        long = "sink",
+        env = "AUDSYNC_SINK",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "env"
+    )]
+    pub sinks: Vec<SinkKind>,
+    /// Container to restart/recreate after a change (name or id; repeatable or comma-separated).
+    #[arg(
+        long = "container",
+        env = "AUDSYNC_CONTAINER",
+        value_name = "NAME",
+        value_delimiter = ',',
+        default_value = "lambda-server"
+    )]
+    pub containers: Vec<String>,
+    /// What to do with the containers when the value changed: auto recreates containers whose
+    /// environment carries the key (a restart would keep the old value) and restarts the others.
+    #[arg(
+        long,
+        env = "AUDSYNC_RESTART",
+        value_enum,
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    pub restart: RestartMode,
+    /// How the .env file is written: atomic (temp file + rename) or in-place (same inode, for a
+    /// file bind-mounted into a container).
+    #[arg(long, env = "AUDSYNC_WRITE_MODE", value_enum, default_value = "atomic")]
+    pub write_mode: WriteMode,
+    /// Show what would change (old value, new value, writes, restarts) and change nothing.
+    /// Exit code 3 when something would change, 0 when in sync.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Result format on stdout.
+    #[arg(long, env = "AUDSYNC_OUTPUT", value_enum, default_value = "text")]
+    pub output: Output,
+    /// State file (owed restarts, cached application id). Default: <env-file>.audsync-state.json
+    #[arg(long, env = "AUDSYNC_STATE_FILE", value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
+    /// How long to wait for another run holding the lock.
+    #[arg(long, env = "AUDSYNC_LOCK_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h)"))
+}

@@ -1,0 +1,317 @@
+//! Access applications: find the one that protects a host, read its AUD, detect the account.
+//!
+//! Matching follows the rules in api-notes: public `destinations[].uri` first, else
+//! `self_hosted_domains`, else `domain`; lowercase, path stripped; an exact host beats a `*.`
+//! wildcard; several exact matches are ambiguous. The server-side `domain` filter is a hint
+//! only: every page is read and matched here.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Client, Error};
+
+/// Page size for list calls. Cloudflare's maximum is unconfirmed; 50 is accepted everywhere.
+pub const PER_PAGE: u32 = 50;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct AccessApp {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub aud: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub domain: String,
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+    #[serde(default)]
+    pub self_hosted_domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Destination {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub uri: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Account {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+impl AccessApp {
+    /// The host names this application protects, lowercased, without paths.
+    pub fn hosts(&self) -> Vec<String> {
+        let public: Vec<&str> = self
+            .destinations
+            .iter()
+            .filter(|d| d.kind.is_empty() || d.kind == "public")
+            .map(|d| d.uri.as_str())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let raw: Vec<&str> = if !public.is_empty() {
+            public
+        } else if !self.self_hosted_domains.is_empty() {
+            self.self_hosted_domains
+                .iter()
+                .map(String::as_str)
+                .collect()
+        } else {
+            vec![self.domain.as_str()]
+        };
+        raw.into_iter()
+            .map(host_of)
+            .filter(|h| !h.is_empty())
+            .collect()
+    }
+
+    /// A short description for error messages: `name (domain)`.
+    pub fn label(&self) -> String {
+        format!("{} ({}, id {})", self.name, self.domain, self.id)
+    }
+}
+
+/// Lowercase and strip scheme, path and port: `https://API.example.com:443/x` -> `api.example.com`.
+pub fn host_of(uri: &str) -> String {
+    let s = uri.trim();
+    let s = s.split_once("://").map_or(s, |(_, rest)| rest);
+    let s = s.split(['/', '?', '#']).next().unwrap_or("");
+    let s = s.rsplit_once(':').map_or(s, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            s
+        }
+    });
+    s.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MatchKind {
+    Wildcard,
+    Exact,
+}
+
+/// How well `app` matches `host`, if at all.
+pub fn match_kind(app: &AccessApp, host: &str) -> Option<MatchKind> {
+    let host = host_of(host);
+    let mut best = None;
+    for h in app.hosts() {
+        if h == host {
+            return Some(MatchKind::Exact);
+        }
+        if let Some(suffix) = h.strip_prefix("*.") {
+            // `*.example.com` covers `a.example.com`, not `example.com` and not `a.b.example.com`'s
+            // lookalikes such as `a.example.com.evil.net` (the suffix must end the host).
+            if let Some(label) = host.strip_suffix(suffix).and_then(|p| p.strip_suffix('.'))
+                && !label.is_empty()
+                && !label.contains('.')
+            {
+                best = Some(MatchKind::Wildcard);
+            }
+        }
+    }
+    best
+}
+
+/// Choose the application for `host` among `apps`. Pure: errors list what was seen.
+pub fn choose<'a>(apps: &'a [AccessApp], host: &str) -> Result<&'a AccessApp, Error> {
+    let exact: Vec<&AccessApp> = apps
+        .iter()
+        .filter(|a| match_kind(a, host) == Some(MatchKind::Exact))
+        .collect();
+    let wild: Vec<&AccessApp> = apps
+        .iter()
+        .filter(|a| match_kind(a, host) == Some(MatchKind::Wildcard))
+        .collect();
+    let pool = if exact.is_empty() { wild } else { exact };
+    match pool.len() {
+        1 => Ok(pool[0]),
+        0 => {
+            let seen = if apps.is_empty() {
+                "none".to_string()
+            } else {
+                let mut v: Vec<String> = apps
+                    .iter()
+                    .take(20)
+                    .map(|a| format!("  - {}", a.label()))
+                    .collect();
+                if apps.len() > 20 {
+                    v.push(format!("  … and {} more", apps.len() - 20));
+                }
+                format!("\n{}", v.join("\n"))
+            };
+            Err(Error::Lookup(format!(
+                "no Access application protects {host}; applications seen: {seen}\nhint: check the host name, or create the application with `audsync setup --domain {host}`"
+            )))
+        }
+        _ => Err(Error::Lookup(format!(
+            "{} Access applications match {host} equally well; pass --app-id to choose one:\n{}",
+            pool.len(),
+            pool.iter()
+                .map(|a| format!("  - {}", a.label()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))),
+    }
+}
+
+/// Check that an AUD tag is 64 lowercase hex characters before anything is written.
+pub fn validate_aud(aud: &str, app: &AccessApp) -> Result<(), Error> {
+    if aud.len() == 64
+        && aud
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(Error::Lookup(format!(
+            "application {} has an AUD tag that is not 64 lowercase hex characters ({} characters); nothing was written",
+            app.label(),
+            aud.len()
+        )))
+    }
+}
+
+impl Client {
+    /// The account to use when none was configured: the only one the credential can see.
+    pub async fn detect_account(&self) -> Result<String, Error> {
+        let accounts: Vec<Account> = self.list_all("/accounts", &[], PER_PAGE).await?;
+        match accounts.as_slice() {
+            [one] => Ok(one.id.clone()),
+            [] => Err(Error::Lookup(
+                "the credential sees no Cloudflare account; set CLOUDFLARE_ACCOUNT_ID or give the token access to the account".into(),
+            )),
+            many => Err(Error::Lookup(format!(
+                "the credential sees {} accounts; set CLOUDFLARE_ACCOUNT_ID (or --account-id) to one of:\n{}",
+                many.len(),
+                many.iter().map(|a| format!("  - {} ({})", a.id, a.name)).collect::<Vec<_>>().join("\n")
+            ))),
+        }
+    }
+
+    /// `GET /accounts/{account}/access/apps/{id}`.
+    pub async fn app_by_id(&self, account: &str, id: &str) -> Result<AccessApp, Error> {
+        self.get(&format!("/accounts/{account}/access/apps/{id}"), &[])
+            .await
+    }
+
+    /// Every application the server returns for the `domain` filter, all pages.
+    pub async fn apps_for_domain(
+        &self,
+        account: &str,
+        host: &str,
+    ) -> Result<Vec<AccessApp>, Error> {
+        let q = [("domain", host_of(host)), ("exact", "true".to_string())];
+        self.list_all(&format!("/accounts/{account}/access/apps"), &q, PER_PAGE)
+            .await
+    }
+
+    /// The application for `host`: server filter, every page, then our own matching. Whether
+    /// the `domain` filter also looks at `destinations` is unconfirmed, so when the filtered
+    /// answer holds no match, every application is listed and matched here.
+    pub async fn find_app(&self, account: &str, host: &str) -> Result<AccessApp, Error> {
+        let apps = self.apps_for_domain(account, host).await?;
+        if apps.iter().any(|a| match_kind(a, host).is_some()) {
+            return choose(&apps, host).cloned();
+        }
+        tracing::debug!(
+            host,
+            "the domain filter found no match; listing every application"
+        );
+        let all: Vec<AccessApp> = self
+            .list_all(&format!("/accounts/{account}/access/apps"), &[], PER_PAGE)
+            .await?;
+        choose(&all, host).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(id: &str, domain: &str, dests: &[&str]) -> AccessApp {
+        AccessApp {
+            id: id.into(),
+            name: format!("app-{id}"),
+            aud: "a".repeat(64),
+            kind: "self_hosted".into(),
+            domain: domain.into(),
+            destinations: dests
+                .iter()
+                .map(|u| Destination {
+                    kind: "public".into(),
+                    uri: (*u).into(),
+                })
+                .collect(),
+            self_hosted_domains: vec![],
+        }
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(host_of("API.Example.com/path/x"), "api.example.com");
+        assert_eq!(host_of("https://api.example.com:8443/"), "api.example.com");
+        assert_eq!(host_of("*.example.com"), "*.example.com");
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_lookalikes_do_not_match() {
+        let apps = vec![
+            app("1", "*.example.com", &[]),
+            app("2", "api.example.com.evil.net", &[]),
+            app("3", "other", &["API.example.com/v1"]),
+        ];
+        assert_eq!(choose(&apps, "api.example.com").unwrap().id, "3");
+        assert_eq!(choose(&apps, "web.example.com").unwrap().id, "1");
+        assert!(choose(&apps, "a.b.example.com").is_err());
+        assert!(choose(&apps, "example.com").is_err());
+    }
+
+    #[test]
+    fn destinations_win_over_domain_and_self_hosted_domains() {
+        let mut a = app("1", "api.example.com", &["other.example.com"]);
+        assert!(match_kind(&a, "api.example.com").is_none());
+        a.destinations.clear();
+        a.self_hosted_domains = vec!["sh.example.com".into()];
+        assert!(match_kind(&a, "api.example.com").is_none());
+        assert_eq!(match_kind(&a, "sh.example.com"), Some(MatchKind::Exact));
+    }
+
+    #[test]
+    fn several_exact_matches_are_ambiguous() {
+        let apps = vec![
+            app("1", "api.example.com/a", &[]),
+            app("2", "api.example.com/b", &[]),
+        ];
+        let e = choose(&apps, "api.example.com").unwrap_err().to_string();
+        assert!(
+            e.contains("app-1") && e.contains("app-2") && e.contains("--app-id"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_match_lists_what_was_seen() {
+        let apps = vec![app("1", "web.example.com", &[])];
+        let e = choose(&apps, "api.example.com").unwrap_err().to_string();
+        assert!(
+            e.contains("api.example.com") && e.contains("app-1 (web.example.com"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn aud_validation() {
+        let a = app("1", "x", &[]);
+        assert!(validate_aud(&"0123456789abcdef".repeat(4), &a).is_ok());
+        assert!(validate_aud(&"0123456789ABCDEF".repeat(4), &a).is_err());
+        assert!(validate_aud("abc", &a).is_err());
+        assert!(validate_aud(&"g".repeat(64), &a).is_err());
+    }
+}

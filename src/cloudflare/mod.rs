@@ -1,0 +1,457 @@
+//! The Cloudflare API v4 client: authentication, the `{success, errors, result}` envelope,
+//! pagination, timeouts and bounded retries.
+//!
+//! Owns every request to Cloudflare. It never logs a header or a credential; errors carry
+//! Cloudflare's code and message, the HTTP status and the path, never the token.
+
+pub mod apps;
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::secret::Secret;
+
+pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
+
+/// How the client proves who it is.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>` (scoped API token; recommended).
+    Token(Secret),
+    /// Legacy global API key: `X-Auth-Email` + `X-Auth-Key`.
+    GlobalKey { email: String, key: Secret },
+}
+
+/// Retry policy for 429, 5xx and transport errors. Other 4xx are never retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    /// Upper bound for any single wait, including a server's `Retry-After`.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 4,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cloudflare API {method} {path} failed (HTTP {status}): {}", describe(.errors))]
+    Api {
+        method: Method,
+        path: String,
+        status: u16,
+        errors: Vec<ApiMessage>,
+    },
+    #[error("Cloudflare API {method} {path}: malformed answer (HTTP {status}): {detail}")]
+    Malformed {
+        method: Method,
+        path: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("Cloudflare API {method} {path}: {}", transport(.source))]
+    Transport {
+        method: Method,
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error(
+        "Cloudflare API {method} {path}: still rate limited (HTTP 429) after {attempts} attempts"
+    )]
+    RateLimited {
+        method: Method,
+        path: String,
+        attempts: u32,
+    },
+    #[error("{0}")]
+    Lookup(String),
+}
+
+impl Error {
+    /// A sentence telling the user what to do, for failures we recognise.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Api { status, errors, .. } => {
+                let codes: Vec<i64> = errors.iter().map(|e| e.code).collect();
+                if codes.contains(&10000) || *status == 401 {
+                    Some("check CLOUDFLARE_API_TOKEN (or CLOUDFLARE_EMAIL + CLOUDFLARE_API_KEY) and that the token has \"Access: Apps and Policies Read\" on the account".into())
+                } else if *status == 403 {
+                    Some("the credential is valid but not allowed here: give the token \"Access: Apps and Policies Read\" (and Edit for `setup`) on this account, and check CLOUDFLARE_ACCOUNT_ID".into())
+                } else if *status == 404 {
+                    Some("check CLOUDFLARE_ACCOUNT_ID and --app-id: the account or application does not exist (an application that was deleted and recreated has a new id)".into())
+                } else {
+                    None
+                }
+            }
+            Error::Transport { .. } => Some(
+                "check network access to the Cloudflare API (or CLOUDFLARE_API_URL); the next run retries".into(),
+            ),
+            Error::RateLimited { .. } => Some(
+                "Cloudflare allows 1,200 requests per 5 minutes per user, shared with the dashboard; run less often or use --app-id".into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// True when the object asked for does not exist (HTTP 404).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Api { status: 404, .. })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiMessage {
+    #[serde(default)]
+    pub code: i64,
+    #[serde(default)]
+    pub message: String,
+}
+
+fn transport(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out (see --timeout / AUDSYNC_TIMEOUT)"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut causes = Vec::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        causes.push(c.to_string());
+        src = c.source();
+    }
+    if causes.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {}", causes.join(": "))
+    }
+}
+
+fn describe(errors: &[ApiMessage]) -> String {
+    if errors.is_empty() {
+        return "no error details in the answer".into();
+    }
+    errors
+        .iter()
+        .map(|e| format!("[{}] {}", e.code, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    success: bool,
+    #[serde(default)]
+    errors: Vec<ApiMessage>,
+    #[serde(default)]
+    result: Value,
+    #[serde(default)]
+    result_info: Option<ResultInfo>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+pub struct ResultInfo {
+    #[serde(default)]
+    pub page: u32,
+    #[serde(default)]
+    pub total_pages: Option<u32>,
+}
+
+/// One page of a list endpoint.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub info: ResultInfo,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    auth: Auth,
+    retry: RetryPolicy,
+}
+
+impl Client {
+    pub fn new(base: &str, auth: Auth, timeout: Duration, retry: RetryPolicy) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("static reqwest client configuration is valid");
+        Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            auth,
+            retry,
+        }
+    }
+
+    /// GET a single object and decode `result`.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, Error> {
+        let (result, _) = self.call(Method::GET, path, query, None).await?;
+        decode(&Method::GET, path, result)
+    }
+
+    /// Send a body (POST/PUT) and decode `result`.
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, Error> {
+        let (result, _) = self.call(method.clone(), path, &[], Some(body)).await?;
+        decode(&method, path, result)
+    }
+
+    /// GET one page of a list endpoint.
+    pub async fn page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        page: u32,
+        per_page: u32,
+    ) -> Result<Page<T>, Error> {
+        let mut q = query.to_vec();
+        q.push(("page", page.to_string()));
+        q.push(("per_page", per_page.to_string()));
+        let (result, info) = self.call(Method::GET, path, &q, None).await?;
+        let items = decode(&Method::GET, path, result)?;
+        Ok(Page {
+            items,
+            info: info.unwrap_or(ResultInfo {
+                page,
+                total_pages: None,
+            }),
+        })
+    }
+
+    /// Every item of a list endpoint: pages until one comes back empty or the last page is read.
+    pub async fn list_all<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        per_page: u32,
+    ) -> Result<Vec<T>, Error> {
+        let mut all = Vec::new();
+        let mut page = 1;
+        loop {
+            let p: Page<T> = self.page(path, query, page, per_page).await?;
+            let n = p.items.len();
+            all.extend(p.items);
+            let last = match p.info.total_pages {
+                Some(total) => page >= total,
+                None => n < per_page as usize,
+            };
+            if n == 0 || last {
+                return Ok(all);
+            }
+            page += 1;
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<(Value, Option<ResultInfo>), Error> {
+        let url = format!("{}{}", self.base, path);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self.http.request(method.clone(), &url).query(query);
+            req = match &self.auth {
+                Auth::Token(t) => req.bearer_auth(t.expose()),
+                Auth::GlobalKey { email, key } => req
+                    .header("X-Auth-Email", email)
+                    .header("X-Auth-Key", key.expose()),
+            };
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            tracing::debug!(%method, path, attempt, "cloudflare request");
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(source) => {
+                    if attempt < self.retry.attempts {
+                        let wait = backoff(&self.retry, attempt);
+                        tracing::warn!(%method, path, attempt, error = %transport(&source), ?wait, "cloudflare request failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(Error::Transport {
+                        method,
+                        path: path.into(),
+                        source: source.without_url(),
+                    });
+                }
+            };
+            let status = resp.status();
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                if attempt < self.retry.attempts {
+                    let wait = retry_after(resp.headers())
+                        .unwrap_or_else(|| backoff(&self.retry, attempt))
+                        .min(self.retry.max_delay);
+                    tracing::warn!(%method, path, status = status.as_u16(), attempt, ?wait, "cloudflare answered with a retryable status; waiting");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    return Err(Error::RateLimited {
+                        method,
+                        path: path.into(),
+                        attempts: attempt,
+                    });
+                }
+            }
+            let bytes = resp.bytes().await.map_err(|source| Error::Transport {
+                method: method.clone(),
+                path: path.into(),
+                source: source.without_url(),
+            })?;
+            let env: Envelope = match serde_json::from_slice(&bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    if !status.is_success() {
+                        return Err(Error::Api {
+                            method,
+                            path: path.into(),
+                            status: status.as_u16(),
+                            errors: vec![],
+                        });
+                    }
+                    return Err(Error::Malformed {
+                        method,
+                        path: path.into(),
+                        status: status.as_u16(),
+                        detail: format!("not a Cloudflare JSON envelope ({e})"),
+                    });
+                }
+            };
+            if !env.success || !status.is_success() {
+                return Err(Error::Api {
+                    method,
+                    path: path.into(),
+                    status: status.as_u16(),
+                    errors: env.errors,
+                });
+            }
+            return Ok((env.result, env.result_info));
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(method: &Method, path: &str, v: Value) -> Result<T, Error> {
+    serde_json::from_value(v).map_err(|e| Error::Malformed {
+        method: method.clone(),
+        path: path.into(),
+        status: 200,
+        detail: format!("unexpected `result` shape ({e})"),
+    })
+}
+
+fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
+    let exp = p.base_delay.saturating_mul(1 << (attempt - 1).min(16));
+    // Up to +25% jitter so that many hosts on one cron minute do not retry in lockstep.
+    let jitter = exp.mul_f64(fastrand::f64() * 0.25);
+    (exp + jitter).min(p.max_delay)
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = humantime::parse_rfc3339_weak(v)
+        .ok()
+        .or_else(|| httpdate(v))?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+fn httpdate(v: &str) -> Option<std::time::SystemTime> {
+    // "Sun, 06 Nov 1994 08:49:37 GMT" -> "1994-11-06 08:49:37"
+    let parts: Vec<&str> = v.split_whitespace().collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let month = match parts[2] {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let s = format!("{}-{:02}-{:0>2} {}", parts[3], month, parts[1], parts[4]);
+    humantime::parse_rfc3339_weak(&s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            "retry-after",
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        h.insert("retry-after", "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        assert!(backoff(&p, 1) >= Duration::from_millis(100));
+        assert!(backoff(&p, 3) >= Duration::from_millis(400));
+        assert_eq!(backoff(&p, 9), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,163 @@
+//! Target containers through the Docker Engine API (bollard): find, inspect, restart, recreate.
+//!
+//! Owns every call to the engine. `DOCKER_HOST` is honoured; the API version is negotiated so
+//! older engines accept the requests. Errors name the container and the fix.
+
+use std::sync::Arc;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::RestartContainerOptions;
+
+use crate::reconcile::{ActionError, Target, TargetObservation};
+
+/// A connection to the engine, made once per pass and shared by every container.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Arc<Docker>,
+}
+
+impl Engine {
+    /// Connect with `DOCKER_HOST` or the default socket, and agree on an API version.
+    pub async fn connect() -> Result<Engine, ActionError> {
+        let docker = Docker::connect_with_defaults().map_err(|e| unreachable_daemon(&e))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| unreachable_daemon(&e))?;
+        Ok(Engine {
+            docker: Arc::new(docker),
+        })
+    }
+
+    pub fn container(&self, name: &str) -> Container {
+        Container {
+            engine: self.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn api(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+fn unreachable_daemon(e: &BollardError) -> ActionError {
+    let host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    ActionError {
+        message: format!("cannot reach the Docker daemon at {host}: {e}"),
+        hint: Some("start Docker, check DOCKER_HOST, and that this user may use the socket (group `docker`)".into()),
+    }
+}
+
+/// Phrase an engine error about container `name` for the user.
+pub fn container_error(name: &str, what: &str, e: &BollardError) -> ActionError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => ActionError {
+            message: format!("container {name} does not exist"),
+            hint: Some(format!(
+                "check --container (see `docker ps -a`); for a compose service use --compose-service PROJECT/SERVICE (could not {what})"
+            )),
+        },
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => ActionError {
+            message: format!(
+                "could not {what} container {name}: the engine answered {status_code}: {message}"
+            ),
+            hint: None,
+        },
+        other => ActionError {
+            message: format!("could not {what} container {name}: {other}"),
+            hint: Some(
+                "check that the Docker daemon is running and reachable (DOCKER_HOST)".into(),
+            ),
+        },
+    }
+}
+
+/// One container, by name or id.
+pub struct Container {
+    engine: Engine,
+    name: String,
+}
+
+impl Target for Container {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn observe(&mut self, key: &str) -> Result<TargetObservation, ActionError> {
+        let info = self
+            .engine
+            .docker
+            .inspect_container(&self.name, None)
+            .await
+            .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        let env = info.config.and_then(|c| c.env).unwrap_or_default();
+        Ok(TargetObservation {
+            env_value: env_value(&env, key),
+        })
+    }
+
+    async fn restart(&mut self) -> Result<(), ActionError> {
+        let info = self
+            .engine
+            .docker
+            .inspect_container(&self.name, None)
+            .await
+            .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        // Honour the container's own stop timeout; the engine uses its stop signal.
+        let t = info.config.and_then(|c| c.stop_timeout).map(|t| t as i32);
+        tracing::info!(container = %self.name, "restarting");
+        self.engine
+            .docker
+            .restart_container(
+                &self.name,
+                Some(RestartContainerOptions { signal: None, t }),
+            )
+            .await
+            .map_err(|e| container_error(&self.name, "restart", &e))
+    }
+
+    async fn recreate(&mut self, _key: &str, _value: &str) -> Result<(), ActionError> {
+        Err(ActionError {
+            message: format!(
+                "recreating container {} is not supported by this build",
+                self.name
+            ),
+            hint: Some("use --restart restart or --restart none".into()),
+        })
+    }
+}
+
+/// The value of `key` in a `KEY=value` list, if present.
+pub fn env_value(env: &[String], key: &str) -> Option<String> {
+    env.iter().rev().find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_value_finds_exact_key_only() {
+        let env = vec![
+            "CLOUDFLARE_AUD_TAG_OLD=x".to_string(),
+            "CLOUDFLARE_AUD_TAG=abc".to_string(),
+            "PATH=/bin".to_string(),
+        ];
+        assert_eq!(
+            env_value(&env, "CLOUDFLARE_AUD_TAG").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(env_value(&env, "MISSING"), None);
+    }
+}

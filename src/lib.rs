@@ -1,0 +1,99 @@
+//! audsync: keep a Cloudflare Access application's AUD tag in sync with the services that check it.
+//!
+//! Data flows one way: [`config`] -> [`source`] (Cloudflare) -> [`reconcile`] -> [`sink`] ->
+//! [`docker`] targets. `main.rs` only parses, starts logging and maps the result to an exit code.
+
+pub mod cli;
+pub mod cloudflare;
+pub mod config;
+pub mod docker;
+pub mod error;
+pub mod exit;
+pub mod lock;
+pub mod reconcile;
+pub mod secret;
+pub mod sink;
+pub mod source;
+pub mod state;
+pub mod sync;
+
+use cli::{Cli, Command, LogFormat, Output};
+use config::Env;
+use error::Error;
+
+/// Start logging on stderr. `-v`/`-q` pick the level; `RUST_LOG` overrides.
+pub fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
+    let level = match (quiet, verbose) {
+        (q, _) if q >= 2 => "off",
+        (1, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let default = if verbose >= 3 {
+        level.to_string()
+    } else {
+        // Keep our own crate at the chosen level and the HTTP stack quieter.
+        format!("{level},hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn,bollard=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Run a parsed command; returns the process exit code.
+pub async fn run(cli: Cli, env: Env) -> u8 {
+    match cli.command {
+        Command::Sync(args) => {
+            let output = args.output;
+            let dry_run = args.dry_run;
+            let report = match sync::SyncConfig::from_args(&args, &env) {
+                Ok(cfg) => match sync::run_pass(&cfg).await {
+                    Ok(r) => r,
+                    Err(e) => sync::Report::from_error(&e, dry_run),
+                },
+                Err(e) => sync::Report::from_error(&e, dry_run),
+            };
+            sync::print(&report, output);
+            if let Some(e) = &report.error {
+                report_error(e, report.hint.as_deref(), output);
+            }
+            report.exit_code
+        }
+        Command::Get(args) => match get(&args, &env).await {
+            Ok(aud) => {
+                println!("{aud}");
+                exit::OK
+            }
+            Err(e) => {
+                report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
+                e.exit_code()
+            }
+        },
+    }
+}
+
+async fn get(args: &cli::GetArgs, env: &Env) -> Result<String, Error> {
+    let cfg = config::SourceConfig::from_args(&args.source, env)?;
+    let client = source::client(&cfg);
+    Ok(source::fetch(&client, &cfg, None).await?.aud)
+}
+
+/// `error: …` and `hint: …` on stderr (the JSON report already carries both on stdout).
+pub fn report_error(message: &str, hint: Option<&str>, output: Output) {
+    if output == Output::Json {
+        tracing::error!("{message}");
+        return;
+    }
+    eprintln!("error: {message}");
+    if let Some(h) = hint {
+        eprintln!("hint: {h}");
+    }
+}

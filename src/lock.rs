@@ -1,0 +1,63 @@
+//! The advisory lock that serialises runs on one `.env` (cron, a deploy hook and `watch`).
+//!
+//! An exclusive `flock` on a file next to the `.env`; released when the guard drops or the
+//! process dies, so a crashed run never leaves a stale lock.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+}
+
+/// Wait up to `timeout` for the lock at `path`.
+pub async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, String> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+    let start = Instant::now();
+    let mut logged = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(LockGuard { _file: file }),
+            Err(TryLockError::WouldBlock) => {
+                if start.elapsed() >= timeout {
+                    return Err(format!(
+                        "another audsync run holds the lock {} (waited {}s); it will finish the job, or retry later (--lock-timeout)",
+                        path.display(),
+                        timeout.as_secs()
+                    ));
+                }
+                if !logged {
+                    tracing::info!(lock = %path.display(), "another audsync run is in progress; waiting");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", path.display()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_holder_times_out_then_succeeds_after_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let g = acquire(&p, Duration::ZERO).await.unwrap();
+        let e = acquire(&p, Duration::from_millis(150)).await.unwrap_err();
+        assert!(e.contains("another audsync run"), "{e}");
+        drop(g);
+        acquire(&p, Duration::ZERO).await.unwrap();
+    }
+}

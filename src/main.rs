@@ -1,0 +1,35 @@
+use std::process::ExitCode;
+
+use audsync::config::{ParseError, parse_args};
+use audsync::{exit, init_logging, run};
+
+fn main() -> ExitCode {
+    let (cli, env) = match parse_args(std::env::args_os()) {
+        Ok(v) => v,
+        Err(ParseError::Clap(e)) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+        Err(ParseError::Config(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    init_logging(cli.global.verbose, cli.global.quiet, cli.global.log_format);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    ExitCode::from(runtime.block_on(run(cli, env)))
+}

@@ -1,0 +1,505 @@
+//! The `.env` sink: change the one assignment of one key, and nothing else, byte for byte.
+//!
+//! The edit is a pure function ([`set_key`]) checked afterwards by parsing both versions with
+//! dotenvy: if any other key would read differently, nothing is written. Writes are atomic
+//! (temp file, fsync, rename, keeping mode and owner) or, with `--write-mode in-place`, rewrite
+//! the same inode for a file bind-mounted into a container. A file whose mode has no write bit
+//! is refused, not replaced.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{Error, Observation, SinkInfo, WriteOutcome};
+
+const BOM: &str = "\u{feff}";
+
+/// How the new file reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteMode {
+    /// Temp file in the same directory, fsync, rename over the target. Never half-written.
+    Atomic,
+    /// Rewrite the same inode: for an `.env` bind-mounted into a container as a single file.
+    InPlace,
+}
+
+/// Return `content` with every assignment of `key` set to `value`, or the key appended.
+/// Everything else (comments, order, quoting, `export`, CRLF, BOM, final newline) is kept.
+pub fn set_key(content: &str, key: &str, value: &str) -> Result<String, String> {
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:/+=@".contains(c))
+    {
+        return Err("the value holds characters that would need quoting in a .env file".into());
+    }
+    let (bom, body) = match content.strip_prefix(BOM) {
+        Some(rest) => (BOM, rest),
+        None => ("", content),
+    };
+    let crlf = body
+        .find('\n')
+        .is_some_and(|i| i > 0 && body.as_bytes()[i - 1] == b'\r');
+    let mut out = String::with_capacity(content.len() + key.len() + value.len() + 2);
+    out.push_str(bom);
+    let mut found = false;
+    let mut lines = body.split_inclusive('\n').peekable();
+    while let Some(line) = lines.next() {
+        let Some(a) = parse_assignment(line) else {
+            out.push_str(line);
+            continue;
+        };
+        let rest = &line[a.value_start..];
+        let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'');
+        // Where the value ends: `close` is the byte offset in `line` just past the value.
+        let mut span = vec![line];
+        let close = match quote {
+            Some(q) => {
+                let mut end = closing_quote(&rest[1..], q).map(|i| a.value_start + 1 + i + 1);
+                // A quoted value may run over several lines; collect them.
+                while end.is_none() {
+                    match lines.next() {
+                        Some(next) => {
+                            span.push(next);
+                            end = closing_quote(next, q).map(|i| i + 1);
+                        }
+                        None => break,
+                    }
+                }
+                end
+            }
+            None => None,
+        };
+        if a.key != key {
+            span.iter().for_each(|l| out.push_str(l));
+            continue;
+        }
+        found = true;
+        let last = span[span.len() - 1];
+        let (content_end, ending) = split_ending(last);
+        let tail = match (quote, close) {
+            (Some(_), Some(c)) => &last[c..content_end],
+            (Some(_), None) => return Err(format!("the quoted value of {key} is never closed")),
+            (None, _) => {
+                let v = &line[a.value_start..content_end];
+                let vend = unquoted_end(v);
+                &v[vend..]
+            }
+        };
+        out.push_str(&line[..a.value_start]);
+        match quote {
+            Some(q) => {
+                out.push(q);
+                out.push_str(value);
+                out.push(q);
+            }
+            None => out.push_str(value),
+        }
+        out.push_str(tail);
+        out.push_str(ending);
+    }
+    if !found {
+        let nl = if crlf { "\r\n" } else { "\n" };
+        if !body.is_empty() && !body.ends_with('\n') {
+            out.push_str(nl);
+        }
+        out.push_str(key);
+        out.push('=');
+        out.push_str(value);
+        out.push_str(nl);
+    }
+    Ok(out)
+}
+
+struct Assignment<'a> {
+    key: &'a str,
+    /// Byte offset in the line where the value starts (after `=` and any blanks).
+    value_start: usize,
+}
+
+fn parse_assignment(line: &str) -> Option<Assignment<'_>> {
+    let trimmed = line.trim_start_matches([' ', '\t']);
+    let mut pos = line.len() - trimmed.len();
+    let mut rest = trimmed;
+    if let Some(r) = rest.strip_prefix("export")
+        && r.starts_with([' ', '\t'])
+    {
+        let r2 = r.trim_start_matches([' ', '\t']);
+        pos += rest.len() - r2.len();
+        rest = r2;
+    }
+    let klen = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-'))
+        .unwrap_or(rest.len());
+    if klen == 0 {
+        return None;
+    }
+    let key = &rest[..klen];
+    let after = &rest[klen..];
+    let after_ws = after.trim_start_matches([' ', '\t']);
+    let eq = after_ws.strip_prefix('=')?;
+    let val = eq.trim_start_matches([' ', '\t']);
+    let value_start = pos + klen + (after.len() - val.len());
+    Some(Assignment { key, value_start })
+}
+
+/// Byte offset of the closing quote in `s` (which starts just after the opening one).
+fn closing_quote(s: &str, q: char) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if q == '"' && escaped {
+            escaped = false;
+            continue;
+        }
+        if q == '"' && c == '\\' {
+            escaped = true;
+            continue;
+        }
+        if c == q {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Length of an unquoted value: up to a ` #` comment, without trailing blanks.
+fn unquoted_end(v: &str) -> usize {
+    let bytes = v.as_bytes();
+    let mut end = v.len();
+    for i in 1..bytes.len() {
+        if bytes[i] == b'#' && (bytes[i - 1] == b' ' || bytes[i - 1] == b'\t') {
+            end = i;
+            break;
+        }
+    }
+    v[..end].trim_end_matches([' ', '\t']).len()
+}
+
+fn split_ending(line: &str) -> (usize, &str) {
+    if let Some(s) = line.strip_suffix("\r\n") {
+        (s.len(), "\r\n")
+    } else if let Some(s) = line.strip_suffix('\n') {
+        (s.len(), "\n")
+    } else {
+        (line.len(), "")
+    }
+}
+
+/// Parse like dotenvy does (what compose-style readers and our own config see).
+pub fn parse(content: &str) -> Result<BTreeMap<String, String>, String> {
+    let body = content.strip_prefix(BOM).unwrap_or(content);
+    let mut map = BTreeMap::new();
+    for item in dotenvy::from_read_iter(body.as_bytes()) {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        map.insert(k, v);
+    }
+    Ok(map)
+}
+
+/// The edit plus its proof: parse both versions; only `key` may differ, and it must read `value`.
+pub fn checked_edit(content: &str, key: &str, value: &str) -> Result<String, String> {
+    let before = parse(content)
+        .map_err(|e| format!("the file does not parse as a .env file ({e}); fix it by hand"))?;
+    let edited = set_key(content, key, value)?;
+    let after = parse(&edited).map_err(|e| format!("the edited file would not parse ({e})"))?;
+    if after.get(key).map(String::as_str) != Some(value) {
+        return Err(format!("after the edit {key} would not read the new value"));
+    }
+    let others = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .filter(|(k, _)| *k != key)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    if others(&before) != others(&after) {
+        let changed: Vec<String> = before
+            .keys()
+            .chain(after.keys())
+            .filter(|k| *k != key && before.get(*k) != after.get(*k))
+            .cloned()
+            .collect();
+        return Err(format!(
+            "the edit would change other keys ({}); nothing written",
+            changed.join(", ")
+        ));
+    }
+    Ok(edited)
+}
+
+/// The `.env` file sink for one key.
+#[derive(Debug, Clone)]
+pub struct EnvFileSink {
+    pub path: PathBuf,
+    pub key: String,
+    pub mode: WriteMode,
+}
+
+impl EnvFileSink {
+    pub fn info(&self) -> SinkInfo {
+        SinkInfo {
+            kind: "env",
+            target: self.path.display().to_string(),
+            key: self.key.clone(),
+        }
+    }
+
+    fn err(&self, msg: impl Into<String>) -> Error {
+        Error::EnvFile {
+            path: self.path.clone(),
+            message: msg.into(),
+        }
+    }
+
+    fn read(&self) -> Result<Option<String>, Error> {
+        match fs::read(&self.path) {
+            Ok(b) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| self.err("the file is not UTF-8 text")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(format!("cannot read: {e}"))),
+        }
+    }
+
+    pub fn observe(&self, desired: &str) -> Result<Observation, Error> {
+        let content = self.read()?;
+        let Some(content) = content else {
+            return Ok(Observation {
+                current: None,
+                needs_write: true,
+                version: None,
+            });
+        };
+        let current = parse(&content)
+            .map_err(|e| {
+                self.err(format!(
+                    "does not parse as a .env file ({e}); fix it by hand"
+                ))
+            })?
+            .remove(&self.key);
+        let edited = set_key(&content, &self.key, desired).map_err(|e| self.err(e))?;
+        Ok(Observation {
+            current,
+            needs_write: edited != content,
+            version: None,
+        })
+    }
+
+    pub fn write(&self, desired: &str) -> Result<WriteOutcome, Error> {
+        let content = self.read()?;
+        let new = match &content {
+            Some(c) => checked_edit(c, &self.key, desired).map_err(|e| self.err(e))?,
+            None => set_key("", &self.key, desired).map_err(|e| self.err(e))?,
+        };
+        if content.as_deref() == Some(new.as_str()) {
+            return Ok(WriteOutcome::Unchanged);
+        }
+        // Write through a symlink to its target, so the link stays a link.
+        let target = match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_symlink() => fs::canonicalize(&self.path)
+                .map_err(|e| self.err(format!("cannot resolve the symlink: {e}")))?,
+            _ => self.path.clone(),
+        };
+        let meta = match fs::metadata(&target) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(self.err(format!("cannot stat: {e}"))),
+        };
+        if let Some(m) = &meta
+            && m.permissions().mode() & 0o222 == 0
+        {
+            return Err(self.err(format!(
+                "the file is read-only (mode {:o}); make it writable (chmod u+w) or stop syncing to it; nothing was written",
+                m.permissions().mode() & 0o7777
+            )));
+        }
+        match (self.mode, &meta) {
+            (WriteMode::InPlace, Some(_)) => write_in_place(&target, new.as_bytes()),
+            _ => write_atomic(&target, new.as_bytes(), meta.as_ref()),
+        }
+        .map_err(|e| self.err(e))?;
+        Ok(WriteOutcome::Written { version: None })
+    }
+}
+
+fn write_atomic(target: &Path, bytes: &[u8], meta: Option<&fs::Metadata>) -> Result<(), String> {
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".audsync-")
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
+    tmp.write_all(bytes)
+        .map_err(|e| format!("cannot write the temporary file: {e}"))?;
+    if let Some(m) = meta {
+        let f = tmp.as_file();
+        f.set_permissions(fs::Permissions::from_mode(m.permissions().mode() & 0o7777))
+            .map_err(|e| format!("cannot copy the file mode: {e}"))?;
+        if (m.uid(), m.gid()) != current_owner(f) {
+            std::os::unix::fs::fchown(f, Some(m.uid()), Some(m.gid())).map_err(|e| {
+                format!("cannot keep the file's owner ({}:{}): {e}; run as that user or use --write-mode in-place", m.uid(), m.gid())
+            })?;
+        }
+    }
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| format!("fsync failed: {e}"))?;
+    tmp.persist(target)
+        .map_err(|e| format!("cannot replace the file: {}", e.error))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn current_owner(f: &fs::File) -> (u32, u32) {
+    f.metadata()
+        .map(|m| (m.uid(), m.gid()))
+        .unwrap_or((u32::MAX, u32::MAX))
+}
+
+fn write_in_place(target: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(0)
+        .open(target)
+        .map_err(|e| format!("cannot open for writing: {e}"))?;
+    f.write_all(bytes)
+        .map_err(|e| format!("write failed: {e}"))?;
+    f.set_len(bytes.len() as u64)
+        .map_err(|e| format!("truncate failed: {e}"))?;
+    f.sync_all().map_err(|e| format!("fsync failed: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: &str = "CLOUDFLARE_AUD_TAG";
+    const V: &str = "newvalue";
+
+    fn edit(s: &str) -> String {
+        checked_edit(s, K, V).unwrap()
+    }
+
+    #[test]
+    fn replaces_only_the_value() {
+        assert_eq!(
+            edit("A=1\nCLOUDFLARE_AUD_TAG=old\nB=2\n"),
+            "A=1\nCLOUDFLARE_AUD_TAG=newvalue\nB=2\n"
+        );
+    }
+
+    #[test]
+    fn keeps_quoting_style() {
+        assert_eq!(
+            edit("CLOUDFLARE_AUD_TAG=\"old\"\n"),
+            "CLOUDFLARE_AUD_TAG=\"newvalue\"\n"
+        );
+        assert_eq!(
+            edit("CLOUDFLARE_AUD_TAG='old'\n"),
+            "CLOUDFLARE_AUD_TAG='newvalue'\n"
+        );
+    }
+
+    #[test]
+    fn keeps_export_prefix_and_spacing() {
+        assert_eq!(
+            edit("export CLOUDFLARE_AUD_TAG=old\n"),
+            "export CLOUDFLARE_AUD_TAG=newvalue\n"
+        );
+        assert_eq!(
+            edit("  export\tCLOUDFLARE_AUD_TAG = old\n"),
+            "  export\tCLOUDFLARE_AUD_TAG = newvalue\n"
+        );
+    }
+
+    #[test]
+    fn keeps_crlf_and_bom() {
+        assert_eq!(
+            edit("\u{feff}A=1\r\nCLOUDFLARE_AUD_TAG=old\r\n"),
+            "\u{feff}A=1\r\nCLOUDFLARE_AUD_TAG=newvalue\r\n"
+        );
+    }
+
+    #[test]
+    fn keeps_missing_final_newline() {
+        assert_eq!(
+            edit("A=1\nCLOUDFLARE_AUD_TAG=old"),
+            "A=1\nCLOUDFLARE_AUD_TAG=newvalue"
+        );
+    }
+
+    #[test]
+    fn appends_absent_key_adding_newline_first() {
+        assert_eq!(edit("A=1"), "A=1\nCLOUDFLARE_AUD_TAG=newvalue\n");
+        assert_eq!(edit("A=1\n"), "A=1\nCLOUDFLARE_AUD_TAG=newvalue\n");
+        assert_eq!(edit("A=1\r\n"), "A=1\r\nCLOUDFLARE_AUD_TAG=newvalue\r\n");
+        assert_eq!(edit(""), "CLOUDFLARE_AUD_TAG=newvalue\n");
+    }
+
+    #[test]
+    fn rewrites_every_assignment() {
+        assert_eq!(
+            edit("CLOUDFLARE_AUD_TAG=a\nX=1\nCLOUDFLARE_AUD_TAG=b\n"),
+            "CLOUDFLARE_AUD_TAG=newvalue\nX=1\nCLOUDFLARE_AUD_TAG=newvalue\n"
+        );
+    }
+
+    #[test]
+    fn leaves_comments_and_lookalike_keys() {
+        let s = "# CLOUDFLARE_AUD_TAG=commented\nCLOUDFLARE_AUD_TAG_OLD=x\nMY_CLOUDFLARE_AUD_TAG=y\nCLOUDFLARE_AUD_TAG=old\n";
+        assert_eq!(
+            edit(s),
+            "# CLOUDFLARE_AUD_TAG=commented\nCLOUDFLARE_AUD_TAG_OLD=x\nMY_CLOUDFLARE_AUD_TAG=y\nCLOUDFLARE_AUD_TAG=newvalue\n"
+        );
+    }
+
+    #[test]
+    fn keeps_inline_comment() {
+        assert_eq!(
+            edit("CLOUDFLARE_AUD_TAG=old # rotated by hand\n"),
+            "CLOUDFLARE_AUD_TAG=newvalue # rotated by hand\n"
+        );
+        assert_eq!(
+            edit("CLOUDFLARE_AUD_TAG=\"old\" # c\n"),
+            "CLOUDFLARE_AUD_TAG=\"newvalue\" # c\n"
+        );
+    }
+
+    #[test]
+    fn empty_value_is_replaced() {
+        assert_eq!(
+            edit("CLOUDFLARE_AUD_TAG=\nA=1\n"),
+            "CLOUDFLARE_AUD_TAG=newvalue\nA=1\n"
+        );
+    }
+
+    #[test]
+    fn assignment_inside_another_multiline_value_is_untouched() {
+        let s = "CERT=\"line1\nCLOUDFLARE_AUD_TAG=inside\nline3\"\nCLOUDFLARE_AUD_TAG=old\n";
+        assert_eq!(
+            edit(s),
+            "CERT=\"line1\nCLOUDFLARE_AUD_TAG=inside\nline3\"\nCLOUDFLARE_AUD_TAG=newvalue\n"
+        );
+    }
+
+    #[test]
+    fn unsafe_values_are_refused() {
+        assert!(set_key("", K, "a b").is_err());
+        assert!(set_key("", K, "a\nB=1").is_err());
+        assert!(set_key("", K, "\"x").is_err());
+    }
+
+    #[test]
+    fn equal_value_edit_is_identity() {
+        let s = "A=1\nCLOUDFLARE_AUD_TAG=newvalue # c\n";
+        assert_eq!(set_key(s, K, V).unwrap(), s);
+    }
+}

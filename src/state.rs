@@ -1,0 +1,117 @@
+//! Small persistent state next to the `.env` file: container actions still owed, and the
+//! application id last found for the host (so a no-change pass costs one API request).
+//!
+//! The file is JSON, written atomically with mode 0600. It holds no secret. Losing it is safe:
+//! the next run looks the application up again, and drift detection still sees containers
+//! whose environment carries the key.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::reconcile::Journal;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    /// Containers that still need a restart/recreate for the value already in the sinks.
+    #[serde(default)]
+    pub owed: BTreeSet<String>,
+    /// Where the application for a host was last found.
+    #[serde(default)]
+    pub app: Option<CachedApp>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CachedApp {
+    pub host: String,
+    pub account_id: String,
+    pub app_id: String,
+}
+
+#[derive(Debug)]
+pub struct StateFile {
+    pub path: PathBuf,
+    pub state: State,
+    /// Set by `--dry-run`: reads only.
+    pub read_only: bool,
+}
+
+impl StateFile {
+    /// Load, treating a missing or unreadable file as empty (it is only an optimisation and a
+    /// journal; the worst case is one extra lookup or restart).
+    pub fn load(path: &Path, read_only: bool) -> StateFile {
+        let state = match fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
+                State::default()
+            }),
+            Err(_) => State::default(),
+        };
+        StateFile {
+            path: path.to_path_buf(),
+            state,
+            read_only,
+        }
+    }
+
+    pub fn save(&self) -> Result<(), String> {
+        if self.read_only {
+            return Ok(());
+        }
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".audsync-state-")
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let body = serde_json::to_vec_pretty(&self.state).map_err(|e| e.to_string())?;
+        tmp.write_all(&body)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        tmp.persist(&self.path)
+            .map_err(|e| format!("{}: {}", self.path.display(), e.error))?;
+        Ok(())
+    }
+}
+
+impl Journal for StateFile {
+    fn owed(&self) -> BTreeSet<String> {
+        self.state.owed.clone()
+    }
+
+    fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), String> {
+        self.state.owed = names.clone();
+        self.save()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_tolerates_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        let mut s = StateFile::load(&p, false);
+        assert_eq!(s.state, State::default());
+        s.set_owed(&["a".to_string()].into()).unwrap();
+        assert_eq!(StateFile::load(&p, false).state.owed.len(), 1);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        fs::write(&p, "{not json").unwrap();
+        assert_eq!(StateFile::load(&p, false).state, State::default());
+    }
+}

@@ -1,0 +1,368 @@
+//! One `sync` pass, wired: config -> source (Cloudflare) -> reconcile -> sinks -> targets.
+//!
+//! This is the glue that `sync`, `watch` and `setup` share; the decisions live in `reconcile`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cli::{Output, SyncArgs};
+use crate::config::{self, Env, SourceConfig};
+use crate::docker::Engine;
+use crate::error::Error;
+use crate::exit;
+use crate::reconcile::{self, ActionError, Outcome, RestartMode, Target, TargetObservation};
+use crate::sink::{AnySink, EnvFileSink, Sink, SinkKind, WriteMode};
+use crate::source::{self, AppSummary};
+use crate::state::StateFile;
+
+/// A validated `sync` configuration.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub source: SourceConfig,
+    pub key: String,
+    pub env_file: PathBuf,
+    pub sinks: Vec<SinkKind>,
+    pub containers: Vec<String>,
+    pub restart: RestartMode,
+    pub write_mode: WriteMode,
+    pub dry_run: bool,
+    pub output: Output,
+    pub state_file: PathBuf,
+    pub lock_file: PathBuf,
+    pub lock_timeout: Duration,
+}
+
+impl SyncConfig {
+    pub fn from_args(a: &SyncArgs, env: &Env) -> Result<SyncConfig, Error> {
+        config::validate_key(&a.key)?;
+        let source = SourceConfig::from_args(&a.source, env)?;
+        let mut sinks = a.sinks.clone();
+        sinks.dedup();
+        if sinks.contains(&SinkKind::Infisical) {
+            return Err(Error::usage(
+                "--sink infisical is not available in this build",
+            ));
+        }
+        let containers: Vec<String> = a
+            .containers
+            .iter()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        if containers.is_empty() && a.restart != RestartMode::None {
+            return Err(Error::usage(
+                "no container given: pass --container NAME, or --restart none",
+            ));
+        }
+        let env_file = a.source.env_file.clone();
+        let sidecar = |suffix: &str| {
+            let mut name = env_file
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| ".env".into());
+            name.push(suffix);
+            env_file.with_file_name(name)
+        };
+        Ok(SyncConfig {
+            source,
+            key: a.key.clone(),
+            sinks,
+            containers,
+            restart: a.restart,
+            write_mode: a.write_mode,
+            dry_run: a.dry_run,
+            output: a.output,
+            state_file: a
+                .state_file
+                .clone()
+                .unwrap_or_else(|| sidecar(".audsync-state.json")),
+            lock_file: sidecar(".audsync.lock"),
+            lock_timeout: a.lock_timeout,
+            env_file,
+        })
+    }
+}
+
+/// What a pass printed and returned.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub aud: Option<String>,
+    /// The value the first sink held before this pass.
+    pub previous: Option<String>,
+    pub changed: bool,
+    pub dry_run: bool,
+    /// `in_sync`, `changed`, `pending`, `failed`.
+    pub status: &'static str,
+    pub exit_code: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppSummary>,
+    pub sinks: Vec<reconcile::SinkReport>,
+    pub containers: Vec<reconcile::TargetReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Report {
+    pub fn from_error(e: &Error, dry_run: bool) -> Report {
+        Report {
+            aud: None,
+            previous: None,
+            changed: false,
+            dry_run,
+            status: "failed",
+            exit_code: e.exit_code(),
+            app: None,
+            sinks: vec![],
+            containers: vec![],
+            error: Some(e.to_string()),
+            hint: e.hint(),
+        }
+    }
+}
+
+/// A container target, or the reason none can be had (daemon unreachable).
+enum Slot {
+    Live(crate::docker::Container),
+    Down(String, ActionError),
+}
+
+impl Target for Slot {
+    fn name(&self) -> String {
+        match self {
+            Slot::Live(c) => c.name(),
+            Slot::Down(n, _) => n.clone(),
+        }
+    }
+    async fn observe(&mut self, key: &str) -> Result<TargetObservation, ActionError> {
+        match self {
+            Slot::Live(c) => c.observe(key).await,
+            Slot::Down(_, e) => Err(e.clone()),
+        }
+    }
+    async fn restart(&mut self) -> Result<(), ActionError> {
+        match self {
+            Slot::Live(c) => c.restart().await,
+            Slot::Down(_, e) => Err(e.clone()),
+        }
+    }
+    async fn recreate(&mut self, key: &str, value: &str) -> Result<(), ActionError> {
+        match self {
+            Slot::Live(c) => c.recreate(key, value).await,
+            Slot::Down(_, e) => Err(e.clone()),
+        }
+    }
+}
+
+/// One full pass under the lock. Errors before any write come back as `Err`.
+pub async fn run_pass(cfg: &SyncConfig) -> Result<Report, Error> {
+    let _lock = if cfg.dry_run {
+        None
+    } else {
+        Some(
+            crate::lock::acquire(&cfg.lock_file, cfg.lock_timeout)
+                .await
+                .map_err(|e| Error::failed(e, None))?,
+        )
+    };
+    let mut state = StateFile::load(&cfg.state_file, cfg.dry_run);
+    let before = state.state.clone();
+    let client = source::client(&cfg.source);
+    let found = source::fetch(&client, &cfg.source, Some(&mut state.state)).await?;
+    if state.state.app != before.app
+        && let Err(e) = state.save()
+    {
+        tracing::warn!(error = %e, "cannot save the application cache");
+    }
+    tracing::debug!(aud = %found.aud, app = %found.app.id, "desired AUD");
+
+    let mut sinks: Vec<AnySink> = cfg
+        .sinks
+        .iter()
+        .map(|k| match k {
+            SinkKind::Env | SinkKind::Infisical => AnySink::Env(EnvFileSink {
+                path: cfg.env_file.clone(),
+                key: cfg.key.clone(),
+                mode: cfg.write_mode,
+            }),
+        })
+        .collect();
+    let mut observed = Vec::with_capacity(sinks.len());
+    for s in sinks.iter_mut() {
+        let o = s
+            .observe(&found.aud)
+            .await
+            .map_err(|e| Error::failed(e.to_string(), e.hint()))?;
+        observed.push((s.info(), o));
+    }
+    let changed = observed.iter().any(|(_, o)| o.needs_write);
+    let owed = reconcile::Journal::owed(&state);
+
+    // Containers are only asked about when their answer can matter: always for auto/recreate
+    // (drift), for restart only when something is owed or changing.
+    let need_docker = match cfg.restart {
+        RestartMode::None => false,
+        RestartMode::Restart => changed || !owed.is_empty(),
+        RestartMode::Auto | RestartMode::Recreate => true,
+    };
+    let mut targets: Vec<Slot> = Vec::new();
+    let mut target_obs = Vec::new();
+    if need_docker {
+        let engine = Engine::connect().await;
+        for name in &cfg.containers {
+            let mut slot = match &engine {
+                Ok(e) => Slot::Live(e.container(name)),
+                Err(err) => Slot::Down(name.clone(), err.clone()),
+            };
+            let obs = slot.observe(&cfg.key).await;
+            target_obs.push((name.clone(), obs));
+            targets.push(slot);
+        }
+    } else {
+        for name in &cfg.containers {
+            targets.push(Slot::Down(
+                name.clone(),
+                ActionError {
+                    message: "not inspected".into(),
+                    hint: None,
+                },
+            ));
+            target_obs.push((name.clone(), Ok(TargetObservation { env_value: None })));
+        }
+    }
+
+    let plan = reconcile::plan(
+        &found.aud,
+        &cfg.key,
+        observed,
+        target_obs,
+        cfg.restart,
+        &owed,
+    );
+    let outcome = reconcile::apply(&plan, &mut sinks, &mut targets, &mut state, cfg.dry_run).await;
+    Ok(report(cfg, found, &plan, outcome))
+}
+
+fn report(cfg: &SyncConfig, found: source::Found, plan: &reconcile::Plan, o: Outcome) -> Report {
+    let has_work = plan.has_work();
+    let (status, exit_code) = if o.failed {
+        ("failed", exit::FAILURE)
+    } else if o.pending_approval || (cfg.dry_run && has_work) {
+        ("pending", exit::PENDING)
+    } else if has_work {
+        ("changed", exit::OK)
+    } else {
+        ("in_sync", exit::OK)
+    };
+    let error = o
+        .sinks
+        .iter()
+        .filter_map(|s| {
+            s.error
+                .as_ref()
+                .map(|e| format!("sink {} {}: {e}", s.info.kind, s.info.target))
+        })
+        .chain(o.containers.iter().filter_map(|c| {
+            c.error
+                .as_ref()
+                .map(|e| format!("container {}: {e}", c.name))
+        }))
+        .collect::<Vec<_>>();
+    let hint = o
+        .containers
+        .iter()
+        .find_map(|c| c.error.as_ref().and_then(|e| e.hint.clone()));
+    let wrote = o.sinks.iter().any(|s| s.result == "written");
+    Report {
+        aud: Some(found.aud),
+        previous: o.sinks.first().and_then(|s| s.old.clone()),
+        changed: o.changed,
+        dry_run: cfg.dry_run,
+        status,
+        exit_code,
+        app: Some(found.app),
+        sinks: o.sinks,
+        containers: o.containers,
+        hint,
+        error: (!error.is_empty()).then(|| {
+            let mut msg = error.join("; ");
+            if wrote && o.failed {
+                msg.push_str(" (the new value WAS written to the sinks; the next run retries the containers)");
+            }
+            msg
+        }),
+    }
+}
+
+/// Render a report for people.
+pub fn render_text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    if let (Some(aud), Some(app)) = (&r.aud, &r.app) {
+        let _ = writeln!(
+            s,
+            "AUD {aud}  (application {:?}, {}, id {})",
+            app.name, app.domain, app.id
+        );
+    }
+    for k in &r.sinks {
+        let old = k
+            .old
+            .as_deref()
+            .map(reconcile::short)
+            .unwrap_or_else(|| "(unset)".into());
+        let new = r.aud.as_deref().map(reconcile::short).unwrap_or_default();
+        let change = if k.action == "write" {
+            format!("{old} -> {new}")
+        } else {
+            format!("{new} (unchanged)")
+        };
+        let version = k.version.map(|v| format!(" v{v}")).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  sink {} {} {}{version}: {change} [{}]",
+            k.info.kind, k.info.target, k.info.key, k.result
+        );
+        if let Some(e) = &k.error {
+            let _ = writeln!(s, "    {e}");
+        }
+    }
+    for c in &r.containers {
+        let action = match c.action {
+            reconcile::Action::None => "no action",
+            reconcile::Action::Restart => "restart",
+            reconcile::Action::Recreate => "recreate",
+        };
+        let _ = writeln!(
+            s,
+            "  container {}: {action} ({}) [{}]",
+            c.name, c.reason, c.result
+        );
+        if let Some(e) = &c.error {
+            let _ = writeln!(s, "    {}", e.message);
+        }
+    }
+    let summary = match (r.status, r.dry_run) {
+        ("in_sync", _) => "in sync: nothing to do",
+        ("changed", _) => "changed: new AUD applied",
+        ("pending", true) => "dry run: the changes above would be made (nothing was changed)",
+        ("pending", false) => "pending: a write waits for approval; nothing was restarted",
+        _ => "FAILED",
+    };
+    let _ = writeln!(s, "{summary}");
+    s
+}
+
+/// Print a report in the chosen format.
+pub fn print(r: &Report, output: Output) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string(r).unwrap_or_else(|_| "{}".into())
+        ),
+        Output::Text => print!("{}", render_text(r)),
+    }
+}

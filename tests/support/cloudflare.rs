@@ -1,0 +1,313 @@
+//! An in-process fake of the Cloudflare API v4, on 127.0.0.1:0, answering with the real
+//! envelope, pagination and errors (see ../shared/docs/api-notes.md). It records every request
+//! so tests can assert what the program sent.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, to_bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::Server;
+
+pub const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+pub const TOKEN: &str = "cf-token-SECRET-7f3a9b";
+pub const EMAIL: &str = "ops@example.com";
+pub const GLOBAL_KEY: &str = "cf-global-key-SECRET-91c2";
+
+/// A scripted misbehaviour for the next matching request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    Status429 {
+        retry_after: Option<String>,
+    },
+    Status500,
+    Malformed,
+    /// `success: false` with HTTP 200.
+    SuccessFalse,
+    /// Never answer (to test timeouts): sleep this many ms first.
+    Delay(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<Value>,
+}
+
+#[derive(Debug)]
+pub struct CfState {
+    pub accounts: Vec<Value>,
+    pub apps: Vec<Value>,
+    pub token: Option<String>,
+    pub global: Option<(String, String)>,
+    /// Behave as if the server ignored the `domain` filter (return every app).
+    pub ignore_domain_filter: bool,
+    pub max_per_page: usize,
+    pub faults: VecDeque<Fault>,
+    pub requests: Vec<Recorded>,
+    /// Extra routes added by other test areas: (method, path) -> handler.
+    pub extra: Vec<ExtraRoute>,
+}
+
+pub type ExtraHandler = Box<dyn Fn(&mut CfState, &Recorded) -> Option<(StatusCode, Value)> + Send>;
+
+pub struct ExtraRoute(pub ExtraHandler);
+
+impl std::fmt::Debug for ExtraRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraRoute")
+    }
+}
+
+pub struct FakeCloudflare {
+    pub server: Server,
+    pub state: Arc<Mutex<CfState>>,
+}
+
+pub fn aud(n: u8) -> String {
+    format!("{:02x}", n).repeat(32)
+}
+
+pub fn uuid(n: u32) -> String {
+    format!("{n:08x}-0000-4000-8000-000000000000")
+}
+
+/// A self-hosted application as Cloudflare returns it.
+pub fn app(n: u32, host: &str, aud_tag: &str) -> Value {
+    json!({
+        "id": uuid(n),
+        "uid": uuid(n),
+        "name": format!("App {n}"),
+        "aud": aud_tag,
+        "type": "self_hosted",
+        "domain": host,
+        "destinations": [{"type": "public", "uri": host}],
+        "self_hosted_domains": [host],
+        "session_duration": "24h",
+        "allowed_idps": [],
+        "auto_redirect_to_identity": false,
+        "policies": [],
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z"
+    })
+}
+
+impl FakeCloudflare {
+    pub fn start(apps: Vec<Value>) -> FakeCloudflare {
+        let state = Arc::new(Mutex::new(CfState {
+            accounts: vec![json!({"id": ACCOUNT, "name": "Home Lab", "type": "standard"})],
+            apps,
+            token: Some(TOKEN.into()),
+            global: Some((EMAIL.into(), GLOBAL_KEY.into())),
+            ignore_domain_filter: false,
+            max_per_page: 1000,
+            faults: VecDeque::new(),
+            requests: Vec::new(),
+            extra: Vec::new(),
+        }));
+        let st = state.clone();
+        let server = Server::start(move |req| {
+            let st = st.clone();
+            async move { handle(st, req).await }
+        });
+        FakeCloudflare { server, state }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url.clone()
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut CfState) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.with(|s| s.requests.clone())
+    }
+
+    pub fn fault(&self, f: Fault) {
+        self.with(|s| s.faults.push_back(f));
+    }
+
+    pub fn set_aud(&self, idx: usize, aud_tag: &str) {
+        self.with(|s| s.apps[idx]["aud"] = json!(aud_tag));
+    }
+}
+
+fn envelope_error(status: StatusCode, code: i64, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"success": false, "errors": [{"code": code, "message": message}], "messages": [], "result": null})),
+    )
+        .into_response()
+}
+
+fn ok(result: Value) -> Response {
+    axum::Json(json!({"success": true, "errors": [], "messages": [], "result": result}))
+        .into_response()
+}
+
+fn paged(items: Vec<Value>, q: &BTreeMap<String, String>, max: usize) -> Response {
+    let page: usize = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let per: usize = q
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(25)
+        .clamp(1, max);
+    let total = items.len();
+    let total_pages = total.div_ceil(per).max(1);
+    let slice: Vec<Value> = items.into_iter().skip((page - 1) * per).take(per).collect();
+    axum::Json(json!({
+        "success": true, "errors": [], "messages": [],
+        "result": slice,
+        "result_info": {"page": page, "per_page": per, "count": slice.len(), "total_count": total, "total_pages": total_pages}
+    }))
+    .into_response()
+}
+
+async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query: BTreeMap<String, String> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let headers = record_headers(req.headers());
+    let bytes = to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).ok();
+    let rec = Recorded {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        headers,
+        body,
+    };
+    let fault = {
+        let mut s = st.lock().unwrap();
+        s.requests.push(rec.clone());
+        s.faults.pop_front()
+    };
+    match fault {
+        Some(Fault::Status429 { retry_after }) => {
+            let mut r = envelope_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                971,
+                "Please wait and consider throttling your request speed",
+            );
+            if let Some(ra) = retry_after {
+                r.headers_mut().insert("retry-after", ra.parse().unwrap());
+            }
+            return r;
+        }
+        Some(Fault::Status500) => {
+            return envelope_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                10001,
+                "Internal Server Error",
+            );
+        }
+        Some(Fault::Malformed) => {
+            return (StatusCode::OK, "<html>gateway hiccup</html>").into_response();
+        }
+        Some(Fault::SuccessFalse) => {
+            return envelope_error(
+                StatusCode::OK,
+                7003,
+                "Could not route to /accounts, perhaps your object identifier is invalid?",
+            );
+        }
+        Some(Fault::Delay(ms)) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+        None => {}
+    }
+
+    let mut s = st.lock().unwrap();
+    if !authorized(&s, &rec.headers) {
+        return envelope_error(StatusCode::FORBIDDEN, 10000, "Authentication error");
+    }
+    for route in std::mem::take(&mut s.extra) {
+        let out = (route.0)(&mut s, &rec);
+        s.extra.push(route);
+        if let Some((status, v)) = out {
+            return (status, axum::Json(v)).into_response();
+        }
+    }
+    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, seg.as_slice()) {
+        (Method::GET, ["accounts"]) => paged(s.accounts.clone(), &query, s.max_per_page),
+        (Method::GET, ["user", "tokens", "verify"]) => ok(json!({"id": "tok", "status": "active"})),
+        (Method::GET, ["accounts", acc, "access", "apps"]) => {
+            if *acc != ACCOUNT && !s.accounts.iter().any(|a| a["id"] == *acc) {
+                return envelope_error(
+                    StatusCode::NOT_FOUND,
+                    7003,
+                    "Could not route to /accounts/…/access/apps, perhaps your object identifier is invalid?",
+                );
+            }
+            let mut apps = s.apps.clone();
+            if let Some(d) = query.get("domain")
+                && !s.ignore_domain_filter
+            {
+                let exact = query.get("exact").is_some_and(|e| e == "true");
+                apps.retain(|a| {
+                    let dom = a["domain"].as_str().unwrap_or("");
+                    if exact {
+                        dom == d
+                    } else {
+                        dom.contains(d.as_str())
+                    }
+                });
+            }
+            paged(apps, &query, s.max_per_page)
+        }
+        (Method::GET, ["accounts", _acc, "access", "apps", id]) => {
+            match s.apps.iter().find(|a| a["id"] == *id) {
+                Some(a) => ok(a.clone()),
+                None => envelope_error(
+                    StatusCode::NOT_FOUND,
+                    12130,
+                    "access.api.error.application_not_found",
+                ),
+            }
+        }
+        _ => envelope_error(StatusCode::NOT_FOUND, 7000, "No route for that URI"),
+    }
+}
+
+fn record_headers(h: &HeaderMap) -> BTreeMap<String, String> {
+    [
+        "authorization",
+        "x-auth-email",
+        "x-auth-key",
+        "content-type",
+        "user-agent",
+    ]
+    .iter()
+    .filter_map(|k| {
+        h.get(*k)
+            .map(|v| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+    })
+    .collect()
+}
+
+fn authorized(s: &CfState, h: &BTreeMap<String, String>) -> bool {
+    if let Some(a) = h.get("authorization") {
+        return s
+            .token
+            .as_ref()
+            .is_some_and(|t| a == &format!("Bearer {t}"));
+    }
+    match (h.get("x-auth-email"), h.get("x-auth-key"), &s.global) {
+        (Some(e), Some(k), Some((ge, gk))) => e == ge && k == gk,
+        _ => false,
+    }
+}
