@@ -124,6 +124,62 @@ impl Report {
     }
 }
 
+/// The sinks named by `--sink`, in order.
+async fn build_sinks(cfg: &SyncConfig) -> Result<Vec<AnySink>, Error> {
+    Ok(cfg
+        .sinks
+        .iter()
+        .map(|k| match k {
+            SinkKind::Env | SinkKind::Infisical => AnySink::Env(EnvFileSink {
+                path: cfg.env_file.clone(),
+                key: cfg.key.clone(),
+                mode: cfg.write_mode,
+            }),
+        })
+        .collect())
+}
+
+/// The containers to act on, each observed. Containers are only asked about when their answer
+/// can matter: always for auto/recreate (drift), for restart only when something is owed or
+/// changing (`may_act`).
+async fn build_targets(
+    cfg: &SyncConfig,
+    may_act: bool,
+) -> (
+    Vec<Slot>,
+    Vec<(String, Result<TargetObservation, ActionError>)>,
+) {
+    let need_docker = match cfg.restart {
+        RestartMode::None => false,
+        RestartMode::Restart => may_act,
+        RestartMode::Auto | RestartMode::Recreate => true,
+    };
+    let mut targets: Vec<Slot> = Vec::new();
+    let mut target_obs = Vec::new();
+    if need_docker {
+        let engine = Engine::connect().await;
+        for name in &cfg.containers {
+            let mut slot = match &engine {
+                Ok(e) => Slot::Live(e.container(name)),
+                Err(err) => Slot::Down(name.clone(), err.clone()),
+            };
+            let obs = slot.observe(&cfg.key).await;
+            target_obs.push((name.clone(), obs));
+            targets.push(slot);
+        }
+    } else {
+        for name in &cfg.containers {
+            let not_needed = ActionError {
+                message: "not inspected".into(),
+                hint: None,
+            };
+            targets.push(Slot::Down(name.clone(), not_needed));
+            target_obs.push((name.clone(), Ok(TargetObservation { env_value: None })));
+        }
+    }
+    (targets, target_obs)
+}
+
 /// A container target, or the reason none can be had (daemon unreachable).
 enum Slot {
     Live(crate::docker::Container),
@@ -179,17 +235,7 @@ pub async fn run_pass(cfg: &SyncConfig) -> Result<Report, Error> {
     }
     tracing::debug!(aud = %found.aud, app = %found.app.id, "desired AUD");
 
-    let mut sinks: Vec<AnySink> = cfg
-        .sinks
-        .iter()
-        .map(|k| match k {
-            SinkKind::Env | SinkKind::Infisical => AnySink::Env(EnvFileSink {
-                path: cfg.env_file.clone(),
-                key: cfg.key.clone(),
-                mode: cfg.write_mode,
-            }),
-        })
-        .collect();
+    let mut sinks = build_sinks(cfg).await?;
     let mut observed = Vec::with_capacity(sinks.len());
     for s in sinks.iter_mut() {
         let o = s
@@ -200,39 +246,7 @@ pub async fn run_pass(cfg: &SyncConfig) -> Result<Report, Error> {
     }
     let changed = observed.iter().any(|(_, o)| o.needs_write);
     let owed = reconcile::Journal::owed(&state);
-
-    // Containers are only asked about when their answer can matter: always for auto/recreate
-    // (drift), for restart only when something is owed or changing.
-    let need_docker = match cfg.restart {
-        RestartMode::None => false,
-        RestartMode::Restart => changed || !owed.is_empty(),
-        RestartMode::Auto | RestartMode::Recreate => true,
-    };
-    let mut targets: Vec<Slot> = Vec::new();
-    let mut target_obs = Vec::new();
-    if need_docker {
-        let engine = Engine::connect().await;
-        for name in &cfg.containers {
-            let mut slot = match &engine {
-                Ok(e) => Slot::Live(e.container(name)),
-                Err(err) => Slot::Down(name.clone(), err.clone()),
-            };
-            let obs = slot.observe(&cfg.key).await;
-            target_obs.push((name.clone(), obs));
-            targets.push(slot);
-        }
-    } else {
-        for name in &cfg.containers {
-            targets.push(Slot::Down(
-                name.clone(),
-                ActionError {
-                    message: "not inspected".into(),
-                    hint: None,
-                },
-            ));
-            target_obs.push((name.clone(), Ok(TargetObservation { env_value: None })));
-        }
-    }
+    let (mut targets, target_obs) = build_targets(cfg, changed || !owed.is_empty()).await;
 
     let plan = reconcile::plan(
         &found.aud,
