@@ -42,13 +42,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// More logging on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
     /// Less logging (-q errors only, -qq nothing).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose", help_heading = "Global options")]
     pub quiet: u8,
     /// Log line format on stderr.
-    #[arg(long, global = true, env = "AUDSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "AUDSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Global options")]
     pub log_format: LogFormat,
 }
 
@@ -76,6 +76,7 @@ pub enum Command {
 
 /// Where the AUD comes from, and where configuration is read.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cloudflare source and configuration")]
 pub struct SourceArgs {
     /// The host the Access application protects, e.g. api.example.com.
     #[arg(long, env = "AUDSYNC_DOMAIN", value_name = "HOST")]
@@ -109,9 +110,8 @@ pub struct GetArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sinks and containers")]
 pub struct SyncArgs {
-    #[command(flatten)]
-    pub source: SourceArgs,
     /// The variable that holds the AUD tag.
     #[arg(
         long,
@@ -165,6 +165,8 @@ pub struct SyncArgs {
     /// How long to wait for another run holding the lock.
     #[arg(long, env = "AUDSYNC_LOCK_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
