@@ -61,7 +61,10 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
                 },
                 Err(e) => sync::Report::from_error(&e, dry_run),
             };
-            sync::print(&report, output);
+            // `-q` keeps cron mail quiet: the text report is printed only when something happened.
+            if !(cli.global.quiet > 0 && output == Output::Text && report.status == "in_sync") {
+                sync::print(&report, output);
+            }
             if let Some(e) = &report.error {
                 report_error(e, report.hint.as_deref(), output);
             }

@@ -614,3 +614,20 @@ fn help_documents_precedence_and_exit_codes() {
     }
     let _ = cloudflare::ACCOUNT;
 }
+
+#[test]
+fn quiet_in_sync_run_prints_nothing_but_a_change_is_reported() {
+    let (_cf, sb) = setup();
+    let r = sync(&sb, &["-q"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("changed"),
+        "a change is always reported: {r:?}"
+    );
+    let r = sync(&sb, &["-q"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (0, "", ""),
+        "{r:?}"
+    );
+}

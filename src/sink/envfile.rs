@@ -271,6 +271,15 @@ impl EnvFileSink {
                 version: None,
             });
         };
+        let edited = set_key(&content, &self.key, desired).map_err(|e| self.err(e))?;
+        if edited == content {
+            // Every assignment already holds exactly `desired`: no need to parse the file.
+            return Ok(Observation {
+                current: Some(desired.to_string()),
+                needs_write: false,
+                version: None,
+            });
+        }
         let current = parse(&content)
             .map_err(|e| {
                 self.err(format!(
@@ -278,10 +287,9 @@ impl EnvFileSink {
                 ))
             })?
             .remove(&self.key);
-        let edited = set_key(&content, &self.key, desired).map_err(|e| self.err(e))?;
         Ok(Observation {
             current,
-            needs_write: edited != content,
+            needs_write: true,
             version: None,
         })
     }

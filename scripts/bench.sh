@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Benchmarks against local fakes only. Prints a markdown report and writes BENCHMARKS.md.
+#   scripts/bench.sh           full run (about 2 minutes)
+#   scripts/bench.sh --smoke   a few iterations, to keep the script working (CI); writes nothing
+# Harness: hyperfine (warm-up + repetitions, median and spread); peak RSS from GNU time.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+SMOKE=0
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+RUNS=40; RSS_RUNS=15; EDIT_RUNS=30
+if [ $SMOKE = 1 ]; then RUNS=3; RSS_RUNS=2; EDIT_RUNS=2; fi
+
+need() { command -v "$1" >/dev/null 2>&1; }
+need hyperfine || { apt-get install -y hyperfine >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y hyperfine >/dev/null; }; }
+need jq || apt-get install -y jq >/dev/null
+[ -x /usr/bin/time ] || apt-get install -y time >/dev/null
+python3 -c 'import requests, dotenv' 2>/dev/null || pip install -q requests python-dotenv
+
+cargo build --release --quiet
+BIN="$ROOT/target/release/audsync"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+# start_fake NAME ARGS... -> sets PORT_<NAME>
+start_fake() {
+  local name=$1; shift
+  python3 scripts/bench/fake_cloudflare.py "$@" >"$WORK/$name.port" &
+  PIDS+=($!)
+  for _ in $(seq 100); do [ -s "$WORK/$name.port" ] && break; sleep 0.05; done
+  printf -v "PORT_$name" '%s' "$(head -1 "$WORK/$name.port")"
+}
+start_fake plain --apps 20
+start_fake big --apps 5000 --ignore-filter
+start_fake toggle --apps 1 --toggle
+
+AUD=$(printf 'cd%.0s' $(seq 32))
+project() { # project DIR PORT
+  mkdir -p "$1"
+  cat >"$1/.env" <<ENV
+# bench project
+CLOUDFLARE_API_URL=http://127.0.0.1:$2
+CLOUDFLARE_API_TOKEN=bench-token
+CLOUDFLARE_ACCOUNT_ID=0123456789abcdef0123456789abcdef
+AUDSYNC_DOMAIN=api.example.com
+AUDSYNC_RESTART=none
+CLOUDFLARE_AUD_TAG=$AUD
+ENV
+}
+requests_of() { # requests_of PORT CMD... -> number of API requests the command made
+  local port=$1; shift
+  curl -fsS -X POST "http://127.0.0.1:$port/__reset" >/dev/null
+  "$@" >/dev/null
+  curl -fsS "http://127.0.0.1:$port/__stats" | jq .requests
+}
+stats() { # stats FILE NAME -> "median mean stddev min max" in ms
+  jq -r --arg n "$2" '.results[] | select(.command == $n) | [(.median*1000), (.mean*1000), (.stddev*1000), (.min*1000), (.max*1000)] | map(. * 100 | round / 100) | @tsv' "$1"
+}
+peak_rss() { # peak_rss CMD... -> "median min max" KiB over RSS_RUNS
+  for _ in $(seq $RSS_RUNS); do /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -1; done | sort -n |
+    awk '{a[NR]=$1} END {printf "%d %d %d\n", a[int((NR+1)/2)], a[1], a[NR]}'
+}
+
+# 1. No-change sync: audsync vs the Python peer vs curl | jq, same fake, same .env.
+P="$WORK/p1"; project "$P" "$PORT_plain"
+(cd "$P" && "$BIN" sync -q)   # warm the application-id cache, as every run after the first
+(cd "$P" && hyperfine -N --warmup 3 --runs $RUNS --export-json "$WORK/nochange.json" \
+  -n audsync "$BIN sync -q" \
+  -n python "python3 $ROOT/scripts/peers/aud_sync.py" \
+  -n curl-jq "bash $ROOT/scripts/peers/aud_sync_curl.sh" >/dev/null)
+read -r A_MED A_MEAN A_SD A_MIN A_MAX < <(stats "$WORK/nochange.json" audsync)
+read -r P_MED P_MEAN P_SD P_MIN P_MAX < <(stats "$WORK/nochange.json" python)
+read -r C_MED C_MEAN C_SD C_MIN C_MAX < <(stats "$WORK/nochange.json" curl-jq)
+read -r A_RSS A_RSS_MIN A_RSS_MAX < <(cd "$P" && peak_rss "$BIN" sync -q)
+read -r P_RSS P_RSS_MIN P_RSS_MAX < <(cd "$P" && peak_rss python3 "$ROOT/scripts/peers/aud_sync.py")
+read -r C_RSS C_RSS_MIN C_RSS_MAX < <(cd "$P" && peak_rss bash -c "curl -fsS -H 'Authorization: Bearer bench-token' 'http://127.0.0.1:$PORT_plain/accounts/0123456789abcdef0123456789abcdef/access/apps?domain=api.example.com&exact=true' | jq -r '.result[0].aud'")
+
+# 2. HTTP requests per pass.
+P2="$WORK/p2"; project "$P2" "$PORT_plain"
+APPID=00000001-0000-4000-8000-000000000000
+R_APPID=$(cd "$P2" && requests_of "$PORT_plain" "$BIN" sync -q --app-id $APPID)
+rm -f "$P2/.env.audsync-state.json"
+R_DOMAIN_COLD=$(cd "$P2" && requests_of "$PORT_plain" "$BIN" sync -q)
+R_DOMAIN_WARM=$(cd "$P2" && requests_of "$PORT_plain" "$BIN" sync -q)
+R_PY=$(cd "$P2" && requests_of "$PORT_plain" python3 "$ROOT/scripts/peers/aud_sync.py")
+P3="$WORK/p3"; project "$P3" "$PORT_big"
+R_BIG_COLD=$(cd "$P3" && requests_of "$PORT_big" "$BIN" sync -q)
+R_BIG_WARM=$(cd "$P3" && requests_of "$PORT_big" "$BIN" sync -q)
+R_BIG_PY=$(cd "$P3" && requests_of "$PORT_big" python3 "$ROOT/scripts/peers/aud_sync.py")
+
+# 3. Editing a 10,000-line .env: every run writes (the fake alternates the AUD).
+P4="$WORK/p4"; project "$P4" "$PORT_toggle"
+for i in $(seq 10000); do echo "VAR_$i=value-$i # comment $i"; done >>"$P4/.env"
+BYTES=$(stat -c %s "$P4/.env")
+(cd "$P4" && hyperfine -N --warmup 2 --runs $EDIT_RUNS --export-json "$WORK/edit.json" -n edit "$BIN sync -q" >/dev/null)
+read -r E_MED E_MEAN E_SD E_MIN E_MAX < <(stats "$WORK/edit.json" edit)
+P5="$WORK/p5"; project "$P5" "$PORT_toggle"
+(cd "$P5" && hyperfine -N --warmup 2 --runs $EDIT_RUNS --export-json "$WORK/edit-small.json" -n small "$BIN sync -q" >/dev/null)
+read -r S_MED S_MEAN S_SD S_MIN S_MAX < <(stats "$WORK/edit-small.json" small)
+
+# 4. Binary size.
+SIZE=$(stat -c %s "$BIN")
+SIZE_MB=$(awk -v s="$SIZE" 'BEGIN {printf "%.1f", s/1048576}')
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a/b}'; }
+MACHINE="$(nproc) cores, $(awk -F: '/model name/ {gsub(/^ /,"",$2); print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(rustc --version)"
+REPORT=$(cat <<MD
+# Benchmarks
+
+Produced by \`scripts/bench.sh\` on $(date -u +%Y-%m-%d) — machine: $MACHINE.
+All runs against local fakes (\`scripts/bench/fake_cloudflare.py\`, the same server for every
+peer). Times are hyperfine medians (mean ± σ, min–max) over $RUNS runs after warm-up; RSS is the
+median peak over $RSS_RUNS runs (GNU time). Peers: \`scripts/peers/aud_sync.py\` (requests +
+python-dotenv, what users run today) and \`scripts/peers/aud_sync_curl.sh\` (curl | jq).
+
+## 1. No-change \`sync\` (the every-5-minutes case)
+
+| | audsync | Python peer | curl \\| jq |
+|---|---|---|---|
+| wall time, median | **$A_MED ms** | $P_MED ms | $C_MED ms |
+| mean ± σ | $A_MEAN ± $A_SD ms | $P_MEAN ± $P_SD ms | $C_MEAN ± $C_SD ms |
+| min – max | $A_MIN – $A_MAX ms | $P_MIN – $P_MAX ms | $C_MIN – $C_MAX ms |
+| peak RSS, median (min–max) | **$((A_RSS/1024)).$(( (A_RSS%1024)*10/1024 )) MiB** ($A_RSS_MIN–$A_RSS_MAX KiB) | $((P_RSS/1024)).$(( (P_RSS%1024)*10/1024 )) MiB ($P_RSS_MIN–$P_RSS_MAX KiB) | $((C_RSS/1024)).$(( (C_RSS%1024)*10/1024 )) MiB (largest of curl, jq) |
+| speed-up of audsync | — | **$(ratio "$P_MED" "$A_MED")×** | **$(ratio "$C_MED" "$A_MED")×** |
+
+## 2. HTTP requests per pass
+
+| case | audsync | Python peer |
+|---|---|---|
+| \`--app-id\` | $R_APPID | — |
+| \`--domain\`, filter honoured, first run (no cache) | $R_DOMAIN_COLD | $R_PY |
+| \`--domain\`, filter honoured, later runs (cached app id) | $R_DOMAIN_WARM | $R_PY |
+| \`--domain\`, 5,000 apps, server ignores the filter, first run | $R_BIG_COLD (50 a page) | $R_BIG_PY (pages until the match; the target is last) |
+| \`--domain\`, 5,000 apps, server ignores the filter, later runs | $R_BIG_WARM | $R_BIG_PY |
+
+The floor is one request per pass; audsync reaches it from the second run on (the cache is
+invalidated when the application disappears). A first run reads every page, by design: it must
+see a second matching application to refuse an ambiguous host.
+
+## 3. Editing a 10,000-line \`.env\`
+
+| file | time per \`sync\` that writes (whole process), median (min–max) | bytes written |
+|---|---|---|
+| 10,000 lines | $E_MED ms ($E_MIN – $E_MAX) | $BYTES (atomic rewrite of the whole file) |
+| 7 lines | $S_MED ms ($S_MIN – $S_MAX) | $(stat -c %s "$P5/.env") |
+
+## 4. Size
+
+| | value |
+|---|---|
+| release binary, stripped | $SIZE_MB MB ($SIZE bytes) |
+MD
+)
+EXTRA=""
+if [ -x scripts/bench-watch.sh ] && [ $SMOKE = 0 ]; then EXTRA+=$'\n'"$(bash scripts/bench-watch.sh --markdown 2>/dev/null || echo '(bench-watch.sh failed)')"; fi
+if [ -x scripts/bench-recreate.sh ] && [ $SMOKE = 0 ]; then EXTRA+=$'\n'"$(bash scripts/bench-recreate.sh --markdown 2>/dev/null || echo '(bench-recreate.sh failed)')"; fi
+REPORT+="$EXTRA"
+echo "$REPORT"
+if [ $SMOKE = 0 ]; then
+  echo "$REPORT" >BENCHMARKS.md
+  echo "wrote BENCHMARKS.md" >&2
+fi
