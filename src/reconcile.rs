@@ -95,6 +95,8 @@ pub struct TargetStep {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub desired: String,
+    /// The variable that carries the value (in sinks and container environments).
+    pub key: String,
     pub sinks: Vec<SinkStep>,
     pub targets: Vec<TargetStep>,
 }
@@ -183,6 +185,7 @@ pub fn plan(
         .collect();
     Plan {
         desired: desired.to_string(),
+        key: key.to_string(),
         sinks: sinks
             .into_iter()
             .map(|(info, observation)| SinkStep { info, observation })
@@ -381,14 +384,9 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             out.containers.push(target_report(step, "failed", None));
             continue;
         }
-        let key = plan
-            .sinks
-            .first()
-            .map(|s| s.info.key.clone())
-            .unwrap_or_default();
         let res = match step.action {
             Action::Restart => targets[i].restart().await,
-            Action::Recreate => targets[i].recreate(&key, &plan.desired).await,
+            Action::Recreate => targets[i].recreate(&plan.key, &plan.desired).await,
             Action::None => Ok(()),
         };
         match res {
