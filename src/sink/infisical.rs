@@ -304,13 +304,11 @@ impl Client {
         let token = body["accessToken"]
             .as_str()
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                err(
-                    "Universal Auth login answered without an accessToken",
-                    None,
-                )
-            })?;
-        tracing::info!(expires_in = body["expiresIn"].as_u64(), "logged in to Infisical");
+            .ok_or_else(|| err("Universal Auth login answered without an accessToken", None))?;
+        tracing::info!(
+            expires_in = body["expiresIn"].as_u64(),
+            "logged in to Infisical"
+        );
         Ok(Secret::new(token))
     }
 
@@ -396,7 +394,10 @@ impl Client {
                             self.settings.host,
                             transport(&e.without_url())
                         ),
-                        Some("check INFISICAL_HOST and network access to it; the next run retries".into()),
+                        Some(
+                            "check INFISICAL_HOST and network access to it; the next run retries"
+                                .into(),
+                        ),
                     ));
                 }
             };
@@ -425,10 +426,8 @@ impl Client {
                 ));
             }
             if is_expired(status, &answer) {
-                let can_login = matches!(
-                    self.settings.credentials,
-                    Credentials::UniversalAuth { .. }
-                );
+                let can_login =
+                    matches!(self.settings.credentials, Credentials::UniversalAuth { .. });
                 if can_login && !relogged {
                     tracing::info!("Infisical access token expired; logging in again");
                     relogged = true;
@@ -464,7 +463,11 @@ impl Client {
                     Some(format!(
                         "give the machine identity a role on project {} that may read{} secrets in environment {} at path {} (e.g. Developer, or a custom role with Secrets read/edit/create), and check INFISICAL_PROJECT_ID, INFISICAL_ENVIRONMENT and INFISICAL_SECRET_PATH",
                         self.settings.project_id,
-                        if verb == "read" { "" } else { ", edit and create" },
+                        if verb == "read" {
+                            ""
+                        } else {
+                            ", edit and create"
+                        },
                         self.settings.environment,
                         self.settings.secret_path
                     )),
@@ -476,8 +479,12 @@ impl Client {
                     .is_some_and(|m| m.starts_with("Route "))
             {
                 let hint = match self.settings.api {
-                    ApiVersion::V4 => "this Infisical has no v4 secrets API (an older self-hosted instance?): pass --infisical-api v3 (AUDSYNC_INFISICAL_API=v3)",
-                    ApiVersion::V3 => "this Infisical has no v3 secrets API: use --infisical-api v4",
+                    ApiVersion::V4 => {
+                        "this Infisical has no v4 secrets API (an older self-hosted instance?): pass --infisical-api v3 (AUDSYNC_INFISICAL_API=v3)"
+                    }
+                    ApiVersion::V3 => {
+                        "this Infisical has no v3 secrets API: use --infisical-api v4"
+                    }
                 };
                 return Err(err(
                     format!(
@@ -642,14 +649,20 @@ impl InfisicalSink {
                 Some(w) => w,
                 // Created by someone else since we looked.
                 None => self.client.update(&key, desired).await?.ok_or_else(|| {
-                    err(format!("secret {key} neither exists nor can be created"), None)
+                    err(
+                        format!("secret {key} neither exists nor can be created"),
+                        None,
+                    )
                 })?,
             }
         } else {
             match self.client.update(&key, desired).await? {
                 Some(w) => w,
                 None => self.client.create(&key, desired).await?.ok_or_else(|| {
-                    err(format!("secret {key} neither exists nor can be created"), None)
+                    err(
+                        format!("secret {key} neither exists nor can be created"),
+                        None,
+                    )
                 })?,
             }
         };
@@ -670,11 +683,7 @@ pub async fn read_cloudflare_credentials(
     use crate::error::Error as E;
     let mut client = Client::new(settings.clone());
     let failed = |e: Error| E::failed(e.to_string(), e.hint());
-    if let Some(t) = client
-        .read("CLOUDFLARE_API_TOKEN")
-        .await
-        .map_err(failed)?
-    {
+    if let Some(t) = client.read("CLOUDFLARE_API_TOKEN").await.map_err(failed)? {
         tracing::info!(location = %settings.location(), "Cloudflare API token read from Infisical");
         return Ok(env.with_fetched("CLOUDFLARE_API_TOKEN", Secret::new(t.value)));
     }
