@@ -181,7 +181,10 @@ async fn build_sinks(cfg: &SyncConfig) -> Result<Vec<AnySink>, Error> {
                 mode: cfg.write_mode,
             })),
             SinkKind::Infisical => match &cfg.infisical {
-                Some(s) => Ok(AnySink::Infisical(InfisicalSink::new(s.clone(), &cfg.key))),
+                Some(s) => Ok(AnySink::Infisical(Box::new(InfisicalSink::new(
+                    s.clone(),
+                    &cfg.key,
+                )))),
                 None => Err(Error::usage("--sink infisical is not configured")),
             },
         })

@@ -650,6 +650,13 @@ fn infisical_cloudflare_credentials_are_read_from_infisical() {
     assert_eq!(w.inf.requests().len(), n);
 }
 
+/// Variables to unset, variables to set, the expected message.
+type HalfConfig = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
 #[test]
 fn infisical_settings_follow_the_precedence_and_half_configs_are_usage_errors() {
     let w = world();
@@ -692,7 +699,7 @@ fn infisical_settings_follow_the_precedence_and_half_configs_are_usage_errors() 
     );
 
     // Half configurations.
-    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+    let cases: [HalfConfig; 5] = [
         (
             &["INFISICAL_PROJECT_ID"],
             &[],
@@ -909,4 +916,60 @@ fn infisical_both_sinks_one_failing_real_container() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(json(&r)["status"], "in_sync");
     assert_eq!(started_at(&name), second_start);
+}
+
+/// An approval-held write restarts nothing (exit 3); once the change is approved and merged in
+/// Infisical, the next run restarts the container (real Docker engine; gated).
+#[test]
+fn infisical_approval_then_merge_restarts_real_container_once() {
+    if std::env::var("AUDSYNC_DOCKER_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set AUDSYNC_DOCKER_TESTS=1 (scripts/test.sh) to run against Docker");
+        return;
+    }
+    let image =
+        std::env::var("AUDSYNC_TEST_IMAGE").unwrap_or_else(|_| "audsync-test/busybox:1".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!("audsync-test-infapr-{}-{nanos}", std::process::id());
+    let _guard = ContainerGuard(name.clone());
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--stop-timeout",
+        "1",
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    let first_start = started_at(&name);
+    let w = world();
+    w.inf.with(|s| s.approval = true);
+    let args = [
+        "sync",
+        "--domain",
+        HOST,
+        "--sink",
+        "infisical",
+        "--container",
+        &name,
+    ];
+    let r = run(w.sb.cmd().args(args));
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stdout.contains("waits for approval"), "{r:?}");
+    assert_eq!(started_at(&name), first_start, "nothing restarted");
+
+    // A reviewer approves and merges the change request.
+    w.inf.with(|s| s.approval = false);
+    w.inf.put("dev", "/", KEY, &aud(2), 2);
+    let r = run(w.sb.cmd().args(args).args(["--output", "json"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = json(&r);
+    assert_eq!(j["sinks"][0]["result"], "unchanged");
+    assert_eq!(j["containers"][0]["result"], "done");
+    assert_ne!(started_at(&name), first_start, "the owed restart happened");
+    assert_eq!(state(&w.sb)["owed"], json!([]));
 }

@@ -88,7 +88,7 @@ pub trait Sink: Send {
 #[derive(Debug)]
 pub enum AnySink {
     Env(EnvFileSink),
-    Infisical(InfisicalSink),
+    Infisical(Box<InfisicalSink>),
 }
 
 impl Sink for AnySink {
