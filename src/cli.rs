@@ -16,7 +16,9 @@ pub const PRECEDENCE: &str = "\
 Configuration precedence: command-line flags > process environment > the .env file (--env-file) > defaults.
 Secrets are read from the environment or the .env file only, never from flags; each also accepts
 <NAME>_FILE naming a file that holds it (Docker secrets): CLOUDFLARE_API_TOKEN, or CLOUDFLARE_EMAIL +
-CLOUDFLARE_API_KEY.
+CLOUDFLARE_API_KEY; INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET, or INFISICAL_TOKEN. When no Cloudflare
+credential is set in either and Infisical is configured, they are read from Infisical (same project,
+environment and path).
 
 Exit codes: 0 in sync or change applied; 1 failure (the next run retries); 2 usage or configuration
 error; 3 change pending (--dry-run found work, or Infisical holds the write for approval).";
@@ -101,6 +103,42 @@ pub struct SourceArgs {
     /// Timeout for each HTTP request (e.g. 10s, 1m).
     #[arg(long, env = "AUDSYNC_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub infisical: InfisicalArgs,
+}
+
+/// Where the Infisical secret lives (`--sink infisical`, and Cloudflare credentials read from
+/// Infisical). The credentials are secrets: INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET
+/// (Universal Auth) or INFISICAL_TOKEN, from the environment or the .env file (or `<NAME>_FILE`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Infisical")]
+pub struct InfisicalArgs {
+    /// Infisical base URL (Infisical Cloud, or a self-hosted instance).
+    #[arg(long, env = "INFISICAL_HOST", value_name = "URL", default_value = crate::sink::infisical::DEFAULT_HOST)]
+    pub infisical_host: String,
+    /// The Infisical project id.
+    #[arg(long, env = "INFISICAL_PROJECT_ID", value_name = "ID")]
+    pub infisical_project_id: Option<String>,
+    /// The Infisical environment slug.
+    #[arg(
+        long,
+        env = "INFISICAL_ENVIRONMENT",
+        value_name = "SLUG",
+        default_value = "dev"
+    )]
+    pub infisical_environment: String,
+    /// The folder the secret lives in.
+    #[arg(
+        long,
+        env = "INFISICAL_SECRET_PATH",
+        value_name = "PATH",
+        default_value = "/"
+    )]
+    pub infisical_secret_path: String,
+    /// Infisical API generation: v4 (`/api/v4/secrets`), or v3 (`/api/v3/secrets/raw`) for older
+    /// self-hosted instances.
+    #[arg(long, env = "AUDSYNC_INFISICAL_API", value_enum, default_value = "v4")]
+    pub infisical_api: crate::sink::infisical::ApiVersion,
 }
 
 #[derive(Debug, Clone, Args)]

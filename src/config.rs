@@ -22,6 +22,8 @@ use crate::sink::envfile;
 pub struct Env {
     pub env_file: Option<PathBuf>,
     dotenv: BTreeMap<String, String>,
+    /// Values read from a secret store (Infisical): the last layer, below the `.env` file.
+    fetched: BTreeMap<String, Secret>,
 }
 
 impl Env {
@@ -43,15 +45,29 @@ impl Env {
         Ok(Env {
             env_file: Some(path.to_path_buf()),
             dotenv,
+            fetched: BTreeMap::new(),
         })
     }
 
-    /// A non-empty value from the process environment, else from the `.env` file.
+    /// A non-empty value from the process environment, else from the `.env` file, else one
+    /// fetched from a secret store ([`Env::with_fetched`]).
     pub fn get(&self, name: &str) -> Option<String> {
         std::env::var(name)
             .ok()
             .filter(|v| !v.is_empty())
             .or_else(|| self.dotenv.get(name).filter(|v| !v.is_empty()).cloned())
+            .or_else(|| {
+                self.fetched
+                    .get(name)
+                    .map(|v| v.expose().to_string())
+                    .filter(|v| !v.is_empty())
+            })
+    }
+
+    /// Add a value read from a secret store, below every other layer.
+    pub fn with_fetched(mut self, name: &str, value: Secret) -> Env {
+        self.fetched.insert(name.to_string(), value);
+        self
     }
 
     /// `NAME`, or the contents of the file named by `NAME_FILE` (trailing newline dropped).
@@ -197,6 +213,18 @@ impl SourceConfig {
     }
 }
 
+/// True when any Cloudflare credential (token, email or key, or a `_FILE` of one) is set in the
+/// process environment or the `.env` file. Only then are credentials *not* read from Infisical.
+pub fn has_cloudflare_credentials(env: &Env) -> bool {
+    [
+        "CLOUDFLARE_API_TOKEN",
+        "CLOUDFLARE_EMAIL",
+        "CLOUDFLARE_API_KEY",
+    ]
+    .iter()
+    .any(|n| env.get(n).is_some() || env.get(&format!("{n}_FILE")).is_some())
+}
+
 /// Token, else email + global key, each possibly from `<NAME>_FILE`.
 pub fn cloudflare_auth(env: &Env) -> Result<Auth, Error> {
     if let Some(t) = env.secret("CLOUDFLARE_API_TOKEN")? {
@@ -213,7 +241,7 @@ pub fn cloudflare_auth(env: &Env) -> Result<Auth, Error> {
             "CLOUDFLARE_API_KEY is set but CLOUDFLARE_EMAIL is not: set both, or use CLOUDFLARE_API_TOKEN",
         )),
         (None, None) => Err(Error::usage(format!(
-            "no Cloudflare credentials: set CLOUDFLARE_API_TOKEN (or CLOUDFLARE_API_TOKEN_FILE), or CLOUDFLARE_EMAIL + CLOUDFLARE_API_KEY, in the environment or in {}",
+            "no Cloudflare credentials: set CLOUDFLARE_API_TOKEN (or CLOUDFLARE_API_TOKEN_FILE), or CLOUDFLARE_EMAIL + CLOUDFLARE_API_KEY, in the environment or in {} (or in Infisical, with INFISICAL_PROJECT_ID and its credentials set)",
             env.env_file
                 .as_deref()
                 .unwrap_or(Path::new(".env"))

@@ -54,7 +54,7 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
         Command::Sync(args) => {
             let output = args.output;
             let dry_run = args.dry_run;
-            let report = match sync::SyncConfig::from_args(&args, &env) {
+            let report = match sync::load_config(&args, env).await {
                 Ok(cfg) => match sync::run_pass(&cfg).await {
                     Ok(r) => r,
                     Err(e) => sync::Report::from_error(&e, dry_run),
@@ -84,7 +84,11 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
 }
 
 async fn get(args: &cli::GetArgs, env: &Env) -> Result<String, Error> {
-    let cfg = config::SourceConfig::from_args(&args.source, env)?;
+    let env = sync::resolve_credentials(&args.source, env.clone(), |e| {
+        config::SourceConfig::from_args(&args.source, e).map(drop)
+    })
+    .await?;
+    let cfg = config::SourceConfig::from_args(&args.source, &env)?;
     let client = source::client(&cfg);
     Ok(source::fetch(&client, &cfg, None).await?.aud)
 }

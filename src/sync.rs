@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::{Output, SyncArgs};
+use crate::cli::{Output, SourceArgs, SyncArgs};
 use crate::config::{self, Env, SourceConfig};
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::exit;
 use crate::reconcile::{self, ActionError, Outcome, RestartMode, Target, TargetObservation};
+use crate::sink::infisical::{self, InfisicalSink};
 use crate::sink::{AnySink, EnvFileSink, Sink, SinkKind, WriteMode};
 use crate::source::{self, AppSummary};
 use crate::state::StateFile;
@@ -32,6 +33,8 @@ pub struct SyncConfig {
     pub state_file: PathBuf,
     pub lock_file: PathBuf,
     pub lock_timeout: Duration,
+    /// Set when `--sink infisical` is chosen.
+    pub infisical: Option<infisical::Settings>,
 }
 
 impl SyncConfig {
@@ -40,11 +43,18 @@ impl SyncConfig {
         let source = SourceConfig::from_args(&a.source, env)?;
         let mut sinks = a.sinks.clone();
         sinks.dedup();
-        if sinks.contains(&SinkKind::Infisical) {
-            return Err(Error::usage(
-                "--sink infisical is not available in this build",
-            ));
-        }
+        let infisical = if sinks.contains(&SinkKind::Infisical) {
+            Some(
+                infisical::Settings::from_args(&a.source.infisical, env, a.source.timeout)?
+                    .ok_or_else(|| {
+                        Error::usage(
+                            "--sink infisical needs INFISICAL_PROJECT_ID and credentials: INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET (Universal Auth), or INFISICAL_TOKEN",
+                        )
+                    })?,
+            )
+        } else {
+            None
+        };
         let containers: Vec<String> = a
             .containers
             .iter()
@@ -81,6 +91,7 @@ impl SyncConfig {
             lock_file: sidecar(".audsync.lock"),
             lock_timeout: a.lock_timeout,
             env_file,
+            infisical,
         })
     }
 }
@@ -124,19 +135,60 @@ impl Report {
     }
 }
 
+/// Validate the `sync` configuration, reading the Cloudflare credentials from Infisical when
+/// they are set nowhere else (see [`resolve_credentials`]).
+pub async fn load_config(args: &SyncArgs, env: Env) -> Result<SyncConfig, Error> {
+    let env = resolve_credentials(&args.source, env, |e| {
+        SyncConfig::from_args(args, e).map(drop)
+    })
+    .await?;
+    SyncConfig::from_args(args, &env)
+}
+
+/// Cloudflare credentials: process env > `.env` file > Infisical. When none of
+/// CLOUDFLARE_API_TOKEN / CLOUDFLARE_EMAIL / CLOUDFLARE_API_KEY (or a `_FILE` of one) is set
+/// and Infisical is configured, they are read from the same project/environment/path and added
+/// as the lowest layer of `env`. `validate` checks everything else first, so a bad flag is
+/// reported before any request.
+pub async fn resolve_credentials(
+    source: &SourceArgs,
+    env: Env,
+    validate: impl FnOnce(&Env) -> Result<(), Error>,
+) -> Result<Env, Error> {
+    if config::has_cloudflare_credentials(&env) {
+        return Ok(env);
+    }
+    let Some(settings) = infisical::Settings::from_args(&source.infisical, &env, source.timeout)?
+    else {
+        return Ok(env);
+    };
+    // A stand-in credential, only to run the validation that needs one.
+    validate(&env.clone().with_fetched(
+        "CLOUDFLARE_API_TOKEN",
+        crate::secret::Secret::new("validation-placeholder"),
+    ))?;
+    infisical::read_cloudflare_credentials(&settings, env).await
+}
+
 /// The sinks named by `--sink`, in order.
 async fn build_sinks(cfg: &SyncConfig) -> Result<Vec<AnySink>, Error> {
-    Ok(cfg
-        .sinks
+    cfg.sinks
         .iter()
         .map(|k| match k {
-            SinkKind::Env | SinkKind::Infisical => AnySink::Env(EnvFileSink {
+            SinkKind::Env => Ok(AnySink::Env(EnvFileSink {
                 path: cfg.env_file.clone(),
                 key: cfg.key.clone(),
                 mode: cfg.write_mode,
-            }),
+            })),
+            SinkKind::Infisical => match &cfg.infisical {
+                Some(s) => Ok(AnySink::Infisical(Box::new(InfisicalSink::new(
+                    s.clone(),
+                    &cfg.key,
+                )))),
+                None => Err(Error::usage("--sink infisical is not configured")),
+            },
         })
-        .collect())
+        .collect()
 }
 
 /// The containers to act on, each observed. Containers are only asked about when their answer

@@ -4,6 +4,7 @@
 //! restarts anything and never decides ordering: that is `reconcile`'s job.
 
 pub mod envfile;
+pub mod infisical;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use envfile::{EnvFileSink, WriteMode};
+pub use infisical::InfisicalSink;
 
 /// Which kind of sink, as named on the command line (`--sink env,infisical`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -86,24 +88,28 @@ pub trait Sink: Send {
 #[derive(Debug)]
 pub enum AnySink {
     Env(EnvFileSink),
+    Infisical(Box<InfisicalSink>),
 }
 
 impl Sink for AnySink {
     fn info(&self) -> SinkInfo {
         match self {
             AnySink::Env(s) => s.info(),
+            AnySink::Infisical(s) => s.info(),
         }
     }
 
     async fn observe(&mut self, desired: &str) -> Result<Observation, Error> {
         match self {
             AnySink::Env(s) => s.observe(desired),
+            AnySink::Infisical(s) => s.observe(desired).await,
         }
     }
 
     async fn write(&mut self, desired: &str) -> Result<WriteOutcome, Error> {
         match self {
             AnySink::Env(s) => s.write(desired),
+            AnySink::Infisical(s) => s.write(desired).await,
         }
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cloudflare;
+pub mod infisical;
 
 use std::future::Future;
 use std::net::SocketAddr;

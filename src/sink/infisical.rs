@@ -1,0 +1,739 @@
+//! The Infisical sink and its thin client: Universal Auth login, read / compare / update /
+//! create of one secret (v4 routes, or v3 for older self-hosted instances), bounded retries.
+//!
+//! Owns every request to Infisical. It never prints or logs the client secret or an access
+//! token: both are [`Secret`]s, errors carry the HTTP status, Infisical's own message and the
+//! project/environment/path, never a credential. A failed login is never retried (three failures
+//! lock the machine identity for 5 minutes). An equal value is never written (Infisical would
+//! make a new secret version of it).
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{Error, Observation, SinkInfo, WriteOutcome};
+use crate::cli::InfisicalArgs;
+use crate::cloudflare::{RetryPolicy, retry_after};
+use crate::config::Env;
+use crate::secret::Secret;
+
+pub const DEFAULT_HOST: &str = "https://app.infisical.com";
+
+/// Which generation of the secrets API to call (`--infisical-api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersion {
+    /// `/api/v3/secrets/raw/{name}` with `workspaceId` (deprecated; older self-hosted instances).
+    V3,
+    /// `/api/v4/secrets/{name}` with `projectId`.
+    V4,
+}
+
+/// How the client proves who it is.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Machine identity, Universal Auth: logs in itself, and again once when the token expires.
+    UniversalAuth {
+        client_id: String,
+        client_secret: Secret,
+    },
+    /// A ready access token (INFISICAL_TOKEN); cannot be renewed by us.
+    Token(Secret),
+}
+
+/// Everything needed to reach one Infisical folder, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub credentials: Credentials,
+    pub project_id: String,
+    pub environment: String,
+    pub secret_path: String,
+    pub api: ApiVersion,
+    pub timeout: Duration,
+}
+
+impl Settings {
+    /// `None` when Infisical is not configured at all (no project id and no credentials).
+    /// Half a configuration is a usage error naming what is missing.
+    pub fn from_args(
+        a: &InfisicalArgs,
+        env: &Env,
+        timeout: Duration,
+    ) -> Result<Option<Settings>, crate::error::Error> {
+        use crate::error::Error as E;
+        let client_id = env.secret("INFISICAL_CLIENT_ID")?;
+        let client_secret = env.secret("INFISICAL_CLIENT_SECRET")?;
+        let token = env.secret("INFISICAL_TOKEN")?;
+        let project = a
+            .infisical_project_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty());
+        let credentials = match (client_id, client_secret, token) {
+            (Some(id), Some(secret), _) => Some(Credentials::UniversalAuth {
+                client_id: id.expose().trim().to_string(),
+                client_secret: secret,
+            }),
+            (Some(_), None, _) => {
+                return Err(E::usage(
+                    "INFISICAL_CLIENT_ID is set but INFISICAL_CLIENT_SECRET is not: set both (Universal Auth), or INFISICAL_TOKEN",
+                ));
+            }
+            (None, Some(_), _) => {
+                return Err(E::usage(
+                    "INFISICAL_CLIENT_SECRET is set but INFISICAL_CLIENT_ID is not: set both (Universal Auth), or INFISICAL_TOKEN",
+                ));
+            }
+            (None, None, Some(t)) => Some(Credentials::Token(t)),
+            (None, None, None) => None,
+        };
+        let (project, credentials) = match (project, credentials) {
+            (None, None) => return Ok(None),
+            (Some(p), Some(c)) => (p.to_string(), c),
+            (None, Some(_)) => {
+                return Err(E::usage(
+                    "Infisical credentials are set but no project: set INFISICAL_PROJECT_ID (or --infisical-project-id)",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(E::usage(
+                    "INFISICAL_PROJECT_ID is set but no Infisical credentials: set INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET (Universal Auth), or INFISICAL_TOKEN (each also as <NAME>_FILE)",
+                ));
+            }
+        };
+        let url = url::Url::parse(&a.infisical_host).map_err(|e| {
+            E::usage(format!(
+                "--infisical-host / INFISICAL_HOST {:?}: {e}",
+                a.infisical_host
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(E::usage(
+                "--infisical-host / INFISICAL_HOST must be an http(s) URL",
+            ));
+        }
+        let environment = a.infisical_environment.trim().to_string();
+        if environment.is_empty()
+            || !environment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(E::usage(format!(
+                "--infisical-environment / INFISICAL_ENVIRONMENT {environment:?} is not an environment slug (e.g. dev, staging, prod)"
+            )));
+        }
+        Ok(Some(Settings {
+            host: a.infisical_host.trim_end_matches('/').to_string(),
+            credentials,
+            project_id: project,
+            environment,
+            secret_path: normalize_path(&a.infisical_secret_path),
+            api: a.infisical_api,
+            timeout: timeout.max(Duration::from_millis(1)),
+        }))
+    }
+
+    /// `project/environment/path`, for plans, logs and errors.
+    pub fn location(&self) -> String {
+        format!(
+            "{}/{}{}",
+            self.project_id, self.environment, self.secret_path
+        )
+    }
+
+    fn where_(&self) -> String {
+        format!(
+            "project {}, environment {}, path {}",
+            self.project_id, self.environment, self.secret_path
+        )
+    }
+}
+
+/// Infisical wants a leading slash and no trailing one (except the root).
+fn normalize_path(p: &str) -> String {
+    let trimmed = p.trim().trim_matches('/');
+    format!("/{trimmed}")
+}
+
+/// One secret as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remote {
+    pub value: String,
+    pub version: Option<u64>,
+}
+
+/// The answer to a write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    Live { version: Option<u64> },
+    Approval { detail: String },
+}
+
+/// The thin Infisical client for one project/environment/path. Holds the access token of this
+/// pass; logs in lazily, at most twice per pass (once, and once more after an expiry).
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    settings: Settings,
+    token: Option<Secret>,
+    logins: u32,
+    retry: RetryPolicy,
+}
+
+fn err(message: impl Into<String>, hint: Option<String>) -> Error {
+    Error::Infisical {
+        message: message.into(),
+        hint,
+    }
+}
+
+/// Infisical's error body `{reqId, statusCode, message, error}`, as text.
+fn describe(status: StatusCode, body: &Value) -> String {
+    let message = body["message"].as_str().unwrap_or("").trim();
+    let kind = body["error"].as_str().unwrap_or("").trim();
+    match (kind.is_empty(), message.is_empty()) {
+        (true, true) => format!("HTTP {}", status.as_u16()),
+        (true, false) => format!("HTTP {}: {message}", status.as_u16()),
+        (false, true) => format!("HTTP {} {kind}", status.as_u16()),
+        (false, false) => format!("HTTP {} {kind}: {message}", status.as_u16()),
+    }
+}
+
+fn transport(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out (see --timeout / AUDSYNC_TIMEOUT)"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut causes = Vec::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        causes.push(c.to_string());
+        src = c.source();
+    }
+    if causes.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {}", causes.join(": "))
+    }
+}
+
+/// A 403 that means "log in again", not "not allowed".
+fn is_expired(status: StatusCode, body: &Value) -> bool {
+    status == StatusCode::FORBIDDEN
+        && body["message"]
+            .as_str()
+            .is_some_and(|m| m.to_ascii_lowercase().contains("expired"))
+}
+
+fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
+    let exp = p.base_delay.saturating_mul(1 << (attempt - 1).min(16));
+    (exp + exp.mul_f64(fastrand::f64() * 0.25)).min(p.max_delay)
+}
+
+impl Client {
+    pub fn new(settings: Settings) -> Client {
+        Client::with_retry(settings, RetryPolicy::default())
+    }
+
+    pub fn with_retry(settings: Settings, retry: RetryPolicy) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("static reqwest client configuration is valid");
+        Client {
+            http,
+            settings,
+            token: None,
+            logins: 0,
+            retry,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Universal Auth login. Never retried, whatever the failure.
+    async fn login(&mut self) -> Result<Secret, Error> {
+        let (client_id, client_secret) = match &self.settings.credentials {
+            Credentials::UniversalAuth {
+                client_id,
+                client_secret,
+            } => (client_id.clone(), client_secret.clone()),
+            Credentials::Token(t) => return Ok(t.clone()),
+        };
+        self.logins += 1;
+        let path = "/api/v1/auth/universal-auth/login";
+        tracing::debug!(path, client_id = %client_id, "infisical login");
+        let lockout = "not retried: three failed logins lock the machine identity for 5 minutes";
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.settings.host))
+            .json(&json!({"clientId": client_id, "clientSecret": client_secret.expose()}))
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!(
+                        "Universal Auth login at {} failed: {} ({lockout})",
+                        self.settings.host,
+                        transport(&e.without_url())
+                    ),
+                    Some("check INFISICAL_HOST and network access to it".into()),
+                )
+            })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(err(
+                format!(
+                    "Universal Auth login for machine identity {client_id} failed ({}); {lockout}",
+                    describe(status, &body)
+                ),
+                Some("check INFISICAL_CLIENT_ID and INFISICAL_CLIENT_SECRET (or their _FILE), and that the client secret is not expired or revoked; after three failures wait 5 minutes before the next try".into()),
+            ));
+        }
+        let token = body["accessToken"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| err("Universal Auth login answered without an accessToken", None))?;
+        tracing::info!(
+            expires_in = body["expiresIn"].as_u64(),
+            "logged in to Infisical"
+        );
+        Ok(Secret::new(token))
+    }
+
+    fn secret_path(&self, name: &str) -> String {
+        match self.settings.api {
+            ApiVersion::V4 => format!("/api/v4/secrets/{name}"),
+            ApiVersion::V3 => format!("/api/v3/secrets/raw/{name}"),
+        }
+    }
+
+    fn project_field(&self) -> &'static str {
+        match self.settings.api {
+            ApiVersion::V4 => "projectId",
+            ApiVersion::V3 => "workspaceId",
+        }
+    }
+
+    /// One secrets request with login, token expiry, 429/5xx/transport retries. Answers 2xx,
+    /// 400 and 404 come back for the caller to judge; everything else is an error.
+    async fn call(
+        &mut self,
+        method: Method,
+        name: &str,
+        value: Option<&str>,
+    ) -> Result<(StatusCode, Value), Error> {
+        let path = self.secret_path(name);
+        let url = format!("{}{path}", self.settings.host);
+        let s = &self.settings;
+        let location = s.where_();
+        let query = [
+            (self.project_field(), s.project_id.clone()),
+            ("environment", s.environment.clone()),
+            ("secretPath", s.secret_path.clone()),
+            ("type", "shared".to_string()),
+        ];
+        let body = value.map(|v| {
+            json!({
+                self.project_field(): s.project_id,
+                "environment": s.environment,
+                "secretPath": s.secret_path,
+                "secretValue": v,
+                "type": "shared",
+            })
+        });
+        let verb = match method {
+            Method::GET => "read",
+            Method::PATCH => "update",
+            _ => "create",
+        };
+        let mut attempt = 0;
+        let mut relogged = false;
+        loop {
+            let token = match &self.token {
+                Some(t) => t.clone(),
+                None => {
+                    let t = self.login().await?;
+                    self.token = Some(t.clone());
+                    t
+                }
+            };
+            attempt += 1;
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(token.expose());
+            req = match &body {
+                Some(b) => req.json(b),
+                None => req.query(&query),
+            };
+            tracing::debug!(%method, path, attempt, "infisical request");
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    if attempt < self.retry.attempts {
+                        let wait = backoff(&self.retry, attempt);
+                        tracing::warn!(%method, path, attempt, error = %transport(&e), ?wait, "infisical request failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(err(
+                        format!(
+                            "{method} {path} at {}: {}",
+                            self.settings.host,
+                            transport(&e.without_url())
+                        ),
+                        Some(
+                            "check INFISICAL_HOST and network access to it; the next run retries"
+                                .into(),
+                        ),
+                    ));
+                }
+            };
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                if attempt < self.retry.attempts {
+                    let wait = retry_after(&headers)
+                        .unwrap_or_else(|| backoff(&self.retry, attempt))
+                        .min(self.retry.max_delay);
+                    tracing::warn!(%method, path, status = status.as_u16(), attempt, ?wait, "infisical answered with a retryable status; waiting");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let hint = (status == StatusCode::TOO_MANY_REQUESTS).then(|| {
+                    "Infisical allows about 60 secret requests a minute by default; run less often, or raise the instance's rate limits".to_string()
+                });
+                return Err(err(
+                    format!(
+                        "{method} {path}: still {} after {attempt} attempts",
+                        describe(status, &answer)
+                    ),
+                    hint,
+                ));
+            }
+            if is_expired(status, &answer) {
+                let can_login =
+                    matches!(self.settings.credentials, Credentials::UniversalAuth { .. });
+                if can_login && !relogged {
+                    tracing::info!("Infisical access token expired; logging in again");
+                    relogged = true;
+                    self.token = None;
+                    attempt = 0;
+                    continue;
+                }
+                let (message, hint) = if can_login {
+                    (
+                        format!(
+                            "the access token was refused as expired even right after logging in again ({}); giving up",
+                            describe(status, &answer)
+                        ),
+                        "check the machine identity's Access Token TTL in Infisical (Universal Auth settings) and this host's clock",
+                    )
+                } else {
+                    (
+                        format!(
+                            "the access token in INFISICAL_TOKEN has expired ({})",
+                            describe(status, &answer)
+                        ),
+                        "provide a fresh INFISICAL_TOKEN, or set INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET so audsync logs in by itself",
+                    )
+                };
+                return Err(err(message, Some(hint.into())));
+            }
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(err(
+                    format!(
+                        "not allowed to {verb} secret {name} in {location} ({})",
+                        describe(status, &answer)
+                    ),
+                    Some(format!(
+                        "give the machine identity a role on project {} that may read{} secrets in environment {} at path {} (e.g. Developer, or a custom role with Secrets read/edit/create), and check INFISICAL_PROJECT_ID, INFISICAL_ENVIRONMENT and INFISICAL_SECRET_PATH",
+                        self.settings.project_id,
+                        if verb == "read" {
+                            ""
+                        } else {
+                            ", edit and create"
+                        },
+                        self.settings.environment,
+                        self.settings.secret_path
+                    )),
+                ));
+            }
+            if status == StatusCode::NOT_FOUND
+                && answer["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Route "))
+            {
+                let hint = match self.settings.api {
+                    ApiVersion::V4 => {
+                        "this Infisical has no v4 secrets API (an older self-hosted instance?): pass --infisical-api v3 (AUDSYNC_INFISICAL_API=v3)"
+                    }
+                    ApiVersion::V3 => {
+                        "this Infisical has no v3 secrets API: use --infisical-api v4"
+                    }
+                };
+                return Err(err(
+                    format!(
+                        "{method} {path} is not served by {} ({})",
+                        self.settings.host,
+                        describe(status, &answer)
+                    ),
+                    Some(hint.into()),
+                ));
+            }
+            if status.is_success()
+                || status == StatusCode::NOT_FOUND
+                || status == StatusCode::BAD_REQUEST
+            {
+                return Ok((status, answer));
+            }
+            return Err(err(
+                format!(
+                    "cannot {verb} secret {name} in {location} ({})",
+                    describe(status, &answer)
+                ),
+                None,
+            ));
+        }
+    }
+
+    fn unexpected(&self, verb: &str, name: &str, status: StatusCode, answer: &Value) -> Error {
+        err(
+            format!(
+                "cannot {verb} secret {name} in {} ({})",
+                self.settings.where_(),
+                describe(status, answer)
+            ),
+            None,
+        )
+    }
+
+    /// The secret, or `None` when it does not exist.
+    pub async fn read(&mut self, name: &str) -> Result<Option<Remote>, Error> {
+        let (status, answer) = self.call(Method::GET, name, None).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.unexpected("read", name, status, &answer));
+        }
+        let secret = &answer["secret"];
+        let value = secret["secretValue"].as_str().ok_or_else(|| {
+            err(
+                format!("reading secret {name}: the answer holds no secret.secretValue"),
+                None,
+            )
+        })?;
+        Ok(Some(Remote {
+            value: value.to_string(),
+            version: secret["version"].as_u64(),
+        }))
+    }
+
+    /// PATCH; `None` when the secret does not exist (404).
+    pub async fn update(&mut self, name: &str, value: &str) -> Result<Option<Written>, Error> {
+        let (status, answer) = self.call(Method::PATCH, name, Some(value)).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.unexpected("update", name, status, &answer));
+        }
+        self.written(name, &answer).map(Some)
+    }
+
+    /// POST; `None` when it already exists (400).
+    pub async fn create(&mut self, name: &str, value: &str) -> Result<Option<Written>, Error> {
+        let (status, answer) = self.call(Method::POST, name, Some(value)).await?;
+        if status == StatusCode::BAD_REQUEST
+            && answer["message"]
+                .as_str()
+                .is_some_and(|m| m.to_ascii_lowercase().contains("exist"))
+        {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.unexpected("create", name, status, &answer));
+        }
+        self.written(name, &answer).map(Some)
+    }
+
+    fn written(&self, name: &str, answer: &Value) -> Result<Written, Error> {
+        if let Some(a) = answer.get("approval").filter(|a| !a.is_null()) {
+            let id = a["slug"]
+                .as_str()
+                .or_else(|| a["id"].as_str())
+                .map(|s| format!(" {s}"))
+                .unwrap_or_default();
+            return Ok(Written::Approval {
+                detail: format!(
+                    "Infisical holds the change of {name} in {} for approval (change request{id}); the value is not live, so nothing was restarted. Once the request is approved and merged, the next run restarts the containers",
+                    self.settings.where_()
+                ),
+            });
+        }
+        match answer.get("secret").filter(|s| s.is_object()) {
+            Some(s) => Ok(Written::Live {
+                version: s["version"].as_u64(),
+            }),
+            None => Err(err(
+                format!("writing secret {name}: the answer holds neither `secret` nor `approval`"),
+                None,
+            )),
+        }
+    }
+}
+
+/// The Infisical sink for one key.
+#[derive(Debug)]
+pub struct InfisicalSink {
+    client: Client,
+    key: String,
+    /// Learned by `observe`: whether to PATCH or POST first.
+    exists: Option<bool>,
+}
+
+impl InfisicalSink {
+    pub fn new(settings: Settings, key: &str) -> InfisicalSink {
+        InfisicalSink {
+            client: Client::new(settings),
+            key: key.to_string(),
+            exists: None,
+        }
+    }
+
+    pub fn info(&self) -> SinkInfo {
+        SinkInfo {
+            kind: "infisical",
+            target: self.client.settings().location(),
+            key: self.key.clone(),
+        }
+    }
+
+    pub async fn observe(&mut self, desired: &str) -> Result<Observation, Error> {
+        let remote = self.client.read(&self.key).await?;
+        self.exists = Some(remote.is_some());
+        Ok(match remote {
+            Some(r) => Observation {
+                needs_write: r.value != desired,
+                current: Some(r.value),
+                version: r.version,
+            },
+            None => Observation {
+                current: None,
+                needs_write: true,
+                version: None,
+            },
+        })
+    }
+
+    pub async fn write(&mut self, desired: &str) -> Result<WriteOutcome, Error> {
+        let key = self.key.clone();
+        let first_create = self.exists == Some(false);
+        let written = if first_create {
+            match self.client.create(&key, desired).await? {
+                Some(w) => w,
+                // Created by someone else since we looked.
+                None => self.client.update(&key, desired).await?.ok_or_else(|| {
+                    err(
+                        format!("secret {key} neither exists nor can be created"),
+                        None,
+                    )
+                })?,
+            }
+        } else {
+            match self.client.update(&key, desired).await? {
+                Some(w) => w,
+                None => self.client.create(&key, desired).await?.ok_or_else(|| {
+                    err(
+                        format!("secret {key} neither exists nor can be created"),
+                        None,
+                    )
+                })?,
+            }
+        };
+        self.exists = Some(true);
+        Ok(match written {
+            Written::Live { version } => WriteOutcome::Written { version },
+            Written::Approval { detail } => WriteOutcome::PendingApproval { detail },
+        })
+    }
+}
+
+/// Read the Cloudflare credentials from Infisical into the lowest layer of `env`:
+/// CLOUDFLARE_API_TOKEN, else CLOUDFLARE_EMAIL + CLOUDFLARE_API_KEY.
+pub async fn read_cloudflare_credentials(
+    settings: &Settings,
+    env: Env,
+) -> Result<Env, crate::error::Error> {
+    use crate::error::Error as E;
+    let mut client = Client::new(settings.clone());
+    let failed = |e: Error| E::failed(e.to_string(), e.hint());
+    if let Some(t) = client.read("CLOUDFLARE_API_TOKEN").await.map_err(failed)? {
+        tracing::info!(location = %settings.location(), "Cloudflare API token read from Infisical");
+        return Ok(env.with_fetched("CLOUDFLARE_API_TOKEN", Secret::new(t.value)));
+    }
+    let email = client.read("CLOUDFLARE_EMAIL").await.map_err(failed)?;
+    let key = client.read("CLOUDFLARE_API_KEY").await.map_err(failed)?;
+    match (email, key) {
+        (Some(email), Some(key)) => {
+            tracing::info!(location = %settings.location(), "Cloudflare email and global API key read from Infisical");
+            Ok(env
+                .with_fetched("CLOUDFLARE_EMAIL", Secret::new(email.value))
+                .with_fetched("CLOUDFLARE_API_KEY", Secret::new(key.value)))
+        }
+        (Some(_), None) | (None, Some(_)) => Err(E::usage(format!(
+            "Infisical ({}) holds only one of CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY: add the other, or CLOUDFLARE_API_TOKEN",
+            settings.location()
+        ))),
+        (None, None) => Err(E::usage(format!(
+            "no Cloudflare credentials: CLOUDFLARE_API_TOKEN (or CLOUDFLARE_EMAIL + CLOUDFLARE_API_KEY) is set neither in the environment, nor in {}, nor in Infisical ({})",
+            env.env_file
+                .as_deref()
+                .unwrap_or(std::path::Path::new(".env"))
+                .display(),
+            settings.where_()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized() {
+        assert_eq!(normalize_path("/"), "/");
+        assert_eq!(normalize_path(""), "/");
+        assert_eq!(normalize_path("apps/api/"), "/apps/api");
+        assert_eq!(normalize_path("/apps"), "/apps");
+    }
+
+    #[test]
+    fn expiry_is_told_from_permission() {
+        let expired = json!({"reqId": "r", "statusCode": 403, "message": "Your token has expired. Please re-authenticate.", "error": "TokenError"});
+        let denied = json!({"reqId": "r", "statusCode": 403, "message": "You are not allowed to read on secrets", "error": "PermissionDenied"});
+        assert!(is_expired(StatusCode::FORBIDDEN, &expired));
+        assert!(!is_expired(StatusCode::FORBIDDEN, &denied));
+        assert!(!is_expired(StatusCode::UNAUTHORIZED, &expired));
+        assert_eq!(
+            describe(StatusCode::FORBIDDEN, &denied),
+            "HTTP 403 PermissionDenied: You are not allowed to read on secrets"
+        );
+        assert_eq!(describe(StatusCode::BAD_GATEWAY, &Value::Null), "HTTP 502");
+    }
+}
