@@ -516,7 +516,8 @@ pub fn render_text(r: &SetupReport) -> String {
             for l in lines {
                 let _ = writeln!(s, "  {l}");
             }
-            if let (Some(b), true) = (&st.body, r.dry_run) {
+            // The tunnel's change is the diff above; its whole body is in the JSON output.
+            if let (Some(b), true, false) = (&st.body, r.dry_run, name == "tunnel") {
                 let pretty = serde_json::to_string_pretty(b).unwrap_or_default();
                 for l in pretty.lines() {
                     let _ = writeln!(s, "  | {l}");
@@ -535,7 +536,7 @@ pub fn render_text(r: &SetupReport) -> String {
     } else if r.dry_run && r.error.is_none() {
         let _ = writeln!(
             s,
-            "sync: would write the new application's AUD to {} and act on the containers (the AUD exists once the application does)",
+            "sync: would write the new application's AUD to the sinks and act on the containers, as `sync` does (the AUD of {} exists once the application does)",
             r.host
         );
     }

@@ -40,7 +40,10 @@ fn sandbox(cf: &FakeCloudflare) -> Sandbox {
     sb.write_env("OTHER=1\n");
     sb.var("CLOUDFLARE_TUNNEL_ID", TUNNEL)
         .var("CLOUDFLARE_TEAM_NAME", "myteam")
-        .var("CLOUDFLARE_ACCESS_EMAILS", "alice@example.com, bob@example.com")
+        .var(
+            "CLOUDFLARE_ACCESS_EMAILS",
+            "alice@example.com, bob@example.com",
+        )
         .var("CLOUDFLARE_ACCESS_EMAIL_DOMAIN", "example.org")
         .var("GOOGLE_IDP_ID", "a1b2c3d4-0000-4000-8000-00000000beef");
     sb
@@ -66,19 +69,32 @@ fn access(team: &str, aud_tag: &str) -> Value {
 
 #[test]
 fn setup_creates_policy_app_and_route_and_a_second_run_changes_nothing() {
-    let cf = fake(vec![app(1, "web.example.com", &aud(1))], "cloudflare", ingress());
+    let cf = fake(
+        vec![app(1, "web.example.com", &aud(1))],
+        "cloudflare",
+        ingress(),
+    );
     let sb = sandbox(&cf);
     let r = setup(&sb, &[]);
     assert_eq!(r.code, 0, "{r:?}");
 
     let w = writes(&cf);
-    let paths: Vec<(String, String)> = w.iter().map(|r| (r.method.clone(), r.path.clone())).collect();
+    let paths: Vec<(String, String)> = w
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
     assert_eq!(
         paths,
         vec![
-            ("POST".into(), format!("/accounts/{ACCOUNT}/access/policies")),
+            (
+                "POST".into(),
+                format!("/accounts/{ACCOUNT}/access/policies")
+            ),
             ("POST".into(), format!("/accounts/{ACCOUNT}/access/apps")),
-            ("PUT".into(), format!("/accounts/{ACCOUNT}/cfd_tunnel/{TUNNEL}/configurations")),
+            (
+                "PUT".into(),
+                format!("/accounts/{ACCOUNT}/cfd_tunnel/{TUNNEL}/configurations")
+            ),
         ],
         "{r:?}"
     );
@@ -100,10 +116,19 @@ fn setup_creates_policy_app_and_route_and_a_second_run_changes_nothing() {
     assert_eq!(body["type"], "self_hosted");
     assert_eq!(body["name"], HOST);
     assert_eq!(body["domain"], HOST);
-    assert_eq!(body["destinations"], json!([{"type": "public", "uri": HOST}]));
+    assert_eq!(
+        body["destinations"],
+        json!([{"type": "public", "uri": HOST}])
+    );
     assert_eq!(body["session_duration"], "24h");
-    assert_eq!(body["allowed_idps"], json!(["a1b2c3d4-0000-4000-8000-00000000beef"]));
-    assert_eq!(body["policies"], json!([{"id": policy_id, "precedence": 1}]));
+    assert_eq!(
+        body["allowed_idps"],
+        json!(["a1b2c3d4-0000-4000-8000-00000000beef"])
+    );
+    assert_eq!(
+        body["policies"],
+        json!([{"id": policy_id, "precedence": 1}])
+    );
     assert!(body.get("identity_provider_selectors").is_none());
     let new_aud = cf.with(|s| s.apps[1]["aud"].as_str().unwrap().to_string());
     // The ingress: equal to the original except the one rule's originRequest.access.
@@ -111,9 +136,18 @@ fn setup_creates_policy_app_and_route_and_a_second_run_changes_nothing() {
     let mut expected = ingress();
     expected["ingress"][1]["originRequest"]["access"] = access("myteam", &new_aud);
     assert_eq!(put, json!({"config": expected}));
-    assert_eq!(put["config"]["ingress"][3], json!({"service": "http_status:404"}), "catch-all last");
+    assert_eq!(
+        put["config"]["ingress"][3],
+        json!({"service": "http_status:404"}),
+        "catch-all last"
+    );
     // Then the sync pass wrote the AUD.
-    assert!(sb.read_env().contains(&format!("CLOUDFLARE_AUD_TAG={new_aud}")), "{}", sb.read_env());
+    assert!(
+        sb.read_env()
+            .contains(&format!("CLOUDFLARE_AUD_TAG={new_aud}")),
+        "{}",
+        sb.read_env()
+    );
 
     // Second run: reads only.
     let n = cf.requests().len();
@@ -134,12 +168,25 @@ fn setup_reuses_a_policy_by_name_and_creates_none() {
         s.policies.push(json!({"id": existing, "name": POLICY, "decision": "allow", "include": [{"email_domain": {"domain": "x.org"}}], "reusable": true, "app_count": 3}));
     });
     let mut sb = sandbox(&cf);
-    sb.unset("CLOUDFLARE_ACCESS_EMAILS").unset("CLOUDFLARE_ACCESS_EMAIL_DOMAIN");
-    let r = setup(&sb, &["--app-name", "Lambda API", "--session-duration", "8h"]);
+    sb.unset("CLOUDFLARE_ACCESS_EMAILS")
+        .unset("CLOUDFLARE_ACCESS_EMAIL_DOMAIN");
+    let r = setup(
+        &sb,
+        &["--app-name", "Lambda API", "--session-duration", "8h"],
+    );
     assert_eq!(r.code, 0, "{r:?}");
     let w = writes(&cf);
-    assert!(!w.iter().any(|r| r.path.ends_with("/access/policies")), "no policy created: {w:?}");
-    let body = w.iter().find(|r| r.path.ends_with("/access/apps")).unwrap().body.clone().unwrap();
+    assert!(
+        !w.iter().any(|r| r.path.ends_with("/access/policies")),
+        "no policy created: {w:?}"
+    );
+    let body = w
+        .iter()
+        .find(|r| r.path.ends_with("/access/apps"))
+        .unwrap()
+        .body
+        .clone()
+        .unwrap();
     assert_eq!(body["policies"], json!([{"id": existing, "precedence": 1}]));
     assert_eq!(body["name"], "Lambda API");
     assert_eq!(body["session_duration"], "8h");
@@ -150,10 +197,14 @@ fn setup_reuses_a_policy_by_name_and_creates_none() {
 fn setup_without_any_rule_refuses_unless_allow_everyone() {
     let cf = fake(vec![], "cloudflare", ingress());
     let mut sb = sandbox(&cf);
-    sb.unset("CLOUDFLARE_ACCESS_EMAILS").unset("CLOUDFLARE_ACCESS_EMAIL_DOMAIN");
+    sb.unset("CLOUDFLARE_ACCESS_EMAILS")
+        .unset("CLOUDFLARE_ACCESS_EMAIL_DOMAIN");
     let r = setup(&sb, &[]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("--allow-everyone") && r.stderr.contains("CLOUDFLARE_ACCESS_EMAILS"), "{r:?}");
+    assert!(
+        r.stderr.contains("--allow-everyone") && r.stderr.contains("CLOUDFLARE_ACCESS_EMAILS"),
+        "{r:?}"
+    );
     assert!(writes(&cf).is_empty(), "nothing changed");
 
     let r = setup(&sb, &["--allow-everyone"]);
@@ -191,7 +242,10 @@ fn setup_dry_run_prints_every_change_and_makes_none() {
     let r = setup(&sb, &["--dry-run"]);
     assert_eq!(r.code, 3, "{r:?}");
     assert!(r.stdout.contains("application: exists"), "{r:?}");
-    assert!(r.stdout.contains(&format!("\"audTag\":[\"{}\"]", aud(2))), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("\"audTag\":[\"{}\"]", aud(2))),
+        "{r:?}"
+    );
     assert!(writes(&cf).is_empty());
 }
 
@@ -204,9 +258,18 @@ fn setup_on_a_locally_managed_tunnel_says_what_to_do_and_writes_nothing_there() 
     let r = setup(&sb, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     let all = format!("{}{}", r.stdout, r.stderr);
-    assert!(all.contains("locally managed") && all.contains("config.yml"), "{r:?}");
-    assert!(all.contains(&format!("- {}", aud(2))) && all.contains("teamName: myteam"), "{r:?}");
-    assert!(!writes(&cf).iter().any(|w| w.path.contains("cfd_tunnel")), "never PUT to a local tunnel");
+    assert!(
+        all.contains("locally managed") && all.contains("config.yml"),
+        "{r:?}"
+    );
+    assert!(
+        all.contains(&format!("- {}", aud(2))) && all.contains("teamName: myteam"),
+        "{r:?}"
+    );
+    assert!(
+        !writes(&cf).iter().any(|w| w.path.contains("cfd_tunnel")),
+        "never PUT to a local tunnel"
+    );
     // The sync pass still ran.
     assert!(sb.read_env().contains(&aud(2)));
 }
@@ -224,7 +287,10 @@ fn setup_without_a_rule_for_the_host_says_what_to_do() {
     let r = setup(&sb, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     let all = format!("{}{}", r.stdout, r.stderr);
-    assert!(all.contains("no ingress rule for api.example.com") && all.contains("Public Hostname"), "{r:?}");
+    assert!(
+        all.contains("no ingress rule for api.example.com") && all.contains("Public Hostname"),
+        "{r:?}"
+    );
     assert!(writes(&cf).is_empty());
 }
 
@@ -235,7 +301,10 @@ fn setup_attaches_the_policy_to_an_existing_app_that_has_none() {
     let r = setup(&sb, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     let w = writes(&cf);
-    let put = w.iter().find(|r| r.method == "PUT" && r.path.ends_with(&uuid(2))).expect("app PUT");
+    let put = w
+        .iter()
+        .find(|r| r.method == "PUT" && r.path.ends_with(&uuid(2)))
+        .expect("app PUT");
     let body = put.body.clone().unwrap();
     let pid = cf.with(|s| s.policies[0]["id"].clone());
     assert_eq!(body["policies"], json!([{"id": pid, "precedence": 1}]));
@@ -243,7 +312,11 @@ fn setup_attaches_the_policy_to_an_existing_app_that_has_none() {
     let mut expected = app(2, HOST, &aud(2));
     expected["policies"] = body["policies"].clone();
     assert_eq!(body, expected);
-    assert!(!w.iter().any(|r| r.method == "POST" && r.path.ends_with("/apps")), "no second app");
+    assert!(
+        !w.iter()
+            .any(|r| r.method == "POST" && r.path.ends_with("/apps")),
+        "no second app"
+    );
 }
 
 #[test]
@@ -254,15 +327,24 @@ fn setup_with_a_tunnel_needs_the_team_and_edge_source_is_refused() {
     let r = setup(&sb, &[]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("CLOUDFLARE_TEAM_NAME"), "{r:?}");
-    sb.var("CLOUDFLARE_AUTH_DOMAIN", "https://myteam.cloudflareaccess.com");
+    sb.var(
+        "CLOUDFLARE_AUTH_DOMAIN",
+        "https://myteam.cloudflareaccess.com",
+    );
     let r = setup(&sb, &["--source", "edge"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(cf.requests().is_empty());
     // The team name from CLOUDFLARE_AUTH_DOMAIN.
     let r = setup(&sb, &[]);
     assert_eq!(r.code, 0, "{r:?}");
-    let put = writes(&cf).into_iter().find(|w| w.path.contains("cfd_tunnel")).unwrap();
-    assert_eq!(put.body.unwrap()["config"]["ingress"][1]["originRequest"]["access"]["teamName"], "myteam");
+    let put = writes(&cf)
+        .into_iter()
+        .find(|w| w.path.contains("cfd_tunnel"))
+        .unwrap();
+    assert_eq!(
+        put.body.unwrap()["config"]["ingress"][1]["originRequest"]["access"]["teamName"],
+        "myteam"
+    );
 }
 
 // ---------------------------------------------------------------- sync: tunnel audTag step
@@ -277,7 +359,8 @@ fn sync_keeps_the_tunnel_rule_aud_tag_current() {
     sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(1)));
     let sync = |extra: &[&str]| {
         let mut c = sb.cmd();
-        c.args(["sync", "--domain", HOST, "--restart", "none"]).args(extra);
+        c.args(["sync", "--domain", HOST, "--restart", "none"])
+            .args(extra);
         run(&mut c)
     };
     let r = sync(&["--dry-run"]);
@@ -305,7 +388,15 @@ fn sync_keeps_the_tunnel_rule_aud_tag_current() {
     let mut sb2 = Sandbox::with_cloudflare(&cf2);
     sb2.var("CLOUDFLARE_TUNNEL_ID", TUNNEL);
     let mut c = sb2.cmd();
-    c.args(["sync", "--domain", HOST, "--restart", "none", "--output", "json"]);
+    c.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+        "--output",
+        "json",
+    ]);
     let r = run(&mut c);
     assert_eq!(r.code, 0, "{r:?}");
     let j: Value = serde_json::from_str(r.stdout.trim()).unwrap();
@@ -348,12 +439,24 @@ fn edge_source_reads_the_login_redirect_kid_without_any_credential() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout.trim(), aud(5));
     let reqs = fa.with(|s| s.requests.clone());
-    assert_eq!(reqs[0], ("HEAD".into(), "/".into(), true), "metadata probe first");
+    assert_eq!(
+        reqs[0],
+        ("HEAD".into(), "/".into(), true),
+        "metadata probe first"
+    );
 
     // sync writes it, still without credentials.
     sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
     let mut c = sb.cmd();
-    c.args(["sync", "--source", "edge", "--domain", HOST, "--restart", "none"]);
+    c.args([
+        "sync",
+        "--source",
+        "edge",
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+    ]);
     let r = run(&mut c);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(5)));
@@ -468,13 +571,21 @@ fn verify_passes_when_the_whole_chain_is_right() {
         assert!(line(&r, check).contains(" ok "), "{check}: {r:?}");
     }
     assert!(line(&r, "redirect").contains(&aud(2)), "{r:?}");
-    assert!(r.stdout.contains("tunnel") && r.stdout.contains("login redirect kid"), "{r:?}");
-    // The container is honestly reported as not checked (absent, or Docker unreachable).
     assert!(
-        r.stdout.contains("container audsync-test-no-such-container") && r.stdout.contains("not checked"),
+        r.stdout.contains("tunnel") && r.stdout.contains("login redirect kid"),
         "{r:?}"
     );
-    assert!(!r.stdout.contains(&tok) && !r.stderr.contains(&tok), "the token is never printed");
+    // The container is honestly reported as not checked (absent, or Docker unreachable).
+    assert!(
+        r.stdout
+            .contains("container audsync-test-no-such-container")
+            && r.stdout.contains("not checked"),
+        "{r:?}"
+    );
+    assert!(
+        !r.stdout.contains(&tok) && !r.stderr.contains(&tok),
+        "the token is never printed"
+    );
     // verify changes nothing.
     assert!(c.cf.requests().iter().all(|q| q.method == "GET"));
 }
@@ -492,13 +603,38 @@ fn verify_names_each_bad_token_in_the_servers_words() {
     let mut no_email = base.clone();
     no_email.as_object_mut().unwrap().remove("email");
     let cases: Vec<(&str, String, &str)> = vec![
-        ("expired", c.key.sign(&with("exp", json!(now() - 3600))), "token expired"),
-        ("not yet valid", c.key.sign(&with("nbf", json!(now() + 3600))), "not yet valid"),
-        ("wrong aud", c.key.sign(&with("aud", json!([aud(9)]))), "audience mismatch"),
-        ("wrong iss", c.key.sign(&with("iss", json!("https://evil.cloudflareaccess.com"))), "invalid issuer"),
+        (
+            "expired",
+            c.key.sign(&with("exp", json!(now() - 3600))),
+            "token expired",
+        ),
+        (
+            "not yet valid",
+            c.key.sign(&with("nbf", json!(now() + 3600))),
+            "not yet valid",
+        ),
+        (
+            "wrong aud",
+            c.key.sign(&with("aud", json!([aud(9)]))),
+            "audience mismatch",
+        ),
+        (
+            "wrong iss",
+            c.key
+                .sign(&with("iss", json!("https://evil.cloudflareaccess.com"))),
+            "invalid issuer",
+        ),
         ("wrong key", wrong_key.sign(&base), "Invalid signature"),
-        ("alg none", unsigned(&base), "Invalid signature: the token is signed with \"none\""),
-        ("HS256 with the public key", c.key.sign_hs256_with_public_key(&base), "Invalid signature: the token is signed with \"HS256\""),
+        (
+            "alg none",
+            unsigned(&base),
+            "Invalid signature: the token is signed with \"none\"",
+        ),
+        (
+            "HS256 with the public key",
+            c.key.sign_hs256_with_public_key(&base),
+            "Invalid signature: the token is signed with \"HS256\"",
+        ),
         ("no email", c.key.sign(&no_email), "no email claim"),
         ("garbage", "not-a-jwt".into(), "malformed token"),
     ];
@@ -506,7 +642,10 @@ fn verify_names_each_bad_token_in_the_servers_words() {
         let r = verify_token(&c, &tok, &["--skip", "consistency"]);
         assert_eq!(r.code, 1, "{name}: {r:?}");
         let l = line(&r, "token");
-        assert!(l.contains("FAIL") && l.contains(words), "{name}: expected {words:?} in {l:?}\n{r:?}");
+        assert!(
+            l.contains("FAIL") && l.contains(words),
+            "{name}: expected {words:?} in {l:?}\n{r:?}"
+        );
         assert!(r.stdout.contains("fix:"), "{name}: {r:?}");
         assert!(line(&r, "redirect").contains(" ok "), "{name}: {r:?}");
     }
@@ -520,7 +659,11 @@ fn verify_reports_an_unprotected_host() {
     assert_eq!(r.code, 1, "{r:?}");
     let l = line(&r, "redirect");
     assert!(l.contains("FAIL") && l.contains("HTTP 200"), "{r:?}");
-    assert!(r.stdout.contains("not protected: check the application and the tunnel route"), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("not protected: check the application and the tunnel route"),
+        "{r:?}"
+    );
     // --skip leaves it out: every check that ran passed.
     let r = verify(&c, &["--skip", "redirect"]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -534,9 +677,16 @@ fn verify_names_the_place_that_differs() {
     let r = verify(&c, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     let l = line(&r, "consistency");
-    assert!(l.contains("FAIL") && l.contains(".env CLOUDFLARE_AUD_TAG differs"), "{r:?}");
+    assert!(
+        l.contains("FAIL") && l.contains(".env CLOUDFLARE_AUD_TAG differs"),
+        "{r:?}"
+    );
     assert!(!l.contains("tunnel"), "only the .env differs: {r:?}");
-    assert!(r.stdout.contains("fix: run `audsync sync --domain api.example.com`"), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("fix: run `audsync sync --domain api.example.com`"),
+        "{r:?}"
+    );
 
     // A stale tunnel rule is named too.
     c.sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
@@ -545,7 +695,11 @@ fn verify_names_the_place_that_differs() {
     });
     let r = verify(&c, &[]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(line(&r, "consistency").contains("tunnel c0ffee00-0000-4000-8000-0000000000aa rule audTag differs"), "{r:?}");
+    assert!(
+        line(&r, "consistency")
+            .contains("tunnel c0ffee00-0000-4000-8000-0000000000aa rule audTag differs"),
+        "{r:?}"
+    );
 
     // The redirect enforcing another AUD than the API reports.
     c.cf.with(|s| {
@@ -554,7 +708,10 @@ fn verify_names_the_place_that_differs() {
     c.fa.with(|s| s.aud = aud(3));
     let r = verify(&c, &[]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(line(&r, "consistency").contains("login redirect kid differs"), "{r:?}");
+    assert!(
+        line(&r, "consistency").contains("login redirect kid differs"),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -569,7 +726,10 @@ fn verify_certs_failure_and_wrong_team_are_reported() {
     c.sb.var("CLOUDFLARE_AUTH_DOMAIN", "http://127.0.0.1:9");
     let r = verify(&c, &["--skip", "consistency"]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(line(&r, "redirect").contains("not of the team domain"), "{r:?}");
+    assert!(
+        line(&r, "redirect").contains("not of the team domain"),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -585,7 +745,11 @@ fn verify_without_credentials_still_checks_what_it_can() {
     cmd.args(["verify", "--domain", HOST, "--token", &tok]);
     let r = run(&mut cmd);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("Cloudflare API: not checked (no Cloudflare credentials)"), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("Cloudflare API: not checked (no Cloudflare credentials)"),
+        "{r:?}"
+    );
     assert!(line(&r, "token").contains(" ok "), "{r:?}");
     assert!(!r.stdout.contains(&tok) && !r.stderr.contains(&tok));
 }
@@ -608,12 +772,24 @@ fn no_secret_or_token_appears_at_any_verbosity() {
         },
         {
             let mut cmd = c.sb.cmd();
-            cmd.args(["sync", "-vvv", "--source", "edge", "--domain", HOST, "--restart", "none"]);
+            cmd.args([
+                "sync",
+                "-vvv",
+                "--source",
+                "edge",
+                "--domain",
+                HOST,
+                "--restart",
+                "none",
+            ]);
             run(&mut cmd)
         },
     ];
     for r in runs {
-        assert!(r.stderr.contains("DEBUG") || r.stderr.contains("\"level\""), "verbose: {r:?}");
+        assert!(
+            r.stderr.contains("DEBUG") || r.stderr.contains("\"level\""),
+            "verbose: {r:?}"
+        );
         for secret in [TOKEN, tok.as_str()] {
             assert!(
                 !r.stdout.contains(secret) && !r.stderr.contains(secret),

@@ -188,7 +188,7 @@ pub fn with_aud(tags: &[String], aud: &str, previous: Option<&str>) -> Vec<Strin
     v
 }
 
-fn access_object<'a>(config: &'a mut Value, index: usize) -> Option<&'a mut Map<String, Value>> {
+fn access_object(config: &mut Value, index: usize) -> Option<&mut Map<String, Value>> {
     let rule = config.get_mut("ingress")?.get_mut(index)?.as_object_mut()?;
     let origin = rule
         .entry("originRequest")

@@ -34,15 +34,18 @@ fn pem(tag: &str, der: &[u8]) -> String {
         .chunks(64)
         .map(|c| std::str::from_utf8(c).unwrap())
         .collect();
-    format!("-----BEGIN {tag}-----\n{}\n-----END {tag}-----\n", lines.join("\n"))
+    format!(
+        "-----BEGIN {tag}-----\n{}\n-----END {tag}-----\n",
+        lines.join("\n")
+    )
 }
 
 impl TestKey {
     pub fn generate(kid: &str) -> TestKey {
         let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
         let pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair).unwrap();
-        let encoding = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes())
-            .unwrap();
+        let encoding =
+            EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes()).unwrap();
         let public = pair.public_key();
         let comps = PublicKeyComponents::<Vec<u8>>::from(public);
         let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(public).unwrap();
@@ -81,7 +84,11 @@ impl TestKey {
 /// An unsigned token (`alg: none`, empty signature).
 pub fn unsigned(claims: &Value) -> String {
     let enc = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
-    format!("{}.{}.", enc(&json!({"alg": "none", "typ": "JWT"})), enc(claims))
+    format!(
+        "{}.{}.",
+        enc(&json!({"alg": "none", "typ": "JWT"})),
+        enc(claims)
+    )
 }
 
 pub fn now() -> i64 {
@@ -128,7 +135,10 @@ impl FakeAccess {
             async move {
                 if req.method() == Method::GET && req.uri().path() == "/cdn-cgi/access/certs" {
                     let keys = st.lock().unwrap().jwks.clone();
-                    let first = keys.first().map(|k| k["kid"].clone()).unwrap_or(Value::Null);
+                    let first = keys
+                        .first()
+                        .map(|k| k["kid"].clone())
+                        .unwrap_or(Value::Null);
                     axum::Json(json!({
                         "keys": keys,
                         "public_cert": {"kid": first, "cert": "-----BEGIN CERTIFICATE-----\n…"},

@@ -302,12 +302,20 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
             a["created_at"] = json!("2026-02-01T00:00:00Z");
             a["updated_at"] = json!("2026-02-01T00:00:00Z");
             s.apps.push(a.clone());
-            (StatusCode::CREATED, axum::Json(json!({"success": true, "errors": [], "messages": [], "result": a}))).into_response()
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({"success": true, "errors": [], "messages": [], "result": a})),
+            )
+                .into_response()
         }
         (Method::PUT, ["accounts", _acc, "access", "apps", id]) => {
             let body = rec.body.clone().unwrap_or(Value::Null);
             let Some(idx) = s.apps.iter().position(|a| a["id"] == *id) else {
-                return envelope_error(StatusCode::NOT_FOUND, 12130, "access.api.error.application_not_found");
+                return envelope_error(
+                    StatusCode::NOT_FOUND,
+                    12130,
+                    "access.api.error.application_not_found",
+                );
             };
             if let Some(e) = app_body_error(&s, &body) {
                 return e;
@@ -330,7 +338,11 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
             );
             let include_ok = body["include"].as_array().is_some_and(|a| !a.is_empty());
             if body["name"].as_str().is_none_or(str::is_empty) || !decision_ok || !include_ok {
-                return envelope_error(StatusCode::BAD_REQUEST, 12130, "access.api.error.invalid_request: name, decision and include are required");
+                return envelope_error(
+                    StatusCode::BAD_REQUEST,
+                    12130,
+                    "access.api.error.invalid_request: name, decision and include are required",
+                );
             }
             s.created += 1;
             let mut p = body;
@@ -339,7 +351,11 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
             p["app_count"] = json!(0);
             p["created_at"] = json!("2026-02-01T00:00:00Z");
             s.policies.push(p.clone());
-            (StatusCode::CREATED, axum::Json(json!({"success": true, "errors": [], "messages": [], "result": p}))).into_response()
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({"success": true, "errors": [], "messages": [], "result": p})),
+            )
+                .into_response()
         }
         (Method::GET, ["accounts", _acc, "cfd_tunnel", tid, "configurations"]) => {
             match s.tunnels.get(*tid) {
@@ -353,14 +369,27 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
                 return envelope_error(StatusCode::NOT_FOUND, 1003, "Tunnel not found");
             };
             let Some(config) = body.get("config").filter(|c| c.is_object()) else {
-                return envelope_error(StatusCode::BAD_REQUEST, 1001, "Invalid tunnel configuration: missing `config`");
+                return envelope_error(
+                    StatusCode::BAD_REQUEST,
+                    1001,
+                    "Invalid tunnel configuration: missing `config`",
+                );
             };
             let rules = config["ingress"].as_array().cloned().unwrap_or_default();
-            let catch_all = |r: &Value| r["hostname"].as_str().is_none_or(|h| h.is_empty() || h == "*") && r.get("path").is_none();
+            let catch_all = |r: &Value| {
+                r["hostname"]
+                    .as_str()
+                    .is_none_or(|h| h.is_empty() || h == "*")
+                    && r.get("path").is_none()
+            };
             if let Some((last, rest)) = rules.split_last()
                 && (!catch_all(last) || rest.iter().any(catch_all))
             {
-                return envelope_error(StatusCode::BAD_REQUEST, 1056, "Validation failed: the last ingress rule must match all URLs (i.e. it should not have a hostname or path filter), and only the last rule may");
+                return envelope_error(
+                    StatusCode::BAD_REQUEST,
+                    1056,
+                    "Validation failed: the last ingress rule must match all URLs (i.e. it should not have a hostname or path filter), and only the last rule may",
+                );
             }
             // A PUT makes the tunnel remotely managed, whatever it was.
             t["config"] = config.clone();
@@ -374,13 +403,23 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
 
 /// Create and update both require `type` and `domain`; policies must exist.
 fn app_body_error(s: &CfState, body: &Value) -> Option<Response> {
-    if body["type"].as_str().is_none_or(str::is_empty) || body["domain"].as_str().is_none_or(str::is_empty) {
-        return Some(envelope_error(StatusCode::BAD_REQUEST, 12130, "access.api.error.invalid_request: type and domain are required"));
+    if body["type"].as_str().is_none_or(str::is_empty)
+        || body["domain"].as_str().is_none_or(str::is_empty)
+    {
+        return Some(envelope_error(
+            StatusCode::BAD_REQUEST,
+            12130,
+            "access.api.error.invalid_request: type and domain are required",
+        ));
     }
     for p in body["policies"].as_array().cloned().unwrap_or_default() {
         let id = p["id"].as_str().or(p.as_str()).unwrap_or("");
         if !s.policies.iter().any(|q| q["id"] == id) {
-            return Some(envelope_error(StatusCode::BAD_REQUEST, 12130, "access.api.error.invalid_policy: policy not found"));
+            return Some(envelope_error(
+                StatusCode::BAD_REQUEST,
+                12130,
+                "access.api.error.invalid_policy: policy not found",
+            ));
         }
     }
     None
