@@ -192,6 +192,7 @@ pub struct VerifyArgs {
         env = "AUDSYNC_VERIFY_TOKEN",
         value_name = "JWT",
         hide_env_values = true,
+        hide_default_value = true,
         conflicts_with = "token_file"
     )]
     pub token: Option<String>,

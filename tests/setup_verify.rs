@@ -800,4 +800,14 @@ fn no_secret_or_token_appears_at_any_verbosity() {
         let sig = tok.rsplit('.').next().unwrap();
         assert!(!r.stdout.contains(sig) && !r.stderr.contains(sig));
     }
+    // A token in the environment or the .env file is not shown by --help either.
+    let mut sb = Sandbox::new();
+    sb.var("AUDSYNC_VERIFY_TOKEN", &tok);
+    sb.write_env(&format!("AUDSYNC_VERIFY_TOKEN={tok}\n"));
+    let mut cmd = sb.cmd();
+    cmd.args(["verify", "--help"]);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("--token"), "{r:?}");
+    assert!(!r.stdout.contains(&tok), "token shown by --help: {r:?}");
 }
