@@ -74,6 +74,136 @@ pub enum Command {
     /// Print the AUD tag alone on stdout, e.g. AUD=$(audsync get --domain api.example.com).
     #[command(after_help = PRECEDENCE)]
     Get(GetArgs),
+    /// Create (or find) the Access application for a host, give it a policy, require Access on
+    /// the tunnel route, then sync the AUD like `sync`. Idempotent; --dry-run shows every change.
+    #[command(after_help = PRECEDENCE)]
+    Setup(SetupArgs),
+    /// Check the chain: login redirect, team certs, the AUD everywhere it lives, and a token.
+    /// Exit 0 only when every check that ran passed.
+    #[command(after_help = PRECEDENCE)]
+    Verify(VerifyArgs),
+}
+
+/// Where the AUD is learned: the Cloudflare API, or the protected host itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Origin {
+    /// The Cloudflare API (needs a token that can read Access applications).
+    Api,
+    /// The protected host's answer (cf-access-metadata, else the login redirect's kid); no API
+    /// token needed. See the README for its limits.
+    Edge,
+}
+
+/// How the protected host and the Access team are reached from here.
+#[derive(Debug, Clone, Args)]
+pub struct AccessArgs {
+    /// Where the protected host is reached (default https://HOST/).
+    #[arg(long, env = "AUDSYNC_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// The team domain that issues the tokens, e.g. https://team.cloudflareaccess.com (certs and
+    /// issuer are expected there).
+    #[arg(long, env = "CLOUDFLARE_AUTH_DOMAIN", value_name = "URL")]
+    pub auth_domain: Option<String>,
+    /// The Zero Trust team name (used when CLOUDFLARE_AUTH_DOMAIN is not set).
+    #[arg(long, env = "CLOUDFLARE_TEAM_NAME", value_name = "NAME")]
+    pub team_name: Option<String>,
+}
+
+/// The `setup` options on top of every `sync` option.
+#[derive(Debug, Clone, Args)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    /// Name of the application to create (default: the host).
+    #[arg(long, env = "AUDSYNC_APP_NAME", value_name = "NAME")]
+    pub app_name: Option<String>,
+    /// Session duration of the application to create (Go duration, e.g. 24h, 30m).
+    #[arg(
+        long,
+        env = "AUDSYNC_SESSION_DURATION",
+        value_name = "DURATION",
+        default_value = "24h"
+    )]
+    pub session_duration: String,
+    /// The reusable policy to attach; reused when it exists, else created from the rules below.
+    #[arg(
+        long,
+        env = "AUDSYNC_POLICY_NAME",
+        value_name = "NAME",
+        default_value = "Standard Access Policy"
+    )]
+    pub policy_name: String,
+    /// Emails the new policy admits (comma-separated).
+    #[arg(
+        long,
+        env = "CLOUDFLARE_ACCESS_EMAILS",
+        value_name = "EMAILS",
+        value_delimiter = ','
+    )]
+    pub access_emails: Vec<String>,
+    /// An email domain the new policy admits, e.g. example.com.
+    #[arg(long, env = "CLOUDFLARE_ACCESS_EMAIL_DOMAIN", value_name = "DOMAIN")]
+    pub access_email_domain: Option<String>,
+    /// The identity provider users must log in with (`allowed_idps` of the new application).
+    #[arg(long, env = "GOOGLE_IDP_ID", value_name = "UUID")]
+    pub idp_id: Option<String>,
+    /// Create a policy that admits everyone when no email rule is given (explicit opt-in).
+    #[arg(long)]
+    pub allow_everyone: bool,
+}
+
+/// The checks of `verify`, in debugging order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Check {
+    Redirect,
+    Certs,
+    Consistency,
+    Token,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub access: AccessArgs,
+    /// The variable that holds the AUD tag (in the .env file and the container).
+    #[arg(
+        long,
+        env = "AUDSYNC_KEY",
+        value_name = "NAME",
+        default_value = "CLOUDFLARE_AUD_TAG"
+    )]
+    pub key: String,
+    /// Containers whose environment should carry the AUD (repeatable or comma-separated).
+    #[arg(
+        long = "container",
+        env = "AUDSYNC_CONTAINER",
+        value_name = "NAME",
+        value_delimiter = ',',
+        default_value = "lambda-server"
+    )]
+    pub containers: Vec<String>,
+    /// Remotely-managed tunnel whose rule for the host should carry the AUD.
+    #[arg(long, env = "CLOUDFLARE_TUNNEL_ID", value_name = "UUID")]
+    pub tunnel_id: Option<String>,
+    /// A token to check (the Cf-Access-Jwt-Assertion value). Prefer --token-file: a flag is
+    /// visible in the process list.
+    #[arg(
+        long,
+        env = "AUDSYNC_VERIFY_TOKEN",
+        value_name = "JWT",
+        hide_env_values = true,
+        hide_default_value = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the token to check.
+    #[arg(long, env = "AUDSYNC_VERIFY_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Leave a check out (repeatable or comma-separated).
+    #[arg(long, value_enum, value_name = "NAME", value_delimiter = ',')]
+    pub skip: Vec<Check>,
 }
 
 /// Where the AUD comes from, and where configuration is read.
@@ -145,6 +275,17 @@ pub struct InfisicalArgs {
 pub struct GetArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Where the AUD is learned: api (Cloudflare API) or edge (the protected host; no token).
+    #[arg(
+        long = "source",
+        env = "AUDSYNC_SOURCE",
+        value_enum,
+        value_name = "SOURCE",
+        default_value = "api"
+    )]
+    pub origin: Origin,
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -203,6 +344,21 @@ pub struct SyncArgs {
     /// How long to wait for another run holding the lock.
     #[arg(long, env = "AUDSYNC_LOCK_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    /// Where the AUD is learned: api (Cloudflare API) or edge (the protected host; no token).
+    #[arg(
+        long = "source",
+        env = "AUDSYNC_SOURCE",
+        value_enum,
+        value_name = "SOURCE",
+        default_value = "api"
+    )]
+    pub origin: Origin,
+    #[command(flatten)]
+    pub access: AccessArgs,
+    /// Remotely-managed tunnel whose rule for the host requires Access: its audTag is kept
+    /// current (one extra API request per pass).
+    #[arg(long, env = "CLOUDFLARE_TUNNEL_ID", value_name = "UUID")]
+    pub tunnel_id: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, FromArgMatches};
 
-use crate::cli::{Cli, SourceArgs};
+use crate::cli::{AccessArgs, Cli, Origin, SourceArgs};
 use crate::cloudflare::Auth;
 use crate::error::Error;
 use crate::secret::Secret;
@@ -170,6 +170,17 @@ pub struct SourceConfig {
     /// The host, when known (also with --app-id if --domain was given too).
     pub host: Option<String>,
     pub timeout: std::time::Duration,
+    /// Set by `--source edge`: learn the AUD from the protected host instead of the API.
+    pub edge: Option<EdgeSource>,
+}
+
+/// Where `--source edge` asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeSource {
+    /// The protected host's URL (`--url`, default `https://HOST/`).
+    pub url: String,
+    /// The configured team domain, when any (pins where the metadata's keys are fetched).
+    pub team_domain: Option<String>,
 }
 
 impl SourceConfig {
@@ -209,8 +220,82 @@ impl SourceConfig {
             selector,
             host,
             timeout: a.timeout,
+            edge: None,
         })
     }
+
+    /// [`SourceConfig::from_args`] for commands with `--source`. With `edge`, Cloudflare
+    /// credentials are optional (used only when given) and the host comes from --domain or --url.
+    pub fn from_args_with(
+        a: &SourceArgs,
+        env: &Env,
+        origin: Origin,
+        access: &AccessArgs,
+    ) -> Result<SourceConfig, Error> {
+        if origin == Origin::Api {
+            return Self::from_args(a, env);
+        }
+        if a.app_id.is_some() {
+            return Err(Error::usage(
+                "--app-id needs --source api: the edge knows hosts, not application ids",
+            ));
+        }
+        let url = access.url.as_deref().map(validate_url).transpose()?;
+        let host = match (&a.domain, &url) {
+            (Some(d), _) => validate_host(d)?,
+            (None, Some(u)) => validate_host(u.host_str().unwrap_or(""))?,
+            (None, None) => {
+                return Err(Error::usage(
+                    "--source edge needs the protected host: pass --domain HOST (or --url URL)",
+                ));
+            }
+        };
+        let url = url.map_or_else(|| format!("https://{host}/"), |u| u.to_string());
+        let any_credential = [
+            "CLOUDFLARE_API_TOKEN",
+            "CLOUDFLARE_API_TOKEN_FILE",
+            "CLOUDFLARE_EMAIL",
+            "CLOUDFLARE_API_KEY",
+            "CLOUDFLARE_API_KEY_FILE",
+        ]
+        .iter()
+        .any(|n| env.get(n).is_some());
+        let auth = if any_credential {
+            cloudflare_auth(env)?
+        } else {
+            Auth::None
+        };
+        let account_id = match &a.account_id {
+            Some(id) => Some(validate_id("--account-id / CLOUDFLARE_ACCOUNT_ID", id)?),
+            None => None,
+        };
+        Ok(SourceConfig {
+            api_url: a.api_url.clone(),
+            auth,
+            account_id,
+            selector: Selector::Host(host.clone()),
+            host: Some(host),
+            timeout: a.timeout,
+            edge: Some(EdgeSource {
+                url,
+                team_domain: crate::cloudflare::edge::team_domain(
+                    access.auth_domain.as_deref(),
+                    access.team_name.as_deref(),
+                ),
+            }),
+        })
+    }
+}
+
+/// An http(s) URL given by --url.
+pub fn validate_url(u: &str) -> Result<url::Url, Error> {
+    let url = url::Url::parse(u).map_err(|e| Error::usage(format!("--url {u:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(Error::usage(format!(
+            "--url {u:?} must be an http(s) URL with a host"
+        )));
+    }
+    Ok(url)
 }
 
 /// True when any Cloudflare credential (token, email or key, or a `_FILE` of one) is set in the
@@ -250,7 +335,7 @@ pub fn cloudflare_auth(env: &Env) -> Result<Auth, Error> {
     }
 }
 
-fn validate_host(d: &str) -> Result<String, Error> {
+pub fn validate_host(d: &str) -> Result<String, Error> {
     let h = crate::cloudflare::apps::host_of(d);
     let ok = !h.is_empty()
         && h.len() <= 253
@@ -265,7 +350,7 @@ fn validate_host(d: &str) -> Result<String, Error> {
     }
 }
 
-fn validate_id(flag: &str, id: &str) -> Result<String, Error> {
+pub fn validate_id(flag: &str, id: &str) -> Result<String, Error> {
     let hex: String = id.chars().filter(|c| *c != '-').collect();
     if hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
         Ok(id.to_ascii_lowercase())

@@ -12,10 +12,12 @@ pub mod exit;
 pub mod lock;
 pub mod reconcile;
 pub mod secret;
+pub mod setup;
 pub mod sink;
 pub mod source;
 pub mod state;
 pub mod sync;
+pub mod verify;
 
 use cli::{Cli, Command, LogFormat, Output};
 use config::Env;
@@ -70,6 +72,40 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
             }
             report.exit_code
         }
+        Command::Setup(args) => {
+            let output = args.sync.output;
+            let cfg = match sync::resolve_credentials(&args.sync.source, env, |e| {
+                setup::SetupConfig::from_args(&args, e).map(drop)
+            })
+            .await
+            {
+                Ok(env) => setup::SetupConfig::from_args(&args, &env),
+                Err(e) => Err(e),
+            };
+            let report = match cfg {
+                Ok(cfg) => setup::run(&cfg).await,
+                Err(e) => {
+                    report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
+                    return e.exit_code();
+                }
+            };
+            setup::print(&report, output);
+            if let Some(e) = &report.error {
+                report_error(e, report.hint.as_deref(), output);
+            }
+            report.exit_code
+        }
+        Command::Verify(args) => match verify::VerifyConfig::from_args(&args, &env) {
+            Ok(cfg) => {
+                let results = verify::run(&cfg).await;
+                print!("{}", verify::render_text(&results));
+                verify::exit_code(&results)
+            }
+            Err(e) => {
+                report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
+                e.exit_code()
+            }
+        },
         Command::Get(args) => match get(&args, &env).await {
             Ok(aud) => {
                 println!("{aud}");
@@ -85,10 +121,10 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
 
 async fn get(args: &cli::GetArgs, env: &Env) -> Result<String, Error> {
     let env = sync::resolve_credentials(&args.source, env.clone(), |e| {
-        config::SourceConfig::from_args(&args.source, e).map(drop)
+        config::SourceConfig::from_args_with(&args.source, e, args.origin, &args.access).map(drop)
     })
     .await?;
-    let cfg = config::SourceConfig::from_args(&args.source, &env)?;
+    let cfg = config::SourceConfig::from_args_with(&args.source, &env, args.origin, &args.access)?;
     let client = source::client(&cfg);
     Ok(source::fetch(&client, &cfg, None).await?.aud)
 }

@@ -48,6 +48,9 @@ pub async fn fetch(
     cfg: &SourceConfig,
     cache: Option<&mut State>,
 ) -> Result<Found, Error> {
+    if let Some(edge) = &cfg.edge {
+        return fetch_edge(cfg, edge).await;
+    }
     let cached = cache.as_ref().and_then(|s| s.app.clone()).filter(|c| {
         cfg.host.as_deref() == Some(c.host.as_str())
             && cfg.account_id.as_ref().is_none_or(|a| a == &c.account_id)
@@ -99,6 +102,24 @@ pub async fn fetch(
     Ok(Found {
         aud: app.aud.clone(),
         app: summary(&app, &account),
+    })
+}
+
+/// `--source edge`: the AUD from the protected host, no API call.
+async fn fetch_edge(cfg: &SourceConfig, edge: &crate::config::EdgeSource) -> Result<Found, Error> {
+    let http = crate::cloudflare::edge::http(cfg.timeout);
+    let got = crate::cloudflare::edge::learn_aud(&http, &edge.url, edge.team_domain.as_deref())
+        .await
+        .map_err(|e| Error::failed(e.message, e.hint))?;
+    tracing::debug!(how = got.how, team = %got.team_domain, "AUD learned from the edge");
+    Ok(Found {
+        aud: got.aud,
+        app: AppSummary {
+            id: "-".into(),
+            name: format!("learned from the edge: {}", got.how),
+            domain: cfg.host.clone().unwrap_or_default(),
+            account_id: cfg.account_id.clone().unwrap_or_default(),
+        },
     })
 }
 

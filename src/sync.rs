@@ -35,12 +35,21 @@ pub struct SyncConfig {
     pub lock_timeout: Duration,
     /// Set when `--sink infisical` is chosen.
     pub infisical: Option<infisical::Settings>,
+    /// `CLOUDFLARE_TUNNEL_ID`: keep the audTag of this tunnel's rule for the host current.
+    pub tunnel_id: Option<String>,
 }
 
 impl SyncConfig {
     pub fn from_args(a: &SyncArgs, env: &Env) -> Result<SyncConfig, Error> {
         config::validate_key(&a.key)?;
-        let source = SourceConfig::from_args(&a.source, env)?;
+        let source = SourceConfig::from_args_with(&a.source, env, a.origin, &a.access)?;
+        let tunnel_id = match &a.tunnel_id {
+            Some(t) => Some(config::validate_id(
+                "--tunnel-id / CLOUDFLARE_TUNNEL_ID",
+                t,
+            )?),
+            None => None,
+        };
         let mut sinks = a.sinks.clone();
         sinks.dedup();
         let infisical = if sinks.contains(&SinkKind::Infisical) {
@@ -92,6 +101,7 @@ impl SyncConfig {
             lock_timeout: a.lock_timeout,
             env_file,
             infisical,
+            tunnel_id,
         })
     }
 }
@@ -111,6 +121,9 @@ pub struct Report {
     pub app: Option<AppSummary>,
     pub sinks: Vec<reconcile::SinkReport>,
     pub containers: Vec<reconcile::TargetReport>,
+    /// The tunnel rule's audTag step (only with CLOUDFLARE_TUNNEL_ID).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,6 +142,7 @@ impl Report {
             app: None,
             sinks: vec![],
             containers: vec![],
+            tunnel: None,
             error: Some(e.to_string()),
             hint: e.hint(),
         }
@@ -309,7 +323,129 @@ pub async fn run_pass(cfg: &SyncConfig) -> Result<Report, Error> {
         &owed,
     );
     let outcome = reconcile::apply(&plan, &mut sinks, &mut targets, &mut state, cfg.dry_run).await;
-    Ok(report(cfg, found, &plan, outcome))
+    let mut r = report(cfg, found.clone(), &plan, outcome);
+    if let Some(t) = tunnel_step(cfg, &client, &found, r.previous.as_deref()).await {
+        r.add_tunnel(t);
+    }
+    Ok(r)
+}
+
+/// What the tunnel step found and did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TunnelReport {
+    pub tunnel_id: String,
+    /// `in_sync`, `updated`, `would_update`, `not_required` (the rule does not require Access),
+    /// `skipped` (cannot be managed here; see detail), `failed`.
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Report {
+    /// Fold the tunnel step into the pass's status: a failure fails the pass, a pending change
+    /// makes a dry run pending, an update is a change.
+    fn add_tunnel(&mut self, t: TunnelReport) {
+        match t.result {
+            "failed" => {
+                let msg = format!(
+                    "tunnel {}: {}",
+                    t.tunnel_id,
+                    t.detail.as_deref().unwrap_or("failed")
+                );
+                self.error = Some(match self.error.take() {
+                    Some(e) => format!("{e}; {msg}"),
+                    None => msg,
+                });
+                self.status = "failed";
+                self.exit_code = exit::FAILURE;
+            }
+            "would_update" if self.status == "in_sync" => {
+                self.status = "pending";
+                self.exit_code = exit::PENDING;
+            }
+            "updated" if self.status == "in_sync" => self.status = "changed",
+            _ => {}
+        }
+        self.tunnel = Some(t);
+    }
+}
+
+/// Keep the audTag of the tunnel rule for the host current, when CLOUDFLARE_TUNNEL_ID is set and
+/// that rule requires Access (cloudflared would otherwise refuse every token of a recreated
+/// application). A separate step rather than a sink: a stale audTag must not trigger container
+/// restarts, and the rule is left alone when it does not require Access.
+async fn tunnel_step(
+    cfg: &SyncConfig,
+    client: &crate::cloudflare::Client,
+    found: &source::Found,
+    previous: Option<&str>,
+) -> Option<TunnelReport> {
+    use crate::cloudflare::tunnel;
+    let id = cfg.tunnel_id.clone()?;
+    let rep = |result, detail: Option<String>| TunnelReport {
+        tunnel_id: id.clone(),
+        result,
+        detail,
+    };
+    if matches!(cfg.source.auth, crate::cloudflare::Auth::None) || found.app.account_id.is_empty() {
+        let why = "the tunnel rule needs the Cloudflare API: with --source edge set a token and CLOUDFLARE_ACCOUNT_ID, or keep its audTag current yourself";
+        tracing::warn!(tunnel = %id, "{why}");
+        return Some(rep("skipped", Some(why.into())));
+    }
+    let host = cfg
+        .source
+        .host
+        .clone()
+        .unwrap_or_else(|| crate::cloudflare::apps::host_of(&found.app.domain));
+    let account = &found.app.account_id;
+    let answer = match client.tunnel_configuration(account, &id).await {
+        Ok(a) => a,
+        Err(e) => return Some(rep("failed", Some(e.to_string()))),
+    };
+    if tunnel::source_of(&answer) != "cloudflare" {
+        let why = format!(
+            "locally managed tunnel (source {:?}): keep audTag of the rule for {host} in cloudflared's config.yml at {} yourself",
+            tunnel::source_of(&answer),
+            found.aud
+        );
+        tracing::warn!(tunnel = %id, "{why}");
+        return Some(rep("skipped", Some(why)));
+    }
+    let config = tunnel::config_of(&answer);
+    match tunnel::update_aud(config, &id, &host, &found.aud, previous) {
+        Err(e) => {
+            tracing::warn!(tunnel = %id, error = %e, "tunnel rule not managed");
+            Some(rep("skipped", Some(e.to_string())))
+        }
+        Ok(None) => {
+            let required = tunnel::access_of(config, &id, &host)
+                .map(|rules| rules.iter().any(|r| r.required))
+                .unwrap_or(false);
+            Some(if required {
+                rep("in_sync", None)
+            } else {
+                rep(
+                    "not_required",
+                    Some(format!(
+                        "the rule for {host} does not require Access (run `audsync setup` to require it)"
+                    )),
+                )
+            })
+        }
+        Ok(Some(new)) => {
+            let diff = tunnel::diff(config, &new);
+            if cfg.dry_run {
+                return Some(rep("would_update", Some(diff)));
+            }
+            match client.put_tunnel_configuration(account, &id, &new).await {
+                Ok(_) => {
+                    tracing::info!(tunnel = %id, "tunnel rule audTag updated");
+                    Some(rep("updated", Some(diff)))
+                }
+                Err(e) => Some(rep("failed", Some(e.to_string()))),
+            }
+        }
+    }
 }
 
 fn report(cfg: &SyncConfig, found: source::Found, plan: &reconcile::Plan, o: Outcome) -> Report {
@@ -352,6 +488,7 @@ fn report(cfg: &SyncConfig, found: source::Found, plan: &reconcile::Plan, o: Out
         app: Some(found.app),
         sinks: o.sinks,
         containers: o.containers,
+        tunnel: None,
         hint,
         error: (!error.is_empty()).then(|| {
             let mut msg = error.join("; ");
@@ -409,6 +546,12 @@ pub fn render_text(r: &Report) -> String {
         );
         if let Some(e) = &c.error {
             let _ = writeln!(s, "    {}", e.message);
+        }
+    }
+    if let Some(t) = &r.tunnel {
+        let _ = writeln!(s, "  tunnel {} audTag: [{}]", t.tunnel_id, t.result);
+        for line in t.detail.iter().flat_map(|d| d.lines()) {
+            let _ = writeln!(s, "    {line}");
         }
     }
     let summary = match (r.status, r.dry_run) {

@@ -6,3 +6,4 @@ mod cli_sync;
 mod docker_restart;
 mod envfile_prop;
 mod infisical;
+mod setup_verify;

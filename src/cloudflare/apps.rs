@@ -231,6 +231,106 @@ impl Client {
     }
 }
 
+/// What `setup` creates when no application protects the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewApp {
+    pub name: String,
+    pub host: String,
+    pub session_duration: String,
+    /// Identity providers users may log in with (`allowed_idps`); empty = every one.
+    pub allowed_idps: Vec<String>,
+    /// Reusable policy ids, in precedence order (1, 2, …).
+    pub policy_ids: Vec<String>,
+}
+
+impl NewApp {
+    /// The body of `POST /access/apps`: a `self_hosted` application for the host alone.
+    pub fn body(&self) -> serde_json::Value {
+        let policies: Vec<serde_json::Value> = self
+            .policy_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| serde_json::json!({"id": id, "precedence": i + 1}))
+            .collect();
+        let mut body = serde_json::json!({
+            "name": self.name,
+            "type": "self_hosted",
+            "domain": self.host,
+            "destinations": [{"type": "public", "uri": self.host}],
+            "session_duration": self.session_duration,
+            "policies": policies,
+        });
+        if !self.allowed_idps.is_empty() {
+            body["allowed_idps"] = serde_json::json!(self.allowed_idps);
+        }
+        body
+    }
+}
+
+/// The default application name for a host: the host itself, which is what the dashboard
+/// lists and what `sync` matches on.
+pub fn default_app_name(host: &str) -> String {
+    host_of(host)
+}
+
+impl Client {
+    /// Like [`Client::find_app`], but `None` when no application covers the host at all
+    /// (ambiguity is still an error).
+    pub async fn find_app_opt(
+        &self,
+        account: &str,
+        host: &str,
+    ) -> Result<Option<AccessApp>, Error> {
+        let apps = self.apps_for_domain(account, host).await?;
+        if apps.iter().any(|a| match_kind(a, host).is_some()) {
+            return choose(&apps, host).cloned().map(Some);
+        }
+        let all: Vec<AccessApp> = self
+            .list_all(&format!("/accounts/{account}/access/apps"), &[], PER_PAGE)
+            .await?;
+        if all.iter().any(|a| match_kind(a, host).is_some()) {
+            choose(&all, host).cloned().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The whole application object, as JSON (for a GET-change-PUT round trip).
+    pub async fn app_json(&self, account: &str, id: &str) -> Result<serde_json::Value, Error> {
+        self.get(&format!("/accounts/{account}/access/apps/{id}"), &[])
+            .await
+    }
+
+    /// `POST /accounts/{account}/access/apps`.
+    pub async fn create_app(
+        &self,
+        account: &str,
+        body: &serde_json::Value,
+    ) -> Result<AccessApp, Error> {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/accounts/{account}/access/apps"),
+            body,
+        )
+        .await
+    }
+
+    /// `PUT /accounts/{account}/access/apps/{id}`: a full replacement (send the whole object).
+    pub async fn update_app(
+        &self,
+        account: &str,
+        id: &str,
+        body: &serde_json::Value,
+    ) -> Result<AccessApp, Error> {
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/accounts/{account}/access/apps/{id}"),
+            body,
+        )
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +404,30 @@ mod tests {
             e.contains("api.example.com") && e.contains("app-1 (web.example.com"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn new_app_body_has_the_documented_fields() {
+        let b = NewApp {
+            name: "api.example.com".into(),
+            host: "api.example.com".into(),
+            session_duration: "24h".into(),
+            allowed_idps: vec!["idp-1".into()],
+            policy_ids: vec!["p1".into(), "p2".into()],
+        }
+        .body();
+        assert_eq!(b["type"], "self_hosted");
+        assert_eq!(b["domain"], "api.example.com");
+        assert_eq!(
+            b["destinations"],
+            serde_json::json!([{"type": "public", "uri": "api.example.com"}])
+        );
+        assert_eq!(b["allowed_idps"], serde_json::json!(["idp-1"]));
+        assert_eq!(
+            b["policies"],
+            serde_json::json!([{"id": "p1", "precedence": 1}, {"id": "p2", "precedence": 2}])
+        );
+        assert!(b.get("identity_provider_selectors").is_none());
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! Cloudflare's code and message, the HTTP status and the path, never the token.
 
 pub mod apps;
+pub mod edge;
+pub mod jwt;
+pub mod policies;
+pub mod tunnel;
 
 use std::time::Duration;
 
@@ -23,6 +27,9 @@ pub enum Auth {
     Token(Secret),
     /// Legacy global API key: `X-Auth-Email` + `X-Auth-Key`.
     GlobalKey { email: String, key: Secret },
+    /// No credential (`--source edge` without any configured): API calls fail with Cloudflare's
+    /// authentication error, so every API-only step is skipped before it is tried.
+    None,
 }
 
 /// Retry policy for 429, 5xx and transport errors. Other 4xx are never retried.
@@ -285,6 +292,7 @@ impl Client {
                 Auth::GlobalKey { email, key } => req
                     .header("X-Auth-Email", email)
                     .header("X-Auth-Key", key.expose()),
+                Auth::None => req,
             };
             if let Some(b) = body {
                 req = req.json(b);

@@ -53,6 +53,12 @@ pub struct CfState {
     pub requests: Vec<Recorded>,
     /// Extra routes added by other test areas: (method, path) -> handler.
     pub extra: Vec<ExtraRoute>,
+    /// Reusable Access policies (`/access/policies`).
+    pub policies: Vec<Value>,
+    /// Tunnel id -> the configuration answer `{account_id, tunnel_id, version, config, source, created_at}`.
+    pub tunnels: BTreeMap<String, Value>,
+    /// Counter for ids and AUDs of created objects.
+    pub created: u32,
 }
 
 pub type ExtraHandler = Box<dyn Fn(&mut CfState, &Recorded) -> Option<(StatusCode, Value)> + Send>;
@@ -110,6 +116,9 @@ impl FakeCloudflare {
             faults: VecDeque::new(),
             requests: Vec::new(),
             extra: Vec::new(),
+            policies: Vec::new(),
+            tunnels: BTreeMap::new(),
+            created: 0,
         }));
         let st = state.clone();
         let server = Server::start(move |req| {
@@ -279,8 +288,153 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
                 ),
             }
         }
+        (Method::POST, ["accounts", _acc, "access", "apps"]) => {
+            let body = rec.body.clone().unwrap_or(Value::Null);
+            if let Some(e) = app_body_error(&s, &body) {
+                return e;
+            }
+            s.created += 1;
+            let n = 0x100 + s.created;
+            let mut a = body;
+            a["id"] = json!(uuid(n));
+            a["uid"] = json!(uuid(n));
+            a["aud"] = json!(aud(n as u8));
+            a["created_at"] = json!("2026-02-01T00:00:00Z");
+            a["updated_at"] = json!("2026-02-01T00:00:00Z");
+            s.apps.push(a.clone());
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({"success": true, "errors": [], "messages": [], "result": a})),
+            )
+                .into_response()
+        }
+        (Method::PUT, ["accounts", _acc, "access", "apps", id]) => {
+            let body = rec.body.clone().unwrap_or(Value::Null);
+            let Some(idx) = s.apps.iter().position(|a| a["id"] == *id) else {
+                return envelope_error(
+                    StatusCode::NOT_FOUND,
+                    12130,
+                    "access.api.error.application_not_found",
+                );
+            };
+            if let Some(e) = app_body_error(&s, &body) {
+                return e;
+            }
+            // A full replacement; id and aud are the server's.
+            let mut a = body;
+            a["id"] = s.apps[idx]["id"].clone();
+            a["aud"] = s.apps[idx]["aud"].clone();
+            s.apps[idx] = a.clone();
+            ok(a)
+        }
+        (Method::GET, ["accounts", _acc, "access", "policies"]) => {
+            paged(s.policies.clone(), &query, s.max_per_page)
+        }
+        (Method::POST, ["accounts", _acc, "access", "policies"]) => {
+            let body = rec.body.clone().unwrap_or(Value::Null);
+            let decision_ok = matches!(
+                body["decision"].as_str(),
+                Some("allow" | "deny" | "non_identity" | "bypass")
+            );
+            let include_ok = body["include"].as_array().is_some_and(|a| !a.is_empty());
+            if body["name"].as_str().is_none_or(str::is_empty) || !decision_ok || !include_ok {
+                return envelope_error(
+                    StatusCode::BAD_REQUEST,
+                    12130,
+                    "access.api.error.invalid_request: name, decision and include are required",
+                );
+            }
+            s.created += 1;
+            let mut p = body;
+            p["id"] = json!(format!("{:08x}-1111-4000-8000-000000000000", s.created));
+            p["reusable"] = json!(true);
+            p["app_count"] = json!(0);
+            p["created_at"] = json!("2026-02-01T00:00:00Z");
+            s.policies.push(p.clone());
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({"success": true, "errors": [], "messages": [], "result": p})),
+            )
+                .into_response()
+        }
+        (Method::GET, ["accounts", _acc, "cfd_tunnel", tid, "configurations"]) => {
+            match s.tunnels.get(*tid) {
+                Some(t) => ok(t.clone()),
+                None => envelope_error(StatusCode::NOT_FOUND, 1003, "Tunnel not found"),
+            }
+        }
+        (Method::PUT, ["accounts", _acc, "cfd_tunnel", tid, "configurations"]) => {
+            let body = rec.body.clone().unwrap_or(Value::Null);
+            let Some(t) = s.tunnels.get_mut(*tid) else {
+                return envelope_error(StatusCode::NOT_FOUND, 1003, "Tunnel not found");
+            };
+            let Some(config) = body.get("config").filter(|c| c.is_object()) else {
+                return envelope_error(
+                    StatusCode::BAD_REQUEST,
+                    1001,
+                    "Invalid tunnel configuration: missing `config`",
+                );
+            };
+            let rules = config["ingress"].as_array().cloned().unwrap_or_default();
+            let catch_all = |r: &Value| {
+                r["hostname"]
+                    .as_str()
+                    .is_none_or(|h| h.is_empty() || h == "*")
+                    && r.get("path").is_none()
+            };
+            if let Some((last, rest)) = rules.split_last()
+                && (!catch_all(last) || rest.iter().any(catch_all))
+            {
+                return envelope_error(
+                    StatusCode::BAD_REQUEST,
+                    1056,
+                    "Validation failed: the last ingress rule must match all URLs (i.e. it should not have a hostname or path filter), and only the last rule may",
+                );
+            }
+            // A PUT makes the tunnel remotely managed, whatever it was.
+            t["config"] = config.clone();
+            t["source"] = json!("cloudflare");
+            t["version"] = json!(t["version"].as_i64().unwrap_or(0) + 1);
+            ok(t.clone())
+        }
         _ => envelope_error(StatusCode::NOT_FOUND, 7000, "No route for that URI"),
     }
+}
+
+/// Create and update both require `type` and `domain`; policies must exist.
+fn app_body_error(s: &CfState, body: &Value) -> Option<Response> {
+    if body["type"].as_str().is_none_or(str::is_empty)
+        || body["domain"].as_str().is_none_or(str::is_empty)
+    {
+        return Some(envelope_error(
+            StatusCode::BAD_REQUEST,
+            12130,
+            "access.api.error.invalid_request: type and domain are required",
+        ));
+    }
+    for p in body["policies"].as_array().cloned().unwrap_or_default() {
+        let id = p["id"].as_str().or(p.as_str()).unwrap_or("");
+        if !s.policies.iter().any(|q| q["id"] == id) {
+            return Some(envelope_error(
+                StatusCode::BAD_REQUEST,
+                12130,
+                "access.api.error.invalid_policy: policy not found",
+            ));
+        }
+    }
+    None
+}
+
+/// A tunnel configuration answer as Cloudflare returns it.
+pub fn tunnel(id: &str, source: &str, config: Value) -> Value {
+    json!({
+        "account_id": ACCOUNT,
+        "tunnel_id": id,
+        "version": 3,
+        "config": config,
+        "source": source,
+        "created_at": "2026-01-01T00:00:00Z"
+    })
 }
 
 fn record_headers(h: &HeaderMap) -> BTreeMap<String, String> {

@@ -1,6 +1,7 @@
 //! Test support: in-process fakes of the external APIs and a harness that runs the binary.
 #![allow(dead_code)]
 
+pub mod access;
 pub mod cloudflare;
 pub mod infisical;
 

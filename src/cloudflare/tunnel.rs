@@ -1,0 +1,388 @@
+//! Remotely-managed tunnel ingress: read the configuration, require Access on the rule for a
+//! host (`originRequest.access`), and keep that rule's `audTag` current.
+//!
+//! The configuration is handled as generic JSON from GET to PUT: typed structs would drop fields
+//! this program does not know, and the PUT replaces the whole configuration. The functions here
+//! change only `originRequest.access` of the rules whose `hostname` is the host, never reorder
+//! rules, and never write to a locally-managed tunnel (a PUT would turn it into a remotely
+//! managed one behind its owner's back).
+
+use serde_json::{Map, Value, json};
+
+use super::{Client, Error};
+
+/// Why the rule for a host cannot be managed here; each message says what to do instead.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IngressError {
+    #[error(
+        "tunnel {tunnel_id} is locally managed (source \"{source_kind}\"): its ingress lives in cloudflared's own config file, which this program does not edit.\n{}",
+        local_instructions(.host, .team, .aud)
+    )]
+    Local {
+        tunnel_id: String,
+        source_kind: String,
+        host: String,
+        team: String,
+        aud: String,
+    },
+    #[error(
+        "tunnel {tunnel_id} has no ingress rule for {host} (rules: {}).\nhint: add a public hostname {host} to the tunnel (Zero Trust > Networks > Tunnels > the tunnel > Public Hostname > Add), then run this again; or unset CLOUDFLARE_TUNNEL_ID if {host} is not served through this tunnel",
+        list(.hostnames)
+    )]
+    NoRule {
+        tunnel_id: String,
+        host: String,
+        hostnames: Vec<String>,
+    },
+    #[error(
+        "tunnel {tunnel_id}: {host} is served only by the wildcard rule {wildcard:?}; requiring Access there would demand this application's token on every host it covers.\nhint: add a public hostname {host} (same service) above the wildcard rule, then run this again"
+    )]
+    OnlyWildcard {
+        tunnel_id: String,
+        host: String,
+        wildcard: String,
+    },
+    #[error(
+        "tunnel {tunnel_id}: the configuration has no `ingress` list; add a public hostname {host} to the tunnel first"
+    )]
+    NoIngress { tunnel_id: String, host: String },
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn local_instructions(host: &str, team: &str, aud: &str) -> String {
+    format!(
+        "hint: in cloudflared's config.yml, give the ingress rule for {host} this originRequest, restart cloudflared, and unset CLOUDFLARE_TUNNEL_ID so this step is skipped:\n  - hostname: {host}\n    service: <unchanged>\n    originRequest:\n      access:\n        required: true\n        teamName: {team}\n        audTag:\n          - {aud}"
+    )
+}
+
+/// The `source` of a configuration answer: `cloudflare` (remote) or `local`.
+pub fn source_of(answer: &Value) -> &str {
+    answer.get("source").and_then(Value::as_str).unwrap_or("")
+}
+
+/// The `config` object of a configuration answer.
+pub fn config_of(answer: &Value) -> &Value {
+    answer.get("config").unwrap_or(&Value::Null)
+}
+
+fn hostname(rule: &Value) -> Option<String> {
+    rule.get("hostname")
+        .and_then(Value::as_str)
+        .filter(|h| !h.is_empty())
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Indices of the rules whose hostname is exactly `host` (every path of it).
+fn rule_indices(config: &Value, tunnel_id: &str, host: &str) -> Result<Vec<usize>, IngressError> {
+    let host = host.to_ascii_lowercase();
+    let Some(rules) = config.get("ingress").and_then(Value::as_array) else {
+        return Err(IngressError::NoIngress {
+            tunnel_id: tunnel_id.into(),
+            host,
+        });
+    };
+    let exact: Vec<usize> = rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| hostname(r).as_deref() == Some(host.as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    if !exact.is_empty() {
+        return Ok(exact);
+    }
+    let wildcard = rules.iter().filter_map(hostname).find(|h| {
+        h.strip_prefix("*.")
+            .and_then(|suffix| host.strip_suffix(suffix))
+            .and_then(|p| p.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+    });
+    if let Some(w) = wildcard {
+        return Err(IngressError::OnlyWildcard {
+            tunnel_id: tunnel_id.into(),
+            host,
+            wildcard: w,
+        });
+    }
+    Err(IngressError::NoRule {
+        tunnel_id: tunnel_id.into(),
+        host,
+        hostnames: rules
+            .iter()
+            .map(|r| hostname(r).unwrap_or_else(|| "(catch-all)".into()))
+            .collect(),
+    })
+}
+
+/// What `originRequest.access` of one rule for the host says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleAccess {
+    pub index: usize,
+    pub path: Option<String>,
+    pub required: bool,
+    pub team: Option<String>,
+    pub aud_tags: Vec<String>,
+}
+
+/// The access settings of every rule for `host`.
+pub fn access_of(
+    config: &Value,
+    tunnel_id: &str,
+    host: &str,
+) -> Result<Vec<RuleAccess>, IngressError> {
+    let idx = rule_indices(config, tunnel_id, host)?;
+    Ok(idx
+        .into_iter()
+        .map(|i| {
+            let rule = &config["ingress"][i];
+            let access = &rule["originRequest"]["access"];
+            RuleAccess {
+                index: i,
+                path: rule.get("path").and_then(Value::as_str).map(str::to_string),
+                required: access.get("required").and_then(Value::as_bool) == Some(true),
+                team: access
+                    .get("teamName")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                aud_tags: access
+                    .get("audTag")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+/// The `audTag` list with `aud` in it. A list that already holds `aud` is kept. Otherwise the
+/// previous AUD (the value being replaced), or a sole entry, is replaced; a list of several
+/// unrelated tags (several applications on one route) gets `aud` added and keeps the others.
+pub fn with_aud(tags: &[String], aud: &str, previous: Option<&str>) -> Vec<String> {
+    if tags.iter().any(|t| t == aud) {
+        return tags.to_vec();
+    }
+    if tags.len() <= 1 {
+        return vec![aud.to_string()];
+    }
+    if let Some(p) = previous
+        && tags.iter().any(|t| t == p)
+    {
+        return tags
+            .iter()
+            .map(|t| if t == p { aud.to_string() } else { t.clone() })
+            .collect();
+    }
+    let mut v = tags.to_vec();
+    v.push(aud.to_string());
+    v
+}
+
+fn access_object(config: &mut Value, index: usize) -> Option<&mut Map<String, Value>> {
+    let rule = config.get_mut("ingress")?.get_mut(index)?.as_object_mut()?;
+    let origin = rule
+        .entry("originRequest")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()?;
+    origin
+        .entry("access")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+}
+
+/// The configuration with Access required on every rule for `host`: `required: true`,
+/// `teamName`, and `aud` in `audTag`. Other keys of `access` and everything else are kept.
+/// `None` when nothing would change.
+pub fn require_access(
+    config: &Value,
+    tunnel_id: &str,
+    host: &str,
+    team: &str,
+    aud: &str,
+) -> Result<Option<Value>, IngressError> {
+    let rules = access_of(config, tunnel_id, host)?;
+    let mut new = config.clone();
+    let mut changed = false;
+    for r in rules {
+        let tags = with_aud(&r.aud_tags, aud, None);
+        if r.required && r.team.as_deref() == Some(team) && tags == r.aud_tags {
+            continue;
+        }
+        let Some(access) = access_object(&mut new, r.index) else {
+            continue;
+        };
+        access.insert("required".into(), json!(true));
+        access.insert("teamName".into(), json!(team));
+        access.insert("audTag".into(), json!(tags));
+        changed = true;
+    }
+    Ok(changed.then_some(new))
+}
+
+/// The configuration with `aud` in the `audTag` of every rule for `host` that requires Access
+/// (rules that do not require it are left alone). `None` when nothing would change.
+pub fn update_aud(
+    config: &Value,
+    tunnel_id: &str,
+    host: &str,
+    aud: &str,
+    previous: Option<&str>,
+) -> Result<Option<Value>, IngressError> {
+    let rules = access_of(config, tunnel_id, host)?;
+    let mut new = config.clone();
+    let mut changed = false;
+    for r in rules.iter().filter(|r| r.required) {
+        let tags = with_aud(&r.aud_tags, aud, previous);
+        if tags == r.aud_tags {
+            continue;
+        }
+        if let Some(access) = access_object(&mut new, r.index) {
+            access.insert("audTag".into(), json!(tags));
+            changed = true;
+        }
+    }
+    Ok(changed.then_some(new))
+}
+
+/// A readable diff of the rules that differ between two configurations (`-`/`+` lines).
+pub fn diff(old: &Value, new: &Value) -> String {
+    let empty = Vec::new();
+    let a = old
+        .get("ingress")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let b = new
+        .get("ingress")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let mut out = String::new();
+    for i in 0..a.len().max(b.len()) {
+        let (x, y) = (a.get(i), b.get(i));
+        if x == y {
+            continue;
+        }
+        if let Some(x) = x {
+            out.push_str(&format!("- ingress[{i}] {x}\n"));
+        }
+        if let Some(y) = y {
+            out.push_str(&format!("+ ingress[{i}] {y}\n"));
+        }
+    }
+    out
+}
+
+impl Client {
+    /// `GET /accounts/{account}/cfd_tunnel/{tunnel}/configurations`: the whole answer
+    /// (`{tunnel_id, version, config, source, …}`), as JSON.
+    pub async fn tunnel_configuration(&self, account: &str, tunnel: &str) -> Result<Value, Error> {
+        self.get(
+            &format!("/accounts/{account}/cfd_tunnel/{tunnel}/configurations"),
+            &[],
+        )
+        .await
+    }
+
+    /// `PUT …/configurations` with `{"config": config}`: the whole configuration.
+    pub async fn put_tunnel_configuration(
+        &self,
+        account: &str,
+        tunnel: &str,
+        config: &Value,
+    ) -> Result<Value, Error> {
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/accounts/{account}/cfd_tunnel/{tunnel}/configurations"),
+            &json!({ "config": config }),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "tun";
+
+    fn config() -> Value {
+        json!({
+            "ingress": [
+                {"hostname": "web.example.com", "service": "http://web:80", "originRequest": {"noTLSVerify": true}},
+                {"hostname": "api.example.com", "service": "http://lambda:8080", "x-unknown": 1},
+                {"hostname": "*.example.com", "service": "http://other:80"},
+                {"service": "http_status:404"}
+            ],
+            "warp-routing": {"enabled": false},
+            "originRequest": {"connectTimeout": 10}
+        })
+    }
+
+    #[test]
+    fn require_access_changes_only_the_rule_for_the_host() {
+        let old = config();
+        let new = require_access(&old, T, "API.example.com", "team", "aa")
+            .unwrap()
+            .unwrap();
+        let mut expected = old.clone();
+        expected["ingress"][1]["originRequest"] =
+            json!({"access": {"required": true, "teamName": "team", "audTag": ["aa"]}});
+        assert_eq!(new, expected);
+        // Second time: nothing to do.
+        assert_eq!(
+            require_access(&new, T, "api.example.com", "team", "aa"),
+            Ok(None)
+        );
+        assert!(diff(&old, &new).contains("+ ingress[1]"));
+    }
+
+    #[test]
+    fn missing_rule_wildcard_only_and_no_ingress_are_explained() {
+        let e = require_access(&config(), T, "x.y.org", "t", "a").unwrap_err();
+        assert!(matches!(e, IngressError::NoRule { .. }), "{e}");
+        assert!(e.to_string().contains("Public Hostname"), "{e}");
+        let e = require_access(&config(), T, "db.example.com", "t", "a").unwrap_err();
+        assert!(matches!(e, IngressError::OnlyWildcard { .. }), "{e}");
+        let e = require_access(&json!({}), T, "api.example.com", "t", "a").unwrap_err();
+        assert!(matches!(e, IngressError::NoIngress { .. }), "{e}");
+    }
+
+    #[test]
+    fn aud_tags_follow_the_value() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(with_aud(&s(&[]), "n", None), s(&["n"]));
+        assert_eq!(with_aud(&s(&["o"]), "n", None), s(&["n"]));
+        assert_eq!(with_aud(&s(&["n", "x"]), "n", None), s(&["n", "x"]));
+        assert_eq!(with_aud(&s(&["o", "x"]), "n", Some("o")), s(&["n", "x"]));
+        assert_eq!(with_aud(&s(&["o", "x"]), "n", None), s(&["o", "x", "n"]));
+    }
+
+    #[test]
+    fn update_aud_touches_only_rules_that_require_access() {
+        let plain = config();
+        assert_eq!(
+            update_aud(&plain, T, "api.example.com", "n", None),
+            Ok(None)
+        );
+        let with = require_access(&plain, T, "api.example.com", "team", "o")
+            .unwrap()
+            .unwrap();
+        let new = update_aud(&with, T, "api.example.com", "n", Some("o"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            new["ingress"][1]["originRequest"]["access"]["audTag"],
+            json!(["n"])
+        );
+        assert_eq!(new["ingress"][1]["x-unknown"], 1);
+    }
+}

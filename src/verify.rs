@@ -1,0 +1,646 @@
+//! `audsync verify`: prove the chain works, one named check at a time, in the order a person
+//! would debug it: `redirect` (the edge protects the host), `certs` (the team's keys),
+//! `consistency` (the AUD is the same in Cloudflare, the .env file, the containers and the
+//! tunnel rule) and `token` (a real token passes the checks the server makes).
+//!
+//! Read-only: it changes nothing anywhere. Each check prints `ok`, `FAIL` with the fix, or
+//! `not checked` with the reason (never a silent pass). A token is a credential: it is held as a
+//! [`Secret`] and never printed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{Check, VerifyArgs};
+use crate::cloudflare::jwt::{self, Jwks};
+use crate::cloudflare::{Client, edge, tunnel};
+use crate::config::{self, Env, SourceConfig};
+use crate::error::Error;
+use crate::exit;
+use crate::reconcile::{Target, short};
+use crate::secret::Secret;
+use crate::sink::envfile;
+use crate::source;
+
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    pub host: String,
+    pub url: String,
+    /// Configured team domain (CLOUDFLARE_AUTH_DOMAIN / CLOUDFLARE_TEAM_NAME), if any.
+    pub team_domain: Option<String>,
+    pub key: String,
+    pub env_file: PathBuf,
+    pub containers: Vec<String>,
+    pub tunnel_id: Option<String>,
+    pub token: Option<Secret>,
+    pub skip: Vec<Check>,
+    /// The Cloudflare API, when credentials are configured.
+    pub api: Option<SourceConfig>,
+    pub timeout: Duration,
+}
+
+impl VerifyConfig {
+    pub fn from_args(a: &VerifyArgs, env: &Env) -> Result<VerifyConfig, Error> {
+        config::validate_key(&a.key)?;
+        let url = a
+            .access
+            .url
+            .as_deref()
+            .map(config::validate_url)
+            .transpose()?;
+        let host = match (&a.source.domain, &url) {
+            (Some(d), _) => config::validate_host(d)?,
+            (None, Some(u)) => config::validate_host(u.host_str().unwrap_or(""))?,
+            (None, None) => return Err(Error::usage("verify needs --domain HOST (or --url URL)")),
+        };
+        let token = match (&a.token, &a.token_file) {
+            (Some(t), _) => Some(Secret::new(t.trim())),
+            (None, Some(p)) => {
+                let raw = std::fs::read_to_string(p).map_err(|e| {
+                    Error::usage(format!("--token-file {}: cannot read: {e}", p.display()))
+                })?;
+                let t = raw.trim();
+                if t.is_empty() {
+                    return Err(Error::usage(format!(
+                        "--token-file {}: the file is empty",
+                        p.display()
+                    )));
+                }
+                Some(Secret::new(t))
+            }
+            (None, None) => None,
+        };
+        let any_credential = [
+            "CLOUDFLARE_API_TOKEN",
+            "CLOUDFLARE_API_TOKEN_FILE",
+            "CLOUDFLARE_EMAIL",
+            "CLOUDFLARE_API_KEY",
+            "CLOUDFLARE_API_KEY_FILE",
+        ]
+        .iter()
+        .any(|n| env.get(n).is_some());
+        let api = if any_credential {
+            let mut s = a.source.clone();
+            s.domain = Some(host.clone());
+            Some(SourceConfig::from_args(&s, env)?)
+        } else {
+            None
+        };
+        let tunnel_id = match &a.tunnel_id {
+            Some(t) => Some(config::validate_id(
+                "--tunnel-id / CLOUDFLARE_TUNNEL_ID",
+                t,
+            )?),
+            None => None,
+        };
+        Ok(VerifyConfig {
+            url: url.map_or_else(|| format!("https://{host}/"), |u| u.to_string()),
+            host,
+            team_domain: edge::team_domain(
+                a.access.auth_domain.as_deref(),
+                a.access.team_name.as_deref(),
+            ),
+            key: a.key.clone(),
+            env_file: a.source.env_file.clone(),
+            containers: a
+                .containers
+                .iter()
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            tunnel_id,
+            token,
+            skip: a.skip.clone(),
+            api,
+            timeout: a.source.timeout,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Fail,
+    /// Could not run (missing input or an unreachable, optional system); does not fail `verify`.
+    NotChecked,
+    Skipped,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub check: Check,
+    pub status: Status,
+    pub summary: String,
+    pub details: Vec<String>,
+    pub fix: Option<String>,
+}
+
+impl CheckResult {
+    fn new(check: Check, status: Status, summary: impl Into<String>) -> CheckResult {
+        CheckResult {
+            check,
+            status,
+            summary: summary.into(),
+            details: vec![],
+            fix: None,
+        }
+    }
+    fn fix(mut self, f: impl Into<String>) -> CheckResult {
+        self.fix = Some(f.into());
+        self
+    }
+}
+
+fn name(c: Check) -> &'static str {
+    match c {
+        Check::Redirect => "redirect",
+        Check::Certs => "certs",
+        Check::Consistency => "consistency",
+        Check::Token => "token",
+    }
+}
+
+/// What earlier checks learned, for the later ones.
+#[derive(Default)]
+struct Learned {
+    edge_aud: Option<String>,
+    team_domain: Option<String>,
+    keys: Option<Jwks>,
+    api_aud: Option<String>,
+    env_aud: Option<String>,
+}
+
+pub async fn run(cfg: &VerifyConfig) -> Vec<CheckResult> {
+    let http = edge::http(cfg.timeout);
+    let mut l = Learned {
+        team_domain: cfg.team_domain.clone(),
+        ..Learned::default()
+    };
+    let mut out = Vec::new();
+    for c in [
+        Check::Redirect,
+        Check::Certs,
+        Check::Consistency,
+        Check::Token,
+    ] {
+        if cfg.skip.contains(&c) {
+            out.push(CheckResult::new(c, Status::Skipped, "skipped (--skip)"));
+            continue;
+        }
+        let r = match c {
+            Check::Redirect => redirect(cfg, &http, &mut l).await,
+            Check::Certs => certs(&http, &mut l).await,
+            Check::Consistency => consistency(cfg, &mut l).await,
+            Check::Token => token(cfg, &http, &mut l).await,
+        };
+        out.push(r);
+    }
+    out
+}
+
+/// 0 when every check that ran passed, else 1.
+pub fn exit_code(results: &[CheckResult]) -> u8 {
+    if results.iter().any(|r| r.status == Status::Fail) {
+        exit::FAILURE
+    } else {
+        exit::OK
+    }
+}
+
+pub fn render_text(results: &[CheckResult]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for r in results {
+        let st = match r.status {
+            Status::Ok => "ok",
+            Status::Fail => "FAIL",
+            Status::NotChecked => "not checked",
+            Status::Skipped => "skipped",
+        };
+        let _ = writeln!(s, "{:<12} {:<11} {}", name(r.check), st, r.summary);
+        for d in &r.details {
+            let _ = writeln!(s, "{:<24} {d}", "");
+        }
+        if let Some(f) = &r.fix {
+            let _ = writeln!(s, "{:<24} fix: {f}", "");
+        }
+    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| r.status == Status::Fail)
+        .map(|r| name(r.check))
+        .collect();
+    let _ = writeln!(
+        s,
+        "{}",
+        if failed.is_empty() {
+            "verify: every check that ran passed".to_string()
+        } else {
+            format!("verify: FAILED ({})", failed.join(", "))
+        }
+    );
+    s
+}
+
+fn is_aud(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+async fn redirect(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> CheckResult {
+    let c = Check::Redirect;
+    let p = match edge::probe(http, &cfg.url, false).await {
+        Ok(p) => p,
+        Err(e) => {
+            return CheckResult::new(c, Status::Fail, e.message).fix(e.hint.unwrap_or_default());
+        }
+    };
+    match (&p.login, p.status) {
+        (Some(login), 301 | 302 | 303 | 307 | 308) => {
+            if let Some(t) = &cfg.team_domain
+                && t != &login.team_domain
+            {
+                return CheckResult::new(
+                    c,
+                    Status::Fail,
+                    format!(
+                        "{} redirects to the login page of {}, not of the team domain {t}",
+                        cfg.url, login.team_domain
+                    ),
+                )
+                .fix("set CLOUDFLARE_AUTH_DOMAIN to the team that protects this host, or check that --url reaches the right host");
+            }
+            l.team_domain = Some(login.team_domain.clone());
+            match login.kid.as_deref() {
+                Some(kid) if is_aud(kid) => {
+                    l.edge_aud = Some(kid.to_string());
+                    CheckResult::new(
+                        c,
+                        Status::Ok,
+                        format!(
+                            "HTTP {} to {}/cdn-cgi/access/login/… (kid = AUD {kid})",
+                            p.status, login.team_domain
+                        ),
+                    )
+                }
+                _ => CheckResult::new(
+                    c,
+                    Status::Fail,
+                    format!(
+                        "HTTP {} to the Access login page, but without a kid of 64 hex characters",
+                        p.status
+                    ),
+                )
+                .fix("check the Access application for the host in the Zero Trust dashboard"),
+            }
+        }
+        (_, 200..=299) => CheckResult::new(
+            c,
+            Status::Fail,
+            format!(
+                "{} answered HTTP {} without a login redirect: not protected",
+                cfg.url, p.status
+            ),
+        )
+        .fix(format!(
+            "not protected: check the application and the tunnel route (`audsync setup --domain {}`)",
+            cfg.host
+        )),
+        (_, s) => CheckResult::new(
+            c,
+            Status::Fail,
+            format!(
+                "{} answered HTTP {s}{}, not a redirect to https://<team>.cloudflareaccess.com/cdn-cgi/access/login/…",
+                cfg.url,
+                p.location
+                    .as_deref()
+                    .map(|l| format!(" (Location {l})"))
+                    .unwrap_or_default()
+            ),
+        )
+        .fix("check --url and that the host is behind Cloudflare Access"),
+    }
+}
+
+async fn certs(http: &reqwest::Client, l: &mut Learned) -> CheckResult {
+    let c = Check::Certs;
+    let Some(team) = l.team_domain.clone() else {
+        return CheckResult::new(c, Status::Fail, "the team domain is unknown")
+            .fix("set CLOUDFLARE_AUTH_DOMAIN=https://<team>.cloudflareaccess.com (or let the redirect check run)");
+    };
+    match edge::certs(http, &team).await {
+        Err(e) => CheckResult::new(c, Status::Fail, e.message).fix(e.hint.unwrap_or_default()),
+        Ok(keys) => {
+            let rs: Vec<String> = keys.rs256().iter().map(|k| k.kid.clone()).collect();
+            let r = if rs.is_empty() {
+                CheckResult::new(
+                    c,
+                    Status::Fail,
+                    format!("{team}/cdn-cgi/access/certs holds no RS256 key"),
+                )
+                .fix("check CLOUDFLARE_AUTH_DOMAIN: it must be the team domain")
+            } else {
+                CheckResult::new(
+                    c,
+                    Status::Ok,
+                    format!(
+                        "{team}/cdn-cgi/access/certs: {} RS256 key(s) (kid {})",
+                        rs.len(),
+                        rs.join(", ")
+                    ),
+                )
+            };
+            l.keys = Some(keys);
+            r
+        }
+    }
+}
+
+/// One place the AUD lives, as read.
+struct Seen {
+    what: String,
+    /// Ok(values) read; Err(reason) not checked.
+    values: Result<Vec<String>, String>,
+    fix: String,
+}
+
+async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
+    let c = Check::Consistency;
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let sync_fix = format!("run `audsync sync --domain {}`", cfg.host);
+
+    // Cloudflare API.
+    let mut account = None;
+    match &cfg.api {
+        None => seen.push(Seen {
+            what: "Cloudflare API".into(),
+            values: Err("no Cloudflare credentials".into()),
+            fix: String::new(),
+        }),
+        Some(api) => {
+            let client = source::client(api);
+            match source::fetch(&client, api, None).await {
+                Ok(f) => {
+                    account = Some(f.app.account_id.clone());
+                    l.api_aud = Some(f.aud.clone());
+                    seen.push(Seen {
+                        what: format!("Cloudflare API (application {})", f.app.id),
+                        values: Ok(vec![f.aud]),
+                        fix: String::new(),
+                    });
+                }
+                Err(e) => errors.push(format!("Cloudflare API: {e}")),
+            }
+        }
+    }
+    // The edge.
+    if let Some(k) = &l.edge_aud {
+        seen.push(Seen {
+            what: "login redirect kid".into(),
+            values: Ok(vec![k.clone()]),
+            fix: format!(
+                "the edge enforces another application than the API reports for {}: look for a second application covering the host (or a path-specific one)",
+                cfg.host
+            ),
+        });
+    }
+    // The .env file.
+    let env_what = format!("{} {}", cfg.env_file.display(), cfg.key);
+    match std::fs::read_to_string(&cfg.env_file) {
+        Ok(text) => match envfile::parse(&text) {
+            Ok(map) => {
+                let v = map.get(&cfg.key).cloned();
+                l.env_aud = v.clone();
+                seen.push(Seen {
+                    what: env_what,
+                    values: Ok(vec![v.unwrap_or_else(|| "(unset)".into())]),
+                    fix: sync_fix.clone(),
+                });
+            }
+            Err(e) => errors.push(format!("{env_what}: does not parse: {e}")),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => seen.push(Seen {
+            what: env_what,
+            values: Err("no such file".into()),
+            fix: String::new(),
+        }),
+        Err(e) => errors.push(format!("{env_what}: {e}")),
+    }
+    // Containers (the configured environment of the running container).
+    if !cfg.containers.is_empty() {
+        match crate::docker::Engine::connect().await {
+            Err(e) => {
+                for n in &cfg.containers {
+                    seen.push(Seen {
+                        what: format!("container {n}"),
+                        values: Err(format!("Docker is not reachable ({})", e.message)),
+                        fix: String::new(),
+                    });
+                }
+            }
+            Ok(engine) => {
+                for n in &cfg.containers {
+                    let mut ct = engine.container(n);
+                    let values = match ct.observe(&cfg.key).await {
+                        Ok(o) => match o.env_value {
+                            Some(v) => Ok(vec![v]),
+                            None => Err(format!(
+                                "{} is not in its environment (it may read the .env file itself)",
+                                cfg.key
+                            )),
+                        },
+                        Err(e) => Err(e.message),
+                    };
+                    seen.push(Seen {
+                        what: format!("container {n} {}", cfg.key),
+                        values,
+                        fix: format!("{sync_fix} (it recreates the container with the new value)"),
+                    });
+                }
+            }
+        }
+    }
+    // The tunnel rule.
+    if let Some(tid) = &cfg.tunnel_id {
+        let what = format!("tunnel {tid} rule audTag");
+        match (&cfg.api, &account) {
+            (Some(api), Some(acc)) => {
+                let client: Client = source::client(api);
+                match client.tunnel_configuration(acc, tid).await {
+                    Err(e) => errors.push(format!("{what}: {e}")),
+                    Ok(answer) if tunnel::source_of(&answer) != "cloudflare" => seen.push(Seen {
+                        what,
+                        values: Err(
+                            "locally managed tunnel (check cloudflared's config.yml)".into()
+                        ),
+                        fix: String::new(),
+                    }),
+                    Ok(answer) => {
+                        match tunnel::access_of(tunnel::config_of(&answer), tid, &cfg.host) {
+                            Err(e) => errors.push(e.to_string()),
+                            Ok(rules) if !rules.iter().any(|r| r.required) => errors.push(format!(
+                                "{what}: the rule for {} does not require Access (run `audsync setup --domain {}`)",
+                                cfg.host, cfg.host
+                            )),
+                            Ok(rules) => seen.push(Seen {
+                                what,
+                                values: Ok(rules
+                                    .iter()
+                                    .filter(|r| r.required)
+                                    .flat_map(|r| r.aud_tags.clone())
+                                    .collect()),
+                                fix: format!(
+                                    "{sync_fix} with CLOUDFLARE_TUNNEL_ID set (it keeps the rule's audTag current)"
+                                ),
+                            }),
+                        }
+                    }
+                }
+            }
+            _ => seen.push(Seen {
+                what,
+                values: Err("needs Cloudflare credentials".into()),
+                fix: String::new(),
+            }),
+        }
+    }
+
+    let reference = l
+        .api_aud
+        .clone()
+        .or_else(|| l.edge_aud.clone())
+        .or_else(|| l.env_aud.clone().filter(|v| is_aud(v)));
+    let read: Vec<&Seen> = seen.iter().filter(|s| s.values.is_ok()).collect();
+    let details: Vec<String> = seen
+        .iter()
+        .map(|s| match &s.values {
+            Ok(v) => format!(
+                "{}: {}",
+                s.what,
+                v.iter().map(|x| short(x)).collect::<Vec<_>>().join(", ")
+            ),
+            Err(why) => format!("{}: not checked ({why})", s.what),
+        })
+        .collect();
+    let Some(reference) = reference else {
+        let mut r = if errors.is_empty() {
+            CheckResult::new(
+                c,
+                Status::NotChecked,
+                "no AUD to compare against (no API credentials, no redirect, no AUD in the .env file)",
+            )
+        } else {
+            CheckResult::new(c, Status::Fail, errors.join("; "))
+        };
+        r.details = details;
+        return r;
+    };
+    let differ: Vec<&&Seen> = read
+        .iter()
+        .filter(|s| {
+            s.values
+                .as_ref()
+                .is_ok_and(|v| !v.iter().any(|x| x == &reference))
+        })
+        .collect();
+    let mut r = if !errors.is_empty() || !differ.is_empty() {
+        let mut msg: Vec<String> = differ
+            .iter()
+            .map(|s| format!("{} differs", s.what))
+            .collect();
+        msg.extend(errors.iter().cloned());
+        let mut r = CheckResult::new(
+            c,
+            Status::Fail,
+            format!("{} (expected AUD {})", msg.join("; "), short(&reference)),
+        );
+        let fixes: Vec<String> = differ
+            .iter()
+            .map(|s| s.fix.clone())
+            .filter(|f| !f.is_empty())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !fixes.is_empty() {
+            r = r.fix(fixes.join("; "));
+        }
+        r
+    } else if read.len() < 2 {
+        CheckResult::new(
+            c,
+            Status::NotChecked,
+            format!(
+                "only {} place(s) could be read; nothing to compare",
+                read.len()
+            ),
+        )
+    } else {
+        CheckResult::new(
+            c,
+            Status::Ok,
+            format!(
+                "the same AUD {} in {} place(s)",
+                short(&reference),
+                read.len()
+            ),
+        )
+    };
+    r.details = details;
+    r
+}
+
+async fn token(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> CheckResult {
+    let c = Check::Token;
+    let Some(tok) = &cfg.token else {
+        return CheckResult::new(
+            c,
+            Status::NotChecked,
+            "no token given (--token-file F, or --token JWT)",
+        );
+    };
+    let Some(team) = l.team_domain.clone() else {
+        return CheckResult::new(
+            c,
+            Status::Fail,
+            "the team domain is unknown: cannot check the issuer or fetch the keys",
+        )
+        .fix("set CLOUDFLARE_AUTH_DOMAIN=https://<team>.cloudflareaccess.com");
+    };
+    let keys = match l.keys.clone() {
+        Some(k) => k,
+        None => match edge::certs(http, &team).await {
+            Ok(k) => k,
+            Err(e) => {
+                return CheckResult::new(
+                    c,
+                    Status::Fail,
+                    format!("cannot check without the team's keys: {}", e.message),
+                )
+                .fix(e.hint.unwrap_or_default());
+            }
+        },
+    };
+    let Some(aud) = l
+        .api_aud
+        .clone()
+        .or_else(|| l.edge_aud.clone())
+        .or_else(|| l.env_aud.clone())
+    else {
+        return CheckResult::new(c, Status::Fail, "the expected AUD is unknown")
+            .fix("give Cloudflare credentials, let the redirect check run, or set the AUD in the .env file");
+    };
+    match jwt::verify_access_token(tok.expose(), &keys, &aud, &team) {
+        Ok(claims) => CheckResult::new(
+            c,
+            Status::Ok,
+            format!(
+                "signature (RS256, team keys), aud contains {}, iss {}, exp/nbf hold, email {}",
+                short(&aud),
+                claims.iss,
+                claims.email
+            ),
+        ),
+        Err(e) => CheckResult::new(c, Status::Fail, e.to_string()).fix(e.fix()),
+    }
+}

@@ -1,0 +1,813 @@
+//! `audsync setup`, `audsync verify`, `--source edge` and the sync tunnel step, through the real
+//! binary, against the fake Cloudflare API and the fake Access edge (real RSA keys, real tokens).
+
+use serde_json::{Value, json};
+
+use crate::support::access::{FakeAccess, TestKey, now, unsigned};
+use crate::support::cloudflare::{self, ACCOUNT, FakeCloudflare, TOKEN, app, aud, uuid};
+use crate::support::{Run, Sandbox, run};
+
+const HOST: &str = "api.example.com";
+const TUNNEL: &str = "c0ffee00-0000-4000-8000-0000000000aa";
+const POLICY: &str = "Standard Access Policy";
+
+/// A remotely-managed configuration with fields and rules that must survive the round trip.
+fn ingress() -> Value {
+    json!({
+        "ingress": [
+            {"hostname": "web.example.com", "service": "http://web:80", "originRequest": {"noTLSVerify": true}},
+            {"hostname": HOST, "service": "http://lambda-server:8080", "originRequest": {"connectTimeout": 30, "httpHostHeader": "api.internal"}, "x-future-field": {"keep": [1, 2]}},
+            {"hostname": "*.example.com", "service": "http://other:80"},
+            {"service": "http_status:404"}
+        ],
+        "warp-routing": {"enabled": true},
+        "originRequest": {"keepAliveTimeout": 90},
+        "some-new-top-level": "kept"
+    })
+}
+
+fn fake(apps: Vec<Value>, source: &str, config: Value) -> FakeCloudflare {
+    let cf = FakeCloudflare::start(apps);
+    cf.with(|s| {
+        s.tunnels
+            .insert(TUNNEL.into(), cloudflare::tunnel(TUNNEL, source, config));
+    });
+    cf
+}
+
+fn sandbox(cf: &FakeCloudflare) -> Sandbox {
+    let mut sb = Sandbox::with_cloudflare(cf);
+    sb.write_env("OTHER=1\n");
+    sb.var("CLOUDFLARE_TUNNEL_ID", TUNNEL)
+        .var("CLOUDFLARE_TEAM_NAME", "myteam")
+        .var(
+            "CLOUDFLARE_ACCESS_EMAILS",
+            "alice@example.com, bob@example.com",
+        )
+        .var("CLOUDFLARE_ACCESS_EMAIL_DOMAIN", "example.org")
+        .var("GOOGLE_IDP_ID", "a1b2c3d4-0000-4000-8000-00000000beef");
+    sb
+}
+
+fn setup(sb: &Sandbox, extra: &[&str]) -> Run {
+    let mut c = sb.cmd();
+    c.args(["setup", "--domain", HOST, "--restart", "none"])
+        .args(extra);
+    run(&mut c)
+}
+
+fn writes(cf: &FakeCloudflare) -> Vec<cloudflare::Recorded> {
+    cf.requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect()
+}
+
+fn access(team: &str, aud_tag: &str) -> Value {
+    json!({"required": true, "teamName": team, "audTag": [aud_tag]})
+}
+
+#[test]
+fn setup_creates_policy_app_and_route_and_a_second_run_changes_nothing() {
+    let cf = fake(
+        vec![app(1, "web.example.com", &aud(1))],
+        "cloudflare",
+        ingress(),
+    );
+    let sb = sandbox(&cf);
+    let r = setup(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+
+    let w = writes(&cf);
+    let paths: Vec<(String, String)> = w
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            (
+                "POST".into(),
+                format!("/accounts/{ACCOUNT}/access/policies")
+            ),
+            ("POST".into(), format!("/accounts/{ACCOUNT}/access/apps")),
+            (
+                "PUT".into(),
+                format!("/accounts/{ACCOUNT}/cfd_tunnel/{TUNNEL}/configurations")
+            ),
+        ],
+        "{r:?}"
+    );
+    // The policy: the emails and the domain, as include rules.
+    let policy = w[0].body.clone().unwrap();
+    assert_eq!(policy["name"], POLICY);
+    assert_eq!(policy["decision"], "allow");
+    assert_eq!(
+        policy["include"],
+        json!([
+            {"email": {"email": "alice@example.com"}},
+            {"email": {"email": "bob@example.com"}},
+            {"email_domain": {"domain": "example.org"}}
+        ])
+    );
+    let policy_id = cf.with(|s| s.policies[0]["id"].clone());
+    // The application.
+    let body = w[1].body.clone().unwrap();
+    assert_eq!(body["type"], "self_hosted");
+    assert_eq!(body["name"], HOST);
+    assert_eq!(body["domain"], HOST);
+    assert_eq!(
+        body["destinations"],
+        json!([{"type": "public", "uri": HOST}])
+    );
+    assert_eq!(body["session_duration"], "24h");
+    assert_eq!(
+        body["allowed_idps"],
+        json!(["a1b2c3d4-0000-4000-8000-00000000beef"])
+    );
+    assert_eq!(
+        body["policies"],
+        json!([{"id": policy_id, "precedence": 1}])
+    );
+    assert!(body.get("identity_provider_selectors").is_none());
+    let new_aud = cf.with(|s| s.apps[1]["aud"].as_str().unwrap().to_string());
+    // The ingress: equal to the original except the one rule's originRequest.access.
+    let put = w[2].body.clone().unwrap();
+    let mut expected = ingress();
+    expected["ingress"][1]["originRequest"]["access"] = access("myteam", &new_aud);
+    assert_eq!(put, json!({"config": expected}));
+    assert_eq!(
+        put["config"]["ingress"][3],
+        json!({"service": "http_status:404"}),
+        "catch-all last"
+    );
+    // Then the sync pass wrote the AUD.
+    assert!(
+        sb.read_env()
+            .contains(&format!("CLOUDFLARE_AUD_TAG={new_aud}")),
+        "{}",
+        sb.read_env()
+    );
+
+    // Second run: reads only.
+    let n = cf.requests().len();
+    let r2 = setup(&sb, &[]);
+    assert_eq!(r2.code, 0, "{r2:?}");
+    assert_eq!(writes(&cf).len(), 3, "the second run wrote nothing: {r2:?}");
+    assert!(cf.requests().len() > n);
+    assert!(r2.stdout.contains("nothing to do"), "{r2:?}");
+    assert_eq!(cf.with(|s| s.apps.len()), 2, "one creation");
+}
+
+#[test]
+fn setup_reuses_a_policy_by_name_and_creates_none() {
+    let cf = fake(vec![], "cloudflare", ingress());
+    let existing = "77777777-1111-4000-8000-000000000000";
+    cf.with(|s| {
+        s.policies.push(json!({"id": "66666666-1111-4000-8000-000000000000", "name": "Other", "decision": "allow", "include": [{"everyone": {}}], "reusable": true}));
+        s.policies.push(json!({"id": existing, "name": POLICY, "decision": "allow", "include": [{"email_domain": {"domain": "x.org"}}], "reusable": true, "app_count": 3}));
+    });
+    let mut sb = sandbox(&cf);
+    sb.unset("CLOUDFLARE_ACCESS_EMAILS")
+        .unset("CLOUDFLARE_ACCESS_EMAIL_DOMAIN");
+    let r = setup(
+        &sb,
+        &["--app-name", "Lambda API", "--session-duration", "8h"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let w = writes(&cf);
+    assert!(
+        !w.iter().any(|r| r.path.ends_with("/access/policies")),
+        "no policy created: {w:?}"
+    );
+    let body = w
+        .iter()
+        .find(|r| r.path.ends_with("/access/apps"))
+        .unwrap()
+        .body
+        .clone()
+        .unwrap();
+    assert_eq!(body["policies"], json!([{"id": existing, "precedence": 1}]));
+    assert_eq!(body["name"], "Lambda API");
+    assert_eq!(body["session_duration"], "8h");
+    assert!(r.stdout.contains("reused"), "{r:?}");
+}
+
+#[test]
+fn setup_without_any_rule_refuses_unless_allow_everyone() {
+    let cf = fake(vec![], "cloudflare", ingress());
+    let mut sb = sandbox(&cf);
+    sb.unset("CLOUDFLARE_ACCESS_EMAILS")
+        .unset("CLOUDFLARE_ACCESS_EMAIL_DOMAIN");
+    let r = setup(&sb, &[]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("--allow-everyone") && r.stderr.contains("CLOUDFLARE_ACCESS_EMAILS"),
+        "{r:?}"
+    );
+    assert!(writes(&cf).is_empty(), "nothing changed");
+
+    let r = setup(&sb, &["--allow-everyone"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let p = writes(&cf)[0].body.clone().unwrap();
+    assert_eq!(p["include"], json!([{"everyone": {}}]));
+}
+
+#[test]
+fn setup_dry_run_prints_every_change_and_makes_none() {
+    let cf = fake(vec![], "cloudflare", ingress());
+    let sb = sandbox(&cf);
+    let r = setup(&sb, &["--dry-run"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(writes(&cf).is_empty(), "{:?}", writes(&cf));
+    assert_eq!(sb.read_env(), "OTHER=1\n");
+    for needle in [
+        "policy: would create",
+        "\"email_domain\"",
+        "application: would create",
+        "\"self_hosted\"",
+        "\"session_duration\": \"24h\"",
+        "tunnel: would update",
+        "- ingress[1]",
+        "+ ingress[1]",
+        "\"teamName\":\"myteam\"",
+        "nothing was changed",
+    ] {
+        assert!(r.stdout.contains(needle), "missing {needle:?}: {r:?}");
+    }
+
+    // With the application already there: the dry run shows only the route.
+    cf.with(|s| s.apps.push(app(2, HOST, &aud(2))));
+    cf.with(|s| s.apps[0]["policies"] = json!([{"id": "p", "precedence": 1}]));
+    let r = setup(&sb, &["--dry-run"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stdout.contains("application: exists"), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("\"audTag\":[\"{}\"]", aud(2))),
+        "{r:?}"
+    );
+    assert!(writes(&cf).is_empty());
+}
+
+#[test]
+fn setup_on_a_locally_managed_tunnel_says_what_to_do_and_writes_nothing_there() {
+    let mut app2 = app(2, HOST, &aud(2));
+    app2["policies"] = json!([{"id": "p", "precedence": 1}]);
+    let cf = fake(vec![app2], "local", json!({}));
+    let sb = sandbox(&cf);
+    let r = setup(&sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains("locally managed") && all.contains("config.yml"),
+        "{r:?}"
+    );
+    assert!(
+        all.contains(&format!("- {}", aud(2))) && all.contains("teamName: myteam"),
+        "{r:?}"
+    );
+    assert!(
+        !writes(&cf).iter().any(|w| w.path.contains("cfd_tunnel")),
+        "never PUT to a local tunnel"
+    );
+    // The sync pass still ran.
+    assert!(sb.read_env().contains(&aud(2)));
+}
+
+#[test]
+fn setup_without_a_rule_for_the_host_says_what_to_do() {
+    let mut app2 = app(2, HOST, &aud(2));
+    app2["policies"] = json!([{"id": "p", "precedence": 1}]);
+    let cf = fake(
+        vec![app2],
+        "cloudflare",
+        json!({"ingress": [{"hostname": "web.example.com", "service": "http://web"}, {"service": "http_status:404"}]}),
+    );
+    let sb = sandbox(&cf);
+    let r = setup(&sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains("no ingress rule for api.example.com") && all.contains("Public Hostname"),
+        "{r:?}"
+    );
+    assert!(writes(&cf).is_empty());
+}
+
+#[test]
+fn setup_attaches_the_policy_to_an_existing_app_that_has_none() {
+    let cf = fake(vec![app(2, HOST, &aud(2))], "cloudflare", ingress());
+    let sb = sandbox(&cf);
+    let r = setup(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let w = writes(&cf);
+    let put = w
+        .iter()
+        .find(|r| r.method == "PUT" && r.path.ends_with(&uuid(2)))
+        .expect("app PUT");
+    let body = put.body.clone().unwrap();
+    let pid = cf.with(|s| s.policies[0]["id"].clone());
+    assert_eq!(body["policies"], json!([{"id": pid, "precedence": 1}]));
+    // Everything else of the application was sent back unchanged.
+    let mut expected = app(2, HOST, &aud(2));
+    expected["policies"] = body["policies"].clone();
+    assert_eq!(body, expected);
+    assert!(
+        !w.iter()
+            .any(|r| r.method == "POST" && r.path.ends_with("/apps")),
+        "no second app"
+    );
+}
+
+#[test]
+fn setup_with_a_tunnel_needs_the_team_and_edge_source_is_refused() {
+    let cf = fake(vec![], "cloudflare", ingress());
+    let mut sb = sandbox(&cf);
+    sb.unset("CLOUDFLARE_TEAM_NAME");
+    let r = setup(&sb, &[]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("CLOUDFLARE_TEAM_NAME"), "{r:?}");
+    sb.var(
+        "CLOUDFLARE_AUTH_DOMAIN",
+        "https://myteam.cloudflareaccess.com",
+    );
+    let r = setup(&sb, &["--source", "edge"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(cf.requests().is_empty());
+    // The team name from CLOUDFLARE_AUTH_DOMAIN.
+    let r = setup(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let put = writes(&cf)
+        .into_iter()
+        .find(|w| w.path.contains("cfd_tunnel"))
+        .unwrap();
+    assert_eq!(
+        put.body.unwrap()["config"]["ingress"][1]["originRequest"]["access"]["teamName"],
+        "myteam"
+    );
+}
+
+// ---------------------------------------------------------------- sync: tunnel audTag step
+
+#[test]
+fn sync_keeps_the_tunnel_rule_aud_tag_current() {
+    let mut config = ingress();
+    config["ingress"][1]["originRequest"]["access"] = access("myteam", &aud(1));
+    let cf = fake(vec![app(2, HOST, &aud(2))], "cloudflare", config.clone());
+    let mut sb = Sandbox::with_cloudflare(&cf);
+    sb.var("CLOUDFLARE_TUNNEL_ID", TUNNEL);
+    sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(1)));
+    let sync = |extra: &[&str]| {
+        let mut c = sb.cmd();
+        c.args(["sync", "--domain", HOST, "--restart", "none"])
+            .args(extra);
+        run(&mut c)
+    };
+    let r = sync(&["--dry-run"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stdout.contains("would_update"), "{r:?}");
+    assert!(writes(&cf).is_empty());
+
+    let r = sync(&["--output", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(j["tunnel"]["result"], "updated", "{r:?}");
+    let w = writes(&cf);
+    assert_eq!(w.len(), 1, "{w:?}");
+    let mut expected = config.clone();
+    expected["ingress"][1]["originRequest"]["access"]["audTag"] = json!([aud(2)]);
+    assert_eq!(w[0].body, Some(json!({"config": expected})));
+
+    // In sync now: no write.
+    let r = sync(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(writes(&cf).len(), 1);
+
+    // A rule that does not require Access is left alone.
+    let cf2 = fake(vec![app(2, HOST, &aud(2))], "cloudflare", ingress());
+    let mut sb2 = Sandbox::with_cloudflare(&cf2);
+    sb2.var("CLOUDFLARE_TUNNEL_ID", TUNNEL);
+    let mut c = sb2.cmd();
+    c.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+        "--output",
+        "json",
+    ]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(j["tunnel"]["result"], "not_required");
+    assert!(writes(&cf2).is_empty());
+}
+
+#[test]
+fn sync_tunnel_api_failure_fails_the_pass() {
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let mut sb = Sandbox::with_cloudflare(&cf);
+    sb.var("CLOUDFLARE_TUNNEL_ID", TUNNEL); // the fake knows no such tunnel: 404
+    let mut c = sb.cmd();
+    c.args(["sync", "--domain", HOST, "--restart", "none"]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("Tunnel not found"), "{r:?}");
+}
+
+// ---------------------------------------------------------------- --source edge
+
+fn team_key() -> TestKey {
+    TestKey::generate("team-key-1")
+}
+
+fn edge_sandbox(access: &FakeAccess) -> Sandbox {
+    let mut sb = Sandbox::new();
+    sb.var("AUDSYNC_URL", &access.host_url());
+    sb
+}
+
+#[test]
+fn edge_source_reads_the_login_redirect_kid_without_any_credential() {
+    let key = team_key();
+    let fa = FakeAccess::start(HOST, &aud(5), &[&key]);
+    let sb = edge_sandbox(&fa);
+    let mut c = sb.cmd();
+    c.args(["get", "--source", "edge", "--domain", HOST]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), aud(5));
+    let reqs = fa.with(|s| s.requests.clone());
+    assert_eq!(
+        reqs[0],
+        ("HEAD".into(), "/".into(), true),
+        "metadata probe first"
+    );
+
+    // sync writes it, still without credentials.
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    let mut c = sb.cmd();
+    c.args([
+        "sync",
+        "--source",
+        "edge",
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+    ]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(5)));
+
+    // Without --source edge the same command needs credentials.
+    let mut c = sb.cmd();
+    c.args(["get", "--domain", HOST]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 2, "{r:?}");
+}
+
+#[test]
+fn edge_source_prefers_the_verified_metadata_answer() {
+    let key = team_key();
+    let other = TestKey::generate("attacker");
+    let fa = FakeAccess::start(HOST, &aud(5), &[&key]);
+    let mut sb = edge_sandbox(&fa);
+    sb.var("CLOUDFLARE_AUTH_DOMAIN", &fa.team_url());
+    let meta = |k: &TestKey, a: &str| {
+        k.sign(&json!({"type": "match", "hostname": HOST, "auth_domain": "myteam.cloudflareaccess.com", "aud": a, "app_hostname": HOST, "iat": now()}))
+    };
+    fa.with(|s| s.metadata = Some(meta(&key, &aud(6))));
+    let get = || {
+        let mut c = sb.cmd();
+        c.args(["get", "--source", "edge", "--domain", HOST]);
+        run(&mut c)
+    };
+    let r = get();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), aud(6), "the metadata's aud, not the kid");
+
+    // A metadata answer that does not verify is an error, not a silent fallback.
+    fa.with(|s| s.metadata = Some(meta(&other, &aud(7))));
+    let r = get();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("does not verify"), "{r:?}");
+}
+
+#[test]
+fn edge_source_on_an_unprotected_host_fails() {
+    let key = team_key();
+    let fa = FakeAccess::start(HOST, &aud(5), &[&key]);
+    fa.with(|s| s.protected = false);
+    let sb = edge_sandbox(&fa);
+    let mut c = sb.cmd();
+    c.args(["get", "--source", "edge", "--domain", HOST]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("not protected"), "{r:?}");
+}
+
+// ---------------------------------------------------------------- verify
+
+struct Chain {
+    cf: FakeCloudflare,
+    fa: FakeAccess,
+    key: TestKey,
+    sb: Sandbox,
+}
+
+/// Everything consistent: Cloudflare, the edge, the .env file and the tunnel rule hold aud(2).
+fn chain() -> Chain {
+    let key = team_key();
+    let fa = FakeAccess::start(HOST, &aud(2), &[&key]);
+    let mut config = ingress();
+    config["ingress"][1]["originRequest"]["access"] = access("myteam", &aud(2));
+    let cf = fake(vec![app(2, HOST, &aud(2))], "cloudflare", config);
+    let mut sb = Sandbox::with_cloudflare(&cf);
+    sb.var("CLOUDFLARE_AUTH_DOMAIN", &fa.team_url())
+        .var("AUDSYNC_URL", &fa.host_url())
+        .var("CLOUDFLARE_TUNNEL_ID", TUNNEL)
+        .var("AUDSYNC_CONTAINER", "audsync-test-no-such-container");
+    sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
+    Chain { cf, fa, key, sb }
+}
+
+fn claims(c: &Chain) -> Value {
+    json!({
+        "aud": [aud(2)], "iss": c.fa.team_url(), "email": "alice@example.com", "sub": "u1",
+        "type": "app", "iat": now(), "nbf": now() - 10, "exp": now() + 3600, "country": "NL"
+    })
+}
+
+fn verify(c: &Chain, extra: &[&str]) -> Run {
+    let mut cmd = c.sb.cmd();
+    cmd.args(["verify", "--domain", HOST]).args(extra);
+    run(&mut cmd)
+}
+
+fn line<'a>(r: &'a Run, check: &str) -> &'a str {
+    r.stdout
+        .lines()
+        .find(|l| l.starts_with(check))
+        .unwrap_or_else(|| panic!("no {check} line: {r:?}"))
+}
+
+fn verify_token(c: &Chain, token: &str, extra: &[&str]) -> Run {
+    let path = c.sb.path("token.jwt");
+    std::fs::write(&path, token).unwrap();
+    let mut args = vec!["--token-file", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    verify(c, &args)
+}
+
+#[test]
+fn verify_passes_when_the_whole_chain_is_right() {
+    let c = chain();
+    let tok = c.key.sign(&claims(&c));
+    let r = verify_token(&c, &tok, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for check in ["redirect", "certs", "consistency", "token"] {
+        assert!(line(&r, check).contains(" ok "), "{check}: {r:?}");
+    }
+    assert!(line(&r, "redirect").contains(&aud(2)), "{r:?}");
+    assert!(
+        r.stdout.contains("tunnel") && r.stdout.contains("login redirect kid"),
+        "{r:?}"
+    );
+    // The container is honestly reported as not checked (absent, or Docker unreachable).
+    assert!(
+        r.stdout
+            .contains("container audsync-test-no-such-container")
+            && r.stdout.contains("not checked"),
+        "{r:?}"
+    );
+    assert!(
+        !r.stdout.contains(&tok) && !r.stderr.contains(&tok),
+        "the token is never printed"
+    );
+    // verify changes nothing.
+    assert!(c.cf.requests().iter().all(|q| q.method == "GET"));
+}
+
+#[test]
+fn verify_names_each_bad_token_in_the_servers_words() {
+    let c = chain();
+    let wrong_key = TestKey::generate("team-key-1"); // same kid, different key
+    let base = claims(&c);
+    let with = |k: &str, v: Value| {
+        let mut x = base.clone();
+        x[k] = v;
+        x
+    };
+    let mut no_email = base.clone();
+    no_email.as_object_mut().unwrap().remove("email");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "expired",
+            c.key.sign(&with("exp", json!(now() - 3600))),
+            "token expired",
+        ),
+        (
+            "not yet valid",
+            c.key.sign(&with("nbf", json!(now() + 3600))),
+            "not yet valid",
+        ),
+        (
+            "wrong aud",
+            c.key.sign(&with("aud", json!([aud(9)]))),
+            "audience mismatch",
+        ),
+        (
+            "wrong iss",
+            c.key
+                .sign(&with("iss", json!("https://evil.cloudflareaccess.com"))),
+            "invalid issuer",
+        ),
+        ("wrong key", wrong_key.sign(&base), "Invalid signature"),
+        (
+            "alg none",
+            unsigned(&base),
+            "Invalid signature: the token is signed with \"none\"",
+        ),
+        (
+            "HS256 with the public key",
+            c.key.sign_hs256_with_public_key(&base),
+            "Invalid signature: the token is signed with \"HS256\"",
+        ),
+        ("no email", c.key.sign(&no_email), "no email claim"),
+        ("garbage", "not-a-jwt".into(), "malformed token"),
+    ];
+    for (name, tok, words) in cases {
+        let r = verify_token(&c, &tok, &["--skip", "consistency"]);
+        assert_eq!(r.code, 1, "{name}: {r:?}");
+        let l = line(&r, "token");
+        assert!(
+            l.contains("FAIL") && l.contains(words),
+            "{name}: expected {words:?} in {l:?}\n{r:?}"
+        );
+        assert!(r.stdout.contains("fix:"), "{name}: {r:?}");
+        assert!(line(&r, "redirect").contains(" ok "), "{name}: {r:?}");
+    }
+}
+
+#[test]
+fn verify_reports_an_unprotected_host() {
+    let c = chain();
+    c.fa.with(|s| s.protected = false);
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let l = line(&r, "redirect");
+    assert!(l.contains("FAIL") && l.contains("HTTP 200"), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("not protected: check the application and the tunnel route"),
+        "{r:?}"
+    );
+    // --skip leaves it out: every check that ran passed.
+    let r = verify(&c, &["--skip", "redirect"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(line(&r, "redirect").contains("skipped"), "{r:?}");
+}
+
+#[test]
+fn verify_names_the_place_that_differs() {
+    let c = chain();
+    c.sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(1)));
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let l = line(&r, "consistency");
+    assert!(
+        l.contains("FAIL") && l.contains(".env CLOUDFLARE_AUD_TAG differs"),
+        "{r:?}"
+    );
+    assert!(!l.contains("tunnel"), "only the .env differs: {r:?}");
+    assert!(
+        r.stdout
+            .contains("fix: run `audsync sync --domain api.example.com`"),
+        "{r:?}"
+    );
+
+    // A stale tunnel rule is named too.
+    c.sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
+    c.cf.with(|s| {
+        s.tunnels.get_mut(TUNNEL).unwrap()["config"]["ingress"][1]["originRequest"]["access"]["audTag"] = json!([aud(1)]);
+    });
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        line(&r, "consistency")
+            .contains("tunnel c0ffee00-0000-4000-8000-0000000000aa rule audTag differs"),
+        "{r:?}"
+    );
+
+    // The redirect enforcing another AUD than the API reports.
+    c.cf.with(|s| {
+        s.tunnels.get_mut(TUNNEL).unwrap()["config"]["ingress"][1]["originRequest"]["access"]["audTag"] = json!([aud(2)]);
+    });
+    c.fa.with(|s| s.aud = aud(3));
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        line(&r, "consistency").contains("login redirect kid differs"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn verify_certs_failure_and_wrong_team_are_reported() {
+    let c = chain();
+    c.fa.with(|s| s.jwks.clear());
+    let r = verify(&c, &["--skip", "consistency"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(line(&r, "certs").contains("no RS256 key"), "{r:?}");
+
+    let mut c = chain();
+    c.sb.var("CLOUDFLARE_AUTH_DOMAIN", "http://127.0.0.1:9");
+    let r = verify(&c, &["--skip", "consistency"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        line(&r, "redirect").contains("not of the team domain"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn verify_without_credentials_still_checks_what_it_can() {
+    let c = chain();
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_AUTH_DOMAIN", &c.fa.team_url())
+        .var("AUDSYNC_URL", &c.fa.host_url())
+        .var("AUDSYNC_CONTAINER", "audsync-test-no-such-container");
+    sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
+    let tok = c.key.sign(&claims(&c));
+    let mut cmd = sb.cmd();
+    cmd.args(["verify", "--domain", HOST, "--token", &tok]);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("Cloudflare API: not checked (no Cloudflare credentials)"),
+        "{r:?}"
+    );
+    assert!(line(&r, "token").contains(" ok "), "{r:?}");
+    assert!(!r.stdout.contains(&tok) && !r.stderr.contains(&tok));
+}
+
+// ---------------------------------------------------------------- secrets
+
+#[test]
+fn no_secret_or_token_appears_at_any_verbosity() {
+    let c = chain();
+    let tok = c.key.sign(&claims(&c));
+    let path = c.sb.path("token.jwt");
+    std::fs::write(&path, &tok).unwrap();
+    let runs = vec![
+        verify(&c, &["-vvv", "--token-file", path.to_str().unwrap()]),
+        verify(&c, &["-vvv", "--log-format", "json", "--token", &tok]),
+        {
+            let mut sb = sandbox(&c.cf);
+            sb.var("CLOUDFLARE_TEAM_NAME", "myteam");
+            setup(&sb, &["-vvv"])
+        },
+        {
+            let mut cmd = c.sb.cmd();
+            cmd.args([
+                "sync",
+                "-vvv",
+                "--source",
+                "edge",
+                "--domain",
+                HOST,
+                "--restart",
+                "none",
+            ]);
+            run(&mut cmd)
+        },
+    ];
+    for r in runs {
+        assert!(
+            r.stderr.contains("DEBUG") || r.stderr.contains("\"level\""),
+            "verbose: {r:?}"
+        );
+        for secret in [TOKEN, tok.as_str()] {
+            assert!(
+                !r.stdout.contains(secret) && !r.stderr.contains(secret),
+                "secret leaked: {r:?}"
+            );
+        }
+        // The token's signature alone must not leak either.
+        let sig = tok.rsplit('.').next().unwrap();
+        assert!(!r.stdout.contains(sig) && !r.stderr.contains(sig));
+    }
+    // A token in the environment or the .env file is not shown by --help either.
+    let mut sb = Sandbox::new();
+    sb.var("AUDSYNC_VERIFY_TOKEN", &tok);
+    sb.write_env(&format!("AUDSYNC_VERIFY_TOKEN={tok}\n"));
+    let mut cmd = sb.cmd();
+    cmd.args(["verify", "--help"]);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("--token"), "{r:?}");
+    assert!(!r.stdout.contains(&tok), "token shown by --help: {r:?}");
+}
