@@ -51,6 +51,11 @@ impl std::fmt::Display for ActionError {
 /// The interface to one container (or any other restartable consumer of the value).
 pub trait Target: Send {
     fn name(&self) -> String;
+    /// Targets of one group (e.g. a compose service) are acted on in order, and the first
+    /// failure skips the rest of its group so a bad value never takes down every replica.
+    fn group(&self) -> Option<String> {
+        None
+    }
     fn observe(
         &mut self,
         key: &str,
@@ -367,7 +372,9 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
         }
     }
 
+    let mut failed_groups: BTreeSet<String> = BTreeSet::new();
     for (i, step) in plan.targets.iter().enumerate() {
+        let group = targets[i].group();
         if step.action == Action::None && step.blocked.is_none() {
             out.containers.push(target_report(step, "none", None));
             continue;
@@ -376,9 +383,18 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             out.containers.push(target_report(step, "skipped", None));
             continue;
         }
+        if let Some(g) = group.as_ref().filter(|g| failed_groups.contains(*g)) {
+            let e = ActionError {
+                message: format!("not attempted: an earlier container of {g} failed"),
+                hint: None,
+            };
+            out.containers.push(target_report(step, "skipped", Some(e)));
+            continue;
+        }
         if step.blocked.is_some() {
             out.failed = true;
             out.containers.push(target_report(step, "failed", None));
+            failed_groups.extend(group);
             continue;
         }
         let key = plan
@@ -403,6 +419,7 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             Err(e) => {
                 out.failed = true;
                 out.containers.push(target_report(step, "failed", Some(e)));
+                failed_groups.extend(group);
             }
         }
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cloudflare;
+pub mod docker;
 
 use std::future::Future;
 use std::net::SocketAddr;
