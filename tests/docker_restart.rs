@@ -90,7 +90,8 @@ fn a_missing_container_fails_after_the_write_and_the_next_run_restarts_it() {
     assert_eq!(r.code, 1, "{r:?}");
     assert_eq!(sb.read_env(), new_env(), "the sink was written first");
     assert!(
-        r.stderr.contains(&format!("container {name} does not exist")),
+        r.stderr
+            .contains(&format!("container {name} does not exist")),
         "{r:?}"
     );
     assert!(r.stderr.contains("WAS written"), "{r:?}");
@@ -134,7 +135,10 @@ fn an_unreachable_daemon_fails_after_the_write_and_the_next_run_restarts() {
     );
     assert!(r.stderr.contains("WAS written"), "{r:?}");
     let hint = json(&r)["hint"].as_str().unwrap_or_default().to_string();
-    assert!(hint.contains("DOCKER_HOST"), "the hint names the fix: {r:?}");
+    assert!(
+        hint.contains("DOCKER_HOST"),
+        "the hint names the fix: {r:?}"
+    );
     assert_eq!(started_at(&c), before);
 
     sb.unset("DOCKER_HOST");

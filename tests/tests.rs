@@ -3,5 +3,6 @@
 mod support;
 
 mod cli_sync;
+mod docker_recreate;
 mod docker_restart;
 mod envfile_prop;

@@ -70,7 +70,14 @@ pub(super) async fn recreate(
             spec.body,
         )
         .await
-        .map_err(|e| step_error(&name, "create the new container", &e, "the old container was not touched"))?;
+        .map_err(|e| {
+            step_error(
+                &name,
+                "create the new container",
+                &e,
+                "the old container was not touched",
+            )
+        })?;
     let new_id = created.id;
     for w in &created.warnings {
         tracing::warn!(container = %name, "engine: {w}");
@@ -103,18 +110,32 @@ pub(super) async fn recreate(
     if was_running {
         tracing::info!(container = %name, "stopping the old container");
         if let Err(e) = docker
-            .stop_container(&old_id, Some(StopContainerOptions { signal: None, t: stop_t }))
+            .stop_container(
+                &old_id,
+                Some(StopContainerOptions {
+                    signal: None,
+                    t: stop_t,
+                }),
+            )
             .await
         {
-            return Err(rb.undo(format!("could not stop the old container: {e}")).await);
+            return Err(rb
+                .undo(format!("could not stop the old container: {e}"))
+                .await);
         }
     }
     if let Err(e) = rename(docker, &old_id, &aside).await {
-        return Err(rb.undo(format!("could not rename the old container to {aside}: {e}")).await);
+        return Err(rb
+            .undo(format!(
+                "could not rename the old container to {aside}: {e}"
+            ))
+            .await);
     }
     rb.renamed = true;
     if let Err(e) = rename(docker, &new_id, &name).await {
-        return Err(rb.undo(format!("could not rename the new container to {name}: {e}")).await);
+        return Err(rb
+            .undo(format!("could not rename the new container to {name}: {e}"))
+            .await);
     }
     if !was_running {
         // It was stopped; it stays stopped, now with the new value.
@@ -124,7 +145,9 @@ pub(super) async fn recreate(
     }
     let started = Instant::now();
     if let Err(e) = docker.start_container(&new_id, None).await {
-        return Err(rb.undo(format!("the new container did not start: {e}")).await);
+        return Err(rb
+            .undo(format!("the new container did not start: {e}"))
+            .await);
     }
     if let Err(why) = wait_good(docker, &new_id, opts).await {
         return Err(rb.undo(why).await);
@@ -222,9 +245,7 @@ impl Rollback<'_> {
             problems.push(format!("could not start the old container again: {e}"));
         }
         let restored = if problems.is_empty() {
-            format!(
-                "rolled back: the old container runs again as {name} with the old value"
-            )
+            format!("rolled back: the old container runs again as {name} with the old value")
         } else {
             format!("ROLLBACK INCOMPLETE: {}", problems.join("; "))
         };

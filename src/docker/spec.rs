@@ -95,9 +95,11 @@ fn remount_anonymous_volumes(info: &ContainerInspectResponse, hc: &mut HostConfi
         .filter_map(|b| bind_target(b))
         .collect();
     for m in info.mounts.iter().flatten() {
-        let (Some("volume"), Some(name), Some(dest)) =
-            (m.typ.as_deref(), m.name.as_deref(), m.destination.as_deref())
-        else {
+        let (Some("volume"), Some(name), Some(dest)) = (
+            m.typ.as_deref(),
+            m.name.as_deref(),
+            m.destination.as_deref(),
+        ) else {
             continue;
         };
         if name.is_empty() || bound.iter().any(|b| b == dest) {
@@ -297,7 +299,10 @@ mod tests {
         assert_eq!(s.body.hostname, None);
         let mut i = inspect();
         i.config.as_mut().unwrap().hostname = Some("api".into());
-        assert_eq!(build(&i, "K", "v", "i").body.hostname.as_deref(), Some("api"));
+        assert_eq!(
+            build(&i, "K", "v", "i").body.hostname.as_deref(),
+            Some("api")
+        );
     }
 
     #[test]
@@ -323,7 +328,12 @@ mod tests {
             Some("172.18.0.50")
         );
         assert_eq!(
-            (&app.network_id, &app.endpoint_id, &app.ip_address, &app.mac_address),
+            (
+                &app.network_id,
+                &app.endpoint_id,
+                &app.ip_address,
+                &app.mac_address
+            ),
             (&None, &None, &None, &None)
         );
         assert_eq!(s.extra_networks.len(), 1);
