@@ -675,6 +675,87 @@ mod tests {
         );
     }
 
+    /// A replica of a compose service: recreates, or fails when `fail` is set.
+    struct Replica {
+        name: &'static str,
+        group: Option<&'static str>,
+        fail: bool,
+        recreated: bool,
+    }
+
+    impl Target for Replica {
+        fn name(&self) -> String {
+            self.name.into()
+        }
+        fn group(&self) -> Option<String> {
+            self.group.map(String::from)
+        }
+        async fn observe(&mut self, _key: &str) -> Result<TargetObservation, ActionError> {
+            Ok(TargetObservation {
+                env_value: Some("old".into()),
+            })
+        }
+        async fn restart(&mut self) -> Result<(), ActionError> {
+            unreachable!("auto mode recreates containers that carry the key")
+        }
+        async fn recreate(&mut self, _k: &str, _v: &str) -> Result<(), ActionError> {
+            if self.fail {
+                return Err(ActionError {
+                    message: "unhealthy; rolled back".into(),
+                    hint: None,
+                });
+            }
+            self.recreated = true;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_stops_the_rest_of_its_group_only() {
+        let replica = |name, group, fail| Replica {
+            name,
+            group,
+            fail,
+            recreated: false,
+        };
+        let mut targets = vec![
+            replica("p_svc_1", Some("p/svc"), true),
+            replica("p_svc_2", Some("p/svc"), false),
+            replica("other", None, false),
+            replica("q_svc_1", Some("q/svc"), false),
+        ];
+        let mut sinks = vec![MemSink {
+            value: Some("old".into()),
+            fail: false,
+            writes: 0,
+        }];
+        let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
+        let tobs = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.name(),
+                    Ok(TargetObservation {
+                        env_value: Some("old".into()),
+                    }),
+                )
+            })
+            .collect();
+        let p = plan(NEW, K, obs, tobs, RestartMode::Auto, &BTreeSet::new());
+        let mut j = MemJournal::default();
+        let out = apply(&p, &mut sinks, &mut targets, &mut j, false).await;
+        let results: Vec<&str> = out.containers.iter().map(|c| c.result).collect();
+        assert_eq!(results, vec!["failed", "skipped", "done", "done"]);
+        assert!(out.failed);
+        assert!(!targets[1].recreated, "the second replica was left alone");
+        assert!(targets[2].recreated && targets[3].recreated);
+        assert_eq!(
+            j.0,
+            ["p_svc_1".to_string(), "p_svc_2".to_string()].into(),
+            "both replicas are still owed"
+        );
+    }
+
     #[tokio::test]
     async fn dry_run_changes_nothing() {
         let mut sinks = vec![MemSink {

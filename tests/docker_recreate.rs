@@ -699,13 +699,16 @@ fn an_unknown_compose_service_is_a_clear_error() {
     require_docker!();
     let (_cf, sb, d) = setup();
     let service = format!("{}/nothing", d.prefix);
-    let r = sync(&sb, &[], &["--compose-service", &service]);
+    let mut sb = sb;
+    sb.var("AUDSYNC_COMPOSE_SERVICE", &service);
+    let r = sync(&sb, &[], &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr
             .contains(&format!("compose service {service} has no containers")),
         "{r:?}"
     );
+    sb.unset("AUDSYNC_COMPOSE_SERVICE");
     let r = sync(&sb, &[], &["--compose-service", "no-slash"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("expected PROJECT/SERVICE"), "{r:?}");
@@ -739,4 +742,91 @@ fn no_secret_from_a_container_environment_is_logged_at_vvv() {
     for out in [&r.stdout, &r.stderr] {
         assert!(!out.contains(crate::support::cloudflare::TOKEN), "{r:?}");
     }
+}
+
+#[test]
+fn a_stopped_container_is_recreated_and_left_stopped() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let c = d.name("stopped");
+    docker(&[
+        "create",
+        "--name",
+        &c,
+        "-e",
+        &format!("{KEY}=old"),
+        &image(),
+        "sh",
+        "-c",
+        SERVER,
+    ]);
+    let id = id_of(&c);
+    let r = sync(&sb, &[&c], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_ne!(id_of(&c), id);
+    assert_eq!(env_of(&c, KEY), Some(aud(2)));
+    assert_eq!(
+        inspect(&c)["State"]["Running"],
+        false,
+        "it was not running before"
+    );
+    assert_eq!(d.containers(), vec![c.clone()]);
+}
+
+#[test]
+fn a_container_run_with_rm_is_not_recreated() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let c = d.run(
+        "ephemeral",
+        &[
+            "--rm",
+            "-e",
+            &format!("{KEY}=old"),
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    let id = id_of(&c);
+    let r = sync(&sb, &[&c], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--rm (AutoRemove)"), "{r:?}");
+    assert_eq!((id_of(&c), env_of(&c, KEY)), (id, Some("old".into())));
+    assert_eq!(inspect(&c)["State"]["Running"], true);
+}
+
+#[test]
+fn the_health_wait_is_bounded_by_health_timeout() {
+    require_docker!();
+    let (_cf, mut sb, d) = setup();
+    // The first probe only runs after a minute: the new container stays `starting`.
+    let c = d.run(
+        "slow",
+        &[
+            "-e",
+            &format!("{KEY}=old"),
+            "--health-cmd",
+            "true",
+            "--health-interval",
+            "60s",
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    let id = id_of(&c);
+    sb.var("AUDSYNC_HEALTH_TIMEOUT", "2s");
+    let started = std::time::Instant::now();
+    let r = sync(&sb, &[&c], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("was not healthy within 2s"), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "bounded by 2s, not by the check"
+    );
+    assert_eq!((id_of(&c), env_of(&c, KEY)), (id, Some("old".into())));
+    assert_eq!(inspect(&c)["State"]["Running"], true);
 }

@@ -46,6 +46,15 @@ pub(super) async fn recreate(
         .unwrap_or(target)
         .trim_start_matches('/')
         .to_string();
+    if info.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
+        // Stopping it would delete it, and with it the way back.
+        return Err(ActionError {
+            message: format!(
+                "cannot recreate container {name} safely: it runs with --rm (AutoRemove), so stopping it deletes it and a failed replacement could not be rolled back"
+            ),
+            hint: Some("run it without --rm (e.g. with a restart policy), or use --restart restart if it reads the value at start-up".into()),
+        });
+    }
     let old_id = info.id.clone().unwrap_or_else(|| target.to_string());
     let image = pinned_image(docker, &info).await;
     let spec = spec::build(&info, key, value, &image);
