@@ -268,7 +268,7 @@ impl Rollback<'_> {
         };
         ActionError {
             message: format!(
-                "recreating {name} failed: {why}; {restored}. Last log lines of the new container:\n{logs}"
+                "recreating {name} failed: {why}. Last log lines of the new container:\n{logs}\n{restored}"
             ),
             hint: Some(if problems.is_empty() {
                 "fix what the new container complains about (or its healthcheck), then run sync again: the change is retried".into()
