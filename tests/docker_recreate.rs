@@ -645,6 +645,7 @@ fn a_compose_service_is_recreated_one_container_at_a_time() {
         assert_eq!(env_of(n, KEY), Some(aud(2)));
         assert_eq!(inspect(n)["State"]["Running"], true);
     }
+    d.note_volumes();
     let (code, out) = compose(&sb, &project, &["down", "-v"]);
     assert_eq!(code, 0, "{out}");
 }

@@ -71,7 +71,12 @@ impl Engine {
                 ..Default::default()
             }))
             .await
-            .map_err(|e| container_error(&what, "list the containers of compose service", &e))?;
+            .map_err(|e| ActionError {
+                message: format!("could not list the containers of compose service {what}: {e}"),
+                hint: Some(
+                    "check that the Docker daemon is running and reachable (DOCKER_HOST)".into(),
+                ),
+            })?;
         let mut found: Vec<(u64, String)> = list
             .into_iter()
             .filter_map(|c| {

@@ -120,6 +120,22 @@ impl Docker {
             .push((dir.to_path_buf(), project.to_string()));
     }
 
+    /// Remember, for removal on drop, every volume this test's containers mount (anonymous
+    /// ones included: after a recreate they are mounted by name, so `rm -v` and
+    /// `compose down -v` keep them). Call before removing containers by other means.
+    pub fn note_volumes(&self) {
+        for c in self.containers() {
+            let Ok(v) = inspect_try(&c) else { continue };
+            for m in v["Mounts"].as_array().into_iter().flatten() {
+                if m["Type"] == "volume"
+                    && let Some(n) = m["Name"].as_str()
+                {
+                    self.volumes.borrow_mut().push(n.to_string());
+                }
+            }
+        }
+    }
+
     /// Names of every container (any state) whose name starts with this test's prefix.
     pub fn containers(&self) -> Vec<String> {
         docker(&[
@@ -138,6 +154,9 @@ impl Docker {
 
 impl Drop for Docker {
     fn drop(&mut self) {
+        // Note every volume first: once compose is down its containers can no longer say which
+        // anonymous volumes they had (mounted by name after a recreate, `down -v` keeps them).
+        self.note_volumes();
         for (dir, project) in self.compose.borrow().iter() {
             let _ = Command::new("docker-compose")
                 .args(["-p", project, "down", "-v", "--remove-orphans"])
@@ -145,18 +164,6 @@ impl Drop for Docker {
                 .output();
         }
         let names = self.containers();
-        let mut volumes = self.volumes.borrow().clone();
-        for c in &names {
-            if let Ok(v) = inspect_try(c) {
-                for m in v["Mounts"].as_array().into_iter().flatten() {
-                    if m["Type"] == "volume"
-                        && let Some(n) = m["Name"].as_str()
-                    {
-                        volumes.push(n.to_string());
-                    }
-                }
-            }
-        }
         if !names.is_empty() {
             let mut args = vec!["rm", "-f", "-v"];
             args.extend(names.iter().map(String::as_str));
@@ -165,6 +172,7 @@ impl Drop for Docker {
         for n in self.networks.borrow().iter() {
             let _ = docker_try(&["network", "rm", n]);
         }
+        let mut volumes = self.volumes.borrow().clone();
         volumes.sort();
         volumes.dedup();
         for v in &volumes {
