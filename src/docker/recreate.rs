@@ -248,7 +248,13 @@ impl Rollback<'_> {
                 short_id(self.old_id)
             ));
         }
+        // A failed stop may have left it running: starting it again would be refused (304).
+        let running = match self.docker.inspect_container(self.old_id, None).await {
+            Ok(i) => i.state.and_then(|s| s.running) == Some(true),
+            Err(_) => false,
+        };
         if self.was_running
+            && !running
             && let Err(e) = self.docker.start_container(self.old_id, None).await
         {
             problems.push(format!("could not start the old container again: {e}"));
