@@ -309,14 +309,23 @@ pub struct SyncArgs {
     )]
     pub sinks: Vec<SinkKind>,
     /// Container to restart/recreate after a change (name or id; repeatable or comma-separated).
+    /// Default: lambda-server, unless --compose-service is given.
     #[arg(
         long = "container",
         env = "AUDSYNC_CONTAINER",
         value_name = "NAME",
-        value_delimiter = ',',
-        default_value = "lambda-server"
+        value_delimiter = ','
     )]
     pub containers: Vec<String>,
+    /// A compose service whose containers to restart/recreate, one at a time (repeatable or
+    /// comma-separated). Found by their compose labels; one-off `run` containers are left alone.
+    #[arg(
+        long = "compose-service",
+        env = "AUDSYNC_COMPOSE_SERVICE",
+        value_name = "PROJECT/SERVICE",
+        value_delimiter = ','
+    )]
+    pub compose_services: Vec<String>,
     /// What to do with the containers when the value changed: auto recreates containers whose
     /// environment carries the key (a restart would keep the old value) and restarts the others.
     #[arg(
@@ -327,6 +336,14 @@ pub struct SyncArgs {
         default_value = "auto"
     )]
     pub restart: RestartMode,
+    /// A recreated container without a healthcheck counts as good once it has kept running
+    /// this long; otherwise the old container is put back.
+    #[arg(long, env = "AUDSYNC_SETTLE", value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// How long a recreated container with a healthcheck may take to become healthy before the
+    /// old one is put back. Default: start period + (interval + timeout) x retries of its check.
+    #[arg(long, env = "AUDSYNC_HEALTH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub health_timeout: Option<Duration>,
     /// How the .env file is written: atomic (temp file + rename) or in-place (same inode, for a
     /// file bind-mounted into a container).
     #[arg(long, env = "AUDSYNC_WRITE_MODE", value_enum, default_value = "atomic")]

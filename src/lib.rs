@@ -34,7 +34,9 @@ pub fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
         _ => "trace",
     };
     let default = if verbose >= 3 {
-        level.to_string()
+        // bollard logs whole inspect answers (container environments, which may hold secrets)
+        // at debug and trace: never let -vvv print them.
+        format!("{level},bollard=info")
     } else {
         // Keep our own crate at the chosen level and the HTTP stack quieter.
         format!("{level},hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn,bollard=warn")

@@ -51,6 +51,11 @@ impl std::fmt::Display for ActionError {
 /// The interface to one container (or any other restartable consumer of the value).
 pub trait Target: Send {
     fn name(&self) -> String;
+    /// Targets of one group (e.g. a compose service) are acted on in order, and the first
+    /// failure skips the rest of its group so a bad value never takes down every replica.
+    fn group(&self) -> Option<String> {
+        None
+    }
     fn observe(
         &mut self,
         key: &str,
@@ -370,7 +375,9 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
         }
     }
 
+    let mut failed_groups: BTreeSet<String> = BTreeSet::new();
     for (i, step) in plan.targets.iter().enumerate() {
+        let group = targets[i].group();
         if step.action == Action::None && step.blocked.is_none() {
             out.containers.push(target_report(step, "none", None));
             continue;
@@ -379,9 +386,18 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             out.containers.push(target_report(step, "skipped", None));
             continue;
         }
+        if let Some(g) = group.as_ref().filter(|g| failed_groups.contains(*g)) {
+            let e = ActionError {
+                message: format!("not attempted: an earlier container of {g} failed"),
+                hint: None,
+            };
+            out.containers.push(target_report(step, "skipped", Some(e)));
+            continue;
+        }
         if step.blocked.is_some() {
             out.failed = true;
             out.containers.push(target_report(step, "failed", None));
+            failed_groups.extend(group);
             continue;
         }
         let res = match step.action {
@@ -401,6 +417,7 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             Err(e) => {
                 out.failed = true;
                 out.containers.push(target_report(step, "failed", Some(e)));
+                failed_groups.extend(group);
             }
         }
     }
@@ -653,6 +670,87 @@ mod tests {
             (out.containers[0].result, t.restarts),
             ("none", 1),
             "third run is a no-op"
+        );
+    }
+
+    /// A replica of a compose service: recreates, or fails when `fail` is set.
+    struct Replica {
+        name: &'static str,
+        group: Option<&'static str>,
+        fail: bool,
+        recreated: bool,
+    }
+
+    impl Target for Replica {
+        fn name(&self) -> String {
+            self.name.into()
+        }
+        fn group(&self) -> Option<String> {
+            self.group.map(String::from)
+        }
+        async fn observe(&mut self, _key: &str) -> Result<TargetObservation, ActionError> {
+            Ok(TargetObservation {
+                env_value: Some("old".into()),
+            })
+        }
+        async fn restart(&mut self) -> Result<(), ActionError> {
+            unreachable!("auto mode recreates containers that carry the key")
+        }
+        async fn recreate(&mut self, _k: &str, _v: &str) -> Result<(), ActionError> {
+            if self.fail {
+                return Err(ActionError {
+                    message: "unhealthy; rolled back".into(),
+                    hint: None,
+                });
+            }
+            self.recreated = true;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_stops_the_rest_of_its_group_only() {
+        let replica = |name, group, fail| Replica {
+            name,
+            group,
+            fail,
+            recreated: false,
+        };
+        let mut targets = vec![
+            replica("p_svc_1", Some("p/svc"), true),
+            replica("p_svc_2", Some("p/svc"), false),
+            replica("other", None, false),
+            replica("q_svc_1", Some("q/svc"), false),
+        ];
+        let mut sinks = vec![MemSink {
+            value: Some("old".into()),
+            fail: false,
+            writes: 0,
+        }];
+        let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
+        let tobs = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.name(),
+                    Ok(TargetObservation {
+                        env_value: Some("old".into()),
+                    }),
+                )
+            })
+            .collect();
+        let p = plan(NEW, K, obs, tobs, RestartMode::Auto, &BTreeSet::new());
+        let mut j = MemJournal::default();
+        let out = apply(&p, &mut sinks, &mut targets, &mut j, false).await;
+        let results: Vec<&str> = out.containers.iter().map(|c| c.result).collect();
+        assert_eq!(results, vec!["failed", "skipped", "done", "done"]);
+        assert!(out.failed);
+        assert!(!targets[1].recreated, "the second replica was left alone");
+        assert!(targets[2].recreated && targets[3].recreated);
+        assert_eq!(
+            j.0,
+            ["p_svc_1".to_string(), "p_svc_2".to_string()].into(),
+            "both replicas are still owed"
         );
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cli::{Output, SourceArgs, SyncArgs};
 use crate::config::{self, Env, SourceConfig};
-use crate::docker::Engine;
+use crate::docker::{Engine, RecreateOptions};
 use crate::error::Error;
 use crate::exit;
 use crate::reconcile::{self, ActionError, Outcome, RestartMode, Target, TargetObservation};
@@ -26,6 +26,9 @@ pub struct SyncConfig {
     pub env_file: PathBuf,
     pub sinks: Vec<SinkKind>,
     pub containers: Vec<String>,
+    /// `--compose-service`, as (project, service).
+    pub compose_services: Vec<(String, String)>,
+    pub recreate: RecreateOptions,
     pub restart: RestartMode,
     pub write_mode: WriteMode,
     pub dry_run: bool,
@@ -64,13 +67,21 @@ impl SyncConfig {
         } else {
             None
         };
-        let containers: Vec<String> = a
+        let mut containers: Vec<String> = a
             .containers
             .iter()
             .map(|c| c.trim().to_string())
             .filter(|c| !c.is_empty())
             .collect();
-        if containers.is_empty() && a.restart != RestartMode::None {
+        let compose_services = a
+            .compose_services
+            .iter()
+            .map(|s| parse_compose_service(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if a.containers.is_empty() && compose_services.is_empty() {
+            containers.push(DEFAULT_CONTAINER.to_string());
+        }
+        if containers.is_empty() && compose_services.is_empty() && a.restart != RestartMode::None {
             return Err(Error::usage(
                 "no container given: pass --container NAME, or --restart none",
             ));
@@ -89,6 +100,11 @@ impl SyncConfig {
             key: a.key.clone(),
             sinks,
             containers,
+            compose_services,
+            recreate: RecreateOptions {
+                settle: a.settle,
+                health_timeout: a.health_timeout,
+            },
             restart: a.restart,
             write_mode: a.write_mode,
             dry_run: a.dry_run,
@@ -103,6 +119,21 @@ impl SyncConfig {
             infisical,
             tunnel_id,
         })
+    }
+}
+
+/// The container `sync` acts on when neither --container nor --compose-service is given.
+pub const DEFAULT_CONTAINER: &str = "lambda-server";
+
+/// `PROJECT/SERVICE` -> (project, service).
+fn parse_compose_service(s: &str) -> Result<(String, String), Error> {
+    match s.trim().split_once('/') {
+        Some((p, svc)) if !p.is_empty() && !svc.is_empty() && !svc.contains('/') => {
+            Ok((p.to_string(), svc.to_string()))
+        }
+        _ => Err(Error::usage(format!(
+            "--compose-service {s:?}: expected PROJECT/SERVICE, e.g. lambda/lambda-server (the project is the compose project name, see `docker compose ls`)"
+        ))),
     }
 }
 
@@ -224,17 +255,38 @@ async fn build_targets(
     let mut target_obs = Vec::new();
     if need_docker {
         let engine = Engine::connect().await;
-        for name in &cfg.containers {
-            let mut slot = match &engine {
-                Ok(e) => Slot::Live(e.container(name)),
+        let mut slots: Vec<Slot> = cfg
+            .containers
+            .iter()
+            .map(|name| match &engine {
+                Ok(e) => Slot::Live(e.container(name).with_options(cfg.recreate.clone())),
                 Err(err) => Slot::Down(name.clone(), err.clone()),
+            })
+            .collect();
+        for (project, service) in &cfg.compose_services {
+            let group = format!("{project}/{service}");
+            let names = match &engine {
+                Ok(e) => e.compose_service(project, service).await,
+                Err(err) => Err(err.clone()),
             };
+            match (names, &engine) {
+                (Ok(names), Ok(e)) => slots.extend(names.iter().map(|n| {
+                    let c = e.container(n).with_options(cfg.recreate.clone());
+                    Slot::Live(c.in_group(&format!("compose service {group}")))
+                })),
+                (Err(err), _) => slots.push(Slot::Down(group, err)),
+                (_, Err(err)) => slots.push(Slot::Down(group, err.clone())),
+            }
+        }
+        for mut slot in slots {
             let obs = slot.observe(&cfg.key).await;
-            target_obs.push((name.clone(), obs));
+            target_obs.push((slot.name(), obs));
             targets.push(slot);
         }
     } else {
-        for name in &cfg.containers {
+        let groups = cfg.compose_services.iter().map(|(p, s)| format!("{p}/{s}"));
+        for name in cfg.containers.iter().cloned().chain(groups) {
+            let name = &name;
             let not_needed = ActionError {
                 message: "not inspected".into(),
                 hint: None,
@@ -257,6 +309,12 @@ impl Target for Slot {
         match self {
             Slot::Live(c) => c.name(),
             Slot::Down(n, _) => n.clone(),
+        }
+    }
+    fn group(&self) -> Option<String> {
+        match self {
+            Slot::Live(c) => c.group(),
+            Slot::Down(..) => None,
         }
     }
     async fn observe(&mut self, key: &str) -> Result<TargetObservation, ActionError> {

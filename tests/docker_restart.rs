@@ -1,2 +1,148 @@
 //! `sync` restarting containers on the real Docker engine (gated by AUDSYNC_DOCKER_TESTS=1,
 //! which scripts/test.sh sets after checking that the engine answers).
+
+use std::os::unix::fs::MetadataExt;
+
+use serde_json::Value;
+
+use crate::require_docker;
+use crate::support::cloudflare::{FakeCloudflare, app, aud};
+use crate::support::docker::{Docker, image, started_at};
+use crate::support::{Run, Sandbox, run};
+
+const HOST: &str = "api.example.com";
+const ENV: &str = "CLOUDFLARE_AUD_TAG=old\nOTHER=1\n";
+/// A server that reads its AUD at start-up (no key in its environment) and stops on SIGTERM.
+const SERVER: &str = "trap 'exit 0' TERM; echo up; sleep 3600 & wait";
+
+fn setup() -> (FakeCloudflare, Sandbox, Docker) {
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env(ENV);
+    (cf, sb, Docker::new())
+}
+
+fn server(d: &Docker, what: &str) -> String {
+    d.run(what, &[&image(), "sh", "-c", SERVER])
+}
+
+fn sync(sb: &Sandbox, container: &str, extra: &[&str]) -> Run {
+    let mut c = sb.cmd();
+    c.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--restart",
+        "restart",
+        "--container",
+        container,
+        "--output",
+        "json",
+    ])
+    .args(extra);
+    run(&mut c)
+}
+
+fn json(r: &Run) -> Value {
+    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
+}
+
+fn new_env() -> String {
+    ENV.replace("=old", &format!("={}", aud(2)))
+}
+
+#[test]
+fn a_changed_value_restarts_the_container() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let c = server(&d, "srv");
+    let before = started_at(&c);
+    let r = sync(&sb, &c, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(sb.read_env(), new_env());
+    assert_ne!(started_at(&c), before, "the container was restarted");
+    let j = json(&r);
+    assert_eq!(j["containers"][0]["action"], "restart");
+    assert_eq!(j["containers"][0]["result"], "done");
+}
+
+#[test]
+fn a_no_change_run_restarts_nothing() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let c = server(&d, "srv");
+    assert_eq!(sync(&sb, &c, &[]).code, 0);
+    let before = started_at(&c);
+    let r = sync(&sb, &c, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(started_at(&c), before, "no restart without a change");
+    let j = json(&r);
+    assert_eq!(j["status"], "in_sync");
+    assert_eq!(j["containers"][0]["action"], "none");
+}
+
+#[test]
+fn a_missing_container_fails_after_the_write_and_the_next_run_restarts_it() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let name = d.name("late");
+    let r = sync(&sb, &name, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(sb.read_env(), new_env(), "the sink was written first");
+    assert!(
+        r.stderr
+            .contains(&format!("container {name} does not exist")),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("WAS written"), "{r:?}");
+
+    // The container appears; the next run owes it a restart although .env is in sync.
+    server(&d, "late");
+    let before = started_at(&name);
+    let mtime = std::fs::metadata(sb.env_path()).unwrap().mtime_nsec();
+    let r = sync(&sb, &name, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_ne!(started_at(&name), before, "the owed restart happened");
+    assert_eq!(
+        std::fs::metadata(sb.env_path()).unwrap().mtime_nsec(),
+        mtime,
+        "no second write"
+    );
+    let j = json(&r);
+    assert_eq!(j["changed"], false);
+    assert_eq!(j["containers"][0]["result"], "done");
+
+    // And it is owed no more.
+    let before = started_at(&name);
+    assert_eq!(sync(&sb, &name, &[]).code, 0);
+    assert_eq!(started_at(&name), before);
+}
+
+#[test]
+fn an_unreachable_daemon_fails_after_the_write_and_the_next_run_restarts() {
+    require_docker!();
+    let (_cf, mut sb, d) = setup();
+    let c = server(&d, "srv");
+    let before = started_at(&c);
+    sb.var("DOCKER_HOST", "unix:///nonexistent.sock");
+    let r = sync(&sb, &c, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(sb.read_env(), new_env(), "the sink was written first");
+    assert!(
+        r.stderr
+            .contains("cannot reach the Docker daemon at unix:///nonexistent.sock"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("WAS written"), "{r:?}");
+    let hint = json(&r)["hint"].as_str().unwrap_or_default().to_string();
+    assert!(
+        hint.contains("DOCKER_HOST"),
+        "the hint names the fix: {r:?}"
+    );
+    assert_eq!(started_at(&c), before);
+
+    sb.unset("DOCKER_HOST");
+    let r = sync(&sb, &c, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_ne!(started_at(&c), before, "the owed restart happened");
+}

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod cloudflare;
+pub mod docker;
 pub mod infisical;
 
 use std::future::Future;

@@ -1,13 +1,21 @@
 //! Target containers through the Docker Engine API (bollard): find, inspect, restart, recreate.
 //!
 //! Owns every call to the engine. `DOCKER_HOST` is honoured; the API version is negotiated so
-//! older engines accept the requests. Errors name the container and the fix.
+//! older engines accept the requests. Errors name the container and the fix. It must never
+//! remove a container before its replacement is good, nor remove a volume.
+//! [`spec`] computes the create request (pure); [`recreate`] runs the never-lose-the-service
+//! sequence with its health gate and roll back.
 
+mod recreate;
+pub mod spec;
+
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::query_parameters::RestartContainerOptions;
+use bollard::query_parameters::{ListContainersOptions, RestartContainerOptions};
 
 use crate::reconcile::{ActionError, Target, TargetObservation};
 
@@ -34,7 +42,64 @@ impl Engine {
         Container {
             engine: self.clone(),
             name: name.to_string(),
+            opts: RecreateOptions::default(),
+            group: None,
         }
+    }
+
+    /// The containers of compose service `project`/`service` (one-off `run` containers
+    /// excluded), by name, in container-number order.
+    pub async fn compose_service(
+        &self,
+        project: &str,
+        service: &str,
+    ) -> Result<Vec<String>, ActionError> {
+        let what = format!("{project}/{service}");
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("com.docker.compose.project={project}"),
+                format!("com.docker.compose.service={service}"),
+                "com.docker.compose.oneoff=False".to_string(),
+            ],
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| ActionError {
+                message: format!("could not list the containers of compose service {what}: {e}"),
+                hint: Some(
+                    "check that the Docker daemon is running and reachable (DOCKER_HOST)".into(),
+                ),
+            })?;
+        let mut found: Vec<(u64, String)> = list
+            .into_iter()
+            .filter_map(|c| {
+                let number = c
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("com.docker.compose.container-number"))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(u64::MAX);
+                let name = c.names?.into_iter().next()?;
+                Some((number, name.trim_start_matches('/').to_string()))
+            })
+            .collect();
+        found.sort();
+        if found.is_empty() {
+            return Err(ActionError {
+                message: format!("compose service {what} has no containers"),
+                hint: Some(format!(
+                    "check --compose-service PROJECT/SERVICE against `docker ps -a --filter label=com.docker.compose.project={project}` (the project name is the directory name unless -p/COMPOSE_PROJECT_NAME set it)"
+                )),
+            });
+        }
+        Ok(found.into_iter().map(|(_, n)| n).collect())
     }
 
     pub fn api(&self) -> &Docker {
@@ -80,15 +145,54 @@ pub fn container_error(name: &str, what: &str, e: &BollardError) -> ActionError 
     }
 }
 
+/// How a recreated container is judged good.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecreateOptions {
+    /// Without a healthcheck: how long the new container must keep running.
+    pub settle: Duration,
+    /// With a healthcheck: how long to wait for `healthy`; `None` derives it from the check
+    /// (start period + (interval + timeout) x retries).
+    pub health_timeout: Option<Duration>,
+}
+
+impl Default for RecreateOptions {
+    fn default() -> Self {
+        RecreateOptions {
+            settle: Duration::from_secs(3),
+            health_timeout: None,
+        }
+    }
+}
+
 /// One container, by name or id.
 pub struct Container {
     engine: Engine,
     name: String,
+    opts: RecreateOptions,
+    group: Option<String>,
+}
+
+impl Container {
+    pub fn with_options(mut self, opts: RecreateOptions) -> Container {
+        self.opts = opts;
+        self
+    }
+
+    /// Containers of one group (a compose service) are done in order, and a failure stops
+    /// the rest of the group.
+    pub fn in_group(mut self, group: &str) -> Container {
+        self.group = Some(group.to_string());
+        self
+    }
 }
 
 impl Target for Container {
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn group(&self) -> Option<String> {
+        self.group.clone()
     }
 
     async fn observe(&mut self, key: &str) -> Result<TargetObservation, ActionError> {
@@ -124,14 +228,8 @@ impl Target for Container {
             .map_err(|e| container_error(&self.name, "restart", &e))
     }
 
-    async fn recreate(&mut self, _key: &str, _value: &str) -> Result<(), ActionError> {
-        Err(ActionError {
-            message: format!(
-                "recreating container {} is not supported by this build",
-                self.name
-            ),
-            hint: Some("use --restart restart or --restart none".into()),
-        })
+    async fn recreate(&mut self, key: &str, value: &str) -> Result<(), ActionError> {
+        recreate::recreate(&self.engine.docker, &self.name, key, value, &self.opts).await
     }
 }
 

@@ -1,0 +1,440 @@
+//! Recreating one container with one variable changed, without ever losing the service.
+//!
+//! Order (compose's, which always keeps a way back): create the new container under a temporary
+//! name, stop the old one, move the old one aside, give the new one the name, start it, wait
+//! until it is good, and only then remove the old one. If the new one is not good it is removed
+//! and the old one gets its name back and is started again. The old container is never removed
+//! with its volumes (`v=false`): the new one mounts its anonymous volumes by name.
+
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerInspectResponse, HealthStatusEnum, NetworkConnectRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, LogsOptions, RemoveContainerOptions, RenameContainerOptions,
+    StopContainerOptions,
+};
+use futures_util::StreamExt;
+
+use super::{RecreateOptions, container_error, spec};
+use crate::reconcile::ActionError;
+
+/// How often the new container's state is read while waiting for it to be good.
+const POLL: Duration = Duration::from_millis(250);
+/// Log lines of a failed new container quoted in the error.
+const LOG_LINES: usize = 20;
+
+/// Docker's healthcheck defaults, used when the container leaves a field at 0.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_RETRIES: u32 = 3;
+
+pub(super) async fn recreate(
+    docker: &Docker,
+    target: &str,
+    key: &str,
+    value: &str,
+    opts: &RecreateOptions,
+) -> Result<(), ActionError> {
+    let info = docker
+        .inspect_container(target, None)
+        .await
+        .map_err(|e| container_error(target, "inspect", &e))?;
+    let name = info
+        .name
+        .as_deref()
+        .unwrap_or(target)
+        .trim_start_matches('/')
+        .to_string();
+    if info.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
+        // Stopping it would delete it, and with it the way back.
+        return Err(ActionError {
+            message: format!(
+                "cannot recreate container {name} safely: it runs with --rm (AutoRemove), so stopping it deletes it and a failed replacement could not be rolled back"
+            ),
+            hint: Some("run it without --rm (e.g. with a restart policy), or use --restart restart if it reads the value at start-up".into()),
+        });
+    }
+    let old_id = info.id.clone().unwrap_or_else(|| target.to_string());
+    let image = pinned_image(docker, &info).await;
+    let spec = spec::build(&info, key, value, &image);
+    let was_running = info.state.as_ref().and_then(|s| s.running) == Some(true);
+    let stop_t = info
+        .config
+        .as_ref()
+        .and_then(|c| c.stop_timeout)
+        .map(|t| t as i32);
+
+    let suffix = format!("{:06x}", fastrand::u32(..0x100_0000));
+    let new_name = format!("{name}-audsync-new-{suffix}");
+    let aside = format!("{name}-audsync-old-{suffix}");
+    tracing::info!(container = %name, temporary = %new_name, "recreating with {key} changed");
+
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(new_name.clone()),
+                ..Default::default()
+            }),
+            spec.body,
+        )
+        .await
+        .map_err(|e| {
+            step_error(
+                &name,
+                "create the new container",
+                &e,
+                "the old container was not touched",
+            )
+        })?;
+    let new_id = created.id;
+    for w in &created.warnings {
+        tracing::warn!(container = %name, "engine: {w}");
+    }
+    for (net, endpoint) in spec.extra_networks {
+        let req = NetworkConnectRequest {
+            container: new_id.clone(),
+            endpoint_config: Some(endpoint),
+        };
+        if let Err(e) = docker.connect_network(&net, req).await {
+            remove(docker, &new_id).await;
+            return Err(step_error(
+                &name,
+                &format!("connect the new container to network {net}"),
+                &e,
+                "the new container was removed; the old one was not touched",
+            ));
+        }
+    }
+
+    let mut rb = Rollback {
+        docker,
+        name: &name,
+        old_id: &old_id,
+        new_id: &new_id,
+        was_running,
+        renamed: false,
+    };
+
+    if was_running {
+        tracing::info!(container = %name, "stopping the old container");
+        if let Err(e) = docker
+            .stop_container(
+                &old_id,
+                Some(StopContainerOptions {
+                    signal: None,
+                    t: stop_t,
+                }),
+            )
+            .await
+        {
+            return Err(rb
+                .undo(format!("could not stop the old container: {e}"))
+                .await);
+        }
+    }
+    if let Err(e) = rename(docker, &old_id, &aside).await {
+        return Err(rb
+            .undo(format!(
+                "could not rename the old container to {aside}: {e}"
+            ))
+            .await);
+    }
+    rb.renamed = true;
+    if let Err(e) = rename(docker, &new_id, &name).await {
+        return Err(rb
+            .undo(format!("could not rename the new container to {name}: {e}"))
+            .await);
+    }
+    if !was_running {
+        // It was stopped; it stays stopped, now with the new value.
+        tracing::info!(container = %name, "the old container was not running; the new one is left created, not started");
+        remove(docker, &old_id).await;
+        return Ok(());
+    }
+    let started = Instant::now();
+    if let Err(e) = docker.start_container(&new_id, None).await {
+        return Err(rb
+            .undo(format!("the new container did not start: {e}"))
+            .await);
+    }
+    if let Err(why) = wait_good(docker, &new_id, opts).await {
+        return Err(rb.undo(why).await);
+    }
+    tracing::info!(container = %name, elapsed_ms = started.elapsed().as_millis() as u64, "the new container is good; removing the old one");
+    if let Err(e) = docker
+        .remove_container(
+            &old_id,
+            Some(RemoveContainerOptions {
+                v: false,
+                force: true,
+                link: false,
+            }),
+        )
+        .await
+    {
+        tracing::warn!(container = %name, old = %aside, error = %e, "the new container runs, but the old one could not be removed; remove it by hand");
+    }
+    Ok(())
+}
+
+/// Pin the image by the id the old container runs. The name is kept (readable `docker ps`,
+/// and compose compares it) when it still points at that same id; otherwise the id is used,
+/// so a re-tagged or pulled image never sneaks in with the recreate.
+async fn pinned_image(docker: &Docker, info: &ContainerInspectResponse) -> String {
+    let id = info.image.clone().unwrap_or_default();
+    let name = info.config.as_ref().and_then(|c| c.image.clone());
+    match name {
+        Some(n) if !id.is_empty() => match docker.inspect_image(&n).await {
+            Ok(img) if img.id.as_deref() == Some(id.as_str()) => n,
+            _ => id,
+        },
+        Some(n) => n,
+        None => id,
+    }
+}
+
+async fn rename(docker: &Docker, id: &str, to: &str) -> Result<(), bollard::errors::Error> {
+    docker
+        .rename_container(
+            id,
+            RenameContainerOptions {
+                name: to.to_string(),
+            },
+        )
+        .await
+}
+
+async fn remove(docker: &Docker, id: &str) {
+    let opts = RemoveContainerOptions {
+        v: false,
+        force: true,
+        link: false,
+    };
+    if let Err(e) = docker.remove_container(id, Some(opts)).await {
+        tracing::warn!(container = %id, error = %e, "could not remove the new container");
+    }
+}
+
+fn step_error(name: &str, what: &str, e: &bollard::errors::Error, after: &str) -> ActionError {
+    let mut err = container_error(name, what, e);
+    err.message = format!("recreating {name}: {}; {after}", err.message);
+    err
+}
+
+/// The state needed to put the old container back.
+struct Rollback<'a> {
+    docker: &'a Docker,
+    name: &'a str,
+    old_id: &'a str,
+    new_id: &'a str,
+    was_running: bool,
+    renamed: bool,
+}
+
+impl Rollback<'_> {
+    /// Remove the new container, give the old one its name back, start it; say what happened.
+    async fn undo(&self, why: String) -> ActionError {
+        let name = self.name;
+        tracing::warn!(container = %name, reason = %why, "rolling back to the old container");
+        let logs = last_logs(self.docker, self.new_id).await;
+        remove(self.docker, self.new_id).await;
+        let mut problems = Vec::new();
+        if self.renamed
+            && let Err(e) = rename(self.docker, self.old_id, name).await
+        {
+            problems.push(format!(
+                "could not give the old container ({}) its name back: {e}",
+                short_id(self.old_id)
+            ));
+        }
+        // A failed stop may have left it running: starting it again would be refused (304).
+        let running = match self.docker.inspect_container(self.old_id, None).await {
+            Ok(i) => i.state.and_then(|s| s.running) == Some(true),
+            Err(_) => false,
+        };
+        if self.was_running
+            && !running
+            && let Err(e) = self.docker.start_container(self.old_id, None).await
+        {
+            problems.push(format!("could not start the old container again: {e}"));
+        }
+        let restored = if problems.is_empty() {
+            format!("rolled back: the old container runs again as {name} with the old value")
+        } else {
+            format!("ROLLBACK INCOMPLETE: {}", problems.join("; "))
+        };
+        let logs = if logs.is_empty() {
+            "(no log output)".to_string()
+        } else {
+            logs.iter()
+                .map(|l| format!("  | {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        ActionError {
+            message: format!(
+                "recreating {name} failed: {why}. Last log lines of the new container:\n{logs}\n{restored}"
+            ),
+            hint: Some(if problems.is_empty() {
+                "fix what the new container complains about (or its healthcheck), then run sync again: the change is retried".into()
+            } else {
+                format!("check `docker ps -a` and restore {name} by hand")
+            }),
+        }
+    }
+}
+
+/// Wait until the new container is good: `healthy` when it has a healthcheck, else running for
+/// the settle time. Returns why not.
+async fn wait_good(docker: &Docker, id: &str, opts: &RecreateOptions) -> Result<(), String> {
+    let first = docker
+        .inspect_container(id, None)
+        .await
+        .map_err(|e| format!("cannot inspect the new container: {e}"))?;
+    let health = first
+        .config
+        .as_ref()
+        .and_then(|c| c.healthcheck.clone())
+        .filter(|h| {
+            h.test
+                .as_ref()
+                .is_some_and(|t| !t.is_empty() && t[0] != "NONE")
+        });
+    let started_at = first.state.as_ref().and_then(|s| s.started_at.clone());
+    let restarts = first.restart_count;
+    let begin = Instant::now();
+    match health {
+        Some(h) => {
+            let bound = opts.health_timeout.unwrap_or_else(|| health_bound(&h));
+            loop {
+                let info = inspect(docker, id).await?;
+                check_alive(&info, &started_at, restarts)?;
+                let health = info.state.as_ref().and_then(|s| s.health.as_ref());
+                match health.and_then(|h| h.status) {
+                    Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                    Some(HealthStatusEnum::UNHEALTHY) => {
+                        let out = health
+                            .and_then(|h| h.log.as_ref())
+                            .and_then(|l| l.last())
+                            .and_then(|r| r.output.clone())
+                            .unwrap_or_default();
+                        return Err(format!(
+                            "the new container became unhealthy (last check: {})",
+                            out.trim()
+                        ));
+                    }
+                    _ => {}
+                }
+                if begin.elapsed() >= bound {
+                    return Err(format!(
+                        "the new container was not healthy within {}",
+                        humantime::format_duration(bound)
+                    ));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        None => loop {
+            let info = inspect(docker, id).await?;
+            check_alive(&info, &started_at, restarts)?;
+            if begin.elapsed() >= opts.settle {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL.min(opts.settle)).await;
+        },
+    }
+}
+
+async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInspectResponse, String> {
+    docker
+        .inspect_container(id, None)
+        .await
+        .map_err(|e| format!("cannot inspect the new container: {e}"))
+}
+
+/// Fail when the container stopped, or was restarted by its restart policy since we started it.
+fn check_alive(
+    info: &ContainerInspectResponse,
+    started_at: &Option<String>,
+    restarts: Option<i64>,
+) -> Result<(), String> {
+    let state = info.state.as_ref();
+    let running = state.and_then(|s| s.running) == Some(true);
+    let code = state.and_then(|s| s.exit_code).unwrap_or_default();
+    if !running {
+        return Err(format!("the new container exited (code {code})"));
+    }
+    if info.restart_count != restarts || state.and_then(|s| s.started_at.clone()) != *started_at {
+        return Err("the new container exited and was restarted by its restart policy".into());
+    }
+    Ok(())
+}
+
+/// The longest a healthcheck can take to decide: start period, then `retries` failed probes,
+/// each taking up to its timeout plus the interval; plus a little slack for the engine.
+pub(super) fn health_bound(h: &bollard::models::HealthConfig) -> Duration {
+    let d = |ns: Option<i64>, default: Duration| match ns {
+        Some(n) if n > 0 => Duration::from_nanos(n as u64),
+        _ => default,
+    };
+    let interval = d(h.interval, DEFAULT_INTERVAL);
+    let timeout = d(h.timeout, DEFAULT_TIMEOUT);
+    let start = d(h.start_period, Duration::ZERO);
+    let retries = match h.retries {
+        Some(r) if r > 0 => r as u32,
+        _ => DEFAULT_RETRIES,
+    };
+    start + (interval + timeout) * retries + Duration::from_secs(2)
+}
+
+/// The last lines the container wrote (stdout and stderr), best effort.
+async fn last_logs(docker: &Docker, id: &str) -> Vec<String> {
+    let opts = LogsOptions {
+        stdout: true,
+        stderr: true,
+        tail: LOG_LINES.to_string(),
+        ..Default::default()
+    };
+    let mut stream = docker.logs(id, Some(opts));
+    let mut text = String::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(out) => text.push_str(&String::from_utf8_lossy(&out.into_bytes())),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the new container's logs");
+                break;
+            }
+        }
+    }
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let skip = lines.len().saturating_sub(LOG_LINES);
+    lines.into_iter().skip(skip).collect()
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::HealthConfig;
+
+    #[test]
+    fn health_bound_uses_the_containers_settings_and_docker_defaults() {
+        let s = 1_000_000_000;
+        let h = HealthConfig {
+            interval: Some(2 * s),
+            timeout: Some(s),
+            retries: Some(2),
+            start_period: Some(5 * s),
+            ..Default::default()
+        };
+        assert_eq!(health_bound(&h), Duration::from_secs(5 + 3 * 2 + 2));
+        assert_eq!(
+            health_bound(&HealthConfig::default()),
+            Duration::from_secs(60 * 3 + 2)
+        );
+    }
+}

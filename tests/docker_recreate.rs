@@ -1,0 +1,833 @@
+//! `sync` recreating containers on the real Docker engine: everything preserved but the one
+//! variable, the health gate and roll back, drift, and compose services (gated by
+//! AUDSYNC_DOCKER_TESTS=1).
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::require_docker;
+use crate::support::cloudflare::{FakeCloudflare, app, aud};
+use crate::support::docker::{
+    Docker, docker, docker_try, env_of, exec, free_port, id_of, image, inspect, started_at,
+    wait_healthy,
+};
+use crate::support::{Run, Sandbox, run};
+
+const HOST: &str = "api.example.com";
+const KEY: &str = "CLOUDFLARE_AUD_TAG";
+/// The lambda-server stand-in: serves HTTP on 8080, logs its AUD, leaves on SIGTERM or on its
+/// stop signal SIGUSR1 (noting that in /named/stops when that volume exists).
+const SERVER: &str = "trap 'echo stopped-by-USR1 >> /named/stops; exit 0' USR1; \
+                      trap 'exit 0' TERM; \
+                      echo \"lambda-server starting with audience $CLOUDFLARE_AUD_TAG\"; \
+                      httpd -f -p 8080 -h /www & wait";
+
+fn setup() -> (FakeCloudflare, Sandbox, Docker) {
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env(&format!("{KEY}=old\n"));
+    (cf, sb, Docker::new())
+}
+
+fn sync(sb: &Sandbox, targets: &[&str], extra: &[&str]) -> Run {
+    let mut c = sb.cmd();
+    c.args(["sync", "--domain", HOST, "--output", "json"]);
+    for t in targets {
+        c.args(["--container", t]);
+    }
+    c.args(extra);
+    run(&mut c)
+}
+
+fn json_of(r: &Run) -> Value {
+    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
+}
+
+/// `GET /` on 127.0.0.1:port from the host.
+fn http_get(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Fields of `docker inspect` that belong to the container instance, not to its
+/// configuration, and so must differ (or may) after a recreate.
+const RUNTIME_FIELDS: &[(&str, &str)] = &[
+    ("Id", "a new container has a new id"),
+    ("Created", "creation time of the new container"),
+    (
+        "State",
+        "process state: pid, start time, health log of the new process",
+    ),
+    (
+        "ResolvConfPath",
+        "a per-container file under /var/lib/docker/containers/<id>",
+    ),
+    (
+        "HostnamePath",
+        "a per-container file under /var/lib/docker/containers/<id>",
+    ),
+    (
+        "HostsPath",
+        "a per-container file under /var/lib/docker/containers/<id>",
+    ),
+    (
+        "LogPath",
+        "a per-container file under /var/lib/docker/containers/<id>",
+    ),
+    ("RestartCount", "a counter of the old container's restarts"),
+    ("GraphDriver", "the new container's own writable layer"),
+    ("ExecIDs", "exec sessions run in the old container"),
+    ("SizeRw", "size of the writable layer (only with --size)"),
+    (
+        "SizeRootFs",
+        "size of the root file system (only with --size)",
+    ),
+    // Compared below, field by field, without their runtime parts.
+    (
+        "Config",
+        "compared below: Env (only the key changes) and Hostname (the short id)",
+    ),
+    (
+        "HostConfig",
+        "compared below: Binds gains the anonymous volume, mounted by name",
+    ),
+    (
+        "NetworkSettings",
+        "compared below: addresses, endpoint and sandbox ids are runtime",
+    ),
+    ("Mounts", "compared below, as (type, name, destination, rw)"),
+];
+
+/// Per network: what the user configured. Addresses, MAC, endpoint ids are runtime.
+fn user_network_settings(v: &Value) -> Value {
+    let short = v["Id"].as_str().unwrap_or_default()[..12].to_string();
+    let mut out = serde_json::Map::new();
+    for (name, ep) in v["NetworkSettings"]["Networks"].as_object().unwrap() {
+        let aliases: Vec<Value> = ep["Aliases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a.as_str() != Some(short.as_str()))
+            .cloned()
+            .collect();
+        // `docker network connect` records an empty object where `docker run` records null;
+        // both mean "none set".
+        let set = |v: &Value| match v {
+            Value::Object(o) if o.is_empty() => Value::Null,
+            other => other.clone(),
+        };
+        out.insert(
+            name.clone(),
+            json!({
+                "NetworkID": ep["NetworkID"],
+                "Aliases": aliases,
+                "IPAMConfig": set(&ep["IPAMConfig"]),
+                "Links": set(&ep["Links"]),
+                "DriverOpts": set(&ep["DriverOpts"]),
+            }),
+        );
+    }
+    json!({ "Networks": out, "Ports": v["NetworkSettings"]["Ports"] })
+}
+
+fn mounts(v: &Value) -> Vec<(String, String, String, bool)> {
+    let mut m: Vec<_> = v["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["Type"].as_str().unwrap_or_default().to_string(),
+                m["Name"].as_str().unwrap_or_default().to_string(),
+                m["Destination"].as_str().unwrap_or_default().to_string(),
+                m["RW"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    m.sort_by(|a, b| a.2.cmp(&b.2));
+    m
+}
+
+/// Assert that `after` is `before` with only `KEY` changed to `value`, field by field.
+fn assert_same_but_the_key(before: &Value, after: &Value, value: &str) {
+    let excluded: Vec<&str> = RUNTIME_FIELDS.iter().map(|(f, _)| *f).collect();
+    let (b, a) = (before.as_object().unwrap(), after.as_object().unwrap());
+    let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    for k in keys {
+        if !excluded.contains(&k.as_str()) {
+            assert_eq!(b.get(k), a.get(k), "inspect field {k} changed");
+        }
+    }
+    // Config: every field the same, but Env (one entry) and Hostname (each its own short id).
+    let (bc, ac) = (&before["Config"], &after["Config"]);
+    for (k, bv) in bc.as_object().unwrap() {
+        match k.as_str() {
+            "Env" => {
+                let expected: Vec<Value> = bv
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| match e.as_str() {
+                        Some(s) if s.starts_with(&format!("{KEY}=")) => {
+                            json!(format!("{KEY}={value}"))
+                        }
+                        _ => e.clone(),
+                    })
+                    .collect();
+                assert_eq!(ac["Env"], json!(expected), "Config.Env: only {KEY} changes");
+            }
+            "Hostname" => {
+                assert_eq!(bv.as_str(), before["Id"].as_str().map(|s| &s[..12]));
+                assert_eq!(
+                    ac["Hostname"].as_str(),
+                    after["Id"].as_str().map(|s| &s[..12]),
+                    "the generated hostname is the new container's, not the old id"
+                );
+            }
+            _ => assert_eq!(Some(bv), ac.get(k), "Config.{k} changed"),
+        }
+    }
+    // HostConfig: the same, except the anonymous volume now mounted by name.
+    let anon: Vec<String> = before["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            let dest = m["Destination"].as_str().unwrap_or_default();
+            m["Type"] == "volume"
+                && !before["HostConfig"]["Binds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|b| b.as_str().is_some_and(|b| b.ends_with(&format!(":{dest}"))))
+        })
+        .map(|m| {
+            format!(
+                "{}:{}",
+                m["Name"].as_str().unwrap(),
+                m["Destination"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut expected_hc = before["HostConfig"].clone();
+    let binds = expected_hc["Binds"].as_array().cloned().unwrap_or_default();
+    expected_hc["Binds"] = json!(
+        binds
+            .into_iter()
+            .chain(anon.iter().map(|a| json!(a)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(after["HostConfig"], expected_hc, "HostConfig");
+    assert_eq!(
+        user_network_settings(after),
+        user_network_settings(before),
+        "networks: aliases, static addresses, links, driver options, published ports"
+    );
+    assert_eq!(
+        mounts(after),
+        mounts(before),
+        "the same volumes at the same places"
+    );
+}
+
+#[test]
+fn recreate_preserves_everything_but_the_key() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let net = d.network("net");
+    let net2 = d.network("net2");
+    let vol = d.volume("named");
+    let port = free_port();
+    std::fs::write(
+        sb.path("app.env"),
+        format!("{KEY}=old\nAPP_MODE=production\n"),
+    )
+    .unwrap();
+    let app_env = sb.path("app.env");
+    let publish = format!("127.0.0.1:{port}:8080");
+    let named = format!("{vol}:/named");
+    let c = d.run(
+        "lambda",
+        &[
+            "--network",
+            &net,
+            "--network-alias",
+            "lambda-alias",
+            "-p",
+            &publish,
+            "-v",
+            &named,
+            "-v",
+            "/anon",
+            "--label",
+            "com.example.team=api",
+            "--label",
+            "com.docker.compose.service=lambda-server",
+            "--restart",
+            "unless-stopped",
+            "--env-file",
+            app_env.to_str().unwrap(),
+            "--health-cmd",
+            "wget -q -O /dev/null http://127.0.0.1:8080/ || exit 1",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "3",
+            "--health-start-period",
+            "1s",
+            "--stop-signal",
+            "SIGUSR1",
+            "--stop-timeout",
+            "7",
+            "--cap-add",
+            "SYS_TIME",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--workdir",
+            "/www",
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    docker(&["network", "connect", "--alias", "second-alias", &net2, &c]);
+    wait_healthy(&c, Duration::from_secs(30));
+    let (code, _) = exec(&c, "echo named-data > /named/f && echo anon-data > /anon/f");
+    assert_eq!(code, 0);
+    let before = inspect(&c);
+
+    let r = sync(&sb, &[&c], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = json_of(&r);
+    assert_eq!(j["containers"][0]["action"], "recreate", "{r:?}");
+    assert_eq!(j["containers"][0]["result"], "done");
+    assert!(
+        j["containers"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("environment carries CLOUDFLARE_AUD_TAG"),
+        "{r:?}"
+    );
+
+    let after = inspect(&c);
+    assert_ne!(after["Id"], before["Id"], "a new container");
+    assert_eq!(env_of(&c, KEY), Some(aud(2)));
+    assert_eq!(env_of(&c, "APP_MODE").as_deref(), Some("production"));
+    assert_same_but_the_key(&before, &after, &aud(2));
+    assert_eq!(
+        after["State"]["Health"]["Status"], "healthy",
+        "waited for health"
+    );
+    assert_eq!(after["State"]["Running"], true);
+    assert_eq!(d.containers(), vec![c.clone()], "the old container is gone");
+
+    // Data in both volumes is still there; the old one was stopped with its own stop signal.
+    assert_eq!(
+        exec(&c, "cat /named/f /anon/f"),
+        (0, "named-data\nanon-data\n".into())
+    );
+    assert_eq!(
+        exec(&c, "cat /named/stops"),
+        (0, "stopped-by-USR1\n".into())
+    );
+    // The aliases resolve from another container, on both networks; the port is published.
+    for (network, alias) in [(&net, "lambda-alias"), (&net2, "second-alias")] {
+        let (code, out) = docker_try(&[
+            "run",
+            "--rm",
+            "--network",
+            network,
+            &image(),
+            "wget",
+            "-q",
+            "-O-",
+            &format!("http://{alias}:8080/"),
+        ]);
+        assert_eq!((code, out.trim()), (0, "ok"), "{alias} on {network}");
+    }
+    assert!(http_get(port).ends_with("ok\n"), "published port answers");
+}
+
+#[test]
+fn a_new_container_that_turns_unhealthy_is_rolled_back() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let bad = format!("BAD_AUD={}", aud(2));
+    let c = d.run(
+        "lambda",
+        &[
+            "-e",
+            &format!("{KEY}=old"),
+            "-e",
+            &bad,
+            "--health-cmd",
+            "if [ \"$CLOUDFLARE_AUD_TAG\" = \"$BAD_AUD\" ]; then echo audience rejected; exit 1; fi",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "2",
+            &image(),
+            "sh",
+            "-c",
+            &format!(
+                "{SERVER_BAD_LOG}; {SERVER}"
+            ),
+        ],
+    );
+    wait_healthy(&c, Duration::from_secs(30));
+    let id = id_of(&c);
+
+    let r = sync(&sb, &[&c], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("became unhealthy"), "{r:?}");
+    assert!(r.stderr.contains("rolled back"), "{r:?}");
+    assert!(
+        r.stderr.contains("FATAL: this audience is not ours"),
+        "the new container's log lines are quoted: {r:?}"
+    );
+    assert!(r.stderr.contains("WAS written"), "{r:?}");
+    assert_eq!(sb.read_env(), format!("{KEY}={}\n", aud(2)));
+
+    // The old container is back: same id, its name, running, old value; nothing else is left.
+    assert_eq!(id_of(&c), id);
+    assert_eq!(inspect(&c)["State"]["Running"], true);
+    assert_eq!(env_of(&c, KEY).as_deref(), Some("old"));
+    assert_eq!(d.containers(), vec![c.clone()]);
+}
+
+/// Logs the complaint a real server would make about the new value.
+const SERVER_BAD_LOG: &str =
+    "[ \"$CLOUDFLARE_AUD_TAG\" = \"$BAD_AUD\" ] && echo 'FATAL: this audience is not ours'";
+
+#[test]
+fn a_new_container_that_exits_is_rolled_back() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let bad = format!("BAD_AUD={}", aud(2));
+    let script = format!(
+        "if [ \"$CLOUDFLARE_AUD_TAG\" = \"$BAD_AUD\" ]; then echo 'cannot start: bad audience'; exit 3; fi; {SERVER}"
+    );
+    let c = d.run(
+        "lambda",
+        &[
+            "-e",
+            &format!("{KEY}=old"),
+            "-e",
+            &bad,
+            &image(),
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let id = id_of(&c);
+    let r = sync(&sb, &[&c], &["--settle", "3s"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("exited (code 3)"), "{r:?}");
+    assert!(r.stderr.contains("cannot start: bad audience"), "{r:?}");
+    assert_eq!(id_of(&c), id);
+    assert_eq!(inspect(&c)["State"]["Running"], true);
+    assert_eq!(env_of(&c, KEY).as_deref(), Some("old"));
+    assert_eq!(d.containers(), vec![c.clone()]);
+}
+
+#[test]
+fn drift_is_converged_and_a_second_sync_does_nothing() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let args = |d: &Docker| {
+        d.run(
+            "lambda",
+            &["-e", &format!("{KEY}=old"), &image(), "sh", "-c", SERVER],
+        )
+    };
+    let c = args(&d);
+    let r = sync(&sb, &[&c], &["--settle", "1s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(env_of(&c, KEY), Some(aud(2)));
+
+    // Second run: nothing to do, nothing touched.
+    let (id, started) = (id_of(&c), started_at(&c));
+    let r = sync(&sb, &[&c], &["--settle", "1s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = json_of(&r);
+    assert_eq!(j["status"], "in_sync", "{r:?}");
+    assert_eq!(j["containers"][0]["action"], "none");
+    assert_eq!((id_of(&c), started_at(&c)), (id, started));
+
+    // Someone recreates it by hand with the old value: the sink is in sync, the container is not.
+    docker(&["rm", "-f", &c]);
+    args(&d);
+    let r = sync(&sb, &[&c], &["--settle", "1s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = json_of(&r);
+    assert_eq!(j["changed"], false, "no write was needed");
+    assert_eq!(j["containers"][0]["action"], "recreate");
+    assert!(
+        j["containers"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("drifted"),
+        "{r:?}"
+    );
+    assert_eq!(env_of(&c, KEY), Some(aud(2)));
+}
+
+#[test]
+fn dry_run_says_per_container_what_and_why() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let baked = d.run(
+        "baked",
+        &["-e", &format!("{KEY}=old"), &image(), "sh", "-c", SERVER],
+    );
+    let reads = d.run("reads", &[&image(), "sh", "-c", SERVER]);
+    let ids = (id_of(&baked), started_at(&reads));
+    let r = sync(&sb, &[&baked, &reads], &["--dry-run"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let j = json_of(&r);
+    let (a, b) = (&j["containers"][0], &j["containers"][1]);
+    assert_eq!(
+        (a["action"].as_str(), a["result"].as_str()),
+        (Some("recreate"), Some("planned"))
+    );
+    assert!(
+        a["reason"]
+            .as_str()
+            .unwrap()
+            .contains("its environment carries CLOUDFLARE_AUD_TAG"),
+        "{a}"
+    );
+    assert_eq!(b["action"], "restart");
+    assert!(
+        b["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no CLOUDFLARE_AUD_TAG in its environment"),
+        "{b}"
+    );
+    assert_eq!(
+        (id_of(&baked), started_at(&reads)),
+        ids,
+        "dry run touches nothing"
+    );
+    assert_eq!(sb.read_env(), format!("{KEY}=old\n"));
+
+    // With the sink in sync, a container still holding the old value is drift.
+    sb.write_env(&format!("{KEY}={}\n", aud(2)));
+    let r = sync(&sb, &[&baked, &reads], &["--dry-run"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let j = json_of(&r);
+    assert_eq!(j["containers"][0]["action"], "recreate");
+    assert!(
+        j["containers"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("drifted"),
+        "{j}"
+    );
+    assert_eq!(j["containers"][1]["action"], "none");
+
+    // The text output carries the same reasons.
+    let mut cmd = sb.cmd();
+    cmd.args(["sync", "--domain", HOST, "--dry-run", "--container", &baked]);
+    let r = run(&mut cmd);
+    assert!(
+        r.stdout
+            .contains(&format!("container {baked}: recreate (drifted")),
+        "{r:?}"
+    );
+}
+
+fn compose_file() -> String {
+    format!(
+        r#"version: "2.4"
+services:
+  lambda-server:
+    image: {image}
+    command: ["sh", "-c", "{server}"]
+    env_file: .env
+    environment:
+      CLOUDFLARE_AUD_TAG: ${{CLOUDFLARE_AUD_TAG}}
+      BAD_AUD: "${{BAD_AUD:-none}}"
+    healthcheck:
+      test: ["CMD-SHELL", "[ \"$$CLOUDFLARE_AUD_TAG\" != \"$$BAD_AUD\" ] && wget -q -O /dev/null http://127.0.0.1:8080/"]
+      interval: 1s
+      retries: 2
+    volumes:
+      - /data
+"#,
+        image = image(),
+        server = SERVER.replace('"', "\\\"").replace('$', "$$"),
+    )
+}
+
+fn compose(sb: &Sandbox, project: &str, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("docker-compose")
+        .args(["-p", project])
+        .args(args)
+        .current_dir(sb.dir())
+        .output()
+        .expect("docker-compose");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn service_containers(project: &str) -> Vec<String> {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        "label=com.docker.compose.service=lambda-server",
+        "--format",
+        "{{.Names}}",
+    ]);
+    let mut v: Vec<String> = out.lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_compose_service_is_recreated_one_container_at_a_time() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let project = d.prefix.clone();
+    std::fs::write(sb.path("docker-compose.yml"), compose_file()).unwrap();
+    d.compose_project(sb.dir(), &project);
+    let (code, out) = compose(&sb, &project, &["up", "-d", "--scale", "lambda-server=2"]);
+    assert_eq!(code, 0, "{out}");
+    let names = service_containers(&project);
+    assert_eq!(names.len(), 2, "{names:?}");
+    for n in &names {
+        wait_healthy(n, Duration::from_secs(30));
+        assert_eq!(exec(n, "echo kept > /data/f").0, 0);
+    }
+    let ids: Vec<String> = names.iter().map(|n| id_of(n)).collect();
+
+    let service = format!("{project}/lambda-server");
+    let r = sync(&sb, &[], &["--compose-service", &service]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = json_of(&r);
+    assert_eq!(j["containers"].as_array().unwrap().len(), 2, "{r:?}");
+    assert_eq!(
+        service_containers(&project),
+        names,
+        "same names, nothing left over"
+    );
+    for (n, id) in names.iter().zip(&ids) {
+        assert_ne!(&id_of(n), id, "{n} was recreated");
+        assert_eq!(env_of(n, KEY), Some(aud(2)));
+        assert_eq!(
+            exec(n, "cat /data/f"),
+            (0, "kept\n".into()),
+            "anonymous volume kept"
+        );
+        let labels = &inspect(n)["Config"]["Labels"];
+        assert_eq!(labels["com.docker.compose.service"], "lambda-server");
+    }
+
+    // Compose still manages the project; its next `up` keeps the new value.
+    let (code, out) = compose(&sb, &project, &["up", "-d", "--scale", "lambda-server=2"]);
+    assert_eq!(code, 0, "{out}");
+    let names = service_containers(&project);
+    assert_eq!(names.len(), 2, "{names:?}");
+    for n in &names {
+        assert_eq!(env_of(n, KEY), Some(aud(2)));
+        assert_eq!(inspect(n)["State"]["Running"], true);
+    }
+    d.note_volumes();
+    let (code, out) = compose(&sb, &project, &["down", "-v"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn a_failure_in_a_compose_service_stops_the_rest_of_it() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let project = d.prefix.clone();
+    std::fs::write(sb.path("docker-compose.yml"), compose_file()).unwrap();
+    // BAD_AUD is the value about to arrive: every new container turns unhealthy.
+    let mut env = std::fs::read_to_string(sb.env_path()).unwrap();
+    env.push_str(&format!("BAD_AUD={}\n", aud(2)));
+    sb.write_env(&env);
+    d.compose_project(sb.dir(), &project);
+    let (code, out) = compose(&sb, &project, &["up", "-d", "--scale", "lambda-server=2"]);
+    assert_eq!(code, 0, "{out}");
+    let names = service_containers(&project);
+    for n in &names {
+        wait_healthy(n, Duration::from_secs(30));
+    }
+    let ids: Vec<String> = names.iter().map(|n| id_of(n)).collect();
+
+    let service = format!("{project}/lambda-server");
+    let r = sync(&sb, &[], &["--compose-service", &service]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let j = json_of(&r);
+    let results: Vec<&str> = j["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, vec!["failed", "skipped"], "{r:?}");
+    assert!(
+        j["containers"][1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not attempted"),
+        "{r:?}"
+    );
+    assert_eq!(service_containers(&project), names);
+    for (n, id) in names.iter().zip(&ids) {
+        assert_eq!(&id_of(n), id, "{n} is the original container");
+        assert_eq!(env_of(n, KEY).as_deref(), Some("old"));
+        assert_eq!(inspect(n)["State"]["Running"], true);
+    }
+}
+
+#[test]
+fn an_unknown_compose_service_is_a_clear_error() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let service = format!("{}/nothing", d.prefix);
+    let mut sb = sb;
+    sb.var("AUDSYNC_COMPOSE_SERVICE", &service);
+    let r = sync(&sb, &[], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("compose service {service} has no containers")),
+        "{r:?}"
+    );
+    sb.unset("AUDSYNC_COMPOSE_SERVICE");
+    let r = sync(&sb, &[], &["--compose-service", "no-slash"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("expected PROJECT/SERVICE"), "{r:?}");
+}
+
+#[test]
+fn no_secret_from_a_container_environment_is_logged_at_vvv() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    // A container fed from the same .env (compose `env_file: .env`) holds the API token.
+    let token = format!("CLOUDFLARE_API_TOKEN={}", crate::support::cloudflare::TOKEN);
+    let c = d.run(
+        "lambda",
+        &[
+            "-e",
+            &format!("{KEY}=old"),
+            "-e",
+            &token,
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    let r = sync(&sb, &[&c], &["-vvv", "--settle", "1s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("recreating"),
+        "-vvv logs the steps: {r:?}"
+    );
+    for out in [&r.stdout, &r.stderr] {
+        assert!(!out.contains(crate::support::cloudflare::TOKEN), "{r:?}");
+    }
+}
+
+#[test]
+fn a_stopped_container_is_recreated_and_left_stopped() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let c = d.name("stopped");
+    docker(&[
+        "create",
+        "--name",
+        &c,
+        "-e",
+        &format!("{KEY}=old"),
+        &image(),
+        "sh",
+        "-c",
+        SERVER,
+    ]);
+    let id = id_of(&c);
+    let r = sync(&sb, &[&c], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_ne!(id_of(&c), id);
+    assert_eq!(env_of(&c, KEY), Some(aud(2)));
+    assert_eq!(
+        inspect(&c)["State"]["Running"],
+        false,
+        "it was not running before"
+    );
+    assert_eq!(d.containers(), vec![c.clone()]);
+}
+
+#[test]
+fn a_container_run_with_rm_is_not_recreated() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let c = d.run(
+        "ephemeral",
+        &[
+            "--rm",
+            "-e",
+            &format!("{KEY}=old"),
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    let id = id_of(&c);
+    let r = sync(&sb, &[&c], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--rm (AutoRemove)"), "{r:?}");
+    assert_eq!((id_of(&c), env_of(&c, KEY)), (id, Some("old".into())));
+    assert_eq!(inspect(&c)["State"]["Running"], true);
+}
+
+#[test]
+fn the_health_wait_is_bounded_by_health_timeout() {
+    require_docker!();
+    let (_cf, mut sb, d) = setup();
+    // The first probe only runs after a minute: the new container stays `starting`.
+    let c = d.run(
+        "slow",
+        &[
+            "-e",
+            &format!("{KEY}=old"),
+            "--health-cmd",
+            "true",
+            "--health-interval",
+            "60s",
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    let id = id_of(&c);
+    sb.var("AUDSYNC_HEALTH_TIMEOUT", "2s");
+    let started = std::time::Instant::now();
+    let r = sync(&sb, &[&c], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("was not healthy within 2s"), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "bounded by 2s, not by the check"
+    );
+    assert_eq!((id_of(&c), env_of(&c, KEY)), (id, Some("old".into())));
+    assert_eq!(inspect(&c)["State"]["Running"], true);
+}

@@ -1,0 +1,245 @@
+//! Helpers for tests against the real Docker engine, through the `docker` CLI.
+//!
+//! Every container, network and volume a test makes is named with a per-run unique prefix and
+//! removed when the [`Docker`] guard drops (also on panic), together with the volumes those
+//! containers mounted (anonymous ones included) and any compose project started through it.
+//! Tests only run when `AUDSYNC_DOCKER_TESTS=1` (scripts/test.sh sets it).
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Skip the calling test (with a note on stderr) unless the engine tests are enabled.
+#[macro_export]
+macro_rules! require_docker {
+    () => {
+        if !$crate::support::docker::enabled() {
+            eprintln!(
+                "skipped: needs the Docker engine; set AUDSYNC_DOCKER_TESTS=1 (scripts/test.sh does)"
+            );
+            return;
+        }
+    };
+}
+
+pub fn enabled() -> bool {
+    std::env::var("AUDSYNC_DOCKER_TESTS").as_deref() == Ok("1")
+}
+
+/// The local test image (busybox-static), built by scripts/test-image.sh.
+pub fn image() -> String {
+    std::env::var("AUDSYNC_TEST_IMAGE").unwrap_or_else(|_| "audsync-test/busybox:1".into())
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Run `docker args`; panic with its stderr when it fails.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("cannot run the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Run `docker args`, returning (exit code, stdout + stderr).
+pub fn docker_try(args: &[&str]) -> (i32, String) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("cannot run the docker CLI");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A guard owning everything one test made on the engine.
+pub struct Docker {
+    pub prefix: String,
+    networks: RefCell<Vec<String>>,
+    volumes: RefCell<Vec<String>>,
+    compose: RefCell<Vec<(PathBuf, String)>>,
+}
+
+impl Docker {
+    pub fn new() -> Docker {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        Docker {
+            prefix: format!(
+                "audsynct{}x{n}x{:04x}",
+                std::process::id(),
+                fastrand::u16(..)
+            ),
+            networks: RefCell::default(),
+            volumes: RefCell::default(),
+            compose: RefCell::default(),
+        }
+    }
+
+    /// A unique name for a thing called `what` in this test.
+    pub fn name(&self, what: &str) -> String {
+        format!("{}-{what}", self.prefix)
+    }
+
+    /// `docker run -d --name <prefix>-<what> <args…>`; returns the name.
+    pub fn run(&self, what: &str, args: &[&str]) -> String {
+        let name = self.name(what);
+        let mut all = vec!["run", "-d", "--name", &name];
+        all.extend_from_slice(args);
+        docker(&all);
+        name
+    }
+
+    pub fn network(&self, what: &str) -> String {
+        let name = self.name(what);
+        docker(&["network", "create", &name]);
+        self.networks.borrow_mut().push(name.clone());
+        name
+    }
+
+    pub fn volume(&self, what: &str) -> String {
+        let name = self.name(what);
+        docker(&["volume", "create", &name]);
+        self.volumes.borrow_mut().push(name.clone());
+        name
+    }
+
+    /// Remember a compose project to bring down (with its volumes) on drop.
+    pub fn compose_project(&self, dir: &Path, project: &str) {
+        self.compose
+            .borrow_mut()
+            .push((dir.to_path_buf(), project.to_string()));
+    }
+
+    /// Remember, for removal on drop, every volume this test's containers mount (anonymous
+    /// ones included: after a recreate they are mounted by name, so `rm -v` and
+    /// `compose down -v` keep them). Call before removing containers by other means.
+    pub fn note_volumes(&self) {
+        for c in self.containers() {
+            let Ok(v) = inspect_try(&c) else { continue };
+            for m in v["Mounts"].as_array().into_iter().flatten() {
+                if m["Type"] == "volume"
+                    && let Some(n) = m["Name"].as_str()
+                {
+                    self.volumes.borrow_mut().push(n.to_string());
+                }
+            }
+        }
+    }
+
+    /// Names of every container (any state) whose name starts with this test's prefix.
+    pub fn containers(&self) -> Vec<String> {
+        docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("name={}", self.prefix),
+            "--format",
+            "{{.Names}}",
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        // Note every volume first: once compose is down its containers can no longer say which
+        // anonymous volumes they had (mounted by name after a recreate, `down -v` keeps them).
+        self.note_volumes();
+        for (dir, project) in self.compose.borrow().iter() {
+            let _ = Command::new("docker-compose")
+                .args(["-p", project, "down", "-v", "--remove-orphans"])
+                .current_dir(dir)
+                .output();
+        }
+        let names = self.containers();
+        if !names.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(names.iter().map(String::as_str));
+            let _ = docker_try(&args);
+        }
+        for n in self.networks.borrow().iter() {
+            let _ = docker_try(&["network", "rm", n]);
+        }
+        let mut volumes = self.volumes.borrow().clone();
+        volumes.sort();
+        volumes.dedup();
+        for v in &volumes {
+            let _ = docker_try(&["volume", "rm", v]);
+        }
+    }
+}
+
+fn inspect_try(name: &str) -> Result<Value, String> {
+    let (code, out) = docker_try(&["inspect", "--type", "container", name]);
+    if code != 0 {
+        return Err(out);
+    }
+    let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    Ok(v[0].clone())
+}
+
+/// `docker inspect` of one container.
+pub fn inspect(name: &str) -> Value {
+    inspect_try(name).unwrap_or_else(|e| panic!("docker inspect {name}: {e}"))
+}
+
+/// The value of `key` in the container's configured environment.
+pub fn env_of(name: &str, key: &str) -> Option<String> {
+    let v = inspect(name);
+    v["Config"]["Env"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+pub fn started_at(name: &str) -> String {
+    inspect(name)["State"]["StartedAt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn id_of(name: &str) -> String {
+    inspect(name)["Id"].as_str().unwrap_or_default().to_string()
+}
+
+/// `docker exec name sh -c script` -> (exit code, output).
+pub fn exec(name: &str, script: &str) -> (i32, String) {
+    docker_try(&["exec", name, "sh", "-c", script])
+}
+
+/// Wait until the container's health is `healthy` (panics after `limit`).
+pub fn wait_healthy(name: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let v = inspect(name);
+        if v["State"]["Health"]["Status"] == "healthy" {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{name} not healthy within {limit:?}: {}",
+            v["State"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (for publishing a container port at a fixed address).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
