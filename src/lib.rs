@@ -16,6 +16,7 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod sync;
+pub mod watch;
 
 use cli::{Cli, Command, LogFormat, Output};
 use config::Env;
@@ -66,6 +67,22 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
                 report_error(e, report.hint.as_deref(), output);
             }
             report.exit_code
+        }
+        Command::Watch(args) => watch::run(args, env, std::env::args_os().collect()).await,
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "audsync", &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: cannot write the man page: {e}");
+                    exit::FAILURE
+                }
+            }
         }
         Command::Get(args) => match get(&args, &env).await {
             Ok(aud) => {
