@@ -5,3 +5,4 @@ mod support;
 mod cli_sync;
 mod docker_restart;
 mod envfile_prop;
+mod watch;

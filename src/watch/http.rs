@@ -77,6 +77,9 @@ impl Telemetry {
             "Reconcile passes run, by status (in_sync, changed, pending, failed)",
             passes.clone(),
         );
+        for status in ["in_sync", "changed", "pending", "failed"] {
+            let _ = passes.get_or_create(&[("status", status)]);
+        }
         let failures = Family::<Labels1, Counter>::default();
         registry.register(
             "audsync_pass_failures",
