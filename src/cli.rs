@@ -78,8 +78,16 @@ pub enum Command {
     Watch(WatchArgs),
     /// Print a shell completion script, e.g. audsync completions bash > /etc/bash_completion.d/audsync
     Completions(CompletionsArgs),
-    /// Print the man page (roff) on stdout, e.g. audsync man > /usr/local/share/man/man1/audsync.1
-    Man,
+    /// Print the man page (roff) on stdout, e.g. audsync man > /usr/local/share/man/man1/audsync.1,
+    /// or write one page per command into a directory with --out-dir.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write audsync.1 and audsync-<command>.1 into this directory instead of printing audsync.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 pub const WATCH_HELP: &str = "\

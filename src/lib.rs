@@ -77,16 +77,13 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
             clap_complete::generate(args.shell, &mut cmd, "audsync", &mut std::io::stdout());
             exit::OK
         }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-                Ok(()) => exit::OK,
-                Err(e) => {
-                    eprintln!("error: cannot write the man page: {e}");
-                    exit::FAILURE
-                }
+        Command::Man(args) => match man(args.out_dir.as_deref()) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: cannot write the man page: {e}");
+                exit::FAILURE
             }
-        }
+        },
         Command::Get(args) => match get(&args, &env).await {
             Ok(aud) => {
                 println!("{aud}");
@@ -98,6 +95,25 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
             }
         },
     }
+}
+
+/// The man page on stdout, or every page (audsync.1, audsync-<command>.1) into `dir`.
+fn man(dir: Option<&std::path::Path>) -> std::io::Result<()> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let Some(dir) = dir else {
+        return clap_mangen::Man::new(cmd).render(&mut std::io::stdout());
+    };
+    std::fs::create_dir_all(dir)?;
+    let write = |name: String, c: clap::Command| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(dir.join(format!("{name}.1")))?;
+        clap_mangen::Man::new(c).render(&mut f)
+    };
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("audsync-{}", sub.get_name());
+        write(name.clone(), sub.clone().name(name))?;
+    }
+    write("audsync".into(), cmd)
 }
 
 async fn get(args: &cli::GetArgs, env: &Env) -> Result<String, Error> {

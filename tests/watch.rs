@@ -745,4 +745,13 @@ fn completions_and_man_page_mention_the_subcommands() {
     for word in ["audsync\\-watch", "audsync\\-sync", "completions"] {
         assert!(r.stdout.contains(word), "man lacks {word}:\n{}", r.stdout);
     }
+    // One page per command, so the references above resolve.
+    let r = run(sb.cmd().args(["man", "--out-dir", "man1"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    let watch = std::fs::read_to_string(sb.path("man1/audsync-watch.1")).unwrap();
+    assert!(watch.contains(".TH audsync-watch 1"), "{watch}");
+    assert!(watch.contains("\\-\\-interval") && watch.contains("AUDSYNC_JITTER"), "{watch}");
+    for page in ["audsync.1", "audsync-sync.1", "audsync-get.1", "audsync-completions.1", "audsync-man.1"] {
+        assert!(sb.path("man1").join(page).exists(), "{page}");
+    }
 }
