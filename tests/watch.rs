@@ -755,3 +755,24 @@ fn completions_and_man_page_mention_the_subcommands() {
         assert!(sb.path("man1").join(page).exists(), "{page}");
     }
 }
+
+// ---- packaging ----
+
+/// The systemd units, compose snippet, Dockerfiles, cron line and hook in scripts/ validate,
+/// and every audsync command line in them parses with this binary.
+#[test]
+fn packaging_files_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("scripts/check-packaging.sh"))
+        .env("AUDSYNC_BIN", assert_cmd::cargo::cargo_bin("audsync"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok: all packaging files"), "{text}");
+}
