@@ -95,14 +95,19 @@ pub async fn run(args: WatchArgs, env: Env, argv: Vec<OsString>) -> u8 {
     if let Some(addr) = cfg.listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
-                let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let bound = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
                 tracing::info!(addr = %bound, "serving /healthz and /metrics");
                 tokio::spawn(http::serve(listener, telemetry.clone()));
             }
             Err(e) => {
                 crate::report_error(
                     &format!("cannot listen on {addr} (--listen / AUDSYNC_LISTEN): {e}"),
-                    Some("pick a free address and port, e.g. 127.0.0.1:9464, or leave --listen unset"),
+                    Some(
+                        "pick a free address and port, e.g. 127.0.0.1:9464, or leave --listen unset",
+                    ),
                     Output::Text,
                 );
                 return exit::USAGE;

@@ -106,7 +106,8 @@ impl Watcher {
         // Let the reader threads drain the pipes.
         std::thread::sleep(Duration::from_millis(100));
         let st = self.status.unwrap();
-        st.code().unwrap_or_else(|| panic!("killed by a signal: {st:?}\n{}", self.stderr()))
+        st.code()
+            .unwrap_or_else(|| panic!("killed by a signal: {st:?}\n{}", self.stderr()))
     }
 
     /// Wait until `cond` holds, failing the test with the log when it never does.
@@ -155,14 +156,7 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn fast(extra: &[&'static str]) -> Vec<&'static str> {
-    let mut v = vec![
-        "--restart",
-        "none",
-        "--interval",
-        "200ms",
-        "--jitter",
-        "0",
-    ];
+    let mut v = vec!["--restart", "none", "--interval", "200ms", "--jitter", "0"];
     v.extend_from_slice(extra);
     v
 }
@@ -212,7 +206,11 @@ fn rotated_aud_is_picked_up_on_the_next_tick_and_applied_once() {
         .iter()
         .filter(|l| message(l) == "AUD changed")
         .collect();
-    assert_eq!(changes.len(), 2, "old -> 2, 2 -> 3, once each: {changes:#?}");
+    assert_eq!(
+        changes.len(),
+        2,
+        "old -> 2, 2 -> 3, once each: {changes:#?}"
+    );
     let last = changes[1];
     assert_eq!(last["level"], "WARN");
     assert_eq!(last["fields"]["old"], aud(2));
@@ -220,16 +218,16 @@ fn rotated_aud_is_picked_up_on_the_next_tick_and_applied_once() {
     assert_eq!(last["span"]["name"], "pass", "logged inside the pass span");
     assert!(last["span"]["id"].as_u64().is_some(), "{last}");
     // Each pass logs its outcome with its pass id.
-    let done: Vec<&Value> = logs
-        .iter()
-        .filter(|l| message(l) == "pass done")
-        .collect();
+    let done: Vec<&Value> = logs.iter().filter(|l| message(l) == "pass done").collect();
     assert!(done.len() >= 6, "{}", w.stderr());
     let ids: Vec<u64> = done
         .iter()
         .map(|l| l["span"]["id"].as_u64().unwrap())
         .collect();
-    assert!(ids.windows(2).all(|p| p[0] < p[1]), "pass ids increase: {ids:?}");
+    assert!(
+        ids.windows(2).all(|p| p[0] < p[1]),
+        "pass ids increase: {ids:?}"
+    );
     assert_eq!(
         done.iter()
             .filter(|l| l["fields"]["status"] == "changed")
@@ -271,24 +269,31 @@ fn server_errors_are_survived_with_growing_backoff_then_recovery() {
     );
     w.expect("recovery", Duration::from_secs(60), |_| holds(&sb, &aud(2)));
     let n = cf.requests().len();
-    w.expect("a pass after recovery", LIMIT, |_| {
-        cf.requests().len() > n
-    });
+    w.expect("a pass after recovery", LIMIT, |_| cf.requests().len() > n);
     let reqs = cf.requests();
     assert!(reqs.len() >= 14, "{reqs:?}");
     // The spacing between the last call of a failed pass and the first of the next one.
     let gap = |k: usize| reqs[4 * k].at - reqs[4 * k - 1].at;
     let (g1, g2, g3) = (gap(1), gap(2), gap(3));
     let ms = Duration::from_millis;
-    assert!(g1 >= ms(300) && g2 >= ms(600) && g3 >= ms(1200), "{g1:?} {g2:?} {g3:?}");
+    assert!(
+        g1 >= ms(300) && g2 >= ms(600) && g3 >= ms(1200),
+        "{g1:?} {g2:?} {g3:?}"
+    );
     assert!(g1 < g2 && g2 < g3, "backoff grows: {g1:?} {g2:?} {g3:?}");
     let after = reqs[13].at - reqs[12].at;
-    assert!(after < g3, "after a success the interval resumes: {after:?} vs {g3:?}");
+    assert!(
+        after < g3,
+        "after a success the interval resumes: {after:?} vs {g3:?}"
+    );
     assert!(w.running());
     let log = w.stderr();
     assert!(log.contains("pass failed"), "{log}");
     assert!(log.contains("HTTP 500"), "{log}");
-    assert!(log.contains("stage=\"source\"") || log.contains("stage=source"), "{log}");
+    assert!(
+        log.contains("stage=\"source\"") || log.contains("stage=source"),
+        "{log}"
+    );
     assert!(log.contains("backing off"), "{log}");
     assert!(log.contains("failures=3"), "{log}");
     w.signal("INT");
@@ -307,7 +312,10 @@ fn sigterm_during_a_pass_exits_cleanly_after_it() {
     assert!(holds(&sb, &aud(2)), "the pass in flight was finished");
     assert_eq!(cf.requests().len(), 1, "no pass after the stop");
     let log = w.stderr();
-    assert!(log.contains("SIGTERM: stopping after the pass in flight"), "{log}");
+    assert!(
+        log.contains("SIGTERM: stopping after the pass in flight"),
+        "{log}"
+    );
     assert!(log.contains("stopped after the pass in flight"), "{log}");
 }
 
@@ -332,7 +340,8 @@ fn second_sigint_stops_at_once() {
     w.expect("the pass in flight", LIMIT, |_| !cf.requests().is_empty());
     w.signal("INT");
     w.expect("the first SIGINT noted", LIMIT, |w| {
-        w.stderr().contains("SIGINT: stopping after the pass in flight")
+        w.stderr()
+            .contains("SIGINT: stopping after the pass in flight")
     });
     assert!(w.running(), "the first SIGINT waits for the pass");
     w.signal("INT");
@@ -343,20 +352,25 @@ fn second_sigint_stops_at_once() {
 
 #[test]
 fn sighup_rereads_the_env_file_and_a_bad_reload_keeps_the_old_config() {
-    let (cf, sb) = setup(&format!(
-        "AUDSYNC_DOMAIN={HOST}\nCLOUDFLARE_AUD_TAG=old\n"
-    ));
+    let (cf, sb) = setup(&format!("AUDSYNC_DOMAIN={HOST}\nCLOUDFLARE_AUD_TAG=old\n"));
     let mut w = Watcher::start(&sb, &fast(&[]));
     w.expect("the first AUD", LIMIT, |_| holds(&sb, &aud(2)));
 
     // Point the .env at another host: nothing changes until SIGHUP.
-    sb.write_env(&format!("AUDSYNC_DOMAIN={WEB}\nCLOUDFLARE_AUD_TAG={}\n", aud(2)));
+    sb.write_env(&format!(
+        "AUDSYNC_DOMAIN={WEB}\nCLOUDFLARE_AUD_TAG={}\n",
+        aud(2)
+    ));
     let n = cf.requests().len();
     w.expect("three more passes", LIMIT, |_| cf.requests().len() >= n + 3);
     assert!(holds(&sb, &aud(2)), "no reload without SIGHUP");
     w.signal("HUP");
     w.expect("the new host's AUD", LIMIT, |_| holds(&sb, &aud(1)));
-    assert!(w.stderr().contains("configuration reloaded"), "{}", w.stderr());
+    assert!(
+        w.stderr().contains("configuration reloaded"),
+        "{}",
+        w.stderr()
+    );
 
     // A broken .env: the reload fails, the loop goes on with the previous configuration.
     sb.write_env(&format!(
@@ -367,12 +381,19 @@ fn sighup_rereads_the_env_file_and_a_bad_reload_keeps_the_old_config() {
     w.expect("the failed reload", LIMIT, |w| {
         w.stderr().contains("configuration reload failed")
     });
-    assert!(w.stderr().contains("1X"), "names the bad value: {}", w.stderr());
+    assert!(
+        w.stderr().contains("1X"),
+        "names the bad value: {}",
+        w.stderr()
+    );
     cf.set_aud(0, &aud(4));
     w.expect("the next change applied", LIMIT, |_| holds(&sb, &aud(4)));
     assert_eq!(
         sb.read_env(),
-        format!("AUDSYNC_DOMAIN={WEB}\nAUDSYNC_KEY=1X\nCLOUDFLARE_AUD_TAG={}\n", aud(4))
+        format!(
+            "AUDSYNC_DOMAIN={WEB}\nAUDSYNC_KEY=1X\nCLOUDFLARE_AUD_TAG={}\n",
+            aud(4)
+        )
     );
     w.signal("TERM");
     assert_eq!(w.wait_exit(LIMIT), 0);
@@ -398,7 +419,15 @@ fn invalid_configuration_at_startup_exits_2_with_the_fix() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let mut c = sb.cmd();
-    c.args(["watch", "--domain", HOST, "--restart", "none", "--listen", &addr]);
+    c.args([
+        "watch",
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+        "--listen",
+        &addr,
+    ]);
     let r = run(&mut c);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("--listen"), "{r:?}");
@@ -413,7 +442,9 @@ fn secrets_never_reach_the_logs_at_any_verbosity() {
     let n = cf.requests().len();
     w.expect("another pass", LIMIT, |_| cf.requests().len() > n);
     w.signal("HUP");
-    w.expect("a reload", LIMIT, |w| w.stderr().contains("configuration reloaded"));
+    w.expect("a reload", LIMIT, |w| {
+        w.stderr().contains("configuration reloaded")
+    });
     w.signal("TERM");
     assert_eq!(w.wait_exit(LIMIT), 0);
     let all = format!("{}\n{}", w.stderr(), w.stdout_lines().join("\n"));
@@ -427,7 +458,11 @@ fn secrets_never_reach_the_logs_at_any_verbosity() {
 fn http_get(addr: &str, path: &str) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
@@ -490,10 +525,21 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
         if let Some(rest) = line.strip_prefix("# ") {
             let mut parts = rest.splitn(3, ' ');
             let (kw, name, arg) = (parts.next(), parts.next(), parts.next());
-            let name = name.filter(|n| is_name(n, true)).ok_or_else(|| bad("metric name"))?;
+            let name = name
+                .filter(|n| is_name(n, true))
+                .ok_or_else(|| bad("metric name"))?;
             match (kw, arg) {
                 (Some("TYPE"), Some(t)) => {
-                    let known = ["counter", "gauge", "histogram", "summary", "info", "stateset", "gaugehistogram", "unknown"];
+                    let known = [
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "summary",
+                        "info",
+                        "stateset",
+                        "gaugehistogram",
+                        "unknown",
+                    ];
                     if !known.contains(&t) {
                         return Err(bad("unknown type"));
                     }
@@ -533,13 +579,15 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
         if vals.next().is_some() {
             return Err(bad("trailing text"));
         }
-        let family = ["_total", "_bucket", "_count", "_sum", "_created", "_info", ""]
-            .iter()
-            .find_map(|suf| {
-                let base = name.strip_suffix(suf)?;
-                types.contains_key(base).then(|| base.to_string())
-            })
-            .ok_or_else(|| bad("sample of an undeclared family"))?;
+        let family = [
+            "_total", "_bucket", "_count", "_sum", "_created", "_info", "",
+        ]
+        .iter()
+        .find_map(|suf| {
+            let base = name.strip_suffix(suf)?;
+            types.contains_key(base).then(|| base.to_string())
+        })
+        .ok_or_else(|| bad("sample of an undeclared family"))?;
         if types[&family] == "counter" && !name.ends_with("_total") && !name.ends_with("_created") {
             return Err(bad("counter sample without _total"));
         }
@@ -655,7 +703,11 @@ fn healthz_and_metrics_are_served_and_counters_move() {
         })
     });
     w.expect("two failed passes", LIMIT, |_| {
-        value(&scrape(&addr), "audsync_pass_failures_total", &[("stage", "source")]) >= 2.0
+        value(
+            &scrape(&addr),
+            "audsync_pass_failures_total",
+            &[("stage", "source")],
+        ) >= 2.0
     });
     let (code, ctype, body) = http_get(&addr, "/healthz");
     assert_eq!(code, 503, "{body}");
@@ -664,17 +716,32 @@ fn healthz_and_metrics_are_served_and_counters_move() {
     assert_eq!(h["status"], "failing", "{h}");
     assert_eq!(h["failed_stage"], "source", "{h}");
     assert!(h["consecutive_failures"].as_u64().unwrap() >= 2, "{h}");
-    assert!(!body.contains(TOKEN) && body.len() < 300, "short, no secrets: {body}");
+    assert!(
+        !body.contains(TOKEN) && body.len() < 300,
+        "short, no secrets: {body}"
+    );
     let m = scrape(&addr);
-    assert_eq!(value(&m, "audsync_passes_total", &[("status", "changed")]), 0.0);
-    assert_eq!(value(&m, "audsync_last_success_timestamp_seconds", &[]), 0.0);
+    assert_eq!(
+        value(&m, "audsync_passes_total", &[("status", "changed")]),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "audsync_last_success_timestamp_seconds", &[]),
+        0.0
+    );
     assert!(value(&m, "audsync_consecutive_failures", &[]) >= 2.0);
 
     // The token is fixed: the next pass succeeds and applies the change.
     cf.with(|s| s.token = Some(TOKEN.into()));
-    w.expect("a healthy answer", LIMIT, |_| http_get(&addr, "/healthz").0 == 200);
+    w.expect("a healthy answer", LIMIT, |_| {
+        http_get(&addr, "/healthz").0 == 200
+    });
     w.expect("an in-sync pass", LIMIT, |_| {
-        value(&scrape(&addr), "audsync_passes_total", &[("status", "in_sync")]) >= 1.0
+        value(
+            &scrape(&addr),
+            "audsync_passes_total",
+            &[("status", "in_sync")],
+        ) >= 1.0
     });
     let (_, _, body) = http_get(&addr, "/healthz");
     let h: Value = serde_json::from_str(&body).unwrap();
@@ -688,30 +755,59 @@ fn healthz_and_metrics_are_served_and_counters_move() {
         .filter(|s| s.name == "audsync_passes_total")
         .map(|s| s.value)
         .sum();
-    assert_eq!(value(&m, "audsync_passes_total", &[("status", "changed")]), 1.0);
+    assert_eq!(
+        value(&m, "audsync_passes_total", &[("status", "changed")]),
+        1.0
+    );
     assert_eq!(value(&m, "audsync_aud_changes_total", &[]), 1.0);
-    assert_eq!(failed, value(&m, "audsync_pass_failures_total", &[("stage", "source")]));
-    assert_eq!(value(&m, "audsync_pass_failures_total", &[("stage", "sink")]), 0.0);
-    assert_eq!(value(&m, "audsync_pass_failures_total", &[("stage", "target")]), 0.0);
+    assert_eq!(
+        failed,
+        value(&m, "audsync_pass_failures_total", &[("stage", "source")])
+    );
+    assert_eq!(
+        value(&m, "audsync_pass_failures_total", &[("stage", "sink")]),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "audsync_pass_failures_total", &[("stage", "target")]),
+        0.0
+    );
     assert_eq!(value(&m, "audsync_consecutive_failures", &[]), 0.0);
     assert_eq!(value(&m, "audsync_rollbacks_total", &[]), 0.0);
     assert_eq!(
-        value(&m, "audsync_container_actions_total", &[("action", "restart"), ("result", "done")]),
+        value(
+            &m,
+            "audsync_container_actions_total",
+            &[("action", "restart"), ("result", "done")]
+        ),
         0.0
     );
     let observed = value(&m, "audsync_pass_duration_seconds_count", &[]);
     assert_eq!(all, observed, "one duration per pass");
-    assert!(value(&m, "audsync_pass_duration_seconds_bucket", &[("le", "+Inf")]) >= observed);
+    assert!(
+        value(
+            &m,
+            "audsync_pass_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ) >= observed
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    for g in ["audsync_last_success_timestamp_seconds", "audsync_last_change_timestamp_seconds"] {
+    for g in [
+        "audsync_last_success_timestamp_seconds",
+        "audsync_last_change_timestamp_seconds",
+    ] {
         let t = value(&m, g, &[]);
         assert!(t > now - 120.0 && t <= now + 1.0, "{g} = {t}");
     }
     assert_eq!(
-        value(&m, "audsync_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        value(
+            &m,
+            "audsync_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
         1.0
     );
     assert_eq!(http_get(&addr, "/nope").0, 404);
@@ -719,7 +815,11 @@ fn healthz_and_metrics_are_served_and_counters_move() {
     // A reload is counted.
     w.signal("HUP");
     w.expect("the reload counted", LIMIT, |_| {
-        value(&scrape(&addr), "audsync_config_reloads_total", &[("result", "ok")]) == 1.0
+        value(
+            &scrape(&addr),
+            "audsync_config_reloads_total",
+            &[("result", "ok")],
+        ) == 1.0
     });
     w.signal("TERM");
     assert_eq!(w.wait_exit(LIMIT), 0);
@@ -741,7 +841,11 @@ fn completions_and_man_page_mention_the_subcommands() {
     assert_eq!(r.code, 2, "{r:?}");
     let r = run(sb.cmd().arg("man"));
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.starts_with(".ie") || r.stdout.contains(".TH audsync"), "{}", r.stdout);
+    assert!(
+        r.stdout.starts_with(".ie") || r.stdout.contains(".TH audsync"),
+        "{}",
+        r.stdout
+    );
     for word in ["audsync\\-watch", "audsync\\-sync", "completions"] {
         assert!(r.stdout.contains(word), "man lacks {word}:\n{}", r.stdout);
     }
@@ -750,8 +854,17 @@ fn completions_and_man_page_mention_the_subcommands() {
     assert_eq!(r.code, 0, "{r:?}");
     let watch = std::fs::read_to_string(sb.path("man1/audsync-watch.1")).unwrap();
     assert!(watch.contains(".TH audsync-watch 1"), "{watch}");
-    assert!(watch.contains("\\-\\-interval") && watch.contains("\\-\\-jitter"), "{watch}");
-    for page in ["audsync.1", "audsync-sync.1", "audsync-get.1", "audsync-completions.1", "audsync-man.1"] {
+    assert!(
+        watch.contains("\\-\\-interval") && watch.contains("\\-\\-jitter"),
+        "{watch}"
+    );
+    for page in [
+        "audsync.1",
+        "audsync-sync.1",
+        "audsync-get.1",
+        "audsync-completions.1",
+        "audsync-man.1",
+    ] {
         assert!(sb.path("man1").join(page).exists(), "{page}");
     }
 }

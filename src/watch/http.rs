@@ -191,7 +191,9 @@ impl Telemetry {
         let now = unix_now();
         if failed {
             let stage = r.stage.unwrap_or(Stage::Source);
-            self.failures.get_or_create(&[("stage", stage.as_str())]).inc();
+            self.failures
+                .get_or_create(&[("stage", stage.as_str())])
+                .inc();
         } else {
             self.last_success.set(now);
         }
@@ -361,7 +363,9 @@ mod tests {
         let text = t.encode().unwrap();
         assert!(text.contains("audsync_rollbacks_total 1"), "{text}");
         assert!(
-            text.contains(r#"audsync_container_actions_total{action="recreate",result="failed"} 1"#),
+            text.contains(
+                r#"audsync_container_actions_total{action="recreate",result="failed"} 1"#
+            ),
             "{text}"
         );
         assert!(
