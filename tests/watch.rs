@@ -889,3 +889,104 @@ fn packaging_files_validate() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("ok: all packaging files"), "{text}");
 }
+
+// ---- the real Docker engine (gated like the other Docker tests) ----
+
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+/// A changed AUD restarts the container once, and /metrics counts the restart.
+#[test]
+fn restarts_are_counted_in_the_metrics() {
+    if std::env::var("AUDSYNC_DOCKER_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set AUDSYNC_DOCKER_TESTS=1 (scripts/test.sh does)");
+        return;
+    }
+    let image = std::env::var("AUDSYNC_TEST_IMAGE").unwrap_or("audsync-test/busybox:1".into());
+    let name = format!(
+        "audsync-watch-test-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    let out = Command::new("docker")
+        .args(["run", "-d", "--name", &name, &image, "sleep", "3600"])
+        .output()
+        .unwrap();
+    let _guard = Container(name.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = |n: &str| {
+        let o = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.StartedAt}}", n])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let first_start = started(&name);
+
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    let mut w = Watcher::start(
+        &sb,
+        &[
+            "--domain",
+            HOST,
+            "--container",
+            &name,
+            "--restart",
+            "restart",
+            "--interval",
+            "200ms",
+            "--jitter",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+    );
+    let mut addr = String::new();
+    w.expect("the listening address", LIMIT, |w| {
+        w.json_logs().iter().any(|l| {
+            let hit = message(l) == "serving /healthz and /metrics";
+            if hit {
+                addr = l["fields"]["addr"].as_str().unwrap_or_default().to_string();
+            }
+            hit
+        })
+    });
+    let restarts = |addr: &str| {
+        value(
+            &scrape(addr),
+            "audsync_container_actions_total",
+            &[("action", "restart"), ("result", "done")],
+        )
+    };
+    w.expect("the restart counted", LIMIT, |_| restarts(&addr) == 1.0);
+    let n = cf.requests().len();
+    w.expect("three more passes", LIMIT, |_| cf.requests().len() >= n + 3);
+    let m = scrape(&addr);
+    assert_eq!(restarts(&addr), 1.0, "restarted once, not on every pass");
+    assert_eq!(
+        value(
+            &m,
+            "audsync_container_actions_total",
+            &[("action", "restart"), ("result", "failed")]
+        ),
+        0.0
+    );
+    assert_ne!(
+        started(&name),
+        first_start,
+        "the container really restarted"
+    );
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0);
+}
