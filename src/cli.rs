@@ -82,6 +82,15 @@ pub enum Command {
     /// Exit 0 only when every check that ran passed.
     #[command(after_help = PRECEDENCE)]
     Verify(VerifyArgs),
+    /// Run `sync` every --interval until stopped: backs off on errors, reloads on SIGHUP, stops
+    /// after the pass in flight on SIGTERM/SIGINT, and can serve /healthz and /metrics.
+    #[command(after_help = WATCH_HELP)]
+    Watch(WatchArgs),
+    /// Print a shell completion script, e.g. audsync completions bash > /etc/bash_completion.d/audsync
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout, e.g. audsync man > /usr/local/share/man/man1/audsync.1,
+    /// or write one page per command into a directory with --out-dir.
+    Man(ManArgs),
 }
 
 /// Where the AUD is learned: the Cloudflare API, or the protected host itself.
@@ -204,6 +213,51 @@ pub struct VerifyArgs {
     /// Leave a check out (repeatable or comma-separated).
     #[arg(long, value_enum, value_name = "NAME", value_delimiter = ',')]
     pub skip: Vec<Check>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write audsync.1 and audsync-<command>.1 into this directory instead of printing audsync.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+pub const WATCH_HELP: &str = "\
+Signals: SIGTERM/SIGINT stop after the pass in flight (a second SIGINT stops at once, exit 130);
+SIGHUP re-reads the configuration (the .env file and the environment) and runs a pass; a bad
+reload is logged and the previous configuration kept.
+A failed pass is retried after interval x 2^(failures-1), at most max(interval, 1h), then the
+normal interval resumes after a success. watch logs at info level unless -q/-v/RUST_LOG say otherwise.
+
+Configuration precedence: command-line flags > process environment > the .env file (--env-file) > defaults.
+Exit codes: 0 stopped by a signal; 2 invalid configuration at start-up; 130 stopped at once by a second SIGINT.";
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    /// Time between passes (humantime: 30s, 5m, 1h).
+    #[arg(long, env = "AUDSYNC_INTERVAL", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Randomise each wait by up to this share of it, either way (0% to 50%), so many agents
+    /// do not call Cloudflare in lockstep.
+    #[arg(long, env = "AUDSYNC_JITTER", value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
+    pub jitter: f64,
+    /// Serve GET /healthz and GET /metrics (Prometheus) on this address, e.g. 127.0.0.1:9464.
+    /// Port 0 picks a free port (logged). Off by default.
+    #[arg(long, env = "AUDSYNC_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// /healthz answers 503 once the last pass failed and the last success (or the start) is
+    /// older than this. Default: 3 x --interval.
+    #[arg(long, env = "AUDSYNC_UNHEALTHY_AFTER", value_name = "DURATION", value_parser = parse_duration)]
+    pub unhealthy_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to generate completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Where the AUD comes from, and where configuration is read.
@@ -378,6 +432,18 @@ pub struct SyncArgs {
     pub tunnel_id: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// `10%`, `12.5%` or `10` (percent) -> 0.10; between 0% and 50%.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let n = s.trim().trim_end_matches('%').trim();
+    let v: f64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage (examples: 0%, 10%, 25%)"))?;
+    if !(0.0..=50.0).contains(&v) {
+        return Err(format!("{s:?} is out of range: use 0% to 50%"));
+    }
+    Ok(v / 100.0)
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

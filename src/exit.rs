@@ -9,3 +9,5 @@ pub const USAGE: u8 = 2;
 /// A change is pending: `--dry-run` found something to change, or Infisical holds the write
 /// back for approval. Nothing was restarted.
 pub const PENDING: u8 = 3;
+/// `watch` stopped at once by a second SIGINT, cutting the pass in flight short (128 + SIGINT).
+pub const INTERRUPTED: u8 = 130;

@@ -18,6 +18,7 @@ pub mod source;
 pub mod state;
 pub mod sync;
 pub mod verify;
+pub mod watch;
 
 use cli::{Cli, Command, LogFormat, Output};
 use config::Env;
@@ -43,8 +44,11 @@ pub fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour only on a terminal: journald, Loki and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -108,6 +112,19 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
                 e.exit_code()
             }
         },
+        Command::Watch(args) => watch::run(args, env, std::env::args_os().collect()).await,
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "audsync", &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Man(args) => match man(args.out_dir.as_deref()) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: cannot write the man page: {e}");
+                exit::FAILURE
+            }
+        },
         Command::Get(args) => match get(&args, &env).await {
             Ok(aud) => {
                 println!("{aud}");
@@ -119,6 +136,25 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
             }
         },
     }
+}
+
+/// The man page on stdout, or every page (audsync.1, audsync-<command>.1) into `dir`.
+fn man(dir: Option<&std::path::Path>) -> std::io::Result<()> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let Some(dir) = dir else {
+        return clap_mangen::Man::new(cmd).render(&mut std::io::stdout());
+    };
+    std::fs::create_dir_all(dir)?;
+    let write = |name: String, c: clap::Command| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(dir.join(format!("{name}.1")))?;
+        clap_mangen::Man::new(c).render(&mut f)
+    };
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("audsync-{}", sub.get_name());
+        write(name.clone(), sub.clone().name(name))?;
+    }
+    write("audsync".into(), cmd)
 }
 
 async fn get(args: &cli::GetArgs, env: &Env) -> Result<String, Error> {

@@ -1,5 +1,6 @@
 use std::process::ExitCode;
 
+use audsync::cli::Command;
 use audsync::config::{ParseError, parse_args};
 use audsync::{exit, init_logging, run};
 
@@ -20,7 +21,9 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    init_logging(cli.global.verbose, cli.global.quiet, cli.global.log_format);
+    // The long-running agent reports each pass at info level by default.
+    let verbose = cli.global.verbose + u8::from(matches!(cli.command, Command::Watch(_)));
+    init_logging(verbose, cli.global.quiet, cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

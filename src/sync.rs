@@ -159,6 +159,39 @@ pub struct Report {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Where a failed pass failed (`lock`, `source`, `sink`, `target`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+}
+
+/// The step of a pass that failed; `watch` counts failures by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Lock,
+    Source,
+    Sink,
+    Target,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Lock, Stage::Source, Stage::Sink, Stage::Target];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Lock => "lock",
+            Stage::Source => "source",
+            Stage::Sink => "sink",
+            Stage::Target => "target",
+        }
+    }
+}
+
+/// A pass that failed before it could report, with the step it failed at.
+#[derive(Debug)]
+pub struct PassError {
+    pub stage: Stage,
+    pub error: Error,
 }
 
 impl Report {
@@ -176,6 +209,7 @@ impl Report {
             tunnel: None,
             error: Some(e.to_string()),
             hint: e.hint(),
+            stage: None,
         }
     }
 }
@@ -339,19 +373,28 @@ impl Target for Slot {
 
 /// One full pass under the lock. Errors before any write come back as `Err`.
 pub async fn run_pass(cfg: &SyncConfig) -> Result<Report, Error> {
+    run_pass_staged(cfg).await.map_err(|e| e.error)
+}
+
+/// [`run_pass`], telling which step an early error came from.
+pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
+    let at = |stage: Stage| move |error: Error| PassError { stage, error };
     let _lock = if cfg.dry_run {
         None
     } else {
         Some(
             crate::lock::acquire(&cfg.lock_file, cfg.lock_timeout)
                 .await
-                .map_err(|e| Error::failed(e, None))?,
+                .map_err(|e| Error::failed(e, None))
+                .map_err(at(Stage::Lock))?,
         )
     };
     let mut state = StateFile::load(&cfg.state_file, cfg.dry_run);
     let before = state.state.clone();
     let client = source::client(&cfg.source);
-    let found = source::fetch(&client, &cfg.source, Some(&mut state.state)).await?;
+    let found = source::fetch(&client, &cfg.source, Some(&mut state.state))
+        .await
+        .map_err(at(Stage::Source))?;
     if state.state.app != before.app
         && let Err(e) = state.save()
     {
@@ -359,13 +402,14 @@ pub async fn run_pass(cfg: &SyncConfig) -> Result<Report, Error> {
     }
     tracing::debug!(aud = %found.aud, app = %found.app.id, "desired AUD");
 
-    let mut sinks = build_sinks(cfg).await?;
+    let mut sinks = build_sinks(cfg).await.map_err(at(Stage::Sink))?;
     let mut observed = Vec::with_capacity(sinks.len());
     for s in sinks.iter_mut() {
         let o = s
             .observe(&found.aud)
             .await
-            .map_err(|e| Error::failed(e.to_string(), e.hint()))?;
+            .map_err(|e| Error::failed(e.to_string(), e.hint()))
+            .map_err(at(Stage::Sink))?;
         observed.push((s.info(), o));
     }
     let changed = observed.iter().any(|(_, o)| o.needs_write);
@@ -536,6 +580,19 @@ fn report(cfg: &SyncConfig, found: source::Found, plan: &reconcile::Plan, o: Out
         .iter()
         .find_map(|c| c.error.as_ref().and_then(|e| e.hint.clone()));
     let wrote = o.sinks.iter().any(|s| s.result == "written");
+    // A sink that failed (or could not be written for want of the journal) is the sink stage;
+    // any other failure is a container's.
+    let stage = if !o.failed {
+        None
+    } else if o
+        .sinks
+        .iter()
+        .any(|s| s.error.is_some() && s.result != "pending_approval")
+    {
+        Some(Stage::Sink)
+    } else {
+        Some(Stage::Target)
+    };
     Report {
         aud: Some(found.aud),
         previous: o.sinks.first().and_then(|s| s.old.clone()),
@@ -548,6 +605,7 @@ fn report(cfg: &SyncConfig, found: source::Found, plan: &reconcile::Plan, o: Out
         containers: o.containers,
         tunnel: None,
         hint,
+        stage,
         error: (!error.is_empty()).then(|| {
             let mut msg = error.join("; ");
             if wrote && o.failed {

@@ -8,3 +8,4 @@ mod docker_restart;
 mod envfile_prop;
 mod infisical;
 mod setup_verify;
+mod watch;

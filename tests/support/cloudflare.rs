@@ -38,6 +38,8 @@ pub struct Recorded {
     pub query: BTreeMap<String, String>,
     pub headers: BTreeMap<String, String>,
     pub body: Option<Value>,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -200,6 +202,7 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
         query: query.clone(),
         headers,
         body,
+        at: std::time::Instant::now(),
     };
     let fault = {
         let mut s = st.lock().unwrap();

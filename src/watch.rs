@@ -1,0 +1,368 @@
+//! `audsync watch`: the long-running loop around [`sync::run_pass`] — interval, jitter, backoff,
+//! signals, configuration reload — and (in [`http`]) the /healthz and /metrics endpoint.
+//!
+//! The loop never ends because a pass failed: it logs the failure with its stage, counts it and
+//! backs off (see [`next_wait`]). Only invalid configuration at start-up ends it (exit 2), and
+//! a stop signal. It never abandons a pass half-way on SIGTERM/SIGINT: it stops after the pass
+//! in flight; only a second SIGINT cuts a pass short. It takes the same lock as `sync`, once per
+//! pass (inside `run_pass`), so cron, a deploy hook and the watcher never act at once. It never
+//! logs a secret: configuration is logged only through types that redact them.
+
+pub mod http;
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::Instrument;
+
+use crate::cli::{Command, Output, WatchArgs};
+use crate::config::{self, Env, ParseError};
+use crate::error::Error;
+use crate::exit;
+use crate::sync::{self, Report, SyncConfig};
+
+/// The longest wait after failed passes, unless `--interval` is longer still.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// A validated `watch` configuration.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub sync: SyncConfig,
+    pub interval: Duration,
+    pub jitter: f64,
+    pub listen: Option<std::net::SocketAddr>,
+    pub unhealthy_after: Duration,
+}
+
+impl WatchConfig {
+    /// Validate, then read the Cloudflare credentials from Infisical when they are set nowhere
+    /// else (as `sync` does).
+    pub async fn load(a: &WatchArgs, env: Env) -> Result<WatchConfig, Error> {
+        let env = crate::sync::resolve_credentials(&a.sync.source, env, |e| {
+            WatchConfig::from_args(a, e).map(drop)
+        })
+        .await?;
+        WatchConfig::from_args(a, &env)
+    }
+
+    pub fn from_args(a: &WatchArgs, env: &Env) -> Result<WatchConfig, Error> {
+        if a.interval.is_zero() {
+            return Err(Error::usage(
+                "--interval / AUDSYNC_INTERVAL must be longer than 0 (e.g. 30s, 5m)",
+            ));
+        }
+        let sync = SyncConfig::from_args(&a.sync, env)?;
+        Ok(WatchConfig {
+            sync,
+            interval: a.interval,
+            jitter: a.jitter,
+            listen: a.listen,
+            unhealthy_after: a.unhealthy_after.unwrap_or(a.interval.saturating_mul(3)),
+        })
+    }
+}
+
+/// How long to wait before the next pass: the interval after a success; after the n-th failure
+/// in a row, interval x 2^(n-1), at most max(interval, [`MAX_BACKOFF`]). Then `jitter` moves
+/// the wait by up to that share either way; `unit` is a uniform random number in [0, 1).
+pub fn next_wait(interval: Duration, failures: u32, jitter: f64, unit: f64) -> Duration {
+    let base = if failures == 0 {
+        interval
+    } else {
+        let cap = interval.max(MAX_BACKOFF);
+        interval
+            .saturating_mul(1u32 << (failures - 1).min(20))
+            .min(cap)
+    };
+    let factor = 1.0 + jitter.clamp(0.0, 1.0) * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+    base.mul_f64(factor.max(0.0))
+}
+
+/// Run until stopped. `argv` is the original command line, parsed again on SIGHUP.
+pub async fn run(args: WatchArgs, env: Env, argv: Vec<OsString>) -> u8 {
+    // Handlers first: a SIGHUP or SIGTERM that arrives early must not kill the process.
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            crate::report_error(
+                &format!("cannot install the signal handlers: {e}"),
+                None,
+                Output::Text,
+            );
+            return exit::FAILURE;
+        }
+    };
+    let mut cfg = match WatchConfig::load(&args, env).await {
+        Ok(c) => c,
+        Err(e) => {
+            crate::report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
+            return e.exit_code();
+        }
+    };
+    let telemetry = Arc::new(http::Telemetry::new(cfg.unhealthy_after));
+    if let Some(addr) = cfg.listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let bound = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                tracing::info!(addr = %bound, "serving /healthz and /metrics");
+                tokio::spawn(http::serve(listener, telemetry.clone()));
+            }
+            Err(e) => {
+                crate::report_error(
+                    &format!("cannot listen on {addr} (--listen / AUDSYNC_LISTEN): {e}"),
+                    Some(
+                        "pick a free address and port, e.g. 127.0.0.1:9464, or leave --listen unset",
+                    ),
+                    Output::Text,
+                );
+                return exit::USAGE;
+            }
+        }
+    }
+    tracing::info!(
+        interval = %humantime::format_duration(cfg.interval),
+        jitter = cfg.jitter,
+        dry_run = cfg.sync.dry_run,
+        "watching"
+    );
+
+    let mut failures: u32 = 0;
+    let mut pass_id: u64 = 0;
+    loop {
+        pass_id += 1;
+        let span = tracing::info_span!("pass", id = pass_id);
+        let started = Instant::now();
+        let pass = sync::run_pass_staged(&cfg.sync).instrument(span.clone());
+        let Some(result) = signals.during(pass).await else {
+            tracing::warn!(
+                pass = pass_id,
+                "second SIGINT: stopping now; the pass in flight was cut short (the next run finishes it)"
+            );
+            return exit::INTERRUPTED;
+        };
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let mut r = Report::from_error(&e.error, cfg.sync.dry_run);
+                r.stage = Some(e.stage);
+                r
+            }
+        };
+        let elapsed = started.elapsed();
+        span.in_scope(|| log_pass(&report, elapsed));
+        if cfg.sync.output == Output::Json {
+            sync::print(&report, Output::Json);
+        }
+        telemetry.record(&report, elapsed);
+        failures = if report.status == "failed" {
+            failures.saturating_add(1)
+        } else {
+            0
+        };
+
+        if signals.stop {
+            tracing::info!("stopped after the pass in flight");
+            return exit::OK;
+        }
+        if std::mem::take(&mut signals.reload) {
+            reload(&argv, &mut cfg, &telemetry).await;
+            continue;
+        }
+        let wait = next_wait(cfg.interval, failures, cfg.jitter, fastrand::f64());
+        if failures > 0 {
+            tracing::warn!(
+                failures,
+                retry_in = %humantime::format_duration(round_ms(wait)),
+                "pass failed; backing off"
+            );
+        } else {
+            tracing::debug!(next_in = %humantime::format_duration(round_ms(wait)), "waiting");
+        }
+        match signals.sleep(wait).await {
+            Wake::Elapsed => {}
+            Wake::Stop => {
+                tracing::info!("stopped");
+                return exit::OK;
+            }
+            Wake::Reload => reload(&argv, &mut cfg, &telemetry).await,
+        }
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().min(u64::MAX as u128) as u64)
+}
+
+/// One log line for the pass's outcome, plus a warning when the AUD changed.
+fn log_pass(r: &Report, elapsed: Duration) {
+    let ms = elapsed.as_millis() as u64;
+    let wrote = r.sinks.iter().any(|s| s.result == "written");
+    if let Some(new) = &r.aud
+        && r.sinks.iter().any(|s| s.action == "write")
+    {
+        let old = r.previous.as_deref().unwrap_or("(unset)");
+        if wrote {
+            tracing::warn!(old, new = %new, "AUD changed");
+        } else if r.dry_run {
+            tracing::warn!(old, new = %new, "AUD differs from the sinks (dry run: nothing written)");
+        }
+    }
+    match r.status {
+        "failed" => tracing::error!(
+            status = r.status,
+            stage = r.stage.map(|s| s.as_str()).unwrap_or("unknown"),
+            error = r.error.as_deref().unwrap_or(""),
+            hint = r.hint.as_deref().unwrap_or(""),
+            duration_ms = ms,
+            "pass failed"
+        ),
+        _ => tracing::info!(
+            status = r.status,
+            changed = r.changed,
+            duration_ms = ms,
+            "pass done"
+        ),
+    }
+}
+
+/// Parse the original command line again (which re-reads the .env file) and swap the
+/// configuration in; on any error keep the old one.
+async fn reload(argv: &[OsString], cfg: &mut WatchConfig, telemetry: &http::Telemetry) {
+    match reloaded(argv).await {
+        Ok(new) => {
+            if new.listen != cfg.listen {
+                tracing::warn!("--listen / AUDSYNC_LISTEN changed: restart audsync to apply it");
+            }
+            *cfg = WatchConfig {
+                listen: cfg.listen,
+                ..new
+            };
+            telemetry.set_unhealthy_after(cfg.unhealthy_after);
+            telemetry.reloaded(true);
+            tracing::info!(
+                interval = %humantime::format_duration(cfg.interval),
+                "configuration reloaded"
+            );
+        }
+        Err(e) => {
+            telemetry.reloaded(false);
+            tracing::error!(error = %e, "configuration reload failed; keeping the previous configuration");
+        }
+    }
+}
+
+async fn reloaded(argv: &[OsString]) -> Result<WatchConfig, String> {
+    let (cli, env) = config::parse_args(argv.iter().cloned()).map_err(|e| match e {
+        ParseError::Clap(e) => e.to_string().trim().to_string(),
+        ParseError::Config(e) => e.to_string(),
+    })?;
+    match cli.command {
+        Command::Watch(a) => WatchConfig::load(&a, env).await.map_err(|e| e.to_string()),
+        _ => Err("the command line is no longer a watch command".into()),
+    }
+}
+
+/// The signals the loop answers, and what they asked for so far.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    /// SIGTERM or SIGINT seen: stop after the pass in flight.
+    stop: bool,
+    /// SIGHUP seen during a pass: reload after it.
+    reload: bool,
+}
+
+enum Wake {
+    Elapsed,
+    Stop,
+    Reload,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            stop: false,
+            reload: false,
+        })
+    }
+
+    /// Drive `pass` to its end while noting signals. `None`: a second SIGINT cut it short.
+    async fn during<F: std::future::Future>(&mut self, pass: F) -> Option<F::Output> {
+        tokio::pin!(pass);
+        loop {
+            tokio::select! {
+                out = &mut pass => return Some(out),
+                _ = self.term.recv() => {
+                    self.stop = true;
+                    tracing::info!("SIGTERM: stopping after the pass in flight");
+                }
+                _ = self.int.recv() => {
+                    if self.stop {
+                        return None;
+                    }
+                    self.stop = true;
+                    tracing::info!("SIGINT: stopping after the pass in flight (send it again to stop at once)");
+                }
+                _ = self.hup.recv() => {
+                    self.reload = true;
+                    tracing::info!("SIGHUP: reloading the configuration after the pass in flight");
+                }
+            }
+        }
+    }
+
+    /// Wait between passes; a stop or reload signal ends the wait early.
+    async fn sleep(&mut self, d: Duration) -> Wake {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Wake::Elapsed,
+            _ = self.term.recv() => Wake::Stop,
+            _ = self.int.recv() => Wake::Stop,
+            _ = self.hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                Wake::Reload
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn success_waits_the_interval_and_failures_double_up_to_the_cap() {
+        let i = S * 300;
+        assert_eq!(next_wait(i, 0, 0.0, 0.5), i);
+        assert_eq!(next_wait(i, 1, 0.0, 0.5), i);
+        assert_eq!(next_wait(i, 2, 0.0, 0.5), i * 2);
+        assert_eq!(next_wait(i, 3, 0.0, 0.5), i * 4);
+        assert_eq!(next_wait(i, 5, 0.0, 0.5), MAX_BACKOFF);
+        assert_eq!(next_wait(i, u32::MAX, 0.0, 0.5), MAX_BACKOFF);
+        // An interval longer than the cap is never shortened.
+        assert_eq!(next_wait(S * 7200, 4, 0.0, 0.5), S * 7200);
+    }
+
+    #[test]
+    fn jitter_stays_within_its_share_either_way() {
+        let i = S * 100;
+        assert_eq!(next_wait(i, 0, 0.1, 0.0), S * 90);
+        assert_eq!(next_wait(i, 0, 0.1, 0.5), i);
+        assert!(next_wait(i, 0, 0.1, 0.999_999) <= S * 110);
+        assert!(next_wait(i, 0, 0.1, 0.999_999) > S * 109);
+        for _ in 0..1000 {
+            let w = next_wait(i, 0, 0.5, fastrand::f64());
+            assert!(w >= S * 50 && w <= S * 150, "{w:?}");
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! What the watcher shows its monitoring: the Prometheus metrics, the health verdict, and the
+//! small HTTP server (axum, HTTP/1) that serves `GET /healthz` and `GET /metrics`.
+//!
+//! Owns the counters and the health state; fed one [`Report`] per pass by the loop. It never
+//! serves an error message, a configuration value or a secret: /healthz carries only a status,
+//! counts, ages and the failed stage.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::reconcile::Action;
+use crate::sync::{Report, Stage};
+
+type Labels1 = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Counters, gauges and the health state, shared by the loop and the server.
+pub struct Telemetry {
+    registry: Registry,
+    passes: Family<Labels1, Counter>,
+    failures: Family<Labels1, Counter>,
+    container_actions: Family<Labels2, Counter>,
+    rollbacks: Counter,
+    aud_changes: Counter,
+    reloads: Family<Labels1, Counter>,
+    consecutive_failures: Gauge,
+    last_success: FloatGauge,
+    last_change: FloatGauge,
+    duration: Histogram,
+    health: Mutex<Health>,
+}
+
+struct Health {
+    started: Instant,
+    unhealthy_after: Duration,
+    passes: u64,
+    last_ok: Option<bool>,
+    last_success: Option<Instant>,
+    consecutive_failures: u32,
+    last_failed_stage: Option<Stage>,
+}
+
+#[derive(Debug, Serialize)]
+struct HealthBody {
+    /// `ok`, `starting`, `degraded` (failing, still within the grace) or `failing`.
+    status: &'static str,
+    passes: u64,
+    consecutive_failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_success_age_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed_stage: Option<Stage>,
+}
+
+impl Telemetry {
+    pub fn new(unhealthy_after: Duration) -> Telemetry {
+        let mut registry = Registry::default();
+        let passes = Family::<Labels1, Counter>::default();
+        registry.register(
+            "audsync_passes",
+            "Reconcile passes run, by status (in_sync, changed, pending, failed)",
+            passes.clone(),
+        );
+        for status in ["in_sync", "changed", "pending", "failed"] {
+            let _ = passes.get_or_create(&[("status", status)]);
+        }
+        let failures = Family::<Labels1, Counter>::default();
+        registry.register(
+            "audsync_pass_failures",
+            "Failed passes, by the stage that failed (lock, source, sink, target)",
+            failures.clone(),
+        );
+        for s in Stage::ALL {
+            let _ = failures.get_or_create(&[("stage", s.as_str())]);
+        }
+        let container_actions = Family::<Labels2, Counter>::default();
+        registry.register(
+            "audsync_container_actions",
+            "Container restarts and recreates, by action and result (done, failed)",
+            container_actions.clone(),
+        );
+        for action in ["restart", "recreate"] {
+            for result in ["done", "failed"] {
+                let _ = container_actions.get_or_create(&[("action", action), ("result", result)]);
+            }
+        }
+        let rollbacks = Counter::default();
+        registry.register(
+            "audsync_rollbacks",
+            "Container recreates that failed (and were rolled back to the old container)",
+            rollbacks.clone(),
+        );
+        let aud_changes = Counter::default();
+        registry.register(
+            "audsync_aud_changes",
+            "Passes that wrote a new AUD to the sinks",
+            aud_changes.clone(),
+        );
+        let reloads = Family::<Labels1, Counter>::default();
+        registry.register(
+            "audsync_config_reloads",
+            "Configuration reloads (SIGHUP), by result (ok, failed)",
+            reloads.clone(),
+        );
+        for r in ["ok", "failed"] {
+            let _ = reloads.get_or_create(&[("result", r)]);
+        }
+        let consecutive_failures = Gauge::default();
+        registry.register(
+            "audsync_consecutive_failures",
+            "Failed passes in a row (0 after a success)",
+            consecutive_failures.clone(),
+        );
+        let last_success = FloatGauge::default();
+        registry.register(
+            "audsync_last_success_timestamp_seconds",
+            "Unix time of the last pass that did not fail (0: none yet)",
+            last_success.clone(),
+        );
+        let last_change = FloatGauge::default();
+        registry.register(
+            "audsync_last_change_timestamp_seconds",
+            "Unix time of the last AUD change written to the sinks (0: none yet)",
+            last_change.clone(),
+        );
+        let duration = Histogram::new(exponential_buckets(0.05, 2.0, 12));
+        registry.register(
+            "audsync_pass_duration_seconds",
+            "How long passes took, lock wait included",
+            duration.clone(),
+        );
+        let build = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "audsync_build_info",
+            "The running audsync version (always 1)",
+            build.clone(),
+        );
+        build
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        Telemetry {
+            registry,
+            passes,
+            failures,
+            container_actions,
+            rollbacks,
+            aud_changes,
+            reloads,
+            consecutive_failures,
+            last_success,
+            last_change,
+            duration,
+            health: Mutex::new(Health {
+                started: Instant::now(),
+                unhealthy_after,
+                passes: 0,
+                last_ok: None,
+                last_success: None,
+                consecutive_failures: 0,
+                last_failed_stage: None,
+            }),
+        }
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        // A panic while holding the lock leaves plain counters behind: still usable.
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Account for one finished pass.
+    pub fn record(&self, r: &Report, elapsed: Duration) {
+        self.passes.get_or_create(&[("status", r.status)]).inc();
+        self.duration.observe(elapsed.as_secs_f64());
+        let failed = r.status == "failed";
+        let now = unix_now();
+        if failed {
+            let stage = r.stage.unwrap_or(Stage::Source);
+            self.failures
+                .get_or_create(&[("stage", stage.as_str())])
+                .inc();
+        } else {
+            self.last_success.set(now);
+        }
+        if r.sinks.iter().any(|s| s.result == "written") {
+            self.aud_changes.inc();
+            self.last_change.set(now);
+        }
+        for c in &r.containers {
+            let action = match c.action {
+                Action::Restart => "restart",
+                Action::Recreate => "recreate",
+                Action::None => continue,
+            };
+            let result = match c.result {
+                "done" => "done",
+                "failed" => "failed",
+                _ => continue,
+            };
+            self.container_actions
+                .get_or_create(&[("action", action), ("result", result)])
+                .inc();
+            if action == "recreate" && result == "failed" {
+                self.rollbacks.inc();
+            }
+        }
+        let mut h = self.health();
+        h.passes += 1;
+        h.last_ok = Some(!failed);
+        if failed {
+            h.consecutive_failures = h.consecutive_failures.saturating_add(1);
+            h.last_failed_stage = r.stage;
+        } else {
+            h.consecutive_failures = 0;
+            h.last_failed_stage = None;
+            h.last_success = Some(Instant::now());
+        }
+        self.consecutive_failures
+            .set(i64::from(h.consecutive_failures));
+    }
+
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn set_unhealthy_after(&self, d: Duration) {
+        self.health().unhealthy_after = d;
+    }
+
+    /// Healthy when the last pass did not fail, or when the last success (or the start, before
+    /// any success) is younger than `unhealthy_after`.
+    fn verdict(&self) -> (bool, HealthBody) {
+        let h = self.health();
+        let since = h.last_success.unwrap_or(h.started);
+        let young = since.elapsed() < h.unhealthy_after;
+        let (healthy, status) = match (h.last_ok, young) {
+            (Some(true), _) => (true, "ok"),
+            (None, true) => (true, "starting"),
+            (Some(false), true) => (true, "degraded"),
+            (_, false) => (false, "failing"),
+        };
+        let body = HealthBody {
+            status,
+            passes: h.passes,
+            consecutive_failures: h.consecutive_failures,
+            last_success_age_seconds: h.last_success.map(|t| t.elapsed().as_secs()),
+            failed_stage: h.last_failed_stage,
+        };
+        (healthy, body)
+    }
+
+    /// The OpenMetrics text exposition (which Prometheus reads).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Serve /healthz and /metrics until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(telemetry);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the /healthz and /metrics server stopped");
+    }
+}
+
+async fn healthz(State(t): State<Arc<Telemetry>>) -> Response {
+    let (healthy, body) = t.verdict();
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(t): State<Arc<Telemetry>>) -> Response {
+    match t.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics\n",
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(status: &'static str, stage: Option<Stage>) -> Report {
+        Report {
+            aud: None,
+            previous: None,
+            changed: false,
+            dry_run: false,
+            status,
+            exit_code: 0,
+            app: None,
+            sinks: vec![],
+            containers: vec![],
+            error: None,
+            hint: None,
+            stage,
+            tunnel: None,
+        }
+    }
+
+    #[test]
+    fn health_follows_the_last_pass_and_the_grace() {
+        let t = Telemetry::new(Duration::from_secs(3600));
+        assert_eq!(t.verdict().1.status, "starting");
+        t.record(&report("failed", Some(Stage::Source)), Duration::ZERO);
+        let (ok, b) = t.verdict();
+        assert!(ok && b.status == "degraded" && b.failed_stage == Some(Stage::Source));
+        t.set_unhealthy_after(Duration::ZERO);
+        let (ok, b) = t.verdict();
+        assert!(!ok && b.status == "failing", "{b:?}");
+        t.record(&report("in_sync", None), Duration::ZERO);
+        let (ok, b) = t.verdict();
+        assert!(ok && b.status == "ok", "{b:?}");
+    }
+
+    #[test]
+    fn recreate_failures_count_as_rollbacks() {
+        let t = Telemetry::new(Duration::from_secs(1));
+        let mut r = report("failed", Some(Stage::Target));
+        r.containers.push(crate::reconcile::TargetReport {
+            name: "lambda-server".into(),
+            action: Action::Recreate,
+            reason: String::new(),
+            result: "failed",
+            error: None,
+        });
+        t.record(&r, Duration::from_millis(10));
+        let text = t.encode().unwrap();
+        assert!(text.contains("audsync_rollbacks_total 1"), "{text}");
+        assert!(
+            text.contains(
+                r#"audsync_container_actions_total{action="recreate",result="failed"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"audsync_pass_failures_total{stage="target"} 1"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

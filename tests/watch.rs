@@ -1,0 +1,992 @@
+//! `audsync watch` as a child process against the fake Cloudflare: ticks, backoff, signals,
+//! reload, /healthz and /metrics over real HTTP; plus `completions` and `man`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::cloudflare::{FakeCloudflare, Fault, TOKEN, app, aud};
+use crate::support::{Sandbox, run};
+
+const HOST: &str = "api.example.com";
+const WEB: &str = "web.example.com";
+
+fn setup(env: &str) -> (FakeCloudflare, Sandbox) {
+    let cf = FakeCloudflare::start(vec![app(1, WEB, &aud(1)), app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env(env);
+    (cf, sb)
+}
+
+/// A running `audsync watch`; its stdout and stderr are collected line by line. Killed on drop.
+struct Watcher {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    status: Option<ExitStatus>,
+}
+
+fn collect(r: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            l.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+impl Watcher {
+    fn start(sb: &Sandbox, args: &[&str]) -> Watcher {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("audsync"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+            .current_dir(sb.dir())
+            .arg("watch")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let stderr = collect(child.stderr.take().unwrap());
+        let stdout = collect(child.stdout.take().unwrap());
+        Watcher {
+            child,
+            stderr,
+            stdout,
+            status: None,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {sig} failed");
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The JSON log lines (with --log-format json).
+    fn json_logs(&self) -> Vec<Value> {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn running(&mut self) -> bool {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+        }
+        self.status.is_none()
+    }
+
+    /// Wait for the process to end; panics after `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let ok = wait_until(limit, || !self.running());
+        assert!(ok, "watch did not exit within {limit:?}\n{}", self.stderr());
+        // Let the reader threads drain the pipes.
+        std::thread::sleep(Duration::from_millis(100));
+        let st = self.status.unwrap();
+        st.code()
+            .unwrap_or_else(|| panic!("killed by a signal: {st:?}\n{}", self.stderr()))
+    }
+
+    /// Wait until `cond` holds, failing the test with the log when it never does.
+    fn expect(&mut self, what: &str, limit: Duration, mut cond: impl FnMut(&Watcher) -> bool) {
+        let start = Instant::now();
+        loop {
+            if cond(self) {
+                return;
+            }
+            assert!(
+                self.running(),
+                "watch exited ({:?}) while waiting for {what}\n{}",
+                self.status,
+                self.stderr()
+            );
+            assert!(
+                start.elapsed() < limit,
+                "timed out waiting for {what}\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn fast(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v = vec!["--restart", "none", "--interval", "200ms", "--jitter", "0"];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn holds(sb: &Sandbox, value: &str) -> bool {
+    std::fs::read_to_string(sb.env_path())
+        .unwrap_or_default()
+        .contains(&format!("CLOUDFLARE_AUD_TAG={value}\n"))
+}
+
+fn message(l: &Value) -> &str {
+    l["fields"]["message"].as_str().unwrap_or("")
+}
+
+#[test]
+fn rotated_aud_is_picked_up_on_the_next_tick_and_applied_once() {
+    let (cf, sb) = setup("OTHER=1\nCLOUDFLARE_AUD_TAG=old\n");
+    let mut w = Watcher::start(
+        &sb,
+        &fast(&["--domain", HOST, "--log-format", "json", "--output", "json"]),
+    );
+    w.expect("the first AUD", LIMIT, |_| holds(&sb, &aud(2)));
+    let n = cf.requests().len();
+    w.expect("two more passes", LIMIT, |_| cf.requests().len() >= n + 2);
+    assert!(holds(&sb, &aud(2)));
+
+    // The application is deleted and created again elsewhere: same id here, new AUD.
+    cf.set_aud(1, &aud(3));
+    w.expect("the rotated AUD", LIMIT, |_| holds(&sb, &aud(3)));
+    let inode = std::fs::metadata(sb.env_path()).unwrap().ino();
+    let n = cf.requests().len();
+    w.expect("three more passes", LIMIT, |_| cf.requests().len() >= n + 3);
+    assert_eq!(
+        std::fs::metadata(sb.env_path()).unwrap().ino(),
+        inode,
+        "the in-sync passes after the change write nothing"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.env_path()).unwrap(),
+        format!("OTHER=1\nCLOUDFLARE_AUD_TAG={}\n", aud(3))
+    );
+
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+    let logs = w.json_logs();
+    let changes: Vec<&Value> = logs
+        .iter()
+        .filter(|l| message(l) == "AUD changed")
+        .collect();
+    assert_eq!(
+        changes.len(),
+        2,
+        "old -> 2, 2 -> 3, once each: {changes:#?}"
+    );
+    let last = changes[1];
+    assert_eq!(last["level"], "WARN");
+    assert_eq!(last["fields"]["old"], aud(2));
+    assert_eq!(last["fields"]["new"], aud(3));
+    assert_eq!(last["span"]["name"], "pass", "logged inside the pass span");
+    assert!(last["span"]["id"].as_u64().is_some(), "{last}");
+    // Each pass logs its outcome with its pass id.
+    let done: Vec<&Value> = logs.iter().filter(|l| message(l) == "pass done").collect();
+    assert!(done.len() >= 6, "{}", w.stderr());
+    let ids: Vec<u64> = done
+        .iter()
+        .map(|l| l["span"]["id"].as_u64().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|p| p[0] < p[1]),
+        "pass ids increase: {ids:?}"
+    );
+    assert_eq!(
+        done.iter()
+            .filter(|l| l["fields"]["status"] == "changed")
+            .count(),
+        2
+    );
+    // --output json: one report per pass on stdout.
+    let reports: Vec<Value> = w
+        .stdout_lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), done.len());
+    assert_eq!(
+        reports.iter().filter(|r| r["status"] == "changed").count(),
+        2
+    );
+}
+
+#[test]
+fn server_errors_are_survived_with_growing_backoff_then_recovery() {
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    // Three failed passes: the client tries each request 4 times.
+    for _ in 0..12 {
+        cf.fault(Fault::Status500);
+    }
+    let mut w = Watcher::start(
+        &sb,
+        &[
+            "--domain",
+            HOST,
+            "--restart",
+            "none",
+            "--interval",
+            "300ms",
+            "--jitter",
+            "0",
+        ],
+    );
+    w.expect("recovery", Duration::from_secs(60), |_| holds(&sb, &aud(2)));
+    let n = cf.requests().len();
+    w.expect("a pass after recovery", LIMIT, |_| cf.requests().len() > n);
+    let reqs = cf.requests();
+    assert!(reqs.len() >= 14, "{reqs:?}");
+    // The spacing between the last call of a failed pass and the first of the next one.
+    let gap = |k: usize| reqs[4 * k].at - reqs[4 * k - 1].at;
+    let (g1, g2, g3) = (gap(1), gap(2), gap(3));
+    let ms = Duration::from_millis;
+    assert!(
+        g1 >= ms(300) && g2 >= ms(600) && g3 >= ms(1200),
+        "{g1:?} {g2:?} {g3:?}"
+    );
+    assert!(g1 < g2 && g2 < g3, "backoff grows: {g1:?} {g2:?} {g3:?}");
+    let after = reqs[13].at - reqs[12].at;
+    assert!(
+        after < g3,
+        "after a success the interval resumes: {after:?} vs {g3:?}"
+    );
+    assert!(w.running());
+    let log = w.stderr();
+    assert!(log.contains("pass failed"), "{log}");
+    assert!(log.contains("HTTP 500"), "{log}");
+    assert!(
+        log.contains("stage=\"source\"") || log.contains("stage=source"),
+        "{log}"
+    );
+    assert!(log.contains("backing off"), "{log}");
+    assert!(log.contains("failures=3"), "{log}");
+    w.signal("INT");
+    assert_eq!(w.wait_exit(LIMIT), 0);
+}
+
+#[test]
+fn sigterm_during_a_pass_exits_cleanly_after_it() {
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    cf.fault(Fault::Delay(1500));
+    let mut w = Watcher::start(&sb, &fast(&["--domain", HOST]));
+    w.expect("the pass in flight", LIMIT, |_| !cf.requests().is_empty());
+    w.signal("TERM");
+    let code = w.wait_exit(LIMIT);
+    assert_eq!(code, 0, "{}", w.stderr());
+    assert!(holds(&sb, &aud(2)), "the pass in flight was finished");
+    assert_eq!(cf.requests().len(), 1, "no pass after the stop");
+    let log = w.stderr();
+    assert!(
+        log.contains("SIGTERM: stopping after the pass in flight"),
+        "{log}"
+    );
+    assert!(log.contains("stopped after the pass in flight"), "{log}");
+}
+
+#[test]
+fn sigterm_between_passes_exits_at_once() {
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    let mut w = Watcher::start(
+        &sb,
+        &["--domain", HOST, "--restart", "none", "--interval", "1h"],
+    );
+    w.expect("the first pass", LIMIT, |_| holds(&sb, &aud(2)));
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(Duration::from_secs(10)), 0, "{}", w.stderr());
+    assert_eq!(cf.requests().len(), 1);
+}
+
+#[test]
+fn second_sigint_stops_at_once() {
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    cf.fault(Fault::Delay(60_000));
+    let mut w = Watcher::start(&sb, &fast(&["--domain", HOST, "--timeout", "2m"]));
+    w.expect("the pass in flight", LIMIT, |_| !cf.requests().is_empty());
+    w.signal("INT");
+    w.expect("the first SIGINT noted", LIMIT, |w| {
+        w.stderr()
+            .contains("SIGINT: stopping after the pass in flight")
+    });
+    assert!(w.running(), "the first SIGINT waits for the pass");
+    w.signal("INT");
+    assert_eq!(w.wait_exit(Duration::from_secs(20)), 130, "{}", w.stderr());
+    assert!(holds(&sb, "old"), "nothing written");
+    assert!(w.stderr().contains("second SIGINT"), "{}", w.stderr());
+}
+
+#[test]
+fn sighup_rereads_the_env_file_and_a_bad_reload_keeps_the_old_config() {
+    let (cf, sb) = setup(&format!("AUDSYNC_DOMAIN={HOST}\nCLOUDFLARE_AUD_TAG=old\n"));
+    let mut w = Watcher::start(&sb, &fast(&[]));
+    w.expect("the first AUD", LIMIT, |_| holds(&sb, &aud(2)));
+
+    // Point the .env at another host: nothing changes until SIGHUP.
+    sb.write_env(&format!(
+        "AUDSYNC_DOMAIN={WEB}\nCLOUDFLARE_AUD_TAG={}\n",
+        aud(2)
+    ));
+    let n = cf.requests().len();
+    w.expect("three more passes", LIMIT, |_| cf.requests().len() >= n + 3);
+    assert!(holds(&sb, &aud(2)), "no reload without SIGHUP");
+    w.signal("HUP");
+    w.expect("the new host's AUD", LIMIT, |_| holds(&sb, &aud(1)));
+    assert!(
+        w.stderr().contains("configuration reloaded"),
+        "{}",
+        w.stderr()
+    );
+
+    // A broken .env: the reload fails, the loop goes on with the previous configuration.
+    sb.write_env(&format!(
+        "AUDSYNC_DOMAIN={WEB}\nAUDSYNC_KEY=1X\nCLOUDFLARE_AUD_TAG={}\n",
+        aud(1)
+    ));
+    w.signal("HUP");
+    w.expect("the failed reload", LIMIT, |w| {
+        w.stderr().contains("configuration reload failed")
+    });
+    assert!(
+        w.stderr().contains("1X"),
+        "names the bad value: {}",
+        w.stderr()
+    );
+    cf.set_aud(0, &aud(4));
+    w.expect("the next change applied", LIMIT, |_| holds(&sb, &aud(4)));
+    assert_eq!(
+        sb.read_env(),
+        format!(
+            "AUDSYNC_DOMAIN={WEB}\nAUDSYNC_KEY=1X\nCLOUDFLARE_AUD_TAG={}\n",
+            aud(4)
+        )
+    );
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0);
+}
+
+#[test]
+fn invalid_configuration_at_startup_exits_2_with_the_fix() {
+    let (_cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--domain", HOST, "--interval", "0s"], "--interval"),
+        (&["--domain", HOST, "--jitter", "80%"], "0% to 50%"),
+        (&["--interval", "1m"], "--domain"),
+        (&["--domain", HOST, "--interval", "soon"], "5m"),
+    ];
+    for (args, needle) in cases {
+        let mut c = sb.cmd();
+        c.arg("watch").args(args);
+        let r = run(&mut c);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(needle), "{args:?}: {r:?}");
+    }
+    // An address already taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut c = sb.cmd();
+    c.args([
+        "watch",
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+        "--listen",
+        &addr,
+    ]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--listen"), "{r:?}");
+}
+
+#[test]
+fn secrets_never_reach_the_logs_at_any_verbosity() {
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    cf.fault(Fault::Status500);
+    let mut w = Watcher::start(&sb, &fast(&["--domain", HOST, "-vvv", "--output", "json"]));
+    w.expect("a change", LIMIT, |_| holds(&sb, &aud(2)));
+    let n = cf.requests().len();
+    w.expect("another pass", LIMIT, |_| cf.requests().len() > n);
+    w.signal("HUP");
+    w.expect("a reload", LIMIT, |w| {
+        w.stderr().contains("configuration reloaded")
+    });
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0);
+    let all = format!("{}\n{}", w.stderr(), w.stdout_lines().join("\n"));
+    assert!(all.contains("cloudflare request"), "trace logging was on");
+    assert!(!all.contains(TOKEN), "the token leaked");
+}
+
+// ---- /healthz and /metrics over real HTTP ----
+
+/// GET over a raw HTTP/1.1 connection: (status, content type, body).
+fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        !header("transfer-encoding").contains("chunked"),
+        "expected a sized body: {head}"
+    );
+    (status, header("content-type"), body.to_string())
+}
+
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn is_name(s: &str, colon: bool) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || (colon && f == ':'))
+        && c.all(|f| f.is_ascii_alphanumeric() || f == '_' || (colon && f == ':'))
+}
+
+fn parse_value(v: &str) -> Option<f64> {
+    match v {
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => v.parse().ok(),
+    }
+}
+
+/// A strict reader of the OpenMetrics / Prometheus text exposition: every line must be a
+/// well-formed HELP/TYPE/UNIT line, a sample of a declared family, or the final `# EOF`.
+fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.last() != Some(&"# EOF") || !text.ends_with('\n') {
+        return Err("the exposition must end with `# EOF` and a newline".into());
+    }
+    for (i, line) in lines.iter().enumerate() {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
+        if *line == "# EOF" {
+            if i + 1 != lines.len() {
+                return Err(bad("# EOF before the end"));
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kw, name, arg) = (parts.next(), parts.next(), parts.next());
+            let name = name
+                .filter(|n| is_name(n, true))
+                .ok_or_else(|| bad("metric name"))?;
+            match (kw, arg) {
+                (Some("TYPE"), Some(t)) => {
+                    let known = [
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "summary",
+                        "info",
+                        "stateset",
+                        "gaugehistogram",
+                        "unknown",
+                    ];
+                    if !known.contains(&t) {
+                        return Err(bad("unknown type"));
+                    }
+                    if types.insert(name.to_string(), t.to_string()).is_some() {
+                        return Err(bad("TYPE declared twice"));
+                    }
+                }
+                (Some("HELP"), Some(_)) | (Some("UNIT"), Some(_)) => {}
+                _ => return Err(bad("comment")),
+            }
+            continue;
+        }
+        let (series, rest) = match line.find('{') {
+            Some(_) => {
+                let close = line.rfind('}').ok_or_else(|| bad("unclosed labels"))?;
+                (&line[..close + 1], line[close + 1..].trim_start())
+            }
+            None => line.split_once(' ').ok_or_else(|| bad("no value"))?,
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, parse_labels(&l[..l.len() - 1]).map_err(|e| bad(&e))?),
+            None => (series, BTreeMap::new()),
+        };
+        if !is_name(name, true) {
+            return Err(bad("metric name"));
+        }
+        let mut vals = rest.split(' ');
+        let value = vals
+            .next()
+            .and_then(parse_value)
+            .ok_or_else(|| bad("value"))?;
+        if let Some(ts) = vals.next()
+            && ts.parse::<f64>().is_err()
+        {
+            return Err(bad("timestamp"));
+        }
+        if vals.next().is_some() {
+            return Err(bad("trailing text"));
+        }
+        let family = [
+            "_total", "_bucket", "_count", "_sum", "_created", "_info", "",
+        ]
+        .iter()
+        .find_map(|suf| {
+            let base = name.strip_suffix(suf)?;
+            types.contains_key(base).then(|| base.to_string())
+        })
+        .ok_or_else(|| bad("sample of an undeclared family"))?;
+        if types[&family] == "counter" && !name.ends_with("_total") && !name.ends_with("_created") {
+            return Err(bad("counter sample without _total"));
+        }
+        samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    Ok(samples)
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let mut chars = s.chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if !is_name(&key, false) {
+            return Err(format!("label name {key:?}"));
+        }
+        if chars.next() != Some('"') {
+            return Err("label value must be quoted".into());
+        }
+        let mut val = String::new();
+        loop {
+            match chars.next() {
+                Some('\\') => match chars.next() {
+                    Some('\\') => val.push('\\'),
+                    Some('"') => val.push('"'),
+                    Some('n') => val.push('\n'),
+                    _ => return Err("bad escape".into()),
+                },
+                Some('"') => break,
+                Some(c) => val.push(c),
+                None => return Err("unterminated label value".into()),
+            }
+        }
+        if out.insert(key, val).is_some() {
+            return Err("label repeated".into());
+        }
+        match chars.next() {
+            None => break,
+            Some(',') => {}
+            Some(c) => return Err(format!("unexpected {c:?} after a label")),
+        }
+    }
+    Ok(out)
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?} in {samples:#?}"))
+        .value
+}
+
+fn scrape(addr: &str) -> Vec<Sample> {
+    let (code, ctype, body) = http_get(addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    parse_exposition(&body).unwrap_or_else(|e| panic!("{e}\n{body}"))
+}
+
+#[test]
+fn exposition_checker_rejects_malformed_text() {
+    assert!(parse_exposition("# TYPE a counter\na_total 1\n# EOF\n").is_ok());
+    for bad in [
+        "# TYPE a counter\na_total 1\n",
+        "# TYPE a counter\na_total one\n# EOF\n",
+        "a_total 1\n# EOF\n",
+        "# TYPE a counter\na_total{x=\"1} 1\n# EOF\n",
+        "# TYPE a counter\na_total{x=1} 1\n# EOF\n",
+        "# TYPE a counter\na 1\n# EOF\n",
+        "# TYPE a gauge\na 1 2 3\n# EOF\n",
+    ] {
+        assert!(parse_exposition(bad).is_err(), "accepted {bad:?}");
+    }
+}
+
+#[test]
+fn healthz_and_metrics_are_served_and_counters_move() {
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    // The token was revoked: every pass fails at the source (403, not retried).
+    cf.with(|s| s.token = Some("some-other-token".into()));
+    let mut w = Watcher::start(
+        &sb,
+        &fast(&[
+            "--domain",
+            HOST,
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--unhealthy-after",
+            "0s",
+        ]),
+    );
+    let mut addr = String::new();
+    w.expect("the listening address", LIMIT, |w| {
+        w.json_logs().iter().any(|l| {
+            if message(l) == "serving /healthz and /metrics" {
+                addr = l["fields"]["addr"].as_str().unwrap_or_default().to_string();
+                true
+            } else {
+                false
+            }
+        })
+    });
+    w.expect("two failed passes", LIMIT, |_| {
+        value(
+            &scrape(&addr),
+            "audsync_pass_failures_total",
+            &[("stage", "source")],
+        ) >= 2.0
+    });
+    let (code, ctype, body) = http_get(&addr, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(ctype.starts_with("application/json"), "{ctype}");
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["status"], "failing", "{h}");
+    assert_eq!(h["failed_stage"], "source", "{h}");
+    assert!(h["consecutive_failures"].as_u64().unwrap() >= 2, "{h}");
+    assert!(
+        !body.contains(TOKEN) && body.len() < 300,
+        "short, no secrets: {body}"
+    );
+    let m = scrape(&addr);
+    assert_eq!(
+        value(&m, "audsync_passes_total", &[("status", "changed")]),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "audsync_last_success_timestamp_seconds", &[]),
+        0.0
+    );
+    assert!(value(&m, "audsync_consecutive_failures", &[]) >= 2.0);
+
+    // The token is fixed: the next pass succeeds and applies the change.
+    cf.with(|s| s.token = Some(TOKEN.into()));
+    w.expect("a healthy answer", LIMIT, |_| {
+        http_get(&addr, "/healthz").0 == 200
+    });
+    w.expect("an in-sync pass", LIMIT, |_| {
+        value(
+            &scrape(&addr),
+            "audsync_passes_total",
+            &[("status", "in_sync")],
+        ) >= 1.0
+    });
+    let (_, _, body) = http_get(&addr, "/healthz");
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["consecutive_failures"], 0, "{h}");
+
+    let m = scrape(&addr);
+    let failed = value(&m, "audsync_passes_total", &[("status", "failed")]);
+    let all: f64 = m
+        .iter()
+        .filter(|s| s.name == "audsync_passes_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        value(&m, "audsync_passes_total", &[("status", "changed")]),
+        1.0
+    );
+    assert_eq!(value(&m, "audsync_aud_changes_total", &[]), 1.0);
+    assert_eq!(
+        failed,
+        value(&m, "audsync_pass_failures_total", &[("stage", "source")])
+    );
+    assert_eq!(
+        value(&m, "audsync_pass_failures_total", &[("stage", "sink")]),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "audsync_pass_failures_total", &[("stage", "target")]),
+        0.0
+    );
+    assert_eq!(value(&m, "audsync_consecutive_failures", &[]), 0.0);
+    assert_eq!(value(&m, "audsync_rollbacks_total", &[]), 0.0);
+    assert_eq!(
+        value(
+            &m,
+            "audsync_container_actions_total",
+            &[("action", "restart"), ("result", "done")]
+        ),
+        0.0
+    );
+    let observed = value(&m, "audsync_pass_duration_seconds_count", &[]);
+    assert_eq!(all, observed, "one duration per pass");
+    assert!(
+        value(
+            &m,
+            "audsync_pass_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ) >= observed
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for g in [
+        "audsync_last_success_timestamp_seconds",
+        "audsync_last_change_timestamp_seconds",
+    ] {
+        let t = value(&m, g, &[]);
+        assert!(t > now - 120.0 && t <= now + 1.0, "{g} = {t}");
+    }
+    assert_eq!(
+        value(
+            &m,
+            "audsync_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert_eq!(http_get(&addr, "/nope").0, 404);
+
+    // A reload is counted.
+    w.signal("HUP");
+    w.expect("the reload counted", LIMIT, |_| {
+        value(
+            &scrape(&addr),
+            "audsync_config_reloads_total",
+            &[("result", "ok")],
+        ) == 1.0
+    });
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0);
+}
+
+// ---- completions and man ----
+
+#[test]
+fn completions_and_man_page_mention_the_subcommands() {
+    let sb = Sandbox::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let r = run(sb.cmd().args(["completions", shell]));
+        assert_eq!(r.code, 0, "{shell}: {r:?}");
+        for word in ["sync", "watch", "get", "--interval", "--domain"] {
+            assert!(r.stdout.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let r = run(sb.cmd().args(["completions", "tcsh"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = run(sb.cmd().arg("man"));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.starts_with(".ie") || r.stdout.contains(".TH audsync"),
+        "{}",
+        r.stdout
+    );
+    for word in ["audsync\\-watch", "audsync\\-sync", "completions"] {
+        assert!(r.stdout.contains(word), "man lacks {word}:\n{}", r.stdout);
+    }
+    // One page per command, so the references above resolve.
+    let r = run(sb.cmd().args(["man", "--out-dir", "man1"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    let watch = std::fs::read_to_string(sb.path("man1/audsync-watch.1")).unwrap();
+    assert!(watch.contains(".TH audsync-watch 1"), "{watch}");
+    assert!(
+        watch.contains("\\-\\-interval") && watch.contains("\\-\\-jitter"),
+        "{watch}"
+    );
+    for page in [
+        "audsync.1",
+        "audsync-sync.1",
+        "audsync-get.1",
+        "audsync-completions.1",
+        "audsync-man.1",
+    ] {
+        assert!(sb.path("man1").join(page).exists(), "{page}");
+    }
+}
+
+// ---- packaging ----
+
+/// The systemd units, compose snippet, Dockerfiles, cron line and hook in scripts/ validate,
+/// and every audsync command line in them parses with this binary.
+#[test]
+fn packaging_files_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("scripts/check-packaging.sh"))
+        .env("AUDSYNC_BIN", assert_cmd::cargo::cargo_bin("audsync"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok: all packaging files"), "{text}");
+}
+
+// ---- the real Docker engine (gated like the other Docker tests) ----
+
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+/// A changed AUD restarts the container once, and /metrics counts the restart.
+#[test]
+fn restarts_are_counted_in_the_metrics() {
+    if std::env::var("AUDSYNC_DOCKER_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set AUDSYNC_DOCKER_TESTS=1 (scripts/test.sh does)");
+        return;
+    }
+    let image = std::env::var("AUDSYNC_TEST_IMAGE").unwrap_or("audsync-test/busybox:1".into());
+    let name = format!(
+        "audsync-watch-test-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    let out = Command::new("docker")
+        .args(["run", "-d", "--name", &name, &image, "sleep", "3600"])
+        .output()
+        .unwrap();
+    let _guard = Container(name.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = |n: &str| {
+        let o = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.StartedAt}}", n])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let first_start = started(&name);
+
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    let mut w = Watcher::start(
+        &sb,
+        &[
+            "--domain",
+            HOST,
+            "--container",
+            &name,
+            "--restart",
+            "restart",
+            "--interval",
+            "200ms",
+            "--jitter",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+    );
+    let mut addr = String::new();
+    w.expect("the listening address", LIMIT, |w| {
+        w.json_logs().iter().any(|l| {
+            let hit = message(l) == "serving /healthz and /metrics";
+            if hit {
+                addr = l["fields"]["addr"].as_str().unwrap_or_default().to_string();
+            }
+            hit
+        })
+    });
+    let restarts = |addr: &str| {
+        value(
+            &scrape(addr),
+            "audsync_container_actions_total",
+            &[("action", "restart"), ("result", "done")],
+        )
+    };
+    w.expect("the restart counted", LIMIT, |_| restarts(&addr) == 1.0);
+    let n = cf.requests().len();
+    w.expect("three more passes", LIMIT, |_| cf.requests().len() >= n + 3);
+    let m = scrape(&addr);
+    assert_eq!(restarts(&addr), 1.0, "restarted once, not on every pass");
+    assert_eq!(
+        value(
+            &m,
+            "audsync_container_actions_total",
+            &[("action", "restart"), ("result", "failed")]
+        ),
+        0.0
+    );
+    assert_ne!(
+        started(&name),
+        first_start,
+        "the container really restarted"
+    );
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0);
+}
