@@ -17,8 +17,13 @@ need jq || apt-get install -y jq >/dev/null
 [ -x /usr/bin/time ] || apt-get install -y time >/dev/null
 python3 -c 'import requests, dotenv' 2>/dev/null || pip install -q requests python-dotenv
 
-cargo build --release --quiet
-BIN="$ROOT/target/release/audsync"
+# AUDSYNC_BIN: use an already built release binary (CI passes the static one from ci-image.sh).
+if [ -n "${AUDSYNC_BIN:-}" ]; then
+  BIN=$(cd "$(dirname "$AUDSYNC_BIN")" && pwd)/$(basename "$AUDSYNC_BIN")
+else
+  cargo build --release --quiet
+  BIN="$ROOT/target/release/audsync"
+fi
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -154,8 +159,28 @@ see a second matching application to refuse an ambiguous host.
 MD
 )
 EXTRA=""
-if [ -x scripts/bench-watch.sh ] && [ $SMOKE = 0 ]; then EXTRA+=$'\n'"$(bash scripts/bench-watch.sh --markdown 2>/dev/null || echo '(bench-watch.sh failed)')"; fi
-if [ -x scripts/bench-recreate.sh ] && [ $SMOKE = 0 ]; then EXTRA+=$'\n'"$(bash scripts/bench-recreate.sh --markdown 2>/dev/null || echo '(bench-recreate.sh failed)')"; fi
+if [ $SMOKE = 0 ]; then
+  W=$(AUDSYNC_BIN="$BIN" bash scripts/bench-watch.sh 2>&1 | tail -2 || echo "bench-watch.sh failed")
+  R=$(AUDSYNC_BIN="$BIN" bash scripts/bench-recreate.sh 7 2>&1 | tail -4 || echo "bench-recreate.sh failed")
+  EXTRA=$(cat <<MD
+
+## 5. Idle \`watch\` memory (\`scripts/bench-watch.sh\`)
+
+\`\`\`
+$W
+\`\`\`
+
+## 6. Recreate downtime vs \`docker-compose up -d --force-recreate\` (\`scripts/bench-recreate.sh 7\`)
+
+Same compose service (healthcheck every 500 ms), same engine; time from the old container's
+\`die\` event to the new one's \`start\` / \`health_status: healthy\` event.
+
+\`\`\`
+$R
+\`\`\`
+MD
+)
+fi
 REPORT+="$EXTRA"
 echo "$REPORT"
 if [ $SMOKE = 0 ]; then
