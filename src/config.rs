@@ -251,15 +251,7 @@ impl SourceConfig {
             }
         };
         let url = url.map_or_else(|| format!("https://{host}/"), |u| u.to_string());
-        let any_credential = [
-            "CLOUDFLARE_API_TOKEN",
-            "CLOUDFLARE_API_TOKEN_FILE",
-            "CLOUDFLARE_EMAIL",
-            "CLOUDFLARE_API_KEY",
-            "CLOUDFLARE_API_KEY_FILE",
-        ]
-        .iter()
-        .any(|n| env.get(n).is_some());
+        let any_credential = crate::config::has_cloudflare_credentials(env);
         let auth = if any_credential {
             cloudflare_auth(env)?
         } else {

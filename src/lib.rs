@@ -9,6 +9,7 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod exit;
+pub mod http;
 pub mod lock;
 pub mod reconcile;
 pub mod secret;

@@ -69,15 +69,7 @@ impl VerifyConfig {
             }
             (None, None) => None,
         };
-        let any_credential = [
-            "CLOUDFLARE_API_TOKEN",
-            "CLOUDFLARE_API_TOKEN_FILE",
-            "CLOUDFLARE_EMAIL",
-            "CLOUDFLARE_API_KEY",
-            "CLOUDFLARE_API_KEY_FILE",
-        ]
-        .iter()
-        .any(|n| env.get(n).is_some());
+        let any_credential = crate::config::has_cloudflare_credentials(env);
         let api = if any_credential {
             let mut s = a.source.clone();
             s.domain = Some(host.clone());

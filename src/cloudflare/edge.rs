@@ -84,22 +84,8 @@ pub struct Login {
 }
 
 fn transport(url: &str, e: &reqwest::Error) -> EdgeError {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    let mut detail = String::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        detail.push_str(": ");
-        detail.push_str(&c.to_string());
-        src = c.source();
-    }
     err(
-        format!("{url}: {what}{detail}"),
+        format!("{url}: {}", crate::http::describe_transport(e)),
         "check the URL (--url), DNS and network access to the host",
     )
 }

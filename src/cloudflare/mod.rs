@@ -67,7 +67,7 @@ pub enum Error {
         status: u16,
         detail: String,
     },
-    #[error("Cloudflare API {method} {path}: {}", transport(.source))]
+    #[error("Cloudflare API {method} {path}: {}", crate::http::describe_transport(.source))]
     Transport {
         method: Method,
         path: String,
@@ -124,27 +124,6 @@ pub struct ApiMessage {
     pub code: i64,
     #[serde(default)]
     pub message: String,
-}
-
-fn transport(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out (see --timeout / AUDSYNC_TIMEOUT)"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    let mut causes = Vec::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        causes.push(c.to_string());
-        src = c.source();
-    }
-    if causes.is_empty() {
-        what.to_string()
-    } else {
-        format!("{what}: {}", causes.join(": "))
-    }
 }
 
 fn describe(errors: &[ApiMessage]) -> String {
@@ -303,7 +282,7 @@ impl Client {
                 Err(source) => {
                     if attempt < self.retry.attempts {
                         let wait = backoff(&self.retry, attempt);
-                        tracing::warn!(%method, path, attempt, error = %transport(&source), ?wait, "cloudflare request failed; retrying");
+                        tracing::warn!(%method, path, attempt, error = %crate::http::describe_transport(&source), ?wait, "cloudflare request failed; retrying");
                         tokio::time::sleep(wait).await;
                         continue;
                     }

@@ -202,27 +202,6 @@ fn describe(status: StatusCode, body: &Value) -> String {
     }
 }
 
-fn transport(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out (see --timeout / AUDSYNC_TIMEOUT)"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    let mut causes = Vec::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        causes.push(c.to_string());
-        src = c.source();
-    }
-    if causes.is_empty() {
-        what.to_string()
-    } else {
-        format!("{what}: {}", causes.join(": "))
-    }
-}
-
 /// A 403 that means "log in again", not "not allowed".
 fn is_expired(status: StatusCode, body: &Value) -> bool {
     status == StatusCode::FORBIDDEN
@@ -285,7 +264,7 @@ impl Client {
                     format!(
                         "Universal Auth login at {} failed: {} ({lockout})",
                         self.settings.host,
-                        transport(&e.without_url())
+                        crate::http::describe_transport(&e.without_url())
                     ),
                     Some("check INFISICAL_HOST and network access to it".into()),
                 )
@@ -384,7 +363,7 @@ impl Client {
                 Err(e) => {
                     if attempt < self.retry.attempts {
                         let wait = backoff(&self.retry, attempt);
-                        tracing::warn!(%method, path, attempt, error = %transport(&e), ?wait, "infisical request failed; retrying");
+                        tracing::warn!(%method, path, attempt, error = %crate::http::describe_transport(&e), ?wait, "infisical request failed; retrying");
                         tokio::time::sleep(wait).await;
                         continue;
                     }
@@ -392,7 +371,7 @@ impl Client {
                         format!(
                             "{method} {path} at {}: {}",
                             self.settings.host,
-                            transport(&e.without_url())
+                            crate::http::describe_transport(&e.without_url())
                         ),
                         Some(
                             "check INFISICAL_HOST and network access to it; the next run retries"
