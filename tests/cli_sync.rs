@@ -646,3 +646,54 @@ fn env_example_parses_and_documents_every_option_variable() {
         .collect();
     assert!(missing.is_empty(), ".env.example lacks {missing:?}");
 }
+
+#[test]
+fn default_container_is_lambda_server() {
+    let (_cf, sb) = setup();
+    let r = run(sb.cmd().args([
+        "sync",
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = json(&r);
+    assert_eq!(j["containers"].as_array().map(Vec::len), Some(1), "{j}");
+    assert_eq!(j["containers"][0]["name"], "lambda-server");
+}
+
+#[test]
+fn rust_log_is_honoured_without_any_flag() {
+    let (_cf, mut sb) = setup();
+    let r = sync(&sb, &[]);
+    assert!(
+        !r.stderr.contains("cloudflare request"),
+        "quiet by default: {r:?}"
+    );
+    sb.var("RUST_LOG", "audsync=debug");
+    let r = sync(&sb, &[]);
+    assert!(r.stderr.contains("cloudflare request"), "{r:?}");
+    assert!(!r.stderr.contains(TOKEN));
+}
+
+#[test]
+fn owner_and_mode_are_kept_by_the_atomic_write() {
+    let (_cf, sb) = setup();
+    std::fs::set_permissions(sb.env_path(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    // Tests run as root in CI; elsewhere chown to another user is not allowed, so skip there.
+    if std::os::unix::fs::chown(sb.env_path(), Some(1234), Some(2345)).is_err() {
+        eprintln!("skipped: cannot chown (not root)");
+        return;
+    }
+    let ino = std::fs::metadata(sb.env_path()).unwrap().ino();
+    assert_eq!(sync(&sb, &[]).code, 0);
+    let m = std::fs::metadata(sb.env_path()).unwrap();
+    assert_ne!(m.ino(), ino, "atomic write replaced the file");
+    assert_eq!(
+        (m.uid(), m.gid(), m.permissions().mode() & 0o7777),
+        (1234, 2345, 0o640)
+    );
+}

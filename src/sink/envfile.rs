@@ -214,15 +214,15 @@ pub fn checked_edit(content: &str, key: &str, value: &str) -> Result<String, Str
             .collect::<Vec<_>>()
     };
     if others(&before) != others(&after) {
-        let changed: Vec<String> = before
+        let changed: std::collections::BTreeSet<&str> = before
             .keys()
             .chain(after.keys())
             .filter(|k| *k != key && before.get(*k) != after.get(*k))
-            .cloned()
+            .map(String::as_str)
             .collect();
         return Err(format!(
             "the edit would change other keys ({}); nothing written",
-            changed.join(", ")
+            changed.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
     Ok(edited)
@@ -434,6 +434,22 @@ mod tests {
             edit("\u{feff}A=1\r\nCLOUDFLARE_AUD_TAG=old\r\n"),
             "\u{feff}A=1\r\nCLOUDFLARE_AUD_TAG=newvalue\r\n"
         );
+    }
+
+    #[test]
+    fn keeps_blank_lines_and_whitespace_only_lines() {
+        let s = "\n\nA=1\n   \n\t\nCLOUDFLARE_AUD_TAG=old\n\n# end\n\n";
+        assert_eq!(edit(s), s.replace("=old", "=newvalue"));
+    }
+
+    #[test]
+    fn refuses_an_edit_that_would_change_another_key() {
+        // B is built from the key by substitution: changing the key would change B too.
+        let s = "CLOUDFLARE_AUD_TAG=old\nB=\"${CLOUDFLARE_AUD_TAG}-suffix\"\n";
+        let e = checked_edit(s, K, V).unwrap_err();
+        assert!(e.contains("would change other keys (B)"), "{e}");
+        // The unchecked edit alone would have gone ahead.
+        assert!(set_key(s, K, V).is_ok());
     }
 
     #[test]
