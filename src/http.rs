@@ -24,3 +24,17 @@ pub fn describe_transport(e: &reqwest::Error) -> String {
         format!("{what}: {}", causes.join(": "))
     }
 }
+
+/// Build a reqwest client; TLS set-up can fail (no system CA certificates), and that must be an
+/// error the user can act on, never a panic in the middle of `watch`.
+pub fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String> {
+    builder.build().map_err(|e| {
+        let mut msg = format!("cannot set up the HTTP client: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(c) = src {
+            msg.push_str(&format!(": {c}"));
+            src = c.source();
+        }
+        msg + " (check the system CA certificates: package ca-certificates, SSL_CERT_FILE)"
+    })
+}

@@ -45,6 +45,12 @@ pub fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Whatever RUST_LOG says, bollard stays at info: at debug and trace it logs whole inspect
+    // answers and create bodies, i.e. container environments that may hold secrets.
+    let filter = match "bollard=info".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     // Colour only on a terminal: journald, Loki and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -107,7 +107,8 @@ pub async fn fetch(
 
 /// `--source edge`: the AUD from the protected host, no API call.
 async fn fetch_edge(cfg: &SourceConfig, edge: &crate::config::EdgeSource) -> Result<Found, Error> {
-    let http = crate::cloudflare::edge::http(cfg.timeout);
+    let http =
+        crate::cloudflare::edge::http(cfg.timeout).map_err(|e| Error::failed(e.message, e.hint))?;
     let got = crate::cloudflare::edge::learn_aud(&http, &edge.url, edge.team_domain.as_deref())
         .await
         .map_err(|e| Error::failed(e.message, e.hint))?;

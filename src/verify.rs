@@ -162,7 +162,16 @@ struct Learned {
 }
 
 pub async fn run(cfg: &VerifyConfig) -> Vec<CheckResult> {
-    let http = edge::http(cfg.timeout);
+    let http = match edge::http(cfg.timeout) {
+        Ok(h) => h,
+        Err(e) => {
+            let r = CheckResult::new(Check::Redirect, Status::Fail, e.message);
+            return vec![match e.hint {
+                Some(h) => r.fix(h),
+                None => r,
+            }];
+        }
+    };
     let mut l = Learned {
         team_domain: cfg.team_domain.clone(),
         ..Learned::default()

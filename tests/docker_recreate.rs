@@ -743,6 +743,17 @@ fn no_secret_from_a_container_environment_is_logged_at_vvv() {
     for out in [&r.stdout, &r.stderr] {
         assert!(!out.contains(crate::support::cloudflare::TOKEN), "{r:?}");
     }
+    // RUST_LOG=trace asks for everything; bollard's dumps of container environments stay out.
+    let mut sb = sb;
+    sb.var("RUST_LOG", "trace");
+    let r = sync(&sb, &[&c], &["--restart", "recreate", "--settle", "1s"]);
+    assert!(r.stderr.contains("TRACE"), "trace logging is on: {r:?}");
+    for out in [&r.stdout, &r.stderr] {
+        assert!(
+            !out.contains(crate::support::cloudflare::TOKEN),
+            "RUST_LOG=trace leaked: {r:?}"
+        );
+    }
 }
 
 #[test]

@@ -84,6 +84,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Lookup(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl Error {
@@ -165,7 +167,7 @@ pub struct Page<T> {
 
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    http: Result<reqwest::Client, String>,
     base: String,
     auth: Auth,
     retry: RetryPolicy,
@@ -173,12 +175,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, auth: Auth, timeout: Duration, retry: RetryPolicy) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("static reqwest client configuration is valid");
+        let http = crate::http::build(
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION"))),
+        );
         Client {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -265,7 +267,8 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self.http.request(method.clone(), &url).query(query);
+            let http = self.http.as_ref().map_err(|e| Error::Setup(e.clone()))?;
+            let mut req = http.request(method.clone(), &url).query(query);
             req = match &self.auth {
                 Auth::Token(t) => req.bearer_auth(t.expose()),
                 Auth::GlobalKey { email, key } => req

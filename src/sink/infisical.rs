@@ -176,7 +176,7 @@ pub enum Written {
 /// pass; logs in lazily, at most twice per pass (once, and once more after an expiry).
 #[derive(Debug)]
 pub struct Client {
-    http: reqwest::Client,
+    http: Result<reqwest::Client, String>,
     settings: Settings,
     token: Option<Secret>,
     logins: u32,
@@ -216,17 +216,21 @@ fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
 }
 
 impl Client {
+    fn http(&self) -> Result<&reqwest::Client, Error> {
+        self.http.as_ref().map_err(|m| err(m.clone(), None))
+    }
+
     pub fn new(settings: Settings) -> Client {
         Client::with_retry(settings, RetryPolicy::default())
     }
 
     pub fn with_retry(settings: Settings, retry: RetryPolicy) -> Client {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("static reqwest client configuration is valid");
+        let http = crate::http::build(
+            reqwest::Client::builder()
+                .timeout(settings.timeout)
+                .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+                .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION"))),
+        );
         Client {
             http,
             settings,
@@ -254,7 +258,7 @@ impl Client {
         tracing::debug!(path, client_id = %client_id, "infisical login");
         let lockout = "not retried: three failed logins lock the machine identity for 5 minutes";
         let resp = self
-            .http
+            .http()?
             .post(format!("{}{path}", self.settings.host))
             .json(&json!({"clientId": client_id, "clientSecret": client_secret.expose()}))
             .send()
@@ -350,7 +354,7 @@ impl Client {
             };
             attempt += 1;
             let mut req = self
-                .http
+                .http()?
                 .request(method.clone(), &url)
                 .bearer_auth(token.expose());
             req = match &body {
