@@ -17,13 +17,24 @@ use crate::error::Error;
 use crate::secret::Secret;
 use crate::sink::envfile;
 
-/// Process environment first, then the `.env` file.
-#[derive(Debug, Clone, Default)]
+/// Process environment first, then the `.env` file. Its `Debug` shows the keys only: the
+/// `.env` file holds the API token.
+#[derive(Clone, Default)]
 pub struct Env {
     pub env_file: Option<PathBuf>,
     dotenv: BTreeMap<String, String>,
     /// Values read from a secret store (Infisical): the last layer, below the `.env` file.
     fetched: BTreeMap<String, Secret>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("env_file", &self.env_file)
+            .field("dotenv_keys", &self.dotenv.keys().collect::<Vec<_>>())
+            .field("fetched_keys", &self.fetched.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Env {
@@ -371,6 +382,19 @@ pub fn validate_key(key: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_debug_shows_keys_not_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(".env");
+        std::fs::write(&p, "CLOUDFLARE_API_TOKEN=very-secret-token\n").unwrap();
+        let env = Env::from_file(&p).unwrap();
+        let shown = format!("{env:?}");
+        assert!(
+            shown.contains("CLOUDFLARE_API_TOKEN") && !shown.contains("very-secret-token"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn ids_and_hosts_are_validated() {

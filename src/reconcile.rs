@@ -201,8 +201,8 @@ pub fn plan(
 
 /// First 8 characters of an AUD, enough to tell two apart in a log line.
 pub fn short(v: &str) -> String {
-    if v.len() > 12 {
-        format!("{}…", &v[..8])
+    if v.chars().count() > 12 {
+        format!("{}…", v.chars().take(8).collect::<String>())
     } else {
         v.to_string()
     }
@@ -293,17 +293,18 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             .targets
             .iter()
             .map(|t| {
-                target_report(
-                    t,
-                    if t.action == Action::None {
-                        "none"
-                    } else {
-                        "planned"
-                    },
-                    None,
-                )
+                let result = if t.blocked.is_some() {
+                    // A real run would fail here too: say so, with the same exit code.
+                    "failed"
+                } else if t.action == Action::None {
+                    "none"
+                } else {
+                    "planned"
+                };
+                target_report(t, result, None)
             })
             .collect();
+        out.failed = plan.targets.iter().any(|t| t.blocked.is_some());
         return out;
     }
 
@@ -380,6 +381,13 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
         let group = targets[i].group();
         if step.action == Action::None && step.blocked.is_none() {
             out.containers.push(target_report(step, "none", None));
+            // Nothing is owed to a container that already runs with the value.
+            if sinks_ok
+                && owed.remove(&step.name)
+                && let Err(e) = journal.set_owed(&owed)
+            {
+                tracing::warn!(error = %e, "cannot update the state journal");
+            }
             continue;
         }
         if !sinks_ok {
@@ -508,6 +516,13 @@ mod tests {
             action(false, None, RestartMode::Restart, false),
             Action::None
         );
+    }
+
+    #[test]
+    fn short_cuts_on_characters_not_bytes() {
+        assert_eq!(short("未設定のプレースホルダーです"), "未設定のプレース…");
+        assert_eq!(short(&"ab".repeat(32)), "abababab…");
+        assert_eq!(short("old"), "old");
     }
 
     #[test]
@@ -752,6 +767,58 @@ mod tests {
             ["p_svc_1".to_string(), "p_svc_2".to_string()].into(),
             "both replicas are still owed"
         );
+    }
+
+    #[tokio::test]
+    async fn dry_run_fails_like_a_real_run_when_a_container_cannot_be_inspected() {
+        let mut sinks = vec![MemSink {
+            value: Some("old".into()),
+            fail: false,
+            writes: 0,
+        }];
+        let mut t = MemTarget::default();
+        let mut j = MemJournal::default();
+        let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
+        let down = Err(ActionError {
+            message: "cannot reach the Docker daemon".into(),
+            hint: None,
+        });
+        let p = plan(
+            NEW,
+            K,
+            obs,
+            vec![("lambda-server".into(), down)],
+            RestartMode::Auto,
+            &BTreeSet::new(),
+        );
+        let out = apply(&p, &mut sinks, std::slice::from_mut(&mut t), &mut j, true).await;
+        assert!(out.failed);
+        assert_eq!(out.containers[0].result, "failed");
+        assert_eq!(sinks[0].writes, 0);
+    }
+
+    #[tokio::test]
+    async fn an_owed_container_that_already_carries_the_value_is_cleared() {
+        let mut sinks = vec![MemSink {
+            value: Some(NEW.into()),
+            fail: false,
+            writes: 0,
+        }];
+        let mut t = MemTarget::default();
+        let mut j = MemJournal(["lambda-server".to_string()].into());
+        let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
+        let p = plan(
+            NEW,
+            K,
+            obs,
+            vec![tgt(Some(NEW))],
+            RestartMode::Auto,
+            &j.owed(),
+        );
+        assert_eq!(p.targets[0].action, Action::None);
+        apply(&p, &mut sinks, std::slice::from_mut(&mut t), &mut j, false).await;
+        assert!(j.0.is_empty(), "journal cleared");
+        assert_eq!(t.restarts, 0);
     }
 
     #[tokio::test]

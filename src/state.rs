@@ -23,6 +23,12 @@ pub struct State {
     /// Where the application for a host was last found.
     #[serde(default)]
     pub app: Option<CachedApp>,
+    /// The value each container last ran with after a pass (restarted, recreated, or found in
+    /// sync). A container whose value here differs from the desired one is owed an action even
+    /// when this run wrote nothing: the sink was changed by someone else (another host sharing
+    /// the Infisical secret, a person, `setup` elsewhere).
+    #[serde(default)]
+    pub applied: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

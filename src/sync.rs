@@ -413,7 +413,17 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         observed.push((s.info(), o));
     }
     let changed = observed.iter().any(|(_, o)| o.needs_write);
-    let owed = reconcile::Journal::owed(&state);
+    let mut owed = reconcile::Journal::owed(&state);
+    // A container that last ran with another value is owed an action too, even if this run
+    // writes nothing: someone else changed the sink.
+    owed.extend(
+        state
+            .state
+            .applied
+            .iter()
+            .filter(|(_, v)| **v != found.aud)
+            .map(|(k, _)| k.clone()),
+    );
     let (mut targets, target_obs) = build_targets(cfg, changed || !owed.is_empty()).await;
 
     let plan = reconcile::plan(
@@ -425,11 +435,34 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         &owed,
     );
     let outcome = reconcile::apply(&plan, &mut sinks, &mut targets, &mut state, cfg.dry_run).await;
+    record_applied(cfg, &mut state, &outcome, &found.aud);
     let mut r = report(cfg, found.clone(), &plan, outcome);
     if let Some(t) = tunnel_step(cfg, &client, &found, r.previous.as_deref()).await {
         r.add_tunnel(t);
     }
     Ok(r)
+}
+
+/// Remember which value each container of this pass now runs with. Containers whose action
+/// failed or was skipped keep their old record; containers not in this pass are forgotten.
+fn record_applied(cfg: &SyncConfig, state: &mut StateFile, outcome: &Outcome, desired: &str) {
+    if cfg.dry_run || cfg.restart == RestartMode::None {
+        return;
+    }
+    let mut applied = std::collections::BTreeMap::new();
+    for c in &outcome.containers {
+        if c.result == "done" || c.result == "none" {
+            applied.insert(c.name.clone(), desired.to_string());
+        } else if let Some(old) = state.state.applied.get(&c.name) {
+            applied.insert(c.name.clone(), old.clone());
+        }
+    }
+    if applied != state.state.applied {
+        state.state.applied = applied;
+        if let Err(e) = state.save() {
+            tracing::warn!(error = %e, "cannot record which value the containers run with");
+        }
+    }
 }
 
 /// What the tunnel step found and did.

@@ -146,3 +146,34 @@ fn an_unreachable_daemon_fails_after_the_write_and_the_next_run_restarts() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_ne!(started_at(&c), before, "the owed restart happened");
 }
+
+#[test]
+fn a_value_changed_by_someone_else_still_restarts_the_container_once() {
+    require_docker!();
+    let (cf, sb, d) = setup();
+    let c = server(&d, "srv");
+    assert_eq!(sync(&sb, &c, &[]).code, 0, "first run: applied aud(2)");
+    // Another writer (a second host sharing the secret, a person) puts the next AUD into the
+    // sink before this agent runs: the sink is already in sync, the container is not.
+    cf.set_aud(0, &aud(3));
+    sb.write_env(&ENV.replace("=old", &format!("={}", aud(3))));
+    let before = started_at(&c);
+    let r = sync(&sb, &c, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = json(&r);
+    assert_eq!(j["changed"], false, "nothing written by this run: {j}");
+    assert_eq!(j["containers"][0]["action"], "restart", "{j}");
+    assert_ne!(
+        started_at(&c),
+        before,
+        "restarted for the value it never ran with"
+    );
+    let before = started_at(&c);
+    let r = sync(&sb, &c, &[]);
+    assert_eq!(
+        (r.code, json(&r)["status"].clone()),
+        (0, Value::from("in_sync")),
+        "{r:?}"
+    );
+    assert_eq!(started_at(&c), before, "and only once");
+}
