@@ -47,21 +47,23 @@ pub struct StateFile {
 }
 
 impl StateFile {
-    /// Load, treating a missing or unreadable file as empty (it is only an optimisation and a
-    /// journal; the worst case is one extra lookup or restart).
-    pub fn load(path: &Path, read_only: bool) -> StateFile {
+    /// Load. A missing file is an empty state; a corrupt one is ignored with a warning (it is
+    /// only a cache and a journal: the worst case is one extra lookup or restart); a file that
+    /// exists but cannot be read is an error, so it is never silently overwritten.
+    pub fn load(path: &Path, read_only: bool) -> Result<StateFile, String> {
         let state = match fs::read(path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
                 State::default()
             }),
-            Err(_) => State::default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(format!("cannot read the state file {}: {e}", path.display())),
         };
-        StateFile {
+        Ok(StateFile {
             path: path.to_path_buf(),
             state,
             read_only,
-        }
+        })
     }
 
     pub fn save(&self) -> Result<(), String> {
@@ -109,15 +111,18 @@ mod tests {
     fn round_trips_and_tolerates_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.json");
-        let mut s = StateFile::load(&p, false);
+        let mut s = StateFile::load(&p, false).unwrap();
         assert_eq!(s.state, State::default());
         s.set_owed(&["a".to_string()].into()).unwrap();
-        assert_eq!(StateFile::load(&p, false).state.owed.len(), 1);
+        assert_eq!(StateFile::load(&p, false).unwrap().state.owed.len(), 1);
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
         fs::write(&p, "{not json").unwrap();
-        assert_eq!(StateFile::load(&p, false).state, State::default());
+        assert_eq!(StateFile::load(&p, false).unwrap().state, State::default());
+        let dir_as_file = dir.path().to_path_buf();
+        assert!(StateFile::load(&dir_as_file, false).is_err(), "an unreadable state is an error");
+        assert_eq!(StateFile::load(&p, false).unwrap().state, State::default());
     }
 }

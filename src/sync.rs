@@ -87,13 +87,15 @@ impl SyncConfig {
             ));
         }
         let env_file = a.source.env_file.clone();
+        // Lock and state live next to the real file, so a symlink and its target share them.
+        let real = std::fs::canonicalize(&env_file).unwrap_or_else(|_| env_file.clone());
         let sidecar = |suffix: &str| {
-            let mut name = env_file
+            let mut name = real
                 .file_name()
                 .map(|n| n.to_os_string())
                 .unwrap_or_else(|| ".env".into());
             name.push(suffix);
-            env_file.with_file_name(name)
+            real.with_file_name(name)
         };
         Ok(SyncConfig {
             source,
@@ -389,7 +391,9 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
                 .map_err(at(Stage::Lock))?,
         )
     };
-    let mut state = StateFile::load(&cfg.state_file, cfg.dry_run);
+    let mut state = StateFile::load(&cfg.state_file, cfg.dry_run)
+        .map_err(|e| Error::failed(e, Some("fix the file's permissions, or point --state-file / AUDSYNC_STATE_FILE elsewhere".into())))
+        .map_err(at(Stage::Lock))?;
     let before = state.state.clone();
     let client = source::client(&cfg.source);
     let found = source::fetch(&client, &cfg.source, Some(&mut state.state))

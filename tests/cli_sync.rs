@@ -555,6 +555,17 @@ fn symlinked_env_is_written_through() {
         "still a link"
     );
     assert!(std::fs::read_to_string(&real).unwrap().contains(&aud(2)));
+    // Lock and state sit next to the real file, so the link and its target share them.
+    assert!(sb.path("real.env.audsync-state.json").exists());
+    assert!(!sb.path(".env.audsync-state.json").exists());
+    let lock = std::fs::File::open(sb.path("real.env.audsync.lock")).unwrap();
+    lock.lock().unwrap();
+    let mut c = sb.cmd();
+    c.args(["sync", "--domain", HOST, "--restart", "none", "--env-file", "real.env", "--lock-timeout", "200ms"]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 1, "the target's lock is the same lock: {r:?}");
+    let r = sync(&sb, &["--lock-timeout", "200ms"]);
+    assert_eq!(r.code, 1, "and so is the link's: {r:?}");
 }
 
 #[test]

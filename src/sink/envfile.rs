@@ -200,32 +200,51 @@ pub fn parse(content: &str) -> Result<BTreeMap<String, String>, String> {
 
 /// The edit plus its proof: parse both versions; only `key` may differ, and it must read `value`.
 pub fn checked_edit(content: &str, key: &str, value: &str) -> Result<String, String> {
+    let edited = set_key(content, key, value)?;
+    verify_edit(content, &edited, key, value)?;
+    Ok(edited)
+}
+
+/// Prove an edit: both versions parse, `key` reads `value`, and every other key reads as
+/// before — except keys whose own text refers to `key` (`X=${KEY}`): those are meant to follow.
+pub fn verify_edit(content: &str, edited: &str, key: &str, value: &str) -> Result<(), String> {
     let before = parse(content)
         .map_err(|e| format!("the file does not parse as a .env file ({e}); fix it by hand"))?;
-    let edited = set_key(content, key, value)?;
-    let after = parse(&edited).map_err(|e| format!("the edited file would not parse ({e})"))?;
+    let after = parse(edited).map_err(|e| format!("the edited file would not parse ({e})"))?;
     if after.get(key).map(String::as_str) != Some(value) {
         return Err(format!("after the edit {key} would not read the new value"));
     }
-    let others = |m: &BTreeMap<String, String>| {
-        m.iter()
-            .filter(|(k, _)| *k != key)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<Vec<_>>()
-    };
-    if others(&before) != others(&after) {
-        let changed: std::collections::BTreeSet<&str> = before
-            .keys()
-            .chain(after.keys())
-            .filter(|k| *k != key && before.get(*k) != after.get(*k))
-            .map(String::as_str)
-            .collect();
+    let followers = referring_keys(content, key);
+    let changed: std::collections::BTreeSet<&str> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| *k != key && !followers.contains(k.as_str()) && before.get(*k) != after.get(*k))
+        .map(String::as_str)
+        .collect();
+    if !changed.is_empty() {
         return Err(format!(
             "the edit would change other keys ({}); nothing written",
             changed.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
-    Ok(edited)
+    Ok(())
+}
+
+/// Keys whose assignment text refers to `key` by substitution (`$KEY` or `${KEY}`).
+fn referring_keys<'a>(content: &'a str, key: &str) -> std::collections::BTreeSet<&'a str> {
+    let braced = format!("${{{key}}}");
+    let bare = format!("${key}");
+    content
+        .lines()
+        .filter_map(|line| {
+            let a = parse_assignment(line)?;
+            let v = &line[a.value_start..];
+            let bare_hit = v.match_indices(&bare).any(|(i, _)| {
+                !v[i + bare.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            });
+            (a.key != key && (v.contains(&braced) || bare_hit)).then_some(a.key)
+        })
+        .collect()
 }
 
 /// The `.env` file sink for one key.
@@ -444,12 +463,21 @@ mod tests {
 
     #[test]
     fn refuses_an_edit_that_would_change_another_key() {
-        // B is built from the key by substitution: changing the key would change B too.
-        let s = "CLOUDFLARE_AUD_TAG=old\nB=\"${CLOUDFLARE_AUD_TAG}-suffix\"\n";
-        let e = checked_edit(s, K, V).unwrap_err();
-        assert!(e.contains("would change other keys (B)"), "{e}");
-        // The unchecked edit alone would have gone ahead.
-        assert!(set_key(s, K, V).is_ok());
+        let e = verify_edit("A=1\nCLOUDFLARE_AUD_TAG=old\n", "A=2\nCLOUDFLARE_AUD_TAG=newvalue\n", K, V).unwrap_err();
+        assert!(e.contains("would change other keys (A)"), "{e}");
+        let e = verify_edit("A=1\nCLOUDFLARE_AUD_TAG=old\n", "CLOUDFLARE_AUD_TAG=newvalue\n", K, V).unwrap_err();
+        assert!(e.contains("(A)"), "a lost key is a change: {e}");
+        let e = verify_edit("CLOUDFLARE_AUD_TAG=old\n", "CLOUDFLARE_AUD_TAG=old\n", K, V).unwrap_err();
+        assert!(e.contains("would not read the new value"), "{e}");
+    }
+
+    #[test]
+    fn keys_that_refer_to_the_key_may_follow_it() {
+        let s = "CLOUDFLARE_AUD_TAG=old\nB=\"${CLOUDFLARE_AUD_TAG}-suffix\"\nC=$CLOUDFLARE_AUD_TAG\nD=$CLOUDFLARE_AUD_TAG_OLD\n";
+        let out = checked_edit(s, K, V).unwrap();
+        assert_eq!(out, s.replace("CLOUDFLARE_AUD_TAG=old", "CLOUDFLARE_AUD_TAG=newvalue"));
+        let refs = referring_keys(s, K);
+        assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["B", "C"], "D refers to another key");
     }
 
     #[test]
