@@ -122,7 +122,10 @@ mod tests {
         fs::write(&p, "{not json").unwrap();
         assert_eq!(StateFile::load(&p, false).unwrap().state, State::default());
         let dir_as_file = dir.path().to_path_buf();
-        assert!(StateFile::load(&dir_as_file, false).is_err(), "an unreadable state is an error");
+        assert!(
+            StateFile::load(&dir_as_file, false).is_err(),
+            "an unreadable state is an error"
+        );
         assert_eq!(StateFile::load(&p, false).unwrap().state, State::default());
     }
 }

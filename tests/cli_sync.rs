@@ -561,7 +561,17 @@ fn symlinked_env_is_written_through() {
     let lock = std::fs::File::open(sb.path("real.env.audsync.lock")).unwrap();
     lock.lock().unwrap();
     let mut c = sb.cmd();
-    c.args(["sync", "--domain", HOST, "--restart", "none", "--env-file", "real.env", "--lock-timeout", "200ms"]);
+    c.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+        "--env-file",
+        "real.env",
+        "--lock-timeout",
+        "200ms",
+    ]);
     let r = run(&mut c);
     assert_eq!(r.code, 1, "the target's lock is the same lock: {r:?}");
     let r = sync(&sb, &["--lock-timeout", "200ms"]);

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::support::access::{FakeAccess, TestKey, now, unsigned};
-use crate::support::cloudflare::{self, ACCOUNT, FakeCloudflare, TOKEN, app, aud, uuid};
+use crate::support::cloudflare::{self, ACCOUNT, FakeCloudflare, Fault, TOKEN, app, aud, uuid};
 use crate::support::{Run, Sandbox, run};
 
 const HOST: &str = "api.example.com";
@@ -417,6 +417,39 @@ fn sync_tunnel_api_failure_fails_the_pass() {
 }
 
 // ---------------------------------------------------------------- --source edge
+
+#[test]
+fn a_create_that_may_have_reached_cloudflare_is_not_sent_twice() {
+    let cf = fake(vec![], "cloudflare", ingress());
+    // The policy POST times out / fails with 500 after Cloudflare may have applied it: a second
+    // POST would create a duplicate. A GET would have been retried.
+    cf.with(|s| s.post_faults.push_back(Fault::Status500));
+    let sb = sandbox(&cf);
+    let r = setup(&sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let posts = cf
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 1, "a POST answered with 5xx is not repeated: {r:?}");
+    // A 429 means "not processed": that one is retried.
+    let cf = fake(vec![], "cloudflare", ingress());
+    cf.with(|s| {
+        s.post_faults.push_back(Fault::Status429 {
+            retry_after: Some("0".into()),
+        })
+    });
+    let sb = sandbox(&cf);
+    let r = setup(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let policy_posts = cf
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/policies"))
+        .count();
+    assert_eq!(policy_posts, 2, "429 then the retry");
+}
 
 fn team_key() -> TestKey {
     TestKey::generate("team-key-1")

@@ -283,7 +283,10 @@ impl Client {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(source) => {
-                    if attempt < self.retry.attempts {
+                    // A POST that may have reached the server is not sent twice (it would
+                    // create a second application or policy); one that never connected is.
+                    let may_retry = method != Method::POST || source.is_connect();
+                    if may_retry && attempt < self.retry.attempts {
                         let wait = backoff(&self.retry, attempt);
                         tracing::warn!(%method, path, attempt, error = %crate::http::describe_transport(&source), ?wait, "cloudflare request failed; retrying");
                         tokio::time::sleep(wait).await;
@@ -297,22 +300,23 @@ impl Client {
                 }
             };
             let status = resp.status();
-            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                if attempt < self.retry.attempts {
-                    let wait = retry_after(resp.headers())
-                        .unwrap_or_else(|| backoff(&self.retry, attempt))
-                        .min(self.retry.max_delay);
-                    tracing::warn!(%method, path, status = status.as_u16(), attempt, ?wait, "cloudflare answered with a retryable status; waiting");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                if status == StatusCode::TOO_MANY_REQUESTS {
-                    return Err(Error::RateLimited {
-                        method,
-                        path: path.into(),
-                        attempts: attempt,
-                    });
-                }
+            // 429 means "not processed"; a 5xx after a POST may have been, so only 429 retries it.
+            let retryable = status == StatusCode::TOO_MANY_REQUESTS
+                || (status.is_server_error() && method != Method::POST);
+            if retryable && attempt < self.retry.attempts {
+                let wait = retry_after(resp.headers())
+                    .unwrap_or_else(|| backoff(&self.retry, attempt))
+                    .min(self.retry.max_delay);
+                tracing::warn!(%method, path, status = status.as_u16(), attempt, ?wait, "cloudflare answered with a retryable status; waiting");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                return Err(Error::RateLimited {
+                    method,
+                    path: path.into(),
+                    attempts: attempt,
+                });
             }
             let bytes = resp.bytes().await.map_err(|source| Error::Transport {
                 method: method.clone(),

@@ -463,11 +463,24 @@ mod tests {
 
     #[test]
     fn refuses_an_edit_that_would_change_another_key() {
-        let e = verify_edit("A=1\nCLOUDFLARE_AUD_TAG=old\n", "A=2\nCLOUDFLARE_AUD_TAG=newvalue\n", K, V).unwrap_err();
+        let e = verify_edit(
+            "A=1\nCLOUDFLARE_AUD_TAG=old\n",
+            "A=2\nCLOUDFLARE_AUD_TAG=newvalue\n",
+            K,
+            V,
+        )
+        .unwrap_err();
         assert!(e.contains("would change other keys (A)"), "{e}");
-        let e = verify_edit("A=1\nCLOUDFLARE_AUD_TAG=old\n", "CLOUDFLARE_AUD_TAG=newvalue\n", K, V).unwrap_err();
+        let e = verify_edit(
+            "A=1\nCLOUDFLARE_AUD_TAG=old\n",
+            "CLOUDFLARE_AUD_TAG=newvalue\n",
+            K,
+            V,
+        )
+        .unwrap_err();
         assert!(e.contains("(A)"), "a lost key is a change: {e}");
-        let e = verify_edit("CLOUDFLARE_AUD_TAG=old\n", "CLOUDFLARE_AUD_TAG=old\n", K, V).unwrap_err();
+        let e =
+            verify_edit("CLOUDFLARE_AUD_TAG=old\n", "CLOUDFLARE_AUD_TAG=old\n", K, V).unwrap_err();
         assert!(e.contains("would not read the new value"), "{e}");
     }
 
@@ -475,9 +488,16 @@ mod tests {
     fn keys_that_refer_to_the_key_may_follow_it() {
         let s = "CLOUDFLARE_AUD_TAG=old\nB=\"${CLOUDFLARE_AUD_TAG}-suffix\"\nC=$CLOUDFLARE_AUD_TAG\nD=$CLOUDFLARE_AUD_TAG_OLD\n";
         let out = checked_edit(s, K, V).unwrap();
-        assert_eq!(out, s.replace("CLOUDFLARE_AUD_TAG=old", "CLOUDFLARE_AUD_TAG=newvalue"));
+        assert_eq!(
+            out,
+            s.replace("CLOUDFLARE_AUD_TAG=old", "CLOUDFLARE_AUD_TAG=newvalue")
+        );
         let refs = referring_keys(s, K);
-        assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["B", "C"], "D refers to another key");
+        assert_eq!(
+            refs.into_iter().collect::<Vec<_>>(),
+            vec!["B", "C"],
+            "D refers to another key"
+        );
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct CfState {
     pub ignore_domain_filter: bool,
     pub max_per_page: usize,
     pub faults: VecDeque<Fault>,
+    /// Faults for POST requests only (the next POST takes the first).
+    pub post_faults: VecDeque<Fault>,
     pub requests: Vec<Recorded>,
     /// Extra routes added by other test areas: (method, path) -> handler.
     pub extra: Vec<ExtraRoute>,
@@ -116,6 +118,7 @@ impl FakeCloudflare {
             ignore_domain_filter: false,
             max_per_page: 1000,
             faults: VecDeque::new(),
+            post_faults: VecDeque::new(),
             requests: Vec::new(),
             extra: Vec::new(),
             policies: Vec::new(),
@@ -207,7 +210,11 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
     let fault = {
         let mut s = st.lock().unwrap();
         s.requests.push(rec.clone());
-        s.faults.pop_front()
+        if rec.method == "POST" && !s.post_faults.is_empty() {
+            s.post_faults.pop_front()
+        } else {
+            s.faults.pop_front()
+        }
     };
     match fault {
         Some(Fault::Status429 { retry_after }) => {
