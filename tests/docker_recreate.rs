@@ -871,7 +871,11 @@ fn recreate_mode_recreates_a_container_without_the_key_where_auto_restarts() {
     assert_eq!(j["containers"][0]["action"], "recreate", "{r:?}");
     assert_eq!(j["containers"][0]["result"], "done", "{r:?}");
     let after = inspect(&c);
-    assert_ne!(after["Id"], id.as_str(), "a new container under the same name");
+    assert_ne!(
+        after["Id"],
+        id.as_str(),
+        "a new container under the same name"
+    );
     assert_eq!(after["State"]["Running"], true);
     assert_eq!(env_of(&c, "OTHER").as_deref(), Some("1"));
     assert_eq!(after["Config"]["Labels"]["audsync.test"], "reader");
@@ -923,7 +927,10 @@ fn recreate_stops_the_old_container_with_its_own_stop_timeout() {
         "the new container keeps the stop timeout"
     );
     let (stop, killed) = stop_duration(&events);
-    assert!(killed, "it ignored SIGTERM and had to be killed: {events:#?}");
+    assert!(
+        killed,
+        "it ignored SIGTERM and had to be killed: {events:#?}"
+    );
     // A behaviour check with a generous bound: with the engine default the stop takes 10 s.
     assert!(
         stop < Duration::from_secs(5),

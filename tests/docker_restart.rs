@@ -156,14 +156,7 @@ fn a_restart_honours_the_containers_own_stop_timeout() {
     // The engine's default is 10 s; this container asks for 1 s.
     let c = d.run(
         "stubborn",
-        &[
-            "--stop-timeout",
-            "1",
-            &image(),
-            "sh",
-            "-c",
-            IGNORES_TERM,
-        ],
+        &["--stop-timeout", "1", &image(), "sh", "-c", IGNORES_TERM],
     );
     assert_eq!(
         crate::support::docker::inspect(&c)["Config"]["StopTimeout"],
@@ -179,7 +172,10 @@ fn a_restart_honours_the_containers_own_stop_timeout() {
     assert_eq!(json(&r)["containers"][0]["action"], "restart");
     assert_ne!(started_at(&c), before, "the container was restarted");
     let (stop, killed) = stop_duration(&events);
-    assert!(killed, "it ignored SIGTERM and had to be killed: {events:#?}");
+    assert!(
+        killed,
+        "it ignored SIGTERM and had to be killed: {events:#?}"
+    );
     // Behaviour checks with generous bounds: with the engine default the stop alone takes 10 s.
     assert!(
         stop < std::time::Duration::from_secs(5),

@@ -933,7 +933,10 @@ fn infisical_static_token_never_leaks_at_any_verbosity() {
     ];
     for (setup, says) in refusals {
         w.inf.with(setup);
-        for args in [vec!["-vvv"], vec!["-vvv", "--output", "json", "--log-format", "json"]] {
+        for args in [
+            vec!["-vvv"],
+            vec!["-vvv", "--output", "json", "--log-format", "json"],
+        ] {
             let r = run_with(&sb, &args);
             assert_eq!(r.code, 1, "{args:?}: {r:?}");
             assert!(r.stderr.contains(says), "{says:?}: {r:?}");
@@ -950,8 +953,14 @@ fn infisical_static_token_never_leaks_at_any_verbosity() {
         .count();
     assert!(sent >= outputs.len(), "{sent} requests with the token");
     for r in &outputs {
-        assert!(!both(r).contains(STATIC_TOKEN), "INFISICAL_TOKEN leaked: {r:?}");
-        assert!(!both(r).contains(TOKEN), "CLOUDFLARE_API_TOKEN leaked: {r:?}");
+        assert!(
+            !both(r).contains(STATIC_TOKEN),
+            "INFISICAL_TOKEN leaked: {r:?}"
+        );
+        assert!(
+            !both(r).contains(TOKEN),
+            "CLOUDFLARE_API_TOKEN leaked: {r:?}"
+        );
     }
 }
 

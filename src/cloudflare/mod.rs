@@ -432,9 +432,7 @@ mod tests {
 
     /// An HTTP server on 127.0.0.1 answering every request with 429 and `retry_after`;
     /// returns its base URL and the number of requests it has seen.
-    fn always_429(
-        retry_after: String,
-    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    fn always_429(retry_after: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -725,10 +725,7 @@ mod tests {
 
     /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as servers send in `Retry-After`.
     fn http_date(t: std::time::SystemTime) -> String {
-        let secs = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         // "1994-11-06T08:49:37Z"
         let iso = humantime::format_rfc3339_seconds(t).to_string();
         let (date, time) = (&iso[..10], &iso[11..19]);
