@@ -526,6 +526,75 @@ mod tests {
     }
 
     #[test]
+    fn recreate_mode_recreates_even_without_the_key_in_the_environment() {
+        // `auto` would only restart these: `recreate` is the user's explicit choice.
+        assert_eq!(
+            action(true, None, RestartMode::Recreate, false),
+            Action::Recreate,
+            "changed, no key in env"
+        );
+        assert_eq!(
+            action(false, None, RestartMode::Recreate, true),
+            Action::Recreate,
+            "owed, no key in env"
+        );
+        assert_eq!(
+            action(true, Some("old"), RestartMode::Recreate, false),
+            Action::Recreate,
+            "changed, stale key in env"
+        );
+        assert_eq!(
+            action(false, Some(NEW), RestartMode::Recreate, true),
+            Action::Recreate,
+            "owed although the env already holds the value (an earlier recreate half done)"
+        );
+        assert_eq!(
+            action(false, Some("old"), RestartMode::Recreate, false),
+            Action::Recreate,
+            "drifted"
+        );
+    }
+
+    #[test]
+    fn recreate_mode_leaves_a_container_in_sync_alone() {
+        assert_eq!(
+            action(false, Some(NEW), RestartMode::Recreate, false),
+            Action::None,
+            "env holds the desired value and nothing is owed"
+        );
+        assert_eq!(
+            action(true, Some(NEW), RestartMode::Recreate, false),
+            Action::None,
+            "already recreated with the value the sinks are about to get"
+        );
+        assert_eq!(
+            action(false, None, RestartMode::Recreate, false),
+            Action::None,
+            "nothing changed, nothing owed"
+        );
+    }
+
+    #[test]
+    fn recreate_mode_recreates_a_container_that_cannot_be_inspected() {
+        let p = plan(
+            NEW,
+            K,
+            vec![sink(true)],
+            vec![(
+                "lambda-server".into(),
+                Err(ActionError {
+                    message: "gone".into(),
+                    hint: None,
+                }),
+            )],
+            RestartMode::Recreate,
+            &BTreeSet::new(),
+        );
+        assert_eq!(p.targets[0].action, Action::Recreate);
+        assert!(p.targets[0].blocked.is_some());
+    }
+
+    #[test]
     fn none_mode_touches_nothing() {
         assert_eq!(
             action(true, Some("old"), RestartMode::None, true),

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use crate::require_docker;
 use crate::support::cloudflare::{FakeCloudflare, app, aud};
 use crate::support::docker::{
-    Docker, docker, docker_try, env_of, exec, free_port, id_of, image, inspect, started_at,
-    wait_healthy,
+    Docker, Events, IGNORES_TERM, docker, docker_try, env_of, exec, free_port, id_of, image,
+    inspect, started_at, stop_duration, wait_healthy,
 };
 use crate::support::{Run, Sandbox, run};
 
@@ -841,4 +841,110 @@ fn the_health_wait_is_bounded_by_health_timeout() {
     );
     assert_eq!((id_of(&c), env_of(&c, KEY)), (id, Some("old".into())));
     assert_eq!(inspect(&c)["State"]["Running"], true);
+}
+
+/// `--restart recreate` recreates a container even when its environment does not carry the key
+/// (where `auto` only restarts it): same name, new id, running, the rest as before.
+#[test]
+fn recreate_mode_recreates_a_container_without_the_key_where_auto_restarts() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    // Reads its value at start-up: no CLOUDFLARE_AUD_TAG in its environment.
+    let c = d.run(
+        "reader",
+        &[
+            "-e",
+            "OTHER=1",
+            "--label",
+            "audsync.test=reader",
+            &image(),
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; echo up; sleep 3600 & wait",
+        ],
+    );
+    assert_eq!(env_of(&c, KEY), None);
+    let id = id_of(&c);
+
+    // auto: a restart, the same container.
+    let before = started_at(&c);
+    let r = sync(&sb, &[&c], &["--restart", "auto"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(json_of(&r)["containers"][0]["action"], "restart", "{r:?}");
+    assert_eq!(id_of(&c), id, "auto restarts, it does not recreate");
+    assert_ne!(started_at(&c), before, "restarted");
+
+    // The same setup again (the sink back at the old value), with --restart recreate.
+    sb.write_env(&format!("{KEY}=old\n"));
+    let r = sync(&sb, &[&c], &["--restart", "recreate", "--settle", "1s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = json_of(&r);
+    assert_eq!(j["containers"][0]["action"], "recreate", "{r:?}");
+    assert_eq!(j["containers"][0]["result"], "done", "{r:?}");
+    let after = inspect(&c);
+    assert_ne!(
+        after["Id"],
+        id.as_str(),
+        "a new container under the same name"
+    );
+    assert_eq!(after["State"]["Running"], true);
+    assert_eq!(env_of(&c, "OTHER").as_deref(), Some("1"));
+    assert_eq!(after["Config"]["Labels"]["audsync.test"], "reader");
+    assert_eq!(
+        env_of(&c, KEY),
+        None,
+        "only an existing entry is replaced: the key is not added"
+    );
+    assert_eq!(d.containers(), vec![c.clone()], "the old one was removed");
+
+    // In sync now: a further run leaves it alone.
+    let id = id_of(&c);
+    let r = sync(&sb, &[&c], &["--restart", "recreate", "--settle", "1s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(json_of(&r)["containers"][0]["action"], "none", "{r:?}");
+    assert_eq!(id_of(&c), id);
+}
+
+/// Recreate stops the old container with its own StopTimeout (1 s here, the engine's default
+/// is 10 s): a main process that ignores SIGTERM is killed after about a second.
+#[test]
+fn recreate_stops_the_old_container_with_its_own_stop_timeout() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let c = d.run(
+        "stubborn",
+        &[
+            "--stop-timeout",
+            "1",
+            "-e",
+            &format!("{KEY}=old"),
+            &image(),
+            "sh",
+            "-c",
+            IGNORES_TERM,
+        ],
+    );
+    let id = id_of(&c);
+    let events = Events::watch(&id);
+    let r = sync(&sb, &[&c], &["--restart", "recreate", "--settle", "1s"]);
+    let events = events.stop();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(json_of(&r)["containers"][0]["action"], "recreate");
+    assert_ne!(id_of(&c), id);
+    assert_eq!(env_of(&c, KEY), Some(aud(2)));
+    assert_eq!(
+        inspect(&c)["Config"]["StopTimeout"],
+        1,
+        "the new container keeps the stop timeout"
+    );
+    let (stop, killed) = stop_duration(&events);
+    assert!(
+        killed,
+        "it ignored SIGTERM and had to be killed: {events:#?}"
+    );
+    // A behaviour check with a generous bound: with the engine default the stop takes 10 s.
+    assert!(
+        stop < Duration::from_secs(5),
+        "SIGTERM to exit took {stop:?}: the 1 s StopTimeout was not used"
+    );
 }

@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use crate::require_docker;
 use crate::support::cloudflare::{FakeCloudflare, app, aud};
-use crate::support::docker::{Docker, image, started_at};
+use crate::support::docker::{
+    Docker, Events, IGNORES_TERM, id_of, image, started_at, stop_duration,
+};
 use crate::support::{Run, Sandbox, run};
 
 const HOST: &str = "api.example.com";
@@ -176,4 +178,42 @@ fn a_value_changed_by_someone_else_still_restarts_the_container_once() {
         "{r:?}"
     );
     assert_eq!(started_at(&c), before, "and only once");
+}
+
+#[test]
+fn a_restart_honours_the_containers_own_stop_timeout() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    // The engine's default is 10 s; this container asks for 1 s.
+    let c = d.run(
+        "stubborn",
+        &["--stop-timeout", "1", &image(), "sh", "-c", IGNORES_TERM],
+    );
+    assert_eq!(
+        crate::support::docker::inspect(&c)["Config"]["StopTimeout"],
+        1
+    );
+    let before = started_at(&c);
+    let events = Events::watch(&id_of(&c));
+    let t = std::time::Instant::now();
+    let r = sync(&sb, &c, &[]);
+    let elapsed = t.elapsed();
+    let events = events.stop();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(json(&r)["containers"][0]["action"], "restart");
+    assert_ne!(started_at(&c), before, "the container was restarted");
+    let (stop, killed) = stop_duration(&events);
+    assert!(
+        killed,
+        "it ignored SIGTERM and had to be killed: {events:#?}"
+    );
+    // Behaviour checks with generous bounds: with the engine default the stop alone takes 10 s.
+    assert!(
+        stop < std::time::Duration::from_secs(5),
+        "SIGTERM to exit took {stop:?}: the 1 s StopTimeout was not used"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(9),
+        "sync took {elapsed:?}"
+    );
 }

@@ -404,6 +404,53 @@ fn infisical_rate_limit_backs_off_honouring_retry_after_and_is_bounded() {
 }
 
 #[test]
+fn infisical_rate_limit_without_retry_after_backs_off_exponentially_and_is_bounded() {
+    // The gaps between tries are at least the backoff (base 250 ms, doubling): lower bounds
+    // only, which hold however loaded the machine is.
+    let gaps = |w: &World| -> Vec<Duration> {
+        let reqs = w.inf.secret_requests();
+        reqs.windows(2).map(|p| p[1].at - p[0].at).collect()
+    };
+
+    // One 429 without Retry-After: waited, retried, done.
+    let w = world();
+    w.inf.fault(Fault::Status429 { retry_after: None });
+    let r = sync(&w.sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(w.inf.secret("dev", "/", KEY), Some((aud(2), 2)));
+    let reqs = w.inf.secret_requests();
+    assert_eq!(
+        (reqs[0].method.as_str(), reqs[1].method.as_str()),
+        ("GET", "GET"),
+        "the refused read is tried again"
+    );
+    assert!(
+        gaps(&w)[0] >= Duration::from_millis(240),
+        "backed off before retrying: {:?}",
+        gaps(&w)
+    );
+    assert_eq!(w.inf.logins(), 1, "a 429 is no reason to log in again");
+
+    // Rate limited on every try: 4 tries with growing waits, then a clear failure.
+    let w = world();
+    for _ in 0..10 {
+        w.inf.fault(Fault::Status429 { retry_after: None });
+    }
+    let t = Instant::now();
+    let r = sync(&w.sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(w.inf.secret_requests().len(), 4, "4 attempts, then give up");
+    let g = gaps(&w);
+    for (gap, min) in g.iter().zip([240, 490, 990]) {
+        assert!(*gap >= Duration::from_millis(min), "gaps {g:?}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(60), "bounded");
+    assert!(r.stderr.contains("HTTP 429"), "{r:?}");
+    assert!(r.stderr.contains("after 4 attempts"), "{r:?}");
+    assert_eq!(w.inf.secret("dev", "/", KEY), Some(("old".into(), 1)));
+}
+
+#[test]
 fn infisical_approval_is_pending_restarts_nothing_and_exits_3() {
     let w = world();
     w.inf.with(|s| s.approval = true);
@@ -817,6 +864,104 @@ fn infisical_no_secret_leaks_at_any_verbosity() {
         }
     }
     let _ = cloudflare::ACCOUNT;
+}
+
+/// INFISICAL_TOKEN (a ready access token) never shows, at -vvv, in text or JSON output or
+/// JSON logs, when it works and when Infisical refuses it (401 unknown, 403 denied, 403 expired).
+#[test]
+fn infisical_static_token_never_leaks_at_any_verbosity() {
+    let w = world();
+    let mut sb = w.sb;
+    sb.unset("INFISICAL_CLIENT_ID")
+        .unset("INFISICAL_CLIENT_SECRET")
+        .var("INFISICAL_TOKEN", STATIC_TOKEN);
+    let run_with = |sb: &Sandbox, args: &[&str]| {
+        let mut c = sb.cmd();
+        c.args([
+            "sync",
+            "--domain",
+            HOST,
+            "--sink",
+            "env,infisical",
+            "--restart",
+            "none",
+        ])
+        .args(args);
+        run(&mut c)
+    };
+    let mut outputs = Vec::new();
+    for args in [
+        vec!["-vvv", "--dry-run"],
+        vec!["-vvv", "--dry-run", "--output", "json"],
+        vec!["-vvv", "--dry-run", "--log-format", "json"],
+        vec!["-vvv", "--output", "json", "--log-format", "json"],
+    ] {
+        let r = run_with(&sb, &args);
+        // A dry run with changes to make exits 3 (pending).
+        let expected = if args.contains(&"--dry-run") { 3 } else { 0 };
+        assert_eq!(r.code, expected, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("infisical request"), "trace is on: {r:?}");
+        outputs.push(r);
+    }
+    assert_eq!(w.inf.secret("dev", "/", KEY), Some((aud(2), 2)));
+    assert_eq!(w.inf.logins(), 0);
+
+    // Refused: 403 permission, 403 expired, 401 unknown; text and JSON each.
+    w.inf.put("dev", "/", KEY, "old", 7);
+    type Setup = fn(&mut crate::support::infisical::InfState);
+    let refusals: [(Setup, &str); 3] = [
+        (
+            |s| {
+                s.deny.insert("read");
+            },
+            "HTTP 403 PermissionDenied",
+        ),
+        (
+            |s| {
+                s.deny.clear();
+                s.expired.insert(STATIC_TOKEN.into());
+            },
+            "INFISICAL_TOKEN has expired",
+        ),
+        (
+            |s| {
+                s.expired.clear();
+                s.static_tokens.clear();
+            },
+            "HTTP 401",
+        ),
+    ];
+    for (setup, says) in refusals {
+        w.inf.with(setup);
+        for args in [
+            vec!["-vvv"],
+            vec!["-vvv", "--output", "json", "--log-format", "json"],
+        ] {
+            let r = run_with(&sb, &args);
+            assert_eq!(r.code, 1, "{args:?}: {r:?}");
+            assert!(r.stderr.contains(says), "{says:?}: {r:?}");
+            outputs.push(r);
+        }
+    }
+
+    // The token really went over the wire in every run, so its absence above means something.
+    let sent = w
+        .inf
+        .secret_requests()
+        .iter()
+        .filter(|r| r.headers.get("authorization") == Some(&format!("Bearer {STATIC_TOKEN}")))
+        .count();
+    assert!(sent >= outputs.len(), "{sent} requests with the token");
+    for r in &outputs {
+        assert!(
+            !both(r).contains(STATIC_TOKEN),
+            "INFISICAL_TOKEN leaked: {r:?}"
+        );
+        assert!(
+            !both(r).contains(TOKEN),
+            "CLOUDFLARE_API_TOKEN leaked: {r:?}"
+        );
+    }
 }
 
 /// Removes the container on drop (also when the test panics).

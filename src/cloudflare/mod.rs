@@ -437,6 +437,81 @@ mod tests {
         assert_eq!(retry_after(&h), None);
     }
 
+    /// An HTTP server on 127.0.0.1 answering every request with 429 and `retry_after`;
+    /// returns its base URL and the number of requests it has seen.
+    fn always_429(retry_after: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = r#"{"success":false,"errors":[{"code":971,"message":"Please wait and consider throttling your request speed"}],"messages":[],"result":null}"#;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 429 Too Many Requests\r\nRetry-After: {retry_after}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, seen)
+    }
+
+    /// A server asking for an hour (in seconds, or as an HTTP date) is waited for at most
+    /// `max_delay` per retry: the run ends with "rate limited", it does not hang.
+    #[tokio::test]
+    async fn retry_after_is_capped_by_max_delay() {
+        let in_an_hour = std::time::SystemTime::now() + Duration::from_secs(3600);
+        // "2026-01-01T12:00:00Z" -> "Thu, 01 Jan 2026 12:00:00 GMT" (the weekday is not read).
+        let iso = humantime::format_rfc3339_seconds(in_an_hour).to_string();
+        let month = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ][iso[5..7].parse::<usize>().unwrap() - 1];
+        let date = format!(
+            "Mon, {} {month} {} {} GMT",
+            &iso[8..10],
+            &iso[..4],
+            &iso[11..19]
+        );
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", date.parse().unwrap());
+        assert!(
+            retry_after(&h).is_some_and(|d| d > Duration::from_secs(3500)),
+            "{date} is about an hour ahead"
+        );
+
+        for header in ["3600".to_string(), date] {
+            let (url, seen) = always_429(header.clone());
+            let policy = RetryPolicy {
+                attempts: 3,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(50),
+            };
+            let client = Client::new(
+                &url,
+                Auth::Token(Secret::new("t")),
+                Duration::from_secs(10),
+                policy,
+            );
+            let res = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.get::<Value>("/accounts", &[]),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("Retry-After: {header} was not capped"));
+            assert!(
+                matches!(res, Err(Error::RateLimited { attempts: 3, .. })),
+                "{res:?}"
+            );
+            assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+        }
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         let p = RetryPolicy {

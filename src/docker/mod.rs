@@ -216,7 +216,7 @@ impl Target for Container {
             .await
             .map_err(|e| container_error(&self.name, "inspect", &e))?;
         // Honour the container's own stop timeout; the engine uses its stop signal.
-        let t = info.config.and_then(|c| c.stop_timeout).map(|t| t as i32);
+        let t = stop_timeout(&info);
         tracing::info!(container = %self.name, "restarting");
         self.engine
             .docker
@@ -233,6 +233,15 @@ impl Target for Container {
     }
 }
 
+/// The `t` to pass when stopping or restarting the container: its own `StopTimeout`
+/// (`docker run --stop-timeout`, compose `stop_grace_period`), or `None` when it has none so the
+/// engine applies its default (10 s). Never a number of our own.
+pub(crate) fn stop_timeout(info: &bollard::models::ContainerInspectResponse) -> Option<i32> {
+    let t = info.config.as_ref()?.stop_timeout?;
+    // The engine stores an int; out of range here means "wait as long as possible".
+    Some(i32::try_from(t).unwrap_or(i32::MAX))
+}
+
 /// The value of `key` in a `KEY=value` list, if present.
 pub fn env_value(env: &[String], key: &str) -> Option<String> {
     env.iter().rev().find_map(|kv| {
@@ -244,6 +253,22 @@ pub fn env_value(env: &[String], key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_timeout_is_the_containers_own_or_the_engines_default() {
+        use bollard::models::{ContainerConfig, ContainerInspectResponse};
+        let with = |t: Option<i64>| ContainerInspectResponse {
+            config: Some(ContainerConfig {
+                stop_timeout: t,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(stop_timeout(&with(Some(1))), Some(1));
+        assert_eq!(stop_timeout(&with(Some(30))), Some(30));
+        assert_eq!(stop_timeout(&with(None)), None, "unset: the engine decides");
+        assert_eq!(stop_timeout(&ContainerInspectResponse::default()), None);
+    }
 
     #[test]
     fn env_value_finds_exact_key_only() {

@@ -59,11 +59,7 @@ pub(super) async fn recreate(
     let image = pinned_image(docker, &info).await;
     let spec = spec::build(&info, key, value, &image);
     let was_running = info.state.as_ref().and_then(|s| s.running) == Some(true);
-    let stop_t = info
-        .config
-        .as_ref()
-        .and_then(|c| c.stop_timeout)
-        .map(|t| t as i32);
+    let stop_t = super::stop_timeout(&info);
 
     let suffix = format!("{:06x}", fastrand::u32(..0x100_0000));
     let new_name = format!("{name}-audsync-new-{suffix}");

@@ -215,6 +215,15 @@ fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
     (exp + exp.mul_f64(fastrand::f64() * 0.25)).min(p.max_delay)
 }
 
+/// How long to wait before retrying after a 429/5xx answer to try number `attempt`: the
+/// server's `Retry-After` (seconds or an HTTP date) when it sends one, else exponential backoff;
+/// never longer than `max_delay`, so a server asking for an hour cannot stall a cron run.
+fn retry_wait(p: &RetryPolicy, headers: &reqwest::header::HeaderMap, attempt: u32) -> Duration {
+    retry_after(headers)
+        .unwrap_or_else(|| backoff(p, attempt))
+        .min(p.max_delay)
+}
+
 impl Client {
     fn http(&self) -> Result<&reqwest::Client, Error> {
         self.http.as_ref().map_err(|m| err(m.clone(), None))
@@ -390,9 +399,7 @@ impl Client {
             let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 if attempt < self.retry.attempts {
-                    let wait = retry_after(&headers)
-                        .unwrap_or_else(|| backoff(&self.retry, attempt))
-                        .min(self.retry.max_delay);
+                    let wait = retry_wait(&self.retry, &headers, attempt);
                     tracing::warn!(%method, path, status = status.as_u16(), attempt, ?wait, "infisical answered with a retryable status; waiting");
                     tokio::time::sleep(wait).await;
                     continue;
@@ -718,5 +725,84 @@ mod tests {
             "HTTP 403 PermissionDenied: You are not allowed to read on secrets"
         );
         assert_eq!(describe(StatusCode::BAD_GATEWAY, &Value::Null), "HTTP 502");
+    }
+
+    /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as servers send in `Retry-After`.
+    fn http_date(t: std::time::SystemTime) -> String {
+        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        // "1994-11-06T08:49:37Z"
+        let iso = humantime::format_rfc3339_seconds(t).to_string();
+        let (date, time) = (&iso[..10], &iso[11..19]);
+        let month = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ][date[5..7].parse::<usize>().unwrap() - 1];
+        // 1970-01-01 was a Thursday.
+        let day = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(secs / 86_400 % 7) as usize];
+        format!("{day}, {} {month} {} {time} GMT", &date[8..10], &date[..4])
+    }
+
+    fn headers(retry_after: &str) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            retry_after.parse().expect("header value"),
+        );
+        h
+    }
+
+    #[test]
+    fn http_date_helper_matches_the_rfc_example() {
+        let t = humantime::parse_rfc3339("1994-11-06T08:49:37Z").unwrap();
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_but_capped() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.max_delay, Duration::from_secs(30));
+        assert_eq!(retry_wait(&p, &headers("2"), 1), Duration::from_secs(2));
+
+        let hour = headers("3600");
+        assert_eq!(retry_after(&hour), Some(Duration::from_secs(3600)));
+        assert_eq!(retry_wait(&p, &hour, 1), p.max_delay);
+
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let date = headers(&http_date(later));
+        assert!(
+            retry_after(&date).is_some_and(|d| d > Duration::from_secs(3500)),
+            "the date is understood as about an hour: {:?}",
+            retry_after(&date)
+        );
+        assert_eq!(retry_wait(&p, &date, 1), p.max_delay);
+
+        let small = RetryPolicy {
+            max_delay: Duration::from_millis(100),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(retry_wait(&small, &hour, 1), small.max_delay);
+    }
+
+    #[test]
+    fn without_retry_after_the_wait_backs_off_exponentially_and_is_capped() {
+        let p = RetryPolicy {
+            attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        let none = reqwest::header::HeaderMap::new();
+        let garbage = headers("soon");
+        for h in [&none, &garbage] {
+            let w1 = retry_wait(&p, h, 1);
+            let w3 = retry_wait(&p, h, 3);
+            assert!(
+                (Duration::from_millis(100)..=Duration::from_millis(125)).contains(&w1),
+                "{w1:?}"
+            );
+            assert!(
+                (Duration::from_millis(400)..=Duration::from_millis(500)).contains(&w3),
+                "{w3:?}"
+            );
+            assert_eq!(retry_wait(&p, h, 9), p.max_delay);
+        }
     }
 }

@@ -243,3 +243,91 @@ pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
 }
+
+/// A main process that ignores SIGTERM: only the engine's SIGKILL after the container's stop
+/// timeout ends it (so how long a stop takes shows which timeout the engine used).
+pub const IGNORES_TERM: &str = "trap '' TERM; echo up; while true; do sleep 1; done";
+
+/// A `docker events` stream for one container, recorded from just before it was started (the
+/// `--since` replay covers the moment the subscription takes to set up). The child process is
+/// stopped by [`Events::stop`] or on drop.
+pub struct Events {
+    child: Option<std::process::Child>,
+}
+
+impl Events {
+    /// Start recording the events of container `id` (use the id: a recreate renames it).
+    pub fn watch(id: &str) -> Events {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs()
+            .saturating_sub(1)
+            .to_string();
+        let child = Command::new("docker")
+            .args([
+                "events",
+                "--since",
+                &since,
+                "--filter",
+                &format!("container={id}"),
+                "--format",
+                "{{json .}}",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot run docker events");
+        Events { child: Some(child) }
+    }
+
+    /// Stop recording; the container events seen, in order.
+    pub fn stop(mut self) -> Vec<Value> {
+        let Some(mut child) = self.child.take() else {
+            return Vec::new();
+        };
+        // Let the last events of the action reach the stream before cutting it.
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("docker events output");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// From recorded events: how long the container took to die after it was sent SIGTERM, and
+/// whether it had to be killed (SIGKILL). Panics when no SIGTERM or no `die` was recorded.
+pub fn stop_duration(events: &[Value]) -> (Duration, bool) {
+    let nanos = |e: &Value| e["timeNano"].as_u64().unwrap_or_default();
+    let signal = |e: &Value, s: &str| {
+        e["Action"] == "kill" && e["Actor"]["Attributes"]["signal"].as_str() == Some(s)
+    };
+    let term = events
+        .iter()
+        .find(|e| signal(e, "15"))
+        .unwrap_or_else(|| panic!("no SIGTERM recorded: {events:#?}"));
+    let after: Vec<&Value> = events
+        .iter()
+        .skip_while(|e| !std::ptr::eq(*e, term))
+        .collect();
+    let die = after
+        .iter()
+        .find(|e| e["Action"] == "die")
+        .unwrap_or_else(|| panic!("no die after SIGTERM: {events:#?}"));
+    let killed = after.iter().any(|e| signal(e, "9"));
+    (
+        Duration::from_nanos(nanos(die).saturating_sub(nanos(term))),
+        killed,
+    )
+}

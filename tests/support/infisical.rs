@@ -36,6 +36,8 @@ pub struct Recorded {
     pub query: BTreeMap<String, String>,
     pub headers: BTreeMap<String, String>,
     pub body: Option<Value>,
+    /// When the request arrived (to check the gaps between retries).
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -208,6 +210,7 @@ async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
         query: query.clone(),
         headers: headers.clone(),
         body: body.clone(),
+        at: std::time::Instant::now(),
     };
     let mut s = st.lock().unwrap();
     s.requests.push(rec);
