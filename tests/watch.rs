@@ -1,5 +1,6 @@
 //! `audsync watch` as a child process against the fake Cloudflare: ticks, backoff, signals,
-//! reload, /healthz and /metrics over real HTTP; plus `completions` and `man`.
+//! reload, the lock, failures by stage, /healthz and /metrics over real HTTP; restarts, recreates,
+//! rollbacks and SIGTERM mid-recreate on the real engine (gated); plus `completions` and `man`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -989,4 +990,450 @@ fn restarts_are_counted_in_the_metrics() {
     );
     w.signal("TERM");
     assert_eq!(w.wait_exit(LIMIT), 0);
+}
+
+// ---- failures by stage, the lock, and the health grace ----
+
+/// Start a watcher serving /healthz and /metrics on a free port (JSON logs); returns it with
+/// the address it serves on.
+fn start_listening(sb: &Sandbox, args: &[&str]) -> (Watcher, String) {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    let mut w = Watcher::start(sb, &all);
+    let mut addr = String::new();
+    w.expect("the listening address", LIMIT, |w| {
+        w.json_logs().iter().any(|l| {
+            let hit = message(l) == "serving /healthz and /metrics";
+            if hit {
+                addr = l["fields"]["addr"].as_str().unwrap_or_default().to_string();
+            }
+            hit
+        })
+    });
+    (w, addr)
+}
+
+fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(&scrape(addr), name, labels)
+}
+
+fn failures_at(addr: &str, stage: &str) -> f64 {
+    metric(addr, "audsync_pass_failures_total", &[("stage", stage)])
+}
+
+/// GET /healthz: (status code, JSON body).
+fn health(addr: &str) -> (u16, Value) {
+    let (code, _, body) = http_get(addr, "/healthz");
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (code, v)
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The failure counters of every stage but `except` are still 0.
+fn assert_other_stages_zero(addr: &str, except: &str) {
+    let m = scrape(addr);
+    for stage in ["lock", "source", "sink", "target"] {
+        if stage != except {
+            assert_eq!(
+                value(&m, "audsync_pass_failures_total", &[("stage", stage)]),
+                0.0,
+                "stage {stage}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_sink_failure_is_counted_at_the_sink_stage_and_survived() {
+    let (_cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    // Read-only: the env sink refuses it (even for root, which could write it anyway).
+    set_mode(&sb.env_path(), 0o444);
+    let (mut w, addr) = start_listening(&sb, &fast(&["--domain", HOST]));
+    w.expect("a failure at the sink stage", LIMIT, |_| {
+        failures_at(&addr, "sink") >= 1.0
+    });
+    assert_other_stages_zero(&addr, "sink");
+    let (_, h) = health(&addr);
+    assert_eq!(h["failed_stage"], "sink", "{h}");
+    assert_eq!(metric(&addr, "audsync_aud_changes_total", &[]), 0.0);
+    assert!(holds(&sb, "old"), "nothing written");
+    assert!(
+        w.json_logs().iter().any(|l| message(l) == "pass failed"
+            && l["fields"]["stage"] == "sink"
+            && l["fields"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("read-only"))),
+        "{}",
+        w.stderr()
+    );
+
+    // Writable again: the loop is still there and the next pass writes the value.
+    set_mode(&sb.env_path(), 0o644);
+    w.expect("the AUD written", Duration::from_secs(90), |_| {
+        holds(&sb, &aud(2))
+    });
+    w.expect("the change counted", LIMIT, |_| {
+        metric(&addr, "audsync_passes_total", &[("status", "changed")]) == 1.0
+    });
+    assert_eq!(metric(&addr, "audsync_consecutive_failures", &[]), 0.0);
+    assert_eq!(health(&addr).0, 200);
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+#[test]
+fn a_target_failure_is_counted_at_the_target_stage() {
+    let (_cf, mut sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    sb.var("DOCKER_HOST", "unix:///nonexistent.sock");
+    let (mut w, addr) = start_listening(
+        &sb,
+        &[
+            "--domain",
+            HOST,
+            "--restart",
+            "restart",
+            "--interval",
+            "200ms",
+            "--jitter",
+            "0",
+        ],
+    );
+    // The value is written, the restart cannot be done; the next pass retries the owed restart.
+    w.expect("two failures at the target stage", LIMIT, |_| {
+        failures_at(&addr, "target") >= 2.0
+    });
+    assert_other_stages_zero(&addr, "target");
+    assert!(holds(&sb, &aud(2)), "the sink was written");
+    let m = scrape(&addr);
+    assert_eq!(value(&m, "audsync_aud_changes_total", &[]), 1.0);
+    let actions = |action: &str, result: &str| {
+        value(
+            &m,
+            "audsync_container_actions_total",
+            &[("action", action), ("result", result)],
+        )
+    };
+    assert!(actions("restart", "failed") >= 2.0, "{m:?}");
+    assert_eq!(actions("restart", "done"), 0.0);
+    assert_eq!(actions("recreate", "failed"), 0.0);
+    assert_eq!(
+        value(&m, "audsync_rollbacks_total", &[]),
+        0.0,
+        "a failed restart is no rollback"
+    );
+    let (_, h) = health(&addr);
+    assert_eq!(h["failed_stage"], "target", "{h}");
+    assert!(w.running(), "the loop survives");
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+#[test]
+fn a_held_lock_fails_the_pass_at_the_lock_stage_until_it_is_released() {
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    // Another run (cron, a deploy hook) holds the lock next to the .env.
+    let lock = std::fs::File::create(sb.path(".env.audsync.lock")).unwrap();
+    lock.lock().unwrap();
+    let (mut w, addr) = start_listening(&sb, &fast(&["--domain", HOST, "--lock-timeout", "200ms"]));
+    w.expect("two failures at the lock stage", LIMIT, |_| {
+        failures_at(&addr, "lock") >= 2.0
+    });
+    assert!(w.running(), "the loop survives a held lock");
+    assert_other_stages_zero(&addr, "lock");
+    let (_, h) = health(&addr);
+    assert_eq!(h["failed_stage"], "lock", "{h}");
+    assert!(
+        cf.requests().is_empty(),
+        "a pass without the lock asks nothing"
+    );
+    assert!(holds(&sb, "old"), "nothing written without the lock");
+    assert!(
+        w.json_logs().iter().any(|l| message(l) == "pass failed"
+            && l["fields"]["stage"] == "lock"
+            && l["fields"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("holds the lock"))),
+        "{}",
+        w.stderr()
+    );
+
+    lock.unlock().unwrap();
+    drop(lock);
+    w.expect(
+        "the AUD written once the lock is free",
+        Duration::from_secs(90),
+        |_| holds(&sb, &aud(2)),
+    );
+    w.expect("the change counted", LIMIT, |_| {
+        metric(&addr, "audsync_passes_total", &[("status", "changed")]) == 1.0
+    });
+    assert_eq!(metric(&addr, "audsync_consecutive_failures", &[]), 0.0);
+    let (code, h) = health(&addr);
+    assert_eq!((code, &h["status"]), (200, &Value::from("ok")), "{h}");
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+#[test]
+fn healthz_stays_200_while_failures_are_younger_than_unhealthy_after() {
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    cf.with(|s| s.token = Some("some-other-token".into()));
+    let (mut w, addr) = start_listening(&sb, &fast(&["--domain", HOST, "--unhealthy-after", "1h"]));
+    // The third failed pass ends after at least 200ms + 400ms of backoff: past the default
+    // grace of 3 x 200ms, so only --unhealthy-after keeps the answer at 200.
+    w.expect("three failed passes", LIMIT, |_| {
+        metric(&addr, "audsync_consecutive_failures", &[]) >= 3.0
+    });
+    let (code, h) = health(&addr);
+    assert_eq!(code, 200, "{h}");
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["failed_stage"], "source", "{h}");
+    assert!(h["consecutive_failures"].as_u64().unwrap() >= 3, "{h}");
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+#[test]
+fn healthz_turns_503_after_three_intervals_of_failures_by_default() {
+    let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    cf.with(|s| s.token = Some("some-other-token".into()));
+    // 1s rather than less, so the first failed pass lands well inside the 3s grace even on a
+    // loaded machine.
+    let interval = Duration::from_secs(1);
+    let spawned = Instant::now();
+    let (mut w, addr) = start_listening(
+        &sb,
+        &[
+            "--domain",
+            HOST,
+            "--restart",
+            "none",
+            "--interval",
+            "1s",
+            "--jitter",
+            "0",
+        ],
+    );
+    let mut answers: Vec<(Duration, u16, Value)> = Vec::new();
+    w.expect("a 503", Duration::from_secs(60), |_| {
+        let (code, h) = health(&addr);
+        answers.push((spawned.elapsed(), code, h));
+        code == 503
+    });
+    let (at, _, last) = answers.last().unwrap();
+    assert_eq!(last["status"], "failing", "{last}");
+    assert_eq!(last["failed_stage"], "source", "{last}");
+    // The watcher's clock started after ours: it cannot be 503 before 3 x interval on ours.
+    assert!(*at >= interval * 3, "503 after only {at:?}: {answers:?}");
+    let before = &answers[..answers.len() - 1];
+    assert!(before.iter().all(|(_, c, _)| *c == 200), "{answers:?}");
+    assert!(
+        before
+            .iter()
+            .any(|(_, _, h)| h["status"] == "degraded"
+                && h["consecutive_failures"].as_u64() >= Some(1)),
+        "a failed pass within the grace answers 200: {answers:?}"
+    );
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+// ---- recreates, rollbacks and SIGTERM on the real Docker engine (gated) ----
+
+mod engine {
+    use std::time::Duration;
+
+    use super::{HOST, LIMIT, Watcher, holds, message, metric, setup, start_listening};
+    use crate::require_docker;
+    use crate::support::cloudflare::aud;
+    use crate::support::docker::{Docker, env_of, id_of, image, inspect, wait_healthy};
+
+    const KEY: &str = "CLOUDFLARE_AUD_TAG";
+    /// Leaves at once on SIGTERM, so the old container stops quickly.
+    const IDLE: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
+
+    fn recreate_args(container: &str, interval: &'static str) -> Vec<String> {
+        [
+            "--domain",
+            HOST,
+            "--container",
+            container,
+            "--restart",
+            "recreate",
+            "--settle",
+            "1s",
+            "--interval",
+            interval,
+            "--jitter",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    fn actions(addr: &str, action: &str, result: &str) -> f64 {
+        metric(
+            addr,
+            "audsync_container_actions_total",
+            &[("action", action), ("result", result)],
+        )
+    }
+
+    #[test]
+    fn recreates_are_counted_in_the_metrics() {
+        require_docker!();
+        let d = Docker::new();
+        let old = format!("{KEY}=old");
+        let c = d.run("lambda", &["-e", &old, &image(), "sh", "-c", IDLE]);
+        let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+        let args = recreate_args(&c, "200ms");
+        let (mut w, addr) = start_listening(&sb, &strs(&args));
+        w.expect("the recreate counted", Duration::from_secs(90), |_| {
+            actions(&addr, "recreate", "done") >= 1.0
+        });
+        let n = cf.requests().len();
+        w.expect("three more passes", LIMIT, |_| cf.requests().len() >= n + 3);
+        assert_eq!(
+            actions(&addr, "recreate", "done"),
+            1.0,
+            "recreated once, not on every pass"
+        );
+        assert_eq!(actions(&addr, "recreate", "failed"), 0.0);
+        assert_eq!(metric(&addr, "audsync_rollbacks_total", &[]), 0.0);
+        assert_eq!(
+            metric(&addr, "audsync_pass_failures_total", &[("stage", "target")]),
+            0.0
+        );
+        assert_eq!(env_of(&c, KEY), Some(aud(2)));
+        assert_eq!(d.containers(), vec![c.clone()], "no leftovers");
+        w.signal("TERM");
+        assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+    }
+
+    #[test]
+    fn a_rolled_back_recreate_is_counted_as_a_rollback() {
+        require_docker!();
+        let d = Docker::new();
+        let old = format!("{KEY}=old");
+        let bad = format!("BAD_AUD={}", aud(2));
+        // Healthy with the old value, unhealthy with the one about to arrive.
+        let c = d.run(
+            "lambda",
+            &[
+                "-e",
+                &old,
+                "-e",
+                &bad,
+                "--health-cmd",
+                "[ \"$CLOUDFLARE_AUD_TAG\" != \"$BAD_AUD\" ]",
+                "--health-interval",
+                "1s",
+                "--health-retries",
+                "2",
+                &image(),
+                "sh",
+                "-c",
+                IDLE,
+            ],
+        );
+        wait_healthy(&c, Duration::from_secs(60));
+        let id = id_of(&c);
+        let (_cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+        // One pass only: a 1h interval (and backoff) keeps the retry of the owed recreate away.
+        let args = recreate_args(&c, "1h");
+        let (mut w, addr) = start_listening(&sb, &strs(&args));
+        w.expect("the failed pass", Duration::from_secs(120), |_| {
+            metric(&addr, "audsync_passes_total", &[("status", "failed")]) >= 1.0
+        });
+        assert_eq!(metric(&addr, "audsync_rollbacks_total", &[]), 1.0);
+        assert_eq!(actions(&addr, "recreate", "failed"), 1.0);
+        assert_eq!(actions(&addr, "recreate", "done"), 0.0);
+        assert_eq!(
+            metric(&addr, "audsync_pass_failures_total", &[("stage", "target")]),
+            1.0
+        );
+        assert!(
+            w.json_logs().iter().any(|l| message(l) == "pass failed"
+                && l["fields"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("rolled back"))),
+            "{}",
+            w.stderr()
+        );
+        // The old container is back under its name; nothing else is left.
+        assert_eq!(id_of(&c), id);
+        assert_eq!(inspect(&c)["State"]["Running"], true);
+        assert_eq!(env_of(&c, KEY).as_deref(), Some("old"));
+        assert_eq!(d.containers(), vec![c.clone()]);
+        assert!(holds(&sb, &aud(2)), "the sink keeps the new value");
+        w.signal("TERM");
+        assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+    }
+
+    #[test]
+    fn sigterm_during_a_recreate_exits_only_after_it() {
+        require_docker!();
+        let d = Docker::new();
+        let old = format!("{KEY}=old");
+        // The first probe runs 3s after the start: the health wait of the recreate takes that.
+        let c = d.run(
+            "lambda",
+            &[
+                "-e",
+                &old,
+                "--health-cmd",
+                "true",
+                "--health-interval",
+                "3s",
+                &image(),
+                "sh",
+                "-c",
+                IDLE,
+            ],
+        );
+        wait_healthy(&c, Duration::from_secs(60));
+        let id = id_of(&c);
+        let (_cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+        let args = recreate_args(&c, "1h");
+        let mut w = Watcher::start(&sb, &[strs(&args), vec!["--log-format", "json"]].concat());
+        w.expect("the recreate under way", Duration::from_secs(60), |w| {
+            w.json_logs()
+                .iter()
+                .any(|l| message(l) == format!("recreating with {KEY} changed"))
+        });
+        w.signal("TERM");
+        assert_eq!(w.wait_exit(Duration::from_secs(120)), 0, "{}", w.stderr());
+
+        let logs = w.json_logs();
+        let at = |m: &str| {
+            logs.iter()
+                .position(|l| message(l) == m)
+                .unwrap_or_else(|| panic!("no {m:?} in\n{}", w.stderr()))
+        };
+        let term = at("SIGTERM: stopping after the pass in flight");
+        let good = at("the new container is good; removing the old one");
+        let stopped = at("stopped after the pass in flight");
+        assert!(
+            term < good && good < stopped,
+            "SIGTERM came mid-recreate, the exit after it: {term} {good} {stopped}\n{}",
+            w.stderr()
+        );
+        // The new container runs under the name with the new value; nothing temporary is left.
+        assert_ne!(id_of(&c), id, "a new container");
+        assert_eq!(env_of(&c, KEY), Some(aud(2)));
+        let state = inspect(&c)["State"].clone();
+        assert_eq!(state["Running"], true, "{state}");
+        assert_eq!(state["Health"]["Status"], "healthy", "{state}");
+        let left = d.containers();
+        assert_eq!(left, vec![c.clone()], "no -audsync-old-/-audsync-new- left");
+        assert!(holds(&sb, &aud(2)));
+    }
 }
