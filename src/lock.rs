@@ -28,9 +28,9 @@ pub async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, String
             Err(TryLockError::WouldBlock) => {
                 if start.elapsed() >= timeout {
                     return Err(format!(
-                        "another audsync run holds the lock {} (waited {}s); it will finish the job, or retry later (--lock-timeout)",
+                        "another audsync run holds the lock {} (waited {}); it will finish the job, or retry later (--lock-timeout)",
                         path.display(),
-                        timeout.as_secs()
+                        humantime::format_duration(timeout)
                     ));
                 }
                 if !logged {

@@ -497,6 +497,8 @@ impl Report {
                 });
                 self.status = "failed";
                 self.exit_code = exit::FAILURE;
+                // The tunnel configuration is read and written through the Cloudflare API.
+                self.stage.get_or_insert(Stage::Source);
             }
             "would_update" if self.status == "in_sync" => {
                 self.status = "pending";
