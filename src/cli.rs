@@ -184,6 +184,16 @@ pub struct VerifyArgs {
         default_value = "CLOUDFLARE_AUD_TAG"
     )]
     pub key: String,
+    /// Where `sync` writes the AUD, read here (never written) to compare: env (the .env file),
+    /// infisical (the INFISICAL_* settings), or both (repeatable or comma-separated).
+    #[arg(
+        long = "sink",
+        env = "AUDSYNC_SINK",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "env"
+    )]
+    pub sinks: Vec<SinkKind>,
     /// Containers whose environment should carry the AUD (repeatable or comma-separated).
     #[arg(
         long = "container",

@@ -1,9 +1,10 @@
 //! `audsync verify`: prove the chain works, one named check at a time, in the order a person
 //! would debug it: `redirect` (the edge protects the host), `certs` (the team's keys),
-//! `consistency` (the AUD is the same in Cloudflare, the .env file, the containers and the
-//! tunnel rule) and `token` (a real token passes the checks the server makes).
+//! `consistency` (the AUD is the same in Cloudflare, the sinks of `--sink` — the .env file and/or
+//! Infisical —, the containers and the tunnel rule) and `token` (a real token passes the checks
+//! the server makes).
 //!
-//! Read-only: it changes nothing anywhere. Each check prints `ok`, `FAIL` with the fix, or
+//! Read-only: it changes nothing anywhere (Infisical is only read, never written). Each check prints `ok`, `FAIL` with the fix, or
 //! `not checked` with the reason (never a silent pass). A token is a credential: it is held as a
 //! [`Secret`] and never printed.
 
@@ -18,7 +19,8 @@ use crate::error::Error;
 use crate::exit;
 use crate::reconcile::{Target, short};
 use crate::secret::Secret;
-use crate::sink::envfile;
+use crate::sink::infisical;
+use crate::sink::{SinkKind, envfile};
 use crate::source;
 
 #[derive(Debug, Clone)]
@@ -29,6 +31,10 @@ pub struct VerifyConfig {
     pub team_domain: Option<String>,
     pub key: String,
     pub env_file: PathBuf,
+    /// The sinks of `--sink` (as `sync`): which of the .env file and Infisical to read.
+    pub sinks: Vec<SinkKind>,
+    /// With `--sink infisical`: the Infisical folder, or `None` when Infisical is not configured.
+    pub infisical: Option<infisical::Settings>,
     pub containers: Vec<String>,
     pub tunnel_id: Option<String>,
     pub token: Option<Secret>,
@@ -84,6 +90,19 @@ impl VerifyConfig {
             )?),
             None => None,
         };
+        let mut sinks: Vec<SinkKind> = Vec::new();
+        for k in &a.sinks {
+            if !sinks.contains(k) {
+                sinks.push(*k);
+            }
+        }
+        // Unconfigured Infisical is reported by the check (not checked); half a configuration
+        // is a usage error, as for `sync`.
+        let infisical = if sinks.contains(&SinkKind::Infisical) {
+            infisical::Settings::from_args(&a.source.infisical, env, a.source.timeout)?
+        } else {
+            None
+        };
         Ok(VerifyConfig {
             url: url.map_or_else(|| format!("https://{host}/"), |u| u.to_string()),
             host,
@@ -93,6 +112,8 @@ impl VerifyConfig {
             ),
             key: a.key.clone(),
             env_file: a.source.env_file.clone(),
+            sinks,
+            infisical,
             containers: a
                 .containers
                 .iter()
@@ -159,6 +180,7 @@ struct Learned {
     keys: Option<Jwks>,
     api_aud: Option<String>,
     env_aud: Option<String>,
+    infisical_aud: Option<String>,
 }
 
 pub async fn run(cfg: &VerifyConfig) -> Vec<CheckResult> {
@@ -369,6 +391,8 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
     let c = Check::Consistency;
     let mut seen: Vec<Seen> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
+    // Fixes for `errors` (places that could be read but answered with an error).
+    let mut error_fixes: Vec<String> = Vec::new();
     let sync_fix = format!("run `audsync sync --domain {}`", cfg.host);
 
     // Cloudflare API.
@@ -406,27 +430,33 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
             ),
         });
     }
-    // The .env file.
-    let env_what = format!("{} {}", cfg.env_file.display(), cfg.key);
-    match std::fs::read_to_string(&cfg.env_file) {
-        Ok(text) => match envfile::parse(&text) {
-            Ok(map) => {
-                let v = map.get(&cfg.key).cloned();
-                l.env_aud = v.clone();
-                seen.push(Seen {
-                    what: env_what,
-                    values: Ok(vec![v.unwrap_or_else(|| "(unset)".into())]),
-                    fix: sync_fix.clone(),
-                });
-            }
-            Err(e) => errors.push(format!("{env_what}: does not parse: {e}")),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => seen.push(Seen {
-            what: env_what,
-            values: Err("no such file".into()),
-            fix: String::new(),
-        }),
-        Err(e) => errors.push(format!("{env_what}: {e}")),
+    // The .env file (`--sink env`).
+    if cfg.sinks.contains(&SinkKind::Env) {
+        let env_what = format!("{} {}", cfg.env_file.display(), cfg.key);
+        match std::fs::read_to_string(&cfg.env_file) {
+            Ok(text) => match envfile::parse(&text) {
+                Ok(map) => {
+                    let v = map.get(&cfg.key).cloned();
+                    l.env_aud = v.clone();
+                    seen.push(Seen {
+                        what: env_what,
+                        values: Ok(vec![v.unwrap_or_else(|| "(unset)".into())]),
+                        fix: sync_fix.clone(),
+                    });
+                }
+                Err(e) => errors.push(format!("{env_what}: does not parse: {e}")),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => seen.push(Seen {
+                what: env_what,
+                values: Err("no such file".into()),
+                fix: String::new(),
+            }),
+            Err(e) => errors.push(format!("{env_what}: {e}")),
+        }
+    }
+    // Infisical (`--sink infisical`): read only.
+    if cfg.sinks.contains(&SinkKind::Infisical) {
+        infisical_seen(cfg, l, &mut seen, &mut errors, &mut error_fixes).await;
     }
     // Containers (the configured environment of the running container).
     if !cfg.containers.is_empty() {
@@ -511,7 +541,8 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
         .api_aud
         .clone()
         .or_else(|| l.edge_aud.clone())
-        .or_else(|| l.env_aud.clone().filter(|v| is_aud(v)));
+        .or_else(|| l.env_aud.clone().filter(|v| is_aud(v)))
+        .or_else(|| l.infisical_aud.clone().filter(|v| is_aud(v)));
     let read: Vec<&Seen> = seen.iter().filter(|s| s.values.is_ok()).collect();
     let details: Vec<String> = seen
         .iter()
@@ -529,7 +560,7 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
             CheckResult::new(
                 c,
                 Status::NotChecked,
-                "no AUD to compare against (no API credentials, no redirect, no AUD in the .env file)",
+                "no AUD to compare against (no API credentials, no redirect, no AUD in the sinks)",
             )
         } else {
             CheckResult::new(c, Status::Fail, errors.join("; "))
@@ -559,6 +590,7 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
         let fixes: Vec<String> = differ
             .iter()
             .map(|s| s.fix.clone())
+            .chain(error_fixes.iter().cloned())
             .filter(|f| !f.is_empty())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
@@ -589,6 +621,52 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
     };
     r.details = details;
     r
+}
+
+/// The AUD secret in Infisical. Not configured or not reachable: not checked, with the reason
+/// (like a container). Reachable but refusing (credentials, permissions): an error with its fix.
+async fn infisical_seen(
+    cfg: &VerifyConfig,
+    l: &mut Learned,
+    seen: &mut Vec<Seen>,
+    errors: &mut Vec<String>,
+    error_fixes: &mut Vec<String>,
+) {
+    let Some(settings) = &cfg.infisical else {
+        seen.push(Seen {
+            what: format!("Infisical {}", cfg.key),
+            values: Err("Infisical is not configured: set INFISICAL_PROJECT_ID and INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET (or INFISICAL_TOKEN)".into()),
+            fix: String::new(),
+        });
+        return;
+    };
+    let what = format!("Infisical {} {}", settings.location(), cfg.key);
+    let mut client = infisical::Client::new(settings.clone());
+    match client.read(&cfg.key).await {
+        Ok(remote) => {
+            let v = remote.map(|r| r.value);
+            l.infisical_aud = v.clone();
+            seen.push(Seen {
+                what,
+                values: Ok(vec![v.unwrap_or_else(|| "(unset)".into())]),
+                fix: format!(
+                    "run `audsync sync --domain {} --sink infisical` (with the same INFISICAL_* settings)",
+                    cfg.host
+                ),
+            });
+        }
+        Err(e) if e.is_unreachable() => seen.push(Seen {
+            what,
+            values: Err(format!("Infisical is not reachable: {e}")),
+            fix: String::new(),
+        }),
+        Err(e) => {
+            if let Some(h) = e.hint() {
+                error_fixes.push(h);
+            }
+            errors.push(format!("{what}: {e}"));
+        }
+    }
 }
 
 async fn token(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> CheckResult {
@@ -627,9 +705,10 @@ async fn token(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> C
         .clone()
         .or_else(|| l.edge_aud.clone())
         .or_else(|| l.env_aud.clone())
+        .or_else(|| l.infisical_aud.clone())
     else {
         return CheckResult::new(c, Status::Fail, "the expected AUD is unknown")
-            .fix("give Cloudflare credentials, let the redirect check run, or set the AUD in the .env file");
+            .fix("give Cloudflare credentials, let the redirect check run, or set the AUD in the .env file (or Infisical, with --sink infisical)");
     };
     match jwt::verify_access_token(tok.expose(), &keys, &aud, &team) {
         Ok(claims) => CheckResult::new(

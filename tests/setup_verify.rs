@@ -3,8 +3,11 @@
 
 use serde_json::{Value, json};
 
+use crate::require_docker;
 use crate::support::access::{FakeAccess, TestKey, now, unsigned};
 use crate::support::cloudflare::{self, ACCOUNT, FakeCloudflare, Fault, TOKEN, app, aud, uuid};
+use crate::support::docker::{Docker, env_of, free_port, id_of, image, started_at};
+use crate::support::infisical::{CLIENT_ID, CLIENT_SECRET, FakeInfisical, PROJECT, STATIC_TOKEN};
 use crate::support::{Run, Sandbox, run};
 
 const HOST: &str = "api.example.com";
@@ -843,4 +846,391 @@ fn no_secret_or_token_appears_at_any_verbosity() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("--token"), "{r:?}");
     assert!(!r.stdout.contains(&tok), "token shown by --help: {r:?}");
+}
+
+// ---------------------------------------------------------------- verify: the Infisical sink
+
+const INF_ENV: &str = "prod";
+const INF_PATH: &str = "/apps/api";
+const KEY: &str = "CLOUDFLARE_AUD_TAG";
+
+/// `chain()` plus a fake Infisical holding `value` at prod:/apps/api, Universal Auth set.
+fn chain_with_infisical(value: Option<&str>) -> (Chain, FakeInfisical) {
+    let mut c = chain();
+    let inf = FakeInfisical::start();
+    if let Some(v) = value {
+        inf.put(INF_ENV, INF_PATH, KEY, v, 4);
+    }
+    c.sb.var("INFISICAL_HOST", &inf.url())
+        .var("INFISICAL_PROJECT_ID", PROJECT)
+        .var("INFISICAL_CLIENT_ID", CLIENT_ID)
+        .var("INFISICAL_CLIENT_SECRET", CLIENT_SECRET)
+        .var("INFISICAL_ENVIRONMENT", INF_ENV)
+        .var("INFISICAL_SECRET_PATH", INF_PATH);
+    (c, inf)
+}
+
+fn infisical_place() -> String {
+    format!("Infisical {PROJECT}/{INF_ENV}{INF_PATH} {KEY}")
+}
+
+/// How verify abbreviates an AUD in its details.
+fn short(v: &str) -> String {
+    format!("{}…", &v[..8])
+}
+
+/// An address where nothing listens (bound, then released).
+fn closed_url() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+#[test]
+fn verify_compares_the_aud_in_infisical_and_names_it_when_it_differs() {
+    let (c, inf) = chain_with_infisical(Some(&aud(2)));
+    let r = verify(&c, &["--sink", "infisical"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(line(&r, "consistency").contains(" ok "), "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("{}: {}", infisical_place(), short(&aud(2)))),
+        "Infisical was read: {r:?}"
+    );
+    assert!(
+        !r.stdout.contains(".env CLOUDFLARE_AUD_TAG"),
+        "--sink infisical alone does not read the .env file: {r:?}"
+    );
+    assert_eq!(inf.secret_requests().len(), 1, "one read");
+
+    // Infisical holds another AUD: FAIL naming project/environment/path, with the fix.
+    inf.put(INF_ENV, INF_PATH, KEY, &aud(1), 5);
+    let r = verify(&c, &["--sink", "infisical"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let l = line(&r, "consistency");
+    assert!(
+        l.contains("FAIL") && l.contains(&format!("{} differs", infisical_place())),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains("fix: run `audsync sync --domain api.example.com --sink infisical`"),
+        "{r:?}"
+    );
+
+    // Both sinks (from AUDSYNC_SINK): the .env file agrees, only Infisical is named.
+    let mut c = c;
+    c.sb.var("AUDSYNC_SINK", "env,infisical");
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let l = line(&r, "consistency");
+    assert!(
+        l.contains(&format!("{} differs", infisical_place())) && !l.contains(".env"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains(".env CLOUDFLARE_AUD_TAG: "), "{r:?}");
+
+    // A missing secret differs too.
+    inf.with(|s| s.secrets.clear());
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("{}: (unset)", infisical_place())),
+        "{r:?}"
+    );
+
+    // The default sink (env) does not read Infisical at all.
+    c.sb.unset("AUDSYNC_SINK");
+    let n = inf.requests().len();
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        inf.requests().len(),
+        n,
+        "Infisical untouched without --sink infisical"
+    );
+
+    // verify only ever reads Infisical.
+    assert!(inf.writes().is_empty(), "{:?}", inf.writes());
+}
+
+#[test]
+fn verify_infisical_unreachable_or_unconfigured_is_not_checked_and_a_refusal_fails() {
+    // Unreachable: not checked, with the reason; the other places still agree.
+    let (mut c, _inf) = chain_with_infisical(Some(&aud(2)));
+    c.sb.var("INFISICAL_HOST", &closed_url());
+    let r = verify(&c, &["--sink", "infisical"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(line(&r, "consistency").contains(" ok "), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!(
+            "{}: not checked (Infisical is not reachable",
+            infisical_place()
+        )),
+        "{r:?}"
+    );
+
+    // Not configured at all: not checked, naming the settings.
+    let mut c = chain();
+    c.sb.var("AUDSYNC_SINK", "infisical");
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(
+            "Infisical CLOUDFLARE_AUD_TAG: not checked (Infisical is not configured: set INFISICAL_PROJECT_ID"
+        ),
+        "{r:?}"
+    );
+    // Half configured: a usage error, as for sync.
+    c.sb.var("INFISICAL_PROJECT_ID", PROJECT);
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("INFISICAL_CLIENT_ID"), "{r:?}");
+
+    // Reachable but refusing: FAIL with Infisical's fix.
+    let (c, inf) = chain_with_infisical(Some(&aud(2)));
+    inf.with(|s| {
+        s.deny.insert("read");
+    });
+    let r = verify(&c, &["--sink", "infisical"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let l = line(&r, "consistency");
+    assert!(
+        l.contains("FAIL") && l.contains(&infisical_place()) && l.contains("not allowed to read"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("fix: give the machine identity a role"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn verify_with_infisical_leaks_no_secret_at_vvv() {
+    let (c, inf) = chain_with_infisical(Some(&aud(1)));
+    let mut runs = vec![
+        verify(&c, &["-vvv", "--sink", "env,infisical"]),
+        verify(&c, &["-vvv", "--log-format", "json", "--sink", "infisical"]),
+    ];
+    // A static token, and a refused read.
+    let mut c = c;
+    c.sb.unset("INFISICAL_CLIENT_ID")
+        .unset("INFISICAL_CLIENT_SECRET")
+        .var("INFISICAL_TOKEN", STATIC_TOKEN);
+    inf.with(|s| {
+        s.deny.insert("read");
+    });
+    runs.push(verify(&c, &["-vvv", "--sink", "infisical"]));
+    assert_eq!(runs[0].code, 1, "{:?}", runs[0]);
+    assert!(
+        runs[0]
+            .stdout
+            .contains(&format!("{} differs", infisical_place())),
+        "{:?}",
+        runs[0]
+    );
+    assert_eq!(runs[2].code, 1, "{:?}", runs[2]);
+    let issued = inf.with(|s| s.issued.clone());
+    assert_eq!(issued.len(), 2, "two logins, one per Universal Auth run");
+    for r in &runs {
+        assert!(r.stderr.contains("infisical request"), "trace is on: {r:?}");
+        for secret in [CLIENT_SECRET, STATIC_TOKEN, TOKEN]
+            .into_iter()
+            .chain(issued.iter().map(String::as_str))
+        {
+            assert!(
+                !r.stdout.contains(secret) && !r.stderr.contains(secret),
+                "{secret} leaked: {r:?}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- verify: certs, --url
+
+#[test]
+fn verify_certs_unreachable_fails_with_the_fix() {
+    let mut c = chain();
+    c.sb.var("CLOUDFLARE_AUTH_DOMAIN", &closed_url());
+    // Without the redirect check, the configured team domain is the one whose certs are read.
+    let r = verify(&c, &["--skip", "redirect,consistency"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let l = line(&r, "certs");
+    assert!(
+        l.contains("FAIL") && l.contains("/cdn-cgi/access/certs") && l.contains("cannot connect"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains("fix: check CLOUDFLARE_AUTH_DOMAIN (the team domain"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("verify: FAILED (certs)"), "{r:?}");
+}
+
+#[test]
+fn verify_url_flag_sets_where_the_host_is_reached_and_beats_the_environment() {
+    let mut c = chain();
+    let url = c.fa.host_url();
+    // The environment points at a closed port; the flag wins.
+    c.sb.var("AUDSYNC_URL", &closed_url());
+    let r = verify(&c, &["--skip", "consistency"]);
+    assert_eq!(
+        r.code, 1,
+        "the environment's URL is used without the flag: {r:?}"
+    );
+    assert!(line(&r, "redirect").contains("FAIL"), "{r:?}");
+    let r = verify(&c, &["--url", &url, "--skip", "consistency"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        line(&r, "redirect").contains(" ok ") && line(&r, "redirect").contains(&aud(2)),
+        "{r:?}"
+    );
+    // And with no AUDSYNC_URL at all, the host is taken from --url when --domain is absent.
+    c.sb.unset("AUDSYNC_URL");
+    let mut cmd = c.sb.cmd();
+    cmd.args(["verify", "--url", &url, "--skip", "consistency"]);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(line(&r, "redirect").contains(" ok "), "{r:?}");
+    assert!(c.fa.with(|s| !s.requests.is_empty()));
+}
+
+// ---------------------------------------------------------------- setup takes the sync options
+
+#[test]
+fn setup_with_sink_infisical_writes_the_new_aud_to_infisical() {
+    let cf = fake(vec![], "cloudflare", ingress());
+    let inf = FakeInfisical::start();
+    let mut sb = sandbox(&cf);
+    sb.var("INFISICAL_HOST", &inf.url())
+        .var("INFISICAL_PROJECT_ID", PROJECT)
+        .var("INFISICAL_CLIENT_ID", CLIENT_ID)
+        .var("INFISICAL_CLIENT_SECRET", CLIENT_SECRET)
+        .var("INFISICAL_ENVIRONMENT", INF_ENV)
+        .var("INFISICAL_SECRET_PATH", INF_PATH);
+    let r = setup(&sb, &["--sink", "infisical"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let new_aud = cf.with(|s| s.apps[0]["aud"].as_str().unwrap().to_string());
+    assert_eq!(
+        inf.secret(INF_ENV, INF_PATH, KEY),
+        Some((new_aud.clone(), 1)),
+        "the created application's AUD is in Infisical"
+    );
+    assert_eq!(
+        sb.read_env(),
+        "OTHER=1\n",
+        "--sink infisical alone leaves .env alone"
+    );
+    // Idempotent: the second run writes nothing anywhere.
+    let r = setup(&sb, &["--sink", "infisical"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(inf.writes().len(), 1, "{:?}", inf.writes());
+    assert_eq!(cf.with(|s| s.apps.len()), 1);
+    for s in [CLIENT_SECRET, TOKEN] {
+        assert!(!r.stdout.contains(s) && !r.stderr.contains(s));
+    }
+}
+
+// ---------------------------------------------------------------- the real Docker engine
+
+/// A container that just waits (stops at once), with `KEY=value` in its environment.
+fn waiting_container(d: &Docker, value: &str) -> String {
+    d.run(
+        "lambda",
+        &[
+            "--stop-timeout",
+            "1",
+            "-e",
+            &format!("{KEY}={value}"),
+            &image(),
+            "sleep",
+            "3600",
+        ],
+    )
+}
+
+#[test]
+fn verify_names_a_running_container_whose_environment_carries_another_aud() {
+    require_docker!();
+    let d = Docker::new();
+    let mut c = chain();
+    let name = waiting_container(&d, &aud(1));
+    c.sb.var("AUDSYNC_CONTAINER", &name);
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let l = line(&r, "consistency");
+    assert!(
+        l.contains("FAIL") && l.contains(&format!("container {name} {KEY} differs")),
+        "{r:?}"
+    );
+    assert!(!l.contains(".env"), "only the container differs: {r:?}");
+    assert!(
+        r.stdout
+            .contains("it recreates the container with the new value"),
+        "{r:?}"
+    );
+
+    // The fix verify names: sync recreates it with the right value; then everything agrees.
+    let mut cmd = c.sb.cmd();
+    cmd.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--container",
+        &name,
+        "--settle",
+        "1s",
+    ]);
+    let s = run(&mut cmd);
+    assert_eq!(s.code, 0, "{s:?}");
+    assert_eq!(env_of(&name, KEY), Some(aud(2)));
+    let r = verify(&c, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(line(&r, "consistency").contains(" ok "), "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("container {name} {KEY}: {}", short(&aud(2)))),
+        "the container was read, not skipped: {r:?}"
+    );
+}
+
+#[test]
+fn setup_with_a_container_recreates_it_with_the_created_apps_aud() {
+    require_docker!();
+    let d = Docker::new();
+    let cf = fake(vec![], "cloudflare", ingress());
+    let sb = sandbox(&cf);
+    let name = waiting_container(&d, "old");
+    let before = id_of(&name);
+    let setup_c = |sb: &Sandbox| {
+        let mut cmd = sb.cmd();
+        cmd.args([
+            "setup",
+            "--domain",
+            HOST,
+            "--container",
+            &name,
+            "--settle",
+            "1s",
+            "--output",
+            "json",
+        ]);
+        run(&mut cmd)
+    };
+    let r = setup_c(&sb);
+    assert_eq!(r.code, 0, "{r:?}");
+    let new_aud = cf.with(|s| s.apps[0]["aud"].as_str().unwrap().to_string());
+    let j: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(j["sync"]["containers"][0]["action"], "recreate", "{r:?}");
+    assert_eq!(j["sync"]["containers"][0]["result"], "done", "{r:?}");
+    assert_eq!(env_of(&name, KEY), Some(new_aud.clone()));
+    assert_ne!(id_of(&name), before, "a new container");
+    assert!(sb.read_env().contains(&new_aud));
+
+    // Second run: nothing to do, the container is left alone.
+    let (id, started) = (id_of(&name), started_at(&name));
+    let r = setup_c(&sb);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!((id_of(&name), started_at(&name)), (id, started));
+    assert_eq!(cf.with(|s| s.apps.len()), 1);
 }

@@ -140,11 +140,14 @@ fn login_of(base: &str, location: &str) -> Option<Login> {
 /// `<team domain>/cdn-cgi/access/certs`, parsed.
 pub async fn certs(http: &reqwest::Client, team_domain: &str) -> Result<Jwks, EdgeError> {
     let url = format!("{}/cdn-cgi/access/certs", team_domain.trim_end_matches('/'));
-    let resp = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| transport(&url, &e))?;
+    // The fix names the team domain's setting, not --url: this is not the protected host.
+    let unreachable = |e: &reqwest::Error| {
+        err(
+            format!("{url}: {}", crate::http::describe_transport(e)),
+            "check CLOUDFLARE_AUTH_DOMAIN (the team domain, https://<team>.cloudflareaccess.com) and network access to it",
+        )
+    };
+    let resp = http.get(&url).send().await.map_err(|e| unreachable(&e))?;
     let status = resp.status();
     if status != StatusCode::OK {
         return Err(err(
@@ -152,7 +155,7 @@ pub async fn certs(http: &reqwest::Client, team_domain: &str) -> Result<Jwks, Ed
             "check CLOUDFLARE_AUTH_DOMAIN (https://<team>.cloudflareaccess.com)",
         ));
     }
-    let bytes = resp.bytes().await.map_err(|e| transport(&url, &e))?;
+    let bytes = resp.bytes().await.map_err(|e| unreachable(&e))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         err(
             format!("{url}: not a JSON key set ({e})"),

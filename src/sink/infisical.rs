@@ -187,6 +187,16 @@ fn err(message: impl Into<String>, hint: Option<String>) -> Error {
     Error::Infisical {
         message: message.into(),
         hint,
+        unreachable: false,
+    }
+}
+
+/// A transport failure: Infisical did not answer at all (`verify` reports it as not checked).
+fn unreachable(message: impl Into<String>, hint: Option<String>) -> Error {
+    Error::Infisical {
+        message: message.into(),
+        hint,
+        unreachable: true,
     }
 }
 
@@ -273,7 +283,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| {
-                err(
+                unreachable(
                     format!(
                         "Universal Auth login at {} failed: {} ({lockout})",
                         self.settings.host,
@@ -380,7 +390,7 @@ impl Client {
                         tokio::time::sleep(wait).await;
                         continue;
                     }
-                    return Err(err(
+                    return Err(unreachable(
                         format!(
                             "{method} {path} at {}: {}",
                             self.settings.host,

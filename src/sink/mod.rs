@@ -64,6 +64,8 @@ pub enum Error {
     Infisical {
         message: String,
         hint: Option<String>,
+        /// Infisical did not answer (connect failure, timeout), as opposed to answering "no".
+        unreachable: bool,
     },
 }
 
@@ -73,6 +75,17 @@ impl Error {
             Error::EnvFile { .. } => None,
             Error::Infisical { hint, .. } => hint.clone(),
         }
+    }
+
+    /// True when the system did not answer at all (not when it refused or failed).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Error::Infisical {
+                unreachable: true,
+                ..
+            }
+        )
     }
 }
 
