@@ -87,9 +87,13 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
         }
         Command::Setup(args) => {
             let output = args.sync.output;
-            let cfg = match sync::resolve_credentials(&args.sync.source, env, |e| {
-                setup::SetupConfig::from_args(&args, e).map(drop)
-            })
+            let state_file = args.sync.state_file.clone();
+            let cfg = match sync::resolve_credentials_at(
+                &args.sync.source,
+                state_file.as_deref(),
+                env,
+                |e| setup::SetupConfig::from_args(&args, e).map(drop),
+            )
             .await
             {
                 Ok(env) => setup::SetupConfig::from_args(&args, &env),

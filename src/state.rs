@@ -3,7 +3,9 @@
 //!
 //! The file is JSON, written atomically with mode 0600. It holds no secret. Losing it is safe:
 //! the next run looks the application up again, and drift detection still sees containers
-//! whose environment carries the key.
+//! whose environment carries the key. It also remembers an Infisical write held for approval
+//! (so it is not submitted again every pass) and the last refused Infisical login (so no run
+//! logs in again before the hold-off has passed; see `sink::infisical`).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -29,6 +31,39 @@ pub struct State {
     /// the Infisical secret, a person, `setup` elsewhere).
     #[serde(default)]
     pub applied: std::collections::BTreeMap<String, String>,
+    /// An Infisical write held back for approval: not submitted again while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infisical_pending: Option<PendingWrite>,
+    /// The last Universal Auth login Infisical refused (401/403). Written only through
+    /// [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infisical_login_refused: Option<LoginRefusal>,
+}
+
+/// A write Infisical answered with `approval` instead of `secret`: the value is not live yet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingWrite {
+    /// `project/environment/path`.
+    pub location: String,
+    pub key: String,
+    /// The value submitted (an AUD: not a secret).
+    pub value: String,
+    /// The change request's slug or id, when the answer carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// When it was submitted (Unix seconds).
+    pub since: u64,
+}
+
+/// A refused login of one machine identity at one Infisical host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoginRefusal {
+    pub host: String,
+    pub client_id: String,
+    /// When it was refused (Unix seconds).
+    pub at: u64,
+    /// Infisical's answer (status and message; never a credential).
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -66,30 +101,47 @@ impl StateFile {
         })
     }
 
+    /// Write the state. The login refusal is not this copy's to write: the file's is kept
+    /// (it may have been recorded since this copy was loaded).
     pub fn save(&self) -> Result<(), String> {
         if self.read_only {
             return Ok(());
         }
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".audsync-state-")
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(dir)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        let body = serde_json::to_vec_pretty(&self.state).map_err(|e| e.to_string())?;
-        tmp.write_all(&body)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        tmp.persist(&self.path)
-            .map_err(|e| format!("{}: {}", self.path.display(), e.error))?;
-        Ok(())
+        let mut state = self.state.clone();
+        state.infisical_login_refused = StateFile::load(&self.path, true)
+            .ok()
+            .and_then(|f| f.state.infisical_login_refused);
+        write(&self.path, &state)
     }
+
+    /// Load the file afresh, change it and write it at once (also for a read-only run: used
+    /// only for the login refusal, which protects the machine identity).
+    pub fn update(path: &Path, change: impl FnOnce(&mut State)) -> Result<(), String> {
+        let mut state = StateFile::load(path, true)?.state;
+        change(&mut state);
+        write(path, &state)
+    }
+}
+
+fn write(path: &Path, state: &State) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".audsync-state-")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let body = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+    tmp.write_all(&body)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| format!("{}: {}", path.display(), e.error))?;
+    Ok(())
 }
 
 impl Journal for StateFile {
@@ -127,5 +179,32 @@ mod tests {
             "an unreadable state is an error"
         );
         assert_eq!(StateFile::load(&p, false).unwrap().state, State::default());
+    }
+
+    #[test]
+    fn save_keeps_a_login_refusal_recorded_since_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        let mut pass = StateFile::load(&p, false).unwrap();
+        let refusal = LoginRefusal {
+            host: "https://infisical.example".into(),
+            client_id: "id".into(),
+            at: 1,
+            reason: "HTTP 401".into(),
+        };
+        StateFile::update(&p, |s| s.infisical_login_refused = Some(refusal.clone())).unwrap();
+        pass.set_owed(&["a".to_string()].into()).unwrap();
+        let now = StateFile::load(&p, false).unwrap().state;
+        assert_eq!(now.infisical_login_refused, Some(refusal));
+        assert_eq!(now.owed.len(), 1);
+        StateFile::update(&p, |s| s.infisical_login_refused = None).unwrap();
+        pass.save().unwrap();
+        assert_eq!(
+            StateFile::load(&p, false)
+                .unwrap()
+                .state
+                .infisical_login_refused,
+            None
+        );
     }
 }

@@ -16,7 +16,7 @@ use crate::reconcile::{self, ActionError, Outcome, RestartMode, Target, TargetOb
 use crate::sink::infisical::{self, InfisicalSink};
 use crate::sink::{AnySink, EnvFileSink, Sink, SinkKind, WriteMode};
 use crate::source::{self, AppSummary};
-use crate::state::StateFile;
+use crate::state::{State, StateFile};
 
 /// A validated `sync` configuration.
 #[derive(Debug, Clone)]
@@ -87,16 +87,11 @@ impl SyncConfig {
             ));
         }
         let env_file = a.source.env_file.clone();
-        // Lock and state live next to the real file, so a symlink and its target share them.
-        let real = std::fs::canonicalize(&env_file).unwrap_or_else(|_| env_file.clone());
-        let sidecar = |suffix: &str| {
-            let mut name = real
-                .file_name()
-                .map(|n| n.to_os_string())
-                .unwrap_or_else(|| ".env".into());
-            name.push(suffix);
-            real.with_file_name(name)
-        };
+        let state_file = state_file_of(&a.source, a.state_file.as_deref());
+        let infisical = infisical.map(|mut s| {
+            s.state_file = Some(state_file.clone());
+            s
+        });
         Ok(SyncConfig {
             source,
             key: a.key.clone(),
@@ -111,17 +106,33 @@ impl SyncConfig {
             write_mode: a.write_mode,
             dry_run: a.dry_run,
             output: a.output,
-            state_file: a
-                .state_file
-                .clone()
-                .unwrap_or_else(|| sidecar(".audsync-state.json")),
-            lock_file: sidecar(".audsync.lock"),
+            state_file,
+            lock_file: sidecar(&env_file, ".audsync.lock"),
             lock_timeout: a.lock_timeout,
             env_file,
             infisical,
             tunnel_id,
         })
     }
+}
+
+/// The state file: `--state-file`, else `<env-file>.audsync-state.json` beside the .env.
+pub fn state_file_of(source: &SourceArgs, state_file: Option<&std::path::Path>) -> PathBuf {
+    match state_file {
+        Some(p) => p.to_path_buf(),
+        None => sidecar(&source.env_file, ".audsync-state.json"),
+    }
+}
+
+/// `<env-file><suffix>` next to the real file: a symlink and its target share lock and state.
+fn sidecar(env_file: &std::path::Path, suffix: &str) -> PathBuf {
+    let real = std::fs::canonicalize(env_file).unwrap_or_else(|_| env_file.to_path_buf());
+    let mut name = real
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| ".env".into());
+    name.push(suffix);
+    real.with_file_name(name)
 }
 
 /// The container `sync` acts on when neither --container nor --compose-service is given.
@@ -219,7 +230,7 @@ impl Report {
 /// Validate the `sync` configuration, reading the Cloudflare credentials from Infisical when
 /// they are set nowhere else (see [`resolve_credentials`]).
 pub async fn load_config(args: &SyncArgs, env: Env) -> Result<SyncConfig, Error> {
-    let env = resolve_credentials(&args.source, env, |e| {
+    let env = resolve_credentials_at(&args.source, args.state_file.as_deref(), env, |e| {
         SyncConfig::from_args(args, e).map(drop)
     })
     .await?;
@@ -236,13 +247,25 @@ pub async fn resolve_credentials(
     env: Env,
     validate: impl FnOnce(&Env) -> Result<(), Error>,
 ) -> Result<Env, Error> {
+    resolve_credentials_at(source, None, env, validate).await
+}
+
+/// [`resolve_credentials`] with `--state-file` (where a refused Infisical login is remembered).
+pub async fn resolve_credentials_at(
+    source: &SourceArgs,
+    state_file: Option<&std::path::Path>,
+    env: Env,
+    validate: impl FnOnce(&Env) -> Result<(), Error>,
+) -> Result<Env, Error> {
     if config::has_cloudflare_credentials(&env) {
         return Ok(env);
     }
-    let Some(settings) = infisical::Settings::from_args(&source.infisical, &env, source.timeout)?
+    let Some(mut settings) =
+        infisical::Settings::from_args(&source.infisical, &env, source.timeout)?
     else {
         return Ok(env);
     };
+    settings.state_file = Some(state_file_of(source, state_file));
     // A stand-in credential, only to run the validation that needs one.
     validate(&env.clone().with_fetched(
         "CLOUDFLARE_API_TOKEN",
@@ -251,8 +274,8 @@ pub async fn resolve_credentials(
     infisical::read_cloudflare_credentials(&settings, env).await
 }
 
-/// The sinks named by `--sink`, in order.
-async fn build_sinks(cfg: &SyncConfig) -> Result<Vec<AnySink>, Error> {
+/// The sinks named by `--sink`, in order; `state` gives the Infisical write held for approval.
+async fn build_sinks(cfg: &SyncConfig, state: &State) -> Result<Vec<AnySink>, Error> {
     cfg.sinks
         .iter()
         .map(|k| match k {
@@ -262,10 +285,10 @@ async fn build_sinks(cfg: &SyncConfig) -> Result<Vec<AnySink>, Error> {
                 mode: cfg.write_mode,
             })),
             SinkKind::Infisical => match &cfg.infisical {
-                Some(s) => Ok(AnySink::Infisical(Box::new(InfisicalSink::new(
-                    s.clone(),
-                    &cfg.key,
-                )))),
+                Some(s) => Ok(AnySink::Infisical(Box::new(
+                    InfisicalSink::new(s.clone(), &cfg.key)
+                        .with_pending(state.infisical_pending.as_ref()),
+                ))),
                 None => Err(Error::usage("--sink infisical is not configured")),
             },
         })
@@ -406,7 +429,9 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     }
     tracing::debug!(aud = %found.aud, app = %found.app.id, "desired AUD");
 
-    let mut sinks = build_sinks(cfg).await.map_err(at(Stage::Sink))?;
+    let mut sinks = build_sinks(cfg, &state.state)
+        .await
+        .map_err(at(Stage::Sink))?;
     let mut observed = Vec::with_capacity(sinks.len());
     for s in sinks.iter_mut() {
         let o = s
@@ -440,6 +465,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     );
     let outcome = reconcile::apply(&plan, &mut sinks, &mut targets, &mut state, cfg.dry_run).await;
     record_applied(cfg, &mut state, &outcome, &found.aud);
+    remember_pending(&sinks, &mut state);
     let mut r = report(cfg, found.clone(), &plan, outcome);
     if let Some(t) = tunnel_step(cfg, &client, &found, r.previous.as_deref()).await {
         r.add_tunnel(t);
@@ -465,6 +491,21 @@ fn record_applied(cfg: &SyncConfig, state: &mut StateFile, outcome: &Outcome, de
         state.state.applied = applied;
         if let Err(e) = state.save() {
             tracing::warn!(error = %e, "cannot record which value the containers run with");
+        }
+    }
+}
+
+/// Keep the Infisical write held for approval (or its absence) in the state file, so the next
+/// pass does not submit the same value again.
+fn remember_pending(sinks: &[AnySink], state: &mut StateFile) {
+    for s in sinks {
+        if let AnySink::Infisical(s) = s
+            && s.pending() != state.state.infisical_pending.as_ref()
+        {
+            state.state.infisical_pending = s.pending().cloned();
+            if let Err(e) = state.save() {
+                tracing::warn!(error = %e, "cannot remember the Infisical write held for approval; the next run submits it again");
+            }
         }
     }
 }

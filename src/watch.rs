@@ -40,7 +40,8 @@ impl WatchConfig {
     /// Validate, then read the Cloudflare credentials from Infisical when they are set nowhere
     /// else (as `sync` does).
     pub async fn load(a: &WatchArgs, env: Env) -> Result<WatchConfig, Error> {
-        let env = crate::sync::resolve_credentials(&a.sync.source, env, |e| {
+        let state_file = a.sync.state_file.as_deref();
+        let env = crate::sync::resolve_credentials_at(&a.sync.source, state_file, env, |e| {
             WatchConfig::from_args(a, e).map(drop)
         })
         .await?;

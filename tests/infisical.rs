@@ -250,6 +250,9 @@ fn infisical_failed_login_is_never_retried_and_names_the_lockout() {
     let w = world();
     let mut sb = w.sb;
     sb.var("INFISICAL_CLIENT_SECRET", "wrong-client-secret-SECRET");
+    // No hold-off between runs here, to show the fake's lockout (infisical_passes.rs covers
+    // the hold-off that prevents it).
+    sb.var("AUDSYNC_INFISICAL_LOGIN_HOLDOFF", "0");
     for n in 1..=3 {
         let r = sync(&sb, &[]);
         assert_eq!(r.code, 1, "{r:?}");

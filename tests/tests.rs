@@ -7,5 +7,6 @@ mod docker_recreate;
 mod docker_restart;
 mod envfile_prop;
 mod infisical;
+mod infisical_passes;
 mod setup_verify;
 mod watch;

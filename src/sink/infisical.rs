@@ -4,10 +4,15 @@
 //! Owns every request to Infisical. It never prints or logs the client secret or an access
 //! token: both are [`Secret`]s, errors carry the HTTP status, Infisical's own message and the
 //! project/environment/path, never a credential. A failed login is never retried (three failures
-//! lock the machine identity for 5 minutes). An equal value is never written (Infisical would
-//! make a new secret version of it).
+//! lock the machine identity for 5 minutes), and after a refused login (401/403) no run logs in
+//! again before the hold-off has passed (5 minutes; remembered in the state file so cron runs
+//! and the watch loop respect it). An equal value is never written (Infisical would make a new
+//! secret version of it), and a value held for approval is not submitted again while it waits
+//! (remembered in the state file too).
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -18,8 +23,15 @@ use crate::cli::InfisicalArgs;
 use crate::cloudflare::{RetryPolicy, retry_after};
 use crate::config::Env;
 use crate::secret::Secret;
+use crate::state::{LoginRefusal, PendingWrite, StateFile};
 
 pub const DEFAULT_HOST: &str = "https://app.infisical.com";
+
+/// How long no login is tried after Infisical refused one (three failures lock the identity
+/// for 5 minutes). Overridable only through the hidden AUDSYNC_INFISICAL_LOGIN_HOLDOFF
+/// (a test/ops knob, e.g. `0` once the lockout is known to be over).
+pub const LOGIN_HOLDOFF: Duration = Duration::from_secs(300);
+pub const LOGIN_HOLDOFF_VAR: &str = "AUDSYNC_INFISICAL_LOGIN_HOLDOFF";
 
 /// Which generation of the secrets API to call (`--infisical-api`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -53,6 +65,11 @@ pub struct Settings {
     pub secret_path: String,
     pub api: ApiVersion,
     pub timeout: Duration,
+    /// The state file that remembers a refused login and a write held for approval; `None`
+    /// remembers the refusal in this process only.
+    pub state_file: Option<PathBuf>,
+    /// No login after a refused one for this long ([`LOGIN_HOLDOFF`]).
+    pub login_holdoff: Duration,
 }
 
 impl Settings {
@@ -125,6 +142,14 @@ impl Settings {
                 "--infisical-environment / INFISICAL_ENVIRONMENT {environment:?} is not an environment slug (e.g. dev, staging, prod)"
             )));
         }
+        let login_holdoff = match env.get(LOGIN_HOLDOFF_VAR) {
+            None => LOGIN_HOLDOFF,
+            Some(v) => crate::cli::parse_duration(&v).map_err(|e| {
+                E::usage(format!(
+                    "{LOGIN_HOLDOFF_VAR} {v:?}: {e} (a duration such as 5m, or 0)"
+                ))
+            })?,
+        };
         Ok(Some(Settings {
             host: a.infisical_host.trim_end_matches('/').to_string(),
             credentials,
@@ -133,6 +158,8 @@ impl Settings {
             secret_path: normalize_path(&a.infisical_secret_path),
             api: a.infisical_api,
             timeout: timeout.max(Duration::from_millis(1)),
+            state_file: None,
+            login_holdoff,
         }))
     }
 
@@ -168,9 +195,33 @@ pub struct Remote {
 /// The answer to a write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Written {
-    Live { version: Option<u64> },
-    Approval { detail: String },
+    Live {
+        version: Option<u64>,
+    },
+    Approval {
+        detail: String,
+        /// The change request's slug or id, when the answer carries one.
+        request: Option<String>,
+    },
 }
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `HH:MM:SS UTC` of a Unix time, for messages.
+fn clock(secs: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{} UTC", s.get(11..19).unwrap_or(&s))
+}
+
+/// Refusals seen by this process, for when the state file cannot be written (and for runs
+/// without one).
+static REFUSED: Mutex<Vec<LoginRefusal>> = Mutex::new(Vec::new());
 
 /// The thin Infisical client for one project/environment/path. Holds the access token of this
 /// pass; logs in lazily, at most twice per pass (once, and once more after an expiry).
@@ -272,6 +323,25 @@ impl Client {
             } => (client_id.clone(), client_secret.clone()),
             Credentials::Token(t) => return Ok(t.clone()),
         };
+        if let Some(r) = self.refusal_in_force(&client_id) {
+            let until = r.at + self.settings.login_holdoff.as_secs();
+            return Err(err(
+                format!(
+                    "Universal Auth login for machine identity {client_id} was refused at {} ({}); not retrying the login until {} to avoid the lockout (three failed logins lock the machine identity for 5 minutes)",
+                    clock(r.at),
+                    r.reason,
+                    clock(until)
+                ),
+                Some(format!(
+                    "fix INFISICAL_CLIENT_ID / INFISICAL_CLIENT_SECRET (or their _FILE) meanwhile; the first run after {} logs in again{}",
+                    clock(until),
+                    match &self.settings.state_file {
+                        Some(p) => format!(" (the refusal is remembered in {})", p.display()),
+                        None => String::new(),
+                    }
+                )),
+            ));
+        }
         self.logins += 1;
         let path = "/api/v1/auth/universal-auth/login";
         tracing::debug!(path, client_id = %client_id, "infisical login");
@@ -294,6 +364,18 @@ impl Client {
             })?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let at = now_secs();
+            self.record_refusal(&client_id, at, describe(status, &body));
+            return Err(err(
+                format!(
+                    "Universal Auth login for machine identity {client_id} failed ({}); not retrying the login until {} to avoid the lockout (three failed logins lock the machine identity for 5 minutes)",
+                    describe(status, &body),
+                    clock(at + self.settings.login_holdoff.as_secs())
+                ),
+                Some("check INFISICAL_CLIENT_ID and INFISICAL_CLIENT_SECRET (or their _FILE), and that the client secret is not expired or revoked; after three failures wait 5 minutes before the next try".into()),
+            ));
+        }
         if !status.is_success() {
             return Err(err(
                 format!(
@@ -307,11 +389,75 @@ impl Client {
             .as_str()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| err("Universal Auth login answered without an accessToken", None))?;
+        self.clear_refusal(&client_id);
         tracing::info!(
             expires_in = body["expiresIn"].as_u64(),
             "logged in to Infisical"
         );
         Ok(Secret::new(token))
+    }
+
+    /// The refusal of this identity's last login, while its hold-off lasts. A refusal dated
+    /// more than a minute in the future (the clock went back) is ignored.
+    fn refusal_in_force(&self, client_id: &str) -> Option<LoginRefusal> {
+        let now = now_secs();
+        let holdoff = self.settings.login_holdoff.as_secs();
+        let host = &self.settings.host;
+        let matches =
+            |r: &LoginRefusal| r.host == *host && r.client_id == client_id && r.at <= now + 60;
+        let from_file = self
+            .settings
+            .state_file
+            .as_deref()
+            .and_then(|p| StateFile::load(p, true).ok()?.state.infisical_login_refused)
+            .filter(matches);
+        let in_memory = REFUSED.lock().ok().and_then(|v| {
+            v.iter()
+                .filter(|r| matches(r))
+                .max_by_key(|r| r.at)
+                .cloned()
+        });
+        [from_file, in_memory]
+            .into_iter()
+            .flatten()
+            .max_by_key(|r| r.at)
+            .filter(|r| now < r.at.saturating_add(holdoff))
+    }
+
+    fn record_refusal(&self, client_id: &str, at: u64, reason: String) {
+        let r = LoginRefusal {
+            host: self.settings.host.clone(),
+            client_id: client_id.to_string(),
+            at,
+            reason,
+        };
+        if let Ok(mut v) = REFUSED.lock() {
+            v.retain(|o| o.host != r.host || o.client_id != r.client_id);
+            v.push(r.clone());
+        }
+        if let Some(p) = &self.settings.state_file
+            && let Err(e) = StateFile::update(p, |s| s.infisical_login_refused = Some(r))
+        {
+            tracing::warn!(error = %e, "cannot remember the refused Infisical login in the state file; only this process holds off");
+        }
+    }
+
+    fn clear_refusal(&self, client_id: &str) {
+        let host = &self.settings.host;
+        let ours = |r: &LoginRefusal| r.host == *host && r.client_id == client_id;
+        if let Ok(mut v) = REFUSED.lock() {
+            v.retain(|r| !ours(r));
+        }
+        if let Some(p) = &self.settings.state_file
+            && StateFile::load(p, true)
+                .ok()
+                .and_then(|f| f.state.infisical_login_refused)
+                .as_ref()
+                .is_some_and(ours)
+            && let Err(e) = StateFile::update(p, |s| s.infisical_login_refused = None)
+        {
+            tracing::warn!(error = %e, "cannot clear the refused Infisical login from the state file");
+        }
     }
 
     fn secret_path(&self, name: &str) -> String {
@@ -574,9 +720,12 @@ impl Client {
 
     fn written(&self, name: &str, answer: &Value) -> Result<Written, Error> {
         if let Some(a) = answer.get("approval").filter(|a| !a.is_null()) {
-            let id = a["slug"]
+            let request = a["slug"]
                 .as_str()
                 .or_else(|| a["id"].as_str())
+                .map(str::to_string);
+            let id = request
+                .as_deref()
                 .map(|s| format!(" {s}"))
                 .unwrap_or_default();
             return Ok(Written::Approval {
@@ -584,6 +733,7 @@ impl Client {
                     "Infisical holds the change of {name} in {} for approval (change request{id}); the value is not live, so nothing was restarted. Once the request is approved and merged, the next run restarts the containers",
                     self.settings.where_()
                 ),
+                request,
             });
         }
         match answer.get("secret").filter(|s| s.is_object()) {
@@ -605,6 +755,9 @@ pub struct InfisicalSink {
     key: String,
     /// Learned by `observe`: whether to PATCH or POST first.
     exists: Option<bool>,
+    /// A write of this key at this location held for approval (from the state file, then as
+    /// this pass leaves it).
+    pending: Option<PendingWrite>,
 }
 
 impl InfisicalSink {
@@ -613,7 +766,23 @@ impl InfisicalSink {
             client: Client::new(settings),
             key: key.to_string(),
             exists: None,
+            pending: None,
         }
+    }
+
+    /// Start from the write the state file remembers as held for approval (ignored when it is
+    /// for another location or key).
+    pub fn with_pending(mut self, pending: Option<&PendingWrite>) -> InfisicalSink {
+        let location = self.client.settings().location();
+        self.pending = pending
+            .filter(|p| p.location == location && p.key == self.key)
+            .cloned();
+        self
+    }
+
+    /// The write held for approval as this pass leaves it, for the state file.
+    pub fn pending(&self) -> Option<&PendingWrite> {
+        self.pending.as_ref()
     }
 
     pub fn info(&self) -> SinkInfo {
@@ -627,6 +796,19 @@ impl InfisicalSink {
     pub async fn observe(&mut self, desired: &str) -> Result<Observation, Error> {
         let remote = self.client.read(&self.key).await?;
         self.exists = Some(remote.is_some());
+        if let Some(p) = &self.pending {
+            let request = p.request.as_deref().unwrap_or("(no id)");
+            let location = &p.location;
+            if remote.as_ref().is_some_and(|r| r.value == p.value) {
+                tracing::info!(key = %self.key, %location, request, value = %p.value, "the value held for approval is live now (change request approved and merged)");
+                self.pending = None;
+            } else if p.value != desired {
+                tracing::warn!(key = %self.key, %location, request, pending = %p.value, desired, "the desired value changed while a write waited for approval; writing the new value");
+                self.pending = None;
+            } else {
+                tracing::info!(key = %self.key, %location, request, "a write of the desired value still waits for approval; not submitted again");
+            }
+        }
         Ok(match remote {
             Some(r) => Observation {
                 needs_write: r.value != desired,
@@ -643,6 +825,26 @@ impl InfisicalSink {
 
     pub async fn write(&mut self, desired: &str) -> Result<WriteOutcome, Error> {
         let key = self.key.clone();
+        if let Some(p) = self.pending.as_ref().filter(|p| p.value == desired) {
+            let request = p
+                .request
+                .as_deref()
+                .map(|r| format!(" {r}"))
+                .unwrap_or_default();
+            let forget = match &self.client.settings().state_file {
+                Some(f) => format!("remove `infisical_pending` from {}", f.display()),
+                None => "remove `infisical_pending` from the state file".to_string(),
+            };
+            return Ok(WriteOutcome::PendingApproval {
+                detail: format!(
+                    "the change of {key} in {} still waits for approval (change request{request}, submitted {} ago); not submitted again, nothing was restarted. Once it is approved and merged, the next run restarts the containers; if it was rejected or closed, {forget} to submit it again",
+                    self.client.settings().where_(),
+                    humantime::format_duration(Duration::from_secs(
+                        now_secs().saturating_sub(p.since)
+                    ))
+                ),
+            });
+        }
         let first_create = self.exists == Some(false);
         let written = if first_create {
             match self.client.create(&key, desired).await? {
@@ -668,8 +870,20 @@ impl InfisicalSink {
         };
         self.exists = Some(true);
         Ok(match written {
-            Written::Live { version } => WriteOutcome::Written { version },
-            Written::Approval { detail } => WriteOutcome::PendingApproval { detail },
+            Written::Live { version } => {
+                self.pending = None;
+                WriteOutcome::Written { version }
+            }
+            Written::Approval { detail, request } => {
+                self.pending = Some(PendingWrite {
+                    location: self.client.settings().location(),
+                    key,
+                    value: desired.to_string(),
+                    request,
+                    since: now_secs(),
+                });
+                WriteOutcome::PendingApproval { detail }
+            }
         })
     }
 }
@@ -714,6 +928,12 @@ pub async fn read_cloudflare_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_shows_utc_time_of_day() {
+        assert_eq!(clock(0), "00:00:00 UTC");
+        assert_eq!(clock(86_400 + 3_600 * 13 + 60 * 5 + 9), "13:05:09 UTC");
+    }
 
     #[test]
     fn paths_are_normalized() {

@@ -60,6 +60,8 @@ pub struct InfState {
     pub deny: BTreeSet<&'static str>,
     /// A change-approval policy holds every write.
     pub approval: bool,
+    /// Open change requests: (request slug, (environment, path, key), value), oldest first.
+    pub change_requests: Vec<(String, (String, String, String), String)>,
     /// Delete a secret right after answering its GET (a concurrent delete).
     pub delete_after_read: bool,
     pub serve_v4: bool,
@@ -88,6 +90,7 @@ impl FakeInfisical {
             secrets: BTreeMap::new(),
             deny: BTreeSet::new(),
             approval: false,
+            change_requests: Vec::new(),
             delete_after_read: false,
             serve_v4: true,
             serve_v3: true,
@@ -149,6 +152,19 @@ impl FakeInfisical {
                 (value.into(), version),
             )
         });
+    }
+
+    /// A reviewer approves and merges every open change request: each value becomes live as a
+    /// new version. Returns how many were merged.
+    pub fn merge_change_requests(&self) -> usize {
+        self.with(|s| {
+            let open = std::mem::take(&mut s.change_requests);
+            for (_, key, value) in &open {
+                let version = s.secrets.get(key).map(|(_, v)| v + 1).unwrap_or(1);
+                s.secrets.insert(key.clone(), (value.clone(), version));
+            }
+            open.len()
+        })
     }
 
     pub fn secret(&self, env: &str, path: &str, key: &str) -> Option<(String, u64)> {
@@ -369,6 +385,8 @@ async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
             if s.approval {
                 s.next_req += 1;
                 let n = s.next_req;
+                s.change_requests
+                    .push((format!("change-{n}"), key.clone(), value.clone()));
                 return axum::Json(json!({"approval": {
                     "id": format!("apr-{n}"),
                     "slug": format!("change-{n}"),
