@@ -152,6 +152,10 @@ pub struct Report {
     pub app: Option<AppSummary>,
     pub sinks: Vec<reconcile::SinkReport>,
     pub containers: Vec<reconcile::TargetReport>,
+    /// Recreates cut short by an earlier run, finished or undone before this pass looked at
+    /// the containers (with `--dry-run`: found).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
     /// The tunnel rule's audTag step (only with CLOUDFLARE_TUNNEL_ID).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelReport>,
@@ -206,6 +210,7 @@ impl Report {
             app: None,
             sinks: vec![],
             containers: vec![],
+            recovered: vec![],
             tunnel: None,
             error: Some(e.to_string()),
             hint: e.hint(),
@@ -272,13 +277,15 @@ async fn build_sinks(cfg: &SyncConfig) -> Result<Vec<AnySink>, Error> {
 
 /// The containers to act on, each observed. Containers are only asked about when their answer
 /// can matter: always for auto/recreate (drift), for restart only when something is owed or
-/// changing (`may_act`).
+/// changing (`may_act`). A recreate an earlier run left half-way is first finished or undone
+/// (the third part says what was done); a container that cannot be recovered is not acted on.
 async fn build_targets(
     cfg: &SyncConfig,
     may_act: bool,
 ) -> (
     Vec<Slot>,
     Vec<(String, Result<TargetObservation, ActionError>)>,
+    Vec<String>,
 ) {
     let need_docker = match cfg.restart {
         RestartMode::None => false,
@@ -287,6 +294,7 @@ async fn build_targets(
     };
     let mut targets: Vec<Slot> = Vec::new();
     let mut target_obs = Vec::new();
+    let mut recovered = Vec::new();
     if need_docker {
         let engine = Engine::connect().await;
         let mut slots: Vec<Slot> = cfg
@@ -313,6 +321,12 @@ async fn build_targets(
             }
         }
         for mut slot in slots {
+            if let Slot::Live(c) = &slot {
+                match c.recover(cfg.dry_run).await {
+                    Ok(done) => recovered.extend(done),
+                    Err(e) => slot = Slot::Down(slot.name(), e),
+                }
+            }
             let obs = slot.observe(&cfg.key).await;
             target_obs.push((slot.name(), obs));
             targets.push(slot);
@@ -329,7 +343,7 @@ async fn build_targets(
             target_obs.push((name.clone(), Ok(TargetObservation { env_value: None })));
         }
     }
-    (targets, target_obs)
+    (targets, target_obs, recovered)
 }
 
 /// A container target, or the reason none can be had (daemon unreachable).
@@ -414,7 +428,8 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     }
     let changed = observed.iter().any(|(_, o)| o.needs_write);
     let owed = reconcile::Journal::owed(&state);
-    let (mut targets, target_obs) = build_targets(cfg, changed || !owed.is_empty()).await;
+    let (mut targets, target_obs, recovered) =
+        build_targets(cfg, changed || !owed.is_empty()).await;
 
     let plan = reconcile::plan(
         &found.aud,
@@ -426,6 +441,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     );
     let outcome = reconcile::apply(&plan, &mut sinks, &mut targets, &mut state, cfg.dry_run).await;
     let mut r = report(cfg, found.clone(), &plan, outcome);
+    r.add_recovered(recovered);
     if let Some(t) = tunnel_step(cfg, &client, &found, r.previous.as_deref()).await {
         r.add_tunnel(t);
     }
@@ -444,6 +460,22 @@ pub struct TunnelReport {
 }
 
 impl Report {
+    /// Note the recreates finished or undone before the plan: a repair is a change (with
+    /// `--dry-run`, pending work).
+    fn add_recovered(&mut self, recovered: Vec<String>) {
+        if recovered.is_empty() {
+            return;
+        }
+        if self.status == "in_sync" {
+            (self.status, self.exit_code) = if self.dry_run {
+                ("pending", exit::PENDING)
+            } else {
+                ("changed", exit::OK)
+            };
+        }
+        self.recovered = recovered;
+    }
+
     /// Fold the tunnel step into the pass's status: a failure fails the pass, a pending change
     /// makes a dry run pending, an update is a change.
     fn add_tunnel(&mut self, t: TunnelReport) {
@@ -603,6 +635,7 @@ fn report(cfg: &SyncConfig, found: source::Found, plan: &reconcile::Plan, o: Out
         app: Some(found.app),
         sinks: o.sinks,
         containers: o.containers,
+        recovered: vec![],
         tunnel: None,
         hint,
         stage,
@@ -648,6 +681,10 @@ pub fn render_text(r: &Report) -> String {
         if let Some(e) = &k.error {
             let _ = writeln!(s, "    {e}");
         }
+    }
+    for m in &r.recovered {
+        let verb = if r.dry_run { "to recover" } else { "recovered" };
+        let _ = writeln!(s, "  {verb}: {m}");
     }
     for c in &r.containers {
         let action = match c.action {

@@ -16,7 +16,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::{RecreateOptions, container_error, spec};
+use super::{RecreateOptions, container_error, recover, spec};
 use crate::reconcile::ActionError;
 
 /// How often the new container's state is read while waiting for it to be good.
@@ -65,9 +65,8 @@ pub(super) async fn recreate(
         .and_then(|c| c.stop_timeout)
         .map(|t| t as i32);
 
-    let suffix = format!("{:06x}", fastrand::u32(..0x100_0000));
-    let new_name = format!("{name}-audsync-new-{suffix}");
-    let aside = format!("{name}-audsync-old-{suffix}");
+    // The names record the recreate in progress, for a pass that finds it cut short.
+    let (new_name, aside) = recover::temp_names(&name, was_running);
     tracing::info!(container = %name, temporary = %new_name, "recreating with {key} changed");
 
     let created = docker
@@ -114,11 +113,12 @@ pub(super) async fn recreate(
         new_id: &new_id,
         was_running,
         renamed: false,
+        stop_wait: recover::stop_wait(stop_t),
     };
 
     if was_running {
         tracing::info!(container = %name, "stopping the old container");
-        if let Err(e) = docker
+        if let Err(e) = recover::for_stop(docker, stop_t)
             .stop_container(
                 &old_id,
                 Some(StopContainerOptions {
@@ -230,6 +230,8 @@ struct Rollback<'a> {
     new_id: &'a str,
     was_running: bool,
     renamed: bool,
+    /// How long the old container may still take to stop after a failed stop call.
+    stop_wait: Duration,
 }
 
 impl Rollback<'_> {
@@ -238,27 +240,16 @@ impl Rollback<'_> {
         let name = self.name;
         tracing::warn!(container = %name, reason = %why, "rolling back to the old container");
         let logs = last_logs(self.docker, self.new_id).await;
-        remove(self.docker, self.new_id).await;
-        let mut problems = Vec::new();
-        if self.renamed
-            && let Err(e) = rename(self.docker, self.old_id, name).await
-        {
-            problems.push(format!(
-                "could not give the old container ({}) its name back: {e}",
-                short_id(self.old_id)
-            ));
-        }
-        // A failed stop may have left it running: starting it again would be refused (304).
-        let running = match self.docker.inspect_container(self.old_id, None).await {
-            Ok(i) => i.state.and_then(|s| s.running) == Some(true),
-            Err(_) => false,
-        };
-        if self.was_running
-            && !running
-            && let Err(e) = self.docker.start_container(self.old_id, None).await
-        {
-            problems.push(format!("could not start the old container again: {e}"));
-        }
+        let problems = recover::restore_old(
+            self.docker,
+            name,
+            self.old_id,
+            Some(self.new_id),
+            self.was_running,
+            self.renamed,
+            self.stop_wait,
+        )
+        .await;
         let restored = if problems.is_empty() {
             format!("rolled back: the old container runs again as {name} with the old value")
         } else {
@@ -287,7 +278,11 @@ impl Rollback<'_> {
 
 /// Wait until the new container is good: `healthy` when it has a healthcheck, else running for
 /// the settle time. Returns why not.
-async fn wait_good(docker: &Docker, id: &str, opts: &RecreateOptions) -> Result<(), String> {
+pub(super) async fn wait_good(
+    docker: &Docker,
+    id: &str,
+    opts: &RecreateOptions,
+) -> Result<(), String> {
     let first = docker
         .inspect_container(id, None)
         .await
@@ -410,10 +405,6 @@ async fn last_logs(docker: &Docker, id: &str) -> Vec<String> {
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     let skip = lines.len().saturating_sub(LOG_LINES);
     lines.into_iter().skip(skip).collect()
-}
-
-fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 #[cfg(test)]
