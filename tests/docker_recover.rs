@@ -68,8 +68,8 @@ fn aside(name: &str) -> String {
 
 /// The service is whole again: one container, under its name, running, with the new value.
 fn assert_restored(d: &Docker, c: &str) {
-    assert_eq!(d.containers(), vec![c.to_string()], "no leftovers");
     assert_eq!(inspect(c)["State"]["Running"], true, "{c} runs");
+    assert_eq!(d.containers(), vec![c.to_string()], "no leftovers");
     assert_eq!(env_of(c, KEY), Some(aud(2)));
 }
 
@@ -87,14 +87,14 @@ fn docker_recreate_killed_after_the_stop_restarts_the_old_one_then_recreates() {
 
     let (r, j) = sync(&sb, &["--container", &c]);
     assert_eq!(r.code, 0, "{r:?}");
+    // Not left "Created": the old one was running, so the new one runs.
+    assert_restored(&d, &c);
     assert!(
         recovered(&j).contains(&format!("removed the unused new container {temp}")),
         "{r:?}"
     );
     assert!(recovered(&j).contains("started"), "{r:?}");
     assert_eq!(j["containers"][0]["action"], "recreate", "{r:?}");
-    // Not left "Created": the old one was running, so the new one runs.
-    assert_restored(&d, &c);
 }
 
 #[test]
@@ -107,17 +107,32 @@ fn docker_recreate_killed_between_the_renames_gives_the_name_back() {
     docker(&["stop", "-t", "1", &c]);
     docker(&["rename", &c, &aside(&c)]);
 
-    // A dry run says what it found and touches nothing.
+    let (r, j) = sync(&sb, &["--container", &c]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_ne!(id_of(&c), old_id, "then recreated with the new value");
+    assert_restored(&d, &c);
+    assert!(recovered(&j).contains("no container had the name"), "{r:?}");
+}
+
+#[test]
+fn docker_a_dry_run_reports_a_recreate_cut_short_and_touches_nothing() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let c = old_container(&d, &[]);
+    let temp = new_container(&c, &[]);
+    docker(&["stop", "-t", "1", &c]);
+    docker(&["rename", &c, &aside(&c)]);
+
     let (r, j) = sync(&sb, &["--container", &c, "--dry-run"]);
     assert_eq!(r.code, 3, "{r:?}");
     assert!(recovered(&j).contains("cut short"), "{r:?}");
+    assert!(recovered(&j).contains(&temp), "{r:?}");
+    let mut left = d.containers();
+    left.sort();
+    let mut expected = vec![aside(&c), temp];
+    expected.sort();
+    assert_eq!(left, expected, "nothing touched");
     assert_eq!(inspect(&aside(&c))["State"]["Running"], false);
-
-    let (r, j) = sync(&sb, &["--container", &c]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(recovered(&j).contains("no container had the name"), "{r:?}");
-    assert_ne!(id_of(&c), old_id, "then recreated with the new value");
-    assert_restored(&d, &c);
 }
 
 #[test]
@@ -142,11 +157,11 @@ fn docker_recreate_killed_in_the_health_wait_keeps_a_healthy_new_one() {
 
     let (r, j) = sync(&sb, &["--container", &c]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(recovered(&j).contains("is good"), "{r:?}");
-    assert_eq!(j["containers"][0]["action"], "none", "{r:?}");
     assert_eq!(id_of(&c), new_id, "the good new container is kept");
     wait_healthy(&c, Duration::from_secs(30));
     assert_restored(&d, &c);
+    assert!(recovered(&j).contains("is good"), "{r:?}");
+    assert_eq!(j["containers"][0]["action"], "none", "{r:?}");
 }
 
 #[test]
@@ -162,11 +177,11 @@ fn docker_recreate_killed_before_the_new_one_started_is_rolled_back_and_redone()
 
     let (r, j) = sync(&sb, &["--container", &c]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert_ne!(id_of(&c), never_started);
+    assert_restored(&d, &c);
     assert!(recovered(&j).contains("rolled back"), "{r:?}");
     assert!(recovered(&j).contains("was not running"), "{r:?}");
     assert_eq!(j["containers"][0]["action"], "recreate", "{r:?}");
-    assert_ne!(id_of(&c), never_started);
-    assert_restored(&d, &c);
 }
 
 #[test]
@@ -194,10 +209,10 @@ fn docker_recreate_killed_with_an_unhealthy_new_one_under_the_name_is_rolled_bac
 
     let (r, j) = sync(&sb, &["--container", &c]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(recovered(&j).contains("unhealthy"), "{r:?}");
-    assert!(recovered(&j).contains("rolled back"), "{r:?}");
     assert_ne!(id_of(&c), bad);
     assert_restored(&d, &c);
+    assert!(recovered(&j).contains("unhealthy"), "{r:?}");
+    assert!(recovered(&j).contains("rolled back"), "{r:?}");
 }
 
 #[test]
@@ -222,6 +237,7 @@ fn docker_compose_service_leftovers_are_not_taken_for_members() {
 
     let (r, j) = sync(&sb, &["--compose-service", &format!("{project}/lambda")]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert_restored(&d, &c);
     let names: Vec<&str> = j["containers"]
         .as_array()
         .unwrap()
@@ -233,7 +249,6 @@ fn docker_compose_service_leftovers_are_not_taken_for_members() {
         recovered(&j).contains("removed the unused new container"),
         "{r:?}"
     );
-    assert_restored(&d, &c);
     assert_eq!(
         inspect(&c)["Config"]["Labels"]["com.docker.compose.service"],
         "lambda"
