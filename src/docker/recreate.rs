@@ -3,7 +3,9 @@
 //! Order (compose's, which always keeps a way back): create the new container under a temporary
 //! name, stop the old one, move the old one aside, give the new one the name, start it, wait
 //! until it is good, and only then remove the old one. If the new one is not good it is removed
-//! and the old one gets its name back and is started again. The old container is never removed
+//! and the old one is started again, then gets its name back. The temporary names record the
+//! recreate in progress ([`super::recover`] finishes or undoes one that was cut short: every
+//! step leaves a temporary name behind until the end). The old container is never removed
 //! with its volumes (`v=false`): the new one mounts its anonymous volumes by name.
 
 use std::time::{Duration, Instant};
