@@ -165,6 +165,10 @@ pub struct Report {
     pub app: Option<AppSummary>,
     pub sinks: Vec<reconcile::SinkReport>,
     pub containers: Vec<reconcile::TargetReport>,
+    /// Recreates cut short by an earlier run, finished or undone before this pass looked at
+    /// the containers (with `--dry-run`: found).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
     /// The tunnel rule's audTag step (only with CLOUDFLARE_TUNNEL_ID).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelReport>,
@@ -219,6 +223,7 @@ impl Report {
             app: None,
             sinks: vec![],
             containers: vec![],
+            recovered: vec![],
             tunnel: None,
             error: Some(e.to_string()),
             hint: e.hint(),
@@ -297,13 +302,15 @@ async fn build_sinks(cfg: &SyncConfig, state: &State) -> Result<Vec<AnySink>, Er
 
 /// The containers to act on, each observed. Containers are only asked about when their answer
 /// can matter: always for auto/recreate (drift), for restart only when something is owed or
-/// changing (`may_act`).
+/// changing (`may_act`). A recreate an earlier run left half-way is first finished or undone
+/// (the third part says what was done); a container that cannot be recovered is not acted on.
 async fn build_targets(
     cfg: &SyncConfig,
     may_act: bool,
 ) -> (
     Vec<Slot>,
     Vec<(String, Result<TargetObservation, ActionError>)>,
+    Vec<String>,
 ) {
     let need_docker = match cfg.restart {
         RestartMode::None => false,
@@ -312,6 +319,7 @@ async fn build_targets(
     };
     let mut targets: Vec<Slot> = Vec::new();
     let mut target_obs = Vec::new();
+    let mut recovered = Vec::new();
     if need_docker {
         let engine = Engine::connect().await;
         let mut slots: Vec<Slot> = cfg
@@ -338,7 +346,22 @@ async fn build_targets(
             }
         }
         for mut slot in slots {
-            let obs = slot.observe(&cfg.key).await;
+            let mut recovery_pending = false;
+            if let Slot::Live(c) = &slot {
+                match c.recover(cfg.dry_run).await {
+                    Ok(done) => {
+                        recovery_pending = cfg.dry_run && !done.is_empty();
+                        recovered.extend(done);
+                    }
+                    Err(e) => slot = Slot::Down(slot.name(), e),
+                }
+            }
+            let mut obs = slot.observe(&cfg.key).await;
+            if recovery_pending && obs.is_err() {
+                // A dry run leaves the cut-short recreate as it is, so the name may be missing;
+                // a real run would restore it first. Plan as for a container without the key.
+                obs = Ok(TargetObservation { env_value: None });
+            }
             target_obs.push((slot.name(), obs));
             targets.push(slot);
         }
@@ -354,7 +377,7 @@ async fn build_targets(
             target_obs.push((name.clone(), Ok(TargetObservation { env_value: None })));
         }
     }
-    (targets, target_obs)
+    (targets, target_obs, recovered)
 }
 
 /// A container target, or the reason none can be had (daemon unreachable).
@@ -453,7 +476,8 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
             .filter(|(_, v)| **v != found.aud)
             .map(|(k, _)| k.clone()),
     );
-    let (mut targets, target_obs) = build_targets(cfg, changed || !owed.is_empty()).await;
+    let (mut targets, target_obs, recovered) =
+        build_targets(cfg, changed || !owed.is_empty()).await;
 
     let plan = reconcile::plan(
         &found.aud,
@@ -467,6 +491,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     record_applied(cfg, &mut state, &outcome, &found.aud);
     remember_pending(&sinks, &mut state);
     let mut r = report(cfg, found.clone(), &plan, outcome);
+    r.add_recovered(recovered);
     if let Some(t) = tunnel_step(cfg, &client, &found, r.previous.as_deref()).await {
         r.add_tunnel(t);
     }
@@ -522,6 +547,22 @@ pub struct TunnelReport {
 }
 
 impl Report {
+    /// Note the recreates finished or undone before the plan: a repair is a change (with
+    /// `--dry-run`, pending work).
+    fn add_recovered(&mut self, recovered: Vec<String>) {
+        if recovered.is_empty() {
+            return;
+        }
+        if self.status == "in_sync" {
+            (self.status, self.exit_code) = if self.dry_run {
+                ("pending", exit::PENDING)
+            } else {
+                ("changed", exit::OK)
+            };
+        }
+        self.recovered = recovered;
+    }
+
     /// Fold the tunnel step into the pass's status: a failure fails the pass, a pending change
     /// makes a dry run pending, an update is a change.
     fn add_tunnel(&mut self, t: TunnelReport) {
@@ -683,6 +724,7 @@ fn report(cfg: &SyncConfig, found: source::Found, plan: &reconcile::Plan, o: Out
         app: Some(found.app),
         sinks: o.sinks,
         containers: o.containers,
+        recovered: vec![],
         tunnel: None,
         hint,
         stage,
@@ -728,6 +770,10 @@ pub fn render_text(r: &Report) -> String {
         if let Some(e) = &k.error {
             let _ = writeln!(s, "    {e}");
         }
+    }
+    for m in &r.recovered {
+        let verb = if r.dry_run { "to recover" } else { "recovered" };
+        let _ = writeln!(s, "  {verb}: {m}");
     }
     for c in &r.containers {
         let action = match c.action {

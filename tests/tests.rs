@@ -3,6 +3,7 @@
 mod support;
 
 mod cli_sync;
+mod docker_recover;
 mod docker_recreate;
 mod docker_restart;
 mod envfile_prop;

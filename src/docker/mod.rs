@@ -4,8 +4,10 @@
 //! older engines accept the requests. Errors name the container and the fix. It must never
 //! remove a container before its replacement is good, nor remove a volume.
 //! [`spec`] computes the create request (pure); [`recreate`] runs the never-lose-the-service
-//! sequence with its health gate and roll back.
+//! sequence with its health gate and roll back; [`recover`] finishes or undoes a recreate
+//! that was cut short, and sizes the timeout of stop calls.
 
+mod recover;
 mod recreate;
 pub mod spec;
 
@@ -87,10 +89,12 @@ impl Engine {
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(u64::MAX);
                 let name = c.names?.into_iter().next()?;
-                Some((number, name.trim_start_matches('/').to_string()))
+                // A recreate's temporaries stand for the container they replace.
+                Some((number, recover::base_name(&name)))
             })
             .collect();
         found.sort();
+        found.dedup();
         if found.is_empty() {
             return Err(ActionError {
                 message: format!("compose service {what} has no containers"),
@@ -218,8 +222,7 @@ impl Target for Container {
         // Honour the container's own stop timeout; the engine uses its stop signal.
         let t = stop_timeout(&info);
         tracing::info!(container = %self.name, "restarting");
-        self.engine
-            .docker
+        recover::for_stop(&self.engine.docker, t)
             .restart_container(
                 &self.name,
                 Some(RestartContainerOptions { signal: None, t }),

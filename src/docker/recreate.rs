@@ -3,7 +3,9 @@
 //! Order (compose's, which always keeps a way back): create the new container under a temporary
 //! name, stop the old one, move the old one aside, give the new one the name, start it, wait
 //! until it is good, and only then remove the old one. If the new one is not good it is removed
-//! and the old one gets its name back and is started again. The old container is never removed
+//! and the old one is started again, then gets its name back. The temporary names record the
+//! recreate in progress ([`super::recover`] finishes or undoes one that was cut short: every
+//! step leaves a temporary name behind until the end). The old container is never removed
 //! with its volumes (`v=false`): the new one mounts its anonymous volumes by name.
 
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::{RecreateOptions, container_error, spec};
+use super::{RecreateOptions, container_error, recover, spec};
 use crate::reconcile::ActionError;
 
 /// How often the new container's state is read while waiting for it to be good.
@@ -61,9 +63,8 @@ pub(super) async fn recreate(
     let was_running = info.state.as_ref().and_then(|s| s.running) == Some(true);
     let stop_t = super::stop_timeout(&info);
 
-    let suffix = format!("{:06x}", fastrand::u32(..0x100_0000));
-    let new_name = format!("{name}-audsync-new-{suffix}");
-    let aside = format!("{name}-audsync-old-{suffix}");
+    // The names record the recreate in progress, for a pass that finds it cut short.
+    let (new_name, aside) = recover::temp_names(&name, was_running);
     tracing::info!(container = %name, temporary = %new_name, "recreating with {key} changed");
 
     let created = docker
@@ -110,11 +111,12 @@ pub(super) async fn recreate(
         new_id: &new_id,
         was_running,
         renamed: false,
+        stop_wait: recover::stop_wait(stop_t),
     };
 
     if was_running {
         tracing::info!(container = %name, "stopping the old container");
-        if let Err(e) = docker
+        if let Err(e) = recover::for_stop(docker, stop_t)
             .stop_container(
                 &old_id,
                 Some(StopContainerOptions {
@@ -226,6 +228,8 @@ struct Rollback<'a> {
     new_id: &'a str,
     was_running: bool,
     renamed: bool,
+    /// How long the old container may still take to stop after a failed stop call.
+    stop_wait: Duration,
 }
 
 impl Rollback<'_> {
@@ -234,27 +238,16 @@ impl Rollback<'_> {
         let name = self.name;
         tracing::warn!(container = %name, reason = %why, "rolling back to the old container");
         let logs = last_logs(self.docker, self.new_id).await;
-        remove(self.docker, self.new_id).await;
-        let mut problems = Vec::new();
-        if self.renamed
-            && let Err(e) = rename(self.docker, self.old_id, name).await
-        {
-            problems.push(format!(
-                "could not give the old container ({}) its name back: {e}",
-                short_id(self.old_id)
-            ));
-        }
-        // A failed stop may have left it running: starting it again would be refused (304).
-        let running = match self.docker.inspect_container(self.old_id, None).await {
-            Ok(i) => i.state.and_then(|s| s.running) == Some(true),
-            Err(_) => false,
-        };
-        if self.was_running
-            && !running
-            && let Err(e) = self.docker.start_container(self.old_id, None).await
-        {
-            problems.push(format!("could not start the old container again: {e}"));
-        }
+        let problems = recover::restore_old(
+            self.docker,
+            name,
+            self.old_id,
+            Some(self.new_id),
+            self.was_running,
+            self.renamed,
+            self.stop_wait,
+        )
+        .await;
         let restored = if problems.is_empty() {
             format!("rolled back: the old container runs again as {name} with the old value")
         } else {
@@ -283,7 +276,11 @@ impl Rollback<'_> {
 
 /// Wait until the new container is good: `healthy` when it has a healthcheck, else running for
 /// the settle time. Returns why not.
-async fn wait_good(docker: &Docker, id: &str, opts: &RecreateOptions) -> Result<(), String> {
+pub(super) async fn wait_good(
+    docker: &Docker,
+    id: &str,
+    opts: &RecreateOptions,
+) -> Result<(), String> {
     let first = docker
         .inspect_container(id, None)
         .await
@@ -406,10 +403,6 @@ async fn last_logs(docker: &Docker, id: &str) -> Vec<String> {
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     let skip = lines.len().saturating_sub(LOG_LINES);
     lines.into_iter().skip(skip).collect()
-}
-
-fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 #[cfg(test)]

@@ -327,6 +327,7 @@ mod tests {
             app: None,
             sinks: vec![],
             containers: vec![],
+            recovered: vec![],
             error: None,
             hint: None,
             stage,
