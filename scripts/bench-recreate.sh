@@ -11,8 +11,12 @@ cd "$(dirname "$0")/.."
 N=${1:-5}
 IMAGE=${AUDSYNC_TEST_IMAGE:-audsync-test/busybox:1}
 bash scripts/test-image.sh "$IMAGE" >/dev/null
-cargo build --quiet
-BIN=$PWD/target/debug/audsync
+if [ -n "${AUDSYNC_BIN:-}" ]; then
+  BIN=$(cd "$(dirname "$AUDSYNC_BIN")" && pwd)/$(basename "$AUDSYNC_BIN")
+else
+  cargo build --release --quiet
+  BIN=$PWD/target/release/audsync
+fi
 
 work=$(mktemp -d)
 project=audsyncbench$$
@@ -47,7 +51,8 @@ srv.serve_forever()
 PY
 aud() { printf '%02x' "$1" | awk '{ s = ""; for (i = 0; i < 32; i++) s = s $0; print s }'; }
 aud 1 >"$work/aud"
-coproc FAKE { python3 "$work/fake.py" "$work/aud"; }
+# exec: the coprocess IS python, so killing $FAKE_PID stops the server (and frees our stdout).
+coproc FAKE { exec python3 "$work/fake.py" "$work/aud"; }
 fake_pid=$FAKE_PID
 read -r port <&"${FAKE[0]}"
 

@@ -240,7 +240,8 @@ A failed pass is retried after interval x 2^(failures-1), at most max(interval, 
 normal interval resumes after a success. watch logs at info level unless -q/-v/RUST_LOG say otherwise.
 
 Configuration precedence: command-line flags > process environment > the .env file (--env-file) > defaults.
-Exit codes: 0 stopped by a signal; 2 invalid configuration at start-up; 130 stopped at once by a second SIGINT.";
+Exit codes: 0 stopped by a signal; 1 cannot start (e.g. the --listen port is taken); 2 invalid configuration
+at start-up; 130 stopped at once by a second SIGINT.";
 
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {

@@ -121,7 +121,9 @@ pub async fn run(args: WatchArgs, env: Env, argv: Vec<OsString>) -> u8 {
                     ),
                     Output::Text,
                 );
-                return exit::USAGE;
+                // Not exit 2: a port taken at boot is transient, and systemd's
+                // RestartPreventExitStatus=2 would never retry it.
+                return exit::FAILURE;
             }
         }
     }

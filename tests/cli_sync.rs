@@ -585,6 +585,15 @@ fn in_place_mode_keeps_the_inode_and_atomic_mode_replaces_it() {
     assert_eq!(sync(&sb, &["--write-mode", "in-place"]).code, 0);
     assert_eq!(std::fs::metadata(sb.env_path()).unwrap().ino(), ino);
     assert!(sb.read_env().contains(&aud(2)));
+    assert_eq!(
+        sb.read_env(),
+        ENV.replace("=old", &format!("={}", aud(2))),
+        "nothing else changed"
+    );
+    assert!(
+        !sb.path(".env.audsync-backup").exists(),
+        "the safety copy is removed after a good write"
+    );
 
     let (_cf, sb) = setup();
     let ino = std::fs::metadata(sb.env_path()).unwrap().ino();

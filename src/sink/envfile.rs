@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{Error, Observation, SinkInfo, WriteOutcome};
@@ -390,18 +390,64 @@ fn current_owner(f: &fs::File) -> (u32, u32) {
         .unwrap_or((u32::MAX, u32::MAX))
 }
 
+/// Rewrite the same inode. Not atomic by nature, so a copy of the current content is first
+/// written (atomically) beside the file; after a failed write the content is put back, and the
+/// copy is kept for the user when even that fails. The copy is removed after a good write.
 fn write_in_place(target: &Path, bytes: &[u8]) -> Result<(), String> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(0)
-        .open(target)
-        .map_err(|e| format!("cannot open for writing: {e}"))?;
+    let old = fs::read(target).map_err(|e| format!("cannot read before writing: {e}"))?;
+    let backup = backup_path(target);
+    write_atomic(&backup, &old, None)?;
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(target)
+            .map_err(|e| format!("cannot open for writing: {e}"))?;
+        rewrite(&mut f, bytes)
+    })();
+    match result {
+        Ok(()) => {
+            let _ = fs::remove_file(&backup);
+            Ok(())
+        }
+        Err(e) => {
+            let restored = fs::OpenOptions::new()
+                .write(true)
+                .open(target)
+                .map_err(|e| e.to_string())
+                .and_then(|mut f| rewrite(&mut f, &old));
+            match restored {
+                Ok(()) => {
+                    let _ = fs::remove_file(&backup);
+                    Err(format!("{e}; the previous content was put back"))
+                }
+                Err(_) => Err(format!(
+                    "{e}; the previous content is saved in {}: copy it back",
+                    backup.display()
+                )),
+            }
+        }
+    }
+}
+
+fn rewrite(f: &mut fs::File, bytes: &[u8]) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(0))
+        .map_err(|e| format!("seek failed: {e}"))?;
     f.write_all(bytes)
         .map_err(|e| format!("write failed: {e}"))?;
     f.set_len(bytes.len() as u64)
         .map_err(|e| format!("truncate failed: {e}"))?;
-    f.sync_all().map_err(|e| format!("fsync failed: {e}"))?;
-    Ok(())
+    f.sync_all().map_err(|e| format!("fsync failed: {e}"))
+}
+
+/// `<file>.audsync-backup` next to the file.
+fn backup_path(target: &Path) -> PathBuf {
+    let mut name = target
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| ".env".into());
+    name.push(".audsync-backup");
+    target.with_file_name(name)
 }
 
 #[cfg(test)]
