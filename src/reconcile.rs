@@ -40,6 +40,10 @@ pub struct ActionError {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// A recreate failed after the new container was started, and the old one was put back
+    /// (or putting it back was attempted: the message says whether it worked).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
 }
 
 impl std::fmt::Display for ActionError {
@@ -396,6 +400,7 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
         }
         if let Some(g) = group.as_ref().filter(|g| failed_groups.contains(*g)) {
             let e = ActionError {
+                rolled_back: false,
                 message: format!("not attempted: an earlier container of {g} failed"),
                 hint: None,
             };
@@ -583,6 +588,7 @@ mod tests {
             vec![(
                 "lambda-server".into(),
                 Err(ActionError {
+                    rolled_back: false,
                     message: "gone".into(),
                     hint: None,
                 }),
@@ -668,6 +674,7 @@ mod tests {
         async fn restart(&mut self) -> Result<(), ActionError> {
             if self.fail {
                 return Err(ActionError {
+                    rolled_back: false,
                     message: "daemon gone".into(),
                     hint: None,
                 });
@@ -783,6 +790,7 @@ mod tests {
         async fn recreate(&mut self, _k: &str, _v: &str) -> Result<(), ActionError> {
             if self.fail {
                 return Err(ActionError {
+                    rolled_back: false,
                     message: "unhealthy; rolled back".into(),
                     hint: None,
                 });
@@ -849,6 +857,7 @@ mod tests {
         let mut j = MemJournal::default();
         let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
         let down = Err(ActionError {
+            rolled_back: false,
             message: "cannot reach the Docker daemon".into(),
             hint: None,
         });

@@ -370,6 +370,7 @@ async fn build_targets(
         for name in cfg.containers.iter().cloned().chain(groups) {
             let name = &name;
             let not_needed = ActionError {
+                rolled_back: false,
                 message: "not inspected".into(),
                 hint: None,
             };

@@ -393,6 +393,11 @@ fn a_new_container_that_turns_unhealthy_is_rolled_back() {
         "the new container's log lines are quoted: {r:?}"
     );
     assert!(r.stderr.contains("WAS written"), "{r:?}");
+    assert_eq!(
+        json_of(&r)["containers"][0]["error"]["rolled_back"],
+        true,
+        "{r:?}"
+    );
     assert_eq!(sb.read_env(), format!("{KEY}={}\n", aud(2)));
 
     // The old container is back: same id, its name, running, old value; nothing else is left.
@@ -805,6 +810,11 @@ fn a_container_run_with_rm_is_not_recreated() {
     let r = sync(&sb, &[&c], &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("--rm (AutoRemove)"), "{r:?}");
+    assert_eq!(
+        json_of(&r)["containers"][0]["error"].get("rolled_back"),
+        None,
+        "refused, not rolled back: {r:?}"
+    );
     assert_eq!((id_of(&c), env_of(&c, KEY)), (id, Some("old".into())));
     assert_eq!(inspect(&c)["State"]["Running"], true);
 }

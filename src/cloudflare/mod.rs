@@ -12,7 +12,7 @@ pub mod tunnel;
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode, header::HeaderMap};
+use reqwest::{Method, StatusCode};
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -32,24 +32,7 @@ pub enum Auth {
     None,
 }
 
-/// Retry policy for 429, 5xx and transport errors. Other 4xx are never retried.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub base_delay: Duration,
-    /// Upper bound for any single wait, including a server's `Retry-After`.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 4,
-            base_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(30),
-        }
-    }
-}
+pub use crate::http::{RetryPolicy, retry_after};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -287,7 +270,7 @@ impl Client {
                     // create a second application or policy); one that never connected is.
                     let may_retry = method != Method::POST || source.is_connect();
                     if may_retry && attempt < self.retry.attempts {
-                        let wait = backoff(&self.retry, attempt);
+                        let wait = crate::http::backoff(&self.retry, attempt);
                         tracing::warn!(%method, path, attempt, error = %crate::http::describe_transport(&source), ?wait, "cloudflare request failed; retrying");
                         tokio::time::sleep(wait).await;
                         continue;
@@ -304,9 +287,7 @@ impl Client {
             let retryable = status == StatusCode::TOO_MANY_REQUESTS
                 || (status.is_server_error() && method != Method::POST);
             if retryable && attempt < self.retry.attempts {
-                let wait = retry_after(resp.headers())
-                    .unwrap_or_else(|| backoff(&self.retry, attempt))
-                    .min(self.retry.max_delay);
+                let wait = crate::http::retry_wait(&self.retry, resp.headers(), attempt);
                 tracing::warn!(%method, path, status = status.as_u16(), attempt, ?wait, "cloudflare answered with a retryable status; waiting");
                 tokio::time::sleep(wait).await;
                 continue;
@@ -364,60 +345,11 @@ fn decode<T: DeserializeOwned>(method: &Method, path: &str, v: Value) -> Result<
     })
 }
 
-fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
-    let exp = p.base_delay.saturating_mul(1 << (attempt - 1).min(16));
-    // Up to +25% jitter so that many hosts on one cron minute do not retry in lockstep.
-    let jitter = exp.mul_f64(fastrand::f64() * 0.25);
-    (exp + jitter).min(p.max_delay)
-}
-
-/// `Retry-After` as seconds or as an HTTP date.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = humantime::parse_rfc3339_weak(v)
-        .ok()
-        .or_else(|| httpdate(v))?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
-}
-
-fn httpdate(v: &str) -> Option<std::time::SystemTime> {
-    // "Sun, 06 Nov 1994 08:49:37 GMT" -> "1994-11-06 08:49:37"
-    let parts: Vec<&str> = v.split_whitespace().collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let month = match parts[2] {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let s = format!("{}-{:02}-{:0>2} {}", parts[3], month, parts[1], parts[4]);
-    humantime::parse_rfc3339_weak(&s).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::backoff;
+    use reqwest::header::HeaderMap;
 
     #[test]
     fn retry_after_seconds_and_dates() {
@@ -467,17 +399,7 @@ mod tests {
     #[tokio::test]
     async fn retry_after_is_capped_by_max_delay() {
         let in_an_hour = std::time::SystemTime::now() + Duration::from_secs(3600);
-        // "2026-01-01T12:00:00Z" -> "Thu, 01 Jan 2026 12:00:00 GMT" (the weekday is not read).
-        let iso = humantime::format_rfc3339_seconds(in_an_hour).to_string();
-        let month = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ][iso[5..7].parse::<usize>().unwrap() - 1];
-        let date = format!(
-            "Mon, {} {month} {} {} GMT",
-            &iso[8..10],
-            &iso[..4],
-            &iso[11..19]
-        );
+        let date = httpdate::fmt_http_date(in_an_hour);
         let mut h = HeaderMap::new();
         h.insert("retry-after", date.parse().unwrap());
         assert!(

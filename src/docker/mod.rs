@@ -74,6 +74,7 @@ impl Engine {
             }))
             .await
             .map_err(|e| ActionError {
+                rolled_back: false,
                 message: format!("could not list the containers of compose service {what}: {e}"),
                 hint: Some(
                     "check that the Docker daemon is running and reachable (DOCKER_HOST)".into(),
@@ -97,6 +98,7 @@ impl Engine {
         found.dedup();
         if found.is_empty() {
             return Err(ActionError {
+                rolled_back: false,
                 message: format!("compose service {what} has no containers"),
                 hint: Some(format!(
                     "check --compose-service PROJECT/SERVICE against `docker ps -a --filter label=com.docker.compose.project={project}` (the project name is the directory name unless -p/COMPOSE_PROJECT_NAME set it)"
@@ -115,6 +117,7 @@ fn unreachable_daemon(e: &BollardError) -> ActionError {
     let host =
         std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
     ActionError {
+        rolled_back: false,
         message: format!("cannot reach the Docker daemon at {host}: {e}"),
         hint: Some("start Docker, check DOCKER_HOST, and that this user may use the socket (group `docker`)".into()),
     }
@@ -126,6 +129,7 @@ pub fn container_error(name: &str, what: &str, e: &BollardError) -> ActionError 
         BollardError::DockerResponseServerError {
             status_code: 404, ..
         } => ActionError {
+            rolled_back: false,
             message: format!("container {name} does not exist"),
             hint: Some(format!(
                 "check --container (see `docker ps -a`); for a compose service use --compose-service PROJECT/SERVICE (could not {what})"
@@ -135,12 +139,14 @@ pub fn container_error(name: &str, what: &str, e: &BollardError) -> ActionError 
             status_code,
             message,
         } => ActionError {
+            rolled_back: false,
             message: format!(
                 "could not {what} container {name}: the engine answered {status_code}: {message}"
             ),
             hint: None,
         },
         other => ActionError {
+            rolled_back: false,
             message: format!("could not {what} container {name}: {other}"),
             hint: Some(
                 "check that the Docker daemon is running and reachable (DOCKER_HOST)".into(),

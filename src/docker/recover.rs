@@ -229,6 +229,7 @@ async fn recover(
         let step = recover_group(docker, &base, &g, opts)
             .await
             .map_err(|why| ActionError {
+                rolled_back: false,
                 message: format!(
                     "{base}: cannot recover from a recreate that was cut short (tag {tag}): {why}"
                 ),

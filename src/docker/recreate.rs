@@ -51,6 +51,7 @@ pub(super) async fn recreate(
     if info.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
         // Stopping it would delete it, and with it the way back.
         return Err(ActionError {
+            rolled_back: false,
             message: format!(
                 "cannot recreate container {name} safely: it runs with --rm (AutoRemove), so stopping it deletes it and a failed replacement could not be rolled back"
             ),
@@ -262,6 +263,7 @@ impl Rollback<'_> {
                 .join("\n")
         };
         ActionError {
+            rolled_back: true,
             message: format!(
                 "recreating {name} failed: {why}. Last log lines of the new container:\n{logs}\n{restored}"
             ),

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use super::{Error, Observation, SinkInfo, WriteOutcome};
 use crate::cli::InfisicalArgs;
-use crate::cloudflare::{RetryPolicy, retry_after};
 use crate::config::Env;
+use crate::http::{RetryPolicy, backoff, retry_wait};
 use crate::secret::Secret;
 use crate::state::{LoginRefusal, PendingWrite, StateFile};
 
@@ -269,20 +269,6 @@ fn is_expired(status: StatusCode, body: &Value) -> bool {
         && body["message"]
             .as_str()
             .is_some_and(|m| m.to_ascii_lowercase().contains("expired"))
-}
-
-fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
-    let exp = p.base_delay.saturating_mul(1 << (attempt - 1).min(16));
-    (exp + exp.mul_f64(fastrand::f64() * 0.25)).min(p.max_delay)
-}
-
-/// How long to wait before retrying after a 429/5xx answer to try number `attempt`: the
-/// server's `Retry-After` (seconds or an HTTP date) when it sends one, else exponential backoff;
-/// never longer than `max_delay`, so a server asking for an hour cannot stall a cron run.
-fn retry_wait(p: &RetryPolicy, headers: &reqwest::header::HeaderMap, attempt: u32) -> Duration {
-    retry_after(headers)
-        .unwrap_or_else(|| backoff(p, attempt))
-        .min(p.max_delay)
 }
 
 impl Client {
@@ -928,6 +914,7 @@ pub async fn read_cloudflare_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::retry_after;
 
     #[test]
     fn clock_shows_utc_time_of_day() {
@@ -959,16 +946,7 @@ mod tests {
 
     /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as servers send in `Retry-After`.
     fn http_date(t: std::time::SystemTime) -> String {
-        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        // "1994-11-06T08:49:37Z"
-        let iso = humantime::format_rfc3339_seconds(t).to_string();
-        let (date, time) = (&iso[..10], &iso[11..19]);
-        let month = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ][date[5..7].parse::<usize>().unwrap() - 1];
-        // 1970-01-01 was a Thursday.
-        let day = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(secs / 86_400 % 7) as usize];
-        format!("{day}, {} {month} {} {time} GMT", &date[8..10], &date[..4])
+        httpdate::fmt_http_date(t)
     }
 
     fn headers(retry_after: &str) -> reqwest::header::HeaderMap {

@@ -215,7 +215,7 @@ impl Telemetry {
             self.container_actions
                 .get_or_create(&[("action", action), ("result", result)])
                 .inc();
-            if action == "recreate" && result == "failed" {
+            if c.error.as_ref().is_some_and(|e| e.rolled_back) {
                 self.rollbacks.inc();
             }
         }
@@ -354,19 +354,26 @@ mod tests {
     fn recreate_failures_count_as_rollbacks() {
         let t = Telemetry::new(Duration::from_secs(1));
         let mut r = report("failed", Some(Stage::Target));
-        r.containers.push(crate::reconcile::TargetReport {
+        let failed = |rolled_back| crate::reconcile::TargetReport {
             name: "lambda-server".into(),
             action: Action::Recreate,
             reason: String::new(),
             result: "failed",
-            error: None,
-        });
+            error: Some(crate::reconcile::ActionError {
+                message: "recreating failed".into(),
+                hint: None,
+                rolled_back,
+            }),
+        };
+        // One that was rolled back, one refused before anything changed (e.g. --rm).
+        r.containers.push(failed(true));
+        r.containers.push(failed(false));
         t.record(&r, Duration::from_millis(10));
         let text = t.encode().unwrap();
         assert!(text.contains("audsync_rollbacks_total 1"), "{text}");
         assert!(
             text.contains(
-                r#"audsync_container_actions_total{action="recreate",result="failed"} 1"#
+                r#"audsync_container_actions_total{action="recreate",result="failed"} 2"#
             ),
             "{text}"
         );
