@@ -65,6 +65,14 @@ impl WatchConfig {
     }
 }
 
+/// When /healthz calls the loop stuck: no pass ended for the longest regular wait (the backoff
+/// cap, or the grace) plus 15 minutes, far more than one pass can take (HTTP retries are
+/// bounded, a recreate's health wait too).
+fn stuck_after(cfg: &WatchConfig) -> Duration {
+    let longest_wait = cfg.interval.max(MAX_BACKOFF).max(cfg.unhealthy_after);
+    longest_wait.mul_f64(1.0 + cfg.jitter) + Duration::from_secs(15 * 60)
+}
+
 /// How long to wait before the next pass: the interval after a success; after the n-th failure
 /// in a row, interval x 2^(n-1), at most max(interval, [`MAX_BACKOFF`]). Then `jitter` moves
 /// the wait by up to that share either way; `unit` is a uniform random number in [0, 1).
@@ -103,6 +111,7 @@ pub async fn run(args: WatchArgs, env: Env, argv: Vec<OsString>) -> u8 {
         }
     };
     let telemetry = Arc::new(http::Telemetry::new(cfg.unhealthy_after));
+    telemetry.set_stuck_after(stuck_after(&cfg));
     if let Some(addr) = cfg.listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
@@ -246,6 +255,7 @@ async fn reload(argv: &[OsString], cfg: &mut WatchConfig, telemetry: &http::Tele
                 ..new
             };
             telemetry.set_unhealthy_after(cfg.unhealthy_after);
+            telemetry.set_stuck_after(stuck_after(cfg));
             telemetry.reloaded(true);
             tracing::info!(
                 interval = %humantime::format_duration(cfg.interval),

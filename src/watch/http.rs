@@ -54,11 +54,16 @@ struct Health {
     last_success: Option<Instant>,
     consecutive_failures: u32,
     last_failed_stage: Option<Stage>,
+    /// When the last pass ended (any outcome).
+    last_pass_end: Option<Instant>,
+    /// No pass ended for this long (or since the start): the loop is wedged.
+    stuck_after: Duration,
 }
 
 #[derive(Debug, Serialize)]
 struct HealthBody {
-    /// `ok`, `starting`, `degraded` (failing, still within the grace) or `failing`.
+    /// `ok`, `starting`, `degraded` (failing, still within the grace), `failing`, or `stuck`
+    /// (no pass has ended for far longer than the schedule allows).
     status: &'static str,
     passes: u64,
     consecutive_failures: u32,
@@ -174,6 +179,8 @@ impl Telemetry {
                 last_success: None,
                 consecutive_failures: 0,
                 last_failed_stage: None,
+                last_pass_end: None,
+                stuck_after: Duration::MAX,
             }),
         }
     }
@@ -222,6 +229,7 @@ impl Telemetry {
         let mut h = self.health();
         h.passes += 1;
         h.last_ok = Some(!failed);
+        h.last_pass_end = Some(Instant::now());
         if failed {
             h.consecutive_failures = h.consecutive_failures.saturating_add(1);
             h.last_failed_stage = r.stage;
@@ -243,13 +251,21 @@ impl Telemetry {
         self.health().unhealthy_after = d;
     }
 
+    /// After this long without a pass ending, /healthz answers 503 `stuck` whatever the last
+    /// pass said: a wedged loop must not look healthy for ever.
+    pub fn set_stuck_after(&self, d: Duration) {
+        self.health().stuck_after = d;
+    }
+
     /// Healthy when the last pass did not fail, or when the last success (or the start, before
     /// any success) is younger than `unhealthy_after`.
     fn verdict(&self) -> (bool, HealthBody) {
         let h = self.health();
         let since = h.last_success.unwrap_or(h.started);
         let young = since.elapsed() < h.unhealthy_after;
+        let idle = h.last_pass_end.unwrap_or(h.started).elapsed();
         let (healthy, status) = match (h.last_ok, young) {
+            _ if idle > h.stuck_after => (false, "stuck"),
             (Some(true), _) => (true, "ok"),
             (None, true) => (true, "starting"),
             (Some(false), true) => (true, "degraded"),
@@ -348,6 +364,19 @@ mod tests {
         t.record(&report("in_sync", None), Duration::ZERO);
         let (ok, b) = t.verdict();
         assert!(ok && b.status == "ok", "{b:?}");
+    }
+
+    #[test]
+    fn a_loop_that_stopped_ending_passes_is_stuck_even_after_a_success() {
+        let t = Telemetry::new(Duration::from_secs(3600));
+        t.set_stuck_after(Duration::from_millis(50));
+        t.record(&report("in_sync", None), Duration::ZERO);
+        assert_eq!(t.verdict().1.status, "ok");
+        std::thread::sleep(Duration::from_millis(80));
+        let (healthy, body) = t.verdict();
+        assert_eq!((healthy, body.status), (false, "stuck"));
+        t.record(&report("in_sync", None), Duration::ZERO);
+        assert_eq!(t.verdict().1.status, "ok", "a pass that ends clears it");
     }
 
     #[test]
