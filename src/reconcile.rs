@@ -634,6 +634,17 @@ mod tests {
         writes: usize,
     }
 
+    impl MemSink {
+        /// A working sink that holds `value`.
+        fn holding(value: &str) -> MemSink {
+            MemSink {
+                value: Some(value.into()),
+                fail: false,
+                writes: 0,
+            }
+        }
+    }
+
     impl Sink for MemSink {
         fn info(&self) -> SinkInfo {
             sink(true).0
@@ -712,15 +723,10 @@ mod tests {
     #[tokio::test]
     async fn a_failing_sink_blocks_every_restart_and_the_next_run_finishes() {
         let mut sinks = vec![
+            MemSink::holding("old"),
             MemSink {
-                value: Some("old".into()),
-                fail: false,
-                writes: 0,
-            },
-            MemSink {
-                value: Some("old".into()),
                 fail: true,
-                writes: 0,
+                ..MemSink::holding("old")
             },
         ];
         let mut t = MemTarget::default();
@@ -740,11 +746,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_restart_is_retried_by_the_next_run_without_a_write() {
-        let mut sinks = vec![MemSink {
-            value: Some("old".into()),
-            fail: false,
-            writes: 0,
-        }];
+        let mut sinks = vec![MemSink::holding("old")];
         let mut t = MemTarget {
             restarts: 0,
             fail: true,
@@ -814,11 +816,7 @@ mod tests {
             replica("other", None, false),
             replica("q_svc_1", Some("q/svc"), false),
         ];
-        let mut sinks = vec![MemSink {
-            value: Some("old".into()),
-            fail: false,
-            writes: 0,
-        }];
+        let mut sinks = vec![MemSink::holding("old")];
         let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
         let tobs = targets
             .iter()
@@ -848,11 +846,7 @@ mod tests {
 
     #[tokio::test]
     async fn dry_run_fails_like_a_real_run_when_a_container_cannot_be_inspected() {
-        let mut sinks = vec![MemSink {
-            value: Some("old".into()),
-            fail: false,
-            writes: 0,
-        }];
+        let mut sinks = vec![MemSink::holding("old")];
         let mut t = MemTarget::default();
         let mut j = MemJournal::default();
         let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
@@ -877,11 +871,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_owed_container_that_already_carries_the_value_is_cleared() {
-        let mut sinks = vec![MemSink {
-            value: Some(NEW.into()),
-            fail: false,
-            writes: 0,
-        }];
+        let mut sinks = vec![MemSink::holding(NEW)];
         let mut t = MemTarget::default();
         let mut j = MemJournal(["lambda-server".to_string()].into());
         let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
@@ -901,11 +891,7 @@ mod tests {
 
     #[tokio::test]
     async fn dry_run_changes_nothing() {
-        let mut sinks = vec![MemSink {
-            value: Some("old".into()),
-            fail: false,
-            writes: 0,
-        }];
+        let mut sinks = vec![MemSink::holding("old")];
         let mut t = MemTarget::default();
         let mut j = MemJournal::default();
         let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];

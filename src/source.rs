@@ -30,15 +30,11 @@ pub struct Found {
 }
 
 pub fn client(cfg: &SourceConfig) -> Client {
-    client_with(cfg, RetryPolicy::default())
-}
-
-pub fn client_with(cfg: &SourceConfig, retry: RetryPolicy) -> Client {
     Client::new(
         &cfg.api_url,
         cfg.auth.clone(),
         cfg.timeout.max(Duration::from_millis(1)),
-        retry,
+        RetryPolicy::default(),
     )
 }
 

@@ -29,10 +29,6 @@ fn sync(sb: &Sandbox, extra: &[&str]) -> Run {
     run(&mut c)
 }
 
-fn json(r: &Run) -> Value {
-    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
-}
-
 #[test]
 fn happy_path_writes_the_new_aud_and_nothing_else() {
     let (cf, sb) = setup();
@@ -72,7 +68,7 @@ fn no_change_run_writes_nothing_and_uses_the_cached_app_id() {
         (after.mtime_nsec(), after.ino()),
         "no write at all"
     );
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["changed"], false);
     assert_eq!(j["status"], "in_sync");
     let reqs = cf.requests();
@@ -122,7 +118,7 @@ fn json_output_has_the_documented_fields() {
     let (_cf, sb) = setup();
     let r = sync(&sb, &["--output", "json", "--container", "lambda-server"]);
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["aud"], aud(2));
     assert_eq!(j["previous"], "old");
     assert_eq!(j["changed"], true);
@@ -690,7 +686,7 @@ fn default_container_is_lambda_server() {
         "json",
     ]));
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["containers"].as_array().map(Vec::len), Some(1), "{j}");
     assert_eq!(j["containers"][0]["name"], "lambda-server");
 }

@@ -41,10 +41,6 @@ fn sync(sb: &Sandbox, targets: &[&str], extra: &[&str]) -> Run {
     run(&mut c)
 }
 
-fn json_of(r: &Run) -> Value {
-    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
-}
-
 /// `GET /` on 127.0.0.1:port from the host.
 fn http_get(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -305,7 +301,7 @@ fn recreate_preserves_everything_but_the_key() {
 
     let r = sync(&sb, &[&c], &[]);
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json_of(&r);
+    let j = r.json();
     assert_eq!(j["containers"][0]["action"], "recreate", "{r:?}");
     assert_eq!(j["containers"][0]["result"], "done");
     assert!(
@@ -394,7 +390,7 @@ fn a_new_container_that_turns_unhealthy_is_rolled_back() {
     );
     assert!(r.stderr.contains("WAS written"), "{r:?}");
     assert_eq!(
-        json_of(&r)["containers"][0]["error"]["rolled_back"],
+        r.json()["containers"][0]["error"]["rolled_back"],
         true,
         "{r:?}"
     );
@@ -462,7 +458,7 @@ fn drift_is_converged_and_a_second_sync_does_nothing() {
     let (id, started) = (id_of(&c), started_at(&c));
     let r = sync(&sb, &[&c], &["--settle", "1s"]);
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json_of(&r);
+    let j = r.json();
     assert_eq!(j["status"], "in_sync", "{r:?}");
     assert_eq!(j["containers"][0]["action"], "none");
     assert_eq!((id_of(&c), started_at(&c)), (id, started));
@@ -472,7 +468,7 @@ fn drift_is_converged_and_a_second_sync_does_nothing() {
     args(&d);
     let r = sync(&sb, &[&c], &["--settle", "1s"]);
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json_of(&r);
+    let j = r.json();
     assert_eq!(j["changed"], false, "no write was needed");
     assert_eq!(j["containers"][0]["action"], "recreate");
     assert!(
@@ -497,7 +493,7 @@ fn dry_run_says_per_container_what_and_why() {
     let ids = (id_of(&baked), started_at(&reads));
     let r = sync(&sb, &[&baked, &reads], &["--dry-run"]);
     assert_eq!(r.code, 3, "{r:?}");
-    let j = json_of(&r);
+    let j = r.json();
     let (a, b) = (&j["containers"][0], &j["containers"][1]);
     assert_eq!(
         (a["action"].as_str(), a["result"].as_str()),
@@ -529,7 +525,7 @@ fn dry_run_says_per_container_what_and_why() {
     sb.write_env(&format!("{KEY}={}\n", aud(2)));
     let r = sync(&sb, &[&baked, &reads], &["--dry-run"]);
     assert_eq!(r.code, 3, "{r:?}");
-    let j = json_of(&r);
+    let j = r.json();
     assert_eq!(j["containers"][0]["action"], "recreate");
     assert!(
         j["containers"][0]["reason"]
@@ -622,7 +618,7 @@ fn a_compose_service_is_recreated_one_container_at_a_time() {
     let service = format!("{project}/lambda-server");
     let r = sync(&sb, &[], &["--compose-service", &service]);
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json_of(&r);
+    let j = r.json();
     assert_eq!(j["containers"].as_array().unwrap().len(), 2, "{r:?}");
     assert_eq!(
         service_containers(&project),
@@ -677,7 +673,7 @@ fn a_failure_in_a_compose_service_stops_the_rest_of_it() {
     let service = format!("{project}/lambda-server");
     let r = sync(&sb, &[], &["--compose-service", &service]);
     assert_eq!(r.code, 1, "{r:?}");
-    let j = json_of(&r);
+    let j = r.json();
     let results: Vec<&str> = j["containers"]
         .as_array()
         .unwrap()
@@ -811,7 +807,7 @@ fn a_container_run_with_rm_is_not_recreated() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("--rm (AutoRemove)"), "{r:?}");
     assert_eq!(
-        json_of(&r)["containers"][0]["error"].get("rolled_back"),
+        r.json()["containers"][0]["error"].get("rolled_back"),
         None,
         "refused, not rolled back: {r:?}"
     );
@@ -880,7 +876,7 @@ fn recreate_mode_recreates_a_container_without_the_key_where_auto_restarts() {
     let before = started_at(&c);
     let r = sync(&sb, &[&c], &["--restart", "auto"]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(json_of(&r)["containers"][0]["action"], "restart", "{r:?}");
+    assert_eq!(r.json()["containers"][0]["action"], "restart", "{r:?}");
     assert_eq!(id_of(&c), id, "auto restarts, it does not recreate");
     assert_ne!(started_at(&c), before, "restarted");
 
@@ -888,7 +884,7 @@ fn recreate_mode_recreates_a_container_without_the_key_where_auto_restarts() {
     sb.write_env(&format!("{KEY}=old\n"));
     let r = sync(&sb, &[&c], &["--restart", "recreate", "--settle", "1s"]);
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json_of(&r);
+    let j = r.json();
     assert_eq!(j["containers"][0]["action"], "recreate", "{r:?}");
     assert_eq!(j["containers"][0]["result"], "done", "{r:?}");
     let after = inspect(&c);
@@ -911,7 +907,7 @@ fn recreate_mode_recreates_a_container_without_the_key_where_auto_restarts() {
     let id = id_of(&c);
     let r = sync(&sb, &[&c], &["--restart", "recreate", "--settle", "1s"]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(json_of(&r)["containers"][0]["action"], "none", "{r:?}");
+    assert_eq!(r.json()["containers"][0]["action"], "none", "{r:?}");
     assert_eq!(id_of(&c), id);
 }
 
@@ -939,7 +935,7 @@ fn recreate_stops_the_old_container_with_its_own_stop_timeout() {
     let r = sync(&sb, &[&c], &["--restart", "recreate", "--settle", "1s"]);
     let events = events.stop();
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(json_of(&r)["containers"][0]["action"], "recreate");
+    assert_eq!(r.json()["containers"][0]["action"], "recreate");
     assert_ne!(id_of(&c), id);
     assert_eq!(env_of(&c, KEY), Some(aud(2)));
     assert_eq!(

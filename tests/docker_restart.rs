@@ -45,10 +45,6 @@ fn sync(sb: &Sandbox, container: &str, extra: &[&str]) -> Run {
     run(&mut c)
 }
 
-fn json(r: &Run) -> Value {
-    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
-}
-
 fn new_env() -> String {
     ENV.replace("=old", &format!("={}", aud(2)))
 }
@@ -63,7 +59,7 @@ fn a_changed_value_restarts_the_container() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(sb.read_env(), new_env());
     assert_ne!(started_at(&c), before, "the container was restarted");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["containers"][0]["action"], "restart");
     assert_eq!(j["containers"][0]["result"], "done");
 }
@@ -78,7 +74,7 @@ fn a_no_change_run_restarts_nothing() {
     let r = sync(&sb, &c, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(started_at(&c), before, "no restart without a change");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["status"], "in_sync");
     assert_eq!(j["containers"][0]["action"], "none");
 }
@@ -110,7 +106,7 @@ fn a_missing_container_fails_after_the_write_and_the_next_run_restarts_it() {
         mtime,
         "no second write"
     );
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["changed"], false);
     assert_eq!(j["containers"][0]["result"], "done");
 
@@ -136,7 +132,7 @@ fn an_unreachable_daemon_fails_after_the_write_and_the_next_run_restarts() {
         "{r:?}"
     );
     assert!(r.stderr.contains("WAS written"), "{r:?}");
-    let hint = json(&r)["hint"].as_str().unwrap_or_default().to_string();
+    let hint = r.json()["hint"].as_str().unwrap_or_default().to_string();
     assert!(
         hint.contains("DOCKER_HOST"),
         "the hint names the fix: {r:?}"
@@ -162,7 +158,7 @@ fn a_value_changed_by_someone_else_still_restarts_the_container_once() {
     let before = started_at(&c);
     let r = sync(&sb, &c, &[]);
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["changed"], false, "nothing written by this run: {j}");
     assert_eq!(j["containers"][0]["action"], "restart", "{j}");
     assert_ne!(
@@ -173,7 +169,7 @@ fn a_value_changed_by_someone_else_still_restarts_the_container_once() {
     let before = started_at(&c);
     let r = sync(&sb, &c, &[]);
     assert_eq!(
-        (r.code, json(&r)["status"].clone()),
+        (r.code, r.json()["status"].clone()),
         (0, Value::from("in_sync")),
         "{r:?}"
     );
@@ -200,7 +196,7 @@ fn a_restart_honours_the_containers_own_stop_timeout() {
     let elapsed = t.elapsed();
     let events = events.stop();
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(json(&r)["containers"][0]["action"], "restart");
+    assert_eq!(r.json()["containers"][0]["action"], "restart");
     assert_ne!(started_at(&c), before, "the container was restarted");
     let (stop, killed) = stop_duration(&events);
     assert!(

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::cloudflare::{self, EMAIL, FakeCloudflare, GLOBAL_KEY, TOKEN, app, aud};
+use crate::support::docker::{Docker, image, started_at};
 use crate::support::infisical::{
     CLIENT_ID, CLIENT_SECRET, FakeInfisical, Fault, PROJECT, STATIC_TOKEN,
 };
@@ -49,10 +50,6 @@ fn sync(sb: &Sandbox, extra: &[&str]) -> Run {
     ])
     .args(extra);
     run(&mut c)
-}
-
-fn json(r: &Run) -> Value {
-    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
 }
 
 fn state(sb: &Sandbox) -> Value {
@@ -106,7 +103,7 @@ fn infisical_writes_with_universal_auth_and_sends_the_documented_shape() {
         )
     );
 
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["status"], "changed");
     let s = &j["sinks"][0];
     assert_eq!(s["kind"], "infisical");
@@ -126,7 +123,7 @@ fn infisical_equal_value_is_never_written() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(w.inf.writes().is_empty(), "{:?}", w.inf.writes());
     assert_eq!(w.inf.secret("dev", "/", KEY), Some((aud(2), 7)));
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["status"], "in_sync");
     assert_eq!(j["sinks"][0]["version"], 7);
     assert_eq!(j["sinks"][0]["result"], "unchanged");
@@ -150,7 +147,7 @@ fn infisical_missing_secret_is_created_in_the_configured_folder() {
             json!({"projectId": PROJECT, "environment": "prod", "secretPath": "/lambda", "secretValue": aud(2), "type": "shared"})
         )
     );
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["sinks"][0]["target"], format!("{PROJECT}/prod/lambda"));
     assert_eq!(j["sinks"][0]["old"], Value::Null);
     assert_eq!(j["sinks"][0]["new_version"], 1);
@@ -477,7 +474,7 @@ fn infisical_approval_is_pending_restarts_nothing_and_exits_3() {
     ]);
     let r = run(&mut c);
     assert_eq!(r.code, 3, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["status"], "pending");
     assert_eq!(j["sinks"][0]["result"], "pending_approval");
     assert!(
@@ -519,7 +516,7 @@ fn infisical_dry_run_and_json_show_target_key_version_old_and_new() {
     );
     let r = sync(&w.sb, &["--dry-run", "--output", "json"]);
     assert_eq!(r.code, 3, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["dry_run"], true);
     assert_eq!(j["aud"], aud(2));
     let s = &j["sinks"][0];
@@ -575,7 +572,7 @@ fn infisical_both_sinks_one_failing_nothing_restarts_and_the_next_run_finishes()
     };
     let r = run(sb.cmd().args(args("env,infisical")));
     assert_eq!(r.code, 1, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["status"], "failed");
     assert_eq!(j["sinks"][0]["result"], "written");
     assert_eq!(j["sinks"][1]["result"], "failed");
@@ -600,7 +597,7 @@ fn infisical_both_sinks_one_failing_nothing_restarts_and_the_next_run_finishes()
         "json",
     ]));
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["sinks"][0]["result"], "unchanged");
     assert_eq!(j["sinks"][1]["result"], "written");
     assert_eq!(w.inf.secret("dev", "/", KEY), Some((aud(2), 2)));
@@ -614,7 +611,7 @@ fn infisical_both_sinks_one_failing_nothing_restarts_and_the_next_run_finishes()
     sb.var("DOCKER_HOST", "unix:///nonexistent/audsync-test.sock");
     let r = run(sb.cmd().args(args("infisical,env")));
     assert_eq!(r.code, 1, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["sinks"][0]["result"], "failed");
     assert_eq!(j["sinks"][1]["result"], "skipped");
     assert_eq!(j["containers"][0]["result"], "skipped");
@@ -968,56 +965,13 @@ fn infisical_static_token_never_leaks_at_any_verbosity() {
 }
 
 /// Removes the container on drop (also when the test panics).
-struct ContainerGuard(String);
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", &self.0])
-            .output();
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "docker {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn started_at(name: &str) -> String {
-    docker(&["inspect", "-f", "{{.State.StartedAt}}", name])
-}
-
 /// Both sinks, one failing, with a real container on the Docker engine: it is not restarted
 /// until every sink holds the value; the next run writes the rest and restarts it once.
 #[test]
 fn infisical_both_sinks_one_failing_real_container() {
-    if std::env::var("AUDSYNC_DOCKER_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipped: set AUDSYNC_DOCKER_TESTS=1 (scripts/test.sh) to run against Docker");
-        return;
-    }
-    let image =
-        std::env::var("AUDSYNC_TEST_IMAGE").unwrap_or_else(|_| "audsync-test/busybox:1".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let name = format!("audsync-test-inf-{}-{nanos}", std::process::id());
-    let _guard = ContainerGuard(name.clone());
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--stop-timeout",
-        "1",
-        &image,
-        "sleep",
-        "3600",
-    ]);
+    crate::require_docker!();
+    let d = Docker::new();
+    let name = d.run("inf", &["--stop-timeout", "1", &image(), "sleep", "3600"]);
     let first_start = started_at(&name);
 
     let w = world();
@@ -1037,7 +991,7 @@ fn infisical_both_sinks_one_failing_real_container() {
     ];
     let r = run(w.sb.cmd().args(args));
     assert_eq!(r.code, 1, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["sinks"][0]["result"], "written");
     assert_eq!(j["sinks"][1]["result"], "failed");
     assert_eq!(j["containers"][0]["result"], "skipped");
@@ -1047,7 +1001,7 @@ fn infisical_both_sinks_one_failing_real_container() {
     w.inf.with(|s| s.deny.clear());
     let r = run(w.sb.cmd().args(args));
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["sinks"][0]["result"], "unchanged");
     assert_eq!(j["sinks"][1]["result"], "written");
     assert_eq!(j["containers"][0]["action"], "restart");
@@ -1062,7 +1016,7 @@ fn infisical_both_sinks_one_failing_real_container() {
     // In sync now: no further restart.
     let r = run(w.sb.cmd().args(args));
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(json(&r)["status"], "in_sync");
+    assert_eq!(r.json()["status"], "in_sync");
     assert_eq!(started_at(&name), second_start);
 }
 
@@ -1070,29 +1024,12 @@ fn infisical_both_sinks_one_failing_real_container() {
 /// Infisical, the next run restarts the container (real Docker engine; gated).
 #[test]
 fn infisical_approval_then_merge_restarts_real_container_once() {
-    if std::env::var("AUDSYNC_DOCKER_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipped: set AUDSYNC_DOCKER_TESTS=1 (scripts/test.sh) to run against Docker");
-        return;
-    }
-    let image =
-        std::env::var("AUDSYNC_TEST_IMAGE").unwrap_or_else(|_| "audsync-test/busybox:1".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let name = format!("audsync-test-infapr-{}-{nanos}", std::process::id());
-    let _guard = ContainerGuard(name.clone());
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--stop-timeout",
-        "1",
-        &image,
-        "sleep",
-        "3600",
-    ]);
+    crate::require_docker!();
+    let d = Docker::new();
+    let name = d.run(
+        "infapr",
+        &["--stop-timeout", "1", &image(), "sleep", "3600"],
+    );
     let first_start = started_at(&name);
     let w = world();
     w.inf.with(|s| s.approval = true);
@@ -1115,7 +1052,7 @@ fn infisical_approval_then_merge_restarts_real_container_once() {
     w.inf.put("dev", "/", KEY, &aud(2), 2);
     let r = run(w.sb.cmd().args(args).args(["--output", "json"]));
     assert_eq!(r.code, 0, "{r:?}");
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["sinks"][0]["result"], "unchanged");
     assert_eq!(j["containers"][0]["result"], "done");
     assert_ne!(started_at(&name), first_start, "the owed restart happened");

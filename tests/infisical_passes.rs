@@ -41,10 +41,6 @@ fn sync(sb: &Sandbox) -> Run {
     run(&mut c)
 }
 
-fn json(r: &Run) -> Value {
-    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
-}
-
 fn state(sb: &Sandbox) -> Value {
     serde_json::from_str(&std::fs::read_to_string(sb.path(".env.audsync-state.json")).unwrap())
         .unwrap()
@@ -77,7 +73,7 @@ fn infisical_pending_approval_is_submitted_once_then_restarts_when_merged() {
     for _ in 0..2 {
         let r = sync(&sb);
         assert_eq!(r.code, 3, "{r:?}");
-        let j = json(&r);
+        let j = r.json();
         assert_eq!(j["status"], "pending");
         assert_eq!(j["sinks"][0]["result"], "pending_approval");
         let detail = j["sinks"][0]["error"].as_str().unwrap();
@@ -97,7 +93,7 @@ fn infisical_pending_approval_is_submitted_once_then_restarts_when_merged() {
     // unreachable here, so the attempted restart fails) and forgets the pending write.
     assert_eq!(inf.merge_change_requests(), 1);
     let r = sync(&sb);
-    let j = json(&r);
+    let j = r.json();
     assert_eq!(j["sinks"][0]["result"], "unchanged", "{r:?}");
     assert_eq!(j["sinks"][0]["old"], aud(2));
     // With --restart restart the engine is asked only when a restart is owed or due, so
@@ -188,7 +184,7 @@ fn infisical_refused_login_holds_off_later_runs_until_the_holdoff_passed() {
         "the original answer: {r:?}"
     );
     assert!(
-        json(&r)["hint"]
+        r.json()["hint"]
             .as_str()
             .unwrap()
             .contains(".audsync-state.json"),
@@ -206,7 +202,7 @@ fn infisical_refused_login_holds_off_later_runs_until_the_holdoff_passed() {
     sb.var("AUDSYNC_INFISICAL_LOGIN_HOLDOFF", "0");
     let r = sync(&sb);
     assert_eq!(inf.logins(), 2, "{r:?}");
-    assert_eq!(json(&r)["sinks"][0]["result"], "written", "{r:?}");
+    assert_eq!(r.json()["sinks"][0]["result"], "written", "{r:?}");
     assert_eq!(inf.secret("dev", "/", KEY).unwrap().0, aud(2));
     assert!(
         state(&sb).get("infisical_login_refused").is_none(),

@@ -277,10 +277,6 @@ impl Client {
     }
 
     pub fn new(settings: Settings) -> Client {
-        Client::with_retry(settings, RetryPolicy::default())
-    }
-
-    pub fn with_retry(settings: Settings, retry: RetryPolicy) -> Client {
         let http = crate::http::build(
             reqwest::Client::builder()
                 .timeout(settings.timeout)
@@ -292,7 +288,7 @@ impl Client {
             settings,
             token: None,
             logins: 0,
-            retry,
+            retry: RetryPolicy::default(),
         }
     }
 

@@ -159,6 +159,14 @@ pub fn run(cmd: &mut assert_cmd::Command) -> Run {
     }
 }
 
+impl Run {
+    /// stdout as the one JSON object of `--output json`; panics with the whole run if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
