@@ -13,7 +13,9 @@ use crate::reconcile::RestartMode;
 use crate::sink::{SinkKind, WriteMode};
 
 pub const PRECEDENCE: &str = "\
-Configuration precedence: command-line flags > process environment > the .env file (--env-file) > defaults.
+Configuration precedence: command-line flags > process environment > the .env file (--env-file) > the config
+file (--config, default ./audsync.toml) > defaults. With a config file, the .env file is read for settings only
+when --env-file / AUDSYNC_ENV_FILE names it, and `audsync config` shows where every value came from.
 Secrets are read from the environment or the .env file only, never from flags; each also accepts
 <NAME>_FILE naming a file that holds it (Docker secrets): CLOUDFLARE_API_TOKEN, or CLOUDFLARE_EMAIL +
 CLOUDFLARE_API_KEY; INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET, or INFISICAL_TOKEN. When no Cloudflare
@@ -43,6 +45,10 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
+    /// The config file (TOML): settings for the whole stack and one [[binding]] per host.
+    /// Default: ./audsync.toml when present.
+    #[arg(long, global = true, env = "AUDSYNC_CONFIG", value_name = "PATH", help_heading = "Global options")]
+    pub config: Option<PathBuf>,
     /// More logging on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
@@ -88,6 +94,10 @@ pub enum Command {
     Watch(WatchArgs),
     /// Print a shell completion script, e.g. audsync completions bash > /etc/bash_completion.d/audsync
     Completions(CompletionsArgs),
+    /// Print the effective configuration (secrets redacted) with where each value came from
+    /// (flag, env, file:line, default); exit 2 listing every problem when it does not validate.
+    #[command(after_help = PRECEDENCE)]
+    Config(ConfigArgs),
     /// Print the man page (roff) on stdout, e.g. audsync man > /usr/local/share/man/man1/audsync.1,
     /// or write one page per command into a directory with --out-dir.
     Man(ManArgs),
@@ -225,6 +235,13 @@ pub struct VerifyArgs {
     pub skip: Vec<Check>,
 }
 
+/// `audsync config`: the options of `sync` and `watch`, shown instead of run.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ManArgs {
     /// Write audsync.1 and audsync-<command>.1 into this directory instead of printing audsync.1.
@@ -239,7 +256,8 @@ reload is logged and the previous configuration kept.
 A failed pass is retried after interval x 2^(failures-1), at most max(interval, 1h), then the
 normal interval resumes after a success. watch logs at info level unless -q/-v/RUST_LOG say otherwise.
 
-Configuration precedence: command-line flags > process environment > the .env file (--env-file) > defaults.
+Configuration precedence: command-line flags > process environment > the .env file (--env-file) > the config
+file (--config, default ./audsync.toml) > defaults.
 Exit codes: 0 stopped by a signal; 1 cannot start (e.g. the --listen port is taken); 2 invalid configuration
 at start-up; 130 stopped at once by a second SIGINT.";
 

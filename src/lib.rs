@@ -9,6 +9,7 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod exit;
+pub mod fsx;
 pub mod http;
 pub mod lock;
 pub mod reconcile;
@@ -22,7 +23,7 @@ pub mod verify;
 pub mod watch;
 
 use cli::{Cli, Command, LogFormat, Output};
-use config::Env;
+use config::{Env, Parsed};
 use error::Error;
 
 /// Start logging on stderr. `-v`/`-q` pick the level; `RUST_LOG` overrides.
@@ -64,12 +65,14 @@ pub fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
 }
 
 /// Run a parsed command; returns the process exit code.
-pub async fn run(cli: Cli, env: Env) -> u8 {
-    match cli.command {
+pub async fn run(parsed: Parsed) -> u8 {
+    let quiet = parsed.cli.global.quiet;
+    let env = parsed.env.clone();
+    match &parsed.cli.command {
         Command::Sync(args) => {
             let output = args.output;
             let dry_run = args.dry_run;
-            let report = match sync::load_config(&args, env).await {
+            let report = match sync_config(args, &parsed).await {
                 Ok(cfg) => match sync::run_pass(&cfg).await {
                     Ok(r) => r,
                     Err(e) => sync::Report::from_error(&e, dry_run),
@@ -77,7 +80,7 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
                 Err(e) => sync::Report::from_error(&e, dry_run),
             };
             // `-q` keeps cron mail quiet: the text report is printed only when something happened.
-            if !(cli.global.quiet > 0 && output == Output::Text && report.status == "in_sync") {
+            if !(quiet > 0 && output == Output::Text && report.status == sync::Status::InSync) {
                 sync::print(&report, output);
             }
             if let Some(e) = &report.error {
@@ -85,6 +88,16 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
             }
             report.exit_code
         }
+        Command::Config(_) => match config::show::render(&parsed) {
+            Ok(text) => {
+                print!("{text}");
+                exit::OK
+            }
+            Err(e) => {
+                report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
+                e.exit_code()
+            }
+        },
         Command::Setup(args) => {
             let output = args.sync.output;
             let state_file = args.sync.state_file.clone();
@@ -92,11 +105,11 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
                 &args.sync.source,
                 state_file.as_deref(),
                 env,
-                |e| setup::SetupConfig::from_args(&args, e).map(drop),
+                |e| setup::SetupConfig::from_args(args, e).map(drop),
             )
             .await
             {
-                Ok(env) => setup::SetupConfig::from_args(&args, &env),
+                Ok(env) => setup::SetupConfig::from_args(args, &env),
                 Err(e) => Err(e),
             };
             let report = match cfg {
@@ -112,7 +125,7 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
             }
             report.exit_code
         }
-        Command::Verify(args) => match verify::VerifyConfig::from_args(&args, &env) {
+        Command::Verify(args) => match verify::VerifyConfig::from_args(args, &env) {
             Ok(cfg) => {
                 let results = verify::run(&cfg).await;
                 print!("{}", verify::render_text(&results));
@@ -123,7 +136,7 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
                 e.exit_code()
             }
         },
-        Command::Watch(args) => watch::run(args, env, std::env::args_os().collect()).await,
+        Command::Watch(_) => watch::run(parsed, std::env::args_os().collect()).await,
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut cmd, "audsync", &mut std::io::stdout());
@@ -136,7 +149,7 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
                 exit::FAILURE
             }
         },
-        Command::Get(args) => match get(&args, &env).await {
+        Command::Get(args) => match get(args, &env).await {
             Ok(aud) => {
                 println!("{aud}");
                 exit::OK
@@ -147,6 +160,21 @@ pub async fn run(cli: Cli, env: Env) -> u8 {
             }
         },
     }
+}
+
+/// The `sync` configuration, reading the Cloudflare credentials from Infisical when they are
+/// set nowhere else.
+pub async fn sync_config(args: &cli::SyncArgs, p: &Parsed) -> Result<config::SyncConfig, Error> {
+    let state_file = match (&args.state_file, &p.file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(f)) => Some(config::sync::sidecar(&f.path, ".audsync-state.json")),
+        (None, None) => None,
+    };
+    let env = sync::resolve_credentials_at(&args.source, state_file.as_deref(), p.env.clone(), |e| {
+        config::SyncConfig::build(args, e, p.file.as_ref(), &p.origins).map(drop)
+    })
+    .await?;
+    config::SyncConfig::build(args, &env, p.file.as_ref(), &p.origins)
 }
 
 /// The man page on stdout, or every page (audsync.1, audsync-<command>.1) into `dir`.

@@ -1,11 +1,11 @@
 use std::process::ExitCode;
 
 use audsync::cli::Command;
-use audsync::config::{ParseError, parse_args};
+use audsync::config::{ParseError, Vars, parse};
 use audsync::{exit, init_logging, run};
 
 fn main() -> ExitCode {
-    let (cli, env) = match parse_args(std::env::args_os()) {
+    let parsed = match parse(std::env::args_os(), Vars::from_process()) {
         Ok(v) => v,
         Err(ParseError::Clap(e)) => {
             let code = if e.use_stderr() {
@@ -22,8 +22,9 @@ fn main() -> ExitCode {
         }
     };
     // The long-running agent reports each pass at info level by default.
-    let verbose = cli.global.verbose + u8::from(matches!(cli.command, Command::Watch(_)));
-    init_logging(verbose, cli.global.quiet, cli.global.log_format);
+    let g = &parsed.cli.global;
+    let verbose = g.verbose + u8::from(matches!(parsed.cli.command, Command::Watch(_)));
+    init_logging(verbose, g.quiet, g.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -34,5 +35,5 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    ExitCode::from(runtime.block_on(run(cli, env)))
+    ExitCode::from(runtime.block_on(run(parsed)))
 }

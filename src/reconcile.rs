@@ -1,20 +1,25 @@
-//! The pure core: desired AUD + what the sinks and containers hold -> a [`Plan`] -> applied.
+//! The pure core: every binding's desired AUD + what the sinks and containers hold -> a [`Plan`]
+//! -> applied.
 //!
-//! Nothing here knows HTTP, clap, files or bollard. [`plan`] is a pure function; [`apply`]
-//! drives the [`Sink`] and [`Target`] traits in the one order that is safe: every sink first,
-//! then, only if every sink holds the new value, the containers one at a time. A journal records
-//! which container actions are owed before any sink is written, so a run that dies (or a
-//! restart that fails) is finished by the next run.
+//! This module owns its ports ([`Sink`], [`Target`], [`Journal`]) and its outcome enums, and
+//! imports no other module of the crate: nothing here knows HTTP, clap, files or bollard.
+//! [`plan`] is a pure function; [`apply`] drives the ports in the one order that is safe:
+//! every sink first (each written once, all its keys in one write), then each container
+//! **once**, and only when every sink of every binding that targets it holds its new value.
+//! A journal records which container actions are owed before any sink is written, so a run
+//! that dies (or an action that fails) is finished by the next run. A binding that fails does
+//! not stop the others.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use serde::Serialize;
 
-use crate::sink::{Observation, Sink, SinkInfo, WriteOutcome};
+/// Key -> value.
+pub type Values = BTreeMap<String, String>;
 
 /// What to do with containers when the value changes (`--restart`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartMode {
     /// Recreate containers whose environment carries the key; restart the others.
@@ -27,11 +32,78 @@ pub enum RestartMode {
     None,
 }
 
-/// A container as `reconcile` sees it.
+// ---------------------------------------------------------------- sinks
+
+/// What a sink is, for plans, logs and JSON.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SinkInfo {
+    /// `env` or `infisical`.
+    pub kind: &'static str,
+    /// A path, or `project/environment/path` for Infisical.
+    pub target: String,
+}
+
+/// What a sink holds now for one key.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyObservation {
+    pub current: Option<String>,
+    /// False only when the sink already holds exactly the desired value everywhere.
+    pub needs_write: bool,
+    /// The secret version, for sinks that have one.
+    pub version: Option<u64>,
+}
+
+/// Per key.
+pub type SinkObservation = BTreeMap<String, KeyObservation>;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum WriteOutcome {
+    Unchanged,
+    Written {
+        /// New versions by key, for sinks that have them.
+        versions: BTreeMap<String, u64>,
+    },
+    /// The write is held back for approval (Infisical change policies): the value is not live.
+    PendingApproval { detail: String },
+}
+
+/// A sink failure, phrased for the user.
 #[derive(Debug, Clone, PartialEq)]
+pub struct SinkError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The interface to one place the values are written (one `.env` file, one Infisical folder).
+pub trait Sink: Send {
+    fn info(&self) -> SinkInfo;
+    fn observe(
+        &mut self,
+        desired: &Values,
+    ) -> impl Future<Output = Result<SinkObservation, SinkError>> + Send;
+    /// Write every key of `desired` that differs, in one go where the sink allows it.
+    fn write(
+        &mut self,
+        desired: &Values,
+    ) -> impl Future<Output = Result<WriteOutcome, SinkError>> + Send;
+}
+
+// ---------------------------------------------------------------- targets
+
+/// A container as `reconcile` sees it.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct TargetObservation {
-    /// `Some(value)` when the container's configured environment carries the key.
-    pub env_value: Option<String>,
+    /// The keys asked about that its configured environment carries, with their values.
+    pub env: Values,
+    /// The watched names (audsync's own settings) its environment carries: names only.
+    pub carries: BTreeSet<String>,
 }
 
 /// A failure of a container action, already phrased for the user.
@@ -52,7 +124,7 @@ impl std::fmt::Display for ActionError {
     }
 }
 
-/// The interface to one container (or any other restartable consumer of the value).
+/// The interface to one container (or any other restartable consumer of the values).
 pub trait Target: Send {
     fn name(&self) -> String;
     /// Targets of one group (e.g. a compose service) are acted on in order, and the first
@@ -62,13 +134,14 @@ pub trait Target: Send {
     }
     fn observe(
         &mut self,
-        key: &str,
+        keys: &[String],
+        watch: &[String],
     ) -> impl Future<Output = Result<TargetObservation, ActionError>> + Send;
     fn restart(&mut self) -> impl Future<Output = Result<(), ActionError>> + Send;
+    /// Recreate with every key of `changes` that the environment carries replaced, in one go.
     fn recreate(
         &mut self,
-        key: &str,
-        value: &str,
+        changes: &Values,
     ) -> impl Future<Output = Result<(), ActionError>> + Send;
 }
 
@@ -78,7 +151,9 @@ pub trait Journal {
     fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), String>;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+// ---------------------------------------------------------------- plan
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     None,
@@ -86,10 +161,40 @@ pub enum Action {
     Recreate,
 }
 
+/// One binding as the core sees it: a key, the value it should hold (None when the source
+/// failed), where it is written and what reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingIn {
+    pub id: String,
+    pub key: String,
+    pub desired: Option<String>,
+    /// Indexes into the sinks.
+    pub sinks: Vec<usize>,
+    /// Indexes into the targets.
+    pub targets: Vec<usize>,
+    pub restart: RestartMode,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkStep {
     pub info: SinkInfo,
-    pub observation: Observation,
+    /// The keys this sink holds, with their desired values (bindings that failed left out).
+    pub desired: Values,
+    pub observation: Result<SinkObservation, SinkError>,
+}
+
+impl SinkStep {
+    pub fn needs_write(&self) -> bool {
+        self.observation
+            .as_ref()
+            .is_ok_and(|o| o.values().any(|k| k.needs_write))
+    }
+
+    fn key_needs_write(&self, key: &str) -> bool {
+        self.observation
+            .as_ref()
+            .is_ok_and(|o| o.get(key).is_some_and(|k| k.needs_write))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,22 +202,37 @@ pub struct TargetStep {
     pub name: String,
     pub action: Action,
     pub reason: String,
+    /// The values a recreate sets (every active binding's key).
+    pub changes: Values,
+    /// Indexes of the bindings that target it.
+    pub bindings: Vec<usize>,
     /// Set when the container could not be inspected; the action then fails.
     pub blocked: Option<ActionError>,
+    /// Set when a binding that targets it failed: acted on by a later pass, once.
+    pub waiting: Option<String>,
+    /// audsync's own settings found in its environment (names only).
+    pub leaked: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingStep {
+    pub input: BindingIn,
+    /// Some sink of this binding needs a write of its key.
+    pub changed: bool,
+    /// A sink of it could not be read: nothing of this binding is written or applied.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    pub desired: String,
-    /// The variable that carries the value (in sinks and container environments).
-    pub key: String,
+    pub bindings: Vec<BindingStep>,
     pub sinks: Vec<SinkStep>,
     pub targets: Vec<TargetStep>,
 }
 
 impl Plan {
     pub fn sinks_change(&self) -> bool {
-        self.sinks.iter().any(|s| s.observation.needs_write)
+        self.sinks.iter().any(SinkStep::needs_write)
     }
 
     pub fn has_work(&self) -> bool {
@@ -124,82 +244,185 @@ impl Plan {
     }
 }
 
+/// What is known of one container before the plan.
+#[derive(Debug, Clone)]
+pub struct TargetIn {
+    pub name: String,
+    pub observation: Result<TargetObservation, ActionError>,
+    /// Key -> the value it last ran with after a pass (the state file).
+    pub ran_with: Values,
+}
+
 /// Decide what to do. Pure.
 pub fn plan(
-    desired: &str,
-    key: &str,
-    sinks: Vec<(SinkInfo, Observation)>,
-    targets: Vec<(String, Result<TargetObservation, ActionError>)>,
-    mode: RestartMode,
+    bindings: Vec<BindingIn>,
+    sinks: Vec<(SinkInfo, Values, Result<SinkObservation, SinkError>)>,
+    targets: Vec<TargetIn>,
     owed: &BTreeSet<String>,
 ) -> Plan {
-    let changed = sinks.iter().any(|(_, o)| o.needs_write);
-    let targets = targets
+    let sinks: Vec<SinkStep> = sinks
         .into_iter()
-        .map(|(name, obs)| {
-            let was_owed = owed.contains(&name);
-            let cause = if changed {
-                Some("the value changed in the sinks")
-            } else if was_owed {
-                Some("an earlier run changed the value but did not finish this container")
-            } else {
-                None
-            };
-            let (action, reason, blocked) = match (mode, obs) {
-                (RestartMode::None, _) => (Action::None, "--restart none".to_string(), None),
-                (_, Err(e)) => {
-                    let action = if mode == RestartMode::Recreate { Action::Recreate } else { Action::Restart };
-                    (action, "cannot inspect the container".to_string(), Some(e))
-                }
-                (RestartMode::Auto | RestartMode::Recreate, Ok(TargetObservation { env_value: Some(v) })) => {
-                    if v != desired {
-                        let why = if changed {
-                            format!("its environment carries {key} (value baked in at creation): recreate to apply")
-                        } else {
-                            format!("drifted: its environment carries {key}={} but the desired value is {}", short(&v), short(desired))
-                        };
-                        (Action::Recreate, why, None)
-                    } else if was_owed && mode == RestartMode::Recreate {
-                        (Action::Recreate, cause.unwrap_or_default().to_string(), None)
-                    } else {
-                        (Action::None, format!("its environment already carries the desired {key}"), None)
-                    }
-                }
-                (RestartMode::Auto, Ok(TargetObservation { env_value: None })) => match cause {
-                    Some(c) => (Action::Restart, format!("{c}; no {key} in its environment, so it reads the value at start-up"), None),
-                    None => (Action::None, "in sync".to_string(), None),
-                },
-                (RestartMode::Recreate, Ok(TargetObservation { env_value: None })) => match cause {
-                    Some(c) => (Action::Recreate, c.to_string(), None),
-                    None => (Action::None, "in sync".to_string(), None),
-                },
-                (RestartMode::Restart, Ok(obs)) => match cause {
-                    Some(c) => {
-                        let warn = match obs.env_value {
-                            Some(_) => format!(" (warning: its environment carries {key}; a restart keeps the old value, use --restart recreate)"),
-                            None => String::new(),
-                        };
-                        (Action::Restart, format!("{c}{warn}"), None)
-                    }
-                    None => (Action::None, "in sync".to_string(), None),
-                },
-            };
-            TargetStep {
-                name,
-                action,
-                reason,
-                blocked,
+        .map(|(info, desired, observation)| SinkStep {
+            info,
+            desired,
+            observation,
+        })
+        .collect();
+    let bindings: Vec<BindingStep> = bindings
+        .into_iter()
+        .map(|b| {
+            let error = b.sinks.iter().find_map(|&i| {
+                sinks[i]
+                    .observation
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("sink {} {}: {e}", sinks[i].info.kind, sinks[i].info.target))
+            });
+            let changed = b.desired.is_some()
+                && b.sinks.iter().any(|&i| sinks[i].key_needs_write(&b.key));
+            BindingStep {
+                input: b,
+                changed,
+                error,
             }
         })
         .collect();
+    let targets = targets
+        .into_iter()
+        .enumerate()
+        .map(|(ti, t)| target_step(ti, t, &bindings, owed))
+        .collect();
     Plan {
-        desired: desired.to_string(),
-        key: key.to_string(),
-        sinks: sinks
-            .into_iter()
-            .map(|(info, observation)| SinkStep { info, observation })
-            .collect(),
+        bindings,
+        sinks,
         targets,
+    }
+}
+
+fn target_step(ti: usize, t: TargetIn, bindings: &[BindingStep], owed: &BTreeSet<String>) -> TargetStep {
+    let mine: Vec<usize> = (0..bindings.len())
+        .filter(|&bi| bindings[bi].input.targets.contains(&ti))
+        .collect();
+    let was_owed = owed.contains(&t.name);
+    let waiting = mine
+        .iter()
+        .map(|&bi| &bindings[bi])
+        .filter(|b| b.input.restart != RestartMode::None)
+        .find(|b| b.input.desired.is_none() || b.error.is_some())
+        .map(|b| format!("binding {} failed; the next pass applies every value at once", b.input.id));
+    let leaked = t
+        .observation
+        .as_ref()
+        .map(|o| o.carries.iter().cloned().collect())
+        .unwrap_or_default();
+    let mut action = Action::None;
+    let mut reasons: Vec<String> = Vec::new();
+    let mut changes = Values::new();
+    let mut blocked = None;
+    let multi = mine.len() > 1;
+    for &bi in &mine {
+        let b = &bindings[bi];
+        let (Some(desired), None) = (&b.input.desired, &b.error) else {
+            continue;
+        };
+        let mode = b.input.restart;
+        if mode == RestartMode::None {
+            if !multi {
+                reasons.push("--restart none".into());
+            }
+            continue;
+        }
+        changes.insert(b.input.key.clone(), desired.clone());
+        let key = &b.input.key;
+        let elsewhere = t.ran_with.get(key).is_some_and(|v| v != desired);
+        let cause = if b.changed {
+            Some("the value changed in the sinks")
+        } else if was_owed {
+            Some("an earlier run changed the value but did not finish this container")
+        } else if elsewhere {
+            Some("it last ran with another value (the sink was changed elsewhere)")
+        } else {
+            None
+        };
+        let (a, why) = match &t.observation {
+            Err(e) => {
+                blocked = Some(e.clone());
+                let a = if mode == RestartMode::Recreate { Action::Recreate } else { Action::Restart };
+                (a, "cannot inspect the container".to_string())
+            }
+            Ok(obs) => need(mode, key, desired, obs.env.get(key), cause, was_owed, b.changed),
+        };
+        if a != Action::None || !multi {
+            reasons.push(if multi { format!("{}: {why}", b.input.id) } else { why });
+        }
+        action = action.max(a);
+    }
+    if mine.is_empty() {
+        reasons.push("no binding targets it".into());
+    }
+    TargetStep {
+        name: t.name,
+        action,
+        reason: reasons.join("; "),
+        changes,
+        bindings: mine,
+        blocked,
+        waiting,
+        leaked,
+    }
+}
+
+/// The action one binding asks of a container, and why.
+fn need(
+    mode: RestartMode,
+    key: &str,
+    desired: &str,
+    env: Option<&String>,
+    cause: Option<&str>,
+    was_owed: bool,
+    changed: bool,
+) -> (Action, String) {
+    match (mode, env) {
+        (RestartMode::None, _) => (Action::None, "--restart none".into()),
+        (RestartMode::Auto | RestartMode::Recreate, Some(v)) => {
+            if v != desired {
+                let why = if changed {
+                    format!("its environment carries {key} (value baked in at creation): recreate to apply")
+                } else {
+                    format!(
+                        "drifted: its environment carries {key}={} but the desired value is {}",
+                        short(v),
+                        short(desired)
+                    )
+                };
+                (Action::Recreate, why)
+            } else if was_owed && mode == RestartMode::Recreate {
+                (Action::Recreate, cause.unwrap_or_default().to_string())
+            } else {
+                (Action::None, format!("its environment already carries the desired {key}"))
+            }
+        }
+        (RestartMode::Auto, None) => match cause {
+            Some(c) => (
+                Action::Restart,
+                format!("{c}; no {key} in its environment, so it reads the value at start-up"),
+            ),
+            None => (Action::None, "in sync".into()),
+        },
+        (RestartMode::Recreate, None) => match cause {
+            Some(c) => (Action::Recreate, c.to_string()),
+            None => (Action::None, "in sync".into()),
+        },
+        (RestartMode::Restart, env) => match cause {
+            Some(c) => {
+                let warn = match env {
+                    Some(_) => format!(" (warning: its environment carries {key}; a restart keeps the old value, use --restart recreate)"),
+                    None => String::new(),
+                };
+                (Action::Restart, format!("{c}{warn}"))
+            }
+            None => (Action::None, "in sync".into()),
+        },
     }
 }
 
@@ -212,19 +435,54 @@ pub fn short(v: &str) -> String {
     }
 }
 
+// ---------------------------------------------------------------- outcome
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkResult {
+    Planned,
+    Written,
+    Unchanged,
+    PendingApproval,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetResult {
+    Planned,
+    Done,
+    None,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteAction {
+    Write,
+    None,
+}
+
+/// One key of one sink.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyReport {
+    pub key: String,
+    pub old: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub action: WriteAction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_version: Option<u64>,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SinkReport {
     #[serde(flatten)]
     pub info: SinkInfo,
-    pub old: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
-    /// `write` or `none`.
-    pub action: &'static str,
-    /// `planned`, `written`, `unchanged`, `pending_approval`, `failed`, `skipped`.
-    pub result: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_version: Option<u64>,
+    pub keys: Vec<KeyReport>,
+    pub result: SinkResult,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -234,23 +492,34 @@ pub struct TargetReport {
     pub name: String,
     pub action: Action,
     pub reason: String,
-    /// `planned`, `done`, `none`, `failed`, `skipped`.
-    pub result: &'static str,
+    pub result: TargetResult,
+    /// The bindings (ids) whose values it reads.
+    pub bindings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ActionError>,
 }
 
-/// The outcome of a pass: printed as text, or as JSON with `--output json`.
+/// The outcome of a pass.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Outcome {
     pub changed: bool,
     pub pending_approval: bool,
     pub failed: bool,
     pub sinks: Vec<SinkReport>,
-    pub containers: Vec<TargetReport>,
+    pub targets: Vec<TargetReport>,
 }
 
-/// Carry out `plan`. Sinks in order; containers only when every sink holds the value.
+impl Outcome {
+    /// The sinks of binding `bi` that were all written or already held the value.
+    pub fn binding_sinks_ok(&self, plan: &Plan, bi: usize) -> bool {
+        plan.bindings[bi].input.sinks.iter().all(|&i| {
+            matches!(self.sinks[i].result, SinkResult::Written | SinkResult::Unchanged)
+        })
+    }
+}
+
+/// Carry out `plan`. Sinks in order; each container once, when every sink of every binding
+/// that targets it holds the value.
 pub async fn apply<S: Sink, T: Target, J: Journal>(
     plan: &Plan,
     sinks: &mut [S],
@@ -261,54 +530,41 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
     let mut out = Outcome {
         changed: plan.sinks_change(),
         pending_approval: false,
-        failed: false,
-        sinks: Vec::new(),
-        containers: Vec::new(),
+        failed: plan.bindings.iter().any(|b| b.input.desired.is_none() || b.error.is_some()),
+        sinks: plan.sinks.iter().map(|s| sink_report(s, dry_run)).collect(),
+        targets: Vec::new(),
     };
-    for step in &plan.sinks {
-        out.sinks.push(SinkReport {
-            info: step.info.clone(),
-            old: step.observation.current.clone(),
-            version: step.observation.version,
-            action: if step.observation.needs_write {
-                "write"
-            } else {
-                "none"
-            },
-            result: if dry_run && step.observation.needs_write {
-                "planned"
-            } else {
-                "unchanged"
-            },
-            new_version: None,
-            error: None,
-        });
-    }
-    let target_report =
-        |t: &TargetStep, result: &'static str, error: Option<ActionError>| TargetReport {
-            name: t.name.clone(),
-            action: t.action,
-            reason: t.reason.clone(),
-            result,
-            error: error.or_else(|| t.blocked.clone()),
-        };
+    let ids = |t: &TargetStep| -> Vec<String> {
+        t.bindings.iter().map(|&i| plan.bindings[i].input.id.clone()).collect()
+    };
+    let target_report = |t: &TargetStep, result: TargetResult, error: Option<ActionError>| TargetReport {
+        name: t.name.clone(),
+        action: t.action,
+        reason: match &t.waiting {
+            Some(w) if t.action != Action::None && result == TargetResult::Skipped => format!("{}; {w}", t.reason),
+            _ => t.reason.clone(),
+        },
+        result,
+        bindings: ids(t),
+        error: error.or_else(|| t.blocked.clone()),
+    };
     if dry_run {
-        out.containers = plan
+        out.targets = plan
             .targets
             .iter()
             .map(|t| {
                 let result = if t.blocked.is_some() {
                     // A real run would fail here too: say so, with the same exit code.
-                    "failed"
+                    TargetResult::Failed
                 } else if t.action == Action::None {
-                    "none"
+                    TargetResult::None
                 } else {
-                    "planned"
+                    TargetResult::Planned
                 };
                 target_report(t, result, None)
             })
             .collect();
-        out.failed = plan.targets.iter().any(|t| t.blocked.is_some());
+        out.failed |= plan.targets.iter().any(|t| t.blocked.is_some());
         return out;
     }
 
@@ -325,57 +581,57 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
         owed.extend(due.iter().cloned());
         if let Err(e) = journal.set_owed(&owed) {
             out.failed = true;
-            for r in &mut out.sinks {
-                if r.action == "write" {
-                    r.result = "skipped";
+            for (r, s) in out.sinks.iter_mut().zip(&plan.sinks) {
+                if s.needs_write() {
+                    r.result = SinkResult::Skipped;
+                    r.error = Some(format!("not written: cannot record the state journal ({e})"));
                 }
             }
-            out.containers = plan
+            out.targets = plan
                 .targets
                 .iter()
-                .map(|t| target_report(t, "skipped", None))
+                .map(|t| target_report(t, TargetResult::Skipped, None))
                 .collect();
-            out.sinks.iter_mut().for_each(|r| {
-                if r.result == "skipped" {
-                    r.error = Some(format!(
-                        "not written: cannot record the state journal ({e})"
-                    ));
-                }
-            });
             return out;
         }
     }
 
-    let mut sinks_ok = true;
+    // Bindings with a failed or held sink: their later sinks are not written either.
+    let mut stopped: BTreeSet<usize> = BTreeSet::new();
     for (i, step) in plan.sinks.iter().enumerate() {
-        if !step.observation.needs_write {
+        if !step.needs_write() {
             continue;
         }
+        let serves: Vec<usize> = (0..plan.bindings.len())
+            .filter(|&b| plan.bindings[b].input.sinks.contains(&i))
+            .collect();
         let report = &mut out.sinks[i];
-        if !sinks_ok {
-            report.result = "skipped";
+        if serves.iter().any(|b| stopped.contains(b)) {
+            report.result = SinkResult::Skipped;
             continue;
         }
-        match sinks[i].write(&plan.desired).await {
-            Ok(WriteOutcome::Written { version }) => {
-                report.result = "written";
-                report.new_version = version;
+        match sinks[i].write(&step.desired).await {
+            Ok(WriteOutcome::Written { versions }) => {
+                report.result = SinkResult::Written;
+                for k in &mut report.keys {
+                    k.new_version = versions.get(&k.key).copied();
+                }
             }
-            Ok(WriteOutcome::Unchanged) => report.result = "unchanged",
+            Ok(WriteOutcome::Unchanged) => report.result = SinkResult::Unchanged,
             Ok(WriteOutcome::PendingApproval { detail }) => {
-                report.result = "pending_approval";
+                report.result = SinkResult::PendingApproval;
                 report.error = Some(detail);
                 out.pending_approval = true;
-                sinks_ok = false;
+                stopped.extend(serves);
             }
             Err(e) => {
-                report.result = "failed";
-                report.error = Some(match e.hint() {
+                report.result = SinkResult::Failed;
+                report.error = Some(match &e.hint {
                     Some(h) => format!("{e} (hint: {h})"),
                     None => e.to_string(),
                 });
                 out.failed = true;
-                sinks_ok = false;
+                stopped.extend(serves);
             }
         }
     }
@@ -383,10 +639,15 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
     let mut failed_groups: BTreeSet<String> = BTreeSet::new();
     for (i, step) in plan.targets.iter().enumerate() {
         let group = targets[i].group();
+        let ready = step.waiting.is_none()
+            && step
+                .bindings
+                .iter()
+                .all(|&b| plan.bindings[b].input.restart == RestartMode::None || out.binding_sinks_ok(plan, b));
         if step.action == Action::None && step.blocked.is_none() {
-            out.containers.push(target_report(step, "none", None));
-            // Nothing is owed to a container that already runs with the value.
-            if sinks_ok
+            out.targets.push(target_report(step, TargetResult::None, None));
+            // Nothing is owed to a container that already runs with the values.
+            if ready
                 && owed.remove(&step.name)
                 && let Err(e) = journal.set_owed(&owed)
             {
@@ -394,8 +655,8 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             }
             continue;
         }
-        if !sinks_ok {
-            out.containers.push(target_report(step, "skipped", None));
+        if !ready {
+            out.targets.push(target_report(step, TargetResult::Skipped, None));
             continue;
         }
         if let Some(g) = group.as_ref().filter(|g| failed_groups.contains(*g)) {
@@ -404,23 +665,23 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
                 message: format!("not attempted: an earlier container of {g} failed"),
                 hint: None,
             };
-            out.containers.push(target_report(step, "skipped", Some(e)));
+            out.targets.push(target_report(step, TargetResult::Skipped, Some(e)));
             continue;
         }
         if step.blocked.is_some() {
             out.failed = true;
-            out.containers.push(target_report(step, "failed", None));
+            out.targets.push(target_report(step, TargetResult::Failed, None));
             failed_groups.extend(group);
             continue;
         }
         let res = match step.action {
             Action::Restart => targets[i].restart().await,
-            Action::Recreate => targets[i].recreate(&plan.key, &plan.desired).await,
+            Action::Recreate => targets[i].recreate(&step.changes).await,
             Action::None => Ok(()),
         };
         match res {
             Ok(()) => {
-                out.containers.push(target_report(step, "done", None));
+                out.targets.push(target_report(step, TargetResult::Done, None));
                 if owed.remove(&step.name)
                     && let Err(e) = journal.set_owed(&owed)
                 {
@@ -429,7 +690,7 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             }
             Err(e) => {
                 out.failed = true;
-                out.containers.push(target_report(step, "failed", Some(e)));
+                out.targets.push(target_report(step, TargetResult::Failed, Some(e)));
                 failed_groups.extend(group);
             }
         }
@@ -437,476 +698,54 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NEW: &str = "new";
-    const K: &str = "CLOUDFLARE_AUD_TAG";
-
-    fn sink(needs_write: bool) -> (SinkInfo, Observation) {
-        (
-            SinkInfo {
-                kind: "env",
-                target: ".env".into(),
-                key: K.into(),
+fn sink_report(s: &SinkStep, dry_run: bool) -> SinkReport {
+    let (keys, result, error) = match &s.observation {
+        Ok(obs) => (
+            s.desired
+                .keys()
+                .map(|k| {
+                    let o = obs.get(k).cloned().unwrap_or_default();
+                    KeyReport {
+                        key: k.clone(),
+                        old: o.current,
+                        version: o.version,
+                        action: if o.needs_write { WriteAction::Write } else { WriteAction::None },
+                        new_version: None,
+                    }
+                })
+                .collect(),
+            if dry_run && s.needs_write() {
+                SinkResult::Planned
+            } else {
+                SinkResult::Unchanged
             },
-            Observation {
-                current: Some(if needs_write { "old" } else { NEW }.into()),
-                needs_write,
-                version: None,
-            },
-        )
-    }
-
-    fn tgt(env: Option<&str>) -> (String, Result<TargetObservation, ActionError>) {
-        (
-            "lambda-server".into(),
-            Ok(TargetObservation {
-                env_value: env.map(String::from),
+            None,
+        ),
+        Err(e) => (
+            s.desired
+                .keys()
+                .map(|k| KeyReport {
+                    key: k.clone(),
+                    old: None,
+                    version: None,
+                    action: WriteAction::None,
+                    new_version: None,
+                })
+                .collect(),
+            SinkResult::Failed,
+            Some(match &e.hint {
+                Some(h) => format!("{e} (hint: {h})"),
+                None => e.to_string(),
             }),
-        )
-    }
-
-    fn action(changed: bool, env: Option<&str>, mode: RestartMode, owed: bool) -> Action {
-        let owed: BTreeSet<String> = if owed {
-            ["lambda-server".to_string()].into()
-        } else {
-            BTreeSet::new()
-        };
-        plan(NEW, K, vec![sink(changed)], vec![tgt(env)], mode, &owed).targets[0].action
-    }
-
-    #[test]
-    fn auto_recreates_when_env_carries_a_stale_value_and_restarts_otherwise() {
-        assert_eq!(
-            action(true, Some("old"), RestartMode::Auto, false),
-            Action::Recreate
-        );
-        assert_eq!(
-            action(true, None, RestartMode::Auto, false),
-            Action::Restart
-        );
-        assert_eq!(
-            action(true, Some(NEW), RestartMode::Auto, false),
-            Action::None,
-            "already recreated"
-        );
-    }
-
-    #[test]
-    fn drift_is_converged_even_when_sinks_are_in_sync() {
-        assert_eq!(
-            action(false, Some("old"), RestartMode::Auto, false),
-            Action::Recreate
-        );
-        assert_eq!(
-            action(false, Some(NEW), RestartMode::Auto, false),
-            Action::None
-        );
-        assert_eq!(action(false, None, RestartMode::Auto, false), Action::None);
-    }
-
-    #[test]
-    fn owed_restart_is_retried() {
-        assert_eq!(
-            action(false, None, RestartMode::Restart, true),
-            Action::Restart
-        );
-        assert_eq!(
-            action(false, None, RestartMode::Auto, true),
-            Action::Restart
-        );
-        assert_eq!(
-            action(false, None, RestartMode::Restart, false),
-            Action::None
-        );
-    }
-
-    #[test]
-    fn short_cuts_on_characters_not_bytes() {
-        assert_eq!(short("未設定のプレースホルダーです"), "未設定のプレース…");
-        assert_eq!(short(&"ab".repeat(32)), "abababab…");
-        assert_eq!(short("old"), "old");
-    }
-
-    #[test]
-    fn recreate_mode_recreates_even_without_the_key_in_the_environment() {
-        // `auto` would only restart these: `recreate` is the user's explicit choice.
-        assert_eq!(
-            action(true, None, RestartMode::Recreate, false),
-            Action::Recreate,
-            "changed, no key in env"
-        );
-        assert_eq!(
-            action(false, None, RestartMode::Recreate, true),
-            Action::Recreate,
-            "owed, no key in env"
-        );
-        assert_eq!(
-            action(true, Some("old"), RestartMode::Recreate, false),
-            Action::Recreate,
-            "changed, stale key in env"
-        );
-        assert_eq!(
-            action(false, Some(NEW), RestartMode::Recreate, true),
-            Action::Recreate,
-            "owed although the env already holds the value (an earlier recreate half done)"
-        );
-        assert_eq!(
-            action(false, Some("old"), RestartMode::Recreate, false),
-            Action::Recreate,
-            "drifted"
-        );
-    }
-
-    #[test]
-    fn recreate_mode_leaves_a_container_in_sync_alone() {
-        assert_eq!(
-            action(false, Some(NEW), RestartMode::Recreate, false),
-            Action::None,
-            "env holds the desired value and nothing is owed"
-        );
-        assert_eq!(
-            action(true, Some(NEW), RestartMode::Recreate, false),
-            Action::None,
-            "already recreated with the value the sinks are about to get"
-        );
-        assert_eq!(
-            action(false, None, RestartMode::Recreate, false),
-            Action::None,
-            "nothing changed, nothing owed"
-        );
-    }
-
-    #[test]
-    fn recreate_mode_recreates_a_container_that_cannot_be_inspected() {
-        let p = plan(
-            NEW,
-            K,
-            vec![sink(true)],
-            vec![(
-                "lambda-server".into(),
-                Err(ActionError {
-                    rolled_back: false,
-                    message: "gone".into(),
-                    hint: None,
-                }),
-            )],
-            RestartMode::Recreate,
-            &BTreeSet::new(),
-        );
-        assert_eq!(p.targets[0].action, Action::Recreate);
-        assert!(p.targets[0].blocked.is_some());
-    }
-
-    #[test]
-    fn none_mode_touches_nothing() {
-        assert_eq!(
-            action(true, Some("old"), RestartMode::None, true),
-            Action::None
-        );
-    }
-
-    #[test]
-    fn restart_mode_warns_when_env_is_baked_in() {
-        let p = plan(
-            NEW,
-            K,
-            vec![sink(true)],
-            vec![tgt(Some("old"))],
-            RestartMode::Restart,
-            &BTreeSet::new(),
-        );
-        assert_eq!(p.targets[0].action, Action::Restart);
-        assert!(
-            p.targets[0].reason.contains("--restart recreate"),
-            "{}",
-            p.targets[0].reason
-        );
-    }
-
-    // --- apply, with in-memory sinks and targets ---
-
-    struct MemSink {
-        value: Option<String>,
-        fail: bool,
-        writes: usize,
-    }
-
-    impl MemSink {
-        /// A working sink that holds `value`.
-        fn holding(value: &str) -> MemSink {
-            MemSink {
-                value: Some(value.into()),
-                fail: false,
-                writes: 0,
-            }
-        }
-    }
-
-    impl Sink for MemSink {
-        fn info(&self) -> SinkInfo {
-            sink(true).0
-        }
-        async fn observe(&mut self, desired: &str) -> Result<Observation, crate::sink::Error> {
-            Ok(Observation {
-                current: self.value.clone(),
-                needs_write: self.value.as_deref() != Some(desired),
-                version: None,
-            })
-        }
-        async fn write(&mut self, desired: &str) -> Result<WriteOutcome, crate::sink::Error> {
-            if self.fail {
-                return Err(crate::sink::Error::EnvFile {
-                    path: ".env".into(),
-                    message: "disk full".into(),
-                });
-            }
-            self.writes += 1;
-            self.value = Some(desired.into());
-            Ok(WriteOutcome::Written { version: None })
-        }
-    }
-
-    #[derive(Default)]
-    struct MemTarget {
-        restarts: usize,
-        fail: bool,
-    }
-
-    impl Target for MemTarget {
-        fn name(&self) -> String {
-            "lambda-server".into()
-        }
-        async fn observe(&mut self, _key: &str) -> Result<TargetObservation, ActionError> {
-            Ok(TargetObservation { env_value: None })
-        }
-        async fn restart(&mut self) -> Result<(), ActionError> {
-            if self.fail {
-                return Err(ActionError {
-                    rolled_back: false,
-                    message: "daemon gone".into(),
-                    hint: None,
-                });
-            }
-            self.restarts += 1;
-            Ok(())
-        }
-        async fn recreate(&mut self, _k: &str, _v: &str) -> Result<(), ActionError> {
-            unreachable!("not planned in these tests")
-        }
-    }
-
-    #[derive(Default)]
-    struct MemJournal(BTreeSet<String>);
-
-    impl Journal for MemJournal {
-        fn owed(&self) -> BTreeSet<String> {
-            self.0.clone()
-        }
-        fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), String> {
-            self.0 = names.clone();
-            Ok(())
-        }
-    }
-
-    async fn pass(sinks: &mut [MemSink], t: &mut MemTarget, j: &mut MemJournal) -> Outcome {
-        let mut obs = Vec::new();
-        for s in sinks.iter_mut() {
-            obs.push((s.info(), s.observe(NEW).await.unwrap()));
-        }
-        let p = plan(NEW, K, obs, vec![tgt(None)], RestartMode::Auto, &j.owed());
-        apply(&p, sinks, std::slice::from_mut(t), j, false).await
-    }
-
-    #[tokio::test]
-    async fn a_failing_sink_blocks_every_restart_and_the_next_run_finishes() {
-        let mut sinks = vec![
-            MemSink::holding("old"),
-            MemSink {
-                fail: true,
-                ..MemSink::holding("old")
-            },
-        ];
-        let mut t = MemTarget::default();
-        let mut j = MemJournal::default();
-        let out = pass(&mut sinks, &mut t, &mut j).await;
-        assert!(out.failed);
-        assert_eq!(t.restarts, 0);
-        assert_eq!(out.containers[0].result, "skipped");
-        assert!(j.0.contains("lambda-server"), "the restart is owed");
-
-        sinks[1].fail = false;
-        let out = pass(&mut sinks, &mut t, &mut j).await;
-        assert!(!out.failed);
-        assert_eq!((sinks[0].writes, sinks[1].writes, t.restarts), (1, 1, 1));
-        assert!(j.0.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_failed_restart_is_retried_by_the_next_run_without_a_write() {
-        let mut sinks = vec![MemSink::holding("old")];
-        let mut t = MemTarget {
-            restarts: 0,
-            fail: true,
-        };
-        let mut j = MemJournal::default();
-        let out = pass(&mut sinks, &mut t, &mut j).await;
-        assert!(out.failed && sinks[0].writes == 1 && t.restarts == 0);
-        t.fail = false;
-        let out = pass(&mut sinks, &mut t, &mut j).await;
-        assert!(!out.failed && !out.changed);
-        assert_eq!((sinks[0].writes, t.restarts), (1, 1));
-        let out = pass(&mut sinks, &mut t, &mut j).await;
-        assert_eq!(
-            (out.containers[0].result, t.restarts),
-            ("none", 1),
-            "third run is a no-op"
-        );
-    }
-
-    /// A replica of a compose service: recreates, or fails when `fail` is set.
-    struct Replica {
-        name: &'static str,
-        group: Option<&'static str>,
-        fail: bool,
-        recreated: bool,
-    }
-
-    impl Target for Replica {
-        fn name(&self) -> String {
-            self.name.into()
-        }
-        fn group(&self) -> Option<String> {
-            self.group.map(String::from)
-        }
-        async fn observe(&mut self, _key: &str) -> Result<TargetObservation, ActionError> {
-            Ok(TargetObservation {
-                env_value: Some("old".into()),
-            })
-        }
-        async fn restart(&mut self) -> Result<(), ActionError> {
-            unreachable!("auto mode recreates containers that carry the key")
-        }
-        async fn recreate(&mut self, _k: &str, _v: &str) -> Result<(), ActionError> {
-            if self.fail {
-                return Err(ActionError {
-                    rolled_back: false,
-                    message: "unhealthy; rolled back".into(),
-                    hint: None,
-                });
-            }
-            self.recreated = true;
-            Ok(())
-        }
-    }
-
-    #[tokio::test]
-    async fn a_failure_stops_the_rest_of_its_group_only() {
-        let replica = |name, group, fail| Replica {
-            name,
-            group,
-            fail,
-            recreated: false,
-        };
-        let mut targets = vec![
-            replica("p_svc_1", Some("p/svc"), true),
-            replica("p_svc_2", Some("p/svc"), false),
-            replica("other", None, false),
-            replica("q_svc_1", Some("q/svc"), false),
-        ];
-        let mut sinks = vec![MemSink::holding("old")];
-        let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
-        let tobs = targets
-            .iter()
-            .map(|t| {
-                (
-                    t.name(),
-                    Ok(TargetObservation {
-                        env_value: Some("old".into()),
-                    }),
-                )
-            })
-            .collect();
-        let p = plan(NEW, K, obs, tobs, RestartMode::Auto, &BTreeSet::new());
-        let mut j = MemJournal::default();
-        let out = apply(&p, &mut sinks, &mut targets, &mut j, false).await;
-        let results: Vec<&str> = out.containers.iter().map(|c| c.result).collect();
-        assert_eq!(results, vec!["failed", "skipped", "done", "done"]);
-        assert!(out.failed);
-        assert!(!targets[1].recreated, "the second replica was left alone");
-        assert!(targets[2].recreated && targets[3].recreated);
-        assert_eq!(
-            j.0,
-            ["p_svc_1".to_string(), "p_svc_2".to_string()].into(),
-            "both replicas are still owed"
-        );
-    }
-
-    #[tokio::test]
-    async fn dry_run_fails_like_a_real_run_when_a_container_cannot_be_inspected() {
-        let mut sinks = vec![MemSink::holding("old")];
-        let mut t = MemTarget::default();
-        let mut j = MemJournal::default();
-        let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
-        let down = Err(ActionError {
-            rolled_back: false,
-            message: "cannot reach the Docker daemon".into(),
-            hint: None,
-        });
-        let p = plan(
-            NEW,
-            K,
-            obs,
-            vec![("lambda-server".into(), down)],
-            RestartMode::Auto,
-            &BTreeSet::new(),
-        );
-        let out = apply(&p, &mut sinks, std::slice::from_mut(&mut t), &mut j, true).await;
-        assert!(out.failed);
-        assert_eq!(out.containers[0].result, "failed");
-        assert_eq!(sinks[0].writes, 0);
-    }
-
-    #[tokio::test]
-    async fn an_owed_container_that_already_carries_the_value_is_cleared() {
-        let mut sinks = vec![MemSink::holding(NEW)];
-        let mut t = MemTarget::default();
-        let mut j = MemJournal(["lambda-server".to_string()].into());
-        let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
-        let p = plan(
-            NEW,
-            K,
-            obs,
-            vec![tgt(Some(NEW))],
-            RestartMode::Auto,
-            &j.owed(),
-        );
-        assert_eq!(p.targets[0].action, Action::None);
-        apply(&p, &mut sinks, std::slice::from_mut(&mut t), &mut j, false).await;
-        assert!(j.0.is_empty(), "journal cleared");
-        assert_eq!(t.restarts, 0);
-    }
-
-    #[tokio::test]
-    async fn dry_run_changes_nothing() {
-        let mut sinks = vec![MemSink::holding("old")];
-        let mut t = MemTarget::default();
-        let mut j = MemJournal::default();
-        let obs = vec![(sinks[0].info(), sinks[0].observe(NEW).await.unwrap())];
-        let p = plan(
-            NEW,
-            K,
-            obs,
-            vec![tgt(None)],
-            RestartMode::Auto,
-            &BTreeSet::new(),
-        );
-        let out = apply(&p, &mut sinks, std::slice::from_mut(&mut t), &mut j, true).await;
-        assert_eq!((sinks[0].writes, t.restarts), (0, 0));
-        assert!(j.0.is_empty());
-        assert_eq!(out.sinks[0].result, "planned");
-        assert_eq!(out.containers[0].result, "planned");
+        ),
+    };
+    SinkReport {
+        info: s.info.clone(),
+        keys,
+        result,
+        error,
     }
 }
+
+#[cfg(test)]
+mod tests;

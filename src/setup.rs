@@ -17,7 +17,8 @@ use crate::config::{self, Env};
 use crate::error::Error;
 use crate::exit;
 use crate::source;
-use crate::sync::{self, SyncConfig};
+use crate::config::SyncConfig;
+use crate::sync::{self, Status};
 
 const NEW_AUD: &str = "<AUD of the new application>";
 const NEW_POLICY: &str = "<id of the new policy>";
@@ -48,8 +49,8 @@ impl SetupConfig {
                 "setup finds or creates the application by host: pass --domain HOST instead of --app-id",
             ));
         }
-        let sync = SyncConfig::from_args(&a.sync, env)?;
-        let Some(host) = sync.source.host.clone() else {
+        let sync = SyncConfig::build(&a.sync, env, None, &Default::default())?;
+        let Some(host) = sync.single().source.host.clone() else {
             return Err(Error::usage(
                 "setup needs --domain HOST (or AUDSYNC_DOMAIN)",
             ));
@@ -109,7 +110,7 @@ impl SetupConfig {
                     .as_deref()
                     .and_then(edge::team_name_of)
             });
-        if sync.tunnel_id.is_some() && team.is_none() {
+        if sync.single().tunnel_id.is_some() && team.is_none() {
             return Err(Error::usage(
                 "CLOUDFLARE_TUNNEL_ID is set, and requiring Access on its route needs the team name: set CLOUDFLARE_TEAM_NAME, or CLOUDFLARE_AUTH_DOMAIN=https://<team>.cloudflareaccess.com",
             ));
@@ -178,7 +179,7 @@ pub struct SetupReport {
     pub tunnel: Option<Step>,
     pub sync: Option<sync::Report>,
     /// `in_sync`, `changed`, `pending` (dry run found work), `failed`.
-    pub status: &'static str,
+    pub status: Status,
     pub exit_code: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -195,7 +196,7 @@ impl SetupReport {
             policy: None,
             tunnel: None,
             sync: None,
-            status: "in_sync",
+            status: Status::InSync,
             exit_code: exit::OK,
             error: None,
             hint: None,
@@ -203,7 +204,7 @@ impl SetupReport {
     }
 
     fn fail(&mut self, e: &Error) {
-        self.status = "failed";
+        self.status = Status::Failed;
         self.exit_code = e.exit_code();
         self.error = Some(e.to_string());
         self.hint = e.hint();
@@ -230,12 +231,12 @@ impl SetupReport {
         let sync_work = self
             .sync
             .as_ref()
-            .is_some_and(|s| s.status == "changed" || s.status == "pending");
+            .is_some_and(|s| matches!(s.status, Status::Changed | Status::Pending));
         if self.dry_run && (changed || sync_work) {
-            self.status = "pending";
+            self.status = Status::Pending;
             self.exit_code = exit::PENDING;
         } else if changed || sync_work {
-            self.status = "changed";
+            self.status = Status::Changed;
         }
     }
 }
@@ -252,8 +253,8 @@ pub async fn run(cfg: &SetupConfig) -> SetupReport {
 
 async fn steps(cfg: &SetupConfig, rep: &mut SetupReport) -> Result<(), Error> {
     let dry = cfg.sync.dry_run;
-    let client = source::client(&cfg.sync.source);
-    let account = match &cfg.sync.source.account_id {
+    let client = source::client(&cfg.sync.single().source);
+    let account = match &cfg.sync.single().source.account_id {
         Some(a) => a.clone(),
         None => client.detect_account().await?,
     };
@@ -313,7 +314,7 @@ async fn steps(cfg: &SetupConfig, rep: &mut SetupReport) -> Result<(), Error> {
     };
 
     // 2. The tunnel route.
-    if let Some(tunnel_id) = &cfg.sync.tunnel_id {
+    if let Some(tunnel_id) = &cfg.sync.single().tunnel_id {
         let step = tunnel_route(
             cfg,
             &client,
@@ -328,7 +329,7 @@ async fn steps(cfg: &SetupConfig, rep: &mut SetupReport) -> Result<(), Error> {
         if failed {
             // Finish what can be finished (the sync pass), then fail the run.
             let mut cfg_sync = cfg.sync.clone();
-            cfg_sync.tunnel_id = None;
+            cfg_sync.bindings[0].tunnel_id = None;
             if aud.is_some() {
                 rep.sync = Some(pass(&cfg_sync).await);
             }
@@ -339,7 +340,7 @@ async fn steps(cfg: &SetupConfig, rep: &mut SetupReport) -> Result<(), Error> {
     // 3. The same pass as `sync` (setup handled the tunnel itself).
     if aud.is_some() {
         let mut cfg_sync = cfg.sync.clone();
-        cfg_sync.tunnel_id = None;
+        cfg_sync.bindings[0].tunnel_id = None;
         rep.sync = Some(pass(&cfg_sync).await);
     }
     Ok(())
@@ -544,11 +545,11 @@ pub fn render_text(r: &SetupReport) -> String {
         s,
         "{}",
         match (r.status, r.dry_run) {
-            ("in_sync", _) => "setup: nothing to do (already set up)",
-            ("changed", _) => "setup: done",
-            ("pending", true) =>
+            (Status::InSync, _) => "setup: nothing to do (already set up)",
+            (Status::Changed, _) => "setup: done",
+            (Status::Pending, true) =>
                 "setup dry run: the changes above would be made (nothing was changed)",
-            ("pending", false) => "setup: done; a sink write waits for approval",
+            (Status::Pending, false) => "setup: done; a sink write waits for approval",
             _ => "setup: FAILED",
         }
     );

@@ -1,8 +1,11 @@
-//! Where the desired AUD comes from: the Cloudflare API, by application id or by host.
+//! Where the desired AUD of every binding comes from: the Cloudflare API, by application id or
+//! by host, or the signed answer of the protected host (`--source edge`).
 //!
 //! With a host, the application id found last time is tried first (one request); when that
 //! application is gone (404) or no longer covers the host, the cache is dropped and the full
-//! lookup runs. Only exact host matches are cached.
+//! lookup runs. Only exact host matches are cached. Over many bindings, [`fetch_all`] asks for
+//! each cached application when that costs fewer requests than listing them all, and otherwise
+//! lists every application once and matches each binding there: never one listing per binding.
 
 use std::time::Duration;
 
@@ -38,6 +41,100 @@ pub fn client(cfg: &SourceConfig) -> Client {
     )
 }
 
+/// Fetch the AUD of every binding; one result each, in order. `state` caches where each host's
+/// application was found and how many applications the account has.
+pub async fn fetch_all(
+    client: &Client,
+    cfgs: &[&SourceConfig],
+    state: &mut State,
+) -> Vec<Result<Found, Error>> {
+    let api: Vec<usize> = (0..cfgs.len()).filter(|&i| cfgs[i].edge.is_none()).collect();
+    let mut out: Vec<Option<Result<Found, Error>>> = (0..cfgs.len()).map(|_| None).collect();
+    for (i, cfg) in cfgs.iter().enumerate() {
+        if let Some(edge) = &cfg.edge {
+            out[i] = Some(fetch_edge(cfg, edge).await);
+        }
+    }
+    let warm = |cfg: &SourceConfig| match &cfg.selector {
+        Selector::AppId(_) => true,
+        Selector::Host(h) => state.cached_app(h).is_some(),
+    };
+    let pages = state
+        .app_count
+        .map(|n| n.div_ceil(u64::from(apps::PER_PAGE)).max(1))
+        .unwrap_or(1);
+    let singles = api.len() <= 1 || (api.iter().all(|&i| warm(cfgs[i])) && api.len() as u64 <= pages);
+    if singles {
+        for &i in &api {
+            out[i] = Some(fetch(client, cfgs[i], Some(state)).await);
+        }
+    } else {
+        list_and_match(client, cfgs, &api, state, &mut out).await;
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::failed("no answer for this binding", None))))
+        .collect()
+}
+
+/// One listing of every application, matched to every API binding.
+async fn list_and_match(
+    client: &Client,
+    cfgs: &[&SourceConfig],
+    api: &[usize],
+    state: &mut State,
+    out: &mut [Option<Result<Found, Error>>],
+) {
+    // One account for the whole pass: the configured one, else a cached one, else detected.
+    let configured = api.iter().find_map(|&i| cfgs[i].account_id.clone());
+    let cached = state.apps.values().next().map(|c| c.account_id.clone());
+    let account = match (configured, cached) {
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => match client.detect_account().await {
+            Ok(a) => a,
+            Err(e) => {
+                let msg = e.to_string();
+                let hint = e.hint();
+                for &i in api {
+                    out[i] = Some(Err(Error::failed(msg.clone(), hint.clone())));
+                }
+                return;
+            }
+        },
+    };
+    let all = match client.all_apps(&account).await {
+        Ok(a) => a,
+        Err(e) => {
+            let msg = e.to_string();
+            let hint = e.hint();
+            for &i in api {
+                out[i] = Some(Err(Error::failed(msg.clone(), hint.clone())));
+            }
+            return;
+        }
+    };
+    state.app_count = Some(all.len() as u64);
+    for &i in api {
+        let found = match &cfgs[i].selector {
+            Selector::AppId(id) => all
+                .iter()
+                .find(|a| a.id.eq_ignore_ascii_case(id))
+                .cloned()
+                .ok_or_else(|| Error::failed(format!("no Access application with id {id} in account {account}"), Some("check --app-id / app_id, or use domain instead".into()))),
+            Selector::Host(host) => apps::choose(&all, host).cloned().map_err(Error::from).inspect(|app| {
+                if apps::match_kind(app, host) == Some(MatchKind::Exact) {
+                    state.apps.insert(host.clone(), CachedApp { host: host.clone(), account_id: account.clone(), app_id: app.id.clone() });
+                } else {
+                    state.apps.remove(host);
+                }
+            }),
+        };
+        out[i] = Some(found.and_then(|app| {
+            apps::validate_aud(&app.aud, &app)?;
+            Ok(Found { aud: app.aud.clone(), app: summary(&app, &account) })
+        }));
+    }
+}
+
 /// Fetch the AUD. `cache` is read and updated when given (`sync`, `watch`); `get` passes none.
 pub async fn fetch(
     client: &Client,
@@ -47,10 +144,10 @@ pub async fn fetch(
     if let Some(edge) = &cfg.edge {
         return fetch_edge(cfg, edge).await;
     }
-    let cached = cache.as_ref().and_then(|s| s.app.clone()).filter(|c| {
-        cfg.host.as_deref() == Some(c.host.as_str())
-            && cfg.account_id.as_ref().is_none_or(|a| a == &c.account_id)
-    });
+    let cached = cache
+        .as_ref()
+        .and_then(|s| cfg.host.as_deref().and_then(|h| s.cached_app(h)).cloned())
+        .filter(|c| cfg.account_id.as_ref().is_none_or(|a| a == &c.account_id));
     let account = match (&cfg.account_id, &cached) {
         (Some(a), _) => a.clone(),
         (None, Some(c)) => c.account_id.clone(),
@@ -80,14 +177,19 @@ pub async fn fetch(
                 None => {
                     let app = client.find_app(&account, host).await?;
                     if let Some(state) = cache {
-                        state.app =
-                            (apps::match_kind(&app, host) == Some(MatchKind::Exact)).then(|| {
+                        state.app = None;
+                        if apps::match_kind(&app, host) == Some(MatchKind::Exact) {
+                            state.apps.insert(
+                                host.clone(),
                                 CachedApp {
                                     host: host.clone(),
                                     account_id: account.clone(),
                                     app_id: app.id.clone(),
-                                }
-                            });
+                                },
+                            );
+                        } else {
+                            state.apps.remove(host);
+                        }
                     }
                     app
                 }

@@ -7,7 +7,7 @@
 //! (so it is not submitted again every pass) and the last refused Infisical login (so no run
 //! logs in again before the hold-off has passed; see `sink::infisical`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -16,28 +16,94 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::reconcile::Journal;
+use crate::fsx;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
-    /// Containers that still need a restart/recreate for the value already in the sinks.
+    /// Containers that still need a restart/recreate for the values already in the sinks.
     #[serde(default)]
     pub owed: BTreeSet<String>,
-    /// Where the application for a host was last found.
-    #[serde(default)]
-    pub app: Option<CachedApp>,
-    /// The value each container last ran with after a pass (restarted, recreated, or found in
-    /// sync). A container whose value here differs from the desired one is owed an action even
-    /// when this run wrote nothing: the sink was changed by someone else (another host sharing
-    /// the Infisical secret, a person, `setup` elsewhere).
-    #[serde(default)]
-    pub applied: std::collections::BTreeMap<String, String>,
-    /// An Infisical write held back for approval: not submitted again while it waits.
+    /// Where the application for a host was last found (a flag-only run's single binding; kept
+    /// for state files of older versions, read into `apps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub infisical_pending: Option<PendingWrite>,
+    pub app: Option<CachedApp>,
+    /// Where the application for each host was last found.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub apps: BTreeMap<String, CachedApp>,
+    /// How many applications the account had at the last full listing: decides whether a pass
+    /// asks for each cached application or lists them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_count: Option<u64>,
+    /// The values each container last ran with after a pass (restarted, recreated, or found in
+    /// sync), by key. A container whose value here differs from the desired one is owed an
+    /// action even when this run wrote nothing: the sink was changed by someone else (another
+    /// host sharing the Infisical secret, a person, `setup` elsewhere).
+    #[serde(default, deserialize_with = "applied_compat")]
+    pub applied: BTreeMap<String, BTreeMap<String, String>>,
+    /// Infisical writes held back for approval: not submitted again while they wait.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
+    pub infisical_pending: Vec<PendingWrite>,
     /// The last Universal Auth login Infisical refused (401/403). Written only through
     /// [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infisical_login_refused: Option<LoginRefusal>,
+}
+
+impl State {
+    /// The cached application for `host` (older files kept one in `app`).
+    pub fn cached_app(&self, host: &str) -> Option<&CachedApp> {
+        self.apps
+            .get(host)
+            .or(self.app.as_ref().filter(|a| a.host == host))
+    }
+}
+
+/// Older state files recorded one value per container (`{"name": "aud"}`): read it as the
+/// value of an unknown key, which simply makes the next pass look again.
+fn applied_compat<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Keys(BTreeMap<String, String>),
+        Old(#[allow(dead_code)] String),
+    }
+    let raw: BTreeMap<String, Entry> = BTreeMap::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, e)| match e {
+            Entry::Keys(m) => (k, m),
+            Entry::Old(_) => (k, BTreeMap::new()),
+        })
+        .collect())
+}
+
+/// One pending write is stored as an object (as older versions did), several as an array.
+mod one_or_many {
+    use super::PendingWrite;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[PendingWrite], s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PendingWrite>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(PendingWrite),
+            Many(Vec<PendingWrite>),
+        }
+        Ok(match Option::<OneOrMany>::deserialize(d)? {
+            None => vec![],
+            Some(OneOrMany::One(p)) => vec![p],
+            Some(OneOrMany::Many(v)) => v,
+        })
+    }
 }
 
 /// A write Infisical answered with `approval` instead of `secret`: the value is not live yet.
@@ -86,7 +152,7 @@ impl StateFile {
     /// only a cache and a journal: the worst case is one extra lookup or restart); a file that
     /// exists but cannot be read is an error, so it is never silently overwritten.
     pub fn load(path: &Path, read_only: bool) -> Result<StateFile, String> {
-        let state = match fs::read(path) {
+        let state = match fsx::read_bounded(path, fsx::MAX_TEXT) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
                 State::default()

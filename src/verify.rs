@@ -471,16 +471,35 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
                 }
             }
             Ok(engine) => {
+                // audsync's own settings in the .env it shares with the app (names only).
+                let own = crate::config::own_variables();
+                let watch: Vec<String> = if cfg.sinks.contains(&SinkKind::Env) {
+                    crate::fsx::read_text(&cfg.env_file)
+                        .ok()
+                        .flatten()
+                        .map(|t| envfile::key_lines(&t).into_keys().filter(|k| own.contains(k)).collect())
+                        .unwrap_or_default()
+                } else {
+                    vec![]
+                };
                 for n in &cfg.containers {
                     let mut ct = engine.container(n);
-                    let values = match ct.observe(&cfg.key).await {
-                        Ok(o) => match o.env_value {
+                    let values = match ct.observe(std::slice::from_ref(&cfg.key), &watch).await {
+                        Ok(o) => {
+                            for name in &o.carries {
+                                errors.push(format!(
+                                    "container {n} carries {name} from {}: audsync's own setting has leaked into the app; move it out of that .env (into audsync.toml, a *_FILE or the unit's environment) and recreate the container",
+                                    cfg.env_file.display()
+                                ));
+                            }
+                            match o.env.get(&cfg.key).cloned() {
                             Some(v) => Ok(vec![v]),
                             None => Err(format!(
                                 "{} is not in its environment (it may read the .env file itself)",
                                 cfg.key
                             )),
-                        },
+                        }
+                        }
                         Err(e) => Err(e.message),
                     };
                     seen.push(Seen {

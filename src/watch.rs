@@ -18,10 +18,10 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::Instrument;
 
 use crate::cli::{Command, Output, WatchArgs};
-use crate::config::{self, Env, ParseError};
+use crate::config::{self, ParseError, Parsed, SyncConfig, Vars};
 use crate::error::Error;
 use crate::exit;
-use crate::sync::{self, Report, SyncConfig};
+use crate::sync::{self, Report, Status};
 
 /// The longest wait after failed passes, unless `--interval` is longer still.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
@@ -39,22 +39,13 @@ pub struct WatchConfig {
 impl WatchConfig {
     /// Validate, then read the Cloudflare credentials from Infisical when they are set nowhere
     /// else (as `sync` does).
-    pub async fn load(a: &WatchArgs, env: Env) -> Result<WatchConfig, Error> {
-        let state_file = a.sync.state_file.as_deref();
-        let env = crate::sync::resolve_credentials_at(&a.sync.source, state_file, env, |e| {
-            WatchConfig::from_args(a, e).map(drop)
-        })
-        .await?;
-        WatchConfig::from_args(a, &env)
-    }
-
-    pub fn from_args(a: &WatchArgs, env: &Env) -> Result<WatchConfig, Error> {
+    pub async fn load(a: &WatchArgs, p: &Parsed) -> Result<WatchConfig, Error> {
         if a.interval.is_zero() {
             return Err(Error::usage(
                 "--interval / AUDSYNC_INTERVAL must be longer than 0 (e.g. 30s, 5m)",
             ));
         }
-        let sync = SyncConfig::from_args(&a.sync, env)?;
+        let sync = crate::sync_config(&a.sync, p).await?;
         Ok(WatchConfig {
             sync,
             interval: a.interval,
@@ -90,7 +81,11 @@ pub fn next_wait(interval: Duration, failures: u32, jitter: f64, unit: f64) -> D
 }
 
 /// Run until stopped. `argv` is the original command line, parsed again on SIGHUP.
-pub async fn run(args: WatchArgs, env: Env, argv: Vec<OsString>) -> u8 {
+pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
+    let Command::Watch(args) = &parsed.cli.command else {
+        return exit::USAGE;
+    };
+    let vars = parsed.env.process().clone();
     // Handlers first: a SIGHUP or SIGTERM that arrives early must not kill the process.
     let mut signals = match Signals::install() {
         Ok(s) => s,
@@ -103,7 +98,7 @@ pub async fn run(args: WatchArgs, env: Env, argv: Vec<OsString>) -> u8 {
             return exit::FAILURE;
         }
     };
-    let mut cfg = match WatchConfig::load(&args, env).await {
+    let mut cfg = match WatchConfig::load(args, &parsed).await {
         Ok(c) => c,
         Err(e) => {
             crate::report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
@@ -171,7 +166,7 @@ pub async fn run(args: WatchArgs, env: Env, argv: Vec<OsString>) -> u8 {
             sync::print(&report, Output::Json);
         }
         telemetry.record(&report, elapsed);
-        failures = if report.status == "failed" {
+        failures = if report.status == Status::Failed {
             failures.saturating_add(1)
         } else {
             0
@@ -182,7 +177,7 @@ pub async fn run(args: WatchArgs, env: Env, argv: Vec<OsString>) -> u8 {
             return exit::OK;
         }
         if std::mem::take(&mut signals.reload) {
-            reload(&argv, &mut cfg, &telemetry).await;
+            reload(&argv, &vars, &mut cfg, &telemetry).await;
             continue;
         }
         let wait = next_wait(cfg.interval, failures, cfg.jitter, fastrand::f64());
@@ -201,7 +196,7 @@ pub async fn run(args: WatchArgs, env: Env, argv: Vec<OsString>) -> u8 {
                 tracing::info!("stopped");
                 return exit::OK;
             }
-            Wake::Reload => reload(&argv, &mut cfg, &telemetry).await,
+            Wake::Reload => reload(&argv, &vars, &mut cfg, &telemetry).await,
         }
     }
 }
@@ -213,20 +208,22 @@ fn round_ms(d: Duration) -> Duration {
 /// One log line for the pass's outcome, plus a warning when the AUD changed.
 fn log_pass(r: &Report, elapsed: Duration) {
     let ms = elapsed.as_millis() as u64;
-    let wrote = r.sinks.iter().any(|s| s.result == "written");
-    if let Some(new) = &r.aud
-        && r.sinks.iter().any(|s| s.action == "write")
-    {
-        let old = r.previous.as_deref().unwrap_or("(unset)");
-        if wrote {
-            tracing::warn!(old, new = %new, "AUD changed");
-        } else if r.dry_run {
-            tracing::warn!(old, new = %new, "AUD differs from the sinks (dry run: nothing written)");
+    for b in &r.bindings {
+        let wrote = b.sinks.iter().any(|s| s.result == crate::reconcile::SinkResult::Written);
+        if let Some(new) = &b.aud
+            && b.sinks.iter().any(|s| s.action == crate::reconcile::WriteAction::Write)
+        {
+            let old = b.previous.as_deref().unwrap_or("(unset)");
+            if wrote {
+                tracing::warn!(binding = %b.id, old, new = %new, "AUD changed");
+            } else if r.dry_run {
+                tracing::warn!(binding = %b.id, old, new = %new, "AUD differs from the sinks (dry run: nothing written)");
+            }
         }
     }
     match r.status {
-        "failed" => tracing::error!(
-            status = r.status,
+        Status::Failed => tracing::error!(
+            status = r.status.as_str(),
             stage = r.stage.map(|s| s.as_str()).unwrap_or("unknown"),
             error = r.error.as_deref().unwrap_or(""),
             hint = r.hint.as_deref().unwrap_or(""),
@@ -234,7 +231,7 @@ fn log_pass(r: &Report, elapsed: Duration) {
             "pass failed"
         ),
         _ => tracing::info!(
-            status = r.status,
+            status = r.status.as_str(),
             changed = r.changed,
             duration_ms = ms,
             "pass done"
@@ -244,8 +241,8 @@ fn log_pass(r: &Report, elapsed: Duration) {
 
 /// Parse the original command line again (which re-reads the .env file) and swap the
 /// configuration in; on any error keep the old one.
-async fn reload(argv: &[OsString], cfg: &mut WatchConfig, telemetry: &http::Telemetry) {
-    match reloaded(argv).await {
+async fn reload(argv: &[OsString], vars: &Vars, cfg: &mut WatchConfig, telemetry: &http::Telemetry) {
+    match reloaded(argv, vars).await {
         Ok(new) => {
             if new.listen != cfg.listen {
                 tracing::warn!("--listen / AUDSYNC_LISTEN changed: restart audsync to apply it");
@@ -269,13 +266,13 @@ async fn reload(argv: &[OsString], cfg: &mut WatchConfig, telemetry: &http::Tele
     }
 }
 
-async fn reloaded(argv: &[OsString]) -> Result<WatchConfig, String> {
-    let (cli, env) = config::parse_args(argv.iter().cloned()).map_err(|e| match e {
+async fn reloaded(argv: &[OsString], vars: &Vars) -> Result<WatchConfig, String> {
+    let p = config::parse(argv.iter().cloned(), vars.clone()).map_err(|e| match e {
         ParseError::Clap(e) => e.to_string().trim().to_string(),
         ParseError::Config(e) => e.to_string(),
     })?;
-    match cli.command {
-        Command::Watch(a) => WatchConfig::load(&a, env).await.map_err(|e| e.to_string()),
+    match &p.cli.command {
+        Command::Watch(a) => WatchConfig::load(a, &p).await.map_err(|e| e.to_string()),
         _ => Err("the command line is no longer a watch command".into()),
     }
 }

@@ -212,6 +212,12 @@ impl Client {
             .await
     }
 
+    /// Every application of the account, all pages (one listing serves every binding).
+    pub async fn all_apps(&self, account: &str) -> Result<Vec<AccessApp>, Error> {
+        self.list_all(&format!("/accounts/{account}/access/apps"), &[], PER_PAGE)
+            .await
+    }
+
     /// The application for `host`: server filter, every page, then our own matching. Whether
     /// the `domain` filter also looks at `destinations` is unconfirmed, so when the filtered
     /// answer holds no match, every application is listed and matched here.

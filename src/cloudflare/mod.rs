@@ -150,6 +150,8 @@ pub struct Page<T> {
 
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// Requests sent (every attempt), shared by clones: the pass reports it.
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
     http: Result<reqwest::Client, String>,
     base: String,
     auth: Auth,
@@ -165,11 +167,21 @@ impl Client {
                 .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION"))),
         );
         Client {
+            requests: Default::default(),
             http,
             base: base.trim_end_matches('/').to_string(),
             auth,
             retry,
         }
+    }
+
+    /// How many HTTP requests this client (and its clones) sent.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_request(&self) {
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// GET a single object and decode `result`.
@@ -263,6 +275,7 @@ impl Client {
                 req = req.json(b);
             }
             tracing::debug!(%method, path, attempt, "cloudflare request");
+            self.count_request();
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(source) => {

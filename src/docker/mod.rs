@@ -205,7 +205,7 @@ impl Target for Container {
         self.group.clone()
     }
 
-    async fn observe(&mut self, key: &str) -> Result<TargetObservation, ActionError> {
+    async fn observe(&mut self, keys: &[String], watch: &[String]) -> Result<TargetObservation, ActionError> {
         let info = self
             .engine
             .docker
@@ -214,7 +214,16 @@ impl Target for Container {
             .map_err(|e| container_error(&self.name, "inspect", &e))?;
         let env = info.config.and_then(|c| c.env).unwrap_or_default();
         Ok(TargetObservation {
-            env_value: env_value(&env, key),
+            env: keys
+                .iter()
+                .filter_map(|k| Some((k.clone(), env_value(&env, k)?)))
+                .collect(),
+            // Names only: the values are secrets.
+            carries: watch
+                .iter()
+                .filter(|w| env_value(&env, w).is_some_and(|v| !v.is_empty()))
+                .cloned()
+                .collect(),
         })
     }
 
@@ -237,8 +246,9 @@ impl Target for Container {
             .map_err(|e| container_error(&self.name, "restart", &e))
     }
 
-    async fn recreate(&mut self, key: &str, value: &str) -> Result<(), ActionError> {
-        recreate::recreate(&self.engine.docker, &self.name, key, value, &self.opts).await
+    async fn recreate(&mut self, changes: &crate::reconcile::Values) -> Result<(), ActionError> {
+        let changes: Vec<(String, String)> = changes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        recreate::recreate(&self.engine.docker, &self.name, &changes, &self.opts).await
     }
 }
 

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{Error, Observation, SinkInfo, WriteOutcome};
+use super::{Error, WriteOutcome};
 
 const BOM: &str = "\u{feff}";
 
@@ -187,6 +187,16 @@ fn split_ending(line: &str) -> (usize, &str) {
     }
 }
 
+/// The line (1-based) of the last assignment of each key: where an error or `audsync config`
+/// points, never the text.
+pub fn key_lines(content: &str) -> BTreeMap<String, usize> {
+    let body = content.strip_prefix(BOM).unwrap_or(content);
+    body.split_inclusive('\n')
+        .enumerate()
+        .filter_map(|(i, line)| Some((parse_assignment(line)?.key.to_string(), i + 1)))
+        .collect()
+}
+
 /// Parse like dotenvy does (what compose-style readers and our own config see).
 pub fn parse(content: &str) -> Result<BTreeMap<String, String>, String> {
     let body = content.strip_prefix(BOM).unwrap_or(content);
@@ -247,23 +257,14 @@ fn referring_keys<'a>(content: &'a str, key: &str) -> std::collections::BTreeSet
         .collect()
 }
 
-/// The `.env` file sink for one key.
+/// The `.env` file sink: every key bound to this file, written in one atomic write.
 #[derive(Debug, Clone)]
 pub struct EnvFileSink {
     pub path: PathBuf,
-    pub key: String,
     pub mode: WriteMode,
 }
 
 impl EnvFileSink {
-    pub fn info(&self) -> SinkInfo {
-        SinkInfo {
-            kind: "env",
-            target: self.path.display().to_string(),
-            key: self.key.clone(),
-        }
-    }
-
     fn err(&self, msg: impl Into<String>) -> Error {
         Error::EnvFile {
             path: self.path.clone(),
@@ -272,53 +273,50 @@ impl EnvFileSink {
     }
 
     fn read(&self) -> Result<Option<String>, Error> {
-        match fs::read(&self.path) {
-            Ok(b) => String::from_utf8(b)
-                .map(Some)
-                .map_err(|_| self.err("the file is not UTF-8 text")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err(format!("cannot read: {e}"))),
-        }
+        crate::fsx::read_text(&self.path).map_err(|e| self.err(e))
     }
 
-    pub fn observe(&self, desired: &str) -> Result<Observation, Error> {
-        let content = self.read()?;
-        let Some(content) = content else {
-            return Ok(Observation {
-                current: None,
-                needs_write: true,
-                version: None,
-            });
+    /// What the file holds for each key of `desired`.
+    pub fn observe_all(&self, desired: &BTreeMap<String, String>) -> Result<BTreeMap<String, crate::reconcile::KeyObservation>, Error> {
+        use crate::reconcile::KeyObservation;
+        let Some(content) = self.read()? else {
+            return Ok(desired
+                .keys()
+                .map(|k| (k.clone(), KeyObservation { current: None, needs_write: true, version: None }))
+                .collect());
         };
-        let edited = set_key(&content, &self.key, desired).map_err(|e| self.err(e))?;
-        if edited == content {
-            // Every assignment already holds exactly `desired`: no need to parse the file.
-            return Ok(Observation {
-                current: Some(desired.to_string()),
-                needs_write: false,
-                version: None,
-            });
+        let mut parsed: Option<BTreeMap<String, String>> = None;
+        let mut out = BTreeMap::new();
+        for (key, value) in desired {
+            let edited = set_key(&content, key, value).map_err(|e| self.err(format!("{key}: {e}")))?;
+            if edited == content {
+                // Every assignment already holds exactly `value`: no need to parse the file.
+                out.insert(key.clone(), KeyObservation { current: Some(value.clone()), needs_write: false, version: None });
+                continue;
+            }
+            if parsed.is_none() {
+                parsed = Some(parse(&content).map_err(|e| {
+                    self.err(format!("does not parse as a .env file ({e}); fix it by hand"))
+                })?);
+            }
+            let current = parsed.as_ref().and_then(|p| p.get(key).cloned());
+            out.insert(key.clone(), KeyObservation { current, needs_write: true, version: None });
         }
-        let current = parse(&content)
-            .map_err(|e| {
-                self.err(format!(
-                    "does not parse as a .env file ({e}); fix it by hand"
-                ))
-            })?
-            .remove(&self.key);
-        Ok(Observation {
-            current,
-            needs_write: true,
-            version: None,
-        })
+        Ok(out)
     }
 
-    pub fn write(&self, desired: &str) -> Result<WriteOutcome, Error> {
+    /// Set every key of `desired`, each edit proven by re-parsing, in one write.
+    pub fn write_all(&self, desired: &BTreeMap<String, String>) -> Result<WriteOutcome, Error> {
         let content = self.read()?;
-        let new = match &content {
-            Some(c) => checked_edit(c, &self.key, desired).map_err(|e| self.err(e))?,
-            None => set_key("", &self.key, desired).map_err(|e| self.err(e))?,
-        };
+        let mut new = content.clone().unwrap_or_default();
+        for (key, value) in desired {
+            new = if content.is_some() {
+                checked_edit(&new, key, value)
+            } else {
+                set_key(&new, key, value)
+            }
+            .map_err(|e| self.err(e))?;
+        }
         if content.as_deref() == Some(new.as_str()) {
             return Ok(WriteOutcome::Unchanged);
         }

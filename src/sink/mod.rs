@@ -6,10 +6,11 @@
 pub mod envfile;
 pub mod infisical;
 
-use std::future::Future;
 use std::path::PathBuf;
 
 use serde::Serialize;
+
+use crate::reconcile;
 
 pub use envfile::{EnvFileSink, WriteMode};
 pub use infisical::InfisicalSink;
@@ -24,7 +25,7 @@ pub enum SinkKind {
     Infisical,
 }
 
-/// What a sink is, for plans, logs and JSON.
+/// What one key of a sink is, for logs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SinkInfo {
     pub kind: &'static str,
@@ -33,7 +34,7 @@ pub struct SinkInfo {
     pub key: String,
 }
 
-/// What a sink holds now.
+/// What a sink holds now for one key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     pub current: Option<String>,
@@ -89,40 +90,103 @@ impl Error {
     }
 }
 
-/// The interface `reconcile` drives.
-pub trait Sink: Send {
-    fn info(&self) -> SinkInfo;
-    fn observe(&mut self, desired: &str)
-    -> impl Future<Output = Result<Observation, Error>> + Send;
-    fn write(&mut self, desired: &str) -> impl Future<Output = Result<WriteOutcome, Error>> + Send;
-}
-
-/// Every sink the binary knows, behind one type.
+/// Every sink the binary knows, behind one type, as `reconcile` drives it: one `.env` file
+/// (all its keys in one write), or one Infisical folder (one secret per key).
 #[derive(Debug)]
 pub enum AnySink {
     Env(EnvFileSink),
-    Infisical(Box<InfisicalSink>),
+    Infisical(Vec<InfisicalSink>),
 }
 
-impl Sink for AnySink {
-    fn info(&self) -> SinkInfo {
+fn port_error(e: Error) -> reconcile::SinkError {
+    reconcile::SinkError {
+        hint: e.hint(),
+        message: e.to_string(),
+    }
+}
+
+impl AnySink {
+    /// The Infisical writes held for approval as this pass leaves them.
+    pub fn pending(&self) -> Vec<crate::state::PendingWrite> {
         match self {
-            AnySink::Env(s) => s.info(),
-            AnySink::Infisical(s) => s.info(),
+            AnySink::Env(_) => vec![],
+            AnySink::Infisical(v) => v.iter().filter_map(|s| s.pending().cloned()).collect(),
+        }
+    }
+}
+
+impl reconcile::Sink for AnySink {
+    fn info(&self) -> reconcile::SinkInfo {
+        match self {
+            AnySink::Env(s) => reconcile::SinkInfo {
+                kind: "env",
+                target: s.path.display().to_string(),
+            },
+            AnySink::Infisical(v) => {
+                let i = v.first().map(|s| s.info());
+                reconcile::SinkInfo {
+                    kind: "infisical",
+                    target: i.map(|i| i.target).unwrap_or_default(),
+                }
+            }
         }
     }
 
-    async fn observe(&mut self, desired: &str) -> Result<Observation, Error> {
+    async fn observe(&mut self, desired: &reconcile::Values) -> Result<reconcile::SinkObservation, reconcile::SinkError> {
         match self {
-            AnySink::Env(s) => s.observe(desired),
-            AnySink::Infisical(s) => s.observe(desired).await,
+            AnySink::Env(s) => s.observe_all(desired).map_err(port_error),
+            AnySink::Infisical(v) => {
+                let mut out = reconcile::SinkObservation::new();
+                for s in v.iter_mut() {
+                    let key = s.info().key;
+                    let Some(want) = desired.get(&key) else { continue };
+                    let o = s.observe(want).await.map_err(port_error)?;
+                    out.insert(
+                        key,
+                        reconcile::KeyObservation {
+                            current: o.current,
+                            needs_write: o.needs_write,
+                            version: o.version,
+                        },
+                    );
+                }
+                Ok(out)
+            }
         }
     }
 
-    async fn write(&mut self, desired: &str) -> Result<WriteOutcome, Error> {
+    async fn write(&mut self, desired: &reconcile::Values) -> Result<reconcile::WriteOutcome, reconcile::SinkError> {
         match self {
-            AnySink::Env(s) => s.write(desired),
-            AnySink::Infisical(s) => s.write(desired).await,
+            AnySink::Env(s) => s.write_all(desired).map_err(port_error).map(|w| match w {
+                WriteOutcome::Unchanged => reconcile::WriteOutcome::Unchanged,
+                _ => reconcile::WriteOutcome::Written { versions: Default::default() },
+            }),
+            AnySink::Infisical(v) => {
+                // One secret per key; a held or failed one stops the folder's later keys.
+                let mut versions = std::collections::BTreeMap::new();
+                let mut wrote = false;
+                for s in v.iter_mut() {
+                    let key = s.info().key;
+                    let Some(want) = desired.get(&key) else { continue };
+                    match s.write(want).await.map_err(port_error)? {
+                        WriteOutcome::Unchanged => {}
+                        WriteOutcome::Written { version } => {
+                            wrote = true;
+                            if let Some(n) = version {
+                                versions.insert(key, n);
+                            }
+                        }
+                        WriteOutcome::PendingApproval { detail } => {
+                            return Ok(reconcile::WriteOutcome::PendingApproval { detail });
+                        }
+                    }
+                }
+                Ok(if wrote {
+                    reconcile::WriteOutcome::Written { versions }
+                } else {
+                    reconcile::WriteOutcome::Unchanged
+                })
+            }
         }
     }
 }

@@ -82,8 +82,8 @@ impl Telemetry {
             "Reconcile passes run, by status (in_sync, changed, pending, failed)",
             passes.clone(),
         );
-        for status in ["in_sync", "changed", "pending", "failed"] {
-            let _ = passes.get_or_create(&[("status", status)]);
+        for status in crate::sync::Status::ALL {
+            let _ = passes.get_or_create(&[("status", status.as_str())]);
         }
         let failures = Family::<Labels1, Counter>::default();
         registry.register(
@@ -192,9 +192,9 @@ impl Telemetry {
 
     /// Account for one finished pass.
     pub fn record(&self, r: &Report, elapsed: Duration) {
-        self.passes.get_or_create(&[("status", r.status)]).inc();
+        self.passes.get_or_create(&[("status", r.status.as_str())]).inc();
         self.duration.observe(elapsed.as_secs_f64());
-        let failed = r.status == "failed";
+        let failed = r.status == crate::sync::Status::Failed;
         let now = unix_now();
         if failed {
             let stage = r.stage.unwrap_or(Stage::Source);
@@ -204,19 +204,19 @@ impl Telemetry {
         } else {
             self.last_success.set(now);
         }
-        if r.sinks.iter().any(|s| s.result == "written") {
+        if r.wrote() {
             self.aud_changes.inc();
             self.last_change.set(now);
         }
-        for c in &r.containers {
+        for c in &r.targets {
             let action = match c.action {
                 Action::Restart => "restart",
                 Action::Recreate => "recreate",
                 Action::None => continue,
             };
             let result = match c.result {
-                "done" => "done",
-                "failed" => "failed",
+                crate::reconcile::TargetResult::Done => "done",
+                crate::reconcile::TargetResult::Failed => "failed",
                 _ => continue,
             };
             self.container_actions
@@ -333,22 +333,16 @@ mod tests {
     use super::*;
 
     fn report(status: &'static str, stage: Option<Stage>) -> Report {
-        Report {
-            aud: None,
-            previous: None,
-            changed: false,
-            dry_run: false,
-            status,
-            exit_code: 0,
-            app: None,
-            sinks: vec![],
-            containers: vec![],
-            recovered: vec![],
-            error: None,
-            hint: None,
-            stage,
-            tunnel: None,
-        }
+        let mut r = Report::from_error(&crate::error::Error::failed("x", None), false);
+        r.status = match status {
+            "failed" => crate::sync::Status::Failed,
+            "changed" => crate::sync::Status::Changed,
+            "pending" => crate::sync::Status::Pending,
+            _ => crate::sync::Status::InSync,
+        };
+        r.error = None;
+        r.stage = stage;
+        r
     }
 
     #[test]

@@ -1,9 +1,17 @@
-//! Configuration: flags > process environment > the `.env` file > defaults, validated once.
+//! Configuration: flags > process environment > the `.env` file > the config file > defaults,
+//! turned into typed, validated configurations once, before anything is contacted.
 //!
-//! [`parse_args`] runs clap twice: once to learn which `.env` file to read, then again with that
-//! file's values installed as defaults, so every option's precedence is the same and `--help`
-//! states it. Secrets never come from flags; [`Env::secret`] reads `NAME` or the file named by
-//! `NAME_FILE`, and returns a [`Secret`].
+//! This is the only module that reads the process environment, clap's matches or the config
+//! file. [`parse`] runs clap with every option's environment lookup done here, from the
+//! [`layers::Env`] layers (process snapshot, `.env`, `audsync.toml`), installed as defaults:
+//! so the precedence is the same for every option, tested in-process with injected variables,
+//! and each value's [`Origin`] is known (`audsync config`). Secrets never come from flags;
+//! [`Env::secret`] reads `NAME` or the file named by `NAME_FILE`, and returns a [`Secret`].
+
+pub mod file;
+pub mod layers;
+pub mod show;
+pub mod sync;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -11,129 +19,25 @@ use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, FromArgMatches};
 
-use crate::cli::{AccessArgs, Cli, Origin, SourceArgs};
+use crate::cli::{AccessArgs, Cli, Command, Origin as SourceOrigin, SourceArgs};
 use crate::cloudflare::Auth;
 use crate::error::Error;
-use crate::secret::Secret;
-use crate::sink::envfile;
 
-/// Process environment first, then the `.env` file. Its `Debug` shows the keys only: the
-/// `.env` file holds the API token.
-#[derive(Clone, Default)]
-pub struct Env {
-    pub env_file: Option<PathBuf>,
-    dotenv: BTreeMap<String, String>,
-    /// Values read from a secret store (Infisical): the last layer, below the `.env` file.
-    fetched: BTreeMap<String, Secret>,
-}
+pub use file::FileConfig;
+pub use layers::{Env, Origin, Vars};
+pub use sync::{Binding, BindingSink, BindingTarget, SyncConfig};
 
-impl std::fmt::Debug for Env {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Env")
-            .field("env_file", &self.env_file)
-            .field("dotenv_keys", &self.dotenv.keys().collect::<Vec<_>>())
-            .field("fetched_keys", &self.fetched.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-impl Env {
-    pub fn from_file(path: &Path) -> Result<Env, Error> {
-        let dotenv = match std::fs::read(path) {
-            Ok(bytes) => {
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| Error::usage(format!("{}: not UTF-8 text", path.display())))?;
-                envfile::parse(&text).map_err(|e| {
-                    Error::usage(format!(
-                        "{}: does not parse as a .env file: {e}",
-                        path.display()
-                    ))
-                })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(Error::usage(format!("cannot read {}: {e}", path.display()))),
-        };
-        Ok(Env {
-            env_file: Some(path.to_path_buf()),
-            dotenv,
-            fetched: BTreeMap::new(),
-        })
-    }
-
-    /// A non-empty value from the process environment, else from the `.env` file, else one
-    /// fetched from a secret store ([`Env::with_fetched`]).
-    pub fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .or_else(|| self.dotenv.get(name).filter(|v| !v.is_empty()).cloned())
-            .or_else(|| {
-                self.fetched
-                    .get(name)
-                    .map(|v| v.expose().to_string())
-                    .filter(|v| !v.is_empty())
-            })
-    }
-
-    /// Add a value read from a secret store, below every other layer.
-    pub fn with_fetched(mut self, name: &str, value: Secret) -> Env {
-        self.fetched.insert(name.to_string(), value);
-        self
-    }
-
-    /// `NAME`, or the contents of the file named by `NAME_FILE` (trailing newline dropped).
-    pub fn secret(&self, name: &str) -> Result<Option<Secret>, Error> {
-        if let Some(v) = self.get(name) {
-            return Ok(Some(Secret::new(v)));
-        }
-        let file_var = format!("{name}_FILE");
-        let Some(path) = self.get(&file_var) else {
-            return Ok(None);
-        };
-        let raw = std::fs::read_to_string(&path)
-            .map_err(|e| Error::usage(format!("{file_var}={path}: cannot read the file: {e}")))?;
-        let v = raw.trim_end_matches(['\n', '\r']).to_string();
-        if v.is_empty() {
-            return Err(Error::usage(format!(
-                "{file_var}={path}: the file is empty"
-            )));
-        }
-        Ok(Some(Secret::new(v)))
-    }
-
-    fn dotenv_value(&self, name: &str) -> Option<&String> {
-        if std::env::var_os(name).is_some() {
-            return None;
-        }
-        self.dotenv.get(name)
-    }
-}
-
-/// Parse the command line with the `.env` layer applied. Clap errors (including `--help`) are
-/// returned as they are, for clap to print.
-pub fn parse_args<I, T>(args: I) -> Result<(Cli, Env), ParseError>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    let first = Cli::command()
-        .try_get_matches_from(&args)
-        .map_err(ParseError::Clap)?;
-    let env_file = first
-        .subcommand()
-        .and_then(|(_, m)| m.try_get_one::<PathBuf>("env_file").ok().flatten().cloned());
-    let Some(path) = env_file else {
-        let cli = Cli::from_arg_matches(&first).map_err(ParseError::Clap)?;
-        return Ok((cli, Env::default()));
-    };
-    let env = Env::from_file(&path).map_err(ParseError::Config)?;
-    let sub = first.subcommand_name().unwrap_or_default().to_string();
-    let cmd = with_dotenv_defaults(Cli::command(), &env);
-    let cmd = cmd.mut_subcommand(&sub, |sc| with_dotenv_defaults(sc, &env));
-    let matches = cmd.try_get_matches_from(&args).map_err(ParseError::Clap)?;
-    let cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
-    Ok((cli, env))
+/// A parsed command line with every layer applied.
+#[derive(Debug)]
+pub struct Parsed {
+    pub cli: Cli,
+    pub env: Env,
+    /// Where each option's value came from, by clap id (of the subcommand's options).
+    pub origins: BTreeMap<String, Origin>,
+    /// The config file, when one is used.
+    pub file: Option<FileConfig>,
+    /// The subcommand's matches (raw flag values for `audsync config`).
+    pub matches: Option<clap::ArgMatches>,
 }
 
 #[derive(Debug)]
@@ -142,26 +46,162 @@ pub enum ParseError {
     Config(Error),
 }
 
-/// Install `.env` values as defaults of the options whose variable the process env lacks.
-fn with_dotenv_defaults(mut cmd: clap::Command, env: &Env) -> clap::Command {
-    let ids: Vec<(clap::Id, String, Option<char>)> = cmd
-        .get_arguments()
-        .filter_map(|a| {
-            let name = a.get_env()?.to_str()?.to_string();
-            Some((a.get_id().clone(), name, a.get_value_delimiter()))
+/// Parse `args` against the variables `vars` (the process environment, or a test's), reading
+/// the `.env` file and the config file they name. Clap errors (including `--help`) are returned
+/// as they are, for clap to print.
+pub fn parse<I, T>(args: I, vars: Vars) -> Result<Parsed, ParseError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let bare = Env::new(vars.clone());
+    let first = match layered_all(Cli::command(), &bare).try_get_matches_from(&args) {
+        Ok(m) => m,
+        // Help, version and usage errors from the command as users see it (env annotations).
+        Err(_) => {
+            let e = Cli::command()
+                .try_get_matches_from(&args)
+                .err()
+                .unwrap_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidValue));
+            return Err(ParseError::Clap(e));
+        }
+    };
+    let sub_name = first.subcommand_name().unwrap_or_default().to_string();
+    let sub = first.subcommand().map(|(_, m)| m);
+    let given = |id: &str| {
+        sub.is_some_and(|m| {
+            m.try_contains_id(id).unwrap_or(false)
+                && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
         })
-        .collect();
-    for (id, name, delim) in ids {
-        if let Some(v) = env.dotenv_value(&name).cloned() {
-            cmd = cmd.mut_arg(id, |a| match delim {
-                Some(d) => {
-                    a.default_values(v.split(d).map(|s| s.trim().to_string()).collect::<Vec<_>>())
-                }
-                None => a.default_value(v),
-            });
+    };
+    // The config file: --config, AUDSYNC_CONFIG, else ./audsync.toml when present.
+    let config_path: Option<PathBuf> = first
+        .get_one::<PathBuf>("config")
+        .cloned()
+        .or_else(|| {
+            let p = Path::new(file::DEFAULT_NAME);
+            p.is_file().then(|| p.to_path_buf())
+        });
+    let file = match &config_path {
+        Some(p) => Some(file::load(p).map_err(|problems| {
+            ParseError::Config(Error::usage(format!(
+                "{} does not validate:\n  {}",
+                p.display(),
+                problems.join("\n  ")
+            )))
+        })?),
+        None => None,
+    };
+    // The .env file is read for settings as it always was, unless a config file is used: then
+    // only when named explicitly (the config file is where audsync's settings live).
+    let env_file = sub
+        .and_then(|m| m.try_get_one::<PathBuf>("env_file").ok().flatten().cloned())
+        .filter(|_| file.is_none() || given("env_file") || vars.get("AUDSYNC_ENV_FILE").is_some());
+    let mut env = bare;
+    if let Some(f) = &file {
+        env = env.with_file_layer(f.layer());
+    }
+    if let Some(p) = &env_file {
+        env = env.with_env_file(p).map_err(ParseError::Config)?;
+    }
+    let cmd = layered_all(Cli::command(), &env);
+    let matches = cmd.clone().try_get_matches_from(&args).map_err(ParseError::Clap)?;
+    let mut origins = BTreeMap::new();
+    if let Some(sc) = cmd.find_subcommand(&sub_name)
+        && let Some((_, m)) = matches.subcommand()
+    {
+        for a in sc.get_arguments() {
+            let id = a.get_id().as_str();
+            let origin = match m.value_source(id) {
+                Some(clap::parser::ValueSource::CommandLine) => Origin::Flag,
+                Some(_) => env_name(a)
+                    .and_then(|n| env.lookup(&n))
+                    .map(|(_, o)| o)
+                    .unwrap_or(Origin::Default),
+                None => continue,
+            };
+            origins.insert(id.to_string(), origin);
         }
     }
+    let cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+    let mut parsed = Parsed {
+        cli,
+        env,
+        origins,
+        file,
+        matches: matches.subcommand().map(|(_, m)| m.clone()),
+    };
+    sync::select_single_binding(&mut parsed).map_err(ParseError::Config)?;
+    Ok(parsed)
+}
+
+/// [`layered`] for the command and every subcommand.
+fn layered_all(cmd: clap::Command, env: &Env) -> clap::Command {
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    let mut cmd = layered(cmd, env);
+    for n in names {
+        cmd = cmd.mut_subcommand(n, |sc| layered(sc, env));
+    }
     cmd
+}
+
+/// The variable an option reads, from its clap definition (`env = "…"`).
+fn env_name(a: &clap::Arg) -> Option<String> {
+    a.get_env()?.to_str().map(str::to_string)
+}
+
+/// The command with clap's own environment lookups replaced by the layers of `env`: each
+/// option's variable, when any layer sets it, becomes its default.
+fn layered(mut cmd: clap::Command, env: &Env) -> clap::Command {
+    let ids: Vec<(clap::Id, String, Option<char>)> = cmd
+        .get_arguments()
+        .filter_map(|a| Some((a.get_id().clone(), env_name(a)?, a.get_value_delimiter())))
+        .collect();
+    for (id, name, delim) in ids {
+        let value = env.layer_default(&name);
+        cmd = cmd.mut_arg(id, |a| {
+            let a = a.env(None::<&'static str>);
+            match (value, delim) {
+                (Some(v), Some(d)) => a.default_values(
+                    v.split(d).map(|s| s.trim().to_string()).collect::<Vec<_>>(),
+                ),
+                (Some(v), None) => a.default_value(v),
+                (None, _) => a,
+            }
+        });
+    }
+    cmd
+}
+
+/// The names of audsync's own settings and credentials: every variable an option of audsync
+/// reads (AUDSYNC_*, and the credentials). Finding one in an app container's environment means
+/// the `.env` it shares with the app leaks it.
+pub fn own_variables() -> std::collections::BTreeSet<String> {
+    let mut names: std::collections::BTreeSet<String> = [
+        "CLOUDFLARE_API_TOKEN",
+        "CLOUDFLARE_API_KEY",
+        "INFISICAL_CLIENT_ID",
+        "INFISICAL_CLIENT_SECRET",
+        "INFISICAL_TOKEN",
+    ]
+    .iter()
+    .flat_map(|n| [n.to_string(), format!("{n}_FILE")])
+    .collect();
+    let cmd = Cli::command();
+    for sc in cmd.get_subcommands() {
+        for a in sc.get_arguments() {
+            if let Some(n) = env_name(a).filter(|n| n.starts_with("AUDSYNC_")) {
+                names.insert(n);
+            }
+        }
+    }
+    names
+}
+
+/// The subcommand of a parsed command line.
+pub fn command(p: &Parsed) -> &Command {
+    &p.cli.command
 }
 
 /// Which application to read.
@@ -240,10 +280,10 @@ impl SourceConfig {
     pub fn from_args_with(
         a: &SourceArgs,
         env: &Env,
-        origin: Origin,
+        origin: SourceOrigin,
         access: &AccessArgs,
     ) -> Result<SourceConfig, Error> {
-        if origin == Origin::Api {
+        if origin == SourceOrigin::Api {
             return Self::from_args(a, env);
         }
         if a.app_id.is_some() {
@@ -262,7 +302,7 @@ impl SourceConfig {
             }
         };
         let url = url.map_or_else(|| format!("https://{host}/"), |u| u.to_string());
-        let any_credential = crate::config::has_cloudflare_credentials(env);
+        let any_credential = has_cloudflare_credentials(env);
         let auth = if any_credential {
             cloudflare_auth(env)?
         } else {
@@ -382,19 +422,6 @@ pub fn validate_key(key: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_debug_shows_keys_not_values() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join(".env");
-        std::fs::write(&p, "CLOUDFLARE_API_TOKEN=very-secret-token\n").unwrap();
-        let env = Env::from_file(&p).unwrap();
-        let shown = format!("{env:?}");
-        assert!(
-            shown.contains("CLOUDFLARE_API_TOKEN") && !shown.contains("very-secret-token"),
-            "{shown}"
-        );
-    }
 
     #[test]
     fn ids_and_hosts_are_validated() {

@@ -1,0 +1,456 @@
+//! The config file (`audsync.toml`): settings for the whole stack and one `[[binding]]` per
+//! protected host.
+//!
+//! The file is walked by hand over the TOML parser's spanned tree, so every problem is listed
+//! at once with its line, and no message ever quotes a value (a mistyped secret must not be
+//! printed). Settings map onto the same variable names as the environment (`cloudflare.account_id`
+//! is `CLOUDFLARE_ACCOUNT_ID`) and become a layer below it; relative paths are taken from the
+//! file's directory. Inline secrets are accepted only from a file that is mode 0600 and owned by
+//! the running user.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::layers::FileLayer;
+
+/// The default config file, looked for in the working directory.
+pub const DEFAULT_NAME: &str = "audsync.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Plain,
+    /// A path: relative paths are taken from the config file's directory.
+    Path,
+    /// A credential: inline only in a private file; shown redacted.
+    Secret,
+}
+
+/// Every setting the file may carry outside `[[binding]]`: (table.key, variable, kind).
+pub const SETTINGS: &[(&str, &str, Kind)] = &[
+    ("cloudflare.account_id", "CLOUDFLARE_ACCOUNT_ID", Kind::Plain),
+    ("cloudflare.api_url", "CLOUDFLARE_API_URL", Kind::Plain),
+    ("cloudflare.token", "CLOUDFLARE_API_TOKEN", Kind::Secret),
+    ("cloudflare.token_file", "CLOUDFLARE_API_TOKEN_FILE", Kind::Path),
+    ("cloudflare.email", "CLOUDFLARE_EMAIL", Kind::Plain),
+    ("cloudflare.api_key", "CLOUDFLARE_API_KEY", Kind::Secret),
+    ("cloudflare.api_key_file", "CLOUDFLARE_API_KEY_FILE", Kind::Path),
+    ("cloudflare.auth_domain", "CLOUDFLARE_AUTH_DOMAIN", Kind::Plain),
+    ("cloudflare.team_name", "CLOUDFLARE_TEAM_NAME", Kind::Plain),
+    ("infisical.host", "INFISICAL_HOST", Kind::Plain),
+    ("infisical.project_id", "INFISICAL_PROJECT_ID", Kind::Plain),
+    ("infisical.environment", "INFISICAL_ENVIRONMENT", Kind::Plain),
+    ("infisical.secret_path", "INFISICAL_SECRET_PATH", Kind::Plain),
+    ("infisical.api", "AUDSYNC_INFISICAL_API", Kind::Plain),
+    ("infisical.client_id", "INFISICAL_CLIENT_ID", Kind::Secret),
+    ("infisical.client_id_file", "INFISICAL_CLIENT_ID_FILE", Kind::Path),
+    ("infisical.client_secret", "INFISICAL_CLIENT_SECRET", Kind::Secret),
+    ("infisical.client_secret_file", "INFISICAL_CLIENT_SECRET_FILE", Kind::Path),
+    ("infisical.token", "INFISICAL_TOKEN", Kind::Secret),
+    ("infisical.token_file", "INFISICAL_TOKEN_FILE", Kind::Path),
+    ("timeout", "AUDSYNC_TIMEOUT", Kind::Plain),
+    ("state_file", "AUDSYNC_STATE_FILE", Kind::Path),
+    ("lock_timeout", "AUDSYNC_LOCK_TIMEOUT", Kind::Plain),
+    ("write_mode", "AUDSYNC_WRITE_MODE", Kind::Plain),
+    ("restart", "AUDSYNC_RESTART", Kind::Plain),
+    ("settle", "AUDSYNC_SETTLE", Kind::Plain),
+    ("health_timeout", "AUDSYNC_HEALTH_TIMEOUT", Kind::Plain),
+    ("output", "AUDSYNC_OUTPUT", Kind::Plain),
+    ("log_format", "AUDSYNC_LOG_FORMAT", Kind::Plain),
+    ("source", "AUDSYNC_SOURCE", Kind::Plain),
+    ("interval", "AUDSYNC_INTERVAL", Kind::Plain),
+    ("jitter", "AUDSYNC_JITTER", Kind::Plain),
+    ("listen", "AUDSYNC_LISTEN", Kind::Plain),
+    ("unhealthy_after", "AUDSYNC_UNHEALTHY_AFTER", Kind::Plain),
+];
+
+/// The keys a `[[binding]]` may carry.
+pub const BINDING_KEYS: &[&str] = &[
+    "name",
+    "domain",
+    "app_id",
+    "key",
+    "sinks",
+    "targets",
+    "restart",
+    "tunnel_id",
+    "source",
+    "url",
+];
+
+/// A value with the line it was read from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct At<T> {
+    pub value: T,
+    pub line: usize,
+}
+
+/// Where a binding writes the value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkSpec {
+    /// A `.env` file (absolute, or relative to the config file's directory).
+    Env(PathBuf),
+    /// A folder (secret path) inside the Infisical project.
+    Infisical(String),
+}
+
+/// What a binding applies the value to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetSpec {
+    Container(String),
+    /// `PROJECT/SERVICE`.
+    ComposeService(String),
+}
+
+/// One `[[binding]]`, as written (validated later, with the other layers, in `config`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileBinding {
+    /// Line of the `[[binding]]` header.
+    pub line: usize,
+    pub fields: BTreeMap<String, At<String>>,
+    pub sinks: Vec<At<SinkSpec>>,
+    pub targets: Vec<At<TargetSpec>>,
+    /// Line of `sinks` / `targets`, when given.
+    pub sinks_line: Option<usize>,
+    pub targets_line: Option<usize>,
+}
+
+impl FileBinding {
+    pub fn get(&self, k: &str) -> Option<&At<String>> {
+        self.fields.get(k)
+    }
+}
+
+/// The parsed file.
+#[derive(Debug, Clone, Default)]
+pub struct FileConfig {
+    pub path: PathBuf,
+    /// Settings by variable name (a layer of [`super::Env`]).
+    pub settings: BTreeMap<String, At<String>>,
+    pub bindings: Vec<FileBinding>,
+}
+
+impl FileConfig {
+    pub fn layer(&self) -> FileLayer {
+        FileLayer {
+            path: self.path.clone(),
+            values: self
+                .settings
+                .iter()
+                .map(|(k, v)| (k.clone(), (v.value.clone(), v.line)))
+                .collect(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Read and check the file; every problem found, each as `path:line: message`.
+pub fn load(path: &Path) -> Result<FileConfig, Vec<String>> {
+    let shown = path.display().to_string();
+    let text = match crate::fsx::read_text(path) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(vec![format!("{shown}: no such file (--config / AUDSYNC_CONFIG)")]),
+        Err(e) => return Err(vec![e]),
+    };
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let private = is_private(path);
+    parse(&text, &abs, private)
+}
+
+/// True when only the running user can read or change the file: mode 0600 (or stricter) and
+/// owned by the effective user.
+fn is_private(path: &Path) -> Result<(), String> {
+    let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let mode = m.permissions().mode() & 0o777;
+    let me = rustix::process::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(format!(
+            "it is owned by uid {}, not by the user running audsync (uid {me})",
+            m.uid()
+        ));
+    }
+    if mode & 0o077 != 0 {
+        return Err(format!("its mode is {mode:o}; run `chmod 600 {}`", path.display()));
+    }
+    Ok(())
+}
+
+/// Parse `text` (the file at `path`). `private` says whether inline secrets are allowed.
+pub fn parse(text: &str, path: &Path, private: Result<(), String>) -> Result<FileConfig, Vec<String>> {
+    let shown = path.display().to_string();
+    let lines = LineIndex::new(text);
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    let mut problems: Vec<String> = errors
+        .iter()
+        .map(|e| {
+            let line = e.span().map(|s| lines.line(s.start)).unwrap_or(0);
+            // The parser's message names the syntax rule only; its Display would quote the
+            // line, which may hold a secret.
+            format!("{shown}:{line}: TOML syntax error: {}", e.message())
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut cfg = FileConfig {
+        path: path.to_path_buf(),
+        ..FileConfig::default()
+    };
+    let at = |s: &std::ops::Range<usize>| lines.line(s.start);
+    for (k, v) in doc.get_ref().iter() {
+        let key = k.get_ref().as_ref();
+        let line = at(&k.span());
+        match (key, v.get_ref()) {
+            ("cloudflare" | "infisical", DeValue::Table(t)) => {
+                for (k2, v2) in t.iter() {
+                    let full = format!("{key}.{}", k2.get_ref());
+                    setting(&full, v2, at(&k2.span()), dir, &private, &shown, &mut cfg, &mut problems);
+                }
+            }
+            ("cloudflare" | "infisical", _) => problems.push(format!("{shown}:{line}: `{key}` must be a table ([{key}])")),
+            ("binding", DeValue::Array(items)) => {
+                for item in items.iter() {
+                    match item.get_ref() {
+                        DeValue::Table(t) => {
+                            let b = binding(t, at(&item.span()), dir, &lines, &shown, &mut problems);
+                            cfg.bindings.push(b);
+                        }
+                        _ => problems.push(format!("{shown}:{}: each binding must be a table ([[binding]])", at(&item.span()))),
+                    }
+                }
+            }
+            ("binding", _) => problems.push(format!("{shown}:{line}: `binding` must be an array of tables ([[binding]])")),
+            _ => setting(key, v, line, dir, &private, &shown, &mut cfg, &mut problems),
+        }
+    }
+    if problems.is_empty() { Ok(cfg) } else { Err(problems) }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn setting(
+    key: &str,
+    v: &Spanned<DeValue<'_>>,
+    line: usize,
+    dir: &Path,
+    private: &Result<(), String>,
+    shown: &str,
+    cfg: &mut FileConfig,
+    problems: &mut Vec<String>,
+) {
+    let Some((_, var, kind)) = SETTINGS.iter().find(|(k, _, _)| *k == key) else {
+        problems.push(format!("{shown}:{line}: unknown setting `{key}` (see the README's config file section)"));
+        return;
+    };
+    let Some(value) = scalar(v.get_ref()) else {
+        problems.push(format!("{shown}:{line}: `{key}` must be a string"));
+        return;
+    };
+    let value = match kind {
+        Kind::Secret => {
+            if let Err(why) = private {
+                problems.push(format!(
+                    "{shown}:{line}: `{key}` is a secret written in the file, but {why}; make the file private, or use `{key}_file` / the {var} environment variable"
+                ));
+                return;
+            }
+            value
+        }
+        Kind::Path => resolve(dir, &value),
+        Kind::Plain => value,
+    };
+    cfg.settings.insert(var.to_string(), At { value, line });
+}
+
+fn binding(
+    t: &DeTable<'_>,
+    line: usize,
+    dir: &Path,
+    lines: &LineIndex,
+    shown: &str,
+    problems: &mut Vec<String>,
+) -> FileBinding {
+    let mut b = FileBinding {
+        line,
+        ..FileBinding::default()
+    };
+    for (k, v) in t.iter() {
+        let key = k.get_ref().as_ref();
+        let kl = lines.line(k.span().start);
+        if !BINDING_KEYS.contains(&key) {
+            problems.push(format!(
+                "{shown}:{kl}: unknown binding key `{key}` (expected one of: {})",
+                BINDING_KEYS.join(", ")
+            ));
+            continue;
+        }
+        match key {
+            "sinks" | "targets" => {
+                let Some(items) = v.get_ref().as_array() else {
+                    problems.push(format!("{shown}:{kl}: `{key}` must be an array of tables, e.g. {key} = [{{ {} }}]", if key == "sinks" { "env = \".env\"" } else { "container = \"lambda-server\"" }));
+                    continue;
+                };
+                if key == "sinks" {
+                    b.sinks_line = Some(kl);
+                } else {
+                    b.targets_line = Some(kl);
+                }
+                for item in items.iter() {
+                    let il = lines.line(item.span().start);
+                    let entry = item.get_ref().as_table().and_then(|t| {
+                        let mut it = t.iter();
+                        let first = it.next()?;
+                        it.next().is_none().then_some(first)
+                    });
+                    let Some((ek, ev)) = entry else {
+                        problems.push(format!("{shown}:{il}: each entry of `{key}` is a table with one key, e.g. {{ env = \"/srv/app/.env\" }}"));
+                        continue;
+                    };
+                    let ek = ek.get_ref().as_ref();
+                    let Some(s) = scalar(ev.get_ref()) else {
+                        problems.push(format!("{shown}:{il}: `{ek}` in `{key}` must be a string"));
+                        continue;
+                    };
+                    match (key, ek) {
+                        ("sinks", "env") => b.sinks.push(At { value: SinkSpec::Env(PathBuf::from(resolve(dir, &s))), line: il }),
+                        ("sinks", "infisical") => b.sinks.push(At { value: SinkSpec::Infisical(s), line: il }),
+                        ("targets", "container") => b.targets.push(At { value: TargetSpec::Container(s), line: il }),
+                        ("targets", "compose_service") => b.targets.push(At { value: TargetSpec::ComposeService(s), line: il }),
+                        ("sinks", other) => problems.push(format!("{shown}:{il}: unknown sink `{other}` (expected env or infisical)")),
+                        (_, other) => problems.push(format!("{shown}:{il}: unknown target `{other}` (expected container or compose_service)")),
+                    }
+                }
+            }
+            _ => match scalar(v.get_ref()) {
+                Some(s) => {
+                    b.fields.insert(key.to_string(), At { value: s, line: kl });
+                }
+                None => problems.push(format!("{shown}:{kl}: binding key `{key}` must be a string")),
+            },
+        }
+    }
+    b
+}
+
+/// A string, or a number or boolean written bare (`timeout = 30` is 30 seconds).
+fn scalar(v: &DeValue<'_>) -> Option<String> {
+    match v {
+        DeValue::String(s) => Some(s.to_string()),
+        DeValue::Integer(i) => Some(i.as_str().to_string()),
+        DeValue::Float(f) => Some(f.as_str().to_string()),
+        DeValue::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn resolve(dir: &Path, p: &str) -> String {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        p.to_string()
+    } else {
+        dir.join(path).display().to_string()
+    }
+}
+
+/// Byte offset -> 1-based line.
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        LineIndex(
+            std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
+        )
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        match self.0.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = r#"# the stack
+timeout = "10s"
+[cloudflare]
+account_id = "0123456789abcdef0123456789abcdef"
+token_file = "secrets/cf-token"
+
+[[binding]]
+domain = "api.example.com"
+key = "CLOUDFLARE_AUD_TAG"
+sinks = [{ env = "lambda/.env" }, { infisical = "/lambda" }]
+targets = [{ container = "lambda-server" }, { compose_service = "localai/lambda" }]
+restart = "auto"
+
+[[binding]]
+app_id = "0f3ad5f4-0000-4000-8000-00000000abcd"
+key = "N8N_AUD"
+sinks = [{ env = "/srv/n8n/.env" }]
+"#;
+
+    #[test]
+    fn settings_and_bindings_with_lines_and_resolved_paths() {
+        let cfg = parse(DOC, Path::new("/etc/audsync/audsync.toml"), Ok(())).unwrap();
+        assert_eq!(cfg.settings["AUDSYNC_TIMEOUT"], At { value: "10s".into(), line: 2 });
+        assert_eq!(cfg.settings["CLOUDFLARE_ACCOUNT_ID"].line, 4);
+        assert_eq!(
+            cfg.settings["CLOUDFLARE_API_TOKEN_FILE"].value,
+            "/etc/audsync/secrets/cf-token"
+        );
+        assert_eq!(cfg.bindings.len(), 2);
+        let b = &cfg.bindings[0];
+        assert_eq!(b.line, 8);
+        assert_eq!(b.get("domain").unwrap().value, "api.example.com");
+        assert_eq!(
+            b.sinks.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
+            vec![
+                SinkSpec::Env("/etc/audsync/lambda/.env".into()),
+                SinkSpec::Infisical("/lambda".into())
+            ]
+        );
+        assert_eq!(b.targets[1].value, TargetSpec::ComposeService("localai/lambda".into()));
+        assert_eq!(cfg.bindings[1].sinks[0].value, SinkSpec::Env("/srv/n8n/.env".into()));
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_line() {
+        let doc = "tmeout = \"1s\"\n[cloudflare]\naccount = \"x\"\n[[binding]]\ndomian = \"a\"\nsinks = [{ file = \"x\" }]\n";
+        let p = parse(doc, Path::new("a.toml"), Ok(())).unwrap_err();
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p[0].starts_with("a.toml:1: unknown setting `tmeout`"), "{p:?}");
+        assert!(p[1].starts_with("a.toml:3: unknown setting `cloudflare.account`"), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("a.toml:5: unknown binding key `domian`")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("a.toml:6: unknown sink `file`")), "{p:?}");
+    }
+
+    #[test]
+    fn an_inline_secret_needs_a_private_file_and_is_never_quoted() {
+        let doc = "[cloudflare]\ntoken = \"cf-SECRET-value\"\n";
+        let p = parse(doc, Path::new("a.toml"), Err("its mode is 644".into())).unwrap_err();
+        assert!(p[0].contains("a.toml:2") && p[0].contains("chmod") || p[0].contains("mode is 644"), "{p:?}");
+        assert!(!p[0].contains("cf-SECRET-value"));
+        let ok = parse(doc, Path::new("a.toml"), Ok(())).unwrap();
+        assert_eq!(ok.settings["CLOUDFLARE_API_TOKEN"].value, "cf-SECRET-value");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_not_the_text() {
+        let doc = "[cloudflare]\ntoken = \"cf-SECRET-unclosed\nemail = \"a@b.c\"\n";
+        let p = parse(doc, Path::new("a.toml"), Ok(())).unwrap_err();
+        assert!(p.iter().all(|m| !m.contains("cf-SECRET")), "{p:?}");
+        assert!(p[0].starts_with("a.toml:2: TOML syntax error"), "{p:?}");
+    }
+}

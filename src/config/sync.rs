@@ -1,0 +1,564 @@
+//! The `sync` / `watch` configuration: settings for the pass plus every binding, from the flags
+//! (one binding, as always) or from the config file's `[[binding]]` tables.
+//!
+//! Validation lists every problem of the file at once. Binding options given as flags or
+//! environment variables are refused when the file defines bindings (they would be ambiguous),
+//! except `--domain` / `--app-id`, which select bindings, and `--restart`, which overrides every
+//! binding's.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::{Command, Origin as SourceOrigin, Output, SyncArgs};
+use crate::docker::RecreateOptions;
+use crate::error::Error;
+use crate::reconcile::RestartMode;
+use crate::sink::infisical;
+use crate::sink::{SinkKind, WriteMode};
+
+use super::file::{FileBinding, SinkSpec, TargetSpec};
+use super::{Env, FileConfig, Origin, Parsed, SourceConfig};
+
+/// The container a flag-only `sync` acts on when neither --container nor --compose-service is
+/// given.
+pub const DEFAULT_CONTAINER: &str = "lambda-server";
+pub const DEFAULT_KEY: &str = "CLOUDFLARE_AUD_TAG";
+
+/// Where a binding writes its value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BindingSink {
+    Env(PathBuf),
+    /// A folder (secret path) of the configured Infisical project.
+    Infisical(String),
+}
+
+/// What reads a binding's value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BindingTarget {
+    Container(String),
+    ComposeService { project: String, service: String },
+}
+
+/// One host (or application) -> one key in some sinks -> some containers.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// How reports name it: `name`, else the host, else the application id.
+    pub id: String,
+    pub source: SourceConfig,
+    pub key: String,
+    pub sinks: Vec<BindingSink>,
+    pub targets: Vec<BindingTarget>,
+    pub restart: RestartMode,
+    /// Keep the audTag of this tunnel's rule for the host current.
+    pub tunnel_id: Option<String>,
+}
+
+/// A validated `sync` configuration.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub bindings: Vec<Binding>,
+    pub recreate: RecreateOptions,
+    pub write_mode: WriteMode,
+    pub dry_run: bool,
+    pub output: Output,
+    pub state_file: PathBuf,
+    pub lock_file: PathBuf,
+    pub lock_timeout: Duration,
+    /// Set when a binding writes to Infisical: the project settings (each sink sets its folder).
+    pub infisical: Option<infisical::Settings>,
+    /// The config file the bindings came from, if any.
+    pub config_file: Option<PathBuf>,
+    /// True when the bindings came from the flags (the JSON report keeps the single-binding
+    /// fields of schema 1).
+    pub flag_binding: bool,
+}
+
+impl SyncConfig {
+    /// The one binding of a flag-only run (`setup`).
+    pub fn single(&self) -> &Binding {
+        &self.bindings[0]
+    }
+
+    /// Build from the `sync` flags, the layers and (when given) the config file.
+    pub fn build(
+        a: &SyncArgs,
+        env: &Env,
+        file: Option<&FileConfig>,
+        origins: &std::collections::BTreeMap<String, Origin>,
+    ) -> Result<SyncConfig, Error> {
+        let from_file = file.filter(|f| !f.bindings.is_empty());
+        let state_file = match (&a.state_file, file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => sidecar(&f.path, ".audsync-state.json"),
+            (None, None) => sidecar(&a.source.env_file, ".audsync-state.json"),
+        };
+        let lock_file = match file {
+            Some(f) => sidecar(&f.path, ".audsync.lock"),
+            None => sidecar(&a.source.env_file, ".audsync.lock"),
+        };
+        let mut problems: Vec<String> = Vec::new();
+        let bindings = match from_file {
+            None => vec![flag_binding(a, env)?],
+            Some(f) => file_bindings(a, env, f, origins, &mut problems),
+        };
+        let wants_infisical = bindings
+            .iter()
+            .any(|b| b.sinks.iter().any(|s| matches!(s, BindingSink::Infisical(_))));
+        let infisical = if wants_infisical {
+            match infisical::Settings::from_args(&a.source.infisical, env, a.source.timeout) {
+                Ok(Some(s)) => Some(s),
+                Ok(None) => {
+                    problems.push("an Infisical sink needs INFISICAL_PROJECT_ID and credentials: INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET (Universal Auth), or INFISICAL_TOKEN ([infisical] in the config file)".into());
+                    None
+                }
+                Err(e) => {
+                    problems.push(e.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let infisical = infisical.map(|mut s| {
+            s.state_file = Some(state_file.clone());
+            s
+        });
+        if !problems.is_empty() {
+            return Err(Error::usage(match file {
+                Some(f) if problems.len() > 1 || from_file.is_some() => format!(
+                    "{} does not validate:\n  {}",
+                    f.path.display(),
+                    problems.join("\n  ")
+                ),
+                _ => problems.join("\n  "),
+            }));
+        }
+        Ok(SyncConfig {
+            flag_binding: from_file.is_none(),
+            bindings,
+            recreate: RecreateOptions {
+                settle: a.settle,
+                health_timeout: a.health_timeout,
+            },
+            write_mode: a.write_mode,
+            dry_run: a.dry_run,
+            output: a.output,
+            state_file,
+            lock_file,
+            lock_timeout: a.lock_timeout,
+            infisical,
+            config_file: file.map(|f| f.path.clone()),
+        })
+    }
+}
+
+/// The one binding of a run without bindings in a config file: exactly the flags of old.
+fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
+    super::validate_key(&a.key)?;
+    let source = SourceConfig::from_args_with(&a.source, env, a.origin, &a.access)?;
+    let tunnel_id = match &a.tunnel_id {
+        Some(t) => Some(super::validate_id("--tunnel-id / CLOUDFLARE_TUNNEL_ID", t)?),
+        None => None,
+    };
+    let mut kinds = a.sinks.clone();
+    kinds.dedup();
+    let sinks = kinds
+        .iter()
+        .map(|k| match k {
+            SinkKind::Env => BindingSink::Env(a.source.env_file.clone()),
+            SinkKind::Infisical => {
+                BindingSink::Infisical(a.source.infisical.infisical_secret_path.clone())
+            }
+        })
+        .collect();
+    let mut targets: Vec<BindingTarget> = a
+        .containers
+        .iter()
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .map(BindingTarget::Container)
+        .collect();
+    for s in &a.compose_services {
+        targets.push(parse_compose_service(s)?);
+    }
+    if a.containers.is_empty() && a.compose_services.is_empty() {
+        targets.push(BindingTarget::Container(DEFAULT_CONTAINER.to_string()));
+    }
+    if targets.is_empty() && a.restart != RestartMode::None {
+        return Err(Error::usage(
+            "no container given: pass --container NAME, or --restart none",
+        ));
+    }
+    let id = source
+        .host
+        .clone()
+        .unwrap_or_else(|| match &source.selector {
+            super::Selector::AppId(id) | super::Selector::Host(id) => id.clone(),
+        });
+    Ok(Binding {
+        id,
+        source,
+        key: a.key.clone(),
+        sinks,
+        targets,
+        restart: a.restart,
+        tunnel_id,
+    })
+}
+
+/// Options that belong to a binding: refused as flags or variables when the file has bindings.
+const BINDING_OPTIONS: &[(&str, &str)] = &[
+    ("key", "--key / AUDSYNC_KEY"),
+    ("sinks", "--sink / AUDSYNC_SINK"),
+    ("containers", "--container / AUDSYNC_CONTAINER"),
+    ("compose_services", "--compose-service / AUDSYNC_COMPOSE_SERVICE"),
+    ("tunnel_id", "--tunnel-id / CLOUDFLARE_TUNNEL_ID"),
+    ("url", "--url / AUDSYNC_URL"),
+];
+
+fn overridden(origins: &std::collections::BTreeMap<String, Origin>, id: &str) -> bool {
+    matches!(
+        origins.get(id),
+        Some(Origin::Flag | Origin::Env(_) | Origin::EnvFile(..))
+    )
+}
+
+fn file_bindings(
+    a: &SyncArgs,
+    env: &Env,
+    f: &FileConfig,
+    origins: &std::collections::BTreeMap<String, Origin>,
+    problems: &mut Vec<String>,
+) -> Vec<Binding> {
+    let shown = f.path.display().to_string();
+    for (id, name) in BINDING_OPTIONS {
+        if overridden(origins, id) {
+            problems.push(format!(
+                "{name} is set, but {shown} defines bindings: set it in each [[binding]] instead"
+            ));
+        }
+    }
+    let restart_override = overridden(origins, "restart").then_some(a.restart);
+    let pick_domain = overridden(origins, "domain").then(|| a.source.domain.clone()).flatten();
+    let pick_app = overridden(origins, "app_id").then(|| a.source.app_id.clone()).flatten();
+    let mut out = Vec::new();
+    let mut seen: BTreeSet<(BindingSink, String)> = BTreeSet::new();
+    for (n, fb) in f.bindings.iter().enumerate() {
+        let at = format!("{shown}:{}: binding {}", fb.line, n + 1);
+        match file_binding(a, env, fb, restart_override) {
+            Ok(b) => {
+                for s in &b.sinks {
+                    if !seen.insert((s.clone(), b.key.clone())) {
+                        problems.push(format!(
+                            "{at}: another binding already writes {} to {}; one key in one sink has one source",
+                            b.key,
+                            match s {
+                                BindingSink::Env(p) => p.display().to_string(),
+                                BindingSink::Infisical(p) => format!("Infisical {p}"),
+                            }
+                        ));
+                    }
+                }
+                out.push(b);
+            }
+            Err(errs) => problems.extend(errs.into_iter().map(|e| format!("{at}: {e}"))),
+        }
+    }
+    if pick_domain.is_some() || pick_app.is_some() {
+        let host = pick_domain.as_deref().map(crate::cloudflare::apps::host_of);
+        out.retain(|b| {
+            host.as_deref().is_some_and(|h| b.source.host.as_deref() == Some(h))
+                || pick_app.as_deref().is_some_and(|id| {
+                    matches!(&b.source.selector, super::Selector::AppId(a) if a.eq_ignore_ascii_case(id))
+                })
+        });
+        if out.is_empty() && problems.is_empty() {
+            problems.push(format!(
+                "no binding in {shown} matches --domain / --app-id {}",
+                pick_domain.or(pick_app).unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+fn file_binding(
+    a: &SyncArgs,
+    env: &Env,
+    fb: &FileBinding,
+    restart_override: Option<RestartMode>,
+) -> Result<Binding, Vec<String>> {
+    let mut errs = Vec::new();
+    let field = |k: &str| fb.get(k).map(|v| v.value.clone());
+    let key = field("key").unwrap_or_else(|| DEFAULT_KEY.to_string());
+    if let Err(e) = super::validate_key(&key) {
+        errs.push(e.to_string().replace("--key", "key"));
+    }
+    let origin = match field("source").as_deref() {
+        None => a.origin,
+        Some("api") => SourceOrigin::Api,
+        Some("edge") => SourceOrigin::Edge,
+        Some(_) => {
+            errs.push("source must be \"api\" or \"edge\"".into());
+            a.origin
+        }
+    };
+    let mut src = a.source.clone();
+    src.domain = field("domain");
+    src.app_id = field("app_id");
+    if src.domain.is_none() && src.app_id.is_none() {
+        errs.push("give `domain` (the host the Access application protects) or `app_id`".into());
+    }
+    let mut access = a.access.clone();
+    access.url = field("url");
+    let source = match SourceConfig::from_args_with(&src, env, origin, &access) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Credentials are checked once for the whole file, not per binding.
+            errs.push(e.to_string());
+            None
+        }
+    };
+    let restart = match (restart_override, field("restart").as_deref()) {
+        (Some(r), _) => r,
+        (None, None) => a.restart,
+        (None, Some(r)) => match <RestartMode as clap::ValueEnum>::from_str(r, false) {
+            Ok(m) => m,
+            Err(_) => {
+                errs.push("restart must be one of auto, restart, recreate, none".into());
+                a.restart
+            }
+        },
+    };
+    let tunnel_id = match field("tunnel_id") {
+        Some(t) => match super::validate_id("tunnel_id", &t) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errs.push(e.to_string());
+                None
+            }
+        },
+        None => None,
+    };
+    if fb.sinks.is_empty() {
+        errs.push("give at least one sink, e.g. sinks = [{ env = \"/srv/app/.env\" }]".into());
+    }
+    let sinks = fb
+        .sinks
+        .iter()
+        .map(|s| match &s.value {
+            SinkSpec::Env(p) => BindingSink::Env(p.clone()),
+            SinkSpec::Infisical(p) => BindingSink::Infisical(p.clone()),
+        })
+        .collect();
+    let mut targets = Vec::new();
+    for t in &fb.targets {
+        match &t.value {
+            TargetSpec::Container(c) if !c.trim().is_empty() => {
+                targets.push(BindingTarget::Container(c.trim().to_string()))
+            }
+            TargetSpec::Container(_) => errs.push(format!("line {}: empty container name", t.line)),
+            TargetSpec::ComposeService(s) => match parse_compose_service(s) {
+                Ok(t) => targets.push(t),
+                Err(e) => errs.push(e.to_string().replace("--compose-service", "compose_service")),
+            },
+        }
+    }
+    match (source, errs.is_empty()) {
+        (Some(source), true) => {
+            let id = field("name")
+                .or_else(|| source.host.clone())
+                .or_else(|| field("app_id"))
+                .unwrap_or_default();
+            Ok(Binding {
+                id,
+                source,
+                key,
+                sinks,
+                targets,
+                restart,
+                tunnel_id,
+            })
+        }
+        _ => Err(errs),
+    }
+}
+
+/// `PROJECT/SERVICE` -> a compose service target.
+pub fn parse_compose_service(s: &str) -> Result<BindingTarget, Error> {
+    match s.trim().split_once('/') {
+        Some((p, svc)) if !p.is_empty() && !svc.is_empty() && !svc.contains('/') => {
+            Ok(BindingTarget::ComposeService {
+                project: p.to_string(),
+                service: svc.to_string(),
+            })
+        }
+        _ => Err(Error::usage(format!(
+            "--compose-service {s:?}: expected PROJECT/SERVICE, e.g. lambda/lambda-server (the project is the compose project name, see `docker compose ls`)"
+        ))),
+    }
+}
+
+/// `<file><suffix>` next to the real file: a symlink and its target share lock and state.
+pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut name = real
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| ".env".into());
+    name.push(suffix);
+    real.with_file_name(name)
+}
+
+/// `get`, `setup` and `verify` work on one binding: with bindings in the config file, the one
+/// `--domain` / `--app-id` names (or the only one) fills the options the command line and the
+/// environment leave unset.
+pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
+    let Some(file) = p.file.as_ref().filter(|f| !f.bindings.is_empty()) else {
+        return Ok(());
+    };
+    let set = |id: &str| overridden(&p.origins, id);
+    let (domain, app_id) = match &p.cli.command {
+        Command::Get(a) => (a.source.domain.clone(), a.source.app_id.clone()),
+        Command::Setup(a) => (a.sync.source.domain.clone(), a.sync.source.app_id.clone()),
+        Command::Verify(a) => (a.source.domain.clone(), a.source.app_id.clone()),
+        _ => return Ok(()),
+    };
+    let want_host = domain.filter(|_| set("domain")).map(|d| crate::cloudflare::apps::host_of(&d));
+    let want_app = app_id.filter(|_| set("app_id"));
+    let candidates: Vec<&FileBinding> = file
+        .bindings
+        .iter()
+        .filter(|b| {
+            let host = b.get("domain").map(|d| crate::cloudflare::apps::host_of(&d.value));
+            let app = b.get("app_id").map(|d| d.value.to_ascii_lowercase());
+            match (&want_host, &want_app) {
+                (None, None) => true,
+                (h, a) => {
+                    (h.is_some() && host.as_ref() == h.as_ref())
+                        || (a.is_some() && app.as_deref() == a.as_deref().map(str::to_ascii_lowercase).as_deref())
+                }
+            }
+        })
+        .collect();
+    let b = match candidates.as_slice() {
+        [one] => *one,
+        [] if want_host.is_some() || want_app.is_some() => return Ok(()),
+        _ => {
+            let names: Vec<String> = file
+                .bindings
+                .iter()
+                .filter_map(|b| b.get("domain").or(b.get("app_id")).map(|v| v.value.clone()))
+                .collect();
+            return Err(Error::usage(format!(
+                "{} has {} bindings: pick one with --domain HOST ({})",
+                file.path.display(),
+                file.bindings.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    let field = |k: &str| b.get(k).map(|v| v.value.clone());
+    let env_sink = b.sinks.iter().find_map(|s| match &s.value {
+        SinkSpec::Env(p) => Some(p.clone()),
+        _ => None,
+    });
+    let inf_sink = b.sinks.iter().find_map(|s| match &s.value {
+        SinkSpec::Infisical(p) => Some(p.clone()),
+        _ => None,
+    });
+    let kinds: Vec<SinkKind> = b
+        .sinks
+        .iter()
+        .map(|s| match s.value {
+            SinkSpec::Env(_) => SinkKind::Env,
+            SinkSpec::Infisical(_) => SinkKind::Infisical,
+        })
+        .collect();
+    let containers: Vec<String> = b
+        .targets
+        .iter()
+        .filter_map(|t| match &t.value {
+            TargetSpec::Container(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    let services: Vec<String> = b
+        .targets
+        .iter()
+        .filter_map(|t| match &t.value {
+            TargetSpec::ComposeService(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    let origins = p.origins.clone();
+    let unset = |id: &str| !overridden(&origins, id);
+    let fill_source = |s: &mut crate::cli::SourceArgs| {
+        if unset("domain") && unset("app_id") {
+            s.domain = field("domain");
+            s.app_id = field("app_id");
+        }
+        if unset("env_file")
+            && let Some(e) = &env_sink
+        {
+            s.env_file = e.clone();
+        }
+        if unset("infisical_secret_path")
+            && let Some(i) = &inf_sink
+        {
+            s.infisical.infisical_secret_path = i.clone();
+        }
+    };
+    match &mut p.cli.command {
+        Command::Get(a) => {
+            fill_source(&mut a.source);
+            if unset("url") && field("url").is_some() {
+                a.access.url = field("url");
+            }
+        }
+        Command::Setup(a) => {
+            fill_source(&mut a.sync.source);
+            let s = &mut a.sync;
+            if unset("key") && let Some(k) = field("key") {
+                s.key = k;
+            }
+            if unset("sinks") && !kinds.is_empty() {
+                s.sinks = kinds;
+            }
+            if unset("containers") && unset("compose_services") {
+                s.containers = containers;
+                s.compose_services = services;
+            }
+            if unset("tunnel_id") && field("tunnel_id").is_some() {
+                s.tunnel_id = field("tunnel_id");
+            }
+            if unset("restart")
+                && let Some(r) = field("restart")
+                && let Ok(m) = <RestartMode as clap::ValueEnum>::from_str(&r, false)
+            {
+                s.restart = m;
+            }
+        }
+        Command::Verify(a) => {
+            fill_source(&mut a.source);
+            if unset("key") && let Some(k) = field("key") {
+                a.key = k;
+            }
+            if unset("sinks") && !kinds.is_empty() {
+                a.sinks = kinds;
+            }
+            if unset("containers") && !containers.is_empty() {
+                a.containers = containers;
+            }
+            if unset("tunnel_id") && field("tunnel_id").is_some() {
+                a.tunnel_id = field("tunnel_id");
+            }
+            if unset("url") && field("url").is_some() {
+                a.access.url = field("url");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

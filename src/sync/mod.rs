@@ -1,0 +1,390 @@
+//! One `sync` pass over every binding, wired: config -> source (Cloudflare) -> reconcile ->
+//! sinks -> targets, under one lock and one state file.
+//!
+//! This is the glue that `sync`, `watch` and `setup` share; the decisions live in `reconcile`,
+//! the containers in [`targets`], the tunnel rule in [`tunnel`], what is printed in [`report`].
+
+pub mod report;
+pub mod targets;
+pub mod tunnel;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::config::{self, BindingSink, Env, SyncConfig};
+use crate::error::Error;
+use crate::reconcile::{self, BindingIn, Journal, RestartMode, SinkInfo, TargetResult, Values};
+use crate::sink::infisical::{self, InfisicalSink};
+use crate::sink::{AnySink, EnvFileSink};
+use crate::source;
+use crate::state::StateFile;
+
+pub use report::{PassError, Report, Stage, Status, print, render_text};
+pub use tunnel::TunnelReport;
+
+/// Cloudflare credentials: process env > `.env` file > config file > Infisical. When none of
+/// CLOUDFLARE_API_TOKEN / CLOUDFLARE_EMAIL / CLOUDFLARE_API_KEY (or a `_FILE` of one) is set
+/// and Infisical is configured, they are read from the same project/environment/path and added
+/// as the lowest layer of `env`. `validate` checks everything else first, so a bad flag is
+/// reported before any request.
+pub async fn resolve_credentials_at(
+    source: &crate::cli::SourceArgs,
+    state_file: Option<&std::path::Path>,
+    env: Env,
+    validate: impl FnOnce(&Env) -> Result<(), Error>,
+) -> Result<Env, Error> {
+    if config::has_cloudflare_credentials(&env) {
+        return Ok(env);
+    }
+    let Some(mut settings) =
+        infisical::Settings::from_args(&source.infisical, &env, source.timeout)?
+    else {
+        return Ok(env);
+    };
+    settings.state_file = Some(match state_file {
+        Some(p) => p.to_path_buf(),
+        None => config::sync::sidecar(&source.env_file, ".audsync-state.json"),
+    });
+    // A stand-in credential, only to run the validation that needs one.
+    validate(&env.clone().with_fetched(
+        "CLOUDFLARE_API_TOKEN",
+        crate::secret::Secret::new("validation-placeholder"),
+    ))?;
+    infisical::read_cloudflare_credentials(&settings, env).await
+}
+
+/// [`resolve_credentials_at`] without a state file.
+pub async fn resolve_credentials(
+    source: &crate::cli::SourceArgs,
+    env: Env,
+    validate: impl FnOnce(&Env) -> Result<(), Error>,
+) -> Result<Env, Error> {
+    resolve_credentials_at(source, None, env, validate).await
+}
+
+/// The physical sinks of a pass: each `.env` file and each Infisical folder once, whatever
+/// number of bindings write to it.
+struct Sinks {
+    specs: Vec<BindingSink>,
+    /// For each binding, the indexes of its sinks.
+    of_binding: Vec<Vec<usize>>,
+}
+
+fn sinks_of(cfg: &SyncConfig) -> Sinks {
+    let mut specs: Vec<BindingSink> = Vec::new();
+    let mut of_binding = Vec::new();
+    for b in &cfg.bindings {
+        let mut mine = Vec::new();
+        for s in &b.sinks {
+            let s = match s {
+                // A symlink and its target are one file.
+                BindingSink::Env(p) => BindingSink::Env(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+                other => other.clone(),
+            };
+            let i = match specs.iter().position(|x| *x == s) {
+                Some(i) => i,
+                None => {
+                    specs.push(s);
+                    specs.len() - 1
+                }
+            };
+            if !mine.contains(&i) {
+                mine.push(i);
+            }
+        }
+        of_binding.push(mine);
+    }
+    Sinks { specs, of_binding }
+}
+
+/// The sink objects, with the Infisical writes held for approval that the state remembers.
+fn build_sinks(
+    cfg: &SyncConfig,
+    sinks: &Sinks,
+    state: &crate::state::State,
+) -> Result<Vec<AnySink>, Error> {
+    sinks
+        .specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| match spec {
+            BindingSink::Env(p) => Ok(AnySink::Env(EnvFileSink {
+                path: cfg
+                    .bindings
+                    .iter()
+                    .zip(&sinks.of_binding)
+                    .find(|(_, s)| s.contains(&i))
+                    .and_then(|(b, _)| {
+                        b.sinks.iter().find_map(|s| match s {
+                            BindingSink::Env(orig) if std::fs::canonicalize(orig).unwrap_or_else(|_| orig.clone()) == *p => Some(orig.clone()),
+                            _ => None,
+                        })
+                    })
+                    .unwrap_or_else(|| p.clone()),
+                mode: cfg.write_mode,
+            })),
+            BindingSink::Infisical(path) => {
+                let keys: BTreeSet<&str> = cfg
+                    .bindings
+                    .iter()
+                    .zip(&sinks.of_binding)
+                    .filter(|(_, s)| s.contains(&i))
+                    .map(|(b, _)| b.key.as_str())
+                    .collect();
+                let Some(mut settings) = cfg.infisical.clone() else {
+                    return Err(Error::usage("an Infisical sink is configured without the [infisical] settings"));
+                };
+                settings.secret_path = path.clone();
+                Ok(AnySink::Infisical(
+                    keys.into_iter()
+                        .map(|k| {
+                            let sink = InfisicalSink::new(settings.clone(), k);
+                            let location = settings.location();
+                            let pending = state
+                                .infisical_pending
+                                .iter()
+                                .find(|p| p.key == k && p.location == location);
+                            sink.with_pending(pending)
+                        })
+                        .collect(),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// One full pass under the lock. Errors before any binding could be looked at come back as
+/// `Err`.
+pub async fn run_pass(cfg: &SyncConfig) -> Result<Report, Error> {
+    run_pass_staged(cfg).await.map_err(|e| e.error)
+}
+
+/// [`run_pass`], telling which step an early error came from.
+pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
+    let at = |stage: Stage| move |error: Error| PassError { stage, error };
+    let _lock = if cfg.dry_run {
+        None
+    } else {
+        Some(
+            crate::lock::acquire(&cfg.lock_file, cfg.lock_timeout)
+                .await
+                .map_err(|e| Error::failed(e, None))
+                .map_err(at(Stage::Lock))?,
+        )
+    };
+    let mut state = StateFile::load(&cfg.state_file, cfg.dry_run)
+        .map_err(|e| Error::failed(e, Some("fix the file's permissions, or point --state-file / AUDSYNC_STATE_FILE elsewhere".into())))
+        .map_err(at(Stage::Lock))?;
+    let before = state.state.clone();
+
+    // 1. The desired value of every binding (one client: one request count for the pass).
+    let client = source::client(&cfg.bindings[0].source);
+    let sources: Vec<&config::SourceConfig> = cfg.bindings.iter().map(|b| &b.source).collect();
+    let found = source::fetch_all(&client, &sources, &mut state.state).await;
+    if (state.state.apps != before.apps
+        || state.state.app != before.app
+        || state.state.app_count != before.app_count)
+        && let Err(e) = state.save()
+    {
+        tracing::warn!(error = %e, "cannot save the application cache");
+    }
+    if cfg.bindings.len() == 1
+        && let Err(e) = &found[0]
+    {
+        // A single binding whose source failed: nothing else to do, as always.
+        let e = Error::failed(e.to_string(), e.hint());
+        return Err(PassError { stage: Stage::Source, error: e });
+    }
+
+    // 2. What the sinks hold.
+    let phys = sinks_of(cfg);
+    let mut sinks = build_sinks(cfg, &phys, &state.state).map_err(at(Stage::Sink))?;
+    let mut sink_obs = Vec::with_capacity(sinks.len());
+    for (i, s) in sinks.iter_mut().enumerate() {
+        let desired: Values = cfg
+            .bindings
+            .iter()
+            .zip(&phys.of_binding)
+            .zip(&found)
+            .filter(|((_, mine), _)| mine.contains(&i))
+            .filter_map(|((b, _), f)| Some((b.key.clone(), f.as_ref().ok()?.aud.clone())))
+            .collect();
+        let info: SinkInfo = reconcile::Sink::info(s);
+        let obs = if desired.is_empty() {
+            Ok(Default::default())
+        } else {
+            reconcile::Sink::observe(s, &desired).await
+        };
+        if let Err(e) = &obs
+            && cfg.bindings.len() == 1
+        {
+            return Err(PassError { stage: Stage::Sink, error: Error::failed(e.message.clone(), e.hint.clone()) });
+        }
+        sink_obs.push((info, desired, obs));
+    }
+
+    // 3. The containers, each once.
+    let owed = state.owed();
+    let changing = sink_obs
+        .iter()
+        .any(|(_, _, o)| o.as_ref().is_ok_and(|o| o.values().any(|k| k.needs_write)));
+    let elsewhere = cfg.bindings.iter().zip(&found).any(|(b, f)| {
+        f.as_ref().is_ok_and(|f| {
+            state
+                .state
+                .applied
+                .values()
+                .any(|m| m.get(&b.key).is_some_and(|v| *v != f.aud))
+        })
+    });
+    let leaks = leak_watch(cfg);
+    let watch: Vec<String> = leaks.values().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let mut resolved = targets::resolve(cfg, changing || !owed.is_empty() || elsewhere, &state.state.applied, &watch).await;
+
+    // 4. Plan and apply.
+    let inputs: Vec<BindingIn> = cfg
+        .bindings
+        .iter()
+        .enumerate()
+        .map(|(i, b)| BindingIn {
+            id: b.id.clone(),
+            key: b.key.clone(),
+            desired: found[i].as_ref().ok().map(|f| f.aud.clone()),
+            sinks: phys.of_binding[i].clone(),
+            targets: resolved.of_binding[i].clone(),
+            restart: b.restart,
+        })
+        .collect();
+    let plan = reconcile::plan(inputs, sink_obs, std::mem::take(&mut resolved.observed), &owed);
+    let outcome = reconcile::apply(&plan, &mut sinks, &mut resolved.slots, &mut state, cfg.dry_run).await;
+    record_applied(cfg, &mut state, &plan, &outcome);
+    remember_pending(&sinks, &mut state);
+
+    // 5. Tunnel rules, then the report.
+    let mut tunnels = Vec::new();
+    for (i, b) in cfg.bindings.iter().enumerate() {
+        let t = match &found[i] {
+            Ok(f) => {
+                let previous = plan.bindings[i].input.sinks.first().and_then(|&s| {
+                    plan.sinks[s]
+                        .observation
+                        .as_ref()
+                        .ok()
+                        .and_then(|o| o.get(&b.key))
+                        .and_then(|k| k.current.clone())
+                });
+                tunnel::step(b, &client, f, previous.as_deref(), cfg.dry_run).await
+            }
+            Err(_) => None,
+        };
+        tunnels.push(t);
+    }
+    let leaked = leaked_into(cfg, &plan, &leaks);
+    for w in &leaked {
+        tracing::warn!("{w}");
+    }
+    let mut r = report::build(cfg, found, &plan, outcome, tunnels, client.requests());
+    r.warnings.extend(leaked);
+    r.add_recovered(std::mem::take(&mut resolved.recovered));
+    Ok(r)
+}
+
+/// audsync's own settings and credentials found in each binding's `.env` sinks (names only).
+fn leak_watch(cfg: &SyncConfig) -> BTreeMap<usize, Vec<String>> {
+    let own = config::own_variables();
+    cfg.bindings
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let names: BTreeSet<String> = b
+                .sinks
+                .iter()
+                .filter_map(|s| match s {
+                    BindingSink::Env(p) => crate::fsx::read_text(p).ok().flatten(),
+                    BindingSink::Infisical(_) => None,
+                })
+                .flat_map(|text| crate::sink::envfile::key_lines(&text).into_keys())
+                .filter(|n| own.contains(n))
+                .collect();
+            (i, names.into_iter().collect())
+        })
+        .collect()
+}
+
+/// Warnings for containers whose environment carries a credential or setting of audsync's that
+/// sits in a `.env` sink of a binding that targets them: the file is handed to the app.
+fn leaked_into(cfg: &SyncConfig, plan: &reconcile::Plan, leaks: &BTreeMap<usize, Vec<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in &plan.targets {
+        let names: BTreeSet<&String> = t
+            .bindings
+            .iter()
+            .flat_map(|b| leaks.get(b).into_iter().flatten())
+            .filter(|n| t.leaked.contains(n))
+            .collect();
+        for n in names {
+            let file = cfg
+                .bindings
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| t.bindings.contains(i) && leaks.get(i).is_some_and(|l| l.contains(n)))
+                .flat_map(|(_, b)| b.sinks.iter())
+                .find_map(|s| match s {
+                    BindingSink::Env(p) => Some(p.display().to_string()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            out.push(format!(
+                "container {} carries {n} from {file}: audsync's own setting has leaked into the app; move it out of that .env (into audsync.toml, a *_FILE or the unit's environment) and recreate the container",
+                t.name
+            ));
+        }
+    }
+    out
+}
+
+/// Remember which values each container of this pass now runs with. Containers whose action
+/// failed or was skipped keep their old record; containers not in this pass are forgotten.
+fn record_applied(cfg: &SyncConfig, state: &mut StateFile, plan: &reconcile::Plan, outcome: &reconcile::Outcome) {
+    if cfg.dry_run || cfg.bindings.iter().all(|b| b.restart == RestartMode::None) {
+        return;
+    }
+    let mut applied: BTreeMap<String, Values> = BTreeMap::new();
+    for (t, r) in plan.targets.iter().zip(&outcome.targets) {
+        let ok = matches!(r.result, TargetResult::Done | TargetResult::None);
+        let old = state.state.applied.get(&t.name).cloned().unwrap_or_default();
+        let mut now = old.clone();
+        if ok {
+            now.extend(t.changes.clone());
+        }
+        if ok || !old.is_empty() {
+            applied.insert(t.name.clone(), now);
+        }
+    }
+    if applied != state.state.applied {
+        state.state.applied = applied;
+        if let Err(e) = state.save() {
+            tracing::warn!(error = %e, "cannot record which value the containers run with");
+        }
+    }
+}
+
+/// Keep the Infisical writes held for approval (or their absence) in the state file, so the
+/// next pass does not submit the same value again.
+fn remember_pending(sinks: &[AnySink], state: &mut StateFile) {
+    let pending: Vec<_> = sinks.iter().flat_map(AnySink::pending).collect();
+    if pending != state.state.infisical_pending {
+        state.state.infisical_pending = pending;
+        if let Err(e) = state.save() {
+            tracing::warn!(error = %e, "cannot remember the Infisical write held for approval; the next run submits it again");
+        }
+    }
+}
+
+/// The state file a flag-only run uses (next to the `.env`), for `setup`.
+pub fn state_file_of(source: &crate::cli::SourceArgs, state_file: Option<&std::path::Path>) -> PathBuf {
+    match state_file {
+        Some(p) => p.to_path_buf(),
+        None => config::sync::sidecar(&source.env_file, ".audsync-state.json"),
+    }
+}

@@ -1,0 +1,452 @@
+//! What a pass says: one [`Report`] (text for people, one JSON object for tools) with a
+//! `bindings` array and a `targets` array, each container once.
+//!
+//! JSON schema 2: `schema`, `status`, `exit_code`, `changed`, `dry_run`, `requests` (Cloudflare
+//! requests of the pass), `bindings[]`, `targets[]`, `recovered[]`, `warnings[]`, `error`,
+//! `hint`, `stage`. A run whose one binding came from the flags also keeps every field of
+//! schema 1 at the top (`aud`, `previous`, `app`, `sinks`, `containers`, `tunnel`).
+
+use serde::Serialize;
+
+use crate::config::SyncConfig;
+use crate::error::Error;
+use crate::exit;
+use crate::reconcile::{self, Outcome, Plan, SinkResult, TargetReport, TargetResult, WriteAction};
+use crate::source::{AppSummary, Found};
+
+use super::tunnel::{TunnelReport, TunnelResult};
+
+/// How a pass (or one binding of it) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    InSync,
+    Changed,
+    Pending,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [Status::InSync, Status::Changed, Status::Pending, Status::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::InSync => "in_sync",
+            Status::Changed => "changed",
+            Status::Pending => "pending",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// The step of a pass that failed; `watch` counts failures by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Lock,
+    Source,
+    Sink,
+    Target,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Lock, Stage::Source, Stage::Sink, Stage::Target];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Lock => "lock",
+            Stage::Source => "source",
+            Stage::Sink => "sink",
+            Stage::Target => "target",
+        }
+    }
+}
+
+/// A pass that failed before it could report, with the step it failed at.
+#[derive(Debug)]
+pub struct PassError {
+    pub stage: Stage,
+    pub error: Error,
+}
+
+/// One key of one sink, as schema 1 showed a sink.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SinkLine {
+    pub kind: &'static str,
+    pub target: String,
+    pub key: String,
+    pub old: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub action: WriteAction,
+    pub result: SinkResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BindingReport {
+    pub id: String,
+    pub key: String,
+    pub aud: Option<String>,
+    /// The value its first sink held before this pass.
+    pub previous: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppSummary>,
+    pub sinks: Vec<SinkLine>,
+    /// The containers that read it (names; each is in the top-level `targets` once).
+    pub targets: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelReport>,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+}
+
+/// The schema-1 fields of a single-binding run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Single {
+    pub aud: Option<String>,
+    pub previous: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppSummary>,
+    pub sinks: Vec<SinkLine>,
+    pub containers: Vec<TargetReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelReport>,
+}
+
+/// What a pass printed and returned.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub status: Status,
+    pub exit_code: u8,
+    pub changed: bool,
+    pub dry_run: bool,
+    /// Cloudflare API requests this pass made.
+    pub requests: u64,
+    pub bindings: Vec<BindingReport>,
+    pub targets: Vec<TargetReport>,
+    /// Recreates cut short by an earlier run, finished or undone before this pass looked at
+    /// the containers (with `--dry-run`: found).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// Where a failed pass failed (`lock`, `source`, `sink`, `target`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub single: Option<Single>,
+}
+
+impl Report {
+    pub fn from_error(e: &Error, dry_run: bool) -> Report {
+        Report {
+            schema: 2,
+            status: Status::Failed,
+            exit_code: e.exit_code(),
+            changed: false,
+            dry_run,
+            requests: 0,
+            bindings: vec![],
+            targets: vec![],
+            recovered: vec![],
+            warnings: vec![],
+            error: Some(e.to_string()),
+            hint: e.hint(),
+            stage: None,
+            single: Some(Single::default()),
+        }
+    }
+
+    /// Some sink was written this pass.
+    pub fn wrote(&self) -> bool {
+        self.bindings
+            .iter()
+            .any(|b| b.sinks.iter().any(|s| s.result == SinkResult::Written))
+    }
+
+    /// Note the recreates finished or undone before the plan: a repair is a change (with
+    /// `--dry-run`, pending work).
+    pub fn add_recovered(&mut self, recovered: Vec<String>) {
+        if recovered.is_empty() {
+            return;
+        }
+        if self.status == Status::InSync {
+            (self.status, self.exit_code) = if self.dry_run {
+                (Status::Pending, exit::PENDING)
+            } else {
+                (Status::Changed, exit::OK)
+            };
+        }
+        self.recovered = recovered;
+    }
+}
+
+/// Put the pass together: per binding, then overall.
+pub fn build(
+    cfg: &SyncConfig,
+    found: Vec<Result<Found, Error>>,
+    plan: &Plan,
+    o: Outcome,
+    tunnels: Vec<Option<TunnelReport>>,
+    requests: u64,
+) -> Report {
+    let multi = cfg.bindings.len() > 1;
+    let mut bindings = Vec::new();
+    for (i, (b, f)) in cfg.bindings.iter().zip(found).enumerate() {
+        let step = &plan.bindings[i];
+        let sinks: Vec<SinkLine> = step
+            .input
+            .sinks
+            .iter()
+            .map(|&s| {
+                let r = &o.sinks[s];
+                let k = r.keys.iter().find(|k| k.key == b.key);
+                SinkLine {
+                    kind: r.info.kind,
+                    target: r.info.target.clone(),
+                    key: b.key.clone(),
+                    old: k.and_then(|k| k.old.clone()),
+                    version: k.and_then(|k| k.version),
+                    action: k.map(|k| k.action).unwrap_or(WriteAction::None),
+                    result: match (r.result, k.map(|k| k.action)) {
+                        // A file written for another binding's key: this key was unchanged.
+                        (SinkResult::Written | SinkResult::Planned, Some(WriteAction::None)) => SinkResult::Unchanged,
+                        (res, _) => res,
+                    },
+                    new_version: k.and_then(|k| k.new_version),
+                    error: r.error.clone(),
+                }
+            })
+            .collect();
+        let my_targets: Vec<&TargetReport> = step.input.targets.iter().map(|&t| &o.targets[t]).collect();
+        let tunnel = tunnels.get(i).cloned().flatten();
+        let mut errors: Vec<String> = Vec::new();
+        let mut hint = None;
+        let mut stage = None;
+        match &f {
+            Err(e) => {
+                errors.push(e.to_string());
+                hint = e.hint();
+                stage = Some(Stage::Source);
+            }
+            Ok(_) => {
+                for s in &sinks {
+                    if let Some(e) = &s.error
+                        && s.result != SinkResult::PendingApproval
+                    {
+                        errors.push(format!("sink {} {}: {e}", s.kind, s.target));
+                        stage.get_or_insert(Stage::Sink);
+                    }
+                }
+                for t in &my_targets {
+                    if t.result == TargetResult::Failed
+                        && let Some(e) = &t.error
+                    {
+                        errors.push(format!("container {}: {e}", t.name));
+                        hint = hint.or(e.hint.clone());
+                        stage.get_or_insert(Stage::Target);
+                    }
+                }
+                if let Some(t) = tunnel.as_ref().filter(|t| t.result == TunnelResult::Failed) {
+                    errors.push(format!("tunnel {}: {}", t.tunnel_id, t.detail.as_deref().unwrap_or("failed")));
+                    // The tunnel configuration is read and written through the Cloudflare API.
+                    stage.get_or_insert(Stage::Source);
+                }
+            }
+        }
+        let wrote = sinks.iter().any(|s| s.result == SinkResult::Written);
+        let pending = sinks.iter().any(|s| s.result == SinkResult::PendingApproval);
+        let acted = my_targets.iter().any(|t| t.result == TargetResult::Done);
+        let work = step.changed
+            || my_targets.iter().any(|t| t.action != reconcile::Action::None)
+            || tunnel.as_ref().is_some_and(|t| matches!(t.result, TunnelResult::WouldUpdate | TunnelResult::Updated));
+        let status = if !errors.is_empty() {
+            Status::Failed
+        } else if pending || (cfg.dry_run && work) {
+            Status::Pending
+        } else if wrote || acted || tunnel.as_ref().is_some_and(|t| t.result == TunnelResult::Updated) {
+            Status::Changed
+        } else {
+            Status::InSync
+        };
+        if wrote && status == Status::Failed && stage == Some(Stage::Target) {
+            if let Some(last) = errors.last_mut() {
+                last.push_str(" (the new value WAS written to the sinks; the next run retries the containers)");
+            }
+        }
+        let (aud, app) = match f {
+            Ok(f) => (Some(f.aud), Some(f.app)),
+            Err(_) => (None, None),
+        };
+        bindings.push(BindingReport {
+            id: b.id.clone(),
+            key: b.key.clone(),
+            previous: sinks.first().and_then(|s| s.old.clone()),
+            aud,
+            app,
+            targets: my_targets.iter().map(|t| t.name.clone()).collect(),
+            sinks,
+            tunnel,
+            status,
+            error: (!errors.is_empty()).then(|| errors.join("; ")),
+            hint,
+            stage,
+        });
+    }
+    // Containers no binding's failure explains (e.g. one that cannot be inspected).
+    let failed_target = o.targets.iter().any(|t| t.result == TargetResult::Failed);
+    let status = if bindings.iter().any(|b| b.status == Status::Failed) || failed_target || o.failed {
+        Status::Failed
+    } else if bindings.iter().any(|b| b.status == Status::Pending) {
+        Status::Pending
+    } else if bindings.iter().any(|b| b.status == Status::Changed) {
+        Status::Changed
+    } else {
+        Status::InSync
+    };
+    let exit_code = match status {
+        Status::Failed => exit::FAILURE,
+        Status::Pending => exit::PENDING,
+        _ => exit::OK,
+    };
+    let failing: Vec<&BindingReport> = bindings.iter().filter(|b| b.error.is_some()).collect();
+    let error = (!failing.is_empty()).then(|| {
+        failing
+            .iter()
+            .map(|b| match (multi, &b.error) {
+                (true, Some(e)) => format!("binding {}: {e}", b.id),
+                (_, e) => e.clone().unwrap_or_default(),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    let hint = failing.iter().find_map(|b| b.hint.clone());
+    let stage = failing.iter().find_map(|b| b.stage).or((status == Status::Failed).then_some(Stage::Target));
+    let single = cfg.flag_binding.then(|| {
+        let b = &bindings[0];
+        Single {
+            aud: b.aud.clone(),
+            previous: b.previous.clone(),
+            app: b.app.clone(),
+            sinks: b.sinks.clone(),
+            containers: o.targets.clone(),
+            tunnel: b.tunnel.clone(),
+        }
+    });
+    Report {
+        schema: 2,
+        status,
+        exit_code,
+        changed: o.changed,
+        dry_run: cfg.dry_run,
+        requests,
+        bindings,
+        targets: o.targets,
+        recovered: vec![],
+        warnings: vec![],
+        error,
+        hint,
+        stage,
+        single,
+    }
+}
+
+/// Render a report for people.
+pub fn render_text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let multi = r.bindings.len() > 1;
+    for b in &r.bindings {
+        let aud = b.aud.as_deref().map(|a| if multi { reconcile::short(a) } else { a.to_string() });
+        match (&aud, &b.app, multi) {
+            (Some(aud), Some(app), false) => {
+                let _ = writeln!(s, "AUD {aud}  (application {:?}, {}, id {})", app.name, app.domain, app.id);
+            }
+            (Some(aud), Some(app), true) => {
+                let _ = writeln!(s, "binding {}: AUD {aud}  (application {:?}, id {}) [{}]", b.id, app.name, app.id, b.status.as_str());
+            }
+            (_, _, true) => {
+                let _ = writeln!(s, "binding {}: [{}]", b.id, b.status.as_str());
+            }
+            _ => {}
+        }
+        for k in &b.sinks {
+            let old = k.old.as_deref().map(reconcile::short).unwrap_or_else(|| "(unset)".into());
+            let new = b.aud.as_deref().map(reconcile::short).unwrap_or_default();
+            let change = if k.action == WriteAction::Write {
+                format!("{old} -> {new}")
+            } else {
+                format!("{new} (unchanged)")
+            };
+            let version = k.version.map(|v| format!(" v{v}")).unwrap_or_default();
+            let result = serde_json::to_value(k.result).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let _ = writeln!(s, "  sink {} {} {}{version}: {change} [{result}]", k.kind, k.target, k.key);
+            if let Some(e) = &k.error {
+                let _ = writeln!(s, "    {e}");
+            }
+        }
+        if let Some(t) = &b.tunnel {
+            let result = serde_json::to_value(t.result).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let _ = writeln!(s, "  tunnel {} audTag: [{result}]", t.tunnel_id);
+            for line in t.detail.iter().flat_map(|d| d.lines()) {
+                let _ = writeln!(s, "    {line}");
+            }
+        }
+        if multi && let Some(e) = &b.error {
+            let _ = writeln!(s, "  error: {e}");
+        }
+    }
+    for m in &r.recovered {
+        let verb = if r.dry_run { "to recover" } else { "recovered" };
+        let _ = writeln!(s, "  {verb}: {m}");
+    }
+    for c in &r.targets {
+        let action = match c.action {
+            reconcile::Action::None => "no action",
+            reconcile::Action::Restart => "restart",
+            reconcile::Action::Recreate => "recreate",
+        };
+        let result = serde_json::to_value(c.result).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let _ = writeln!(s, "  container {}: {action} ({}) [{result}]", c.name, c.reason);
+        if let Some(e) = &c.error {
+            let _ = writeln!(s, "    {}", e.message);
+        }
+    }
+    for w in &r.warnings {
+        let _ = writeln!(s, "  warning: {w}");
+    }
+    let summary = match (r.status, r.dry_run) {
+        (Status::InSync, _) => "in sync: nothing to do",
+        (Status::Changed, _) => "changed: new AUD applied",
+        (Status::Pending, true) => "dry run: the changes above would be made (nothing was changed)",
+        (Status::Pending, false) => "pending: a write waits for approval; nothing was restarted",
+        _ => "FAILED",
+    };
+    let _ = writeln!(s, "{summary}");
+    s
+}
+
+/// Print a report in the chosen format.
+pub fn print(r: &Report, output: crate::cli::Output) {
+    match output {
+        crate::cli::Output::Json => println!(
+            "{}",
+            serde_json::to_string(r).unwrap_or_else(|_| "{}".into())
+        ),
+        crate::cli::Output::Text => print!("{}", render_text(r)),
+    }
+}

@@ -1,0 +1,190 @@
+//! The containers of a pass: every binding's targets resolved to containers (a compose service
+//! to its replicas), each container **once** however many bindings read it, recovered from a
+//! cut-short recreate, and observed for every key that matters to it.
+
+use std::collections::BTreeMap;
+
+use crate::config::{BindingTarget, SyncConfig};
+use crate::docker::{Container, Engine};
+use crate::reconcile::{ActionError, RestartMode, Target, TargetIn, TargetObservation, Values};
+
+/// A container target, or the reason none can be had (daemon unreachable).
+pub enum Slot {
+    Live(Container),
+    Down(String, ActionError),
+}
+
+impl Target for Slot {
+    fn name(&self) -> String {
+        match self {
+            Slot::Live(c) => c.name(),
+            Slot::Down(n, _) => n.clone(),
+        }
+    }
+    fn group(&self) -> Option<String> {
+        match self {
+            Slot::Live(c) => c.group(),
+            Slot::Down(..) => None,
+        }
+    }
+    async fn observe(&mut self, keys: &[String], watch: &[String]) -> Result<TargetObservation, ActionError> {
+        match self {
+            Slot::Live(c) => c.observe(keys, watch).await,
+            Slot::Down(_, e) => Err(e.clone()),
+        }
+    }
+    async fn restart(&mut self) -> Result<(), ActionError> {
+        match self {
+            Slot::Live(c) => c.restart().await,
+            Slot::Down(_, e) => Err(e.clone()),
+        }
+    }
+    async fn recreate(&mut self, changes: &Values) -> Result<(), ActionError> {
+        match self {
+            Slot::Live(c) => c.recreate(changes).await,
+            Slot::Down(_, e) => Err(e.clone()),
+        }
+    }
+}
+
+/// The targets of a pass, with what each binding targets (indexes into `slots`).
+pub struct Resolved {
+    pub slots: Vec<Slot>,
+    pub observed: Vec<TargetIn>,
+    /// For each binding, the indexes of its containers.
+    pub of_binding: Vec<Vec<usize>>,
+    /// Recreates cut short by an earlier run, finished or undone (with `--dry-run`: found).
+    pub recovered: Vec<String>,
+}
+
+/// Resolve and observe the containers. Containers are only asked about when their answer can
+/// matter: always for auto/recreate (drift), for restart only when something is owed or
+/// changing (`may_act`). `watch` are the names of audsync's own settings to look for in their
+/// environments (a leaked credential).
+pub async fn resolve(
+    cfg: &SyncConfig,
+    may_act: bool,
+    ran_with: &BTreeMap<String, Values>,
+    watch: &[String],
+) -> Resolved {
+    let need_docker = cfg.bindings.iter().any(|b| match b.restart {
+        RestartMode::None => false,
+        RestartMode::Restart => may_act,
+        RestartMode::Auto | RestartMode::Recreate => true,
+    }) || (!watch.is_empty() && cfg.bindings.iter().any(|b| !b.targets.is_empty()));
+    let mut names: Vec<(String, Option<String>)> = Vec::new();
+    let mut of_binding: Vec<Vec<usize>> = Vec::new();
+    let mut down: BTreeMap<String, ActionError> = BTreeMap::new();
+    let engine = if need_docker { Some(Engine::connect().await) } else { None };
+    let index = |name: String, group: Option<String>, names: &mut Vec<(String, Option<String>)>| -> usize {
+        match names.iter().position(|(n, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                names.push((name, group));
+                names.len() - 1
+            }
+        }
+    };
+    for b in &cfg.bindings {
+        let mut mine = Vec::new();
+        for t in &b.targets {
+            match t {
+                BindingTarget::Container(c) => mine.push(index(c.clone(), None, &mut names)),
+                BindingTarget::ComposeService { project, service } => {
+                    let group = format!("{project}/{service}");
+                    let found = match &engine {
+                        Some(Ok(e)) => e.compose_service(project, service).await,
+                        Some(Err(err)) => Err(err.clone()),
+                        None => Ok(vec![]),
+                    };
+                    match (found, &engine) {
+                        (Ok(list), Some(_)) => {
+                            for n in list {
+                                mine.push(index(n, Some(format!("compose service {group}")), &mut names));
+                            }
+                        }
+                        (Ok(_), None) => mine.push(index(group, None, &mut names)),
+                        (Err(err), _) => {
+                            down.insert(group.clone(), err);
+                            mine.push(index(group, None, &mut names));
+                        }
+                    }
+                }
+            }
+        }
+        mine.dedup();
+        of_binding.push(mine);
+    }
+    // The keys each container is asked about: those of every binding that targets it.
+    let keys_of = |i: usize| -> Vec<String> {
+        let mut k: Vec<String> = cfg
+            .bindings
+            .iter()
+            .zip(&of_binding)
+            .filter(|(_, t)| t.contains(&i))
+            .map(|(b, _)| b.key.clone())
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    let mut slots = Vec::new();
+    let mut observed = Vec::new();
+    let mut recovered = Vec::new();
+    for (i, (name, group)) in names.iter().enumerate() {
+        let ran = ran_with.get(name).cloned().unwrap_or_default();
+        let mut slot = match (&engine, down.get(name)) {
+            (_, Some(err)) => Slot::Down(name.clone(), err.clone()),
+            (Some(Ok(e)), None) => {
+                let c = e.container(name).with_options(cfg.recreate.clone());
+                Slot::Live(match group {
+                    Some(g) => c.in_group(g),
+                    None => c,
+                })
+            }
+            (Some(Err(err)), None) => Slot::Down(name.clone(), err.clone()),
+            (None, None) => {
+                let not_needed = ActionError {
+                    rolled_back: false,
+                    message: "not inspected".into(),
+                    hint: None,
+                };
+                slots.push(Slot::Down(name.clone(), not_needed));
+                observed.push(TargetIn {
+                    name: name.clone(),
+                    observation: Ok(TargetObservation::default()),
+                    ran_with: ran,
+                });
+                continue;
+            }
+        };
+        let mut recovery_pending = false;
+        if let Slot::Live(c) = &slot {
+            match c.recover(cfg.dry_run).await {
+                Ok(done) => {
+                    recovery_pending = cfg.dry_run && !done.is_empty();
+                    recovered.extend(done);
+                }
+                Err(e) => slot = Slot::Down(name.clone(), e),
+            }
+        }
+        let mut obs = slot.observe(&keys_of(i), watch).await;
+        if recovery_pending && obs.is_err() {
+            // A dry run leaves the cut-short recreate as it is, so the name may be missing;
+            // a real run would restore it first. Plan as for a container without the keys.
+            obs = Ok(TargetObservation::default());
+        }
+        observed.push(TargetIn {
+            name: name.clone(),
+            observation: obs,
+            ran_with: ran,
+        });
+        slots.push(slot);
+    }
+    Resolved {
+        slots,
+        observed,
+        of_binding,
+        recovered,
+    }
+}
