@@ -3,6 +3,7 @@
 //! Data flows one way: [`config`] -> [`source`] (Cloudflare) -> [`reconcile`] -> [`sink`] ->
 //! [`docker`] targets. `main.rs` only parses, starts logging and maps the result to an exit code.
 
+pub mod aud;
 pub mod cli;
 pub mod cloudflare;
 pub mod config;

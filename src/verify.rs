@@ -265,9 +265,7 @@ pub fn render_text(results: &[CheckResult]) -> String {
 }
 
 fn is_aud(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    crate::aud::Aud::parse(s).is_ok()
 }
 
 async fn redirect(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> CheckResult {

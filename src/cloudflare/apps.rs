@@ -163,11 +163,7 @@ pub fn choose<'a>(apps: &'a [AccessApp], host: &str) -> Result<&'a AccessApp, Er
 
 /// Check that an AUD tag is 64 lowercase hex characters before anything is written.
 pub fn validate_aud(aud: &str, app: &AccessApp) -> Result<(), Error> {
-    if aud.len() == 64
-        && aud
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if crate::aud::Aud::parse(aud).is_ok() {
         Ok(())
     } else {
         Err(Error::Lookup(format!(

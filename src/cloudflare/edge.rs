@@ -174,9 +174,7 @@ pub struct EdgeAud {
 }
 
 fn is_aud(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    crate::aud::Aud::parse(s).is_ok()
 }
 
 /// Learn the AUD of the application protecting `url` without an API token: the verified
