@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::{Error, Observation, SinkInfo, WriteOutcome};
 use crate::cli::InfisicalArgs;
 use crate::config::Env;
-use crate::http::{RetryPolicy, backoff, retry_wait};
+use crate::http::{Call, Resend, RetryPolicy};
 use crate::secret::Secret;
 use crate::state::{LoginRefusal, PendingWrite, StateFile};
 
@@ -277,12 +277,7 @@ impl Client {
     }
 
     pub fn new(settings: Settings) -> Client {
-        let http = crate::http::build(
-            reqwest::Client::builder()
-                .timeout(settings.timeout)
-                .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-                .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION"))),
-        );
+        let http = crate::http::client(settings.timeout, crate::http::Redirects::Follow);
         Client {
             http,
             settings,
@@ -488,7 +483,6 @@ impl Client {
             Method::PATCH => "update",
             _ => "create",
         };
-        let mut attempt = 0;
         let mut relogged = false;
         loop {
             let token = match &self.token {
@@ -499,30 +493,33 @@ impl Client {
                     t
                 }
             };
-            attempt += 1;
-            let mut req = self
-                .http()?
-                .request(method.clone(), &url)
-                .bearer_auth(token.expose());
-            req = match &body {
-                Some(b) => req.json(b),
-                None => req.query(&query),
+            let http = self.http()?;
+            let call = Call {
+                service: "infisical",
+                method: &method,
+                path: &path,
+                // A repeated create answers "already exists", which `create` turns into None
+                // and the sink into an update: every request here may be sent again.
+                resend: Resend::Always,
             };
-            tracing::debug!(%method, path, attempt, "infisical request");
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    if attempt < self.retry.attempts {
-                        let wait = backoff(&self.retry, attempt);
-                        tracing::warn!(%method, path, attempt, error = %crate::http::describe_transport(&e), ?wait, "infisical request failed; retrying");
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
+            let sent = crate::http::send(&self.retry, call, || {
+                let req = http
+                    .request(method.clone(), &url)
+                    .bearer_auth(token.expose());
+                match &body {
+                    Some(b) => req.json(b),
+                    None => req.query(&query),
+                }
+            })
+            .await;
+            let (resp, attempt) = match sent {
+                Ok(a) => (a.response, a.attempts),
+                Err(f) => {
                     return Err(unreachable(
                         format!(
                             "{method} {path} at {}: {}",
                             self.settings.host,
-                            crate::http::describe_transport(&e.without_url())
+                            crate::http::describe_transport(&f.error.without_url())
                         ),
                         Some(
                             "check INFISICAL_HOST and network access to it; the next run retries"
@@ -532,16 +529,10 @@ impl Client {
                 }
             };
             let status = resp.status();
-            let headers = resp.headers().clone();
             let bytes = resp.bytes().await.unwrap_or_default();
             let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                if attempt < self.retry.attempts {
-                    let wait = retry_wait(&self.retry, &headers, attempt);
-                    tracing::warn!(%method, path, status = status.as_u16(), attempt, ?wait, "infisical answered with a retryable status; waiting");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
+                // The retries are spent.
                 let hint = (status == StatusCode::TOO_MANY_REQUESTS).then(|| {
                     "Infisical allows about 60 secret requests a minute by default; run less often, or raise the instance's rate limits".to_string()
                 });
@@ -560,7 +551,6 @@ impl Client {
                     tracing::info!("Infisical access token expired; logging in again");
                     relogged = true;
                     self.token = None;
-                    attempt = 0;
                     continue;
                 }
                 let (message, hint) = if can_login {
@@ -910,7 +900,7 @@ pub async fn read_cloudflare_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::retry_after;
+    use crate::http::{retry_after, retry_wait};
 
     #[test]
     fn clock_shows_utc_time_of_day() {
