@@ -24,7 +24,9 @@ pub struct Aud(String);
 pub enum AudError {
     #[error("an AUD tag is {LEN} lowercase hex characters, this one has {0} characters")]
     Length(usize),
-    #[error("an AUD tag is {LEN} lowercase hex characters (0-9, a-f), this one holds other characters")]
+    #[error(
+        "an AUD tag is {LEN} lowercase hex characters (0-9, a-f), this one holds other characters"
+    )]
     NotLowercaseHex,
 }
 
@@ -98,10 +100,7 @@ mod tests {
             Aud::parse(&GOOD.to_ascii_uppercase()),
             Err(AudError::NotLowercaseHex)
         );
-        assert_eq!(
-            Aud::parse(&"g".repeat(64)),
-            Err(AudError::NotLowercaseHex)
-        );
+        assert_eq!(Aud::parse(&"g".repeat(64)), Err(AudError::NotLowercaseHex));
         assert_eq!(Aud::parse("abc"), Err(AudError::Length(3)));
         assert_eq!(Aud::parse(""), Err(AudError::Length(0)));
         assert_eq!(Aud::parse(&GOOD[..63]), Err(AudError::Length(63)));

@@ -264,9 +264,11 @@ mod tests {
             path: "/x",
             resend,
         };
-        let a = send(&fast(), call, || http.request(method.clone(), format!("{url}/x")))
-            .await
-            .unwrap();
+        let a = send(&fast(), call, || {
+            http.request(method.clone(), format!("{url}/x"))
+        })
+        .await
+        .unwrap();
         (
             a.response.status().as_u16(),
             a.attempts,
@@ -342,7 +344,9 @@ mod tests {
                 let n = conn.read(&mut buf).unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]);
                 let answer = if req.starts_with("GET /from") {
-                    format!("HTTP/1.1 302 Found\r\nLocation: {target}/to\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    format!(
+                        "HTTP/1.1 302 Found\r\nLocation: {target}/to\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
                 } else {
                     "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
                 };
@@ -354,5 +358,75 @@ mod tests {
         let from = format!("{url}/from");
         assert_eq!(follow.get(&from).send().await.unwrap().status(), 200);
         assert_eq!(none.get(&from).send().await.unwrap().status(), 302);
+    }
+
+    /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as servers send in `Retry-After`.
+    fn http_date(t: std::time::SystemTime) -> String {
+        httpdate::fmt_http_date(t)
+    }
+
+    fn headers(retry_after: &str) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            retry_after.parse().expect("header value"),
+        );
+        h
+    }
+
+    #[test]
+    fn http_date_helper_matches_the_rfc_example() {
+        let t = humantime::parse_rfc3339("1994-11-06T08:49:37Z").unwrap();
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_but_capped() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.max_delay, Duration::from_secs(30));
+        assert_eq!(retry_wait(&p, &headers("2"), 1), Duration::from_secs(2));
+
+        let hour = headers("3600");
+        assert_eq!(retry_after(&hour), Some(Duration::from_secs(3600)));
+        assert_eq!(retry_wait(&p, &hour, 1), p.max_delay);
+
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let date = headers(&http_date(later));
+        assert!(
+            retry_after(&date).is_some_and(|d| d > Duration::from_secs(3500)),
+            "the date is understood as about an hour: {:?}",
+            retry_after(&date)
+        );
+        assert_eq!(retry_wait(&p, &date, 1), p.max_delay);
+
+        let small = RetryPolicy {
+            max_delay: Duration::from_millis(100),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(retry_wait(&small, &hour, 1), small.max_delay);
+    }
+
+    #[test]
+    fn without_retry_after_the_wait_backs_off_exponentially_and_is_capped() {
+        let p = RetryPolicy {
+            attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        let none = reqwest::header::HeaderMap::new();
+        let garbage = headers("soon");
+        for h in [&none, &garbage] {
+            let w1 = retry_wait(&p, h, 1);
+            let w3 = retry_wait(&p, h, 3);
+            assert!(
+                (Duration::from_millis(100)..=Duration::from_millis(125)).contains(&w1),
+                "{w1:?}"
+            );
+            assert!(
+                (Duration::from_millis(400)..=Duration::from_millis(500)).contains(&w3),
+                "{w3:?}"
+            );
+            assert_eq!(retry_wait(&p, h, 9), p.max_delay);
+        }
     }
 }

@@ -57,7 +57,7 @@ impl SyncConfig {
         sinks.dedup();
         let infisical = if sinks.contains(&SinkKind::Infisical) {
             Some(
-                infisical::Settings::from_args(&a.source.infisical, env, a.source.timeout)?
+                crate::config_infisical::infisical_settings(&a.source.infisical, env, a.source.timeout)?
                     .ok_or_else(|| {
                         Error::usage(
                             "--sink infisical needs INFISICAL_PROJECT_ID and credentials: INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET (Universal Auth), or INFISICAL_TOKEN",
@@ -266,7 +266,7 @@ pub async fn resolve_credentials_at(
         return Ok(env);
     }
     let Some(mut settings) =
-        infisical::Settings::from_args(&source.infisical, &env, source.timeout)?
+        crate::config_infisical::infisical_settings(&source.infisical, &env, source.timeout)?
     else {
         return Ok(env);
     };
@@ -276,7 +276,7 @@ pub async fn resolve_credentials_at(
         "CLOUDFLARE_API_TOKEN",
         crate::secret::Secret::new("validation-placeholder"),
     ))?;
-    infisical::read_cloudflare_credentials(&settings, env).await
+    crate::config_infisical::read_cloudflare_credentials(&settings, env).await
 }
 
 /// The sinks named by `--sink`, in order; `state` gives the Infisical write held for approval.

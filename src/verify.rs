@@ -99,7 +99,7 @@ impl VerifyConfig {
         // Unconfigured Infisical is reported by the check (not checked); half a configuration
         // is a usage error, as for `sync`.
         let infisical = if sinks.contains(&SinkKind::Infisical) {
-            infisical::Settings::from_args(&a.source.infisical, env, a.source.timeout)?
+            crate::config_infisical::infisical_settings(&a.source.infisical, env, a.source.timeout)?
         } else {
             None
         };

@@ -32,8 +32,8 @@ pub enum Auth {
     None,
 }
 
-pub use crate::http::{RetryPolicy, retry_after};
 use crate::http::Resend;
+pub use crate::http::{RetryPolicy, retry_after};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
