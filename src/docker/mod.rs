@@ -7,6 +7,7 @@
 //! sequence with its health gate and roll back; [`recover`] finishes or undoes a recreate
 //! that was cut short, and sizes the timeout of stop calls.
 
+mod ops;
 mod recover;
 mod recreate;
 pub mod spec;
@@ -238,7 +239,8 @@ impl Target for Container {
     }
 
     async fn recreate(&mut self, key: &str, value: &str) -> Result<(), ActionError> {
-        recreate::recreate(&self.engine.docker, &self.name, key, value, &self.opts).await
+        let changes = [(key.to_string(), value.to_string())];
+        recreate::recreate(&self.engine.docker, &self.name, &changes, &self.opts).await
     }
 }
 
