@@ -4,6 +4,9 @@
 //! `self_hosted_domains`, else `domain`; lowercase, path stripped; an exact host beats a `*.`
 //! wildcard; several exact matches are ambiguous. The server-side `domain` filter is a hint
 //! only: every page is read and matched here.
+//!
+//! It must never hand on an AUD that [`crate::aud::Aud::parse`] refuses ([`validate_aud`]
+//! runs before anything is written), and never guess between ambiguous applications.
 
 use serde::{Deserialize, Serialize};
 

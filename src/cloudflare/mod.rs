@@ -1,8 +1,10 @@
 //! The Cloudflare API v4 client: authentication, the `{success, errors, result}` envelope,
-//! pagination, timeouts and bounded retries.
+//! pagination, timeouts and bounded retries (the shared loop of [`crate::http::send`]).
 //!
 //! Owns every request to Cloudflare. It never logs a header or a credential; errors carry
-//! Cloudflare's code and message, the HTTP status and the path, never the token.
+//! Cloudflare's code and message, the HTTP status and the path, never the token. It never sends
+//! a POST twice once it may have reached the server (it would create a second application or
+//! policy), and never reads flags or the environment: it is given its base URL and credential.
 
 pub mod apps;
 pub mod edge;
