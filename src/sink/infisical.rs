@@ -16,7 +16,7 @@ use crate::infisical::{self, Written};
 use crate::state::PendingWrite;
 
 // The paths `cli`, `sync` and `verify` use today; they can name `crate::infisical` directly.
-pub use crate::infisical::{ApiVersion, Client, Credentials, DEFAULT_HOST, Settings};
+pub use crate::infisical::{ApiVersion, Client, DEFAULT_HOST, Settings};
 
 /// `infisical::Error` as a sink error: the same message and hint, and whether Infisical
 /// answered at all.
@@ -169,5 +169,34 @@ impl InfisicalSink {
                 WriteOutcome::PendingApproval { detail }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_keep_message_hint_and_reachability() {
+        let e: Error = infisical::Error::Unreachable {
+            message: "GET /api/v4/secrets/K at http://x: cannot connect".into(),
+            hint: Some("check INFISICAL_HOST".into()),
+        }
+        .into();
+        assert_eq!(
+            e.to_string(),
+            "Infisical: GET /api/v4/secrets/K at http://x: cannot connect"
+        );
+        assert!(e.is_unreachable());
+        assert_eq!(e.hint().as_deref(), Some("check INFISICAL_HOST"));
+        let e: Error = infisical::Error::Failed {
+            message: "not allowed".into(),
+            hint: None,
+        }
+        .into();
+        assert_eq!(
+            (e.to_string().as_str(), e.is_unreachable()),
+            ("Infisical: not allowed", false)
+        );
     }
 }
