@@ -7,6 +7,10 @@ if ! docker version >/dev/null 2>&1; then
   echo "error: the Docker engine is unreachable (DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}); the tests need it" >&2
   exit 1
 fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "cargo-nextest is missing; installing it (cargo install --locked cargo-nextest)" >&2
+  cargo install --locked cargo-nextest
+fi
 export AUDSYNC_TEST_IMAGE=${AUDSYNC_TEST_IMAGE:-audsync-test/busybox:1}
 bash scripts/test-image.sh "$AUDSYNC_TEST_IMAGE"
 export AUDSYNC_DOCKER_TESTS=1

@@ -1,12 +1,16 @@
-//! Small helpers shared by the HTTP clients (Cloudflare, Infisical, the Access edge): the
-//! retry policy and its waits, client construction, and how transport failures are described.
+//! What every HTTP client of audsync shares (Cloudflare, Infisical, the Access edge): the one
+//! client builder ([`client`]: timeouts, user agent, redirect policy), the one retry loop
+//! ([`send`]: 429/5xx/transport retried with backoff and a capped `Retry-After`), and how
+//! transport failures are described.
 //!
-//! Never includes a URL's query or a header in what it returns: callers put the result in
-//! errors and logs.
+//! It never logs or returns a URL's query, a header or a body: callers put what it returns in
+//! errors and logs, and requests carry credentials. It never re-sends a request that is not
+//! safe to repeat once it may have reached the server ([`Resend`]).
 
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
 
 /// Retry policy for 429, 5xx and transport errors. Other 4xx are never retried.
 #[derive(Debug, Clone)]
@@ -81,9 +85,34 @@ pub fn describe_transport(e: &reqwest::Error) -> String {
     }
 }
 
+/// Whether a client follows redirects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirects {
+    /// reqwest's default policy (up to 10 hops). The API clients use it today.
+    Follow,
+    /// Never: the redirect is the answer (the Access edge's 302 to the login page).
+    None,
+}
+
+/// The one way to make an HTTP client: `timeout` for the whole request (at least 1 ms),
+/// connecting bounded by 10 s, user agent `audsync/<version>`, redirects as asked.
+pub fn client(timeout: Duration, redirects: Redirects) -> Result<reqwest::Client, String> {
+    let policy = match redirects {
+        Redirects::Follow => reqwest::redirect::Policy::default(),
+        Redirects::None => reqwest::redirect::Policy::none(),
+    };
+    build(
+        reqwest::Client::builder()
+            .redirect(policy)
+            .timeout(timeout.max(Duration::from_millis(1)))
+            .connect_timeout(timeout.clamp(Duration::from_millis(1), Duration::from_secs(10)))
+            .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION"))),
+    )
+}
+
 /// Build a reqwest client; TLS set-up can fail (no system CA certificates), and that must be an
 /// error the user can act on, never a panic in the middle of `watch`.
-pub fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String> {
+fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| {
         let mut msg = format!("cannot set up the HTTP client: {e}");
         let mut src = std::error::Error::source(&e);
@@ -93,4 +122,311 @@ pub fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String>
         }
         msg + " (check the system CA certificates: package ca-certificates, SSL_CERT_FILE)"
     })
+}
+
+/// Whether a request may be sent again once it may have reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Sending it twice has the effect of sending it once (GET, PUT, PATCH; Infisical's create,
+    /// whose repeat answers "already exists", which the caller handles): every 429, 5xx and
+    /// transport failure is retried.
+    Always,
+    /// Sending it twice could act twice (a Cloudflare POST creates a second application or
+    /// policy): retried only when it was certainly not processed, i.e. a connect failure or a
+    /// 429. A 5xx or a failure after connecting ends the loop.
+    IfNotProcessed,
+}
+
+/// What one request is, for the retry loop's logs (never a query, a header or a body).
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// `cloudflare`, `infisical`: the service, as it appears in log messages.
+    pub service: &'static str,
+    pub method: &'a Method,
+    /// The path, without the query.
+    pub path: &'a str,
+    pub resend: Resend,
+}
+
+/// The answer the loop stopped at: a success, a status that is not retried, or a retryable
+/// one after the last attempt (`attempts` says how many were made).
+#[derive(Debug)]
+pub struct Answer {
+    pub response: reqwest::Response,
+    pub attempts: u32,
+}
+
+/// A transport failure (no answer at all) that is not retried, or the one of the last attempt.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: reqwest::Error,
+    pub attempts: u32,
+}
+
+/// The one retry loop. `request` builds the request afresh for every attempt (headers and
+/// body included). 429 and 5xx answers and transport failures are retried up to
+/// `policy.attempts` tries in all, as [`Resend`] allows, waiting [`backoff`] after a transport
+/// failure and [`retry_wait`] (the server's `Retry-After`, capped) after an answer. Every other
+/// answer is returned at once for the caller to judge.
+pub async fn send(
+    policy: &RetryPolicy,
+    call: Call<'_>,
+    mut request: impl FnMut() -> reqwest::RequestBuilder,
+) -> Result<Answer, Failed> {
+    let Call {
+        service,
+        method,
+        path,
+        resend,
+    } = call;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        tracing::debug!(%method, path, attempt, "{service} request");
+        let response = match request().send().await {
+            Ok(r) => r,
+            Err(error) => {
+                let may_retry = resend == Resend::Always || error.is_connect();
+                if may_retry && attempt < policy.attempts {
+                    let wait = backoff(policy, attempt);
+                    tracing::warn!(%method, path, attempt, error = %describe_transport(&error), ?wait, "{service} request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                return Err(Failed {
+                    error,
+                    attempts: attempt,
+                });
+            }
+        };
+        let status = response.status();
+        // 429 means "not processed"; a 5xx may have been, so only 429 retries what must not be
+        // repeated.
+        let retryable = status == StatusCode::TOO_MANY_REQUESTS
+            || (status.is_server_error() && resend == Resend::Always);
+        if retryable && attempt < policy.attempts {
+            let wait = retry_wait(policy, response.headers(), attempt);
+            tracing::warn!(%method, path, status = status.as_u16(), attempt, ?wait, "{service} answered with a retryable status; waiting");
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        return Ok(Answer {
+            response,
+            attempts: attempt,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A server on 127.0.0.1 answering the n-th request (0-based) with `statuses[n]` (the last
+    /// one again after the list); returns its URL and the number of requests seen.
+    fn server(statuses: Vec<u16>) -> (String, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let status = statuses[n.min(statuses.len() - 1)];
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\nRetry-After: 0\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+                );
+            }
+        });
+        (url, seen)
+    }
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 3,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        }
+    }
+
+    async fn run(statuses: Vec<u16>, method: Method, resend: Resend) -> (u16, u32, usize) {
+        let (url, seen) = server(statuses);
+        let http = client(Duration::from_secs(10), Redirects::Follow).unwrap();
+        let call = Call {
+            service: "test",
+            method: &method,
+            path: "/x",
+            resend,
+        };
+        let a = send(&fast(), call, || {
+            http.request(method.clone(), format!("{url}/x"))
+        })
+        .await
+        .unwrap();
+        (
+            a.response.status().as_u16(),
+            a.attempts,
+            seen.load(Ordering::SeqCst),
+        )
+    }
+
+    #[tokio::test]
+    async fn retryable_answers_are_retried_until_success_or_the_last_attempt() {
+        assert_eq!(
+            run(vec![503, 429, 200], Method::GET, Resend::Always).await,
+            (200, 3, 3)
+        );
+        assert_eq!(
+            run(vec![500], Method::GET, Resend::Always).await,
+            (500, 3, 3)
+        );
+        assert_eq!(
+            run(vec![404, 200], Method::GET, Resend::Always).await,
+            (404, 1, 1),
+            "other 4xx are never retried"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_must_not_be_repeated_is_retried_only_after_a_429() {
+        assert_eq!(
+            run(vec![502, 200], Method::POST, Resend::IfNotProcessed).await,
+            (502, 1, 1),
+            "a 5xx after a POST may have been processed"
+        );
+        assert_eq!(
+            run(vec![429, 201], Method::POST, Resend::IfNotProcessed).await,
+            (201, 2, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_retried_and_then_returned() {
+        // A port nobody listens on: every attempt fails to connect.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let http = client(Duration::from_secs(5), Redirects::None).unwrap();
+        for resend in [Resend::Always, Resend::IfNotProcessed] {
+            let call = Call {
+                service: "test",
+                method: &Method::POST,
+                path: "/x",
+                resend,
+            };
+            let f = send(&fast(), call, || {
+                http.post(format!("http://127.0.0.1:{port}/x"))
+            })
+            .await
+            .unwrap_err();
+            assert!(f.error.is_connect(), "{f:?}");
+            assert_eq!(f.attempts, 3, "a connect failure never reached the server");
+        }
+    }
+
+    #[tokio::test]
+    async fn redirects_follow_the_policy_asked_for() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target = url.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut buf = [0u8; 4096];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let answer = if req.starts_with("GET /from") {
+                    format!(
+                        "HTTP/1.1 302 Found\r\nLocation: {target}/to\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                };
+                let _ = conn.write_all(answer.as_bytes());
+            }
+        });
+        let follow = client(Duration::from_secs(5), Redirects::Follow).unwrap();
+        let none = client(Duration::from_secs(5), Redirects::None).unwrap();
+        let from = format!("{url}/from");
+        assert_eq!(follow.get(&from).send().await.unwrap().status(), 200);
+        assert_eq!(none.get(&from).send().await.unwrap().status(), 302);
+    }
+
+    /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as servers send in `Retry-After`.
+    fn http_date(t: std::time::SystemTime) -> String {
+        httpdate::fmt_http_date(t)
+    }
+
+    fn headers(retry_after: &str) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            retry_after.parse().expect("header value"),
+        );
+        h
+    }
+
+    #[test]
+    fn http_date_helper_matches_the_rfc_example() {
+        let t = humantime::parse_rfc3339("1994-11-06T08:49:37Z").unwrap();
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_but_capped() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.max_delay, Duration::from_secs(30));
+        assert_eq!(retry_wait(&p, &headers("2"), 1), Duration::from_secs(2));
+
+        let hour = headers("3600");
+        assert_eq!(retry_after(&hour), Some(Duration::from_secs(3600)));
+        assert_eq!(retry_wait(&p, &hour, 1), p.max_delay);
+
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let date = headers(&http_date(later));
+        assert!(
+            retry_after(&date).is_some_and(|d| d > Duration::from_secs(3500)),
+            "the date is understood as about an hour: {:?}",
+            retry_after(&date)
+        );
+        assert_eq!(retry_wait(&p, &date, 1), p.max_delay);
+
+        let small = RetryPolicy {
+            max_delay: Duration::from_millis(100),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(retry_wait(&small, &hour, 1), small.max_delay);
+    }
+
+    #[test]
+    fn without_retry_after_the_wait_backs_off_exponentially_and_is_capped() {
+        let p = RetryPolicy {
+            attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        let none = reqwest::header::HeaderMap::new();
+        let garbage = headers("soon");
+        for h in [&none, &garbage] {
+            let w1 = retry_wait(&p, h, 1);
+            let w3 = retry_wait(&p, h, 3);
+            assert!(
+                (Duration::from_millis(100)..=Duration::from_millis(125)).contains(&w1),
+                "{w1:?}"
+            );
+            assert!(
+                (Duration::from_millis(400)..=Duration::from_millis(500)).contains(&w3),
+                "{w3:?}"
+            );
+            assert_eq!(retry_wait(&p, h, 9), p.max_delay);
+        }
+    }
 }

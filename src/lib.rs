@@ -3,14 +3,17 @@
 //! Data flows one way: [`config`] -> [`source`] (Cloudflare) -> [`reconcile`] -> [`sink`] ->
 //! [`docker`] targets. `main.rs` only parses, starts logging and maps the result to an exit code.
 
+pub mod aud;
 pub mod cli;
 pub mod cloudflare;
 pub mod config;
+pub mod config_infisical;
 pub mod docker;
 pub mod error;
 pub mod exit;
 pub mod fsx;
 pub mod http;
+pub mod infisical;
 pub mod lock;
 pub mod reconcile;
 pub mod secret;

@@ -99,7 +99,7 @@ impl VerifyConfig {
         // Unconfigured Infisical is reported by the check (not checked); half a configuration
         // is a usage error, as for `sync`.
         let infisical = if sinks.contains(&SinkKind::Infisical) {
-            infisical::Settings::from_args(&a.source.infisical, env, a.source.timeout)?
+            crate::config_infisical::infisical_settings(&a.source.infisical, env, a.source.timeout)?
         } else {
             None
         };
@@ -265,9 +265,7 @@ pub fn render_text(results: &[CheckResult]) -> String {
 }
 
 fn is_aud(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    crate::aud::Aud::parse(s).is_ok()
 }
 
 async fn redirect(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> CheckResult {

@@ -4,6 +4,9 @@
 //! `self_hosted_domains`, else `domain`; lowercase, path stripped; an exact host beats a `*.`
 //! wildcard; several exact matches are ambiguous. The server-side `domain` filter is a hint
 //! only: every page is read and matched here.
+//!
+//! It must never hand on an AUD that [`crate::aud::Aud::parse`] refuses ([`validate_aud`]
+//! runs before anything is written), and never guess between ambiguous applications.
 
 use serde::{Deserialize, Serialize};
 
@@ -163,11 +166,7 @@ pub fn choose<'a>(apps: &'a [AccessApp], host: &str) -> Result<&'a AccessApp, Er
 
 /// Check that an AUD tag is 64 lowercase hex characters before anything is written.
 pub fn validate_aud(aud: &str, app: &AccessApp) -> Result<(), Error> {
-    if aud.len() == 64
-        && aud
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if crate::aud::Aud::parse(aud).is_ok() {
         Ok(())
     } else {
         Err(Error::Lookup(format!(

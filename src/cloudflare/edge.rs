@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::redirect::Policy;
 
 use super::jwt::{self, Jwks};
 
@@ -29,14 +28,7 @@ fn err(message: impl Into<String>, hint: impl Into<String>) -> EdgeError {
 
 /// An HTTP client for the edge: no redirects followed, bounded time.
 pub fn http(timeout: Duration) -> Result<reqwest::Client, EdgeError> {
-    crate::http::build(
-        reqwest::Client::builder()
-            .redirect(Policy::none())
-            .timeout(timeout.max(Duration::from_millis(1)))
-            .connect_timeout(timeout.clamp(Duration::from_millis(1), Duration::from_secs(10)))
-            .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION"))),
-    )
-    .map_err(|m| {
+    crate::http::client(timeout, crate::http::Redirects::None).map_err(|m| {
         err(
             m,
             "install the system CA certificates (ca-certificates) or set SSL_CERT_FILE",
@@ -174,9 +166,7 @@ pub struct EdgeAud {
 }
 
 fn is_aud(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    crate::aud::Aud::parse(s).is_ok()
 }
 
 /// Learn the AUD of the application protecting `url` without an API token: the verified

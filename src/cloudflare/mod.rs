@@ -1,8 +1,10 @@
 //! The Cloudflare API v4 client: authentication, the `{success, errors, result}` envelope,
-//! pagination, timeouts and bounded retries.
+//! pagination, timeouts and bounded retries (the shared loop of [`crate::http::send`]).
 //!
 //! Owns every request to Cloudflare. It never logs a header or a credential; errors carry
-//! Cloudflare's code and message, the HTTP status and the path, never the token.
+//! Cloudflare's code and message, the HTTP status and the path, never the token. It never sends
+//! a POST twice once it may have reached the server (it would create a second application or
+//! policy), and never reads flags or the environment: it is given its base URL and credential.
 
 pub mod apps;
 pub mod edge;
@@ -32,6 +34,7 @@ pub enum Auth {
     None,
 }
 
+use crate::http::Resend;
 pub use crate::http::{RetryPolicy, retry_after};
 
 #[derive(Debug, thiserror::Error)]
@@ -160,12 +163,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, auth: Auth, timeout: Duration, retry: RetryPolicy) -> Self {
-        let http = crate::http::build(
-            reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout.min(Duration::from_secs(10)))
-                .user_agent(concat!("audsync/", env!("CARGO_PKG_VERSION"))),
-        );
+        let http = crate::http::client(timeout, crate::http::Redirects::Follow);
         Client {
             requests: Default::default(),
             http,
@@ -178,10 +176,6 @@ impl Client {
     /// How many HTTP requests this client (and its clones) sent.
     pub fn requests(&self) -> u64 {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn count_request(&self) {
-        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// GET a single object and decode `result`.
@@ -259,93 +253,86 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<(Value, Option<ResultInfo>), Error> {
         let url = format!("{}{}", self.base, path);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let http = self.http.as_ref().map_err(|e| Error::Setup(e.clone()))?;
-            let mut req = http.request(method.clone(), &url).query(query);
-            req = match &self.auth {
+        let http = self.http.as_ref().map_err(|e| Error::Setup(e.clone()))?;
+        let call = crate::http::Call {
+            service: "cloudflare",
+            method: &method,
+            path,
+            // A POST that may have reached the server is not sent twice (it would create a
+            // second application or policy); one that never connected, or got a 429, is.
+            resend: if method == Method::POST {
+                Resend::IfNotProcessed
+            } else {
+                Resend::Always
+            },
+        };
+        let answer = crate::http::send(&self.retry, call, || {
+            self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let req = http.request(method.clone(), &url).query(query);
+            let req = match &self.auth {
                 Auth::Token(t) => req.bearer_auth(t.expose()),
                 Auth::GlobalKey { email, key } => req
                     .header("X-Auth-Email", email)
                     .header("X-Auth-Key", key.expose()),
                 Auth::None => req,
             };
-            if let Some(b) = body {
-                req = req.json(b);
+            match body {
+                Some(b) => req.json(b),
+                None => req,
             }
-            tracing::debug!(%method, path, attempt, "cloudflare request");
-            self.count_request();
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(source) => {
-                    // A POST that may have reached the server is not sent twice (it would
-                    // create a second application or policy); one that never connected is.
-                    let may_retry = method != Method::POST || source.is_connect();
-                    if may_retry && attempt < self.retry.attempts {
-                        let wait = crate::http::backoff(&self.retry, attempt);
-                        tracing::warn!(%method, path, attempt, error = %crate::http::describe_transport(&source), ?wait, "cloudflare request failed; retrying");
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    return Err(Error::Transport {
-                        method,
-                        path: path.into(),
-                        source: source.without_url(),
-                    });
-                }
-            };
-            let status = resp.status();
-            // 429 means "not processed"; a 5xx after a POST may have been, so only 429 retries it.
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                || (status.is_server_error() && method != Method::POST);
-            if retryable && attempt < self.retry.attempts {
-                let wait = crate::http::retry_wait(&self.retry, resp.headers(), attempt);
-                tracing::warn!(%method, path, status = status.as_u16(), attempt, ?wait, "cloudflare answered with a retryable status; waiting");
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                return Err(Error::RateLimited {
+        })
+        .await;
+        let (resp, attempt) = match answer {
+            Ok(a) => (a.response, a.attempts),
+            Err(f) => {
+                return Err(Error::Transport {
                     method,
                     path: path.into(),
-                    attempts: attempt,
+                    source: f.error.without_url(),
                 });
             }
-            let bytes = resp.bytes().await.map_err(|source| Error::Transport {
-                method: method.clone(),
+        };
+        let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(Error::RateLimited {
+                method,
                 path: path.into(),
-                source: source.without_url(),
-            })?;
-            let env: Envelope = match serde_json::from_slice(&bytes) {
-                Ok(e) => e,
-                Err(e) => {
-                    if !status.is_success() {
-                        return Err(Error::Api {
-                            method,
-                            path: path.into(),
-                            status: status.as_u16(),
-                            errors: vec![],
-                        });
-                    }
-                    return Err(Error::Malformed {
+                attempts: attempt,
+            });
+        }
+        let bytes = resp.bytes().await.map_err(|source| Error::Transport {
+            method: method.clone(),
+            path: path.into(),
+            source: source.without_url(),
+        })?;
+        let env: Envelope = match serde_json::from_slice(&bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                if !status.is_success() {
+                    return Err(Error::Api {
                         method,
                         path: path.into(),
                         status: status.as_u16(),
-                        detail: format!("not a Cloudflare JSON envelope ({e})"),
+                        errors: vec![],
                     });
                 }
-            };
-            if !env.success || !status.is_success() {
-                return Err(Error::Api {
+                return Err(Error::Malformed {
                     method,
                     path: path.into(),
                     status: status.as_u16(),
-                    errors: env.errors,
+                    detail: format!("not a Cloudflare JSON envelope ({e})"),
                 });
             }
-            return Ok((env.result, env.result_info));
+        };
+        if !env.success || !status.is_success() {
+            return Err(Error::Api {
+                method,
+                path: path.into(),
+                status: status.as_u16(),
+                errors: env.errors,
+            });
         }
+        Ok((env.result, env.result_info))
     }
 }
 

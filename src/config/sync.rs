@@ -106,7 +106,7 @@ impl SyncConfig {
             .iter()
             .any(|b| b.sinks.iter().any(|s| matches!(s, BindingSink::Infisical(_))));
         let infisical = if wants_infisical {
-            match infisical::Settings::from_args(&a.source.infisical, env, a.source.timeout) {
+            match crate::config_infisical::infisical_settings(&a.source.infisical, env, a.source.timeout) {
                 Ok(Some(s)) => Some(s),
                 Ok(None) => {
                     problems.push("an Infisical sink needs INFISICAL_PROJECT_ID and credentials: INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET (Universal Auth), or INFISICAL_TOKEN ([infisical] in the config file)".into());

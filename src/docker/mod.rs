@@ -7,6 +7,7 @@
 //! sequence with its health gate and roll back; [`recover`] finishes or undoes a recreate
 //! that was cut short, and sizes the timeout of stop calls.
 
+mod ops;
 mod recover;
 mod recreate;
 pub mod spec;

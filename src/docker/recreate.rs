@@ -1,4 +1,4 @@
-//! Recreating one container with one variable changed, without ever losing the service.
+//! Recreating one container with some variables changed, without ever losing the service.
 //!
 //! Order (compose's, which always keeps a way back): create the new container under a temporary
 //! name, stop the old one, move the old one aside, give the new one the name, start it, wait
@@ -6,36 +6,31 @@
 //! and the old one is started again, then gets its name back. The temporary names record the
 //! recreate in progress ([`super::recover`] finishes or undoes one that was cut short: every
 //! step leaves a temporary name behind until the end). The old container is never removed
-//! with its volumes (`v=false`): the new one mounts its anonymous volumes by name.
+//! with its volumes (`v=false`): the new one mounts its anonymous volumes by name. The shared
+//! steps (names, stop timeouts, health gate, the way back) are [`super::ops`]'s; this module
+//! never imports [`super::recover`].
 
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::{ContainerInspectResponse, HealthStatusEnum, NetworkConnectRequest};
-use bollard::query_parameters::{
-    CreateContainerOptions, LogsOptions, RemoveContainerOptions, RenameContainerOptions,
-    StopContainerOptions,
-};
+use bollard::models::{ContainerInspectResponse, NetworkConnectRequest};
+use bollard::query_parameters::{CreateContainerOptions, LogsOptions, StopContainerOptions};
 use futures_util::StreamExt;
 
-use super::{RecreateOptions, container_error, recover, spec};
+use super::ops::{self, keep_volumes, rename, wait_good};
+use super::{RecreateOptions, container_error, spec};
 use crate::reconcile::ActionError;
 
-/// How often the new container's state is read while waiting for it to be good.
-const POLL: Duration = Duration::from_millis(250);
 /// Log lines of a failed new container quoted in the error.
 const LOG_LINES: usize = 20;
 
-/// Docker's healthcheck defaults, used when the container leaves a field at 0.
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_RETRIES: u32 = 3;
-
+/// Recreate `target` with every `KEY=value` of `changes` applied in one create body (see
+/// [`spec::build`]: an entry is replaced where the container carries the key), keeping the
+/// service: the old container comes back if the new one is not good.
 pub(super) async fn recreate(
     docker: &Docker,
     target: &str,
-    key: &str,
-    value: &str,
+    changes: &[(String, String)],
     opts: &RecreateOptions,
 ) -> Result<(), ActionError> {
     let info = docker
@@ -60,13 +55,18 @@ pub(super) async fn recreate(
     }
     let old_id = info.id.clone().unwrap_or_else(|| target.to_string());
     let image = pinned_image(docker, &info).await;
-    let spec = spec::build(&info, key, value, &image);
+    let spec = spec::build(&info, changes, &image);
     let was_running = info.state.as_ref().and_then(|s| s.running) == Some(true);
     let stop_t = super::stop_timeout(&info);
 
     // The names record the recreate in progress, for a pass that finds it cut short.
-    let (new_name, aside) = recover::temp_names(&name, was_running);
-    tracing::info!(container = %name, temporary = %new_name, "recreating with {key} changed");
+    let (new_name, aside) = ops::temp_names(&name, was_running);
+    let keys = changes
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::info!(container = %name, temporary = %new_name, "recreating with {keys} changed");
 
     let created = docker
         .create_container(
@@ -112,12 +112,12 @@ pub(super) async fn recreate(
         new_id: &new_id,
         was_running,
         renamed: false,
-        stop_wait: recover::stop_wait(stop_t),
+        stop_wait: ops::stop_wait(stop_t),
     };
 
     if was_running {
         tracing::info!(container = %name, "stopping the old container");
-        if let Err(e) = recover::for_stop(docker, stop_t)
+        if let Err(e) = ops::for_stop(docker, stop_t)
             .stop_container(
                 &old_id,
                 Some(StopContainerOptions {
@@ -161,17 +161,7 @@ pub(super) async fn recreate(
         return Err(rb.undo(why).await);
     }
     tracing::info!(container = %name, elapsed_ms = started.elapsed().as_millis() as u64, "the new container is good; removing the old one");
-    if let Err(e) = docker
-        .remove_container(
-            &old_id,
-            Some(RemoveContainerOptions {
-                v: false,
-                force: true,
-                link: false,
-            }),
-        )
-        .await
-    {
+    if let Err(e) = docker.remove_container(&old_id, Some(keep_volumes())).await {
         tracing::warn!(container = %name, old = %aside, error = %e, "the new container runs, but the old one could not be removed; remove it by hand");
     }
     Ok(())
@@ -193,24 +183,9 @@ async fn pinned_image(docker: &Docker, info: &ContainerInspectResponse) -> Strin
     }
 }
 
-async fn rename(docker: &Docker, id: &str, to: &str) -> Result<(), bollard::errors::Error> {
-    docker
-        .rename_container(
-            id,
-            RenameContainerOptions {
-                name: to.to_string(),
-            },
-        )
-        .await
-}
-
+/// Remove a container, best effort (volumes kept).
 async fn remove(docker: &Docker, id: &str) {
-    let opts = RemoveContainerOptions {
-        v: false,
-        force: true,
-        link: false,
-    };
-    if let Err(e) = docker.remove_container(id, Some(opts)).await {
+    if let Err(e) = docker.remove_container(id, Some(keep_volumes())).await {
         tracing::warn!(container = %id, error = %e, "could not remove the new container");
     }
 }
@@ -239,7 +214,7 @@ impl Rollback<'_> {
         let name = self.name;
         tracing::warn!(container = %name, reason = %why, "rolling back to the old container");
         let logs = last_logs(self.docker, self.new_id).await;
-        let problems = recover::restore_old(
+        let problems = ops::restore_old(
             self.docker,
             name,
             self.old_id,
@@ -276,113 +251,6 @@ impl Rollback<'_> {
     }
 }
 
-/// Wait until the new container is good: `healthy` when it has a healthcheck, else running for
-/// the settle time. Returns why not.
-pub(super) async fn wait_good(
-    docker: &Docker,
-    id: &str,
-    opts: &RecreateOptions,
-) -> Result<(), String> {
-    let first = docker
-        .inspect_container(id, None)
-        .await
-        .map_err(|e| format!("cannot inspect the new container: {e}"))?;
-    let health = first
-        .config
-        .as_ref()
-        .and_then(|c| c.healthcheck.clone())
-        .filter(|h| {
-            h.test
-                .as_ref()
-                .is_some_and(|t| !t.is_empty() && t[0] != "NONE")
-        });
-    let started_at = first.state.as_ref().and_then(|s| s.started_at.clone());
-    let restarts = first.restart_count;
-    let begin = Instant::now();
-    match health {
-        Some(h) => {
-            let bound = opts.health_timeout.unwrap_or_else(|| health_bound(&h));
-            loop {
-                let info = inspect(docker, id).await?;
-                check_alive(&info, &started_at, restarts)?;
-                let health = info.state.as_ref().and_then(|s| s.health.as_ref());
-                match health.and_then(|h| h.status) {
-                    Some(HealthStatusEnum::HEALTHY) => return Ok(()),
-                    Some(HealthStatusEnum::UNHEALTHY) => {
-                        let out = health
-                            .and_then(|h| h.log.as_ref())
-                            .and_then(|l| l.last())
-                            .and_then(|r| r.output.clone())
-                            .unwrap_or_default();
-                        return Err(format!(
-                            "the new container became unhealthy (last check: {})",
-                            out.trim()
-                        ));
-                    }
-                    _ => {}
-                }
-                if begin.elapsed() >= bound {
-                    return Err(format!(
-                        "the new container was not healthy within {}",
-                        humantime::format_duration(bound)
-                    ));
-                }
-                tokio::time::sleep(POLL).await;
-            }
-        }
-        None => loop {
-            let info = inspect(docker, id).await?;
-            check_alive(&info, &started_at, restarts)?;
-            if begin.elapsed() >= opts.settle {
-                return Ok(());
-            }
-            tokio::time::sleep(POLL.min(opts.settle)).await;
-        },
-    }
-}
-
-async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInspectResponse, String> {
-    docker
-        .inspect_container(id, None)
-        .await
-        .map_err(|e| format!("cannot inspect the new container: {e}"))
-}
-
-/// Fail when the container stopped, or was restarted by its restart policy since we started it.
-fn check_alive(
-    info: &ContainerInspectResponse,
-    started_at: &Option<String>,
-    restarts: Option<i64>,
-) -> Result<(), String> {
-    let state = info.state.as_ref();
-    let running = state.and_then(|s| s.running) == Some(true);
-    let code = state.and_then(|s| s.exit_code).unwrap_or_default();
-    if !running {
-        return Err(format!("the new container exited (code {code})"));
-    }
-    if info.restart_count != restarts || state.and_then(|s| s.started_at.clone()) != *started_at {
-        return Err("the new container exited and was restarted by its restart policy".into());
-    }
-    Ok(())
-}
-
-/// The longest a healthcheck can take to decide: start period, then `retries` failed probes,
-/// each taking up to its timeout plus the interval; plus a little slack for the engine.
-pub(super) fn health_bound(h: &bollard::models::HealthConfig) -> Duration {
-    let d = |ns: Option<i64>, default: Duration| match ns {
-        Some(n) if n > 0 => Duration::from_nanos(n as u64),
-        _ => default,
-    };
-    let interval = d(h.interval, DEFAULT_INTERVAL);
-    let timeout = d(h.timeout, DEFAULT_TIMEOUT);
-    let start = d(h.start_period, Duration::ZERO);
-    let retries = match h.retries {
-        Some(r) if r > 0 => r as u32,
-        _ => DEFAULT_RETRIES,
-    };
-    start + (interval + timeout) * retries + Duration::from_secs(2)
-}
-
 /// The last lines the container wrote (stdout and stderr), best effort.
 async fn last_logs(docker: &Docker, id: &str) -> Vec<String> {
     let opts = LogsOptions {
@@ -405,27 +273,4 @@ async fn last_logs(docker: &Docker, id: &str) -> Vec<String> {
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     let skip = lines.len().saturating_sub(LOG_LINES);
     lines.into_iter().skip(skip).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bollard::models::HealthConfig;
-
-    #[test]
-    fn health_bound_uses_the_containers_settings_and_docker_defaults() {
-        let s = 1_000_000_000;
-        let h = HealthConfig {
-            interval: Some(2 * s),
-            timeout: Some(s),
-            retries: Some(2),
-            start_period: Some(5 * s),
-            ..Default::default()
-        };
-        assert_eq!(health_bound(&h), Duration::from_secs(5 + 3 * 2 + 2));
-        assert_eq!(
-            health_bound(&HealthConfig::default()),
-            Duration::from_secs(60 * 3 + 2)
-        );
-    }
 }

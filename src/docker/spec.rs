@@ -1,6 +1,7 @@
 //! The create request for a recreated container, computed from the old one's `inspect`. Pure.
 //!
-//! Everything the user configured is carried over; only the one `KEY=value` entry changes. What
+//! Everything the user configured is carried over; only the `KEY=value` entries asked for
+//! change. What
 //! the engine generated for the old container (ids, addresses, the short-id hostname and alias,
 //! a fresh anonymous volume) must not be copied: it would either be refused or silently point
 //! at the old container. This module never talks to the engine.
@@ -19,27 +20,20 @@ pub struct Spec {
     pub extra_networks: Vec<(String, EndpointSettings)>,
 }
 
-/// Build the create body for `info` with `key` set to `value`, running `image`.
+/// Build the create body for `info` with every `(key, value)` of `changes` applied, running
+/// `image`.
 ///
-/// Only an existing `key=` entry is replaced: a container that does not carry the key reads the
+/// Only existing `key=` entries are replaced: a container that does not carry a key reads the
 /// value some other way, and adding one would change what it runs with behind the user's back.
-pub fn build(info: &ContainerInspectResponse, key: &str, value: &str, image: &str) -> Spec {
+/// When a key appears twice in `changes`, the last value wins.
+pub fn build(info: &ContainerInspectResponse, changes: &[(String, String)], image: &str) -> Spec {
     let config = info.config.clone().unwrap_or_default();
     let id = info.id.clone().unwrap_or_default();
     let short_id: String = id.chars().take(12).collect();
 
-    let prefix = format!("{key}=");
-    let env = config.env.map(|env| {
-        env.into_iter()
-            .map(|kv| {
-                if kv.starts_with(&prefix) {
-                    format!("{key}={value}")
-                } else {
-                    kv
-                }
-            })
-            .collect()
-    });
+    let env = config
+        .env
+        .map(|env| env.into_iter().map(|kv| changed(kv, changes)).collect());
     // The engine sets the hostname to the short id when none was asked for; copying it would
     // name the new container after the old one.
     let hostname = config
@@ -82,6 +76,18 @@ pub fn build(info: &ContainerInspectResponse, key: &str, value: &str, image: &st
     Spec {
         body,
         extra_networks,
+    }
+}
+
+/// `kv` with its value replaced when its key is one of `changes`; an entry without `=` is
+/// left alone.
+fn changed(kv: String, changes: &[(String, String)]) -> String {
+    let Some((key, _)) = kv.split_once('=') else {
+        return kv;
+    };
+    match changes.iter().rev().find(|(k, _)| k == key) {
+        Some((k, v)) => format!("{k}={v}"),
+        None => kv,
     }
 }
 
@@ -278,9 +284,48 @@ mod tests {
         }
     }
 
+    fn one(k: &str, v: &str) -> Vec<(String, String)> {
+        vec![(k.to_string(), v.to_string())]
+    }
+
+    #[test]
+    fn two_keys_are_replaced_in_one_body() {
+        let mut i = inspect();
+        i.config.as_mut().unwrap().env = Some(vec![
+            "PATH=/bin".into(),
+            "AUD_API=old-api".into(),
+            "AUD_ADMIN=old-admin".into(),
+            "AUD_API_OLD=keep".into(),
+            "NOVALUE".into(),
+        ]);
+        let changes = vec![
+            ("AUD_ADMIN".to_string(), "new-admin".to_string()),
+            ("AUD_API".to_string(), "new-api".to_string()),
+            ("AUD_MISSING".to_string(), "x".to_string()),
+            ("NOVALUE".to_string(), "x".to_string()),
+        ];
+        let s = build(&i, &changes, "i");
+        assert_eq!(
+            s.body.env.unwrap(),
+            vec![
+                "PATH=/bin",
+                "AUD_API=new-api",
+                "AUD_ADMIN=new-admin",
+                "AUD_API_OLD=keep",
+                "NOVALUE",
+            ],
+            "both keys in one body, in place; a key the container does not carry is not added"
+        );
+        assert_eq!(
+            build(&i, &[], "i").body.env.unwrap()[1],
+            "AUD_API=old-api",
+            "no changes: the environment as it was"
+        );
+    }
+
     #[test]
     fn only_the_key_changes_in_env() {
-        let s = build(&inspect(), "CLOUDFLARE_AUD_TAG", "new", "sha256:img");
+        let s = build(&inspect(), &one("CLOUDFLARE_AUD_TAG", "new"), "sha256:img");
         assert_eq!(
             s.body.env.unwrap(),
             vec![
@@ -295,19 +340,19 @@ mod tests {
 
     #[test]
     fn a_generated_hostname_is_dropped_a_chosen_one_kept() {
-        let s = build(&inspect(), "K", "v", "i");
+        let s = build(&inspect(), &one("K", "v"), "i");
         assert_eq!(s.body.hostname, None);
         let mut i = inspect();
         i.config.as_mut().unwrap().hostname = Some("api".into());
         assert_eq!(
-            build(&i, "K", "v", "i").body.hostname.as_deref(),
+            build(&i, &one("K", "v"), "i").body.hostname.as_deref(),
             Some("api")
         );
     }
 
     #[test]
     fn anonymous_volumes_are_mounted_again_by_name() {
-        let s = build(&inspect(), "K", "v", "i");
+        let s = build(&inspect(), &one("K", "v"), "i");
         let hc = s.body.host_config.unwrap();
         assert_eq!(
             hc.binds.unwrap(),
@@ -318,7 +363,7 @@ mod tests {
 
     #[test]
     fn networks_keep_aliases_and_static_ips_and_drop_runtime_fields() {
-        let s = build(&inspect(), "K", "v", "i");
+        let s = build(&inspect(), &one("K", "v"), "i");
         let eps = s.body.networking_config.unwrap().endpoints_config.unwrap();
         assert_eq!(eps.len(), 1, "one network at create time");
         let app = &eps["appnet"];
@@ -348,7 +393,7 @@ mod tests {
         for mode in ["host", "none", "container:abc"] {
             let mut i = inspect();
             i.host_config.as_mut().unwrap().network_mode = Some(mode.into());
-            let s = build(&i, "K", "v", "i");
+            let s = build(&i, &one("K", "v"), "i");
             assert!(s.body.networking_config.is_none() && s.extra_networks.is_empty());
         }
     }

@@ -353,8 +353,10 @@ async fn a_failure_stops_the_rest_of_its_group_only() {
     let mut j = MemJournal::default();
     let (_, out) = pass(&one(1, 4, RestartMode::Auto), &mut sinks, &mut targets, &mut j, false).await;
     let results: Vec<TargetResult> = out.targets.iter().map(|c| c.result).collect();
-    use TargetResult::*;
-    assert_eq!(results, vec![Failed, Skipped, Done, Done]);
+    assert_eq!(
+        results,
+        vec![TargetResult::Failed, TargetResult::Skipped, TargetResult::Done, TargetResult::Done]
+    );
     assert!(out.failed);
     assert!(targets[1].recreates.is_empty(), "the second replica was left alone");
     assert_eq!((targets[2].recreates.len(), targets[3].recreates.len()), (1, 1));

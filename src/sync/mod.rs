@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use crate::config::{self, BindingSink, Env, SyncConfig};
 use crate::error::Error;
 use crate::reconcile::{self, BindingIn, Journal, RestartMode, SinkInfo, TargetResult, Values};
-use crate::sink::infisical::{self, InfisicalSink};
+use crate::sink::infisical::InfisicalSink;
 use crate::sink::{AnySink, EnvFileSink};
 use crate::source;
 use crate::state::StateFile;
@@ -37,7 +37,7 @@ pub async fn resolve_credentials_at(
         return Ok(env);
     }
     let Some(mut settings) =
-        infisical::Settings::from_args(&source.infisical, &env, source.timeout)?
+        crate::config_infisical::infisical_settings(&source.infisical, &env, source.timeout)?
     else {
         return Ok(env);
     };
@@ -50,7 +50,7 @@ pub async fn resolve_credentials_at(
         "CLOUDFLARE_API_TOKEN",
         crate::secret::Secret::new("validation-placeholder"),
     ))?;
-    infisical::read_cloudflare_credentials(&settings, env).await
+    crate::config_infisical::read_cloudflare_credentials(&settings, env).await
 }
 
 /// [`resolve_credentials_at`] without a state file.

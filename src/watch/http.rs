@@ -381,7 +381,8 @@ mod tests {
             name: "lambda-server".into(),
             action: Action::Recreate,
             reason: String::new(),
-            result: "failed",
+            result: crate::reconcile::TargetResult::Failed,
+            bindings: vec![],
             error: Some(crate::reconcile::ActionError {
                 message: "recreating failed".into(),
                 hint: None,
@@ -389,8 +390,8 @@ mod tests {
             }),
         };
         // One that was rolled back, one refused before anything changed (e.g. --rm).
-        r.containers.push(failed(true));
-        r.containers.push(failed(false));
+        r.targets.push(failed(true));
+        r.targets.push(failed(false));
         t.record(&r, Duration::from_millis(10));
         let text = t.encode().unwrap();
         assert!(text.contains("audsync_rollbacks_total 1"), "{text}");
