@@ -47,7 +47,13 @@ pub struct Cli {
 pub struct GlobalArgs {
     /// The config file (TOML): settings for the whole stack and one [[binding]] per host.
     /// Default: ./audsync.toml when present.
-    #[arg(long, global = true, env = "AUDSYNC_CONFIG", value_name = "PATH", help_heading = "Global options")]
+    #[arg(
+        long,
+        global = true,
+        env = "AUDSYNC_CONFIG",
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
     pub config: Option<PathBuf>,
     /// More logging on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]

@@ -57,7 +57,11 @@ mod tests {
     #[test]
     fn refuses_non_regular_and_oversized_files() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read_text(dir.path()).unwrap_err().contains("not a regular file"));
+        assert!(
+            read_text(dir.path())
+                .unwrap_err()
+                .contains("not a regular file")
+        );
         let big = dir.path().join("big");
         std::fs::write(&big, vec![b'a'; 70 * 1024]).unwrap();
         assert!(read_secret_file(&big).unwrap_err().contains("64 KiB"));

@@ -173,10 +173,11 @@ pub async fn sync_config(args: &cli::SyncArgs, p: &Parsed) -> Result<config::Syn
         (None, Some(f)) => Some(config::sync::sidecar(&f.path, ".audsync-state.json")),
         (None, None) => None,
     };
-    let env = sync::resolve_credentials_at(&args.source, state_file.as_deref(), p.env.clone(), |e| {
-        config::SyncConfig::build(args, e, p.file.as_ref(), &p.origins).map(drop)
-    })
-    .await?;
+    let env =
+        sync::resolve_credentials_at(&args.source, state_file.as_deref(), p.env.clone(), |e| {
+            config::SyncConfig::build(args, e, p.file.as_ref(), &p.origins).map(drop)
+        })
+        .await?;
     config::SyncConfig::build(args, &env, p.file.as_ref(), &p.origins)
 }
 

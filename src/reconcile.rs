@@ -65,7 +65,9 @@ pub enum WriteOutcome {
         versions: BTreeMap<String, u64>,
     },
     /// The write is held back for approval (Infisical change policies): the value is not live.
-    PendingApproval { detail: String },
+    PendingApproval {
+        detail: String,
+    },
 }
 
 /// A sink failure, phrased for the user.
@@ -271,15 +273,14 @@ pub fn plan(
     let bindings: Vec<BindingStep> = bindings
         .into_iter()
         .map(|b| {
-            let error = b.sinks.iter().find_map(|&i| {
-                sinks[i]
-                    .observation
-                    .as_ref()
-                    .err()
-                    .map(|e| format!("sink {} {}: {e}", sinks[i].info.kind, sinks[i].info.target))
-            });
-            let changed = b.desired.is_some()
-                && b.sinks.iter().any(|&i| sinks[i].key_needs_write(&b.key));
+            let error =
+                b.sinks.iter().find_map(|&i| {
+                    sinks[i].observation.as_ref().err().map(|e| {
+                        format!("sink {} {}: {e}", sinks[i].info.kind, sinks[i].info.target)
+                    })
+                });
+            let changed =
+                b.desired.is_some() && b.sinks.iter().any(|&i| sinks[i].key_needs_write(&b.key));
             BindingStep {
                 input: b,
                 changed,
@@ -299,7 +300,12 @@ pub fn plan(
     }
 }
 
-fn target_step(ti: usize, t: TargetIn, bindings: &[BindingStep], owed: &BTreeSet<String>) -> TargetStep {
+fn target_step(
+    ti: usize,
+    t: TargetIn,
+    bindings: &[BindingStep],
+    owed: &BTreeSet<String>,
+) -> TargetStep {
     let mine: Vec<usize> = (0..bindings.len())
         .filter(|&bi| bindings[bi].input.targets.contains(&ti))
         .collect();
@@ -309,7 +315,12 @@ fn target_step(ti: usize, t: TargetIn, bindings: &[BindingStep], owed: &BTreeSet
         .map(|&bi| &bindings[bi])
         .filter(|b| b.input.restart != RestartMode::None)
         .find(|b| b.input.desired.is_none() || b.error.is_some())
-        .map(|b| format!("binding {} failed; the next pass applies every value at once", b.input.id));
+        .map(|b| {
+            format!(
+                "binding {} failed; the next pass applies every value at once",
+                b.input.id
+            )
+        });
     let leaked = t
         .observation
         .as_ref()
@@ -347,13 +358,29 @@ fn target_step(ti: usize, t: TargetIn, bindings: &[BindingStep], owed: &BTreeSet
         let (a, why) = match &t.observation {
             Err(e) => {
                 blocked = Some(e.clone());
-                let a = if mode == RestartMode::Recreate { Action::Recreate } else { Action::Restart };
+                let a = if mode == RestartMode::Recreate {
+                    Action::Recreate
+                } else {
+                    Action::Restart
+                };
                 (a, "cannot inspect the container".to_string())
             }
-            Ok(obs) => need(mode, key, desired, obs.env.get(key), cause, was_owed, b.changed),
+            Ok(obs) => need(
+                mode,
+                key,
+                desired,
+                obs.env.get(key),
+                cause,
+                was_owed,
+                b.changed,
+            ),
         };
         if a != Action::None || !multi {
-            reasons.push(if multi { format!("{}: {why}", b.input.id) } else { why });
+            reasons.push(if multi {
+                format!("{}: {why}", b.input.id)
+            } else {
+                why
+            });
         }
         action = action.max(a);
     }
@@ -387,7 +414,9 @@ fn need(
         (RestartMode::Auto | RestartMode::Recreate, Some(v)) => {
             if v != desired {
                 let why = if changed {
-                    format!("its environment carries {key} (value baked in at creation): recreate to apply")
+                    format!(
+                        "its environment carries {key} (value baked in at creation): recreate to apply"
+                    )
                 } else {
                     format!(
                         "drifted: its environment carries {key}={} but the desired value is {}",
@@ -399,7 +428,10 @@ fn need(
             } else if was_owed && mode == RestartMode::Recreate {
                 (Action::Recreate, cause.unwrap_or_default().to_string())
             } else {
-                (Action::None, format!("its environment already carries the desired {key}"))
+                (
+                    Action::None,
+                    format!("its environment already carries the desired {key}"),
+                )
             }
         }
         (RestartMode::Auto, None) => match cause {
@@ -416,7 +448,9 @@ fn need(
         (RestartMode::Restart, env) => match cause {
             Some(c) => {
                 let warn = match env {
-                    Some(_) => format!(" (warning: its environment carries {key}; a restart keeps the old value, use --restart recreate)"),
+                    Some(_) => format!(
+                        " (warning: its environment carries {key}; a restart keeps the old value, use --restart recreate)"
+                    ),
                     None => String::new(),
                 };
                 (Action::Restart, format!("{c}{warn}"))
@@ -513,7 +547,10 @@ impl Outcome {
     /// The sinks of binding `bi` that were all written or already held the value.
     pub fn binding_sinks_ok(&self, plan: &Plan, bi: usize) -> bool {
         plan.bindings[bi].input.sinks.iter().all(|&i| {
-            matches!(self.sinks[i].result, SinkResult::Written | SinkResult::Unchanged)
+            matches!(
+                self.sinks[i].result,
+                SinkResult::Written | SinkResult::Unchanged
+            )
         })
     }
 }
@@ -530,24 +567,33 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
     let mut out = Outcome {
         changed: plan.sinks_change(),
         pending_approval: false,
-        failed: plan.bindings.iter().any(|b| b.input.desired.is_none() || b.error.is_some()),
+        failed: plan
+            .bindings
+            .iter()
+            .any(|b| b.input.desired.is_none() || b.error.is_some()),
         sinks: plan.sinks.iter().map(|s| sink_report(s, dry_run)).collect(),
         targets: Vec::new(),
     };
     let ids = |t: &TargetStep| -> Vec<String> {
-        t.bindings.iter().map(|&i| plan.bindings[i].input.id.clone()).collect()
+        t.bindings
+            .iter()
+            .map(|&i| plan.bindings[i].input.id.clone())
+            .collect()
     };
-    let target_report = |t: &TargetStep, result: TargetResult, error: Option<ActionError>| TargetReport {
-        name: t.name.clone(),
-        action: t.action,
-        reason: match &t.waiting {
-            Some(w) if t.action != Action::None && result == TargetResult::Skipped => format!("{}; {w}", t.reason),
-            _ => t.reason.clone(),
-        },
-        result,
-        bindings: ids(t),
-        error: error.or_else(|| t.blocked.clone()),
-    };
+    let target_report =
+        |t: &TargetStep, result: TargetResult, error: Option<ActionError>| TargetReport {
+            name: t.name.clone(),
+            action: t.action,
+            reason: match &t.waiting {
+                Some(w) if t.action != Action::None && result == TargetResult::Skipped => {
+                    format!("{}; {w}", t.reason)
+                }
+                _ => t.reason.clone(),
+            },
+            result,
+            bindings: ids(t),
+            error: error.or_else(|| t.blocked.clone()),
+        };
     if dry_run {
         out.targets = plan
             .targets
@@ -584,7 +630,9 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             for (r, s) in out.sinks.iter_mut().zip(&plan.sinks) {
                 if s.needs_write() {
                     r.result = SinkResult::Skipped;
-                    r.error = Some(format!("not written: cannot record the state journal ({e})"));
+                    r.error = Some(format!(
+                        "not written: cannot record the state journal ({e})"
+                    ));
                 }
             }
             out.targets = plan
@@ -640,12 +688,12 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
     for (i, step) in plan.targets.iter().enumerate() {
         let group = targets[i].group();
         let ready = step.waiting.is_none()
-            && step
-                .bindings
-                .iter()
-                .all(|&b| plan.bindings[b].input.restart == RestartMode::None || out.binding_sinks_ok(plan, b));
+            && step.bindings.iter().all(|&b| {
+                plan.bindings[b].input.restart == RestartMode::None || out.binding_sinks_ok(plan, b)
+            });
         if step.action == Action::None && step.blocked.is_none() {
-            out.targets.push(target_report(step, TargetResult::None, None));
+            out.targets
+                .push(target_report(step, TargetResult::None, None));
             // Nothing is owed to a container that already runs with the values.
             if ready
                 && owed.remove(&step.name)
@@ -656,7 +704,8 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             continue;
         }
         if !ready {
-            out.targets.push(target_report(step, TargetResult::Skipped, None));
+            out.targets
+                .push(target_report(step, TargetResult::Skipped, None));
             continue;
         }
         if let Some(g) = group.as_ref().filter(|g| failed_groups.contains(*g)) {
@@ -665,12 +714,14 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
                 message: format!("not attempted: an earlier container of {g} failed"),
                 hint: None,
             };
-            out.targets.push(target_report(step, TargetResult::Skipped, Some(e)));
+            out.targets
+                .push(target_report(step, TargetResult::Skipped, Some(e)));
             continue;
         }
         if step.blocked.is_some() {
             out.failed = true;
-            out.targets.push(target_report(step, TargetResult::Failed, None));
+            out.targets
+                .push(target_report(step, TargetResult::Failed, None));
             failed_groups.extend(group);
             continue;
         }
@@ -681,7 +732,8 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
         };
         match res {
             Ok(()) => {
-                out.targets.push(target_report(step, TargetResult::Done, None));
+                out.targets
+                    .push(target_report(step, TargetResult::Done, None));
                 if owed.remove(&step.name)
                     && let Err(e) = journal.set_owed(&owed)
                 {
@@ -690,7 +742,8 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             }
             Err(e) => {
                 out.failed = true;
-                out.targets.push(target_report(step, TargetResult::Failed, Some(e)));
+                out.targets
+                    .push(target_report(step, TargetResult::Failed, Some(e)));
                 failed_groups.extend(group);
             }
         }
@@ -709,7 +762,11 @@ fn sink_report(s: &SinkStep, dry_run: bool) -> SinkReport {
                         key: k.clone(),
                         old: o.current,
                         version: o.version,
-                        action: if o.needs_write { WriteAction::Write } else { WriteAction::None },
+                        action: if o.needs_write {
+                            WriteAction::Write
+                        } else {
+                            WriteAction::None
+                        },
                         new_version: None,
                     }
                 })

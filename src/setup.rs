@@ -13,11 +13,11 @@ use crate::cli::{Origin, Output, SetupArgs};
 use crate::cloudflare::apps::{self, AccessApp, NewApp};
 use crate::cloudflare::policies::{self, Rules};
 use crate::cloudflare::{Client, edge, tunnel};
+use crate::config::SyncConfig;
 use crate::config::{self, Env};
 use crate::error::Error;
 use crate::exit;
 use crate::source;
-use crate::config::SyncConfig;
 use crate::sync::{self, Status};
 
 const NEW_AUD: &str = "<AUD of the new application>";

@@ -48,7 +48,9 @@ pub async fn fetch_all(
     cfgs: &[&SourceConfig],
     state: &mut State,
 ) -> Vec<Result<Found, Error>> {
-    let api: Vec<usize> = (0..cfgs.len()).filter(|&i| cfgs[i].edge.is_none()).collect();
+    let api: Vec<usize> = (0..cfgs.len())
+        .filter(|&i| cfgs[i].edge.is_none())
+        .collect();
     let mut out: Vec<Option<Result<Found, Error>>> = (0..cfgs.len()).map(|_| None).collect();
     for (i, cfg) in cfgs.iter().enumerate() {
         if let Some(edge) = &cfg.edge {
@@ -63,7 +65,8 @@ pub async fn fetch_all(
         .app_count
         .map(|n| n.div_ceil(u64::from(apps::PER_PAGE)).max(1))
         .unwrap_or(1);
-    let singles = api.len() <= 1 || (api.iter().all(|&i| warm(cfgs[i])) && api.len() as u64 <= pages);
+    let singles =
+        api.len() <= 1 || (api.iter().all(|&i| warm(cfgs[i])) && api.len() as u64 <= pages);
     if singles {
         for &i in &api {
             out[i] = Some(fetch(client, cfgs[i], Some(state)).await);
@@ -119,18 +122,36 @@ async fn list_and_match(
                 .iter()
                 .find(|a| a.id.eq_ignore_ascii_case(id))
                 .cloned()
-                .ok_or_else(|| Error::failed(format!("no Access application with id {id} in account {account}"), Some("check --app-id / app_id, or use domain instead".into()))),
-            Selector::Host(host) => apps::choose(&all, host).cloned().map_err(Error::from).inspect(|app| {
-                if apps::match_kind(app, host) == Some(MatchKind::Exact) {
-                    state.apps.insert(host.clone(), CachedApp { host: host.clone(), account_id: account.clone(), app_id: app.id.clone() });
-                } else {
-                    state.apps.remove(host);
-                }
-            }),
+                .ok_or_else(|| {
+                    Error::failed(
+                        format!("no Access application with id {id} in account {account}"),
+                        Some("check --app-id / app_id, or use domain instead".into()),
+                    )
+                }),
+            Selector::Host(host) => apps::choose(&all, host)
+                .cloned()
+                .map_err(Error::from)
+                .inspect(|app| {
+                    if apps::match_kind(app, host) == Some(MatchKind::Exact) {
+                        state.apps.insert(
+                            host.clone(),
+                            CachedApp {
+                                host: host.clone(),
+                                account_id: account.clone(),
+                                app_id: app.id.clone(),
+                            },
+                        );
+                    } else {
+                        state.apps.remove(host);
+                    }
+                }),
         };
         out[i] = Some(found.and_then(|app| {
             apps::validate_aud(&app.aud, &app)?;
-            Ok(Found { aud: app.aud.clone(), app: summary(&app, &account) })
+            Ok(Found {
+                aud: app.aud.clone(),
+                app: summary(&app, &account),
+            })
         }));
     }
 }

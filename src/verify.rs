@@ -475,7 +475,12 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
                     crate::fsx::read_text(&cfg.env_file)
                         .ok()
                         .flatten()
-                        .map(|t| envfile::key_lines(&t).into_keys().filter(|k| own.contains(k)).collect())
+                        .map(|t| {
+                            envfile::key_lines(&t)
+                                .into_keys()
+                                .filter(|k| own.contains(k))
+                                .collect()
+                        })
                         .unwrap_or_default()
                 } else {
                     vec![]
@@ -491,12 +496,12 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
                                 ));
                             }
                             match o.env.get(&cfg.key).cloned() {
-                            Some(v) => Ok(vec![v]),
-                            None => Err(format!(
-                                "{} is not in its environment (it may read the .env file itself)",
-                                cfg.key
-                            )),
-                        }
+                                Some(v) => Ok(vec![v]),
+                                None => Err(format!(
+                                    "{} is not in its environment (it may read the .env file itself)",
+                                    cfg.key
+                                )),
+                            }
                         }
                         Err(e) => Err(e.message),
                     };

@@ -209,9 +209,14 @@ fn round_ms(d: Duration) -> Duration {
 fn log_pass(r: &Report, elapsed: Duration) {
     let ms = elapsed.as_millis() as u64;
     for b in &r.bindings {
-        let wrote = b.sinks.iter().any(|s| s.result == crate::reconcile::SinkResult::Written);
+        let wrote = b
+            .sinks
+            .iter()
+            .any(|s| s.result == crate::reconcile::SinkResult::Written);
         if let Some(new) = &b.aud
-            && b.sinks.iter().any(|s| s.action == crate::reconcile::WriteAction::Write)
+            && b.sinks
+                .iter()
+                .any(|s| s.action == crate::reconcile::WriteAction::Write)
         {
             let old = b.previous.as_deref().unwrap_or("(unset)");
             if wrote {
@@ -241,7 +246,12 @@ fn log_pass(r: &Report, elapsed: Duration) {
 
 /// Parse the original command line again (which re-reads the .env file) and swap the
 /// configuration in; on any error keep the old one.
-async fn reload(argv: &[OsString], vars: &Vars, cfg: &mut WatchConfig, telemetry: &http::Telemetry) {
+async fn reload(
+    argv: &[OsString],
+    vars: &Vars,
+    cfg: &mut WatchConfig,
+    telemetry: &http::Telemetry,
+) {
     match reloaded(argv, vars).await {
         Ok(new) => {
             if new.listen != cfg.listen {

@@ -267,7 +267,8 @@ impl Client {
             },
         };
         let answer = crate::http::send(&self.retry, call, || {
-            self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let req = http.request(method.clone(), &url).query(query);
             let req = match &self.auth {
                 Auth::Token(t) => req.bearer_auth(t.expose()),

@@ -31,24 +31,60 @@ pub enum Kind {
 
 /// Every setting the file may carry outside `[[binding]]`: (table.key, variable, kind).
 pub const SETTINGS: &[(&str, &str, Kind)] = &[
-    ("cloudflare.account_id", "CLOUDFLARE_ACCOUNT_ID", Kind::Plain),
+    (
+        "cloudflare.account_id",
+        "CLOUDFLARE_ACCOUNT_ID",
+        Kind::Plain,
+    ),
     ("cloudflare.api_url", "CLOUDFLARE_API_URL", Kind::Plain),
     ("cloudflare.token", "CLOUDFLARE_API_TOKEN", Kind::Secret),
-    ("cloudflare.token_file", "CLOUDFLARE_API_TOKEN_FILE", Kind::Path),
+    (
+        "cloudflare.token_file",
+        "CLOUDFLARE_API_TOKEN_FILE",
+        Kind::Path,
+    ),
     ("cloudflare.email", "CLOUDFLARE_EMAIL", Kind::Plain),
     ("cloudflare.api_key", "CLOUDFLARE_API_KEY", Kind::Secret),
-    ("cloudflare.api_key_file", "CLOUDFLARE_API_KEY_FILE", Kind::Path),
-    ("cloudflare.auth_domain", "CLOUDFLARE_AUTH_DOMAIN", Kind::Plain),
+    (
+        "cloudflare.api_key_file",
+        "CLOUDFLARE_API_KEY_FILE",
+        Kind::Path,
+    ),
+    (
+        "cloudflare.auth_domain",
+        "CLOUDFLARE_AUTH_DOMAIN",
+        Kind::Plain,
+    ),
     ("cloudflare.team_name", "CLOUDFLARE_TEAM_NAME", Kind::Plain),
     ("infisical.host", "INFISICAL_HOST", Kind::Plain),
     ("infisical.project_id", "INFISICAL_PROJECT_ID", Kind::Plain),
-    ("infisical.environment", "INFISICAL_ENVIRONMENT", Kind::Plain),
-    ("infisical.secret_path", "INFISICAL_SECRET_PATH", Kind::Plain),
+    (
+        "infisical.environment",
+        "INFISICAL_ENVIRONMENT",
+        Kind::Plain,
+    ),
+    (
+        "infisical.secret_path",
+        "INFISICAL_SECRET_PATH",
+        Kind::Plain,
+    ),
     ("infisical.api", "AUDSYNC_INFISICAL_API", Kind::Plain),
     ("infisical.client_id", "INFISICAL_CLIENT_ID", Kind::Secret),
-    ("infisical.client_id_file", "INFISICAL_CLIENT_ID_FILE", Kind::Path),
-    ("infisical.client_secret", "INFISICAL_CLIENT_SECRET", Kind::Secret),
-    ("infisical.client_secret_file", "INFISICAL_CLIENT_SECRET_FILE", Kind::Path),
+    (
+        "infisical.client_id_file",
+        "INFISICAL_CLIENT_ID_FILE",
+        Kind::Path,
+    ),
+    (
+        "infisical.client_secret",
+        "INFISICAL_CLIENT_SECRET",
+        Kind::Secret,
+    ),
+    (
+        "infisical.client_secret_file",
+        "INFISICAL_CLIENT_SECRET_FILE",
+        Kind::Path,
+    ),
     ("infisical.token", "INFISICAL_TOKEN", Kind::Secret),
     ("infisical.token_file", "INFISICAL_TOKEN_FILE", Kind::Path),
     ("timeout", "AUDSYNC_TIMEOUT", Kind::Plain),
@@ -155,7 +191,11 @@ pub fn load(path: &Path) -> Result<FileConfig, Vec<String>> {
     let shown = path.display().to_string();
     let text = match crate::fsx::read_text(path) {
         Ok(Some(t)) => t,
-        Ok(None) => return Err(vec![format!("{shown}: no such file (--config / AUDSYNC_CONFIG)")]),
+        Ok(None) => {
+            return Err(vec![format!(
+                "{shown}: no such file (--config / AUDSYNC_CONFIG)"
+            )]);
+        }
         Err(e) => return Err(vec![e]),
     };
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -176,13 +216,20 @@ fn is_private(path: &Path) -> Result<(), String> {
         ));
     }
     if mode & 0o077 != 0 {
-        return Err(format!("its mode is {mode:o}; run `chmod 600 {}`", path.display()));
+        return Err(format!(
+            "its mode is {mode:o}; run `chmod 600 {}`",
+            path.display()
+        ));
     }
     Ok(())
 }
 
 /// Parse `text` (the file at `path`). `private` says whether inline secrets are allowed.
-pub fn parse(text: &str, path: &Path, private: Result<(), String>) -> Result<FileConfig, Vec<String>> {
+pub fn parse(
+    text: &str,
+    path: &Path,
+    private: Result<(), String>,
+) -> Result<FileConfig, Vec<String>> {
     let shown = path.display().to_string();
     let lines = LineIndex::new(text);
     let (doc, errors) = DeTable::parse_recoverable(text);
@@ -211,26 +258,54 @@ pub fn parse(text: &str, path: &Path, private: Result<(), String>) -> Result<Fil
             ("cloudflare" | "infisical", DeValue::Table(t)) => {
                 for (k2, v2) in t.iter() {
                     let full = format!("{key}.{}", k2.get_ref());
-                    setting(&full, v2, at(&k2.span()), dir, &private, &shown, &mut cfg, &mut problems);
+                    setting(
+                        &full,
+                        v2,
+                        at(&k2.span()),
+                        dir,
+                        &private,
+                        &shown,
+                        &mut cfg,
+                        &mut problems,
+                    );
                 }
             }
-            ("cloudflare" | "infisical", _) => problems.push(format!("{shown}:{line}: `{key}` must be a table ([{key}])")),
+            ("cloudflare" | "infisical", _) => {
+                problems.push(format!("{shown}:{line}: `{key}` must be a table ([{key}])"))
+            }
             ("binding", DeValue::Array(items)) => {
                 for item in items.iter() {
                     match item.get_ref() {
                         DeValue::Table(t) => {
-                            let b = binding(t, at(&item.span()), dir, &lines, &shown, &mut problems);
+                            let b =
+                                binding(t, at(&item.span()), dir, &lines, &shown, &mut problems);
                             cfg.bindings.push(b);
                         }
-                        _ => problems.push(format!("{shown}:{}: each binding must be a table ([[binding]])", at(&item.span()))),
+                        _ => problems.push(format!(
+                            "{shown}:{}: each binding must be a table ([[binding]])",
+                            at(&item.span())
+                        )),
                     }
                 }
             }
-            ("binding", _) => problems.push(format!("{shown}:{line}: `binding` must be an array of tables ([[binding]])")),
+            ("binding", _) => problems.push(format!(
+                "{shown}:{line}: `binding` must be an array of tables ([[binding]])"
+            )),
             _ => setting(key, v, line, dir, &private, &shown, &mut cfg, &mut problems),
         }
     }
-    if problems.is_empty() { Ok(cfg) } else { Err(problems) }
+    if problems.is_empty() {
+        return Ok(cfg);
+    }
+    // In the file's order (the parser's tables are sorted by key).
+    let line_of = |m: &String| -> usize {
+        m.get(shown.len() + 1..)
+            .and_then(|r| r.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    problems.sort_by_key(line_of);
+    Err(problems)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -245,7 +320,9 @@ fn setting(
     problems: &mut Vec<String>,
 ) {
     let Some((_, var, kind)) = SETTINGS.iter().find(|(k, _, _)| *k == key) else {
-        problems.push(format!("{shown}:{line}: unknown setting `{key}` (see the README's config file section)"));
+        problems.push(format!(
+            "{shown}:{line}: unknown setting `{key}` (see the README's config file section)"
+        ));
         return;
     };
     let Some(value) = scalar(v.get_ref()) else {
@@ -293,7 +370,14 @@ fn binding(
         match key {
             "sinks" | "targets" => {
                 let Some(items) = v.get_ref().as_array() else {
-                    problems.push(format!("{shown}:{kl}: `{key}` must be an array of tables, e.g. {key} = [{{ {} }}]", if key == "sinks" { "env = \".env\"" } else { "container = \"lambda-server\"" }));
+                    problems.push(format!(
+                        "{shown}:{kl}: `{key}` must be an array of tables, e.g. {key} = [{{ {} }}]",
+                        if key == "sinks" {
+                            "env = \".env\""
+                        } else {
+                            "container = \"lambda-server\""
+                        }
+                    ));
                     continue;
                 };
                 if key == "sinks" {
@@ -331,7 +415,9 @@ fn binding(
                 Some(s) => {
                     b.fields.insert(key.to_string(), At { value: s, line: kl });
                 }
-                None => problems.push(format!("{shown}:{kl}: binding key `{key}` must be a string")),
+                None => problems.push(format!(
+                    "{shown}:{kl}: binding key `{key}` must be a string"
+                )),
             },
         }
     }
@@ -404,7 +490,13 @@ sinks = [{ env = "/srv/n8n/.env" }]
     #[test]
     fn settings_and_bindings_with_lines_and_resolved_paths() {
         let cfg = parse(DOC, Path::new("/etc/audsync/audsync.toml"), Ok(())).unwrap();
-        assert_eq!(cfg.settings["AUDSYNC_TIMEOUT"], At { value: "10s".into(), line: 2 });
+        assert_eq!(
+            cfg.settings["AUDSYNC_TIMEOUT"],
+            At {
+                value: "10s".into(),
+                line: 2
+            }
+        );
         assert_eq!(cfg.settings["CLOUDFLARE_ACCOUNT_ID"].line, 4);
         assert_eq!(
             cfg.settings["CLOUDFLARE_API_TOKEN_FILE"].value,
@@ -412,7 +504,7 @@ sinks = [{ env = "/srv/n8n/.env" }]
         );
         assert_eq!(cfg.bindings.len(), 2);
         let b = &cfg.bindings[0];
-        assert_eq!(b.line, 8);
+        assert_eq!(b.line, 7);
         assert_eq!(b.get("domain").unwrap().value, "api.example.com");
         assert_eq!(
             b.sinks.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
@@ -421,8 +513,14 @@ sinks = [{ env = "/srv/n8n/.env" }]
                 SinkSpec::Infisical("/lambda".into())
             ]
         );
-        assert_eq!(b.targets[1].value, TargetSpec::ComposeService("localai/lambda".into()));
-        assert_eq!(cfg.bindings[1].sinks[0].value, SinkSpec::Env("/srv/n8n/.env".into()));
+        assert_eq!(
+            b.targets[1].value,
+            TargetSpec::ComposeService("localai/lambda".into())
+        );
+        assert_eq!(
+            cfg.bindings[1].sinks[0].value,
+            SinkSpec::Env("/srv/n8n/.env".into())
+        );
     }
 
     #[test]
@@ -430,17 +528,34 @@ sinks = [{ env = "/srv/n8n/.env" }]
         let doc = "tmeout = \"1s\"\n[cloudflare]\naccount = \"x\"\n[[binding]]\ndomian = \"a\"\nsinks = [{ file = \"x\" }]\n";
         let p = parse(doc, Path::new("a.toml"), Ok(())).unwrap_err();
         assert_eq!(p.len(), 4, "{p:?}");
-        assert!(p[0].starts_with("a.toml:1: unknown setting `tmeout`"), "{p:?}");
-        assert!(p[1].starts_with("a.toml:3: unknown setting `cloudflare.account`"), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("a.toml:5: unknown binding key `domian`")), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("a.toml:6: unknown sink `file`")), "{p:?}");
+        assert!(
+            p[0].starts_with("a.toml:1: unknown setting `tmeout`"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("a.toml:3: unknown setting `cloudflare.account`"),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("a.toml:5: unknown binding key `domian`")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("a.toml:6: unknown sink `file`")),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn an_inline_secret_needs_a_private_file_and_is_never_quoted() {
         let doc = "[cloudflare]\ntoken = \"cf-SECRET-value\"\n";
         let p = parse(doc, Path::new("a.toml"), Err("its mode is 644".into())).unwrap_err();
-        assert!(p[0].contains("a.toml:2") && p[0].contains("chmod") || p[0].contains("mode is 644"), "{p:?}");
+        assert!(
+            p[0].contains("a.toml:2") && p[0].contains("chmod") || p[0].contains("mode is 644"),
+            "{p:?}"
+        );
         assert!(!p[0].contains("cf-SECRET-value"));
         let ok = parse(doc, Path::new("a.toml"), Ok(())).unwrap();
         assert_eq!(ok.settings["CLOUDFLARE_API_TOKEN"].value, "cf-SECRET-value");

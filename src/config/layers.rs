@@ -21,18 +21,30 @@ pub struct Vars(BTreeMap<String, String>);
 impl Vars {
     /// The process environment, read once (non-UTF-8 variables are skipped).
     pub fn from_process() -> Vars {
-        Vars(std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect())
+        Vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        )
     }
 
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Vars {
-        Vars(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Vars {
+        Vars(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 
     /// A non-empty value.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// Set at all (also when empty): an empty process variable still hides lower layers'
@@ -101,7 +113,10 @@ impl std::fmt::Debug for Env {
         f.debug_struct("Env")
             .field("env_file", &self.env_file)
             .field("process_keys", &self.process)
-            .field("dotenv_keys", &self.dotenv.values.keys().collect::<Vec<_>>())
+            .field(
+                "dotenv_keys",
+                &self.dotenv.values.keys().collect::<Vec<_>>(),
+            )
             .field("file_keys", &self.file.values.keys().collect::<Vec<_>>())
             .field("fetched_keys", &self.fetched.keys().collect::<Vec<_>>())
             .finish()
@@ -250,13 +265,25 @@ mod tests {
             .with_file_layer(file)
             .with_fetched("D", Secret::new("fetched"))
             .with_fetched("C", Secret::new("fetched"));
-        assert_eq!(env.lookup("A").unwrap(), ("process".into(), Origin::Env("A".into())));
-        assert_eq!(env.lookup("B").unwrap(), ("dotenv".into(), Origin::EnvFile(p.clone(), 2)));
+        assert_eq!(
+            env.lookup("A").unwrap(),
+            ("process".into(), Origin::Env("A".into()))
+        );
+        assert_eq!(
+            env.lookup("B").unwrap(),
+            ("dotenv".into(), Origin::EnvFile(p.clone(), 2))
+        );
         assert_eq!(
             env.lookup("C").unwrap(),
-            ("file".into(), Origin::File(dir.path().join("audsync.toml"), 5))
+            (
+                "file".into(),
+                Origin::File(dir.path().join("audsync.toml"), 5)
+            )
         );
-        assert_eq!(env.lookup("D").unwrap(), ("fetched".into(), Origin::Infisical));
+        assert_eq!(
+            env.lookup("D").unwrap(),
+            ("fetched".into(), Origin::Infisical)
+        );
         assert_eq!(env.get("E"), None);
     }
 

@@ -76,13 +76,10 @@ where
         })
     };
     // The config file: --config, AUDSYNC_CONFIG, else ./audsync.toml when present.
-    let config_path: Option<PathBuf> = first
-        .get_one::<PathBuf>("config")
-        .cloned()
-        .or_else(|| {
-            let p = Path::new(file::DEFAULT_NAME);
-            p.is_file().then(|| p.to_path_buf())
-        });
+    let config_path: Option<PathBuf> = first.get_one::<PathBuf>("config").cloned().or_else(|| {
+        let p = Path::new(file::DEFAULT_NAME);
+        p.is_file().then(|| p.to_path_buf())
+    });
     let file = match &config_path {
         Some(p) => Some(file::load(p).map_err(|problems| {
             ParseError::Config(Error::usage(format!(
@@ -106,7 +103,10 @@ where
         env = env.with_env_file(p).map_err(ParseError::Config)?;
     }
     let cmd = layered_all(Cli::command(), &env);
-    let matches = cmd.clone().try_get_matches_from(&args).map_err(ParseError::Clap)?;
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&args)
+        .map_err(ParseError::Clap)?;
     let mut origins = BTreeMap::new();
     if let Some(sc) = cmd.find_subcommand(&sub_name)
         && let Some((_, m)) = matches.subcommand()
@@ -138,7 +138,10 @@ where
 
 /// [`layered`] for the command and every subcommand.
 fn layered_all(cmd: clap::Command, env: &Env) -> clap::Command {
-    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
     let mut cmd = layered(cmd, env);
     for n in names {
         cmd = cmd.mut_subcommand(n, |sc| layered(sc, env));
@@ -163,9 +166,9 @@ fn layered(mut cmd: clap::Command, env: &Env) -> clap::Command {
         cmd = cmd.mut_arg(id, |a| {
             let a = a.env(None::<&'static str>);
             match (value, delim) {
-                (Some(v), Some(d)) => a.default_values(
-                    v.split(d).map(|s| s.trim().to_string()).collect::<Vec<_>>(),
-                ),
+                (Some(v), Some(d)) => {
+                    a.default_values(v.split(d).map(|s| s.trim().to_string()).collect::<Vec<_>>())
+                }
                 (Some(v), None) => a.default_value(v),
                 (None, _) => a,
             }

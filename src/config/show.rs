@@ -24,7 +24,10 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
     };
     let cfg = SyncConfig::build(&args.watch.sync, &env, p.file.as_ref(), &p.origins)?;
     let mut out = String::new();
-    let _ = writeln!(out, "# effective configuration of sync / watch: <origin>\\t<key> = <value> (secrets redacted)");
+    let _ = writeln!(
+        out,
+        "# effective configuration of sync / watch: <origin>\\t<key> = <value> (secrets redacted)"
+    );
     if let Some(f) = &p.file {
         let _ = writeln!(out, "# config file: {}", f.path.display());
     }
@@ -47,31 +50,74 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
         let _ = writeln!(out, "{origin}\t{key} = {shown}");
     }
     for (i, b) in cfg.bindings.iter().enumerate() {
-        let fb = p.file.as_ref().and_then(|f| f.bindings.get(i)).filter(|_| !cfg.flag_binding);
+        let fb = p
+            .file
+            .as_ref()
+            .and_then(|f| f.bindings.get(i))
+            .filter(|_| !cfg.flag_binding);
         let origin_of = |field: &str, flag_id: &str| -> String {
             match fb.and_then(|fb| fb.get(field)) {
-                Some(at) => Origin::File(p.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(), at.line).to_string(),
-                None => p.origins.get(flag_id).cloned().unwrap_or(Origin::Default).to_string(),
+                Some(at) => Origin::File(
+                    p.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
+                    at.line,
+                )
+                .to_string(),
+                None => p
+                    .origins
+                    .get(flag_id)
+                    .cloned()
+                    .unwrap_or(Origin::Default)
+                    .to_string(),
             }
         };
         let line_of = |l: Option<usize>, flag_id: &str| -> String {
             match (fb, l) {
-                (Some(_), Some(l)) => Origin::File(p.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(), l).to_string(),
-                _ => p.origins.get(flag_id).cloned().unwrap_or(Origin::Default).to_string(),
+                (Some(_), Some(l)) => Origin::File(
+                    p.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
+                    l,
+                )
+                .to_string(),
+                _ => p
+                    .origins
+                    .get(flag_id)
+                    .cloned()
+                    .unwrap_or(Origin::Default)
+                    .to_string(),
             }
         };
         let n = i + 1;
-        let head = fb.map(|fb| Origin::File(p.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(), fb.line).to_string()).unwrap_or_else(|| "flags".into());
+        let head = fb
+            .map(|fb| {
+                Origin::File(
+                    p.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
+                    fb.line,
+                )
+                .to_string()
+            })
+            .unwrap_or_else(|| "flags".into());
         let _ = writeln!(out, "{head}\tbinding[{n}] = {:?}", b.id);
         match &b.source.selector {
             super::Selector::Host(h) => {
-                let _ = writeln!(out, "{}\tbinding[{n}].domain = {h:?}", origin_of("domain", "domain"));
+                let _ = writeln!(
+                    out,
+                    "{}\tbinding[{n}].domain = {h:?}",
+                    origin_of("domain", "domain")
+                );
             }
             super::Selector::AppId(a) => {
-                let _ = writeln!(out, "{}\tbinding[{n}].app_id = {a:?}", origin_of("app_id", "app_id"));
+                let _ = writeln!(
+                    out,
+                    "{}\tbinding[{n}].app_id = {a:?}",
+                    origin_of("app_id", "app_id")
+                );
             }
         }
-        let _ = writeln!(out, "{}\tbinding[{n}].key = {:?}", origin_of("key", "key"), b.key);
+        let _ = writeln!(
+            out,
+            "{}\tbinding[{n}].key = {:?}",
+            origin_of("key", "key"),
+            b.key
+        );
         let sinks: Vec<String> = b
             .sinks
             .iter()
@@ -80,7 +126,12 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
                 super::BindingSink::Infisical(p) => format!("{{ infisical = {p:?} }}"),
             })
             .collect();
-        let _ = writeln!(out, "{}\tbinding[{n}].sinks = [{}]", line_of(fb.and_then(|f| f.sinks_line), "sinks"), sinks.join(", "));
+        let _ = writeln!(
+            out,
+            "{}\tbinding[{n}].sinks = [{}]",
+            line_of(fb.and_then(|f| f.sinks_line), "sinks"),
+            sinks.join(", ")
+        );
         let targets: Vec<String> = b
             .targets
             .iter()
@@ -91,22 +142,46 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
                 }
             })
             .collect();
-        let _ = writeln!(out, "{}\tbinding[{n}].targets = [{}]", line_of(fb.and_then(|f| f.targets_line), "containers"), targets.join(", "));
-        let restart = serde_json::to_value(b.restart).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{}\tbinding[{n}].targets = [{}]",
+            line_of(fb.and_then(|f| f.targets_line), "containers"),
+            targets.join(", ")
+        );
+        let restart = serde_json::to_value(b.restart)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
         let restart_origin = match p.origins.get("restart") {
             Some(o @ (Origin::Flag | Origin::Env(_) | Origin::EnvFile(..))) => o.to_string(),
             _ => origin_of("restart", "restart"),
         };
         let _ = writeln!(out, "{restart_origin}\tbinding[{n}].restart = {restart:?}");
         if let Some(t) = &b.tunnel_id {
-            let _ = writeln!(out, "{}\tbinding[{n}].tunnel_id = {t:?}", origin_of("tunnel_id", "tunnel_id"));
+            let _ = writeln!(
+                out,
+                "{}\tbinding[{n}].tunnel_id = {t:?}",
+                origin_of("tunnel_id", "tunnel_id")
+            );
         }
         if b.source.edge.is_some() {
-            let _ = writeln!(out, "{}\tbinding[{n}].source = \"edge\"", origin_of("source", "origin"));
+            let _ = writeln!(
+                out,
+                "{}\tbinding[{n}].source = \"edge\"",
+                origin_of("source", "origin")
+            );
         }
     }
-    let _ = writeln!(out, "default\tstate_file = {:?}", cfg.state_file.display().to_string());
-    let _ = writeln!(out, "default\tlock_file = {:?}", cfg.lock_file.display().to_string());
+    let _ = writeln!(
+        out,
+        "default\tstate_file = {:?}",
+        cfg.state_file.display().to_string()
+    );
+    let _ = writeln!(
+        out,
+        "default\tlock_file = {:?}",
+        cfg.lock_file.display().to_string()
+    );
     Ok(out)
 }
 
@@ -119,7 +194,11 @@ fn value_of(p: &Parsed, env: &Env, arg: Option<&clap::Arg>, var: &str) -> Option
             .matches
             .as_ref()
             .and_then(|m| m.get_raw(a.get_id().as_str()))
-            .map(|vals| vals.map(|v| v.to_string_lossy().into_owned()).collect::<Vec<_>>().join(","))
+            .map(|vals| {
+                vals.map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .unwrap_or_default();
         return Some((v, Origin::Flag));
     }
@@ -127,6 +206,10 @@ fn value_of(p: &Parsed, env: &Env, arg: Option<&clap::Arg>, var: &str) -> Option
         return Some(found);
     }
     let a = arg?;
-    let d: Vec<String> = a.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+    let d: Vec<String> = a
+        .get_default_values()
+        .iter()
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect();
     (!d.is_empty()).then(|| (d.join(","), Origin::Default))
 }

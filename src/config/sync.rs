@@ -102,14 +102,20 @@ impl SyncConfig {
             None => vec![flag_binding(a, env)?],
             Some(f) => file_bindings(a, env, f, origins, &mut problems),
         };
-        let wants_infisical = bindings
-            .iter()
-            .any(|b| b.sinks.iter().any(|s| matches!(s, BindingSink::Infisical(_))));
+        let wants_infisical = bindings.iter().any(|b| {
+            b.sinks
+                .iter()
+                .any(|s| matches!(s, BindingSink::Infisical(_)))
+        });
         let infisical = if wants_infisical {
-            match crate::config_infisical::infisical_settings(&a.source.infisical, env, a.source.timeout) {
+            match crate::config_infisical::infisical_settings(
+                &a.source.infisical,
+                env,
+                a.source.timeout,
+            ) {
                 Ok(Some(s)) => Some(s),
                 Ok(None) => {
-                    problems.push("an Infisical sink needs INFISICAL_PROJECT_ID and credentials: INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET (Universal Auth), or INFISICAL_TOKEN ([infisical] in the config file)".into());
+                    problems.push("--sink infisical needs INFISICAL_PROJECT_ID and credentials: INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET (Universal Auth), or INFISICAL_TOKEN (in a config file: [infisical] project_id, client_id_file, client_secret_file)".into());
                     None
                 }
                 Err(e) => {
@@ -212,7 +218,10 @@ const BINDING_OPTIONS: &[(&str, &str)] = &[
     ("key", "--key / AUDSYNC_KEY"),
     ("sinks", "--sink / AUDSYNC_SINK"),
     ("containers", "--container / AUDSYNC_CONTAINER"),
-    ("compose_services", "--compose-service / AUDSYNC_COMPOSE_SERVICE"),
+    (
+        "compose_services",
+        "--compose-service / AUDSYNC_COMPOSE_SERVICE",
+    ),
     ("tunnel_id", "--tunnel-id / CLOUDFLARE_TUNNEL_ID"),
     ("url", "--url / AUDSYNC_URL"),
 ];
@@ -240,8 +249,12 @@ fn file_bindings(
         }
     }
     let restart_override = overridden(origins, "restart").then_some(a.restart);
-    let pick_domain = overridden(origins, "domain").then(|| a.source.domain.clone()).flatten();
-    let pick_app = overridden(origins, "app_id").then(|| a.source.app_id.clone()).flatten();
+    let pick_domain = overridden(origins, "domain")
+        .then(|| a.source.domain.clone())
+        .flatten();
+    let pick_app = overridden(origins, "app_id")
+        .then(|| a.source.app_id.clone())
+        .flatten();
     let mut out = Vec::new();
     let mut seen: BTreeSet<(BindingSink, String)> = BTreeSet::new();
     for (n, fb) in f.bindings.iter().enumerate() {
@@ -361,7 +374,10 @@ fn file_binding(
             TargetSpec::Container(_) => errs.push(format!("line {}: empty container name", t.line)),
             TargetSpec::ComposeService(s) => match parse_compose_service(s) {
                 Ok(t) => targets.push(t),
-                Err(e) => errs.push(e.to_string().replace("--compose-service", "compose_service")),
+                Err(e) => errs.push(
+                    e.to_string()
+                        .replace("--compose-service", "compose_service"),
+                ),
             },
         }
     }
@@ -425,19 +441,25 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
         Command::Verify(a) => (a.source.domain.clone(), a.source.app_id.clone()),
         _ => return Ok(()),
     };
-    let want_host = domain.filter(|_| set("domain")).map(|d| crate::cloudflare::apps::host_of(&d));
+    let want_host = domain
+        .filter(|_| set("domain"))
+        .map(|d| crate::cloudflare::apps::host_of(&d));
     let want_app = app_id.filter(|_| set("app_id"));
     let candidates: Vec<&FileBinding> = file
         .bindings
         .iter()
         .filter(|b| {
-            let host = b.get("domain").map(|d| crate::cloudflare::apps::host_of(&d.value));
+            let host = b
+                .get("domain")
+                .map(|d| crate::cloudflare::apps::host_of(&d.value));
             let app = b.get("app_id").map(|d| d.value.to_ascii_lowercase());
             match (&want_host, &want_app) {
                 (None, None) => true,
                 (h, a) => {
                     (h.is_some() && host.as_ref() == h.as_ref())
-                        || (a.is_some() && app.as_deref() == a.as_deref().map(str::to_ascii_lowercase).as_deref())
+                        || (a.is_some()
+                            && app.as_deref()
+                                == a.as_deref().map(str::to_ascii_lowercase).as_deref())
                 }
             }
         })
@@ -520,7 +542,9 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
         Command::Setup(a) => {
             fill_source(&mut a.sync.source);
             let s = &mut a.sync;
-            if unset("key") && let Some(k) = field("key") {
+            if unset("key")
+                && let Some(k) = field("key")
+            {
                 s.key = k;
             }
             if unset("sinks") && !kinds.is_empty() {
@@ -542,7 +566,9 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
         }
         Command::Verify(a) => {
             fill_source(&mut a.source);
-            if unset("key") && let Some(k) = field("key") {
+            if unset("key")
+                && let Some(k) = field("key")
+            {
                 a.key = k;
             }
             if unset("sinks") && !kinds.is_empty() {

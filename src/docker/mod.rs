@@ -206,7 +206,11 @@ impl Target for Container {
         self.group.clone()
     }
 
-    async fn observe(&mut self, keys: &[String], watch: &[String]) -> Result<TargetObservation, ActionError> {
+    async fn observe(
+        &mut self,
+        keys: &[String],
+        watch: &[String],
+    ) -> Result<TargetObservation, ActionError> {
         let info = self
             .engine
             .docker
@@ -248,7 +252,10 @@ impl Target for Container {
     }
 
     async fn recreate(&mut self, changes: &crate::reconcile::Values) -> Result<(), ActionError> {
-        let changes: Vec<(String, String)> = changes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let changes: Vec<(String, String)> = changes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         recreate::recreate(&self.engine.docker, &self.name, &changes, &self.opts).await
     }
 }

@@ -27,7 +27,9 @@ fn tgt(env: Option<&str>) -> TargetIn {
     TargetIn {
         name: "lambda-server".into(),
         observation: Ok(TargetObservation {
-            env: env.map(|v| [(K.to_string(), v.to_string())].into()).unwrap_or_default(),
+            env: env
+                .map(|v| [(K.to_string(), v.to_string())].into())
+                .unwrap_or_default(),
             carries: BTreeSet::new(),
         }),
         ran_with: Values::new(),
@@ -57,30 +59,60 @@ fn action(changed: bool, env: Option<&str>, mode: RestartMode, owed: bool) -> Ac
 
 #[test]
 fn auto_recreates_when_env_carries_a_stale_value_and_restarts_otherwise() {
-    assert_eq!(action(true, Some("old"), RestartMode::Auto, false), Action::Recreate);
-    assert_eq!(action(true, None, RestartMode::Auto, false), Action::Restart);
-    assert_eq!(action(true, Some(NEW), RestartMode::Auto, false), Action::None, "already recreated");
+    assert_eq!(
+        action(true, Some("old"), RestartMode::Auto, false),
+        Action::Recreate
+    );
+    assert_eq!(
+        action(true, None, RestartMode::Auto, false),
+        Action::Restart
+    );
+    assert_eq!(
+        action(true, Some(NEW), RestartMode::Auto, false),
+        Action::None,
+        "already recreated"
+    );
 }
 
 #[test]
 fn drift_is_converged_even_when_sinks_are_in_sync() {
-    assert_eq!(action(false, Some("old"), RestartMode::Auto, false), Action::Recreate);
-    assert_eq!(action(false, Some(NEW), RestartMode::Auto, false), Action::None);
+    assert_eq!(
+        action(false, Some("old"), RestartMode::Auto, false),
+        Action::Recreate
+    );
+    assert_eq!(
+        action(false, Some(NEW), RestartMode::Auto, false),
+        Action::None
+    );
     assert_eq!(action(false, None, RestartMode::Auto, false), Action::None);
 }
 
 #[test]
 fn owed_restart_is_retried() {
-    assert_eq!(action(false, None, RestartMode::Restart, true), Action::Restart);
-    assert_eq!(action(false, None, RestartMode::Auto, true), Action::Restart);
-    assert_eq!(action(false, None, RestartMode::Restart, false), Action::None);
+    assert_eq!(
+        action(false, None, RestartMode::Restart, true),
+        Action::Restart
+    );
+    assert_eq!(
+        action(false, None, RestartMode::Auto, true),
+        Action::Restart
+    );
+    assert_eq!(
+        action(false, None, RestartMode::Restart, false),
+        Action::None
+    );
 }
 
 #[test]
 fn a_container_that_last_ran_with_another_value_is_acted_on() {
     let mut t = tgt(None);
     t.ran_with = [(K.to_string(), "old".to_string())].into();
-    let p = plan(one(1, 1, RestartMode::Auto), vec![sink(false)], vec![t], &BTreeSet::new());
+    let p = plan(
+        one(1, 1, RestartMode::Auto),
+        vec![sink(false)],
+        vec![t],
+        &BTreeSet::new(),
+    );
     assert_eq!(p.targets[0].action, Action::Restart);
 }
 
@@ -93,22 +125,43 @@ fn short_cuts_on_characters_not_bytes() {
 
 #[test]
 fn recreate_mode_recreates_even_without_the_key_in_the_environment() {
-    assert_eq!(action(true, None, RestartMode::Recreate, false), Action::Recreate);
-    assert_eq!(action(false, None, RestartMode::Recreate, true), Action::Recreate);
-    assert_eq!(action(true, Some("old"), RestartMode::Recreate, false), Action::Recreate);
+    assert_eq!(
+        action(true, None, RestartMode::Recreate, false),
+        Action::Recreate
+    );
+    assert_eq!(
+        action(false, None, RestartMode::Recreate, true),
+        Action::Recreate
+    );
+    assert_eq!(
+        action(true, Some("old"), RestartMode::Recreate, false),
+        Action::Recreate
+    );
     assert_eq!(
         action(false, Some(NEW), RestartMode::Recreate, true),
         Action::Recreate,
         "owed although the env already holds the value (an earlier recreate half done)"
     );
-    assert_eq!(action(false, Some("old"), RestartMode::Recreate, false), Action::Recreate);
+    assert_eq!(
+        action(false, Some("old"), RestartMode::Recreate, false),
+        Action::Recreate
+    );
 }
 
 #[test]
 fn recreate_mode_leaves_a_container_in_sync_alone() {
-    assert_eq!(action(false, Some(NEW), RestartMode::Recreate, false), Action::None);
-    assert_eq!(action(true, Some(NEW), RestartMode::Recreate, false), Action::None);
-    assert_eq!(action(false, None, RestartMode::Recreate, false), Action::None);
+    assert_eq!(
+        action(false, Some(NEW), RestartMode::Recreate, false),
+        Action::None
+    );
+    assert_eq!(
+        action(true, Some(NEW), RestartMode::Recreate, false),
+        Action::None
+    );
+    assert_eq!(
+        action(false, None, RestartMode::Recreate, false),
+        Action::None
+    );
 }
 
 fn gone() -> ActionError {
@@ -123,21 +176,38 @@ fn gone() -> ActionError {
 fn recreate_mode_recreates_a_container_that_cannot_be_inspected() {
     let mut t = tgt(None);
     t.observation = Err(gone());
-    let p = plan(one(1, 1, RestartMode::Recreate), vec![sink(true)], vec![t], &BTreeSet::new());
+    let p = plan(
+        one(1, 1, RestartMode::Recreate),
+        vec![sink(true)],
+        vec![t],
+        &BTreeSet::new(),
+    );
     assert_eq!(p.targets[0].action, Action::Recreate);
     assert!(p.targets[0].blocked.is_some());
 }
 
 #[test]
 fn none_mode_touches_nothing() {
-    assert_eq!(action(true, Some("old"), RestartMode::None, true), Action::None);
+    assert_eq!(
+        action(true, Some("old"), RestartMode::None, true),
+        Action::None
+    );
 }
 
 #[test]
 fn restart_mode_warns_when_env_is_baked_in() {
-    let p = plan(one(1, 1, RestartMode::Restart), vec![sink(true)], vec![tgt(Some("old"))], &BTreeSet::new());
+    let p = plan(
+        one(1, 1, RestartMode::Restart),
+        vec![sink(true)],
+        vec![tgt(Some("old"))],
+        &BTreeSet::new(),
+    );
     assert_eq!(p.targets[0].action, Action::Restart);
-    assert!(p.targets[0].reason.contains("--restart recreate"), "{}", p.targets[0].reason);
+    assert!(
+        p.targets[0].reason.contains("--restart recreate"),
+        "{}",
+        p.targets[0].reason
+    );
 }
 
 // --- apply, with in-memory sinks and targets ---
@@ -220,9 +290,18 @@ impl Target for MemTarget {
     fn group(&self) -> Option<String> {
         self.group.clone()
     }
-    async fn observe(&mut self, keys: &[String], _watch: &[String]) -> Result<TargetObservation, ActionError> {
+    async fn observe(
+        &mut self,
+        keys: &[String],
+        _watch: &[String],
+    ) -> Result<TargetObservation, ActionError> {
         Ok(TargetObservation {
-            env: self.env.iter().filter(|(k, _)| keys.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: self
+                .env
+                .iter()
+                .filter(|(k, _)| keys.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             carries: BTreeSet::new(),
         })
     }
@@ -288,7 +367,11 @@ async fn pass(
     }
     let mut tins = Vec::new();
     for (i, t) in targets.iter_mut().enumerate() {
-        let keys: Vec<String> = bindings.iter().filter(|b| b.targets.contains(&i)).map(|b| b.key.clone()).collect();
+        let keys: Vec<String> = bindings
+            .iter()
+            .filter(|b| b.targets.contains(&i))
+            .map(|b| b.key.clone())
+            .collect();
         tins.push(TargetIn {
             name: t.name(),
             observation: t.observe(&keys, &[]).await,
@@ -302,7 +385,13 @@ async fn pass(
 
 #[tokio::test]
 async fn a_failing_sink_blocks_every_restart_and_the_next_run_finishes() {
-    let mut sinks = vec![MemSink::holding("old"), MemSink { fail: true, ..MemSink::holding("old") }];
+    let mut sinks = vec![
+        MemSink::holding("old"),
+        MemSink {
+            fail: true,
+            ..MemSink::holding("old")
+        },
+    ];
     let mut t = vec![MemTarget::named("lambda-server")];
     let mut j = MemJournal::default();
     let b = one(2, 1, RestartMode::Auto);
@@ -322,7 +411,10 @@ async fn a_failing_sink_blocks_every_restart_and_the_next_run_finishes() {
 #[tokio::test]
 async fn a_failed_restart_is_retried_by_the_next_run_without_a_write() {
     let mut sinks = vec![MemSink::holding("old")];
-    let mut t = vec![MemTarget { fail: true, ..MemTarget::named("lambda-server") }];
+    let mut t = vec![MemTarget {
+        fail: true,
+        ..MemTarget::named("lambda-server")
+    }];
     let mut j = MemJournal::default();
     let b = one(1, 1, RestartMode::Auto);
     let (_, out) = pass(&b, &mut sinks, &mut t, &mut j, false).await;
@@ -332,7 +424,11 @@ async fn a_failed_restart_is_retried_by_the_next_run_without_a_write() {
     assert!(!out.failed && !out.changed);
     assert_eq!((sinks[0].writes, t[0].restarts), (1, 1));
     let (_, out) = pass(&b, &mut sinks, &mut t, &mut j, false).await;
-    assert_eq!((out.targets[0].result, t[0].restarts), (TargetResult::None, 1), "third run is a no-op");
+    assert_eq!(
+        (out.targets[0].result, t[0].restarts),
+        (TargetResult::None, 1),
+        "third run is a no-op"
+    );
 }
 
 #[tokio::test]
@@ -351,16 +447,38 @@ async fn a_failure_stops_the_rest_of_its_group_only() {
     ];
     let mut sinks = vec![MemSink::holding("old")];
     let mut j = MemJournal::default();
-    let (_, out) = pass(&one(1, 4, RestartMode::Auto), &mut sinks, &mut targets, &mut j, false).await;
+    let (_, out) = pass(
+        &one(1, 4, RestartMode::Auto),
+        &mut sinks,
+        &mut targets,
+        &mut j,
+        false,
+    )
+    .await;
     let results: Vec<TargetResult> = out.targets.iter().map(|c| c.result).collect();
     assert_eq!(
         results,
-        vec![TargetResult::Failed, TargetResult::Skipped, TargetResult::Done, TargetResult::Done]
+        vec![
+            TargetResult::Failed,
+            TargetResult::Skipped,
+            TargetResult::Done,
+            TargetResult::Done
+        ]
     );
     assert!(out.failed);
-    assert!(targets[1].recreates.is_empty(), "the second replica was left alone");
-    assert_eq!((targets[2].recreates.len(), targets[3].recreates.len()), (1, 1));
-    assert_eq!(j.0, ["p_svc_1".to_string(), "p_svc_2".to_string()].into(), "both replicas are still owed");
+    assert!(
+        targets[1].recreates.is_empty(),
+        "the second replica was left alone"
+    );
+    assert_eq!(
+        (targets[2].recreates.len(), targets[3].recreates.len()),
+        (1, 1)
+    );
+    assert_eq!(
+        j.0,
+        ["p_svc_1".to_string(), "p_svc_2".to_string()].into(),
+        "both replicas are still owed"
+    );
 }
 
 #[tokio::test]
@@ -382,9 +500,19 @@ async fn dry_run_fails_like_a_real_run_when_a_container_cannot_be_inspected() {
 #[tokio::test]
 async fn an_owed_container_that_already_carries_the_value_is_cleared() {
     let mut sinks = vec![MemSink::holding(NEW)];
-    let mut t = vec![MemTarget { env: [(K.to_string(), NEW.to_string())].into(), ..MemTarget::named("lambda-server") }];
+    let mut t = vec![MemTarget {
+        env: [(K.to_string(), NEW.to_string())].into(),
+        ..MemTarget::named("lambda-server")
+    }];
     let mut j = MemJournal(["lambda-server".to_string()].into());
-    let (p, _) = pass(&one(1, 1, RestartMode::Auto), &mut sinks, &mut t, &mut j, false).await;
+    let (p, _) = pass(
+        &one(1, 1, RestartMode::Auto),
+        &mut sinks,
+        &mut t,
+        &mut j,
+        false,
+    )
+    .await;
     assert_eq!(p.targets[0].action, Action::None);
     assert!(j.0.is_empty(), "journal cleared");
     assert_eq!(t[0].restarts, 0);
@@ -395,7 +523,14 @@ async fn dry_run_changes_nothing() {
     let mut sinks = vec![MemSink::holding("old")];
     let mut t = vec![MemTarget::named("lambda-server")];
     let mut j = MemJournal::default();
-    let (_, out) = pass(&one(1, 1, RestartMode::Auto), &mut sinks, &mut t, &mut j, true).await;
+    let (_, out) = pass(
+        &one(1, 1, RestartMode::Auto),
+        &mut sinks,
+        &mut t,
+        &mut j,
+        true,
+    )
+    .await;
     assert_eq!((sinks[0].writes, t[0].restarts), (0, 0));
     assert!(j.0.is_empty());
     assert_eq!(out.sinks[0].result, SinkResult::Planned);
@@ -404,7 +539,13 @@ async fn dry_run_changes_nothing() {
 
 // --- many bindings ---
 
-fn binding(id: &str, key: &str, aud: Option<&str>, sinks: &[usize], targets: &[usize]) -> BindingIn {
+fn binding(
+    id: &str,
+    key: &str,
+    aud: Option<&str>,
+    sinks: &[usize],
+    targets: &[usize],
+) -> BindingIn {
     BindingIn {
         id: id.into(),
         key: key.into(),
@@ -419,12 +560,26 @@ fn binding(id: &str, key: &str, aud: Option<&str>, sinks: &[usize], targets: &[u
 async fn a_container_reading_two_keys_is_recreated_once_with_both() {
     // One .env holds API_AUD and N8N_AUD; "shared" reads both, "web" only N8N_AUD.
     let mut env = MemSink::holding("x");
-    env.values = [("API_AUD".into(), "a0".into()), ("N8N_AUD".into(), "n0".into())].into();
+    env.values = [
+        ("API_AUD".into(), "a0".into()),
+        ("N8N_AUD".into(), "n0".into()),
+    ]
+    .into();
     let mut sinks = vec![env];
-    let carried: Values = [("API_AUD".into(), "a0".into()), ("N8N_AUD".into(), "n0".into())].into();
+    let carried: Values = [
+        ("API_AUD".into(), "a0".into()),
+        ("N8N_AUD".into(), "n0".into()),
+    ]
+    .into();
     let mut targets = vec![
-        MemTarget { env: carried.clone(), ..MemTarget::named("shared") },
-        MemTarget { env: [("N8N_AUD".to_string(), "n0".to_string())].into(), ..MemTarget::named("web") },
+        MemTarget {
+            env: carried.clone(),
+            ..MemTarget::named("shared")
+        },
+        MemTarget {
+            env: [("N8N_AUD".to_string(), "n0".to_string())].into(),
+            ..MemTarget::named("web")
+        },
     ];
     let b = vec![
         binding("api", "API_AUD", Some("a1"), &[0], &[0]),
@@ -437,7 +592,11 @@ async fn a_container_reading_two_keys_is_recreated_once_with_both() {
     assert_eq!(targets[0].recreates.len(), 1, "acted on once");
     assert_eq!(
         targets[0].recreates[0],
-        [("API_AUD".to_string(), "a1".to_string()), ("N8N_AUD".to_string(), "n1".to_string())].into()
+        [
+            ("API_AUD".to_string(), "a1".to_string()),
+            ("N8N_AUD".to_string(), "n1".to_string())
+        ]
+        .into()
     );
     assert_eq!(targets[1].recreates.len(), 1);
     assert_eq!(p.targets[0].bindings, vec![0, 1]);
@@ -463,11 +622,22 @@ async fn a_failing_binding_does_not_stop_a_healthy_one_and_the_next_pass_finishe
     let mut j = MemJournal::default();
     let (_, out) = pass(&b, &mut sinks, &mut targets, &mut j, false).await;
     assert!(out.failed);
-    assert_eq!((sinks[0].writes, sinks[1].writes), (1, 0), "the healthy binding is written");
+    assert_eq!(
+        (sinks[0].writes, sinks[1].writes),
+        (1, 0),
+        "the healthy binding is written"
+    );
     assert_eq!(targets[0].restarts, 1, "its own container is applied");
-    assert_eq!(targets[1].restarts, 0, "the shared container waits for the failed binding");
+    assert_eq!(
+        targets[1].restarts, 0,
+        "the shared container waits for the failed binding"
+    );
     assert_eq!(out.targets[1].result, TargetResult::Skipped);
-    assert!(out.targets[1].reason.contains("binding n8n failed"), "{}", out.targets[1].reason);
+    assert!(
+        out.targets[1].reason.contains("binding n8n failed"),
+        "{}",
+        out.targets[1].reason
+    );
     assert!(j.0.contains("both"), "still owed");
     // The source heals: the next pass writes n8n and acts on the shared container once.
     b[1].desired = Some("n1".into());

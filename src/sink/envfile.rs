@@ -277,30 +277,59 @@ impl EnvFileSink {
     }
 
     /// What the file holds for each key of `desired`.
-    pub fn observe_all(&self, desired: &BTreeMap<String, String>) -> Result<BTreeMap<String, crate::reconcile::KeyObservation>, Error> {
+    pub fn observe_all(
+        &self,
+        desired: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, crate::reconcile::KeyObservation>, Error> {
         use crate::reconcile::KeyObservation;
         let Some(content) = self.read()? else {
             return Ok(desired
                 .keys()
-                .map(|k| (k.clone(), KeyObservation { current: None, needs_write: true, version: None }))
+                .map(|k| {
+                    (
+                        k.clone(),
+                        KeyObservation {
+                            current: None,
+                            needs_write: true,
+                            version: None,
+                        },
+                    )
+                })
                 .collect());
         };
         let mut parsed: Option<BTreeMap<String, String>> = None;
         let mut out = BTreeMap::new();
         for (key, value) in desired {
-            let edited = set_key(&content, key, value).map_err(|e| self.err(format!("{key}: {e}")))?;
+            let edited =
+                set_key(&content, key, value).map_err(|e| self.err(format!("{key}: {e}")))?;
             if edited == content {
                 // Every assignment already holds exactly `value`: no need to parse the file.
-                out.insert(key.clone(), KeyObservation { current: Some(value.clone()), needs_write: false, version: None });
+                out.insert(
+                    key.clone(),
+                    KeyObservation {
+                        current: Some(value.clone()),
+                        needs_write: false,
+                        version: None,
+                    },
+                );
                 continue;
             }
             if parsed.is_none() {
                 parsed = Some(parse(&content).map_err(|e| {
-                    self.err(format!("does not parse as a .env file ({e}); fix it by hand"))
+                    self.err(format!(
+                        "does not parse as a .env file ({e}); fix it by hand"
+                    ))
                 })?);
             }
             let current = parsed.as_ref().and_then(|p| p.get(key).cloned());
-            out.insert(key.clone(), KeyObservation { current, needs_write: true, version: None });
+            out.insert(
+                key.clone(),
+                KeyObservation {
+                    current,
+                    needs_write: true,
+                    version: None,
+                },
+            );
         }
         Ok(out)
     }

@@ -132,14 +132,19 @@ impl reconcile::Sink for AnySink {
         }
     }
 
-    async fn observe(&mut self, desired: &reconcile::Values) -> Result<reconcile::SinkObservation, reconcile::SinkError> {
+    async fn observe(
+        &mut self,
+        desired: &reconcile::Values,
+    ) -> Result<reconcile::SinkObservation, reconcile::SinkError> {
         match self {
             AnySink::Env(s) => s.observe_all(desired).map_err(port_error),
             AnySink::Infisical(v) => {
                 let mut out = reconcile::SinkObservation::new();
                 for s in v.iter_mut() {
                     let key = s.info().key;
-                    let Some(want) = desired.get(&key) else { continue };
+                    let Some(want) = desired.get(&key) else {
+                        continue;
+                    };
                     let o = s.observe(want).await.map_err(port_error)?;
                     out.insert(
                         key,
@@ -155,11 +160,16 @@ impl reconcile::Sink for AnySink {
         }
     }
 
-    async fn write(&mut self, desired: &reconcile::Values) -> Result<reconcile::WriteOutcome, reconcile::SinkError> {
+    async fn write(
+        &mut self,
+        desired: &reconcile::Values,
+    ) -> Result<reconcile::WriteOutcome, reconcile::SinkError> {
         match self {
             AnySink::Env(s) => s.write_all(desired).map_err(port_error).map(|w| match w {
                 WriteOutcome::Unchanged => reconcile::WriteOutcome::Unchanged,
-                _ => reconcile::WriteOutcome::Written { versions: Default::default() },
+                _ => reconcile::WriteOutcome::Written {
+                    versions: Default::default(),
+                },
             }),
             AnySink::Infisical(v) => {
                 // One secret per key; a held or failed one stops the folder's later keys.
@@ -167,7 +177,9 @@ impl reconcile::Sink for AnySink {
                 let mut wrote = false;
                 for s in v.iter_mut() {
                     let key = s.info().key;
-                    let Some(want) = desired.get(&key) else { continue };
+                    let Some(want) = desired.get(&key) else {
+                        continue;
+                    };
                     match s.write(want).await.map_err(port_error)? {
                         WriteOutcome::Unchanged => {}
                         WriteOutcome::Written { version } => {

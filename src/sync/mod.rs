@@ -78,7 +78,9 @@ fn sinks_of(cfg: &SyncConfig) -> Sinks {
         for s in &b.sinks {
             let s = match s {
                 // A symlink and its target are one file.
-                BindingSink::Env(p) => BindingSink::Env(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+                BindingSink::Env(p) => {
+                    BindingSink::Env(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+                }
                 other => other.clone(),
             };
             let i = match specs.iter().position(|x| *x == s) {
@@ -116,7 +118,12 @@ fn build_sinks(
                     .find(|(_, s)| s.contains(&i))
                     .and_then(|(b, _)| {
                         b.sinks.iter().find_map(|s| match s {
-                            BindingSink::Env(orig) if std::fs::canonicalize(orig).unwrap_or_else(|_| orig.clone()) == *p => Some(orig.clone()),
+                            BindingSink::Env(orig)
+                                if std::fs::canonicalize(orig).unwrap_or_else(|_| orig.clone())
+                                    == *p =>
+                            {
+                                Some(orig.clone())
+                            }
                             _ => None,
                         })
                     })
@@ -132,9 +139,11 @@ fn build_sinks(
                     .map(|(b, _)| b.key.as_str())
                     .collect();
                 let Some(mut settings) = cfg.infisical.clone() else {
-                    return Err(Error::usage("an Infisical sink is configured without the [infisical] settings"));
+                    return Err(Error::usage(
+                        "an Infisical sink is configured without the [infisical] settings",
+                    ));
                 };
-                settings.secret_path = path.clone();
+                settings.secret_path = crate::infisical::normalize_path(path);
                 Ok(AnySink::Infisical(
                     keys.into_iter()
                         .map(|k| {
@@ -193,7 +202,10 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     {
         // A single binding whose source failed: nothing else to do, as always.
         let e = Error::failed(e.to_string(), e.hint());
-        return Err(PassError { stage: Stage::Source, error: e });
+        return Err(PassError {
+            stage: Stage::Source,
+            error: e,
+        });
     }
 
     // 2. What the sinks hold.
@@ -218,7 +230,10 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         if let Err(e) = &obs
             && cfg.bindings.len() == 1
         {
-            return Err(PassError { stage: Stage::Sink, error: Error::failed(e.message.clone(), e.hint.clone()) });
+            return Err(PassError {
+                stage: Stage::Sink,
+                error: Error::failed(e.message.clone(), e.hint.clone()),
+            });
         }
         sink_obs.push((info, desired, obs));
     }
@@ -238,8 +253,20 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         })
     });
     let leaks = leak_watch(cfg);
-    let watch: Vec<String> = leaks.values().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
-    let mut resolved = targets::resolve(cfg, changing || !owed.is_empty() || elsewhere, &state.state.applied, &watch).await;
+    let watch: Vec<String> = leaks
+        .values()
+        .flatten()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut resolved = targets::resolve(
+        cfg,
+        changing || !owed.is_empty() || elsewhere,
+        &state.state.applied,
+        &watch,
+    )
+    .await;
 
     // 4. Plan and apply.
     let inputs: Vec<BindingIn> = cfg
@@ -255,8 +282,20 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
             restart: b.restart,
         })
         .collect();
-    let plan = reconcile::plan(inputs, sink_obs, std::mem::take(&mut resolved.observed), &owed);
-    let outcome = reconcile::apply(&plan, &mut sinks, &mut resolved.slots, &mut state, cfg.dry_run).await;
+    let plan = reconcile::plan(
+        inputs,
+        sink_obs,
+        std::mem::take(&mut resolved.observed),
+        &owed,
+    );
+    let outcome = reconcile::apply(
+        &plan,
+        &mut sinks,
+        &mut resolved.slots,
+        &mut state,
+        cfg.dry_run,
+    )
+    .await;
     record_applied(cfg, &mut state, &plan, &outcome);
     remember_pending(&sinks, &mut state);
 
@@ -313,7 +352,11 @@ fn leak_watch(cfg: &SyncConfig) -> BTreeMap<usize, Vec<String>> {
 
 /// Warnings for containers whose environment carries a credential or setting of audsync's that
 /// sits in a `.env` sink of a binding that targets them: the file is handed to the app.
-fn leaked_into(cfg: &SyncConfig, plan: &reconcile::Plan, leaks: &BTreeMap<usize, Vec<String>>) -> Vec<String> {
+fn leaked_into(
+    cfg: &SyncConfig,
+    plan: &reconcile::Plan,
+    leaks: &BTreeMap<usize, Vec<String>>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for t in &plan.targets {
         let names: BTreeSet<&String> = t
@@ -327,7 +370,9 @@ fn leaked_into(cfg: &SyncConfig, plan: &reconcile::Plan, leaks: &BTreeMap<usize,
                 .bindings
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| t.bindings.contains(i) && leaks.get(i).is_some_and(|l| l.contains(n)))
+                .filter(|(i, _)| {
+                    t.bindings.contains(i) && leaks.get(i).is_some_and(|l| l.contains(n))
+                })
                 .flat_map(|(_, b)| b.sinks.iter())
                 .find_map(|s| match s {
                     BindingSink::Env(p) => Some(p.display().to_string()),
@@ -345,14 +390,24 @@ fn leaked_into(cfg: &SyncConfig, plan: &reconcile::Plan, leaks: &BTreeMap<usize,
 
 /// Remember which values each container of this pass now runs with. Containers whose action
 /// failed or was skipped keep their old record; containers not in this pass are forgotten.
-fn record_applied(cfg: &SyncConfig, state: &mut StateFile, plan: &reconcile::Plan, outcome: &reconcile::Outcome) {
+fn record_applied(
+    cfg: &SyncConfig,
+    state: &mut StateFile,
+    plan: &reconcile::Plan,
+    outcome: &reconcile::Outcome,
+) {
     if cfg.dry_run || cfg.bindings.iter().all(|b| b.restart == RestartMode::None) {
         return;
     }
     let mut applied: BTreeMap<String, Values> = BTreeMap::new();
     for (t, r) in plan.targets.iter().zip(&outcome.targets) {
         let ok = matches!(r.result, TargetResult::Done | TargetResult::None);
-        let old = state.state.applied.get(&t.name).cloned().unwrap_or_default();
+        let old = state
+            .state
+            .applied
+            .get(&t.name)
+            .cloned()
+            .unwrap_or_default();
         let mut now = old.clone();
         if ok {
             now.extend(t.changes.clone());
@@ -382,7 +437,10 @@ fn remember_pending(sinks: &[AnySink], state: &mut StateFile) {
 }
 
 /// The state file a flag-only run uses (next to the `.env`), for `setup`.
-pub fn state_file_of(source: &crate::cli::SourceArgs, state_file: Option<&std::path::Path>) -> PathBuf {
+pub fn state_file_of(
+    source: &crate::cli::SourceArgs,
+    state_file: Option<&std::path::Path>,
+) -> PathBuf {
     match state_file {
         Some(p) => p.to_path_buf(),
         None => config::sync::sidecar(&source.env_file, ".audsync-state.json"),

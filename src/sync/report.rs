@@ -27,7 +27,12 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [Status::InSync, Status::Changed, Status::Pending, Status::Failed];
+    pub const ALL: [Status; 4] = [
+        Status::InSync,
+        Status::Changed,
+        Status::Pending,
+        Status::Failed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -224,7 +229,9 @@ pub fn build(
                     action: k.map(|k| k.action).unwrap_or(WriteAction::None),
                     result: match (r.result, k.map(|k| k.action)) {
                         // A file written for another binding's key: this key was unchanged.
-                        (SinkResult::Written | SinkResult::Planned, Some(WriteAction::None)) => SinkResult::Unchanged,
+                        (SinkResult::Written | SinkResult::Planned, Some(WriteAction::None)) => {
+                            SinkResult::Unchanged
+                        }
                         (res, _) => res,
                     },
                     new_version: k.and_then(|k| k.new_version),
@@ -232,7 +239,8 @@ pub fn build(
                 }
             })
             .collect();
-        let my_targets: Vec<&TargetReport> = step.input.targets.iter().map(|&t| &o.targets[t]).collect();
+        let my_targets: Vec<&TargetReport> =
+            step.input.targets.iter().map(|&t| &o.targets[t]).collect();
         let tunnel = tunnels.get(i).cloned().flatten();
         let mut errors: Vec<String> = Vec::new();
         let mut hint = None;
@@ -262,31 +270,49 @@ pub fn build(
                     }
                 }
                 if let Some(t) = tunnel.as_ref().filter(|t| t.result == TunnelResult::Failed) {
-                    errors.push(format!("tunnel {}: {}", t.tunnel_id, t.detail.as_deref().unwrap_or("failed")));
+                    errors.push(format!(
+                        "tunnel {}: {}",
+                        t.tunnel_id,
+                        t.detail.as_deref().unwrap_or("failed")
+                    ));
                     // The tunnel configuration is read and written through the Cloudflare API.
                     stage.get_or_insert(Stage::Source);
                 }
             }
         }
         let wrote = sinks.iter().any(|s| s.result == SinkResult::Written);
-        let pending = sinks.iter().any(|s| s.result == SinkResult::PendingApproval);
+        let pending = sinks
+            .iter()
+            .any(|s| s.result == SinkResult::PendingApproval);
         let acted = my_targets.iter().any(|t| t.result == TargetResult::Done);
         let work = step.changed
-            || my_targets.iter().any(|t| t.action != reconcile::Action::None)
-            || tunnel.as_ref().is_some_and(|t| matches!(t.result, TunnelResult::WouldUpdate | TunnelResult::Updated));
+            || my_targets
+                .iter()
+                .any(|t| t.action != reconcile::Action::None)
+            || tunnel.as_ref().is_some_and(|t| {
+                matches!(t.result, TunnelResult::WouldUpdate | TunnelResult::Updated)
+            });
         let status = if !errors.is_empty() {
             Status::Failed
         } else if pending || (cfg.dry_run && work) {
             Status::Pending
-        } else if wrote || acted || tunnel.as_ref().is_some_and(|t| t.result == TunnelResult::Updated) {
+        } else if wrote
+            || acted
+            || tunnel
+                .as_ref()
+                .is_some_and(|t| t.result == TunnelResult::Updated)
+        {
             Status::Changed
         } else {
             Status::InSync
         };
-        if wrote && status == Status::Failed && stage == Some(Stage::Target) {
-            if let Some(last) = errors.last_mut() {
-                last.push_str(" (the new value WAS written to the sinks; the next run retries the containers)");
-            }
+        if wrote
+            && status == Status::Failed
+            && let Some(last) = errors.last_mut()
+        {
+            last.push_str(
+                " (the new value WAS written to the sinks; the next run retries the containers)",
+            );
         }
         let (aud, app) = match f {
             Ok(f) => (Some(f.aud), Some(f.app)),
@@ -309,7 +335,8 @@ pub fn build(
     }
     // Containers no binding's failure explains (e.g. one that cannot be inspected).
     let failed_target = o.targets.iter().any(|t| t.result == TargetResult::Failed);
-    let status = if bindings.iter().any(|b| b.status == Status::Failed) || failed_target || o.failed {
+    let status = if bindings.iter().any(|b| b.status == Status::Failed) || failed_target || o.failed
+    {
         Status::Failed
     } else if bindings.iter().any(|b| b.status == Status::Pending) {
         Status::Pending
@@ -335,7 +362,10 @@ pub fn build(
             .join("; ")
     });
     let hint = failing.iter().find_map(|b| b.hint.clone());
-    let stage = failing.iter().find_map(|b| b.stage).or((status == Status::Failed).then_some(Stage::Target));
+    let stage = failing
+        .iter()
+        .find_map(|b| b.stage)
+        .or((status == Status::Failed).then_some(Stage::Target));
     let single = cfg.flag_binding.then(|| {
         let b = &bindings[0];
         Single {
@@ -371,13 +401,30 @@ pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
     let multi = r.bindings.len() > 1;
     for b in &r.bindings {
-        let aud = b.aud.as_deref().map(|a| if multi { reconcile::short(a) } else { a.to_string() });
+        let aud = b.aud.as_deref().map(|a| {
+            if multi {
+                reconcile::short(a)
+            } else {
+                a.to_string()
+            }
+        });
         match (&aud, &b.app, multi) {
             (Some(aud), Some(app), false) => {
-                let _ = writeln!(s, "AUD {aud}  (application {:?}, {}, id {})", app.name, app.domain, app.id);
+                let _ = writeln!(
+                    s,
+                    "AUD {aud}  (application {:?}, {}, id {})",
+                    app.name, app.domain, app.id
+                );
             }
             (Some(aud), Some(app), true) => {
-                let _ = writeln!(s, "binding {}: AUD {aud}  (application {:?}, id {}) [{}]", b.id, app.name, app.id, b.status.as_str());
+                let _ = writeln!(
+                    s,
+                    "binding {}: AUD {aud}  (application {:?}, id {}) [{}]",
+                    b.id,
+                    app.name,
+                    app.id,
+                    b.status.as_str()
+                );
             }
             (_, _, true) => {
                 let _ = writeln!(s, "binding {}: [{}]", b.id, b.status.as_str());
@@ -385,7 +432,11 @@ pub fn render_text(r: &Report) -> String {
             _ => {}
         }
         for k in &b.sinks {
-            let old = k.old.as_deref().map(reconcile::short).unwrap_or_else(|| "(unset)".into());
+            let old = k
+                .old
+                .as_deref()
+                .map(reconcile::short)
+                .unwrap_or_else(|| "(unset)".into());
             let new = b.aud.as_deref().map(reconcile::short).unwrap_or_default();
             let change = if k.action == WriteAction::Write {
                 format!("{old} -> {new}")
@@ -393,14 +444,24 @@ pub fn render_text(r: &Report) -> String {
                 format!("{new} (unchanged)")
             };
             let version = k.version.map(|v| format!(" v{v}")).unwrap_or_default();
-            let result = serde_json::to_value(k.result).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-            let _ = writeln!(s, "  sink {} {} {}{version}: {change} [{result}]", k.kind, k.target, k.key);
+            let result = serde_json::to_value(k.result)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  sink {} {} {}{version}: {change} [{result}]",
+                k.kind, k.target, k.key
+            );
             if let Some(e) = &k.error {
                 let _ = writeln!(s, "    {e}");
             }
         }
         if let Some(t) = &b.tunnel {
-            let result = serde_json::to_value(t.result).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let result = serde_json::to_value(t.result)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
             let _ = writeln!(s, "  tunnel {} audTag: [{result}]", t.tunnel_id);
             for line in t.detail.iter().flat_map(|d| d.lines()) {
                 let _ = writeln!(s, "    {line}");
@@ -420,8 +481,15 @@ pub fn render_text(r: &Report) -> String {
             reconcile::Action::Restart => "restart",
             reconcile::Action::Recreate => "recreate",
         };
-        let result = serde_json::to_value(c.result).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        let _ = writeln!(s, "  container {}: {action} ({}) [{result}]", c.name, c.reason);
+        let result = serde_json::to_value(c.result)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  container {}: {action} ({}) [{result}]",
+            c.name, c.reason
+        );
         if let Some(e) = &c.error {
             let _ = writeln!(s, "    {}", e.message);
         }

@@ -27,7 +27,11 @@ impl Target for Slot {
             Slot::Down(..) => None,
         }
     }
-    async fn observe(&mut self, keys: &[String], watch: &[String]) -> Result<TargetObservation, ActionError> {
+    async fn observe(
+        &mut self,
+        keys: &[String],
+        watch: &[String],
+    ) -> Result<TargetObservation, ActionError> {
         match self {
             Slot::Live(c) => c.observe(keys, watch).await,
             Slot::Down(_, e) => Err(e.clone()),
@@ -71,20 +75,26 @@ pub async fn resolve(
         RestartMode::None => false,
         RestartMode::Restart => may_act,
         RestartMode::Auto | RestartMode::Recreate => true,
-    }) || (!watch.is_empty() && cfg.bindings.iter().any(|b| !b.targets.is_empty()));
+    }) || (!watch.is_empty()
+        && cfg.bindings.iter().any(|b| !b.targets.is_empty()));
     let mut names: Vec<(String, Option<String>)> = Vec::new();
     let mut of_binding: Vec<Vec<usize>> = Vec::new();
     let mut down: BTreeMap<String, ActionError> = BTreeMap::new();
-    let engine = if need_docker { Some(Engine::connect().await) } else { None };
-    let index = |name: String, group: Option<String>, names: &mut Vec<(String, Option<String>)>| -> usize {
-        match names.iter().position(|(n, _)| *n == name) {
-            Some(i) => i,
-            None => {
-                names.push((name, group));
-                names.len() - 1
-            }
-        }
+    let engine = if need_docker {
+        Some(Engine::connect().await)
+    } else {
+        None
     };
+    let index =
+        |name: String, group: Option<String>, names: &mut Vec<(String, Option<String>)>| -> usize {
+            match names.iter().position(|(n, _)| *n == name) {
+                Some(i) => i,
+                None => {
+                    names.push((name, group));
+                    names.len() - 1
+                }
+            }
+        };
     for b in &cfg.bindings {
         let mut mine = Vec::new();
         for t in &b.targets {
@@ -100,7 +110,11 @@ pub async fn resolve(
                     match (found, &engine) {
                         (Ok(list), Some(_)) => {
                             for n in list {
-                                mine.push(index(n, Some(format!("compose service {group}")), &mut names));
+                                mine.push(index(
+                                    n,
+                                    Some(format!("compose service {group}")),
+                                    &mut names,
+                                ));
                             }
                         }
                         (Ok(_), None) => mine.push(index(group, None, &mut names)),

@@ -192,7 +192,9 @@ impl Telemetry {
 
     /// Account for one finished pass.
     pub fn record(&self, r: &Report, elapsed: Duration) {
-        self.passes.get_or_create(&[("status", r.status.as_str())]).inc();
+        self.passes
+            .get_or_create(&[("status", r.status.as_str())])
+            .inc();
         self.duration.observe(elapsed.as_secs_f64());
         let failed = r.status == crate::sync::Status::Failed;
         let now = unix_now();
