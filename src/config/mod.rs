@@ -22,6 +22,8 @@ use clap::{CommandFactory, FromArgMatches};
 use crate::cli::{AccessArgs, Cli, Command, Origin as SourceOrigin, SourceArgs};
 use crate::cloudflare::Auth;
 use crate::error::Error;
+#[cfg(test)]
+use crate::secret::Secret;
 
 pub use file::FileConfig;
 pub use layers::{Env, Origin, Vars};
@@ -108,12 +110,14 @@ where
         .try_get_matches_from(&args)
         .map_err(ParseError::Clap)?;
     let mut origins = BTreeMap::new();
-    if let Some(sc) = cmd.find_subcommand(&sub_name)
+    // The variable names come from the command as defined (the layered one has none).
+    let defined = Cli::command();
+    if let Some(sc) = defined.find_subcommand(&sub_name)
         && let Some((_, m)) = matches.subcommand()
     {
         for a in sc.get_arguments() {
             let id = a.get_id().as_str();
-            let origin = match m.value_source(id) {
+            let origin = match m.try_contains_id(id).ok().and_then(|_| m.value_source(id)) {
                 Some(clap::parser::ValueSource::CommandLine) => Origin::Flag,
                 Some(_) => env_name(a)
                     .and_then(|n| env.lookup(&n))
@@ -423,7 +427,7 @@ pub fn validate_key(key: &str) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
+mod validator_tests {
     use super::*;
 
     #[test]
@@ -437,3 +441,6 @@ mod tests {
         assert!(validate_key("A-B").is_err());
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -172,9 +172,10 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
             );
         }
     }
+    let state_origin = p.origins.get("state_file").cloned().unwrap_or(Origin::Default);
     let _ = writeln!(
         out,
-        "default\tstate_file = {:?}",
+        "{state_origin}\tstate_file = {:?}",
         cfg.state_file.display().to_string()
     );
     let _ = writeln!(
