@@ -2,6 +2,7 @@
 
 mod support;
 
+mod bindings;
 mod cli_sync;
 mod docker_recover;
 mod docker_recreate;

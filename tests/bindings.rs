@@ -1,0 +1,280 @@
+//! Many bindings in one `audsync.toml`: one pass over every binding against the fake Cloudflare
+//! and Infisical and the real Docker engine.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::require_docker;
+use crate::support::cloudflare::{ACCOUNT, FakeCloudflare, app, aud};
+use crate::support::docker::{Docker, docker, env_of, id_of, image};
+use crate::support::infisical::{CLIENT_ID, CLIENT_SECRET, FakeInfisical, PROJECT};
+use crate::support::{Run, Sandbox, run};
+
+const SERVER: &str = "trap 'exit 0' TERM; echo up; sleep 3600 & wait";
+
+fn write_private(sb: &Sandbox, name: &str, text: &str) {
+    let p = sb.path(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn sync(sb: &Sandbox, extra: &[&str]) -> Run {
+    let mut c = sb.cmd();
+    c.args(["sync", "--output", "json"]).args(extra);
+    run(&mut c)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// How many containers carrying `label` the engine created since `since` (Unix seconds).
+fn creates(label: &str, since: u64) -> usize {
+    let out = docker(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &(now() + 1).to_string(),
+        "--filter",
+        "event=create",
+        "--filter",
+        &format!("label={label}"),
+        "--format",
+        "{{.ID}}",
+    ]);
+    out.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+fn binding<'a>(j: &'a Value, id: &str) -> &'a Value {
+    j["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == id)
+        .unwrap_or_else(|| panic!("no binding {id} in {j}"))
+}
+
+#[test]
+fn three_hosts_two_keys_in_one_env_one_in_infisical_one_recreate_per_container() {
+    require_docker!();
+    let cf = FakeCloudflare::start(vec![
+        app(1, "api.example.com", &aud(1)),
+        app(2, "n8n.example.com", &aud(2)),
+        app(3, "chat.example.com", &aud(3)),
+    ]);
+    let inf = FakeInfisical::start();
+    inf.put("dev", "/chat", "CHAT_AUD", "old", 1);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    let d = Docker::new();
+    // "both" reads API_AUD and N8N_AUD from its environment; "chat" reads CHAT_AUD.
+    let both = d.run(
+        "both",
+        &["--label", &format!("t={}-both", d.prefix), "-e", "API_AUD=old", "-e", "N8N_AUD=old", &image(), "sh", "-c", SERVER],
+    );
+    let chat = d.run(
+        "chat",
+        &["--label", &format!("t={}-chat", d.prefix), "-e", "CHAT_AUD=old", &image(), "sh", "-c", SERVER],
+    );
+    std::fs::write(sb.path("stack.env"), "# the stack\nAPI_AUD=old\nN8N_AUD=old\nOTHER=1\n").unwrap();
+    write_private(&sb, "inf-id", CLIENT_ID);
+    write_private(&sb, "inf-secret", CLIENT_SECRET);
+    let toml = format!(
+        r#"[cloudflare]
+account_id = "{ACCOUNT}"
+api_url = "{cf}"
+
+[infisical]
+host = "{inf}"
+project_id = "{PROJECT}"
+client_id_file = "inf-id"
+client_secret_file = "inf-secret"
+
+[[binding]]
+domain = "api.example.com"
+key = "API_AUD"
+sinks = [{{ env = "stack.env" }}]
+targets = [{{ container = "{both}" }}]
+
+[[binding]]
+domain = "n8n.example.com"
+key = "N8N_AUD"
+sinks = [{{ env = "stack.env" }}]
+targets = [{{ container = "{both}" }}]
+
+[[binding]]
+name = "chat"
+domain = "chat.example.com"
+key = "CHAT_AUD"
+sinks = [{{ infisical = "/chat" }}]
+targets = [{{ container = "{chat}" }}]
+"#,
+        cf = cf.url(),
+        inf = inf.url(),
+    );
+    write_private(&sb, "audsync.toml", &toml);
+    let t0 = now();
+    let r = sync(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["schema"], 2);
+    assert_eq!(j["status"], "changed");
+    assert!(j.get("aud").is_none(), "no schema-1 fields for a config file run: {j}");
+    assert_eq!(j["bindings"].as_array().unwrap().len(), 3);
+    assert_eq!(binding(&j, "n8n.example.com")["aud"], aud(2));
+    assert_eq!(binding(&j, "chat")["sinks"][0]["kind"], "infisical");
+    // Both keys in one file, nothing else touched.
+    assert_eq!(
+        std::fs::read_to_string(sb.path("stack.env")).unwrap(),
+        format!("# the stack\nAPI_AUD={}\nN8N_AUD={}\nOTHER=1\n", aud(1), aud(2))
+    );
+    assert_eq!(inf.secret("dev", "/chat", "CHAT_AUD"), Some((aud(3), 2)));
+    // Each container acted on once; "both" carries both new values.
+    let targets = j["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "{j}");
+    assert!(targets.iter().all(|t| t["result"] == "done" && t["action"] == "recreate"), "{j}");
+    assert_eq!(env_of(&both, "API_AUD"), Some(aud(1)));
+    assert_eq!(env_of(&both, "N8N_AUD"), Some(aud(2)));
+    assert_eq!(env_of(&chat, "CHAT_AUD"), Some(aud(3)));
+    assert_eq!(creates(&format!("t={}-both", d.prefix), t0), 1, "one recreate of the container that reads two keys");
+    assert_eq!(creates(&format!("t={}-chat", d.prefix), t0), 1);
+    // Cold: one listing serves all three hosts.
+    assert_eq!(j["requests"], 1, "{j}");
+    assert_eq!(cf.requests().len(), 1);
+
+    // A second pass does nothing, and costs one request.
+    let ids = (id_of(&both), id_of(&chat));
+    let writes = inf.writes().len();
+    let t1 = now();
+    let r = sync(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["status"], "in_sync", "{j}");
+    assert_eq!(j["requests"], 1, "{j}");
+    assert_eq!((id_of(&both), id_of(&chat)), ids, "nothing recreated");
+    assert_eq!(creates(&format!("t={}-both", d.prefix), t1), 0);
+    assert_eq!(inf.writes().len(), writes, "nothing written to Infisical");
+}
+
+fn stack_toml(cf: &FakeCloudflare, hosts: &[&str]) -> String {
+    let mut s = format!("[cloudflare]\naccount_id = \"{ACCOUNT}\"\napi_url = \"{}\"\n", cf.url());
+    for (i, h) in hosts.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[[binding]]\ndomain = \"{h}\"\nkey = \"AUD_{i}\"\nsinks = [{{ env = \"stack.env\" }}]\n"
+        ));
+    }
+    s
+}
+
+#[test]
+fn a_failing_binding_beside_a_healthy_one_the_next_pass_finishes_it() {
+    let cf = FakeCloudflare::start(vec![app(1, "api.example.com", &aud(1))]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    std::fs::write(sb.path("stack.env"), "AUD_0=old\nAUD_1=old\n").unwrap();
+    write_private(&sb, "audsync.toml", &stack_toml(&cf, &["api.example.com", "new.example.com"]));
+    let r = sync(&sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["status"], "failed");
+    assert_eq!(binding(&j, "api.example.com")["status"], "changed");
+    let bad = binding(&j, "new.example.com");
+    assert_eq!(bad["status"], "failed");
+    assert_eq!(bad["stage"], "source");
+    assert!(j["error"].as_str().unwrap().contains("binding new.example.com:"), "{j}");
+    assert_eq!(
+        std::fs::read_to_string(sb.path("stack.env")).unwrap(),
+        format!("AUD_0={}\nAUD_1=old\n", aud(1)),
+        "the healthy binding is applied, the failed one left as it was"
+    );
+    // The application appears (e.g. created by hand): the next pass finishes the job.
+    cf.with(|s| s.apps.push(app(2, "new.example.com", &aud(2))));
+    let r = sync(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["status"], "changed");
+    assert_eq!(
+        std::fs::read_to_string(sb.path("stack.env")).unwrap(),
+        format!("AUD_0={}\nAUD_1={}\n", aud(1), aud(2))
+    );
+}
+
+/// Requests of a cold and of a warm no-change pass over `n` bindings, with `apps` applications
+/// in the account (the fake's page size is Cloudflare's).
+fn request_counts(n: usize, apps: usize) -> (u64, u64, u64) {
+    let mut all: Vec<Value> = (0..apps).map(|i| app(i as u32 + 10, &format!("other{i}.example.com"), &aud(9))).collect();
+    let hosts: Vec<String> = (0..n).map(|i| format!("h{i}.example.com")).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        all.push(app(1000 + i as u32, h, &aud((i % 200) as u8 + 1)));
+    }
+    let cf = FakeCloudflare::start(all);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    std::fs::write(sb.path("stack.env"), "").unwrap();
+    let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    write_private(&sb, "audsync.toml", &stack_toml(&cf, &refs));
+    let cold = sync(&sb, &[]);
+    assert_eq!(cold.code, 0, "{cold:?}");
+    let warm = sync(&sb, &[]);
+    assert_eq!(warm.code, 0, "{warm:?}");
+    assert_eq!(warm.json()["status"], "in_sync");
+    // The page size the client asked for.
+    let per_page = cf
+        .requests()
+        .iter()
+        .find_map(|r| r.query.get("per_page").and_then(|p| p.parse().ok()))
+        .unwrap_or(1000);
+    (
+        cold.json()["requests"].as_u64().unwrap(),
+        warm.json()["requests"].as_u64().unwrap(),
+        per_page,
+    )
+}
+
+#[test]
+fn a_pass_over_many_bindings_never_lists_once_per_binding() {
+    for (n, apps) in [(1usize, 0usize), (3, 0), (20, 0), (20, 130)] {
+        let (cold, warm, per_page) = request_counts(n, apps);
+        let total = (n + apps) as u64;
+        let pages = total.div_ceil(per_page).max(1);
+        eprintln!("{n} bindings, {total} applications: cold {cold}, warm {warm} requests");
+        assert!(warm <= pages.min(n as u64).max(1), "{n} bindings over {total} apps: warm pass made {warm} requests (pages {pages})");
+        assert!(cold <= pages.max(1), "{n} bindings: cold pass made {cold} requests");
+    }
+}
+
+#[test]
+fn a_credential_in_the_apps_env_file_is_named_by_sync_and_fails_verify() {
+    require_docker!();
+    let cf = FakeCloudflare::start(vec![app(2, "api.example.com", &aud(2))]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_URL", &cf.url())
+        .var("CLOUDFLARE_ACCOUNT_ID", ACCOUNT);
+    let token = crate::support::cloudflare::TOKEN;
+    // Today's single-file set-up: audsync's token sits in the .env compose hands to the app.
+    sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\nCLOUDFLARE_API_TOKEN={token}\nAUDSYNC_DOMAIN=api.example.com\n", aud(2)));
+    let d = Docker::new();
+    let env_file = sb.env_path().display().to_string();
+    let c = d.run("leaky", &["--env-file", &env_file, &image(), "sh", "-c", SERVER]);
+    let r = run(sb.cmd().args(["sync", "--container", &c, "--output", "json", "-vvv"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    let warnings = j["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w.as_str().unwrap().contains(&format!("container {c} carries CLOUDFLARE_API_TOKEN"))),
+        "{j}"
+    );
+    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("AUDSYNC_DOMAIN")), "{j}");
+    assert!(!r.stdout.contains(token) && !r.stderr.contains(token), "the value itself is never shown: {r:?}");
+    // A container that only reads the key is not flagged.
+    let clean = d.run("clean", &["-e", &format!("CLOUDFLARE_AUD_TAG={}", aud(2)), &image(), "sh", "-c", SERVER]);
+    let r = run(sb.cmd().args(["sync", "--container", &clean, "--output", "json"]));
+    assert!(r.json().get("warnings").is_none(), "{r:?}");
+    // verify fails naming the variable.
+    let r = run(sb.cmd().args(["verify", "--container", &c, "--skip", "redirect,certs,token"]));
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("carries CLOUDFLARE_API_TOKEN") || r.stderr.contains("carries CLOUDFLARE_API_TOKEN"), "{r:?}");
+    assert!(!r.stdout.contains(token) && !r.stderr.contains(token), "{r:?}");
+}
