@@ -72,11 +72,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
+pub use crate::sync::report::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -104,7 +104,7 @@ pub async fn run(parsed: Parsed) -> u8 {
         Command::Setup(args) => {
             let output = args.sync.output;
             let state_file = args.sync.state_file.clone();
-            let cfg = match sync::resolve_credentials_at(
+            let cfg = match config::resolve_credentials_at(
                 &args.sync.source,
                 state_file.as_deref(),
                 env,
@@ -174,7 +174,7 @@ pub async fn sync_config(args: &cli::SyncArgs, p: &Parsed) -> Result<config::Syn
         (None, None) => None,
     };
     let env =
-        sync::resolve_credentials_at(&args.source, state_file.as_deref(), p.env.clone(), |e| {
+        config::resolve_credentials_at(&args.source, state_file.as_deref(), p.env.clone(), |e| {
             config::SyncConfig::build(args, e, p.file.as_ref(), &p.origins).map(drop)
         })
         .await?;
@@ -201,7 +201,7 @@ fn man(dir: Option<&std::path::Path>) -> std::io::Result<()> {
 }
 
 async fn get(args: &cli::GetArgs, env: &Env) -> Result<String, Error> {
-    let env = sync::resolve_credentials(&args.source, env.clone(), |e| {
+    let env = config::resolve_credentials(&args.source, env.clone(), |e| {
         config::SourceConfig::from_args_with(&args.source, e, args.origin, &args.access).map(drop)
     })
     .await?;

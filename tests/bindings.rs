@@ -27,7 +27,10 @@ fn sync(sb: &Sandbox, extra: &[&str]) -> Run {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// How many containers carrying `label` the engine created since `since` (Unix seconds).
@@ -73,13 +76,37 @@ fn three_hosts_two_keys_in_one_env_one_in_infisical_one_recreate_per_container()
     // "both" reads API_AUD and N8N_AUD from its environment; "chat" reads CHAT_AUD.
     let both = d.run(
         "both",
-        &["--label", &format!("t={}-both", d.prefix), "-e", "API_AUD=old", "-e", "N8N_AUD=old", &image(), "sh", "-c", SERVER],
+        &[
+            "--label",
+            &format!("t={}-both", d.prefix),
+            "-e",
+            "API_AUD=old",
+            "-e",
+            "N8N_AUD=old",
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
     );
     let chat = d.run(
         "chat",
-        &["--label", &format!("t={}-chat", d.prefix), "-e", "CHAT_AUD=old", &image(), "sh", "-c", SERVER],
+        &[
+            "--label",
+            &format!("t={}-chat", d.prefix),
+            "-e",
+            "CHAT_AUD=old",
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
     );
-    std::fs::write(sb.path("stack.env"), "# the stack\nAPI_AUD=old\nN8N_AUD=old\nOTHER=1\n").unwrap();
+    std::fs::write(
+        sb.path("stack.env"),
+        "# the stack\nAPI_AUD=old\nN8N_AUD=old\nOTHER=1\n",
+    )
+    .unwrap();
     write_private(&sb, "inf-id", CLIENT_ID);
     write_private(&sb, "inf-secret", CLIENT_SECRET);
     let toml = format!(
@@ -122,24 +149,40 @@ targets = [{{ container = "{chat}" }}]
     let j = r.json();
     assert_eq!(j["schema"], 2);
     assert_eq!(j["status"], "changed");
-    assert!(j.get("aud").is_none(), "no schema-1 fields for a config file run: {j}");
+    assert!(
+        j.get("aud").is_none(),
+        "no schema-1 fields for a config file run: {j}"
+    );
     assert_eq!(j["bindings"].as_array().unwrap().len(), 3);
     assert_eq!(binding(&j, "n8n.example.com")["aud"], aud(2));
     assert_eq!(binding(&j, "chat")["sinks"][0]["kind"], "infisical");
     // Both keys in one file, nothing else touched.
     assert_eq!(
         std::fs::read_to_string(sb.path("stack.env")).unwrap(),
-        format!("# the stack\nAPI_AUD={}\nN8N_AUD={}\nOTHER=1\n", aud(1), aud(2))
+        format!(
+            "# the stack\nAPI_AUD={}\nN8N_AUD={}\nOTHER=1\n",
+            aud(1),
+            aud(2)
+        )
     );
     assert_eq!(inf.secret("dev", "/chat", "CHAT_AUD"), Some((aud(3), 2)));
     // Each container acted on once; "both" carries both new values.
     let targets = j["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 2, "{j}");
-    assert!(targets.iter().all(|t| t["result"] == "done" && t["action"] == "recreate"), "{j}");
+    assert!(
+        targets
+            .iter()
+            .all(|t| t["result"] == "done" && t["action"] == "recreate"),
+        "{j}"
+    );
     assert_eq!(env_of(&both, "API_AUD"), Some(aud(1)));
     assert_eq!(env_of(&both, "N8N_AUD"), Some(aud(2)));
     assert_eq!(env_of(&chat, "CHAT_AUD"), Some(aud(3)));
-    assert_eq!(creates(&format!("t={}-both", d.prefix), t0), 1, "one recreate of the container that reads two keys");
+    assert_eq!(
+        creates(&format!("t={}-both", d.prefix), t0),
+        1,
+        "one recreate of the container that reads two keys"
+    );
     assert_eq!(creates(&format!("t={}-chat", d.prefix), t0), 1);
     // Cold: one listing serves all three hosts.
     assert_eq!(j["requests"], 1, "{j}");
@@ -160,7 +203,10 @@ targets = [{{ container = "{chat}" }}]
 }
 
 fn stack_toml(cf: &FakeCloudflare, hosts: &[&str]) -> String {
-    let mut s = format!("[cloudflare]\naccount_id = \"{ACCOUNT}\"\napi_url = \"{}\"\n", cf.url());
+    let mut s = format!(
+        "[cloudflare]\naccount_id = \"{ACCOUNT}\"\napi_url = \"{}\"\n",
+        cf.url()
+    );
     for (i, h) in hosts.iter().enumerate() {
         s.push_str(&format!(
             "\n[[binding]]\ndomain = \"{h}\"\nkey = \"AUD_{i}\"\nsinks = [{{ env = \"stack.env\" }}]\n"
@@ -175,7 +221,11 @@ fn a_failing_binding_beside_a_healthy_one_the_next_pass_finishes_it() {
     let mut sb = Sandbox::new();
     sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
     std::fs::write(sb.path("stack.env"), "AUD_0=old\nAUD_1=old\n").unwrap();
-    write_private(&sb, "audsync.toml", &stack_toml(&cf, &["api.example.com", "new.example.com"]));
+    write_private(
+        &sb,
+        "audsync.toml",
+        &stack_toml(&cf, &["api.example.com", "new.example.com"]),
+    );
     let r = sync(&sb, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     let j = r.json();
@@ -184,7 +234,13 @@ fn a_failing_binding_beside_a_healthy_one_the_next_pass_finishes_it() {
     let bad = binding(&j, "new.example.com");
     assert_eq!(bad["status"], "failed");
     assert_eq!(bad["stage"], "source");
-    assert!(j["error"].as_str().unwrap().contains("binding new.example.com:"), "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("binding new.example.com:"),
+        "{j}"
+    );
     assert_eq!(
         std::fs::read_to_string(sb.path("stack.env")).unwrap(),
         format!("AUD_0={}\nAUD_1=old\n", aud(1)),
@@ -204,7 +260,9 @@ fn a_failing_binding_beside_a_healthy_one_the_next_pass_finishes_it() {
 /// Requests of a cold and of a warm no-change pass over `n` bindings, with `apps` applications
 /// in the account (the fake's page size is Cloudflare's).
 fn request_counts(n: usize, apps: usize) -> (u64, u64, u64) {
-    let mut all: Vec<Value> = (0..apps).map(|i| app(i as u32 + 10, &format!("other{i}.example.com"), &aud(9))).collect();
+    let mut all: Vec<Value> = (0..apps)
+        .map(|i| app(i as u32 + 10, &format!("other{i}.example.com"), &aud(9)))
+        .collect();
     let hosts: Vec<String> = (0..n).map(|i| format!("h{i}.example.com")).collect();
     for (i, h) in hosts.iter().enumerate() {
         all.push(app(1000 + i as u32, h, &aud((i % 200) as u8 + 1)));
@@ -240,8 +298,14 @@ fn a_pass_over_many_bindings_never_lists_once_per_binding() {
         let total = (n + apps) as u64;
         let pages = total.div_ceil(per_page).max(1);
         eprintln!("{n} bindings, {total} applications: cold {cold}, warm {warm} requests");
-        assert!(warm <= pages.min(n as u64).max(1), "{n} bindings over {total} apps: warm pass made {warm} requests (pages {pages})");
-        assert!(cold <= pages.max(1), "{n} bindings: cold pass made {cold} requests");
+        assert!(
+            warm <= pages.min(n as u64).max(1),
+            "{n} bindings over {total} apps: warm pass made {warm} requests (pages {pages})"
+        );
+        assert!(
+            cold <= pages.max(1),
+            "{n} bindings: cold pass made {cold} requests"
+        );
     }
 }
 
@@ -254,27 +318,71 @@ fn a_credential_in_the_apps_env_file_is_named_by_sync_and_fails_verify() {
         .var("CLOUDFLARE_ACCOUNT_ID", ACCOUNT);
     let token = crate::support::cloudflare::TOKEN;
     // Today's single-file set-up: audsync's token sits in the .env compose hands to the app.
-    sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\nCLOUDFLARE_API_TOKEN={token}\nAUDSYNC_DOMAIN=api.example.com\n", aud(2)));
+    sb.write_env(&format!(
+        "CLOUDFLARE_AUD_TAG={}\nCLOUDFLARE_API_TOKEN={token}\nAUDSYNC_DOMAIN=api.example.com\n",
+        aud(2)
+    ));
     let d = Docker::new();
     let env_file = sb.env_path().display().to_string();
-    let c = d.run("leaky", &["--env-file", &env_file, &image(), "sh", "-c", SERVER]);
-    let r = run(sb.cmd().args(["sync", "--container", &c, "--output", "json", "-vvv"]));
+    let c = d.run(
+        "leaky",
+        &["--env-file", &env_file, &image(), "sh", "-c", SERVER],
+    );
+    let r = run(sb
+        .cmd()
+        .args(["sync", "--container", &c, "--output", "json", "-vvv"]));
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
     let warnings = j["warnings"].as_array().unwrap();
     assert!(
-        warnings.iter().any(|w| w.as_str().unwrap().contains(&format!("container {c} carries CLOUDFLARE_API_TOKEN"))),
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains(&format!("container {c} carries CLOUDFLARE_API_TOKEN"))),
         "{j}"
     );
-    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("AUDSYNC_DOMAIN")), "{j}");
-    assert!(!r.stdout.contains(token) && !r.stderr.contains(token), "the value itself is never shown: {r:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("AUDSYNC_DOMAIN")),
+        "{j}"
+    );
+    assert!(
+        !r.stdout.contains(token) && !r.stderr.contains(token),
+        "the value itself is never shown: {r:?}"
+    );
     // A container that only reads the key is not flagged.
-    let clean = d.run("clean", &["-e", &format!("CLOUDFLARE_AUD_TAG={}", aud(2)), &image(), "sh", "-c", SERVER]);
-    let r = run(sb.cmd().args(["sync", "--container", &clean, "--output", "json"]));
+    let clean = d.run(
+        "clean",
+        &[
+            "-e",
+            &format!("CLOUDFLARE_AUD_TAG={}", aud(2)),
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    let r = run(sb
+        .cmd()
+        .args(["sync", "--container", &clean, "--output", "json"]));
     assert!(r.json().get("warnings").is_none(), "{r:?}");
     // verify fails naming the variable.
-    let r = run(sb.cmd().args(["verify", "--container", &c, "--skip", "redirect,certs,token"]));
+    let r = run(sb.cmd().args([
+        "verify",
+        "--container",
+        &c,
+        "--skip",
+        "redirect,certs,token",
+    ]));
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stdout.contains("carries CLOUDFLARE_API_TOKEN") || r.stderr.contains("carries CLOUDFLARE_API_TOKEN"), "{r:?}");
-    assert!(!r.stdout.contains(token) && !r.stderr.contains(token), "{r:?}");
+    assert!(
+        r.stdout.contains("carries CLOUDFLARE_API_TOKEN")
+            || r.stderr.contains("carries CLOUDFLARE_API_TOKEN"),
+        "{r:?}"
+    );
+    assert!(
+        !r.stdout.contains(token) && !r.stderr.contains(token),
+        "{r:?}"
+    );
 }

@@ -172,7 +172,11 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
             );
         }
     }
-    let state_origin = p.origins.get("state_file").cloned().unwrap_or(Origin::Default);
+    let state_origin = p
+        .origins
+        .get("state_file")
+        .cloned()
+        .unwrap_or(Origin::Default);
     let _ = writeln!(
         out,
         "{state_origin}\tstate_file = {:?}",

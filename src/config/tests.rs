@@ -48,7 +48,10 @@ fn layers(d: &Dir) -> (String, String) {
         "audsync.toml",
         &format!("timeout = \"7s\"\n[cloudflare]\naccount_id = \"{ACC_FILE}\"\n"),
     );
-    let env = d.write(".env", &format!("CLOUDFLARE_ACCOUNT_ID={ACC_DOTENV}\nAUDSYNC_LOCK_TIMEOUT=9s\n"));
+    let env = d.write(
+        ".env",
+        &format!("CLOUDFLARE_ACCOUNT_ID={ACC_DOTENV}\nAUDSYNC_LOCK_TIMEOUT=9s\n"),
+    );
     (cfg, env)
 }
 
@@ -56,36 +59,75 @@ fn layers(d: &Dir) -> (String, String) {
 fn every_layer_in_order() {
     let d = Dir::new();
     let (cfg, env) = layers(&d);
-    let base = ["sync", "--config", &cfg, "--env-file", &env, "--domain", "api.example.com"];
+    let base = [
+        "sync",
+        "--config",
+        &cfg,
+        "--env-file",
+        &env,
+        "--domain",
+        "api.example.com",
+    ];
     let mut args = base.to_vec();
     args.extend(["--account-id", ACC_FLAG]);
     let vars = [("CLOUDFLARE_ACCOUNT_ID", ACC_ENV)];
 
     let p = parse_with(&args, &vars).unwrap();
-    assert_eq!(sync_args(&p).source.account_id.as_deref(), Some(ACC_FLAG), "flag wins");
+    assert_eq!(
+        sync_args(&p).source.account_id.as_deref(),
+        Some(ACC_FLAG),
+        "flag wins"
+    );
     assert_eq!(p.origins["account_id"], Origin::Flag);
 
     let p = parse_with(&base, &vars).unwrap();
-    assert_eq!(sync_args(&p).source.account_id.as_deref(), Some(ACC_ENV), "process env next");
-    assert_eq!(p.origins["account_id"], Origin::Env("CLOUDFLARE_ACCOUNT_ID".into()));
+    assert_eq!(
+        sync_args(&p).source.account_id.as_deref(),
+        Some(ACC_ENV),
+        "process env next"
+    );
+    assert_eq!(
+        p.origins["account_id"],
+        Origin::Env("CLOUDFLARE_ACCOUNT_ID".into())
+    );
 
     let p = parse_with(&base, &[]).unwrap();
-    assert_eq!(sync_args(&p).source.account_id.as_deref(), Some(ACC_DOTENV), ".env next");
-    assert_eq!(p.origins["account_id"], Origin::EnvFile(env.clone().into(), 1));
+    assert_eq!(
+        sync_args(&p).source.account_id.as_deref(),
+        Some(ACC_DOTENV),
+        ".env next"
+    );
+    assert_eq!(
+        p.origins["account_id"],
+        Origin::EnvFile(env.clone().into(), 1)
+    );
 
     let no_env = ["sync", "--config", &cfg, "--domain", "api.example.com"];
     let p = parse_with(&no_env, &[]).unwrap();
-    assert_eq!(sync_args(&p).source.account_id.as_deref(), Some(ACC_FILE), "then the config file");
+    assert_eq!(
+        sync_args(&p).source.account_id.as_deref(),
+        Some(ACC_FILE),
+        "then the config file"
+    );
     let abs = std::path::absolute(&cfg).unwrap();
     assert_eq!(p.origins["account_id"], Origin::File(abs.clone(), 3));
-    assert_eq!(sync_args(&p).source.timeout, std::time::Duration::from_secs(7));
+    assert_eq!(
+        sync_args(&p).source.timeout,
+        std::time::Duration::from_secs(7)
+    );
     assert_eq!(p.origins["timeout"], Origin::File(abs, 1));
 
     // Defaults last.
-    assert_eq!(sync_args(&p).lock_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(
+        sync_args(&p).lock_timeout,
+        std::time::Duration::from_secs(60)
+    );
     assert_eq!(p.origins["lock_timeout"], Origin::Default);
     let p = parse_with(&base, &[]).unwrap();
-    assert_eq!(sync_args(&p).lock_timeout, std::time::Duration::from_secs(9));
+    assert_eq!(
+        sync_args(&p).lock_timeout,
+        std::time::Duration::from_secs(9)
+    );
 }
 
 #[test]
@@ -93,7 +135,17 @@ fn the_process_environment_is_the_injected_one() {
     // A variable of the real process environment (PATH) is not an audsync setting, so inject
     // one under a setting's name and see it used, while the real process has none.
     assert!(std::env::var_os("AUDSYNC_KEY").is_none());
-    let p = parse_with(&["sync", "--domain", "a.example.com", "--env-file", "/nonexistent/.env"], &[("AUDSYNC_KEY", "MY_AUD")]).unwrap();
+    let p = parse_with(
+        &[
+            "sync",
+            "--domain",
+            "a.example.com",
+            "--env-file",
+            "/nonexistent/.env",
+        ],
+        &[("AUDSYNC_KEY", "MY_AUD")],
+    )
+    .unwrap();
     assert_eq!(sync_args(&p).key, "MY_AUD");
     assert_eq!(p.origins["key"], Origin::Env("AUDSYNC_KEY".into()));
 }
@@ -104,9 +156,17 @@ fn with_a_config_file_the_env_file_is_read_for_settings_only_when_named() {
     let (cfg, env) = layers(&d);
     // The default `.env` is relative to the working directory: name the sandbox's explicitly
     // through the variable, then not at all.
-    let p = parse_with(&["sync", "--config", &cfg, "--domain", "a.example.com"], &[("AUDSYNC_ENV_FILE", &env)]).unwrap();
+    let p = parse_with(
+        &["sync", "--config", &cfg, "--domain", "a.example.com"],
+        &[("AUDSYNC_ENV_FILE", &env)],
+    )
+    .unwrap();
     assert_eq!(sync_args(&p).source.account_id.as_deref(), Some(ACC_DOTENV));
-    let p = parse_with(&["sync", "--config", &cfg, "--domain", "a.example.com"], &[]).unwrap();
+    let p = parse_with(
+        &["sync", "--config", &cfg, "--domain", "a.example.com"],
+        &[],
+    )
+    .unwrap();
     assert_eq!(sync_args(&p).source.account_id.as_deref(), Some(ACC_FILE));
     assert!(p.env.env_file.is_none(), "no .env layer");
 }
@@ -136,7 +196,10 @@ targets = [{{ container = "lambda-server" }}, {{ compose_service = "ai/n8n" }}]
 }
 
 fn build(p: &Parsed) -> Result<SyncConfig, Error> {
-    let env = p.env.clone().with_fetched("CLOUDFLARE_API_TOKEN", Secret::new("t"));
+    let env = p
+        .env
+        .clone()
+        .with_fetched("CLOUDFLARE_API_TOKEN", Secret::new("t"));
     SyncConfig::build(sync_args(p), &env, p.file.as_ref(), &p.origins)
 }
 
@@ -149,38 +212,86 @@ fn bindings_come_from_the_file_with_paths_next_to_it() {
     assert_eq!(c.bindings.len(), 2);
     assert!(!c.flag_binding);
     let b = &c.bindings[1];
-    assert_eq!((b.id.as_str(), b.key.as_str()), ("n8n.example.com", "N8N_AUD"));
-    assert_eq!(b.sinks, vec![BindingSink::Env(d.0.path().join("stack.env"))]);
+    assert_eq!(
+        (b.id.as_str(), b.key.as_str()),
+        ("n8n.example.com", "N8N_AUD")
+    );
+    assert_eq!(
+        b.sinks,
+        vec![BindingSink::Env(d.0.path().join("stack.env"))]
+    );
     assert_eq!(
         b.targets[1],
-        BindingTarget::ComposeService { project: "ai".into(), service: "n8n".into() }
+        BindingTarget::ComposeService {
+            project: "ai".into(),
+            service: "n8n".into()
+        }
     );
-    assert_eq!(c.bindings[0].restart, crate::reconcile::RestartMode::Recreate);
-    assert_eq!(b.restart, crate::reconcile::RestartMode::Auto, "the default");
+    assert_eq!(
+        c.bindings[0].restart,
+        crate::reconcile::RestartMode::Recreate
+    );
+    assert_eq!(
+        b.restart,
+        crate::reconcile::RestartMode::Auto,
+        "the default"
+    );
     // One state file and one lock per config, next to it.
     let real = std::fs::canonicalize(&cfg).unwrap();
-    assert_eq!(c.state_file, real.with_file_name("audsync.toml.audsync-state.json"));
-    assert_eq!(c.lock_file, real.with_file_name("audsync.toml.audsync.lock"));
+    assert_eq!(
+        c.state_file,
+        real.with_file_name("audsync.toml.audsync-state.json")
+    );
+    assert_eq!(
+        c.lock_file,
+        real.with_file_name("audsync.toml.audsync.lock")
+    );
 }
 
 #[test]
 fn restart_flag_overrides_every_binding_and_domain_selects() {
     let d = Dir::new();
     let cfg = stack(&d, "");
-    let p = parse_with(&["sync", "--config", &cfg, "--restart", "none", "--domain", "n8n.example.com"], &[]).unwrap();
+    let p = parse_with(
+        &[
+            "sync",
+            "--config",
+            &cfg,
+            "--restart",
+            "none",
+            "--domain",
+            "n8n.example.com",
+        ],
+        &[],
+    )
+    .unwrap();
     let c = build(&p).unwrap();
     assert_eq!(c.bindings.len(), 1);
     assert_eq!(c.bindings[0].id, "n8n.example.com");
     assert_eq!(c.bindings[0].restart, crate::reconcile::RestartMode::None);
-    let p = parse_with(&["sync", "--config", &cfg], &[("AUDSYNC_RESTART", "restart")]).unwrap();
-    assert!(build(&p).unwrap().bindings.iter().all(|b| b.restart == crate::reconcile::RestartMode::Restart));
+    let p = parse_with(
+        &["sync", "--config", &cfg],
+        &[("AUDSYNC_RESTART", "restart")],
+    )
+    .unwrap();
+    assert!(
+        build(&p)
+            .unwrap()
+            .bindings
+            .iter()
+            .all(|b| b.restart == crate::reconcile::RestartMode::Restart)
+    );
 }
 
 #[test]
 fn binding_options_outside_the_file_are_refused_when_it_has_bindings() {
     let d = Dir::new();
     let cfg = stack(&d, "");
-    let p = parse_with(&["sync", "--config", &cfg, "--key", "X"], &[("AUDSYNC_CONTAINER", "web")]).unwrap();
+    let p = parse_with(
+        &["sync", "--config", &cfg, "--key", "X"],
+        &[("AUDSYNC_CONTAINER", "web")],
+    )
+    .unwrap();
     let e = build(&p).unwrap_err().to_string();
     assert!(e.contains("--key / AUDSYNC_KEY is set"), "{e}");
     assert!(e.contains("--container / AUDSYNC_CONTAINER is set"), "{e}");
@@ -210,17 +321,34 @@ fn every_problem_of_the_file_is_listed_at_once() {
 #[test]
 fn an_inline_secret_in_a_shared_file_is_refused_naming_the_fix() {
     let d = Dir::new();
-    let cfg = d.write("audsync.toml", "[cloudflare]\ntoken = \"cf-SECRET-inline\"\n");
+    let cfg = d.write(
+        "audsync.toml",
+        "[cloudflare]\ntoken = \"cf-SECRET-inline\"\n",
+    );
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let e = match parse_with(&["sync", "--config", &cfg, "--domain", "a.example.com"], &[]) {
+    let e = match parse_with(
+        &["sync", "--config", &cfg, "--domain", "a.example.com"],
+        &[],
+    ) {
         Err(ParseError::Config(e)) => e.to_string(),
         other => panic!("{other:?}"),
     };
     assert!(e.contains("chmod 600") && e.contains(":2:"), "{e}");
     assert!(!e.contains("cf-SECRET-inline"), "{e}");
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let p = parse_with(&["sync", "--config", &cfg, "--domain", "a.example.com"], &[]).unwrap();
-    assert_eq!(p.env.secret("CLOUDFLARE_API_TOKEN").unwrap().unwrap().expose(), "cf-SECRET-inline");
+    let p = parse_with(
+        &["sync", "--config", &cfg, "--domain", "a.example.com"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        p.env
+            .secret("CLOUDFLARE_API_TOKEN")
+            .unwrap()
+            .unwrap()
+            .expose(),
+        "cf-SECRET-inline"
+    );
 }
 
 #[test]
@@ -228,8 +356,19 @@ fn secret_files_in_the_config_are_read_relative_to_it() {
     let d = Dir::new();
     d.write("cf-token", "tok-from-file\n");
     let cfg = d.write("audsync.toml", "[cloudflare]\ntoken_file = \"cf-token\"\n");
-    let p = parse_with(&["sync", "--config", &cfg, "--domain", "a.example.com"], &[]).unwrap();
-    assert_eq!(p.env.secret("CLOUDFLARE_API_TOKEN").unwrap().unwrap().expose(), "tok-from-file");
+    let p = parse_with(
+        &["sync", "--config", &cfg, "--domain", "a.example.com"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        p.env
+            .secret("CLOUDFLARE_API_TOKEN")
+            .unwrap()
+            .unwrap()
+            .expose(),
+        "tok-from-file"
+    );
     assert!(Path::new(&d.path("cf-token")).is_file());
 }
 
@@ -237,24 +376,44 @@ fn secret_files_in_the_config_are_read_relative_to_it() {
 fn single_binding_commands_pick_their_binding_from_the_file() {
     let d = Dir::new();
     let cfg = stack(&d, "");
-    let p = parse_with(&["get", "--config", &cfg, "--domain", "n8n.example.com"], &[]).unwrap();
-    let Command::Get(a) = &p.cli.command else { panic!() };
+    let p = parse_with(
+        &["get", "--config", &cfg, "--domain", "n8n.example.com"],
+        &[],
+    )
+    .unwrap();
+    let Command::Get(a) = &p.cli.command else {
+        panic!()
+    };
     assert_eq!(a.source.domain.as_deref(), Some("n8n.example.com"));
-    let p = parse_with(&["verify", "--config", &cfg, "--domain", "api.example.com"], &[]).unwrap();
-    let Command::Verify(a) = &p.cli.command else { panic!() };
+    let p = parse_with(
+        &["verify", "--config", &cfg, "--domain", "api.example.com"],
+        &[],
+    )
+    .unwrap();
+    let Command::Verify(a) = &p.cli.command else {
+        panic!()
+    };
     assert_eq!(a.key, "API_AUD");
     assert_eq!(a.source.env_file, d.0.path().join("stack.env"));
     assert_eq!(a.containers, vec!["lambda-server".to_string()]);
     let e = parse_with(&["get", "--config", &cfg], &[]).unwrap_err();
     let ParseError::Config(e) = e else { panic!() };
-    assert!(e.to_string().contains("has 2 bindings: pick one with --domain"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("has 2 bindings: pick one with --domain"),
+        "{e}"
+    );
 }
 
 fn snapshot_text(d: &Dir, args: &[&str], vars: &[(&str, &str)]) -> String {
     let p = parse_with(args, vars).unwrap();
     let text = show::render(&p).unwrap();
-    let dir = std::fs::canonicalize(d.0.path()).unwrap().display().to_string();
-    text.replace(&dir, "[DIR]").replace(&d.0.path().display().to_string(), "[DIR]")
+    let dir = std::fs::canonicalize(d.0.path())
+        .unwrap()
+        .display()
+        .to_string();
+    text.replace(&dir, "[DIR]")
+        .replace(&d.0.path().display().to_string(), "[DIR]")
 }
 
 #[test]
@@ -262,22 +421,38 @@ fn config_command_shows_every_value_with_its_origin() {
     let d = Dir::new();
     d.write("cf-token", "tok-SECRET\n");
     let cfg = stack(&d, "");
-    let cfg_text = std::fs::read_to_string(&cfg).unwrap().replace("[cloudflare]\n", "[cloudflare]\ntoken_file = \"cf-token\"\n");
+    let cfg_text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[cloudflare]\n",
+        "[cloudflare]\ntoken_file = \"cf-token\"\n",
+    );
     std::fs::write(&cfg, cfg_text).unwrap();
     let text = snapshot_text(
         &d,
         &["config", "--config", &cfg, "--lock-timeout", "5s"],
-        &[("CLOUDFLARE_API_URL", "http://127.0.0.1:9/client/v4"), ("INFISICAL_CLIENT_SECRET", "inf-SECRET")],
+        &[
+            ("CLOUDFLARE_API_URL", "http://127.0.0.1:9/client/v4"),
+            ("INFISICAL_CLIENT_SECRET", "inf-SECRET"),
+        ],
     );
-    assert!(!text.contains("tok-SECRET") && !text.contains("inf-SECRET"), "{text}");
+    assert!(
+        !text.contains("tok-SECRET") && !text.contains("inf-SECRET"),
+        "{text}"
+    );
     insta::assert_snapshot!(text);
 }
 
 #[test]
 fn config_command_for_a_flag_only_run() {
     let d = Dir::new();
-    let env = d.write(".env", "CLOUDFLARE_API_TOKEN=tok-SECRET\nAUDSYNC_DOMAIN=api.example.com\n");
-    let text = snapshot_text(&d, &["config", "--env-file", &env, "--container", "web"], &[("CLOUDFLARE_ACCOUNT_ID", ACC_ENV)]);
+    let env = d.write(
+        ".env",
+        "CLOUDFLARE_API_TOKEN=tok-SECRET\nAUDSYNC_DOMAIN=api.example.com\n",
+    );
+    let text = snapshot_text(
+        &d,
+        &["config", "--env-file", &env, "--container", "web"],
+        &[("CLOUDFLARE_ACCOUNT_ID", ACC_ENV)],
+    );
     assert!(!text.contains("tok-SECRET"), "{text}");
     insta::assert_snapshot!(text);
 }

@@ -9,9 +9,8 @@ pub mod targets;
 pub mod tunnel;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
-use crate::config::{self, BindingSink, Env, SyncConfig};
+use crate::config::{self, BindingSink, SyncConfig};
 use crate::error::Error;
 use crate::reconcile::{self, BindingIn, Journal, RestartMode, SinkInfo, TargetResult, Values};
 use crate::sink::infisical::InfisicalSink;
@@ -21,46 +20,6 @@ use crate::state::StateFile;
 
 pub use report::{PassError, Report, Stage, Status, print, render_text};
 pub use tunnel::TunnelReport;
-
-/// Cloudflare credentials: process env > `.env` file > config file > Infisical. When none of
-/// CLOUDFLARE_API_TOKEN / CLOUDFLARE_EMAIL / CLOUDFLARE_API_KEY (or a `_FILE` of one) is set
-/// and Infisical is configured, they are read from the same project/environment/path and added
-/// as the lowest layer of `env`. `validate` checks everything else first, so a bad flag is
-/// reported before any request.
-pub async fn resolve_credentials_at(
-    source: &crate::cli::SourceArgs,
-    state_file: Option<&std::path::Path>,
-    env: Env,
-    validate: impl FnOnce(&Env) -> Result<(), Error>,
-) -> Result<Env, Error> {
-    if config::has_cloudflare_credentials(&env) {
-        return Ok(env);
-    }
-    let Some(mut settings) =
-        crate::config_infisical::infisical_settings(&source.infisical, &env, source.timeout)?
-    else {
-        return Ok(env);
-    };
-    settings.state_file = Some(match state_file {
-        Some(p) => p.to_path_buf(),
-        None => config::sync::sidecar(&source.env_file, ".audsync-state.json"),
-    });
-    // A stand-in credential, only to run the validation that needs one.
-    validate(&env.clone().with_fetched(
-        "CLOUDFLARE_API_TOKEN",
-        crate::secret::Secret::new("validation-placeholder"),
-    ))?;
-    crate::config_infisical::read_cloudflare_credentials(&settings, env).await
-}
-
-/// [`resolve_credentials_at`] without a state file.
-pub async fn resolve_credentials(
-    source: &crate::cli::SourceArgs,
-    env: Env,
-    validate: impl FnOnce(&Env) -> Result<(), Error>,
-) -> Result<Env, Error> {
-    resolve_credentials_at(source, None, env, validate).await
-}
 
 /// The physical sinks of a pass: each `.env` file and each Infisical folder once, whatever
 /// number of bindings write to it.
@@ -433,16 +392,5 @@ fn remember_pending(sinks: &[AnySink], state: &mut StateFile) {
         if let Err(e) = state.save() {
             tracing::warn!(error = %e, "cannot remember the Infisical write held for approval; the next run submits it again");
         }
-    }
-}
-
-/// The state file a flag-only run uses (next to the `.env`), for `setup`.
-pub fn state_file_of(
-    source: &crate::cli::SourceArgs,
-    state_file: Option<&std::path::Path>,
-) -> PathBuf {
-    match state_file {
-        Some(p) => p.to_path_buf(),
-        None => config::sync::sidecar(&source.env_file, ".audsync-state.json"),
     }
 }

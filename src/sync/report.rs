@@ -16,6 +16,13 @@ use crate::source::{AppSummary, Found};
 
 use super::tunnel::{TunnelReport, TunnelResult};
 
+/// Result format on stdout (`--output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
 /// How a pass (or one binding of it) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -509,12 +516,12 @@ pub fn render_text(r: &Report) -> String {
 }
 
 /// Print a report in the chosen format.
-pub fn print(r: &Report, output: crate::cli::Output) {
+pub fn print(r: &Report, output: Output) {
     match output {
-        crate::cli::Output::Json => println!(
+        Output::Json => println!(
             "{}",
             serde_json::to_string(r).unwrap_or_else(|_| "{}".into())
         ),
-        crate::cli::Output::Text => print!("{}", render_text(r)),
+        Output::Text => print!("{}", render_text(r)),
     }
 }
