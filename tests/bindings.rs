@@ -386,3 +386,49 @@ fn a_credential_in_the_apps_env_file_is_named_by_sync_and_fails_verify() {
         "{r:?}"
     );
 }
+
+#[test]
+fn config_command_exits_2_listing_every_problem_and_quotes_no_value() {
+    let sb = Sandbox::new();
+    write_private(
+        &sb,
+        "audsync.toml",
+        "[cloudflare]\ntoken = [\"cf-SECRET-in-an-array\"]\naccount = \"x\"\n\n[[binding]]\ndomian = \"api.example.com\"\nsinks = []\n",
+    );
+    let r = run(sb.cmd().args(["config", "-vvv"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    for want in [
+        "audsync.toml:2: `cloudflare.token` must be a string",
+        "audsync.toml:3: unknown setting `cloudflare.account`",
+        "audsync.toml:6: unknown binding key `domian`",
+    ] {
+        assert!(r.stderr.contains(want), "missing {want:?}: {r:?}");
+    }
+    assert!(
+        !r.stderr.contains("cf-SECRET") && !r.stdout.contains("cf-SECRET"),
+        "{r:?}"
+    );
+    // `sync` reads the same file and refuses the same way, before contacting anything.
+    let r = run(sb.cmd().args(["sync"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("unknown binding key `domian`"), "{r:?}");
+}
+
+#[test]
+fn get_reads_the_binding_from_the_config_file() {
+    let cf = FakeCloudflare::start(vec![
+        app(1, "api.example.com", &aud(1)),
+        app(2, "n8n.example.com", &aud(2)),
+    ]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    write_private(
+        &sb,
+        "audsync.toml",
+        &stack_toml(&cf, &["api.example.com", "n8n.example.com"]),
+    );
+    let r = run(sb.cmd().args(["get", "--domain", "n8n.example.com"]));
+    assert_eq!((r.code, r.stdout.trim()), (0, aud(2).as_str()), "{r:?}");
+    let r = run(sb.cmd().args(["get"]));
+    assert_eq!(r.code, 2, "two bindings, none picked: {r:?}");
+}

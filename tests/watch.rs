@@ -401,6 +401,50 @@ fn sighup_rereads_the_env_file_and_a_bad_reload_keeps_the_old_config() {
 }
 
 #[test]
+fn watch_reads_the_config_file_and_sighup_rereads_it() {
+    let (cf, mut sb) = setup("");
+    sb.unset("CLOUDFLARE_API_URL");
+    let one = format!(
+        "[cloudflare]\napi_url = \"{}\"\n\n[[binding]]\ndomain = \"{HOST}\"\nkey = \"API_AUD\"\nsinks = [{{ env = \"stack.env\" }}]\n",
+        cf.url()
+    );
+    std::fs::write(sb.path("audsync.toml"), &one).unwrap();
+    std::fs::write(sb.path("stack.env"), "API_AUD=old\nWEB_AUD=old\n").unwrap();
+    let stack = || std::fs::read_to_string(sb.path("stack.env")).unwrap_or_default();
+    let mut w = Watcher::start(&sb, &fast(&[]));
+    w.expect("the first binding applied", LIMIT, |_| {
+        stack().contains(&format!("API_AUD={}", aud(2)))
+    });
+    assert!(stack().contains("WEB_AUD=old"));
+    // A second binding: applied after SIGHUP only.
+    let two = format!(
+        "{one}\n[[binding]]\ndomain = \"{WEB}\"\nkey = \"WEB_AUD\"\nsinks = [{{ env = \"stack.env\" }}]\n"
+    );
+    std::fs::write(sb.path("audsync.toml"), two).unwrap();
+    let n = cf.requests().len();
+    w.expect("two more passes", LIMIT, |_| cf.requests().len() >= n + 2);
+    assert!(stack().contains("WEB_AUD=old"), "no reload without SIGHUP");
+    w.signal("HUP");
+    w.expect("the second binding applied", LIMIT, |_| {
+        stack().contains(&format!("WEB_AUD={}", aud(1)))
+    });
+    // A file that does not validate: the reload fails and names the line, the loop goes on.
+    std::fs::write(sb.path("audsync.toml"), format!("{one}\nbogus = 1\n")).unwrap();
+    w.signal("HUP");
+    w.expect("the failed reload", LIMIT, |w| {
+        w.stderr().contains("configuration reload failed")
+    });
+    assert!(
+        w.stderr()
+            .contains("audsync.toml:9: unknown binding key `bogus`"),
+        "{}",
+        w.stderr()
+    );
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0);
+}
+
+#[test]
 fn invalid_configuration_at_startup_exits_2_with_the_fix() {
     let (_cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
     let cases: [(&[&str], &str); 4] = [
