@@ -432,3 +432,16 @@ fn get_reads_the_binding_from_the_config_file() {
     let r = run(sb.cmd().args(["get"]));
     assert_eq!(r.code, 2, "two bindings, none picked: {r:?}");
 }
+
+#[test]
+fn config_command_reports_missing_credentials() {
+    let sb = Sandbox::new();
+    write_private(
+        &sb,
+        "audsync.toml",
+        "[[binding]]\ndomain = \"api.example.com\"\nsinks = [{ env = \".env\" }]\n",
+    );
+    let r = run(sb.cmd().args(["config"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("no Cloudflare credentials"), "{r:?}");
+}

@@ -14,7 +14,9 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
         return Err(Error::usage("not the config command"));
     };
     // Credentials that would be read from Infisical at run time are not fetched here.
-    let env = if super::has_cloudflare_credentials(&p.env) {
+    let env = if super::has_cloudflare_credentials(&p.env)
+        || p.env.get("INFISICAL_PROJECT_ID").is_none()
+    {
         p.env.clone()
     } else {
         p.env.clone().with_fetched(

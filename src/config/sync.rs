@@ -248,6 +248,23 @@ fn file_bindings(
             ));
         }
     }
+    // Credentials are checked once for the whole file, not once per binding.
+    let needs_api = f.bindings.iter().any(|b| {
+        b.get("source").map(|s| s.value.as_str()) != Some("edge") && a.origin == SourceOrigin::Api
+            || b.get("source").map(|s| s.value.as_str()) == Some("api")
+    });
+    let placeholder;
+    let env = match super::cloudflare_auth(env) {
+        Err(e) if needs_api => {
+            problems.push(e.to_string());
+            placeholder = env.clone().with_fetched(
+                "CLOUDFLARE_API_TOKEN",
+                crate::secret::Secret::new("checked-above"),
+            );
+            &placeholder
+        }
+        _ => env,
+    };
     let restart_override = overridden(origins, "restart").then_some(a.restart);
     let pick_domain = overridden(origins, "domain")
         .then(|| a.source.domain.clone())
