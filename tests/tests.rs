@@ -3,6 +3,7 @@
 mod support;
 
 mod cli_sync;
+mod conform;
 mod docker_recover;
 mod docker_recreate;
 mod docker_restart;
