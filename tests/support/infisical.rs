@@ -337,6 +337,14 @@ async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
         );
     };
     let token = auth.strip_prefix("Bearer ").unwrap_or("").to_string();
+    if s.static_tokens.contains(&token) && s.expired.contains(&token) {
+        return error(
+            &mut s,
+            StatusCode::FORBIDDEN,
+            "TokenError",
+            "Your token has expired. Please re-authenticate.",
+        );
+    }
     if !s.static_tokens.contains(&token)
         && let Some(r) = token_refusal(&mut s, &token)
     {
