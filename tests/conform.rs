@@ -280,9 +280,7 @@ fn verify_checks_the_cloudflare_credential() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(line(&r, "credential").contains(" ok "), "{r:?}");
     assert!(
-        c.cf.requests()
-            .iter()
-            .any(|q| q.path == "/user/tokens/verify"),
+        c.cf.with(|s| s.verifies.iter().any(|q| q.path == "/user/tokens/verify")),
         "{r:?}"
     );
 
@@ -310,11 +308,41 @@ fn verify_checks_the_cloudflare_credential() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(line(&r, "credential").contains(" ok "), "{r:?}");
     assert!(
-        c.cf.requests()
+        c.cf.with(|s| s
+            .verifies
             .iter()
-            .any(|q| q.path == format!("/accounts/{ACCOUNT}/tokens/verify")),
+            .any(|q| q.path == format!("/accounts/{ACCOUNT}/tokens/verify"))),
         "{r:?}"
     );
+}
+
+/// `watch` checks its Cloudflare token once a day: a token expiring within 14 days is warned
+/// about once, not on every pass.
+#[test]
+fn watch_warns_once_a_day_when_the_cloudflare_token_expires_soon() {
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    cf.with(|s| {
+        s.token_verify =
+            json!({"id": "t1", "status": "active", "expires_on": iso(now() + 3 * 86400)})
+    });
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("audsync"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+        .current_dir(sb.dir())
+        .args(["watch", "--domain", HOST, "--restart", "none"])
+        .args(["--interval", "20ms", "--jitter", "0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    wait_for(60, || cf.requests().len() >= 10);
+    let log = stop(child);
+    assert_eq!(cf.with(|s| s.verifies.len()), 1, "{log}");
+    assert_eq!(log.matches("expires on").count(), 1, "{log}");
+    assert!(!log.contains(cloudflare::TOKEN), "{log}");
 }
 
 /// A service-token JWT (`common_name`, no `email`) is a valid token for cloudflared; the report
