@@ -595,3 +595,25 @@ fn a_locked_identity_is_held_off() {
     let state = std::fs::read_to_string(sb.path(".env.audsync-state.json")).unwrap();
     assert!(state.contains("holdoff"), "{state}");
 }
+
+/// A Cloudflare token read from Infisical whose value is hidden is never sent to Cloudflare.
+#[test]
+fn a_hidden_cloudflare_credential_in_infisical_is_never_used() {
+    let (cf, inf, mut sb) = inf_world();
+    sb.unset("CLOUDFLARE_API_TOKEN");
+    inf.put(
+        "dev",
+        "/",
+        "CLOUDFLARE_API_TOKEN",
+        "cf-token-from-infisical",
+        1,
+    );
+    inf.with(|s| s.hide_values = Some("mask"));
+    let mut c = sb.cmd();
+    c.args(["sync", "--domain", HOST, "--restart", "none"]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(cf.requests().is_empty(), "{:?}", cf.requests());
+    assert!(r.stderr.contains("Read Value"), "{r:?}");
+    assert!(sb.read_env().contains("OTHER=1"));
+}

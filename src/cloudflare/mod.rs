@@ -274,9 +274,13 @@ impl Client {
         }
         let user = self.get::<TokenStatus>("/user/tokens/verify", &[]).await;
         Some(match (user, account) {
-            (Err(Error::Api { status, .. }), Some(acc))
-                if matches!(status, 400 | 401 | 403 | 404) =>
-            {
+            (
+                Err(Error::Api {
+                    status: 400 | 401 | 403 | 404,
+                    ..
+                }),
+                Some(acc),
+            ) => {
                 self.get(&format!("/accounts/{acc}/tokens/verify"), &[])
                     .await
             }
