@@ -176,6 +176,8 @@ pub struct SetupArgs {
 /// The checks of `verify`, in debugging order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Check {
+    /// The Cloudflare API token itself (tokens/verify: status, expiry).
+    Credential,
     Redirect,
     Certs,
     Consistency,

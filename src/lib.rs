@@ -67,8 +67,15 @@ pub fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     };
 }
 
-/// Run a parsed command; returns the process exit code.
+/// Run a parsed command; returns the process exit code. The Infisical access tokens the run
+/// minted are revoked at the end (a one-shot run and `watch` alike).
 pub async fn run(parsed: Parsed) -> u8 {
+    let code = run_command(parsed).await;
+    crate::infisical::auth::revoke_minted().await;
+    code
+}
+
+async fn run_command(parsed: Parsed) -> u8 {
     let quiet = parsed.cli.global.quiet;
     let env = parsed.env.clone();
     match &parsed.cli.command {

@@ -33,8 +33,8 @@ pub struct SetupConfig {
     pub policy_name: String,
     pub rules: Rules,
     pub idp: Option<String>,
-    /// The team name for `originRequest.access.teamName` (needed with a tunnel).
-    pub team: Option<String>,
+    /// The team for `originRequest.access.teamName` (needed with a tunnel).
+    pub team: Option<edge::Team>,
 }
 
 impl SetupConfig {
@@ -60,12 +60,12 @@ impl SetupConfig {
                 "--domain: setup creates an application for one host, not a wildcard",
             ));
         }
-        humantime::parse_duration(&a.session_duration).map_err(|e| {
-            Error::usage(format!(
-                "--session-duration {:?}: {e} (examples: 24h, 30m)",
+        if let Err(why) = go_duration(&a.session_duration) {
+            return Err(Error::usage(format!(
+                "--session-duration {:?}: {why}; Cloudflare takes a Go duration: numbers with the units ns, us (or µs), ms, s, m, h, e.g. 24h, 30m, 2h45m (not 1d or 30min)",
                 a.session_duration
-            ))
-        })?;
+            )));
+        }
         let emails: Vec<String> = a
             .access_emails
             .iter()
@@ -97,19 +97,7 @@ impl SetupConfig {
             Some(id) => Some(config::validate_id("--idp-id / GOOGLE_IDP_ID", id)?),
             None => None,
         };
-        let team = a
-            .sync
-            .access
-            .team_name
-            .clone()
-            .filter(|t| !t.trim().is_empty())
-            .or_else(|| {
-                a.sync
-                    .access
-                    .auth_domain
-                    .as_deref()
-                    .and_then(edge::team_name_of)
-            });
+        let team = sync.team.clone();
         if sync.single().tunnel_id.is_some() && team.is_none() {
             return Err(Error::usage(
                 "CLOUDFLARE_TUNNEL_ID is set, and requiring Access on its route needs the team name: set CLOUDFLARE_TEAM_NAME, or CLOUDFLARE_AUTH_DOMAIN=https://<team>.cloudflareaccess.com",
@@ -134,6 +122,61 @@ impl SetupConfig {
             sync,
         })
     }
+}
+
+/// Check a Go duration the way Go's `time.ParseDuration` reads it (golang/go
+/// src/time/format.go): one or more `<number><unit>` pairs without separators, the number
+/// decimal with an optional fraction, the unit one of `ns`, `us`, `µs`, `μs`, `ms`, `s`, `m`,
+/// `h` (case-sensitive). Stricter than Go where Cloudflare says nothing: no sign, and the
+/// duration must be longer than zero. Returns the length in nanoseconds.
+pub fn go_duration(s: &str) -> Result<u128, String> {
+    const UNITS: [(&str, u128); 8] = [
+        ("ns", 1),
+        ("us", 1_000),
+        ("µs", 1_000),
+        ("μs", 1_000),
+        ("ms", 1_000_000),
+        ("s", 1_000_000_000),
+        ("m", 60_000_000_000),
+        ("h", 3_600_000_000_000),
+    ];
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    let mut rest = s;
+    let mut total: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_len);
+        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+            return Err(format!("{rest:?} does not start with a number"));
+        }
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        if unit.is_empty() {
+            return Err(format!("missing unit after {num:?}"));
+        }
+        let Some((_, ns)) = UNITS.iter().find(|(u, _)| *u == unit) else {
+            return Err(format!("unknown unit {unit:?}"));
+        };
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("{num:?} is not a number"))?;
+        total += n * (*ns as f64);
+        rest = next;
+    }
+    // Go's limit: an int64 of nanoseconds.
+    if !total.is_finite() || total >= i64::MAX as f64 {
+        return Err("too long".into());
+    }
+    if total < 1.0 {
+        return Err("must be longer than zero".into());
+    }
+    Ok(total as u128)
 }
 
 /// One step of setup, as printed and as JSON.
@@ -457,7 +500,10 @@ async fn tunnel_route(
     tunnel_id: &str,
     aud: &str,
 ) -> Step {
-    let team = cfg.team.clone().unwrap_or_default();
+    let team = cfg.team.clone().unwrap_or(edge::Team {
+        name: String::new(),
+        fed: false,
+    });
     let answer = match client.tunnel_configuration(account, tunnel_id).await {
         Ok(a) => a,
         Err(e) => {
@@ -471,7 +517,7 @@ async fn tunnel_route(
             tunnel_id: tunnel_id.into(),
             source_kind: source_kind.into(),
             host: cfg.host.clone(),
-            team,
+            team: team.name.clone(),
             aud: aud.into(),
         };
         return Step::new("failed", e.to_string());
@@ -481,7 +527,10 @@ async fn tunnel_route(
         Err(e) => Step::new("failed", e.to_string()),
         Ok(None) => Step::new(
             "in_sync",
-            format!("the rule for {} requires Access (team {team})", cfg.host),
+            format!(
+                "the rule for {} requires Access (team {})",
+                cfg.host, team.name
+            ),
         ),
         Ok(Some(new)) => {
             let diff = tunnel::diff(config, &new);
@@ -563,5 +612,35 @@ pub fn print(r: &SetupReport, output: Output) {
             serde_json::to_string(r).unwrap_or_else(|_| "{}".into())
         ),
         Output::Text => print!("{}", render_text(r)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_duration;
+
+    #[test]
+    fn go_durations_as_go_reads_them() {
+        for ok in [
+            "24h",
+            "30m",
+            "2h45m",
+            "1h30m10.5s",
+            "300ms",
+            "1.5h",
+            ".5h",
+            "1.h",
+            "10us",
+            "10µs",
+            "45m2h",
+        ] {
+            assert!(go_duration(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(go_duration("2h45m"), Ok(9_900_000_000_000));
+        for bad in [
+            "1d", "30min", "1H", "", "5", "1 h", "h", ".h", "1w", "-1h", "+1h", "0", "0s", "1h 30m",
+        ] {
+            assert!(go_duration(bad).is_err(), "{bad}");
+        }
     }
 }

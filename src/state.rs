@@ -130,6 +130,13 @@ pub struct LoginRefusal {
     pub at: u64,
     /// Infisical's answer (status and message; never a credential).
     pub reason: String,
+    /// Infisical said the identity is temporarily locked (its answer carries no duration).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub locked: bool,
+    /// How long no login is tried after `at` (seconds); absent in older files: the configured
+    /// hold-off. Grows while the identity stays locked, up to the 24 h Infisical allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdoff: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -257,6 +264,8 @@ mod tests {
             client_id: "id".into(),
             at: 1,
             reason: "HTTP 401".into(),
+            locked: false,
+            holdoff: None,
         };
         StateFile::update(&p, |s| s.infisical_login_refused = Some(refusal.clone())).unwrap();
         pass.set_owed(&["a".to_string()].into()).unwrap();

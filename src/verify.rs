@@ -165,6 +165,7 @@ impl CheckResult {
 
 fn name(c: Check) -> &'static str {
     match c {
+        Check::Credential => "credential",
         Check::Redirect => "redirect",
         Check::Certs => "certs",
         Check::Consistency => "consistency",
@@ -200,6 +201,7 @@ pub async fn run(cfg: &VerifyConfig) -> Vec<CheckResult> {
     };
     let mut out = Vec::new();
     for c in [
+        Check::Credential,
         Check::Redirect,
         Check::Certs,
         Check::Consistency,
@@ -210,6 +212,7 @@ pub async fn run(cfg: &VerifyConfig) -> Vec<CheckResult> {
             continue;
         }
         let r = match c {
+            Check::Credential => credential(cfg).await,
             Check::Redirect => redirect(cfg, &http, &mut l).await,
             Check::Certs => certs(&http, &mut l).await,
             Check::Consistency => consistency(cfg, &mut l).await,
@@ -340,6 +343,69 @@ async fn redirect(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -
             ),
         )
         .fix("check --url and that the host is behind Cloudflare Access"),
+    }
+}
+
+/// The Cloudflare API token itself: `tokens/verify` says whether it is active and when it
+/// expires; within 14 days is a warning (the check still passes).
+async fn credential(cfg: &VerifyConfig) -> CheckResult {
+    let c = Check::Credential;
+    let Some(api) = &cfg.api else {
+        return CheckResult::new(c, Status::NotChecked, "no Cloudflare credentials");
+    };
+    let client = source::client(api);
+    let Some(answer) = client.verify_token(api.account_id.as_deref()).await else {
+        return CheckResult::new(
+            c,
+            Status::NotChecked,
+            "a global API key (CLOUDFLARE_EMAIL + CLOUDFLARE_API_KEY) cannot be checked with tokens/verify",
+        );
+    };
+    match answer {
+        Err(e) => {
+            let hint = e
+                .hint()
+                .unwrap_or_else(|| "check CLOUDFLARE_API_TOKEN".into());
+            CheckResult::new(
+                c,
+                Status::Fail,
+                format!("the API token does not verify: {e}"),
+            )
+            .fix(hint)
+        }
+        Ok(t) if t.status != "active" => CheckResult::new(
+            c,
+            Status::Fail,
+            format!("the API token {} is {}", t.id, t.status),
+        )
+        .fix("create or roll a token (My Profile > API Tokens) and update CLOUDFLARE_API_TOKEN"),
+        Ok(t) => {
+            let expires = t
+                .expires_on
+                .as_deref()
+                .map(|e| format!(", expires {e}"))
+                .unwrap_or_default();
+            match t.expiry_warning(std::time::SystemTime::now()) {
+                Some(w) => {
+                    tracing::warn!("{w}");
+                    let mut r = CheckResult::new(
+                        c,
+                        Status::Ok,
+                        format!(
+                            "the API token {} is active{expires}; warning: it expires soon",
+                            t.id
+                        ),
+                    );
+                    r.details.push(format!("warning: {w}"));
+                    r
+                }
+                None => CheckResult::new(
+                    c,
+                    Status::Ok,
+                    format!("the API token {} is active{expires}", t.id),
+                ),
+            }
+        }
     }
 }
 
@@ -708,6 +774,7 @@ async fn token(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> C
         )
         .fix("set CLOUDFLARE_AUTH_DOMAIN=https://<team>.cloudflareaccess.com");
     };
+    let cached = l.keys.is_some();
     let keys = match l.keys.clone() {
         Some(k) => k,
         None => match edge::certs(http, &team).await {
@@ -732,15 +799,24 @@ async fn token(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> C
         return CheckResult::new(c, Status::Fail, "the expected AUD is unknown")
             .fix("give Cloudflare credentials, let the redirect check run, or set the AUD in the .env file (or Infisical, with --sink infisical)");
     };
-    match jwt::verify_access_token(tok.expose(), &keys, &aud, &team) {
+    let mut result = jwt::verify_access_token(tok.expose(), &keys, &aud, &team);
+    // Keys rotate: a kid the cached keys do not hold makes one more fetch, never more.
+    if cached && matches!(result, Err(jwt::TokenError::UnknownKey(_))) {
+        tracing::info!("the token's kid is not in the cached team keys; fetching them again once");
+        if let Ok(fresh) = edge::certs(http, &team).await {
+            result = jwt::verify_access_token(tok.expose(), &fresh, &aud, &team);
+            l.keys = Some(fresh);
+        }
+    }
+    match result {
         Ok(claims) => CheckResult::new(
             c,
             Status::Ok,
             format!(
-                "signature (RS256, team keys), aud contains {}, iss {}, exp/nbf hold, email {}",
+                "signature (RS256, team keys), aud contains {}, iss {}, exp/nbf hold; {}",
                 short(&aud),
                 claims.iss,
-                claims.email
+                claims.identity
             ),
         ),
         Err(e) => CheckResult::new(c, Status::Fail, e.to_string()).fix(e.fix()),

@@ -26,6 +26,37 @@ use crate::sync::{self, Report, Status};
 /// The longest wait after failed passes, unless `--interval` is longer still.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// How often the loop checks its Cloudflare API token (`tokens/verify`) for an expiry within
+/// [`crate::cloudflare::EXPIRY_WARNING`].
+pub const CREDENTIAL_CHECK_EVERY: Duration = Duration::from_secs(86_400);
+
+/// Warn when the Cloudflare API token of the first API binding expires within 14 days (or is
+/// no longer active). One `tokens/verify` request, on its own client (not a pass's request);
+/// a failure to check is only logged at debug level: the passes report real failures.
+async fn check_credential(cfg: &SyncConfig) {
+    let Some(src) = cfg
+        .bindings
+        .iter()
+        .map(|b| &b.source)
+        .find(|s| s.edge.is_none() && matches!(s.auth, crate::cloudflare::Auth::Token(_)))
+    else {
+        return;
+    };
+    let client = crate::source::client(src);
+    match client.verify_token(src.account_id.as_deref()).await {
+        Some(Ok(t)) if t.status != "active" => {
+            tracing::warn!(status = %t.status, "the Cloudflare API token is not active: create or roll one and update CLOUDFLARE_API_TOKEN");
+        }
+        Some(Ok(t)) => {
+            if let Some(w) = t.expiry_warning(std::time::SystemTime::now()) {
+                tracing::warn!("{w}");
+            }
+        }
+        Some(Err(e)) => tracing::debug!(error = %e, "cannot check the Cloudflare API token"),
+        None => {}
+    }
+}
+
 /// A validated `watch` configuration.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
@@ -140,6 +171,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
 
     let mut failures: u32 = 0;
     let mut pass_id: u64 = 0;
+    let mut credential_checked: Option<Instant> = None;
     loop {
         pass_id += 1;
         let span = tracing::info_span!("pass", id = pass_id);
@@ -175,6 +207,11 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
         if signals.stop {
             tracing::info!("stopped after the pass in flight");
             return exit::OK;
+        }
+        // Once a day: does the Cloudflare token expire soon?
+        if credential_checked.is_none_or(|t| t.elapsed() >= CREDENTIAL_CHECK_EVERY) {
+            credential_checked = Some(Instant::now());
+            check_credential(&cfg.sync).await;
         }
         if std::mem::take(&mut signals.reload) {
             reload(&argv, &vars, &mut cfg, &telemetry).await;

@@ -81,6 +81,8 @@ fn infisical_writes_with_universal_auth_and_sends_the_documented_shape() {
             ("POST", "/api/v1/auth/universal-auth/login"),
             ("GET", secret_route.as_str()),
             ("PATCH", secret_route.as_str()),
+            // A one-shot run revokes the token it minted (the token in the body, no header).
+            ("POST", "/api/v1/auth/token/revoke"),
         ]
     );
     assert_eq!(
@@ -88,9 +90,10 @@ fn infisical_writes_with_universal_auth_and_sends_the_documented_shape() {
         Some(json!({"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET}))
     );
     let token = w.inf.with(|s| s.issued[0].clone());
-    for r in &reqs[1..] {
+    for r in &reqs[1..3] {
         assert_eq!(r.headers["authorization"], format!("Bearer {token}"));
     }
+    assert_eq!(reqs[3].body, Some(json!({"accessToken": token})));
     let q = &reqs[1].query;
     assert_eq!(q["projectId"], PROJECT);
     assert_eq!(q["environment"], "dev", "default environment");
@@ -201,7 +204,7 @@ fn infisical_v3_routes_use_workspace_id() {
     sb.var("AUDSYNC_INFISICAL_API", "v3");
     let r = sync(&sb, &[]);
     assert_eq!(r.code, 0, "{r:?}");
-    let last = w.inf.requests().pop().unwrap();
+    let last = w.inf.secret_requests().pop().unwrap();
     assert_eq!(
         (last.method.as_str(), last.path.as_str()),
         ("POST", route.as_str())

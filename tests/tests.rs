@@ -4,6 +4,7 @@ mod support;
 
 mod bindings;
 mod cli_sync;
+mod conform;
 mod docker_recover;
 mod docker_recreate;
 mod docker_restart;

@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{Client, Error};
 
-/// Page size for list calls. Cloudflare's maximum is unconfirmed; 50 is accepted everywhere.
-pub const PER_PAGE: u32 = 50;
+/// Page size for Access application lists: the endpoint's default and maximum (1000; a
+/// cold lookup over 5,000 applications is 5 pages).
+pub const PER_PAGE: u32 = 1000;
+
+/// Page size for `GET /accounts`: its maximum (the schema allows 5 to 50).
+pub const ACCOUNTS_PER_PAGE: u32 = 50;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct AccessApp {
@@ -48,7 +52,9 @@ pub struct Account {
 }
 
 impl AccessApp {
-    /// The host names this application protects, lowercased, without paths.
+    /// The host names this application protects, lowercased, without paths: the public
+    /// `destinations`, else `domain`, else (past its end of support, so only as a last resort)
+    /// `self_hosted_domains`.
     pub fn hosts(&self) -> Vec<String> {
         let public: Vec<&str> = self
             .destinations
@@ -59,13 +65,13 @@ impl AccessApp {
             .collect();
         let raw: Vec<&str> = if !public.is_empty() {
             public
-        } else if !self.self_hosted_domains.is_empty() {
+        } else if !self.domain.trim().is_empty() {
+            vec![self.domain.as_str()]
+        } else {
             self.self_hosted_domains
                 .iter()
                 .map(String::as_str)
                 .collect()
-        } else {
-            vec![self.domain.as_str()]
         };
         raw.into_iter()
             .map(host_of)
@@ -180,7 +186,7 @@ pub fn validate_aud(aud: &str, app: &AccessApp) -> Result<(), Error> {
 impl Client {
     /// The account to use when none was configured: the only one the credential can see.
     pub async fn detect_account(&self) -> Result<String, Error> {
-        let accounts: Vec<Account> = self.list_all("/accounts", &[], PER_PAGE).await?;
+        let accounts: Vec<Account> = self.list_all("/accounts", &[], ACCOUNTS_PER_PAGE).await?;
         match accounts.as_slice() {
             [one] => Ok(one.id.clone()),
             [] => Err(Error::Lookup(
@@ -320,7 +326,8 @@ impl Client {
         .await
     }
 
-    /// `PUT /accounts/{account}/access/apps/{id}`: a full replacement (send the whole object).
+    /// `PUT /accounts/{account}/access/apps/{id}`: a full replacement (send the whole object),
+    /// without the read-only fields of the answer ([`put_body`]).
     pub async fn update_app(
         &self,
         account: &str,
@@ -330,10 +337,25 @@ impl Client {
         self.send(
             reqwest::Method::PUT,
             &format!("/accounts/{account}/access/apps/{id}"),
-            body,
+            &put_body(body),
         )
         .await
     }
+}
+
+/// Fields of an application answer that the request schema (`access_app_request`) does not
+/// have: the server's own.
+pub const READ_ONLY_FIELDS: [&str; 4] = ["id", "aud", "created_at", "updated_at"];
+
+/// An application as read, made into a PUT body: every field kept except [`READ_ONLY_FIELDS`].
+pub fn put_body(app: &serde_json::Value) -> serde_json::Value {
+    let mut body = app.clone();
+    if let Some(o) = body.as_object_mut() {
+        for f in READ_ONLY_FIELDS {
+            o.remove(f);
+        }
+    }
+    body
 }
 
 #[cfg(test)]
@@ -384,7 +406,10 @@ mod tests {
         assert!(match_kind(&a, "api.example.com").is_none());
         a.destinations.clear();
         a.self_hosted_domains = vec!["sh.example.com".into()];
-        assert!(match_kind(&a, "api.example.com").is_none());
+        // `self_hosted_domains` is a last resort: `domain` comes first.
+        assert_eq!(match_kind(&a, "api.example.com"), Some(MatchKind::Exact));
+        assert!(match_kind(&a, "sh.example.com").is_none());
+        a.domain.clear();
         assert_eq!(match_kind(&a, "sh.example.com"), Some(MatchKind::Exact));
     }
 
@@ -433,6 +458,15 @@ mod tests {
             serde_json::json!([{"id": "p1", "precedence": 1}, {"id": "p2", "precedence": 2}])
         );
         assert!(b.get("identity_provider_selectors").is_none());
+    }
+
+    #[test]
+    fn put_body_drops_the_read_only_fields_only() {
+        let app = serde_json::json!({"id": "1", "aud": "a", "created_at": "t", "updated_at": "t", "uid": "1", "name": "n", "type": "self_hosted", "domain": "d"});
+        assert_eq!(
+            put_body(&app),
+            serde_json::json!({"uid": "1", "name": "n", "type": "self_hosted", "domain": "d"})
+        );
     }
 
     #[test]

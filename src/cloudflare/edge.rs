@@ -54,12 +54,43 @@ pub fn team_domain(auth_domain: Option<&str>, team_name: Option<&str>) -> Option
 }
 
 /// The team name (`teamName` in a tunnel rule) from a team domain, when it is a
-/// `*.cloudflareaccess.com` one.
+/// `*.cloudflareaccess.com` one (FedRAMP: `<team>.fed.cloudflareaccess.com`).
 pub fn team_name_of(domain: &str) -> Option<String> {
+    team_of_domain(domain).map(|t| t.name)
+}
+
+/// The team a tunnel rule names: `teamName`, and whether it is a FedRAMP team (cloudflared then
+/// wants `environment: "fed"`, the only value it compares against, `credentials.FedEndpoint`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Team {
+    pub name: String,
+    pub fed: bool,
+}
+
+fn team_of_domain(domain: &str) -> Option<Team> {
     let host = super::apps::host_of(domain);
-    host.strip_suffix(".cloudflareaccess.com")
-        .filter(|t| !t.is_empty() && !t.contains('.'))
-        .map(str::to_string)
+    let label = host.strip_suffix(".cloudflareaccess.com")?;
+    let (name, fed) = match label.strip_suffix(".fed") {
+        Some(n) => (n, true),
+        None => (label, false),
+    };
+    (!name.is_empty() && !name.contains('.')).then(|| Team {
+        name: name.to_string(),
+        fed,
+    })
+}
+
+/// The configured team: `CLOUDFLARE_TEAM_NAME`, else the team of `CLOUDFLARE_AUTH_DOMAIN`. A
+/// FedRAMP team is known only from its domain.
+pub fn team(team_name: Option<&str>, auth_domain: Option<&str>) -> Option<Team> {
+    let from_domain = auth_domain.and_then(team_of_domain);
+    match team_name.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(n) => Some(Team {
+            name: n.to_string(),
+            fed: from_domain.is_some_and(|d| d.fed && d.name == n),
+        }),
+        None => from_domain,
+    }
 }
 
 /// What an unauthenticated request to the host got.
@@ -286,6 +317,25 @@ mod tests {
             Some("https://t.cloudflareaccess.com")
         );
         assert_eq!(team_domain(None, None), None);
+        assert_eq!(
+            team_name_of("https://t.fed.cloudflareaccess.com").as_deref(),
+            Some("t")
+        );
+        assert_eq!(
+            team(None, Some("https://t.fed.cloudflareaccess.com")),
+            Some(Team {
+                name: "t".into(),
+                fed: true
+            })
+        );
+        assert_eq!(
+            team(Some("t"), None),
+            Some(Team {
+                name: "t".into(),
+                fed: false
+            })
+        );
+        assert_eq!(team_name_of("https://a.b.fed.cloudflareaccess.com"), None);
         assert_eq!(
             team_name_of("https://t.cloudflareaccess.com").as_deref(),
             Some("t")

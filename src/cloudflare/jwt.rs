@@ -80,8 +80,6 @@ pub enum TokenError {
     Expired { exp: i64 },
     #[error("token not yet valid (nbf {nbf})")]
     NotYetValid { nbf: i64 },
-    #[error("the token has no email claim (a service token?)")]
-    NoEmail,
 }
 
 impl TokenError {
@@ -106,9 +104,27 @@ impl TokenError {
             TokenError::Expired { .. } | TokenError::NotYetValid { .. } => {
                 "log in again for a fresh token; check the clock (NTP) if this keeps happening"
             }
-            TokenError::NoEmail => {
-                "a user token carries email; service tokens do not — check what the server requires"
-            }
+        }
+    }
+}
+
+/// Who a valid token stands for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Identity {
+    /// A user's token: `email`.
+    User(String),
+    /// A service token's: `common_name` (the service token's client id), no `email`.
+    Service(String),
+    /// Neither claim (cloudflared does not require one).
+    Unnamed,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::User(e) => write!(f, "user {e}"),
+            Identity::Service(c) => write!(f, "service token {c}"),
+            Identity::Unnamed => f.write_str("no email or common_name"),
         }
     }
 }
@@ -116,7 +132,7 @@ impl TokenError {
 /// The claims this program reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccessClaims {
-    pub email: String,
+    pub identity: Identity,
     pub aud: Vec<String>,
     pub iss: String,
     pub exp: Option<i64>,
@@ -224,8 +240,10 @@ fn verified(token: &str, keys: &Jwks, validation: &Validation) -> Result<Value, 
     Err(last)
 }
 
-/// Verify an Access application token the way an origin must: RS256 signature by a team key,
-/// `aud` contains `aud`, `iss` is `team_domain`, `exp`/`nbf` hold, `email` present.
+/// Verify an Access application token the way an origin must (cloudflared's validator,
+/// ingress/middleware/jwtvalidator.go): RS256 signature by a team key, `aud` contains `aud`,
+/// `iss` is `team_domain`, `exp`/`nbf` hold. No `email` is required: a service token's JWT
+/// carries `common_name` instead and is just as valid.
 pub fn verify_access_token(
     token: &str,
     keys: &Jwks,
@@ -240,13 +258,20 @@ pub fn verify_access_token(
     v.validate_nbf = true;
     v.leeway = 30;
     let claims = verified(token, keys, &v)?;
-    let email = claims
-        .get("email")
-        .and_then(Value::as_str)
-        .filter(|e| !e.is_empty())
-        .ok_or(TokenError::NoEmail)?;
+    let claim = |k: &str| {
+        claims
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+    };
+    let identity = match (claim("email"), claim("common_name")) {
+        (Some(e), _) => Identity::User(e),
+        (None, Some(c)) => Identity::Service(c),
+        (None, None) => Identity::Unnamed,
+    };
     Ok(AccessClaims {
-        email: email.to_string(),
+        identity,
         aud: strings(&claims["aud"]),
         iss: claims["iss"].as_str().unwrap_or_default().to_string(),
         exp: claims["exp"].as_i64(),

@@ -140,15 +140,107 @@ struct Envelope {
 pub struct ResultInfo {
     #[serde(default)]
     pub page: u32,
+    /// Every field is optional in the schema, and none is trusted to end the loop by itself:
+    /// see [`Client::list_all`].
     #[serde(default)]
-    pub total_pages: Option<u32>,
+    pub total_pages: Option<u64>,
+    #[serde(default)]
+    pub total_count: Option<u64>,
+    #[serde(default)]
+    pub per_page: Option<u64>,
+}
+
+/// No listing reads more pages than this, whatever `result_info` says (at the largest page
+/// sizes, 200 pages are 200,000 Access applications or 10,000 accounts).
+pub const MAX_PAGES: u32 = 200;
+
+/// How many pages a listing may take: what `total_count` and the page size imply (plus one, for
+/// an item created meanwhile), never more than [`MAX_PAGES`].
+pub fn page_bound(info: &ResultInfo, per_page: u32) -> u32 {
+    let size = info
+        .per_page
+        .filter(|&n| n > 0)
+        .unwrap_or(u64::from(per_page))
+        .max(1);
+    match info.total_count {
+        Some(total) => {
+            let pages = total.div_ceil(size).saturating_add(1);
+            u32::try_from(pages)
+                .unwrap_or(MAX_PAGES)
+                .clamp(1, MAX_PAGES)
+        }
+        None => MAX_PAGES,
+    }
+}
+
+/// A short name for a list item, for the warning that skips it: its `name`, `domain` and `id`
+/// when present (list items carry no credential).
+fn item_label(v: &Value) -> String {
+    let field = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let parts: Vec<String> = [
+        ("name", field("name")),
+        ("domain", field("domain")),
+        ("id", field("id")),
+    ]
+    .into_iter()
+    .filter_map(|(k, x)| x.map(|x| format!("{k} {x:?}")))
+    .collect();
+    if parts.is_empty() {
+        "an item without name, domain or id".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// One page of a list endpoint.
 #[derive(Debug)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Items on the page that could not be used (warned about, not returned).
+    pub skipped: usize,
     pub info: ResultInfo,
+}
+
+/// `GET /user/tokens/verify` (or `/accounts/{id}/tokens/verify`): `id` and `status` are
+/// required, `expires_on` / `not_before` optional date-times.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TokenStatus {
+    #[serde(default)]
+    pub id: String,
+    /// `active`, `disabled` or `expired`.
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub expires_on: Option<String>,
+}
+
+/// How close an expiry must be to be warned about.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+impl TokenStatus {
+    /// The time left before `expires_on`, when it is set and parses (negative: already past).
+    pub fn expires_in(&self, now: std::time::SystemTime) -> Option<Result<Duration, Duration>> {
+        let at = humantime::parse_rfc3339_weak(self.expires_on.as_deref()?.trim()).ok()?;
+        Some(match at.duration_since(now) {
+            Ok(left) => Ok(left),
+            Err(e) => Err(e.duration()),
+        })
+    }
+
+    /// A warning when the token expires within [`EXPIRY_WARNING`] (or has expired).
+    pub fn expiry_warning(&self, now: std::time::SystemTime) -> Option<String> {
+        let on = self.expires_on.as_deref().unwrap_or("");
+        match self.expires_in(now)? {
+            Ok(left) if left <= EXPIRY_WARNING => Some(format!(
+                "the Cloudflare API token expires on {on} (in {} day(s)): roll it (My Profile > API Tokens > Roll) and update CLOUDFLARE_API_TOKEN",
+                left.as_secs() / 86_400
+            )),
+            Ok(_) => None,
+            Err(_) => Some(format!(
+                "the Cloudflare API token expired on {on}: create a new one and update CLOUDFLARE_API_TOKEN"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +263,29 @@ impl Client {
             auth,
             retry,
         }
+    }
+
+    /// Check the API token itself: `GET /user/tokens/verify` for a user-owned token, and, when
+    /// that endpoint does not know it and an account is given, `GET /accounts/{id}/tokens/verify`
+    /// for an account-owned one. `None` for a global API key (tokens/verify is for tokens only).
+    pub async fn verify_token(&self, account: Option<&str>) -> Option<Result<TokenStatus, Error>> {
+        if !matches!(self.auth, Auth::Token(_)) {
+            return None;
+        }
+        let user = self.get::<TokenStatus>("/user/tokens/verify", &[]).await;
+        Some(match (user, account) {
+            (
+                Err(Error::Api {
+                    status: 400 | 401 | 403 | 404,
+                    ..
+                }),
+                Some(acc),
+            ) => {
+                self.get(&format!("/accounts/{acc}/tokens/verify"), &[])
+                    .await
+            }
+            (other, _) => other,
+        })
     }
 
     /// How many HTTP requests this client (and its clones) sent.
@@ -211,17 +326,34 @@ impl Client {
         q.push(("page", page.to_string()));
         q.push(("per_page", per_page.to_string()));
         let (result, info) = self.call(Method::GET, path, &q, None).await?;
-        let items = decode(&Method::GET, path, result)?;
+        let raw: Vec<Value> = decode(&Method::GET, path, result)?;
+        // An item this program cannot use (no `id`, say: the schema requires only `domain` and
+        // `type`) is skipped with a warning naming it; it never fails the page.
+        let mut items = Vec::with_capacity(raw.len());
+        let mut skipped = 0usize;
+        for v in raw {
+            let label = item_label(&v);
+            match serde_json::from_value::<T>(v) {
+                Ok(t) => items.push(t),
+                Err(e) => {
+                    skipped += 1;
+                    tracing::warn!(path, item = %label, reason = %e, "skipping a list item this program cannot use");
+                }
+            }
+        }
         Ok(Page {
             items,
+            skipped,
             info: info.unwrap_or(ResultInfo {
                 page,
-                total_pages: None,
+                ..ResultInfo::default()
             }),
         })
     }
 
     /// Every item of a list endpoint: pages until one comes back empty or the last page is read.
+    /// Bounded: a `result_info` claiming more pages than `total_count` allows, or pages that
+    /// never end, stop with an error after [`page_bound`] pages (at most [`MAX_PAGES`]).
     pub async fn list_all<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -229,17 +361,34 @@ impl Client {
         per_page: u32,
     ) -> Result<Vec<T>, Error> {
         let mut all = Vec::new();
-        let mut page = 1;
+        let mut page: u32 = 1;
+        let mut bound = MAX_PAGES;
         loop {
             let p: Page<T> = self.page(path, query, page, per_page).await?;
-            let n = p.items.len();
+            let n = p.items.len() + p.skipped;
             all.extend(p.items);
+            if page == 1 {
+                bound = page_bound(&p.info, per_page);
+            }
             let last = match p.info.total_pages {
-                Some(total) => page >= total,
+                Some(total) => u64::from(page) >= total,
                 None => n < per_page as usize,
             };
             if n == 0 || last {
                 return Ok(all);
+            }
+            if page >= bound {
+                return Err(Error::Malformed {
+                    method: Method::GET,
+                    path: path.into(),
+                    status: 200,
+                    detail: format!(
+                        "the listing did not end after {page} pages (result_info: total_count {}, total_pages {}, per_page {}); stopped there",
+                        p.info.total_count.map_or("-".into(), |n| n.to_string()),
+                        p.info.total_pages.map_or("-".into(), |n| n.to_string()),
+                        p.info.per_page.unwrap_or(u64::from(per_page)),
+                    ),
+                });
             }
             page += 1;
         }
@@ -433,6 +582,97 @@ mod tests {
             );
             assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
         }
+    }
+
+    /// An HTTP server on 127.0.0.1 answering every request with `body(page)` (200, JSON);
+    /// returns its base URL and the number of requests it has seen.
+    fn pages(
+        body: impl Fn(u64) -> String + Send + 'static,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut buf = [0u8; 4096];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let page = head
+                    .split(['?', '&', ' '])
+                    .find_map(|p| p.strip_prefix("page="))
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(1);
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let b = body(page);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                    b.len()
+                );
+            }
+        });
+        (url, seen)
+    }
+
+    fn client(url: &str) -> Client {
+        Client::new(
+            url,
+            Auth::Token(Secret::new("t")),
+            Duration::from_secs(10),
+            RetryPolicy {
+                attempts: 1,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(1),
+            },
+        )
+    }
+
+    /// `result_info` claiming 10^8 pages of a 5-item listing: bounded by total_count.
+    #[tokio::test]
+    async fn pagination_claiming_endless_pages_is_bounded_by_total_count() {
+        let (url, seen) = pages(|page| {
+            format!(
+                r#"{{"success":true,"errors":[],"messages":[],"result":[{{"id":"a{page}"}},{{"id":"b{page}"}}],"result_info":{{"page":{page},"per_page":2,"count":2,"total_count":5,"total_pages":100000000}}}}"#
+            )
+        });
+        let res = client(&url).list_all::<Value>("/accounts", &[], 2).await;
+        let e = res.expect_err("must not read 10^8 pages").to_string();
+        assert!(e.contains("did not end"), "{e}");
+        let n = seen.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(n <= 4, "5 items at 2 a page are 3 pages (+1); {n} requests");
+    }
+
+    /// Full pages forever and no `result_info` at all: the absolute cap ends it.
+    #[tokio::test]
+    async fn pagination_that_never_ends_stops_at_the_cap() {
+        let (url, seen) = pages(|_| {
+            r#"{"success":true,"errors":[],"messages":[],"result":[{"id":"x"}]}"#.to_string()
+        });
+        let res = client(&url).list_all::<Value>("/accounts", &[], 1).await;
+        assert!(res.is_err(), "{res:?}");
+        let n = seen.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(n, MAX_PAGES as usize);
+    }
+
+    /// An item without `id` is skipped (with a warning), the rest of the page is kept.
+    #[tokio::test]
+    async fn unusable_items_are_skipped_not_fatal() {
+        #[derive(Debug, Deserialize)]
+        struct Item {
+            id: String,
+        }
+        let (url, _) = pages(|_| {
+            r#"{"success":true,"errors":[],"messages":[],"result":[{"id":"a"},{"name":"no id","domain":"x.example.com"},{"id":"c"}],"result_info":{"page":1,"per_page":50,"count":3,"total_count":3,"total_pages":1}}"#.to_string()
+        });
+        let items = client(&url)
+            .list_all::<Item>("/accounts", &[], 50)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
     }
 
     #[test]

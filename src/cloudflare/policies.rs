@@ -6,8 +6,10 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::apps::PER_PAGE;
 use super::{Client, Error};
+
+/// Page size for the reusable-policies list: the endpoint's maximum (its default is 100).
+pub const PER_PAGE: u32 = 1000;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Policy {
@@ -16,8 +18,9 @@ pub struct Policy {
     pub name: String,
     #[serde(default)]
     pub decision: String,
+    /// Optional in the schema (this endpoint lists reusable policies only): not required.
     #[serde(default)]
-    pub reusable: bool,
+    pub reusable: Option<bool>,
     #[serde(default)]
     pub app_count: Option<u64>,
 }
@@ -81,7 +84,7 @@ impl Client {
         let all = self.policies(account).await?;
         let found: Vec<Policy> = all
             .into_iter()
-            .filter(|p| p.name == name && p.reusable)
+            .filter(|p| p.name == name && p.reusable != Some(false))
             .collect();
         match found.len() {
             0 => Ok(None),

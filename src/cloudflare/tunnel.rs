@@ -9,6 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::edge::Team;
 use super::{Client, Error};
 
 /// Why the rule for a host cannot be managed here; each message says what to do instead.
@@ -46,6 +47,10 @@ pub enum IngressError {
         "tunnel {tunnel_id}: the configuration has no `ingress` list; add a public hostname {host} to the tunnel first"
     )]
     NoIngress { tunnel_id: String, host: String },
+    #[error(
+        "tunnel {tunnel_id}: the rule for {host} requires Access but names no teamName; cloudflared refuses an audTag without a teamName (and then applies none of the remote configuration), so audTag was not written.\nhint: set CLOUDFLARE_TEAM_NAME (or CLOUDFLARE_AUTH_DOMAIN=https://<team>.cloudflareaccess.com) so the rule gets its teamName, or set the team on the route in the dashboard (Networks > Tunnels > the tunnel > Public Hostname > Access)"
+    )]
+    NoTeam { tunnel_id: String, host: String },
 }
 
 fn list(v: &[String]) -> String {
@@ -97,12 +102,12 @@ fn rule_indices(config: &Value, tunnel_id: &str, host: &str) -> Result<Vec<usize
     if !exact.is_empty() {
         return Ok(exact);
     }
-    let wildcard = rules.iter().filter_map(hostname).find(|h| {
-        h.strip_prefix("*.")
-            .and_then(|suffix| host.strip_suffix(suffix))
-            .and_then(|p| p.strip_suffix('.'))
-            .is_some_and(|label| !label.is_empty() && !label.contains('.'))
-    });
+    // cloudflared's `matchHost` (ingress/ingress.go): `*.example.com` matches by suffix, at
+    // any depth (`a.example.com`, `a.b.example.com`), never `example.com` itself.
+    let wildcard = rules
+        .iter()
+        .filter_map(hostname)
+        .find(|h| wildcard_matches(h, &host));
     if let Some(w) = wildcard {
         return Err(IngressError::OnlyWildcard {
             tunnel_id: tunnel_id.into(),
@@ -118,6 +123,13 @@ fn rule_indices(config: &Value, tunnel_id: &str, host: &str) -> Result<Vec<usize
             .map(|r| hostname(r).unwrap_or_else(|| "(catch-all)".into()))
             .collect(),
     })
+}
+
+/// Whether the rule hostname `rule` (`*.example.com`) matches `host` as cloudflared matches it.
+pub fn wildcard_matches(rule: &str, host: &str) -> bool {
+    rule.strip_prefix('*')
+        .filter(|suffix| suffix.starts_with('.'))
+        .is_some_and(|suffix| host.len() > suffix.len() && host.ends_with(suffix))
 }
 
 /// What `originRequest.access` of one rule for the host says.
@@ -149,6 +161,7 @@ pub fn access_of(
                 team: access
                     .get("teamName")
                     .and_then(Value::as_str)
+                    .filter(|t| !t.trim().is_empty())
                     .map(str::to_string),
                 aud_tags: access
                     .get("audTag")
@@ -200,14 +213,21 @@ fn access_object(config: &mut Value, index: usize) -> Option<&mut Map<String, Va
         .as_object_mut()
 }
 
+/// A FedRAMP team's rule needs `environment: "fed"`; one already set is kept as it is.
+fn set_environment(access: &mut Map<String, Value>, team: &Team) {
+    if team.fed && !access.contains_key("environment") {
+        access.insert("environment".into(), json!("fed"));
+    }
+}
+
 /// The configuration with Access required on every rule for `host`: `required: true`,
-/// `teamName`, and `aud` in `audTag`. Other keys of `access` and everything else are kept.
-/// `None` when nothing would change.
+/// `teamName`, and `aud` in `audTag`. Other keys of `access` (`environment`, …) and everything
+/// else are kept. `None` when nothing would change.
 pub fn require_access(
     config: &Value,
     tunnel_id: &str,
     host: &str,
-    team: &str,
+    team: &Team,
     aud: &str,
 ) -> Result<Option<Value>, IngressError> {
     let rules = access_of(config, tunnel_id, host)?;
@@ -215,15 +235,24 @@ pub fn require_access(
     let mut changed = false;
     for r in rules {
         let tags = with_aud(&r.aud_tags, aud, None);
-        if r.required && r.team.as_deref() == Some(team) && tags == r.aud_tags {
+        let env_missing = team.fed
+            && config["ingress"][r.index]["originRequest"]["access"]
+                .get("environment")
+                .is_none();
+        if r.required
+            && r.team.as_deref() == Some(team.name.as_str())
+            && tags == r.aud_tags
+            && !env_missing
+        {
             continue;
         }
         let Some(access) = access_object(&mut new, r.index) else {
             continue;
         };
         access.insert("required".into(), json!(true));
-        access.insert("teamName".into(), json!(team));
+        access.insert("teamName".into(), json!(team.name));
         access.insert("audTag".into(), json!(tags));
+        set_environment(access, team);
         changed = true;
     }
     Ok(changed.then_some(new))
@@ -231,22 +260,39 @@ pub fn require_access(
 
 /// The configuration with `aud` in the `audTag` of every rule for `host` that requires Access
 /// (rules that do not require it are left alone). `None` when nothing would change.
+///
+/// cloudflared refuses a rule with `required: true`, an `audTag` and a blank `teamName`
+/// (`validateAccessConfiguration`), and then applies none of the remote configuration: such a
+/// rule gets `team` as its `teamName`, or, with no team configured, the rule is refused
+/// ([`IngressError::NoTeam`]) and nothing is written.
 pub fn update_aud(
     config: &Value,
     tunnel_id: &str,
     host: &str,
     aud: &str,
     previous: Option<&str>,
+    team: Option<&Team>,
 ) -> Result<Option<Value>, IngressError> {
     let rules = access_of(config, tunnel_id, host)?;
     let mut new = config.clone();
     let mut changed = false;
     for r in rules.iter().filter(|r| r.required) {
         let tags = with_aud(&r.aud_tags, aud, previous);
-        if tags == r.aud_tags {
+        let needs_team = r.team.is_none();
+        if tags == r.aud_tags && !needs_team {
             continue;
         }
+        if needs_team && team.is_none() {
+            return Err(IngressError::NoTeam {
+                tunnel_id: tunnel_id.into(),
+                host: host.to_ascii_lowercase(),
+            });
+        }
         if let Some(access) = access_object(&mut new, r.index) {
+            if let (true, Some(t)) = (needs_team, team) {
+                access.insert("teamName".into(), json!(t.name));
+                set_environment(access, t);
+            }
             access.insert("audTag".into(), json!(tags));
             changed = true;
         }
@@ -314,6 +360,13 @@ mod tests {
 
     const T: &str = "tun";
 
+    fn team() -> Team {
+        Team {
+            name: "team".into(),
+            fed: false,
+        }
+    }
+
     fn config() -> Value {
         json!({
             "ingress": [
@@ -330,7 +383,7 @@ mod tests {
     #[test]
     fn require_access_changes_only_the_rule_for_the_host() {
         let old = config();
-        let new = require_access(&old, T, "API.example.com", "team", "aa")
+        let new = require_access(&old, T, "API.example.com", &team(), "aa")
             .unwrap()
             .unwrap();
         let mut expected = old.clone();
@@ -339,7 +392,7 @@ mod tests {
         assert_eq!(new, expected);
         // Second time: nothing to do.
         assert_eq!(
-            require_access(&new, T, "api.example.com", "team", "aa"),
+            require_access(&new, T, "api.example.com", &team(), "aa"),
             Ok(None)
         );
         assert!(diff(&old, &new).contains("+ ingress[1]"));
@@ -347,13 +400,53 @@ mod tests {
 
     #[test]
     fn missing_rule_wildcard_only_and_no_ingress_are_explained() {
-        let e = require_access(&config(), T, "x.y.org", "t", "a").unwrap_err();
+        let e = require_access(&config(), T, "x.y.org", &team(), "a").unwrap_err();
         assert!(matches!(e, IngressError::NoRule { .. }), "{e}");
         assert!(e.to_string().contains("Public Hostname"), "{e}");
-        let e = require_access(&config(), T, "db.example.com", "t", "a").unwrap_err();
+        let e = require_access(&config(), T, "db.example.com", &team(), "a").unwrap_err();
         assert!(matches!(e, IngressError::OnlyWildcard { .. }), "{e}");
-        let e = require_access(&json!({}), T, "api.example.com", "t", "a").unwrap_err();
+        let e = require_access(&json!({}), T, "api.example.com", &team(), "a").unwrap_err();
         assert!(matches!(e, IngressError::NoIngress { .. }), "{e}");
+    }
+
+    #[test]
+    fn wildcards_match_by_suffix_at_any_depth() {
+        assert!(wildcard_matches("*.example.com", "a.example.com"));
+        assert!(wildcard_matches("*.example.com", "a.b.example.com"));
+        assert!(!wildcard_matches("*.example.com", "example.com"));
+        assert!(!wildcard_matches("*.example.com", "a.example.com.evil.net"));
+        assert!(!wildcard_matches("*.example.com", "aexample.com"));
+        let e = require_access(&config(), T, "a.db.example.com", &team(), "a").unwrap_err();
+        assert!(matches!(e, IngressError::OnlyWildcard { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_required_rule_without_team_gets_the_team_or_is_refused() {
+        let mut c = config();
+        c["ingress"][1]["originRequest"] =
+            json!({"access": {"required": true, "environment": "fed"}});
+        let e = update_aud(&c, T, "api.example.com", "n", None, None).unwrap_err();
+        assert!(matches!(e, IngressError::NoTeam { .. }), "{e}");
+        assert!(e.to_string().contains("CLOUDFLARE_TEAM_NAME"), "{e}");
+        let fed = Team {
+            name: "gov".into(),
+            fed: true,
+        };
+        let new = update_aud(&c, T, "api.example.com", "n", None, Some(&fed))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            new["ingress"][1]["originRequest"]["access"],
+            json!({"required": true, "environment": "fed", "teamName": "gov", "audTag": ["n"]})
+        );
+        // A FedRAMP team's new rule gets environment "fed".
+        let new = require_access(&config(), T, "api.example.com", &fed, "n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            new["ingress"][1]["originRequest"]["access"]["environment"],
+            "fed"
+        );
     }
 
     #[test]
@@ -370,13 +463,13 @@ mod tests {
     fn update_aud_touches_only_rules_that_require_access() {
         let plain = config();
         assert_eq!(
-            update_aud(&plain, T, "api.example.com", "n", None),
+            update_aud(&plain, T, "api.example.com", "n", None, None),
             Ok(None)
         );
-        let with = require_access(&plain, T, "api.example.com", "team", "o")
+        let with = require_access(&plain, T, "api.example.com", &team(), "o")
             .unwrap()
             .unwrap();
-        let new = update_aud(&with, T, "api.example.com", "n", Some("o"))
+        let new = update_aud(&with, T, "api.example.com", "n", Some("o"), None)
             .unwrap()
             .unwrap();
         assert_eq!(

@@ -72,6 +72,9 @@ pub struct SyncConfig {
     /// True when the bindings came from the flags (the JSON report keeps the single-binding
     /// fields of schema 1).
     pub flag_binding: bool,
+    /// The Access team (CLOUDFLARE_TEAM_NAME / CLOUDFLARE_AUTH_DOMAIN), for a tunnel rule that
+    /// requires Access without naming its `teamName`.
+    pub team: Option<crate::cloudflare::edge::Team>,
 }
 
 impl SyncConfig {
@@ -155,6 +158,10 @@ impl SyncConfig {
             lock_timeout: a.lock_timeout,
             infisical,
             config_file: file.map(|f| f.path.clone()),
+            team: crate::cloudflare::edge::team(
+                a.access.team_name.as_deref(),
+                a.access.auth_domain.as_deref(),
+            ),
         })
     }
 }

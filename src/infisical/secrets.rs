@@ -34,9 +34,53 @@ pub enum Written {
     },
 }
 
+/// The mask Infisical puts in `secretValue` when the reader may not see the value
+/// (`INFISICAL_SECRET_VALUE_HIDDEN_MASK`, backend/src/services/secret/secret-fns.ts).
+pub const HIDDEN_MASK: &str = "<hidden-by-infisical>";
+
+/// `message` of an error body: a string, or (422 ValidationFailure) an array of Zod issues
+/// `{code, path, message}`, every one shown.
+fn message_of(body: &Value) -> String {
+    match &body["message"] {
+        Value::String(s) => s.trim().to_string(),
+        Value::Array(issues) => issues
+            .iter()
+            .map(|i| {
+                let path = i["path"]
+                    .as_array()
+                    .map(|p| {
+                        p.iter()
+                            .map(|x| match x {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(".")
+                    })
+                    .unwrap_or_default();
+                let msg = i["message"]
+                    .as_str()
+                    .map_or_else(|| i.to_string(), str::to_string);
+                let code = i["code"]
+                    .as_str()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default();
+                if path.is_empty() {
+                    format!("{msg}{code}")
+                } else {
+                    format!("{path}: {msg}{code}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => String::new(),
+    }
+}
+
 /// Infisical's error body `{reqId, statusCode, message, error}`, as text.
 pub(super) fn describe(status: StatusCode, body: &Value) -> String {
-    let message = body["message"].as_str().unwrap_or("").trim();
+    let message = message_of(body);
+    let message = message.as_str();
     let kind = body["error"].as_str().unwrap_or("").trim();
     match (kind.is_empty(), message.is_empty()) {
         (true, true) => format!("HTTP {}", status.as_u16()),
@@ -174,6 +218,12 @@ impl Client {
                 };
                 return Err(err(message, Some(hint.into())));
             }
+            if status == StatusCode::FORBIDDEN
+                && (answer["error"].as_str() == Some("ForbiddenReadSecretError")
+                    || message_of(&answer).contains("permission to view secret value"))
+            {
+                return Err(self.hidden(name, &describe(status, &answer)));
+            }
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 return Err(err(
                     format!(
@@ -231,6 +281,21 @@ impl Client {
         }
     }
 
+    /// The identity may see the secret but not read its value: a permission error naming what
+    /// to grant. The masked value is never compared, written or used as a credential.
+    fn hidden(&self, name: &str, why: &str) -> Error {
+        err(
+            format!(
+                "not allowed to read the value of secret {name} in {} ({why}); nothing was compared or written",
+                self.settings.long_location()
+            ),
+            Some(format!(
+                "give the machine identity a role on project {} whose Secrets permission includes \"Read Value\" (readValue) in environment {} at path {} — e.g. Developer or Viewer, or a custom role — not only \"Describe Secret\"",
+                self.settings.project_id, self.settings.environment, self.settings.secret_path
+            )),
+        )
+    }
+
     fn unexpected(&self, verb: &str, name: &str, status: StatusCode, answer: &Value) -> Error {
         err(
             format!(
@@ -252,6 +317,11 @@ impl Client {
             return Err(self.unexpected("read", name, status, &answer));
         }
         let secret = &answer["secret"];
+        if secret["secretValueHidden"].as_bool() == Some(true)
+            || secret["secretValue"].as_str() == Some(HIDDEN_MASK)
+        {
+            return Err(self.hidden(name, "the answer says secretValueHidden"));
+        }
         let value = secret["secretValue"].as_str().ok_or_else(|| {
             err(
                 format!("reading secret {name}: the answer holds no secret.secretValue"),
@@ -347,5 +417,17 @@ mod tests {
             "HTTP 404: Secret not found"
         );
         assert_eq!(describe(StatusCode::BAD_GATEWAY, &Value::Null), "HTTP 502");
+    }
+
+    #[test]
+    fn a_422_with_an_array_message_is_shown_in_full() {
+        let body = json!({"reqId": "r", "statusCode": 422, "error": "ValidationFailure", "message": [
+            {"code": "invalid_type", "expected": "string", "received": "undefined", "path": ["secretValue"], "message": "Required"},
+            {"code": "too_small", "path": ["secretPath", 0], "message": "String must contain at least 1 character(s)"}
+        ]});
+        assert_eq!(
+            describe(StatusCode::UNPROCESSABLE_ENTITY, &body),
+            "HTTP 422 ValidationFailure: secretValue: Required (invalid_type); secretPath.0: String must contain at least 1 character(s) (too_small)"
+        );
     }
 }

@@ -271,7 +271,15 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
                         .and_then(|o| o.get(&b.key))
                         .and_then(|k| k.current.clone())
                 });
-                tunnel::step(b, &client, f, previous.as_deref(), cfg.dry_run).await
+                tunnel::step(
+                    b,
+                    &client,
+                    f,
+                    previous.as_deref(),
+                    cfg.team.as_ref(),
+                    cfg.dry_run,
+                )
+                .await
             }
             Err(_) => None,
         };

@@ -39,6 +39,7 @@ pub async fn step(
     client: &Client,
     found: &Found,
     previous: Option<&str>,
+    team: Option<&crate::cloudflare::edge::Team>,
     dry_run: bool,
 ) -> Option<TunnelReport> {
     let id = b.tunnel_id.clone()?;
@@ -72,7 +73,9 @@ pub async fn step(
         return Some(rep(TunnelResult::Skipped, Some(why)));
     }
     let config = tunnel::config_of(&answer);
-    match tunnel::update_aud(config, &id, &host, &found.aud, previous) {
+    // The GET above is right before the PUT below (a dashboard edit in between would be
+    // overwritten: the PUT has no version precondition), and only our rule changes.
+    match tunnel::update_aud(config, &id, &host, &found.aud, previous, team) {
         Err(e) => {
             tracing::warn!(tunnel = %id, error = %e, "tunnel rule not managed");
             Some(rep(TunnelResult::Skipped, Some(e.to_string())))

@@ -108,6 +108,10 @@ pub struct AccessState {
     /// A `cf-access-metadata` JWT to answer the metadata probe with (newer edges).
     pub metadata: Option<String>,
     pub jwks: Vec<Value>,
+    /// Key rotation: after the next certs answer, serve these keys instead.
+    pub rotate_to: Option<Vec<Value>>,
+    /// How many times `/cdn-cgi/access/certs` was fetched.
+    pub certs_fetches: usize,
     /// (method, path, had the metadata request header)
     pub requests: Vec<(String, String, bool)>,
 }
@@ -127,6 +131,8 @@ impl FakeAccess {
             protected: true,
             metadata: None,
             jwks: keys.iter().map(|k| k.jwk.clone()).collect(),
+            rotate_to: None,
+            certs_fetches: 0,
             requests: vec![],
         }));
         let st = state.clone();
@@ -134,7 +140,15 @@ impl FakeAccess {
             let st = st.clone();
             async move {
                 if req.method() == Method::GET && req.uri().path() == "/cdn-cgi/access/certs" {
-                    let keys = st.lock().unwrap().jwks.clone();
+                    let keys = {
+                        let mut s = st.lock().unwrap();
+                        s.certs_fetches += 1;
+                        let keys = s.jwks.clone();
+                        if let Some(next) = s.rotate_to.take() {
+                            s.jwks = next;
+                        }
+                        keys
+                    };
                     let first = keys
                         .first()
                         .map(|k| k["kid"].clone())

@@ -50,7 +50,6 @@ pub struct CfState {
     pub global: Option<(String, String)>,
     /// Behave as if the server ignored the `domain` filter (return every app).
     pub ignore_domain_filter: bool,
-    pub max_per_page: usize,
     pub faults: VecDeque<Fault>,
     /// Faults for POST requests only (the next POST takes the first).
     pub post_faults: VecDeque<Fault>,
@@ -63,6 +62,14 @@ pub struct CfState {
     pub tunnels: BTreeMap<String, Value>,
     /// Counter for ids and AUDs of created objects.
     pub created: u32,
+    /// The `result` of `GET …/tokens/verify` (`{id, status, expires_on?, not_before?}`).
+    pub token_verify: Value,
+    /// The token is account-owned: only `/accounts/{id}/tokens/verify` knows it (the user
+    /// endpoint answers "Invalid API Token").
+    pub account_owned_token: bool,
+    /// `…/tokens/verify` calls: recorded here, not in `requests`, so tests that count a pass's
+    /// requests are not thrown off by the daily credential check of `watch`.
+    pub verifies: Vec<Recorded>,
 }
 
 pub type ExtraHandler = Box<dyn Fn(&mut CfState, &Recorded) -> Option<(StatusCode, Value)> + Send>;
@@ -116,7 +123,6 @@ impl FakeCloudflare {
             token: Some(TOKEN.into()),
             global: Some((EMAIL.into(), GLOBAL_KEY.into())),
             ignore_domain_filter: false,
-            max_per_page: 1000,
             faults: VecDeque::new(),
             post_faults: VecDeque::new(),
             requests: Vec::new(),
@@ -124,6 +130,9 @@ impl FakeCloudflare {
             policies: Vec::new(),
             tunnels: BTreeMap::new(),
             created: 0,
+            token_verify: json!({"id": "ed17574386854bf78a67040be0a770b0", "status": "active"}),
+            account_owned_token: false,
+            verifies: Vec::new(),
         }));
         let st = state.clone();
         let server = Server::start(move |req| {
@@ -167,17 +176,37 @@ fn ok(result: Value) -> Response {
         .into_response()
 }
 
-fn paged(items: Vec<Value>, q: &BTreeMap<String, String>, max: usize) -> Response {
+/// `per_page` limits of each list endpoint (Cloudflare's OpenAPI schema, cloudflare/api-schemas
+/// openapi.json): (default, minimum, maximum).
+pub const APPS_PER_PAGE: (usize, usize, usize) = (1000, 1, 1000);
+pub const POLICIES_PER_PAGE: (usize, usize, usize) = (100, 1, 1000);
+pub const ACCOUNTS_PER_PAGE: (usize, usize, usize) = (20, 5, 50);
+
+/// One page, as the real API pages; a `per_page` outside the endpoint's limits is refused
+/// (400), not quietly clamped.
+fn paged(
+    items: Vec<Value>,
+    q: &BTreeMap<String, String>,
+    (default, min, max): (usize, usize, usize),
+) -> Response {
     let page: usize = q
         .get("page")
         .and_then(|p| p.parse().ok())
         .unwrap_or(1)
         .max(1);
-    let per: usize = q
-        .get("per_page")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(25)
-        .clamp(1, max);
+    let per: usize = match q.get("per_page") {
+        None => default,
+        Some(p) => match p.parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                return envelope_error(
+                    StatusCode::BAD_REQUEST,
+                    10001,
+                    &format!("per_page must be an integer from {min} to {max}"),
+                );
+            }
+        },
+    };
     let total = items.len();
     let total_pages = total.div_ceil(per).max(1);
     let slice: Vec<Value> = items.into_iter().skip((page - 1) * per).take(per).collect();
@@ -209,11 +238,17 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
     };
     let fault = {
         let mut s = st.lock().unwrap();
-        s.requests.push(rec.clone());
-        if rec.method == "POST" && !s.post_faults.is_empty() {
-            s.post_faults.pop_front()
+        if rec.path.ends_with("/tokens/verify") {
+            // Nor do the scripted faults (meant for a pass's requests) apply to it.
+            s.verifies.push(rec.clone());
+            None
         } else {
-            s.faults.pop_front()
+            s.requests.push(rec.clone());
+            if rec.method == "POST" && !s.post_faults.is_empty() {
+                s.post_faults.pop_front()
+            } else {
+                s.faults.pop_front()
+            }
         }
     };
     match fault {
@@ -262,8 +297,19 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
     }
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, seg.as_slice()) {
-        (Method::GET, ["accounts"]) => paged(s.accounts.clone(), &query, s.max_per_page),
-        (Method::GET, ["user", "tokens", "verify"]) => ok(json!({"id": "tok", "status": "active"})),
+        (Method::GET, ["accounts"]) => paged(s.accounts.clone(), &query, ACCOUNTS_PER_PAGE),
+        (Method::GET, ["user", "tokens", "verify"]) => {
+            if s.account_owned_token || rec.headers.contains_key("x-auth-key") {
+                return envelope_error(StatusCode::UNAUTHORIZED, 1000, "Invalid API Token");
+            }
+            ok(s.token_verify.clone())
+        }
+        (Method::GET, ["accounts", acc, "tokens", "verify"]) => {
+            if !s.account_owned_token || *acc != ACCOUNT || rec.headers.contains_key("x-auth-key") {
+                return envelope_error(StatusCode::UNAUTHORIZED, 1000, "Invalid API Token");
+            }
+            ok(s.token_verify.clone())
+        }
         (Method::GET, ["accounts", acc, "access", "apps"]) => {
             if *acc != ACCOUNT && !s.accounts.iter().any(|a| a["id"] == *acc) {
                 return envelope_error(
@@ -286,7 +332,7 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
                     }
                 });
             }
-            paged(apps, &query, s.max_per_page)
+            paged(apps, &query, APPS_PER_PAGE)
         }
         (Method::GET, ["accounts", _acc, "access", "apps", id]) => {
             match s.apps.iter().find(|a| a["id"] == *id) {
@@ -330,6 +376,17 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
             if let Some(e) = app_body_error(&s, &body) {
                 return e;
             }
+            // `access_app_request` has no read-only fields (they live only in the response).
+            if let Some(f) = ["id", "aud", "created_at", "updated_at"]
+                .iter()
+                .find(|f| body.get(**f).is_some())
+            {
+                return envelope_error(
+                    StatusCode::BAD_REQUEST,
+                    12130,
+                    &format!("access.api.error.invalid_request: {f} is read-only"),
+                );
+            }
             // A full replacement; id and aud are the server's.
             let mut a = body;
             a["id"] = s.apps[idx]["id"].clone();
@@ -338,7 +395,7 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
             ok(a)
         }
         (Method::GET, ["accounts", _acc, "access", "policies"]) => {
-            paged(s.policies.clone(), &query, s.max_per_page)
+            paged(s.policies.clone(), &query, POLICIES_PER_PAGE)
         }
         (Method::POST, ["accounts", _acc, "access", "policies"]) => {
             let body = rec.body.clone().unwrap_or(Value::Null);
@@ -399,6 +456,23 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
                     StatusCode::BAD_REQUEST,
                     1056,
                     "Validation failed: the last ingress rule must match all URLs (i.e. it should not have a hostname or path filter), and only the last rule may",
+                );
+            }
+            // cloudflared (`validateAccessConfiguration` in ingress/ingress.go) refuses a rule that
+            // requires Access with audTag but no teamName; a refused remote configuration is
+            // never applied, so the fake refuses it up front.
+            if let Some(i) = rules.iter().position(|r| {
+                let a = &r["originRequest"]["access"];
+                a["required"].as_bool() == Some(true)
+                    && a["teamName"].as_str().is_none_or(str::is_empty)
+                    && a["audTag"].as_array().is_some_and(|t| !t.is_empty())
+            }) {
+                return envelope_error(
+                    StatusCode::BAD_REQUEST,
+                    1056,
+                    &format!(
+                        "Validation failed: ingress[{i}]: access.TeamName cannot be blank when access.audTags are present"
+                    ),
                 );
             }
             // A PUT makes the tunnel remotely managed, whatever it was.

@@ -69,6 +69,24 @@ pub struct InfState {
     pub faults: VecDeque<Fault>,
     pub requests: Vec<Recorded>,
     next_req: u64,
+    /// `expiresIn` of issued tokens (seconds); 0 = no expiry. A token used after it gets 403
+    /// TokenError "expired", as a JWT past its `exp` does.
+    pub expires_in: u64,
+    /// When each issued token expires.
+    pub token_exp: BTreeMap<String, std::time::Instant>,
+    /// Tokens revoked through `/api/v1/auth/token/revoke`.
+    pub revoked: BTreeSet<String>,
+    /// `clientSecretNumUsesLimit` (0 = unlimited): login N+1 is refused with "usage limit
+    /// reached" and revokes the secret; later logins get "Invalid credentials".
+    pub client_secret_uses_limit: u32,
+    pub client_secret_uses: u32,
+    pub client_secret_revoked: bool,
+    /// Refuse every renewal (401), as for a token past its max TTL.
+    pub refuse_renew: bool,
+    /// The identity may describe secrets but not read their values: `"mask"` answers
+    /// `secretValueHidden: true` with `<hidden-by-infisical>`, `"403"` answers
+    /// ForbiddenReadSecretError (what a GET by name does by default).
+    pub hide_values: Option<&'static str>,
 }
 
 pub struct FakeInfisical {
@@ -97,6 +115,14 @@ impl FakeInfisical {
             faults: VecDeque::new(),
             requests: Vec::new(),
             next_req: 0,
+            expires_in: 7200,
+            token_exp: BTreeMap::new(),
+            revoked: BTreeSet::new(),
+            client_secret_uses_limit: 0,
+            client_secret_uses: 0,
+            client_secret_revoked: false,
+            refuse_renew: false,
+            hide_values: None,
         }));
         let st = state.clone();
         let server = Server::start(move |req| {
@@ -131,6 +157,22 @@ impl FakeInfisical {
             .iter()
             .filter(|r| r.path == "/api/v1/auth/universal-auth/login")
             .count()
+    }
+
+    pub fn renewals(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.path == "/api/v1/auth/token/renew")
+            .count()
+    }
+
+    /// The tokens sent to `/api/v1/auth/token/revoke`, in order.
+    pub fn revokes(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| r.path == "/api/v1/auth/token/revoke")
+            .filter_map(|r| r.body.as_ref()?["accessToken"].as_str().map(str::to_string))
+            .collect()
     }
 
     /// PATCH and POST requests to the secrets routes.
@@ -200,6 +242,7 @@ fn secret_json(env: &str, path: &str, key: &str, value: &str, version: u64) -> V
         "type": "shared",
         "secretKey": key,
         "secretValue": value,
+        "secretValueHidden": false,
         "secretComment": "",
         "secretPath": path,
         "secretReminderNote": null,
@@ -234,6 +277,41 @@ async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
     if method == Method::POST && path == "/api/v1/auth/universal-auth/login" {
         return login(&mut s, body.as_ref());
     }
+    // Renew and revoke need no Authorization header: the token in the body is the authority.
+    if method == Method::POST && path == "/api/v1/auth/token/renew" {
+        let old = body
+            .as_ref()
+            .and_then(|b| b["accessToken"].as_str())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if let Some(r) = token_refusal(&mut s, &old) {
+            return r;
+        }
+        if s.refuse_renew {
+            return error(
+                &mut s,
+                StatusCode::UNAUTHORIZED,
+                "UnauthorizedError",
+                "Failed to renew MI access token due to Max TTL expiration",
+            );
+        }
+        // A NEW token (re-signed with a fresh exp); the old string stays valid to its own exp.
+        return issue(&mut s);
+    }
+    if method == Method::POST && path == "/api/v1/auth/token/revoke" {
+        let old = body
+            .as_ref()
+            .and_then(|b| b["accessToken"].as_str())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if let Some(r) = token_refusal(&mut s, &old) {
+            return r;
+        }
+        s.revoked.insert(old);
+        return axum::Json(json!({"message": "Successfully revoked access token"})).into_response();
+    }
 
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (api, name) = match seg.as_slice() {
@@ -259,7 +337,7 @@ async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
         );
     };
     let token = auth.strip_prefix("Bearer ").unwrap_or("").to_string();
-    if s.expired.contains(&token) {
+    if s.static_tokens.contains(&token) && s.expired.contains(&token) {
         return error(
             &mut s,
             StatusCode::FORBIDDEN,
@@ -267,13 +345,10 @@ async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
             "Your token has expired. Please re-authenticate.",
         );
     }
-    if !s.issued.contains(&token) && !s.static_tokens.contains(&token) {
-        return error(
-            &mut s,
-            StatusCode::UNAUTHORIZED,
-            "UnauthorizedError",
-            "Failed to authenticate identity access token: the token is unknown or revoked",
-        );
+    if !s.static_tokens.contains(&token)
+        && let Some(r) = token_refusal(&mut s, &token)
+    {
+        return r;
     }
 
     if let Some(f) = s.faults.pop_front() {
@@ -351,12 +426,24 @@ async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
     let not_found = format!("Secret with name '{name}' not found");
     match method {
         Method::GET => match s.secrets.get(&key).cloned() {
+            Some(_) if s.hide_values == Some("403") => error(
+                &mut s,
+                StatusCode::FORBIDDEN,
+                "ForbiddenReadSecretError",
+                &format!(
+                    "You do not have permission to view secret value on secret with name '{name}'"
+                ),
+            ),
             Some((v, ver)) => {
                 if s.delete_after_read {
                     s.secrets.remove(&key);
                 }
-                axum::Json(json!({"secret": secret_json(&env, &secret_path, &name, &v, ver)}))
-                    .into_response()
+                let mut j = secret_json(&env, &secret_path, &name, &v, ver);
+                if s.hide_values == Some("mask") {
+                    j["secretValue"] = json!("<hidden-by-infisical>");
+                    j["secretValueHidden"] = json!(true);
+                }
+                axum::Json(json!({"secret": j})).into_response()
             }
             None => error(&mut s, StatusCode::NOT_FOUND, "NotFound", &not_found),
         },
@@ -408,18 +495,85 @@ async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
     }
 }
 
+/// Why a token is refused, as Infisical answers: revoked or unknown 401, past its exp 403.
+fn token_refusal(s: &mut InfState, token: &str) -> Option<Response> {
+    let past_exp = s
+        .token_exp
+        .get(token)
+        .is_some_and(|at| std::time::Instant::now() >= *at);
+    if s.expired.contains(token) || past_exp {
+        return Some(error(
+            s,
+            StatusCode::FORBIDDEN,
+            "TokenError",
+            "Your token has expired. Please re-authenticate.",
+        ));
+    }
+    if !s.issued.iter().any(|t| t == token) || s.revoked.contains(token) {
+        return Some(error(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "UnauthorizedError",
+            "Failed to authorize: token has been revoked",
+        ));
+    }
+    None
+}
+
+/// A new access token, as login and renew answer.
+fn issue(s: &mut InfState) -> Response {
+    let token = format!("inf-access-token-SECRET-{:04}", s.issued.len() + 1);
+    s.issued.push(token.clone());
+    if s.expire_next_tokens > 0 {
+        s.expire_next_tokens -= 1;
+        s.expired.insert(token.clone());
+    }
+    if s.expires_in > 0 {
+        let at = std::time::Instant::now() + std::time::Duration::from_secs(s.expires_in);
+        s.token_exp.insert(token.clone(), at);
+    }
+    axum::Json(json!({
+        "accessToken": token,
+        "expiresIn": s.expires_in,
+        "accessTokenMaxTTL": 2592000,
+        "tokenType": "Bearer"
+    }))
+    .into_response()
+}
+
 fn login(s: &mut InfState, body: Option<&Value>) -> Response {
-    let id = body.and_then(|b| b["clientId"].as_str()).unwrap_or("");
-    let secret = body.and_then(|b| b["clientSecret"].as_str()).unwrap_or("");
+    let id = body
+        .and_then(|b| b["clientId"].as_str())
+        .unwrap_or("")
+        .trim();
+    let secret = body
+        .and_then(|b| b["clientSecret"].as_str())
+        .unwrap_or("")
+        .trim();
     if s.locked {
+        // identity-ua-service.ts `login`: no duration in the message, no header.
         return error(
             s,
             StatusCode::UNAUTHORIZED,
             "UnauthorizedError",
-            "Identity is locked due to too many failed login attempts. Try again in 5 minutes.",
+            "This identity auth method is temporarily locked, please try again later",
         );
     }
-    if id != s.client_id || secret != s.client_secret {
+    if id == s.client_id
+        && secret == s.client_secret
+        && !s.client_secret_revoked
+        && s.client_secret_uses_limit > 0
+        && s.client_secret_uses >= s.client_secret_uses_limit
+    {
+        s.client_secret_revoked = true;
+        return error(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "UnauthorizedError",
+            "Access denied due to client secret usage limit reached",
+        );
+    }
+    if id != s.client_id || secret != s.client_secret || s.client_secret_revoked {
         s.failed_logins += 1;
         if s.failed_logins >= 3 {
             s.locked = true;
@@ -432,19 +586,8 @@ fn login(s: &mut InfState, body: Option<&Value>) -> Response {
         );
     }
     s.failed_logins = 0;
-    let token = format!("inf-access-token-SECRET-{:04}", s.issued.len() + 1);
-    s.issued.push(token.clone());
-    if s.expire_next_tokens > 0 {
-        s.expire_next_tokens -= 1;
-        s.expired.insert(token.clone());
-    }
-    axum::Json(json!({
-        "accessToken": token,
-        "expiresIn": 7200,
-        "accessTokenMaxTTL": 2592000,
-        "tokenType": "Bearer"
-    }))
-    .into_response()
+    s.client_secret_uses += 1;
+    issue(s)
 }
 
 fn record_headers(h: &HeaderMap) -> BTreeMap<String, String> {
