@@ -15,6 +15,8 @@ pub mod fsx;
 pub mod http;
 pub mod infisical;
 pub mod lock;
+pub mod notify;
+pub mod progress;
 pub mod reconcile;
 pub mod secret;
 pub mod setup;
@@ -70,6 +72,13 @@ pub fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
 /// Run a parsed command; returns the process exit code.
 pub async fn run(parsed: Parsed) -> u8 {
     let quiet = parsed.cli.global.quiet;
+    let output = match &parsed.cli.command {
+        Command::Sync(a) => Some(a.output),
+        Command::Watch(a) => Some(a.sync.output),
+        Command::Setup(a) => Some(a.sync.output),
+        _ => None,
+    };
+    progress::init(output == Some(Output::Text), quiet > 0);
     let env = parsed.env.clone();
     match &parsed.cli.command {
         Command::Sync(args) => {

@@ -79,7 +79,7 @@ impl Telemetry {
         let passes = Family::<Labels1, Counter>::default();
         registry.register(
             "audsync_passes",
-            "Reconcile passes run, by status (in_sync, changed, pending, failed)",
+            "Reconcile passes run, by status (in_sync, changed, written, pending, failed)",
             passes.clone(),
         );
         for status in crate::sync::Status::ALL {
@@ -390,6 +390,7 @@ mod tests {
                 hint: None,
                 rolled_back,
             }),
+            keeps_old: Default::default(),
         };
         // One that was rolled back, one refused before anything changed (e.g. --rm).
         r.targets.push(failed(true));
