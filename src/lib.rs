@@ -84,12 +84,16 @@ pub async fn run(parsed: Parsed) -> u8 {
         Command::Sync(args) => {
             let output = args.output;
             let dry_run = args.dry_run;
-            let report = match sync_config(args, &parsed).await {
-                Ok(cfg) => match sync::run_pass(&cfg).await {
-                    Ok(r) => r,
-                    Err(e) => sync::Report::from_error(&e, dry_run),
+            let (report, notify) = match sync_config(args, &parsed).await {
+                Ok(cfg) => match sync::run_pass_staged(&cfg).await {
+                    Ok(r) => (r, Some(cfg.notify)),
+                    Err(e) => {
+                        let mut r = sync::Report::from_error(&e.error, dry_run);
+                        r.stage = Some(e.stage);
+                        (r, Some(cfg.notify))
+                    }
                 },
-                Err(e) => sync::Report::from_error(&e, dry_run),
+                Err(e) => (sync::Report::from_error(&e, dry_run), None),
             };
             // `-q` keeps cron mail quiet: the text report is printed only when something happened.
             if !(quiet > 0 && output == Output::Text && report.status == sync::Status::InSync) {
@@ -97,6 +101,13 @@ pub async fn run(parsed: Parsed) -> u8 {
             }
             if let Some(e) = &report.error {
                 report_error(e, report.hint.as_deref(), output);
+            }
+            if let Some(n) = notify.filter(|n| n.enabled() && !dry_run)
+                && let Some(event) = n.pick(&notify::once(&report))
+            {
+                let m = notify::message(event, &report, &n.host, &notify::Context::default());
+                // Delivered or not, the exit code is the pass's.
+                let _ = notify::send(&n, &m).await;
             }
             report.exit_code
         }
