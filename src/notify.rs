@@ -20,9 +20,7 @@ use crate::secret::Secret;
 use crate::sync::{Report, Status, report::summary};
 
 /// What a notification is about.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     /// An AUD was written (applied or not), or a drift repaired.
@@ -497,7 +495,10 @@ fn header_text(s: &str) -> String {
 }
 
 /// The body (JSON or text) and extra headers for one endpoint.
-pub fn body(kind: Kind, m: &Message) -> (Option<Value>, Option<String>, Vec<(&'static str, String)>) {
+pub fn body(
+    kind: Kind,
+    m: &Message,
+) -> (Option<Value>, Option<String>, Vec<(&'static str, String)>) {
     let text = m.text();
     match kind {
         Kind::Json => {
@@ -590,7 +591,9 @@ pub async fn send(s: &Settings, m: &Message) -> Vec<Delivery> {
         let error = deliver(&client, ep, m).await.err();
         match &error {
             None => tracing::debug!(endpoint = %ep, event = m.event.as_str(), "notification sent"),
-            Some(e) => tracing::warn!(endpoint = %ep, event = m.event.as_str(), error = %e, "notification not delivered"),
+            Some(e) => {
+                tracing::warn!(endpoint = %ep, event = m.event.as_str(), error = %e, "notification not delivered")
+            }
         }
         out.push(Delivery {
             endpoint: ep.to_string(),
@@ -667,7 +670,12 @@ mod tests {
         assert_eq!(e.auth.as_ref().unwrap().expose(), "Bearer tk_abc");
         let e = Endpoint::parse("discord+http://127.0.0.1:9/api/webhooks/1/tok").unwrap();
         assert_eq!(e.to_string(), "discord http://127.0.0.1:9");
-        assert!(Endpoint::parse("https://u:p@example.com/hook").unwrap().auth.is_some());
+        assert!(
+            Endpoint::parse("https://u:p@example.com/hook")
+                .unwrap()
+                .auth
+                .is_some()
+        );
         for bad in [
             "http://example.com/hook",
             "slack+http://hooks.slack.com/services/x",
@@ -749,7 +757,15 @@ mod tests {
         let j = j.unwrap();
         assert!(j["embeds"][0]["description"].as_str().unwrap().len() <= 4000);
         assert_eq!(j["allowed_mentions"]["parse"], json!([]));
-        let (j, _, _) = body(Kind::Slack, &message(Event::Failed, &report(Status::Failed), "<!channel>", &Context::default()));
+        let (j, _, _) = body(
+            Kind::Slack,
+            &message(
+                Event::Failed,
+                &report(Status::Failed),
+                "<!channel>",
+                &Context::default(),
+            ),
+        );
         assert!(!j.unwrap()["text"].as_str().unwrap().contains("<!channel>"));
     }
 }

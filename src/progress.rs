@@ -46,7 +46,10 @@ pub fn wait(label: impl Into<String>, expected: Duration) -> Wait {
         let (tx, rx) = mpsc::channel::<()>();
         let msg = format!("waiting for {label} (up to {up_to})");
         let handle = std::thread::spawn(move || {
-            if !matches!(rx.recv_timeout(SHOW_AFTER), Err(mpsc::RecvTimeoutError::Timeout)) {
+            if !matches!(
+                rx.recv_timeout(SHOW_AFTER),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            ) {
                 return;
             }
             let pb = indicatif::ProgressBar::new_spinner();

@@ -351,7 +351,11 @@ fn target_step(
             continue;
         };
         let mode = b.input.restart;
-        let carried = t.observation.as_ref().ok().and_then(|o| o.env.get(&b.input.key));
+        let carried = t
+            .observation
+            .as_ref()
+            .ok()
+            .and_then(|o| o.env.get(&b.input.key));
         let differs = carried.is_some_and(|v| v != desired);
         if mode == RestartMode::None {
             if b.changed || differs {

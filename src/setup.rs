@@ -228,15 +228,12 @@ impl SetupReport {
             self.hint = s.hint.clone();
             return;
         }
-        let sync_work = self
-            .sync
-            .as_ref()
-            .is_some_and(|s| {
-                matches!(
-                    s.status,
-                    Status::Changed | Status::Written | Status::Pending
-                )
-            });
+        let sync_work = self.sync.as_ref().is_some_and(|s| {
+            matches!(
+                s.status,
+                Status::Changed | Status::Written | Status::Pending
+            )
+        });
         let written = self
             .sync
             .as_ref()

@@ -238,7 +238,10 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
 /// Give notifications still in flight a moment to go out before the process ends.
 async fn flush_notifications(sending: &mut tokio::task::JoinSet<()>) {
     let all = async { while sending.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(15), all).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(15), all)
+        .await
+        .is_err()
+    {
         tracing::warn!("stopping with notifications still undelivered");
     }
 }

@@ -9,5 +9,6 @@ mod docker_restart;
 mod envfile_prop;
 mod infisical;
 mod infisical_passes;
+mod notify;
 mod setup_verify;
 mod watch;

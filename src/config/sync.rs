@@ -176,13 +176,23 @@ fn notify_settings(
             .iter()
             .filter(|u| !u.trim().is_empty())
             .enumerate()
-            .map(|(i, u)| (format!("--notify / AUDSYNC_NOTIFY entry {}", i + 1), u.clone()))
+            .map(|(i, u)| {
+                (
+                    format!("--notify / AUDSYNC_NOTIFY entry {}", i + 1),
+                    u.clone(),
+                )
+            })
             .collect()
     } else {
         file.map(|f| {
             f.notify
                 .iter()
-                .map(|u| (format!("{}:{}: notify", f.path.display(), u.line), u.value.clone()))
+                .map(|u| {
+                    (
+                        format!("{}:{}: notify", f.path.display(), u.line),
+                        u.value.clone(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()

@@ -300,9 +300,7 @@ pub fn build(
             || tunnel.as_ref().is_some_and(|t| {
                 matches!(t.result, TunnelResult::WouldUpdate | TunnelResult::Updated)
             });
-        let stale = my_targets
-            .iter()
-            .any(|t| t.keeps_old.contains_key(&b.key));
+        let stale = my_targets.iter().any(|t| t.keeps_old.contains_key(&b.key));
         let status = if !errors.is_empty() {
             Status::Failed
         } else if pending || (cfg.dry_run && work) {

@@ -272,7 +272,9 @@ impl Telemetry {
     /// Account for one notification delivery.
     pub fn notified(&self, ok: bool) {
         let result = if ok { "sent" } else { "failed" };
-        self.notifications.get_or_create(&[("result", result)]).inc();
+        self.notifications
+            .get_or_create(&[("result", result)])
+            .inc();
     }
 
     pub fn reloaded(&self, ok: bool) {

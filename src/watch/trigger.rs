@@ -165,13 +165,25 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_the_route_is_off_without_one() {
-        assert_eq!(Trigger::default().judge(Some(b"Bearer x")), Verdict::NotFound);
+        assert_eq!(
+            Trigger::default().judge(Some(b"Bearer x")),
+            Verdict::NotFound
+        );
         let t = armed();
         assert_eq!(t.judge(None), Verdict::Unauthorized);
         assert_eq!(t.judge(Some(b"Bearer wrong")), Verdict::Unauthorized);
-        assert_eq!(t.judge(Some(b"Bearer 0123456789abcdef-toke")), Verdict::Unauthorized);
-        assert_eq!(t.judge(Some(b"Basic 0123456789abcdef-token")), Verdict::Unauthorized);
-        assert_eq!(t.judge(Some(b"bearer 0123456789abcdef-token")), Verdict::Accepted(1));
+        assert_eq!(
+            t.judge(Some(b"Bearer 0123456789abcdef-toke")),
+            Verdict::Unauthorized
+        );
+        assert_eq!(
+            t.judge(Some(b"Basic 0123456789abcdef-token")),
+            Verdict::Unauthorized
+        );
+        assert_eq!(
+            t.judge(Some(b"bearer 0123456789abcdef-token")),
+            Verdict::Accepted(1)
+        );
     }
 
     #[test]
@@ -184,7 +196,11 @@ mod tests {
         assert!(t.pending());
         assert_eq!(t.begin(), 2);
         assert!(!t.pending());
-        assert_eq!(t.request(), 3, "a trigger during a pass asks for the next one");
+        assert_eq!(
+            t.request(),
+            3,
+            "a trigger during a pass asks for the next one"
+        );
     }
 
     #[test]
