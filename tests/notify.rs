@@ -339,6 +339,14 @@ fn the_config_file_takes_a_notify_list_only_when_private() {
     let mut c = sb.cmd();
     c.args(["--config", "audsync.toml", "config", "--domain", HOST]);
     let r = run(&mut c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!(
+            "notify = [\"webhook http://127.0.0.1:{} [redacted]\"]",
+            h.port()
+        )),
+        "{r:?}"
+    );
     assert_no_secrets("audsync config", &format!("{}{}", r.stdout, r.stderr));
 }
 
