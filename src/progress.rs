@@ -52,7 +52,8 @@ pub fn wait(label: impl Into<String>, expected: Duration) -> Wait {
             ) {
                 return;
             }
-            let pb = indicatif::ProgressBar::new_spinner();
+            // Counted from the start of the wait, not from when the spinner appears.
+            let pb = indicatif::ProgressBar::new_spinner().with_elapsed(SHOW_AFTER);
             if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
             {
                 pb.set_style(style);
