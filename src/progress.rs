@@ -8,13 +8,43 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// Waits shorter than this show nothing.
 pub const SHOW_AFTER: Duration = Duration::from_secs(2);
 
 static SPINNER: AtomicBool = AtomicBool::new(false);
+
+/// The spinner on screen, if any: log lines are written around it.
+static SHOWN: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+fn shown() -> std::sync::MutexGuard<'static, Option<indicatif::ProgressBar>> {
+    SHOWN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// stderr for the log lines: a spinner on screen is cleared for the line and drawn again
+/// below it, so the two never mix on one line.
+pub struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let pb = shown().clone();
+        match pb {
+            Some(pb) => pb.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// The log writer (`tracing_subscriber::fmt().with_writer(progress::stderr)`).
+pub fn stderr() -> Stderr {
+    Stderr
+}
 
 /// Allow the spinner (text output, not `-q`). It is still shown only when stderr is a terminal
 /// that is not `TERM=dumb`.
@@ -60,7 +90,9 @@ pub fn wait(label: impl Into<String>, expected: Duration) -> Wait {
             }
             pb.set_message(msg);
             pb.enable_steady_tick(Duration::from_millis(120));
+            *shown() = Some(pb.clone());
             let _ = rx.recv();
+            shown().take();
             pb.finish_and_clear();
         });
         return Wait {
