@@ -86,11 +86,11 @@ pub async fn run(parsed: Parsed) -> u8 {
             let dry_run = args.dry_run;
             let (report, notify) = match sync_config(args, &parsed).await {
                 Ok(cfg) => match sync::run_pass_staged(&cfg).await {
-                    Ok(r) => (r, Some(cfg.notify)),
+                    Ok(r) => (r, Some((cfg.notify, cfg.state_file))),
                     Err(e) => {
                         let mut r = sync::Report::from_error(&e.error, dry_run);
                         r.stage = Some(e.stage);
-                        (r, Some(cfg.notify))
+                        (r, Some((cfg.notify, cfg.state_file)))
                     }
                 },
                 Err(e) => (sync::Report::from_error(&e, dry_run), None),
@@ -102,12 +102,32 @@ pub async fn run(parsed: Parsed) -> u8 {
             if let Some(e) = &report.error {
                 report_error(e, report.hint.as_deref(), output);
             }
-            if let Some(n) = notify.filter(|n| n.enabled() && !dry_run)
-                && let Some(event) = n.pick(&notify::once(&report))
-            {
-                let m = notify::message(event, &report, &n.host, &notify::Context::default());
-                // Delivered or not, the exit code is the pass's.
-                let _ = notify::send(&n, &m).await;
+            if let Some((n, state_file)) = notify.filter(|(n, _)| n.enabled() && !dry_run) {
+                // The failure streak lives in the state file: a cron job that fails every
+                // five minutes says so once, and once more when it recovers.
+                let told = match state::StateFile::load(&state_file, true) {
+                    Ok(f) => {
+                        let mut streak = notify::Streak::restore(f.state.failure_streak);
+                        let told = streak.next(&report, None);
+                        let now = streak.save();
+                        if now != f.state.failure_streak
+                            && let Err(e) =
+                                state::StateFile::update(&state_file, |s| s.failure_streak = now)
+                        {
+                            tracing::warn!(error = %e, "cannot remember the failure streak");
+                        }
+                        told
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the failure streak; notifying this run anyway");
+                        (notify::once(&report), notify::Context::default())
+                    }
+                };
+                if let Some(event) = n.pick(&told.0) {
+                    let m = notify::message(event, &report, &n.host, &told.1);
+                    // Delivered or not, the exit code is the pass's.
+                    let _ = notify::send(&n, &m).await;
+                }
             }
             report.exit_code
         }

@@ -254,13 +254,35 @@ pub struct Streak {
 }
 
 impl Streak {
+    /// A streak remembered across runs (the state file of `sync`).
+    pub fn restore(s: Option<crate::state::FailureStreak>) -> Streak {
+        match s {
+            Some(s) if s.failures > 0 => Streak {
+                failures: s.failures,
+                since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s.since)),
+            },
+            _ => Streak::default(),
+        }
+    }
+
+    /// What to remember of it.
+    pub fn save(&self) -> Option<crate::state::FailureStreak> {
+        (self.failures > 0).then(|| crate::state::FailureStreak {
+            failures: self.failures,
+            since: self
+                .since
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs()),
+        })
+    }
+
     /// Account for one pass; returns the candidate events and the context of the message.
-    pub fn next(&mut self, r: &Report, pass: u64) -> (Vec<Event>, Context) {
+    pub fn next(&mut self, r: &Report, pass: Option<u64>) -> (Vec<Event>, Context) {
         let failed = r.status == Status::Failed;
         let start = failed && self.failures == 0;
         let ended = !failed && self.failures > 0;
         let ctx = Context {
-            pass: Some(pass),
+            pass,
             failures: if failed {
                 self.failures + 1
             } else {
@@ -712,7 +734,9 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let (c, ctx) = k.next(&report(st), i as u64);
+            let (c, ctx) = k.next(&report(st), Some(i as u64));
+            // As `sync` remembers it between runs.
+            k = Streak::restore(k.save());
             if let Some(e) = s.pick(&c) {
                 sent.push((e, ctx.failures));
             }

@@ -179,7 +179,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
             sync::print(&report, Output::Json);
         }
         telemetry.record(&report, elapsed);
-        let (events, ctx) = streak.next(&report, pass_id);
+        let (events, ctx) = streak.next(&report, Some(pass_id));
         let notify = &cfg.sync.notify;
         if notify.enabled()
             && !cfg.sync.dry_run

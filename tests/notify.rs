@@ -243,6 +243,33 @@ fn a_failure_is_notified_with_the_stage_and_the_fix() {
 }
 
 #[test]
+fn failing_sync_runs_notify_once_per_streak_across_runs() {
+    let h = hooks();
+    let (cf, mut sb) = cf_sandbox();
+    sb.var(
+        "AUDSYNC_NOTIFY",
+        &format!("http://127.0.0.1:{}/hook/{JSON_SECRET}", h.port()),
+    );
+    // cron: the token was revoked, three runs fail, then it is fixed.
+    cf.with(|s| s.token = Some("some-other-token".into()));
+    for _ in 0..3 {
+        assert_eq!(sync(&sb, &[]).code, 1);
+    }
+    cf.with(|s| s.token = Some(TOKEN.into()));
+    assert_eq!(sync(&sb, &[]).code, 0);
+    assert_eq!(sync(&sb, &[]).code, 0);
+    assert_eq!(h.events(), vec!["failed", "recovered"], "{:#?}", h.got());
+    let rec = h.at("/hook")[1].json();
+    assert_eq!(rec["data"]["failures"], 3, "{rec}");
+    let text = rec["message"].as_str().unwrap();
+    assert!(text.contains("recovered after 3 failed pass(es)"), "{text}");
+    assert!(
+        text.contains("old → "),
+        "the change it made is in it: {text}"
+    );
+}
+
+#[test]
 fn notify_on_filters_the_events() {
     let h = hooks();
     let (_cf, mut sb) = cf_sandbox();
