@@ -463,6 +463,31 @@ pub struct SyncArgs {
     /// current (one extra API request per pass).
     #[arg(long, env = "CLOUDFLARE_TUNNEL_ID", value_name = "UUID")]
     pub tunnel_id: Option<String>,
+    /// Send a notification on a change, a failure, a rollback or a recovery to URL (repeatable
+    /// or comma-separated): https://… (JSON POST), ntfy+https://host/topic,
+    /// slack+https://hooks.slack.com/…, discord+https://discord.com/api/webhooks/…; each also
+    /// http:// to a loopback address. These URLs carry tokens: prefer AUDSYNC_NOTIFY (or
+    /// `notify = [...]` in a private config file) to the command line.
+    #[arg(
+        long = "notify",
+        env = "AUDSYNC_NOTIFY",
+        value_name = "URL",
+        value_delimiter = ',',
+        hide_env_values = true,
+        help_heading = "Notifications"
+    )]
+    pub notify: Vec<String>,
+    /// Which events to notify (comma-separated): changed, failed, rolled_back, recovered.
+    #[arg(
+        long,
+        env = "AUDSYNC_NOTIFY_ON",
+        value_enum,
+        value_name = "EVENTS",
+        value_delimiter = ',',
+        default_value = "changed,failed,rolled_back,recovered",
+        help_heading = "Notifications"
+    )]
+    pub notify_on: Vec<crate::notify::Event>,
     #[command(flatten)]
     pub source: SourceArgs,
 }

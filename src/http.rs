@@ -207,6 +207,8 @@ pub async fn send(
         if retryable && attempt < policy.attempts {
             let wait = retry_wait(policy, response.headers(), attempt);
             tracing::warn!(%method, path, status = status.as_u16(), attempt, ?wait, "{service} answered with a retryable status; waiting");
+            let _progress =
+                crate::progress::wait(format!("{service} (it asked to retry later)"), wait);
             tokio::time::sleep(wait).await;
             continue;
         }

@@ -15,6 +15,8 @@ pub mod fsx;
 pub mod http;
 pub mod infisical;
 pub mod lock;
+pub mod notify;
+pub mod progress;
 pub mod reconcile;
 pub mod secret;
 pub mod setup;
@@ -60,7 +62,7 @@ pub fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(progress::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -77,17 +79,28 @@ pub async fn run(parsed: Parsed) -> u8 {
 
 async fn run_command(parsed: Parsed) -> u8 {
     let quiet = parsed.cli.global.quiet;
+    let output = match &parsed.cli.command {
+        Command::Sync(a) => Some(a.output),
+        Command::Watch(a) => Some(a.sync.output),
+        Command::Setup(a) => Some(a.sync.output),
+        _ => None,
+    };
+    progress::init(output == Some(Output::Text), quiet > 0);
     let env = parsed.env.clone();
     match &parsed.cli.command {
         Command::Sync(args) => {
             let output = args.output;
             let dry_run = args.dry_run;
-            let report = match sync_config(args, &parsed).await {
-                Ok(cfg) => match sync::run_pass(&cfg).await {
-                    Ok(r) => r,
-                    Err(e) => sync::Report::from_error(&e, dry_run),
+            let (report, notify) = match sync_config(args, &parsed).await {
+                Ok(cfg) => match sync::run_pass_staged(&cfg).await {
+                    Ok(r) => (r, Some((cfg.notify, cfg.state_file))),
+                    Err(e) => {
+                        let mut r = sync::Report::from_error(&e.error, dry_run);
+                        r.stage = Some(e.stage);
+                        (r, Some((cfg.notify, cfg.state_file)))
+                    }
                 },
-                Err(e) => sync::Report::from_error(&e, dry_run),
+                Err(e) => (sync::Report::from_error(&e, dry_run), None),
             };
             // `-q` keeps cron mail quiet: the text report is printed only when something happened.
             if !(quiet > 0 && output == Output::Text && report.status == sync::Status::InSync) {
@@ -95,6 +108,33 @@ async fn run_command(parsed: Parsed) -> u8 {
             }
             if let Some(e) = &report.error {
                 report_error(e, report.hint.as_deref(), output);
+            }
+            if let Some((n, state_file)) = notify.filter(|(n, _)| n.enabled() && !dry_run) {
+                // The failure streak lives in the state file: a cron job that fails every
+                // five minutes says so once, and once more when it recovers.
+                let told = match state::StateFile::load(&state_file, true) {
+                    Ok(f) => {
+                        let mut streak = notify::Streak::restore(f.state.failure_streak);
+                        let told = streak.next(&report, None);
+                        let now = streak.save();
+                        if now != f.state.failure_streak
+                            && let Err(e) =
+                                state::StateFile::update(&state_file, |s| s.failure_streak = now)
+                        {
+                            tracing::warn!(error = %e, "cannot remember the failure streak");
+                        }
+                        told
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the failure streak; notifying this run anyway");
+                        (notify::once(&report), notify::Context::default())
+                    }
+                };
+                if let Some(event) = n.pick(&told.0) {
+                    let m = notify::message(event, &report, &n.host, &told.1);
+                    // Delivered or not, the exit code is the pass's.
+                    let _ = notify::send(&n, &m).await;
+                }
             }
             report.exit_code
         }

@@ -22,6 +22,7 @@ pub async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, String
         .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
     let start = Instant::now();
     let mut logged = false;
+    let mut _progress = None;
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(LockGuard { _file: file }),
@@ -36,6 +37,10 @@ pub async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, String
                 if !logged {
                     tracing::info!(lock = %path.display(), "another audsync run is in progress; waiting");
                     logged = true;
+                    _progress = Some(crate::progress::wait(
+                        "the lock held by another audsync run",
+                        timeout,
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

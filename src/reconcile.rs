@@ -214,6 +214,19 @@ pub struct TargetStep {
     pub waiting: Option<String>,
     /// audsync's own settings found in its environment (names only).
     pub leaked: Vec<String>,
+    /// Keys whose desired value it will still not run after this pass, and why.
+    pub keeps_old: BTreeMap<String, KeepsOld>,
+}
+
+/// Why a container keeps running an old value after a pass that wrote the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepsOld {
+    /// `--restart none`: the container is not touched.
+    RestartNone,
+    /// `--restart restart` on a container whose environment carries the key: a restart keeps
+    /// the value fixed at creation.
+    RestartKeepsEnv,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -330,6 +343,7 @@ fn target_step(
     let mut reasons: Vec<String> = Vec::new();
     let mut changes = Values::new();
     let mut blocked = None;
+    let mut keeps_old = BTreeMap::new();
     let multi = mine.len() > 1;
     for &bi in &mine {
         let b = &bindings[bi];
@@ -337,11 +351,23 @@ fn target_step(
             continue;
         };
         let mode = b.input.restart;
+        let carried = t
+            .observation
+            .as_ref()
+            .ok()
+            .and_then(|o| o.env.get(&b.input.key));
+        let differs = carried.is_some_and(|v| v != desired);
         if mode == RestartMode::None {
+            if b.changed || differs {
+                keeps_old.insert(b.input.key.clone(), KeepsOld::RestartNone);
+            }
             if !multi {
                 reasons.push("--restart none".into());
             }
             continue;
+        }
+        if mode == RestartMode::Restart && differs {
+            keeps_old.insert(b.input.key.clone(), KeepsOld::RestartKeepsEnv);
         }
         changes.insert(b.input.key.clone(), desired.clone());
         let key = &b.input.key;
@@ -396,6 +422,7 @@ fn target_step(
         blocked,
         waiting,
         leaked,
+        keeps_old,
     }
 }
 
@@ -531,6 +558,10 @@ pub struct TargetReport {
     pub bindings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ActionError>,
+    /// Keys whose new value it still does not run after this pass (`--restart none`, or a
+    /// restart of a container whose environment carries the key), and why.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub keeps_old: BTreeMap<String, KeepsOld>,
 }
 
 /// The outcome of a pass.
@@ -593,6 +624,7 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             result,
             bindings: ids(t),
             error: error.or_else(|| t.blocked.clone()),
+            keeps_old: t.keeps_old.clone(),
         };
     if dry_run {
         out.targets = plan

@@ -271,13 +271,21 @@ impl SetupReport {
             self.hint = s.hint.clone();
             return;
         }
-        let sync_work = self
+        let sync_work = self.sync.as_ref().is_some_and(|s| {
+            matches!(
+                s.status,
+                Status::Changed | Status::Written | Status::Pending
+            )
+        });
+        let written = self
             .sync
             .as_ref()
-            .is_some_and(|s| matches!(s.status, Status::Changed | Status::Pending));
+            .is_some_and(|s| s.status == Status::Written);
         if self.dry_run && (changed || sync_work) {
             self.status = Status::Pending;
             self.exit_code = exit::PENDING;
+        } else if written {
+            self.status = Status::Written;
         } else if changed || sync_work {
             self.status = Status::Changed;
         }
@@ -596,6 +604,8 @@ pub fn render_text(r: &SetupReport) -> String {
         match (r.status, r.dry_run) {
             (Status::InSync, _) => "setup: nothing to do (already set up)",
             (Status::Changed, _) => "setup: done",
+            (Status::Written, _) =>
+                "setup: done; the AUD is written but not applied to the containers (see above)",
             (Status::Pending, true) =>
                 "setup dry run: the changes above would be made (nothing was changed)",
             (Status::Pending, false) => "setup: done; a sink write waits for approval",

@@ -47,6 +47,18 @@ pub struct State {
     /// [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infisical_login_refused: Option<LoginRefusal>,
+    /// The failed `sync` runs in a row, for notifications (one `failed` when a streak starts,
+    /// one `recovered` when it ends). Written only through [`StateFile::update`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_streak: Option<FailureStreak>,
+}
+
+/// A run of failed `sync` runs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct FailureStreak {
+    pub failures: u32,
+    /// Unix seconds of the first failure.
+    pub since: u64,
 }
 
 impl State {
@@ -181,9 +193,11 @@ impl StateFile {
             return Ok(());
         }
         let mut state = self.state.clone();
-        state.infisical_login_refused = StateFile::load(&self.path, true)
-            .ok()
-            .and_then(|f| f.state.infisical_login_refused);
+        let on_disk = StateFile::load(&self.path, true).ok().map(|f| f.state);
+        state.infisical_login_refused = on_disk
+            .as_ref()
+            .and_then(|s| s.infisical_login_refused.clone());
+        state.failure_streak = on_disk.and_then(|s| s.failure_streak);
         write(&self.path, &state)
     }
 

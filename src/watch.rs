@@ -9,6 +9,7 @@
 //! logs a secret: configuration is logged only through types that redact them.
 
 pub mod http;
+pub mod trigger;
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub struct WatchConfig {
     pub jitter: f64,
     pub listen: Option<std::net::SocketAddr>,
     pub unhealthy_after: Duration,
+    /// The bearer token of `POST /sync` (AUDSYNC_TRIGGER_TOKEN[_FILE]); `None`: route off.
+    pub trigger_token: Option<crate::secret::Secret>,
 }
 
 impl WatchConfig {
@@ -76,8 +79,10 @@ impl WatchConfig {
                 "--interval / AUDSYNC_INTERVAL must be longer than 0 (e.g. 30s, 5m)",
             ));
         }
+        let trigger_token = config::trigger_token(&p.env)?;
         let sync = crate::sync_config(&a.sync, p).await?;
         Ok(WatchConfig {
+            trigger_token,
             sync,
             interval: a.interval,
             jitter: a.jitter,
@@ -138,6 +143,12 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
     };
     let telemetry = Arc::new(http::Telemetry::new(cfg.unhealthy_after));
     telemetry.set_stuck_after(stuck_after(&cfg));
+    telemetry.trigger.set_token(cfg.trigger_token.clone());
+    if cfg.trigger_token.is_some() && cfg.listen.is_none() {
+        tracing::warn!(
+            "AUDSYNC_TRIGGER_TOKEN is set but --listen / AUDSYNC_LISTEN is not: POST /sync is not served"
+        );
+    }
     if let Some(addr) = cfg.listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
@@ -170,10 +181,11 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
     );
 
     let mut failures: u32 = 0;
-    let mut pass_id: u64 = 0;
     let mut credential_checked: Option<Instant> = None;
+    let mut streak = crate::notify::Streak::default();
+    let mut sending = tokio::task::JoinSet::new();
     loop {
-        pass_id += 1;
+        let pass_id = telemetry.trigger.begin();
         let span = tracing::info_span!("pass", id = pass_id);
         let started = Instant::now();
         let pass = sync::run_pass_staged(&cfg.sync).instrument(span.clone());
@@ -182,6 +194,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
                 pass = pass_id,
                 "second SIGINT: stopping now; the pass in flight was cut short (the next run finishes it)"
             );
+            flush_notifications(&mut sending).await;
             return exit::INTERRUPTED;
         };
         let report = match result {
@@ -198,6 +211,24 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
             sync::print(&report, Output::Json);
         }
         telemetry.record(&report, elapsed);
+        let (events, ctx) = streak.next(&report, Some(pass_id));
+        let notify = &cfg.sync.notify;
+        if notify.enabled()
+            && !cfg.sync.dry_run
+            && let Some(event) = notify.pick(&events)
+        {
+            let m = crate::notify::message(event, &report, &notify.host, &ctx);
+            let (n, t) = (notify.clone(), telemetry.clone());
+            sending.spawn(
+                async move {
+                    for d in crate::notify::send(&n, &m).await {
+                        t.notified(d.error.is_none());
+                    }
+                }
+                .instrument(span.clone()),
+            );
+        }
+        while sending.try_join_next().is_some() {}
         failures = if report.status == Status::Failed {
             failures.saturating_add(1)
         } else {
@@ -206,6 +237,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
 
         if signals.stop {
             tracing::info!("stopped after the pass in flight");
+            flush_notifications(&mut sending).await;
             return exit::OK;
         }
         // Once a day: does the Cloudflare token expire soon?
@@ -227,14 +259,27 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
         } else {
             tracing::debug!(next_in = %humantime::format_duration(round_ms(wait)), "waiting");
         }
-        match signals.sleep(wait).await {
+        match signals.sleep(wait, &telemetry.trigger).await {
             Wake::Elapsed => {}
+            Wake::Triggered => tracing::info!("POST /sync: running a pass now"),
             Wake::Stop => {
                 tracing::info!("stopped");
+                flush_notifications(&mut sending).await;
                 return exit::OK;
             }
             Wake::Reload => reload(&argv, &vars, &mut cfg, &telemetry).await,
         }
+    }
+}
+
+/// Give notifications still in flight a moment to go out before the process ends.
+async fn flush_notifications(sending: &mut tokio::task::JoinSet<()>) {
+    let all = async { while sending.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(15), all)
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopping with notifications still undelivered");
     }
 }
 
@@ -299,6 +344,7 @@ async fn reload(
                 ..new
             };
             telemetry.set_unhealthy_after(cfg.unhealthy_after);
+            telemetry.trigger.set_token(cfg.trigger_token.clone());
             telemetry.set_stuck_after(stuck_after(cfg));
             telemetry.reloaded(true);
             tracing::info!(
@@ -337,6 +383,8 @@ struct Signals {
 
 enum Wake {
     Elapsed,
+    /// `POST /sync` asked for a pass.
+    Triggered,
     Stop,
     Reload,
 }
@@ -377,15 +425,23 @@ impl Signals {
         }
     }
 
-    /// Wait between passes; a stop or reload signal ends the wait early.
-    async fn sleep(&mut self, d: Duration) -> Wake {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => Wake::Elapsed,
-            _ = self.term.recv() => Wake::Stop,
-            _ = self.int.recv() => Wake::Stop,
-            _ = self.hup.recv() => {
-                tracing::info!("SIGHUP: reloading the configuration");
-                Wake::Reload
+    /// Wait between passes; a stop or reload signal, or a trigger, ends the wait early.
+    async fn sleep(&mut self, d: Duration, trigger: &trigger::Trigger) -> Wake {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            if trigger.pending() {
+                return Wake::Triggered;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return Wake::Elapsed,
+                _ = self.term.recv() => return Wake::Stop,
+                _ = self.int.recv() => return Wake::Stop,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    return Wake::Reload;
+                }
+                // A wake-up left from a trigger already served is checked again above.
+                _ = trigger.woken() => {}
             }
         }
     }

@@ -41,7 +41,11 @@ fn happy_path_writes_the_new_aud_and_nothing_else() {
             &format!("CLOUDFLARE_AUD_TAG={}", aud(2))
         )
     );
-    assert!(r.stdout.contains("changed"), "{r:?}");
+    // --restart none: written to the .env, not applied to the container.
+    assert!(
+        r.stdout.contains("written, not applied (--restart none)"),
+        "{r:?}"
+    );
     let reqs = cf.requests();
     assert_eq!(reqs.len(), 1, "one filtered list call: {reqs:?}");
     assert_eq!(reqs[0].path, format!("/accounts/{ACCOUNT}/access/apps"));
@@ -123,7 +127,8 @@ fn json_output_has_the_documented_fields() {
     assert_eq!(j["previous"], "old");
     assert_eq!(j["changed"], true);
     assert_eq!(j["dry_run"], false);
-    assert_eq!(j["status"], "changed");
+    // --restart none: the container still runs the old value.
+    assert_eq!(j["status"], "written");
     assert_eq!(j["app"]["id"], uuid(2));
     assert_eq!(j["sinks"][0]["kind"], "env");
     assert_eq!(j["sinks"][0]["result"], "written");
@@ -647,7 +652,7 @@ fn quiet_in_sync_run_prints_nothing_but_a_change_is_reported() {
     let r = sync(&sb, &["-q"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
-        r.stdout.contains("changed"),
+        r.stdout.contains("written, not applied"),
         "a change is always reported: {r:?}"
     );
     let r = sync(&sb, &["-q"]);

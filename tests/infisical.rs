@@ -107,7 +107,10 @@ fn infisical_writes_with_universal_auth_and_sends_the_documented_shape() {
     );
 
     let j = r.json();
-    assert_eq!(j["status"], "changed");
+    assert_eq!(
+        j["status"], "written",
+        "--restart none: written, not applied"
+    );
     let s = &j["sinks"][0];
     assert_eq!(s["kind"], "infisical");
     assert_eq!(s["target"], format!("{PROJECT}/dev/"));

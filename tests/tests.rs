@@ -11,5 +11,6 @@ mod docker_restart;
 mod envfile_prop;
 mod infisical;
 mod infisical_passes;
+mod notify;
 mod setup_verify;
 mod watch;

@@ -14,10 +14,10 @@ use serde_json::Value;
 use crate::support::cloudflare::{FakeCloudflare, Fault, TOKEN, app, aud};
 use crate::support::{Sandbox, run};
 
-const HOST: &str = "api.example.com";
+pub(crate) const HOST: &str = "api.example.com";
 const WEB: &str = "web.example.com";
 
-fn setup(env: &str) -> (FakeCloudflare, Sandbox) {
+pub(crate) fn setup(env: &str) -> (FakeCloudflare, Sandbox) {
     let cf = FakeCloudflare::start(vec![app(1, WEB, &aud(1)), app(2, HOST, &aud(2))]);
     let sb = Sandbox::with_cloudflare(&cf);
     sb.write_env(env);
@@ -25,7 +25,7 @@ fn setup(env: &str) -> (FakeCloudflare, Sandbox) {
 }
 
 /// A running `audsync watch`; its stdout and stderr are collected line by line. Killed on drop.
-struct Watcher {
+pub(crate) struct Watcher {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<String>>>,
@@ -44,7 +44,7 @@ fn collect(r: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
 }
 
 impl Watcher {
-    fn start(sb: &Sandbox, args: &[&str]) -> Watcher {
+    pub(crate) fn start(sb: &Sandbox, args: &[&str]) -> Watcher {
         let mut c = Command::new(assert_cmd::cargo::cargo_bin("audsync"));
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -66,7 +66,7 @@ impl Watcher {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args(["-s", sig, &self.child.id().to_string()])
             .status()
@@ -75,16 +75,16 @@ impl Watcher {
         assert!(ok, "kill -s {sig} failed");
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
 
-    fn stdout_lines(&self) -> Vec<String> {
+    pub(crate) fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().unwrap().clone()
     }
 
     /// The JSON log lines (with --log-format json).
-    fn json_logs(&self) -> Vec<Value> {
+    pub(crate) fn json_logs(&self) -> Vec<Value> {
         self.stderr
             .lock()
             .unwrap()
@@ -93,7 +93,7 @@ impl Watcher {
             .collect()
     }
 
-    fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         if self.status.is_none() {
             self.status = self.child.try_wait().unwrap();
         }
@@ -101,7 +101,7 @@ impl Watcher {
     }
 
     /// Wait for the process to end; panics after `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> i32 {
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> i32 {
         let ok = wait_until(limit, || !self.running());
         assert!(ok, "watch did not exit within {limit:?}\n{}", self.stderr());
         // Let the reader threads drain the pipes.
@@ -112,7 +112,12 @@ impl Watcher {
     }
 
     /// Wait until `cond` holds, failing the test with the log when it never does.
-    fn expect(&mut self, what: &str, limit: Duration, mut cond: impl FnMut(&Watcher) -> bool) {
+    pub(crate) fn expect(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut cond: impl FnMut(&Watcher) -> bool,
+    ) {
         let start = Instant::now();
         loop {
             if cond(self) {
@@ -143,7 +148,7 @@ impl Drop for Watcher {
     }
 }
 
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         if cond() {
@@ -154,7 +159,7 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-const LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const LIMIT: Duration = Duration::from_secs(30);
 
 fn fast(extra: &[&'static str]) -> Vec<&'static str> {
     let mut v = vec!["--restart", "none", "--interval", "200ms", "--jitter", "0"];
@@ -162,13 +167,13 @@ fn fast(extra: &[&'static str]) -> Vec<&'static str> {
     v
 }
 
-fn holds(sb: &Sandbox, value: &str) -> bool {
+pub(crate) fn holds(sb: &Sandbox, value: &str) -> bool {
     std::fs::read_to_string(sb.env_path())
         .unwrap_or_default()
         .contains(&format!("CLOUDFLARE_AUD_TAG={value}\n"))
 }
 
-fn message(l: &Value) -> &str {
+pub(crate) fn message(l: &Value) -> &str {
     l["fields"]["message"].as_str().unwrap_or("")
 }
 
@@ -231,7 +236,7 @@ fn rotated_aud_is_picked_up_on_the_next_tick_and_applied_once() {
     );
     assert_eq!(
         done.iter()
-            .filter(|l| l["fields"]["status"] == "changed")
+            .filter(|l| l["fields"]["status"] == "written")
             .count(),
         2
     );
@@ -243,7 +248,7 @@ fn rotated_aud_is_picked_up_on_the_next_tick_and_applied_once() {
         .collect();
     assert_eq!(reports.len(), done.len());
     assert_eq!(
-        reports.iter().filter(|r| r["status"] == "changed").count(),
+        reports.iter().filter(|r| r["status"] == "written").count(),
         2
     );
 }
@@ -502,7 +507,7 @@ fn secrets_never_reach_the_logs_at_any_verbosity() {
 // ---- /healthz and /metrics over real HTTP ----
 
 /// GET over a raw HTTP/1.1 connection: (status, content type, body).
-fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -769,7 +774,7 @@ fn healthz_and_metrics_are_served_and_counters_move() {
     );
     let m = scrape(&addr);
     assert_eq!(
-        value(&m, "audsync_passes_total", &[("status", "changed")]),
+        value(&m, "audsync_passes_total", &[("status", "written")]),
         0.0
     );
     assert_eq!(
@@ -803,7 +808,7 @@ fn healthz_and_metrics_are_served_and_counters_move() {
         .map(|s| s.value)
         .sum();
     assert_eq!(
-        value(&m, "audsync_passes_total", &[("status", "changed")]),
+        value(&m, "audsync_passes_total", &[("status", "written")]),
         1.0
     );
     assert_eq!(value(&m, "audsync_aud_changes_total", &[]), 1.0);
@@ -1042,7 +1047,7 @@ fn restarts_are_counted_in_the_metrics() {
 
 /// Start a watcher serving /healthz and /metrics on a free port (JSON logs); returns it with
 /// the address it serves on.
-fn start_listening(sb: &Sandbox, args: &[&str]) -> (Watcher, String) {
+pub(crate) fn start_listening(sb: &Sandbox, args: &[&str]) -> (Watcher, String) {
     let mut all = args.to_vec();
     all.extend_from_slice(&["--listen", "127.0.0.1:0", "--log-format", "json"]);
     let mut w = Watcher::start(sb, &all);
@@ -1059,7 +1064,7 @@ fn start_listening(sb: &Sandbox, args: &[&str]) -> (Watcher, String) {
     (w, addr)
 }
 
-fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(&scrape(addr), name, labels)
 }
 
@@ -1123,7 +1128,7 @@ fn a_sink_failure_is_counted_at_the_sink_stage_and_survived() {
         holds(&sb, &aud(2))
     });
     w.expect("the change counted", LIMIT, |_| {
-        metric(&addr, "audsync_passes_total", &[("status", "changed")]) == 1.0
+        metric(&addr, "audsync_passes_total", &[("status", "written")]) == 1.0
     });
     assert_eq!(metric(&addr, "audsync_consecutive_failures", &[]), 0.0);
     assert_eq!(health(&addr).0, 200);
@@ -1215,7 +1220,7 @@ fn a_held_lock_fails_the_pass_at_the_lock_stage_until_it_is_released() {
         |_| holds(&sb, &aud(2)),
     );
     w.expect("the change counted", LIMIT, |_| {
-        metric(&addr, "audsync_passes_total", &[("status", "changed")]) == 1.0
+        metric(&addr, "audsync_passes_total", &[("status", "written")]) == 1.0
     });
     assert_eq!(metric(&addr, "audsync_consecutive_failures", &[]), 0.0);
     let (code, h) = health(&addr);

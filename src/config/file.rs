@@ -101,6 +101,13 @@ pub const SETTINGS: &[(&str, &str, Kind)] = &[
     ("jitter", "AUDSYNC_JITTER", Kind::Plain),
     ("listen", "AUDSYNC_LISTEN", Kind::Plain),
     ("unhealthy_after", "AUDSYNC_UNHEALTHY_AFTER", Kind::Plain),
+    ("notify_on", "AUDSYNC_NOTIFY_ON", Kind::Plain),
+    ("trigger_token", "AUDSYNC_TRIGGER_TOKEN", Kind::Secret),
+    (
+        "trigger_token_file",
+        "AUDSYNC_TRIGGER_TOKEN_FILE",
+        Kind::Path,
+    ),
 ];
 
 /// The keys a `[[binding]]` may carry.
@@ -167,6 +174,8 @@ pub struct FileConfig {
     /// Settings by variable name (a layer of [`super::Env`]).
     pub settings: BTreeMap<String, At<String>>,
     pub bindings: Vec<FileBinding>,
+    /// `notify = [...]`: notification URLs (secrets: they carry tokens).
+    pub notify: Vec<At<String>>,
 }
 
 impl FileConfig {
@@ -288,6 +297,29 @@ pub fn parse(
                     }
                 }
             }
+            ("notify", DeValue::Array(items)) => {
+                if let Err(why) = &private {
+                    problems.push(format!(
+                        "{shown}:{line}: `notify` URLs carry tokens, but {why}; make the file private, or set AUDSYNC_NOTIFY in the environment"
+                    ));
+                    continue;
+                }
+                for item in items.iter() {
+                    match item.get_ref() {
+                        DeValue::String(s) => cfg.notify.push(At {
+                            value: s.to_string(),
+                            line: at(&item.span()),
+                        }),
+                        _ => problems.push(format!(
+                            "{shown}:{}: each `notify` entry must be a URL string",
+                            at(&item.span())
+                        )),
+                    }
+                }
+            }
+            ("notify", _) => problems.push(format!(
+                "{shown}:{line}: `notify` must be a list of URLs (notify = [\"ntfy+https://ntfy.sh/topic\"])"
+            )),
             ("binding", _) => problems.push(format!(
                 "{shown}:{line}: `binding` must be an array of tables ([[binding]])"
             )),

@@ -231,6 +231,7 @@ pub fn own_variables() -> std::collections::BTreeSet<String> {
         "INFISICAL_CLIENT_ID",
         "INFISICAL_CLIENT_SECRET",
         "INFISICAL_TOKEN",
+        "AUDSYNC_TRIGGER_TOKEN",
     ]
     .iter()
     .flat_map(|n| [n.to_string(), format!("{n}_FILE")])
@@ -244,6 +245,31 @@ pub fn own_variables() -> std::collections::BTreeSet<String> {
         }
     }
     names
+}
+
+/// This machine's host name, for notifications (`uname -n`).
+pub fn host_name() -> String {
+    let n = rustix::system::uname();
+    let name = n.nodename().to_string_lossy().trim().to_string();
+    if name.is_empty() {
+        "unknown-host".into()
+    } else {
+        name
+    }
+}
+
+/// The bearer token `POST /sync` requires (AUDSYNC_TRIGGER_TOKEN or
+/// AUDSYNC_TRIGGER_TOKEN_FILE); `None`: the route is off.
+pub fn trigger_token(env: &Env) -> Result<Option<crate::secret::Secret>, Error> {
+    let Some(t) = env.secret("AUDSYNC_TRIGGER_TOKEN")? else {
+        return Ok(None);
+    };
+    if t.expose().trim().chars().count() < 16 {
+        return Err(Error::usage(
+            "AUDSYNC_TRIGGER_TOKEN is shorter than 16 characters; make a long random one, e.g. `openssl rand -hex 32`",
+        ));
+    }
+    Ok(Some(crate::secret::Secret::new(t.expose().trim())))
 }
 
 /// The subcommand of a parsed command line.

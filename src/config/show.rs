@@ -51,6 +51,23 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
         };
         let _ = writeln!(out, "{origin}\t{key} = {shown}");
     }
+    if cfg.notify.enabled() {
+        // The URLs carry tokens: kind, scheme and host only.
+        let origin = match (p.origins.get("notify"), &p.file) {
+            (Some(o), _) if *o != Origin::Default => o.to_string(),
+            (_, Some(f)) => {
+                Origin::File(f.path.clone(), f.notify.first().map_or(0, |n| n.line)).to_string()
+            }
+            _ => Origin::Default.to_string(),
+        };
+        let shown: Vec<String> = cfg
+            .notify
+            .endpoints
+            .iter()
+            .map(|e| format!("{:?}", format!("{e} [redacted]")))
+            .collect();
+        let _ = writeln!(out, "{origin}\tnotify = [{}]", shown.join(", "));
+    }
     for (i, b) in cfg.bindings.iter().enumerate() {
         let fb = p
             .file

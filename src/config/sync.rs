@@ -75,6 +75,8 @@ pub struct SyncConfig {
     /// The Access team (CLOUDFLARE_TEAM_NAME / CLOUDFLARE_AUTH_DOMAIN), for a tunnel rule that
     /// requires Access without naming its `teamName`.
     pub team: Option<crate::cloudflare::edge::Team>,
+    /// Where notifications go (`--notify`, `notify = [...]`), and which.
+    pub notify: crate::notify::Settings,
 }
 
 impl SyncConfig {
@@ -133,6 +135,7 @@ impl SyncConfig {
             s.state_file = Some(state_file.clone());
             s
         });
+        let notify = notify_settings(a, file, &mut problems);
         if !problems.is_empty() {
             return Err(Error::usage(match file {
                 Some(f) if problems.len() > 1 || from_file.is_some() => format!(
@@ -162,7 +165,56 @@ impl SyncConfig {
                 a.access.team_name.as_deref(),
                 a.access.auth_domain.as_deref(),
             ),
+            notify,
         })
+    }
+}
+
+/// `--notify` / AUDSYNC_NOTIFY (any layer but the config file), else the file's `notify`
+/// list; each URL checked. Problems never repeat a URL (they carry tokens).
+fn notify_settings(
+    a: &SyncArgs,
+    file: Option<&FileConfig>,
+    problems: &mut Vec<String>,
+) -> crate::notify::Settings {
+    let mut endpoints = Vec::new();
+    let given: Vec<(String, String)> = if a.notify.iter().any(|u| !u.trim().is_empty()) {
+        a.notify
+            .iter()
+            .filter(|u| !u.trim().is_empty())
+            .enumerate()
+            .map(|(i, u)| {
+                (
+                    format!("--notify / AUDSYNC_NOTIFY entry {}", i + 1),
+                    u.clone(),
+                )
+            })
+            .collect()
+    } else {
+        file.map(|f| {
+            f.notify
+                .iter()
+                .map(|u| {
+                    (
+                        format!("{}:{}: notify", f.path.display(), u.line),
+                        u.value.clone(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    for (what, url) in given {
+        match crate::notify::Endpoint::parse(&url) {
+            Ok(e) => endpoints.push(e),
+            Err(e) => problems.push(format!("{what}: {e}")),
+        }
+    }
+    crate::notify::Settings {
+        endpoints,
+        on: a.notify_on.iter().copied().collect(),
+        host: super::host_name(),
+        ..Default::default()
     }
 }
 

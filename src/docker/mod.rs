@@ -242,6 +242,7 @@ impl Target for Container {
         // Honour the container's own stop timeout; the engine uses its stop signal.
         let t = stop_timeout(&info);
         tracing::info!(container = %self.name, "restarting");
+        let _progress = recover::stop_progress(&self.name, t);
         recover::for_stop(&self.engine.docker, t)
             .restart_container(
                 &self.name,

@@ -107,6 +107,15 @@ pub(super) fn for_stop(docker: &Docker, t: Option<i32>) -> Docker {
         .with_timeout(stop_call_timeout(t.map(i64::from)))
 }
 
+/// What a stop or restart call of `name` with stop timeout `t` shows while it waits.
+pub(super) fn stop_progress(name: &str, t: Option<i32>) -> crate::progress::Wait {
+    let secs = match t {
+        Some(t) if t >= 0 => t as u64,
+        _ => ENGINE_STOP_TIMEOUT,
+    };
+    crate::progress::wait(format!("{name} to stop"), Duration::from_secs(secs))
+}
+
 /// Wait (up to `bound`) until container `id` is not running; returns whether it still runs.
 /// A stop call that failed may have left the engine stopping it still.
 pub(super) async fn wait_not_running(docker: &Docker, id: &str, bound: Duration) -> bool {
@@ -194,6 +203,7 @@ pub(super) async fn wait_good(
     match health {
         Some(h) => {
             let bound = opts.health_timeout.unwrap_or_else(|| health_bound(&h));
+            let _progress = crate::progress::wait("the new container to become healthy", bound);
             loop {
                 let info = inspect(docker, id).await?;
                 check_alive(&info, &started_at, restarts)?;
@@ -222,14 +232,17 @@ pub(super) async fn wait_good(
                 tokio::time::sleep(POLL).await;
             }
         }
-        None => loop {
-            let info = inspect(docker, id).await?;
-            check_alive(&info, &started_at, restarts)?;
-            if begin.elapsed() >= opts.settle {
-                return Ok(());
+        None => {
+            let _progress = crate::progress::wait("the new container to settle", opts.settle);
+            loop {
+                let info = inspect(docker, id).await?;
+                check_alive(&info, &started_at, restarts)?;
+                if begin.elapsed() >= opts.settle {
+                    return Ok(());
+                }
+                tokio::time::sleep(POLL.min(opts.settle)).await;
             }
-            tokio::time::sleep(POLL.min(opts.settle)).await;
-        },
+        }
     }
 }
 

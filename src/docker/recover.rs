@@ -24,7 +24,7 @@ use super::{Container, container_error};
 use crate::reconcile::ActionError;
 
 // `docker/mod.rs` names these through this module.
-pub(super) use super::ops::{base_name, for_stop};
+pub(super) use super::ops::{base_name, for_stop, stop_progress};
 
 /// One container left by a recreate.
 #[derive(Debug, Clone)]

@@ -117,7 +117,8 @@ pub(super) async fn recreate(
 
     if was_running {
         tracing::info!(container = %name, "stopping the old container");
-        if let Err(e) = ops::for_stop(docker, stop_t)
+        let progress = ops::stop_progress(&name, stop_t);
+        let stopped = ops::for_stop(docker, stop_t)
             .stop_container(
                 &old_id,
                 Some(StopContainerOptions {
@@ -125,8 +126,9 @@ pub(super) async fn recreate(
                     t: stop_t,
                 }),
             )
-            .await
-        {
+            .await;
+        drop(progress);
+        if let Err(e) = stopped {
             return Err(rb
                 .undo(format!("could not stop the old container: {e}"))
                 .await);

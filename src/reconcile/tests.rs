@@ -208,6 +208,39 @@ fn restart_mode_warns_when_env_is_baked_in() {
         "{}",
         p.targets[0].reason
     );
+    assert_eq!(
+        p.targets[0].keeps_old.get(K),
+        Some(&KeepsOld::RestartKeepsEnv),
+        "a restart keeps the baked-in value"
+    );
+}
+
+#[test]
+fn keeps_old_says_which_containers_miss_the_new_value() {
+    // --restart none on a changed value: the container still runs the old one.
+    let p = plan(
+        one(1, 1, RestartMode::None),
+        vec![sink(true)],
+        vec![tgt(None)],
+        &BTreeSet::new(),
+    );
+    assert_eq!(p.targets[0].keeps_old.get(K), Some(&KeepsOld::RestartNone));
+    // A restart of a container that reads the value at start-up applies it.
+    let p = plan(
+        one(1, 1, RestartMode::Restart),
+        vec![sink(true)],
+        vec![tgt(None)],
+        &BTreeSet::new(),
+    );
+    assert!(p.targets[0].keeps_old.is_empty());
+    // So does a recreate of one that carries it.
+    let p = plan(
+        one(1, 1, RestartMode::Auto),
+        vec![sink(true)],
+        vec![tgt(Some("old"))],
+        &BTreeSet::new(),
+    );
+    assert!(p.targets[0].keeps_old.is_empty());
 }
 
 // --- apply, with in-memory sinks and targets ---

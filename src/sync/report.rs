@@ -11,7 +11,9 @@ use serde::Serialize;
 use crate::config::SyncConfig;
 use crate::error::Error;
 use crate::exit;
-use crate::reconcile::{self, Outcome, Plan, SinkResult, TargetReport, TargetResult, WriteAction};
+use crate::reconcile::{
+    self, KeepsOld, Outcome, Plan, SinkResult, TargetReport, TargetResult, WriteAction,
+};
 use crate::source::{AppSummary, Found};
 
 use super::tunnel::{TunnelReport, TunnelResult};
@@ -28,15 +30,20 @@ pub enum Output {
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     InSync,
+    /// Every target runs the new value (or a drift was repaired).
     Changed,
+    /// The new value was written to the sinks, but some target still runs the old one
+    /// (`--restart none`, or a restart of a container whose environment carries the key).
+    Written,
     Pending,
     Failed,
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 5] = [
         Status::InSync,
         Status::Changed,
+        Status::Written,
         Status::Pending,
         Status::Failed,
     ];
@@ -45,6 +52,7 @@ impl Status {
         match self {
             Status::InSync => "in_sync",
             Status::Changed => "changed",
+            Status::Written => "written",
             Status::Pending => "pending",
             Status::Failed => "failed",
         }
@@ -299,10 +307,13 @@ pub fn build(
             || tunnel.as_ref().is_some_and(|t| {
                 matches!(t.result, TunnelResult::WouldUpdate | TunnelResult::Updated)
             });
+        let stale = my_targets.iter().any(|t| t.keeps_old.contains_key(&b.key));
         let status = if !errors.is_empty() {
             Status::Failed
         } else if pending || (cfg.dry_run && work) {
             Status::Pending
+        } else if wrote && stale {
+            Status::Written
         } else if wrote
             || acted
             || tunnel
@@ -347,6 +358,8 @@ pub fn build(
         Status::Failed
     } else if bindings.iter().any(|b| b.status == Status::Pending) {
         Status::Pending
+    } else if bindings.iter().any(|b| b.status == Status::Written) {
+        Status::Written
     } else if bindings.iter().any(|b| b.status == Status::Changed) {
         Status::Changed
     } else {
@@ -373,6 +386,7 @@ pub fn build(
         .iter()
         .find_map(|b| b.stage)
         .or((status == Status::Failed).then_some(Stage::Target));
+    let warnings = keeps_old_warnings(&o.targets);
     let single = cfg.flag_binding.then(|| {
         let b = &bindings[0];
         Single {
@@ -394,11 +408,65 @@ pub fn build(
         bindings,
         targets: o.targets,
         recovered: vec![],
-        warnings: vec![],
+        warnings,
         error,
         hint,
         stage,
         single,
+    }
+}
+
+/// A warning for each container that a restart leaves on the old value.
+fn keeps_old_warnings(targets: &[TargetReport]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in targets {
+        for (key, why) in &t.keeps_old {
+            if *why == KeepsOld::RestartKeepsEnv {
+                out.push(format!(
+                    "container {}: its environment carries {key}, so a restart keeps the old value; use --restart recreate (or auto) to apply it",
+                    t.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The last line of the text report: what is true after the pass.
+pub fn summary(r: &Report) -> String {
+    match (r.status, r.dry_run) {
+        (Status::InSync, _) => "in sync: nothing to do".into(),
+        (Status::Changed, _) if r.wrote() => "changed: new AUD applied".into(),
+        (Status::Changed, _) => {
+            "converged: the targets now run the current AUD (drift repaired; the AUD did not change)"
+                .into()
+        }
+        (Status::Written, _) => {
+            let stale: Vec<&TargetReport> = r
+                .targets
+                .iter()
+                .filter(|t| !t.keeps_old.is_empty())
+                .collect();
+            let none = stale
+                .iter()
+                .all(|t| t.keeps_old.values().all(|w| *w == KeepsOld::RestartNone));
+            if none {
+                "written, not applied (--restart none): the containers still run the old value until they are recreated".into()
+            } else {
+                let names: Vec<&str> = stale.iter().map(|t| t.name.as_str()).collect();
+                format!(
+                    "written, not applied: {} still run(s) the old value (a restart does not reload environment variables; use --restart recreate or auto)",
+                    names.join(", ")
+                )
+            }
+        }
+        (Status::Pending, true) => {
+            "dry run: the changes above would be made (nothing was changed)".into()
+        }
+        (Status::Pending, false) => {
+            "pending: a write waits for approval; nothing was restarted".into()
+        }
+        (Status::Failed, _) => "FAILED".into(),
     }
 }
 
@@ -504,14 +572,7 @@ pub fn render_text(r: &Report) -> String {
     for w in &r.warnings {
         let _ = writeln!(s, "  warning: {w}");
     }
-    let summary = match (r.status, r.dry_run) {
-        (Status::InSync, _) => "in sync: nothing to do",
-        (Status::Changed, _) => "changed: new AUD applied",
-        (Status::Pending, true) => "dry run: the changes above would be made (nothing was changed)",
-        (Status::Pending, false) => "pending: a write waits for approval; nothing was restarted",
-        _ => "FAILED",
-    };
-    let _ = writeln!(s, "{summary}");
+    let _ = writeln!(s, "{}", summary(r));
     s
 }
 

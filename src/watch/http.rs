@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,6 +44,10 @@ pub struct Telemetry {
     last_change: FloatGauge,
     duration: Histogram,
     health: Mutex<Health>,
+    notifications: Family<Labels1, Counter>,
+    triggers: Family<Labels1, Counter>,
+    /// `POST /sync`, and the loop's pass ids.
+    pub trigger: super::trigger::Trigger,
 }
 
 struct Health {
@@ -79,7 +83,7 @@ impl Telemetry {
         let passes = Family::<Labels1, Counter>::default();
         registry.register(
             "audsync_passes",
-            "Reconcile passes run, by status (in_sync, changed, pending, failed)",
+            "Reconcile passes run, by status (in_sync, changed, written, pending, failed)",
             passes.clone(),
         );
         for status in crate::sync::Status::ALL {
@@ -150,6 +154,24 @@ impl Telemetry {
             "How long passes took, lock wait included",
             duration.clone(),
         );
+        let notifications = Family::<Labels1, Counter>::default();
+        registry.register(
+            "audsync_notifications",
+            "Notifications sent, by result (sent, failed)",
+            notifications.clone(),
+        );
+        for r in ["sent", "failed"] {
+            let _ = notifications.get_or_create(&[("result", r)]);
+        }
+        let triggers = Family::<Labels1, Counter>::default();
+        registry.register(
+            "audsync_sync_triggers",
+            "POST /sync requests, by result (accepted, unauthorized, limited)",
+            triggers.clone(),
+        );
+        for r in ["accepted", "unauthorized", "limited"] {
+            let _ = triggers.get_or_create(&[("result", r)]);
+        }
         let build = Family::<Labels1, Gauge>::default();
         registry.register(
             "audsync_build_info",
@@ -171,6 +193,9 @@ impl Telemetry {
             last_success,
             last_change,
             duration,
+            notifications,
+            triggers,
+            trigger: Default::default(),
             health: Mutex::new(Health {
                 started: Instant::now(),
                 unhealthy_after,
@@ -244,6 +269,14 @@ impl Telemetry {
             .set(i64::from(h.consecutive_failures));
     }
 
+    /// Account for one notification delivery.
+    pub fn notified(&self, ok: bool) {
+        let result = if ok { "sent" } else { "failed" };
+        self.notifications
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
     pub fn reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.reloads.get_or_create(&[("result", result)]).inc();
@@ -303,6 +336,7 @@ pub async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>)
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/sync", post(trigger_sync))
         .with_state(telemetry);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the /healthz and /metrics server stopped");
@@ -317,6 +351,48 @@ async fn healthz(State(t): State<Arc<Telemetry>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(body)).into_response()
+}
+
+/// `POST /sync` (see [`super::trigger`]). Logs the outcome, never the header.
+async fn trigger_sync(State(t): State<Arc<Telemetry>>, headers: axum::http::HeaderMap) -> Response {
+    use super::trigger::Verdict;
+    let auth = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let verdict = t.trigger.judge(auth);
+    let result = match verdict {
+        Verdict::Accepted(_) => "accepted",
+        Verdict::Unauthorized => "unauthorized",
+        Verdict::Limited(_) => "limited",
+        Verdict::NotFound => "",
+    };
+    if !result.is_empty() {
+        t.triggers.get_or_create(&[("result", result)]).inc();
+    }
+    match verdict {
+        Verdict::Accepted(pass) => {
+            tracing::info!(pass, "sync triggered over HTTP");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({ "status": "accepted", "pass": pass })),
+            )
+                .into_response()
+        }
+        Verdict::Unauthorized => {
+            tracing::warn!("POST /sync refused: missing or wrong bearer token");
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a valid Authorization: Bearer token is required\n",
+            )
+                .into_response()
+        }
+        Verdict::Limited(secs) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, secs.to_string())],
+            "too many requests\n",
+        )
+            .into_response(),
+        Verdict::NotFound => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn metrics(State(t): State<Arc<Telemetry>>) -> Response {
@@ -390,6 +466,7 @@ mod tests {
                 hint: None,
                 rolled_back,
             }),
+            keeps_old: Default::default(),
         };
         // One that was rolled back, one refused before anything changed (e.g. --rm).
         r.targets.push(failed(true));
