@@ -1,20 +1,30 @@
-//! The `.env` sink: change the one assignment of one key, and nothing else, byte for byte.
+//! The `.env` sink: change the assignments of one key, and nothing else, byte for byte.
 //!
-//! The edit is a pure function ([`set_key`]) checked afterwards by parsing both versions with
-//! dotenvy: if any other key would read differently, nothing is written. Writes are atomic
-//! (temp file, fsync, rename, keeping mode and owner) or, with `--write-mode in-place`, rewrite
-//! the same inode for a file bind-mounted into a container. A file whose mode has no write bit
-//! is refused, not replaced.
+//! The file is read by our own tolerant parser ([`scan`]), which accepts what docker compose
+//! accepts as an `env_file` (v1 and v2): `KEY = value` with blanks around `=`, `export`, a bare
+//! `KEY` (value from the shell), LF, CRLF and CR-only line endings, quoted values over several
+//! lines, `\'` in single quotes. The edit is a pure function ([`set_key`]) checked afterwards
+//! by parsing both versions: if any other key would read differently, nothing is written.
+//! A line that does not parse is reported by its number only, never its text (an unclosed
+//! quote swallows the lines after it, secrets included).
+//!
+//! Writes are atomic (temp file, fsync, rename, keeping mode and owner) or, with
+//! `--write-mode in-place`, rewrite the same inode for a file bind-mounted into a container,
+//! journalled in the state file so a run killed mid-write is finished or undone by the next
+//! one. A file whose mode has no write bit is refused, not replaced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
+use std::ops::Range;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{Error, WriteOutcome};
 
 const BOM: &str = "\u{feff}";
+/// Stands for an escaped `\$` while substitution runs (a private-use character).
+const LITERAL_DOLLAR: char = '\u{e000}';
 
 /// How the new file reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -26,8 +36,249 @@ pub enum WriteMode {
     InPlace,
 }
 
-/// Return `content` with every assignment of `key` set to `value`, or the key appended.
-/// Everything else (comments, order, quoting, `export`, CRLF, BOM, final newline) is kept.
+/// A line of a `.env` file that does not parse: its number and what is wrong, never its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// 1-based; for an unclosed quote, the line where the value starts.
+    pub line: usize,
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.what)
+    }
+}
+
+/// One assignment (or bare key) of a `.env` file, with where its value sits.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    pub key: &'a str,
+    /// 1-based line where the entry starts.
+    pub line: usize,
+    /// Byte range (in the body without BOM) of the raw value, quotes included; for a bare key,
+    /// the key itself.
+    span: Range<usize>,
+    quote: Option<u8>,
+    /// The value as written (escapes decoded, no substitution); `None` for a bare key.
+    value: Option<String>,
+}
+
+impl Entry<'_> {
+    fn is_bare(&self) -> bool {
+        self.value.is_none()
+    }
+    /// `$NAME` / `${NAME}` are substituted (unquoted and double-quoted values).
+    fn expands(&self) -> bool {
+        self.quote != Some(b'\'') && !self.is_bare()
+    }
+}
+
+fn is_blank(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | 0x0b | 0x0c)
+}
+
+fn is_eol(c: u8) -> bool {
+    c == b'\n' || c == b'\r'
+}
+
+/// Every entry of `body` (no BOM) in order, and the first line that does not parse (scanning
+/// stops there).
+pub fn scan(body: &str) -> (Vec<Entry<'_>>, Option<ParseError>) {
+    let b = body.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    let mut line = 1;
+    let mut out = Vec::new();
+    let skip_to_eol = |i: &mut usize| {
+        while *i < n && !is_eol(b[*i]) {
+            *i += 1;
+        }
+    };
+    loop {
+        while i < n && is_blank(b[i]) {
+            i += 1;
+        }
+        if i >= n {
+            break;
+        }
+        if is_eol(b[i]) {
+            i += if b[i] == b'\r' && b.get(i + 1) == Some(&b'\n') {
+                2
+            } else {
+                1
+            };
+            line += 1;
+            continue;
+        }
+        if b[i] == b'#' {
+            skip_to_eol(&mut i);
+            continue;
+        }
+        let start_line = line;
+        if body[i..].starts_with("export") && b.get(i + 6).is_some_and(|c| is_blank(*c)) {
+            let mut j = i + 6;
+            while j < n && is_blank(b[j]) {
+                j += 1;
+            }
+            if j < n && !is_eol(b[j]) && b[j] != b'#' {
+                i = j;
+            }
+        }
+        let ks = i;
+        while i < n && !is_blank(b[i]) && !is_eol(b[i]) && b[i] != b'=' && b[i] != b'#' {
+            i += 1;
+        }
+        let ke = i;
+        if ks == ke {
+            let e = ParseError {
+                line: start_line,
+                what: "an assignment without a key (the line starts with `=`)",
+            };
+            return (out, Some(e));
+        }
+        let key = &body[ks..ke];
+        while i < n && is_blank(b[i]) {
+            i += 1;
+        }
+        if i >= n || is_eol(b[i]) || b[i] == b'#' {
+            // A bare `KEY`: compose takes its value from the shell.
+            skip_to_eol(&mut i);
+            out.push(Entry {
+                key,
+                line: start_line,
+                span: ks..ke,
+                quote: None,
+                value: None,
+            });
+            continue;
+        }
+        if b[i] != b'=' {
+            let e = ParseError {
+                line: start_line,
+                what: "the key is followed by something other than `=` (a blank inside the key?)",
+            };
+            return (out, Some(e));
+        }
+        i += 1;
+        let after_eq = i;
+        while i < n && is_blank(b[i]) {
+            i += 1;
+        }
+        if i < n && (b[i] == b'"' || b[i] == b'\'') {
+            let q = b[i];
+            let vs = i;
+            i += 1;
+            let mut value = String::new();
+            let mut seg = i;
+            let mut closed = false;
+            while i < n {
+                let c = b[i];
+                if c == b'\\' && i + 1 < n && b[i + 1].is_ascii() {
+                    let d = b[i + 1];
+                    let decoded = match (q, d) {
+                        (b'"', b'n') => Some('\n'),
+                        (b'"', b't') => Some('\t'),
+                        (b'"', b'r') => Some('\r'),
+                        (b'"', b'"') => Some('"'),
+                        (b'"', b'\\') => Some('\\'),
+                        (b'"', b'$') => Some(LITERAL_DOLLAR),
+                        (b'\'', b'\'') => Some('\''),
+                        _ => None,
+                    };
+                    if let Some(ch) = decoded {
+                        value.push_str(&body[seg..i]);
+                        value.push(ch);
+                        i += 2;
+                        seg = i;
+                        continue;
+                    }
+                }
+                if c == q {
+                    value.push_str(&body[seg..i]);
+                    i += 1;
+                    closed = true;
+                    break;
+                }
+                if c == b'\n' || (c == b'\r' && b.get(i + 1) != Some(&b'\n')) {
+                    line += 1;
+                }
+                i += 1;
+            }
+            if !closed {
+                let e = ParseError {
+                    line: start_line,
+                    what: "a quoted value is never closed",
+                };
+                return (out, Some(e));
+            }
+            let span = vs..i;
+            while i < n && is_blank(b[i]) {
+                i += 1;
+            }
+            if i < n && !is_eol(b[i]) && b[i] != b'#' {
+                let e = ParseError {
+                    line,
+                    what: "text after the closing quote of a value",
+                };
+                return (out, Some(e));
+            }
+            skip_to_eol(&mut i);
+            out.push(Entry {
+                key,
+                line: start_line,
+                span,
+                quote: Some(q),
+                value: Some(value),
+            });
+            continue;
+        }
+        // Unquoted: to the end of the line; a `#` after a blank starts a comment.
+        let vs = i;
+        skip_to_eol(&mut i);
+        let mut ve = i;
+        if let Some(k) = (vs..i).find(|&k| b[k] == b'#' && k > after_eq && is_blank(b[k - 1])) {
+            ve = k;
+        }
+        while ve > vs && is_blank(b[ve - 1]) {
+            ve -= 1;
+        }
+        // An empty value sits right after `=` (before any blank and comment).
+        let (vs, ve) = if ve == vs {
+            (after_eq, after_eq)
+        } else {
+            (vs, ve)
+        };
+        out.push(Entry {
+            key,
+            line: start_line,
+            span: vs..ve,
+            quote: None,
+            value: Some(body[vs..ve].to_string()),
+        });
+    }
+    (out, None)
+}
+
+fn split_bom(content: &str) -> (&str, &str) {
+    match content.strip_prefix(BOM) {
+        Some(rest) => (BOM, rest),
+        None => ("", content),
+    }
+}
+
+/// The file's own line ending (the first one found), for a line we add.
+fn line_ending(body: &str) -> &'static str {
+    match body.find(['\n', '\r']) {
+        Some(i) if body[i..].starts_with("\r\n") => "\r\n",
+        Some(i) if body[i..].starts_with('\r') => "\r",
+        _ => "\n",
+    }
+}
+
+/// Return `content` with every assignment of `key` set to `value` (a bare `KEY` becomes
+/// `KEY=value`), or the key appended. Everything else (comments, order, quoting, `export`,
+/// blanks around `=`, line endings, BOM, final newline) is kept byte for byte.
 pub fn set_key(content: &str, key: &str, value: &str) -> Result<String, String> {
     if !value
         .chars()
@@ -35,74 +286,37 @@ pub fn set_key(content: &str, key: &str, value: &str) -> Result<String, String> 
     {
         return Err("the value holds characters that would need quoting in a .env file".into());
     }
-    let (bom, body) = match content.strip_prefix(BOM) {
-        Some(rest) => (BOM, rest),
-        None => ("", content),
-    };
-    let crlf = body
-        .find('\n')
-        .is_some_and(|i| i > 0 && body.as_bytes()[i - 1] == b'\r');
+    let (bom, body) = split_bom(content);
+    let (entries, err) = scan(body);
+    if let Some(e) = err {
+        return Err(format!(
+            "does not parse as a .env file ({e}); fix it by hand"
+        ));
+    }
     let mut out = String::with_capacity(content.len() + key.len() + value.len() + 2);
     out.push_str(bom);
+    let mut last = 0;
     let mut found = false;
-    let mut lines = body.split_inclusive('\n').peekable();
-    while let Some(line) = lines.next() {
-        let Some(a) = parse_assignment(line) else {
-            out.push_str(line);
-            continue;
-        };
-        let rest = &line[a.value_start..];
-        let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'');
-        // Where the value ends: `close` is the byte offset in `line` just past the value.
-        let mut span = vec![line];
-        let close = match quote {
-            Some(q) => {
-                let mut end = closing_quote(&rest[1..], q).map(|i| a.value_start + 1 + i + 1);
-                // A quoted value may run over several lines; collect them.
-                while end.is_none() {
-                    match lines.next() {
-                        Some(next) => {
-                            span.push(next);
-                            end = closing_quote(next, q).map(|i| i + 1);
-                        }
-                        None => break,
-                    }
-                }
-                end
-            }
-            None => None,
-        };
-        if a.key != key {
-            span.iter().for_each(|l| out.push_str(l));
-            continue;
-        }
+    for e in entries.iter().filter(|e| e.key == key) {
         found = true;
-        let last = span[span.len() - 1];
-        let (content_end, ending) = split_ending(last);
-        let tail = match (quote, close) {
-            (Some(_), Some(c)) => &last[c..content_end],
-            (Some(_), None) => return Err(format!("the quoted value of {key} is never closed")),
-            (None, _) => {
-                let v = &line[a.value_start..content_end];
-                let vend = unquoted_end(v);
-                &v[vend..]
-            }
-        };
-        out.push_str(&line[..a.value_start]);
-        match quote {
-            Some(q) => {
-                out.push(q);
-                out.push_str(value);
-                out.push(q);
-            }
-            None => out.push_str(value),
+        out.push_str(&body[last..e.span.start]);
+        if e.is_bare() {
+            out.push_str(key);
+            out.push('=');
+            out.push_str(value);
+        } else if let Some(q) = e.quote {
+            out.push(q as char);
+            out.push_str(value);
+            out.push(q as char);
+        } else {
+            out.push_str(value);
         }
-        out.push_str(tail);
-        out.push_str(ending);
+        last = e.span.end;
     }
+    out.push_str(&body[last..]);
     if !found {
-        let nl = if crlf { "\r\n" } else { "\n" };
-        if !body.is_empty() && !body.ends_with('\n') {
+        let nl = line_ending(body);
+        if !body.is_empty() && !body.ends_with(['\n', '\r']) {
             out.push_str(nl);
         }
         out.push_str(key);
@@ -113,99 +327,75 @@ pub fn set_key(content: &str, key: &str, value: &str) -> Result<String, String> 
     Ok(out)
 }
 
-struct Assignment<'a> {
-    key: &'a str,
-    /// Byte offset in the line where the value starts (after `=` and any blanks).
-    value_start: usize,
-}
-
-fn parse_assignment(line: &str) -> Option<Assignment<'_>> {
-    let trimmed = line.trim_start_matches([' ', '\t']);
-    let mut pos = line.len() - trimmed.len();
-    let mut rest = trimmed;
-    if let Some(r) = rest.strip_prefix("export")
-        && r.starts_with([' ', '\t'])
-    {
-        let r2 = r.trim_start_matches([' ', '\t']);
-        pos += rest.len() - r2.len();
-        rest = r2;
-    }
-    let klen = rest
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-'))
-        .unwrap_or(rest.len());
-    if klen == 0 {
-        return None;
-    }
-    let key = &rest[..klen];
-    let after = &rest[klen..];
-    let after_ws = after.trim_start_matches([' ', '\t']);
-    let eq = after_ws.strip_prefix('=')?;
-    let val = eq.trim_start_matches([' ', '\t']);
-    let value_start = pos + klen + (after.len() - val.len());
-    Some(Assignment { key, value_start })
-}
-
-/// Byte offset of the closing quote in `s` (which starts just after the opening one).
-fn closing_quote(s: &str, q: char) -> Option<usize> {
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        if q == '"' && escaped {
-            escaped = false;
-            continue;
-        }
-        if q == '"' && c == '\\' {
-            escaped = true;
-            continue;
-        }
-        if c == q {
-            return Some(i);
-        }
-    }
-    None
-}
-
-/// Length of an unquoted value: up to a ` #` comment, without trailing blanks.
-fn unquoted_end(v: &str) -> usize {
-    let bytes = v.as_bytes();
-    let mut end = v.len();
-    for i in 1..bytes.len() {
-        if bytes[i] == b'#' && (bytes[i - 1] == b' ' || bytes[i - 1] == b'\t') {
-            end = i;
-            break;
-        }
-    }
-    v[..end].trim_end_matches([' ', '\t']).len()
-}
-
-fn split_ending(line: &str) -> (usize, &str) {
-    if let Some(s) = line.strip_suffix("\r\n") {
-        (s.len(), "\r\n")
-    } else if let Some(s) = line.strip_suffix('\n') {
-        (s.len(), "\n")
-    } else {
-        (line.len(), "")
-    }
-}
-
 /// The line (1-based) of the last assignment of each key: where an error or `audsync config`
-/// points, never the text.
+/// points, never the text. Lines after one that does not parse are not seen.
 pub fn key_lines(content: &str) -> BTreeMap<String, usize> {
-    let body = content.strip_prefix(BOM).unwrap_or(content);
-    body.split_inclusive('\n')
-        .enumerate()
-        .filter_map(|(i, line)| Some((parse_assignment(line)?.key.to_string(), i + 1)))
+    let (_, body) = split_bom(content);
+    scan(body)
+        .0
+        .into_iter()
+        .filter(|e| !e.is_bare())
+        .map(|e| (e.key.to_string(), e.line))
         .collect()
 }
 
-/// Parse like dotenvy does (what compose-style readers and our own config see).
-pub fn parse(content: &str) -> Result<BTreeMap<String, String>, String> {
-    let body = content.strip_prefix(BOM).unwrap_or(content);
-    let mut map = BTreeMap::new();
-    for item in dotenvy::from_read_iter(body.as_bytes()) {
-        let (k, v) = item.map_err(|e| e.to_string())?;
-        map.insert(k, v);
+/// Parse as compose reads an `env_file`: the last assignment of a key wins; `$NAME` and
+/// `${NAME}` in unquoted and double-quoted values take the value of a key set earlier in the
+/// file (an unknown name is left as written); a bare `KEY` sets nothing.
+pub fn parse(content: &str) -> Result<BTreeMap<String, String>, ParseError> {
+    let (_, body) = split_bom(content);
+    let (entries, err) = scan(body);
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for e in entries {
+        let Some(v) = &e.value else { continue };
+        let v = if e.expands() {
+            expand(v, &map)
+        } else {
+            v.clone()
+        };
+        map.insert(e.key.to_string(), v.replace(LITERAL_DOLLAR, "$"));
     }
     Ok(map)
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// Substitute `$NAME` / `${NAME}` known in `vars`; anything else stays as written.
+fn expand(v: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut rest = v;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, used) = if let Some(inner) = after.strip_prefix('{') {
+            match inner.find('}') {
+                Some(j) if inner[..j].chars().all(is_name_char) && j > 0 => {
+                    (&inner[..j], j + 2)
+                }
+                _ => ("", 0),
+            }
+        } else {
+            let j = after.find(|c| !is_name_char(c)).unwrap_or(after.len());
+            (&after[..j], j)
+        };
+        match vars.get(name).filter(|_| !name.is_empty()) {
+            Some(val) => {
+                out.push_str(val);
+                rest = &after[used..];
+            }
+            None => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The edit plus its proof: parse both versions; only `key` may differ, and it must read `value`.
@@ -225,7 +415,7 @@ pub fn verify_edit(content: &str, edited: &str, key: &str, value: &str) -> Resul
         return Err(format!("after the edit {key} would not read the new value"));
     }
     let followers = referring_keys(content, key);
-    let changed: std::collections::BTreeSet<&str> = before
+    let changed: BTreeSet<&str> = before
         .keys()
         .chain(after.keys())
         .filter(|k| *k != key && !followers.contains(k.as_str()) && before.get(*k) != after.get(*k))
@@ -241,19 +431,21 @@ pub fn verify_edit(content: &str, edited: &str, key: &str, value: &str) -> Resul
 }
 
 /// Keys whose assignment text refers to `key` by substitution (`$KEY` or `${KEY}`).
-fn referring_keys<'a>(content: &'a str, key: &str) -> std::collections::BTreeSet<&'a str> {
+fn referring_keys(content: &str, key: &str) -> BTreeSet<String> {
     let braced = format!("${{{key}}}");
     let bare = format!("${key}");
-    content
-        .lines()
-        .filter_map(|line| {
-            let a = parse_assignment(line)?;
-            let v = &line[a.value_start..];
-            let bare_hit = v.match_indices(&bare).any(|(i, _)| {
-                !v[i + bare.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-            });
-            (a.key != key && (v.contains(&braced) || bare_hit)).then_some(a.key)
+    let (_, body) = split_bom(content);
+    scan(body)
+        .0
+        .into_iter()
+        .filter(|e| e.expands() && e.key != key)
+        .filter(|e| {
+            let v = &body[e.span.clone()];
+            v.contains(&braced)
+                || v.match_indices(&bare)
+                    .any(|(i, _)| !v[i + bare.len()..].starts_with(is_name_char))
         })
+        .map(|e| e.key.to_string())
         .collect()
 }
 
@@ -640,6 +832,56 @@ mod tests {
         assert!(set_key("", K, "a b").is_err());
         assert!(set_key("", K, "a\nB=1").is_err());
         assert!(set_key("", K, "\"x").is_err());
+    }
+
+    #[test]
+    fn compose_style_files_are_edited_only_at_the_key() {
+        // Blanks around `=` (compose v1 and v2 both read `A=spaced`).
+        assert_eq!(
+            edit("A = spaced\nCLOUDFLARE_AUD_TAG = old\n"),
+            "A = spaced\nCLOUDFLARE_AUD_TAG = newvalue\n"
+        );
+        // A bare key of another name is kept; our own bare key gets the value.
+        assert_eq!(
+            edit("SHELL_VAR\nCLOUDFLARE_AUD_TAG=old\n"),
+            "SHELL_VAR\nCLOUDFLARE_AUD_TAG=newvalue\n"
+        );
+        assert_eq!(
+            edit("A=1\nCLOUDFLARE_AUD_TAG\n"),
+            "A=1\nCLOUDFLARE_AUD_TAG=newvalue\n"
+        );
+        // CR-only line endings: every assignment rewritten, a new line gets a CR.
+        assert_eq!(
+            edit("A=1\rCLOUDFLARE_AUD_TAG=a\rB=2\rCLOUDFLARE_AUD_TAG=b\r"),
+            "A=1\rCLOUDFLARE_AUD_TAG=newvalue\rB=2\rCLOUDFLARE_AUD_TAG=newvalue\r"
+        );
+        assert_eq!(edit("A=1\r"), "A=1\rCLOUDFLARE_AUD_TAG=newvalue\r");
+        // Mixed endings, `\'` in single quotes, tab before a comment.
+        assert_eq!(
+            edit("S='it\\'s'\r\nCLOUDFLARE_AUD_TAG=x\rT=a\t#c\nCLOUDFLARE_AUD_TAG=y\n"),
+            "S='it\\'s'\r\nCLOUDFLARE_AUD_TAG=newvalue\rT=a\t#c\nCLOUDFLARE_AUD_TAG=newvalue\n"
+        );
+        let m = parse("S='it\\'s'\nT=a\t#c\nU = v # c\nW=\"x\\$y\"\nH=h\nP=${H}x$H\nQ='$H'\n").unwrap();
+        assert_eq!(m["S"], "it's");
+        assert_eq!(m["T"], "a");
+        assert_eq!(m["U"], "v");
+        assert_eq!(m["W"], "x$y");
+        assert_eq!(m["P"], "hxh");
+        assert_eq!(m["Q"], "$H");
+    }
+
+    #[test]
+    fn a_line_that_does_not_parse_is_named_by_number_never_by_text() {
+        let s = "A=1\nB=\"unclosed-text\nSECRET=hunter2-very-secret\n";
+        let e = parse(s).unwrap_err();
+        assert_eq!(e.line, 2);
+        let e = set_key(s, K, V).unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("unclosed-text"), "{e}");
+        let e = parse("A B=secretvalue\n").unwrap_err().to_string();
+        assert!(e.starts_with("line 1:") && !e.contains("secretvalue"), "{e}");
+        let e = parse("R=\"x\" trailing-secret\n").unwrap_err().to_string();
+        assert!(!e.contains("trailing-secret"), "{e}");
     }
 
     #[test]
