@@ -47,6 +47,22 @@ pub struct State {
     /// [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infisical_login_refused: Option<LoginRefusal>,
+    /// In-place `.env` writes begun and not yet known to be finished: the journal the next
+    /// run reads first, to finish or undo a write that was cut short (see
+    /// `sink::envfile::recover_in_place`). Written only through [`StateFile::update`];
+    /// [`StateFile::save`] keeps the file's copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_place_writes: Vec<InPlaceWrite>,
+}
+
+/// One journalled in-place write: the file, its safety copy (the old content), and what the
+/// new content is (length and hash), so the next run can tell finished from torn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InPlaceWrite {
+    pub target: PathBuf,
+    pub backup: PathBuf,
+    pub new_len: u64,
+    pub new_hash: String,
 }
 
 impl State {
@@ -174,9 +190,11 @@ impl StateFile {
             return Ok(());
         }
         let mut state = self.state.clone();
-        state.infisical_login_refused = StateFile::load(&self.path, true)
-            .ok()
-            .and_then(|f| f.state.infisical_login_refused);
+        let on_disk = StateFile::load(&self.path, true).ok().map(|f| f.state);
+        state.infisical_login_refused = on_disk
+            .as_ref()
+            .and_then(|s| s.infisical_login_refused.clone());
+        state.in_place_writes = on_disk.map(|s| s.in_place_writes).unwrap_or_default();
         write(&self.path, &state)
     }
 
@@ -196,6 +214,7 @@ fn write(path: &Path, state: &State) -> Result<(), String> {
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".audsync-state-")
+        .suffix(".tmp")
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)
         .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -61,9 +61,8 @@ impl VerifyConfig {
         let token = match (&a.token, &a.token_file) {
             (Some(t), _) => Some(Secret::new(t.trim())),
             (None, Some(p)) => {
-                let raw = std::fs::read_to_string(p).map_err(|e| {
-                    Error::usage(format!("--token-file {}: cannot read: {e}", p.display()))
-                })?;
+                let raw = crate::fsx::read_secret_file(p)
+                    .map_err(|e| Error::usage(format!("--token-file {}: {e}", p.display())))?;
                 let t = raw.trim();
                 if t.is_empty() {
                     return Err(Error::usage(format!(
@@ -431,7 +430,11 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
     // The .env file (`--sink env`).
     if cfg.sinks.contains(&SinkKind::Env) {
         let env_what = format!("{} {}", cfg.env_file.display(), cfg.key);
-        match std::fs::read_to_string(&cfg.env_file) {
+        match crate::fsx::read_bounded(&cfg.env_file, crate::fsx::MAX_TEXT).and_then(|b| {
+            String::from_utf8(b).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")
+            })
+        }) {
             Ok(text) => match envfile::parse(&text) {
                 Ok(map) => {
                     let v = map.get(&cfg.key).cloned();

@@ -52,6 +52,8 @@ pub struct Binding {
     pub restart: RestartMode,
     /// Keep the audTag of this tunnel's rule for the host current.
     pub tunnel_id: Option<String>,
+    /// Create a missing `.env` sink (`create = true` / `--create-env-file`).
+    pub create: bool,
 }
 
 /// A validated `sync` configuration.
@@ -210,6 +212,7 @@ fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
         targets,
         restart: a.restart,
         tunnel_id,
+        create: a.create_env_file,
     })
 }
 
@@ -354,6 +357,15 @@ fn file_binding(
         },
         None => None,
     };
+    let create = match field("create").as_deref() {
+        None => a.create_env_file,
+        Some("true") => true,
+        Some("false") => false,
+        Some(_) => {
+            errs.push("create must be true or false".into());
+            a.create_env_file
+        }
+    };
     if fb.sinks.is_empty() {
         errs.push("give at least one sink, e.g. sinks = [{ env = \"/srv/app/.env\" }]".into());
     }
@@ -395,6 +407,7 @@ fn file_binding(
                 targets,
                 restart,
                 tunnel_id,
+                create,
             })
         }
         _ => Err(errs),

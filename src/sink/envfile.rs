@@ -449,14 +449,71 @@ fn referring_keys(content: &str, key: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The `.env` file sink: every key bound to this file, written in one atomic write.
+/// The `.env` file sink: every key bound to this file, written in one write.
 #[derive(Debug, Clone)]
 pub struct EnvFileSink {
     pub path: PathBuf,
     pub mode: WriteMode,
+    /// Create the file when it is missing (`create = true` / `--create-env-file`); without it a
+    /// missing file is an error naming the directory the stack was expected in.
+    pub create: bool,
+    /// The state file that journals in-place writes (none: in-place writes are not journalled).
+    pub journal: Option<PathBuf>,
+    /// The compose project directory of the containers this file is for, when known.
+    pub project_dir: Option<PathBuf>,
+    /// A dry run: observe checks what the write would need (directory, write permission).
+    pub dry_run: bool,
 }
 
+/// What was read, to notice a change made by someone else before writing.
+#[derive(Debug, Clone, PartialEq)]
+struct Snapshot {
+    content: Option<String>,
+    /// dev, inode, size, mtime (s, ns), ctime (s, ns).
+    meta: Option<(u64, u64, u64, i64, i64, i64, i64)>,
+}
+
+fn meta_key(m: &fs::Metadata) -> (u64, u64, u64, i64, i64, i64, i64) {
+    (
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+/// Why a write did not happen.
+enum WriteError {
+    /// The file changed since it was read: redo the edit on the new content.
+    Changed,
+    Failed(String),
+}
+
+impl From<String> for WriteError {
+    fn from(s: String) -> Self {
+        WriteError::Failed(s)
+    }
+}
+
+/// How often an edit is redone on content someone else changed meanwhile.
+const EDIT_TRIES: usize = 3;
+
 impl EnvFileSink {
+    /// A sink with the defaults of old: atomic, created when missing, no journal.
+    pub fn new(path: PathBuf, mode: WriteMode) -> EnvFileSink {
+        EnvFileSink {
+            path,
+            mode,
+            create: true,
+            journal: None,
+            project_dir: None,
+            dry_run: false,
+        }
+    }
+
     fn err(&self, msg: impl Into<String>) -> Error {
         Error::EnvFile {
             path: self.path.clone(),
@@ -464,8 +521,82 @@ impl EnvFileSink {
         }
     }
 
-    fn read(&self) -> Result<Option<String>, Error> {
-        crate::fsx::read_text(&self.path).map_err(|e| self.err(e))
+    /// The file to write: the path itself, or a symlink's target when that target belongs to
+    /// the owner of the link's directory (anyone else's file is not written through a link).
+    fn target(&self) -> Result<PathBuf, Error> {
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::canonicalize(&self.path)
+                    .map_err(|e| self.err(format!("cannot resolve the symlink: {e}")))?;
+                let dir = self
+                    .path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let dir_uid = fs::metadata(dir)
+                    .map_err(|e| self.err(format!("cannot stat the link's directory: {e}")))?
+                    .uid();
+                match fs::metadata(&target) {
+                    Ok(t) if t.uid() != dir_uid => Err(self.err(format!(
+                        "is a symlink to {}, owned by uid {}, but the link's directory is owned by uid {dir_uid}: audsync writes through a link only to a file of the directory's owner; point --env-file at the target itself, or chown it; nothing was written",
+                        target.display(),
+                        t.uid()
+                    ))),
+                    _ => Ok(target),
+                }
+            }
+            _ => Ok(self.path.clone()),
+        }
+    }
+
+    fn missing_error(&self) -> Error {
+        let expected = match &self.project_dir {
+            Some(d) => format!(
+                "; the compose project of its containers is in {} (label com.docker.compose.project.working_dir)",
+                d.display()
+            ),
+            None => String::new(),
+        };
+        self.err(format!(
+            "does not exist{expected}; point --env-file (or the binding's env sink) at the stack's .env, or allow creating it with --create-env-file / AUDSYNC_CREATE_ENV_FILE (config file: create = true); nothing was written"
+        ))
+    }
+
+    fn snapshot(&self, target: &Path) -> Result<Snapshot, Error> {
+        match crate::fsx::open_regular(target, false, None) {
+            Ok(f) => {
+                let m = f
+                    .metadata()
+                    .map_err(|e| self.err(format!("cannot stat: {e}")))?;
+                let bytes = crate::fsx::read_open(f, crate::fsx::MAX_TEXT)
+                    .map_err(|e| self.err(format!("cannot read: {e}")))?;
+                let content = String::from_utf8(bytes).map_err(|_| self.err("not UTF-8 text"))?;
+                Ok(Snapshot {
+                    content: Some(content),
+                    meta: Some(meta_key(&m)),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Snapshot {
+                content: None,
+                meta: None,
+            }),
+            Err(e) => Err(self.err(format!("cannot read: {e}"))),
+        }
+    }
+
+    /// Warn when the file written is not the `.env` of the compose project its containers
+    /// came from (compose reads `<project dir>/.env`).
+    fn warn_if_elsewhere(&self) {
+        let Some(dir) = &self.project_dir else { return };
+        let here = fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        let there = fs::canonicalize(dir.join(".env")).unwrap_or_else(|_| dir.join(".env"));
+        if here != there {
+            tracing::warn!(
+                env_file = %self.path.display(),
+                project_dir = %dir.display(),
+                "the .env written is not the one in the compose project directory of its containers; check that the stack reads this file (env_file:)"
+            );
+        }
     }
 
     /// What the file holds for each key of `desired`.
@@ -474,7 +605,14 @@ impl EnvFileSink {
         desired: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, crate::reconcile::KeyObservation>, Error> {
         use crate::reconcile::KeyObservation;
-        let Some(content) = self.read()? else {
+        let target = self.target()?;
+        let Some(content) = self.snapshot(&target)?.content else {
+            if !self.create {
+                return Err(self.missing_error());
+            }
+            if self.dry_run {
+                self.preflight(&target, false)?;
+            }
             return Ok(desired
                 .keys()
                 .map(|k| {
@@ -523,66 +661,276 @@ impl EnvFileSink {
                 },
             );
         }
+        if self.dry_run && out.values().any(|o| o.needs_write) {
+            self.preflight(&target, true)?;
+        }
         Ok(out)
+    }
+
+    /// What a write needs, checked without writing (a dry run fails as the real run would).
+    fn preflight(&self, target: &Path, exists: bool) -> Result<(), Error> {
+        use rustix::fs::{Access, access};
+        let dir = parent_dir(target);
+        if !dir.is_dir() {
+            return Err(self.err(format!(
+                "the directory {} does not exist; nothing was written",
+                dir.display()
+            )));
+        }
+        if exists {
+            let m = fs::metadata(target).map_err(|e| self.err(format!("cannot stat: {e}")))?;
+            read_only_check(&m).map_err(|e| self.err(e))?;
+            if access(target, Access::WRITE_OK).is_err() {
+                return Err(self.err("this user may not write the file; nothing was written"));
+            }
+        }
+        let in_place = exists && self.mode == WriteMode::InPlace;
+        if !in_place && access(dir, Access::WRITE_OK).is_err() {
+            return Err(self.err(format!(
+                "cannot create a temporary file in {}: this user may not write there (use --write-mode in-place for a file in a directory you cannot write); nothing was written",
+                dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Set every key of `desired`, each edit proven by re-parsing, in one write.
     pub fn write_all(&self, desired: &BTreeMap<String, String>) -> Result<WriteOutcome, Error> {
-        let content = self.read()?;
-        let mut new = content.clone().unwrap_or_default();
-        for (key, value) in desired {
-            new = if content.is_some() {
-                checked_edit(&new, key, value)
-            } else {
-                set_key(&new, key, value)
+        self.write_all_between(desired, &mut || {})
+    }
+
+    /// [`Self::write_all`], calling `between` after the read and before the write (tests use it
+    /// to edit the file in that window).
+    pub fn write_all_between(
+        &self,
+        desired: &BTreeMap<String, String>,
+        between: &mut dyn FnMut(),
+    ) -> Result<WriteOutcome, Error> {
+        let target = self.target()?;
+        for attempt in 1..=EDIT_TRIES {
+            let snap = self.snapshot(&target)?;
+            if snap.content.is_none() && !self.create {
+                return Err(self.missing_error());
             }
-            .map_err(|e| self.err(e))?;
+            let mut new = snap.content.clone().unwrap_or_default();
+            for (key, value) in desired {
+                new = if snap.content.is_some() {
+                    checked_edit(&new, key, value)
+                } else {
+                    set_key(&new, key, value)
+                }
+                .map_err(|e| self.err(e))?;
+            }
+            if snap.content.as_deref() == Some(new.as_str()) {
+                return Ok(WriteOutcome::Unchanged);
+            }
+            if let Some(content) = &snap.content {
+                let m = fs::metadata(&target).map_err(|e| self.err(format!("cannot stat: {e}")))?;
+                read_only_check(&m).map_err(|e| self.err(e))?;
+                debug_assert!(content.len() <= crate::fsx::MAX_TEXT as usize);
+            }
+            self.warn_if_elsewhere();
+            between();
+            let result = match (self.mode, &snap.content) {
+                (WriteMode::InPlace, Some(old)) => self.write_in_place(&target, old, &new, &snap),
+                _ => write_atomic(&target, new.as_bytes(), &snap, |t| self.snapshot(t)),
+            };
+            match result {
+                Ok(()) => return Ok(WriteOutcome::Written { version: None }),
+                Err(WriteError::Failed(e)) => return Err(self.err(e)),
+                Err(WriteError::Changed) => {
+                    tracing::info!(env_file = %self.path.display(), attempt, "the file changed while audsync was writing it; redoing the edit on the new content");
+                }
+            }
         }
-        if content.as_deref() == Some(new.as_str()) {
-            return Ok(WriteOutcome::Unchanged);
-        }
-        // Write through a symlink to its target, so the link stays a link.
-        let target = match fs::symlink_metadata(&self.path) {
-            Ok(m) if m.file_type().is_symlink() => fs::canonicalize(&self.path)
-                .map_err(|e| self.err(format!("cannot resolve the symlink: {e}")))?,
-            _ => self.path.clone(),
+        Err(self.err(format!(
+            "the file kept changing while audsync wrote it ({EDIT_TRIES} tries); nothing was written, the next run tries again"
+        )))
+    }
+
+    /// Rewrite the same inode. Not atomic by nature, so it is journalled: a copy of the
+    /// current content is first written (atomically) beside the file and the write recorded in
+    /// the state file; the next run finishes or undoes a write that was cut short
+    /// ([`recover_in_place`]). After a failed write the content is put back at once; the copy
+    /// is removed after a good write.
+    fn write_in_place(
+        &self,
+        target: &Path,
+        old: &str,
+        new: &str,
+        snap: &Snapshot,
+    ) -> Result<(), WriteError> {
+        let backup = backup_path(target);
+        write_atomic_plain(&backup, old.as_bytes())?;
+        let entry = crate::state::InPlaceWrite {
+            target: target.to_path_buf(),
+            backup: backup.clone(),
+            new_len: new.len() as u64,
+            new_hash: content_hash(new.as_bytes()),
         };
-        let meta = match fs::metadata(&target) {
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(self.err(format!("cannot stat: {e}"))),
+        let forget = |why: &str| {
+            if let Some(j) = &self.journal
+                && let Err(e) = crate::state::StateFile::update(j, |s| {
+                    s.in_place_writes.retain(|w| w.target != target)
+                })
+            {
+                tracing::warn!(error = %e, "cannot clear the in-place write journal ({why})");
+            }
+            let _ = fs::remove_file(&backup);
         };
-        if let Some(m) = &meta
-            && m.permissions().mode() & 0o222 == 0
-        {
-            return Err(self.err(format!(
-                "the file is read-only (mode {:o}); make it writable (chmod u+w) or stop syncing to it; nothing was written",
-                m.permissions().mode() & 0o7777
-            )));
+        if let Some(j) = &self.journal {
+            crate::state::StateFile::update(j, |s| {
+                s.in_place_writes.retain(|w| w.target != target);
+                s.in_place_writes.push(entry.clone());
+            })
+            .map_err(|e| {
+                let _ = fs::remove_file(&backup);
+                WriteError::Failed(format!(
+                    "cannot journal the in-place write in the state file: {e}; nothing was written"
+                ))
+            })?;
         }
-        match (self.mode, &meta) {
-            (WriteMode::InPlace, Some(_)) => write_in_place(&target, new.as_bytes()),
-            _ => write_atomic(&target, new.as_bytes(), meta.as_ref()),
+        // Right before touching the file: has anyone changed it since it was read?
+        match self.snapshot(target) {
+            Ok(now) if now == *snap => {}
+            Ok(_) => {
+                forget("changed");
+                return Err(WriteError::Changed);
+            }
+            Err(e) => {
+                forget("unreadable");
+                return Err(WriteError::Failed(e.to_string()));
+            }
         }
-        .map_err(|e| self.err(e))?;
-        Ok(WriteOutcome::Written { version: None })
+        let mut touched = false;
+        let result = (|| {
+            let mut f = crate::fsx::open_regular(target, true, None)
+                .map_err(|e| format!("cannot open for writing: {e}"))?;
+            rewrite(&mut f, new.as_bytes(), &mut touched)
+        })();
+        match result {
+            Ok(()) => {
+                forget("done");
+                Ok(())
+            }
+            Err(e) if !touched => {
+                forget("failed");
+                Err(WriteError::Failed(format!("{e}; the file was not changed")))
+            }
+            Err(e) => {
+                let restored = crate::fsx::open_regular(target, true, None)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut f| rewrite(&mut f, old.as_bytes(), &mut true));
+                match restored {
+                    Ok(()) => {
+                        forget("put back");
+                        Err(WriteError::Failed(format!(
+                            "{e}; the previous content was put back"
+                        )))
+                    }
+                    Err(_) => Err(WriteError::Failed(format!(
+                        "{e}; the previous content is saved in {}: the next run puts it back (or copy it back by hand)",
+                        backup.display()
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Remove the temporary files an earlier, killed run left beside the file (atomic mode's
+    /// `.audsync-<name>.*.tmp`, and older versions' `.audsync-XXXXXX.tmp`). Under the lock, so
+    /// no other run is writing them. Returns the names removed.
+    pub fn remove_leftovers(&self) -> Vec<String> {
+        let Ok(target) = self.target() else {
+            return vec![];
+        };
+        let dir = parent_dir(&target);
+        let mine = temp_prefix(&target);
+        let Ok(rd) = fs::read_dir(dir) else {
+            return vec![];
+        };
+        let mut removed = Vec::new();
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let legacy = name.len() == 19
+                && name.starts_with(".audsync-")
+                && name.ends_with(".tmp")
+                && name[9..15].chars().all(|c| c.is_ascii_alphanumeric());
+            if !(legacy || (name.starts_with(&mine) && name.ends_with(".tmp"))) {
+                continue;
+            }
+            if e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+                tracing::info!(file = %e.path().display(), "removed a temporary file left by an earlier run that was cut short");
+                removed.push(name);
+            }
+        }
+        removed
     }
 }
 
-fn write_atomic(target: &Path, bytes: &[u8], meta: Option<&fs::Metadata>) -> Result<(), String> {
-    let dir = target
+fn parent_dir(target: &Path) -> &Path {
+    target
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+}
+
+fn read_only_check(m: &fs::Metadata) -> Result<(), String> {
+    if m.permissions().mode() & 0o222 == 0 {
+        return Err(format!(
+            "the file is read-only (mode {:o}); make it writable (chmod u+w) or stop syncing to it; nothing was written",
+            m.permissions().mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// `.audsync-<file name>.` : the temporary files of one target start so.
+fn temp_prefix(target: &Path) -> String {
+    format!(
+        ".audsync-{}.",
+        target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| ".env".into())
+    )
+}
+
+/// FNV-1a 64 of the bytes, hex: enough to tell the new content from anything else.
+pub(crate) fn content_hash(b: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Temp file beside `target`, fsync, then — if the file is still what was read — rename over
+/// it (keeping mode and owner). A file that did not exist is created only if it still does not.
+fn write_atomic(
+    target: &Path,
+    bytes: &[u8],
+    snap: &Snapshot,
+    now: impl Fn(&Path) -> Result<Snapshot, Error>,
+) -> Result<(), WriteError> {
+    crate::fsx::check_writable_target(target)
+        .map_err(|e| format!("cannot replace {}: {e}", target.display()))?;
+    let meta = match fs::metadata(target) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot stat: {e}").into()),
+    };
+    let dir = parent_dir(target);
     let mut tmp = tempfile::Builder::new()
-        .prefix(".audsync-")
+        .prefix(&temp_prefix(target))
         .suffix(".tmp")
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)
         .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
     tmp.write_all(bytes)
         .map_err(|e| format!("cannot write the temporary file: {e}"))?;
-    if let Some(m) = meta {
+    if let Some(m) = &meta {
         let f = tmp.as_file();
         f.set_permissions(fs::Permissions::from_mode(m.permissions().mode() & 0o7777))
             .map_err(|e| format!("cannot copy the file mode: {e}"))?;
@@ -595,8 +943,46 @@ fn write_atomic(target: &Path, bytes: &[u8], meta: Option<&fs::Metadata>) -> Res
     tmp.as_file()
         .sync_all()
         .map_err(|e| format!("fsync failed: {e}"))?;
+    // Right before the rename: has anyone changed the file since it was read?
+    match now(target) {
+        Ok(n) if n == *snap => {}
+        Ok(_) => return Err(WriteError::Changed),
+        Err(e) => return Err(e.to_string().into()),
+    }
+    if snap.content.is_none() {
+        match tmp.persist_noclobber(target) {
+            Ok(_) => {}
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(WriteError::Changed);
+            }
+            Err(e) => return Err(format!("cannot create the file: {}", e.error).into()),
+        }
+    } else {
+        tmp.persist(target)
+            .map_err(|e| format!("cannot replace the file: {}", e.error))?;
+    }
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A plain atomic write (the safety copy): temp file, fsync, rename, mode 0600.
+fn write_atomic_plain(target: &Path, bytes: &[u8]) -> Result<(), String> {
+    crate::fsx::check_writable_target(target)
+        .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    let dir = parent_dir(target);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&temp_prefix(target))
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| format!("cannot write the safety copy: {e}; nothing was written"))?;
     tmp.persist(target)
-        .map_err(|e| format!("cannot replace the file: {}", e.error))?;
+        .map_err(|e| format!("cannot write the safety copy: {}; nothing was written", e.error))?;
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -609,49 +995,11 @@ fn current_owner(f: &fs::File) -> (u32, u32) {
         .unwrap_or((u32::MAX, u32::MAX))
 }
 
-/// Rewrite the same inode. Not atomic by nature, so a copy of the current content is first
-/// written (atomically) beside the file; after a failed write the content is put back, and the
-/// copy is kept for the user when even that fails. The copy is removed after a good write.
-fn write_in_place(target: &Path, bytes: &[u8]) -> Result<(), String> {
-    let old = fs::read(target).map_err(|e| format!("cannot read before writing: {e}"))?;
-    let backup = backup_path(target);
-    write_atomic(&backup, &old, None)?;
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(target)
-            .map_err(|e| format!("cannot open for writing: {e}"))?;
-        rewrite(&mut f, bytes)
-    })();
-    match result {
-        Ok(()) => {
-            let _ = fs::remove_file(&backup);
-            Ok(())
-        }
-        Err(e) => {
-            let restored = fs::OpenOptions::new()
-                .write(true)
-                .open(target)
-                .map_err(|e| e.to_string())
-                .and_then(|mut f| rewrite(&mut f, &old));
-            match restored {
-                Ok(()) => {
-                    let _ = fs::remove_file(&backup);
-                    Err(format!("{e}; the previous content was put back"))
-                }
-                Err(_) => Err(format!(
-                    "{e}; the previous content is saved in {}: copy it back",
-                    backup.display()
-                )),
-            }
-        }
-    }
-}
-
-fn rewrite(f: &mut fs::File, bytes: &[u8]) -> Result<(), String> {
+fn rewrite(f: &mut fs::File, bytes: &[u8], touched: &mut bool) -> Result<(), String> {
     use std::io::{Seek, SeekFrom};
     f.seek(SeekFrom::Start(0))
         .map_err(|e| format!("seek failed: {e}"))?;
+    *touched = true;
     f.write_all(bytes)
         .map_err(|e| format!("write failed: {e}"))?;
     f.set_len(bytes.len() as u64)
@@ -667,6 +1015,78 @@ fn backup_path(target: &Path) -> PathBuf {
         .unwrap_or_else(|| ".env".into());
     name.push(".audsync-backup");
     target.with_file_name(name)
+}
+
+/// Finish or undo the in-place writes the state file at `state_path` journals (a run killed
+/// mid-write): a file that holds the new content is finished, anything else gets the safety
+/// copy back; then the copy and the journal entry go. Runs before anything else of a pass.
+/// Returns what was done, for the log and the report.
+pub fn recover_in_place(state_path: &Path) -> Result<Vec<String>, String> {
+    let pending = crate::state::StateFile::load(state_path, true)?
+        .state
+        .in_place_writes;
+    if pending.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut done = Vec::new();
+    for w in pending {
+        let now = crate::fsx::read_bounded(&w.target, crate::fsx::MAX_TEXT);
+        let finished = now
+            .as_ref()
+            .is_ok_and(|b| b.len() as u64 == w.new_len && content_hash(b) == w.new_hash);
+        if finished {
+            let _ = fs::remove_file(&w.backup);
+            done.push(format!(
+                "{}: an in-place write cut short by an earlier run had completed; its safety copy was removed",
+                w.target.display()
+            ));
+            continue;
+        }
+        let old = match crate::fsx::read_bounded(&w.backup, crate::fsx::MAX_TEXT) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(file = %w.target.display(), backup = %w.backup.display(), error = %e, "an in-place write was cut short and its safety copy cannot be read; check the file by hand");
+                done.push(format!(
+                    "{}: an in-place write was cut short and its safety copy {} is gone ({e}); check the file by hand",
+                    w.target.display(),
+                    w.backup.display()
+                ));
+                continue;
+            }
+        };
+        if now.as_deref().ok() == Some(old.as_slice()) {
+            let _ = fs::remove_file(&w.backup);
+            done.push(format!(
+                "{}: an in-place write cut short by an earlier run had not started; its safety copy was removed",
+                w.target.display()
+            ));
+            continue;
+        }
+        let put_back = crate::fsx::open_regular(&w.target, true, None)
+            .map_err(|e| e.to_string())
+            .and_then(|mut f| rewrite(&mut f, &old, &mut true));
+        match put_back {
+            Ok(()) => {
+                let _ = fs::remove_file(&w.backup);
+                done.push(format!(
+                    "{}: an in-place write cut short by an earlier run was undone (the previous content put back); this run writes it again",
+                    w.target.display()
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{}: an in-place write was cut short and the previous content cannot be put back ({e}); it is saved in {}: copy it back",
+                    w.target.display(),
+                    w.backup.display()
+                ));
+            }
+        }
+    }
+    crate::state::StateFile::update(state_path, |s| s.in_place_writes.clear())?;
+    for d in &done {
+        tracing::warn!("{d}");
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

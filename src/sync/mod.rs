@@ -129,6 +129,14 @@ fn build_sinks(
                     })
                     .unwrap_or_else(|| p.clone()),
                 mode: cfg.write_mode,
+                create: cfg
+                    .bindings
+                    .iter()
+                    .zip(&sinks.of_binding)
+                    .any(|(b, s)| s.contains(&i) && b.create),
+                journal: Some(cfg.state_file.clone()),
+                project_dir: None,
+                dry_run: cfg.dry_run,
             })),
             BindingSink::Infisical(path) => {
                 let keys: BTreeSet<&str> = cfg
@@ -181,6 +189,20 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
                 .map_err(at(Stage::Lock))?,
         )
     };
+    // Before anything else: finish or undo an in-place write an earlier run was killed in.
+    let journal_done = if cfg.dry_run {
+        let pending = StateFile::load(&cfg.state_file, true)
+            .map(|s| s.state.in_place_writes.len())
+            .unwrap_or(0);
+        if pending > 0 {
+            tracing::warn!("an in-place .env write of an earlier run was cut short; the next real run finishes or undoes it first");
+        }
+        vec![]
+    } else {
+        crate::sink::envfile::recover_in_place(&cfg.state_file)
+            .map_err(|e| Error::failed(e, Some("put the file right by hand, then run sync again".into())))
+            .map_err(at(Stage::Sink))?
+    };
     let mut state = StateFile::load(&cfg.state_file, cfg.dry_run)
         .map_err(|e| Error::failed(e, Some("fix the file's permissions, or point --state-file / AUDSYNC_STATE_FILE elsewhere".into())))
         .map_err(at(Stage::Lock))?;
@@ -211,6 +233,13 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     // 2. What the sinks hold.
     let phys = sinks_of(cfg);
     let mut sinks = build_sinks(cfg, &phys, &state.state).map_err(at(Stage::Sink))?;
+    if !cfg.dry_run {
+        for s in &sinks {
+            if let AnySink::Env(e) = s {
+                e.remove_leftovers();
+            }
+        }
+    }
     let mut sink_obs = Vec::with_capacity(sinks.len());
     for (i, s) in sinks.iter_mut().enumerate() {
         let desired: Values = cfg
@@ -324,6 +353,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     }
     let mut r = report::build(cfg, found, &plan, outcome, tunnels, client.requests());
     r.warnings.extend(leaked);
+    r.warnings.extend(journal_done);
     r.add_recovered(std::mem::take(&mut resolved.recovered));
     Ok(r)
 }
