@@ -42,6 +42,8 @@ pub struct VerifyConfig {
     /// The Cloudflare API, when credentials are configured.
     pub api: Option<SourceConfig>,
     pub timeout: Duration,
+    /// The Docker daemon's address (`DOCKER_HOST`, checked).
+    pub docker_host: String,
 }
 
 impl VerifyConfig {
@@ -102,7 +104,9 @@ impl VerifyConfig {
         } else {
             None
         };
+        let docker_host = config::docker_host(env)?;
         Ok(VerifyConfig {
+            docker_host,
             url: url.map_or_else(|| format!("https://{host}/"), |u| u.to_string()),
             host,
             team_domain: edge::team_domain(
@@ -461,7 +465,7 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
     }
     // Containers (the configured environment of the running container).
     if !cfg.containers.is_empty() {
-        match crate::docker::Engine::connect().await {
+        match crate::docker::Engine::connect(&cfg.docker_host).await {
             Err(e) => {
                 for n in &cfg.containers {
                     seen.push(Seen {

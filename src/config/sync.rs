@@ -74,6 +74,8 @@ pub struct SyncConfig {
     /// True when the bindings came from the flags (the JSON report keeps the single-binding
     /// fields of schema 1).
     pub flag_binding: bool,
+    /// The Docker daemon's address (`DOCKER_HOST`, checked).
+    pub docker_host: String,
 }
 
 impl SyncConfig {
@@ -89,6 +91,7 @@ impl SyncConfig {
         file: Option<&FileConfig>,
         origins: &std::collections::BTreeMap<String, Origin>,
     ) -> Result<SyncConfig, Error> {
+        let docker_host = super::docker_host(env)?;
         let from_file = file.filter(|f| !f.bindings.is_empty());
         let state_file = match (&a.state_file, file) {
             (Some(p), _) => p.clone(),
@@ -157,6 +160,7 @@ impl SyncConfig {
             lock_timeout: a.lock_timeout,
             infisical,
             config_file: file.map(|f| f.path.clone()),
+            docker_host,
         })
     }
 }

@@ -29,13 +29,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Connect with `DOCKER_HOST` or the default socket, and agree on an API version.
-    pub async fn connect() -> Result<Engine, ActionError> {
-        let docker = Docker::connect_with_defaults().map_err(|e| unreachable_daemon(&e))?;
+    /// Connect to `host` (`DOCKER_HOST` as config checked it, or the default socket), and
+    /// agree on an API version.
+    pub async fn connect(host: &str) -> Result<Engine, ActionError> {
+        let docker = Docker::connect_with_host(host).map_err(|e| unreachable_daemon(host, &e))?;
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|e| unreachable_daemon(&e))?;
+            .map_err(|e| unreachable_daemon(host, &e))?;
         Ok(Engine {
             docker: Arc::new(docker),
         })
@@ -114,9 +115,7 @@ impl Engine {
     }
 }
 
-fn unreachable_daemon(e: &BollardError) -> ActionError {
-    let host =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+fn unreachable_daemon(host: &str, e: &BollardError) -> ActionError {
     ActionError {
         rolled_back: false,
         message: format!("cannot reach the Docker daemon at {host}: {e}"),

@@ -81,7 +81,7 @@ pub async fn resolve(
     let mut of_binding: Vec<Vec<usize>> = Vec::new();
     let mut down: BTreeMap<String, ActionError> = BTreeMap::new();
     let engine = if need_docker {
-        Some(Engine::connect().await)
+        Some(Engine::connect(&cfg.docker_host).await)
     } else {
         None
     };
