@@ -141,7 +141,12 @@ mod tests {
             let e = read_text(p).unwrap_err();
             assert!(e.contains("not a regular file"), "{}: {e}", p.display());
             let e = open_regular(p, true, Some(0o600)).unwrap_err();
-            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{}", p.display());
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "{}",
+                p.display()
+            );
             assert!(check_writable_target(p).is_err());
         }
         let ok = dir.path().join("ok");

@@ -92,7 +92,9 @@ pub const MAX_BODY: usize = 8 * 1024 * 1024;
 #[derive(Debug)]
 pub enum BodyError {
     /// Longer than the cap (announced by `Content-Length`, or found while reading).
-    TooLarge { cap: usize },
+    TooLarge {
+        cap: usize,
+    },
     Transport(reqwest::Error),
 }
 

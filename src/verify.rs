@@ -435,9 +435,8 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
     if cfg.sinks.contains(&SinkKind::Env) {
         let env_what = format!("{} {}", cfg.env_file.display(), cfg.key);
         match crate::fsx::read_bounded(&cfg.env_file, crate::fsx::MAX_TEXT).and_then(|b| {
-            String::from_utf8(b).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")
-            })
+            String::from_utf8(b)
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
         }) {
             Ok(text) => match envfile::parse(&text) {
                 Ok(map) => {

@@ -473,7 +473,9 @@ pub fn docker_host(env: &Env) -> Result<String, Error> {
         }
         return Ok(h.to_string());
     }
-    Err(bad("the scheme must be unix:// or tcp:// (http://); ssh:// and TLS are not supported"))
+    Err(bad(
+        "the scheme must be unix:// or tcp:// (http://); ssh:// and TLS are not supported",
+    ))
 }
 
 #[cfg(test)]
@@ -490,10 +492,22 @@ mod docker_host_tests {
             docker_host(&Env::new(Vars::from_pairs::<&str, &str>([]))).unwrap(),
             DEFAULT_DOCKER_HOST
         );
-        for ok in ["unix:///run/docker.sock", "tcp://127.0.0.1:2375", "http://docker:2375"] {
+        for ok in [
+            "unix:///run/docker.sock",
+            "tcp://127.0.0.1:2375",
+            "http://docker:2375",
+        ] {
             assert_eq!(with(ok).unwrap(), ok);
         }
-        for bad in ["/var/run/docker.sock", "unix://relative", "tcp://", "tcp://h:99999", "ssh://u@h", "fd://", "tcp://h:1/x"] {
+        for bad in [
+            "/var/run/docker.sock",
+            "unix://relative",
+            "tcp://",
+            "tcp://h:99999",
+            "ssh://u@h",
+            "fd://",
+            "tcp://h:1/x",
+        ] {
             let e = with(bad).unwrap_err();
             assert!(matches!(e, Error::Usage { .. }), "{bad}: {e}");
             assert!(e.to_string().contains("DOCKER_HOST"), "{e}");

@@ -374,9 +374,7 @@ fn expand(v: &str, vars: &BTreeMap<String, String>) -> String {
         let after = &rest[i + 1..];
         let (name, used) = if let Some(inner) = after.strip_prefix('{') {
             match inner.find('}') {
-                Some(j) if inner[..j].chars().all(is_name_char) && j > 0 => {
-                    (&inner[..j], j + 2)
-                }
+                Some(j) if inner[..j].chars().all(is_name_char) && j > 0 => (&inner[..j], j + 2),
                 _ => ("", 0),
             }
         } else {
@@ -981,8 +979,12 @@ fn write_atomic_plain(target: &Path, bytes: &[u8]) -> Result<(), String> {
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| format!("cannot write the safety copy: {e}; nothing was written"))?;
-    tmp.persist(target)
-        .map_err(|e| format!("cannot write the safety copy: {}; nothing was written", e.error))?;
+    tmp.persist(target).map_err(|e| {
+        format!(
+            "cannot write the safety copy: {}; nothing was written",
+            e.error
+        )
+    })?;
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -1281,7 +1283,8 @@ mod tests {
             edit("S='it\\'s'\r\nCLOUDFLARE_AUD_TAG=x\rT=a\t#c\nCLOUDFLARE_AUD_TAG=y\n"),
             "S='it\\'s'\r\nCLOUDFLARE_AUD_TAG=newvalue\rT=a\t#c\nCLOUDFLARE_AUD_TAG=newvalue\n"
         );
-        let m = parse("S='it\\'s'\nT=a\t#c\nU = v # c\nW=\"x\\$y\"\nH=h\nP=${H}x$H\nQ='$H'\n").unwrap();
+        let m =
+            parse("S='it\\'s'\nT=a\t#c\nU = v # c\nW=\"x\\$y\"\nH=h\nP=${H}x$H\nQ='$H'\n").unwrap();
         assert_eq!(m["S"], "it's");
         assert_eq!(m["T"], "a");
         assert_eq!(m["U"], "v");
@@ -1297,9 +1300,15 @@ mod tests {
         assert_eq!(e.line, 2);
         let e = set_key(s, K, V).unwrap_err();
         assert!(e.contains("line 2"), "{e}");
-        assert!(!e.contains("hunter2") && !e.contains("unclosed-text"), "{e}");
+        assert!(
+            !e.contains("hunter2") && !e.contains("unclosed-text"),
+            "{e}"
+        );
         let e = parse("A B=secretvalue\n").unwrap_err().to_string();
-        assert!(e.starts_with("line 1:") && !e.contains("secretvalue"), "{e}");
+        assert!(
+            e.starts_with("line 1:") && !e.contains("secretvalue"),
+            "{e}"
+        );
         let e = parse("R=\"x\" trailing-secret\n").unwrap_err().to_string();
         assert!(!e.contains("trailing-secret"), "{e}");
     }

@@ -195,12 +195,19 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
             .map(|s| s.state.in_place_writes.len())
             .unwrap_or(0);
         if pending > 0 {
-            tracing::warn!("an in-place .env write of an earlier run was cut short; the next real run finishes or undoes it first");
+            tracing::warn!(
+                "an in-place .env write of an earlier run was cut short; the next real run finishes or undoes it first"
+            );
         }
         vec![]
     } else {
         crate::sink::envfile::recover_in_place(&cfg.state_file)
-            .map_err(|e| Error::failed(e, Some("put the file right by hand, then run sync again".into())))
+            .map_err(|e| {
+                Error::failed(
+                    e,
+                    Some("put the file right by hand, then run sync again".into()),
+                )
+            })
             .map_err(at(Stage::Sink))?
     };
     let mut state = StateFile::load(&cfg.state_file, cfg.dry_run)
