@@ -606,3 +606,84 @@ fn a_symlinked_env_is_written_only_into_a_file_of_the_directory_owner() {
     assert_eq!(sync(&sb, &[]).code, 0);
     assert!(std::fs::read_to_string(&real).unwrap().contains(&aud(2)));
 }
+
+// --- Docker: state that heals (gated by AUDSYNC_DOCKER_TESTS=1) ---
+
+const KEY: &str = "CLOUDFLARE_AUD_TAG";
+const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
+fn docker_sync(sb: &Sandbox, container: &str) -> Run {
+    let mut c = sb.cmd();
+    c.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--container",
+        container,
+        "--restart",
+        "recreate",
+        "--settle",
+        "1s",
+    ]);
+    run(&mut c)
+}
+
+#[test]
+fn a_paused_container_is_left_paused_not_recreated_running() {
+    crate::require_docker!();
+    use crate::support::docker::{Docker, docker, env_of, id_of, image, inspect};
+    let d = Docker::new();
+    let (_cf, sb) = setup(&format!("{KEY}=old\n"));
+    let name = d.run(
+        "paused",
+        &["-e", &format!("{KEY}=old"), &image(), "sh", "-c", SLEEPER],
+    );
+    let id = id_of(&name);
+    docker(&["pause", &name]);
+    let r = docker_sync(&sb, &name);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("paused"), "{r:?}");
+    assert_eq!(id_of(&name), id, "not recreated");
+    assert_eq!(inspect(&name)["State"]["Paused"], true, "still paused");
+    assert_eq!(env_of(&name, KEY).as_deref(), Some("old"));
+    // Unpaused, the owed change goes through.
+    docker(&["unpause", &name]);
+    let r = docker_sync(&sb, &name);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(env_of(&name, KEY), Some(aud(2)));
+    docker(&["rm", "-f", &name]);
+}
+
+#[test]
+fn a_container_in_another_ones_network_namespace_is_recreated() {
+    crate::require_docker!();
+    use crate::support::docker::{Docker, docker, env_of, image, inspect};
+    let d = Docker::new();
+    let (_cf, sb) = setup(&format!("{KEY}=old\n"));
+    let base = d.run("netns", &[&image(), "sh", "-c", SLEEPER]);
+    let side = d.run(
+        "sidecar",
+        &[
+            "--network",
+            &format!("container:{base}"),
+            "-e",
+            &format!("{KEY}=old"),
+            &image(),
+            "sh",
+            "-c",
+            SLEEPER,
+        ],
+    );
+    let r = docker_sync(&sb, &side);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(env_of(&side, KEY), Some(aud(2)));
+    let mode = inspect(&side)["HostConfig"]["NetworkMode"].clone();
+    assert!(
+        mode.as_str().unwrap_or("").starts_with("container:"),
+        "{mode}"
+    );
+    // The next run is in sync (no refusal on every run).
+    let r = docker_sync(&sb, &side);
+    assert_eq!(r.code, 0, "{r:?}");
+    docker(&["rm", "-f", &side, &base]);
+}

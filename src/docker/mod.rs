@@ -238,6 +238,9 @@ impl Target for Container {
             .inspect_container(&self.name, None)
             .await
             .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        if info.state.as_ref().and_then(|s| s.paused) == Some(true) {
+            return Err(recreate::paused(&self.name));
+        }
         // Honour the container's own stop timeout; the engine uses its stop signal.
         let t = stop_timeout(&info);
         tracing::info!(container = %self.name, "restarting");

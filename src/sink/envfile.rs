@@ -1313,6 +1313,114 @@ mod tests {
         assert!(!e.contains("trailing-secret"), "{e}");
     }
 
+    fn sink_in(dir: &Path, mode: WriteMode) -> EnvFileSink {
+        EnvFileSink {
+            journal: Some(dir.join("state.json")),
+            ..EnvFileSink::new(dir.join(".env"), mode)
+        }
+    }
+
+    #[test]
+    fn an_edit_made_between_read_and_write_is_kept_and_ours_redone_on_it() {
+        for mode in [WriteMode::Atomic, WriteMode::InPlace] {
+            let dir = tempfile::tempdir().unwrap();
+            let sink = sink_in(dir.path(), mode);
+            fs::write(&sink.path, "A=1\nCLOUDFLARE_AUD_TAG=old\n").unwrap();
+            let desired = BTreeMap::from([(K.to_string(), V.to_string())]);
+            let mut once = true;
+            let path = sink.path.clone();
+            let out = sink
+                .write_all_between(&desired, &mut || {
+                    if std::mem::take(&mut once) {
+                        // Someone else's edit, same size: only the content tells.
+                        fs::write(&path, "A=2\nCLOUDFLARE_AUD_TAG=old\n").unwrap();
+                    }
+                })
+                .unwrap();
+            assert_eq!(out, WriteOutcome::Written { version: None });
+            assert_eq!(
+                fs::read_to_string(&sink.path).unwrap(),
+                "A=2\nCLOUDFLARE_AUD_TAG=newvalue\n",
+                "{mode:?}: their edit kept, ours redone on it"
+            );
+            assert!(!backup_path(&sink.path).exists());
+        }
+    }
+
+    #[test]
+    fn a_file_that_keeps_changing_is_not_written() {
+        for mode in [WriteMode::Atomic, WriteMode::InPlace] {
+            let dir = tempfile::tempdir().unwrap();
+            let sink = sink_in(dir.path(), mode);
+            fs::write(&sink.path, "CLOUDFLARE_AUD_TAG=old\n").unwrap();
+            let desired = BTreeMap::from([(K.to_string(), V.to_string())]);
+            let path = sink.path.clone();
+            let mut n = 0;
+            let e = sink
+                .write_all_between(&desired, &mut || {
+                    n += 1;
+                    fs::write(&path, format!("CLOUDFLARE_AUD_TAG=old\nTHEIRS={n}\n")).unwrap();
+                })
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("kept changing"), "{e}");
+            assert_eq!(
+                fs::read_to_string(&sink.path).unwrap(),
+                format!("CLOUDFLARE_AUD_TAG=old\nTHEIRS={n}\n"),
+                "{mode:?}: the last edit is kept, nothing of ours written"
+            );
+            let leftovers: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .collect();
+            assert!(leftovers.is_empty(), "{leftovers:?}");
+        }
+    }
+
+    #[test]
+    fn a_write_cut_short_is_finished_or_undone_by_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink_in(dir.path(), WriteMode::InPlace);
+        let state = dir.path().join("state.json");
+        let old = "A=1\nCLOUDFLARE_AUD_TAG=old\n";
+        let new = "A=1\nCLOUDFLARE_AUD_TAG=newvalue\n";
+        let journal = |content: &str| {
+            fs::write(backup_path(&sink.path), old).unwrap();
+            fs::write(&sink.path, content).unwrap();
+            crate::state::StateFile::update(&state, |s| {
+                s.in_place_writes = vec![crate::state::InPlaceWrite {
+                    target: sink.path.clone(),
+                    backup: backup_path(&sink.path),
+                    new_len: new.len() as u64,
+                    new_hash: content_hash(new.as_bytes()),
+                }]
+            })
+            .unwrap();
+        };
+        // Torn: undone.
+        journal("A=1\nCLOUDFLARE_AUD_TAG=newvaluold\n");
+        let done = recover_in_place(&state).unwrap();
+        assert!(done[0].contains("undone"), "{done:?}");
+        assert_eq!(fs::read_to_string(&sink.path).unwrap(), old);
+        assert!(!backup_path(&sink.path).exists());
+        // Complete: finished.
+        journal(new);
+        let done = recover_in_place(&state).unwrap();
+        assert!(done[0].contains("completed"), "{done:?}");
+        assert_eq!(fs::read_to_string(&sink.path).unwrap(), new);
+        assert!(!backup_path(&sink.path).exists());
+        assert!(
+            crate::state::StateFile::load(&state, true)
+                .unwrap()
+                .state
+                .in_place_writes
+                .is_empty()
+        );
+        // Nothing pending: nothing done.
+        assert!(recover_in_place(&state).unwrap().is_empty());
+    }
+
     #[test]
     fn equal_value_edit_is_identity() {
         let s = "A=1\nCLOUDFLARE_AUD_TAG=newvalue # c\n";
