@@ -53,6 +53,10 @@ pub struct State {
     /// [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_place_writes: Vec<InPlaceWrite>,
+    /// Containers given by id (or id prefix) -> the name they had: a recreate gives a new
+    /// id, and the next run finds the container by this name instead of chasing the dead id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_names: BTreeMap<String, String>,
 }
 
 /// One journalled in-place write: the file, its safety copy (the old content), and what the

@@ -687,3 +687,32 @@ fn a_container_in_another_ones_network_namespace_is_recreated() {
     assert_eq!(r.code, 0, "{r:?}");
     docker(&["rm", "-f", &side, &base]);
 }
+
+#[test]
+fn a_container_given_by_id_prefix_is_found_by_name_after_a_recreate() {
+    crate::require_docker!();
+    use crate::support::docker::{Docker, docker, env_of, id_of, image};
+    let d = Docker::new();
+    let (_cf, sb) = setup(&format!("{KEY}=old\n"));
+    let name = d.run(
+        "byid",
+        &["-e", &format!("{KEY}=old"), &image(), "sh", "-c", SLEEPER],
+    );
+    let old_id = id_of(&name);
+    let prefix = &old_id[..12];
+    let r = docker_sync(&sb, prefix);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_ne!(id_of(&name), old_id, "recreated: a new id");
+    assert_eq!(env_of(&name, KEY), Some(aud(2)));
+    // The id is dead now; the next runs go by the name and are in sync.
+    for _ in 0..2 {
+        let r = docker_sync(&sb, prefix);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(!r.stderr.contains("does not exist"), "{r:?}");
+    }
+    // A new value reaches the container found by name.
+    sb.write_env(&format!("{KEY}=old\n"));
+    let r = docker_sync(&sb, prefix);
+    assert_eq!(r.code, 0, "{r:?}");
+    docker(&["rm", "-f", &name]);
+}

@@ -110,6 +110,18 @@ impl Engine {
         Ok(found.into_iter().map(|(_, n)| n).collect())
     }
 
+    /// The name of the container `id_or_name` (without the leading `/`); `None` when the
+    /// engine knows no such container.
+    pub async fn name_of(&self, id_or_name: &str) -> Result<Option<String>, ActionError> {
+        match self.docker.inspect_container(id_or_name, None).await {
+            Ok(i) => Ok(i.name.map(|n| n.trim_start_matches('/').to_string())),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(container_error(id_or_name, "inspect", &e)),
+        }
+    }
+
     pub fn api(&self) -> &Docker {
         &self.docker
     }

@@ -301,8 +301,19 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         changing || !owed.is_empty() || elsewhere,
         &state.state.applied,
         &watch,
+        &state.state.container_names,
     )
     .await;
+    if !cfg.dry_run && !resolved.names.is_empty() {
+        let mut names = state.state.container_names.clone();
+        names.extend(std::mem::take(&mut resolved.names));
+        if names != state.state.container_names {
+            state.state.container_names = names;
+            if let Err(e) = state.save() {
+                tracing::warn!(error = %e, "cannot remember the names of containers given by id");
+            }
+        }
+    }
 
     // 4. Plan and apply.
     let inputs: Vec<BindingIn> = cfg
