@@ -716,3 +716,45 @@ fn a_container_given_by_id_prefix_is_found_by_name_after_a_recreate() {
     assert_eq!(r.code, 0, "{r:?}");
     docker(&["rm", "-f", &name]);
 }
+
+#[test]
+fn a_missing_env_names_the_compose_project_directory_and_another_env_is_warned_about() {
+    crate::require_docker!();
+    use crate::support::docker::{Docker, docker, image};
+    let d = Docker::new();
+    let (_cf, sb) = setup("");
+    std::fs::remove_file(sb.env_path()).unwrap();
+    let proj = sb.path("proj");
+    std::fs::create_dir(&proj).unwrap();
+    let label = format!("com.docker.compose.project.working_dir={}", proj.display());
+    let name = d.run(
+        "proj",
+        &[
+            "--label",
+            &label,
+            "-e",
+            &format!("{KEY}=old"),
+            &image(),
+            "sh",
+            "-c",
+            SLEEPER,
+        ],
+    );
+    let r = docker_sync(&sb, &name);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("does not exist"), "{r:?}");
+    assert!(
+        r.stderr.contains(&proj.display().to_string()),
+        "names the project dir: {r:?}"
+    );
+    // An .env elsewhere than the project directory: written, with a warning.
+    sb.write_env(&format!("{KEY}=old\n"));
+    let r = docker_sync(&sb, &name);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("not the one in the compose project directory"),
+        "{r:?}"
+    );
+    docker(&["rm", "-f", &name]);
+}

@@ -122,6 +122,17 @@ impl Engine {
         }
     }
 
+    /// The compose project directory a container was started from (label
+    /// `com.docker.compose.project.working_dir`), best effort.
+    pub async fn project_dir(&self, id_or_name: &str) -> Option<String> {
+        let info = self.docker.inspect_container(id_or_name, None).await.ok()?;
+        info.config?
+            .labels?
+            .get("com.docker.compose.project.working_dir")
+            .filter(|d| !d.is_empty())
+            .cloned()
+    }
+
     pub fn api(&self) -> &Docker {
         &self.docker
     }

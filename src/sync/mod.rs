@@ -99,11 +99,45 @@ fn sinks_of(cfg: &SyncConfig) -> Sinks {
     Sinks { specs, of_binding }
 }
 
+/// For each binding, the compose project directory of its first container (label
+/// `com.docker.compose.project.working_dir`), when Docker is used anyway and answers.
+async fn project_dirs(cfg: &SyncConfig) -> BTreeMap<usize, PathBuf> {
+    let mut out = BTreeMap::new();
+    if cfg
+        .bindings
+        .iter()
+        .all(|b| b.restart == RestartMode::None || b.targets.is_empty())
+    {
+        return out;
+    }
+    let Ok(engine) = crate::docker::Engine::connect(&cfg.docker_host).await else {
+        return out;
+    };
+    for (i, b) in cfg.bindings.iter().enumerate() {
+        let first = match b.targets.first() {
+            Some(config::BindingTarget::Container(c)) => Some(c.clone()),
+            Some(config::BindingTarget::ComposeService { project, service }) => engine
+                .compose_service(project, service)
+                .await
+                .ok()
+                .and_then(|l| l.into_iter().next()),
+            None => None,
+        };
+        if let Some(c) = first
+            && let Some(d) = engine.project_dir(&c).await
+        {
+            out.insert(i, PathBuf::from(d));
+        }
+    }
+    out
+}
+
 /// The sink objects, with the Infisical writes held for approval that the state remembers.
 fn build_sinks(
     cfg: &SyncConfig,
     sinks: &Sinks,
     state: &crate::state::State,
+    dirs: &BTreeMap<usize, PathBuf>,
 ) -> Result<Vec<AnySink>, Error> {
     sinks
         .specs
@@ -135,7 +169,12 @@ fn build_sinks(
                     .zip(&sinks.of_binding)
                     .any(|(b, s)| s.contains(&i) && b.create),
                 journal: Some(cfg.state_file.clone()),
-                project_dir: None,
+                project_dir: sinks
+                    .of_binding
+                    .iter()
+                    .enumerate()
+                    .find_map(|(b, s)| s.contains(&i).then(|| dirs.get(&b)).flatten())
+                    .cloned(),
                 dry_run: cfg.dry_run,
             })),
             BindingSink::Infisical(path) => {
@@ -239,7 +278,8 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
 
     // 2. What the sinks hold.
     let phys = sinks_of(cfg);
-    let mut sinks = build_sinks(cfg, &phys, &state.state).map_err(at(Stage::Sink))?;
+    let dirs = project_dirs(cfg).await;
+    let mut sinks = build_sinks(cfg, &phys, &state.state, &dirs).map_err(at(Stage::Sink))?;
     if !cfg.dry_run {
         for s in &sinks {
             if let AnySink::Env(e) = s {
