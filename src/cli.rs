@@ -435,6 +435,10 @@ pub struct SyncArgs {
     /// file bind-mounted into a container).
     #[arg(long, env = "AUDSYNC_WRITE_MODE", value_enum, default_value = "atomic")]
     pub write_mode: WriteMode,
+    /// Create the .env file when it does not exist. Without it a missing .env is an error
+    /// naming the path and the compose project directory its containers came from.
+    #[arg(long, env = "AUDSYNC_CREATE_ENV_FILE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub create_env_file: bool,
     /// Show what would change (old value, new value, writes, restarts) and change nothing.
     /// Exit code 3 when something would change, 0 when in sync.
     #[arg(long)]

@@ -1,16 +1,70 @@
-//! Bounded reads of the files audsync is given (`.env`, the config file, `*_FILE` secrets):
-//! regular files only, never more than a cap, so a FIFO, a device or an endless file fails
-//! fast with a clear error instead of hanging or eating memory.
+//! The files audsync is given (`.env`, the config file, `*_FILE` secrets, the state and lock
+//! files): regular files only, never more than a cap, so a FIFO, a device, a socket or an
+//! endless file fails fast with a clear error instead of hanging or eating memory.
+//!
+//! Every open is non-blocking (`O_NONBLOCK`, so opening a FIFO never waits for a writer) and
+//! checked on the open descriptor (`fstat`), so a path swapped for a FIFO between a check and
+//! the open is still refused. A symlink is followed, and its target must be a regular file.
 //!
 //! Errors name the path, never the content.
 
+use std::fs::{File, OpenOptions};
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use rustix::fs::OFlags;
 
 /// The largest `.env` or config file read.
 pub const MAX_TEXT: u64 = 4 * 1024 * 1024;
 /// The largest secret file (`*_FILE`) read.
 pub const MAX_SECRET: u64 = 64 * 1024;
+
+/// The error for a path that exists but is not a regular file.
+pub fn not_regular() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "not a regular file (a directory, device, FIFO or socket, or a symlink to one); point it at a regular file",
+    )
+}
+
+/// Open `path` as a regular file: for reading, or for writing (`create`: made with `mode` when
+/// missing). Never blocks on a FIFO; refuses anything but a regular file.
+pub fn open_regular(path: &Path, write: bool, create: Option<u32>) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(!write).write(write);
+    if let Some(mode) = create {
+        o.create(true).mode(mode);
+    }
+    o.custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32);
+    let f = match o.open(path) {
+        Ok(f) => f,
+        // A FIFO opened for writing without a reader.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
+            return Err(not_regular());
+        }
+        Err(e) => return Err(e),
+    };
+    if !f.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    // A regular file ignores O_NONBLOCK; drop it all the same.
+    if let Ok(flags) = rustix::fs::fcntl_getfl(&f) {
+        let _ = rustix::fs::fcntl_setfl(&f, flags - OFlags::NONBLOCK);
+    }
+    Ok(f)
+}
+
+/// Refuse a path that exists (through symlinks) and is not a regular file: before writing a
+/// file that is replaced by a rename. A missing path is fine (it will be created).
+pub fn check_writable_target(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => Err(not_regular()),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
 
 /// The file's text; `None` when it does not exist.
 pub fn read_text(path: &Path) -> Result<Option<String>, String> {
@@ -31,15 +85,14 @@ pub fn read_secret_file(path: &Path) -> Result<String, String> {
 
 /// Read a regular file (following symlinks), at most `cap` bytes.
 pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file (a directory, device, FIFO or socket); point it at a regular file",
-        ));
-    }
-    let f = std::fs::File::open(path)?;
-    let mut buf = Vec::with_capacity(meta.len().min(cap) as usize);
+    let f = open_regular(path, false, None)?;
+    read_open(f, cap)
+}
+
+/// Read an open file to its end, at most `cap` bytes.
+pub fn read_open(f: File, cap: u64) -> std::io::Result<Vec<u8>> {
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(len.min(cap) as usize);
     f.take(cap + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > cap {
         return Err(std::io::Error::new(
@@ -66,5 +119,39 @@ mod tests {
         std::fs::write(&big, vec![b'a'; 70 * 1024]).unwrap();
         assert!(read_secret_file(&big).unwrap_err().contains("64 KiB"));
         assert_eq!(read_text(&dir.path().join("missing")).unwrap(), None);
+    }
+
+    #[test]
+    fn devices_fifos_and_links_to_them_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let null = dir.path().join("null");
+        std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        for p in [&fifo, &null, &zero] {
+            let e = read_text(p).unwrap_err();
+            assert!(e.contains("not a regular file"), "{}: {e}", p.display());
+            let e = open_regular(p, true, Some(0o600)).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "{}",
+                p.display()
+            );
+            assert!(check_writable_target(p).is_err());
+        }
+        let ok = dir.path().join("ok");
+        assert!(check_writable_target(&ok).is_ok());
+        open_regular(&ok, true, Some(0o600)).unwrap();
+        assert!(check_writable_target(&ok).is_ok());
     }
 }

@@ -85,6 +85,53 @@ pub fn describe_transport(e: &reqwest::Error) -> String {
     }
 }
 
+/// The largest HTTP answer body audsync reads (Cloudflare, Infisical, the team's key set).
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Longer than the cap (announced by `Content-Length`, or found while reading).
+    TooLarge {
+        cap: usize,
+    },
+    Transport(reqwest::Error),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge { cap } => write!(
+                f,
+                "the answer is larger than the {} MiB audsync reads",
+                cap / (1024 * 1024)
+            ),
+            BodyError::Transport(e) => f.write_str(&describe_transport(e)),
+        }
+    }
+}
+
+/// Read an answer's body, at most `cap` bytes: a longer one (or one announcing more) stops
+/// with [`BodyError::TooLarge`] after at most `cap` bytes held, so a hostile or broken server
+/// cannot make audsync buffer 100 MB.
+pub async fn read_body(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(BodyError::TooLarge { cap });
+    }
+    let mut buf = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Transport(e.without_url()))?
+    {
+        if buf.len() + chunk.len() > cap {
+            return Err(BodyError::TooLarge { cap });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
 /// Whether a client follows redirects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redirects {

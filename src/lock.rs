@@ -3,7 +3,7 @@
 //! An exclusive `flock` on a file next to the `.env`; released when the guard drops or the
 //! process dies, so a crashed run never leaves a stale lock.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,8 @@ pub struct LockGuard {
 
 /// Wait up to `timeout` for the lock at `path`.
 pub async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, String> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
+    // A regular file only: a FIFO would block the open, a device would lock nothing.
+    let file = crate::fsx::open_regular(path, true, Some(0o600))
         .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
     let start = Instant::now();
     let mut logged = false;
@@ -64,5 +61,25 @@ mod tests {
         assert!(e.contains("another audsync run"), "{e}");
         drop(g);
         acquire(&p, Duration::ZERO).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lock_path_that_is_a_fifo_or_device_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.lock");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = acquire(&fifo, Duration::ZERO).await.unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let null = dir.path().join("y.lock");
+        std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+        let e = acquire(&null, Duration::ZERO).await.unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

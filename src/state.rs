@@ -51,6 +51,16 @@ pub struct State {
     /// one `recovered` when it ends). Written only through [`StateFile::update`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_streak: Option<FailureStreak>,
+    /// In-place `.env` writes begun and not yet known to be finished: the journal the next
+    /// run reads first, to finish or undo a write that was cut short (see
+    /// `sink::envfile::recover_in_place`). Written only through [`StateFile::update`];
+    /// [`StateFile::save`] keeps the file's copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_place_writes: Vec<InPlaceWrite>,
+    /// Containers given by id (or id prefix) -> the name they had: a recreate gives a new
+    /// id, and the next run finds the container by this name instead of chasing the dead id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_names: BTreeMap<String, String>,
 }
 
 /// A run of failed `sync` runs.
@@ -59,6 +69,16 @@ pub struct FailureStreak {
     pub failures: u32,
     /// Unix seconds of the first failure.
     pub since: u64,
+}
+
+/// One journalled in-place write: the file, its safety copy (the old content), and what the
+/// new content is (length and hash), so the next run can tell finished from torn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InPlaceWrite {
+    pub target: PathBuf,
+    pub backup: PathBuf,
+    pub new_len: u64,
+    pub new_hash: String,
 }
 
 impl State {
@@ -197,7 +217,8 @@ impl StateFile {
         state.infisical_login_refused = on_disk
             .as_ref()
             .and_then(|s| s.infisical_login_refused.clone());
-        state.failure_streak = on_disk.and_then(|s| s.failure_streak);
+        state.failure_streak = on_disk.as_ref().and_then(|s| s.failure_streak);
+        state.in_place_writes = on_disk.map(|s| s.in_place_writes).unwrap_or_default();
         write(&self.path, &state)
     }
 
@@ -217,6 +238,7 @@ fn write(path: &Path, state: &State) -> Result<(), String> {
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".audsync-state-")
+        .suffix(".tmp")
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)
         .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -42,6 +42,8 @@ pub struct VerifyConfig {
     /// The Cloudflare API, when credentials are configured.
     pub api: Option<SourceConfig>,
     pub timeout: Duration,
+    /// The Docker daemon's address (`DOCKER_HOST`, checked).
+    pub docker_host: String,
 }
 
 impl VerifyConfig {
@@ -61,9 +63,8 @@ impl VerifyConfig {
         let token = match (&a.token, &a.token_file) {
             (Some(t), _) => Some(Secret::new(t.trim())),
             (None, Some(p)) => {
-                let raw = std::fs::read_to_string(p).map_err(|e| {
-                    Error::usage(format!("--token-file {}: cannot read: {e}", p.display()))
-                })?;
+                let raw = crate::fsx::read_secret_file(p)
+                    .map_err(|e| Error::usage(format!("--token-file {}: {e}", p.display())))?;
                 let t = raw.trim();
                 if t.is_empty() {
                     return Err(Error::usage(format!(
@@ -103,7 +104,9 @@ impl VerifyConfig {
         } else {
             None
         };
+        let docker_host = config::docker_host(env)?;
         Ok(VerifyConfig {
+            docker_host,
             url: url.map_or_else(|| format!("https://{host}/"), |u| u.to_string()),
             host,
             team_domain: edge::team_domain(
@@ -497,7 +500,10 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
     // The .env file (`--sink env`).
     if cfg.sinks.contains(&SinkKind::Env) {
         let env_what = format!("{} {}", cfg.env_file.display(), cfg.key);
-        match std::fs::read_to_string(&cfg.env_file) {
+        match crate::fsx::read_bounded(&cfg.env_file, crate::fsx::MAX_TEXT).and_then(|b| {
+            String::from_utf8(b)
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+        }) {
             Ok(text) => match envfile::parse(&text) {
                 Ok(map) => {
                     let v = map.get(&cfg.key).cloned();
@@ -524,7 +530,7 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
     }
     // Containers (the configured environment of the running container).
     if !cfg.containers.is_empty() {
-        match crate::docker::Engine::connect().await {
+        match crate::docker::Engine::connect(&cfg.docker_host).await {
             Err(e) => {
                 for n in &cfg.containers {
                     seen.push(Seen {

@@ -529,7 +529,7 @@ fn read_only_env_file_is_left_intact() {
 fn new_env_file_is_created_private() {
     let (_cf, sb) = setup();
     std::fs::remove_file(sb.env_path()).unwrap();
-    assert_eq!(sync(&sb, &[]).code, 0);
+    assert_eq!(sync(&sb, &["--create-env-file"]).code, 0);
     assert_eq!(sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
     assert_eq!(
         std::fs::metadata(sb.env_path())

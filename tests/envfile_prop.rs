@@ -1,4 +1,4 @@
-//! Property: editing any generated .env changes nothing but the key (checked with dotenvy).
+//! Property: editing any generated .env changes nothing but the key (checked with our compose-compatible parser).
 
 use audsync::sink::envfile::{checked_edit, parse, set_key};
 use proptest::prelude::*;

@@ -394,6 +394,7 @@ fn sync_keeps_the_tunnel_rule_aud_tag_current() {
     let cf2 = fake(vec![app(2, HOST, &aud(2))], "cloudflare", ingress());
     let mut sb2 = Sandbox::with_cloudflare(&cf2);
     sb2.var("CLOUDFLARE_TUNNEL_ID", TUNNEL);
+    sb2.write_env("");
     let mut c = sb2.cmd();
     c.args([
         "sync",
@@ -416,6 +417,7 @@ fn sync_tunnel_api_failure_fails_the_pass() {
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
     let mut sb = Sandbox::with_cloudflare(&cf);
     sb.var("CLOUDFLARE_TUNNEL_ID", TUNNEL); // the fake knows no such tunnel: 404
+    sb.write_env("");
     let mut c = sb.cmd();
     c.args(["sync", "--domain", HOST, "--restart", "none"]);
     let r = run(&mut c);

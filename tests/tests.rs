@@ -9,6 +9,7 @@ mod docker_recover;
 mod docker_recreate;
 mod docker_restart;
 mod envfile_prop;
+mod faults;
 mod infisical;
 mod infisical_passes;
 mod notify;

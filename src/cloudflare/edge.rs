@@ -178,7 +178,11 @@ pub async fn certs(http: &reqwest::Client, team_domain: &str) -> Result<Jwks, Ed
             "check CLOUDFLARE_AUTH_DOMAIN (https://<team>.cloudflareaccess.com)",
         ));
     }
-    let bytes = resp.bytes().await.map_err(|e| unreachable(&e))?;
+    let bytes = match crate::http::read_body(resp, crate::http::MAX_BODY).await {
+        Ok(b) => b,
+        Err(crate::http::BodyError::Transport(e)) => return Err(unreachable(&e)),
+        Err(e) => return Err(err(format!("{url}: {e}"), "check CLOUDFLARE_AUTH_DOMAIN")),
+    };
     serde_json::from_slice(&bytes).map_err(|e| {
         err(
             format!("{url}: not a JSON key set ({e})"),

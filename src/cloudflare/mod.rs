@@ -450,11 +450,24 @@ impl Client {
                 attempts: attempt,
             });
         }
-        let bytes = resp.bytes().await.map_err(|source| Error::Transport {
-            method: method.clone(),
-            path: path.into(),
-            source: source.without_url(),
-        })?;
+        let bytes = match crate::http::read_body(resp, crate::http::MAX_BODY).await {
+            Ok(b) => b,
+            Err(crate::http::BodyError::Transport(source)) => {
+                return Err(Error::Transport {
+                    method: method.clone(),
+                    path: path.into(),
+                    source,
+                });
+            }
+            Err(e) => {
+                return Err(Error::Malformed {
+                    method,
+                    path: path.into(),
+                    status: status.as_u16(),
+                    detail: e.to_string(),
+                });
+            }
+        };
         let env: Envelope = match serde_json::from_slice(&bytes) {
             Ok(e) => e,
             Err(e) => {

@@ -91,6 +91,7 @@ pub const SETTINGS: &[(&str, &str, Kind)] = &[
     ("state_file", "AUDSYNC_STATE_FILE", Kind::Path),
     ("lock_timeout", "AUDSYNC_LOCK_TIMEOUT", Kind::Plain),
     ("write_mode", "AUDSYNC_WRITE_MODE", Kind::Plain),
+    ("create_env_file", "AUDSYNC_CREATE_ENV_FILE", Kind::Plain),
     ("restart", "AUDSYNC_RESTART", Kind::Plain),
     ("settle", "AUDSYNC_SETTLE", Kind::Plain),
     ("health_timeout", "AUDSYNC_HEALTH_TIMEOUT", Kind::Plain),
@@ -122,6 +123,7 @@ pub const BINDING_KEYS: &[&str] = &[
     "tunnel_id",
     "source",
     "url",
+    "create",
 ];
 
 /// A value with the line it was read from.

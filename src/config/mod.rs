@@ -508,5 +508,82 @@ mod validator_tests {
     }
 }
 
+/// The Docker daemon's address when `DOCKER_HOST` is not set.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// `DOCKER_HOST` from the process environment (as the docker CLI reads it), checked before
+/// anything is contacted: `unix:///absolute/path`, or `tcp://HOST:PORT` / `http://HOST:PORT`.
+/// Anything else is a usage error.
+pub fn docker_host(env: &Env) -> Result<String, Error> {
+    let Some(h) = env.process().get("DOCKER_HOST") else {
+        return Ok(DEFAULT_DOCKER_HOST.to_string());
+    };
+    let bad = |why: &str| {
+        Error::usage(format!(
+            "DOCKER_HOST={h:?} does not parse: {why}; use unix:///var/run/docker.sock, or tcp://HOST:2375"
+        ))
+    };
+    if let Some(path) = h.strip_prefix("unix://") {
+        if !path.starts_with('/') || path.len() < 2 {
+            return Err(bad("a unix socket needs an absolute path (unix:///path)"));
+        }
+        return Ok(h.to_string());
+    }
+    if h.starts_with("tcp://") || h.starts_with("http://") {
+        let u = url::Url::parse(&h.replacen("tcp://", "http://", 1))
+            .map_err(|e| bad(&e.to_string()))?;
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err(bad("no host"));
+        }
+        if !u.username().is_empty() || u.password().is_some() || u.query().is_some() {
+            return Err(bad("user, password or query are not supported"));
+        }
+        if !matches!(u.path(), "" | "/") {
+            return Err(bad("a path is not supported"));
+        }
+        return Ok(h.to_string());
+    }
+    Err(bad(
+        "the scheme must be unix:// or tcp:// (http://); ssh:// and TLS are not supported",
+    ))
+}
+
+#[cfg(test)]
+mod docker_host_tests {
+    use super::*;
+
+    fn with(v: &str) -> Result<String, Error> {
+        docker_host(&Env::new(Vars::from_pairs([("DOCKER_HOST", v)])))
+    }
+
+    #[test]
+    fn docker_host_that_does_not_parse_is_a_usage_error() {
+        assert_eq!(
+            docker_host(&Env::new(Vars::from_pairs::<&str, &str>([]))).unwrap(),
+            DEFAULT_DOCKER_HOST
+        );
+        for ok in [
+            "unix:///run/docker.sock",
+            "tcp://127.0.0.1:2375",
+            "http://docker:2375",
+        ] {
+            assert_eq!(with(ok).unwrap(), ok);
+        }
+        for bad in [
+            "/var/run/docker.sock",
+            "unix://relative",
+            "tcp://",
+            "tcp://h:99999",
+            "ssh://u@h",
+            "fd://",
+            "tcp://h:1/x",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(matches!(e, Error::Usage { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains("DOCKER_HOST"), "{e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -52,6 +52,8 @@ pub struct Binding {
     pub restart: RestartMode,
     /// Keep the audTag of this tunnel's rule for the host current.
     pub tunnel_id: Option<String>,
+    /// Create a missing `.env` sink (`create = true` / `--create-env-file`).
+    pub create: bool,
 }
 
 /// A validated `sync` configuration.
@@ -77,6 +79,8 @@ pub struct SyncConfig {
     pub team: Option<crate::cloudflare::edge::Team>,
     /// Where notifications go (`--notify`, `notify = [...]`), and which.
     pub notify: crate::notify::Settings,
+    /// The Docker daemon's address (`DOCKER_HOST`, checked).
+    pub docker_host: String,
 }
 
 impl SyncConfig {
@@ -92,6 +96,7 @@ impl SyncConfig {
         file: Option<&FileConfig>,
         origins: &std::collections::BTreeMap<String, Origin>,
     ) -> Result<SyncConfig, Error> {
+        let docker_host = super::docker_host(env)?;
         let from_file = file.filter(|f| !f.bindings.is_empty());
         let state_file = match (&a.state_file, file) {
             (Some(p), _) => p.clone(),
@@ -166,6 +171,7 @@ impl SyncConfig {
                 a.access.auth_domain.as_deref(),
             ),
             notify,
+            docker_host,
         })
     }
 }
@@ -269,6 +275,7 @@ fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
         targets,
         restart: a.restart,
         tunnel_id,
+        create: a.create_env_file,
     })
 }
 
@@ -430,6 +437,15 @@ fn file_binding(
         },
         None => None,
     };
+    let create = match field("create").as_deref() {
+        None => a.create_env_file,
+        Some("true") => true,
+        Some("false") => false,
+        Some(_) => {
+            errs.push("create must be true or false".into());
+            a.create_env_file
+        }
+    };
     if fb.sinks.is_empty() {
         errs.push("give at least one sink, e.g. sinks = [{ env = \"/srv/app/.env\" }]".into());
     }
@@ -471,6 +487,7 @@ fn file_binding(
                 targets,
                 restart,
                 tunnel_id,
+                create,
             })
         }
         _ => Err(errs),

@@ -29,13 +29,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Connect with `DOCKER_HOST` or the default socket, and agree on an API version.
-    pub async fn connect() -> Result<Engine, ActionError> {
-        let docker = Docker::connect_with_defaults().map_err(|e| unreachable_daemon(&e))?;
+    /// Connect to `host` (`DOCKER_HOST` as config checked it, or the default socket), and
+    /// agree on an API version.
+    pub async fn connect(host: &str) -> Result<Engine, ActionError> {
+        let docker = Docker::connect_with_host(host).map_err(|e| unreachable_daemon(host, &e))?;
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|e| unreachable_daemon(&e))?;
+            .map_err(|e| unreachable_daemon(host, &e))?;
         Ok(Engine {
             docker: Arc::new(docker),
         })
@@ -109,14 +110,35 @@ impl Engine {
         Ok(found.into_iter().map(|(_, n)| n).collect())
     }
 
+    /// The name of the container `id_or_name` (without the leading `/`); `None` when the
+    /// engine knows no such container.
+    pub async fn name_of(&self, id_or_name: &str) -> Result<Option<String>, ActionError> {
+        match self.docker.inspect_container(id_or_name, None).await {
+            Ok(i) => Ok(i.name.map(|n| n.trim_start_matches('/').to_string())),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(container_error(id_or_name, "inspect", &e)),
+        }
+    }
+
+    /// The compose project directory a container was started from (label
+    /// `com.docker.compose.project.working_dir`), best effort.
+    pub async fn project_dir(&self, id_or_name: &str) -> Option<String> {
+        let info = self.docker.inspect_container(id_or_name, None).await.ok()?;
+        info.config?
+            .labels?
+            .get("com.docker.compose.project.working_dir")
+            .filter(|d| !d.is_empty())
+            .cloned()
+    }
+
     pub fn api(&self) -> &Docker {
         &self.docker
     }
 }
 
-fn unreachable_daemon(e: &BollardError) -> ActionError {
-    let host =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+fn unreachable_daemon(host: &str, e: &BollardError) -> ActionError {
     ActionError {
         rolled_back: false,
         message: format!("cannot reach the Docker daemon at {host}: {e}"),
@@ -239,6 +261,9 @@ impl Target for Container {
             .inspect_container(&self.name, None)
             .await
             .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        if info.state.as_ref().and_then(|s| s.paused) == Some(true) {
+            return Err(recreate::paused(&self.name));
+        }
         // Honour the container's own stop timeout; the engine uses its stop signal.
         let t = stop_timeout(&info);
         tracing::info!(container = %self.name, "restarting");

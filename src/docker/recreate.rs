@@ -53,6 +53,10 @@ pub(super) async fn recreate(
             hint: Some("run it without --rm (e.g. with a restart policy), or use --restart restart if it reads the value at start-up".into()),
         });
     }
+    if info.state.as_ref().and_then(|s| s.paused) == Some(true) {
+        // Recreating it would bring it back running: someone paused it on purpose.
+        return Err(paused(&name));
+    }
     let old_id = info.id.clone().unwrap_or_else(|| target.to_string());
     let image = pinned_image(docker, &info).await;
     let spec = spec::build(&info, changes, &image);
@@ -185,6 +189,19 @@ async fn pinned_image(docker: &Docker, info: &ContainerInspectResponse) -> Strin
     }
 }
 
+/// The refusal for a paused container (left paused, not recreated or restarted).
+pub(super) fn paused(name: &str) -> ActionError {
+    ActionError {
+        rolled_back: false,
+        message: format!(
+            "container {name} is paused: audsync leaves it paused rather than bring it back running with the new value"
+        ),
+        hint: Some(format!(
+            "unpause it (docker unpause {name}) and run sync again: the change is still owed"
+        )),
+    }
+}
+
 /// Remove a container, best effort (volumes kept).
 async fn remove(docker: &Docker, id: &str) {
     if let Err(e) = docker.remove_container(id, Some(keep_volumes())).await {
@@ -214,6 +231,31 @@ impl Rollback<'_> {
     /// Remove the new container, give the old one its name back, start it; say what happened.
     async fn undo(&self, why: String) -> ActionError {
         let name = self.name;
+        if let Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) = self.docker.inspect_container(self.old_id, None).await
+        {
+            // Someone else removed the old container meanwhile: there is nothing to go back to.
+            tracing::warn!(container = %name, reason = %why, "the old container was removed by someone else during the recreate");
+            let new_state = match self.docker.inspect_container(self.new_id, None).await {
+                Ok(i) => format!(
+                    "the new container {} ({}) is left as it is",
+                    i.name.as_deref().unwrap_or("").trim_start_matches('/'),
+                    ops::short_id(self.new_id)
+                ),
+                Err(_) => "the new container is gone too".to_string(),
+            };
+            return ActionError {
+                rolled_back: false,
+                message: format!(
+                    "recreating {name} failed: the old container ({}) was removed by someone else during the recreate, so nothing was rolled back ({why}); {new_state}",
+                    ops::short_id(self.old_id)
+                ),
+                hint: Some(format!(
+                    "check `docker ps -a` for {name}; bring it up again (docker compose up -d) and run sync again"
+                )),
+            };
+        }
         tracing::warn!(container = %name, reason = %why, "rolling back to the old container");
         let logs = last_logs(self.docker, self.new_id).await;
         let problems = ops::restore_old(

@@ -36,18 +36,25 @@ pub fn build(info: &ContainerInspectResponse, changes: &[(String, String)], imag
         .map(|env| env.into_iter().map(|kv| changed(kv, changes)).collect());
     // The engine sets the hostname to the short id when none was asked for; copying it would
     // name the new container after the old one.
+    let mut host_config = info.host_config.clone().unwrap_or_default();
+    // In another container's network namespace (`network_mode: container:<other>`) the
+    // hostname shown is the other's, inherited: the engine refuses to be given one.
+    let shares_netns = host_config
+        .network_mode
+        .as_deref()
+        .is_some_and(|m| m.starts_with("container:"));
     let hostname = config
         .hostname
-        .filter(|h| !h.is_empty() && (short_id.is_empty() || *h != short_id));
-
-    let mut host_config = info.host_config.clone().unwrap_or_default();
+        .filter(|h| !h.is_empty() && (short_id.is_empty() || *h != short_id))
+        .filter(|_| !shares_netns);
+    let domainname = config.domainname.filter(|_| !shares_netns);
     remount_anonymous_volumes(info, &mut host_config);
 
     let (networking_config, extra_networks) = networks(info, &host_config, &id, &short_id);
 
     let body = ContainerCreateBody {
         hostname,
-        domainname: config.domainname,
+        domainname,
         user: config.user,
         attach_stdin: config.attach_stdin,
         attach_stdout: config.attach_stdout,
@@ -396,5 +403,17 @@ mod tests {
             let s = build(&i, &one("K", "v"), "i");
             assert!(s.body.networking_config.is_none() && s.extra_networks.is_empty());
         }
+    }
+
+    #[test]
+    fn a_container_in_another_ones_network_namespace_gets_no_hostname() {
+        let mut i = inspect();
+        i.config.as_mut().unwrap().hostname = Some("inherited-from-other".into());
+        i.config.as_mut().unwrap().domainname = Some("example".into());
+        i.host_config.as_mut().unwrap().network_mode = Some("container:0123456789abcdef".into());
+        let s = build(&i, &one("K", "v"), "i");
+        assert_eq!(s.body.hostname, None, "the engine refuses a hostname here");
+        assert_eq!(s.body.domainname, None);
+        assert!(s.body.networking_config.is_none());
     }
 }

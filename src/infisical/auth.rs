@@ -302,7 +302,11 @@ impl Client {
                 )
             })?;
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let body: Value = crate::http::read_body(resp, crate::http::MAX_BODY)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let at = now_secs();
             let reason = describe(status, &body);

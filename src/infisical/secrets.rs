@@ -176,7 +176,9 @@ impl Client {
                 }
             };
             let status = resp.status();
-            let bytes = resp.bytes().await.unwrap_or_default();
+            let bytes = crate::http::read_body(resp, crate::http::MAX_BODY)
+                .await
+                .unwrap_or_default();
             let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 // The retries are spent.

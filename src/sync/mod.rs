@@ -9,6 +9,7 @@ pub mod targets;
 pub mod tunnel;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use crate::config::{self, BindingSink, SyncConfig};
 use crate::error::Error;
@@ -58,11 +59,45 @@ fn sinks_of(cfg: &SyncConfig) -> Sinks {
     Sinks { specs, of_binding }
 }
 
+/// For each binding, the compose project directory of its first container (label
+/// `com.docker.compose.project.working_dir`), when Docker is used anyway and answers.
+async fn project_dirs(cfg: &SyncConfig) -> BTreeMap<usize, PathBuf> {
+    let mut out = BTreeMap::new();
+    if cfg
+        .bindings
+        .iter()
+        .all(|b| b.restart == RestartMode::None || b.targets.is_empty())
+    {
+        return out;
+    }
+    let Ok(engine) = crate::docker::Engine::connect(&cfg.docker_host).await else {
+        return out;
+    };
+    for (i, b) in cfg.bindings.iter().enumerate() {
+        let first = match b.targets.first() {
+            Some(config::BindingTarget::Container(c)) => Some(c.clone()),
+            Some(config::BindingTarget::ComposeService { project, service }) => engine
+                .compose_service(project, service)
+                .await
+                .ok()
+                .and_then(|l| l.into_iter().next()),
+            None => None,
+        };
+        if let Some(c) = first
+            && let Some(d) = engine.project_dir(&c).await
+        {
+            out.insert(i, PathBuf::from(d));
+        }
+    }
+    out
+}
+
 /// The sink objects, with the Infisical writes held for approval that the state remembers.
 fn build_sinks(
     cfg: &SyncConfig,
     sinks: &Sinks,
     state: &crate::state::State,
+    dirs: &BTreeMap<usize, PathBuf>,
 ) -> Result<Vec<AnySink>, Error> {
     sinks
         .specs
@@ -88,6 +123,19 @@ fn build_sinks(
                     })
                     .unwrap_or_else(|| p.clone()),
                 mode: cfg.write_mode,
+                create: cfg
+                    .bindings
+                    .iter()
+                    .zip(&sinks.of_binding)
+                    .any(|(b, s)| s.contains(&i) && b.create),
+                journal: Some(cfg.state_file.clone()),
+                project_dir: sinks
+                    .of_binding
+                    .iter()
+                    .enumerate()
+                    .find_map(|(b, s)| s.contains(&i).then(|| dirs.get(&b)).flatten())
+                    .cloned(),
+                dry_run: cfg.dry_run,
             })),
             BindingSink::Infisical(path) => {
                 let keys: BTreeSet<&str> = cfg
@@ -140,6 +188,27 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
                 .map_err(at(Stage::Lock))?,
         )
     };
+    // Before anything else: finish or undo an in-place write an earlier run was killed in.
+    let journal_done = if cfg.dry_run {
+        let pending = StateFile::load(&cfg.state_file, true)
+            .map(|s| s.state.in_place_writes.len())
+            .unwrap_or(0);
+        if pending > 0 {
+            tracing::warn!(
+                "an in-place .env write of an earlier run was cut short; the next real run finishes or undoes it first"
+            );
+        }
+        vec![]
+    } else {
+        crate::sink::envfile::recover_in_place(&cfg.state_file)
+            .map_err(|e| {
+                Error::failed(
+                    e,
+                    Some("put the file right by hand, then run sync again".into()),
+                )
+            })
+            .map_err(at(Stage::Sink))?
+    };
     let mut state = StateFile::load(&cfg.state_file, cfg.dry_run)
         .map_err(|e| Error::failed(e, Some("fix the file's permissions, or point --state-file / AUDSYNC_STATE_FILE elsewhere".into())))
         .map_err(at(Stage::Lock))?;
@@ -169,7 +238,15 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
 
     // 2. What the sinks hold.
     let phys = sinks_of(cfg);
-    let mut sinks = build_sinks(cfg, &phys, &state.state).map_err(at(Stage::Sink))?;
+    let dirs = project_dirs(cfg).await;
+    let mut sinks = build_sinks(cfg, &phys, &state.state, &dirs).map_err(at(Stage::Sink))?;
+    if !cfg.dry_run {
+        for s in &sinks {
+            if let AnySink::Env(e) = s {
+                e.remove_leftovers();
+            }
+        }
+    }
     let mut sink_obs = Vec::with_capacity(sinks.len());
     for (i, s) in sinks.iter_mut().enumerate() {
         let desired: Values = cfg
@@ -224,8 +301,19 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         changing || !owed.is_empty() || elsewhere,
         &state.state.applied,
         &watch,
+        &state.state.container_names,
     )
     .await;
+    if !cfg.dry_run && !resolved.names.is_empty() {
+        let mut names = state.state.container_names.clone();
+        names.extend(std::mem::take(&mut resolved.names));
+        if names != state.state.container_names {
+            state.state.container_names = names;
+            if let Err(e) = state.save() {
+                tracing::warn!(error = %e, "cannot remember the names of containers given by id");
+            }
+        }
+    }
 
     // 4. Plan and apply.
     let inputs: Vec<BindingIn> = cfg
@@ -291,6 +379,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     }
     let mut r = report::build(cfg, found, &plan, outcome, tunnels, client.requests());
     r.warnings.extend(leaked);
+    r.warnings.extend(journal_done);
     r.add_recovered(std::mem::take(&mut resolved.recovered));
     Ok(r)
 }

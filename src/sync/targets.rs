@@ -59,6 +59,8 @@ pub struct Resolved {
     pub of_binding: Vec<Vec<usize>>,
     /// Recreates cut short by an earlier run, finished or undone (with `--dry-run`: found).
     pub recovered: Vec<String>,
+    /// Containers given by id (or prefix) -> their name, to remember in the state.
+    pub names: BTreeMap<String, String>,
 }
 
 /// Resolve and observe the containers. Containers are only asked about when their answer can
@@ -70,7 +72,9 @@ pub async fn resolve(
     may_act: bool,
     ran_with: &BTreeMap<String, Values>,
     watch: &[String],
+    known_names: &BTreeMap<String, String>,
 ) -> Resolved {
+    let mut names_of_ids: BTreeMap<String, String> = BTreeMap::new();
     let need_docker = cfg.bindings.iter().any(|b| match b.restart {
         RestartMode::None => false,
         RestartMode::Restart => may_act,
@@ -81,7 +85,7 @@ pub async fn resolve(
     let mut of_binding: Vec<Vec<usize>> = Vec::new();
     let mut down: BTreeMap<String, ActionError> = BTreeMap::new();
     let engine = if need_docker {
-        Some(Engine::connect().await)
+        Some(Engine::connect(&cfg.docker_host).await)
     } else {
         None
     };
@@ -99,7 +103,27 @@ pub async fn resolve(
         let mut mine = Vec::new();
         for t in &b.targets {
             match t {
-                BindingTarget::Container(c) => mine.push(index(c.clone(), None, &mut names)),
+                BindingTarget::Container(c) => {
+                    // Given by id or id prefix: go by its name, which survives a recreate.
+                    let name = match &engine {
+                        Some(Ok(e)) => match e.name_of(c).await {
+                            Ok(Some(n)) if n != *c => {
+                                names_of_ids.insert(c.clone(), n.clone());
+                                n
+                            }
+                            Ok(None) => match known_names.get(c) {
+                                Some(n) => {
+                                    names_of_ids.insert(c.clone(), n.clone());
+                                    n.clone()
+                                }
+                                None => c.clone(),
+                            },
+                            _ => c.clone(),
+                        },
+                        _ => c.clone(),
+                    };
+                    mine.push(index(name, None, &mut names))
+                }
                 BindingTarget::ComposeService { project, service } => {
                     let group = format!("{project}/{service}");
                     let found = match &engine {
@@ -200,5 +224,6 @@ pub async fn resolve(
         observed,
         of_binding,
         recovered,
+        names: names_of_ids,
     }
 }
