@@ -152,13 +152,15 @@ impl StateFile {
     /// only a cache and a journal: the worst case is one extra lookup or restart); a file that
     /// exists but cannot be read is an error, so it is never silently overwritten.
     pub fn load(path: &Path, read_only: bool) -> Result<StateFile, String> {
-        let state = match fsx::read_bounded(path, fsx::MAX_TEXT) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+        // Not through a symlink, and only a file of the user running (fsx::read_private).
+        let state = match fsx::read_private(path, fsx::MAX_TEXT)
+            .map_err(|e| format!("the state file: {e}"))?
+        {
+            Some(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
                 State::default()
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(format!("cannot read the state file {}: {e}", path.display())),
+            None => State::default(),
         };
         Ok(StateFile {
             path: path.to_path_buf(),
@@ -245,6 +247,26 @@ mod tests {
             "an unreadable state is an error"
         );
         assert_eq!(StateFile::load(&p, false).unwrap().state, State::default());
+    }
+
+    #[test]
+    fn a_symlinked_or_foreign_state_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        fs::write(&target, "{}").unwrap();
+        let link = dir.path().join("s.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = StateFile::load(&link, false).unwrap_err();
+        assert!(e.contains("symlink"), "{e}");
+        assert!(StateFile::update(&link, |s| s.app_count = Some(1)).is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "{}");
+        // Owned by another user (only root can set that up).
+        let p = dir.path().join("t.json");
+        fs::write(&p, "{}").unwrap();
+        if std::os::unix::fs::chown(&p, Some(65534), Some(65534)).is_ok() {
+            let e = StateFile::load(&p, false).unwrap_err();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
     }
 
     #[test]
