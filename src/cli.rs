@@ -61,6 +61,10 @@ pub struct GlobalArgs {
     /// Less logging (-q errors only, -qq nothing).
     #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose", help_heading = "Global options")]
     pub quiet: u8,
+    /// Send credentials (API token, Infisical client secret) over plain http to a host that is
+    /// not a loopback address. Off: credentials go over https, or http to 127.0.0.1/::1/localhost.
+    #[arg(long, global = true, env = "AUDSYNC_ALLOW_INSECURE_HTTP", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Global options")]
+    pub allow_insecure_http: bool,
     /// Log line format on stderr.
     #[arg(long, global = true, env = "AUDSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Global options")]
     pub log_format: LogFormat,

@@ -10,4 +10,5 @@ mod envfile_prop;
 mod infisical;
 mod infisical_passes;
 mod setup_verify;
+mod trust;
 mod watch;

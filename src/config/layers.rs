@@ -106,6 +106,8 @@ pub struct Env {
     file: FileLayer,
     /// Values read from a secret store (Infisical): the last layer.
     fetched: BTreeMap<String, Secret>,
+    /// `--allow-insecure-http`: credentials may go over plain http to any host.
+    pub allow_insecure_http: bool,
 }
 
 impl std::fmt::Debug for Env {

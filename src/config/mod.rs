@@ -125,6 +125,7 @@ where
         }
     }
     let cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+    env.allow_insecure_http = cli.global.allow_insecure_http;
     let mut parsed = Parsed {
         cli,
         env,
@@ -267,6 +268,7 @@ impl SourceConfig {
                 "--api-url / CLOUDFLARE_API_URL must be an http(s) URL",
             ));
         }
+        check_credential_url("--api-url / CLOUDFLARE_API_URL", &url, env)?;
         Ok(SourceConfig {
             api_url: a.api_url.clone(),
             auth: cloudflare_auth(env)?,
@@ -307,6 +309,9 @@ impl SourceConfig {
         let url = url.map_or_else(|| format!("https://{host}/"), |u| u.to_string());
         let any_credential = has_cloudflare_credentials(env);
         let auth = if any_credential {
+            if let Ok(u) = url::Url::parse(&a.api_url) {
+                check_credential_url("--api-url / CLOUDFLARE_API_URL", &u, env)?;
+            }
             cloudflare_auth(env)?
         } else {
             Auth::None
@@ -331,6 +336,19 @@ impl SourceConfig {
             }),
         })
     }
+}
+
+/// Credentials go over https, or plain http to a loopback address; anything else is a usage
+/// error before any connection, unless `--allow-insecure-http` / `AUDSYNC_ALLOW_INSECURE_HTTP`.
+pub fn check_credential_url(setting: &str, url: &url::Url, env: &Env) -> Result<(), Error> {
+    if crate::http::credential_safe(url) || env.allow_insecure_http {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "{setting} {}://{}: credentials are sent only over https (or plain http to a loopback address); use https, or pass --allow-insecure-http (AUDSYNC_ALLOW_INSECURE_HTTP=1) if this network is yours",
+        url.scheme(),
+        url.host_str().unwrap_or("")
+    )))
 }
 
 /// An http(s) URL given by --url.

@@ -132,6 +132,12 @@ impl Client {
                 }
             };
             let status = resp.status();
+            if let Some(refusal) = crate::http::redirect_refusal(&resp) {
+                return Err(unreachable(
+                    format!("{method} {path} at {} {refusal}", self.settings.host),
+                    Some("set INFISICAL_HOST to the instance's final address".into()),
+                ));
+            }
             let bytes = resp.bytes().await.unwrap_or_default();
             let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
