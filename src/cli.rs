@@ -136,6 +136,11 @@ pub struct AccessArgs {
     /// The Zero Trust team name (used when CLOUDFLARE_AUTH_DOMAIN is not set).
     #[arg(long, env = "CLOUDFLARE_TEAM_NAME", value_name = "NAME")]
     pub team_name: Option<String>,
+    /// With --source edge: accept the AUD from the login redirect's `kid`, which is NOT signed
+    /// (cloudflared stopped trusting it as a security fix), when the edge sends no signed
+    /// cf-access-metadata answer. Off: such an edge is an error and nothing is written.
+    #[arg(long, env = "AUDSYNC_ALLOW_UNSIGNED_KID", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_unsigned_kid: bool,
 }
 
 /// The `setup` options on top of every `sync` option.

@@ -228,9 +228,18 @@ pub async fn fetch(
 async fn fetch_edge(cfg: &SourceConfig, edge: &crate::config::EdgeSource) -> Result<Found, Error> {
     let http =
         crate::cloudflare::edge::http(cfg.timeout).map_err(|e| Error::failed(e.message, e.hint))?;
-    let got = crate::cloudflare::edge::learn_aud(&http, &edge.url, edge.team_domain.as_deref())
+    let ask = crate::cloudflare::edge::Ask {
+        url: &edge.url,
+        host: &edge.host,
+        team: edge.team_domain.as_deref(),
+        allow_unsigned_kid: edge.allow_unsigned_kid,
+    };
+    let got = crate::cloudflare::edge::learn_aud(&http, ask)
         .await
         .map_err(|e| Error::failed(e.message, e.hint))?;
+    if got.unsigned {
+        tracing::warn!(host = %edge.host, team = %got.team_domain, "taking the AUD from the login redirect's unsigned kid (--allow-unsigned-kid): anyone able to answer for the host can choose it");
+    }
     tracing::debug!(how = got.how, team = %got.team_domain, "AUD learned from the edge");
     Ok(Found {
         aud: got.aud,

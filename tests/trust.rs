@@ -12,9 +12,9 @@ use crate::support::cloudflare::{self, FakeCloudflare, TOKEN, app, aud};
 use crate::support::infisical::{CLIENT_ID, CLIENT_SECRET, PROJECT};
 use crate::support::{Run, Sandbox, Server, run};
 
-const HOST: &str = "api.example.com";
+pub const HOST: &str = "api.example.com";
 
-fn both(r: &Run) -> String {
+pub fn both(r: &Run) -> String {
     format!("{}\n{}", r.stdout, r.stderr)
 }
 
@@ -122,5 +122,159 @@ fn credentials_over_plain_http_to_a_non_loopback_host_are_refused_before_connect
         c.args(args).env("AUDSYNC_ALLOW_INSECURE_HTTP", "1");
         let out = run(&mut c);
         assert_ne!(out.code, 2, "{url}: {out:?}");
+    }
+}
+
+// ---------------------------------------------------------------- --source edge proves the AUD
+
+mod edge {
+    use serde_json::{Value, json};
+
+    use crate::support::access::{FakeAccess, TestKey, now};
+    use crate::support::cloudflare::aud;
+    use crate::support::{Run, Sandbox, run};
+
+    use super::{HOST, both};
+
+    struct Edge {
+        fa: FakeAccess,
+        key: TestKey,
+        sb: Sandbox,
+    }
+
+    /// The edge serves aud(5) in the redirect; the team domain is pinned (the fake's, loopback).
+    fn edge() -> Edge {
+        let key = TestKey::generate("team-key-1");
+        let fa = FakeAccess::start(HOST, &aud(5), &[&key]);
+        let mut sb = Sandbox::new();
+        sb.var("AUDSYNC_URL", &fa.host_url())
+            .var("CLOUDFLARE_AUTH_DOMAIN", &fa.team_url());
+        sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+        Edge { fa, key, sb }
+    }
+
+    fn claims(hostname: &str, a: &str, iat: i64) -> Value {
+        json!({"type": "match", "hostname": hostname, "auth_domain": "myteam.cloudflareaccess.com",
+               "aud": a, "app_hostname": hostname, "iat": iat})
+    }
+
+    fn sync(e: &Edge, extra: &[&str]) -> Run {
+        let mut c = e.sb.cmd();
+        c.args(["sync", "-vvv", "--source", "edge", "--domain", HOST, "--restart", "none"])
+            .args(extra);
+        c.env("RUST_LOG", "trace");
+        run(&mut c)
+    }
+
+    fn untouched(e: &Edge, r: &Run) {
+        assert_eq!(r.code, 1, "{r:?}");
+        assert_eq!(e.sb.read_env(), "CLOUDFLARE_AUD_TAG=old\n", "{r:?}");
+    }
+
+    #[test]
+    fn a_metadata_token_for_another_hostname_is_refused_also_when_url_points_elsewhere() {
+        let e = edge();
+        let tok = e.key.sign(&claims("other.example.com", &aud(6), now()));
+        e.fa.with(|s| s.metadata = Some(tok.clone()));
+        let r = sync(&e, &[]);
+        untouched(&e, &r);
+        assert!(r.stderr.contains("other.example.com"), "{r:?}");
+        assert!(!both(&r).contains(&tok));
+        // The right hostname, in another case, is accepted (hosts compare case-insensitively).
+        let tok = e.key.sign(&claims("API.Example.com", &aud(6), now()));
+        e.fa.with(|s| s.metadata = Some(tok));
+        let r = sync(&e, &[]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(e.sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(6)));
+    }
+
+    #[test]
+    fn a_stale_or_future_iat_type_other_than_match_or_empty_aud_is_refused() {
+        let e = edge();
+        let bad = [
+            claims(HOST, &aud(6), now() - 25 * 3600),
+            claims(HOST, &aud(6), now() + 10 * 60),
+            {
+                let mut c = claims(HOST, &aud(6), now());
+                c.as_object_mut().unwrap().remove("iat");
+                c
+            },
+            {
+                let mut c = claims(HOST, &aud(6), now());
+                c["type"] = json!("nomatch");
+                c
+            },
+            {
+                let mut c = claims(HOST, &aud(6), now());
+                c.as_object_mut().unwrap().remove("type");
+                c
+            },
+            claims(HOST, "", now()),
+        ];
+        for c in bad {
+            e.fa.with(|s| s.metadata = Some(e.key.sign(&c)));
+            let r = sync(&e, &[]);
+            untouched(&e, &r);
+        }
+        // 23 h old is still fresh.
+        e.fa.with(|s| s.metadata = Some(e.key.sign(&claims(HOST, &aud(6), now() - 23 * 3600))));
+        let r = sync(&e, &[]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+
+    #[test]
+    fn metadata_on_a_200_answer_is_refused() {
+        let e = edge();
+        // Even a correctly signed token (replayed by an origin) is not taken from a 200.
+        e.fa.with(|s| {
+            s.metadata = Some(e.key.sign(&claims(HOST, &aud(6), now())));
+            s.forged_200 = true;
+        });
+        let r = sync(&e, &[]);
+        untouched(&e, &r);
+        let r = sync(&e, &["--allow-unsigned-kid"]);
+        untouched(&e, &r);
+    }
+
+    #[test]
+    fn a_redirect_only_edge_is_refused_without_the_opt_in_and_nothing_is_written() {
+        let e = edge();
+        let r = sync(&e, &[]);
+        untouched(&e, &r);
+        assert!(r.stderr.contains("--allow-unsigned-kid"), "{r:?}");
+        // get refuses too.
+        let mut c = e.sb.cmd();
+        c.args(["get", "--source", "edge", "--domain", HOST]);
+        let g = run(&mut c);
+        assert_eq!(g.code, 1, "{g:?}");
+        // The opt-in (flag or variable) takes the kid, with a warning.
+        let r = sync(&e, &["--allow-unsigned-kid"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(e.sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(5)));
+        assert!(r.stderr.contains("unsigned"), "{r:?}");
+        let mut c = e.sb.cmd();
+        c.args(["get", "--source", "edge", "--domain", HOST])
+            .env("AUDSYNC_ALLOW_UNSIGNED_KID", "1");
+        let g = run(&mut c);
+        assert_eq!(g.code, 0, "{g:?}");
+        assert_eq!(g.stdout.trim(), aud(5));
+    }
+
+    #[test]
+    fn an_uppercase_team_pin_still_matches_the_redirect() {
+        let mut e = edge();
+        let upper = e.fa.team_url().replace("http://", "HTTP://");
+        e.sb.var("CLOUDFLARE_AUTH_DOMAIN", &format!("{upper}/"));
+        let r = sync(&e, &["--allow-unsigned-kid"]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+
+    #[test]
+    fn a_configured_team_domain_must_be_https_or_loopback_http() {
+        let mut e = edge();
+        e.sb.var("CLOUDFLARE_AUTH_DOMAIN", "http://team.example.com");
+        let r = sync(&e, &[]);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(r.stderr.contains("CLOUDFLARE_AUTH_DOMAIN"), "{r:?}");
     }
 }

@@ -234,8 +234,12 @@ pub struct SourceConfig {
 pub struct EdgeSource {
     /// The protected host's URL (`--url`, default `https://HOST/`).
     pub url: String,
+    /// The binding's host: the signed metadata must name it, wherever `url` points.
+    pub host: String,
     /// The configured team domain, when any (pins where the metadata's keys are fetched).
     pub team_domain: Option<String>,
+    /// `--allow-unsigned-kid`: the login redirect's unsigned `kid` may be the AUD.
+    pub allow_unsigned_kid: bool,
 }
 
 impl SourceConfig {
@@ -325,14 +329,17 @@ impl SourceConfig {
             auth,
             account_id,
             selector: Selector::Host(host.clone()),
-            host: Some(host),
+            host: Some(host.clone()),
             timeout: a.timeout,
             edge: Some(EdgeSource {
                 url,
-                team_domain: crate::cloudflare::edge::team_domain(
+                host: host.clone(),
+                team_domain: crate::cloudflare::edge::configured_team_domain(
                     access.auth_domain.as_deref(),
                     access.team_name.as_deref(),
-                ),
+                )
+                .map_err(Error::usage)?,
+                allow_unsigned_kid: access.allow_unsigned_kid,
             }),
         })
     }
