@@ -30,6 +30,10 @@ pub struct State {
     /// Where the application for each host was last found.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub apps: BTreeMap<String, CachedApp>,
+    /// The application that last served each host (also a wildcard one): a change of name or
+    /// kind is reported loudly.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub served: BTreeMap<String, ServedApp>,
     /// How many applications the account had at the last full listing: decides whether a pass
     /// asks for each cached application or lists them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +134,15 @@ pub struct LoginRefusal {
     pub at: u64,
     /// Infisical's answer (status and message; never a credential).
     pub reason: String,
+}
+
+/// The application that served a host at the last lookup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServedApp {
+    pub app_id: String,
+    pub name: String,
+    /// `exact`, or the `*.` pattern that covered the host.
+    pub matched: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -278,3 +278,42 @@ mod edge {
         assert!(r.stderr.contains("CLOUDFLARE_AUTH_DOMAIN"), "{r:?}");
     }
 }
+
+// ---------------------------------------------------------------- wildcard and a changed app
+
+#[test]
+fn a_wildcard_only_match_warns_and_a_change_of_the_serving_app_is_loud() {
+    let mut wild = app(2, "*.example.com", &aud(2));
+    wild["name"] = serde_json::json!("Everything");
+    let cf = FakeCloudflare::start(vec![wild]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    let sync = || {
+        let mut c = sb.cmd();
+        c.args(["sync", "--domain", HOST, "--restart", "none", "--output", "json"]);
+        run(&mut c)
+    };
+    let r = sync();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
+    let j = r.json();
+    let warnings = j["warnings"].to_string();
+    assert!(warnings.contains("*.example.com"), "the wildcard is named: {r:?}");
+    // An exact application appears for the host (another name, another kind): loud.
+    cf.with(|s| s.apps.push(app(3, HOST, &aud(3))));
+    let r = sync();
+    assert_eq!(r.code, 0, "{r:?}");
+    let warnings = r.json()["warnings"].to_string().to_lowercase();
+    assert!(
+        warnings.contains("changed") && warnings.contains("everything") && warnings.contains("app 3"),
+        "{r:?}"
+    );
+    // The same again: nothing to say.
+    let r = sync();
+    assert_eq!(r.json()["warnings"], serde_json::Value::Null, "{r:?}");
+    // Exact -> wildcard again (the exact app was deleted): loud, and the wildcard named.
+    cf.with(|s| s.apps.retain(|a| a["name"] != "App 3"));
+    let r = sync();
+    let warnings = r.json()["warnings"].to_string().to_lowercase();
+    assert!(warnings.contains("changed") && warnings.contains("*.example.com"), "{r:?}");
+}

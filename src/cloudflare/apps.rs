@@ -122,6 +122,22 @@ pub fn match_kind(app: &AccessApp, host: &str) -> Option<MatchKind> {
     best
 }
 
+/// The `*.` pattern of `app` that covers `host`, when only a wildcard does.
+pub fn wildcard_of(app: &AccessApp, host: &str) -> Option<String> {
+    if match_kind(app, host) != Some(MatchKind::Wildcard) {
+        return None;
+    }
+    let one = |h: &String| {
+        let probe = AccessApp {
+            destinations: vec![],
+            self_hosted_domains: vec![h.clone()],
+            ..app.clone()
+        };
+        match_kind(&probe, host) == Some(MatchKind::Wildcard)
+    };
+    app.hosts().into_iter().find(|h| h.starts_with("*.") && one(h))
+}
+
 /// Choose the application for `host` among `apps`. Pure: errors list what was seen.
 pub fn choose<'a>(apps: &'a [AccessApp], host: &str) -> Result<&'a AccessApp, Error> {
     let exact: Vec<&AccessApp> = apps
