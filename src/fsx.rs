@@ -50,6 +50,32 @@ pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Whether a settings file (the `.env`, the config file) may decide where credentials go and
+/// which files are written: owned by the user running, and writable by nobody else. The
+/// error says why not, and the fix.
+pub fn owner_only_writable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("cannot check {}: {e}", path.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(format!(
+            "{} is owned by uid {}, not by the user running audsync (uid {me}); run `chown {me} {}` (or run audsync as its owner)",
+            path.display(),
+            m.uid(),
+            path.display()
+        ));
+    }
+    let mode = m.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by others than its owner (mode {mode:o}); run `chmod go-w {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// A private file's bytes (see [`open_private`]), at most `cap`; `None` when it does not exist.
 pub fn read_private(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, String> {
     if let Err(rustix::io::Errno::NOENT) = rustix::fs::lstat(path) {

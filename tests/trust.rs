@@ -317,3 +317,80 @@ fn a_wildcard_only_match_warns_and_a_change_of_the_serving_app_is_loud() {
     let warnings = r.json()["warnings"].to_string().to_lowercase();
     assert!(warnings.contains("changed") && warnings.contains("*.example.com"), "{r:?}");
 }
+
+// ---------------------------------------------------------------- settings only from safe files
+
+#[test]
+fn a_group_writable_or_foreign_env_file_cannot_choose_where_credentials_go() {
+    use std::os::unix::fs::PermissionsExt;
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", TOKEN)
+        .var("CLOUDFLARE_ACCOUNT_ID", cloudflare::ACCOUNT);
+    sb.write_env(&format!("CLOUDFLARE_API_URL={}\nCLOUDFLARE_AUD_TAG=old\n", cf.url()));
+    let get = || {
+        let mut c = sb.cmd();
+        c.args(["get", "--domain", HOST]);
+        run(&mut c)
+    };
+    let set_mode = |m: u32| {
+        std::fs::set_permissions(sb.env_path(), std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    for mode in [0o664, 0o646, 0o666] {
+        set_mode(mode);
+        let r = get();
+        assert_eq!(r.code, 2, "{mode:o}: {r:?}");
+        assert!(
+            r.stderr.contains("CLOUDFLARE_API_URL") && r.stderr.contains("chmod go-w"),
+            "{r:?}"
+        );
+        assert!(cf.requests().is_empty(), "nothing was contacted");
+    }
+    // Owned by another user.
+    set_mode(0o644);
+    if std::os::unix::fs::chown(sb.env_path(), Some(65534), None).is_ok() {
+        let r = get();
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(r.stderr.contains("owned by uid 65534"), "{r:?}");
+        assert!(cf.requests().is_empty());
+        std::os::unix::fs::chown(sb.env_path(), Some(rustix::process::geteuid().as_raw()), None)
+            .unwrap();
+    }
+    // The owner's own file (0644) is trusted.
+    let r = get();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), aud(2));
+    // A setting that decides nothing of the sort is still read from a group-writable file.
+    sb.write_env("AUDSYNC_TIMEOUT=20s\nCLOUDFLARE_AUD_TAG=old\n");
+    set_mode(0o664);
+    let mut sb2 = Sandbox::with_cloudflare(&cf);
+    sb2.dir = tempfile::tempdir().unwrap();
+    std::fs::copy(sb.env_path(), sb2.env_path()).unwrap();
+    std::fs::set_permissions(sb2.env_path(), std::fs::Permissions::from_mode(0o664)).unwrap();
+    let mut c = sb2.cmd();
+    c.args(["get", "--domain", HOST]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn a_group_writable_config_file_cannot_choose_urls_or_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    let cfg = sb.path("audsync.toml");
+    for doc in [
+        format!("[cloudflare]\napi_url = \"{}\"\n\n[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \".env\" }}]\n", cf.url()),
+        format!("state_file = \"/tmp/elsewhere.json\"\n\n[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \".env\" }}]\n"),
+        format!("[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \"/etc/somewhere/.env\" }}]\n"),
+    ] {
+        std::fs::write(&cfg, &doc).unwrap();
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let mut c = sb.cmd();
+        c.args(["sync", "--restart", "none"]);
+        let r = run(&mut c);
+        assert_eq!(r.code, 2, "{doc}: {r:?}");
+        assert!(r.stderr.contains("chmod go-w"), "{r:?}");
+    }
+    assert!(cf.requests().is_empty());
+}
