@@ -394,3 +394,49 @@ fn a_group_writable_config_file_cannot_choose_urls_or_files() {
     }
     assert!(cf.requests().is_empty());
 }
+
+// ---------------------------------------------------------------- quoted container logs
+
+#[test]
+fn quoted_logs_of_a_failed_recreate_hide_the_containers_environment_and_control_characters() {
+    crate::require_docker!();
+    use crate::support::docker::{Docker, image};
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    let d = Docker::new();
+    let secret = "db-password-SECRET-91c4";
+    // Prints its environment (as a crashing app's debug dump would), an escape sequence that
+    // would repaint a terminal, and exits when the value changed.
+    let script = "if [ \"$CLOUDFLARE_AUD_TAG\" != old ]; then echo \"config: DB_PASSWORD=$DB_PASSWORD short=$SHORT\"; printf 'evil \\033[2J\\033]0;title\\007 end\\r\\n'; exit 3; fi; trap 'exit 0' TERM; while true; do sleep 1; done";
+    let c = d.run(
+        "leaky",
+        &[
+            "-e",
+            "CLOUDFLARE_AUD_TAG=old",
+            "-e",
+            &format!("DB_PASSWORD={secret}"),
+            "-e",
+            "SHORT=abc",
+            &image(),
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    for verbosity in [&["-vvv"][..], &[][..]] {
+        let mut cmd = sb.cmd();
+        cmd.args(["sync", "--domain", HOST, "--container", &c, "--settle", "2s"])
+            .args(verbosity)
+            .env("RUST_LOG", "trace");
+        let r = run(&mut cmd);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("config: DB_PASSWORD=[redacted]"), "{r:?}");
+        assert!(r.stderr.contains("short=abc"), "values under 8 characters stay: {r:?}");
+        assert!(!both(&r).contains(secret), "{r:?}");
+        assert!(!both(&r).contains('\u{1b}') && !both(&r).contains('\u{7}'), "{r:?}");
+        assert!(r.stderr.contains("evil"), "{r:?}");
+        // Reset for the next round (the .env was written; the container is the old one).
+        sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    }
+}

@@ -105,8 +105,21 @@ pub(super) async fn recreate(
         }
     }
 
+    // Every value of the container's own environment (old and new) is hidden in quoted logs.
+    let mut secrets: Vec<String> = info
+        .config
+        .as_ref()
+        .and_then(|c| c.env.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.to_string()))
+        .chain(changes.iter().map(|(_, v)| v.clone()))
+        .collect();
+    secrets.sort();
+    secrets.dedup();
     let mut rb = Rollback {
         docker,
+        secrets,
         name: &name,
         old_id: &old_id,
         new_id: &new_id,
@@ -199,6 +212,8 @@ fn step_error(name: &str, what: &str, e: &bollard::errors::Error, after: &str) -
 /// The state needed to put the old container back.
 struct Rollback<'a> {
     docker: &'a Docker,
+    /// The container's environment values: replaced by `[redacted]` in quoted log lines.
+    secrets: Vec<String>,
     name: &'a str,
     old_id: &'a str,
     new_id: &'a str,
@@ -213,7 +228,11 @@ impl Rollback<'_> {
     async fn undo(&self, why: String) -> ActionError {
         let name = self.name;
         tracing::warn!(container = %name, reason = %why, "rolling back to the old container");
-        let logs = last_logs(self.docker, self.new_id).await;
+        let logs: Vec<String> = last_logs(self.docker, self.new_id)
+            .await
+            .iter()
+            .map(|l| redact_line(l, &self.secrets))
+            .collect();
         let problems = ops::restore_old(
             self.docker,
             name,
@@ -251,6 +270,29 @@ impl Rollback<'_> {
     }
 }
 
+/// Environment values shorter than this are left in quoted logs (`1`, `true`, `prod`).
+const REDACT_MIN: usize = 8;
+
+/// A log line fit to quote: control characters (terminal escapes, carriage returns, bells)
+/// removed, and every value in `secrets` of at least [`REDACT_MIN`] characters replaced by
+/// `[redacted]` (longest first, so a value containing another is hidden whole).
+pub(crate) fn redact_line(line: &str, secrets: &[String]) -> String {
+    let strip = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
+    let mut out = strip(line);
+    let mut values: Vec<String> = secrets
+        .iter()
+        .map(|v| strip(v))
+        .filter(|v| v.chars().count() >= REDACT_MIN)
+        .collect();
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for v in &values {
+        if out.contains(v.as_str()) {
+            out = out.replace(v.as_str(), "[redacted]");
+        }
+    }
+    out
+}
+
 /// The last lines the container wrote (stdout and stderr), best effort.
 async fn last_logs(docker: &Docker, id: &str) -> Vec<String> {
     let opts = LogsOptions {
@@ -273,4 +315,25 @@ async fn last_logs(docker: &Docker, id: &str) -> Vec<String> {
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     let skip = lines.len().saturating_sub(LOG_LINES);
     lines.into_iter().skip(skip).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_log_lines_lose_control_characters_and_environment_values() {
+        let env = vec![
+            "hunter2-long-pass".to_string(),
+            "hunter2-long".to_string(),
+            "short".to_string(),
+        ];
+        assert_eq!(
+            redact_line("pw=hunter2-long-pass x=short \u{1b}[2Jok\r", &env),
+            "pw=[redacted] x=short [2Jok"
+        );
+        assert_eq!(redact_line("a=hunter2-long!", &env), "a=[redacted]!");
+        // A control character inside the value does not hide it.
+        assert_eq!(redact_line("hunter2-\u{7}long", &env), "[redacted]");
+    }
 }
