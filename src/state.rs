@@ -47,6 +47,11 @@ pub struct State {
     /// Infisical writes held back for approval: not submitted again while they wait.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
     pub infisical_pending: Vec<PendingWrite>,
+    /// Recreates in progress, by the id of the container being replaced: the record that lets
+    /// a later pass finish or undo one that was cut short (never a name alone). Written only
+    /// through [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub recreating: BTreeMap<String, RecreateRecord>,
     /// The last Universal Auth login Infisical refused (401/403). Written only through
     /// [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,6 +141,15 @@ pub struct LoginRefusal {
     pub reason: String,
 }
 
+/// One recreate in progress: the container's name and the new container's id (the key is the
+/// old container's id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecreateRecord {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_id: Option<String>,
+}
+
 /// The application that served a host at the last lookup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ServedApp {
@@ -189,9 +203,9 @@ impl StateFile {
             return Ok(());
         }
         let mut state = self.state.clone();
-        state.infisical_login_refused = StateFile::load(&self.path, true)
-            .ok()
-            .and_then(|f| f.state.infisical_login_refused);
+        let file = StateFile::load(&self.path, true).ok().map(|f| f.state);
+        state.infisical_login_refused = file.as_ref().and_then(|f| f.infisical_login_refused.clone());
+        state.recreating = file.map(|f| f.recreating).unwrap_or_default();
         write(&self.path, &state)
     }
 

@@ -440,3 +440,62 @@ fn quoted_logs_of_a_failed_recreate_hide_the_containers_environment_and_control_
         sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
     }
 }
+
+// ---------------------------------------------------------------- only our own temporaries
+
+#[test]
+fn a_foreign_container_named_like_a_temporary_is_never_started_renamed_or_removed() {
+    crate::require_docker!();
+    use crate::support::docker::{Docker, docker, image, inspect};
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
+    let d = Docker::new();
+    let serve = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    let c = d.run("svc", &["-e", &format!("CLOUDFLARE_AUD_TAG={}", aud(2)), &image(), "sh", "-c", serve]);
+    // Someone else's containers, named like audsync's temporaries of `c`, one with `c`'s
+    // compose labels copied; and one of a container `gone` that does not exist.
+    let project = d.prefix.clone();
+    let foreign_new = format!("{c}-audsync-new-abcdef-running");
+    let foreign_old = format!("{c}-audsync-old-abcdef-running");
+    let gone = d.name("gone");
+    let gone_old = format!("{gone}-audsync-old-123456-running");
+    for (name, labels) in [
+        (&foreign_new, vec![format!("com.docker.compose.project={project}"), "com.docker.compose.service=svc".into()]),
+        (&foreign_old, vec![]),
+        (&gone_old, vec![]),
+    ] {
+        let mut args = vec!["create".to_string(), "--name".into(), name.clone()];
+        for l in labels {
+            args.extend(["--label".into(), l]);
+        }
+        args.extend([image(), "sh".into(), "-c".into(), serve.into()]);
+        docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let ids: Vec<String> = [&foreign_new, &foreign_old, &gone_old]
+        .iter()
+        .map(|n| crate::support::docker::id_of(n))
+        .collect();
+    let untouched = |why: &str| {
+        for (n, id) in [&foreign_new, &foreign_old, &gone_old].iter().zip(&ids) {
+            let v = inspect(n);
+            assert_eq!(v["Id"].as_str(), Some(id.as_str()), "{why}: {n} still there under its name");
+            assert_eq!(v["State"]["Running"], false, "{why}: {n} not started");
+        }
+    };
+    let mut cmd = sb.cmd();
+    cmd.args(["sync", "--domain", HOST, "--container", &c, "--restart", "recreate", "--output", "json"]);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{r:?}");
+    untouched("sync of c");
+    assert_eq!(inspect(&c)["State"]["Running"], true);
+    let mut cmd = sb.cmd();
+    cmd.args(["sync", "--domain", HOST, "--container", &gone, "--restart", "recreate"]);
+    let r = run(&mut cmd);
+    assert_ne!(r.code, 0, "{r:?}");
+    untouched("sync of a missing container");
+    let mut cmd = sb.cmd();
+    cmd.args(["sync", "--domain", HOST, "--container", &gone, "--dry-run"]);
+    let _ = run(&mut cmd);
+    untouched("dry run");
+}

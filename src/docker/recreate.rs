@@ -67,6 +67,15 @@ pub(super) async fn recreate(
         .collect::<Vec<_>>()
         .join(", ");
     tracing::info!(container = %name, temporary = %new_name, "recreating with {keys} changed");
+    let journal = opts.journal.as_deref();
+    // The record first: a temporary no record names is never touched by a recovery.
+    ops::record(journal, &name, &old_id, None).map_err(|e| ActionError {
+        rolled_back: false,
+        message: format!(
+            "cannot recreate container {name}: cannot record the recreate in the state file ({e}); the container was not touched"
+        ),
+        hint: Some("fix the state file (--state-file / AUDSYNC_STATE_FILE)".into()),
+    })?;
 
     let created = docker
         .create_container(
@@ -78,6 +87,7 @@ pub(super) async fn recreate(
         )
         .await
         .map_err(|e| {
+            ops::forget(journal, &old_id);
             step_error(
                 &name,
                 "create the new container",
@@ -86,6 +96,17 @@ pub(super) async fn recreate(
             )
         })?;
     let new_id = created.id;
+    if let Err(e) = ops::record(journal, &name, &old_id, Some(&new_id)) {
+        remove(docker, &new_id).await;
+        ops::forget(journal, &old_id);
+        return Err(ActionError {
+            rolled_back: false,
+            message: format!(
+                "cannot recreate container {name}: cannot record the recreate in the state file ({e}); the new container was removed, the old one not touched"
+            ),
+            hint: Some("fix the state file (--state-file / AUDSYNC_STATE_FILE)".into()),
+        });
+    }
     for w in &created.warnings {
         tracing::warn!(container = %name, "engine: {w}");
     }
@@ -96,6 +117,7 @@ pub(super) async fn recreate(
         };
         if let Err(e) = docker.connect_network(&net, req).await {
             remove(docker, &new_id).await;
+            ops::forget(journal, &old_id);
             return Err(step_error(
                 &name,
                 &format!("connect the new container to network {net}"),
@@ -119,6 +141,7 @@ pub(super) async fn recreate(
     secrets.dedup();
     let mut rb = Rollback {
         docker,
+        journal,
         secrets,
         name: &name,
         old_id: &old_id,
@@ -162,6 +185,7 @@ pub(super) async fn recreate(
         // It was stopped; it stays stopped, now with the new value.
         tracing::info!(container = %name, "the old container was not running; the new one is left created, not started");
         remove(docker, &old_id).await;
+        ops::forget(journal, &old_id);
         return Ok(());
     }
     let started = Instant::now();
@@ -177,6 +201,7 @@ pub(super) async fn recreate(
     if let Err(e) = docker.remove_container(&old_id, Some(keep_volumes())).await {
         tracing::warn!(container = %name, old = %aside, error = %e, "the new container runs, but the old one could not be removed; remove it by hand");
     }
+    ops::forget(journal, &old_id);
     Ok(())
 }
 
@@ -212,6 +237,7 @@ fn step_error(name: &str, what: &str, e: &bollard::errors::Error, after: &str) -
 /// The state needed to put the old container back.
 struct Rollback<'a> {
     docker: &'a Docker,
+    journal: Option<&'a std::path::Path>,
     /// The container's environment values: replaced by `[redacted]` in quoted log lines.
     secrets: Vec<String>,
     name: &'a str,
@@ -243,6 +269,10 @@ impl Rollback<'_> {
             self.stop_wait,
         )
         .await;
+        if problems.is_empty() {
+            // Whole again: nothing for a later pass to recover.
+            ops::forget(self.journal, self.old_id);
+        }
         let restored = if problems.is_empty() {
             format!("rolled back: the old container runs again as {name} with the old value")
         } else {
