@@ -499,3 +499,142 @@ fn a_foreign_container_named_like_a_temporary_is_never_started_renamed_or_remove
     let _ = run(&mut cmd);
     untouched("dry run");
 }
+
+// ---------------------------------------------------------------- the listener cannot stop the agent
+
+/// `audsync watch` started through `sh -c "ulimit …; exec audsync watch …"`, stderr to a file.
+struct Watch {
+    child: std::process::Child,
+}
+
+impl Watch {
+    fn start(sb: &Sandbox, ulimit: &str, args: &[&str]) -> Watch {
+        let bin = assert_cmd::cargo::cargo_bin("audsync");
+        let err = std::fs::File::create(sb.path("watch.log")).unwrap();
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit {ulimit} && exec \"$0\" watch \"$@\""))
+            .arg(bin)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+            .current_dir(sb.dir())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Watch { child }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    cond()
+}
+
+fn healthz(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn three_hundred_slow_clients_with_a_low_open_files_limit_leave_the_passes_running() {
+    use std::io::Write;
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    let port = crate::support::docker::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let holds = |v: &str| {
+        std::fs::read_to_string(sb.env_path()).unwrap_or_default() == format!("CLOUDFLARE_AUD_TAG={v}\n")
+    };
+    let args = [
+        "--domain", HOST, "--restart", "none", "--interval", "200ms", "--jitter", "0",
+        "--listen", &addr,
+    ];
+    // Soft and hard limit 128: nothing to raise, so only the connection cap protects it.
+    let w = Watch::start(&sb, "-n 128", &args);
+    let log = || std::fs::read_to_string(sb.path("watch.log")).unwrap_or_default();
+    assert!(wait_for(std::time::Duration::from_secs(30), || holds(&aud(2))), "{}", log());
+    assert!(wait_for(std::time::Duration::from_secs(10), || healthz(&addr).is_some()), "{}", log());
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        // Headers that never end.
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ");
+        slow.push(s);
+    }
+    cf.with(|s| s.apps[0]["aud"] = serde_json::json!(aud(3)));
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || holds(&aud(3))),
+        "the passes stopped under the flood: {}",
+        log()
+    );
+    // Once they go, the listener serves again.
+    drop(slow);
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || healthz(&addr)
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.1 503"))),
+        "{}",
+        log()
+    );
+    drop(w);
+
+    // A low soft limit under a higher hard one is raised at start.
+    let port = crate::support::docker::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = [
+        "--domain", HOST, "--restart", "none", "--interval", "200ms", "--jitter", "0",
+        "--listen", &addr,
+    ];
+    let w = Watch::start(&sb, "-Sn 100 && ulimit -Hn 4096", &args);
+    assert!(wait_for(std::time::Duration::from_secs(10), || healthz(&addr).is_some()), "{}", log());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", w.child.id())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
+    let nums: Vec<&str> = line.split_whitespace().filter(|t| t.parse::<u64>().is_ok()).collect();
+    assert_eq!(nums, vec!["4096", "4096"], "{line}");
+}
+
+#[test]
+fn the_compose_snippet_keeps_the_listener_off_the_hosts_interfaces() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compose.watch.yml"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    assert!(!lines.iter().any(|l| l.contains("network_mode") && l.contains("host")));
+    // Every published port is on the host's loopback.
+    let ports: Vec<&&str> = lines
+        .iter()
+        .skip_while(|l| **l != "ports:")
+        .skip(1)
+        .take_while(|l| l.starts_with('-'))
+        .collect();
+    assert!(!ports.is_empty());
+    for p in ports {
+        assert!(p.contains("\"127.0.0.1:") || p.contains("\"[::1]:"), "{p}");
+    }
+    // The container is on a named network of its own, not the default one it would share.
+    assert!(lines.contains(&"networks:"), "{text}");
+    assert!(lines.contains(&"- audsync"), "{text}");
+}
