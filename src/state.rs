@@ -204,7 +204,9 @@ impl StateFile {
         }
         let mut state = self.state.clone();
         let file = StateFile::load(&self.path, true).ok().map(|f| f.state);
-        state.infisical_login_refused = file.as_ref().and_then(|f| f.infisical_login_refused.clone());
+        state.infisical_login_refused = file
+            .as_ref()
+            .and_then(|f| f.infisical_login_refused.clone());
         state.recreating = file.map(|f| f.recreating).unwrap_or_default();
         write(&self.path, &state)
     }

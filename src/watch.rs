@@ -370,7 +370,9 @@ fn raise_open_files_limit() {
         maximum: lim.maximum,
     };
     match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => tracing::debug!(from = ?lim.current, to = target, "raised the soft open-files limit"),
+        Ok(()) => {
+            tracing::debug!(from = ?lim.current, to = target, "raised the soft open-files limit")
+        }
         Err(e) => tracing::debug!(error = %e, "cannot raise the soft open-files limit"),
     }
 }

@@ -78,7 +78,14 @@ fn api_redirects_to_another_port_are_not_followed_and_nothing_reaches_it() {
         sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
         let mut c = sb.cmd();
         c.args([
-            "sync", "-vvv", "--domain", HOST, "--sink", "infisical", "--restart", "none",
+            "sync",
+            "-vvv",
+            "--domain",
+            HOST,
+            "--sink",
+            "infisical",
+            "--restart",
+            "none",
         ]);
         c.env("RUST_LOG", "trace");
         let out = run(&mut c);
@@ -88,7 +95,11 @@ fn api_redirects_to_another_port_are_not_followed_and_nothing_reaches_it() {
             assert!(!both(&out).contains(secret), "{secret} leaked: {out:?}");
         }
     }
-    assert_eq!(seen.load(Ordering::SeqCst), 0, "a request reached the redirect target");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "a request reached the redirect target"
+    );
 }
 
 // ---------------------------------------------------------------- https only for credentials
@@ -108,7 +119,17 @@ fn credentials_over_plain_http_to_a_non_loopback_host_are_refused_before_connect
             sb.var("INFISICAL_PROJECT_ID", PROJECT)
                 .var("INFISICAL_CLIENT_ID", CLIENT_ID)
                 .var("INFISICAL_CLIENT_SECRET", CLIENT_SECRET);
-            &["sync", "--domain", HOST, "--sink", "infisical", "--restart", "none", "--timeout", "1s"]
+            &[
+                "sync",
+                "--domain",
+                HOST,
+                "--sink",
+                "infisical",
+                "--restart",
+                "none",
+                "--timeout",
+                "1s",
+            ]
         } else {
             &["get", "--domain", HOST, "--timeout", "1s"]
         };
@@ -160,8 +181,17 @@ mod edge {
 
     fn sync(e: &Edge, extra: &[&str]) -> Run {
         let mut c = e.sb.cmd();
-        c.args(["sync", "-vvv", "--source", "edge", "--domain", HOST, "--restart", "none"])
-            .args(extra);
+        c.args([
+            "sync",
+            "-vvv",
+            "--source",
+            "edge",
+            "--domain",
+            HOST,
+            "--restart",
+            "none",
+        ])
+        .args(extra);
         c.env("RUST_LOG", "trace");
         run(&mut c)
     }
@@ -290,7 +320,15 @@ fn a_wildcard_only_match_warns_and_a_change_of_the_serving_app_is_loud() {
     sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
     let sync = || {
         let mut c = sb.cmd();
-        c.args(["sync", "--domain", HOST, "--restart", "none", "--output", "json"]);
+        c.args([
+            "sync",
+            "--domain",
+            HOST,
+            "--restart",
+            "none",
+            "--output",
+            "json",
+        ]);
         run(&mut c)
     };
     let r = sync();
@@ -298,14 +336,19 @@ fn a_wildcard_only_match_warns_and_a_change_of_the_serving_app_is_loud() {
     assert_eq!(sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
     let j = r.json();
     let warnings = j["warnings"].to_string();
-    assert!(warnings.contains("*.example.com"), "the wildcard is named: {r:?}");
+    assert!(
+        warnings.contains("*.example.com"),
+        "the wildcard is named: {r:?}"
+    );
     // An exact application appears for the host (another name, another kind): loud.
     cf.with(|s| s.apps.push(app(3, HOST, &aud(3))));
     let r = sync();
     assert_eq!(r.code, 0, "{r:?}");
     let warnings = r.json()["warnings"].to_string().to_lowercase();
     assert!(
-        warnings.contains("changed") && warnings.contains("everything") && warnings.contains("app 3"),
+        warnings.contains("changed")
+            && warnings.contains("everything")
+            && warnings.contains("app 3"),
         "{r:?}"
     );
     // The same again: nothing to say.
@@ -315,7 +358,10 @@ fn a_wildcard_only_match_warns_and_a_change_of_the_serving_app_is_loud() {
     cf.with(|s| s.apps.retain(|a| a["name"] != "App 3"));
     let r = sync();
     let warnings = r.json()["warnings"].to_string().to_lowercase();
-    assert!(warnings.contains("changed") && warnings.contains("*.example.com"), "{r:?}");
+    assert!(
+        warnings.contains("changed") && warnings.contains("*.example.com"),
+        "{r:?}"
+    );
 }
 
 // ---------------------------------------------------------------- settings only from safe files
@@ -327,7 +373,10 @@ fn a_group_writable_or_foreign_env_file_cannot_choose_where_credentials_go() {
     let mut sb = Sandbox::new();
     sb.var("CLOUDFLARE_API_TOKEN", TOKEN)
         .var("CLOUDFLARE_ACCOUNT_ID", cloudflare::ACCOUNT);
-    sb.write_env(&format!("CLOUDFLARE_API_URL={}\nCLOUDFLARE_AUD_TAG=old\n", cf.url()));
+    sb.write_env(&format!(
+        "CLOUDFLARE_API_URL={}\nCLOUDFLARE_AUD_TAG=old\n",
+        cf.url()
+    ));
     let get = || {
         let mut c = sb.cmd();
         c.args(["get", "--domain", HOST]);
@@ -353,8 +402,12 @@ fn a_group_writable_or_foreign_env_file_cannot_choose_where_credentials_go() {
         assert_eq!(r.code, 2, "{r:?}");
         assert!(r.stderr.contains("owned by uid 65534"), "{r:?}");
         assert!(cf.requests().is_empty());
-        std::os::unix::fs::chown(sb.env_path(), Some(rustix::process::geteuid().as_raw()), None)
-            .unwrap();
+        std::os::unix::fs::chown(
+            sb.env_path(),
+            Some(rustix::process::geteuid().as_raw()),
+            None,
+        )
+        .unwrap();
     }
     // The owner's own file (0644) is trusted.
     let r = get();
@@ -380,9 +433,16 @@ fn a_group_writable_config_file_cannot_choose_urls_or_files() {
     let sb = Sandbox::with_cloudflare(&cf);
     let cfg = sb.path("audsync.toml");
     for doc in [
-        format!("[cloudflare]\napi_url = \"{}\"\n\n[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \".env\" }}]\n", cf.url()),
-        format!("state_file = \"/tmp/elsewhere.json\"\n\n[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \".env\" }}]\n"),
-        format!("[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \"/etc/somewhere/.env\" }}]\n"),
+        format!(
+            "[cloudflare]\napi_url = \"{}\"\n\n[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \".env\" }}]\n",
+            cf.url()
+        ),
+        format!(
+            "state_file = \"/tmp/elsewhere.json\"\n\n[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \".env\" }}]\n"
+        ),
+        format!(
+            "[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \"/etc/somewhere/.env\" }}]\n"
+        ),
     ] {
         std::fs::write(&cfg, &doc).unwrap();
         std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -426,15 +486,29 @@ fn quoted_logs_of_a_failed_recreate_hide_the_containers_environment_and_control_
     );
     for verbosity in [&["-vvv"][..], &[][..]] {
         let mut cmd = sb.cmd();
-        cmd.args(["sync", "--domain", HOST, "--container", &c, "--settle", "2s"])
-            .args(verbosity)
-            .env("RUST_LOG", "trace");
+        cmd.args([
+            "sync",
+            "--domain",
+            HOST,
+            "--container",
+            &c,
+            "--settle",
+            "2s",
+        ])
+        .args(verbosity)
+        .env("RUST_LOG", "trace");
         let r = run(&mut cmd);
         assert_eq!(r.code, 1, "{r:?}");
         assert!(r.stderr.contains("config: DB_PASSWORD=[redacted]"), "{r:?}");
-        assert!(r.stderr.contains("short=abc"), "values under 8 characters stay: {r:?}");
+        assert!(
+            r.stderr.contains("short=abc"),
+            "values under 8 characters stay: {r:?}"
+        );
         assert!(!both(&r).contains(secret), "{r:?}");
-        assert!(!both(&r).contains('\u{1b}') && !both(&r).contains('\u{7}'), "{r:?}");
+        assert!(
+            !both(&r).contains('\u{1b}') && !both(&r).contains('\u{7}'),
+            "{r:?}"
+        );
         assert!(r.stderr.contains("evil"), "{r:?}");
         // Reset for the next round (the .env was written; the container is the old one).
         sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
@@ -452,7 +526,17 @@ fn a_foreign_container_named_like_a_temporary_is_never_started_renamed_or_remove
     sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
     let d = Docker::new();
     let serve = "trap 'exit 0' TERM; while true; do sleep 1; done";
-    let c = d.run("svc", &["-e", &format!("CLOUDFLARE_AUD_TAG={}", aud(2)), &image(), "sh", "-c", serve]);
+    let c = d.run(
+        "svc",
+        &[
+            "-e",
+            &format!("CLOUDFLARE_AUD_TAG={}", aud(2)),
+            &image(),
+            "sh",
+            "-c",
+            serve,
+        ],
+    );
     // Someone else's containers, named like audsync's temporaries of `c`, one with `c`'s
     // compose labels copied; and one of a container `gone` that does not exist.
     let project = d.prefix.clone();
@@ -461,7 +545,13 @@ fn a_foreign_container_named_like_a_temporary_is_never_started_renamed_or_remove
     let gone = d.name("gone");
     let gone_old = format!("{gone}-audsync-old-123456-running");
     for (name, labels) in [
-        (&foreign_new, vec![format!("com.docker.compose.project={project}"), "com.docker.compose.service=svc".into()]),
+        (
+            &foreign_new,
+            vec![
+                format!("com.docker.compose.project={project}"),
+                "com.docker.compose.service=svc".into(),
+            ],
+        ),
         (&foreign_old, vec![]),
         (&gone_old, vec![]),
     ] {
@@ -479,18 +569,40 @@ fn a_foreign_container_named_like_a_temporary_is_never_started_renamed_or_remove
     let untouched = |why: &str| {
         for (n, id) in [&foreign_new, &foreign_old, &gone_old].iter().zip(&ids) {
             let v = inspect(n);
-            assert_eq!(v["Id"].as_str(), Some(id.as_str()), "{why}: {n} still there under its name");
+            assert_eq!(
+                v["Id"].as_str(),
+                Some(id.as_str()),
+                "{why}: {n} still there under its name"
+            );
             assert_eq!(v["State"]["Running"], false, "{why}: {n} not started");
         }
     };
     let mut cmd = sb.cmd();
-    cmd.args(["sync", "--domain", HOST, "--container", &c, "--restart", "recreate", "--output", "json"]);
+    cmd.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--container",
+        &c,
+        "--restart",
+        "recreate",
+        "--output",
+        "json",
+    ]);
     let r = run(&mut cmd);
     assert_eq!(r.code, 0, "{r:?}");
     untouched("sync of c");
     assert_eq!(inspect(&c)["State"]["Running"], true);
     let mut cmd = sb.cmd();
-    cmd.args(["sync", "--domain", HOST, "--container", &gone, "--restart", "recreate"]);
+    cmd.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--container",
+        &gone,
+        "--restart",
+        "recreate",
+    ]);
     let r = run(&mut cmd);
     assert_ne!(r.code, 0, "{r:?}");
     untouched("sync of a missing container");
@@ -550,8 +662,10 @@ fn wait_for(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool 
 fn healthz(addr: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -566,17 +680,35 @@ fn three_hundred_slow_clients_with_a_low_open_files_limit_leave_the_passes_runni
     let port = crate::support::docker::free_port();
     let addr = format!("127.0.0.1:{port}");
     let holds = |v: &str| {
-        std::fs::read_to_string(sb.env_path()).unwrap_or_default() == format!("CLOUDFLARE_AUD_TAG={v}\n")
+        std::fs::read_to_string(sb.env_path()).unwrap_or_default()
+            == format!("CLOUDFLARE_AUD_TAG={v}\n")
     };
     let args = [
-        "--domain", HOST, "--restart", "none", "--interval", "200ms", "--jitter", "0",
-        "--listen", &addr,
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+        "--interval",
+        "200ms",
+        "--jitter",
+        "0",
+        "--listen",
+        &addr,
     ];
     // Soft and hard limit 128: nothing to raise, so only the connection cap protects it.
     let w = Watch::start(&sb, "-n 128", &args);
     let log = || std::fs::read_to_string(sb.path("watch.log")).unwrap_or_default();
-    assert!(wait_for(std::time::Duration::from_secs(30), || holds(&aud(2))), "{}", log());
-    assert!(wait_for(std::time::Duration::from_secs(10), || healthz(&addr).is_some()), "{}", log());
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || holds(&aud(2))),
+        "{}",
+        log()
+    );
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || healthz(&addr)
+            .is_some()),
+        "{}",
+        log()
+    );
     let mut slow = Vec::new();
     for _ in 0..300 {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
@@ -594,7 +726,9 @@ fn three_hundred_slow_clients_with_a_low_open_files_limit_leave_the_passes_runni
     drop(slow);
     assert!(
         wait_for(std::time::Duration::from_secs(30), || healthz(&addr)
-            .is_some_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.1 503"))),
+            .is_some_and(
+                |r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.1 503")
+            )),
         "{}",
         log()
     );
@@ -604,14 +738,34 @@ fn three_hundred_slow_clients_with_a_low_open_files_limit_leave_the_passes_runni
     let port = crate::support::docker::free_port();
     let addr = format!("127.0.0.1:{port}");
     let args = [
-        "--domain", HOST, "--restart", "none", "--interval", "200ms", "--jitter", "0",
-        "--listen", &addr,
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+        "--interval",
+        "200ms",
+        "--jitter",
+        "0",
+        "--listen",
+        &addr,
     ];
     let w = Watch::start(&sb, "-Sn 100 && ulimit -Hn 4096", &args);
-    assert!(wait_for(std::time::Duration::from_secs(10), || healthz(&addr).is_some()), "{}", log());
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || healthz(&addr)
+            .is_some()),
+        "{}",
+        log()
+    );
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", w.child.id())).unwrap();
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
-    let nums: Vec<&str> = line.split_whitespace().filter(|t| t.parse::<u64>().is_ok()).collect();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let nums: Vec<&str> = line
+        .split_whitespace()
+        .filter(|t| t.parse::<u64>().is_ok())
+        .collect();
     assert_eq!(nums, vec!["4096", "4096"], "{line}");
 }
 
@@ -621,8 +775,16 @@ fn the_compose_snippet_keeps_the_listener_off_the_hosts_interfaces() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compose.watch.yml"),
     )
     .unwrap();
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
-    assert!(!lines.iter().any(|l| l.contains("network_mode") && l.contains("host")));
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("network_mode") && l.contains("host"))
+    );
     // Every published port is on the host's loopback.
     let ports: Vec<&&str> = lines
         .iter()

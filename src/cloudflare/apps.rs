@@ -135,7 +135,9 @@ pub fn wildcard_of(app: &AccessApp, host: &str) -> Option<String> {
         };
         match_kind(&probe, host) == Some(MatchKind::Wildcard)
     };
-    app.hosts().into_iter().find(|h| h.starts_with("*.") && one(h))
+    app.hosts()
+        .into_iter()
+        .find(|h| h.starts_with("*.") && one(h))
 }
 
 /// Choose the application for `host` among `apps`. Pure: errors list what was seen.

@@ -277,7 +277,9 @@ impl Client {
                 Auth::GlobalKey { email, key } => match crate::http::sensitive(key.expose()) {
                     Ok(v) => req.header("X-Auth-Email", email).header("X-Auth-Key", v),
                     // Not a valid header value: reqwest refuses to build the request.
-                    Err(_) => req.header("X-Auth-Email", email).header("X-Auth-Key", key.expose()),
+                    Err(_) => req
+                        .header("X-Auth-Email", email)
+                        .header("X-Auth-Key", key.expose()),
                 },
                 Auth::None => req,
             };

@@ -69,7 +69,10 @@ pub(super) fn forget(journal: Option<&std::path::Path>, old_id: &str) {
 }
 
 /// The recorded recreates of `name`: (old id, new id).
-pub(super) fn records(journal: Option<&std::path::Path>, name: &str) -> Vec<(String, Option<String>)> {
+pub(super) fn records(
+    journal: Option<&std::path::Path>,
+    name: &str,
+) -> Vec<(String, Option<String>)> {
     let Some(path) = journal else {
         return vec![];
     };

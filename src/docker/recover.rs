@@ -101,7 +101,9 @@ async fn recover(
         tracing::warn!(container = %base, "recovered a recreate that was cut short: {step}");
         if let Some((old, _)) = records.iter().find(|(old, new)| {
             g.old.as_ref().is_some_and(|o| &o.id == old)
-                || g.new.as_ref().is_some_and(|n| new.as_deref() == Some(n.id.as_str()))
+                || g.new
+                    .as_ref()
+                    .is_some_and(|n| new.as_deref() == Some(n.id.as_str()))
         }) {
             ops::forget(opts.journal.as_deref(), old);
         }
