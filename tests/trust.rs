@@ -800,3 +800,49 @@ fn the_compose_snippet_keeps_the_listener_off_the_hosts_interfaces() {
     assert!(lines.contains(&"networks:"), "{text}");
     assert!(lines.contains(&"- audsync"), "{text}");
 }
+
+#[test]
+fn the_infisical_client_id_is_a_credential_in_output_and_logs() {
+    use crate::support::infisical::FakeInfisical;
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let inf = FakeInfisical::start();
+    let mut sb = Sandbox::with_cloudflare(&cf);
+    sb.var("INFISICAL_HOST", &inf.url())
+        .var("INFISICAL_PROJECT_ID", PROJECT)
+        .var("INFISICAL_CLIENT_ID", CLIENT_ID)
+        .var("INFISICAL_CLIENT_SECRET", "wrong-secret-value");
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    for _ in 0..2 {
+        // The refusal, then the hold-off message.
+        let mut c = sb.cmd();
+        c.args([
+            "sync",
+            "-vvv",
+            "--domain",
+            HOST,
+            "--sink",
+            "infisical",
+            "--restart",
+            "none",
+        ])
+        .env("RUST_LOG", "trace");
+        let r = run(&mut c);
+        assert_ne!(r.code, 0, "{r:?}");
+        assert!(r.stderr.contains("INFISICAL_CLIENT_ID"), "{r:?}");
+        assert!(!both(&r).contains(CLIENT_ID), "{r:?}");
+        let mut c = sb.cmd();
+        c.args([
+            "sync",
+            "--domain",
+            HOST,
+            "--sink",
+            "infisical",
+            "--restart",
+            "none",
+            "--output",
+            "json",
+        ]);
+        let r = run(&mut c);
+        assert!(!both(&r).contains(CLIENT_ID), "{r:?}");
+    }
+}
