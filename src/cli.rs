@@ -61,6 +61,10 @@ pub struct GlobalArgs {
     /// Less logging (-q errors only, -qq nothing).
     #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose", help_heading = "Global options")]
     pub quiet: u8,
+    /// Send credentials (API token, Infisical client secret) over plain http to a host that is
+    /// not a loopback address. Off: credentials go over https, or http to 127.0.0.1/::1/localhost.
+    #[arg(long, global = true, env = "AUDSYNC_ALLOW_INSECURE_HTTP", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Global options")]
+    pub allow_insecure_http: bool,
     /// Log line format on stderr.
     #[arg(long, global = true, env = "AUDSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Global options")]
     pub log_format: LogFormat,
@@ -128,6 +132,11 @@ pub struct AccessArgs {
     /// The Zero Trust team name (used when CLOUDFLARE_AUTH_DOMAIN is not set).
     #[arg(long, env = "CLOUDFLARE_TEAM_NAME", value_name = "NAME")]
     pub team_name: Option<String>,
+    /// With --source edge: accept the AUD from the login redirect's `kid`, which is NOT signed
+    /// (cloudflared stopped trusting it as a security fix), when the edge sends no signed
+    /// cf-access-metadata answer. Off: such an edge is an error and nothing is written.
+    #[arg(long, env = "AUDSYNC_ALLOW_UNSIGNED_KID", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_unsigned_kid: bool,
 }
 
 /// The `setup` options on top of every `sync` option.

@@ -76,6 +76,7 @@ pub fn infisical_settings(
             "--infisical-host / INFISICAL_HOST must be an http(s) URL",
         ));
     }
+    crate::config::check_credential_url("--infisical-host / INFISICAL_HOST", &url, env)?;
     let environment = a.infisical_environment.trim().to_string();
     if environment.is_empty()
         || !environment

@@ -103,6 +103,104 @@ pub fn read_open(f: File, cap: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Whether a settings file (the `.env`, the config file) may decide where credentials go and
+/// which files are written: owned by the user running, and writable by nobody else. The
+/// error says why not, and the fix.
+pub fn owner_only_writable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("cannot check {}: {e}", path.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(format!(
+            "{} is owned by uid {}, not by the user running audsync (uid {me}); run `chown {me} {}` (or run audsync as its owner)",
+            path.display(),
+            m.uid(),
+            path.display()
+        ));
+    }
+    let mode = m.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by others than its owner (mode {mode:o}); run `chmod go-w {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A private file's bytes (see [`open_private`]), at most `cap`; `None` when it does not exist.
+pub fn read_private(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, String> {
+    if let Err(rustix::io::Errno::NOENT) = rustix::fs::lstat(path) {
+        return Ok(None);
+    }
+    let f = open_private(path, false)?;
+    let mut buf = Vec::new();
+    f.take(cap + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if buf.len() as u64 > cap {
+        return Err(format!(
+            "{}: larger than the {} KiB audsync reads",
+            path.display(),
+            cap / 1024
+        ));
+    }
+    Ok(Some(buf))
+}
+
+/// Open (creating when missing, mode 0600) a private file audsync owns — the lock file, the
+/// state file — without following a symlink at the last component, then check that the file
+/// is a regular file owned by the user running and tighten its mode to 0600. A link planted
+/// where the file should be (pointing at `/etc/shadow` or a file of another user) is refused,
+/// never written through. Errors name the path and the fix.
+pub fn open_private(path: &Path, write: bool) -> Result<std::fs::File, String> {
+    use rustix::fs::{Mode, OFlags};
+    // Non-blocking: a FIFO in its place must fail, not hang the open.
+    let mut flags = OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    flags |= if write {
+        OFlags::RDWR | OFlags::CREATE
+    } else {
+        OFlags::RDONLY
+    };
+    let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o600)).map_err(|e| {
+        if e == rustix::io::Errno::NXIO {
+            format!("{} is not a regular file; point the setting at a regular file", path.display())
+        } else if e == rustix::io::Errno::LOOP {
+            format!(
+                "{} is a symlink: audsync does not follow links for its own files; remove the link (or point the setting at a real file)",
+                path.display()
+            )
+        } else {
+            format!("cannot open {}: {}", path.display(), std::io::Error::from(e))
+        }
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| format!("{}: {e}", path.display()))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(format!(
+            "{} is not a regular file; point the setting at a regular file",
+            path.display()
+        ));
+    }
+    let me = rustix::process::geteuid();
+    if st.st_uid != me.as_raw() {
+        return Err(format!(
+            "{} is owned by uid {}, not by the user running audsync (uid {}); remove it or run as its owner",
+            path.display(),
+            st.st_uid,
+            me.as_raw()
+        ));
+    }
+    if let Ok(fl) = rustix::fs::fcntl_getfl(&fd) {
+        let _ = rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK);
+    }
+    if write && st.st_mode & 0o077 != 0 {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600))
+            .map_err(|e| format!("cannot make {} private (0600): {e}", path.display()))?;
+    }
+    Ok(std::fs::File::from(fd))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

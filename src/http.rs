@@ -135,10 +135,59 @@ pub async fn read_body(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8
 /// Whether a client follows redirects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redirects {
-    /// reqwest's default policy (up to 10 hops). The API clients use it today.
+    /// reqwest's default policy (up to 10 hops). No client of audsync uses it: a request that
+    /// carries a credential must never be sent on to another host.
     Follow,
     /// Never: the redirect is the answer (the Access edge's 302 to the login page).
     None,
+}
+
+/// A 30x answer as an error message naming the `Location` host (never its path or query, which
+/// may carry tokens); `None` for any other answer. The clients follow no redirect: a request
+/// carrying a credential is never sent on to a host the server names.
+pub fn redirect_refusal(resp: &reqwest::Response) -> Option<String> {
+    let status = resp.status();
+    if !status.is_redirection() {
+        return None;
+    }
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let host = url::Url::parse(resp.url().as_str())
+        .and_then(|base| base.join(location))
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "(no usable Location)".into());
+    Some(format!(
+        "answered HTTP {} with a redirect to host {host}; audsync follows no redirect (the credential would go along): point the URL setting at the final address",
+        status.as_u16()
+    ))
+}
+
+/// A header value holding a credential: marked sensitive, so no debug output of the request
+/// (reqwest's, hyper's, ours) shows it.
+pub fn sensitive(value: &str) -> Result<reqwest::header::HeaderValue, String> {
+    let mut v = reqwest::header::HeaderValue::from_str(value)
+        .map_err(|_| "a credential holds characters not allowed in an HTTP header".to_string())?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Whether `url` may carry credentials: https, or plain http to a loopback address
+/// (`127.0.0.0/8`, `::1`, `localhost`).
+pub fn credential_safe(url: &url::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        },
+        _ => false,
+    }
 }
 
 /// The one way to make an HTTP client: `timeout` for the whole request (at least 1 ms),
@@ -477,5 +526,30 @@ mod tests {
             );
             assert_eq!(retry_wait(&p, h, 9), p.max_delay);
         }
+    }
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_go_over_https_or_loopback_http_only() {
+        let ok = |u: &str| credential_safe(&url::Url::parse(u).unwrap());
+        assert!(ok("https://api.cloudflare.com/client/v4"));
+        assert!(ok("http://127.0.0.1:8080/"));
+        assert!(ok("http://127.9.9.9/"));
+        assert!(ok("http://[::1]:80/"));
+        assert!(ok("http://LOCALHOST:1/"));
+        assert!(!ok("http://192.0.2.1/"));
+        assert!(!ok("http://localhost.example.com/"));
+        assert!(!ok("http://2130706433.example/"));
+        assert!(!ok("ftp://127.0.0.1/"));
+    }
+
+    #[test]
+    fn a_credential_header_is_sensitive() {
+        assert!(sensitive("k").unwrap().is_sensitive());
+        assert!(sensitive("a\nb").is_err());
     }
 }

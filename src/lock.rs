@@ -1,7 +1,8 @@
 //! The advisory lock that serialises runs on one `.env` (cron, a deploy hook and `watch`).
 //!
 //! An exclusive `flock` on a file next to the `.env`; released when the guard drops or the
-//! process dies, so a crashed run never leaves a stale lock.
+//! process dies, so a crashed run never leaves a stale lock. The file is opened without
+//! following a symlink, created 0600 and must be owned by the user running.
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
@@ -14,9 +15,8 @@ pub struct LockGuard {
 
 /// Wait up to `timeout` for the lock at `path`.
 pub async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, String> {
-    // A regular file only: a FIFO would block the open, a device would lock nothing.
-    let file = crate::fsx::open_regular(path, true, Some(0o600))
-        .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+    // Never through a symlink, mode 0600, owned by the user running (see fsx::open_private).
+    let file = crate::fsx::open_private(path, true).map_err(|e| format!("lock file: {e}"))?;
     let start = Instant::now();
     let mut logged = false;
     let mut _progress = None;
@@ -80,6 +80,45 @@ mod tests {
         let null = dir.path().join("y.lock");
         std::os::unix::fs::symlink("/dev/null", &null).unwrap();
         let e = acquire(&null, Duration::ZERO).await.unwrap_err();
-        assert!(e.contains("not a regular file"), "{e}");
+        assert!(e.contains("is a symlink"), "never followed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, "keep me").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.path().join("x.lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = acquire(&link, Duration::ZERO).await.unwrap_err();
+        assert!(e.contains("symlink"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+        // A dangling link is not followed into a new file either.
+        let dangling = dir.path().join("y.lock");
+        std::os::unix::fs::symlink(dir.path().join("created"), &dangling).unwrap();
+        assert!(acquire(&dangling, Duration::ZERO).await.is_err());
+        assert!(!dir.path().join("created").exists());
+    }
+
+    #[tokio::test]
+    async fn the_lock_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let _g = acquire(&p, Duration::ZERO).await.unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(_g);
+        // An existing lock file left too open is tightened.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let _g = acquire(&p, Duration::ZERO).await.unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -30,6 +30,58 @@ pub struct AppSummary {
 pub struct Found {
     pub aud: String,
     pub app: AppSummary,
+    /// How the application covers the host (`None`: by id, or learned from the edge).
+    pub kind: Option<MatchKind>,
+    /// For the report: a wildcard-only match, a change of the serving application, an
+    /// unsigned AUD. Already logged.
+    pub warnings: Vec<String>,
+}
+
+/// What to say about the application serving `host`, remembering it in `state.served`: a
+/// wildcard-only match names the wildcard; a different application (id, name) or kind than
+/// last time is said loudly.
+fn note_served(state: Option<&mut State>, host: &str, app: &AccessApp) -> Vec<String> {
+    let wildcard = apps::wildcard_of(app, host);
+    let matched = wildcard.clone().unwrap_or_else(|| "exact".into());
+    let mut out = Vec::new();
+    if let Some(w) = &wildcard {
+        out.push(format!(
+            "{host} is covered only by the wildcard application {:?} ({w}): its AUD is applied, but it is shared by every host under {w}; create an application for {host} itself to pin it",
+            app.name
+        ));
+    }
+    if let Some(state) = state {
+        let now = crate::state::ServedApp {
+            app_id: app.id.clone(),
+            name: app.name.clone(),
+            matched: matched.clone(),
+        };
+        if let Some(prev) = state.served.get(host)
+            && prev != &now
+        {
+            let kind = |m: &str| {
+                if m == "exact" {
+                    "exact match".to_string()
+                } else {
+                    format!("wildcard {m}")
+                }
+            };
+            out.push(format!(
+                "THE APPLICATION SERVING {host} CHANGED: was {:?} (id {}, {}), now {:?} (id {}, {}); check in the Zero Trust dashboard that this is intended",
+                prev.name,
+                prev.app_id,
+                kind(&prev.matched),
+                now.name,
+                now.app_id,
+                kind(&now.matched)
+            ));
+        }
+        state.served.insert(host.to_string(), now);
+    }
+    for w in &out {
+        tracing::warn!("{w}");
+    }
+    out
 }
 
 pub fn client(cfg: &SourceConfig) -> Client {
@@ -148,9 +200,18 @@ async fn list_and_match(
         };
         out[i] = Some(found.and_then(|app| {
             apps::validate_aud(&app.aud, &app)?;
+            let (kind, warnings) = match &cfgs[i].selector {
+                Selector::Host(host) => (
+                    apps::match_kind(&app, host),
+                    note_served(Some(&mut *state), host, &app),
+                ),
+                Selector::AppId(_) => (None, vec![]),
+            };
             Ok(Found {
                 aud: app.aud.clone(),
                 app: summary(&app, &account),
+                kind,
+                warnings,
             })
         }));
     }
@@ -160,7 +221,7 @@ async fn list_and_match(
 pub async fn fetch(
     client: &Client,
     cfg: &SourceConfig,
-    cache: Option<&mut State>,
+    mut cache: Option<&mut State>,
 ) -> Result<Found, Error> {
     if let Some(edge) = &cfg.edge {
         return fetch_edge(cfg, edge).await;
@@ -197,7 +258,7 @@ pub async fn fetch(
                 Some(app) => app,
                 None => {
                     let app = client.find_app(&account, host).await?;
-                    if let Some(state) = cache {
+                    if let Some(state) = cache.as_deref_mut() {
                         state.app = None;
                         if apps::match_kind(&app, host) == Some(MatchKind::Exact) {
                             state.apps.insert(
@@ -218,9 +279,15 @@ pub async fn fetch(
         }
     };
     apps::validate_aud(&app.aud, &app)?;
+    let (kind, warnings) = match &cfg.selector {
+        Selector::Host(host) => (apps::match_kind(&app, host), note_served(cache, host, &app)),
+        Selector::AppId(_) => (None, vec![]),
+    };
     Ok(Found {
         aud: app.aud.clone(),
         app: summary(&app, &account),
+        kind,
+        warnings,
     })
 }
 
@@ -228,9 +295,24 @@ pub async fn fetch(
 async fn fetch_edge(cfg: &SourceConfig, edge: &crate::config::EdgeSource) -> Result<Found, Error> {
     let http =
         crate::cloudflare::edge::http(cfg.timeout).map_err(|e| Error::failed(e.message, e.hint))?;
-    let got = crate::cloudflare::edge::learn_aud(&http, &edge.url, edge.team_domain.as_deref())
+    let ask = crate::cloudflare::edge::Ask {
+        url: &edge.url,
+        host: &edge.host,
+        team: edge.team_domain.as_deref(),
+        allow_unsigned_kid: edge.allow_unsigned_kid,
+    };
+    let got = crate::cloudflare::edge::learn_aud(&http, ask)
         .await
         .map_err(|e| Error::failed(e.message, e.hint))?;
+    let mut warnings = Vec::new();
+    if got.unsigned {
+        let w = format!(
+            "the AUD of {} is the login redirect's unsigned kid (--allow-unsigned-kid): anyone able to answer for the host can choose it",
+            edge.host
+        );
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
     tracing::debug!(how = got.how, team = %got.team_domain, "AUD learned from the edge");
     Ok(Found {
         aud: got.aud,
@@ -240,6 +322,8 @@ async fn fetch_edge(cfg: &SourceConfig, edge: &crate::config::EdgeSource) -> Res
             domain: cfg.host.clone().unwrap_or_default(),
             account_id: cfg.account_id.clone().unwrap_or_default(),
         },
+        kind: None,
+        warnings,
     })
 }
 

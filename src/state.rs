@@ -30,6 +30,10 @@ pub struct State {
     /// Where the application for each host was last found.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub apps: BTreeMap<String, CachedApp>,
+    /// The application that last served each host (also a wildcard one): a change of name or
+    /// kind is reported loudly.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub served: BTreeMap<String, ServedApp>,
     /// How many applications the account had at the last full listing: decides whether a pass
     /// asks for each cached application or lists them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +47,11 @@ pub struct State {
     /// Infisical writes held back for approval: not submitted again while they wait.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
     pub infisical_pending: Vec<PendingWrite>,
+    /// Recreates in progress, by the id of the container being replaced: the record that lets
+    /// a later pass finish or undo one that was cut short (never a name alone). Written only
+    /// through [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub recreating: BTreeMap<String, RecreateRecord>,
     /// The last Universal Auth login Infisical refused (401/403). Written only through
     /// [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +180,24 @@ pub struct LoginRefusal {
     pub holdoff: Option<u64>,
 }
 
+/// One recreate in progress: the container's name and the new container's id (the key is the
+/// old container's id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecreateRecord {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_id: Option<String>,
+}
+
+/// The application that served a host at the last lookup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServedApp {
+    pub app_id: String,
+    pub name: String,
+    /// `exact`, or the `*.` pattern that covered the host.
+    pub matched: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CachedApp {
     pub host: String,
@@ -191,13 +218,15 @@ impl StateFile {
     /// only a cache and a journal: the worst case is one extra lookup or restart); a file that
     /// exists but cannot be read is an error, so it is never silently overwritten.
     pub fn load(path: &Path, read_only: bool) -> Result<StateFile, String> {
-        let state = match fsx::read_bounded(path, fsx::MAX_TEXT) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+        // Not through a symlink, and only a file of the user running (fsx::read_private).
+        let state = match fsx::read_private(path, fsx::MAX_TEXT)
+            .map_err(|e| format!("the state file: {e}"))?
+        {
+            Some(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
                 State::default()
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(format!("cannot read the state file {}: {e}", path.display())),
+            None => State::default(),
         };
         Ok(StateFile {
             path: path.to_path_buf(),
@@ -218,7 +247,11 @@ impl StateFile {
             .as_ref()
             .and_then(|s| s.infisical_login_refused.clone());
         state.failure_streak = on_disk.as_ref().and_then(|s| s.failure_streak);
-        state.in_place_writes = on_disk.map(|s| s.in_place_writes).unwrap_or_default();
+        state.in_place_writes = on_disk
+            .as_ref()
+            .map(|s| s.in_place_writes.clone())
+            .unwrap_or_default();
+        state.recreating = on_disk.map(|s| s.recreating).unwrap_or_default();
         write(&self.path, &state)
     }
 
@@ -288,6 +321,26 @@ mod tests {
             "an unreadable state is an error"
         );
         assert_eq!(StateFile::load(&p, false).unwrap().state, State::default());
+    }
+
+    #[test]
+    fn a_symlinked_or_foreign_state_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        fs::write(&target, "{}").unwrap();
+        let link = dir.path().join("s.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = StateFile::load(&link, false).unwrap_err();
+        assert!(e.contains("symlink"), "{e}");
+        assert!(StateFile::update(&link, |s| s.app_count = Some(1)).is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "{}");
+        // Owned by another user (only root can set that up).
+        let p = dir.path().join("t.json");
+        fs::write(&p, "{}").unwrap();
+        if std::os::unix::fs::chown(&p, Some(65534), Some(65534)).is_ok() {
+            let e = StateFile::load(&p, false).unwrap_err();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
     }
 
     #[test]

@@ -141,6 +141,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
             return e.exit_code();
         }
     };
+    raise_open_files_limit();
     let telemetry = Arc::new(http::Telemetry::new(cfg.unhealthy_after));
     telemetry.set_stuck_after(stuck_after(&cfg));
     telemetry.trigger.set_token(cfg.trigger_token.clone());
@@ -444,6 +445,28 @@ impl Signals {
                 _ = trigger.woken() => {}
             }
         }
+    }
+}
+
+/// Raise the soft open-files limit to the hard one (a long-running agent with a listener must
+/// not run out of descriptors at a distribution's low default of 1024, or a container's).
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current == lim.maximum {
+        return;
+    }
+    // The kernel caps RLIMIT_NOFILE at fs.nr_open: an "unlimited" hard limit is not settable.
+    let target = lim.maximum.unwrap_or(1 << 20);
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: lim.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::debug!(from = ?lim.current, to = target, "raised the soft open-files limit")
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot raise the soft open-files limit"),
     }
 }
 

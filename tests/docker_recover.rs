@@ -50,8 +50,11 @@ fn old_container(d: &Docker, extra: &[&str]) -> String {
     d.run("lambda", &args)
 }
 
-/// `docker create` the replacement under its temporary name, with the new value.
-fn new_container(name: &str, extra: &[&str]) -> String {
+/// `docker create` the replacement under its temporary name, with the new value, and record
+/// the recreate in the state file as recreate.rs does before it touches anything (the old
+/// container's id, the new one's): a recovery trusts that record, never a name.
+fn new_container(sb: &Sandbox, name: &str, extra: &[&str]) -> String {
+    let old_id = id_of(name);
     let temp = format!("{name}-audsync-new-{TAG}");
     let env = format!("{KEY}={}", aud(2));
     let img = image();
@@ -59,6 +62,8 @@ fn new_container(name: &str, extra: &[&str]) -> String {
     args.extend_from_slice(extra);
     args.extend([img.as_str(), "sh", "-c", SERVER]);
     docker(&args);
+    let state = serde_json::json!({"recreating": {old_id: {"name": name, "new_id": id_of(&temp)}}});
+    std::fs::write(sb.path(".env.audsync-state.json"), state.to_string()).unwrap();
     temp
 }
 
@@ -82,7 +87,7 @@ fn docker_recreate_killed_after_the_stop_restarts_the_old_one_then_recreates() {
     require_docker!();
     let (_cf, sb, d) = setup();
     let c = old_container(&d, &[]);
-    let temp = new_container(&c, &[]);
+    let temp = new_container(&sb, &c, &[]);
     docker(&["stop", "-t", "1", &c]);
 
     let (r, j) = sync(&sb, &["--container", &c]);
@@ -103,7 +108,7 @@ fn docker_recreate_killed_between_the_renames_gives_the_name_back() {
     let (_cf, sb, d) = setup();
     let c = old_container(&d, &[]);
     let old_id = id_of(&c);
-    new_container(&c, &[]);
+    new_container(&sb, &c, &[]);
     docker(&["stop", "-t", "1", &c]);
     docker(&["rename", &c, &aside(&c)]);
 
@@ -119,7 +124,7 @@ fn docker_a_dry_run_reports_a_recreate_cut_short_and_touches_nothing() {
     require_docker!();
     let (_cf, sb, d) = setup();
     let c = old_container(&d, &[]);
-    let temp = new_container(&c, &[]);
+    let temp = new_container(&sb, &c, &[]);
     docker(&["stop", "-t", "1", &c]);
     docker(&["rename", &c, &aside(&c)]);
 
@@ -148,7 +153,7 @@ fn docker_recreate_killed_in_the_health_wait_keeps_a_healthy_new_one() {
         "2",
     ];
     let c = old_container(&d, &health);
-    let temp = new_container(&c, &health);
+    let temp = new_container(&sb, &c, &health);
     docker(&["stop", "-t", "1", &c]);
     docker(&["rename", &c, &aside(&c)]);
     docker(&["rename", &temp, &c]);
@@ -169,7 +174,7 @@ fn docker_recreate_killed_before_the_new_one_started_is_rolled_back_and_redone()
     require_docker!();
     let (_cf, sb, d) = setup();
     let c = old_container(&d, &[]);
-    let temp = new_container(&c, &[]);
+    let temp = new_container(&sb, &c, &[]);
     let never_started = id_of(&temp);
     docker(&["stop", "-t", "1", &c]);
     docker(&["rename", &c, &aside(&c)]);
@@ -191,6 +196,7 @@ fn docker_recreate_killed_with_an_unhealthy_new_one_under_the_name_is_rolled_bac
     let c = old_container(&d, &[]);
     // This replacement went bad (its check fails); the one the next pass makes is fine.
     let temp = new_container(
+        &sb,
         &c,
         &[
             "--health-cmd",
@@ -232,7 +238,7 @@ fn docker_compose_service_leftovers_are_not_taken_for_members() {
         .collect();
     let c = old_container(&d, &label_args);
     // Cut short after the stop: the new container carries the same compose labels.
-    new_container(&c, &label_args);
+    new_container(&sb, &c, &label_args);
     docker(&["stop", "-t", "1", &c]);
 
     let (r, j) = sync(&sb, &["--compose-service", &format!("{project}/lambda")]);

@@ -474,7 +474,11 @@ fn edge_sandbox(access: &FakeAccess) -> Sandbox {
 fn edge_source_reads_the_login_redirect_kid_without_any_credential() {
     let key = team_key();
     let fa = FakeAccess::start(HOST, &aud(5), &[&key]);
-    let sb = edge_sandbox(&fa);
+    let mut sb = edge_sandbox(&fa);
+    // The kid is unsigned: taken only with the opt-in, and from the configured team's redirect
+    // (the fake team on 127.0.0.1 is not a *.cloudflareaccess.com one).
+    sb.var("AUDSYNC_ALLOW_UNSIGNED_KID", "1")
+        .var("CLOUDFLARE_AUTH_DOMAIN", &fa.team_url());
     let mut c = sb.cmd();
     c.args(["get", "--source", "edge", "--domain", HOST]);
     let r = run(&mut c);

@@ -14,4 +14,5 @@ mod infisical;
 mod infisical_passes;
 mod notify;
 mod setup_verify;
+mod trust;
 mod watch;

@@ -87,17 +87,24 @@ impl AccessApp {
 
 /// Lowercase and strip scheme, path and port: `https://API.example.com:443/x` -> `api.example.com`.
 pub fn host_of(uri: &str) -> String {
+    // Parsed with a URL parser, never sliced: userinfo (`evil@host`), backslashes and other
+    // tricks give no host at all (an empty host matches nothing and fails validation).
     let s = uri.trim();
-    let s = s.split_once("://").map_or(s, |(_, rest)| rest);
-    let s = s.split(['/', '?', '#']).next().unwrap_or("");
-    let s = s.rsplit_once(':').map_or(s, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            s
-        }
-    });
-    s.trim_end_matches('.').to_ascii_lowercase()
+    if s.is_empty() || s.contains('\\') {
+        return String::new();
+    }
+    let full = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("https://{s}")
+    };
+    match url::Url::parse(&full) {
+        Ok(u) if u.username().is_empty() && u.password().is_none() => u
+            .host_str()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -126,6 +133,24 @@ pub fn match_kind(app: &AccessApp, host: &str) -> Option<MatchKind> {
         }
     }
     best
+}
+
+/// The `*.` pattern of `app` that covers `host`, when only a wildcard does.
+pub fn wildcard_of(app: &AccessApp, host: &str) -> Option<String> {
+    if match_kind(app, host) != Some(MatchKind::Wildcard) {
+        return None;
+    }
+    let one = |h: &String| {
+        let probe = AccessApp {
+            destinations: vec![],
+            self_hosted_domains: vec![h.clone()],
+            ..app.clone()
+        };
+        match_kind(&probe, host) == Some(MatchKind::Wildcard)
+    };
+    app.hosts()
+        .into_iter()
+        .find(|h| h.starts_with("*.") && one(h))
 }
 
 /// Choose the application for `host` among `apps`. Pure: errors list what was seen.
@@ -385,6 +410,12 @@ mod tests {
         assert_eq!(host_of("API.Example.com/path/x"), "api.example.com");
         assert_eq!(host_of("https://api.example.com:8443/"), "api.example.com");
         assert_eq!(host_of("*.example.com"), "*.example.com");
+        assert_eq!(host_of("*.Example.com/x"), "*.example.com");
+        assert_eq!(host_of("api.example.com."), "api.example.com");
+        // Parsed, not sliced: userinfo and backslashes give no host.
+        assert_eq!(host_of("evil.com@api.example.com"), "");
+        assert_eq!(host_of("https://api.example.com\\@evil.com"), "");
+        assert_eq!(host_of("https://u:p@api.example.com/"), "");
     }
 
     #[test]

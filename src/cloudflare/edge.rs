@@ -37,20 +37,117 @@ pub fn http(timeout: Duration) -> Result<reqwest::Client, EdgeError> {
 }
 
 /// The team domain as `https://<team>.cloudflareaccess.com` (no trailing slash), from
-/// `CLOUDFLARE_AUTH_DOMAIN` (a URL or a bare host) or else `CLOUDFLARE_TEAM_NAME`.
+/// `CLOUDFLARE_AUTH_DOMAIN` (a URL or a bare host) or else `CLOUDFLARE_TEAM_NAME`. Not validated
+/// (`verify` shows what it finds); [`configured_team_domain`] is the checked form.
 pub fn team_domain(auth_domain: Option<&str>, team_name: Option<&str>) -> Option<String> {
     if let Some(d) = auth_domain.map(str::trim).filter(|d| !d.is_empty()) {
         let d = d.trim_end_matches('/');
-        return Some(if d.contains("://") {
+        let full = if d.contains("://") {
             d.to_string()
         } else {
             format!("https://{d}")
-        });
+        };
+        // The origin after parsing (lowercase host, no path); the text as given otherwise.
+        return Some(
+            url::Url::parse(&full)
+                .ok()
+                .filter(|u| u.host_str().is_some())
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or(full),
+        );
     }
     team_name
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|t| format!("https://{t}.cloudflareaccess.com"))
+}
+
+/// The team domain the user configured, checked: it is the user's word (any host), but it must
+/// parse as an origin and be https, or plain http to a loopback address; a team name must be
+/// one DNS label. Returns the origin (`scheme://host[:port]`, lowercase host, no path).
+pub fn configured_team_domain(
+    auth_domain: Option<&str>,
+    team_name: Option<&str>,
+) -> Result<Option<String>, String> {
+    if let Some(d) = auth_domain.map(str::trim).filter(|d| !d.is_empty()) {
+        let full = if d.contains("://") {
+            d.to_string()
+        } else {
+            format!("https://{d}")
+        };
+        let u = url::Url::parse(&full)
+            .map_err(|e| format!("CLOUDFLARE_AUTH_DOMAIN {d:?} is not a URL: {e}"))?;
+        let host_ok = u.host_str().is_some_and(|h| !h.is_empty());
+        if !host_ok || !u.username().is_empty() || u.password().is_some() {
+            return Err(format!(
+                "CLOUDFLARE_AUTH_DOMAIN {d:?} must be the team domain, e.g. https://team.cloudflareaccess.com"
+            ));
+        }
+        let loopback_http = u.scheme() == "http" && crate::http::credential_safe(&u);
+        if u.scheme() != "https" && !loopback_http {
+            return Err(format!(
+                "CLOUDFLARE_AUTH_DOMAIN {d:?} must be https (plain http only to a loopback address)"
+            ));
+        }
+        return Ok(Some(u.origin().ascii_serialization()));
+    }
+    match team_name.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) if is_label(t) => Ok(Some(format!(
+            "https://{}.cloudflareaccess.com",
+            t.to_ascii_lowercase()
+        ))),
+        Some(t) => Err(format!(
+            "CLOUDFLARE_TEAM_NAME {t:?} is not a team name (one DNS label: letters, digits, '-')"
+        )),
+    }
+}
+
+/// One DNS label: 1-63 ASCII letters, digits or '-', not starting or ending with '-'.
+fn is_label(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 63
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !t.starts_with('-')
+        && !t.ends_with('-')
+}
+
+/// A team domain learned from the edge (no team configured): only
+/// `https://<label>.cloudflareaccess.com` or `https://<label>.fed.cloudflareaccess.com` exactly
+/// (a bare host of that form is taken as https). Userinfo, ports, paths, backslashes, IPs,
+/// dotless hosts, trailing dots and upper case are refused: the text must be what the URL
+/// parser gives back. Returns the origin.
+pub fn learned_team_domain(claimed: &str) -> Option<String> {
+    let full = if claimed.starts_with("https://") {
+        claimed.to_string()
+    } else if claimed.contains(':') || claimed.contains('/') || claimed.contains('\\') {
+        return None;
+    } else {
+        format!("https://{claimed}")
+    };
+    let u = url::Url::parse(&full).ok()?;
+    let url::Host::Domain(host) = u.host()? else {
+        return None;
+    };
+    let label = host
+        .strip_suffix(".fed.cloudflareaccess.com")
+        .or_else(|| host.strip_suffix(".cloudflareaccess.com"))?;
+    let lower = label.bytes().all(|b| !b.is_ascii_uppercase());
+    let origin = format!("https://{host}");
+    // Round trip: what was given is exactly the origin (with at most one trailing '/').
+    let given = full.strip_suffix('/').unwrap_or(&full);
+    (is_label(label) && lower && u.port().is_none() && given == origin).then_some(origin)
+}
+
+/// Two team domains name the same origin once parsed (scheme, lowercase host, port).
+pub fn same_origin(a: &str, b: &str) -> bool {
+    let o = |s: &str| {
+        url::Url::parse(s.trim())
+            .ok()
+            .filter(|u| u.host_str().is_some())
+            .map(|u| u.origin().ascii_serialization())
+    };
+    matches!((o(a), o(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// The team name (`teamName` in a tunnel rule) from a team domain, when it is a
@@ -198,45 +295,85 @@ pub struct EdgeAud {
     /// `cf-access-metadata` (signature verified) or `login redirect kid` (not signed).
     pub how: &'static str,
     pub team_domain: String,
+    /// Set when the AUD is the unsigned `kid` (taken only with `--allow-unsigned-kid`).
+    pub unsigned: bool,
 }
 
 fn is_aud(s: &str) -> bool {
     crate::aud::Aud::parse(s).is_ok()
 }
 
-/// Learn the AUD of the application protecting `url` without an API token: the verified
-/// `cf-access-metadata` answer when the edge gives one, else the `kid` of the login redirect.
-/// `team` (from configuration) pins the team domain; without it, the metadata's `auth_domain`
-/// must be a `*.cloudflareaccess.com` host.
-pub async fn learn_aud(
-    http: &reqwest::Client,
-    url: &str,
-    team: Option<&str>,
-) -> Result<EdgeAud, EdgeError> {
+/// What `--source edge` asks about.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Where the protected host is reached (`--url`).
+    pub url: &'a str,
+    /// The binding's host: the metadata's `hostname` must be this one, wherever `url` points.
+    pub host: &'a str,
+    /// The configured team domain (checked by [`configured_team_domain`]).
+    pub team: Option<&'a str>,
+    /// `--allow-unsigned-kid`: take the login redirect's unsigned `kid` when no metadata comes.
+    pub allow_unsigned_kid: bool,
+}
+
+/// The edge's own answer to an unauthenticated request: a redirect or a 401. A 200 (or any
+/// other answer) comes from an origin, which can set any header it likes.
+fn is_edge_answer(status: u16) -> bool {
+    matches!(status, 301 | 302 | 303 | 307 | 308 | 401)
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Learn the AUD of the application protecting the host without an API token: the
+/// `cf-access-metadata` answer, after cloudflared's checks (RS256 by the team's keys,
+/// `type == "match"`, `hostname` = the binding's host, non-empty `aud`, `iat` at most 24 h old
+/// and 5 min ahead), taken only from the edge's redirect or 401. The login redirect's `kid` is
+/// not signed: it is used only with `allow_unsigned_kid`. The team (where the keys are) is the
+/// configured one, else a strictly checked `*.cloudflareaccess.com` one.
+pub async fn learn_aud(http: &reqwest::Client, ask: Ask<'_>) -> Result<EdgeAud, EdgeError> {
+    let Ask {
+        url,
+        host,
+        team,
+        allow_unsigned_kid,
+    } = ask;
     let mut p = probe(http, url, true).await?;
     if let Some(token) = p.metadata.as_deref() {
+        if !is_edge_answer(p.status) {
+            return Err(err(
+                format!(
+                    "{url} answered HTTP {} with a cf-access-metadata header: the Access edge answers an unauthenticated request with a redirect or 401, so this answer comes from the origin, which can forge it; refused",
+                    p.status
+                ),
+                "check that the host is behind Cloudflare Access (and --url); or use --source api",
+            ));
+        }
         let domain = match team {
             Some(t) => t.to_string(),
             None => {
                 let claimed = jwt::unverified_auth_domain(token).unwrap_or_default();
-                if team_name_of(&claimed).is_none() {
-                    return Err(err(
+                learned_team_domain(&claimed).ok_or_else(|| {
+                    err(
                         format!(
-                            "{url}: the cf-access-metadata answer names auth domain {claimed:?}, which is not a *.cloudflareaccess.com team domain"
+                            "{url}: the cf-access-metadata answer names auth domain {claimed:?}, which is not exactly <team>.cloudflareaccess.com"
                         ),
                         "set CLOUDFLARE_AUTH_DOMAIN to your team domain",
-                    ));
-                }
-                team_domain(Some(&claimed), None).unwrap_or_default()
+                    )
+                })?
             }
         };
         let keys = certs(http, &domain).await?;
-        let m = jwt::verify_metadata(token, &keys).map_err(|e| {
+        let m = jwt::verify_metadata(token, &keys, host, now_secs()).map_err(|e| {
             err(
                 format!(
                     "{url}: the cf-access-metadata answer does not verify against {domain}: {e}"
                 ),
-                "check CLOUDFLARE_AUTH_DOMAIN; use --source api if this persists",
+                "check CLOUDFLARE_AUTH_DOMAIN, --domain and the clock; use --source api if this persists",
             )
         })?;
         if !is_aud(&m.aud) {
@@ -249,6 +386,7 @@ pub async fn learn_aud(
             aud: m.aud,
             how: "cf-access-metadata",
             team_domain: domain,
+            unsigned: false,
         });
     }
     if matches!(p.status, 405 | 501) {
@@ -257,22 +395,41 @@ pub async fn learn_aud(
     }
     match (&p.login, p.status) {
         (Some(login), 301 | 302 | 303 | 307 | 308) => {
-            if let Some(t) = team
-                && t.trim_end_matches('/') != login.team_domain
-            {
+            if !allow_unsigned_kid {
                 return Err(err(
                     format!(
-                        "{url} redirects to the login page of {}, not of the team domain {t}",
-                        login.team_domain
+                        "{url} answers only with the login redirect, whose kid is not signed (anyone between here and the host can choose it; cloudflared stopped trusting it as a security fix); nothing written"
                     ),
-                    "check CLOUDFLARE_AUTH_DOMAIN / CLOUDFLARE_TEAM_NAME, and that --url is the host you mean",
+                    "use --source api (an API token), or pass --allow-unsigned-kid (AUDSYNC_ALLOW_UNSIGNED_KID=1) if you accept an unsigned AUD",
                 ));
             }
+            let team_domain = match team {
+                Some(t) if same_origin(t, &login.team_domain) => t.to_string(),
+                Some(t) => {
+                    return Err(err(
+                        format!(
+                            "{url} redirects to the login page of {}, not of the team domain {t}",
+                            login.team_domain
+                        ),
+                        "check CLOUDFLARE_AUTH_DOMAIN / CLOUDFLARE_TEAM_NAME, and that --url is the host you mean",
+                    ));
+                }
+                None => learned_team_domain(&login.team_domain).ok_or_else(|| {
+                    err(
+                        format!(
+                            "{url} redirects to the login page at {}, which is not exactly https://<team>.cloudflareaccess.com",
+                            login.team_domain
+                        ),
+                        "set CLOUDFLARE_AUTH_DOMAIN to your team domain if it really is",
+                    )
+                })?,
+            };
             match login.kid.as_deref() {
                 Some(kid) if is_aud(kid) => Ok(EdgeAud {
                     aud: kid.to_string(),
                     how: "login redirect kid",
-                    team_domain: login.team_domain.clone(),
+                    team_domain,
+                    unsigned: true,
                 }),
                 _ => Err(err(
                     format!(
@@ -294,7 +451,8 @@ pub async fn learn_aud(
                 "{url} answered HTTP {s}{} instead of a redirect to the Access login page",
                 p.location
                     .as_deref()
-                    .map(|l| format!(" (Location {l})"))
+                    .and_then(|l| url::Url::parse(url).ok()?.join(l).ok())
+                    .and_then(|l| l.host_str().map(|h| format!(" (Location host {h})")))
                     .unwrap_or_default()
             ),
             "check --url and that the host is behind Cloudflare Access; or use --source api",
@@ -360,5 +518,76 @@ mod tests {
         assert_eq!(l.team_domain, "https://t.cloudflareaccess.com");
         assert_eq!(l.kid.as_deref(), Some("abc"));
         assert!(login_of("https://a/", "https://a/elsewhere").is_none());
+    }
+
+    #[test]
+    fn a_learned_team_domain_is_exactly_a_cloudflareaccess_one() {
+        for ok in [
+            "https://myteam.cloudflareaccess.com",
+            "https://myteam.cloudflareaccess.com/",
+            "myteam.cloudflareaccess.com",
+            "https://my-team2.fed.cloudflareaccess.com",
+        ] {
+            assert!(learned_team_domain(ok).is_some(), "{ok}");
+        }
+        assert_eq!(
+            learned_team_domain("myteam.cloudflareaccess.com").as_deref(),
+            Some("https://myteam.cloudflareaccess.com")
+        );
+        for bad in [
+            "https://evil.com@myteam.cloudflareaccess.com",
+            "https://myteam.cloudflareaccess.com@evil.com",
+            "https://user:pw@myteam.cloudflareaccess.com",
+            "https://evil.com\\.cloudflareaccess.com",
+            "https://evil.com\\@myteam.cloudflareaccess.com",
+            "evil.com\\myteam.cloudflareaccess.com",
+            "https://2130706433/",
+            "https://127.0.0.1/.cloudflareaccess.com",
+            "https://localhost",
+            "https://cloudflareaccess.com",
+            "https://.cloudflareaccess.com",
+            "https://myteam.cloudflareaccess.com.",
+            "myteam.cloudflareaccess.com.",
+            "https://myteam.cloudflareaccess.com.evil.com",
+            "https://MyTeam.cloudflareaccess.com",
+            "https://myteam.CloudflareAccess.com",
+            "https://myteam.cloudflareaccess.com:8443",
+            "https://myteam.cloudflareaccess.com/x",
+            "https://a.b.cloudflareaccess.com",
+            "http://myteam.cloudflareaccess.com",
+            "https://xn--80ak6aa92e.cloudflareaccess.com.",
+            "https://-x.cloudflareaccess.com",
+            "https://myteam.evilcloudflareaccess.com",
+            "https://my%74eam.cloudflareaccess.com",
+            " https://myteam.cloudflareaccess.com",
+            "",
+        ] {
+            assert_eq!(learned_team_domain(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_configured_team_domain_is_the_users_word_but_https_or_loopback() {
+        assert_eq!(
+            configured_team_domain(Some("HTTPS://MyTeam.CloudflareAccess.com/"), None).unwrap(),
+            Some("https://myteam.cloudflareaccess.com".into())
+        );
+        assert_eq!(
+            configured_team_domain(Some("https://sso.example.com"), None).unwrap(),
+            Some("https://sso.example.com".into())
+        );
+        assert!(configured_team_domain(Some("http://127.0.0.1:9"), None).is_ok());
+        assert!(configured_team_domain(Some("http://team.example.com"), None).is_err());
+        assert!(configured_team_domain(Some("https://u@team.example.com"), None).is_err());
+        assert!(configured_team_domain(None, Some("evil.com/x")).is_err());
+        assert_eq!(configured_team_domain(None, None).unwrap(), None);
+        assert!(same_origin(
+            "HTTPS://MyTeam.cloudflareaccess.com/",
+            "https://myteam.cloudflareaccess.com"
+        ));
+        assert!(!same_origin(
+            "https://myteam.cloudflareaccess.com",
+            "https://myteam.cloudflareaccess.com:444"
+        ));
     }
 }

@@ -294,18 +294,33 @@ pub fn unverified_auth_domain(token: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Verify a `cf-access-metadata` token (RS256, team keys; it carries no `exp`).
-pub fn verify_metadata(token: &str, keys: &Jwks) -> Result<Metadata, TokenError> {
+/// Verify a `cf-access-metadata` token the way cloudflared does (`token/token.go`,
+/// `GetAppInfo`): RS256 by a team key, `type == "match"`, `hostname` equal to `host`
+/// (case-insensitive), one non-empty `aud`, `iat` no older than 24 h and at most 5 min ahead
+/// of `now` (Unix seconds). It carries no `exp`.
+pub fn verify_metadata(
+    token: &str,
+    keys: &Jwks,
+    host: &str,
+    now: i64,
+) -> Result<Metadata, TokenError> {
     let mut v = Validation::new(Algorithm::RS256);
     v.validate_exp = false;
     v.validate_aud = false;
     v.set_required_spec_claims::<&str>(&[]);
     let claims = verified(token, keys, &v)?;
-    if let Some(t) = claims.get("type").and_then(Value::as_str)
-        && t != "match"
-    {
+    match claims.get("type").and_then(Value::as_str) {
+        Some("match") => {}
+        t => {
+            return Err(TokenError::Malformed(format!(
+                "metadata type is {t:?}, not \"match\" (the host is not behind this Access application)"
+            )));
+        }
+    }
+    let hostname = claims["hostname"].as_str().unwrap_or_default();
+    if !hostname.eq_ignore_ascii_case(host) {
         return Err(TokenError::Malformed(format!(
-            "metadata type is {t:?}, not \"match\" (the host is not behind this Access application)"
+            "metadata is for hostname {hostname:?}, not {host:?}"
         )));
     }
     let aud = strings(&claims["aud"]);
@@ -315,9 +330,25 @@ pub fn verify_metadata(token: &str, keys: &Jwks) -> Result<Metadata, TokenError>
             aud.len()
         )));
     };
+    if aud.is_empty() {
+        return Err(TokenError::Malformed("metadata aud is empty".into()));
+    }
+    let Some(iat) = claims["iat"].as_i64() else {
+        return Err(TokenError::Malformed("metadata has no iat".into()));
+    };
+    if now - iat > 24 * 3600 {
+        return Err(TokenError::Malformed(format!(
+            "metadata was issued more than 24 h ago (iat {iat}); check the clock (NTP)"
+        )));
+    }
+    if iat - now > 5 * 60 {
+        return Err(TokenError::Malformed(format!(
+            "metadata is issued more than 5 min in the future (iat {iat}); check the clock (NTP)"
+        )));
+    }
     Ok(Metadata {
         aud: aud.clone(),
-        hostname: claims["hostname"].as_str().map(str::to_string),
+        hostname: Some(hostname.to_string()),
         auth_domain: claims["auth_domain"].as_str().map(str::to_string),
     })
 }

@@ -255,7 +255,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, auth: Auth, timeout: Duration, retry: RetryPolicy) -> Self {
-        let http = crate::http::client(timeout, crate::http::Redirects::Follow);
+        // No redirect is followed: the token or key would go to whatever host a 30x names.
+        let http = crate::http::client(timeout, crate::http::Redirects::None);
         Client {
             requests: Default::default(),
             http,
@@ -420,10 +421,15 @@ impl Client {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let req = http.request(method.clone(), &url).query(query);
             let req = match &self.auth {
+                // bearer_auth marks the header sensitive itself.
                 Auth::Token(t) => req.bearer_auth(t.expose()),
-                Auth::GlobalKey { email, key } => req
-                    .header("X-Auth-Email", email)
-                    .header("X-Auth-Key", key.expose()),
+                Auth::GlobalKey { email, key } => match crate::http::sensitive(key.expose()) {
+                    Ok(v) => req.header("X-Auth-Email", email).header("X-Auth-Key", v),
+                    // Not a valid header value: reqwest refuses to build the request.
+                    Err(_) => req
+                        .header("X-Auth-Email", email)
+                        .header("X-Auth-Key", key.expose()),
+                },
                 Auth::None => req,
             };
             match body {
@@ -443,6 +449,11 @@ impl Client {
             }
         };
         let status = resp.status();
+        if let Some(refusal) = crate::http::redirect_refusal(&resp) {
+            return Err(Error::Setup(format!(
+                "Cloudflare API {method} {path} {refusal} (CLOUDFLARE_API_URL)"
+            )));
+        }
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(Error::RateLimited {
                 method,

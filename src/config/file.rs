@@ -211,7 +211,28 @@ pub fn load(path: &Path) -> Result<FileConfig, Vec<String>> {
     };
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let private = is_private(path);
-    parse(&text, &abs, private)
+    let cfg = parse(&text, &abs, private)?;
+    // A file others can change may not choose URLs, credential files, the state file, or the
+    // `.env` files written.
+    let mut problems = Vec::new();
+    if let Err(e) = super::layers::refuse_unsafe_settings(path, cfg.settings.keys()) {
+        problems.push(e);
+    }
+    let env_sinks = cfg
+        .bindings
+        .iter()
+        .flat_map(|b| &b.sinks)
+        .any(|s| matches!(s.value, SinkSpec::Env(_)));
+    if env_sinks && let Err(why) = crate::fsx::owner_only_writable(path) {
+        problems.push(format!(
+            "{why}: until then its bindings may not name .env files to write"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(problems)
+    }
 }
 
 /// True when only the running user can read or change the file: mode 0600 (or stricter) and
@@ -520,6 +541,22 @@ app_id = "0f3ad5f4-0000-4000-8000-00000000abcd"
 key = "N8N_AUD"
 sinks = [{ env = "/srv/n8n/.env" }]
 "#;
+
+    #[test]
+    fn a_syntax_error_before_a_secret_names_the_line_only() {
+        for doc in [
+            "timeout = \"10s\nlisten = 'x\n[cloudflare]\ntoken = \"cf-SECRET-inline-77\"\n",
+            "[cloudflare]\naccount_id = \"abc\ntoken = \"cf-SECRET-inline-77\"\n",
+            "[cloudflare\ntoken = \"cf-SECRET-inline-77\"\n",
+            "[cloudflare]\ntoken = cf-SECRET-inline-77\n",
+            "[cloudflare]\ntoken = \"cf-SECRET-inline-77\n",
+        ] {
+            let e = parse(doc, Path::new("/x/audsync.toml"), Ok(())).unwrap_err();
+            let all = e.join("\n");
+            assert!(all.contains("/x/audsync.toml:"), "{all}");
+            assert!(!all.contains("SECRET"), "the line's text leaked: {all}");
+        }
+    }
 
     #[test]
     fn settings_and_bindings_with_lines_and_resolved_paths() {

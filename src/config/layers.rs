@@ -60,6 +60,43 @@ impl std::fmt::Debug for Vars {
     }
 }
 
+/// Settings that decide where credentials go or which files are written: taken from a `.env`
+/// or config file only when that file is its owner's alone ([`crate::fsx::owner_only_writable`]).
+pub fn decides_where(name: &str) -> bool {
+    name.ends_with("_FILE")
+        || matches!(
+            name,
+            "CLOUDFLARE_API_URL"
+                | "INFISICAL_HOST"
+                | "CLOUDFLARE_AUTH_DOMAIN"
+                | "AUDSYNC_CONFIG"
+                | "AUDSYNC_ALLOW_INSECURE_HTTP"
+                | "AUDSYNC_ALLOW_UNSIGNED_KID"
+        )
+}
+
+/// Refuse the file's settings that [`decides_where`] when the file is not its owner's alone.
+pub fn refuse_unsafe_settings<'a>(
+    path: &Path,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<(), String> {
+    let unsafe_names: Vec<&str> = names
+        .into_iter()
+        .map(String::as_str)
+        .filter(|n| decides_where(n))
+        .collect();
+    if unsafe_names.is_empty() {
+        return Ok(());
+    }
+    match crate::fsx::owner_only_writable(path) {
+        Ok(()) => Ok(()),
+        Err(why) => Err(format!(
+            "{why}: until then it may not set {} (settings that decide where credentials go and which files are written); or set them in the process environment",
+            unsafe_names.join(", ")
+        )),
+    }
+}
+
 /// Where a setting's value came from (`audsync config` shows it, like `git config --show-origin`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -106,6 +143,8 @@ pub struct Env {
     file: FileLayer,
     /// Values read from a secret store (Infisical): the last layer.
     fetched: BTreeMap<String, Secret>,
+    /// `--allow-insecure-http`: credentials may go over plain http to any host.
+    pub allow_insecure_http: bool,
 }
 
 impl std::fmt::Debug for Env {
@@ -156,6 +195,8 @@ impl Env {
             Ok(None) => BTreeMap::new(),
             Err(e) => return Err(Error::usage(e)),
         };
+        // Only values a lower layer would use matter, but refusing outright is clearer.
+        refuse_unsafe_settings(path, values.keys()).map_err(Error::usage)?;
         self.env_file = Some(path.to_path_buf());
         self.dotenv = FileLayer {
             path: path.to_path_buf(),

@@ -129,6 +129,7 @@ where
         }
     }
     let cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+    env.allow_insecure_http = cli.global.allow_insecure_http;
     let mut parsed = Parsed {
         cli,
         env,
@@ -303,8 +304,12 @@ pub struct SourceConfig {
 pub struct EdgeSource {
     /// The protected host's URL (`--url`, default `https://HOST/`).
     pub url: String,
+    /// The binding's host: the signed metadata must name it, wherever `url` points.
+    pub host: String,
     /// The configured team domain, when any (pins where the metadata's keys are fetched).
     pub team_domain: Option<String>,
+    /// `--allow-unsigned-kid`: the login redirect's unsigned `kid` may be the AUD.
+    pub allow_unsigned_kid: bool,
 }
 
 impl SourceConfig {
@@ -337,6 +342,7 @@ impl SourceConfig {
                 "--api-url / CLOUDFLARE_API_URL must be an http(s) URL",
             ));
         }
+        check_credential_url("--api-url / CLOUDFLARE_API_URL", &url, env)?;
         Ok(SourceConfig {
             api_url: a.api_url.clone(),
             auth: cloudflare_auth(env)?,
@@ -377,6 +383,9 @@ impl SourceConfig {
         let url = url.map_or_else(|| format!("https://{host}/"), |u| u.to_string());
         let any_credential = has_cloudflare_credentials(env);
         let auth = if any_credential {
+            if let Ok(u) = url::Url::parse(&a.api_url) {
+                check_credential_url("--api-url / CLOUDFLARE_API_URL", &u, env)?;
+            }
             cloudflare_auth(env)?
         } else {
             Auth::None
@@ -390,17 +399,33 @@ impl SourceConfig {
             auth,
             account_id,
             selector: Selector::Host(host.clone()),
-            host: Some(host),
+            host: Some(host.clone()),
             timeout: a.timeout,
             edge: Some(EdgeSource {
                 url,
-                team_domain: crate::cloudflare::edge::team_domain(
+                host: host.clone(),
+                team_domain: crate::cloudflare::edge::configured_team_domain(
                     access.auth_domain.as_deref(),
                     access.team_name.as_deref(),
-                ),
+                )
+                .map_err(Error::usage)?,
+                allow_unsigned_kid: access.allow_unsigned_kid,
             }),
         })
     }
+}
+
+/// Credentials go over https, or plain http to a loopback address; anything else is a usage
+/// error before any connection, unless `--allow-insecure-http` / `AUDSYNC_ALLOW_INSECURE_HTTP`.
+pub fn check_credential_url(setting: &str, url: &url::Url, env: &Env) -> Result<(), Error> {
+    if crate::http::credential_safe(url) || env.allow_insecure_http {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "{setting} {}://{}: credentials are sent only over https (or plain http to a loopback address); use https, or pass --allow-insecure-http (AUDSYNC_ALLOW_INSECURE_HTTP=1) if this network is yours",
+        url.scheme(),
+        url.host_str().unwrap_or("")
+    )))
 }
 
 /// An http(s) URL given by --url.

@@ -157,6 +157,7 @@ impl SyncConfig {
             recreate: RecreateOptions {
                 settle: a.settle,
                 health_timeout: a.health_timeout,
+                journal: Some(state_file.clone()),
             },
             write_mode: a.write_mode,
             dry_run: a.dry_run,

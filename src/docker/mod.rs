@@ -186,6 +186,10 @@ pub struct RecreateOptions {
     /// With a healthcheck: how long to wait for `healthy`; `None` derives it from the check
     /// (start period + (interval + timeout) x retries).
     pub health_timeout: Option<Duration>,
+    /// The state file recording recreates in progress (`recreating`): the only proof a
+    /// later pass accepts that a temporary container is audsync's. `None`: no record, and no
+    /// recovery touches anything.
+    pub journal: Option<std::path::PathBuf>,
 }
 
 impl Default for RecreateOptions {
@@ -193,6 +197,7 @@ impl Default for RecreateOptions {
         RecreateOptions {
             settle: Duration::from_secs(3),
             health_timeout: None,
+            journal: None,
         }
     }
 }

@@ -35,6 +35,62 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_RETRIES: u32 = 3;
 
+/// Record in the journal (the state file) that `old_id` (named `name`) is being replaced by
+/// `new_id` (`None`: not created yet).
+pub(super) fn record(
+    journal: Option<&std::path::Path>,
+    name: &str,
+    old_id: &str,
+    new_id: Option<&str>,
+) -> Result<(), String> {
+    let Some(path) = journal else {
+        return Ok(());
+    };
+    crate::state::StateFile::update(path, |s| {
+        s.recreating.insert(
+            old_id.to_string(),
+            crate::state::RecreateRecord {
+                name: name.to_string(),
+                new_id: new_id.map(str::to_string),
+            },
+        );
+    })
+}
+
+/// The recreate of `old_id` is over (finished, undone, or recovered): drop its record.
+pub(super) fn forget(journal: Option<&std::path::Path>, old_id: &str) {
+    if let Some(path) = journal
+        && let Err(e) = crate::state::StateFile::update(path, |s| {
+            s.recreating.remove(old_id);
+        })
+    {
+        tracing::warn!(error = %e, "cannot update the recreate record in the state file");
+    }
+}
+
+/// The recorded recreates of `name`: (old id, new id).
+pub(super) fn records(
+    journal: Option<&std::path::Path>,
+    name: &str,
+) -> Vec<(String, Option<String>)> {
+    let Some(path) = journal else {
+        return vec![];
+    };
+    match crate::state::StateFile::load(path, true) {
+        Ok(f) => f
+            .state
+            .recreating
+            .into_iter()
+            .filter(|(_, r)| r.name == name)
+            .map(|(old, r)| (old, r.new_id))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the recreate records");
+            vec![]
+        }
+    }
+}
+
 /// The temporary names of one recreate of `name`: (new container, old container moved aside).
 /// The shared tag records whether the old container was running, for whoever finds them.
 pub(super) fn temp_names(name: &str, was_running: bool) -> (String, String) {

@@ -9,6 +9,11 @@
 //! under the name that is not good is replaced by the old one; a good one keeps the name and
 //! the old one is removed. The record lives in the names themselves, so it survives every step
 //! and needs no file. It must never remove the only copy of a service, nor a volume (`v=false`).
+//! A name is not proof: recreate.rs records each recreate in the state file (`recreating`: the
+//! old container's id, the new one's) before it creates anything, and only containers whose
+//! ids are recorded for this name are touched. A foreign container named like a temporary, or
+//! with compose labels copied, is never started, renamed or removed: it is left alone with a
+//! warning.
 //! It runs under the pass lock, so it never mistakes another pass's recreate for a leftover.
 //! The names, the health gate and the way back are [`super::ops`]'s; this module never imports
 //! [`super::recreate`].
@@ -19,7 +24,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptions;
 
-use super::ops::{parse_temp, remove, rename, restore_old, wait_good};
+use super::ops::{self, parse_temp, remove, rename, restore_old, wait_good};
 use super::{Container, container_error};
 use crate::reconcile::ActionError;
 
@@ -65,6 +70,8 @@ async fn recover(
         Err(_) => base_name(target),
     };
     let groups = leftovers(docker, &base).await?;
+    let records = ops::records(opts.journal.as_deref(), &base);
+    let groups = vouched(groups, &records);
     if groups.is_empty() {
         return Ok(vec![]);
     }
@@ -92,6 +99,14 @@ async fn recover(
                 )),
             })?;
         tracing::warn!(container = %base, "recovered a recreate that was cut short: {step}");
+        if let Some((old, _)) = records.iter().find(|(old, new)| {
+            g.old.as_ref().is_some_and(|o| &o.id == old)
+                || g.new
+                    .as_ref()
+                    .is_some_and(|n| new.as_deref() == Some(n.id.as_str()))
+        }) {
+            ops::forget(opts.journal.as_deref(), old);
+        }
         done.push(format!("{base}: {step}"));
     }
     Ok(done)
@@ -134,6 +149,35 @@ async fn leftovers(docker: &Docker, base: &str) -> Result<BTreeMap<String, Group
         }
     }
     Ok(groups)
+}
+
+/// Keep only the containers the state file's records name for this container (old id, new
+/// id); the rest merely carry a lookalike name (or copied labels) and are left alone.
+fn vouched(
+    groups: BTreeMap<String, Group>,
+    records: &[(String, Option<String>)],
+) -> BTreeMap<String, Group> {
+    let mut out = BTreeMap::new();
+    for (tag, mut g) in groups {
+        if let Some(old) = &g.old
+            && !records.iter().any(|(o, _)| *o == old.id)
+        {
+            tracing::warn!(container = %old.name, "named like a container audsync moved aside, but no recreate in the state file records it: left alone");
+            g.old = None;
+        }
+        if let Some(new) = &g.new
+            && !records
+                .iter()
+                .any(|(_, n)| n.as_deref() == Some(new.id.as_str()))
+        {
+            tracing::warn!(container = %new.name, "named like a container audsync created for a recreate, but no recreate in the state file records it: left alone");
+            g.new = None;
+        }
+        if g.old.is_some() || g.new.is_some() {
+            out.insert(tag, g);
+        }
+    }
+    out
 }
 
 /// Bring one recreate to an end; returns what was done, or why not.

@@ -71,6 +71,15 @@ pub(super) async fn recreate(
         .collect::<Vec<_>>()
         .join(", ");
     tracing::info!(container = %name, temporary = %new_name, "recreating with {keys} changed");
+    let journal = opts.journal.as_deref();
+    // The record first: a temporary no record names is never touched by a recovery.
+    ops::record(journal, &name, &old_id, None).map_err(|e| ActionError {
+        rolled_back: false,
+        message: format!(
+            "cannot recreate container {name}: cannot record the recreate in the state file ({e}); the container was not touched"
+        ),
+        hint: Some("fix the state file (--state-file / AUDSYNC_STATE_FILE)".into()),
+    })?;
 
     let created = docker
         .create_container(
@@ -82,6 +91,7 @@ pub(super) async fn recreate(
         )
         .await
         .map_err(|e| {
+            ops::forget(journal, &old_id);
             step_error(
                 &name,
                 "create the new container",
@@ -90,6 +100,17 @@ pub(super) async fn recreate(
             )
         })?;
     let new_id = created.id;
+    if let Err(e) = ops::record(journal, &name, &old_id, Some(&new_id)) {
+        remove(docker, &new_id).await;
+        ops::forget(journal, &old_id);
+        return Err(ActionError {
+            rolled_back: false,
+            message: format!(
+                "cannot recreate container {name}: cannot record the recreate in the state file ({e}); the new container was removed, the old one not touched"
+            ),
+            hint: Some("fix the state file (--state-file / AUDSYNC_STATE_FILE)".into()),
+        });
+    }
     for w in &created.warnings {
         tracing::warn!(container = %name, "engine: {w}");
     }
@@ -100,6 +121,7 @@ pub(super) async fn recreate(
         };
         if let Err(e) = docker.connect_network(&net, req).await {
             remove(docker, &new_id).await;
+            ops::forget(journal, &old_id);
             return Err(step_error(
                 &name,
                 &format!("connect the new container to network {net}"),
@@ -109,8 +131,22 @@ pub(super) async fn recreate(
         }
     }
 
+    // Every value of the container's own environment (old and new) is hidden in quoted logs.
+    let mut secrets: Vec<String> = info
+        .config
+        .as_ref()
+        .and_then(|c| c.env.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.to_string()))
+        .chain(changes.iter().map(|(_, v)| v.clone()))
+        .collect();
+    secrets.sort();
+    secrets.dedup();
     let mut rb = Rollback {
         docker,
+        journal,
+        secrets,
         name: &name,
         old_id: &old_id,
         new_id: &new_id,
@@ -155,6 +191,7 @@ pub(super) async fn recreate(
         // It was stopped; it stays stopped, now with the new value.
         tracing::info!(container = %name, "the old container was not running; the new one is left created, not started");
         remove(docker, &old_id).await;
+        ops::forget(journal, &old_id);
         return Ok(());
     }
     let started = Instant::now();
@@ -170,6 +207,7 @@ pub(super) async fn recreate(
     if let Err(e) = docker.remove_container(&old_id, Some(keep_volumes())).await {
         tracing::warn!(container = %name, old = %aside, error = %e, "the new container runs, but the old one could not be removed; remove it by hand");
     }
+    ops::forget(journal, &old_id);
     Ok(())
 }
 
@@ -218,6 +256,9 @@ fn step_error(name: &str, what: &str, e: &bollard::errors::Error, after: &str) -
 /// The state needed to put the old container back.
 struct Rollback<'a> {
     docker: &'a Docker,
+    journal: Option<&'a std::path::Path>,
+    /// The container's environment values: replaced by `[redacted]` in quoted log lines.
+    secrets: Vec<String>,
     name: &'a str,
     old_id: &'a str,
     new_id: &'a str,
@@ -257,7 +298,11 @@ impl Rollback<'_> {
             };
         }
         tracing::warn!(container = %name, reason = %why, "rolling back to the old container");
-        let logs = last_logs(self.docker, self.new_id).await;
+        let logs: Vec<String> = last_logs(self.docker, self.new_id)
+            .await
+            .iter()
+            .map(|l| redact_line(l, &self.secrets))
+            .collect();
         let problems = ops::restore_old(
             self.docker,
             name,
@@ -268,6 +313,10 @@ impl Rollback<'_> {
             self.stop_wait,
         )
         .await;
+        if problems.is_empty() {
+            // Whole again: nothing for a later pass to recover.
+            ops::forget(self.journal, self.old_id);
+        }
         let restored = if problems.is_empty() {
             format!("rolled back: the old container runs again as {name} with the old value")
         } else {
@@ -295,6 +344,29 @@ impl Rollback<'_> {
     }
 }
 
+/// Environment values shorter than this are left in quoted logs (`1`, `true`, `prod`).
+const REDACT_MIN: usize = 8;
+
+/// A log line fit to quote: control characters (terminal escapes, carriage returns, bells)
+/// removed, and every value in `secrets` of at least [`REDACT_MIN`] characters replaced by
+/// `[redacted]` (longest first, so a value containing another is hidden whole).
+pub(crate) fn redact_line(line: &str, secrets: &[String]) -> String {
+    let strip = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
+    let mut out = strip(line);
+    let mut values: Vec<String> = secrets
+        .iter()
+        .map(|v| strip(v))
+        .filter(|v| v.chars().count() >= REDACT_MIN)
+        .collect();
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for v in &values {
+        if out.contains(v.as_str()) {
+            out = out.replace(v.as_str(), "[redacted]");
+        }
+    }
+    out
+}
+
 /// The last lines the container wrote (stdout and stderr), best effort.
 async fn last_logs(docker: &Docker, id: &str) -> Vec<String> {
     let opts = LogsOptions {
@@ -317,4 +389,25 @@ async fn last_logs(docker: &Docker, id: &str) -> Vec<String> {
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     let skip = lines.len().saturating_sub(LOG_LINES);
     lines.into_iter().skip(skip).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_log_lines_lose_control_characters_and_environment_values() {
+        let env = vec![
+            "hunter2-long-pass".to_string(),
+            "hunter2-long".to_string(),
+            "short".to_string(),
+        ];
+        assert_eq!(
+            redact_line("pw=hunter2-long-pass x=short \u{1b}[2Jok\r", &env),
+            "pw=[redacted] x=short [2Jok"
+        );
+        assert_eq!(redact_line("a=hunter2-long!", &env), "a=[redacted]!");
+        // A control character inside the value does not hide it.
+        assert_eq!(redact_line("hunter2-\u{7}long", &env), "[redacted]");
+    }
 }

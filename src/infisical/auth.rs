@@ -266,7 +266,7 @@ impl Client {
             let until = r.at + r.holdoff.unwrap_or(self.settings.login_holdoff.as_secs());
             return Err(err(
                 format!(
-                    "Universal Auth login for machine identity {client_id} was refused at {} ({}); not retrying the login until {} to avoid the lockout (three failed logins lock the machine identity for 5 minutes)",
+                    "Universal Auth login for the machine identity (INFISICAL_CLIENT_ID) was refused at {} ({}); not retrying the login until {} to avoid the lockout (three failed logins lock the machine identity for 5 minutes)",
                     clock(r.at),
                     r.reason,
                     clock(until)
@@ -283,7 +283,8 @@ impl Client {
         }
         self.logins += 1;
         let path = "/api/v1/auth/universal-auth/login";
-        tracing::debug!(path, client_id = %client_id, "infisical login");
+        // The client id is a credential: never logged.
+        tracing::debug!(path, "infisical login");
         let lockout = "not retried: three failed logins lock the machine identity for 5 minutes";
         let resp = self
             .http()?
@@ -302,6 +303,15 @@ impl Client {
                 )
             })?;
         let status = resp.status();
+        if let Some(refusal) = crate::http::redirect_refusal(&resp) {
+            return Err(unreachable(
+                format!(
+                    "Universal Auth login at {} {refusal} ({lockout})",
+                    self.settings.host
+                ),
+                Some("set INFISICAL_HOST to the instance's final address".into()),
+            ));
+        }
         let body: Value = crate::http::read_body(resp, crate::http::MAX_BODY)
             .await
             .ok()
@@ -334,7 +344,8 @@ impl Client {
             };
             return Err(err(
                 format!(
-                    "Universal Auth login for machine identity {client_id} failed ({reason}); not retrying the login until {} to avoid the lockout (three failed logins lock the machine identity for 5 minutes)",
+                    "Universal Auth login for the machine identity (INFISICAL_CLIENT_ID) failed ({}); not retrying the login until {} to avoid the lockout (three failed logins lock the machine identity for 5 minutes)",
+                    reason,
                     clock(at + holdoff)
                 ),
                 Some(hint.into()),
@@ -343,7 +354,7 @@ impl Client {
         if !status.is_success() {
             return Err(err(
                 format!(
-                    "Universal Auth login for machine identity {client_id} failed ({}); {lockout}",
+                    "Universal Auth login for the machine identity (INFISICAL_CLIENT_ID) failed ({}); {lockout}",
                     describe(status, &body)
                 ),
                 Some("check INFISICAL_CLIENT_ID and INFISICAL_CLIENT_SECRET (or their _FILE), and that the client secret is not expired or revoked; after three failures wait 5 minutes before the next try".into()),

@@ -157,7 +157,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(settings: Settings) -> Client {
-        let http = crate::http::client(settings.timeout, crate::http::Redirects::Follow);
+        // No redirect is followed: the client secret or token would go to another host.
+        let http = crate::http::client(settings.timeout, crate::http::Redirects::None);
         Client {
             http,
             settings,

@@ -176,6 +176,12 @@ impl Client {
                 }
             };
             let status = resp.status();
+            if let Some(refusal) = crate::http::redirect_refusal(&resp) {
+                return Err(unreachable(
+                    format!("{method} {path} at {} {refusal}", self.settings.host),
+                    Some("set INFISICAL_HOST to the instance's final address".into()),
+                ));
+            }
             let bytes = crate::http::read_body(resp, crate::http::MAX_BODY)
                 .await
                 .unwrap_or_default();

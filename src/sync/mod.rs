@@ -219,6 +219,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     let sources: Vec<&config::SourceConfig> = cfg.bindings.iter().map(|b| &b.source).collect();
     let found = source::fetch_all(&client, &sources, &mut state.state).await;
     if (state.state.apps != before.apps
+        || state.state.served != before.served
         || state.state.app != before.app
         || state.state.app_count != before.app_count)
         && let Err(e) = state.save()
@@ -377,7 +378,13 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     for w in &leaked {
         tracing::warn!("{w}");
     }
+    let source_warnings: Vec<String> = found
+        .iter()
+        .filter_map(|f| f.as_ref().ok())
+        .flat_map(|f| f.warnings.clone())
+        .collect();
     let mut r = report::build(cfg, found, &plan, outcome, tunnels, client.requests());
+    r.warnings.extend(source_warnings);
     r.warnings.extend(leaked);
     r.warnings.extend(journal_done);
     r.add_recovered(std::mem::take(&mut resolved.recovered));

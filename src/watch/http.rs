@@ -338,8 +338,51 @@ pub async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>)
         .route("/metrics", get(metrics))
         .route("/sync", post(trigger_sync))
         .with_state(telemetry);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the /healthz and /metrics server stopped");
+    serve_bounded(listener, app, max_connections()).await;
+}
+
+/// How long a client may take to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may last in all (one request: no keep-alive).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How many connections are served at once: a quarter of the open-files limit, at most 64.
+/// Connections beyond it wait in the kernel's backlog and cost no file descriptor of ours, so
+/// a flood of (slow) clients can never starve the sync passes of descriptors.
+pub fn max_connections() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    (soft / 4).clamp(1, 64) as usize
+}
+
+/// Serve `app` on `listener` with at most `limit` connections at once, each with a header read
+/// timeout ([`HEADER_TIMEOUT`]), no keep-alive and an overall bound ([`CONNECTION_TIMEOUT`]).
+/// A failed accept (EMFILE) is logged and retried after a pause, never a busy loop.
+pub async fn serve_bounded(listener: tokio::net::TcpListener, app: Router, limit: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "the /healthz and /metrics server cannot accept a connection; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
+        });
     }
 }
 

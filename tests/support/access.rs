@@ -107,6 +107,8 @@ pub struct AccessState {
     pub protected: bool,
     /// A `cf-access-metadata` JWT to answer the metadata probe with (newer edges).
     pub metadata: Option<String>,
+    /// An origin (not the edge) forging the probe: 200 with a `cf-access-metadata` header.
+    pub forged_200: bool,
     pub jwks: Vec<Value>,
     /// Key rotation: after the next certs answer, serve these keys instead.
     pub rotate_to: Option<Vec<Value>>,
@@ -130,6 +132,7 @@ impl FakeAccess {
             team_url: String::new(),
             protected: true,
             metadata: None,
+            forged_200: false,
             jwks: keys.iter().map(|k| k.jwk.clone()).collect(),
             rotate_to: None,
             certs_fetches: 0,
@@ -176,6 +179,13 @@ impl FakeAccess {
                     .is_some_and(|v| v == "true");
                 s.requests
                     .push((req.method().to_string(), req.uri().path().to_string(), meta));
+                if s.forged_200 {
+                    let mut r = Response::builder().status(StatusCode::OK);
+                    if let Some(m) = &s.metadata {
+                        r = r.header("cf-access-metadata", m.as_str());
+                    }
+                    return r.body(Body::from("hello from the origin")).unwrap();
+                }
                 if !s.protected {
                     return (StatusCode::OK, "hello from the origin").into_response();
                 }
