@@ -339,7 +339,7 @@ fn file_binding(
         (None, Some(r)) => match <RestartMode as clap::ValueEnum>::from_str(r, false) {
             Ok(m) => m,
             Err(_) => {
-                errs.push("restart must be one of auto, restart, recreate, none".into());
+                errs.push("restart must be one of auto, restart, recreate, rollout, none".into());
                 a.restart
             }
         },

@@ -31,6 +31,7 @@ fn tgt(env: Option<&str>) -> TargetIn {
                 .map(|v| [(K.to_string(), v.to_string())].into())
                 .unwrap_or_default(),
             carries: BTreeSet::new(),
+            ..TargetObservation::default()
         }),
         ran_with: Values::new(),
     }
@@ -303,6 +304,7 @@ impl Target for MemTarget {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             carries: BTreeSet::new(),
+            ..TargetObservation::default()
         })
     }
     async fn restart(&mut self) -> Result<(), ActionError> {

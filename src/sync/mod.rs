@@ -296,6 +296,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         cfg.dry_run,
     )
     .await;
+    let compose_warnings = compose_warnings(&plan, &resolved.slots);
     record_applied(cfg, &mut state, &plan, &outcome);
     remember_pending(&sinks, &mut state);
 
@@ -324,8 +325,32 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     }
     let mut r = report::build(cfg, found, &plan, outcome, tunnels, client.requests());
     r.warnings.extend(leaked);
+    r.warnings.extend(compose_warnings);
     r.add_recovered(std::mem::take(&mut resolved.recovered));
     Ok(r)
+}
+
+/// Compose containers that get a new container while no compose CLI can say the new config
+/// hash: the next `docker-compose up -d` recreates them once more.
+fn compose_warnings(plan: &reconcile::Plan, slots: &[targets::Slot]) -> Vec<String> {
+    let replaced: Vec<&str> = plan
+        .targets
+        .iter()
+        .zip(slots)
+        .filter(|(t, s)| {
+            matches!(
+                t.action,
+                reconcile::Action::Recreate | reconcile::Action::Rollout
+            ) && s.is_compose()
+        })
+        .map(|(t, _)| t.name.as_str())
+        .collect();
+    if replaced.is_empty() || crate::docker::compose::cli().is_some() {
+        return Vec::new();
+    }
+    let w = crate::docker::compose::no_cli_warning(&replaced.join(", "));
+    tracing::warn!("{w}");
+    vec![w]
 }
 
 /// audsync's own settings and credentials found in each binding's `.env` sinks (names only).

@@ -14,6 +14,13 @@ pub enum Slot {
     Down(String, ActionError),
 }
 
+impl Slot {
+    /// A compose container (seen when observed): replacing it concerns compose's config hash.
+    pub fn is_compose(&self) -> bool {
+        matches!(self, Slot::Live(c) if c.is_compose())
+    }
+}
+
 impl Target for Slot {
     fn name(&self) -> String {
         match self {
@@ -49,6 +56,12 @@ impl Target for Slot {
             Slot::Down(_, e) => Err(e.clone()),
         }
     }
+    async fn rollout(&mut self, changes: &Values) -> Result<(), ActionError> {
+        match self {
+            Slot::Live(c) => c.rollout(changes).await,
+            Slot::Down(_, e) => Err(e.clone()),
+        }
+    }
 }
 
 /// The targets of a pass, with what each binding targets (indexes into `slots`).
@@ -74,7 +87,7 @@ pub async fn resolve(
     let need_docker = cfg.bindings.iter().any(|b| match b.restart {
         RestartMode::None => false,
         RestartMode::Restart => may_act,
-        RestartMode::Auto | RestartMode::Recreate => true,
+        RestartMode::Auto | RestartMode::Recreate | RestartMode::Rollout => true,
     }) || (!watch.is_empty()
         && cfg.bindings.iter().any(|b| !b.targets.is_empty()));
     let mut names: Vec<(String, Option<String>)> = Vec::new();

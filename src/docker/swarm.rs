@@ -1,0 +1,1 @@
+//! Swarm services (filled in below).
