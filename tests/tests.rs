@@ -6,6 +6,7 @@ mod cli_sync;
 mod docker_recover;
 mod docker_recreate;
 mod docker_restart;
+mod docker_rollout;
 mod envfile_prop;
 mod infisical;
 mod infisical_passes;
