@@ -7,6 +7,7 @@ mod docker_recover;
 mod docker_recreate;
 mod docker_restart;
 mod docker_rollout;
+mod docker_swarm;
 mod envfile_prop;
 mod infisical;
 mod infisical_passes;

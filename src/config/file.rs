@@ -139,6 +139,8 @@ pub enum TargetSpec {
     Container(String),
     /// `PROJECT/SERVICE`.
     ComposeService(String),
+    /// A Swarm service, by name.
+    SwarmService(String),
 }
 
 /// One `[[binding]]`, as written (validated later, with the other layers, in `config`).
@@ -406,8 +408,9 @@ fn binding(
                         ("sinks", "infisical") => b.sinks.push(At { value: SinkSpec::Infisical(s), line: il }),
                         ("targets", "container") => b.targets.push(At { value: TargetSpec::Container(s), line: il }),
                         ("targets", "compose_service") => b.targets.push(At { value: TargetSpec::ComposeService(s), line: il }),
+                        ("targets", "swarm_service") => b.targets.push(At { value: TargetSpec::SwarmService(s), line: il }),
                         ("sinks", other) => problems.push(format!("{shown}:{il}: unknown sink `{other}` (expected env or infisical)")),
-                        (_, other) => problems.push(format!("{shown}:{il}: unknown target `{other}` (expected container or compose_service)")),
+                        (_, other) => problems.push(format!("{shown}:{il}: unknown target `{other}` (expected container, compose_service or swarm_service)")),
                     }
                 }
             }

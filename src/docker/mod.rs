@@ -113,6 +113,11 @@ impl Engine {
         Ok(found.into_iter().map(|(_, n)| n).collect())
     }
 
+    /// Swarm service `name` (by name or id).
+    pub fn swarm_service(&self, name: &str, health_timeout: Option<Duration>) -> swarm::SwarmService {
+        swarm::SwarmService::new(self.docker.clone(), name, health_timeout)
+    }
+
     pub fn api(&self) -> &Docker {
         &self.docker
     }

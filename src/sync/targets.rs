@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 
 use crate::config::{BindingTarget, SyncConfig};
+use crate::docker::swarm::{self, SwarmService};
 use crate::docker::{Container, Engine};
 use crate::reconcile::{ActionError, RestartMode, Target, TargetIn, TargetObservation, Values};
 
 /// A container target, or the reason none can be had (daemon unreachable).
 pub enum Slot {
     Live(Container),
+    Swarm(SwarmService),
     Down(String, ActionError),
 }
 
@@ -25,13 +27,14 @@ impl Target for Slot {
     fn name(&self) -> String {
         match self {
             Slot::Live(c) => c.name(),
+            Slot::Swarm(s) => s.label(),
             Slot::Down(n, _) => n.clone(),
         }
     }
     fn group(&self) -> Option<String> {
         match self {
             Slot::Live(c) => c.group(),
-            Slot::Down(..) => None,
+            Slot::Swarm(_) | Slot::Down(..) => None,
         }
     }
     async fn observe(
@@ -41,27 +44,43 @@ impl Target for Slot {
     ) -> Result<TargetObservation, ActionError> {
         match self {
             Slot::Live(c) => c.observe(keys, watch).await,
+            Slot::Swarm(s) => s.observe(keys).await,
             Slot::Down(_, e) => Err(e.clone()),
         }
     }
     async fn restart(&mut self) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.restart().await,
+            // A restart would not read a new value either: the spec holds it.
+            Slot::Swarm(s) => Err(ActionError {
+                rolled_back: false,
+                message: format!("{}: a Swarm service is not restarted; its spec carries no such key to update", s.label()),
+                hint: Some("put the key in the service's environment (docker service update --env-add KEY=…)".into()),
+            }),
             Slot::Down(_, e) => Err(e.clone()),
         }
     }
     async fn recreate(&mut self, changes: &Values) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.recreate(changes).await,
+            Slot::Swarm(s) => s.update(&pairs(changes)).await,
             Slot::Down(_, e) => Err(e.clone()),
         }
     }
     async fn rollout(&mut self, changes: &Values) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.rollout(changes).await,
+            Slot::Swarm(s) => s.update(&pairs(changes)).await,
             Slot::Down(_, e) => Err(e.clone()),
         }
     }
+}
+
+fn pairs(changes: &Values) -> Vec<(String, String)> {
+    changes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The targets of a pass, with what each binding targets (indexes into `slots`).
@@ -93,6 +112,8 @@ pub async fn resolve(
     let mut names: Vec<(String, Option<String>)> = Vec::new();
     let mut of_binding: Vec<Vec<usize>> = Vec::new();
     let mut down: BTreeMap<String, ActionError> = BTreeMap::new();
+    // Target label -> Swarm service name.
+    let mut services: BTreeMap<String, String> = BTreeMap::new();
     let engine = if need_docker {
         Some(Engine::connect().await)
     } else {
@@ -113,6 +134,11 @@ pub async fn resolve(
         for t in &b.targets {
             match t {
                 BindingTarget::Container(c) => mine.push(index(c.clone(), None, &mut names)),
+                BindingTarget::SwarmService(s) => {
+                    let l = swarm::label(s);
+                    services.insert(l.clone(), s.clone());
+                    mine.push(index(l, None, &mut names));
+                }
                 BindingTarget::ComposeService { project, service } => {
                     let group = format!("{project}/{service}");
                     let found = match &engine {
@@ -162,6 +188,9 @@ pub async fn resolve(
         let ran = ran_with.get(name).cloned().unwrap_or_default();
         let mut slot = match (&engine, down.get(name)) {
             (_, Some(err)) => Slot::Down(name.clone(), err.clone()),
+            (Some(Ok(e)), None) if services.contains_key(name) => {
+                Slot::Swarm(e.swarm_service(&services[name], cfg.recreate.health_timeout))
+            }
             (Some(Ok(e)), None) => {
                 let c = e.container(name).with_options(cfg.recreate.clone());
                 Slot::Live(match group {
