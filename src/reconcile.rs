@@ -446,9 +446,7 @@ fn rollout_or_not(
         ),
         (RestartMode::Auto, None) if obs.aliased => (
             Action::Rollout,
-            format!(
-                "{why}; rolled out: reached by network alias and publishes no host port"
-            ),
+            format!("{why}; rolled out: reached by network alias and publishes no host port"),
         ),
         _ => (action, why),
     }

@@ -49,14 +49,21 @@ fn client(d: &Docker, net: &str, alias: &str) -> String {
 fn tally(client: &str) -> (usize, usize) {
     let (_, out) = docker_try(&["logs", client]);
     let ok = out.lines().filter(|l| l.trim() == "ok").count();
-    let failed = out.lines().filter(|l| l.contains("FAIL") || l.contains("wget:")).count();
+    let failed = out
+        .lines()
+        .filter(|l| l.contains("FAIL") || l.contains("wget:"))
+        .count();
     (ok, failed)
 }
 
 fn wait_requests(client: &str, n: usize) {
     let start = Instant::now();
     while tally(client).0 < n {
-        assert!(start.elapsed() < Duration::from_secs(30), "client gets no answer: {:?}", tally(client));
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "client gets no answer: {:?}",
+            tally(client)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -125,7 +132,10 @@ fn rollout_drops_no_request_of_a_client_that_uses_the_network_alias() {
     left.sort();
     let mut want = vec![c.clone(), cl.clone()];
     want.sort();
-    assert_eq!(left, want, "the old container is gone, no temporary is left");
+    assert_eq!(
+        left, want,
+        "the old container is gone, no temporary is left"
+    );
 
     // A second pass has nothing to do.
     let r = sync(&sb, &["--container", &c, "--restart", "rollout"]);
@@ -173,7 +183,11 @@ fn a_rollout_whose_new_container_is_unhealthy_never_stops_the_old_one() {
     assert_eq!(j["containers"][0]["error"]["rolled_back"], true, "{r:?}");
     assert!(r.stderr.contains("became unhealthy"), "{r:?}");
     assert_eq!(id_of(&c), old);
-    assert_eq!(inspect(&c)["State"]["StartedAt"], started, "the old one never stopped");
+    assert_eq!(
+        inspect(&c)["State"]["StartedAt"],
+        started,
+        "the old one never stopped"
+    );
     assert_eq!(env_of(&c, KEY).as_deref(), Some("old"));
     assert_eq!(d.containers(), vec![c.clone()], "the new one was removed");
 }
@@ -186,7 +200,10 @@ fn a_container_that_publishes_a_host_port_is_recreated_and_the_plan_says_why() {
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:8080");
     let c = server(&d, &net, &["-p", &publish]);
-    let r = sync(&sb, &["--container", &c, "--restart", "rollout", "--dry-run"]);
+    let r = sync(
+        &sb,
+        &["--container", &c, "--restart", "rollout", "--dry-run"],
+    );
     assert_eq!(r.code, 3, "dry run: changes pending {r:?}");
     let t = &r.json()["containers"][0];
     assert_eq!(t["action"], "recreate", "{r:?}");
@@ -300,13 +317,20 @@ fn compose_up_keeps_the_container_audsync_recreated() {
         let r = sync(&sb, &["--compose-service", &service, "--restart", mode]);
         assert_eq!(r.code, 0, "{r:?}");
         assert_eq!(r.json()["containers"][0]["action"], mode, "{r:?}");
-        assert!(r.json()["warnings"].as_array().is_none_or(|w| w.is_empty()), "{r:?}");
+        assert!(
+            r.json()["warnings"].as_array().is_none_or(|w| w.is_empty()),
+            "{r:?}"
+        );
         let after = id_of(&n);
         assert_ne!(after, old, "{mode}: a new container");
         assert_eq!(env_of(&n, KEY), Some(aud(i)));
         let (code, out) = compose(&sb, &project, &["up", "-d"]);
         assert_eq!(code, 0, "{out}");
         assert_eq!(service_container(&project), n);
-        assert_eq!(id_of(&n), after, "{mode}: `up -d` kept audsync's container: {out}");
+        assert_eq!(
+            id_of(&n),
+            after,
+            "{mode}: `up -d` kept audsync's container: {out}"
+        );
     }
 }

@@ -207,13 +207,20 @@ mod tests {
         );
         let mut rel = labels.clone();
         rel.insert(WORKING_DIR.into(), "srv".into());
-        assert_eq!(hash_args(&rel), None, "a relative working_dir is not guessed");
+        assert_eq!(
+            hash_args(&rel),
+            None,
+            "a relative working_dir is not guessed"
+        );
     }
 
     #[test]
     fn only_the_services_64_hex_line_is_taken() {
         let h = "d6fd21".repeat(10) + "abcd";
-        assert_eq!(parse_hash(&format!("other {h}\napi {h}\n"), "api"), Some(h.clone()));
+        assert_eq!(
+            parse_hash(&format!("other {h}\napi {h}\n"), "api"),
+            Some(h.clone())
+        );
         assert_eq!(parse_hash("api short\n", "api"), None);
         assert_eq!(parse_hash(&format!("apix {h}\n"), "api"), None);
     }

@@ -114,7 +114,11 @@ impl Engine {
     }
 
     /// Swarm service `name` (by name or id).
-    pub fn swarm_service(&self, name: &str, health_timeout: Option<Duration>) -> swarm::SwarmService {
+    pub fn swarm_service(
+        &self,
+        name: &str,
+        health_timeout: Option<Duration>,
+    ) -> swarm::SwarmService {
         swarm::SwarmService::new(self.docker.clone(), name, health_timeout)
     }
 

@@ -213,7 +213,10 @@ pub(super) async fn wait_good(
                             .and_then(|r| r.output.clone())
                             .unwrap_or_default();
                         let within = if patient {
-                            format!(" and was not healthy within {}", humantime::format_duration(bound))
+                            format!(
+                                " and was not healthy within {}",
+                                humantime::format_duration(bound)
+                            )
                         } else {
                             String::new()
                         };

@@ -26,7 +26,9 @@ use crate::reconcile::ActionError;
 /// Why no second container can run beside this one; `None` when a rollout is possible.
 pub fn blocker(info: &ContainerInspectResponse) -> Option<String> {
     let hc = info.host_config.as_ref();
-    let mode = hc.and_then(|h| h.network_mode.as_deref()).unwrap_or("default");
+    let mode = hc
+        .and_then(|h| h.network_mode.as_deref())
+        .unwrap_or("default");
     if mode == "host" {
         return Some("it uses the host's network".into());
     }
@@ -202,7 +204,10 @@ pub(super) async fn rollout(
 
     // From here the new container serves; a failure only leaves the old one to clean up.
     if let Err(e) = rename(docker, &old_id, &aside).await {
-        return Err(give_up(format!("could not rename the old container to {aside}: {e}")).await);
+        return Err(give_up(format!(
+            "could not rename the old container to {aside}: {e}"
+        ))
+        .await);
     }
     if let Err(e) = rename(docker, &new_id, &name).await {
         // Put the old name back; the new one is thrown away.

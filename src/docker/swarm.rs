@@ -140,17 +140,18 @@ impl SwarmService {
             let status = svc.update_status.as_ref();
             let state = status.and_then(|s| s.state);
             let message = status.and_then(|s| s.message.clone()).unwrap_or_default();
-            tracing::debug!(service = %self.name, state = ?state, message = %message, "update status");
             use ServiceUpdateStatusStateEnum as S;
-            match state {
-                Some(S::PAUSED | S::ROLLBACK_STARTED | S::ROLLBACK_PAUSED | S::ROLLBACK_COMPLETED) => {
-                    let task = self.failed_task(id).await.unwrap_or_default();
-                    return Err(format!(
-                        "Swarm stopped the update ({}: {message}){task}",
-                        state.map(|s| s.to_string()).unwrap_or_default()
-                    ));
-                }
-                _ => {}
+            if let Some(
+                stopped @ (S::PAUSED
+                | S::ROLLBACK_STARTED
+                | S::ROLLBACK_PAUSED
+                | S::ROLLBACK_COMPLETED),
+            ) = state
+            {
+                let task = self.failed_task(id).await.unwrap_or_default();
+                return Err(format!(
+                    "Swarm stopped the update ({stopped}: {message}){task}"
+                ));
             }
             let done_state = matches!(state, Some(S::COMPLETED));
             if done_state && self.all_new(id, changes, replicas).await {
@@ -160,7 +161,9 @@ impl SwarmService {
                 return Err(format!(
                     "the update did not complete within {} (state {})",
                     humantime::format_duration(bound),
-                    state.map(|s| s.to_string()).unwrap_or_else(|| "none".into())
+                    state
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "none".into())
                 ));
             }
             tokio::time::sleep(POLL).await;
@@ -188,9 +191,9 @@ impl SwarmService {
             .collect();
         new.len() == tasks.len()
             && new.len() >= replicas as usize
-            && new.iter().all(|t| {
-                t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
-            })
+            && new
+                .iter()
+                .all(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
     }
 
     /// The error of the newest failed task, for the report.
@@ -203,7 +206,11 @@ impl SwarmService {
         Some(format!("; a new task failed: {err}"))
     }
 
-    async fn tasks(&self, id: &str, desired: &str) -> Result<Vec<bollard::models::Task>, BollardError> {
+    async fn tasks(
+        &self,
+        id: &str,
+        desired: &str,
+    ) -> Result<Vec<bollard::models::Task>, BollardError> {
         let filters = HashMap::from([
             ("service".to_string(), vec![id.to_string()]),
             ("desired-state".to_string(), vec![desired.to_string()]),
@@ -255,7 +262,10 @@ impl SwarmService {
         if status != 200 {
             // Same phrasing as the typed calls (404: no such service, 503: not a manager).
             return Err(self.inspect().await.err().unwrap_or_else(|| {
-                self.fail(&format!("the engine answered {status}: {}", raw::message(&body)), None)
+                self.fail(
+                    &format!("the engine answered {status}: {}", raw::message(&body)),
+                    None,
+                )
             }));
         }
         let v: Value = serde_json::from_slice(&body)
@@ -290,7 +300,10 @@ impl SwarmService {
             }
             Ok(())
         } else {
-            Err(format!("the engine answered {status}: {}", raw::message(&answer)))
+            Err(format!(
+                "the engine answered {status}: {}",
+                raw::message(&answer)
+            ))
         }
     }
 
@@ -523,11 +536,17 @@ mod tests {
             }),
             ..Default::default()
         };
-        let ch = vec![("KEY".to_string(), "new".to_string()), ("MISSING".into(), "y".into())];
+        let ch = vec![
+            ("KEY".to_string(), "new".to_string()),
+            ("MISSING".into(), "y".into()),
+        ];
         assert!(set_env(&mut spec, &ch));
         assert_eq!(env_of(&spec), ["A=1", "KEY=new", "KEY_OLD=x"]);
         assert!(!set_env(&mut spec, &ch), "already there: no update");
-        assert_eq!(spec.update_config, None, "an absent UpdateConfig stays absent");
+        assert_eq!(
+            spec.update_config, None,
+            "an absent UpdateConfig stays absent"
+        );
     }
 
     #[test]
