@@ -481,7 +481,7 @@ token_file = "secrets/cf-token"
 domain = "api.example.com"
 key = "CLOUDFLARE_AUD_TAG"
 sinks = [{ env = "lambda/.env" }, { infisical = "/lambda" }]
-targets = [{ container = "lambda-server" }, { compose_service = "localai/lambda" }]
+targets = [{ container = "lambda-server" }, { compose_service = "localai/lambda" }, { swarm_service = "lambda_api" }]
 restart = "auto"
 
 [[binding]]
@@ -519,6 +519,10 @@ sinks = [{ env = "/srv/n8n/.env" }]
         assert_eq!(
             b.targets[1].value,
             TargetSpec::ComposeService("localai/lambda".into())
+        );
+        assert_eq!(
+            b.targets[2].value,
+            TargetSpec::SwarmService("lambda_api".into())
         );
         assert_eq!(
             cfg.bindings[1].sinks[0].value,
