@@ -422,6 +422,16 @@ pub struct SyncArgs {
         value_delimiter = ','
     )]
     pub compose_services: Vec<String>,
+    /// A Swarm service whose spec carries the key (repeatable or comma-separated): its
+    /// `ContainerSpec.Env` is updated and Swarm rolls the tasks out by the service's own
+    /// UpdateConfig; a paused or failed update is rolled back. Needs a manager node.
+    #[arg(
+        long = "swarm-service",
+        env = "AUDSYNC_SWARM_SERVICE",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub swarm_services: Vec<String>,
     /// What to do with the containers when the value changed: auto recreates containers whose
     /// environment carries the key (a restart would keep the old value) and restarts the others.
     #[arg(

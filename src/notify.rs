@@ -336,6 +336,7 @@ fn action_str(a: Action) -> &'static str {
         Action::None => "no action",
         Action::Restart => "restart",
         Action::Recreate => "recreate",
+        Action::Rollout => "rollout",
     }
 }
 

@@ -28,6 +28,11 @@ pub enum RestartMode {
     Restart,
     /// Recreate with the key's value replaced; everything else preserved.
     Recreate,
+    /// Start the replacement beside the old container (same networks and aliases), wait until
+    /// it is good, then retire the old one: no gap for clients that reach it by network alias.
+    /// A container that cannot have a twin (host ports, `host`/`container:` network) is
+    /// recreated instead, and the plan says so.
+    Rollout,
     /// Touch no container.
     None,
 }
@@ -106,6 +111,11 @@ pub struct TargetObservation {
     pub env: Values,
     /// The watched names (audsync's own settings) its environment carries: names only.
     pub carries: BTreeSet<String>,
+    /// Why a second container cannot run beside it (it publishes a host port, or shares the
+    /// host's or another container's network); `None` when a rollout is possible.
+    pub rollout_blocker: Option<String>,
+    /// It is reached through network aliases of its own (`auto` rolls such a container out).
+    pub aliased: bool,
 }
 
 /// A failure of a container action, already phrased for the user.
@@ -145,6 +155,14 @@ pub trait Target: Send {
         &mut self,
         changes: &Values,
     ) -> impl Future<Output = Result<(), ActionError>> + Send;
+    /// Replace with `changes` applied while the old one keeps serving (see
+    /// [`RestartMode::Rollout`]). Targets that cannot do better recreate.
+    fn rollout(
+        &mut self,
+        changes: &Values,
+    ) -> impl Future<Output = Result<(), ActionError>> + Send {
+        self.recreate(changes)
+    }
 }
 
 /// Records the container actions that are owed, across runs.
@@ -161,6 +179,7 @@ pub enum Action {
     None,
     Restart,
     Recreate,
+    Rollout,
 }
 
 /// One binding as the core sees it: a key, the value it should hold (None when the source
@@ -386,19 +405,25 @@ fn target_step(
                 blocked = Some(e.clone());
                 let a = if mode == RestartMode::Recreate {
                     Action::Recreate
+                } else if mode == RestartMode::Rollout {
+                    Action::Rollout
                 } else {
                     Action::Restart
                 };
                 (a, "cannot inspect the container".to_string())
             }
-            Ok(obs) => need(
+            Ok(obs) => rollout_or_not(
                 mode,
-                key,
-                desired,
-                obs.env.get(key),
-                cause,
-                was_owed,
-                b.changed,
+                obs,
+                need(
+                    mode,
+                    key,
+                    desired,
+                    obs.env.get(key),
+                    cause,
+                    was_owed,
+                    b.changed,
+                ),
             ),
         };
         if a != Action::None || !multi {
@@ -426,6 +451,34 @@ fn target_step(
     }
 }
 
+/// A recreate asked for by `rollout` (always) or `auto` (for a container reached by network
+/// alias) becomes a rollout when a twin can run beside the container; an explicit `rollout`
+/// that cannot says why it recreates instead.
+fn rollout_or_not(
+    mode: RestartMode,
+    obs: &TargetObservation,
+    (action, why): (Action, String),
+) -> (Action, String) {
+    if action != Action::Recreate {
+        return (action, why);
+    }
+    match (mode, &obs.rollout_blocker) {
+        (RestartMode::Rollout, None) => (
+            Action::Rollout,
+            format!("{why}; rolled out: the new container starts beside the old one"),
+        ),
+        (RestartMode::Rollout, Some(b)) => (
+            Action::Recreate,
+            format!("{why}; no rollout ({b}): recreated instead"),
+        ),
+        (RestartMode::Auto, None) if obs.aliased => (
+            Action::Rollout,
+            format!("{why}; rolled out: reached by network alias and publishes no host port"),
+        ),
+        _ => (action, why),
+    }
+}
+
 /// The action one binding asks of a container, and why.
 fn need(
     mode: RestartMode,
@@ -438,7 +491,7 @@ fn need(
 ) -> (Action, String) {
     match (mode, env) {
         (RestartMode::None, _) => (Action::None, "--restart none".into()),
-        (RestartMode::Auto | RestartMode::Recreate, Some(v)) => {
+        (RestartMode::Auto | RestartMode::Recreate | RestartMode::Rollout, Some(v)) => {
             if v != desired {
                 let why = if changed {
                     format!(
@@ -452,7 +505,7 @@ fn need(
                     )
                 };
                 (Action::Recreate, why)
-            } else if was_owed && mode == RestartMode::Recreate {
+            } else if was_owed && matches!(mode, RestartMode::Recreate | RestartMode::Rollout) {
                 (Action::Recreate, cause.unwrap_or_default().to_string())
             } else {
                 (
@@ -468,7 +521,7 @@ fn need(
             ),
             None => (Action::None, "in sync".into()),
         },
-        (RestartMode::Recreate, None) => match cause {
+        (RestartMode::Recreate | RestartMode::Rollout, None) => match cause {
             Some(c) => (Action::Recreate, c.to_string()),
             None => (Action::None, "in sync".into()),
         },
@@ -760,6 +813,7 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
         let res = match step.action {
             Action::Restart => targets[i].restart().await,
             Action::Recreate => targets[i].recreate(&step.changes).await,
+            Action::Rollout => targets[i].rollout(&step.changes).await,
             Action::None => Ok(()),
         };
         match res {

@@ -8,6 +8,8 @@ mod conform;
 mod docker_recover;
 mod docker_recreate;
 mod docker_restart;
+mod docker_rollout;
+mod docker_swarm;
 mod envfile_prop;
 mod faults;
 mod infisical;

@@ -148,6 +148,8 @@ pub enum TargetSpec {
     Container(String),
     /// `PROJECT/SERVICE`.
     ComposeService(String),
+    /// A Swarm service, by name.
+    SwarmService(String),
 }
 
 /// One `[[binding]]`, as written (validated later, with the other layers, in `config`).
@@ -461,8 +463,9 @@ fn binding(
                         ("sinks", "infisical") => b.sinks.push(At { value: SinkSpec::Infisical(s), line: il }),
                         ("targets", "container") => b.targets.push(At { value: TargetSpec::Container(s), line: il }),
                         ("targets", "compose_service") => b.targets.push(At { value: TargetSpec::ComposeService(s), line: il }),
+                        ("targets", "swarm_service") => b.targets.push(At { value: TargetSpec::SwarmService(s), line: il }),
                         ("sinks", other) => problems.push(format!("{shown}:{il}: unknown sink `{other}` (expected env or infisical)")),
-                        (_, other) => problems.push(format!("{shown}:{il}: unknown target `{other}` (expected container or compose_service)")),
+                        (_, other) => problems.push(format!("{shown}:{il}: unknown target `{other}` (expected container, compose_service or swarm_service)")),
                     }
                 }
             }
@@ -533,7 +536,7 @@ token_file = "secrets/cf-token"
 domain = "api.example.com"
 key = "CLOUDFLARE_AUD_TAG"
 sinks = [{ env = "lambda/.env" }, { infisical = "/lambda" }]
-targets = [{ container = "lambda-server" }, { compose_service = "localai/lambda" }]
+targets = [{ container = "lambda-server" }, { compose_service = "localai/lambda" }, { swarm_service = "lambda_api" }]
 restart = "auto"
 
 [[binding]]
@@ -587,6 +590,10 @@ sinks = [{ env = "/srv/n8n/.env" }]
         assert_eq!(
             b.targets[1].value,
             TargetSpec::ComposeService("localai/lambda".into())
+        );
+        assert_eq!(
+            b.targets[2].value,
+            TargetSpec::SwarmService("lambda_api".into())
         );
         assert_eq!(
             cfg.bindings[1].sinks[0].value,

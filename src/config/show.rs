@@ -159,6 +159,7 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
                 super::BindingTarget::ComposeService { project, service } => {
                     format!("{{ compose_service = \"{project}/{service}\" }}")
                 }
+                super::BindingTarget::SwarmService(s) => format!("{{ swarm_service = {s:?} }}"),
             })
             .collect();
         let _ = writeln!(

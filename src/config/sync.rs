@@ -38,6 +38,7 @@ pub enum BindingSink {
 pub enum BindingTarget {
     Container(String),
     ComposeService { project: String, service: String },
+    SwarmService(String),
 }
 
 /// One host (or application) -> one key in some sinks -> some containers.
@@ -254,7 +255,14 @@ fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
     for s in &a.compose_services {
         targets.push(parse_compose_service(s)?);
     }
-    if a.containers.is_empty() && a.compose_services.is_empty() {
+    targets.extend(
+        a.swarm_services
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .map(BindingTarget::SwarmService),
+    );
+    if a.containers.is_empty() && a.compose_services.is_empty() && a.swarm_services.is_empty() {
         targets.push(BindingTarget::Container(DEFAULT_CONTAINER.to_string()));
     }
     if targets.is_empty() && a.restart != RestartMode::None {
@@ -289,6 +297,7 @@ const BINDING_OPTIONS: &[(&str, &str)] = &[
         "compose_services",
         "--compose-service / AUDSYNC_COMPOSE_SERVICE",
     ),
+    ("swarm_services", "--swarm-service / AUDSYNC_SWARM_SERVICE"),
     ("tunnel_id", "--tunnel-id / CLOUDFLARE_TUNNEL_ID"),
     ("url", "--url / AUDSYNC_URL"),
 ];
@@ -423,7 +432,7 @@ fn file_binding(
         (None, Some(r)) => match <RestartMode as clap::ValueEnum>::from_str(r, false) {
             Ok(m) => m,
             Err(_) => {
-                errs.push("restart must be one of auto, restart, recreate, none".into());
+                errs.push("restart must be one of auto, restart, recreate, rollout, none".into());
                 a.restart
             }
         },
@@ -465,6 +474,12 @@ fn file_binding(
                 targets.push(BindingTarget::Container(c.trim().to_string()))
             }
             TargetSpec::Container(_) => errs.push(format!("line {}: empty container name", t.line)),
+            TargetSpec::SwarmService(s) if !s.trim().is_empty() => {
+                targets.push(BindingTarget::SwarmService(s.trim().to_string()))
+            }
+            TargetSpec::SwarmService(_) => {
+                errs.push(format!("line {}: empty swarm_service name", t.line))
+            }
             TargetSpec::ComposeService(s) => match parse_compose_service(s) {
                 Ok(t) => targets.push(t),
                 Err(e) => errs.push(
@@ -608,6 +623,14 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
             _ => None,
         })
         .collect();
+    let swarm: Vec<String> = b
+        .targets
+        .iter()
+        .filter_map(|t| match &t.value {
+            TargetSpec::SwarmService(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
     let origins = p.origins.clone();
     let unset = |id: &str| !overridden(&origins, id);
     let fill_source = |s: &mut crate::cli::SourceArgs| {
@@ -644,9 +667,10 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
             if unset("sinks") && !kinds.is_empty() {
                 s.sinks = kinds;
             }
-            if unset("containers") && unset("compose_services") {
+            if unset("containers") && unset("compose_services") && unset("swarm_services") {
                 s.containers = containers;
                 s.compose_services = services;
+                s.swarm_services = swarm;
             }
             if unset("tunnel_id") && field("tunnel_id").is_some() {
                 s.tunnel_id = field("tunnel_id");

@@ -7,10 +7,13 @@
 //! sequence with its health gate and roll back; [`recover`] finishes or undoes a recreate
 //! that was cut short, and sizes the timeout of stop calls.
 
+pub mod compose;
 mod ops;
 mod recover;
 mod recreate;
+mod rollout;
 pub mod spec;
+pub mod swarm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,6 +51,7 @@ impl Engine {
             name: name.to_string(),
             opts: RecreateOptions::default(),
             group: None,
+            compose: false,
         }
     }
 
@@ -133,6 +137,15 @@ impl Engine {
             .cloned()
     }
 
+    /// Swarm service `name` (by name or id).
+    pub fn swarm_service(
+        &self,
+        name: &str,
+        health_timeout: Option<Duration>,
+    ) -> swarm::SwarmService {
+        swarm::SwarmService::new(self.docker.clone(), name, health_timeout)
+    }
+
     pub fn api(&self) -> &Docker {
         &self.docker
     }
@@ -208,6 +221,8 @@ pub struct Container {
     name: String,
     opts: RecreateOptions,
     group: Option<String>,
+    /// Made by compose (seen when observed): its config-hash label matters.
+    compose: bool,
 }
 
 impl Container {
@@ -221,6 +236,11 @@ impl Container {
     pub fn in_group(mut self, group: &str) -> Container {
         self.group = Some(group.to_string());
         self
+    }
+
+    /// Whether the last observe found compose labels on it.
+    pub fn is_compose(&self) -> bool {
+        self.compose
     }
 }
 
@@ -244,8 +264,13 @@ impl Target for Container {
             .inspect_container(&self.name, None)
             .await
             .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        self.compose = compose::is_compose(&info);
+        let rollout_blocker = rollout::blocker(&info);
+        let aliased = rollout::aliased(&info);
         let env = info.config.and_then(|c| c.env).unwrap_or_default();
         Ok(TargetObservation {
+            rollout_blocker,
+            aliased,
             env: keys
                 .iter()
                 .filter_map(|k| Some((k.clone(), env_value(&env, k)?)))
@@ -288,6 +313,14 @@ impl Target for Container {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         recreate::recreate(&self.engine.docker, &self.name, &changes, &self.opts).await
+    }
+
+    async fn rollout(&mut self, changes: &crate::reconcile::Values) -> Result<(), ActionError> {
+        let changes: Vec<(String, String)> = changes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rollout::rollout(&self.engine.docker, &self.name, &changes, &self.opts).await
     }
 }
 

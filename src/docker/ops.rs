@@ -260,26 +260,40 @@ pub(super) async fn wait_good(
         Some(h) => {
             let bound = opts.health_timeout.unwrap_or_else(|| health_bound(&h));
             let _progress = crate::progress::wait("the new container to become healthy", bound);
+            // `unhealthy` is not final (the next passing probe makes it `healthy`): with an
+            // explicit --health-timeout only the state at the bound counts, so a boot slower
+            // than start_period + retries x interval is waited for. Without one, Docker's own
+            // verdict ends the wait.
+            let patient = opts.health_timeout.is_some();
             loop {
                 let info = inspect(docker, id).await?;
                 check_alive(&info, &started_at, restarts)?;
                 let health = info.state.as_ref().and_then(|s| s.health.as_ref());
+                let timed_out = begin.elapsed() >= bound;
                 match health.and_then(|h| h.status) {
                     Some(HealthStatusEnum::HEALTHY) => return Ok(()),
-                    Some(HealthStatusEnum::UNHEALTHY) => {
+                    Some(HealthStatusEnum::UNHEALTHY) if !patient || timed_out => {
                         let out = health
                             .and_then(|h| h.log.as_ref())
                             .and_then(|l| l.last())
                             .and_then(|r| r.output.clone())
                             .unwrap_or_default();
+                        let within = if patient {
+                            format!(
+                                " and was not healthy within {}",
+                                humantime::format_duration(bound)
+                            )
+                        } else {
+                            String::new()
+                        };
                         return Err(format!(
-                            "the new container became unhealthy (last check: {})",
+                            "the new container became unhealthy{within} (last check: {})",
                             out.trim()
                         ));
                     }
                     _ => {}
                 }
-                if begin.elapsed() >= bound {
+                if timed_out {
                     return Err(format!(
                         "the new container was not healthy within {}",
                         humantime::format_duration(bound)

@@ -59,7 +59,8 @@ pub(super) async fn recreate(
     }
     let old_id = info.id.clone().unwrap_or_else(|| target.to_string());
     let image = pinned_image(docker, &info).await;
-    let spec = spec::build(&info, changes, &image);
+    let mut spec = spec::build(&info, changes, &image);
+    super::compose::label_new_hash(&info, &mut spec.body, changes).await;
     let was_running = info.state.as_ref().and_then(|s| s.running) == Some(true);
     let stop_t = super::stop_timeout(&info);
 

@@ -31,6 +31,7 @@ fn tgt(env: Option<&str>) -> TargetIn {
                 .map(|v| [(K.to_string(), v.to_string())].into())
                 .unwrap_or_default(),
             carries: BTreeSet::new(),
+            ..TargetObservation::default()
         }),
         ran_with: Values::new(),
     }
@@ -336,6 +337,7 @@ impl Target for MemTarget {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             carries: BTreeSet::new(),
+            ..TargetObservation::default()
         })
     }
     async fn restart(&mut self) -> Result<(), ActionError> {
@@ -679,4 +681,67 @@ async fn a_failing_binding_does_not_stop_a_healthy_one_and_the_next_pass_finishe
     assert_eq!((sinks[0].writes, sinks[1].writes), (1, 1));
     assert_eq!((targets[0].restarts, targets[1].restarts), (1, 1));
     assert!(j.0.is_empty());
+}
+
+#[test]
+fn rollout_is_chosen_for_an_aliased_container_and_refused_with_a_reason() {
+    let with = |aliased: bool, blocker: Option<&str>| {
+        let mut t = tgt(Some("old"));
+        if let Ok(o) = &mut t.observation {
+            o.aliased = aliased;
+            o.rollout_blocker = blocker.map(String::from);
+        }
+        t
+    };
+    let step = |mode: RestartMode, t: TargetIn| {
+        plan(one(1, 1, mode), vec![sink(true)], vec![t], &BTreeSet::new())
+            .targets
+            .remove(0)
+    };
+    assert_eq!(
+        step(RestartMode::Auto, with(true, None)).action,
+        Action::Rollout
+    );
+    assert_eq!(
+        step(RestartMode::Auto, with(false, None)).action,
+        Action::Recreate,
+        "no alias of its own: nothing to keep up by name"
+    );
+    assert_eq!(
+        step(
+            RestartMode::Auto,
+            with(true, Some("it publishes host port 8080/tcp"))
+        )
+        .action,
+        Action::Recreate
+    );
+    assert_eq!(
+        step(RestartMode::Rollout, with(false, None)).action,
+        Action::Rollout
+    );
+    let s = step(
+        RestartMode::Rollout,
+        with(true, Some("it uses the host's network")),
+    );
+    assert_eq!(s.action, Action::Recreate);
+    assert!(
+        s.reason
+            .ends_with("no rollout (it uses the host's network): recreated instead"),
+        "{}",
+        s.reason
+    );
+    // In sync: nothing, whatever the mode.
+    let mut t = with(true, None);
+    t.observation.as_mut().unwrap().env = [(K.to_string(), NEW.to_string())].into();
+    assert_eq!(
+        plan(
+            one(1, 1, RestartMode::Rollout),
+            vec![sink(false)],
+            vec![t],
+            &BTreeSet::new()
+        )
+        .targets[0]
+            .action,
+        Action::None
+    );
 }

@@ -81,7 +81,7 @@ async fn project_dirs(cfg: &SyncConfig) -> BTreeMap<usize, PathBuf> {
                 .await
                 .ok()
                 .and_then(|l| l.into_iter().next()),
-            None => None,
+            Some(config::BindingTarget::SwarmService(_)) | None => None,
         };
         if let Some(c) = first
             && let Some(d) = engine.project_dir(&c).await
@@ -344,6 +344,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         cfg.dry_run,
     )
     .await;
+    let compose_warnings = compose_warnings(&plan, &resolved.slots);
     record_applied(cfg, &mut state, &plan, &outcome);
     remember_pending(&sinks, &mut state);
 
@@ -387,8 +388,32 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     r.warnings.extend(source_warnings);
     r.warnings.extend(leaked);
     r.warnings.extend(journal_done);
+    r.warnings.extend(compose_warnings);
     r.add_recovered(std::mem::take(&mut resolved.recovered));
     Ok(r)
+}
+
+/// Compose containers that get a new container while no compose CLI can say the new config
+/// hash: the next `docker-compose up -d` recreates them once more.
+fn compose_warnings(plan: &reconcile::Plan, slots: &[targets::Slot]) -> Vec<String> {
+    let replaced: Vec<&str> = plan
+        .targets
+        .iter()
+        .zip(slots)
+        .filter(|(t, s)| {
+            matches!(
+                t.action,
+                reconcile::Action::Recreate | reconcile::Action::Rollout
+            ) && s.is_compose()
+        })
+        .map(|(t, _)| t.name.as_str())
+        .collect();
+    if replaced.is_empty() || crate::docker::compose::cli().is_some() {
+        return Vec::new();
+    }
+    let w = crate::docker::compose::no_cli_warning(&replaced.join(", "));
+    tracing::warn!("{w}");
+    vec![w]
 }
 
 /// audsync's own settings and credentials found in each binding's `.env` sinks (names only).

@@ -555,6 +555,7 @@ pub fn render_text(r: &Report) -> String {
             reconcile::Action::None => "no action",
             reconcile::Action::Restart => "restart",
             reconcile::Action::Recreate => "recreate",
+            reconcile::Action::Rollout => "rollout",
         };
         let result = serde_json::to_value(c.result)
             .ok()

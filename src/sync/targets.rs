@@ -5,26 +5,36 @@
 use std::collections::BTreeMap;
 
 use crate::config::{BindingTarget, SyncConfig};
+use crate::docker::swarm::{self, SwarmService};
 use crate::docker::{Container, Engine};
 use crate::reconcile::{ActionError, RestartMode, Target, TargetIn, TargetObservation, Values};
 
 /// A container target, or the reason none can be had (daemon unreachable).
 pub enum Slot {
     Live(Container),
+    Swarm(SwarmService),
     Down(String, ActionError),
+}
+
+impl Slot {
+    /// A compose container (seen when observed): replacing it concerns compose's config hash.
+    pub fn is_compose(&self) -> bool {
+        matches!(self, Slot::Live(c) if c.is_compose())
+    }
 }
 
 impl Target for Slot {
     fn name(&self) -> String {
         match self {
             Slot::Live(c) => c.name(),
+            Slot::Swarm(s) => s.label(),
             Slot::Down(n, _) => n.clone(),
         }
     }
     fn group(&self) -> Option<String> {
         match self {
             Slot::Live(c) => c.group(),
-            Slot::Down(..) => None,
+            Slot::Swarm(_) | Slot::Down(..) => None,
         }
     }
     async fn observe(
@@ -34,21 +44,43 @@ impl Target for Slot {
     ) -> Result<TargetObservation, ActionError> {
         match self {
             Slot::Live(c) => c.observe(keys, watch).await,
+            Slot::Swarm(s) => s.observe(keys).await,
             Slot::Down(_, e) => Err(e.clone()),
         }
     }
     async fn restart(&mut self) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.restart().await,
+            // A restart would not read a new value either: the spec holds it.
+            Slot::Swarm(s) => Err(ActionError {
+                rolled_back: false,
+                message: format!("{}: a Swarm service is not restarted; its spec carries no such key to update", s.label()),
+                hint: Some("put the key in the service's environment (docker service update --env-add KEY=…)".into()),
+            }),
             Slot::Down(_, e) => Err(e.clone()),
         }
     }
     async fn recreate(&mut self, changes: &Values) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.recreate(changes).await,
+            Slot::Swarm(s) => s.update(&pairs(changes)).await,
             Slot::Down(_, e) => Err(e.clone()),
         }
     }
+    async fn rollout(&mut self, changes: &Values) -> Result<(), ActionError> {
+        match self {
+            Slot::Live(c) => c.rollout(changes).await,
+            Slot::Swarm(s) => s.update(&pairs(changes)).await,
+            Slot::Down(_, e) => Err(e.clone()),
+        }
+    }
+}
+
+fn pairs(changes: &Values) -> Vec<(String, String)> {
+    changes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The targets of a pass, with what each binding targets (indexes into `slots`).
@@ -78,12 +110,14 @@ pub async fn resolve(
     let need_docker = cfg.bindings.iter().any(|b| match b.restart {
         RestartMode::None => false,
         RestartMode::Restart => may_act,
-        RestartMode::Auto | RestartMode::Recreate => true,
+        RestartMode::Auto | RestartMode::Recreate | RestartMode::Rollout => true,
     }) || (!watch.is_empty()
         && cfg.bindings.iter().any(|b| !b.targets.is_empty()));
     let mut names: Vec<(String, Option<String>)> = Vec::new();
     let mut of_binding: Vec<Vec<usize>> = Vec::new();
     let mut down: BTreeMap<String, ActionError> = BTreeMap::new();
+    // Target label -> Swarm service name.
+    let mut services: BTreeMap<String, String> = BTreeMap::new();
     let engine = if need_docker {
         Some(Engine::connect(&cfg.docker_host).await)
     } else {
@@ -123,6 +157,11 @@ pub async fn resolve(
                         _ => c.clone(),
                     };
                     mine.push(index(name, None, &mut names))
+                }
+                BindingTarget::SwarmService(s) => {
+                    let l = swarm::label(s);
+                    services.insert(l.clone(), s.clone());
+                    mine.push(index(l, None, &mut names));
                 }
                 BindingTarget::ComposeService { project, service } => {
                     let group = format!("{project}/{service}");
@@ -173,6 +212,9 @@ pub async fn resolve(
         let ran = ran_with.get(name).cloned().unwrap_or_default();
         let mut slot = match (&engine, down.get(name)) {
             (_, Some(err)) => Slot::Down(name.clone(), err.clone()),
+            (Some(Ok(e)), None) if services.contains_key(name) => {
+                Slot::Swarm(e.swarm_service(&services[name], cfg.recreate.health_timeout))
+            }
             (Some(Ok(e)), None) => {
                 let c = e.container(name).with_options(cfg.recreate.clone());
                 Slot::Live(match group {

@@ -239,6 +239,7 @@ impl Telemetry {
             let action = match c.action {
                 Action::Restart => "restart",
                 Action::Recreate => "recreate",
+                Action::Rollout => "rollout",
                 Action::None => continue,
             };
             let result = match c.result {

@@ -1,0 +1,336 @@
+//! Replacing containers without a second outage, on the real Docker engine: `--restart rollout`
+//! (no failed request from a client that reaches the service by network alias), the fallback to
+//! a recreate, compose's config hash after a recreate, and the patient health wait of
+//! `--health-timeout` (gated by AUDSYNC_DOCKER_TESTS=1).
+
+use std::time::{Duration, Instant};
+
+use crate::require_docker;
+use crate::support::cloudflare::{FakeCloudflare, app, aud};
+use crate::support::docker::{
+    Docker, docker, docker_try, env_of, free_port, id_of, image, inspect, wait_healthy,
+};
+use crate::support::{Run, Sandbox, run};
+
+const HOST: &str = "api.example.com";
+const KEY: &str = "CLOUDFLARE_AUD_TAG";
+/// Serves HTTP on 8080; leaves at once on SIGTERM.
+const SERVER: &str = "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait";
+const HEALTH: &str = "wget -q -O /dev/null http://127.0.0.1:8080/ || exit 1";
+
+fn setup() -> (FakeCloudflare, Sandbox, Docker) {
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env(&format!("{KEY}=old\n"));
+    (cf, sb, Docker::new())
+}
+
+fn sync(sb: &Sandbox, args: &[&str]) -> Run {
+    let mut c = sb.cmd();
+    c.args(["sync", "--domain", HOST, "--output", "json"]);
+    c.args(args);
+    run(&mut c)
+}
+
+/// A client on `net` asking `http://<alias>:8080/` every 20 ms; logs `ok` or `FAIL` per request.
+/// Like a proxy with several upstream addresses, a request whose connection hangs (1 s) is
+/// tried once more, resolving the name again: Docker 20.10 takes a container's interface down
+/// about 50 ms before its DNS records when it leaves a network, so an address resolved in that
+/// instant is dead (see BENCHMARKS.md). A refused connection — a container down — fails it.
+fn client(d: &Docker, net: &str, alias: &str) -> String {
+    let get = format!("timeout 1 wget -q -O /dev/null http://{alias}:8080/ 2>&1");
+    let script = format!(
+        "while true; do if {get} || {{ echo retry; {get}; }}; then echo ok; else echo FAIL; fi; usleep 20000; done"
+    );
+    d.run("client", &["--network", net, &image(), "sh", "-c", &script])
+}
+
+/// (ok, failed) requests the client logged so far.
+fn tally(client: &str) -> (usize, usize) {
+    let (_, out) = docker_try(&["logs", client]);
+    let ok = out.lines().filter(|l| l.trim() == "ok").count();
+    let failed = out
+        .lines()
+        .filter(|l| l.contains("FAIL") || l.contains("wget:"))
+        .count();
+    (ok, failed)
+}
+
+fn wait_requests(client: &str, n: usize) {
+    let start = Instant::now();
+    while tally(client).0 < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "client gets no answer: {:?}",
+            tally(client)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn server(d: &Docker, net: &str, extra: &[&str]) -> String {
+    let env = format!("{KEY}=old");
+    let mut args = vec![
+        "--network",
+        net,
+        "--network-alias",
+        "api-alias",
+        "-e",
+        &env,
+        "--health-cmd",
+        HEALTH,
+        "--health-interval",
+        "500ms",
+        "--health-retries",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    let img = image();
+    args.extend_from_slice(&[&img, "sh", "-c", SERVER]);
+    let c = d.run("api", &args);
+    wait_healthy(&c, Duration::from_secs(30));
+    c
+}
+
+#[test]
+fn rollout_drops_no_request_of_a_client_that_uses_the_network_alias() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let net = d.network("net");
+    let c = server(&d, &net, &[]);
+    let old = id_of(&c);
+    let cl = client(&d, &net, "api-alias");
+    wait_requests(&cl, 10);
+
+    let r = sync(&sb, &["--container", &c, "--restart", "rollout"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["containers"][0]["action"], "rollout", "{r:?}");
+    assert_eq!(j["containers"][0]["result"], "done", "{r:?}");
+    let before = tally(&cl).0;
+    wait_requests(&cl, before + 25);
+
+    let (ok, failed) = tally(&cl);
+    let log = docker_try(&["logs", "--timestamps", &cl]).1;
+    let log: Vec<&str> = log.lines().filter(|l| !l.ends_with(" ok")).collect();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the rollout: {log:#?}\n{}",
+        ok + failed,
+        r.stderr
+    );
+    assert_ne!(id_of(&c), old, "a new container took the name");
+    assert_eq!(env_of(&c, KEY), Some(aud(2)));
+    assert_eq!(inspect(&c)["State"]["Running"], true);
+    let aliases = &inspect(&c)["NetworkSettings"]["Networks"][&net]["Aliases"];
+    assert!(
+        aliases.as_array().unwrap().iter().any(|a| a == "api-alias"),
+        "{aliases}"
+    );
+    let mut left = d.containers();
+    left.sort();
+    let mut want = vec![c.clone(), cl.clone()];
+    want.sort();
+    assert_eq!(
+        left, want,
+        "the old container is gone, no temporary is left"
+    );
+
+    // A second pass has nothing to do.
+    let r = sync(&sb, &["--container", &c, "--restart", "rollout"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["containers"][0]["action"], "none", "{r:?}");
+}
+
+#[test]
+fn a_rollout_whose_new_container_is_unhealthy_never_stops_the_old_one() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let net = d.network("net");
+    let bad = format!("BAD_AUD={}", aud(2));
+    let c = d.run(
+        "api",
+        &[
+            "--network",
+            &net,
+            "--network-alias",
+            "api-alias",
+            "-e",
+            &format!("{KEY}=old"),
+            "-e",
+            &bad,
+            "--health-cmd",
+            "[ \"$CLOUDFLARE_AUD_TAG\" != \"$BAD_AUD\" ]",
+            "--health-interval",
+            "500ms",
+            "--health-retries",
+            "2",
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    wait_healthy(&c, Duration::from_secs(30));
+    let old = id_of(&c);
+    let started = inspect(&c)["State"]["StartedAt"].clone();
+    // `auto` picks the rollout: aliased, no host port.
+    let r = sync(&sb, &["--container", &c]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["containers"][0]["action"], "rollout", "{r:?}");
+    assert_eq!(j["containers"][0]["error"]["rolled_back"], true, "{r:?}");
+    assert!(r.stderr.contains("became unhealthy"), "{r:?}");
+    assert_eq!(id_of(&c), old);
+    assert_eq!(
+        inspect(&c)["State"]["StartedAt"],
+        started,
+        "the old one never stopped"
+    );
+    assert_eq!(env_of(&c, KEY).as_deref(), Some("old"));
+    assert_eq!(d.containers(), vec![c.clone()], "the new one was removed");
+}
+
+#[test]
+fn a_container_that_publishes_a_host_port_is_recreated_and_the_plan_says_why() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let net = d.network("net");
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let c = server(&d, &net, &["-p", &publish]);
+    let r = sync(
+        &sb,
+        &["--container", &c, "--restart", "rollout", "--dry-run"],
+    );
+    assert_eq!(r.code, 3, "dry run: changes pending {r:?}");
+    let t = &r.json()["containers"][0];
+    assert_eq!(t["action"], "recreate", "{r:?}");
+    let reason = t["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no rollout (it publishes host port 8080/tcp): recreated instead"),
+        "{reason}"
+    );
+    let r = sync(&sb, &["--container", &c, "--restart", "rollout"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(env_of(&c, KEY), Some(aud(2)));
+}
+
+/// The first probes fail for ~4 s (Docker says `unhealthy` after the first one), then it
+/// serves: with `--health-timeout 30s` audsync keeps waiting and keeps the new container.
+#[test]
+fn a_slow_boot_past_the_first_unhealthy_is_kept_within_health_timeout() {
+    require_docker!();
+    let (_cf, mut sb, d) = setup();
+    let boot = format!("sleep 4; touch /tmp/up; {SERVER}");
+    let c = d.run(
+        "slow",
+        &[
+            "-e",
+            &format!("{KEY}=old"),
+            "--health-cmd",
+            "test -f /tmp/up",
+            "--health-interval",
+            "500ms",
+            "--health-retries",
+            "1",
+            &image(),
+            "sh",
+            "-c",
+            &boot,
+        ],
+    );
+    wait_healthy(&c, Duration::from_secs(30));
+    let old = id_of(&c);
+    sb.var("AUDSYNC_HEALTH_TIMEOUT", "30s");
+    let r = sync(&sb, &["--container", &c, "--restart", "recreate"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_ne!(id_of(&c), old);
+    assert_eq!(env_of(&c, KEY), Some(aud(2)));
+    assert_eq!(inspect(&c)["State"]["Health"]["Status"], "healthy");
+}
+
+fn compose_file() -> String {
+    format!(
+        r#"version: "2.4"
+services:
+  api:
+    image: {image}
+    command: ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"]
+    environment:
+      CLOUDFLARE_AUD_TAG: ${{CLOUDFLARE_AUD_TAG}}
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 500ms
+      retries: 3
+"#,
+        image = image()
+    )
+}
+
+fn compose(sb: &Sandbox, project: &str, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("docker-compose")
+        .args(["-p", project])
+        .args(args)
+        .current_dir(sb.dir())
+        .env_remove(KEY)
+        .output()
+        .expect("docker-compose");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn service_container(project: &str) -> String {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    let names: Vec<&str> = out.lines().collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    names[0].to_string()
+}
+
+/// After audsync replaced a compose container (recreate, then rollout), `docker-compose up -d`
+/// finds the config hash it computes and keeps the container.
+#[test]
+fn compose_up_keeps_the_container_audsync_recreated() {
+    require_docker!();
+    let (cf, sb, d) = setup();
+    let project = d.prefix.clone();
+    std::fs::write(sb.path("docker-compose.yml"), compose_file()).unwrap();
+    d.compose_project(sb.dir(), &project);
+    let (code, out) = compose(&sb, &project, &["up", "-d"]);
+    assert_eq!(code, 0, "{out}");
+    let n = service_container(&project);
+    wait_healthy(&n, Duration::from_secs(30));
+    let service = format!("{project}/api");
+
+    for (i, mode) in [(2u8, "recreate"), (3, "rollout")] {
+        cf.set_aud(0, &aud(i));
+        let old = id_of(&n);
+        let r = sync(&sb, &["--compose-service", &service, "--restart", mode]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(r.json()["containers"][0]["action"], mode, "{r:?}");
+        assert!(
+            r.json()["warnings"].as_array().is_none_or(|w| w.is_empty()),
+            "{r:?}"
+        );
+        let after = id_of(&n);
+        assert_ne!(after, old, "{mode}: a new container");
+        assert_eq!(env_of(&n, KEY), Some(aud(i)));
+        let (code, out) = compose(&sb, &project, &["up", "-d"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(service_container(&project), n);
+        assert_eq!(
+            id_of(&n),
+            after,
+            "{mode}: `up -d` kept audsync's container: {out}"
+        );
+    }
+}
