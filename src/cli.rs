@@ -1,8 +1,9 @@
 //! The command line: one `Args` struct per subcommand, shared options flattened in.
 //!
-//! Every option has an environment variable. Precedence: flags > process environment > the
-//! `.env` file (--env-file) > built-in defaults. The `.env` layer is applied by
-//! [`crate::config::parse_args`], which feeds the file's values to clap as defaults.
+//! clap types only. Every option has an environment variable. Precedence: flags > process
+//! environment > the `.env` file (--env-file) > the config file > built-in defaults; the
+//! variable lookups are done by [`crate::config::parse`], which installs every layer's values
+//! as clap defaults. No module outside `config` (and `lib`/`main`) reads these types.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -182,16 +183,7 @@ pub struct SetupArgs {
     pub allow_everyone: bool,
 }
 
-/// The checks of `verify`, in debugging order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum Check {
-    /// The Cloudflare API token itself (tokens/verify: status, expiry).
-    Credential,
-    Redirect,
-    Certs,
-    Consistency,
-    Token,
-}
+pub use crate::verify::Check;
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {

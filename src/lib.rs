@@ -7,7 +7,6 @@ pub mod aud;
 pub mod cli;
 pub mod cloudflare;
 pub mod config;
-pub mod config_infisical;
 pub mod docker;
 pub mod error;
 pub mod exit;
@@ -91,7 +90,7 @@ async fn run_command(parsed: Parsed) -> u8 {
         Command::Sync(args) => {
             let output = args.output;
             let dry_run = args.dry_run;
-            let (report, notify) = match sync_config(args, &parsed).await {
+            let (report, notify) = match config::commands::sync_config(args, &parsed).await {
                 Ok(cfg) => match sync::run_pass_staged(&cfg).await {
                     Ok(r) => (r, Some((cfg.notify, cfg.state_file))),
                     Err(e) => {
@@ -210,22 +209,6 @@ async fn run_command(parsed: Parsed) -> u8 {
             }
         },
     }
-}
-
-/// The `sync` configuration, reading the Cloudflare credentials from Infisical when they are
-/// set nowhere else.
-pub async fn sync_config(args: &cli::SyncArgs, p: &Parsed) -> Result<config::SyncConfig, Error> {
-    let state_file = match (&args.state_file, &p.file) {
-        (Some(s), _) => Some(s.clone()),
-        (None, Some(f)) => Some(config::sync::sidecar(&f.path, ".audsync-state.json")),
-        (None, None) => None,
-    };
-    let env =
-        config::resolve_credentials_at(&args.source, state_file.as_deref(), p.env.clone(), |e| {
-            config::SyncConfig::build(args, e, p.file.as_ref(), &p.origins).map(drop)
-        })
-        .await?;
-    config::SyncConfig::build(args, &env, p.file.as_ref(), &p.origins)
 }
 
 /// The man page on stdout, or every page (audsync.1, audsync-<command>.1) into `dir`.

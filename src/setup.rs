@@ -9,16 +9,14 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::cli::{Origin, Output, SetupArgs};
 use crate::cloudflare::apps::{self, AccessApp, NewApp};
 use crate::cloudflare::policies::{self, Rules};
 use crate::cloudflare::{Client, edge, tunnel};
 use crate::config::SyncConfig;
-use crate::config::{self, Env};
 use crate::error::Error;
 use crate::exit;
 use crate::source;
-use crate::sync::{self, Status};
+use crate::sync::{self, Output, Status};
 
 const NEW_AUD: &str = "<AUD of the new application>";
 const NEW_POLICY: &str = "<id of the new policy>";
@@ -35,93 +33,6 @@ pub struct SetupConfig {
     pub idp: Option<String>,
     /// The team for `originRequest.access.teamName` (needed with a tunnel).
     pub team: Option<edge::Team>,
-}
-
-impl SetupConfig {
-    pub fn from_args(a: &SetupArgs, env: &Env) -> Result<SetupConfig, Error> {
-        if a.sync.origin == Origin::Edge {
-            return Err(Error::usage(
-                "setup creates and changes things through the Cloudflare API: --source edge is for sync and get",
-            ));
-        }
-        if a.sync.source.app_id.is_some() {
-            return Err(Error::usage(
-                "setup finds or creates the application by host: pass --domain HOST instead of --app-id",
-            ));
-        }
-        let sync = SyncConfig::build(&a.sync, env, None, &Default::default())?;
-        let Some(host) = sync.single().source.host.clone() else {
-            return Err(Error::usage(
-                "setup needs --domain HOST (or AUDSYNC_DOMAIN)",
-            ));
-        };
-        if host.contains('*') {
-            return Err(Error::usage(
-                "--domain: setup creates an application for one host, not a wildcard",
-            ));
-        }
-        if let Err(why) = go_duration(&a.session_duration) {
-            return Err(Error::usage(format!(
-                "--session-duration {:?}: {why}; Cloudflare takes a Go duration: numbers with the units ns, us (or µs), ms, s, m, h, e.g. 24h, 30m, 2h45m (not 1d or 30min)",
-                a.session_duration
-            )));
-        }
-        let emails: Vec<String> = a
-            .access_emails
-            .iter()
-            .map(|e| e.trim().to_string())
-            .filter(|e| !e.is_empty())
-            .collect();
-        if let Some(bad) = emails
-            .iter()
-            .find(|e| !e.contains('@') || e.contains(char::is_whitespace))
-        {
-            return Err(Error::usage(format!(
-                "CLOUDFLARE_ACCESS_EMAILS: {bad:?} is not an email address"
-            )));
-        }
-        let email_domain = a
-            .access_email_domain
-            .as_deref()
-            .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
-            .filter(|d| !d.is_empty());
-        if let Some(d) = &email_domain
-            && (!d.contains('.') || d.contains(['@', '/', ' ']))
-        {
-            return Err(Error::usage(format!(
-                "CLOUDFLARE_ACCESS_EMAIL_DOMAIN: {d:?} is not a domain (expected e.g. example.com)"
-            )));
-        }
-        let everyone = a.allow_everyone && emails.is_empty() && email_domain.is_none();
-        let idp = match &a.idp_id {
-            Some(id) => Some(config::validate_id("--idp-id / GOOGLE_IDP_ID", id)?),
-            None => None,
-        };
-        let team = sync.team.clone();
-        if sync.single().tunnel_id.is_some() && team.is_none() {
-            return Err(Error::usage(
-                "CLOUDFLARE_TUNNEL_ID is set, and requiring Access on its route needs the team name: set CLOUDFLARE_TEAM_NAME, or CLOUDFLARE_AUTH_DOMAIN=https://<team>.cloudflareaccess.com",
-            ));
-        }
-        Ok(SetupConfig {
-            app_name: a
-                .app_name
-                .clone()
-                .filter(|n| !n.trim().is_empty())
-                .unwrap_or_else(|| apps::default_app_name(&host)),
-            host,
-            session_duration: a.session_duration.clone(),
-            policy_name: a.policy_name.clone(),
-            rules: Rules {
-                emails,
-                email_domain,
-                everyone,
-            },
-            idp,
-            team,
-            sync,
-        })
-    }
 }
 
 /// Check a Go duration the way Go's `time.ParseDuration` reads it (golang/go

@@ -11,11 +11,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{Check, VerifyArgs};
 use crate::cloudflare::jwt::{self, Jwks};
 use crate::cloudflare::{Client, edge, tunnel};
-use crate::config::{self, Env, SourceConfig};
-use crate::error::Error;
+use crate::config::SourceConfig;
 use crate::exit;
 use crate::reconcile::{Target, short};
 use crate::secret::Secret;
@@ -46,90 +44,15 @@ pub struct VerifyConfig {
     pub docker_host: String,
 }
 
-impl VerifyConfig {
-    pub fn from_args(a: &VerifyArgs, env: &Env) -> Result<VerifyConfig, Error> {
-        config::validate_key(&a.key)?;
-        let url = a
-            .access
-            .url
-            .as_deref()
-            .map(config::validate_url)
-            .transpose()?;
-        let host = match (&a.source.domain, &url) {
-            (Some(d), _) => config::validate_host(d)?,
-            (None, Some(u)) => config::validate_host(u.host_str().unwrap_or(""))?,
-            (None, None) => return Err(Error::usage("verify needs --domain HOST (or --url URL)")),
-        };
-        let token = match (&a.token, &a.token_file) {
-            (Some(t), _) => Some(Secret::new(t.trim())),
-            (None, Some(p)) => {
-                let raw = crate::fsx::read_secret_file(p)
-                    .map_err(|e| Error::usage(format!("--token-file {}: {e}", p.display())))?;
-                let t = raw.trim();
-                if t.is_empty() {
-                    return Err(Error::usage(format!(
-                        "--token-file {}: the file is empty",
-                        p.display()
-                    )));
-                }
-                Some(Secret::new(t))
-            }
-            (None, None) => None,
-        };
-        let any_credential = crate::config::has_cloudflare_credentials(env);
-        let api = if any_credential {
-            let mut s = a.source.clone();
-            s.domain = Some(host.clone());
-            Some(SourceConfig::from_args(&s, env)?)
-        } else {
-            None
-        };
-        let tunnel_id = match &a.tunnel_id {
-            Some(t) => Some(config::validate_id(
-                "--tunnel-id / CLOUDFLARE_TUNNEL_ID",
-                t,
-            )?),
-            None => None,
-        };
-        let mut sinks: Vec<SinkKind> = Vec::new();
-        for k in &a.sinks {
-            if !sinks.contains(k) {
-                sinks.push(*k);
-            }
-        }
-        // Unconfigured Infisical is reported by the check (not checked); half a configuration
-        // is a usage error, as for `sync`.
-        let infisical = if sinks.contains(&SinkKind::Infisical) {
-            crate::config_infisical::infisical_settings(&a.source.infisical, env, a.source.timeout)?
-        } else {
-            None
-        };
-        let docker_host = config::docker_host(env)?;
-        Ok(VerifyConfig {
-            docker_host,
-            url: url.map_or_else(|| format!("https://{host}/"), |u| u.to_string()),
-            host,
-            team_domain: edge::team_domain(
-                a.access.auth_domain.as_deref(),
-                a.access.team_name.as_deref(),
-            ),
-            key: a.key.clone(),
-            env_file: a.source.env_file.clone(),
-            sinks,
-            infisical,
-            containers: a
-                .containers
-                .iter()
-                .map(|c| c.trim().to_string())
-                .filter(|c| !c.is_empty())
-                .collect(),
-            tunnel_id,
-            token,
-            skip: a.skip.clone(),
-            api,
-            timeout: a.source.timeout,
-        })
-    }
+/// The checks of `verify`, in debugging order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Check {
+    /// The Cloudflare API token itself (tokens/verify: status, expiry).
+    Credential,
+    Redirect,
+    Certs,
+    Consistency,
+    Token,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::Instrument;
 
-use crate::cli::{Command, Output, WatchArgs};
-use crate::config::{self, ParseError, Parsed, SyncConfig, Vars};
-use crate::error::Error;
+use crate::config::{self, Parsed, SyncConfig, Vars};
 use crate::exit;
+use crate::sync::Output;
 use crate::sync::{self, Report, Status};
 
 /// The longest wait after failed passes, unless `--interval` is longer still.
@@ -70,28 +69,6 @@ pub struct WatchConfig {
     pub trigger_token: Option<crate::secret::Secret>,
 }
 
-impl WatchConfig {
-    /// Validate, then read the Cloudflare credentials from Infisical when they are set nowhere
-    /// else (as `sync` does).
-    pub async fn load(a: &WatchArgs, p: &Parsed) -> Result<WatchConfig, Error> {
-        if a.interval.is_zero() {
-            return Err(Error::usage(
-                "--interval / AUDSYNC_INTERVAL must be longer than 0 (e.g. 30s, 5m)",
-            ));
-        }
-        let trigger_token = config::trigger_token(&p.env)?;
-        let sync = crate::sync_config(&a.sync, p).await?;
-        Ok(WatchConfig {
-            trigger_token,
-            sync,
-            interval: a.interval,
-            jitter: a.jitter,
-            listen: a.listen,
-            unhealthy_after: a.unhealthy_after.unwrap_or(a.interval.saturating_mul(3)),
-        })
-    }
-}
-
 /// When /healthz calls the loop stuck: no pass ended for the longest regular wait (the backoff
 /// cap, or the grace) plus 15 minutes, far more than one pass can take (HTTP retries are
 /// bounded, a recreate's health wait too).
@@ -118,9 +95,6 @@ pub fn next_wait(interval: Duration, failures: u32, jitter: f64, unit: f64) -> D
 
 /// Run until stopped. `argv` is the original command line, parsed again on SIGHUP.
 pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
-    let Command::Watch(args) = &parsed.cli.command else {
-        return exit::USAGE;
-    };
     let vars = parsed.env.process().clone();
     // Handlers first: a SIGHUP or SIGTERM that arrives early must not kill the process.
     let mut signals = match Signals::install() {
@@ -134,7 +108,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
             return exit::FAILURE;
         }
     };
-    let mut cfg = match WatchConfig::load(args, &parsed).await {
+    let mut cfg = match config::commands::watch_config(&parsed).await {
         Ok(c) => c,
         Err(e) => {
             crate::report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
@@ -361,14 +335,7 @@ async fn reload(
 }
 
 async fn reloaded(argv: &[OsString], vars: &Vars) -> Result<WatchConfig, String> {
-    let p = config::parse(argv.iter().cloned(), vars.clone()).map_err(|e| match e {
-        ParseError::Clap(e) => e.to_string().trim().to_string(),
-        ParseError::Config(e) => e.to_string(),
-    })?;
-    match &p.cli.command {
-        Command::Watch(a) => WatchConfig::load(a, &p).await.map_err(|e| e.to_string()),
-        _ => Err("the command line is no longer a watch command".into()),
-    }
+    config::commands::reload_watch(argv, vars).await
 }
 
 /// The signals the loop answers, and what they asked for so far.

@@ -8,7 +8,9 @@
 //! and each value's [`Origin`] is known (`audsync config`). Secrets never come from flags;
 //! [`Env::secret`] reads `NAME` or the file named by `NAME_FILE`, and returns a [`Secret`].
 
+pub mod commands;
 pub mod file;
+pub mod infisical;
 pub mod layers;
 pub mod show;
 pub mod sync;
@@ -197,7 +199,7 @@ pub async fn resolve_credentials_at(
         return Ok(env);
     }
     let Some(mut settings) =
-        crate::config_infisical::infisical_settings(&source.infisical, &env, source.timeout)?
+        crate::config::infisical::infisical_settings(&source.infisical, &env, source.timeout)?
     else {
         return Ok(env);
     };
@@ -210,7 +212,7 @@ pub async fn resolve_credentials_at(
         "CLOUDFLARE_API_TOKEN",
         crate::secret::Secret::new("validation-placeholder"),
     ))?;
-    crate::config_infisical::read_cloudflare_credentials(&settings, env).await
+    crate::config::infisical::read_cloudflare_credentials(&settings, env).await
 }
 
 /// [`resolve_credentials_at`] without a state file.

@@ -119,7 +119,7 @@ impl SyncConfig {
                 .any(|s| matches!(s, BindingSink::Infisical(_)))
         });
         let infisical = if wants_infisical {
-            match crate::config_infisical::infisical_settings(
+            match crate::config::infisical::infisical_settings(
                 &a.source.infisical,
                 env,
                 a.source.timeout,

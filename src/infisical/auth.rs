@@ -31,7 +31,7 @@ use crate::state::{LoginRefusal, StateFile};
 
 /// How long no login is tried after Infisical refused one (three failures lock the identity
 /// for 5 minutes). Overridable through the hidden AUDSYNC_INFISICAL_LOGIN_HOLDOFF
-/// (`config_infisical`; a test/ops knob, e.g. `0` once the lockout is known to be over).
+/// (`config::infisical`; a test/ops knob, e.g. `0` once the lockout is known to be over).
 pub const LOGIN_HOLDOFF: Duration = Duration::from_secs(300);
 
 pub(crate) fn now_secs() -> u64 {

@@ -4,7 +4,7 @@
 //! ([`secrets`]), with the shared retry loop of [`crate::http`].
 //!
 //! Owns every request to Infisical, and only returns values: it never reads flags, the
-//! environment or `.env` (that is `config_infisical`'s job), never touches `Env`, and never
+//! environment or `.env` (that is `config::infisical`'s job), never touches `Env`, and never
 //! decides what to write (that is the sink's). It never prints or logs the client secret, an
 //! access token or a secret's value fetched as a credential: those are [`Secret`]s, and errors
 //! carry the HTTP status, Infisical's own message and the project/environment/path only. A

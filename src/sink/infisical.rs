@@ -5,7 +5,7 @@
 //!
 //! It owns no request and no credential handling: login, retries and the hold-off after a
 //! refused login are the client's. It must never read flags or the environment (the settings
-//! come from `config_infisical`), never restart anything, and never log a token; the AUD it
+//! come from `config::infisical`), never restart anything, and never log a token; the AUD it
 //! writes is not a secret and may be logged.
 
 use std::time::Duration;

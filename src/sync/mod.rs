@@ -19,7 +19,7 @@ use crate::sink::{AnySink, EnvFileSink};
 use crate::source;
 use crate::state::StateFile;
 
-pub use report::{PassError, Report, Stage, Status, print, render_text};
+pub use report::{Output, PassError, Report, Stage, Status, print, render_text};
 pub use tunnel::TunnelReport;
 
 /// The physical sinks of a pass: each `.env` file and each Infisical folder once, whatever
