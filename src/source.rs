@@ -183,20 +183,7 @@ async fn list_and_match(
             Selector::Host(host) => apps::choose(&all, host)
                 .cloned()
                 .map_err(Error::from)
-                .inspect(|app| {
-                    if apps::match_kind(app, host) == Some(MatchKind::Exact) {
-                        state.apps.insert(
-                            host.clone(),
-                            CachedApp {
-                                host: host.clone(),
-                                account_id: account.clone(),
-                                app_id: app.id.clone(),
-                            },
-                        );
-                    } else {
-                        state.apps.remove(host);
-                    }
-                }),
+                .inspect(|app| remember(state, host, &account, app)),
         };
         out[i] = Some(found.and_then(|app| {
             apps::validate_aud(&app.aud, &app)?;
@@ -214,6 +201,23 @@ async fn list_and_match(
                 warnings,
             })
         }));
+    }
+}
+
+/// Cache where `host`'s application was found; only an exact match is cached (a wildcard one
+/// is looked up again, so a new exact application is noticed).
+fn remember(state: &mut State, host: &str, account: &str, app: &AccessApp) {
+    if apps::match_kind(app, host) == Some(MatchKind::Exact) {
+        state.apps.insert(
+            host.to_string(),
+            CachedApp {
+                host: host.to_string(),
+                account_id: account.to_string(),
+                app_id: app.id.clone(),
+            },
+        );
+    } else {
+        state.apps.remove(host);
     }
 }
 
@@ -260,18 +264,7 @@ pub async fn fetch(
                     let app = client.find_app(&account, host).await?;
                     if let Some(state) = cache.as_deref_mut() {
                         state.app = None;
-                        if apps::match_kind(&app, host) == Some(MatchKind::Exact) {
-                            state.apps.insert(
-                                host.clone(),
-                                CachedApp {
-                                    host: host.clone(),
-                                    account_id: account.clone(),
-                                    app_id: app.id.clone(),
-                                },
-                            );
-                        } else {
-                            state.apps.remove(host);
-                        }
+                        remember(state, host, &account, &app);
                     }
                     app
                 }
