@@ -1,3 +1,6 @@
+//! The binary: parse the command line against the process environment, start logging, build
+//! the runtime, run, and map the result to an exit code. Everything else is in the library.
+
 use std::process::ExitCode;
 
 use audsync::cli::Command;

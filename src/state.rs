@@ -1,5 +1,6 @@
-//! Small persistent state next to the `.env` file: container actions still owed, and the
-//! application id last found for the host (so a no-change pass costs one API request).
+//! Small persistent state, one file per configuration (next to the config file, or to the `.env`
+//! of a flag-only run): container actions still owed, and where each host's application was last
+//! found (so a no-change pass costs one API request per binding at most, or one listing).
 //!
 //! The file is JSON, written atomically with mode 0600. It holds no secret. Losing it is safe:
 //! the next run looks the application up again, and drift detection still sees containers
