@@ -1,8 +1,9 @@
 //! The advisory lock that serialises runs on one configuration (cron, a deploy hook and `watch`).
 //!
 //! An exclusive `flock` on a file next to the config file (or the `.env` of a flag-only run);
-//! released when the guard drops or the process dies, so a crashed run never leaves a stale lock. The file is opened without
-//! following a symlink, created 0600 and must be owned by the user running.
+//! released when the guard drops or the process dies, so a crashed run never leaves a stale
+//! lock. The file is opened without following a symlink, created 0600 and must be owned by the
+//! user running.
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
