@@ -149,18 +149,7 @@ async fn run_command(parsed: Parsed) -> u8 {
         },
         Command::Setup(args) => {
             let output = args.sync.output;
-            let state_file = args.sync.state_file.clone();
-            let cfg = match config::resolve_credentials_at(
-                &args.sync.source,
-                state_file.as_deref(),
-                env,
-                |e| setup::SetupConfig::from_args(args, e).map(drop),
-            )
-            .await
-            {
-                Ok(env) => setup::SetupConfig::from_args(args, &env),
-                Err(e) => Err(e),
-            };
+            let cfg = config::commands::setup_config(args, &parsed).await;
             let report = match cfg {
                 Ok(cfg) => setup::run(&cfg).await,
                 Err(e) => {

@@ -444,3 +444,36 @@ fn config_command_reports_missing_credentials() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("no Cloudflare credentials"), "{r:?}");
 }
+
+#[test]
+fn setup_takes_its_binding_and_its_lock_and_state_from_the_config_file() {
+    let cf = FakeCloudflare::start(vec![app(1, "api.example.com", &aud(1))]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    std::fs::write(sb.path("stack.env"), "AUD_0=old\nAUD_1=old\n").unwrap();
+    write_private(
+        &sb,
+        "audsync.toml",
+        &stack_toml(&cf, &["api.example.com", "new.example.com"]),
+    );
+    let r = run(sb.cmd().args([
+        "setup",
+        "--domain",
+        "api.example.com",
+        "--access-emails",
+        "ops@example.com",
+        "--restart",
+        "none",
+    ]));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(sb.path("stack.env")).unwrap(),
+        format!("AUD_0={}\nAUD_1=old\n", aud(1)),
+        "the binding's own key and sink"
+    );
+    assert!(
+        sb.path("audsync.toml.audsync-state.json").is_file(),
+        "the config's state file"
+    );
+    assert!(!sb.path("stack.env.audsync-state.json").exists());
+}

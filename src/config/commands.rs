@@ -32,6 +32,35 @@ pub async fn sync_config(args: &SyncArgs, p: &Parsed) -> Result<SyncConfig, Erro
     SyncConfig::build(args, &env, p.file.as_ref(), &p.origins)
 }
 
+/// The `setup` configuration (credentials from Infisical as for `sync`). With a config file,
+/// its one lock and state file are `setup`'s too, so `setup` and `sync` of one stack take turns.
+pub async fn setup_config(args: &SetupArgs, p: &Parsed) -> Result<SetupConfig, Error> {
+    let state_file = match (&args.sync.state_file, &p.file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(f)) => Some(super::sync::sidecar(&f.path, ".audsync-state.json")),
+        (None, None) => None,
+    };
+    let env = super::resolve_credentials_at(
+        &args.sync.source,
+        state_file.as_deref(),
+        p.env.clone(),
+        |e| SetupConfig::from_args(args, e).map(drop),
+    )
+    .await?;
+    let mut cfg = SetupConfig::from_args(args, &env)?;
+    if let Some(f) = &p.file {
+        if args.sync.state_file.is_none() {
+            cfg.sync.state_file = super::sync::sidecar(&f.path, ".audsync-state.json");
+        }
+        cfg.sync.lock_file = super::sync::sidecar(&f.path, ".audsync.lock");
+        cfg.sync.config_file = Some(f.path.clone());
+        if let Some(i) = cfg.sync.infisical.as_mut() {
+            i.state_file = Some(cfg.sync.state_file.clone());
+        }
+    }
+    Ok(cfg)
+}
+
 /// The `watch` configuration of a parsed `watch` command line.
 pub async fn watch_config(p: &Parsed) -> Result<WatchConfig, Error> {
     match &p.cli.command {
