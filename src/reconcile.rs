@@ -116,6 +116,9 @@ pub struct TargetObservation {
     pub rollout_blocker: Option<String>,
     /// It is reached through network aliases of its own (`auto` rolls such a container out).
     pub aliased: bool,
+    /// The plan lists the change of each key it carries (`KEY: old -> new`, shortened): a
+    /// Swarm service's spec, whose bound values are AUDs. Only keys of `env` are ever shown.
+    pub shows_env_diff: bool,
 }
 
 /// A failure of a container action, already phrased for the user.
@@ -438,6 +441,15 @@ fn target_step(
     if mine.is_empty() {
         reasons.push("no binding targets it".into());
     }
+    if action != Action::None
+        && let Ok(obs) = &t.observation
+        && obs.shows_env_diff
+    {
+        let diff = env_diff(&obs.env, &changes);
+        if !diff.is_empty() {
+            reasons.push(format!("env {}", diff.join(", ")));
+        }
+    }
     TargetStep {
         name: t.name,
         action,
@@ -538,6 +550,18 @@ fn need(
             None => (Action::None, "in sync".into()),
         },
     }
+}
+
+/// `KEY: old -> new` (both shortened) for each key of `changes` that `env` carries with
+/// another value; keys `env` does not carry are not changed by an update, so not listed.
+fn env_diff(env: &Values, changes: &Values) -> Vec<String> {
+    changes
+        .iter()
+        .filter_map(|(k, new)| {
+            let old = env.get(k).filter(|old| *old != new)?;
+            Some(format!("{k}: {} -> {}", short(old), short(new)))
+        })
+        .collect()
 }
 
 /// First 8 characters of an AUD, enough to tell two apart in a log line.

@@ -1,6 +1,8 @@
-//! `sync` against Swarm services on a single-node swarm of the real engine: every task runs the
-//! new value, a second pass does nothing, a new task that fails its healthcheck is rolled back
-//! (gated by AUDSYNC_DOCKER_TESTS=1). The swarm is initialised here when none is active, and
+//! `sync` against Swarm services on a single-node swarm of the real engine: a dry run shows the
+//! spec's env diff and changes nothing, every task runs the new value, a second pass does
+//! nothing, a new task that fails its healthcheck is rolled back (gated by
+//! AUDSYNC_DOCKER_TESTS=1). One test, so the swarm is made and left once: leaving it tears
+//! networks down under other tests that run meanwhile. The swarm is initialised here when none is active, and
 //! left at the end only then; an active swarm is joined as it is.
 
 use std::time::{Duration, Instant};
@@ -132,6 +134,64 @@ fn sync(sb: &Sandbox, service: &str) -> Run {
     run(&mut c)
 }
 
+/// How the plan shortens a value (an AUD: its first 8 characters).
+fn short(v: &str) -> String {
+    if v.chars().count() > 12 {
+        format!("{}…", &v[..8])
+    } else {
+        v.to_string()
+    }
+}
+
+/// A `--dry-run` of `service` (JSON, then text) plans its update and shows `diff` for it,
+/// exits 3, shows no other entry of its env, and leaves the service at its version index.
+fn dry_run_shows(sb: &Sandbox, service: &str, diff: &str, other: &str) {
+    let version = inspect_service(service)["Version"]["Index"].clone();
+    assert!(version.is_u64(), "{version}");
+    let env = spec_env(service);
+    let env_file = sb.read_env();
+    for output in ["json", "text"] {
+        let mut c = sb.cmd();
+        c.args([
+            "sync",
+            "--domain",
+            HOST,
+            "--output",
+            output,
+            "--swarm-service",
+            service,
+            "--dry-run",
+        ]);
+        let r = run(&mut c);
+        assert_eq!(r.code, 3, "{output}: {r:?}");
+        assert!(
+            !r.stdout.contains(other) && !r.stderr.contains(other),
+            "another env entry is never shown: {r:?}"
+        );
+        if output == "json" {
+            let t = &r.json()["containers"][0];
+            assert_eq!(t["name"], format!("swarm:{service}"), "{r:?}");
+            assert_eq!(t["result"], "planned", "{r:?}");
+            let reason = t["reason"].as_str().unwrap();
+            assert!(reason.contains(diff), "{reason}");
+        } else {
+            let line = r
+                .stdout
+                .lines()
+                .find(|l| l.contains(&format!("swarm:{service}")))
+                .unwrap_or_default();
+            assert!(line.contains(diff), "{r:?}");
+        }
+    }
+    assert_eq!(
+        inspect_service(service)["Version"]["Index"],
+        version,
+        "a dry run does not update the service"
+    );
+    assert_eq!(spec_env(service), env);
+    assert_eq!(sb.read_env(), env_file);
+}
+
 #[test]
 fn swarm_services_follow_the_aud_and_a_failing_update_is_rolled_back() {
     require_docker!();
@@ -164,6 +224,14 @@ fn swarm_services_follow_the_aud_and_a_failing_update_is_rolled_back() {
         ],
     );
     running_tasks(&web, 2, Duration::from_secs(60));
+
+    // A dry run shows what the update would change in the spec, and changes nothing.
+    dry_run_shows(
+        &sb,
+        &web,
+        &format!("{KEY}: old -> {}", short(&aud(2))),
+        "OTHER",
+    );
 
     let r = sync(&sb, &web);
     assert_eq!(r.code, 0, "{r:?}");

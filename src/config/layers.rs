@@ -47,6 +47,12 @@ impl Vars {
             .filter(|v| !v.is_empty())
     }
 
+    /// The value as set, also when empty (for variables passed on to a child process as they
+    /// are).
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
     /// Set at all (also when empty): an empty process variable still hides lower layers'
     /// values from clap, as clap's own env handling did.
     pub fn is_set(&self, name: &str) -> bool {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::cli::{Command, Origin as SourceOrigin, Output, SyncArgs};
 use crate::docker::RecreateOptions;
+use crate::docker::compose::ComposeEnv;
 use crate::error::Error;
 use crate::reconcile::RestartMode;
 use crate::sink::infisical;
@@ -82,6 +83,8 @@ pub struct SyncConfig {
     pub notify: crate::notify::Settings,
     /// The Docker daemon's address (`DOCKER_HOST`, checked).
     pub docker_host: String,
+    /// `PATH` and the variables the compose CLI runs with (`docker-compose config --hash`).
+    pub compose: ComposeEnv,
 }
 
 impl SyncConfig {
@@ -174,6 +177,7 @@ impl SyncConfig {
             ),
             notify,
             docker_host,
+            compose: ComposeEnv::from_lookup(|n| env.process().raw(n)),
         })
     }
 }

@@ -27,7 +27,7 @@ const CLI: &str = "docker-compose";
 /// `config --hash` starts Python and asks the daemon for the image id: seconds, not minutes.
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 /// Variables the compose CLI needs to reach the same daemon; nothing else is passed.
-const PASSED: &[&str] = &[
+pub const PASSED: &[&str] = &[
     "PATH",
     "HOME",
     "DOCKER_HOST",
@@ -37,19 +37,69 @@ const PASSED: &[&str] = &[
     "DOCKER_CONTEXT",
 ];
 
+/// Where the compose CLI is looked for and what it runs with, taken by config from the
+/// process environment's snapshot (this module reads no variable itself). Its `Debug` shows
+/// names only.
+#[derive(Clone, Default, PartialEq)]
+pub struct ComposeEnv {
+    /// The directories of `PATH`, in order.
+    pub path: Vec<PathBuf>,
+    /// The variables of [`PASSED`] that are set (also when empty), passed to the CLI.
+    pub vars: Vec<(String, String)>,
+}
+
+impl ComposeEnv {
+    /// From `get(name)`: the value of variable `name` when it is set.
+    pub fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a str>) -> ComposeEnv {
+        ComposeEnv {
+            path: get("PATH")
+                .map(|p| {
+                    p.split(':')
+                        .filter(|d| !d.is_empty())
+                        .map(PathBuf::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            vars: PASSED
+                .iter()
+                .filter_map(|n| Some((n.to_string(), get(n)?.to_string())))
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ComposeEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComposeEnv")
+            .field("path", &self.path)
+            .field(
+                "vars",
+                &self.vars.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+tokio::task_local! {
+    /// The compose environment of the replacement under way (see [`scoped`]).
+    static ENV: ComposeEnv;
+}
+
+/// Run `f` (a recreate or a rollout) with `env` as the environment [`label_new_hash`] looks
+/// for and runs the compose CLI with.
+pub async fn scoped<F: std::future::Future>(env: ComposeEnv, f: F) -> F::Output {
+    ENV.scope(env, f).await
+}
+
 /// Whether the container was made by compose (it carries the project and service labels).
 pub fn is_compose(info: &ContainerInspectResponse) -> bool {
     let labels = info.config.as_ref().and_then(|c| c.labels.as_ref());
     labels.is_some_and(|l| l.contains_key(PROJECT) && l.contains_key(SERVICE))
 }
 
-/// The compose CLI on `PATH`, if any.
-pub fn cli() -> Option<PathBuf> {
-    // The docker module already reads DOCKER_HOST itself; PATH is the same kind of lookup.
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(CLI))
-        .find(|p| p.is_file())
+/// The compose CLI on `env`'s `PATH`, if any.
+pub fn cli(env: &ComposeEnv) -> Option<PathBuf> {
+    env.path.iter().map(|d| d.join(CLI)).find(|p| p.is_file())
 }
 
 /// The warning for a compose container replaced while no compose CLI could say the new hash.
@@ -60,7 +110,9 @@ pub fn no_cli_warning(name: &str) -> String {
 }
 
 /// Give `body` (the new container of compose container `info`) the config hash compose
-/// computes now. Best effort: on any failure the label stays and a warning is logged.
+/// computes now. Best effort: on any failure the label stays and a warning is logged. The CLI
+/// is looked for and run with the environment of the surrounding [`scoped`] call (none: no
+/// CLI is found).
 pub async fn label_new_hash(
     info: &ContainerInspectResponse,
     body: &mut ContainerCreateBody,
@@ -75,7 +127,8 @@ pub async fn label_new_hash(
         .unwrap_or_default()
         .trim_start_matches('/')
         .to_string();
-    let Some(cli) = cli() else {
+    let env = ENV.try_with(ComposeEnv::clone).unwrap_or_default();
+    let Some(cli) = cli(&env) else {
         tracing::warn!(container = %name, "{}", no_cli_warning(&name));
         return;
     };
@@ -94,11 +147,7 @@ pub async fn label_new_hash(
     let run = tokio::task::spawn_blocking(move || {
         let mut cmd = std::process::Command::new(cli);
         cmd.current_dir(&dir).args(&args).env_clear();
-        for v in PASSED {
-            if let Some(x) = std::env::var_os(v) {
-                cmd.env(v, x);
-            }
-        }
+        cmd.envs(env.vars.iter().map(|(k, v)| (k, v)));
         for k in &keys {
             cmd.env_remove(k);
         }
@@ -212,6 +261,27 @@ mod tests {
             None,
             "a relative working_dir is not guessed"
         );
+    }
+
+    #[test]
+    fn the_environment_holds_path_and_the_passed_variables_only() {
+        let vars: HashMap<&str, &str> = [
+            ("PATH", "/usr/local/bin::/usr/bin"),
+            ("DOCKER_HOST", "unix:///run/docker.sock"),
+            ("DOCKER_CONTEXT", ""),
+            ("CLOUDFLARE_API_TOKEN", "secret-token"),
+        ]
+        .into();
+        let env = ComposeEnv::from_lookup(|n| vars.get(n).copied());
+        assert_eq!(
+            env.path,
+            [PathBuf::from("/usr/local/bin"), PathBuf::from("/usr/bin")]
+        );
+        let names: Vec<&str> = env.vars.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["PATH", "DOCKER_HOST", "DOCKER_CONTEXT"]);
+        let shown = format!("{env:?}");
+        assert!(!shown.contains("unix:///run"), "{shown}");
+        assert_eq!(cli(&ComposeEnv::default()), None);
     }
 
     #[test]

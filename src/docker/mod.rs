@@ -29,6 +29,8 @@ use crate::reconcile::{ActionError, Target, TargetObservation};
 #[derive(Clone)]
 pub struct Engine {
     docker: Arc<Docker>,
+    /// The address it was reached at (`DOCKER_HOST` as config checked it).
+    host: Arc<str>,
 }
 
 impl Engine {
@@ -42,6 +44,7 @@ impl Engine {
             .map_err(|e| unreachable_daemon(host, &e))?;
         Ok(Engine {
             docker: Arc::new(docker),
+            host: Arc::from(host),
         })
     }
 
@@ -52,6 +55,7 @@ impl Engine {
             opts: RecreateOptions::default(),
             group: None,
             compose: false,
+            compose_env: compose::ComposeEnv::default(),
         }
     }
 
@@ -143,7 +147,7 @@ impl Engine {
         name: &str,
         health_timeout: Option<Duration>,
     ) -> swarm::SwarmService {
-        swarm::SwarmService::new(self.docker.clone(), name, health_timeout)
+        swarm::SwarmService::new(self.docker.clone(), &self.host, name, health_timeout)
     }
 
     pub fn api(&self) -> &Docker {
@@ -223,11 +227,19 @@ pub struct Container {
     group: Option<String>,
     /// Made by compose (seen when observed): its config-hash label matters.
     compose: bool,
+    /// Where the compose CLI that says the new config hash is found, and its variables.
+    compose_env: compose::ComposeEnv,
 }
 
 impl Container {
     pub fn with_options(mut self, opts: RecreateOptions) -> Container {
         self.opts = opts;
+        self
+    }
+
+    /// The environment the compose CLI is looked for and run with (see [`compose`]).
+    pub fn with_compose(mut self, env: compose::ComposeEnv) -> Container {
+        self.compose_env = env;
         self
     }
 
@@ -271,6 +283,7 @@ impl Target for Container {
         Ok(TargetObservation {
             rollout_blocker,
             aliased,
+            shows_env_diff: false,
             env: keys
                 .iter()
                 .filter_map(|k| Some((k.clone(), env_value(&env, k)?)))
@@ -312,7 +325,8 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        recreate::recreate(&self.engine.docker, &self.name, &changes, &self.opts).await
+        let run = recreate::recreate(&self.engine.docker, &self.name, &changes, &self.opts);
+        compose::scoped(self.compose_env.clone(), run).await
     }
 
     async fn rollout(&mut self, changes: &crate::reconcile::Values) -> Result<(), ActionError> {
@@ -320,7 +334,8 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        rollout::rollout(&self.engine.docker, &self.name, &changes, &self.opts).await
+        let run = rollout::rollout(&self.engine.docker, &self.name, &changes, &self.opts);
+        compose::scoped(self.compose_env.clone(), run).await
     }
 }
 

@@ -33,6 +33,8 @@ const PER_TASK: Duration = Duration::from_secs(60);
 /// One Swarm service, by name or id.
 pub struct SwarmService {
     docker: std::sync::Arc<Docker>,
+    /// The engine's address (`DOCKER_HOST` as config checked it): the raw calls' socket.
+    host: String,
     name: String,
     health_timeout: Option<Duration>,
 }
@@ -40,11 +42,13 @@ pub struct SwarmService {
 impl SwarmService {
     pub(super) fn new(
         docker: std::sync::Arc<Docker>,
+        host: &str,
         name: &str,
         health_timeout: Option<Duration>,
     ) -> SwarmService {
         SwarmService {
             docker,
+            host: host.to_string(),
             name: name.to_string(),
             health_timeout,
         }
@@ -65,6 +69,8 @@ impl SwarmService {
                 .collect(),
             // Swarm replaces tasks itself, by the service's own UpdateConfig.
             rollout_blocker: Some("a Swarm service: Swarm rolls it out by its UpdateConfig".into()),
+            // The plan shows what the update changes in the spec: the bound keys only.
+            shows_env_diff: true,
             ..TargetObservation::default()
         })
     }
@@ -256,7 +262,7 @@ impl SwarmService {
     /// (id, version index, spec as raw JSON).
     async fn raw_inspect(&self) -> Result<(String, u64, Value), ActionError> {
         let path = format!("/services/{}", url_escape(&self.name));
-        let (status, body) = raw::request(&self.docker, "GET", &path, None)
+        let (status, body) = raw::request(&self.docker, &self.host, "GET", &path, None)
             .await
             .map_err(|e| self.fail(&format!("cannot inspect it: {e}"), None))?;
         if status != 200 {
@@ -290,7 +296,8 @@ impl SwarmService {
             path.push_str("&rollback=previous");
         }
         let body = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
-        let (status, answer) = raw::request(&self.docker, "POST", &path, Some(&body)).await?;
+        let (status, answer) =
+            raw::request(&self.docker, &self.host, "POST", &path, Some(&body)).await?;
         if status == 200 {
             if let Ok(v) = serde_json::from_slice::<Value>(&answer) {
                 for w in v["Warnings"].as_array().into_iter().flatten() {
@@ -417,27 +424,27 @@ mod raw {
     /// Answers larger than this are refused (a service spec is a few KiB).
     const LIMIT: u64 = 16 * 1024 * 1024;
 
-    fn socket() -> Result<String, String> {
-        // The docker module reads DOCKER_HOST itself (see `unreachable_daemon`).
-        match std::env::var("DOCKER_HOST") {
-            Ok(h) if h.starts_with("unix://") => Ok(h.trim_start_matches("unix://").to_string()),
-            Ok(h) if !h.is_empty() => Err(format!(
-                "Swarm service updates go through the engine's unix socket; DOCKER_HOST={h} is not one"
+    /// The unix socket of `host` (`DOCKER_HOST` as config checked it, or its default).
+    fn socket(host: &str) -> Result<&str, String> {
+        match host.strip_prefix("unix://") {
+            Some(path) => Ok(path),
+            None => Err(format!(
+                "Swarm service updates go through the engine's unix socket; DOCKER_HOST={host} is not one"
             )),
-            _ => Ok("/var/run/docker.sock".to_string()),
         }
     }
 
     /// One HTTP/1.1 request; (status, body).
     pub async fn request(
         docker: &Docker,
+        host: &str,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<(u16, Vec<u8>), String> {
         let v = docker.client_version();
         let path = format!("/v{}.{}{path}", v.major_version, v.minor_version);
-        let mut s = tokio::net::UnixStream::connect(socket()?)
+        let mut s = tokio::net::UnixStream::connect(socket(host)?)
             .await
             .map_err(|e| format!("cannot connect to the engine: {e}"))?;
         let body = body.unwrap_or_default();
@@ -516,6 +523,16 @@ mod raw {
         let chunked =
             b"HTTP/1.1 500 Internal\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(parse(chunked).unwrap(), (500, b"abcde".to_vec()));
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn the_socket_is_the_checked_docker_host() {
+        assert_eq!(
+            socket("unix:///var/run/docker.sock"),
+            Ok("/var/run/docker.sock")
+        );
+        assert!(socket("tcp://10.0.0.1:2375").is_err_and(|e| e.contains("DOCKER_HOST")));
     }
 }
 

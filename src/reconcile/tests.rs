@@ -745,3 +745,40 @@ fn rollout_is_chosen_for_an_aliased_container_and_refused_with_a_reason() {
         Action::None
     );
 }
+
+#[test]
+fn a_spec_target_lists_the_change_of_each_bound_key_and_a_container_does_not() {
+    let old = "ab".repeat(32);
+    let reason = |shows_env_diff: bool| {
+        let mut t = tgt(Some(&old));
+        if let Ok(o) = &mut t.observation {
+            o.shows_env_diff = shows_env_diff;
+        }
+        let p = plan(
+            one(1, 1, RestartMode::Auto),
+            vec![sink(true)],
+            vec![t],
+            &BTreeSet::new(),
+        );
+        assert_eq!(p.targets[0].action, Action::Recreate);
+        p.targets[0].reason.clone()
+    };
+    let shown = reason(true);
+    assert!(
+        shown.contains(&format!("env {K}: abababab… -> {NEW}")),
+        "{shown}"
+    );
+    assert!(!reason(false).contains(" -> "), "{}", reason(false));
+    // In sync: nothing to list.
+    let mut t = tgt(Some(NEW));
+    if let Ok(o) = &mut t.observation {
+        o.shows_env_diff = true;
+    }
+    let p = plan(
+        one(1, 1, RestartMode::Auto),
+        vec![sink(false)],
+        vec![t],
+        &BTreeSet::new(),
+    );
+    assert!(!p.targets[0].reason.contains(" -> "));
+}

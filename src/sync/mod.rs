@@ -344,7 +344,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         cfg.dry_run,
     )
     .await;
-    let compose_warnings = compose_warnings(&plan, &resolved.slots);
+    let compose_warnings = compose_warnings(cfg, &plan, &resolved.slots);
     record_applied(cfg, &mut state, &plan, &outcome);
     remember_pending(&sinks, &mut state);
 
@@ -395,7 +395,11 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
 
 /// Compose containers that get a new container while no compose CLI can say the new config
 /// hash: the next `docker-compose up -d` recreates them once more.
-fn compose_warnings(plan: &reconcile::Plan, slots: &[targets::Slot]) -> Vec<String> {
+fn compose_warnings(
+    cfg: &SyncConfig,
+    plan: &reconcile::Plan,
+    slots: &[targets::Slot],
+) -> Vec<String> {
     let replaced: Vec<&str> = plan
         .targets
         .iter()
@@ -408,7 +412,7 @@ fn compose_warnings(plan: &reconcile::Plan, slots: &[targets::Slot]) -> Vec<Stri
         })
         .map(|(t, _)| t.name.as_str())
         .collect();
-    if replaced.is_empty() || crate::docker::compose::cli().is_some() {
+    if replaced.is_empty() || crate::docker::compose::cli(&cfg.compose).is_some() {
         return Vec::new();
     }
     let w = crate::docker::compose::no_cli_warning(&replaced.join(", "));

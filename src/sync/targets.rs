@@ -216,7 +216,10 @@ pub async fn resolve(
                 Slot::Swarm(e.swarm_service(&services[name], cfg.recreate.health_timeout))
             }
             (Some(Ok(e)), None) => {
-                let c = e.container(name).with_options(cfg.recreate.clone());
+                let c = e
+                    .container(name)
+                    .with_options(cfg.recreate.clone())
+                    .with_compose(cfg.compose.clone());
                 Slot::Live(match group {
                     Some(g) => c.in_group(g),
                     None => c,
