@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -265,17 +265,65 @@ impl StateFile {
     }
 }
 
-fn write(path: &Path, state: &State) -> Result<(), String> {
-    let dir = path
-        .parent()
+/// The temporary files of [`write`]: `.audsync-state-XXXXXX.tmp` beside the state file.
+const TEMP_PREFIX: &str = ".audsync-state-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+fn state_dir(path: &Path) -> &Path {
+    path.parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".audsync-state-")
-        .suffix(".tmp")
-        .permissions(fs::Permissions::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .unwrap_or(Path::new("."))
+}
+
+/// Whether `name` is one of [`write`]'s temporary files.
+fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX)
+        .and_then(|r| r.strip_suffix(TEMP_SUFFIX))
+        .is_some_and(|mid| {
+            (1..=16).contains(&mid.len()) && mid.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+}
+
+impl StateFile {
+    /// Remove the temporary files a run killed while writing the state file at `path` left
+    /// beside it. A temporary file is held locked by its writer until it is renamed into
+    /// place, so one still being written (a process outside the pass lock: a dry run, the
+    /// notification bookkeeping) is left alone. Call under the pass lock, never in a dry run.
+    /// Returns the names removed.
+    pub fn remove_leftovers(path: &Path) -> Vec<String> {
+        let Ok(rd) = fs::read_dir(state_dir(path)) else {
+            return vec![];
+        };
+        let mut removed = Vec::new();
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !is_temp_name(&name) || !e.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            // Not through a symlink (swapped in since the listing), never blocking.
+            let opened = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(
+                    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+                )
+                .open(e.path());
+            let Ok(f) = opened else { continue };
+            if !f.metadata().is_ok_and(|m| m.is_file()) || f.try_lock().is_err() {
+                continue;
+            }
+            // Removed while locked: a writer that created it meanwhile finds it unlinked.
+            if fs::remove_file(e.path()).is_ok() {
+                tracing::info!(file = %e.path().display(), "removed a temporary state file left by an earlier run that was cut short");
+                removed.push(name);
+            }
+        }
+        removed
+    }
+}
+
+fn write(path: &Path, state: &State) -> Result<(), String> {
+    let dir = state_dir(path);
+    let mut tmp = locked_temp(dir).map_err(|e| format!("{}: {e}", path.display()))?;
     let body = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
     tmp.write_all(&body)
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -285,6 +333,27 @@ fn write(path: &Path, state: &State) -> Result<(), String> {
     tmp.persist(path)
         .map_err(|e| format!("{}: {}", path.display(), e.error))?;
     Ok(())
+}
+
+/// A new temporary file in `dir`, locked (`flock`) so [`StateFile::remove_leftovers`] knows it
+/// is being written. One removed by a leftover cleaner between its creation and the lock is
+/// unlinked by then: a fresh one is made.
+fn locked_temp(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::MetadataExt;
+    for _ in 0..3 {
+        let tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .suffix(TEMP_SUFFIX)
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)?;
+        tmp.as_file().lock()?;
+        if tmp.as_file().metadata()?.nlink() > 0 {
+            return Ok(tmp);
+        }
+    }
+    Err(std::io::Error::other(
+        "the temporary file kept being removed while it was written",
+    ))
 }
 
 impl Journal for StateFile {
@@ -342,6 +411,33 @@ mod tests {
             let e = StateFile::load(&p, false).unwrap_err();
             assert!(e.contains("owned by uid 65534"), "{e}");
         }
+    }
+
+    #[test]
+    fn leftover_temp_files_are_removed_unless_a_writer_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        fs::write(dir.path().join(".audsync-state-Ab12Cd.tmp"), "{").unwrap();
+        fs::write(dir.path().join(".audsync-state-x.json"), "{").unwrap();
+        fs::write(dir.path().join(".audsync-state-a b.tmp"), "{").unwrap();
+        let busy = dir.path().join(".audsync-state-Zz9Yy8.tmp");
+        let held = fs::File::create(&busy).unwrap();
+        held.lock().unwrap();
+        assert_eq!(
+            StateFile::remove_leftovers(&p),
+            vec![".audsync-state-Ab12Cd.tmp".to_string()]
+        );
+        assert!(busy.exists());
+        assert!(dir.path().join(".audsync-state-x.json").exists());
+        assert!(dir.path().join(".audsync-state-a b.tmp").exists());
+        drop(held);
+        // A write of its own leaves nothing behind, and is not disturbed by the cleaner.
+        StateFile::update(&p, |s| s.app_count = Some(2)).unwrap();
+        assert_eq!(
+            StateFile::remove_leftovers(&p),
+            vec![".audsync-state-Zz9Yy8.tmp".to_string()]
+        );
+        assert_eq!(StateFile::load(&p, true).unwrap().state.app_count, Some(2));
     }
 
     #[test]

@@ -762,3 +762,124 @@ fn a_missing_env_names_the_compose_project_directory_and_another_env_is_warned_a
     );
     docker(&["rm", "-f", &name]);
 }
+
+#[test]
+fn leftover_state_temp_files_of_a_killed_run_are_removed_by_the_next_run() {
+    let (_cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    // What a run killed while writing the state file leaves beside it.
+    let left = sb.path(".audsync-state-Ab12Cd.tmp");
+    std::fs::write(&left, "{\"owed\":[").unwrap();
+    let keep = sb.path(".audsync-state-notes");
+    std::fs::write(&keep, "x").unwrap();
+    // One a live writer holds locked (a state write in flight in another process): kept.
+    let busy = sb.path(".audsync-state-Zz9Yy8.tmp");
+    let held = std::fs::File::create(&busy).unwrap();
+    held.lock().unwrap();
+    // A dry run removes nothing.
+    let r = sync(&sb, &["--dry-run"]);
+    assert_eq!(r.code, 3, "changes planned: {r:?}");
+    assert!(left.exists(), "a dry run changes nothing");
+    let r = sync(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!left.exists(), "the killed run's temp file is removed");
+    assert!(keep.exists(), "only temp files are removed");
+    assert!(
+        busy.exists(),
+        "a temp file a live writer holds is left alone"
+    );
+    assert!(sb.read_env().contains(&aud(2)));
+    // Once its writer is gone, it is a leftover too.
+    drop(held);
+    let r = sync(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!busy.exists(), "{:?}", temp_leftovers(sb.dir()));
+    assert!(temp_leftovers(sb.dir()).is_empty());
+}
+
+/// A new instance that fails 2 s after it starts (any value but `old`); the old one runs.
+const FAILS_LATE: &str = "if [ \"$CLOUDFLARE_AUD_TAG\" != old ]; then sleep 2; exit 1; fi; trap 'exit 0' TERM; sleep 3600 & wait";
+
+#[test]
+fn an_old_container_removed_by_someone_else_during_a_recreate_is_reported_as_removed_not_rolled_back()
+ {
+    crate::require_docker!();
+    use crate::support::docker::{Docker, docker, env_of, image, inspect};
+    let d = Docker::new();
+    let (_cf, sb) = setup(&format!("{KEY}=old\n"));
+    let name = d.run(
+        "vanish",
+        &[
+            "-e",
+            &format!("{KEY}=old"),
+            &image(),
+            "sh",
+            "-c",
+            FAILS_LATE,
+        ],
+    );
+    let mut c = sb.cmd();
+    c.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--container",
+        &name,
+        "--restart",
+        "recreate",
+        "--settle",
+        "5s",
+        "--output",
+        "json",
+    ])
+    .timeout(Duration::from_secs(90));
+    let pass = std::thread::spawn(move || run(&mut c));
+    // While audsync waits on the new container, someone removes the old one (stopped and
+    // moved aside under a temporary name).
+    let start = Instant::now();
+    let aside = loop {
+        if let Some(n) = d
+            .containers()
+            .into_iter()
+            .find(|n| n.contains("-audsync-old-"))
+        {
+            break n;
+        }
+        assert!(
+            !pass.is_finished() && start.elapsed() < Duration::from_secs(60),
+            "the old container was never moved aside: {:?}",
+            d.containers()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    docker(&["rm", "-f", &aside]);
+    let r = pass.join().unwrap();
+    assert_eq!(r.code, 1, "{r:?}");
+    let j = r.json();
+    let err = &j["containers"][0]["error"];
+    let msg = err["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("removed by someone else"), "{r:?}");
+    assert!(msg.contains("nothing was rolled back"), "{r:?}");
+    assert!(!msg.contains("rolled back: the old"), "{r:?}");
+    assert!(err.is_object(), "{r:?}");
+    assert_ne!(err["rolled_back"], true, "{r:?}");
+    assert!(!r.stderr.contains("ROLLBACK INCOMPLETE"), "{r:?}");
+    // The new container is what is left, under the name, with the new value.
+    assert_eq!(d.containers(), vec![name.clone()]);
+    assert_eq!(env_of(&name, KEY), Some(aud(2)));
+    // Nothing left for a recovery to chase: the record of the recreate is gone.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sb.path(".env.audsync-state.json")).unwrap())
+            .unwrap();
+    assert!(state.get("recreating").is_none(), "{state:#}");
+    // The next runs say what is there and settle; no endless chase.
+    let mut codes = vec![];
+    for _ in 0..3 {
+        let r = docker_sync(&sb, &name);
+        eprintln!("next run: {r:?}");
+        assert!(!r.stderr.contains("cut short"), "{r:?}");
+        codes.push(r.code);
+    }
+    eprintln!("next runs: {codes:?}; {}", inspect(&name)["State"]);
+    assert_eq!(codes, vec![0, 0, 0], "settles at once");
+    docker(&["rm", "-f", &name]);
+}

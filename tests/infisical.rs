@@ -1064,3 +1064,31 @@ fn infisical_approval_then_merge_restarts_real_container_once() {
     assert_ne!(started_at(&name), first_start, "the owed restart happened");
     assert_eq!(state(&w.sb)["owed"], json!([]));
 }
+
+#[test]
+fn an_infisical_answer_over_the_cap_is_an_error_that_names_the_cap() {
+    // A secret read answered with 9 MiB: not "no secret", not an empty answer.
+    let w = world();
+    w.inf.fault(Fault::HugeBody);
+    let r = sync(&w.sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("larger than the 8 MiB"), "{r:?}");
+    assert!(
+        w.inf.writes().is_empty(),
+        "nothing written on a guess: {r:?}"
+    );
+    assert_eq!(w.inf.secret("dev", "/", KEY), Some(("old".into(), 1)));
+    // The login answered with 9 MiB: the cap is named, not "no accessToken".
+    let w = world();
+    w.inf.with(|s| s.huge_login = true);
+    let r = sync(&w.sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("larger than the 8 MiB"), "{r:?}");
+    assert!(!r.stderr.contains("without an accessToken"), "{r:?}");
+    assert!(!both(&r).contains(CLIENT_SECRET), "{r:?}");
+    assert_eq!(w.inf.secret("dev", "/", KEY), Some(("old".into(), 1)));
+    // Both are one-off faults: the next run syncs.
+    let r = sync(&w.sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(w.inf.secret("dev", "/", KEY), Some((aud(2), 2)));
+}

@@ -225,7 +225,10 @@ impl Client {
             .await
             .map_err(|e| crate::http::describe_transport(&e.without_url()))?;
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        // Bounded like every answer: one over the cap is a failed renewal (a login instead).
+        let body: Value = super::read_answer(resp)
+            .await
+            .map_err(|e| format!("HTTP {}: {e}", status.as_u16()))?;
         if !status.is_success() {
             return Err(describe(status, &body));
         }
@@ -312,11 +315,31 @@ impl Client {
                 Some("set INFISICAL_HOST to the instance's final address".into()),
             ));
         }
-        let body: Value = crate::http::read_body(resp, crate::http::MAX_BODY)
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
+        let body: Value = match super::read_answer(resp).await {
+            Ok(b) => b,
+            // A refusal stays a refusal (recorded: the hold-off protects the identity); its
+            // reason says why the answer could not be read.
+            Err(e) if !status.is_success() => json!({ "message": e.to_string() }),
+            Err(crate::http::BodyError::Transport(e)) => {
+                return Err(unreachable(
+                    format!(
+                        "Universal Auth login at {}: the answer was cut off: {} ({lockout})",
+                        self.settings.host,
+                        crate::http::describe_transport(&e)
+                    ),
+                    Some("check INFISICAL_HOST and network access to it".into()),
+                ));
+            }
+            Err(e) => {
+                return Err(err(
+                    format!(
+                        "Universal Auth login at {}: {e} ({lockout})",
+                        self.settings.host
+                    ),
+                    Some(super::TOO_LARGE_HINT.into()),
+                ));
+            }
+        };
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let at = now_secs();
             let reason = describe(status, &body);

@@ -130,6 +130,16 @@ impl Error {
     }
 }
 
+/// An answer's body as JSON (`Null` when it is not JSON). One over [`crate::http::MAX_BODY`]
+/// is an error naming the cap, and one cut off an error too: never read as an empty answer.
+async fn read_answer(resp: reqwest::Response) -> Result<serde_json::Value, crate::http::BodyError> {
+    let bytes = crate::http::read_body(resp, crate::http::MAX_BODY).await?;
+    Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+/// The hint for an answer over the cap.
+const TOO_LARGE_HINT: &str = "check that INFISICAL_HOST points at the Infisical instance itself, not at a proxy or page that answers something else";
+
 fn err(message: impl Into<String>, hint: Option<String>) -> Error {
     Error::Failed {
         message: message.into(),

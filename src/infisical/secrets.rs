@@ -182,10 +182,28 @@ impl Client {
                     Some("set INFISICAL_HOST to the instance's final address".into()),
                 ));
             }
-            let bytes = crate::http::read_body(resp, crate::http::MAX_BODY)
-                .await
-                .unwrap_or_default();
-            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let answer: Value = match super::read_answer(resp).await {
+                Ok(a) => a,
+                Err(crate::http::BodyError::Transport(e)) => {
+                    return Err(unreachable(
+                        format!(
+                            "{method} {path} at {}: the answer was cut off: {}",
+                            self.settings.host,
+                            crate::http::describe_transport(&e)
+                        ),
+                        Some(
+                            "check INFISICAL_HOST and network access to it; the next run retries"
+                                .into(),
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(err(
+                        format!("{method} {path} at {}: {e}", self.settings.host),
+                        Some(super::TOO_LARGE_HINT.into()),
+                    ));
+                }
+            };
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 // The retries are spent.
                 let hint = (status == StatusCode::TOO_MANY_REQUESTS).then(|| {

@@ -997,13 +997,41 @@ fn current_owner(f: &fs::File) -> (u32, u32) {
         .unwrap_or((u32::MAX, u32::MAX))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests only: every write of an in-place rewrite fails before it writes a byte (a full
+    /// disk, a quota), so the failure paths can be driven without root-proof tricks.
+    static FAIL_WRITES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// One `write` call of an in-place rewrite.
+fn write_some(f: &mut fs::File, bytes: &[u8]) -> std::io::Result<usize> {
+    #[cfg(test)]
+    if FAIL_WRITES.with(|c| c.get()) {
+        return Err(std::io::Error::other("no space left on device (injected)"));
+    }
+    f.write(bytes)
+}
+
 fn rewrite(f: &mut fs::File, bytes: &[u8], touched: &mut bool) -> Result<(), String> {
     use std::io::{Seek, SeekFrom};
     f.seek(SeekFrom::Start(0))
         .map_err(|e| format!("seek failed: {e}"))?;
+    // `touched` once a byte reached the file: a write that failed before that (a full disk,
+    // a quota) left it as it was, and says so instead of pointing at the safety copy.
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match write_some(f, rest) {
+            Ok(0) => return Err("write failed: no byte was written".into()),
+            Ok(n) => {
+                *touched = true;
+                rest = &rest[n..];
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("write failed: {e}")),
+        }
+    }
     *touched = true;
-    f.write_all(bytes)
-        .map_err(|e| format!("write failed: {e}"))?;
     f.set_len(bytes.len() as u64)
         .map_err(|e| format!("truncate failed: {e}"))?;
     f.sync_all().map_err(|e| format!("fsync failed: {e}"))
@@ -1419,6 +1447,49 @@ mod tests {
         );
         // Nothing pending: nothing done.
         assert!(recover_in_place(&state).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_in_place_write_that_never_touched_the_file_does_not_point_at_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink_in(dir.path(), WriteMode::InPlace);
+        let old = "A=1\nCLOUDFLARE_AUD_TAG=old\n";
+        fs::write(&sink.path, old).unwrap();
+        let desired = BTreeMap::from([(K.to_string(), V.to_string())]);
+        // The first write fails before a byte reaches the file (and so would a put-back).
+        FAIL_WRITES.with(|c| c.set(true));
+        let e = sink.write_all(&desired).unwrap_err().to_string();
+        FAIL_WRITES.with(|c| c.set(false));
+        assert!(e.contains("no space left"), "{e}");
+        assert!(e.contains("the file was not changed"), "{e}");
+        for wrong in ["backup", "copy it back", "put back", "next run"] {
+            assert!(
+                !e.contains(wrong),
+                "says {wrong:?} though the file was never touched: {e}"
+            );
+        }
+        assert_eq!(fs::read_to_string(&sink.path).unwrap(), old);
+        assert!(
+            !backup_path(&sink.path).exists(),
+            "the safety copy is removed"
+        );
+        assert!(
+            crate::state::StateFile::load(&dir.path().join("state.json"), true)
+                .unwrap()
+                .state
+                .in_place_writes
+                .is_empty(),
+            "nothing left in the journal"
+        );
+        // The next write goes through.
+        assert_eq!(
+            sink.write_all(&desired).unwrap(),
+            WriteOutcome::Written { version: None }
+        );
+        assert_eq!(
+            fs::read_to_string(&sink.path).unwrap(),
+            "A=1\nCLOUDFLARE_AUD_TAG=newvalue\n"
+        );
     }
 
     #[test]

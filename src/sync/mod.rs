@@ -209,6 +209,10 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
             })
             .map_err(at(Stage::Sink))?
     };
+    if !cfg.dry_run {
+        // The temporary files of a state write an earlier, killed run left behind.
+        StateFile::remove_leftovers(&cfg.state_file);
+    }
     let mut state = StateFile::load(&cfg.state_file, cfg.dry_run)
         .map_err(|e| Error::failed(e, Some("fix the file's permissions, or point --state-file / AUDSYNC_STATE_FILE elsewhere".into())))
         .map_err(at(Stage::Lock))?;

@@ -25,8 +25,12 @@ pub const PROJECT: &str = "7c1e2d3f-aaaa-4bbb-8ccc-000000000001";
 /// A scripted misbehaviour for the next secrets request.
 #[derive(Debug, Clone)]
 pub enum Fault {
-    Status429 { retry_after: Option<String> },
+    Status429 {
+        retry_after: Option<String>,
+    },
     Status500,
+    /// A 200 answer of 9 MiB (streamed, no Content-Length): over audsync's 8 MiB cap.
+    HugeBody,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +91,8 @@ pub struct InfState {
     /// `secretValueHidden: true` with `<hidden-by-infisical>`, `"403"` answers
     /// ForbiddenReadSecretError (what a GET by name does by default).
     pub hide_values: Option<&'static str>,
+    /// Answer the next login with [`huge_answer`] (over audsync's cap).
+    pub huge_login: bool,
 }
 
 pub struct FakeInfisical {
@@ -123,6 +129,7 @@ impl FakeInfisical {
             client_secret_revoked: false,
             refuse_renew: false,
             hide_values: None,
+            huge_login: false,
         }));
         let st = state.clone();
         let server = Server::start(move |req| {
@@ -253,6 +260,20 @@ fn secret_json(env: &str, path: &str, key: &str, value: &str, version: u64) -> V
     })
 }
 
+/// A 200 JSON answer of 9 MiB, streamed without Content-Length (a broken proxy, a hostile
+/// server): one byte more than audsync's 8 MiB cap would already do.
+fn huge_answer() -> Response {
+    let chunk = vec![b' '; 1024 * 1024];
+    let stream = futures_util::stream::iter(
+        std::iter::once(Ok::<_, std::io::Error>(b"{\"message\":\"".to_vec()))
+            .chain((0..9).map(move |_| Ok(chunk.clone()))),
+    );
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
 async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -275,6 +296,9 @@ async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
     s.requests.push(rec);
 
     if method == Method::POST && path == "/api/v1/auth/universal-auth/login" {
+        if std::mem::take(&mut s.huge_login) {
+            return huge_answer();
+        }
         return login(&mut s, body.as_ref());
     }
     // Renew and revoke need no Authorization header: the token in the body is the authority.
@@ -371,6 +395,7 @@ async fn handle(st: Arc<Mutex<InfState>>, req: Request<Body>) -> Response {
                 "InternalServerError",
                 "Something went wrong",
             ),
+            Fault::HugeBody => huge_answer(),
         };
     }
 
