@@ -80,17 +80,6 @@ impl std::fmt::Debug for ComposeEnv {
     }
 }
 
-tokio::task_local! {
-    /// The compose environment of the replacement under way (see [`scoped`]).
-    static ENV: ComposeEnv;
-}
-
-/// Run `f` (a recreate or a rollout) with `env` as the environment [`label_new_hash`] looks
-/// for and runs the compose CLI with.
-pub async fn scoped<F: std::future::Future>(env: ComposeEnv, f: F) -> F::Output {
-    ENV.scope(env, f).await
-}
-
 /// Whether the container was made by compose (it carries the project and service labels).
 pub fn is_compose(info: &ContainerInspectResponse) -> bool {
     let labels = info.config.as_ref().and_then(|c| c.labels.as_ref());
@@ -111,12 +100,12 @@ pub fn no_cli_warning(name: &str) -> String {
 
 /// Give `body` (the new container of compose container `info`) the config hash compose
 /// computes now. Best effort: on any failure the label stays and a warning is logged. The CLI
-/// is looked for and run with the environment of the surrounding [`scoped`] call (none: no
-/// CLI is found).
+/// is looked for on `env`'s `PATH` and run with `env`'s variables only.
 pub async fn label_new_hash(
     info: &ContainerInspectResponse,
     body: &mut ContainerCreateBody,
     changes: &[(String, String)],
+    env: &ComposeEnv,
 ) {
     if !is_compose(info) {
         return;
@@ -127,11 +116,11 @@ pub async fn label_new_hash(
         .unwrap_or_default()
         .trim_start_matches('/')
         .to_string();
-    let env = ENV.try_with(ComposeEnv::clone).unwrap_or_default();
-    let Some(cli) = cli(&env) else {
+    let Some(cli) = cli(env) else {
         tracing::warn!(container = %name, "{}", no_cli_warning(&name));
         return;
     };
+    let vars = env.vars.clone();
     let labels = info
         .config
         .as_ref()
@@ -147,7 +136,7 @@ pub async fn label_new_hash(
     let run = tokio::task::spawn_blocking(move || {
         let mut cmd = std::process::Command::new(cli);
         cmd.current_dir(&dir).args(&args).env_clear();
-        cmd.envs(env.vars.iter().map(|(k, v)| (k, v)));
+        cmd.envs(vars.iter().map(|(k, v)| (k, v)));
         for k in &keys {
             cmd.env_remove(k);
         }

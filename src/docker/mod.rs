@@ -325,8 +325,14 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let run = recreate::recreate(&self.engine.docker, &self.name, &changes, &self.opts);
-        compose::scoped(self.compose_env.clone(), run).await
+        recreate::recreate(
+            &self.engine.docker,
+            &self.name,
+            &changes,
+            &self.opts,
+            &self.compose_env,
+        )
+        .await
     }
 
     async fn rollout(&mut self, changes: &crate::reconcile::Values) -> Result<(), ActionError> {
@@ -334,8 +340,14 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let run = rollout::rollout(&self.engine.docker, &self.name, &changes, &self.opts);
-        compose::scoped(self.compose_env.clone(), run).await
+        rollout::rollout(
+            &self.engine.docker,
+            &self.name,
+            &changes,
+            &self.opts,
+            &self.compose_env,
+        )
+        .await
     }
 }
 

@@ -32,6 +32,7 @@ pub(super) async fn recreate(
     target: &str,
     changes: &[(String, String)],
     opts: &RecreateOptions,
+    compose_env: &super::compose::ComposeEnv,
 ) -> Result<(), ActionError> {
     let info = docker
         .inspect_container(target, None)
@@ -60,7 +61,7 @@ pub(super) async fn recreate(
     let old_id = info.id.clone().unwrap_or_else(|| target.to_string());
     let image = pinned_image(docker, &info).await;
     let mut spec = spec::build(&info, changes, &image);
-    super::compose::label_new_hash(&info, &mut spec.body, changes).await;
+    super::compose::label_new_hash(&info, &mut spec.body, changes, compose_env).await;
     let was_running = info.state.as_ref().and_then(|s| s.running) == Some(true);
     let stop_t = super::stop_timeout(&info);
 
