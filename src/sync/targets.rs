@@ -107,12 +107,13 @@ pub async fn resolve(
     known_names: &BTreeMap<String, String>,
 ) -> Resolved {
     let mut names_of_ids: BTreeMap<String, String> = BTreeMap::new();
+    // The leak check (`watch`) rides on an inspection made anyway: a Docker round trip of its
+    // own would triple the cost of a no-change pass (measured: 5 ms -> 16 ms).
     let need_docker = cfg.bindings.iter().any(|b| match b.restart {
         RestartMode::None => false,
         RestartMode::Restart => may_act,
         RestartMode::Auto | RestartMode::Recreate | RestartMode::Rollout => true,
-    }) || (!watch.is_empty()
-        && cfg.bindings.iter().any(|b| !b.targets.is_empty()));
+    });
     let mut names: Vec<(String, Option<String>)> = Vec::new();
     let mut of_binding: Vec<Vec<usize>> = Vec::new();
     let mut down: BTreeMap<String, ActionError> = BTreeMap::new();
