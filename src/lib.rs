@@ -174,7 +174,10 @@ async fn run_command(parsed: Parsed) -> u8 {
                 e.exit_code()
             }
         },
-        Command::Watch(_) => watch::run(parsed, std::env::args_os().collect()).await,
+        Command::Watch(_) => {
+            let argv = parsed.argv.clone();
+            watch::run(parsed, argv).await
+        }
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut cmd, "audsync", &mut std::io::stdout());

@@ -42,6 +42,8 @@ pub struct Parsed {
     pub file: Option<FileConfig>,
     /// The subcommand's matches (raw flag values for `audsync config`).
     pub matches: Option<clap::ArgMatches>,
+    /// The command line as given (`watch` parses it again on SIGHUP).
+    pub argv: Vec<OsString>,
 }
 
 #[derive(Debug)]
@@ -138,6 +140,7 @@ where
         origins,
         file,
         matches: matches.subcommand().map(|(_, m)| m.clone()),
+        argv: args.clone(),
     };
     sync::select_single_binding(&mut parsed).map_err(ParseError::Config)?;
     Ok(parsed)
