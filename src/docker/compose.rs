@@ -110,12 +110,7 @@ pub async fn label_new_hash(
     if !is_compose(info) {
         return;
     }
-    let name = info
-        .name
-        .as_deref()
-        .unwrap_or_default()
-        .trim_start_matches('/')
-        .to_string();
+    let name = super::ops::name_of(info, "");
     let Some(cli) = cli(env) else {
         tracing::warn!(container = %name, "{}", no_cli_warning(&name));
         return;

@@ -134,6 +134,29 @@ pub(super) fn parse_temp(name: &str) -> Option<TempName> {
     })
 }
 
+/// The container's name as the engine reports it, without the leading `/` (`fallback` when the
+/// answer carries none).
+pub(super) fn name_of(info: &ContainerInspectResponse, fallback: &str) -> String {
+    info.name
+        .as_deref()
+        .unwrap_or(fallback)
+        .trim_start_matches('/')
+        .to_string()
+}
+
+/// Inspect `target` and say its name: what a recreate and a rollout start from.
+pub(super) async fn inspect_named(
+    docker: &Docker,
+    target: &str,
+) -> Result<(ContainerInspectResponse, String), crate::reconcile::ActionError> {
+    let info = docker
+        .inspect_container(target, None)
+        .await
+        .map_err(|e| super::container_error(target, "inspect", &e))?;
+    let name = name_of(&info, target);
+    Ok((info, name))
+}
+
 /// The name a container stands for: the base name of a recreate's temporary, else itself.
 pub(super) fn base_name(name: &str) -> String {
     match parse_temp(name) {

@@ -34,16 +34,7 @@ pub(super) async fn recreate(
     opts: &RecreateOptions,
     compose_env: &super::compose::ComposeEnv,
 ) -> Result<(), ActionError> {
-    let info = docker
-        .inspect_container(target, None)
-        .await
-        .map_err(|e| container_error(target, "inspect", &e))?;
-    let name = info
-        .name
-        .as_deref()
-        .unwrap_or(target)
-        .trim_start_matches('/')
-        .to_string();
+    let (info, name) = ops::inspect_named(docker, target).await?;
     if info.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
         // Stopping it would delete it, and with it the way back.
         return Err(ActionError {

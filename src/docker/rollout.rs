@@ -73,12 +73,7 @@ pub fn blocker(info: &ContainerInspectResponse) -> Option<String> {
 pub fn aliased(info: &ContainerInspectResponse) -> bool {
     let id = info.id.clone().unwrap_or_default();
     let short = short_id(&id).to_string();
-    let name = info
-        .name
-        .as_deref()
-        .unwrap_or_default()
-        .trim_start_matches('/')
-        .to_string();
+    let name = ops::name_of(info, "");
     networks(info).iter().any(|(_, ep)| {
         ep.aliases
             .iter()
@@ -106,16 +101,7 @@ pub(super) async fn rollout(
     opts: &RecreateOptions,
     compose_env: &compose::ComposeEnv,
 ) -> Result<(), ActionError> {
-    let info = docker
-        .inspect_container(target, None)
-        .await
-        .map_err(|e| container_error(target, "inspect", &e))?;
-    let name = info
-        .name
-        .as_deref()
-        .unwrap_or(target)
-        .trim_start_matches('/')
-        .to_string();
+    let (info, name) = ops::inspect_named(docker, target).await?;
     let fail = |message: String, rolled_back: bool| ActionError {
         rolled_back,
         message,
