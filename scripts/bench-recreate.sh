@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Downtime of applying a new AUD to a compose service container, two ways, on the local engine:
-#   audsync:  `audsync sync --compose-service P/lambda-server` (recreate through the Engine API)
+#   audsync:  `audsync sync --compose-service P/lambda-server --restart recreate` (Engine API;
+#             pinned: `auto` picks a rollout for this aliased service, see bench-downtime.sh)
 #   compose:  change .env, then `docker-compose up -d --force-recreate`
 # Downtime is read from the engine's own event times: the old container's `die` to the new
 # container's `start` (no process) and to its `health_status: healthy` (not serving per its
@@ -111,7 +112,7 @@ for i in $(seq 1 "$N"); do
   env -i PATH="$PATH" CLOUDFLARE_API_URL="http://127.0.0.1:$port" CLOUDFLARE_API_TOKEN=bench \
     CLOUDFLARE_ACCOUNT_ID=0123456789abcdef0123456789abcdef \
     "$BIN" -q sync --app-id 00000001-0000-4000-8000-000000000000 --env-file "$work/.env" \
-    --compose-service "$project/lambda-server" >/dev/null
+    --compose-service "$project/lambda-server" --restart recreate >/dev/null
   wait_healthy
   sleep 1
   measure "$t0" "$(date +%s.%N)" "$old" >>"$work/audsync.txt"
@@ -128,7 +129,7 @@ done
 
 echo "downtime over $N runs (median; old container's die -> new container's start / healthy)"
 printf '  %-48s %6s ms to start, %6s ms to healthy\n' \
-  "audsync sync --compose-service (Engine API)" \
+  "audsync sync --restart recreate (Engine API)" \
   "$(cut -d' ' -f1 "$work/audsync.txt" | median)" "$(cut -d' ' -f2 "$work/audsync.txt" | median)"
 printf '  %-48s %6s ms to start, %6s ms to healthy\n' \
   "docker-compose up -d --force-recreate" \

@@ -239,21 +239,25 @@ $R
 ## 8. What a client sees: rollout vs recreate vs compose (\`scripts/bench-downtime.sh 5\`)
 
 All three ways side by side in one run, 5 runs each, alternating. A compose service (busybox
-\`httpd\`, healthcheck every 500 ms, no host port) gets a new AUD; two client containers on the
-project network ask \`http://lambda-server:8080/\` (the service's network alias) every 20 ms, with
-a 1 s timeout per attempt: one makes **one attempt** per request, the other **retries once**
-(resolving the name again), as a proxy with several upstream addresses does. Counted from the
-start of the change until 3 s after the service is healthy again.
+\`httpd\` that takes 1 s to listen after it starts, healthcheck every 500 ms, no host port) gets a
+new AUD; two client containers on the project network ask \`http://lambda-server:8080/\` (the
+service's network alias) every 20 ms. **One address**: busybox \`wget\`, one attempt at the first
+address the name resolves to, 1 s timeout. **Dialer**: every address the name resolves to, in
+order, moving on only while no connection could be made (refused, or no connect within 1 s), as
+Go's \`net.Dialer\` (Caddy, Traefik, cloudflared), curl and Python do; a connected request is
+never sent again. Counted from the start of the change until 3 s after the service is healthy
+again.
 
 \`\`\`
 $D
 \`\`\`
 
-Why rollout is not at zero for the one-attempt client: when a container leaves a network, Docker
-20.10 takes its interface down **before** the network's DNS stops answering with its address (about
-50 ms). A client that resolved the alias in that window and picked the old address hangs until its
-timeout — one or two requests per rollout. A retrying client drops nothing with rollout; with
-recreate and compose it still fails for the second or so in which no container serves.
+Why the one-address client still fails with rollout: Docker's DNS answers for the alias with
+every container that holds it, in random order, health or not — the new one from the moment it
+joins the network (a second before it listens), and (Docker 20.10) the old one for a few
+milliseconds after its interface went down. The dialer moves past such an address and drops
+nothing; its longest gap is one connect timeout. With recreate and compose no container serves
+for about two seconds, whatever the client does.
 
 ## Targets (from the performance issue)
 

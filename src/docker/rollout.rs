@@ -9,6 +9,12 @@
 //! networks (so the network's DNS stops answering with it before it stops serving), stop it
 //! with its own stop timeout and remove it (volumes kept).
 //!
+//! Docker's DNS knows nothing of health: the new container is in the alias's answer from the
+//! moment it joins, before its server listens. A client that tries every resolved address
+//! (Go's dialer, curl, Python) moves past it to the old one; no Engine API call adds an alias
+//! to a running endpoint, so joining later would mean cutting the new container's own
+//! connections on that network.
+//!
 //! [`blocker`] says when a twin cannot run: a published host port (the second bind fails), the
 //! `host` network or another container's (`container:X`, the same port collides), a static
 //! address. Both containers mount the same volumes while they overlap. A container that is not
@@ -201,8 +207,11 @@ pub(super) async fn rollout(
         let _ = rename(docker, &old_id, &name).await;
         return Err(give_up(format!("could not rename the new container to {name}: {e}")).await);
     }
-    // Off the networks first: the network's DNS stops answering with the old address while
-    // it still runs, so no client is sent to a container that is going away.
+    // Off the networks first, while it still runs: the network's DNS stops answering with the
+    // old address (Docker 20.10: a few ms after its interface went, when the endpoint is
+    // deleted), and a client that resolved it just before moves on to the new address. Stopping
+    // it on the network instead would refuse connections for the whole stop and teardown
+    // (measured: 44 vs 8 failed requests of a one-address client over 12 rollouts).
     for (net, _) in networks(&info) {
         let req = NetworkDisconnectRequest {
             container: old_id.clone(),
