@@ -222,6 +222,29 @@ fn killed_at_byte(sb: &Sandbox, args: &[&str], limit: usize) -> bool {
     std::os::unix::process::ExitStatusExt::signal(&out).is_some()
 }
 
+/// A run killed after it cleared its journal entry but before it removed the safety copy
+/// leaves `.env.audsync-backup` behind with nothing naming it (the in-place test above hits
+/// that instant now and then): the next run removes it, whatever it has to write, and leaves
+/// the file alone.
+#[test]
+fn a_safety_copy_no_journal_entry_names_is_removed_by_the_next_run() {
+    let current = format!("CLOUDFLARE_AUD_TAG={}\nOTHER=1\n", aud(2));
+    let (_cf, sb) = setup(&current);
+    let backup = sb.path(".env.audsync-backup");
+    for mode in ["in-place", "atomic"] {
+        std::fs::write(&backup, "CLOUDFLARE_AUD_TAG=old\nOTHER=1\n").unwrap();
+        let r = sync(&sb, &["--write-mode", mode]);
+        assert_eq!(r.code, 0, "{mode}: {r:?}");
+        assert!(!backup.exists(), "{mode}: the stale safety copy is removed");
+        assert_eq!(std::fs::read_to_string(sb.env_path()).unwrap(), current);
+    }
+    // A dry run touches nothing.
+    std::fs::write(&backup, "x").unwrap();
+    let r = sync(&sb, &["--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(backup.exists(), "a dry run removes nothing");
+}
+
 #[test]
 fn in_place_write_killed_at_20_moments_is_old_or_new_never_a_mix_after_the_next_run() {
     let (old, new) = big_env();

@@ -836,8 +836,9 @@ impl EnvFileSink {
     }
 
     /// Remove the temporary files an earlier, killed run left beside the file (atomic mode's
-    /// `.audsync-<name>.*.tmp`, and older versions' `.audsync-XXXXXX.tmp`). Under the lock, so
-    /// no other run is writing them. Returns the names removed.
+    /// `.audsync-<name>.*.tmp`, older versions' `.audsync-XXXXXX.tmp`, and an in-place safety
+    /// copy no journal entry names). Under the lock, after [`recover_in_place`], so no other
+    /// run is writing them. Returns the names removed.
     pub fn remove_leftovers(&self) -> Vec<String> {
         let Ok(target) = self.target() else {
             return vec![];
@@ -861,6 +862,23 @@ impl EnvFileSink {
                 tracing::info!(file = %e.path().display(), "removed a temporary file left by an earlier run that was cut short");
                 removed.push(name);
             }
+        }
+        // An in-place write's safety copy that no journal entry names any more: the file is
+        // whole (the journal is written before the file is touched, cleared only after it is
+        // done or put back, and the pending entries were recovered before this runs), and a
+        // run killed between clearing the entry and removing the copy left it behind.
+        let backup = backup_path(&target);
+        if self.journal.is_some()
+            && fs::symlink_metadata(&backup).is_ok_and(|m| m.file_type().is_file())
+            && fs::remove_file(&backup).is_ok()
+        {
+            tracing::info!(file = %backup.display(), "removed the safety copy of an in-place write an earlier run finished but was cut short before removing it");
+            removed.push(
+                backup
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
         }
         removed
     }
