@@ -12,6 +12,7 @@ mod docker_rollout;
 mod docker_swarm;
 mod envfile_prop;
 mod faults;
+mod help;
 mod infisical;
 mod infisical_passes;
 mod notify;
