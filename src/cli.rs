@@ -2,16 +2,21 @@
 //!
 //! clap types only. Every option has an environment variable. Precedence: flags > process
 //! environment > the `.env` file (--env-file) > the config file > built-in defaults; the
-//! variable lookups are done by [`crate::config::parse`], which installs every layer's values
+//! variable lookups are done by `config::parse`, which installs every layer's values
 //! as clap defaults. No module outside `config` (and `lib`/`main`) reads these types.
+//!
+//! This module imports nothing of the crate: its enums are flag-level (the words users type);
+//! `config` turns them into the domain's types once.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::reconcile::RestartMode;
-use crate::sink::{SinkKind, WriteMode};
+/// Cloudflare's API base (`--api-url`'s default).
+pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
+/// Infisical Cloud (`--infisical-host`'s default).
+pub const DEFAULT_INFISICAL_HOST: &str = "https://app.infisical.com";
 
 pub const PRECEDENCE: &str = "\
 Configuration precedence: command-line flags > process environment > the .env file (--env-file) > the config
@@ -77,7 +82,71 @@ pub enum LogFormat {
     Json,
 }
 
-pub use crate::sync::report::Output;
+/// Result format on stdout (`--output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// `--restart`: what to do with containers when the value changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartMode {
+    /// Recreate containers whose environment carries the key; restart the others.
+    Auto,
+    /// Restart (same configuration; does NOT reload environment variables).
+    Restart,
+    /// Recreate with the key's value replaced; everything else preserved.
+    Recreate,
+    /// Start the replacement beside the old container (same networks and aliases), wait until
+    /// it is good, then retire the old one: no gap for clients that reach it by network alias.
+    /// A container that cannot have a twin (host ports, `host`/`container:` network) is
+    /// recreated instead, and the plan says so.
+    Rollout,
+    /// Touch no container.
+    None,
+}
+
+/// `--sink`: which kind of sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// The `.env` file given by --env-file.
+    Env,
+    /// An Infisical secret (INFISICAL_* settings).
+    Infisical,
+}
+
+/// `--write-mode`: how the new file reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WriteMode {
+    /// Temp file in the same directory, fsync, rename over the target. Never half-written.
+    Atomic,
+    /// Rewrite the same inode: for an `.env` bind-mounted into a container as a single file.
+    InPlace,
+}
+
+/// `--infisical-api`: which generation of the secrets API to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InfisicalApi {
+    /// `/api/v3/secrets/raw/{name}` with `workspaceId` (deprecated; older self-hosted instances).
+    V3,
+    /// `/api/v4/secrets/{name}` with `projectId`.
+    V4,
+}
+
+/// `--notify-on`: what a notification is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum NotifyEvent {
+    /// An AUD was written (applied or not), or a drift repaired.
+    Changed,
+    /// A pass failed (in `watch`: the first of a streak).
+    Failed,
+    /// A recreate failed and the old container was put back.
+    #[value(name = "rolled_back")]
+    RolledBack,
+    /// The first good pass after a streak of failed ones (`watch`).
+    Recovered,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -183,7 +252,16 @@ pub struct SetupArgs {
     pub allow_everyone: bool,
 }
 
-pub use crate::verify::Check;
+/// `verify --skip`: the checks of `verify`, in debugging order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Check {
+    /// The Cloudflare API token itself (tokens/verify: status, expiry).
+    Credential,
+    Redirect,
+    Certs,
+    Consistency,
+    Token,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
@@ -308,7 +386,7 @@ pub struct SourceArgs {
     #[arg(long, env = "CLOUDFLARE_ACCOUNT_ID", value_name = "ID")]
     pub account_id: Option<String>,
     /// Cloudflare API base URL.
-    #[arg(long, env = "CLOUDFLARE_API_URL", value_name = "URL", default_value = crate::cloudflare::DEFAULT_API_URL)]
+    #[arg(long, env = "CLOUDFLARE_API_URL", value_name = "URL", default_value = DEFAULT_API_URL)]
     pub api_url: String,
     /// The .env file: read for configuration (process env wins) and, for `sync`, the file the AUD is written to.
     #[arg(
@@ -332,7 +410,7 @@ pub struct SourceArgs {
 #[command(next_help_heading = "Infisical")]
 pub struct InfisicalArgs {
     /// Infisical base URL (Infisical Cloud, or a self-hosted instance).
-    #[arg(long, env = "INFISICAL_HOST", value_name = "URL", default_value = crate::sink::infisical::DEFAULT_HOST)]
+    #[arg(long, env = "INFISICAL_HOST", value_name = "URL", default_value = DEFAULT_INFISICAL_HOST)]
     pub infisical_host: String,
     /// The Infisical project id.
     #[arg(long, env = "INFISICAL_PROJECT_ID", value_name = "ID")]
@@ -356,7 +434,7 @@ pub struct InfisicalArgs {
     /// Infisical API generation: v4 (`/api/v4/secrets`), or v3 (`/api/v3/secrets/raw`) for older
     /// self-hosted instances.
     #[arg(long, env = "AUDSYNC_INFISICAL_API", value_enum, default_value = "v4")]
-    pub infisical_api: crate::sink::infisical::ApiVersion,
+    pub infisical_api: InfisicalApi,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -502,30 +580,35 @@ pub struct SyncArgs {
         default_value = "changed,failed,rolled_back,recovered",
         help_heading = "Notifications"
     )]
-    pub notify_on: Vec<crate::notify::Event>,
+    pub notify_on: Vec<NotifyEvent>,
     #[command(flatten)]
     pub source: SourceArgs,
 }
 
+/// A flag value that does not parse; clap prints it after the flag's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValueError(String);
+
 /// `10%`, `12.5%` or `10` (percent) -> 0.10; between 0% and 50%.
-pub fn parse_percent(s: &str) -> Result<f64, String> {
+pub fn parse_percent(s: &str) -> Result<f64, ValueError> {
     let n = s.trim().trim_end_matches('%').trim();
     let v: f64 = n
         .parse()
-        .map_err(|_| format!("{s:?} is not a percentage (examples: 0%, 10%, 25%)"))?;
+        .map_err(|_| ValueError(format!("{s:?} is not a percentage (examples: 0%, 10%, 25%)")))?;
     if !(0.0..=50.0).contains(&v) {
-        return Err(format!("{s:?} is out of range: use 0% to 50%"));
+        return Err(ValueError(format!("{s:?} is out of range: use 0% to 50%")));
     }
     Ok(v / 100.0)
 }
 
 /// A duration: humantime (`30s`, `5m`, `1h 30m`) or a bare number of seconds (`--settle 5`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     if let Ok(secs) = s.trim().parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(s)
-        .map_err(|e| format!("{e} (examples: 30s, 5m, 1h; a bare number is seconds)"))
+        .map_err(|e| ValueError(format!("{e} (examples: 30s, 5m, 1h; a bare number is seconds)")))
 }
 
 #[cfg(test)]

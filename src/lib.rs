@@ -26,7 +26,8 @@ pub mod sync;
 pub mod verify;
 pub mod watch;
 
-use cli::{Cli, Command, LogFormat, Output};
+use cli::{Cli, Command, LogFormat};
+use sync::report::Output;
 use config::{Env, Parsed};
 use error::Error;
 
@@ -79,16 +80,16 @@ pub async fn run(parsed: Parsed) -> u8 {
 async fn run_command(parsed: Parsed) -> u8 {
     let quiet = parsed.cli.global.quiet;
     let output = match &parsed.cli.command {
-        Command::Sync(a) => Some(a.output),
-        Command::Watch(a) => Some(a.sync.output),
-        Command::Setup(a) => Some(a.sync.output),
+        Command::Sync(a) => Some(Output::from(a.output)),
+        Command::Watch(a) => Some(a.sync.output.into()),
+        Command::Setup(a) => Some(a.sync.output.into()),
         _ => None,
     };
     progress::init(output == Some(Output::Text), quiet > 0);
     let env = parsed.env.clone();
     match &parsed.cli.command {
         Command::Sync(args) => {
-            let output = args.output;
+            let output = Output::from(args.output);
             let dry_run = args.dry_run;
             let (report, notify) = match config::commands::sync_config(args, &parsed).await {
                 Ok(cfg) => match sync::run_pass_staged(&cfg).await {
@@ -148,7 +149,7 @@ async fn run_command(parsed: Parsed) -> u8 {
             }
         },
         Command::Setup(args) => {
-            let output = args.sync.output;
+            let output = Output::from(args.sync.output);
             let cfg = config::commands::setup_config(args, &parsed).await;
             let report = match cfg {
                 Ok(cfg) => setup::run(&cfg).await,

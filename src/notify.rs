@@ -20,7 +20,7 @@ use crate::secret::Secret;
 use crate::sync::{Report, Status, report::summary};
 
 /// What a notification is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     /// An AUD was written (applied or not), or a drift repaired.
@@ -28,7 +28,6 @@ pub enum Event {
     /// A pass failed (in `watch`: the first of a streak).
     Failed,
     /// A recreate failed and the old container was put back.
-    #[value(name = "rolled_back")]
     RolledBack,
     /// The first good pass after a streak of failed ones (`watch`).
     Recovered,

@@ -19,7 +19,7 @@ use serde::Serialize;
 pub type Values = BTreeMap<String, String>;
 
 /// What to do with containers when the value changes (`--restart`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartMode {
     /// Recreate containers whose environment carries the key; restart the others.

@@ -10,9 +10,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::cloudflare::apps::{self, AccessApp, NewApp};
-use crate::cloudflare::policies::{self, Rules};
+use crate::cloudflare::policies;
 use crate::cloudflare::{Client, edge, tunnel};
 use crate::config::SyncConfig;
+pub use crate::config::setup::SetupConfig;
 use crate::error::Error;
 use crate::exit;
 use crate::source;
@@ -21,74 +22,6 @@ use crate::sync::{self, Output, Status};
 const NEW_AUD: &str = "<AUD of the new application>";
 const NEW_POLICY: &str = "<id of the new policy>";
 
-/// A validated `setup` configuration.
-#[derive(Debug, Clone)]
-pub struct SetupConfig {
-    pub sync: SyncConfig,
-    pub host: String,
-    pub app_name: String,
-    pub session_duration: String,
-    pub policy_name: String,
-    pub rules: Rules,
-    pub idp: Option<String>,
-    /// The team for `originRequest.access.teamName` (needed with a tunnel).
-    pub team: Option<edge::Team>,
-}
-
-/// Check a Go duration the way Go's `time.ParseDuration` reads it (golang/go
-/// src/time/format.go): one or more `<number><unit>` pairs without separators, the number
-/// decimal with an optional fraction, the unit one of `ns`, `us`, `µs`, `μs`, `ms`, `s`, `m`,
-/// `h` (case-sensitive). Stricter than Go where Cloudflare says nothing: no sign, and the
-/// duration must be longer than zero. Returns the length in nanoseconds.
-pub fn go_duration(s: &str) -> Result<u128, String> {
-    const UNITS: [(&str, u128); 8] = [
-        ("ns", 1),
-        ("us", 1_000),
-        ("µs", 1_000),
-        ("μs", 1_000),
-        ("ms", 1_000_000),
-        ("s", 1_000_000_000),
-        ("m", 60_000_000_000),
-        ("h", 3_600_000_000_000),
-    ];
-    if s.is_empty() {
-        return Err("empty".into());
-    }
-    let mut rest = s;
-    let mut total: f64 = 0.0;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(num_len);
-        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-            return Err(format!("{rest:?} does not start with a number"));
-        }
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_len);
-        if unit.is_empty() {
-            return Err(format!("missing unit after {num:?}"));
-        }
-        let Some((_, ns)) = UNITS.iter().find(|(u, _)| *u == unit) else {
-            return Err(format!("unknown unit {unit:?}"));
-        };
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("{num:?} is not a number"))?;
-        total += n * (*ns as f64);
-        rest = next;
-    }
-    // Go's limit: an int64 of nanoseconds.
-    if !total.is_finite() || total >= i64::MAX as f64 {
-        return Err("too long".into());
-    }
-    if total < 1.0 {
-        return Err("must be longer than zero".into());
-    }
-    Ok(total as u128)
-}
 
 /// One step of setup, as printed and as JSON.
 #[derive(Debug, Clone, Serialize)]
@@ -536,32 +469,3 @@ pub fn print(r: &SetupReport, output: Output) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::go_duration;
-
-    #[test]
-    fn go_durations_as_go_reads_them() {
-        for ok in [
-            "24h",
-            "30m",
-            "2h45m",
-            "1h30m10.5s",
-            "300ms",
-            "1.5h",
-            ".5h",
-            "1.h",
-            "10us",
-            "10µs",
-            "45m2h",
-        ] {
-            assert!(go_duration(ok).is_ok(), "{ok}");
-        }
-        assert_eq!(go_duration("2h45m"), Ok(9_900_000_000_000));
-        for bad in [
-            "1d", "30min", "1H", "", "5", "1 h", "h", ".h", "1w", "-1h", "+1h", "0", "0s", "1h 30m",
-        ] {
-            assert!(go_duration(bad).is_err(), "{bad}");
-        }
-    }
-}

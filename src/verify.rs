@@ -8,52 +8,15 @@
 //! `not checked` with the reason (never a silent pass). A token is a credential: it is held as a
 //! [`Secret`] and never printed.
 
-use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::cloudflare::jwt::{self, Jwks};
 use crate::cloudflare::{Client, edge, tunnel};
-use crate::config::SourceConfig;
+pub use crate::config::verify::{Check, VerifyConfig};
 use crate::exit;
 use crate::reconcile::{Target, short};
-use crate::secret::Secret;
 use crate::sink::infisical;
 use crate::sink::{SinkKind, envfile};
 use crate::source;
-
-#[derive(Debug, Clone)]
-pub struct VerifyConfig {
-    pub host: String,
-    pub url: String,
-    /// Configured team domain (CLOUDFLARE_AUTH_DOMAIN / CLOUDFLARE_TEAM_NAME), if any.
-    pub team_domain: Option<String>,
-    pub key: String,
-    pub env_file: PathBuf,
-    /// The sinks of `--sink` (as `sync`): which of the .env file and Infisical to read.
-    pub sinks: Vec<SinkKind>,
-    /// With `--sink infisical`: the Infisical folder, or `None` when Infisical is not configured.
-    pub infisical: Option<infisical::Settings>,
-    pub containers: Vec<String>,
-    pub tunnel_id: Option<String>,
-    pub token: Option<Secret>,
-    pub skip: Vec<Check>,
-    /// The Cloudflare API, when credentials are configured.
-    pub api: Option<SourceConfig>,
-    pub timeout: Duration,
-    /// The Docker daemon's address (`DOCKER_HOST`, checked).
-    pub docker_host: String,
-}
-
-/// The checks of `verify`, in debugging order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
-pub enum Check {
-    /// The Cloudflare API token itself (tokens/verify: status, expiry).
-    Credential,
-    Redirect,
-    Certs,
-    Consistency,
-    Token,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

@@ -19,6 +19,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::Instrument;
 
 use crate::config::{self, Parsed, SyncConfig, Vars};
+pub use crate::config::watch::WatchConfig;
 use crate::exit;
 use crate::sync::Output;
 use crate::sync::{self, Report, Status};
@@ -55,18 +56,6 @@ async fn check_credential(cfg: &SyncConfig) {
         Some(Err(e)) => tracing::debug!(error = %e, "cannot check the Cloudflare API token"),
         None => {}
     }
-}
-
-/// A validated `watch` configuration.
-#[derive(Debug, Clone)]
-pub struct WatchConfig {
-    pub sync: SyncConfig,
-    pub interval: Duration,
-    pub jitter: f64,
-    pub listen: Option<std::net::SocketAddr>,
-    pub unhealthy_after: Duration,
-    /// The bearer token of `POST /sync` (AUDSYNC_TRIGGER_TOKEN[_FILE]); `None`: route off.
-    pub trigger_token: Option<crate::secret::Secret>,
 }
 
 /// When /healthz calls the loop stuck: no pass ended for the longest regular wait (the backoff

@@ -101,7 +101,7 @@ pub fn infisical_settings(
         project_id: project,
         environment,
         secret_path: infisical::normalize_path(&a.infisical_secret_path),
-        api: a.infisical_api,
+        api: a.infisical_api.into(),
         timeout: timeout.max(Duration::from_millis(1)),
         state_file: None,
         login_holdoff,

@@ -10,10 +10,14 @@
 
 pub mod commands;
 pub mod file;
+mod flags;
 pub mod infisical;
 pub mod layers;
+pub mod setup;
 pub mod show;
 pub mod sync;
+pub mod verify;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

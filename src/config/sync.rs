@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{Command, Origin as SourceOrigin, Output, SyncArgs};
+use crate::cli::{Command, Origin as SourceOrigin, SyncArgs};
+use crate::sync::report::Output;
 use crate::docker::RecreateOptions;
 use crate::docker::compose::ComposeEnv;
 use crate::error::Error;
@@ -163,9 +164,9 @@ impl SyncConfig {
                 health_timeout: a.health_timeout,
                 journal: Some(state_file.clone()),
             },
-            write_mode: a.write_mode,
+            write_mode: a.write_mode.into(),
             dry_run: a.dry_run,
-            output: a.output,
+            output: a.output.into(),
             state_file,
             lock_file,
             lock_timeout: a.lock_timeout,
@@ -224,7 +225,7 @@ fn notify_settings(
     }
     crate::notify::Settings {
         endpoints,
-        on: a.notify_on.iter().copied().collect(),
+        on: a.notify_on.iter().map(|&e| e.into()).collect(),
         host: super::host_name(),
         ..Default::default()
     }
@@ -242,7 +243,7 @@ fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
     kinds.dedup();
     let sinks = kinds
         .iter()
-        .map(|k| match k {
+        .map(|k| match SinkKind::from(*k) {
             SinkKind::Env => BindingSink::Env(a.source.env_file.clone()),
             SinkKind::Infisical => {
                 BindingSink::Infisical(a.source.infisical.infisical_secret_path.clone())
@@ -269,7 +270,7 @@ fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
     if a.containers.is_empty() && a.compose_services.is_empty() && a.swarm_services.is_empty() {
         targets.push(BindingTarget::Container(DEFAULT_CONTAINER.to_string()));
     }
-    if targets.is_empty() && a.restart != RestartMode::None {
+    if targets.is_empty() && a.restart != crate::cli::RestartMode::None {
         return Err(Error::usage(
             "no container given: pass --container NAME, or --restart none",
         ));
@@ -286,7 +287,7 @@ fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
         key: a.key.clone(),
         sinks,
         targets,
-        restart: a.restart,
+        restart: a.restart.into(),
         tunnel_id,
         create: a.create_env_file,
     })
@@ -345,7 +346,7 @@ fn file_bindings(
         }
         _ => env,
     };
-    let restart_override = overridden(origins, "restart").then_some(a.restart);
+    let restart_override = overridden(origins, "restart").then_some(RestartMode::from(a.restart));
     let pick_domain = overridden(origins, "domain")
         .then(|| a.source.domain.clone())
         .flatten();
@@ -432,12 +433,12 @@ fn file_binding(
     };
     let restart = match (restart_override, field("restart").as_deref()) {
         (Some(r), _) => r,
-        (None, None) => a.restart,
-        (None, Some(r)) => match <RestartMode as clap::ValueEnum>::from_str(r, false) {
-            Ok(m) => m,
+        (None, None) => a.restart.into(),
+        (None, Some(r)) => match <crate::cli::RestartMode as clap::ValueEnum>::from_str(r, false) {
+            Ok(m) => m.into(),
             Err(_) => {
                 errs.push("restart must be one of auto, restart, recreate, rollout, none".into());
-                a.restart
+                a.restart.into()
             }
         },
     };
@@ -603,12 +604,12 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
         SinkSpec::Infisical(p) => Some(p.clone()),
         _ => None,
     });
-    let kinds: Vec<SinkKind> = b
+    let kinds: Vec<crate::cli::SinkKind> = b
         .sinks
         .iter()
         .map(|s| match s.value {
-            SinkSpec::Env(_) => SinkKind::Env,
-            SinkSpec::Infisical(_) => SinkKind::Infisical,
+            SinkSpec::Env(_) => crate::cli::SinkKind::Env,
+            SinkSpec::Infisical(_) => crate::cli::SinkKind::Infisical,
         })
         .collect();
     let containers: Vec<String> = b
@@ -681,7 +682,7 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
             }
             if unset("restart")
                 && let Some(r) = field("restart")
-                && let Ok(m) = <RestartMode as clap::ValueEnum>::from_str(&r, false)
+                && let Ok(m) = <crate::cli::RestartMode as clap::ValueEnum>::from_str(&r, false)
             {
                 s.restart = m;
             }

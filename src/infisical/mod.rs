@@ -27,7 +27,7 @@ pub use secrets::{Remote, Written};
 pub const DEFAULT_HOST: &str = "https://app.infisical.com";
 
 /// Which generation of the secrets API to call (`--infisical-api`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiVersion {
     /// `/api/v3/secrets/raw/{name}` with `workspaceId` (deprecated; older self-hosted instances).

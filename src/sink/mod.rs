@@ -16,7 +16,7 @@ pub use envfile::{EnvFileSink, WriteMode};
 pub use infisical::InfisicalSink;
 
 /// Which kind of sink, as named on the command line (`--sink env,infisical`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SinkKind {
     /// The `.env` file given by --env-file.

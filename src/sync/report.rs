@@ -19,7 +19,7 @@ use crate::source::{AppSummary, Found};
 use super::tunnel::{TunnelReport, TunnelResult};
 
 /// Result format on stdout (`--output`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
     Text,
     Json,
