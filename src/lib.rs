@@ -115,7 +115,7 @@ async fn run_command(parsed: Parsed) -> u8 {
                 let told = match state::StateFile::load(&state_file, true) {
                     Ok(f) => {
                         let mut streak = notify::Streak::restore(f.state.failure_streak);
-                        let told = streak.next(&report, None);
+                        let told = streak.next(&report.notice(), None);
                         let now = streak.save();
                         if now != f.state.failure_streak
                             && let Err(e) =
@@ -127,11 +127,11 @@ async fn run_command(parsed: Parsed) -> u8 {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the failure streak; notifying this run anyway");
-                        (notify::once(&report), notify::Context::default())
+                        (notify::once(&report.notice()), notify::Context::default())
                     }
                 };
                 if let Some(event) = n.pick(&told.0) {
-                    let m = notify::message(event, &report, &n.host, &told.1);
+                    let m = notify::message(event, &report.notice(), &n.host, &told.1);
                     // Delivered or not, the exit code is the pass's.
                     let _ = notify::send(&n, &m).await;
                 }

@@ -7,201 +7,102 @@
 //! counted by the caller. In `watch`, [`Streak`] makes a run of failed passes one `failed`
 //! message when it starts and one `recovered` when it ends.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
-use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::reconcile::{self, Action, TargetResult, WriteAction};
-use crate::secret::Secret;
-use crate::sync::{Report, Status, report::summary};
+use std::collections::BTreeMap;
 
-/// What a notification is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+use serde::Serialize;
+
+use crate::reconcile::{self, Action, KeepsOld, TargetResult};
+
+pub use crate::config::notify::{Endpoint, Event, Kind, Settings};
+
+/// How a pass (or one binding of it) ended, as a message says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Event {
-    /// An AUD was written (applied or not), or a drift repaired.
+pub enum Status {
+    InSync,
     Changed,
-    /// A pass failed (in `watch`: the first of a streak).
+    Written,
+    Pending,
     Failed,
-    /// A recreate failed and the old container was put back.
-    RolledBack,
-    /// The first good pass after a streak of failed ones (`watch`).
-    Recovered,
 }
 
-impl Event {
-    pub const ALL: [Event; 4] = [
-        Event::Changed,
-        Event::Failed,
-        Event::RolledBack,
-        Event::Recovered,
-    ];
-
+impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
-            Event::Changed => "changed",
-            Event::Failed => "failed",
-            Event::RolledBack => "rolled_back",
-            Event::Recovered => "recovered",
+            Status::InSync => "in_sync",
+            Status::Changed => "changed",
+            Status::Written => "written",
+            Status::Pending => "pending",
+            Status::Failed => "failed",
         }
     }
 }
 
-/// The shape of the body an endpoint wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Json,
-    Ntfy,
-    Slack,
-    Discord,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Json => "webhook",
-            Kind::Ntfy => "ntfy",
-            Kind::Slack => "slack",
-            Kind::Discord => "discord",
-        }
-    }
-}
-
-/// One place notifications go. Its URL carries tokens (a Slack or Discord path, an ntfy topic,
-/// credentials): `Debug` and `Display` show the kind, scheme and host only.
-#[derive(Clone)]
-pub struct Endpoint {
-    kind: Kind,
-    url: url::Url,
-    auth: Option<Secret>,
-    shown: String,
-}
-
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.shown)
-    }
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.shown)
-    }
-}
-
-const SCHEMES: &str = "https://… (JSON POST), ntfy+https://host/topic, slack+https://hooks.slack.com/…, discord+https://discord.com/api/webhooks/…";
-
-impl Endpoint {
-    /// Parse one `--notify` value. The error never repeats the URL.
-    pub fn parse(raw: &str) -> Result<Endpoint, String> {
-        let raw = raw.trim();
-        let Some((scheme, rest)) = raw.split_once("://") else {
-            return Err(format!("not a URL; use one of {SCHEMES}"));
-        };
-        let scheme = scheme.to_ascii_lowercase();
-        let (kind, transport) = match scheme.split_once('+') {
-            None => (Kind::Json, scheme.as_str()),
-            Some((k, t)) => {
-                let kind = match k {
-                    "ntfy" => Kind::Ntfy,
-                    "slack" => Kind::Slack,
-                    "discord" => Kind::Discord,
-                    "json" | "webhook" => Kind::Json,
-                    _ => {
-                        return Err(format!(
-                            "unknown notification scheme `{k}+`; use one of {SCHEMES}"
-                        ));
-                    }
-                };
-                (kind, t)
-            }
-        };
-        if transport != "https" && transport != "http" {
-            return Err(format!(
-                "scheme `{scheme}` is not supported; use one of {SCHEMES}"
-            ));
-        }
-        let mut url = url::Url::parse(&format!("{transport}://{rest}"))
-            .map_err(|e| format!("not a valid URL ({e})"))?;
-        let Some(host) = url.host_str().map(str::to_string) else {
-            return Err("the URL has no host".into());
-        };
-        if transport == "http" && !is_loopback(&url) {
-            return Err(format!(
-                "http:// is allowed only to a loopback address (127.0.0.1, ::1, localhost), not {host}; use https://"
-            ));
-        }
-        let user = url.username().to_string();
-        let pass = url.password().map(str::to_string);
-        let auth = match (user.is_empty(), pass) {
-            (true, None) => None,
-            (_, Some(p)) => {
-                let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{p}"));
-                Some(Secret::new(format!("Basic {b}")))
-            }
-            // A bare token (ntfy access tokens are `tk_…`).
-            (false, None) => Some(Secret::new(format!("Bearer {user}"))),
-        };
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-        let shown = format!("{} {transport}://{host}{port}", kind.as_str());
-        Ok(Endpoint {
-            kind,
-            url,
-            auth,
-            shown,
-        })
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
-/// Where to send what.
+/// What one pass did, as a notification tells it: built by the pass (`sync`), so this module
+/// never reads the JSON report or any output format.
 #[derive(Debug, Clone)]
-pub struct Settings {
-    pub endpoints: Vec<Endpoint>,
-    pub on: BTreeSet<Event>,
-    /// This machine's host name, named in every message.
-    pub host: String,
-    /// Per request.
-    pub timeout: Duration,
+pub struct Pass {
+    pub status: Status,
+    pub exit_code: u8,
+    /// The step that failed (`lock`, `source`, `sink`, `target`).
+    pub stage: Option<&'static str>,
+    pub error: Option<String>,
+    pub hint: Option<String>,
+    /// Some sink was written.
+    pub wrote: bool,
+    pub bindings: Vec<BindingPass>,
+    pub targets: Vec<TargetPass>,
+    /// Interrupted applies finished or undone before the plan.
+    pub recovered: Vec<String>,
+    pub warnings: Vec<String>,
+    /// The pass's one-line summary.
+    pub summary: String,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            endpoints: vec![],
-            on: Event::ALL.into_iter().collect(),
-            host: String::new(),
-            timeout: Duration::from_secs(10),
+/// One binding of a [`Pass`].
+#[derive(Debug, Clone)]
+pub struct BindingPass {
+    pub id: String,
+    pub key: String,
+    pub previous: Option<String>,
+    pub aud: Option<String>,
+    pub status: Status,
+    pub error: Option<String>,
+    /// One of its sinks was written this pass.
+    pub wrote: bool,
+}
+
+/// One target of a [`Pass`].
+#[derive(Debug, Clone)]
+pub struct TargetPass {
+    pub name: String,
+    pub action: Action,
+    pub result: TargetResult,
+    pub error: Option<String>,
+    pub rolled_back: bool,
+    pub keeps_old: BTreeMap<String, KeepsOld>,
+}
+
+impl Pass {
+    /// A pass that failed with `error` before anything else (tests).
+    pub fn failed(error: &str) -> Pass {
+        Pass {
+            status: Status::Failed,
+            exit_code: crate::exit::FAILURE,
+            stage: None,
+            error: Some(error.into()),
+            hint: None,
+            wrote: false,
+            bindings: vec![],
+            targets: vec![],
+            recovered: vec![],
+            warnings: vec![],
+            summary: String::new(),
         }
-    }
-}
-
-impl Settings {
-    pub fn enabled(&self) -> bool {
-        !self.endpoints.is_empty()
-    }
-
-    /// The first of `candidates` (most specific first) that the user asked for.
-    pub fn pick(&self, candidates: &[Event]) -> Option<Event> {
-        candidates.iter().copied().find(|e| self.on.contains(e))
     }
 }
 
@@ -216,13 +117,10 @@ pub struct Context {
 }
 
 /// The events one pass is worth, most specific first (before the user's choice).
-fn candidates(r: &Report, streak_start: bool, recovered: bool) -> Vec<Event> {
+fn candidates(r: &Pass, streak_start: bool, recovered: bool) -> Vec<Event> {
     let failed = r.status == Status::Failed;
-    let changed = matches!(r.status, Status::Changed | Status::Written) || r.wrote();
-    let rolled = r
-        .targets
-        .iter()
-        .any(|t| t.error.as_ref().is_some_and(|e| e.rolled_back));
+    let changed = matches!(r.status, Status::Changed | Status::Written) || r.wrote;
+    let rolled = r.targets.iter().any(|t| t.rolled_back);
     let mut out = Vec::new();
     if failed && streak_start {
         if rolled {
@@ -240,7 +138,7 @@ fn candidates(r: &Report, streak_start: bool, recovered: bool) -> Vec<Event> {
 }
 
 /// The events of a one-off `sync` (no memory of earlier runs).
-pub fn once(r: &Report) -> Vec<Event> {
+pub fn once(r: &Pass) -> Vec<Event> {
     candidates(r, true, false)
 }
 
@@ -276,7 +174,7 @@ impl Streak {
     }
 
     /// Account for one pass; returns the candidate events and the context of the message.
-    pub fn next(&mut self, r: &Report, pass: Option<u64>) -> (Vec<Event>, Context) {
+    pub fn next(&mut self, r: &Pass, pass: Option<u64>) -> (Vec<Event>, Context) {
         let failed = r.status == Status::Failed;
         let start = failed && self.failures == 0;
         let ended = !failed && self.failures > 0;
@@ -321,7 +219,7 @@ impl Message {
     }
 }
 
-fn ids(r: &Report) -> String {
+fn ids(r: &Pass) -> String {
     let v: Vec<&str> = r.bindings.iter().map(|b| b.id.as_str()).collect();
     match v.len() {
         0 => String::new(),
@@ -351,13 +249,13 @@ fn result_str(r: TargetResult) -> &'static str {
 
 /// Say what happened: host, bindings (old -> new, short), containers, and on failure the stage
 /// and the fix.
-pub fn message(event: Event, r: &Report, host: &str, ctx: &Context) -> Message {
-    let stage = r.stage.map(|s| s.as_str());
+pub fn message(event: Event, r: &Pass, host: &str, ctx: &Context) -> Message {
+    let stage = r.stage;
     let title = match event {
         Event::Changed if r.status == Status::Written => {
             format!("[{host}] AUD written, not applied{}", ids(r))
         }
-        Event::Changed if r.wrote() => format!("[{host}] AUD changed{}", ids(r)),
+        Event::Changed if r.wrote => format!("[{host}] AUD changed{}", ids(r)),
         Event::Changed => format!("[{host}] targets converged{}", ids(r)),
         Event::Failed => format!(
             "[{host}] audsync pass FAILED at {}{}",
@@ -375,7 +273,7 @@ pub fn message(event: Event, r: &Report, host: &str, ctx: &Context) -> Message {
     let mut lines = vec![format!("host: {host}")];
     let mut bindings = Vec::new();
     for b in &r.bindings {
-        let wrote = b.sinks.iter().any(|s| s.action == WriteAction::Write);
+        let wrote = b.wrote;
         let new = b.aud.as_deref().map(reconcile::short);
         let old = b
             .previous
@@ -418,8 +316,8 @@ pub fn message(event: Event, r: &Report, host: &str, ctx: &Context) -> Message {
         if let Some(e) = &t.error {
             line.push_str(&format!(
                 ": {}{}",
-                e.message,
-                if e.rolled_back { " (rolled back)" } else { "" }
+                e,
+                if t.rolled_back { " (rolled back)" } else { "" }
             ));
         }
         if !t.keeps_old.is_empty() {
@@ -432,8 +330,8 @@ pub fn message(event: Event, r: &Report, host: &str, ctx: &Context) -> Message {
             "name": t.name,
             "action": t.action,
             "result": t.result,
-            "rolled_back": t.error.as_ref().is_some_and(|e| e.rolled_back),
-            "error": t.error.as_ref().map(|e| e.message.clone()),
+            "rolled_back": t.rolled_back,
+            "error": t.error,
             "keeps_old": t.keeps_old,
         }));
     }
@@ -462,7 +360,7 @@ pub fn message(event: Event, r: &Report, host: &str, ctx: &Context) -> Message {
             ctx.failures
         ));
     }
-    lines.push(summary(r));
+    lines.push(r.summary.clone());
     let data = json!({
         "schema": 1,
         "event": event,
@@ -710,8 +608,8 @@ mod tests {
         }
     }
 
-    fn report(status: Status) -> Report {
-        let mut r = Report::from_error(&crate::error::Error::failed("x", None), false);
+    fn report(status: Status) -> Pass {
+        let mut r = Pass::failed("x");
         r.status = status;
         r
     }
@@ -748,17 +646,12 @@ mod tests {
     fn notify_on_picks_the_most_specific_event_asked_for() {
         let mut s = Settings::default();
         let mut r = report(Status::Failed);
-        r.targets.push(reconcile::TargetReport {
+        r.targets.push(TargetPass {
             name: "c".into(),
             action: Action::Recreate,
-            reason: String::new(),
             result: TargetResult::Failed,
-            bindings: vec![],
-            error: Some(reconcile::ActionError {
-                message: "unhealthy".into(),
-                hint: None,
-                rolled_back: true,
-            }),
+            error: Some("unhealthy".into()),
+            rolled_back: true,
             keeps_old: Default::default(),
         });
         assert_eq!(s.pick(&once(&r)), Some(Event::RolledBack));

@@ -175,13 +175,13 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
             sync::print(&report, Output::Json);
         }
         telemetry.record(&report, elapsed);
-        let (events, ctx) = streak.next(&report, Some(pass_id));
+        let (events, ctx) = streak.next(&report.notice(), Some(pass_id));
         let notify = &cfg.sync.notify;
         if notify.enabled()
             && !cfg.sync.dry_run
             && let Some(event) = notify.pick(&events)
         {
-            let m = crate::notify::message(event, &report, &notify.host, &ctx);
+            let m = crate::notify::message(event, &report.notice(), &notify.host, &ctx);
             let (n, t) = (notify.clone(), telemetry.clone());
             sending.spawn(
                 async move {

@@ -33,7 +33,7 @@ impl From<cli::WriteMode> for crate::sink::WriteMode {
     }
 }
 
-impl From<cli::Output> for crate::sync::report::Output {
+impl From<cli::Output> for super::Output {
     fn from(o: cli::Output) -> Self {
         match o {
             cli::Output::Text => Self::Text,
@@ -51,7 +51,7 @@ impl From<cli::InfisicalApi> for crate::infisical::ApiVersion {
     }
 }
 
-impl From<cli::NotifyEvent> for crate::notify::Event {
+impl From<cli::NotifyEvent> for super::notify::Event {
     fn from(e: cli::NotifyEvent) -> Self {
         match e {
             cli::NotifyEvent::Changed => Self::Changed,

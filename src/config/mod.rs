@@ -13,6 +13,7 @@ pub mod file;
 mod flags;
 pub mod infisical;
 pub mod layers;
+pub mod notify;
 pub mod setup;
 pub mod show;
 pub mod sync;
@@ -33,7 +34,7 @@ use crate::secret::Secret;
 
 pub use file::FileConfig;
 pub use layers::{Env, Origin, Vars};
-pub use sync::{Binding, BindingSink, BindingTarget, SyncConfig};
+pub use sync::{Binding, BindingSink, BindingTarget, Output, SyncConfig};
 
 /// A parsed command line with every layer applied.
 #[derive(Debug)]

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{Command, Origin as SourceOrigin, SyncArgs};
-use crate::sync::report::Output;
 use crate::docker::RecreateOptions;
 use crate::docker::compose::ComposeEnv;
 use crate::error::Error;
@@ -59,6 +58,13 @@ pub struct Binding {
     pub create: bool,
 }
 
+/// Result format on stdout (`--output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
 /// A validated `sync` configuration.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -81,7 +87,7 @@ pub struct SyncConfig {
     /// requires Access without naming its `teamName`.
     pub team: Option<crate::cloudflare::edge::Team>,
     /// Where notifications go (`--notify`, `notify = [...]`), and which.
-    pub notify: crate::notify::Settings,
+    pub notify: super::notify::Settings,
     /// The Docker daemon's address (`DOCKER_HOST`, checked).
     pub docker_host: String,
     /// `PATH` and the variables the compose CLI runs with (`docker-compose config --hash`).
@@ -145,7 +151,7 @@ impl SyncConfig {
             s.state_file = Some(state_file.clone());
             s
         });
-        let notify = notify_settings(a, file, &mut problems);
+        let notify = super::notify::settings(a, file, &mut problems);
         if !problems.is_empty() {
             return Err(Error::usage(match file {
                 Some(f) if problems.len() > 1 || from_file.is_some() => format!(
@@ -180,54 +186,6 @@ impl SyncConfig {
             docker_host,
             compose: ComposeEnv::from_lookup(|n| env.process().raw(n)),
         })
-    }
-}
-
-/// `--notify` / AUDSYNC_NOTIFY (any layer but the config file), else the file's `notify`
-/// list; each URL checked. Problems never repeat a URL (they carry tokens).
-fn notify_settings(
-    a: &SyncArgs,
-    file: Option<&FileConfig>,
-    problems: &mut Vec<String>,
-) -> crate::notify::Settings {
-    let mut endpoints = Vec::new();
-    let given: Vec<(String, String)> = if a.notify.iter().any(|u| !u.trim().is_empty()) {
-        a.notify
-            .iter()
-            .filter(|u| !u.trim().is_empty())
-            .enumerate()
-            .map(|(i, u)| {
-                (
-                    format!("--notify / AUDSYNC_NOTIFY entry {}", i + 1),
-                    u.clone(),
-                )
-            })
-            .collect()
-    } else {
-        file.map(|f| {
-            f.notify
-                .iter()
-                .map(|u| {
-                    (
-                        format!("{}:{}: notify", f.path.display(), u.line),
-                        u.value.clone(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-    };
-    for (what, url) in given {
-        match crate::notify::Endpoint::parse(&url) {
-            Ok(e) => endpoints.push(e),
-            Err(e) => problems.push(format!("{what}: {e}")),
-        }
-    }
-    crate::notify::Settings {
-        endpoints,
-        on: a.notify_on.iter().map(|&e| e.into()).collect(),
-        host: super::host_name(),
-        ..Default::default()
     }
 }
 

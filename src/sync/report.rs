@@ -18,12 +18,7 @@ use crate::source::{AppSummary, Found};
 
 use super::tunnel::{TunnelReport, TunnelResult};
 
-/// Result format on stdout (`--output`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    Text,
-    Json,
-}
+pub use crate::config::Output;
 
 /// How a pass (or one binding of it) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,6 +50,18 @@ impl Status {
             Status::Written => "written",
             Status::Pending => "pending",
             Status::Failed => "failed",
+        }
+    }
+}
+
+impl From<Status> for crate::notify::Status {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::InSync => Self::InSync,
+            Status::Changed => Self::Changed,
+            Status::Written => Self::Written,
+            Status::Pending => Self::Pending,
+            Status::Failed => Self::Failed,
         }
     }
 }
@@ -188,6 +195,47 @@ impl Report {
             hint: e.hint(),
             stage: None,
             single: Some(Single::default()),
+        }
+    }
+
+    /// What notifications say of this pass: built here, so `notify` never reads a report.
+    pub fn notice(&self) -> crate::notify::Pass {
+        use crate::notify::{BindingPass, Pass, TargetPass};
+        Pass {
+            status: self.status.into(),
+            exit_code: self.exit_code,
+            stage: self.stage.map(Stage::as_str),
+            error: self.error.clone(),
+            hint: self.hint.clone(),
+            wrote: self.wrote(),
+            bindings: self
+                .bindings
+                .iter()
+                .map(|b| BindingPass {
+                    id: b.id.clone(),
+                    key: b.key.clone(),
+                    previous: b.previous.clone(),
+                    aud: b.aud.clone(),
+                    status: b.status.into(),
+                    error: b.error.clone(),
+                    wrote: b.sinks.iter().any(|s| s.action == WriteAction::Write),
+                })
+                .collect(),
+            targets: self
+                .targets
+                .iter()
+                .map(|t| TargetPass {
+                    name: t.name.clone(),
+                    action: t.action,
+                    result: t.result,
+                    error: t.error.as_ref().map(|e| e.message.clone()),
+                    rolled_back: t.error.as_ref().is_some_and(|e| e.rolled_back),
+                    keeps_old: t.keeps_old.clone(),
+                })
+                .collect(),
+            recovered: self.recovered.clone(),
+            warnings: self.warnings.clone(),
+            summary: summary(self),
         }
     }
 
