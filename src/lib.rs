@@ -224,11 +224,11 @@ fn man(dir: Option<&std::path::Path>) -> std::io::Result<()> {
 }
 
 async fn get(args: &cli::GetArgs, env: &Env) -> Result<String, Error> {
-    let env = config::resolve_credentials(&args.source, env.clone(), |e| {
-        config::SourceConfig::from_args_with(&args.source, e, args.origin, &args.access).map(drop)
+    let cfg = config::credentials::build_with(&args.source, None, env.clone(), |e| {
+        config::credentials::built("get");
+        config::SourceConfig::from_args_with(&args.source, e, args.origin, &args.access)
     })
     .await?;
-    let cfg = config::SourceConfig::from_args_with(&args.source, &env, args.origin, &args.access)?;
     let client = source::client(&cfg);
     Ok(source::fetch(&client, &cfg, None).await?.aud)
 }

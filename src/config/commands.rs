@@ -19,11 +19,9 @@ pub async fn sync_config(args: &SyncArgs, p: &Parsed) -> Result<SyncConfig, Erro
         (None, Some(f)) => Some(super::sync::sidecar(&f.path, ".audsync-state.json")),
         (None, None) => None,
     };
-    let env =
-        super::resolve_credentials_at(&args.source, state_file.as_deref(), p.env.clone(), |e| {
-            SyncConfig::build(args, e, p.file.as_ref(), &p.origins).map(drop)
-        })
-        .await?;
-    SyncConfig::build(args, &env, p.file.as_ref(), &p.origins)
+    super::credentials::build_with(&args.source, state_file.as_deref(), p.env.clone(), |e| {
+        SyncConfig::build(args, e, p.file.as_ref(), &p.origins)
+    })
+    .await
 }
 

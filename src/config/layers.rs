@@ -151,6 +151,10 @@ pub struct Env {
     fetched: BTreeMap<String, Secret>,
     /// `--allow-insecure-http`: credentials may go over plain http to any host.
     pub allow_insecure_http: bool,
+    /// No layer sets a Cloudflare credential, and the build must leave it unset (`Auth::None`):
+    /// the credentials phase reads it from Infisical after the build and installs it
+    /// ([`super::credentials`]), or the build has already reported it missing.
+    pub(crate) defer_cloudflare_auth: bool,
 }
 
 impl std::fmt::Debug for Env {

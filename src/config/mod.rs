@@ -9,6 +9,7 @@
 //! [`Env::secret`] reads `NAME` or the file named by `NAME_FILE`, and returns a [`Secret`].
 
 pub mod commands;
+pub mod credentials;
 pub mod file;
 mod flags;
 pub mod infisical;
@@ -190,46 +191,6 @@ fn layered(mut cmd: clap::Command, env: &Env) -> clap::Command {
         });
     }
     cmd
-}
-
-/// Cloudflare credentials: process env > `.env` file > config file > Infisical. When none of
-/// CLOUDFLARE_API_TOKEN / CLOUDFLARE_EMAIL / CLOUDFLARE_API_KEY (or a `_FILE` of one) is set
-/// and Infisical is configured, they are read from the same project/environment/path and added
-/// as the lowest layer of `env`. `validate` checks everything else first, so a bad flag is
-/// reported before any request.
-pub async fn resolve_credentials_at(
-    source: &crate::cli::SourceArgs,
-    state_file: Option<&std::path::Path>,
-    env: Env,
-    validate: impl FnOnce(&Env) -> Result<(), Error>,
-) -> Result<Env, Error> {
-    if has_cloudflare_credentials(&env) {
-        return Ok(env);
-    }
-    let Some(mut settings) =
-        crate::config::infisical::infisical_settings(&source.infisical, &env, source.timeout)?
-    else {
-        return Ok(env);
-    };
-    settings.state_file = Some(match state_file {
-        Some(p) => p.to_path_buf(),
-        None => sync::sidecar(&source.env_file, ".audsync-state.json"),
-    });
-    // A stand-in credential, only to run the validation that needs one.
-    validate(&env.clone().with_fetched(
-        "CLOUDFLARE_API_TOKEN",
-        crate::secret::Secret::new("validation-placeholder"),
-    ))?;
-    crate::config::infisical::read_cloudflare_credentials(&settings, env).await
-}
-
-/// [`resolve_credentials_at`] without a state file.
-pub async fn resolve_credentials(
-    source: &crate::cli::SourceArgs,
-    env: Env,
-    validate: impl FnOnce(&Env) -> Result<(), Error>,
-) -> Result<Env, Error> {
-    resolve_credentials_at(source, None, env, validate).await
 }
 
 /// The names of audsync's own settings and credentials: every variable an option of audsync
@@ -461,8 +422,13 @@ pub fn has_cloudflare_credentials(env: &Env) -> bool {
     .any(|n| env.get(n).is_some() || env.get(&format!("{n}_FILE")).is_some())
 }
 
-/// Token, else email + global key, each possibly from `<NAME>_FILE`.
+/// Token, else email + global key, each possibly from `<NAME>_FILE`. When none is set and the
+/// credentials phase will read them from Infisical (or the build already reported them
+/// missing), `Auth::None`.
 pub fn cloudflare_auth(env: &Env) -> Result<Auth, Error> {
+    if env.defer_cloudflare_auth && !has_cloudflare_credentials(env) {
+        return Ok(Auth::None);
+    }
     if let Some(t) = env.secret("CLOUDFLARE_API_TOKEN")? {
         return Ok(Auth::Token(t));
     }

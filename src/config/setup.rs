@@ -30,14 +30,13 @@ pub async fn setup_config(args: &SetupArgs, p: &Parsed) -> Result<SetupConfig, E
         (None, Some(f)) => Some(super::sync::sidecar(&f.path, ".audsync-state.json")),
         (None, None) => None,
     };
-    let env = super::resolve_credentials_at(
+    let mut cfg = super::credentials::build_with(
         &args.sync.source,
         state_file.as_deref(),
         p.env.clone(),
-        |e| SetupConfig::from_args(args, e).map(drop),
+        |e| SetupConfig::from_args(args, e),
     )
     .await?;
-    let mut cfg = SetupConfig::from_args(args, &env)?;
     if let Some(f) = &p.file {
         if args.sync.state_file.is_none() {
             cfg.sync.state_file = super::sync::sidecar(&f.path, ".audsync-state.json");

@@ -107,6 +107,7 @@ impl SyncConfig {
         file: Option<&FileConfig>,
         origins: &std::collections::BTreeMap<String, Origin>,
     ) -> Result<SyncConfig, Error> {
+        super::credentials::built("sync");
         let docker_host = super::docker_host(env)?;
         let from_file = file.filter(|f| !f.bindings.is_empty());
         let state_file = match (&a.state_file, file) {
@@ -292,15 +293,15 @@ fn file_bindings(
         b.get("source").map(|s| s.value.as_str()) != Some("edge") && a.origin == SourceOrigin::Api
             || b.get("source").map(|s| s.value.as_str()) == Some("api")
     });
-    let placeholder;
+    let reported;
     let env = match super::cloudflare_auth(env) {
         Err(e) if needs_api => {
+            // Reported here, once; the bindings are still checked, without a credential.
             problems.push(e.to_string());
-            placeholder = env.clone().with_fetched(
-                "CLOUDFLARE_API_TOKEN",
-                crate::secret::Secret::new("checked-above"),
-            );
-            &placeholder
+            let mut e = env.clone();
+            e.defer_cloudflare_auth = true;
+            reported = e;
+            &reported
         }
         _ => env,
     };
