@@ -1,5 +1,5 @@
 //! A recreate cut short (process killed: SIGKILL, OOM, reboot, a second SIGINT) is finished or
-//! undone by the next `sync` (gated by AUDSYNC_DOCKER_TESTS=1). Each test builds, with the
+//! undone by the next `sync` (#[ignore]d: scripts/test.sh runs them). Each test builds, with the
 //! docker CLI, the state recreate.rs leaves at one step: the new container created as
 //! `NAME-audsync-new-TAG`, the old one stopped and moved aside as `NAME-audsync-old-TAG`, the
 //! new one renamed to NAME and started; TAG ends in `-running` when the old one was running.
@@ -83,6 +83,7 @@ fn recovered(j: &Value) -> String {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_recreate_killed_after_the_stop_restarts_the_old_one_then_recreates() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -103,6 +104,7 @@ fn docker_recreate_killed_after_the_stop_restarts_the_old_one_then_recreates() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_recreate_killed_between_the_renames_gives_the_name_back() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -120,6 +122,7 @@ fn docker_recreate_killed_between_the_renames_gives_the_name_back() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_a_dry_run_reports_a_recreate_cut_short_and_touches_nothing() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -141,6 +144,7 @@ fn docker_a_dry_run_reports_a_recreate_cut_short_and_touches_nothing() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_recreate_killed_in_the_health_wait_keeps_a_healthy_new_one() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -170,6 +174,7 @@ fn docker_recreate_killed_in_the_health_wait_keeps_a_healthy_new_one() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_recreate_killed_before_the_new_one_started_is_rolled_back_and_redone() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -190,6 +195,7 @@ fn docker_recreate_killed_before_the_new_one_started_is_rolled_back_and_redone()
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_recreate_killed_with_an_unhealthy_new_one_under_the_name_is_rolled_back() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -222,6 +228,7 @@ fn docker_recreate_killed_with_an_unhealthy_new_one_under_the_name_is_rolled_bac
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_compose_service_leftovers_are_not_taken_for_members() {
     require_docker!();
     let (_cf, sb, d) = setup();

@@ -1,6 +1,6 @@
 //! `sync` recreating containers on the real Docker engine: everything preserved but the one
-//! variable, the health gate and roll back, drift, and compose services (gated by
-//! AUDSYNC_DOCKER_TESTS=1).
+//! variable, the health gate and roll back, drift, and compose services (#[ignore]d:
+//! scripts/test.sh runs them).
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -233,6 +233,7 @@ fn assert_same_but_the_key(before: &Value, after: &Value, value: &str) {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn recreate_preserves_everything_but_the_key() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -352,6 +353,7 @@ fn recreate_preserves_everything_but_the_key() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_new_container_that_turns_unhealthy_is_rolled_back() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -408,6 +410,7 @@ const SERVER_BAD_LOG: &str =
     "[ \"$CLOUDFLARE_AUD_TAG\" = \"$BAD_AUD\" ] && echo 'FATAL: this audience is not ours'";
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_new_container_that_exits_is_rolled_back() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -440,6 +443,7 @@ fn a_new_container_that_exits_is_rolled_back() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn drift_is_converged_and_a_second_sync_does_nothing() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -482,6 +486,7 @@ fn drift_is_converged_and_a_second_sync_does_nothing() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn dry_run_says_per_container_what_and_why() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -599,6 +604,7 @@ fn service_containers(project: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_compose_service_is_recreated_one_container_at_a_time() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -652,6 +658,7 @@ fn a_compose_service_is_recreated_one_container_at_a_time() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_failure_in_a_compose_service_stops_the_rest_of_it() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -697,6 +704,7 @@ fn a_failure_in_a_compose_service_stops_the_rest_of_it() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn an_unknown_compose_service_is_a_clear_error() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -717,6 +725,7 @@ fn an_unknown_compose_service_is_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn no_secret_from_a_container_environment_is_logged_at_vvv() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -758,6 +767,7 @@ fn no_secret_from_a_container_environment_is_logged_at_vvv() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_stopped_container_is_recreated_and_left_stopped() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -787,6 +797,7 @@ fn a_stopped_container_is_recreated_and_left_stopped() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_container_run_with_rm_is_not_recreated() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -816,6 +827,7 @@ fn a_container_run_with_rm_is_not_recreated() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn the_health_wait_is_bounded_by_health_timeout() {
     require_docker!();
     let (_cf, mut sb, d) = setup();
@@ -852,6 +864,7 @@ fn the_health_wait_is_bounded_by_health_timeout() {
 /// `--restart recreate` recreates a container even when its environment does not carry the key
 /// (where `auto` only restarts it): same name, new id, running, the rest as before.
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn recreate_mode_recreates_a_container_without_the_key_where_auto_restarts() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -914,6 +927,7 @@ fn recreate_mode_recreates_a_container_without_the_key_where_auto_restarts() {
 /// Recreate stops the old container with its own StopTimeout (1 s here, the engine's default
 /// is 10 s): a main process that ignores SIGTERM is killed after about a second.
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn recreate_stops_the_old_container_with_its_own_stop_timeout() {
     require_docker!();
     let (_cf, sb, d) = setup();

@@ -1,5 +1,5 @@
-//! `sync` restarting containers on the real Docker engine (gated by AUDSYNC_DOCKER_TESTS=1,
-//! which scripts/test.sh sets after checking that the engine answers).
+//! `sync` restarting containers on the real Docker engine (#[ignore]d:
+//! scripts/test.sh runs them after checking that the engine answers).
 
 use std::os::unix::fs::MetadataExt;
 
@@ -50,6 +50,7 @@ fn new_env() -> String {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_changed_value_restarts_the_container() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -65,6 +66,7 @@ fn a_changed_value_restarts_the_container() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_no_change_run_restarts_nothing() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -80,6 +82,7 @@ fn a_no_change_run_restarts_nothing() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_missing_container_fails_after_the_write_and_the_next_run_restarts_it() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -117,6 +120,7 @@ fn a_missing_container_fails_after_the_write_and_the_next_run_restarts_it() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn an_unreachable_daemon_fails_after_the_write_and_the_next_run_restarts() {
     require_docker!();
     let (_cf, mut sb, d) = setup();
@@ -146,6 +150,7 @@ fn an_unreachable_daemon_fails_after_the_write_and_the_next_run_restarts() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_value_changed_by_someone_else_still_restarts_the_container_once() {
     require_docker!();
     let (cf, sb, d) = setup();
@@ -177,6 +182,7 @@ fn a_value_changed_by_someone_else_still_restarts_the_container_once() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_restart_honours_the_containers_own_stop_timeout() {
     require_docker!();
     let (_cf, sb, d) = setup();

@@ -1,7 +1,7 @@
 //! Replacing containers without a second outage, on the real Docker engine: `--restart rollout`
 //! (no failed request from a client that reaches the service by network alias), the fallback to
 //! a recreate, compose's config hash after a recreate, and the patient health wait of
-//! `--health-timeout` (gated by AUDSYNC_DOCKER_TESTS=1).
+//! `--health-timeout` (#[ignore]d: scripts/test.sh runs them).
 
 use std::time::{Duration, Instant};
 
@@ -112,6 +112,7 @@ fn server(d: &Docker, net: &str, boot: u32, extra: &[&str]) -> String {
 /// never gets a failed request (`recreate` fails it for the second in which nothing serves:
 /// BENCHMARKS.md has both, with a client that tries one address only).
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn rollout_drops_no_request_of_a_client_that_uses_the_network_alias() {
     require_docker!();
     let (cf, sb, d) = setup();
@@ -170,6 +171,7 @@ fn rollout_drops_no_request_of_a_client_that_uses_the_network_alias() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_rollout_whose_new_container_is_unhealthy_never_stops_the_old_one() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -219,6 +221,7 @@ fn a_rollout_whose_new_container_is_unhealthy_never_stops_the_old_one() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_container_that_publishes_a_host_port_is_recreated_and_the_plan_says_why() {
     require_docker!();
     let (_cf, sb, d) = setup();
@@ -246,6 +249,7 @@ fn a_container_that_publishes_a_host_port_is_recreated_and_the_plan_says_why() {
 /// The first probes fail for ~4 s (Docker says `unhealthy` after the first one), then it
 /// serves: with `--health-timeout 30s` audsync keeps waiting and keeps the new container.
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_slow_boot_past_the_first_unhealthy_is_kept_within_health_timeout() {
     require_docker!();
     let (_cf, mut sb, d) = setup();
@@ -325,6 +329,7 @@ fn service_container(project: &str) -> String {
 /// After audsync replaced a compose container (recreate, then rollout), `docker-compose up -d`
 /// finds the config hash it computes and keeps the container.
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn compose_up_keeps_the_container_audsync_recreated() {
     require_docker!();
     let (cf, sb, d) = setup();

@@ -1,7 +1,7 @@
 //! `sync` against Swarm services on a single-node swarm of the real engine: a dry run shows the
 //! spec's env diff and changes nothing, every task runs the new value, a second pass does
-//! nothing, a new task that fails its healthcheck is rolled back (gated by
-//! AUDSYNC_DOCKER_TESTS=1). One test, so the swarm is made and left once: leaving it tears
+//! nothing, a new task that fails its healthcheck is rolled back (#[ignore]d: scripts/test.sh
+//! runs it). One test, so the swarm is made and left once: leaving it tears
 //! networks down under other tests that run meanwhile. The swarm is initialised here when none is active, and
 //! left at the end only then; an active swarm is joined as it is.
 
@@ -193,6 +193,7 @@ fn dry_run_shows(sb: &Sandbox, service: &str, diff: &str, other: &str) {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn swarm_services_follow_the_aud_and_a_failing_update_is_rolled_back() {
     require_docker!();
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);

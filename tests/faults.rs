@@ -634,7 +634,7 @@ fn a_symlinked_env_is_written_only_into_a_file_of_the_directory_owner() {
     assert!(std::fs::read_to_string(&real).unwrap().contains(&aud(2)));
 }
 
-// --- Docker: state that heals (gated by AUDSYNC_DOCKER_TESTS=1) ---
+// --- Docker: state that heals (#[ignore]d: scripts/test.sh runs them) ---
 
 const KEY: &str = "CLOUDFLARE_AUD_TAG";
 const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
@@ -656,6 +656,7 @@ fn docker_sync(sb: &Sandbox, container: &str) -> Run {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_paused_container_is_left_paused_not_recreated_running() {
     crate::require_docker!();
     use crate::support::docker::{Docker, docker, env_of, id_of, image, inspect};
@@ -682,6 +683,7 @@ fn a_paused_container_is_left_paused_not_recreated_running() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_container_in_another_ones_network_namespace_is_recreated() {
     crate::require_docker!();
     use crate::support::docker::{Docker, docker, env_of, image, inspect};
@@ -716,6 +718,7 @@ fn a_container_in_another_ones_network_namespace_is_recreated() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_container_given_by_id_prefix_is_found_by_name_after_a_recreate() {
     crate::require_docker!();
     use crate::support::docker::{Docker, docker, env_of, id_of, image};
@@ -745,6 +748,7 @@ fn a_container_given_by_id_prefix_is_found_by_name_after_a_recreate() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_missing_env_names_the_compose_project_directory_and_another_env_is_warned_about() {
     crate::require_docker!();
     use crate::support::docker::{Docker, docker, image};
@@ -823,6 +827,7 @@ fn leftover_state_temp_files_of_a_killed_run_are_removed_by_the_next_run() {
 const FAILS_LATE: &str = "if [ \"$CLOUDFLARE_AUD_TAG\" != old ]; then sleep 2; exit 1; fi; trap 'exit 0' TERM; sleep 3600 & wait";
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn an_old_container_removed_by_someone_else_during_a_recreate_is_reported_as_removed_not_rolled_back()
  {
     crate::require_docker!();

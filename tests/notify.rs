@@ -752,6 +752,7 @@ mod docker {
     }
 
     #[test]
+    #[ignore = "needs the Docker engine: run scripts/test.sh"]
     fn restart_on_a_container_that_carries_the_key_warns_it_keeps_the_old_value() {
         require_docker!();
         let d = Docker::new();
@@ -802,6 +803,7 @@ mod docker {
     }
 
     #[test]
+    #[ignore = "needs the Docker engine: run scripts/test.sh"]
     fn a_drift_repair_says_converged_not_new_aud() {
         require_docker!();
         let d = Docker::new();
@@ -820,6 +822,7 @@ mod docker {
     }
 
     #[test]
+    #[ignore = "needs the Docker engine: run scripts/test.sh"]
     fn a_rolled_back_recreate_is_notified_as_rolled_back() {
         require_docker!();
         let h = hooks();

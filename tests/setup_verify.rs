@@ -1157,6 +1157,7 @@ fn waiting_container(d: &Docker, value: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn verify_names_a_running_container_whose_environment_carries_another_aud() {
     require_docker!();
     let d = Docker::new();
@@ -1202,6 +1203,7 @@ fn verify_names_a_running_container_whose_environment_carries_another_aud() {
 }
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn setup_with_a_container_recreates_it_with_the_created_apps_aud() {
     require_docker!();
     let d = Docker::new();

@@ -458,6 +458,7 @@ fn a_group_writable_config_file_cannot_choose_urls_or_files() {
 // ---------------------------------------------------------------- quoted container logs
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn quoted_logs_of_a_failed_recreate_hide_the_containers_environment_and_control_characters() {
     crate::require_docker!();
     use crate::support::docker::{Docker, image};
@@ -518,6 +519,7 @@ fn quoted_logs_of_a_failed_recreate_hide_the_containers_environment_and_control_
 // ---------------------------------------------------------------- only our own temporaries
 
 #[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_foreign_container_named_like_a_temporary_is_never_started_renamed_or_removed() {
     crate::require_docker!();
     use crate::support::docker::{Docker, docker, image, inspect};
