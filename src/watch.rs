@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::Instrument;
 
-use crate::config::{self, Parsed, SyncConfig, Vars};
 pub use crate::config::watch::WatchConfig;
+use crate::config::{self, Parsed, SyncConfig, Vars};
 use crate::exit;
 use crate::sync::Output;
 use crate::sync::{self, Report, Status};

@@ -1094,3 +1094,52 @@ fn an_infisical_answer_over_the_cap_is_an_error_that_names_the_cap() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(w.inf.secret("dev", "/", KEY), Some((aud(2), 2)));
 }
+
+/// The configuration is built once per run, in phases: the layers, the one build (which checks
+/// everything before any request), then the Cloudflare credential read from Infisical with one
+/// login and installed. `-vv` logs each build with the process's count.
+#[test]
+fn the_configuration_is_built_once_and_infisical_logged_into_once() {
+    let w = world();
+    let mut sb = w.sb;
+    sb.unset("CLOUDFLARE_API_TOKEN");
+    w.inf.put("dev", "/", "CLOUDFLARE_API_TOKEN", TOKEN, 3);
+    let builds = |r: &Run| r.stderr.matches("configuration built").count();
+    for (what, args) in [
+        (
+            "sync",
+            vec![
+                "sync",
+                "-vv",
+                "--domain",
+                HOST,
+                "--sink",
+                "infisical",
+                "--restart",
+                "none",
+            ],
+        ),
+        ("get", vec!["get", "-vv", "--domain", HOST]),
+    ] {
+        let logins = w.inf.logins();
+        let r = run(sb.cmd().args(&args));
+        assert_eq!(r.code, 0, "{what}: {r:?}");
+        assert_eq!(builds(&r), 1, "{what}: built once: {}", r.stderr);
+        assert!(r.stderr.contains("builds=1"), "{what}: {}", r.stderr);
+        assert_eq!(w.inf.logins(), logins + 1, "{what}: one login");
+        assert!(
+            !r.stderr.contains(TOKEN),
+            "{what}: the token is never logged"
+        );
+    }
+    // A bad flag: reported by the one build, before any request to Infisical.
+    let n = w.inf.requests().len();
+    let r = run(sb
+        .cmd()
+        .args(["sync", "-vv", "--domain", HOST, "--settle", "soon"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = run(sb.cmd().args(["sync", "-vv", "--domain", "not a host"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(builds(&r) <= 1, "{}", r.stderr);
+    assert_eq!(w.inf.requests().len(), n);
+}

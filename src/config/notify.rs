@@ -252,4 +252,3 @@ pub(crate) fn settings(
         ..Default::default()
     }
 }
-
