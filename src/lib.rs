@@ -89,54 +89,8 @@ async fn run_command(parsed: Parsed) -> u8 {
     let env = parsed.env.clone();
     match &parsed.cli.command {
         Command::Sync(args) => {
-            let output = Output::from(args.output);
-            let dry_run = args.dry_run;
-            let (report, notify) = match config::commands::sync_config(args, &parsed).await {
-                Ok(cfg) => match sync::run_pass_staged(&cfg).await {
-                    Ok(r) => (r, Some((cfg.notify, cfg.state_file))),
-                    Err(e) => {
-                        let mut r = sync::Report::from_error(&e.error, dry_run);
-                        r.stage = Some(e.stage);
-                        (r, Some((cfg.notify, cfg.state_file)))
-                    }
-                },
-                Err(e) => (sync::Report::from_error(&e, dry_run), None),
-            };
-            // `-q` keeps cron mail quiet: the text report is printed only when something happened.
-            if !(quiet > 0 && output == Output::Text && report.status == sync::Status::InSync) {
-                sync::print(&report, output);
-            }
-            if let Some(e) = &report.error {
-                report_error(e, report.hint.as_deref(), output);
-            }
-            if let Some((n, state_file)) = notify.filter(|(n, _)| n.enabled() && !dry_run) {
-                // The failure streak lives in the state file: a cron job that fails every
-                // five minutes says so once, and once more when it recovers.
-                let told = match state::StateFile::load(&state_file, true) {
-                    Ok(f) => {
-                        let mut streak = notify::Streak::restore(f.state.failure_streak);
-                        let told = streak.next(&report.notice(), None);
-                        let now = streak.save();
-                        if now != f.state.failure_streak
-                            && let Err(e) =
-                                state::StateFile::update(&state_file, |s| s.failure_streak = now)
-                        {
-                            tracing::warn!(error = %e, "cannot remember the failure streak");
-                        }
-                        told
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the failure streak; notifying this run anyway");
-                        (notify::once(&report.notice()), notify::Context::default())
-                    }
-                };
-                if let Some(event) = n.pick(&told.0) {
-                    let m = notify::message(event, &report.notice(), &n.host, &told.1);
-                    // Delivered or not, the exit code is the pass's.
-                    let _ = notify::send(&n, &m).await;
-                }
-            }
-            report.exit_code
+            let cfg = config::commands::sync_config(args, &parsed).await;
+            sync::command(cfg, args.dry_run, args.output.into(), quiet > 0).await
         }
         Command::Config(_) => match config::show::render(&parsed) {
             Ok(text) => {
@@ -149,32 +103,10 @@ async fn run_command(parsed: Parsed) -> u8 {
             }
         },
         Command::Setup(args) => {
-            let output = Output::from(args.sync.output);
             let cfg = config::commands::setup_config(args, &parsed).await;
-            let report = match cfg {
-                Ok(cfg) => setup::run(&cfg).await,
-                Err(e) => {
-                    report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
-                    return e.exit_code();
-                }
-            };
-            setup::print(&report, output);
-            if let Some(e) = &report.error {
-                report_error(e, report.hint.as_deref(), output);
-            }
-            report.exit_code
+            setup::command(cfg, args.sync.output.into()).await
         }
-        Command::Verify(args) => match verify::VerifyConfig::from_args(args, &env) {
-            Ok(cfg) => {
-                let results = verify::run(&cfg).await;
-                print!("{}", verify::render_text(&results));
-                verify::exit_code(&results)
-            }
-            Err(e) => {
-                report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
-                e.exit_code()
-            }
-        },
+        Command::Verify(args) => verify::command(verify::VerifyConfig::from_args(args, &env)).await,
         Command::Watch(_) => {
             let argv = parsed.argv.clone();
             watch::run(parsed, argv).await
@@ -233,14 +165,4 @@ async fn get(args: &cli::GetArgs, env: &Env) -> Result<String, Error> {
     Ok(source::fetch(&client, &cfg, None).await?.aud)
 }
 
-/// `error: …` and `hint: …` on stderr (the JSON report already carries both on stdout).
-pub fn report_error(message: &str, hint: Option<&str>, output: Output) {
-    if output == Output::Json {
-        tracing::error!("{message}");
-        return;
-    }
-    eprintln!("error: {message}");
-    if let Some(h) = hint {
-        eprintln!("hint: {h}");
-    }
-}
+pub use sync::report::report_error;

@@ -467,3 +467,21 @@ pub fn print(r: &SetupReport, output: Output) {
         Output::Text => print!("{}", render_text(r)),
     }
 }
+
+/// `audsync setup`: run a built configuration (or report the error building it); the report
+/// on stdout, the exit code returned.
+pub async fn command(cfg: Result<SetupConfig, Error>, output: Output) -> u8 {
+    let cfg = match cfg {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            sync::report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
+            return e.exit_code();
+        }
+    };
+    let report = run(&cfg).await;
+    print(&report, output);
+    if let Some(e) = &report.error {
+        sync::report_error(e, report.hint.as_deref(), output);
+    }
+    report.exit_code
+}

@@ -713,3 +713,23 @@ async fn token(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> C
         Err(e) => CheckResult::new(c, Status::Fail, e.to_string()).fix(e.fix()),
     }
 }
+
+/// `audsync verify`: every check of a built configuration (or the error building it), printed;
+/// the exit code returned.
+pub async fn command(cfg: Result<VerifyConfig, crate::error::Error>) -> u8 {
+    match cfg {
+        Ok(cfg) => {
+            let results = run(&cfg).await;
+            print!("{}", render_text(&results));
+            exit_code(&results)
+        }
+        Err(e) => {
+            crate::sync::report_error(
+                &e.to_string(),
+                e.hint().as_deref(),
+                crate::sync::Output::Text,
+            );
+            e.exit_code()
+        }
+    }
+}

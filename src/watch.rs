@@ -89,7 +89,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
     let mut signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
-            crate::report_error(
+            sync::report_error(
                 &format!("cannot install the signal handlers: {e}"),
                 None,
                 Output::Text,
@@ -100,7 +100,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
     let mut cfg = match config::commands::watch_config(&parsed).await {
         Ok(c) => c,
         Err(e) => {
-            crate::report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
+            sync::report_error(&e.to_string(), e.hint().as_deref(), Output::Text);
             return e.exit_code();
         }
     };
@@ -124,7 +124,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
                 tokio::spawn(http::serve(listener, telemetry.clone()));
             }
             Err(e) => {
-                crate::report_error(
+                sync::report_error(
                     &format!("cannot listen on {addr} (--listen / AUDSYNC_LISTEN): {e}"),
                     Some(
                         "pick a free address and port, e.g. 127.0.0.1:9464, or leave --listen unset",

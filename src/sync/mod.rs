@@ -19,7 +19,7 @@ use crate::sink::{AnySink, EnvFileSink};
 use crate::source;
 use crate::state::StateFile;
 
-pub use report::{Output, PassError, Report, Stage, Status, print, render_text};
+pub use report::{Output, PassError, Report, Stage, Status, print, render_text, report_error};
 pub use tunnel::TunnelReport;
 
 /// The physical sinks of a pass: each `.env` file and each Infisical folder once, whatever
@@ -529,5 +529,68 @@ fn remember_pending(sinks: &[AnySink], state: &mut StateFile) {
         if let Err(e) = state.save() {
             tracing::warn!(error = %e, "cannot remember the Infisical write held for approval; the next run submits it again");
         }
+    }
+}
+
+/// `audsync sync`: one pass of a built configuration (or the error building it), its report on
+/// stdout, and the notification the pass is worth; returns the exit code. The failure streak
+/// lives in the state file, so a cron job that fails every five minutes says so once, and once
+/// more when it recovers.
+pub async fn command(
+    cfg: Result<SyncConfig, Error>,
+    dry_run: bool,
+    output: Output,
+    quiet: bool,
+) -> u8 {
+    let (report, notify) = match cfg {
+        Ok(cfg) => match run_pass_staged(&cfg).await {
+            Ok(r) => (r, Some((cfg.notify, cfg.state_file))),
+            Err(e) => {
+                let mut r = Report::from_error(&e.error, dry_run);
+                r.stage = Some(e.stage);
+                (r, Some((cfg.notify, cfg.state_file)))
+            }
+        },
+        Err(e) => (Report::from_error(&e, dry_run), None),
+    };
+    // `-q` keeps cron mail quiet: the text report is printed only when something happened.
+    if !(quiet && output == Output::Text && report.status == Status::InSync) {
+        print(&report, output);
+    }
+    if let Some(e) = &report.error {
+        report::report_error(e, report.hint.as_deref(), output);
+    }
+    if let Some((n, state_file)) = notify.filter(|(n, _)| n.enabled() && !dry_run) {
+        notify_once(&n, &state_file, &report).await;
+    }
+    report.exit_code
+}
+
+/// The notification a one-shot pass is worth, given the streak remembered in the state file.
+async fn notify_once(n: &crate::notify::Settings, state_file: &std::path::Path, report: &Report) {
+    use crate::notify;
+    let pass = report.notice();
+    let told = match crate::state::StateFile::load(state_file, true) {
+        Ok(f) => {
+            let mut streak = notify::Streak::restore(f.state.failure_streak);
+            let told = streak.next(&pass, None);
+            let now = streak.save();
+            if now != f.state.failure_streak
+                && let Err(e) =
+                    crate::state::StateFile::update(state_file, |s| s.failure_streak = now)
+            {
+                tracing::warn!(error = %e, "cannot remember the failure streak");
+            }
+            told
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the failure streak; notifying this run anyway");
+            (notify::once(&pass), notify::Context::default())
+        }
+    };
+    if let Some(event) = n.pick(&told.0) {
+        let m = notify::message(event, &pass, &n.host, &told.1);
+        // Delivered or not, the exit code is the pass's.
+        let _ = notify::send(n, &m).await;
     }
 }

@@ -635,3 +635,15 @@ pub fn print(r: &Report, output: Output) {
         Output::Text => print!("{}", render_text(r)),
     }
 }
+
+/// `error: …` and `hint: …` on stderr (the JSON report already carries both on stdout).
+pub fn report_error(message: &str, hint: Option<&str>, output: Output) {
+    if output == Output::Json {
+        tracing::error!("{message}");
+        return;
+    }
+    eprintln!("error: {message}");
+    if let Some(h) = hint {
+        eprintln!("hint: {h}");
+    }
+}
