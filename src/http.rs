@@ -166,11 +166,22 @@ pub fn redirect_refusal(resp: &reqwest::Response) -> Option<String> {
     ))
 }
 
+/// Why no request could be made at all (before anything was sent).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// A credential cannot be a header value (never quoted: it is a secret).
+    #[error("a credential holds characters not allowed in an HTTP header")]
+    HeaderValue,
+    /// TLS set-up failed (no system CA certificates, …): the cause chain and the fix.
+    #[error("{0}")]
+    Client(String),
+}
+
 /// A header value holding a credential: marked sensitive, so no debug output of the request
 /// (reqwest's, hyper's, ours) shows it.
-pub fn sensitive(value: &str) -> Result<reqwest::header::HeaderValue, String> {
-    let mut v = reqwest::header::HeaderValue::from_str(value)
-        .map_err(|_| "a credential holds characters not allowed in an HTTP header".to_string())?;
+pub fn sensitive(value: &str) -> Result<reqwest::header::HeaderValue, SetupError> {
+    let mut v =
+        reqwest::header::HeaderValue::from_str(value).map_err(|_| SetupError::HeaderValue)?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -192,7 +203,7 @@ pub fn credential_safe(url: &url::Url) -> bool {
 
 /// The one way to make an HTTP client: `timeout` for the whole request (at least 1 ms),
 /// connecting bounded by 10 s, user agent `audsync/<version>`, redirects as asked.
-pub fn client(timeout: Duration, redirects: Redirects) -> Result<reqwest::Client, String> {
+pub fn client(timeout: Duration, redirects: Redirects) -> Result<reqwest::Client, SetupError> {
     let policy = match redirects {
         Redirects::Follow => reqwest::redirect::Policy::default(),
         Redirects::None => reqwest::redirect::Policy::none(),
@@ -208,7 +219,7 @@ pub fn client(timeout: Duration, redirects: Redirects) -> Result<reqwest::Client
 
 /// Build a reqwest client; TLS set-up can fail (no system CA certificates), and that must be an
 /// error the user can act on, never a panic in the middle of `watch`.
-fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String> {
+fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, SetupError> {
     builder.build().map_err(|e| {
         let mut msg = format!("cannot set up the HTTP client: {e}");
         let mut src = std::error::Error::source(&e);
@@ -216,7 +227,9 @@ fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String> {
             msg.push_str(&format!(": {c}"));
             src = c.source();
         }
-        msg + " (check the system CA certificates: package ca-certificates, SSL_CERT_FILE)"
+        SetupError::Client(
+            msg + " (check the system CA certificates: package ca-certificates, SSL_CERT_FILE)",
+        )
     })
 }
 

@@ -501,14 +501,14 @@ pub async fn send(s: &Settings, m: &Message) -> Vec<Delivery> {
                 .iter()
                 .map(|ep| Delivery {
                     endpoint: ep.to_string(),
-                    error: Some(e.clone()),
+                    error: Some(e.to_string()),
                 })
                 .collect();
         }
     };
     let mut out = Vec::new();
     for ep in &s.endpoints {
-        let error = deliver(&client, ep, m).await.err();
+        let error = deliver(&client, ep, m).await.err().map(|e| e.to_string());
         match &error {
             None => tracing::debug!(endpoint = %ep, event = m.event.as_str(), "notification sent"),
             Some(e) => {
@@ -523,7 +523,22 @@ pub async fn send(s: &Settings, m: &Message) -> Vec<Delivery> {
     out
 }
 
-async fn deliver(client: &reqwest::Client, ep: &Endpoint, m: &Message) -> Result<(), String> {
+/// Why a message was not delivered (the endpoint is named by the caller, never its URL).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// No answer: connect failure, timeout, TLS.
+    #[error("{0}")]
+    Transport(String),
+    /// The service answered with an error status.
+    #[error("HTTP {status}{hint}")]
+    Status { status: u16, hint: &'static str },
+}
+
+async fn deliver(
+    client: &reqwest::Client,
+    ep: &Endpoint,
+    m: &Message,
+) -> Result<(), DeliveryError> {
     let (json_body, text_body, headers) = body(ep.kind, m);
     let mut url = ep.url.clone();
     if ep.kind == Kind::Discord {
@@ -560,7 +575,9 @@ async fn deliver(client: &reqwest::Client, ep: &Endpoint, m: &Message) -> Result
         }
     })
     .await
-    .map_err(|f| crate::http::describe_transport(&f.error.without_url()))?;
+    .map_err(|f| {
+        DeliveryError::Transport(crate::http::describe_transport(&f.error.without_url()))
+    })?;
     let status = answer.response.status();
     if status.is_success() {
         return Ok(());
@@ -571,7 +588,10 @@ async fn deliver(client: &reqwest::Client, ep: &Endpoint, m: &Message) -> Result
         429 => " (rate-limited)",
         _ => "",
     };
-    Err(format!("HTTP {}{hint}", status.as_u16()))
+    Err(DeliveryError::Status {
+        status: status.as_u16(),
+        hint,
+    })
 }
 
 #[cfg(test)]

@@ -331,11 +331,27 @@ async fn certs(http: &reqwest::Client, l: &mut Learned) -> CheckResult {
     }
 }
 
+/// Why a place was not read (`not checked (…)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NotChecked(String);
+
+impl std::fmt::Display for NotChecked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<T: Into<String>> From<T> for NotChecked {
+    fn from(s: T) -> Self {
+        NotChecked(s.into())
+    }
+}
+
 /// One place the AUD lives, as read.
 struct Seen {
     what: String,
     /// Ok(values) read; Err(reason) not checked.
-    values: Result<Vec<String>, String>,
+    values: Result<Vec<String>, NotChecked>,
     fix: String,
 }
 
@@ -420,7 +436,7 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
                 for n in &cfg.containers {
                     seen.push(Seen {
                         what: format!("container {n}"),
-                        values: Err(format!("Docker is not reachable ({})", e.message)),
+                        values: Err(format!("Docker is not reachable ({})", e.message).into()),
                         fix: String::new(),
                     });
                 }
@@ -457,10 +473,11 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
                                 None => Err(format!(
                                     "{} is not in its environment (it may read the .env file itself)",
                                     cfg.key
-                                )),
+                                )
+                                .into()),
                             }
                         }
-                        Err(e) => Err(e.message),
+                        Err(e) => Err(e.message.into()),
                     };
                     seen.push(Seen {
                         what: format!("container {n} {}", cfg.key),
@@ -636,7 +653,7 @@ async fn infisical_seen(
         }
         Err(e) if e.is_unreachable() => seen.push(Seen {
             what,
-            values: Err(format!("Infisical is not reachable: {e}")),
+            values: Err(format!("Infisical is not reachable: {e}").into()),
             fix: String::new(),
         }),
         Err(e) => {

@@ -30,7 +30,7 @@ fn err(message: impl Into<String>, hint: impl Into<String>) -> EdgeError {
 pub fn http(timeout: Duration) -> Result<reqwest::Client, EdgeError> {
     crate::http::client(timeout, crate::http::Redirects::None).map_err(|m| {
         err(
-            m,
+            m.to_string(),
             "install the system CA certificates (ca-certificates) or set SSL_CERT_FILE",
         )
     })
@@ -62,32 +62,38 @@ pub fn team_domain(auth_domain: Option<&str>, team_name: Option<&str>) -> Option
         .map(|t| format!("https://{t}.cloudflareaccess.com"))
 }
 
+/// A team domain that is not one (the message names the setting and the expected form).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TeamDomainError(String);
+
 /// The team domain the user configured, checked: it is the user's word (any host), but it must
 /// parse as an origin and be https, or plain http to a loopback address; a team name must be
 /// one DNS label. Returns the origin (`scheme://host[:port]`, lowercase host, no path).
 pub fn configured_team_domain(
     auth_domain: Option<&str>,
     team_name: Option<&str>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, TeamDomainError> {
     if let Some(d) = auth_domain.map(str::trim).filter(|d| !d.is_empty()) {
         let full = if d.contains("://") {
             d.to_string()
         } else {
             format!("https://{d}")
         };
-        let u = url::Url::parse(&full)
-            .map_err(|e| format!("CLOUDFLARE_AUTH_DOMAIN {d:?} is not a URL: {e}"))?;
+        let u = url::Url::parse(&full).map_err(|e| {
+            TeamDomainError(format!("CLOUDFLARE_AUTH_DOMAIN {d:?} is not a URL: {e}"))
+        })?;
         let host_ok = u.host_str().is_some_and(|h| !h.is_empty());
         if !host_ok || !u.username().is_empty() || u.password().is_some() {
-            return Err(format!(
+            return Err(TeamDomainError(format!(
                 "CLOUDFLARE_AUTH_DOMAIN {d:?} must be the team domain, e.g. https://team.cloudflareaccess.com"
-            ));
+            )));
         }
         let loopback_http = u.scheme() == "http" && crate::http::credential_safe(&u);
         if u.scheme() != "https" && !loopback_http {
-            return Err(format!(
+            return Err(TeamDomainError(format!(
                 "CLOUDFLARE_AUTH_DOMAIN {d:?} must be https (plain http only to a loopback address)"
-            ));
+            )));
         }
         return Ok(Some(u.origin().ascii_serialization()));
     }
@@ -97,9 +103,9 @@ pub fn configured_team_domain(
             "https://{}.cloudflareaccess.com",
             t.to_ascii_lowercase()
         ))),
-        Some(t) => Err(format!(
+        Some(t) => Err(TeamDomainError(format!(
             "CLOUDFLARE_TEAM_NAME {t:?} is not a team name (one DNS label: letters, digits, '-')"
-        )),
+        ))),
     }
 }
 

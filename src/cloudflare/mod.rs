@@ -71,7 +71,14 @@ pub enum Error {
     #[error("{0}")]
     Lookup(String),
     #[error("{0}")]
-    Setup(String),
+    Setup(#[from] crate::http::SetupError),
+    /// The API answered with a redirect, which is never followed (it would carry the token).
+    #[error("Cloudflare API {method} {path} {refusal} (CLOUDFLARE_API_URL)")]
+    Redirected {
+        method: reqwest::Method,
+        path: String,
+        refusal: String,
+    },
 }
 
 impl Error {
@@ -247,7 +254,7 @@ impl TokenStatus {
 pub struct Client {
     /// Requests sent (every attempt), shared by clones: the pass reports it.
     requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    http: Result<reqwest::Client, String>,
+    http: Result<reqwest::Client, crate::http::SetupError>,
     base: String,
     auth: Auth,
     retry: RetryPolicy,
@@ -450,9 +457,11 @@ impl Client {
         };
         let status = resp.status();
         if let Some(refusal) = crate::http::redirect_refusal(&resp) {
-            return Err(Error::Setup(format!(
-                "Cloudflare API {method} {path} {refusal} (CLOUDFLARE_API_URL)"
-            )));
+            return Err(Error::Redirected {
+                method,
+                path: path.into(),
+                refusal,
+            });
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(Error::RateLimited {

@@ -218,7 +218,7 @@ pub fn load(path: &Path) -> Result<FileConfig, Vec<String>> {
     // `.env` files written.
     let mut problems = Vec::new();
     if let Err(e) = super::layers::refuse_unsafe_settings(path, cfg.settings.keys()) {
-        problems.push(e);
+        problems.push(e.to_string());
     }
     let env_sinks = cfg
         .bindings
@@ -237,23 +237,28 @@ pub fn load(path: &Path) -> Result<FileConfig, Vec<String>> {
     }
 }
 
+/// Why a config file is not private (inline secrets are refused then).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotPrivate(String);
+
 /// True when only the running user can read or change the file: mode 0600 (or stricter) and
 /// owned by the effective user.
-fn is_private(path: &Path) -> Result<(), String> {
-    let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
+fn is_private(path: &Path) -> Result<(), NotPrivate> {
+    let m = std::fs::metadata(path).map_err(|e| NotPrivate(e.to_string()))?;
     let mode = m.permissions().mode() & 0o777;
     let me = rustix::process::geteuid().as_raw();
     if m.uid() != me {
-        return Err(format!(
+        return Err(NotPrivate(format!(
             "it is owned by uid {}, not by the user running audsync (uid {me})",
             m.uid()
-        ));
+        )));
     }
     if mode & 0o077 != 0 {
-        return Err(format!(
+        return Err(NotPrivate(format!(
             "its mode is {mode:o}; run `chmod 600 {}`",
             path.display()
-        ));
+        )));
     }
     Ok(())
 }
@@ -262,7 +267,7 @@ fn is_private(path: &Path) -> Result<(), String> {
 pub fn parse(
     text: &str,
     path: &Path,
-    private: Result<(), String>,
+    private: Result<(), NotPrivate>,
 ) -> Result<FileConfig, Vec<String>> {
     let shown = path.display().to_string();
     let lines = LineIndex::new(text);
@@ -371,7 +376,7 @@ fn setting(
     v: &Spanned<DeValue<'_>>,
     line: usize,
     dir: &Path,
-    private: &Result<(), String>,
+    private: &Result<(), NotPrivate>,
     shown: &str,
     cfg: &mut FileConfig,
     problems: &mut Vec<String>,

@@ -81,11 +81,16 @@ pub fn decides_where(name: &str) -> bool {
         )
 }
 
+/// Settings a file others can change may not set (the message names them and the fix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnsafeSettings(String);
+
 /// Refuse the file's settings that [`decides_where`] when the file is not its owner's alone.
 pub fn refuse_unsafe_settings<'a>(
     path: &Path,
     names: impl IntoIterator<Item = &'a String>,
-) -> Result<(), String> {
+) -> Result<(), UnsafeSettings> {
     let unsafe_names: Vec<&str> = names
         .into_iter()
         .map(String::as_str)
@@ -96,10 +101,10 @@ pub fn refuse_unsafe_settings<'a>(
     }
     match crate::fsx::owner_only_writable(path) {
         Ok(()) => Ok(()),
-        Err(why) => Err(format!(
+        Err(why) => Err(UnsafeSettings(format!(
             "{why}: until then it may not set {} (settings that decide where credentials go and which files are written); or set them in the process environment",
             unsafe_names.join(", ")
-        )),
+        ))),
     }
 }
 
@@ -206,7 +211,7 @@ impl Env {
             Err(e) => return Err(Error::usage(e)),
         };
         // Only values a lower layer would use matter, but refusing outright is clearer.
-        refuse_unsafe_settings(path, values.keys()).map_err(Error::usage)?;
+        refuse_unsafe_settings(path, values.keys()).map_err(|e| Error::usage(e.to_string()))?;
         self.env_file = Some(path.to_path_buf());
         self.dotenv = FileLayer {
             path: path.to_path_buf(),

@@ -379,7 +379,7 @@ impl SourceConfig {
                     access.auth_domain.as_deref(),
                     access.team_name.as_deref(),
                 )
-                .map_err(Error::usage)?,
+                .map_err(|e| Error::usage(e.to_string()))?,
                 allow_unsigned_kid: access.allow_unsigned_kid,
             }),
         })

@@ -215,27 +215,27 @@ impl Client {
     /// `POST /api/v1/auth/token/renew`: the answer is a new token (with a fresh `expiresIn`,
     /// capped by the max TTL), which replaces the old one. Not retried: a failure means one
     /// login instead.
-    async fn renew(&self, client_id: &str, old: &Secret) -> Result<Secret, String> {
+    async fn renew(&self, client_id: &str, old: &Secret) -> Result<Secret, RenewError> {
         let path = "/api/v1/auth/token/renew";
-        let http = self.http().map_err(|e| e.to_string())?;
+        let http = self.http().map_err(|e| RenewError(e.to_string()))?;
         let resp = http
             .post(format!("{}{path}", self.settings.host))
             .json(&json!({"accessToken": old.expose()}))
             .send()
             .await
-            .map_err(|e| crate::http::describe_transport(&e.without_url()))?;
+            .map_err(|e| RenewError(crate::http::describe_transport(&e.without_url())))?;
         let status = resp.status();
         // Bounded like every answer: one over the cap is a failed renewal (a login instead).
         let body: Value = super::read_answer(resp)
             .await
-            .map_err(|e| format!("HTTP {}: {e}", status.as_u16()))?;
+            .map_err(|e| RenewError(format!("HTTP {}: {e}", status.as_u16())))?;
         if !status.is_success() {
-            return Err(describe(status, &body));
+            return Err(RenewError(describe(status, &body)));
         }
         let token = body["accessToken"]
             .as_str()
             .filter(|t| !t.is_empty())
-            .ok_or("the renewal answered without an accessToken")?;
+            .ok_or_else(|| RenewError("the renewal answered without an accessToken".into()))?;
         let token = Secret::new(token);
         let expires_in = body["expiresIn"].as_u64();
         remember(&self.settings.host, client_id, &token, expires_in);
@@ -484,6 +484,11 @@ impl Client {
         }
     }
 }
+
+/// Why a token was not renewed (a login follows instead).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+struct RenewError(String);
 
 #[cfg(test)]
 mod tests {

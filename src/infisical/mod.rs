@@ -158,7 +158,7 @@ fn unreachable(message: impl Into<String>, hint: Option<String>) -> Error {
 /// pass; logs in lazily, at most twice per pass (once, and once more after an expiry).
 #[derive(Debug)]
 pub struct Client {
-    http: Result<reqwest::Client, String>,
+    http: Result<reqwest::Client, crate::http::SetupError>,
     settings: Settings,
     token: Option<Secret>,
     logins: u32,
@@ -183,7 +183,7 @@ impl Client {
     }
 
     fn http(&self) -> Result<&reqwest::Client, Error> {
-        self.http.as_ref().map_err(|m| err(m.clone(), None))
+        self.http.as_ref().map_err(|m| err(m.to_string(), None))
     }
 }
 
