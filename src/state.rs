@@ -19,6 +19,32 @@ use serde::{Deserialize, Serialize};
 use crate::fsx;
 use crate::reconcile::Journal;
 
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file cannot be read safely (a symlink, another user's, not a regular file, too
+    /// large, or an I/O error): fsx's refusal, which names the file.
+    #[error("the state file: {0}")]
+    Read(String),
+    /// Writing it failed.
+    #[error("{}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+}
+
+/// For callers that report in text (`?` in a function returning `Result<_, String>`).
+impl From<Error> for String {
+    fn from(e: Error) -> String {
+        e.to_string()
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
     /// Containers that still need a restart/recreate for the values already in the sinks.
@@ -218,11 +244,9 @@ impl StateFile {
     /// Load. A missing file is an empty state; a corrupt one is ignored with a warning (it is
     /// only a cache and a journal: the worst case is one extra lookup or restart); a file that
     /// exists but cannot be read is an error, so it is never silently overwritten.
-    pub fn load(path: &Path, read_only: bool) -> Result<StateFile, String> {
+    pub fn load(path: &Path, read_only: bool) -> Result<StateFile, Error> {
         // Not through a symlink, and only a file of the user running (fsx::read_private).
-        let state = match fsx::read_private(path, fsx::MAX_TEXT)
-            .map_err(|e| format!("the state file: {e}"))?
-        {
+        let state = match fsx::read_private(path, fsx::MAX_TEXT).map_err(Error::Read)? {
             Some(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
                 State::default()
@@ -238,7 +262,7 @@ impl StateFile {
 
     /// Write the state. The login refusal is not this copy's to write: the file's is kept
     /// (it may have been recorded since this copy was loaded).
-    pub fn save(&self) -> Result<(), String> {
+    pub fn save(&self) -> Result<(), Error> {
         if self.read_only {
             return Ok(());
         }
@@ -258,7 +282,7 @@ impl StateFile {
 
     /// Load the file afresh, change it and write it at once (also for a read-only run: used
     /// only for the login refusal, which protects the machine identity).
-    pub fn update(path: &Path, change: impl FnOnce(&mut State)) -> Result<(), String> {
+    pub fn update(path: &Path, change: impl FnOnce(&mut State)) -> Result<(), Error> {
         let mut state = StateFile::load(path, true)?.state;
         change(&mut state);
         write(path, &state)
@@ -321,17 +345,17 @@ impl StateFile {
     }
 }
 
-fn write(path: &Path, state: &State) -> Result<(), String> {
+fn write(path: &Path, state: &State) -> Result<(), Error> {
+    let io = |source: std::io::Error| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = state_dir(path);
-    let mut tmp = locked_temp(dir).map_err(|e| format!("{}: {e}", path.display()))?;
-    let body = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-    tmp.write_all(&body)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| format!("{}: {}", path.display(), e.error))?;
+    let mut tmp = locked_temp(dir).map_err(io)?;
+    let body = serde_json::to_vec_pretty(state)?;
+    tmp.write_all(&body).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
 
@@ -361,9 +385,10 @@ impl Journal for StateFile {
         self.state.owed.clone()
     }
 
+    // The port's signature (reconcile::Journal) reports in text.
     fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), String> {
         self.state.owed = names.clone();
-        self.save()
+        Ok(self.save()?)
     }
 }
 
@@ -400,7 +425,7 @@ mod tests {
         fs::write(&target, "{}").unwrap();
         let link = dir.path().join("s.json");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let e = StateFile::load(&link, false).unwrap_err();
+        let e = StateFile::load(&link, false).unwrap_err().to_string();
         assert!(e.contains("symlink"), "{e}");
         assert!(StateFile::update(&link, |s| s.app_count = Some(1)).is_err());
         assert_eq!(fs::read_to_string(&target).unwrap(), "{}");
@@ -408,7 +433,7 @@ mod tests {
         let p = dir.path().join("t.json");
         fs::write(&p, "{}").unwrap();
         if std::os::unix::fs::chown(&p, Some(65534), Some(65534)).is_ok() {
-            let e = StateFile::load(&p, false).unwrap_err();
+            let e = StateFile::load(&p, false).unwrap_err().to_string();
             assert!(e.contains("owned by uid 65534"), "{e}");
         }
     }

@@ -8,6 +8,7 @@
 //! that was cut short, and sizes the timeout of stop calls.
 
 pub mod compose;
+mod error;
 mod ops;
 mod recover;
 mod recreate;
@@ -24,6 +25,8 @@ use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{ListContainersOptions, RestartContainerOptions};
 
 use crate::reconcile::{ActionError, Target, TargetObservation};
+
+pub(crate) use error::Error;
 
 /// A connection to the engine, made once per pass and shared by every container.
 #[derive(Clone)]

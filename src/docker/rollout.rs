@@ -191,7 +191,7 @@ pub(super) async fn rollout(
         return Err(give_up(format!("the new container did not start: {e}")).await);
     }
     if let Err(why) = wait_good(docker, &new_id, opts).await {
-        return Err(give_up(why).await);
+        return Err(give_up(why.to_string()).await);
     }
     tracing::info!(container = %name, elapsed_ms = started.elapsed().as_millis() as u64, "the new container is good; retiring the old one");
 
