@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Why the lock was not taken.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The lock file cannot be opened safely (a symlink, another user's, not a regular file,
     /// or an I/O error): fsx's refusal, which names the file.
     #[error("lock file: {0}")]
@@ -40,12 +40,12 @@ impl From<Error> for String {
 }
 
 #[derive(Debug)]
-pub struct LockGuard {
+pub(crate) struct LockGuard {
     _file: File,
 }
 
 /// Wait up to `timeout` for the lock at `path`.
-pub async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, Error> {
+pub(crate) async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, Error> {
     // Never through a symlink, mode 0600, owned by the user running (see fsx::open_private).
     let file = crate::fsx::open_private(path, true).map_err(Error::Open)?;
     let start = Instant::now();
@@ -111,11 +111,17 @@ mod tests {
             0,
         )
         .unwrap();
-        let e = acquire(&fifo, Duration::ZERO).await.unwrap_err().to_string();
+        let e = acquire(&fifo, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a regular file"), "{e}");
         let null = dir.path().join("y.lock");
         std::os::unix::fs::symlink("/dev/null", &null).unwrap();
-        let e = acquire(&null, Duration::ZERO).await.unwrap_err().to_string();
+        let e = acquire(&null, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is a symlink"), "never followed: {e}");
     }
 }
@@ -133,7 +139,10 @@ mod trust_tests {
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
         let link = dir.path().join("x.lock");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let e = acquire(&link, Duration::ZERO).await.unwrap_err().to_string();
+        let e = acquire(&link, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("symlink"), "{e}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
         // A dangling link is not followed into a new file either.

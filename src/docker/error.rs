@@ -92,7 +92,10 @@ pub(crate) enum Error {
     Incomplete(Vec<String>),
     /// A recovery rolled back (because of `why`) and could not finish it.
     #[error("rolling back ({why}): {}", .problems.join("; "))]
-    RollbackIncomplete { why: Box<Error>, problems: Vec<String> },
+    RollbackIncomplete {
+        why: Box<Error>,
+        problems: Vec<String>,
+    },
     /// Swarm paused or rolled back an update (a new task failed).
     #[error(
         "Swarm stopped the update ({state}: {message}){}",

@@ -103,13 +103,13 @@ pub(super) fn temp_names(name: &str, was_running: bool) -> (String, String) {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct TempName {
     /// The name of the container being recreated.
-    pub base: String,
+    pub(crate) base: String,
     /// The old container moved aside (else the new one, not yet renamed).
-    pub old: bool,
+    pub(crate) old: bool,
     /// Shared by the two containers of one recreate.
-    pub tag: String,
+    pub(crate) tag: String,
     /// Whether the old container was running when the recreate began.
-    pub was_running: bool,
+    pub(crate) was_running: bool,
 }
 
 pub(super) fn parse_temp(name: &str) -> Option<TempName> {

@@ -50,7 +50,7 @@ struct Group {
 impl Container {
     /// Finish or undo any recreate of this container that was cut short; returns what was
     /// done (with `dry_run`: what would be). Run before observing it.
-    pub async fn recover(&self, dry_run: bool) -> Result<Vec<String>, ActionError> {
+    pub(crate) async fn recover(&self, dry_run: bool) -> Result<Vec<String>, ActionError> {
         recover(&self.engine.docker, &self.name, &self.opts, dry_run).await
     }
 }

@@ -35,7 +35,7 @@ const DEFAULT_MONITOR: Duration = Duration::from_secs(5);
 const PER_TASK: Duration = Duration::from_secs(60);
 
 /// One Swarm service, by name or id.
-pub(crate) struct SwarmService {
+pub struct SwarmService {
     docker: std::sync::Arc<Docker>,
     /// The engine's address (`DOCKER_HOST` as config checked it): the raw calls' socket.
     host: String,
@@ -112,7 +112,9 @@ impl SwarmService {
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 }
                 Err(e) => {
-                    return Err(self.fail(&format!("the update was refused: {}", refused(&e)), None));
+                    return Err(
+                        self.fail(&format!("the update was refused: {}", refused(&e)), None)
+                    );
                 }
             }
         };
@@ -148,13 +150,15 @@ impl SwarmService {
     async fn stale(&self, id: &str, sent: u64, e: &Error) -> bool {
         match e {
             Error::Conflict { .. } => true,
-            Error::Status { status: 500, .. } => match self.docker.inspect_service(id, None).await {
-                Ok(svc) => svc
-                    .version
-                    .and_then(|v| v.index)
-                    .is_some_and(|now| now != sent),
-                Err(_) => false,
-            },
+            Error::Status { status: 500, .. } => {
+                match self.docker.inspect_service(id, None).await {
+                    Ok(svc) => svc
+                        .version
+                        .and_then(|v| v.index)
+                        .is_some_and(|now| now != sent),
+                    Err(_) => false,
+                }
+            }
             _ => false,
         }
     }
@@ -343,7 +347,10 @@ impl SwarmService {
             ),
             (_, Some((503, message))) => self.fail(
                 &format!("this engine is not a Swarm manager ({message})"),
-                Some("run audsync on a manager node (docker node ls), or point DOCKER_HOST at one".into()),
+                Some(
+                    "run audsync on a manager node (docker node ls), or point DOCKER_HOST at one"
+                        .into(),
+                ),
             ),
             _ => self.fail(&e.to_string(), None),
         }
@@ -579,8 +586,15 @@ mod tests {
             spec["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Interval"], 500_000_000u64,
             "the rest of the spec stays as read"
         );
-        assert_eq!(spec.get("UpdateConfig"), None, "an absent UpdateConfig stays absent");
-        assert!(!set_env_json(&mut serde_json::json!({}), &ch), "no Env: nothing to do");
+        assert_eq!(
+            spec.get("UpdateConfig"),
+            None,
+            "an absent UpdateConfig stays absent"
+        );
+        assert!(
+            !set_env_json(&mut serde_json::json!({}), &ch),
+            "no Env: nothing to do"
+        );
     }
 
     #[test]
