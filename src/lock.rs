@@ -6,18 +6,48 @@
 //! user running.
 
 use std::fs::{File, TryLockError};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Why the lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// The lock file cannot be opened safely (a symlink, another user's, not a regular file,
+    /// or an I/O error): fsx's refusal, which names the file.
+    #[error("lock file: {0}")]
+    Open(String),
+    /// Another run held it for the whole wait.
+    #[error(
+        "another audsync run holds the lock {} (waited {}); it will finish the job, or retry later (--lock-timeout)",
+        .path.display(),
+        humantime::format_duration(*.waited)
+    )]
+    Held { path: PathBuf, waited: Duration },
+    /// `flock` itself failed.
+    #[error("cannot lock {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// For callers that report in text.
+impl From<Error> for String {
+    fn from(e: Error) -> String {
+        e.to_string()
+    }
+}
+
 #[derive(Debug)]
-pub struct LockGuard {
+pub(crate) struct LockGuard {
     _file: File,
 }
 
 /// Wait up to `timeout` for the lock at `path`.
-pub async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, String> {
+pub(crate) async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, Error> {
     // Never through a symlink, mode 0600, owned by the user running (see fsx::open_private).
-    let file = crate::fsx::open_private(path, true).map_err(|e| format!("lock file: {e}"))?;
+    let file = crate::fsx::open_private(path, true).map_err(Error::Open)?;
     let start = Instant::now();
     let mut logged = false;
     let mut _progress = None;
@@ -26,11 +56,10 @@ pub async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, String
             Ok(()) => return Ok(LockGuard { _file: file }),
             Err(TryLockError::WouldBlock) => {
                 if start.elapsed() >= timeout {
-                    return Err(format!(
-                        "another audsync run holds the lock {} (waited {}); it will finish the job, or retry later (--lock-timeout)",
-                        path.display(),
-                        humantime::format_duration(timeout)
-                    ));
+                    return Err(Error::Held {
+                        path: path.to_path_buf(),
+                        waited: timeout,
+                    });
                 }
                 if !logged {
                     tracing::info!(lock = %path.display(), "another audsync run is in progress; waiting");
@@ -43,7 +72,10 @@ pub async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, String
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(TryLockError::Error(e)) => {
-                return Err(format!("cannot lock {}: {e}", path.display()));
+                return Err(Error::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                });
             }
         }
     }
@@ -58,7 +90,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.lock");
         let g = acquire(&p, Duration::ZERO).await.unwrap();
-        let e = acquire(&p, Duration::from_millis(150)).await.unwrap_err();
+        let e = acquire(&p, Duration::from_millis(150))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("another audsync run"), "{e}");
         drop(g);
         acquire(&p, Duration::ZERO).await.unwrap();
@@ -76,11 +111,17 @@ mod tests {
             0,
         )
         .unwrap();
-        let e = acquire(&fifo, Duration::ZERO).await.unwrap_err();
+        let e = acquire(&fifo, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a regular file"), "{e}");
         let null = dir.path().join("y.lock");
         std::os::unix::fs::symlink("/dev/null", &null).unwrap();
-        let e = acquire(&null, Duration::ZERO).await.unwrap_err();
+        let e = acquire(&null, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is a symlink"), "never followed: {e}");
     }
 }
@@ -98,7 +139,10 @@ mod trust_tests {
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
         let link = dir.path().join("x.lock");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let e = acquire(&link, Duration::ZERO).await.unwrap_err();
+        let e = acquire(&link, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("symlink"), "{e}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
         // A dangling link is not followed into a new file either.

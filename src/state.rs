@@ -19,81 +19,107 @@ use serde::{Deserialize, Serialize};
 use crate::fsx;
 use crate::reconcile::Journal;
 
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// The file cannot be read safely (a symlink, another user's, not a regular file, too
+    /// large, or an I/O error): fsx's refusal, which names the file.
+    #[error("the state file: {0}")]
+    Read(String),
+    /// Writing it failed.
+    #[error("{}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+}
+
+/// For callers that report in text (`?` in a function returning `Result<_, String>`).
+impl From<Error> for String {
+    fn from(e: Error) -> String {
+        e.to_string()
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
     /// Containers that still need a restart/recreate for the values already in the sinks.
     #[serde(default)]
-    pub owed: BTreeSet<String>,
+    pub(crate) owed: BTreeSet<String>,
     /// Where the application for a host was last found (a flag-only run's single binding; kept
     /// for state files of older versions, read into `apps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<CachedApp>,
+    pub(crate) app: Option<CachedApp>,
     /// Where the application for each host was last found.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub apps: BTreeMap<String, CachedApp>,
+    pub(crate) apps: BTreeMap<String, CachedApp>,
     /// The application that last served each host (also a wildcard one): a change of name or
     /// kind is reported loudly.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub served: BTreeMap<String, ServedApp>,
+    pub(crate) served: BTreeMap<String, ServedApp>,
     /// How many applications the account had at the last full listing: decides whether a pass
     /// asks for each cached application or lists them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_count: Option<u64>,
+    pub(crate) app_count: Option<u64>,
     /// The values each container last ran with after a pass (restarted, recreated, or found in
     /// sync), by key. A container whose value here differs from the desired one is owed an
     /// action even when this run wrote nothing: the sink was changed by someone else (another
     /// host sharing the Infisical secret, a person, `setup` elsewhere).
     #[serde(default, deserialize_with = "applied_compat")]
-    pub applied: BTreeMap<String, BTreeMap<String, String>>,
+    pub(crate) applied: BTreeMap<String, BTreeMap<String, String>>,
     /// Infisical writes held back for approval: not submitted again while they wait.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
-    pub infisical_pending: Vec<PendingWrite>,
+    pub(crate) infisical_pending: Vec<PendingWrite>,
     /// Recreates in progress, by the id of the container being replaced: the record that lets
     /// a later pass finish or undo one that was cut short (never a name alone). Written only
     /// through [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub recreating: BTreeMap<String, RecreateRecord>,
+    pub(crate) recreating: BTreeMap<String, RecreateRecord>,
     /// The last Universal Auth login Infisical refused (401/403). Written only through
     /// [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub infisical_login_refused: Option<LoginRefusal>,
+    pub(crate) infisical_login_refused: Option<LoginRefusal>,
     /// The failed `sync` runs in a row, for notifications (one `failed` when a streak starts,
     /// one `recovered` when it ends). Written only through [`StateFile::update`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_streak: Option<FailureStreak>,
+    pub(crate) failure_streak: Option<FailureStreak>,
     /// In-place `.env` writes begun and not yet known to be finished: the journal the next
     /// run reads first, to finish or undo a write that was cut short (see
     /// `sink::envfile::recover_in_place`). Written only through [`StateFile::update`];
     /// [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub in_place_writes: Vec<InPlaceWrite>,
+    pub(crate) in_place_writes: Vec<InPlaceWrite>,
     /// Containers given by id (or id prefix) -> the name they had: a recreate gives a new
     /// id, and the next run finds the container by this name instead of chasing the dead id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub container_names: BTreeMap<String, String>,
+    pub(crate) container_names: BTreeMap<String, String>,
 }
 
 /// A run of failed `sync` runs.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct FailureStreak {
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// Unix seconds of the first failure.
-    pub since: u64,
+    pub(crate) since: u64,
 }
 
 /// One journalled in-place write: the file, its safety copy (the old content), and what the
 /// new content is (length and hash), so the next run can tell finished from torn.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct InPlaceWrite {
-    pub target: PathBuf,
-    pub backup: PathBuf,
-    pub new_len: u64,
-    pub new_hash: String,
+pub(crate) struct InPlaceWrite {
+    pub(crate) target: PathBuf,
+    pub(crate) backup: PathBuf,
+    pub(crate) new_len: u64,
+    pub(crate) new_hash: String,
 }
 
 impl State {
     /// The cached application for `host` (older files kept one in `app`).
-    pub fn cached_app(&self, host: &str) -> Option<&CachedApp> {
+    pub(crate) fn cached_app(&self, host: &str) -> Option<&CachedApp> {
         self.apps
             .get(host)
             .or(self.app.as_ref().filter(|a| a.host == host))
@@ -126,14 +152,16 @@ mod one_or_many {
     use super::PendingWrite;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &[PendingWrite], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &[PendingWrite], s: S) -> Result<S::Ok, S::Error> {
         match v {
             [one] => one.serialize(s),
             many => many.serialize(s),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PendingWrite>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<PendingWrite>, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum OneOrMany {
@@ -152,77 +180,75 @@ mod one_or_many {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PendingWrite {
     /// `project/environment/path`.
-    pub location: String,
-    pub key: String,
+    pub(crate) location: String,
+    pub(crate) key: String,
     /// The value submitted (an AUD: not a secret).
-    pub value: String,
+    pub(crate) value: String,
     /// The change request's slug or id, when the answer carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<String>,
+    pub(crate) request: Option<String>,
     /// When it was submitted (Unix seconds).
-    pub since: u64,
+    pub(crate) since: u64,
 }
 
 /// A refused login of one machine identity at one Infisical host.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LoginRefusal {
-    pub host: String,
-    pub client_id: String,
+    pub(crate) host: String,
+    pub(crate) client_id: String,
     /// When it was refused (Unix seconds).
-    pub at: u64,
+    pub(crate) at: u64,
     /// Infisical's answer (status and message; never a credential).
-    pub reason: String,
+    pub(crate) reason: String,
     /// Infisical said the identity is temporarily locked (its answer carries no duration).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub locked: bool,
+    pub(crate) locked: bool,
     /// How long no login is tried after `at` (seconds); absent in older files: the configured
     /// hold-off. Grows while the identity stays locked, up to the 24 h Infisical allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub holdoff: Option<u64>,
+    pub(crate) holdoff: Option<u64>,
 }
 
 /// One recreate in progress: the container's name and the new container's id (the key is the
 /// old container's id).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RecreateRecord {
-    pub name: String,
+pub(crate) struct RecreateRecord {
+    pub(crate) name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub new_id: Option<String>,
+    pub(crate) new_id: Option<String>,
 }
 
 /// The application that served a host at the last lookup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ServedApp {
-    pub app_id: String,
-    pub name: String,
+pub(crate) struct ServedApp {
+    pub(crate) app_id: String,
+    pub(crate) name: String,
     /// `exact`, or the `*.` pattern that covered the host.
-    pub matched: String,
+    pub(crate) matched: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CachedApp {
-    pub host: String,
-    pub account_id: String,
-    pub app_id: String,
+pub(crate) struct CachedApp {
+    pub(crate) host: String,
+    pub(crate) account_id: String,
+    pub(crate) app_id: String,
 }
 
 #[derive(Debug)]
-pub struct StateFile {
-    pub path: PathBuf,
-    pub state: State,
+pub(crate) struct StateFile {
+    pub(crate) path: PathBuf,
+    pub(crate) state: State,
     /// Set by `--dry-run`: reads only.
-    pub read_only: bool,
+    pub(crate) read_only: bool,
 }
 
 impl StateFile {
     /// Load. A missing file is an empty state; a corrupt one is ignored with a warning (it is
     /// only a cache and a journal: the worst case is one extra lookup or restart); a file that
     /// exists but cannot be read is an error, so it is never silently overwritten.
-    pub fn load(path: &Path, read_only: bool) -> Result<StateFile, String> {
+    pub(crate) fn load(path: &Path, read_only: bool) -> Result<StateFile, Error> {
         // Not through a symlink, and only a file of the user running (fsx::read_private).
-        let state = match fsx::read_private(path, fsx::MAX_TEXT)
-            .map_err(|e| format!("the state file: {e}"))?
-        {
+        let state = match fsx::read_private(path, fsx::MAX_TEXT).map_err(Error::Read)? {
             Some(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
                 State::default()
@@ -238,7 +264,7 @@ impl StateFile {
 
     /// Write the state. The login refusal is not this copy's to write: the file's is kept
     /// (it may have been recorded since this copy was loaded).
-    pub fn save(&self) -> Result<(), String> {
+    pub(crate) fn save(&self) -> Result<(), Error> {
         if self.read_only {
             return Ok(());
         }
@@ -258,7 +284,7 @@ impl StateFile {
 
     /// Load the file afresh, change it and write it at once (also for a read-only run: used
     /// only for the login refusal, which protects the machine identity).
-    pub fn update(path: &Path, change: impl FnOnce(&mut State)) -> Result<(), String> {
+    pub(crate) fn update(path: &Path, change: impl FnOnce(&mut State)) -> Result<(), Error> {
         let mut state = StateFile::load(path, true)?.state;
         change(&mut state);
         write(path, &state)
@@ -290,7 +316,7 @@ impl StateFile {
     /// place, so one still being written (a process outside the pass lock: a dry run, the
     /// notification bookkeeping) is left alone. Call under the pass lock, never in a dry run.
     /// Returns the names removed.
-    pub fn remove_leftovers(path: &Path) -> Vec<String> {
+    pub(crate) fn remove_leftovers(path: &Path) -> Vec<String> {
         let Ok(rd) = fs::read_dir(state_dir(path)) else {
             return vec![];
         };
@@ -321,17 +347,17 @@ impl StateFile {
     }
 }
 
-fn write(path: &Path, state: &State) -> Result<(), String> {
+fn write(path: &Path, state: &State) -> Result<(), Error> {
+    let io = |source: std::io::Error| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = state_dir(path);
-    let mut tmp = locked_temp(dir).map_err(|e| format!("{}: {e}", path.display()))?;
-    let body = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-    tmp.write_all(&body)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| format!("{}: {}", path.display(), e.error))?;
+    let mut tmp = locked_temp(dir).map_err(io)?;
+    let body = serde_json::to_vec_pretty(state)?;
+    tmp.write_all(&body).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
 
@@ -361,9 +387,10 @@ impl Journal for StateFile {
         self.state.owed.clone()
     }
 
+    // The port's signature (reconcile::Journal) reports in text.
     fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), String> {
         self.state.owed = names.clone();
-        self.save()
+        Ok(self.save()?)
     }
 }
 
@@ -400,7 +427,7 @@ mod tests {
         fs::write(&target, "{}").unwrap();
         let link = dir.path().join("s.json");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let e = StateFile::load(&link, false).unwrap_err();
+        let e = StateFile::load(&link, false).unwrap_err().to_string();
         assert!(e.contains("symlink"), "{e}");
         assert!(StateFile::update(&link, |s| s.app_count = Some(1)).is_err());
         assert_eq!(fs::read_to_string(&target).unwrap(), "{}");
@@ -408,7 +435,7 @@ mod tests {
         let p = dir.path().join("t.json");
         fs::write(&p, "{}").unwrap();
         if std::os::unix::fs::chown(&p, Some(65534), Some(65534)).is_ok() {
-            let e = StateFile::load(&p, false).unwrap_err();
+            let e = StateFile::load(&p, false).unwrap_err().to_string();
             assert!(e.contains("owned by uid 65534"), "{e}");
         }
     }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
 
-pub const PROJECT: &str = "com.docker.compose.project";
-pub const SERVICE: &str = "com.docker.compose.service";
+pub(crate) const PROJECT: &str = "com.docker.compose.project";
+pub(crate) const SERVICE: &str = "com.docker.compose.service";
 const HASH: &str = "com.docker.compose.config-hash";
 const WORKING_DIR: &str = "com.docker.compose.project.working_dir";
 const CONFIG_FILES: &str = "com.docker.compose.project.config_files";
@@ -27,7 +27,7 @@ const CLI: &str = "docker-compose";
 /// `config --hash` starts Python and asks the daemon for the image id: seconds, not minutes.
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 /// Variables the compose CLI needs to reach the same daemon; nothing else is passed.
-pub const PASSED: &[&str] = &[
+pub(crate) const PASSED: &[&str] = &[
     "PATH",
     "HOME",
     "DOCKER_HOST",
@@ -43,14 +43,14 @@ pub const PASSED: &[&str] = &[
 #[derive(Clone, Default, PartialEq)]
 pub struct ComposeEnv {
     /// The directories of `PATH`, in order.
-    pub path: Vec<PathBuf>,
+    pub(crate) path: Vec<PathBuf>,
     /// The variables of [`PASSED`] that are set (also when empty), passed to the CLI.
-    pub vars: Vec<(String, String)>,
+    pub(crate) vars: Vec<(String, String)>,
 }
 
 impl ComposeEnv {
     /// From `get(name)`: the value of variable `name` when it is set.
-    pub fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a str>) -> ComposeEnv {
+    pub(crate) fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a str>) -> ComposeEnv {
         ComposeEnv {
             path: get("PATH")
                 .map(|p| {
@@ -81,18 +81,18 @@ impl std::fmt::Debug for ComposeEnv {
 }
 
 /// Whether the container was made by compose (it carries the project and service labels).
-pub fn is_compose(info: &ContainerInspectResponse) -> bool {
+pub(crate) fn is_compose(info: &ContainerInspectResponse) -> bool {
     let labels = info.config.as_ref().and_then(|c| c.labels.as_ref());
     labels.is_some_and(|l| l.contains_key(PROJECT) && l.contains_key(SERVICE))
 }
 
 /// The compose CLI on `env`'s `PATH`, if any.
-pub fn cli(env: &ComposeEnv) -> Option<PathBuf> {
+pub(crate) fn cli(env: &ComposeEnv) -> Option<PathBuf> {
     env.path.iter().map(|d| d.join(CLI)).find(|p| p.is_file())
 }
 
 /// The warning for a compose container replaced while no compose CLI could say the new hash.
-pub fn no_cli_warning(name: &str) -> String {
+pub(crate) fn no_cli_warning(name: &str) -> String {
     format!(
         "no {CLI} on PATH: {name} keeps its old compose config-hash, so the next `docker-compose up -d` recreates it once (install docker-compose where audsync runs to avoid that)"
     )
@@ -101,7 +101,7 @@ pub fn no_cli_warning(name: &str) -> String {
 /// Give `body` (the new container of compose container `info`) the config hash compose
 /// computes now. Best effort: on any failure the label stays and a warning is logged. The CLI
 /// is looked for on `env`'s `PATH` and run with `env`'s variables only.
-pub async fn label_new_hash(
+pub(crate) async fn label_new_hash(
     info: &ContainerInspectResponse,
     body: &mut ContainerCreateBody,
     changes: &[(String, String)],

@@ -7,12 +7,13 @@
 //! sequence with its health gate and roll back; [`recover`] finishes or undoes a recreate
 //! that was cut short, and sizes the timeout of stop calls.
 
-pub mod compose;
+pub(crate) mod compose;
+mod error;
 mod ops;
 mod recover;
 mod recreate;
 mod rollout;
-pub mod spec;
+pub(crate) mod spec;
 pub mod swarm;
 
 use std::collections::HashMap;
@@ -25,9 +26,11 @@ use bollard::query_parameters::{ListContainersOptions, RestartContainerOptions};
 
 use crate::reconcile::{ActionError, Target, TargetObservation};
 
+pub(crate) use error::Error;
+
 /// A connection to the engine, made once per pass and shared by every container.
 #[derive(Clone)]
-pub struct Engine {
+pub(crate) struct Engine {
     docker: Arc<Docker>,
     /// The address it was reached at (`DOCKER_HOST` as config checked it).
     host: Arc<str>,
@@ -36,7 +39,7 @@ pub struct Engine {
 impl Engine {
     /// Connect to `host` (`DOCKER_HOST` as config checked it, or the default socket), and
     /// agree on an API version.
-    pub async fn connect(host: &str) -> Result<Engine, ActionError> {
+    pub(crate) async fn connect(host: &str) -> Result<Engine, ActionError> {
         let docker = Docker::connect_with_host(host).map_err(|e| unreachable_daemon(host, &e))?;
         let docker = docker
             .negotiate_version()
@@ -48,7 +51,7 @@ impl Engine {
         })
     }
 
-    pub fn container(&self, name: &str) -> Container {
+    pub(crate) fn container(&self, name: &str) -> Container {
         Container {
             engine: self.clone(),
             name: name.to_string(),
@@ -61,7 +64,7 @@ impl Engine {
 
     /// The containers of compose service `project`/`service` (one-off `run` containers
     /// excluded), by name, in container-number order.
-    pub async fn compose_service(
+    pub(crate) async fn compose_service(
         &self,
         project: &str,
         service: &str,
@@ -120,7 +123,7 @@ impl Engine {
 
     /// The name of the container `id_or_name` (without the leading `/`); `None` when the
     /// engine knows no such container.
-    pub async fn name_of(&self, id_or_name: &str) -> Result<Option<String>, ActionError> {
+    pub(crate) async fn name_of(&self, id_or_name: &str) -> Result<Option<String>, ActionError> {
         match self.docker.inspect_container(id_or_name, None).await {
             Ok(i) => Ok(i.name.map(|n| n.trim_start_matches('/').to_string())),
             Err(BollardError::DockerResponseServerError {
@@ -132,7 +135,7 @@ impl Engine {
 
     /// The compose project directory a container was started from (label
     /// `com.docker.compose.project.working_dir`), best effort.
-    pub async fn project_dir(&self, id_or_name: &str) -> Option<String> {
+    pub(crate) async fn project_dir(&self, id_or_name: &str) -> Option<String> {
         let info = self.docker.inspect_container(id_or_name, None).await.ok()?;
         info.config?
             .labels?
@@ -142,16 +145,12 @@ impl Engine {
     }
 
     /// Swarm service `name` (by name or id).
-    pub fn swarm_service(
+    pub(crate) fn swarm_service(
         &self,
         name: &str,
         health_timeout: Option<Duration>,
     ) -> swarm::SwarmService {
         swarm::SwarmService::new(self.docker.clone(), &self.host, name, health_timeout)
-    }
-
-    pub fn api(&self) -> &Docker {
-        &self.docker
     }
 }
 
@@ -164,7 +163,7 @@ fn unreachable_daemon(host: &str, e: &BollardError) -> ActionError {
 }
 
 /// Phrase an engine error about container `name` for the user.
-pub fn container_error(name: &str, what: &str, e: &BollardError) -> ActionError {
+pub(crate) fn container_error(name: &str, what: &str, e: &BollardError) -> ActionError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404, ..
@@ -199,14 +198,14 @@ pub fn container_error(name: &str, what: &str, e: &BollardError) -> ActionError 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecreateOptions {
     /// Without a healthcheck: how long the new container must keep running.
-    pub settle: Duration,
+    pub(crate) settle: Duration,
     /// With a healthcheck: how long to wait for `healthy`; `None` derives it from the check
     /// (start period + (interval + timeout) x retries).
-    pub health_timeout: Option<Duration>,
+    pub(crate) health_timeout: Option<Duration>,
     /// The state file recording recreates in progress (`recreating`): the only proof a
     /// later pass accepts that a temporary container is audsync's. `None`: no record, and no
     /// recovery touches anything.
-    pub journal: Option<std::path::PathBuf>,
+    pub(crate) journal: Option<std::path::PathBuf>,
 }
 
 impl Default for RecreateOptions {
@@ -232,26 +231,26 @@ pub struct Container {
 }
 
 impl Container {
-    pub fn with_options(mut self, opts: RecreateOptions) -> Container {
+    pub(crate) fn with_options(mut self, opts: RecreateOptions) -> Container {
         self.opts = opts;
         self
     }
 
     /// The environment the compose CLI is looked for and run with (see [`compose`]).
-    pub fn with_compose(mut self, env: compose::ComposeEnv) -> Container {
+    pub(crate) fn with_compose(mut self, env: compose::ComposeEnv) -> Container {
         self.compose_env = env;
         self
     }
 
     /// Containers of one group (a compose service) are done in order, and a failure stops
     /// the rest of the group.
-    pub fn in_group(mut self, group: &str) -> Container {
+    pub(crate) fn in_group(mut self, group: &str) -> Container {
         self.group = Some(group.to_string());
         self
     }
 
     /// Whether the last observe found compose labels on it.
-    pub fn is_compose(&self) -> bool {
+    pub(crate) fn is_compose(&self) -> bool {
         self.compose
     }
 }
@@ -361,7 +360,7 @@ pub(crate) fn stop_timeout(info: &bollard::models::ContainerInspectResponse) -> 
 }
 
 /// The value of `key` in a `KEY=value` list, if present.
-pub fn env_value(env: &[String], key: &str) -> Option<String> {
+pub(crate) fn env_value(env: &[String], key: &str) -> Option<String> {
     env.iter().rev().find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         (k == key).then(|| v.to_string())

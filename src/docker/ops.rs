@@ -12,7 +12,7 @@ use bollard::Docker;
 use bollard::models::{ContainerInspectResponse, HealthStatusEnum};
 use bollard::query_parameters::{RemoveContainerOptions, RenameContainerOptions};
 
-use super::RecreateOptions;
+use super::{Error, RecreateOptions};
 
 const NEW: &str = "-audsync-new-";
 const OLD: &str = "-audsync-old-";
@@ -42,7 +42,7 @@ pub(super) fn record(
     name: &str,
     old_id: &str,
     new_id: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), crate::state::Error> {
     let Some(path) = journal else {
         return Ok(());
     };
@@ -103,13 +103,13 @@ pub(super) fn temp_names(name: &str, was_running: bool) -> (String, String) {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct TempName {
     /// The name of the container being recreated.
-    pub base: String,
+    pub(crate) base: String,
     /// The old container moved aside (else the new one, not yet renamed).
-    pub old: bool,
+    pub(crate) old: bool,
     /// Shared by the two containers of one recreate.
-    pub tag: String,
+    pub(crate) tag: String,
     /// Whether the old container was running when the recreate began.
-    pub was_running: bool,
+    pub(crate) was_running: bool,
 }
 
 pub(super) fn parse_temp(name: &str) -> Option<TempName> {
@@ -262,11 +262,8 @@ pub(super) async fn wait_good(
     docker: &Docker,
     id: &str,
     opts: &RecreateOptions,
-) -> Result<(), String> {
-    let first = docker
-        .inspect_container(id, None)
-        .await
-        .map_err(|e| format!("cannot inspect the new container: {e}"))?;
+) -> Result<(), Error> {
+    let first = inspect(docker, id).await?;
     let health = first
         .config
         .as_ref()
@@ -301,26 +298,15 @@ pub(super) async fn wait_good(
                             .and_then(|l| l.last())
                             .and_then(|r| r.output.clone())
                             .unwrap_or_default();
-                        let within = if patient {
-                            format!(
-                                " and was not healthy within {}",
-                                humantime::format_duration(bound)
-                            )
-                        } else {
-                            String::new()
-                        };
-                        return Err(format!(
-                            "the new container became unhealthy{within} (last check: {})",
-                            out.trim()
-                        ));
+                        return Err(Error::Unhealthy {
+                            within: patient.then_some(bound),
+                            last_check: out.trim().to_string(),
+                        });
                     }
                     _ => {}
                 }
                 if timed_out {
-                    return Err(format!(
-                        "the new container was not healthy within {}",
-                        humantime::format_duration(bound)
-                    ));
+                    return Err(Error::NotHealthy(bound));
                 }
                 tokio::time::sleep(POLL).await;
             }
@@ -339,11 +325,11 @@ pub(super) async fn wait_good(
     }
 }
 
-async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInspectResponse, String> {
+async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInspectResponse, Error> {
     docker
         .inspect_container(id, None)
         .await
-        .map_err(|e| format!("cannot inspect the new container: {e}"))
+        .map_err(|e| Error::engine("cannot inspect the new container", e))
 }
 
 /// Fail when the container stopped, or was restarted by its restart policy since we started it.
@@ -351,15 +337,15 @@ fn check_alive(
     info: &ContainerInspectResponse,
     started_at: &Option<String>,
     restarts: Option<i64>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let state = info.state.as_ref();
     let running = state.and_then(|s| s.running) == Some(true);
     let code = state.and_then(|s| s.exit_code).unwrap_or_default();
     if !running {
-        return Err(format!("the new container exited (code {code})"));
+        return Err(Error::Exited { code });
     }
     if info.restart_count != restarts || state.and_then(|s| s.started_at.clone()) != *started_at {
-        return Err("the new container exited and was restarted by its restart policy".into());
+        return Err(Error::Restarted);
     }
     Ok(())
 }
@@ -389,11 +375,11 @@ pub(super) fn keep_volumes() -> RemoveContainerOptions {
     }
 }
 
-pub(super) async fn remove(docker: &Docker, id: &str) -> Result<(), String> {
+pub(super) async fn remove(docker: &Docker, id: &str) -> Result<(), Error> {
     docker
         .remove_container(id, Some(keep_volumes()))
         .await
-        .map_err(|e| format!("cannot remove container {}: {e}", short_id(id)))
+        .map_err(|e| Error::engine(format!("cannot remove container {}", short_id(id)), e))
 }
 
 pub(super) async fn rename(

@@ -25,7 +25,7 @@ use bollard::Docker;
 use bollard::query_parameters::ListContainersOptions;
 
 use super::ops::{self, parse_temp, remove, rename, restore_old, wait_good};
-use super::{Container, container_error};
+use super::{Container, Error, container_error};
 use crate::reconcile::ActionError;
 
 // `docker/mod.rs` names these through this module.
@@ -50,7 +50,7 @@ struct Group {
 impl Container {
     /// Finish or undo any recreate of this container that was cut short; returns what was
     /// done (with `dry_run`: what would be). Run before observing it.
-    pub async fn recover(&self, dry_run: bool) -> Result<Vec<String>, ActionError> {
+    pub(crate) async fn recover(&self, dry_run: bool) -> Result<Vec<String>, ActionError> {
         recover(&self.engine.docker, &self.name, &self.opts, dry_run).await
     }
 }
@@ -186,13 +186,13 @@ async fn recover_group(
     base: &str,
     g: &Group,
     opts: &super::RecreateOptions,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     let current = match docker.inspect_container(base, None).await {
         Ok(i) => Some(i),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => None,
-        Err(e) => return Err(format!("cannot inspect {base}: {e}")),
+        Err(e) => match Error::engine(format!("cannot inspect {base}"), e) {
+            Error::NotFound { .. } => None,
+            e => return Err(e),
+        },
     };
     let started = |yes: bool| if yes { " and started" } else { "" };
     match (&g.old, &g.new, current) {
@@ -206,7 +206,7 @@ async fn recover_group(
                 docker
                     .start_container(&id, None)
                     .await
-                    .map_err(|e| format!("cannot start the old container: {e}"))?;
+                    .map_err(|e| Error::engine("cannot start the old container", e))?;
             }
             Ok(format!(
                 "removed the unused new container {}; the old one kept its name{}",
@@ -228,7 +228,7 @@ async fn recover_group(
             )
             .await;
             if !problems.is_empty() {
-                return Err(problems.join("; "));
+                return Err(Error::Incomplete(problems));
             }
             Ok(format!(
                 "no container had the name: the old container {} got it back{}{}",
@@ -243,13 +243,13 @@ async fn recover_group(
         (None, Some(new), None) => {
             rename(docker, &new.id, base)
                 .await
-                .map_err(|e| format!("cannot rename {} to {base}: {e}", new.name))?;
+                .map_err(|e| Error::engine(format!("cannot rename {} to {base}", new.name), e))?;
             let start = g.was_running && !new.running;
             if start {
                 docker
                     .start_container(&new.id, None)
                     .await
-                    .map_err(|e| format!("cannot start {base}: {e}"))?;
+                    .map_err(|e| Error::engine(format!("cannot start {base}"), e))?;
             }
             Ok(format!(
                 "the old container is gone: the new container {} took the name{}",
@@ -264,7 +264,7 @@ async fn recover_group(
                 remove(docker, &new.id).await?;
             }
             if cur_id == old.id {
-                return Err("the old container holds both names".into());
+                return Err(Error::BothNames);
             }
             let cur_running = cur.state.as_ref().and_then(|s| s.running) == Some(true);
             if !g.was_running {
@@ -278,7 +278,7 @@ async fn recover_group(
             let verdict = if cur_running {
                 wait_good(docker, &cur_id, opts).await
             } else {
-                Err("the new container was not running".into())
+                Err(Error::NotRunning)
             };
             match verdict {
                 Ok(()) => {
@@ -300,7 +300,10 @@ async fn recover_group(
                     )
                     .await;
                     if !problems.is_empty() {
-                        return Err(format!("rolling back ({why}): {}", problems.join("; ")));
+                        return Err(Error::RollbackIncomplete {
+                            why: Box::new(why),
+                            problems,
+                        });
                     }
                     Ok(format!(
                         "rolled back: {why}; the old container {} runs again under the name",

@@ -194,7 +194,7 @@ pub(super) async fn recreate(
             .await);
     }
     if let Err(why) = wait_good(docker, &new_id, opts).await {
-        return Err(rb.undo(why).await);
+        return Err(rb.undo(why.to_string()).await);
     }
     tracing::info!(container = %name, elapsed_ms = started.elapsed().as_millis() as u64, "the new container is good; removing the old one");
     if let Err(e) = docker.remove_container(&old_id, Some(keep_volumes())).await {

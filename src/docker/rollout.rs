@@ -30,7 +30,7 @@ use super::{RecreateOptions, compose, container_error, spec};
 use crate::reconcile::ActionError;
 
 /// Why no second container can run beside this one; `None` when a rollout is possible.
-pub fn blocker(info: &ContainerInspectResponse) -> Option<String> {
+pub(crate) fn blocker(info: &ContainerInspectResponse) -> Option<String> {
     let hc = info.host_config.as_ref();
     let mode = hc
         .and_then(|h| h.network_mode.as_deref())
@@ -76,7 +76,7 @@ pub fn blocker(info: &ContainerInspectResponse) -> Option<String> {
 }
 
 /// Whether it carries network aliases of its own (not just its short id or its name).
-pub fn aliased(info: &ContainerInspectResponse) -> bool {
+pub(crate) fn aliased(info: &ContainerInspectResponse) -> bool {
     let id = info.id.clone().unwrap_or_default();
     let short = short_id(&id).to_string();
     let name = ops::name_of(info, "");
@@ -191,7 +191,7 @@ pub(super) async fn rollout(
         return Err(give_up(format!("the new container did not start: {e}")).await);
     }
     if let Err(why) = wait_good(docker, &new_id, opts).await {
-        return Err(give_up(why).await);
+        return Err(give_up(why.to_string()).await);
     }
     tracing::info!(container = %name, elapsed_ms = started.elapsed().as_millis() as u64, "the new container is good; retiring the old one");
 

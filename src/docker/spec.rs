@@ -15,9 +15,9 @@ use bollard::models::{
 /// What to send to the engine: the create body (with at most one network, which every API
 /// version accepts) and the networks to connect before the first start.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Spec {
-    pub body: ContainerCreateBody,
-    pub extra_networks: Vec<(String, EndpointSettings)>,
+pub(crate) struct Spec {
+    pub(crate) body: ContainerCreateBody,
+    pub(crate) extra_networks: Vec<(String, EndpointSettings)>,
 }
 
 /// Build the create body for `info` with every `(key, value)` of `changes` applied, running
@@ -26,7 +26,11 @@ pub struct Spec {
 /// Only existing `key=` entries are replaced: a container that does not carry a key reads the
 /// value some other way, and adding one would change what it runs with behind the user's back.
 /// When a key appears twice in `changes`, the last value wins.
-pub fn build(info: &ContainerInspectResponse, changes: &[(String, String)], image: &str) -> Spec {
+pub(crate) fn build(
+    info: &ContainerInspectResponse,
+    changes: &[(String, String)],
+    image: &str,
+) -> Spec {
     let config = info.config.clone().unwrap_or_default();
     let id = info.id.clone().unwrap_or_default();
     let short_id: String = id.chars().take(12).collect();

@@ -1,0 +1,222 @@
+//! The errors of `docker/`: one enum, variants by kind, so that a retry, a fallback or a
+//! rollback is decided by matching a variant (or bollard's status code), never by reading a
+//! message. The texts are the ones users see in reports.
+
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::ServiceUpdateStatusStateEnum;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// The engine could not be reached, or the connection broke off (`what`: the call).
+    #[error("{what}: {source}")]
+    Unreachable {
+        what: String,
+        #[source]
+        source: BollardError,
+    },
+    /// The engine knows no such object (404).
+    #[error("{what}: {source}")]
+    NotFound {
+        what: String,
+        #[source]
+        source: BollardError,
+    },
+    /// The engine refused the call as conflicting with the object's state (409).
+    #[error("{what}: {source}")]
+    Conflict {
+        what: String,
+        #[source]
+        source: BollardError,
+    },
+    /// The engine answered another error status.
+    #[error("{what}: {source}")]
+    Status {
+        what: String,
+        status: u16,
+        #[source]
+        source: BollardError,
+    },
+    /// The engine did not answer in time (bollard's request timeout).
+    #[error("{what}: {source}")]
+    Timeout {
+        what: String,
+        #[source]
+        source: BollardError,
+    },
+    /// The engine's answer could not be read.
+    #[error("{what}: {source}")]
+    Parse {
+        what: String,
+        #[source]
+        source: BollardError,
+    },
+    /// The raw Swarm calls (see `swarm::raw`) need the engine's unix socket.
+    #[error(
+        "Swarm service updates go through the engine's unix socket; DOCKER_HOST={host} is not one"
+    )]
+    NotUnixSocket { host: String },
+    /// The service as inspected carries no version index to update it at.
+    #[error("the engine gave no version index")]
+    NoVersion,
+    /// The state file (the recreate journal) could not be read or written.
+    #[error(transparent)]
+    State(#[from] crate::state::Error),
+    /// The new container stopped.
+    #[error("the new container exited (code {code})")]
+    Exited { code: i64 },
+    /// The new container stopped and its restart policy started it again.
+    #[error("the new container exited and was restarted by its restart policy")]
+    Restarted,
+    /// The new container's healthcheck said `unhealthy` (`within`: the explicit bound it had).
+    #[error(
+        "the new container became unhealthy{} (last check: {last_check})",
+        .within.map(|b| format!(" and was not healthy within {}", humantime::format_duration(b))).unwrap_or_default()
+    )]
+    Unhealthy {
+        within: Option<Duration>,
+        last_check: String,
+    },
+    /// The new container was not `healthy` within the bound.
+    #[error("the new container was not healthy within {}", humantime::format_duration(*.0))]
+    NotHealthy(Duration),
+    /// The new container (found under the name by a recovery) was not running.
+    #[error("the new container was not running")]
+    NotRunning,
+    /// A recovery found the old container under the name as well as under its temporary one.
+    #[error("the old container holds both names")]
+    BothNames,
+    /// Putting the old container back left these things undone.
+    #[error("{}", .0.join("; "))]
+    Incomplete(Vec<String>),
+    /// A recovery rolled back (because of `why`) and could not finish it.
+    #[error("rolling back ({why}): {}", .problems.join("; "))]
+    RollbackIncomplete {
+        why: Box<Error>,
+        problems: Vec<String>,
+    },
+    /// Swarm paused or rolled back an update (a new task failed).
+    #[error(
+        "Swarm stopped the update ({state}: {message}){}",
+        .failed_task.as_ref().map(|t| format!("; a new task failed: {t}")).unwrap_or_default()
+    )]
+    SwarmStopped {
+        state: ServiceUpdateStatusStateEnum,
+        message: String,
+        failed_task: Option<String>,
+    },
+    /// A Swarm update did not complete within the bound.
+    #[error(
+        "the update did not complete within {} (state {})",
+        humantime::format_duration(*.bound),
+        .state.map(|s| s.to_string()).unwrap_or_else(|| "none".into())
+    )]
+    SwarmTimeout {
+        bound: Duration,
+        state: Option<ServiceUpdateStatusStateEnum>,
+    },
+    /// Swarm paused the rollback to the previous spec.
+    #[error("Swarm paused the rollback")]
+    RollbackPaused,
+}
+
+impl Error {
+    /// A failed engine call (`what`: the call, as the message starts), by the kind of failure.
+    pub(crate) fn engine(what: impl Into<String>, source: BollardError) -> Error {
+        let what = what.into();
+        match &source {
+            BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            } => Error::NotFound { what, source },
+            BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            } => Error::Conflict { what, source },
+            BollardError::DockerResponseServerError { status_code, .. } => Error::Status {
+                what,
+                status: *status_code,
+                source,
+            },
+            BollardError::RequestTimeoutError => Error::Timeout { what, source },
+            BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. } => {
+                Error::Parse { what, source }
+            }
+            _ => Error::Unreachable { what, source },
+        }
+    }
+
+    /// The engine's status and message, when it answered with an error status.
+    pub(crate) fn answer(&self) -> Option<(u16, &str)> {
+        match self {
+            Error::NotFound { source, .. }
+            | Error::Conflict { source, .. }
+            | Error::Status { source, .. } => match source {
+                BollardError::DockerResponseServerError {
+                    status_code,
+                    message,
+                } => Some((*status_code, message.as_str())),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_are_sorted_by_kind_and_keep_their_text() {
+        let status = |code: u16| BollardError::DockerResponseServerError {
+            status_code: code,
+            message: "m".into(),
+        };
+        let e = Error::engine("cannot inspect x", status(404));
+        assert!(matches!(e, Error::NotFound { .. }));
+        assert_eq!(
+            e.to_string(),
+            "cannot inspect x: Docker responded with status code 404: m"
+        );
+        assert!(matches!(
+            Error::engine("x", status(409)),
+            Error::Conflict { .. }
+        ));
+        let e = Error::engine("x", status(500));
+        assert!(matches!(e, Error::Status { status: 500, .. }));
+        assert_eq!(e.answer(), Some((500, "m")));
+        assert!(matches!(
+            Error::engine("x", BollardError::RequestTimeoutError),
+            Error::Timeout { .. }
+        ));
+        assert!(matches!(
+            Error::engine("x", std::io::Error::other("gone").into()),
+            Error::Unreachable { .. }
+        ));
+    }
+
+    #[test]
+    fn health_texts_are_unchanged() {
+        let bound = Duration::from_secs(5);
+        assert_eq!(
+            Error::Unhealthy {
+                within: Some(bound),
+                last_check: "boom".into()
+            }
+            .to_string(),
+            "the new container became unhealthy and was not healthy within 5s (last check: boom)"
+        );
+        assert_eq!(
+            Error::Unhealthy {
+                within: None,
+                last_check: "boom".into()
+            }
+            .to_string(),
+            "the new container became unhealthy (last check: boom)"
+        );
+        assert_eq!(
+            Error::NotHealthy(bound).to_string(),
+            "the new container was not healthy within 5s"
+        );
+    }
+}
