@@ -593,9 +593,11 @@ pub struct ValueError(String);
 /// `10%`, `12.5%` or `10` (percent) -> 0.10; between 0% and 50%.
 pub fn parse_percent(s: &str) -> Result<f64, ValueError> {
     let n = s.trim().trim_end_matches('%').trim();
-    let v: f64 = n
-        .parse()
-        .map_err(|_| ValueError(format!("{s:?} is not a percentage (examples: 0%, 10%, 25%)")))?;
+    let v: f64 = n.parse().map_err(|_| {
+        ValueError(format!(
+            "{s:?} is not a percentage (examples: 0%, 10%, 25%)"
+        ))
+    })?;
     if !(0.0..=50.0).contains(&v) {
         return Err(ValueError(format!("{s:?} is out of range: use 0% to 50%")));
     }
@@ -607,8 +609,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     if let Ok(secs) = s.trim().parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| ValueError(format!("{e} (examples: 30s, 5m, 1h; a bare number is seconds)")))
+    humantime::parse_duration(s).map_err(|e| {
+        ValueError(format!(
+            "{e} (examples: 30s, 5m, 1h; a bare number is seconds)"
+        ))
+    })
 }
 
 #[cfg(test)]

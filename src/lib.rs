@@ -27,9 +27,9 @@ pub mod verify;
 pub mod watch;
 
 use cli::{Cli, Command, LogFormat};
-use sync::report::Output;
 use config::{Env, Parsed};
 use error::Error;
+use sync::report::Output;
 
 /// Start logging on stderr. `-v`/`-q` pick the level; `RUST_LOG` overrides.
 pub fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {

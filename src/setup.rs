@@ -22,7 +22,6 @@ use crate::sync::{self, Output, Status};
 const NEW_AUD: &str = "<AUD of the new application>";
 const NEW_POLICY: &str = "<id of the new policy>";
 
-
 /// One step of setup, as printed and as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
@@ -468,4 +467,3 @@ pub fn print(r: &SetupReport, output: Output) {
         Output::Text => print!("{}", render_text(r)),
     }
 }
-

@@ -8,7 +8,6 @@
 //! `not checked` with the reason (never a silent pass). A token is a credential: it is held as a
 //! [`Secret`] and never printed.
 
-
 use crate::cloudflare::jwt::{self, Jwks};
 use crate::cloudflare::{Client, edge, tunnel};
 pub use crate::config::verify::{Check, VerifyConfig};

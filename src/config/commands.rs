@@ -2,7 +2,6 @@
 //! (and `sync`'s own, with the Cloudflare credentials read from Infisical when they are set
 //! nowhere else). Like the rest of `config`, the only place that reads their clap types.
 
-
 use crate::cli::SyncArgs;
 use crate::error::Error;
 
@@ -26,4 +25,3 @@ pub async fn sync_config(args: &SyncArgs, p: &Parsed) -> Result<SyncConfig, Erro
         .await?;
     SyncConfig::build(args, &env, p.file.as_ref(), &p.origins)
 }
-

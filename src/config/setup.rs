@@ -1,9 +1,9 @@
 //! `setup`'s typed configuration, built once from its flags and the layers: the host, the
 //! application's name, the policy's rules, the IdP, and the `sync` pass that follows.
 
+use crate::cli::{Origin, SetupArgs};
 use crate::cloudflare::policies::Rules;
 use crate::cloudflare::{apps, edge};
-use crate::cli::{Origin, SetupArgs};
 use crate::error::Error;
 
 use super::{self as config, Env, Parsed, SyncConfig};
@@ -170,7 +170,9 @@ pub fn go_duration(s: &str) -> Result<u128, GoDurationError> {
             .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_len);
         if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-            return Err(GoDurationError(format!("{rest:?} does not start with a number")));
+            return Err(GoDurationError(format!(
+                "{rest:?} does not start with a number"
+            )));
         }
         let unit_len = tail
             .find(|c: char| c.is_ascii_digit() || c == '.')

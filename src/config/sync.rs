@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{Command, Origin as SourceOrigin, SyncArgs};
-use crate::sync::report::Output;
 use crate::docker::RecreateOptions;
 use crate::docker::compose::ComposeEnv;
 use crate::error::Error;
 use crate::reconcile::RestartMode;
 use crate::sink::infisical;
 use crate::sink::{SinkKind, WriteMode};
+use crate::sync::report::Output;
 
 use super::file::{FileBinding, SinkSpec, TargetSpec};
 use super::{Env, FileConfig, Origin, Parsed, SourceConfig};

@@ -14,7 +14,6 @@ use crate::cloudflare::edge;
 
 use super::{self as config, Env, SourceConfig};
 
-
 #[derive(Debug, Clone)]
 pub struct VerifyConfig {
     pub host: String,
