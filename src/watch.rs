@@ -152,8 +152,13 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
         let pass_id = telemetry.trigger.begin();
         let span = tracing::info_span!("pass", id = pass_id);
         let started = Instant::now();
-        let pass = sync::run_pass_staged(&cfg.sync).instrument(span.clone());
-        let Some(result) = signals.during(pass).await else {
+        let sync_cfg = cfg.sync.clone();
+        let mut pass = OffThread::start(
+            async move { sync::run_pass_staged(&sync_cfg).await }.instrument(span.clone()),
+        );
+        let Some(result) = signals.during(pass.result()).await else {
+            // Dropped at its next await point, as before; this waits for that.
+            pass.cancel().await;
             tracing::warn!(
                 pass = pass_id,
                 "second SIGINT: stopping now; the pass in flight was cut short (the next run finishes it)"
@@ -401,6 +406,63 @@ impl Signals {
                 _ = trigger.woken() => {}
             }
         }
+    }
+}
+
+/// A pass, driven off the runtime's thread, so the disk never blocks the runtime.
+///
+/// A pass does blocking file work all along its way: the lock, the state file (loads, saves,
+/// the journal behind the synchronous `reconcile::Journal` port), the `.env` reads, writes and
+/// fsyncs, the leak check. On this current-thread runtime each such call would hold /healthz,
+/// /metrics, `POST /sync`, the signal handlers and the notifications until it returned.
+/// Rather than wrap each of those calls in `spawn_blocking` (a dozen sites, some behind sync
+/// traits, and easy to miss in new code), the whole pass runs on a blocking-pool thread with
+/// `Handle::block_on`: its awaits still use this runtime's I/O and timer drivers (driven by
+/// the main thread, which sits in `Runtime::block_on` for the whole run), and its disk calls
+/// block only that thread. A listener on a runtime of its own would have been as small, but
+/// would leave the signals and notifications stuck behind a slow disk.
+struct OffThread<T> {
+    /// Dropped to cancel the pass at its next await point.
+    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+    /// `None`: cancelled.
+    done: tokio::task::JoinHandle<Option<T>>,
+}
+
+impl<T: Send + 'static> OffThread<T> {
+    fn start(pass: impl std::future::Future<Output = T> + Send + 'static) -> OffThread<T> {
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Handle::current();
+        let done = tokio::task::spawn_blocking(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    out = pass => Some(out),
+                    _ = cancelled => None,
+                }
+            })
+        });
+        OffThread {
+            cancel: Some(cancel),
+            done,
+        }
+    }
+
+    /// Wait for the pass to end. A panic in it is carried on here, as when it ran inline.
+    async fn result(&mut self) -> T {
+        match (&mut self.done).await {
+            Ok(Some(out)) => out,
+            Ok(None) => unreachable!("only cancel() cancels, and it consumes the pass"),
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => panic!("the pass was lost: {e}"),
+            },
+        }
+    }
+
+    /// Cut the pass short at its next await point (the same points at which dropping its
+    /// future inline did) and wait until it has let go of the lock and files.
+    async fn cancel(mut self) {
+        drop(self.cancel.take());
+        let _ = (&mut self.done).await;
     }
 }
 

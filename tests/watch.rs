@@ -1291,6 +1291,83 @@ fn healthz_turns_503_after_three_intervals_of_failures_by_default() {
     assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
 }
 
+/// GET `path`, giving up after `limit`: an error rather than a hang when nothing answers.
+fn get_within(addr: &str, path: &str, limit: Duration) -> Result<(u16, String), String> {
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.set_write_timeout(Some(limit)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)
+        .map_err(|e| format!("no answer to GET {path} within {limit:?}: {e}"))?;
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or("not an HTTP answer")?;
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok());
+    Ok((status.ok_or("no status")?, body.to_string()))
+}
+
+#[test]
+fn healthz_and_metrics_answer_while_a_pass_is_held_inside_its_env_write() {
+    let (_cf, mut sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    // The debug-build hook: the pass's .env write blocks reading this FIFO until we write it.
+    let fifo = sb.path("hold-write.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let held = sb.path("hold-write.fifo.held");
+    sb.var("AUDSYNC_TEST_HOLD_WRITE", fifo.to_str().unwrap());
+    let (mut w, addr) = start_listening(&sb, &fast(&["--domain", HOST]));
+    w.expect("the pass held inside its .env write", LIMIT, |_| {
+        held.exists()
+    });
+
+    // The pass is blocked in a file call until we release it: the server still answers.
+    let limit = Duration::from_secs(5);
+    let answer = |path: &str| {
+        get_within(&addr, path, limit).unwrap_or_else(|e| {
+            panic!(
+                "{e}: the pass blocks the runtime while it writes\n{}",
+                w.stderr()
+            )
+        })
+    };
+    let (code, body) = answer("/healthz");
+    assert_eq!(code, 200, "{body}");
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["status"], "starting", "no pass has ended yet: {h}");
+    let (code, body) = answer("/metrics");
+    assert_eq!(code, 200, "{body}");
+    let m = parse_exposition(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    assert_eq!(
+        value(&m, "audsync_passes_total", &[("status", "written")]),
+        0.0
+    );
+    assert!(holds(&sb, "old"), "still held before the write");
+
+    // Release it (opening the FIFO meets the hook's open; closing it ends its read); no later
+    // pass writes, but none could be held again either once the FIFO is gone.
+    std::fs::write(&fifo, "go").unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    w.expect("the AUD written once released", LIMIT, |_| {
+        holds(&sb, &aud(2))
+    });
+    w.expect("the pass counted", LIMIT, |_| {
+        metric(&addr, "audsync_passes_total", &[("status", "written")]) == 1.0
+    });
+    assert_eq!(health(&addr).1["status"], "ok");
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+// ---- recreates, rollbacks and SIGTERM on the real Docker engine (gated) ----
 // ---- recreates, rollbacks and SIGTERM on the real Docker engine (#[ignore]d) ----
 
 mod engine {

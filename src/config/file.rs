@@ -634,7 +634,12 @@ sinks = [{ env = "/srv/n8n/.env" }]
     #[test]
     fn an_inline_secret_needs_a_private_file_and_is_never_quoted() {
         let doc = "[cloudflare]\ntoken = \"cf-SECRET-value\"\n";
-        let p = parse(doc, Path::new("a.toml"), Err(NotPrivate("its mode is 644".into()))).unwrap_err();
+        let p = parse(
+            doc,
+            Path::new("a.toml"),
+            Err(NotPrivate("its mode is 644".into())),
+        )
+        .unwrap_err();
         assert!(
             p[0].contains("a.toml:2") && p[0].contains("chmod") || p[0].contains("mode is 644"),
             "{p:?}"

@@ -165,12 +165,16 @@ impl reconcile::Sink for AnySink {
         desired: &reconcile::Values,
     ) -> Result<reconcile::WriteOutcome, reconcile::SinkError> {
         match self {
-            AnySink::Env(s) => s.write_all(desired).map_err(port_error).map(|w| match w {
-                WriteOutcome::Unchanged => reconcile::WriteOutcome::Unchanged,
-                _ => reconcile::WriteOutcome::Written {
-                    versions: Default::default(),
-                },
-            }),
+            AnySink::Env(s) => {
+                #[cfg(debug_assertions)]
+                test_hook::hold_write();
+                s.write_all(desired).map_err(port_error).map(|w| match w {
+                    WriteOutcome::Unchanged => reconcile::WriteOutcome::Unchanged,
+                    _ => reconcile::WriteOutcome::Written {
+                        versions: Default::default(),
+                    },
+                })
+            }
             AnySink::Infisical(v) => {
                 // One secret per key; a held or failed one stops the folder's later keys.
                 let mut versions = std::collections::BTreeMap::new();
@@ -200,5 +204,31 @@ impl reconcile::Sink for AnySink {
                 })
             }
         }
+    }
+}
+
+/// A test hook, compiled into debug builds only (release builds, the ones shipped, have no
+/// trace of it): `AUDSYNC_TEST_HOLD_WRITE=<path of a FIFO>` holds every `.env` write of a pass
+/// at its start, with the blocking calls a real write makes, until the test releases it.
+/// Entering it creates `<path>.held`; opening the FIFO for reading then blocks until the test
+/// opens it for writing, and reading it ends when the test closes it: a barrier, no timing.
+/// A path that is not a FIFO does nothing, so a stray variable cannot hang a run.
+#[cfg(debug_assertions)]
+mod test_hook {
+    use std::os::unix::fs::FileTypeExt;
+
+    pub(super) fn hold_write() {
+        let Some(fifo) = std::env::var_os("AUDSYNC_TEST_HOLD_WRITE") else {
+            return;
+        };
+        let fifo = std::path::PathBuf::from(fifo);
+        if !std::fs::symlink_metadata(&fifo).is_ok_and(|m| m.file_type().is_fifo()) {
+            return;
+        }
+        let mut held = fifo.clone().into_os_string();
+        held.push(".held");
+        let _ = std::fs::write(&held, "");
+        tracing::debug!(fifo = %fifo.display(), "test hook: holding the .env write");
+        let _ = std::fs::read(&fifo);
     }
 }
