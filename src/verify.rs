@@ -18,7 +18,7 @@ use crate::exit;
 use crate::reconcile::{Target, short};
 use crate::secret::Secret;
 use crate::sink::infisical;
-use crate::sink::{SinkKind, envfile};
+use crate::sink::{SinkKind, env as envfile};
 use crate::source;
 
 #[derive(Debug, Clone)]

@@ -3,16 +3,17 @@
 //! Each sink reads its current value, says whether a write is needed, and writes. A sink never
 //! restarts anything and never decides ordering: that is `reconcile`'s job.
 
-pub mod envfile;
+pub mod env;
 pub mod infisical;
 
-use std::path::PathBuf;
+/// The old path of [`env`], kept while callers move (src/config is being rewritten).
+pub use env as envfile;
 
 use serde::Serialize;
 
 use crate::reconcile;
 
-pub use envfile::{EnvFileSink, WriteMode};
+pub use env::{EnvFileSink, WriteMode};
 pub use infisical::InfisicalSink;
 
 /// Which kind of sink, as named on the command line (`--sink env,infisical`).
@@ -59,8 +60,9 @@ pub enum WriteOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {message}")]
-    EnvFile { path: PathBuf, message: String },
+    /// The `.env` file sink; the message starts with the file's path.
+    #[error(transparent)]
+    EnvFile(#[from] env::Error),
     #[error("Infisical: {message}")]
     Infisical {
         message: String,
@@ -73,7 +75,7 @@ pub enum Error {
 impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::EnvFile { .. } => None,
+            Error::EnvFile(_) => None,
             Error::Infisical { hint, .. } => hint.clone(),
         }
     }
@@ -137,7 +139,7 @@ impl reconcile::Sink for AnySink {
         desired: &reconcile::Values,
     ) -> Result<reconcile::SinkObservation, reconcile::SinkError> {
         match self {
-            AnySink::Env(s) => s.observe_all(desired).map_err(port_error),
+            AnySink::Env(s) => s.observe_all(desired).map_err(|e| port_error(e.into())),
             AnySink::Infisical(v) => {
                 let mut out = reconcile::SinkObservation::new();
                 for s in v.iter_mut() {
@@ -165,12 +167,15 @@ impl reconcile::Sink for AnySink {
         desired: &reconcile::Values,
     ) -> Result<reconcile::WriteOutcome, reconcile::SinkError> {
         match self {
-            AnySink::Env(s) => s.write_all(desired).map_err(port_error).map(|w| match w {
-                WriteOutcome::Unchanged => reconcile::WriteOutcome::Unchanged,
-                _ => reconcile::WriteOutcome::Written {
-                    versions: Default::default(),
-                },
-            }),
+            AnySink::Env(s) => s
+                .write_all(desired)
+                .map_err(|e| port_error(e.into()))
+                .map(|w| match w {
+                    WriteOutcome::Unchanged => reconcile::WriteOutcome::Unchanged,
+                    _ => reconcile::WriteOutcome::Written {
+                        versions: Default::default(),
+                    },
+                }),
             AnySink::Infisical(v) => {
                 // One secret per key; a held or failed one stops the folder's later keys.
                 let mut versions = std::collections::BTreeMap::new();
