@@ -17,7 +17,7 @@ use rustix::fs::OFlags;
 
 /// Why a file could not be read or opened. Names the path, never the content.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -86,12 +86,12 @@ pub enum Error {
 }
 
 /// The largest `.env` or config file read.
-pub const MAX_TEXT: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_TEXT: u64 = 4 * 1024 * 1024;
 /// The largest secret file (`*_FILE`) read.
-pub const MAX_SECRET: u64 = 64 * 1024;
+pub(crate) const MAX_SECRET: u64 = 64 * 1024;
 
 /// The error for a path that exists but is not a regular file.
-pub fn not_regular() -> std::io::Error {
+pub(crate) fn not_regular() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidInput,
         "not a regular file (a directory, device, FIFO or socket, or a symlink to one); point it at a regular file",
@@ -100,7 +100,7 @@ pub fn not_regular() -> std::io::Error {
 
 /// Open `path` as a regular file: for reading, or for writing (`create`: made with `mode` when
 /// missing). Never blocks on a FIFO; refuses anything but a regular file.
-pub fn open_regular(path: &Path, write: bool, create: Option<u32>) -> std::io::Result<File> {
+pub(crate) fn open_regular(path: &Path, write: bool, create: Option<u32>) -> std::io::Result<File> {
     let mut o = OpenOptions::new();
     o.read(!write).write(write);
     if let Some(mode) = create {
@@ -127,7 +127,7 @@ pub fn open_regular(path: &Path, write: bool, create: Option<u32>) -> std::io::R
 
 /// Refuse a path that exists (through symlinks) and is not a regular file: before writing a
 /// file that is replaced by a rename. A missing path is fine (it will be created).
-pub fn check_writable_target(path: &Path) -> std::io::Result<()> {
+pub(crate) fn check_writable_target(path: &Path) -> std::io::Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if !m.is_file() => Err(not_regular()),
         Ok(_) => Ok(()),
@@ -137,7 +137,7 @@ pub fn check_writable_target(path: &Path) -> std::io::Result<()> {
 }
 
 /// The file's text; `None` when it does not exist.
-pub fn read_text(path: &Path) -> Result<Option<String>, Error> {
+pub(crate) fn read_text(path: &Path) -> Result<Option<String>, Error> {
     match read_bounded(path, MAX_TEXT) {
         Ok(b) => String::from_utf8(b).map(Some).map_err(|_| Error::NotUtf8 {
             path: path.to_path_buf(),
@@ -151,7 +151,7 @@ pub fn read_text(path: &Path) -> Result<Option<String>, Error> {
 }
 
 /// A secret file's text (a missing file is an error).
-pub fn read_secret_file(path: &Path) -> Result<String, Error> {
+pub(crate) fn read_secret_file(path: &Path) -> Result<String, Error> {
     let b = read_bounded(path, MAX_SECRET).map_err(|source| Error::SecretRead {
         path: path.to_path_buf(),
         source,
@@ -162,13 +162,13 @@ pub fn read_secret_file(path: &Path) -> Result<String, Error> {
 }
 
 /// Read a regular file (following symlinks), at most `cap` bytes.
-pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
     let f = open_regular(path, false, None)?;
     read_open(f, cap)
 }
 
 /// Read an open file to its end, at most `cap` bytes.
-pub fn read_open(f: File, cap: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_open(f: File, cap: u64) -> std::io::Result<Vec<u8>> {
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut buf = Vec::with_capacity(len.min(cap) as usize);
     f.take(cap + 1).read_to_end(&mut buf)?;
@@ -184,7 +184,7 @@ pub fn read_open(f: File, cap: u64) -> std::io::Result<Vec<u8>> {
 /// Whether a settings file (the `.env`, the config file) may decide where credentials go and
 /// which files are written: owned by the user running, and writable by nobody else. The
 /// error says why not, and the fix.
-pub fn owner_only_writable(path: &Path) -> Result<(), Error> {
+pub(crate) fn owner_only_writable(path: &Path) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).map_err(|source| Error::Check {
         path: path.to_path_buf(),
@@ -209,7 +209,7 @@ pub fn owner_only_writable(path: &Path) -> Result<(), Error> {
 }
 
 /// A private file's bytes (see [`open_private`]), at most `cap`; `None` when it does not exist.
-pub fn read_private(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, Error> {
+pub(crate) fn read_private(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, Error> {
     if let Err(rustix::io::Errno::NOENT) = rustix::fs::lstat(path) {
         return Ok(None);
     }
@@ -235,7 +235,7 @@ pub fn read_private(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, Error> {
 /// is a regular file owned by the user running and tighten its mode to 0600. A link planted
 /// where the file should be (pointing at `/etc/shadow` or a file of another user) is refused,
 /// never written through. Errors name the path and the fix.
-pub fn open_private(path: &Path, write: bool) -> Result<std::fs::File, Error> {
+pub(crate) fn open_private(path: &Path, write: bool) -> Result<std::fs::File, Error> {
     use rustix::fs::{Mode, OFlags};
     // Non-blocking: a FIFO in its place must fail, not hang the open.
     let mut flags = OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;

@@ -4,17 +4,18 @@
 //! restarts anything and never decides ordering: that is `reconcile`'s job.
 
 pub mod env;
-pub mod infisical;
+pub(crate) mod infisical;
 
 /// The old path of [`env`], kept while callers move (src/config is being rewritten).
-pub use env as envfile;
+pub(crate) use env as envfile;
 
 use serde::Serialize;
 
 use crate::reconcile;
 
-pub use env::{EnvFileSink, WriteMode};
-pub use infisical::InfisicalSink;
+pub(crate) use env::EnvFileSink;
+pub use env::WriteMode;
+pub(crate) use infisical::InfisicalSink;
 
 /// Which kind of sink, as named on the command line (`--sink env,infisical`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -28,26 +29,26 @@ pub enum SinkKind {
 
 /// What one key of a sink is, for logs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SinkInfo {
-    pub kind: &'static str,
+pub(crate) struct SinkInfo {
+    pub(crate) kind: &'static str,
     /// A path, or `project/environment/path` for Infisical.
-    pub target: String,
-    pub key: String,
+    pub(crate) target: String,
+    pub(crate) key: String,
 }
 
 /// What a sink holds now for one key.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Observation {
-    pub current: Option<String>,
+pub(crate) struct Observation {
+    pub(crate) current: Option<String>,
     /// False only when the sink already holds exactly the desired value everywhere.
-    pub needs_write: bool,
+    pub(crate) needs_write: bool,
     /// The secret version, for sinks that have one.
-    pub version: Option<u64>,
+    pub(crate) version: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
-pub enum WriteOutcome {
+pub(crate) enum WriteOutcome {
     Unchanged,
     Written {
         version: Option<u64>,
@@ -59,7 +60,7 @@ pub enum WriteOutcome {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The `.env` file sink; the message starts with the file's path.
     #[error(transparent)]
     EnvFile(#[from] env::Error),
@@ -73,7 +74,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn hint(&self) -> Option<String> {
+    pub(crate) fn hint(&self) -> Option<String> {
         match self {
             Error::EnvFile(_) => None,
             Error::Infisical { hint, .. } => hint.clone(),
@@ -81,7 +82,8 @@ impl Error {
     }
 
     /// True when the system did not answer at all (not when it refused or failed).
-    pub fn is_unreachable(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_unreachable(&self) -> bool {
         matches!(
             self,
             Error::Infisical {
@@ -95,7 +97,7 @@ impl Error {
 /// Every sink the binary knows, behind one type, as `reconcile` drives it: one `.env` file
 /// (all its keys in one write), or one Infisical folder (one secret per key).
 #[derive(Debug)]
-pub enum AnySink {
+pub(crate) enum AnySink {
     Env(EnvFileSink),
     Infisical(Vec<InfisicalSink>),
 }
@@ -109,7 +111,7 @@ fn port_error(e: Error) -> reconcile::SinkError {
 
 impl AnySink {
     /// The Infisical writes held for approval as this pass leaves them.
-    pub fn pending(&self) -> Vec<crate::state::PendingWrite> {
+    pub(crate) fn pending(&self) -> Vec<crate::state::PendingWrite> {
         match self {
             AnySink::Env(_) => vec![],
             AnySink::Infisical(v) => v.iter().filter_map(|s| s.pending().cloned()).collect(),

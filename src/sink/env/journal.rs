@@ -14,7 +14,7 @@ use super::write;
 
 /// Why recovery stopped. Names paths, never content.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The state file that holds the journal could not be read or written (its own message).
     #[error("{0}")]
     State(String),

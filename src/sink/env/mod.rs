@@ -40,7 +40,7 @@ use write::{Snapshot, WriteError, meta_key, parent_dir, temp_prefix};
 /// Why the `.env` sink failed. Every message starts with the path of the file, and names line
 /// numbers and keys only, never a value.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("{}: cannot resolve the symlink: {source}", path.display())]
     ResolveLink {
         path: PathBuf,
@@ -145,18 +145,18 @@ pub enum WriteMode {
 
 /// The `.env` file sink: every key bound to this file, written in one write.
 #[derive(Debug, Clone)]
-pub struct EnvFileSink {
-    pub path: PathBuf,
-    pub mode: WriteMode,
+pub(crate) struct EnvFileSink {
+    pub(crate) path: PathBuf,
+    pub(crate) mode: WriteMode,
     /// Create the file when it is missing (`create = true` / `--create-env-file`); without it a
     /// missing file is an error naming the directory the stack was expected in.
-    pub create: bool,
+    pub(crate) create: bool,
     /// The state file that journals in-place writes (none: in-place writes are not journalled).
-    pub journal: Option<PathBuf>,
+    pub(crate) journal: Option<PathBuf>,
     /// The compose project directory of the containers this file is for, when known.
-    pub project_dir: Option<PathBuf>,
+    pub(crate) project_dir: Option<PathBuf>,
     /// A dry run: observe checks what the write would need (directory, write permission).
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 /// How often an edit is redone on content someone else changed meanwhile.
@@ -164,7 +164,8 @@ const EDIT_TRIES: usize = 3;
 
 impl EnvFileSink {
     /// A sink with the defaults of old: atomic, created when missing, no journal.
-    pub fn new(path: PathBuf, mode: WriteMode) -> EnvFileSink {
+    #[cfg(test)]
+    pub(crate) fn new(path: PathBuf, mode: WriteMode) -> EnvFileSink {
         EnvFileSink {
             path,
             mode,
@@ -267,7 +268,7 @@ impl EnvFileSink {
     }
 
     /// What the file holds for each key of `desired`.
-    pub fn observe_all(
+    pub(crate) fn observe_all(
         &self,
         desired: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, crate::reconcile::KeyObservation>, Error> {
@@ -378,13 +379,16 @@ impl EnvFileSink {
     }
 
     /// Set every key of `desired`, each edit proven by re-parsing, in one write.
-    pub fn write_all(&self, desired: &BTreeMap<String, String>) -> Result<WriteOutcome, Error> {
+    pub(crate) fn write_all(
+        &self,
+        desired: &BTreeMap<String, String>,
+    ) -> Result<WriteOutcome, Error> {
         self.write_all_between(desired, &mut || {})
     }
 
     /// [`Self::write_all`], calling `between` after the read and before the write (tests use it
     /// to edit the file in that window).
-    pub fn write_all_between(
+    pub(crate) fn write_all_between(
         &self,
         desired: &BTreeMap<String, String>,
         between: &mut dyn FnMut(),
@@ -451,7 +455,7 @@ impl EnvFileSink {
     /// `.audsync-<name>.*.tmp`, older versions' `.audsync-XXXXXX.tmp`, and an in-place safety
     /// copy no journal entry names). Under the lock, after [`recover_in_place`], so no other
     /// run is writing them. Returns the names removed.
-    pub fn remove_leftovers(&self) -> Vec<String> {
+    pub(crate) fn remove_leftovers(&self) -> Vec<String> {
         let Ok(target) = self.target() else {
             return vec![];
         };

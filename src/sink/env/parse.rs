@@ -25,7 +25,7 @@ pub struct ParseError {
 /// One assignment (or bare key) of a `.env` file, with where its value sits.
 #[derive(Debug, Clone)]
 pub(super) struct Entry<'a> {
-    pub key: &'a str,
+    pub(crate) key: &'a str,
     /// 1-based line where the entry starts.
     pub line: usize,
     /// Byte range (in the body without BOM) of the raw value, quotes included; for a bare key,

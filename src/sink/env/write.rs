@@ -17,7 +17,7 @@ use super::journal;
 
 /// Why the bytes did not reach the disk. Names paths and the I/O error, never the content.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The target exists and is not a regular file.
     #[error("cannot replace {}: {source}", path.display())]
     NotReplaceable {
