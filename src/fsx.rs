@@ -11,17 +11,87 @@
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::OFlags;
 
+/// Why a file could not be read or opened. Names the path, never the content.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not UTF-8 text", path.display())]
+    NotUtf8 { path: PathBuf },
+    /// A secret file (`*_FILE`) could not be read; the caller names the path.
+    #[error("cannot read the file: {source}")]
+    SecretRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A secret file is not UTF-8; the caller names the path.
+    #[error("the file is not UTF-8 text")]
+    SecretNotUtf8 { path: PathBuf },
+    #[error("cannot check {}: {source}", path.display())]
+    Check {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A settings file owned by another user than the one running.
+    #[error(
+        "{} is owned by uid {uid}, not by the user running audsync (uid {me}); run `chown {me} {}` (or run audsync as its owner)",
+        path.display(),
+        path.display()
+    )]
+    SettingsNotOwned { path: PathBuf, uid: u32, me: u32 },
+    /// A settings file others than its owner may write (`mode` is the permission bits).
+    #[error(
+        "{} is writable by others than its owner (mode {mode:o}); run `chmod go-w {}`",
+        path.display(),
+        path.display()
+    )]
+    WritableByOthers { path: PathBuf, mode: u32 },
+    #[error("{}: larger than the {} KiB audsync reads", path.display(), cap / 1024)]
+    TooLarge { path: PathBuf, cap: u64 },
+    #[error("{} is not a regular file; point the setting at a regular file", path.display())]
+    PrivateNotRegular { path: PathBuf },
+    #[error(
+        "{} is a symlink: audsync does not follow links for its own files; remove the link (or point the setting at a real file)",
+        path.display()
+    )]
+    PrivateSymlink { path: PathBuf },
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Stat {
+        path: PathBuf,
+        source: rustix::io::Errno,
+    },
+    /// A private file (lock, state) owned by another user than the one running.
+    #[error(
+        "{} is owned by uid {uid}, not by the user running audsync (uid {me}); remove it or run as its owner",
+        path.display()
+    )]
+    PrivateNotOwned { path: PathBuf, uid: u32, me: u32 },
+    #[error("cannot make {} private (0600): {source}", path.display())]
+    MakePrivate {
+        path: PathBuf,
+        source: rustix::io::Errno,
+    },
+}
+
 /// The largest `.env` or config file read.
-pub const MAX_TEXT: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_TEXT: u64 = 4 * 1024 * 1024;
 /// The largest secret file (`*_FILE`) read.
-pub const MAX_SECRET: u64 = 64 * 1024;
+pub(crate) const MAX_SECRET: u64 = 64 * 1024;
 
 /// The error for a path that exists but is not a regular file.
-pub fn not_regular() -> std::io::Error {
+pub(crate) fn not_regular() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidInput,
         "not a regular file (a directory, device, FIFO or socket, or a symlink to one); point it at a regular file",
@@ -30,7 +100,7 @@ pub fn not_regular() -> std::io::Error {
 
 /// Open `path` as a regular file: for reading, or for writing (`create`: made with `mode` when
 /// missing). Never blocks on a FIFO; refuses anything but a regular file.
-pub fn open_regular(path: &Path, write: bool, create: Option<u32>) -> std::io::Result<File> {
+pub(crate) fn open_regular(path: &Path, write: bool, create: Option<u32>) -> std::io::Result<File> {
     let mut o = OpenOptions::new();
     o.read(!write).write(write);
     if let Some(mode) = create {
@@ -57,7 +127,7 @@ pub fn open_regular(path: &Path, write: bool, create: Option<u32>) -> std::io::R
 
 /// Refuse a path that exists (through symlinks) and is not a regular file: before writing a
 /// file that is replaced by a rename. A missing path is fine (it will be created).
-pub fn check_writable_target(path: &Path) -> std::io::Result<()> {
+pub(crate) fn check_writable_target(path: &Path) -> std::io::Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if !m.is_file() => Err(not_regular()),
         Ok(_) => Ok(()),
@@ -67,30 +137,38 @@ pub fn check_writable_target(path: &Path) -> std::io::Result<()> {
 }
 
 /// The file's text; `None` when it does not exist.
-pub fn read_text(path: &Path) -> Result<Option<String>, String> {
+pub(crate) fn read_text(path: &Path) -> Result<Option<String>, Error> {
     match read_bounded(path, MAX_TEXT) {
-        Ok(b) => String::from_utf8(b)
-            .map(Some)
-            .map_err(|_| format!("{}: not UTF-8 text", path.display())),
+        Ok(b) => String::from_utf8(b).map(Some).map_err(|_| Error::NotUtf8 {
+            path: path.to_path_buf(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => Err(Error::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
 /// A secret file's text (a missing file is an error).
-pub fn read_secret_file(path: &Path) -> Result<String, String> {
-    let b = read_bounded(path, MAX_SECRET).map_err(|e| format!("cannot read the file: {e}"))?;
-    String::from_utf8(b).map_err(|_| "the file is not UTF-8 text".to_string())
+pub(crate) fn read_secret_file(path: &Path) -> Result<String, Error> {
+    let b = read_bounded(path, MAX_SECRET).map_err(|source| Error::SecretRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    String::from_utf8(b).map_err(|_| Error::SecretNotUtf8 {
+        path: path.to_path_buf(),
+    })
 }
 
 /// Read a regular file (following symlinks), at most `cap` bytes.
-pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
     let f = open_regular(path, false, None)?;
     read_open(f, cap)
 }
 
 /// Read an open file to its end, at most `cap` bytes.
-pub fn read_open(f: File, cap: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_open(f: File, cap: u64) -> std::io::Result<Vec<u8>> {
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut buf = Vec::with_capacity(len.min(cap) as usize);
     f.take(cap + 1).read_to_end(&mut buf)?;
@@ -106,31 +184,32 @@ pub fn read_open(f: File, cap: u64) -> std::io::Result<Vec<u8>> {
 /// Whether a settings file (the `.env`, the config file) may decide where credentials go and
 /// which files are written: owned by the user running, and writable by nobody else. The
 /// error says why not, and the fix.
-pub fn owner_only_writable(path: &Path) -> Result<(), String> {
+pub(crate) fn owner_only_writable(path: &Path) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).map_err(|e| format!("cannot check {}: {e}", path.display()))?;
+    let m = std::fs::metadata(path).map_err(|source| Error::Check {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let me = rustix::process::geteuid().as_raw();
     if m.uid() != me {
-        return Err(format!(
-            "{} is owned by uid {}, not by the user running audsync (uid {me}); run `chown {me} {}` (or run audsync as its owner)",
-            path.display(),
-            m.uid(),
-            path.display()
-        ));
+        return Err(Error::SettingsNotOwned {
+            path: path.to_path_buf(),
+            uid: m.uid(),
+            me,
+        });
     }
     let mode = m.mode() & 0o777;
     if mode & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by others than its owner (mode {mode:o}); run `chmod go-w {}`",
-            path.display(),
-            path.display()
-        ));
+        return Err(Error::WritableByOthers {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     Ok(())
 }
 
 /// A private file's bytes (see [`open_private`]), at most `cap`; `None` when it does not exist.
-pub fn read_private(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, String> {
+pub(crate) fn read_private(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, Error> {
     if let Err(rustix::io::Errno::NOENT) = rustix::fs::lstat(path) {
         return Ok(None);
     }
@@ -138,13 +217,15 @@ pub fn read_private(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, String> {
     let mut buf = Vec::new();
     f.take(cap + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if buf.len() as u64 > cap {
-        return Err(format!(
-            "{}: larger than the {} KiB audsync reads",
-            path.display(),
-            cap / 1024
-        ));
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            cap,
+        });
     }
     Ok(Some(buf))
 }
@@ -154,7 +235,7 @@ pub fn read_private(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, String> {
 /// is a regular file owned by the user running and tighten its mode to 0600. A link planted
 /// where the file should be (pointing at `/etc/shadow` or a file of another user) is refused,
 /// never written through. Errors name the path and the fix.
-pub fn open_private(path: &Path, write: bool) -> Result<std::fs::File, String> {
+pub(crate) fn open_private(path: &Path, write: bool) -> Result<std::fs::File, Error> {
     use rustix::fs::{Mode, OFlags};
     // Non-blocking: a FIFO in its place must fail, not hang the open.
     let mut flags = OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
@@ -164,39 +245,45 @@ pub fn open_private(path: &Path, write: bool) -> Result<std::fs::File, String> {
         OFlags::RDONLY
     };
     let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o600)).map_err(|e| {
+        let path = path.to_path_buf();
         if e == rustix::io::Errno::NXIO {
-            format!("{} is not a regular file; point the setting at a regular file", path.display())
+            Error::PrivateNotRegular { path }
         } else if e == rustix::io::Errno::LOOP {
-            format!(
-                "{} is a symlink: audsync does not follow links for its own files; remove the link (or point the setting at a real file)",
-                path.display()
-            )
+            Error::PrivateSymlink { path }
         } else {
-            format!("cannot open {}: {}", path.display(), std::io::Error::from(e))
+            Error::Open {
+                path,
+                source: std::io::Error::from(e),
+            }
         }
     })?;
-    let st = rustix::fs::fstat(&fd).map_err(|e| format!("{}: {e}", path.display()))?;
+    let st = rustix::fs::fstat(&fd).map_err(|source| Error::Stat {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(format!(
-            "{} is not a regular file; point the setting at a regular file",
-            path.display()
-        ));
+        return Err(Error::PrivateNotRegular {
+            path: path.to_path_buf(),
+        });
     }
     let me = rustix::process::geteuid();
     if st.st_uid != me.as_raw() {
-        return Err(format!(
-            "{} is owned by uid {}, not by the user running audsync (uid {}); remove it or run as its owner",
-            path.display(),
-            st.st_uid,
-            me.as_raw()
-        ));
+        return Err(Error::PrivateNotOwned {
+            path: path.to_path_buf(),
+            uid: st.st_uid,
+            me: me.as_raw(),
+        });
     }
     if let Ok(fl) = rustix::fs::fcntl_getfl(&fd) {
         let _ = rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK);
     }
     if write && st.st_mode & 0o077 != 0 {
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600))
-            .map_err(|e| format!("cannot make {} private (0600): {e}", path.display()))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600)).map_err(|source| {
+            Error::MakePrivate {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     }
     Ok(std::fs::File::from(fd))
 }
@@ -211,11 +298,17 @@ mod tests {
         assert!(
             read_text(dir.path())
                 .unwrap_err()
+                .to_string()
                 .contains("not a regular file")
         );
         let big = dir.path().join("big");
         std::fs::write(&big, vec![b'a'; 70 * 1024]).unwrap();
-        assert!(read_secret_file(&big).unwrap_err().contains("64 KiB"));
+        assert!(
+            read_secret_file(&big)
+                .unwrap_err()
+                .to_string()
+                .contains("64 KiB")
+        );
         assert_eq!(read_text(&dir.path().join("missing")).unwrap(), None);
     }
 
@@ -236,7 +329,7 @@ mod tests {
         let zero = dir.path().join("zero");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         for p in [&fifo, &null, &zero] {
-            let e = read_text(p).unwrap_err();
+            let e = read_text(p).unwrap_err().to_string();
             assert!(e.contains("not a regular file"), "{}: {e}", p.display());
             let e = open_regular(p, true, Some(0o600)).unwrap_err();
             assert_eq!(

@@ -15,7 +15,7 @@ pub(crate) enum Error {
     /// The lock file cannot be opened safely (a symlink, another user's, not a regular file,
     /// or an I/O error): fsx's refusal, which names the file.
     #[error("lock file: {0}")]
-    Open(String),
+    Open(crate::fsx::Error),
     /// Another run held it for the whole wait.
     #[error(
         "another audsync run holds the lock {} (waited {}); it will finish the job, or retry later (--lock-timeout)",

@@ -25,7 +25,7 @@ pub(crate) enum Error {
     /// The file cannot be read safely (a symlink, another user's, not a regular file, too
     /// large, or an I/O error): fsx's refusal, which names the file.
     #[error("the state file: {0}")]
-    Read(String),
+    Read(crate::fsx::Error),
     /// Writing it failed.
     #[error("{}: {source}", .path.display())]
     Write {

@@ -14,7 +14,7 @@ pub use crate::config::verify::{Check, VerifyConfig};
 use crate::exit;
 use crate::reconcile::{Target, short};
 use crate::sink::infisical;
-use crate::sink::{SinkKind, envfile};
+use crate::sink::{SinkKind, env as envfile};
 use crate::source;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -667,7 +667,7 @@ fn quiet_in_sync_run_prints_nothing_but_a_change_is_reported() {
 fn env_example_parses_and_documents_every_option_variable() {
     let root = env!("CARGO_MANIFEST_DIR");
     let text = std::fs::read_to_string(format!("{root}/.env.example")).unwrap();
-    audsync::sink::envfile::parse(&text).expect(".env.example must parse");
+    audsync::sink::env::parse(&text).expect(".env.example must parse");
     let cli = std::fs::read_to_string(format!("{root}/src/cli.rs")).unwrap();
     let missing: Vec<&str> = cli
         .split("env = \"")

@@ -1,6 +1,6 @@
 //! Property: editing any generated .env changes nothing but the key (checked with our compose-compatible parser).
 
-use audsync::sink::envfile::{checked_edit, parse, set_key};
+use audsync::sink::env::{checked_edit, parse, set_key};
 use proptest::prelude::*;
 
 const KEY: &str = "CLOUDFLARE_AUD_TAG";

@@ -209,7 +209,7 @@ pub fn load(path: &Path) -> Result<FileConfig, Vec<String>> {
                 "{shown}: no such file (--config / AUDSYNC_CONFIG)"
             )]);
         }
-        Err(e) => return Err(vec![e]),
+        Err(e) => return Err(vec![e.to_string()]),
     };
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let private = is_private(path);

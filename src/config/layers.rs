@@ -208,7 +208,7 @@ impl Env {
                     .collect()
             }
             Ok(None) => BTreeMap::new(),
-            Err(e) => return Err(Error::usage(e)),
+            Err(e) => return Err(Error::usage(e.to_string())),
         };
         // Only values a lower layer would use matter, but refusing outright is clearer.
         refuse_unsafe_settings(path, values.keys()).map_err(|e| Error::usage(e.to_string()))?;

@@ -16,7 +16,7 @@ use crate::infisical::{self, Written};
 use crate::state::PendingWrite;
 
 // The paths `cli`, `sync` and `verify` use today; they can name `crate::infisical` directly.
-pub use crate::infisical::{ApiVersion, Client, DEFAULT_HOST, Settings};
+pub(crate) use crate::infisical::{Client, Settings};
 
 /// `infisical::Error` as a sink error: the same message and hint, and whether Infisical
 /// answered at all.
@@ -40,7 +40,7 @@ fn err(message: impl Into<String>) -> Error {
 
 /// The Infisical sink for one key.
 #[derive(Debug)]
-pub struct InfisicalSink {
+pub(crate) struct InfisicalSink {
     client: Client,
     key: String,
     /// Learned by `observe`: whether to PATCH or POST first.
@@ -51,7 +51,7 @@ pub struct InfisicalSink {
 }
 
 impl InfisicalSink {
-    pub fn new(settings: Settings, key: &str) -> InfisicalSink {
+    pub(crate) fn new(settings: Settings, key: &str) -> InfisicalSink {
         InfisicalSink {
             client: Client::new(settings),
             key: key.to_string(),
@@ -62,7 +62,7 @@ impl InfisicalSink {
 
     /// Start from the write the state file remembers as held for approval (ignored when it is
     /// for another location or key).
-    pub fn with_pending(mut self, pending: Option<&PendingWrite>) -> InfisicalSink {
+    pub(crate) fn with_pending(mut self, pending: Option<&PendingWrite>) -> InfisicalSink {
         let location = self.client.settings().location();
         self.pending = pending
             .filter(|p| p.location == location && p.key == self.key)
@@ -71,11 +71,11 @@ impl InfisicalSink {
     }
 
     /// The write held for approval as this pass leaves it, for the state file.
-    pub fn pending(&self) -> Option<&PendingWrite> {
+    pub(crate) fn pending(&self) -> Option<&PendingWrite> {
         self.pending.as_ref()
     }
 
-    pub fn info(&self) -> SinkInfo {
+    pub(crate) fn info(&self) -> SinkInfo {
         SinkInfo {
             kind: "infisical",
             target: self.client.settings().location(),
@@ -83,7 +83,7 @@ impl InfisicalSink {
         }
     }
 
-    pub async fn observe(&mut self, desired: &str) -> Result<Observation, Error> {
+    pub(crate) async fn observe(&mut self, desired: &str) -> Result<Observation, Error> {
         let remote = self.client.read(&self.key).await?;
         self.exists = Some(remote.is_some());
         if let Some(p) = &self.pending {
@@ -113,7 +113,7 @@ impl InfisicalSink {
         })
     }
 
-    pub async fn write(&mut self, desired: &str) -> Result<WriteOutcome, Error> {
+    pub(crate) async fn write(&mut self, desired: &str) -> Result<WriteOutcome, Error> {
         let key = self.key.clone();
         if let Some(p) = self.pending.as_ref().filter(|p| p.value == desired) {
             let request = p

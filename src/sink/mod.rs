@@ -3,17 +3,19 @@
 //! Each sink reads its current value, says whether a write is needed, and writes. A sink never
 //! restarts anything and never decides ordering: that is `reconcile`'s job.
 
-pub mod envfile;
-pub mod infisical;
+pub mod env;
+pub(crate) mod infisical;
 
-use std::path::PathBuf;
+/// The old path of [`env`], kept while callers move (src/config is being rewritten).
+pub(crate) use env as envfile;
 
 use serde::Serialize;
 
 use crate::reconcile;
 
-pub use envfile::{EnvFileSink, WriteMode};
-pub use infisical::InfisicalSink;
+pub(crate) use env::EnvFileSink;
+pub use env::WriteMode;
+pub(crate) use infisical::InfisicalSink;
 
 /// Which kind of sink, as named on the command line (`--sink env,infisical`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -27,26 +29,26 @@ pub enum SinkKind {
 
 /// What one key of a sink is, for logs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SinkInfo {
-    pub kind: &'static str,
+pub(crate) struct SinkInfo {
+    pub(crate) kind: &'static str,
     /// A path, or `project/environment/path` for Infisical.
-    pub target: String,
-    pub key: String,
+    pub(crate) target: String,
+    pub(crate) key: String,
 }
 
 /// What a sink holds now for one key.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Observation {
-    pub current: Option<String>,
+pub(crate) struct Observation {
+    pub(crate) current: Option<String>,
     /// False only when the sink already holds exactly the desired value everywhere.
-    pub needs_write: bool,
+    pub(crate) needs_write: bool,
     /// The secret version, for sinks that have one.
-    pub version: Option<u64>,
+    pub(crate) version: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
-pub enum WriteOutcome {
+pub(crate) enum WriteOutcome {
     Unchanged,
     Written {
         version: Option<u64>,
@@ -58,9 +60,10 @@ pub enum WriteOutcome {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{path}: {message}")]
-    EnvFile { path: PathBuf, message: String },
+pub(crate) enum Error {
+    /// The `.env` file sink; the message starts with the file's path.
+    #[error(transparent)]
+    EnvFile(#[from] env::Error),
     #[error("Infisical: {message}")]
     Infisical {
         message: String,
@@ -71,15 +74,16 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn hint(&self) -> Option<String> {
+    pub(crate) fn hint(&self) -> Option<String> {
         match self {
-            Error::EnvFile { .. } => None,
+            Error::EnvFile(_) => None,
             Error::Infisical { hint, .. } => hint.clone(),
         }
     }
 
     /// True when the system did not answer at all (not when it refused or failed).
-    pub fn is_unreachable(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_unreachable(&self) -> bool {
         matches!(
             self,
             Error::Infisical {
@@ -93,7 +97,7 @@ impl Error {
 /// Every sink the binary knows, behind one type, as `reconcile` drives it: one `.env` file
 /// (all its keys in one write), or one Infisical folder (one secret per key).
 #[derive(Debug)]
-pub enum AnySink {
+pub(crate) enum AnySink {
     Env(EnvFileSink),
     Infisical(Vec<InfisicalSink>),
 }
@@ -107,7 +111,7 @@ fn port_error(e: Error) -> reconcile::SinkError {
 
 impl AnySink {
     /// The Infisical writes held for approval as this pass leaves them.
-    pub fn pending(&self) -> Vec<crate::state::PendingWrite> {
+    pub(crate) fn pending(&self) -> Vec<crate::state::PendingWrite> {
         match self {
             AnySink::Env(_) => vec![],
             AnySink::Infisical(v) => v.iter().filter_map(|s| s.pending().cloned()).collect(),
@@ -137,7 +141,7 @@ impl reconcile::Sink for AnySink {
         desired: &reconcile::Values,
     ) -> Result<reconcile::SinkObservation, reconcile::SinkError> {
         match self {
-            AnySink::Env(s) => s.observe_all(desired).map_err(port_error),
+            AnySink::Env(s) => s.observe_all(desired).map_err(|e| port_error(e.into())),
             AnySink::Infisical(v) => {
                 let mut out = reconcile::SinkObservation::new();
                 for s in v.iter_mut() {
@@ -168,12 +172,14 @@ impl reconcile::Sink for AnySink {
             AnySink::Env(s) => {
                 #[cfg(debug_assertions)]
                 test_hook::hold_write();
-                s.write_all(desired).map_err(port_error).map(|w| match w {
-                    WriteOutcome::Unchanged => reconcile::WriteOutcome::Unchanged,
-                    _ => reconcile::WriteOutcome::Written {
-                        versions: Default::default(),
-                    },
-                })
+                s.write_all(desired)
+                    .map_err(|e| port_error(e.into()))
+                    .map(|w| match w {
+                        WriteOutcome::Unchanged => reconcile::WriteOutcome::Unchanged,
+                        _ => reconcile::WriteOutcome::Written {
+                            versions: Default::default(),
+                        },
+                    })
             }
             AnySink::Infisical(v) => {
                 // One secret per key; a held or failed one stops the folder's later keys.

@@ -200,10 +200,10 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         }
         vec![]
     } else {
-        crate::sink::envfile::recover_in_place(&cfg.state_file)
+        crate::sink::env::recover_in_place(&cfg.state_file)
             .map_err(|e| {
                 Error::failed(
-                    e,
+                    e.to_string(),
                     Some("put the file right by hand, then run sync again".into()),
                 )
             })
@@ -438,7 +438,7 @@ fn leak_watch(cfg: &SyncConfig) -> BTreeMap<usize, Vec<String>> {
                     BindingSink::Env(p) => crate::fsx::read_text(p).ok().flatten(),
                     BindingSink::Infisical(_) => None,
                 })
-                .flat_map(|text| crate::sink::envfile::key_lines(&text).into_keys())
+                .flat_map(|text| crate::sink::env::key_lines(&text).into_keys())
                 .filter(|n| own.contains(n))
                 .collect();
             (i, names.into_iter().collect())

@@ -1,0 +1,619 @@
+//! The `.env` sink: change the assignments of one key, and nothing else, byte for byte.
+//!
+//! The file is read by our own tolerant parser ([`parse`]), which accepts what docker compose
+//! accepts as an `env_file` (v1 and v2): `KEY = value` with blanks around `=`, `export`, a bare
+//! `KEY` (value from the shell), LF, CRLF and CR-only line endings, quoted values over several
+//! lines, `\'` in single quotes. The edit is a pure function ([`set_key`]) checked afterwards
+//! by parsing both versions: if any other key would read differently, nothing is written.
+//! A line that does not parse is reported by its number only, never its text (an unclosed
+//! quote swallows the lines after it, secrets included).
+//!
+//! Writes are atomic (temp file, fsync, rename, keeping mode and owner) or, with
+//! `--write-mode in-place`, rewrite the same inode for a file bind-mounted into a container,
+//! journalled in the state file so a run killed mid-write is finished or undone by the next
+//! one. A file whose mode has no write bit is refused, not replaced.
+//!
+//! This module owns the sink type ([`EnvFileSink`]): which file is meant (symlinks, a missing
+//! file, the dry run's checks), reading it, and driving an edit to a write, redone when someone
+//! else changed the file meanwhile. The grammar is [`parse`]'s, the text edit [`edit`]'s, the
+//! bytes on disk [`write`]'s and the crash journal [`journal`]'s. It must never write anything
+//! but a proven edit, never write through a link to another user's file, and never put a value
+//! into an error or a log: paths, line numbers and key names only.
+
+mod edit;
+mod journal;
+mod parse;
+mod write;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::WriteOutcome;
+pub use edit::{Error as EditError, checked_edit, set_key};
+pub(crate) use journal::recover_in_place;
+pub(crate) use parse::key_lines;
+pub use parse::{ParseError, parse};
+use write::{Snapshot, WriteError, meta_key, parent_dir, temp_prefix};
+
+/// Why the `.env` sink failed. Every message starts with the path of the file, and names line
+/// numbers and keys only, never a value.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("{}: cannot resolve the symlink: {source}", path.display())]
+    ResolveLink {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: cannot stat the link's directory: {source}", path.display())]
+    StatLinkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A symlink to a file of another user than the owner of the link's directory.
+    #[error(
+        "{}: is a symlink to {}, owned by uid {target_uid}, but the link's directory is owned by uid {dir_uid}: audsync writes through a link only to a file of the directory's owner; point --env-file at the target itself, or chown it; nothing was written",
+        path.display(),
+        target.display()
+    )]
+    ForeignLink {
+        path: PathBuf,
+        target: PathBuf,
+        target_uid: u32,
+        dir_uid: u32,
+    },
+    /// The file does not exist and may not be created.
+    #[error(
+        "{}: does not exist{}; point --env-file (or the binding's env sink) at the stack's .env, or allow creating it with --create-env-file / AUDSYNC_CREATE_ENV_FILE (config file: create = true); nothing was written",
+        path.display(),
+        expected_in(project_dir.as_deref())
+    )]
+    Missing {
+        path: PathBuf,
+        /// The compose project directory of its containers, when known.
+        project_dir: Option<PathBuf>,
+    },
+    #[error("{}: cannot stat: {source}", path.display())]
+    Stat {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not UTF-8 text", path.display())]
+    NotUtf8 { path: PathBuf },
+    /// The edit of one key was refused while observing.
+    #[error("{}: {key}: {source}", path.display())]
+    EditKey {
+        path: PathBuf,
+        key: String,
+        source: edit::Error,
+    },
+    /// An edit was refused while writing.
+    #[error("{}: {source}", path.display())]
+    Edit { path: PathBuf, source: edit::Error },
+    #[error("{}: does not parse as a .env file ({source}); fix it by hand", path.display())]
+    Parse { path: PathBuf, source: ParseError },
+    #[error("{}: the directory {} does not exist; nothing was written", path.display(), dir.display())]
+    NoDirectory { path: PathBuf, dir: PathBuf },
+    /// The file's mode has no write bit (`mode` is the permission bits).
+    #[error(
+        "{}: the file is read-only (mode {mode:o}); make it writable (chmod u+w) or stop syncing to it; nothing was written",
+        path.display()
+    )]
+    ReadOnly { path: PathBuf, mode: u32 },
+    #[error("{}: this user may not write the file; nothing was written", path.display())]
+    NotWritable { path: PathBuf },
+    #[error(
+        "{}: cannot create a temporary file in {}: this user may not write there (use --write-mode in-place for a file in a directory you cannot write); nothing was written",
+        path.display(),
+        dir.display()
+    )]
+    DirNotWritable { path: PathBuf, dir: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Write { path: PathBuf, source: write::Error },
+    #[error(
+        "{}: the file kept changing while audsync wrote it ({tries} tries); nothing was written, the next run tries again",
+        path.display()
+    )]
+    KeptChanging { path: PathBuf, tries: usize },
+}
+
+fn expected_in(project_dir: Option<&Path>) -> String {
+    match project_dir {
+        Some(d) => format!(
+            "; the compose project of its containers is in {} (label com.docker.compose.project.working_dir)",
+            d.display()
+        ),
+        None => String::new(),
+    }
+}
+
+/// How the new file reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteMode {
+    /// Temp file in the same directory, fsync, rename over the target. Never half-written.
+    Atomic,
+    /// Rewrite the same inode: for an `.env` bind-mounted into a container as a single file.
+    InPlace,
+}
+
+/// The `.env` file sink: every key bound to this file, written in one write.
+#[derive(Debug, Clone)]
+pub(crate) struct EnvFileSink {
+    pub(crate) path: PathBuf,
+    pub(crate) mode: WriteMode,
+    /// Create the file when it is missing (`create = true` / `--create-env-file`); without it a
+    /// missing file is an error naming the directory the stack was expected in.
+    pub(crate) create: bool,
+    /// The state file that journals in-place writes (none: in-place writes are not journalled).
+    pub(crate) journal: Option<PathBuf>,
+    /// The compose project directory of the containers this file is for, when known.
+    pub(crate) project_dir: Option<PathBuf>,
+    /// A dry run: observe checks what the write would need (directory, write permission).
+    pub(crate) dry_run: bool,
+}
+
+/// How often an edit is redone on content someone else changed meanwhile.
+const EDIT_TRIES: usize = 3;
+
+impl EnvFileSink {
+    /// A sink with the defaults of old: atomic, created when missing, no journal.
+    #[cfg(test)]
+    pub(crate) fn new(path: PathBuf, mode: WriteMode) -> EnvFileSink {
+        EnvFileSink {
+            path,
+            mode,
+            create: true,
+            journal: None,
+            project_dir: None,
+            dry_run: false,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// The file to write: the path itself, or a symlink's target when that target belongs to
+    /// the owner of the link's directory (anyone else's file is not written through a link).
+    fn target(&self) -> Result<PathBuf, Error> {
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::canonicalize(&self.path).map_err(|source| Error::ResolveLink {
+                    path: self.path(),
+                    source,
+                })?;
+                let dir = self
+                    .path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let dir_uid = fs::metadata(dir)
+                    .map_err(|source| Error::StatLinkDir {
+                        path: self.path(),
+                        source,
+                    })?
+                    .uid();
+                match fs::metadata(&target) {
+                    Ok(t) if t.uid() != dir_uid => Err(Error::ForeignLink {
+                        path: self.path(),
+                        target,
+                        target_uid: t.uid(),
+                        dir_uid,
+                    }),
+                    _ => Ok(target),
+                }
+            }
+            _ => Ok(self.path.clone()),
+        }
+    }
+
+    fn missing_error(&self) -> Error {
+        Error::Missing {
+            path: self.path(),
+            project_dir: self.project_dir.clone(),
+        }
+    }
+
+    fn snapshot(&self, target: &Path) -> Result<Snapshot, Error> {
+        match crate::fsx::open_regular(target, false, None) {
+            Ok(f) => {
+                let m = f.metadata().map_err(|source| Error::Stat {
+                    path: self.path(),
+                    source,
+                })?;
+                let bytes = crate::fsx::read_open(f, crate::fsx::MAX_TEXT).map_err(|source| {
+                    Error::Read {
+                        path: self.path(),
+                        source,
+                    }
+                })?;
+                let content =
+                    String::from_utf8(bytes).map_err(|_| Error::NotUtf8 { path: self.path() })?;
+                Ok(Snapshot {
+                    content: Some(content),
+                    meta: Some(meta_key(&m)),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Snapshot {
+                content: None,
+                meta: None,
+            }),
+            Err(source) => Err(Error::Read {
+                path: self.path(),
+                source,
+            }),
+        }
+    }
+
+    /// Warn when the file written is not the `.env` of the compose project its containers
+    /// came from (compose reads `<project dir>/.env`).
+    fn warn_if_elsewhere(&self) {
+        let Some(dir) = &self.project_dir else { return };
+        let here = fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        let there = fs::canonicalize(dir.join(".env")).unwrap_or_else(|_| dir.join(".env"));
+        if here != there {
+            tracing::warn!(
+                env_file = %self.path.display(),
+                project_dir = %dir.display(),
+                "the .env written is not the one in the compose project directory of its containers; check that the stack reads this file (env_file:)"
+            );
+        }
+    }
+
+    /// What the file holds for each key of `desired`.
+    pub(crate) fn observe_all(
+        &self,
+        desired: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, crate::reconcile::KeyObservation>, Error> {
+        use crate::reconcile::KeyObservation;
+        let target = self.target()?;
+        let Some(content) = self.snapshot(&target)?.content else {
+            if !self.create {
+                return Err(self.missing_error());
+            }
+            if self.dry_run {
+                self.preflight(&target, false)?;
+            }
+            return Ok(desired
+                .keys()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        KeyObservation {
+                            current: None,
+                            needs_write: true,
+                            version: None,
+                        },
+                    )
+                })
+                .collect());
+        };
+        let mut parsed: Option<BTreeMap<String, String>> = None;
+        let mut out = BTreeMap::new();
+        for (key, value) in desired {
+            let edited = set_key(&content, key, value).map_err(|source| Error::EditKey {
+                path: self.path(),
+                key: key.clone(),
+                source,
+            })?;
+            if edited == content {
+                // Every assignment already holds exactly `value`: no need to parse the file.
+                out.insert(
+                    key.clone(),
+                    KeyObservation {
+                        current: Some(value.clone()),
+                        needs_write: false,
+                        version: None,
+                    },
+                );
+                continue;
+            }
+            if parsed.is_none() {
+                parsed = Some(parse(&content).map_err(|source| Error::Parse {
+                    path: self.path(),
+                    source,
+                })?);
+            }
+            let current = parsed.as_ref().and_then(|p| p.get(key).cloned());
+            out.insert(
+                key.clone(),
+                KeyObservation {
+                    current,
+                    needs_write: true,
+                    version: None,
+                },
+            );
+        }
+        if self.dry_run && out.values().any(|o| o.needs_write) {
+            self.preflight(&target, true)?;
+        }
+        Ok(out)
+    }
+
+    /// A file whose mode has no write bit is refused, not replaced.
+    fn read_only_check(&self, m: &fs::Metadata) -> Result<(), Error> {
+        if m.permissions().mode() & 0o222 == 0 {
+            return Err(Error::ReadOnly {
+                path: self.path(),
+                mode: m.permissions().mode() & 0o7777,
+            });
+        }
+        Ok(())
+    }
+
+    /// What a write needs, checked without writing (a dry run fails as the real run would).
+    fn preflight(&self, target: &Path, exists: bool) -> Result<(), Error> {
+        use rustix::fs::{Access, access};
+        let dir = parent_dir(target);
+        if !dir.is_dir() {
+            return Err(Error::NoDirectory {
+                path: self.path(),
+                dir: dir.to_path_buf(),
+            });
+        }
+        if exists {
+            let m = fs::metadata(target).map_err(|source| Error::Stat {
+                path: self.path(),
+                source,
+            })?;
+            self.read_only_check(&m)?;
+            if access(target, Access::WRITE_OK).is_err() {
+                return Err(Error::NotWritable { path: self.path() });
+            }
+        }
+        let in_place = exists && self.mode == WriteMode::InPlace;
+        if !in_place && access(dir, Access::WRITE_OK).is_err() {
+            return Err(Error::DirNotWritable {
+                path: self.path(),
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Set every key of `desired`, each edit proven by re-parsing, in one write.
+    pub(crate) fn write_all(
+        &self,
+        desired: &BTreeMap<String, String>,
+    ) -> Result<WriteOutcome, Error> {
+        self.write_all_between(desired, &mut || {})
+    }
+
+    /// [`Self::write_all`], calling `between` after the read and before the write (tests use it
+    /// to edit the file in that window).
+    pub(crate) fn write_all_between(
+        &self,
+        desired: &BTreeMap<String, String>,
+        between: &mut dyn FnMut(),
+    ) -> Result<WriteOutcome, Error> {
+        let target = self.target()?;
+        for attempt in 1..=EDIT_TRIES {
+            let snap = self.snapshot(&target)?;
+            if snap.content.is_none() && !self.create {
+                return Err(self.missing_error());
+            }
+            let mut new = snap.content.clone().unwrap_or_default();
+            for (key, value) in desired {
+                new = if snap.content.is_some() {
+                    checked_edit(&new, key, value)
+                } else {
+                    set_key(&new, key, value)
+                }
+                .map_err(|source| Error::Edit {
+                    path: self.path(),
+                    source,
+                })?;
+            }
+            if snap.content.as_deref() == Some(new.as_str()) {
+                return Ok(WriteOutcome::Unchanged);
+            }
+            if let Some(content) = &snap.content {
+                let m = fs::metadata(&target).map_err(|source| Error::Stat {
+                    path: self.path(),
+                    source,
+                })?;
+                self.read_only_check(&m)?;
+                debug_assert!(content.len() <= crate::fsx::MAX_TEXT as usize);
+            }
+            self.warn_if_elsewhere();
+            between();
+            let result = match (self.mode, &snap.content) {
+                (WriteMode::InPlace, Some(old)) => {
+                    write::write_in_place(self.journal.as_deref(), &target, old, &new, &snap, |t| {
+                        self.snapshot(t)
+                    })
+                }
+                _ => write::write_atomic(&target, new.as_bytes(), &snap, |t| self.snapshot(t)),
+            };
+            match result {
+                Ok(()) => return Ok(WriteOutcome::Written { version: None }),
+                Err(WriteError::Failed(source)) => {
+                    return Err(Error::Write {
+                        path: self.path(),
+                        source,
+                    });
+                }
+                Err(WriteError::Changed) => {
+                    tracing::info!(env_file = %self.path.display(), attempt, "the file changed while audsync was writing it; redoing the edit on the new content");
+                }
+            }
+        }
+        Err(Error::KeptChanging {
+            path: self.path(),
+            tries: EDIT_TRIES,
+        })
+    }
+
+    /// Remove the temporary files an earlier, killed run left beside the file (atomic mode's
+    /// `.audsync-<name>.*.tmp`, older versions' `.audsync-XXXXXX.tmp`, and an in-place safety
+    /// copy no journal entry names). Under the lock, after [`recover_in_place`], so no other
+    /// run is writing them. Returns the names removed.
+    pub(crate) fn remove_leftovers(&self) -> Vec<String> {
+        let Ok(target) = self.target() else {
+            return vec![];
+        };
+        let dir = parent_dir(&target);
+        let mine = temp_prefix(&target);
+        let Ok(rd) = fs::read_dir(dir) else {
+            return vec![];
+        };
+        let mut removed = Vec::new();
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let legacy = name.len() == 19
+                && name.starts_with(".audsync-")
+                && name.ends_with(".tmp")
+                && name[9..15].chars().all(|c| c.is_ascii_alphanumeric());
+            if !(legacy || (name.starts_with(&mine) && name.ends_with(".tmp"))) {
+                continue;
+            }
+            if e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+                tracing::info!(file = %e.path().display(), "removed a temporary file left by an earlier run that was cut short");
+                removed.push(name);
+            }
+        }
+        // An in-place write's safety copy that no journal entry names any more: the file is
+        // whole (the journal is written before the file is touched, cleared only after it is
+        // done or put back, and the pending entries were recovered before this runs), and a
+        // run killed between clearing the entry and removing the copy left it behind.
+        let backup = journal::backup_path(&target);
+        if self.journal.is_some()
+            && fs::symlink_metadata(&backup).is_ok_and(|m| m.file_type().is_file())
+            && fs::remove_file(&backup).is_ok()
+        {
+            tracing::info!(file = %backup.display(), "removed the safety copy of an in-place write an earlier run finished but was cut short before removing it");
+            removed.push(
+                backup
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::journal::backup_path;
+    use super::write::FAIL_WRITES;
+    use super::*;
+
+    const K: &str = "CLOUDFLARE_AUD_TAG";
+    const V: &str = "newvalue";
+
+    fn sink_in(dir: &Path, mode: WriteMode) -> EnvFileSink {
+        EnvFileSink {
+            journal: Some(dir.join("state.json")),
+            ..EnvFileSink::new(dir.join(".env"), mode)
+        }
+    }
+
+    #[test]
+    fn an_edit_made_between_read_and_write_is_kept_and_ours_redone_on_it() {
+        for mode in [WriteMode::Atomic, WriteMode::InPlace] {
+            let dir = tempfile::tempdir().unwrap();
+            let sink = sink_in(dir.path(), mode);
+            fs::write(&sink.path, "A=1\nCLOUDFLARE_AUD_TAG=old\n").unwrap();
+            let desired = BTreeMap::from([(K.to_string(), V.to_string())]);
+            let mut once = true;
+            let path = sink.path.clone();
+            let out = sink
+                .write_all_between(&desired, &mut || {
+                    if std::mem::take(&mut once) {
+                        // Someone else's edit, same size: only the content tells.
+                        fs::write(&path, "A=2\nCLOUDFLARE_AUD_TAG=old\n").unwrap();
+                    }
+                })
+                .unwrap();
+            assert_eq!(out, WriteOutcome::Written { version: None });
+            assert_eq!(
+                fs::read_to_string(&sink.path).unwrap(),
+                "A=2\nCLOUDFLARE_AUD_TAG=newvalue\n",
+                "{mode:?}: their edit kept, ours redone on it"
+            );
+            assert!(!backup_path(&sink.path).exists());
+        }
+    }
+
+    #[test]
+    fn a_file_that_keeps_changing_is_not_written() {
+        for mode in [WriteMode::Atomic, WriteMode::InPlace] {
+            let dir = tempfile::tempdir().unwrap();
+            let sink = sink_in(dir.path(), mode);
+            fs::write(&sink.path, "CLOUDFLARE_AUD_TAG=old\n").unwrap();
+            let desired = BTreeMap::from([(K.to_string(), V.to_string())]);
+            let path = sink.path.clone();
+            let mut n = 0;
+            let e = sink
+                .write_all_between(&desired, &mut || {
+                    n += 1;
+                    fs::write(&path, format!("CLOUDFLARE_AUD_TAG=old\nTHEIRS={n}\n")).unwrap();
+                })
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("kept changing"), "{e}");
+            assert_eq!(
+                fs::read_to_string(&sink.path).unwrap(),
+                format!("CLOUDFLARE_AUD_TAG=old\nTHEIRS={n}\n"),
+                "{mode:?}: the last edit is kept, nothing of ours written"
+            );
+            let leftovers: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .collect();
+            assert!(leftovers.is_empty(), "{leftovers:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_in_place_write_that_never_touched_the_file_does_not_point_at_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink_in(dir.path(), WriteMode::InPlace);
+        let old = "A=1\nCLOUDFLARE_AUD_TAG=old\n";
+        fs::write(&sink.path, old).unwrap();
+        let desired = BTreeMap::from([(K.to_string(), V.to_string())]);
+        // The first write fails before a byte reaches the file (and so would a put-back).
+        FAIL_WRITES.with(|c| c.set(true));
+        let e = sink.write_all(&desired).unwrap_err().to_string();
+        FAIL_WRITES.with(|c| c.set(false));
+        assert!(e.contains("no space left"), "{e}");
+        assert!(e.contains("the file was not changed"), "{e}");
+        for wrong in ["backup", "copy it back", "put back", "next run"] {
+            assert!(
+                !e.contains(wrong),
+                "says {wrong:?} though the file was never touched: {e}"
+            );
+        }
+        assert_eq!(fs::read_to_string(&sink.path).unwrap(), old);
+        assert!(
+            !backup_path(&sink.path).exists(),
+            "the safety copy is removed"
+        );
+        assert!(
+            crate::state::StateFile::load(&dir.path().join("state.json"), true)
+                .unwrap()
+                .state
+                .in_place_writes
+                .is_empty(),
+            "nothing left in the journal"
+        );
+        // The next write goes through.
+        assert_eq!(
+            sink.write_all(&desired).unwrap(),
+            WriteOutcome::Written { version: None }
+        );
+        assert_eq!(
+            fs::read_to_string(&sink.path).unwrap(),
+            "A=1\nCLOUDFLARE_AUD_TAG=newvalue\n"
+        );
+    }
+}
