@@ -32,13 +32,6 @@ pub(crate) enum Error {
     },
 }
 
-/// For callers that report in text.
-impl From<Error> for String {
-    fn from(e: Error) -> String {
-        e.to_string()
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct LockGuard {
     _file: File,

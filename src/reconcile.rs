@@ -171,7 +171,17 @@ pub trait Target: Send {
 /// Records the container actions that are owed, across runs.
 pub trait Journal {
     fn owed(&self) -> BTreeSet<String>;
-    fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), String>;
+    fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), JournalError>;
+}
+
+/// Why the owed actions could not be recorded (the adapter's own message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalError(pub String);
+
+impl std::fmt::Display for JournalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 // ---------------------------------------------------------------- plan

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsx;
-use crate::reconcile::Journal;
+use crate::reconcile::{self, Journal};
 
 /// Why the state file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +36,6 @@ pub(crate) enum Error {
     /// The state could not be encoded.
     #[error(transparent)]
     Encode(#[from] serde_json::Error),
-}
-
-/// For callers that report in text (`?` in a function returning `Result<_, String>`).
-impl From<Error> for String {
-    fn from(e: Error) -> String {
-        e.to_string()
-    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -387,10 +380,10 @@ impl Journal for StateFile {
         self.state.owed.clone()
     }
 
-    // The port's signature (reconcile::Journal) reports in text.
-    fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), String> {
+    fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), reconcile::JournalError> {
         self.state.owed = names.clone();
-        Ok(self.save()?)
+        self.save()
+            .map_err(|e| reconcile::JournalError(e.to_string()))
     }
 }
 

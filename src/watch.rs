@@ -328,7 +328,10 @@ async fn reload(
     }
 }
 
-async fn reloaded(argv: &[OsString], vars: &Vars) -> Result<WatchConfig, String> {
+async fn reloaded(
+    argv: &[OsString],
+    vars: &Vars,
+) -> Result<WatchConfig, config::watch::ReloadError> {
     config::commands::reload_watch(argv, vars).await
 }
 

@@ -30,13 +30,24 @@ pub async fn watch_config(p: &Parsed) -> Result<WatchConfig, Error> {
     }
 }
 
+/// Why a reload (SIGHUP) kept the previous configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The command line no longer parses against the layers (clap's message).
+    #[error("{0}")]
+    Parse(String),
+    /// It parses but does not build.
+    #[error(transparent)]
+    Build(#[from] Error),
+}
+
 /// Parse the original command line again (SIGHUP): the `.env` and config files are read anew.
-pub async fn reload_watch(argv: &[OsString], vars: &Vars) -> Result<WatchConfig, String> {
+pub async fn reload_watch(argv: &[OsString], vars: &Vars) -> Result<WatchConfig, ReloadError> {
     let p = super::parse(argv.iter().cloned(), vars.clone()).map_err(|e| match e {
-        ParseError::Clap(e) => e.to_string().trim().to_string(),
-        ParseError::Config(e) => e.to_string(),
+        ParseError::Clap(e) => ReloadError::Parse(e.to_string().trim().to_string()),
+        ParseError::Config(e) => ReloadError::Build(e),
     })?;
-    watch_config(&p).await.map_err(|e| e.to_string())
+    Ok(watch_config(&p).await?)
 }
 
 impl WatchConfig {

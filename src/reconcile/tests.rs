@@ -376,7 +376,7 @@ impl Journal for MemJournal {
     fn owed(&self) -> BTreeSet<String> {
         self.0.clone()
     }
-    fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), String> {
+    fn set_owed(&mut self, names: &BTreeSet<String>) -> Result<(), JournalError> {
         self.0 = names.clone();
         Ok(())
     }

@@ -184,7 +184,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         Some(
             crate::lock::acquire(&cfg.lock_file, cfg.lock_timeout)
                 .await
-                .map_err(|e| Error::failed(e, None))
+                .map_err(|e| Error::failed(e.to_string(), None))
                 .map_err(at(Stage::Lock))?,
         )
     };
@@ -214,7 +214,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         StateFile::remove_leftovers(&cfg.state_file);
     }
     let mut state = StateFile::load(&cfg.state_file, cfg.dry_run)
-        .map_err(|e| Error::failed(e, Some("fix the file's permissions, or point --state-file / AUDSYNC_STATE_FILE elsewhere".into())))
+        .map_err(|e| Error::failed(e.to_string(), Some("fix the file's permissions, or point --state-file / AUDSYNC_STATE_FILE elsewhere".into())))
         .map_err(at(Stage::Lock))?;
     let before = state.state.clone();
 
