@@ -44,19 +44,6 @@ impl Aud {
         }
         Ok(Aud(s.to_string()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn into_string(self) -> String {
-        self.0
-    }
-
-    /// The first 8 characters and `…`, for logs and plans where the whole tag is noise.
-    pub fn short(&self) -> String {
-        format!("{}…", &self.0[..8])
-    }
 }
 
 impl fmt::Display for Aud {
@@ -87,11 +74,8 @@ mod tests {
     #[test]
     fn sixty_four_lowercase_hex_characters_parse() {
         let a = Aud::parse(GOOD).unwrap();
-        assert_eq!(a.as_str(), GOOD);
         assert_eq!(a.to_string(), GOOD);
-        assert_eq!(a.short(), "01234567…");
         assert_eq!(GOOD.parse::<Aud>(), Ok(a.clone()));
-        assert_eq!(a.into_string(), GOOD);
     }
 
     #[test]

@@ -135,8 +135,9 @@ pub async fn read_body(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8
 /// Whether a client follows redirects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redirects {
-    /// reqwest's default policy (up to 10 hops). No client of audsync uses it: a request that
-    /// carries a credential must never be sent on to another host.
+    /// reqwest's default policy (up to 10 hops). No client of audsync uses it (a request that
+    /// carries a credential must never be sent on to another host); tests compare with it.
+    #[cfg(test)]
     Follow,
     /// Never: the redirect is the answer (the Access edge's 302 to the login page).
     None,
@@ -205,6 +206,7 @@ pub fn credential_safe(url: &url::Url) -> bool {
 /// connecting bounded by 10 s, user agent `audsync/<version>`, redirects as asked.
 pub fn client(timeout: Duration, redirects: Redirects) -> Result<reqwest::Client, SetupError> {
     let policy = match redirects {
+        #[cfg(test)]
         Redirects::Follow => reqwest::redirect::Policy::default(),
         Redirects::None => reqwest::redirect::Policy::none(),
     };

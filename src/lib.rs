@@ -3,28 +3,28 @@
 //! Data flows one way: [`config`] -> [`source`] (Cloudflare) -> [`reconcile`] -> [`sink`] ->
 //! [`docker`] targets. `main.rs` only parses, starts logging and maps the result to an exit code.
 
-pub mod aud;
+pub(crate) mod aud;
 pub mod cli;
-pub mod cloudflare;
+pub(crate) mod cloudflare;
 pub mod config;
-pub mod docker;
-pub mod error;
+pub(crate) mod docker;
+pub(crate) mod error;
 pub mod exit;
-pub mod fsx;
-pub mod http;
-pub mod infisical;
-pub mod lock;
-pub mod notify;
-pub mod progress;
-pub mod reconcile;
-pub mod secret;
-pub mod setup;
+pub(crate) mod fsx;
+pub(crate) mod http;
+pub(crate) mod infisical;
+pub(crate) mod lock;
+pub(crate) mod notify;
+pub(crate) mod progress;
+pub(crate) mod reconcile;
+pub(crate) mod secret;
+pub(crate) mod setup;
 pub mod sink;
-pub mod source;
-pub mod state;
-pub mod sync;
-pub mod verify;
-pub mod watch;
+pub(crate) mod source;
+pub(crate) mod state;
+pub(crate) mod sync;
+pub(crate) mod verify;
+pub(crate) mod watch;
 
 use cli::{Cli, Command, LogFormat};
 use config::{Env, Parsed};

@@ -141,7 +141,6 @@ impl std::fmt::Display for ActionError {
 
 /// The interface to one container (or any other restartable consumer of the values).
 pub trait Target: Send {
-    fn name(&self) -> String;
     /// Targets of one group (e.g. a compose service) are acted on in order, and the first
     /// failure skips the rest of its group so a bad value never takes down every replica.
     fn group(&self) -> Option<String> {
@@ -282,6 +281,7 @@ impl Plan {
         self.sinks.iter().any(SinkStep::needs_write)
     }
 
+    #[cfg(test)]
     pub fn has_work(&self) -> bool {
         self.sinks_change()
             || self

@@ -30,8 +30,6 @@ pub struct AppSummary {
 pub struct Found {
     pub aud: String,
     pub app: AppSummary,
-    /// How the application covers the host (`None`: by id, or learned from the edge).
-    pub kind: Option<MatchKind>,
     /// For the report: a wildcard-only match, a change of the serving application, an
     /// unsigned AUD. Already logged.
     pub warnings: Vec<String>,
@@ -187,7 +185,7 @@ async fn list_and_match(
         };
         out[i] = Some(found.and_then(|app| {
             apps::validate_aud(&app.aud, &app)?;
-            let (kind, warnings) = match &cfgs[i].selector {
+            let (_kind, warnings) = match &cfgs[i].selector {
                 Selector::Host(host) => (
                     apps::match_kind(&app, host),
                     note_served(Some(&mut *state), host, &app),
@@ -197,7 +195,6 @@ async fn list_and_match(
             Ok(Found {
                 aud: app.aud.clone(),
                 app: summary(&app, &account),
-                kind,
                 warnings,
             })
         }));
@@ -272,14 +269,13 @@ pub async fn fetch(
         }
     };
     apps::validate_aud(&app.aud, &app)?;
-    let (kind, warnings) = match &cfg.selector {
+    let (_kind, warnings) = match &cfg.selector {
         Selector::Host(host) => (apps::match_kind(&app, host), note_served(cache, host, &app)),
         Selector::AppId(_) => (None, vec![]),
     };
     Ok(Found {
         aud: app.aud.clone(),
         app: summary(&app, &account),
-        kind,
         warnings,
     })
 }
@@ -315,7 +311,6 @@ async fn fetch_edge(cfg: &SourceConfig, edge: &crate::config::EdgeSource) -> Res
             domain: cfg.host.clone().unwrap_or_default(),
             account_id: cfg.account_id.clone().unwrap_or_default(),
         },
-        kind: None,
         warnings,
     })
 }

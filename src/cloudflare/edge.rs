@@ -158,6 +158,7 @@ pub fn same_origin(a: &str, b: &str) -> bool {
 
 /// The team name (`teamName` in a tunnel rule) from a team domain, when it is a
 /// `*.cloudflareaccess.com` one (FedRAMP: `<team>.fed.cloudflareaccess.com`).
+#[cfg(test)]
 pub fn team_name_of(domain: &str) -> Option<String> {
     team_of_domain(domain).map(|t| t.name)
 }

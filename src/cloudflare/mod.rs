@@ -20,8 +20,6 @@ use serde_json::Value;
 
 use crate::secret::Secret;
 
-pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
-
 /// How the client proves who it is.
 #[derive(Debug, Clone)]
 pub enum Auth {
@@ -35,7 +33,7 @@ pub enum Auth {
 }
 
 use crate::http::Resend;
-pub use crate::http::{RetryPolicy, retry_after};
+pub use crate::http::RetryPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -145,8 +143,6 @@ struct Envelope {
 
 #[derive(Debug, Clone, Copy, Deserialize, Default)]
 pub struct ResultInfo {
-    #[serde(default)]
-    pub page: u32,
     /// Every field is optional in the schema, and none is trusted to end the loop by itself:
     /// see [`Client::list_all`].
     #[serde(default)]
@@ -352,10 +348,7 @@ impl Client {
         Ok(Page {
             items,
             skipped,
-            info: info.unwrap_or(ResultInfo {
-                page,
-                ..ResultInfo::default()
-            }),
+            info: info.unwrap_or_default(),
         })
     }
 
@@ -448,6 +441,7 @@ impl Client {
         let (resp, attempt) = match answer {
             Ok(a) => (a.response, a.attempts),
             Err(f) => {
+                tracing::debug!(attempts = f.attempts, %method, path, "Cloudflare API unreachable");
                 return Err(Error::Transport {
                     method,
                     path: path.into(),
@@ -532,6 +526,7 @@ fn decode<T: DeserializeOwned>(method: &Method, path: &str, v: Value) -> Result<
 mod tests {
     use super::*;
     use crate::http::backoff;
+    use crate::http::retry_after;
     use reqwest::header::HeaderMap;
 
     #[test]

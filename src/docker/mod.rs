@@ -256,10 +256,6 @@ impl Container {
 }
 
 impl Target for Container {
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-
     fn group(&self) -> Option<String> {
         self.group.clone()
     }

@@ -22,9 +22,7 @@ use crate::http::RetryPolicy;
 use crate::secret::Secret;
 
 pub use auth::LOGIN_HOLDOFF;
-pub use secrets::{Remote, Written};
-
-pub const DEFAULT_HOST: &str = "https://app.infisical.com";
+pub use secrets::Written;
 
 /// Which generation of the secrets API to call (`--infisical-api`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -318,9 +318,6 @@ impl MemTarget {
 }
 
 impl Target for MemTarget {
-    fn name(&self) -> String {
-        self.name.clone()
-    }
     fn group(&self) -> Option<String> {
         self.group.clone()
     }
@@ -408,7 +405,7 @@ async fn pass(
             .map(|b| b.key.clone())
             .collect();
         tins.push(TargetIn {
-            name: t.name(),
+            name: t.name.clone(),
             observation: t.observe(&keys, &[]).await,
             ran_with: Values::new(),
         });

@@ -20,7 +20,6 @@ use crate::source;
 use crate::state::StateFile;
 
 pub use report::{Output, PassError, Report, Stage, Status, print, render_text, report_error};
-pub use tunnel::TunnelReport;
 
 /// The physical sinks of a pass: each `.env` file and each Infisical folder once, whatever
 /// number of bindings write to it.

@@ -13,7 +13,7 @@ use crate::reconcile::{ActionError, RestartMode, Target, TargetIn, TargetObserva
 pub enum Slot {
     Live(Container),
     Swarm(SwarmService),
-    Down(String, ActionError),
+    Down(ActionError),
 }
 
 impl Slot {
@@ -24,13 +24,6 @@ impl Slot {
 }
 
 impl Target for Slot {
-    fn name(&self) -> String {
-        match self {
-            Slot::Live(c) => c.name(),
-            Slot::Swarm(s) => s.label(),
-            Slot::Down(n, _) => n.clone(),
-        }
-    }
     fn group(&self) -> Option<String> {
         match self {
             Slot::Live(c) => c.group(),
@@ -45,7 +38,7 @@ impl Target for Slot {
         match self {
             Slot::Live(c) => c.observe(keys, watch).await,
             Slot::Swarm(s) => s.observe(keys).await,
-            Slot::Down(_, e) => Err(e.clone()),
+            Slot::Down(e) => Err(e.clone()),
         }
     }
     async fn restart(&mut self) -> Result<(), ActionError> {
@@ -57,21 +50,21 @@ impl Target for Slot {
                 message: format!("{}: a Swarm service is not restarted; its spec carries no such key to update", s.label()),
                 hint: Some("put the key in the service's environment (docker service update --env-add KEY=…)".into()),
             }),
-            Slot::Down(_, e) => Err(e.clone()),
+            Slot::Down(e) => Err(e.clone()),
         }
     }
     async fn recreate(&mut self, changes: &Values) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.recreate(changes).await,
             Slot::Swarm(s) => s.update(&pairs(changes)).await,
-            Slot::Down(_, e) => Err(e.clone()),
+            Slot::Down(e) => Err(e.clone()),
         }
     }
     async fn rollout(&mut self, changes: &Values) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.rollout(changes).await,
             Slot::Swarm(s) => s.update(&pairs(changes)).await,
-            Slot::Down(_, e) => Err(e.clone()),
+            Slot::Down(e) => Err(e.clone()),
         }
     }
 }
@@ -212,7 +205,7 @@ pub async fn resolve(
     for (i, (name, group)) in names.iter().enumerate() {
         let ran = ran_with.get(name).cloned().unwrap_or_default();
         let mut slot = match (&engine, down.get(name)) {
-            (_, Some(err)) => Slot::Down(name.clone(), err.clone()),
+            (_, Some(err)) => Slot::Down(err.clone()),
             (Some(Ok(e)), None) if services.contains_key(name) => {
                 Slot::Swarm(e.swarm_service(&services[name], cfg.recreate.health_timeout))
             }
@@ -226,14 +219,14 @@ pub async fn resolve(
                     None => c,
                 })
             }
-            (Some(Err(err)), None) => Slot::Down(name.clone(), err.clone()),
+            (Some(Err(err)), None) => Slot::Down(err.clone()),
             (None, None) => {
                 let not_needed = ActionError {
                     rolled_back: false,
                     message: "not inspected".into(),
                     hint: None,
                 };
-                slots.push(Slot::Down(name.clone(), not_needed));
+                slots.push(Slot::Down(not_needed));
                 observed.push(TargetIn {
                     name: name.clone(),
                     observation: Ok(TargetObservation::default()),
@@ -249,7 +242,7 @@ pub async fn resolve(
                     recovery_pending = cfg.dry_run && !done.is_empty();
                     recovered.extend(done);
                 }
-                Err(e) => slot = Slot::Down(name.clone(), e),
+                Err(e) => slot = Slot::Down(e),
             }
         }
         let mut obs = slot.observe(&keys_of(i), watch).await;

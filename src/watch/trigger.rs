@@ -82,10 +82,6 @@ impl Trigger {
         *lock(&self.token) = token;
     }
 
-    pub fn enabled(&self) -> bool {
-        lock(&self.token).is_some()
-    }
-
     /// The loop starts a pass: its id. A trigger waiting for it is served by it.
     pub fn begin(&self) -> u64 {
         let mut p = lock(&self.passes);

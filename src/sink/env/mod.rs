@@ -134,7 +134,7 @@ fn expected_in(project_dir: Option<&Path>) -> String {
 }
 
 /// How the new file reaches the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WriteMode {
     /// Temp file in the same directory, fsync, rename over the target. Never half-written.
