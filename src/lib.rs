@@ -51,22 +51,36 @@ pub fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Whatever RUST_LOG says, bollard stays at info: at debug and trace it logs whole inspect
-    // answers and create bodies, i.e. container environments that may hold secrets.
-    let filter = match "bollard=info".parse() {
-        Ok(d) => filter.add_directive(d),
-        Err(_) => filter,
-    };
+    init_with(filter, format);
+}
+
+/// bollard logs whole inspect answers and create bodies at debug and trace, i.e. container
+/// environments that may hold secrets: whatever `-v` or `RUST_LOG` says, its lines above info
+/// are dropped. A ceiling, not a directive: both filters must let a line through, so `-qq` (or
+/// `RUST_LOG=off`) silences bollard too.
+fn log_ceiling() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::LevelFilter;
+    tracing_subscriber::filter::Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("bollard", LevelFilter::INFO)
+}
+
+fn init_with(filter: tracing_subscriber::EnvFilter, format: LogFormat) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = filter.and(log_ceiling());
     // Colour only on a terminal: journald, Loki and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(progress::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let layer = match format {
+        LogFormat::Json => layer.json().with_filter(filter).boxed(),
+        LogFormat::Text => layer.with_filter(filter).boxed(),
     };
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 /// Run a parsed command; returns the process exit code. The Infisical access tokens the run
@@ -166,3 +180,53 @@ async fn get(args: &cli::GetArgs, env: &Env) -> Result<String, Error> {
 }
 
 pub use sync::report::report_error;
+
+#[cfg(test)]
+mod logging_tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Which (target, level) lines get through `directives` capped by the ceiling.
+    fn shown(directives: &str) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Seen(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+            fn on_event(
+                &self,
+                e: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let m = e.metadata();
+                if let Ok(mut v) = self.0.lock() {
+                    v.push(format!("{} {}", m.target(), m.level()));
+                }
+            }
+        }
+        let seen = Seen::default();
+        let filter = tracing_subscriber::EnvFilter::new(directives).and(super::log_ceiling());
+        let sub = tracing_subscriber::registry().with(seen.clone().with_filter(filter));
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(target: "bollard", "an info line");
+            tracing::debug!(target: "bollard::docker", "an inspect answer with the environment");
+            tracing::trace!(target: "bollard", "a create body");
+            tracing::debug!(target: "audsync", "ours");
+        });
+        seen.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn bollard_is_capped_at_info_and_silenced_with_everything_else() {
+        // -vvv / RUST_LOG=trace: ours at trace, bollard never above info.
+        assert_eq!(
+            shown("trace"),
+            vec!["bollard INFO".to_string(), "audsync DEBUG".to_string()]
+        );
+        assert_eq!(shown("bollard=trace,audsync=trace").len(), 2);
+        // -qq ("off") and RUST_LOG=off: nothing at all, bollard included.
+        assert!(shown("off").is_empty());
+        assert!(shown("error").is_empty());
+    }
+}
