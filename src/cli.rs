@@ -148,6 +148,19 @@ pub enum NotifyEvent {
     Recovered,
 }
 
+// `--help` headings. Every option names its own heading: a flattened struct's
+// `next_help_heading` would otherwise carry over to the options declared after it.
+const HEADING_SOURCE: &str = "Cloudflare source and configuration";
+const HEADING_INFISICAL: &str = "Infisical";
+const HEADING_SINKS: &str = "Sinks and containers";
+const HEADING_RUN: &str = "Run";
+const HEADING_ACCESS: &str = "Protected host and Access team";
+const HEADING_TUNNEL: &str = "Tunnel";
+const HEADING_SETUP: &str = "Access application and policy (setup)";
+const HEADING_VERIFY_PLACES: &str = "Where the AUD lives";
+const HEADING_VERIFY_CHECKS: &str = "Checks";
+const HEADING_WATCH: &str = "Agent (watch)";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// One reconcile pass: fetch the AUD, write it to the sinks, restart/recreate containers if it changed.
@@ -193,19 +206,19 @@ pub enum Origin {
 #[derive(Debug, Clone, Args)]
 pub struct AccessArgs {
     /// Where the protected host is reached (default https://HOST/).
-    #[arg(long, env = "AUDSYNC_URL", value_name = "URL")]
+    #[arg(long, env = "AUDSYNC_URL", value_name = "URL", help_heading = HEADING_ACCESS)]
     pub url: Option<String>,
     /// The team domain that issues the tokens, e.g. https://team.cloudflareaccess.com (certs and
     /// issuer are expected there).
-    #[arg(long, env = "CLOUDFLARE_AUTH_DOMAIN", value_name = "URL")]
+    #[arg(long, env = "CLOUDFLARE_AUTH_DOMAIN", value_name = "URL", help_heading = HEADING_ACCESS)]
     pub auth_domain: Option<String>,
     /// The Zero Trust team name (used when CLOUDFLARE_AUTH_DOMAIN is not set).
-    #[arg(long, env = "CLOUDFLARE_TEAM_NAME", value_name = "NAME")]
+    #[arg(long, env = "CLOUDFLARE_TEAM_NAME", value_name = "NAME", help_heading = HEADING_ACCESS)]
     pub team_name: Option<String>,
     /// With --source edge: accept the AUD from the login redirect's `kid`, which is NOT signed
     /// (cloudflared stopped trusting it as a security fix), when the edge sends no signed
     /// cf-access-metadata answer. Off: such an edge is an error and nothing is written.
-    #[arg(long, env = "AUDSYNC_ALLOW_UNSIGNED_KID", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "AUDSYNC_ALLOW_UNSIGNED_KID", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = HEADING_ACCESS)]
     pub allow_unsigned_kid: bool,
 }
 
@@ -215,14 +228,15 @@ pub struct SetupArgs {
     #[command(flatten)]
     pub sync: SyncArgs,
     /// Name of the application to create (default: the host).
-    #[arg(long, env = "AUDSYNC_APP_NAME", value_name = "NAME")]
+    #[arg(long, env = "AUDSYNC_APP_NAME", value_name = "NAME", help_heading = HEADING_SETUP)]
     pub app_name: Option<String>,
     /// Session duration of the application to create (Go duration, e.g. 24h, 30m).
     #[arg(
         long,
         env = "AUDSYNC_SESSION_DURATION",
         value_name = "DURATION",
-        default_value = "24h"
+        default_value = "24h",
+        help_heading = HEADING_SETUP
     )]
     pub session_duration: String,
     /// The reusable policy to attach; reused when it exists, else created from the rules below.
@@ -230,7 +244,8 @@ pub struct SetupArgs {
         long,
         env = "AUDSYNC_POLICY_NAME",
         value_name = "NAME",
-        default_value = "Standard Access Policy"
+        default_value = "Standard Access Policy",
+        help_heading = HEADING_SETUP
     )]
     pub policy_name: String,
     /// Emails the new policy admits (comma-separated).
@@ -238,17 +253,18 @@ pub struct SetupArgs {
         long,
         env = "CLOUDFLARE_ACCESS_EMAILS",
         value_name = "EMAILS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = HEADING_SETUP
     )]
     pub access_emails: Vec<String>,
     /// An email domain the new policy admits, e.g. example.com.
-    #[arg(long, env = "CLOUDFLARE_ACCESS_EMAIL_DOMAIN", value_name = "DOMAIN")]
+    #[arg(long, env = "CLOUDFLARE_ACCESS_EMAIL_DOMAIN", value_name = "DOMAIN", help_heading = HEADING_SETUP)]
     pub access_email_domain: Option<String>,
     /// The identity provider users must log in with (`allowed_idps` of the new application).
-    #[arg(long, env = "GOOGLE_IDP_ID", value_name = "UUID")]
+    #[arg(long, env = "GOOGLE_IDP_ID", value_name = "UUID", help_heading = HEADING_SETUP)]
     pub idp_id: Option<String>,
     /// Create a policy that admits everyone when no email rule is given (explicit opt-in).
-    #[arg(long)]
+    #[arg(long, help_heading = HEADING_SETUP)]
     pub allow_everyone: bool,
 }
 
@@ -274,7 +290,8 @@ pub struct VerifyArgs {
         long,
         env = "AUDSYNC_KEY",
         value_name = "NAME",
-        default_value = "CLOUDFLARE_AUD_TAG"
+        default_value = "CLOUDFLARE_AUD_TAG",
+        help_heading = HEADING_VERIFY_PLACES
     )]
     pub key: String,
     /// Where `sync` writes the AUD, read here (never written) to compare: env (the .env file),
@@ -284,7 +301,8 @@ pub struct VerifyArgs {
         env = "AUDSYNC_SINK",
         value_enum,
         value_delimiter = ',',
-        default_value = "env"
+        default_value = "env",
+        help_heading = HEADING_VERIFY_PLACES
     )]
     pub sinks: Vec<SinkKind>,
     /// Containers whose environment should carry the AUD (repeatable or comma-separated).
@@ -293,11 +311,12 @@ pub struct VerifyArgs {
         env = "AUDSYNC_CONTAINER",
         value_name = "NAME",
         value_delimiter = ',',
-        default_value = "lambda-server"
+        default_value = "lambda-server",
+        help_heading = HEADING_VERIFY_PLACES
     )]
     pub containers: Vec<String>,
     /// Remotely-managed tunnel whose rule for the host should carry the AUD.
-    #[arg(long, env = "CLOUDFLARE_TUNNEL_ID", value_name = "UUID")]
+    #[arg(long, env = "CLOUDFLARE_TUNNEL_ID", value_name = "UUID", help_heading = HEADING_VERIFY_PLACES)]
     pub tunnel_id: Option<String>,
     /// A token to check (the Cf-Access-Jwt-Assertion value). Prefer --token-file: a flag is
     /// visible in the process list.
@@ -307,14 +326,15 @@ pub struct VerifyArgs {
         value_name = "JWT",
         hide_env_values = true,
         hide_default_value = true,
-        conflicts_with = "token_file"
+        conflicts_with = "token_file",
+        help_heading = HEADING_VERIFY_CHECKS
     )]
     pub token: Option<String>,
     /// A file holding the token to check.
-    #[arg(long, env = "AUDSYNC_VERIFY_TOKEN_FILE", value_name = "PATH")]
+    #[arg(long, env = "AUDSYNC_VERIFY_TOKEN_FILE", value_name = "PATH", help_heading = HEADING_VERIFY_CHECKS)]
     pub token_file: Option<PathBuf>,
     /// Leave a check out (repeatable or comma-separated).
-    #[arg(long, value_enum, value_name = "NAME", value_delimiter = ',')]
+    #[arg(long, value_enum, value_name = "NAME", value_delimiter = ',', help_heading = HEADING_VERIFY_CHECKS)]
     pub skip: Vec<Check>,
 }
 
@@ -349,19 +369,19 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub sync: SyncArgs,
     /// Time between passes (humantime: 30s, 5m, 1h).
-    #[arg(long, env = "AUDSYNC_INTERVAL", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "AUDSYNC_INTERVAL", value_name = "DURATION", default_value = "5m", value_parser = parse_duration, help_heading = HEADING_WATCH)]
     pub interval: Duration,
     /// Randomise each wait by up to this share of it, either way (0% to 50%), so many agents
     /// do not call Cloudflare in lockstep.
-    #[arg(long, env = "AUDSYNC_JITTER", value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
+    #[arg(long, env = "AUDSYNC_JITTER", value_name = "PERCENT", default_value = "10%", value_parser = parse_percent, help_heading = HEADING_WATCH)]
     pub jitter: f64,
     /// Serve GET /healthz and GET /metrics (Prometheus) on this address, e.g. 127.0.0.1:9464.
     /// Port 0 picks a free port (logged). Off by default.
-    #[arg(long, env = "AUDSYNC_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "AUDSYNC_LISTEN", value_name = "ADDR", help_heading = HEADING_WATCH)]
     pub listen: Option<std::net::SocketAddr>,
     /// /healthz answers 503 once the last pass failed and the last success (or the start) is
     /// older than this. Default: 3 x --interval.
-    #[arg(long, env = "AUDSYNC_UNHEALTHY_AFTER", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, env = "AUDSYNC_UNHEALTHY_AFTER", value_name = "DURATION", value_parser = parse_duration, help_heading = HEADING_WATCH)]
     pub unhealthy_after: Option<Duration>,
 }
 
@@ -374,7 +394,7 @@ pub struct CompletionsArgs {
 
 /// Where the AUD comes from, and where configuration is read.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Cloudflare source and configuration")]
+#[command(next_help_heading = HEADING_SOURCE)]
 pub struct SourceArgs {
     /// The host the Access application protects, e.g. api.example.com.
     #[arg(long, env = "AUDSYNC_DOMAIN", value_name = "HOST")]
@@ -407,7 +427,7 @@ pub struct SourceArgs {
 /// Infisical). The credentials are secrets: INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET
 /// (Universal Auth) or INFISICAL_TOKEN, from the environment or the .env file (or `<NAME>_FILE`).
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Infisical")]
+#[command(next_help_heading = HEADING_INFISICAL)]
 pub struct InfisicalArgs {
     /// Infisical base URL (Infisical Cloud, or a self-hosted instance).
     #[arg(long, env = "INFISICAL_HOST", value_name = "URL", default_value = DEFAULT_INFISICAL_HOST)]
@@ -447,7 +467,8 @@ pub struct GetArgs {
         env = "AUDSYNC_SOURCE",
         value_enum,
         value_name = "SOURCE",
-        default_value = "api"
+        default_value = "api",
+        help_heading = HEADING_SOURCE
     )]
     pub origin: Origin,
     #[command(flatten)]
@@ -455,14 +476,14 @@ pub struct GetArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Sinks and containers")]
 pub struct SyncArgs {
     /// The variable that holds the AUD tag.
     #[arg(
         long,
         env = "AUDSYNC_KEY",
         value_name = "NAME",
-        default_value = "CLOUDFLARE_AUD_TAG"
+        default_value = "CLOUDFLARE_AUD_TAG",
+        help_heading = HEADING_SINKS
     )]
     pub key: String,
     /// Where to write the AUD (repeatable or comma-separated).
@@ -471,7 +492,8 @@ pub struct SyncArgs {
         env = "AUDSYNC_SINK",
         value_enum,
         value_delimiter = ',',
-        default_value = "env"
+        default_value = "env",
+        help_heading = HEADING_SINKS
     )]
     pub sinks: Vec<SinkKind>,
     /// Container to restart/recreate after a change (name or id; repeatable or comma-separated).
@@ -480,7 +502,8 @@ pub struct SyncArgs {
         long = "container",
         env = "AUDSYNC_CONTAINER",
         value_name = "NAME",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = HEADING_SINKS
     )]
     pub containers: Vec<String>,
     /// A compose service whose containers to restart/recreate, one at a time (repeatable or
@@ -489,7 +512,8 @@ pub struct SyncArgs {
         long = "compose-service",
         env = "AUDSYNC_COMPOSE_SERVICE",
         value_name = "PROJECT/SERVICE",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = HEADING_SINKS
     )]
     pub compose_services: Vec<String>,
     /// A Swarm service whose spec carries the key (repeatable or comma-separated): its
@@ -499,7 +523,8 @@ pub struct SyncArgs {
         long = "swarm-service",
         env = "AUDSYNC_SWARM_SERVICE",
         value_name = "NAME",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = HEADING_SINKS
     )]
     pub swarm_services: Vec<String>,
     /// What to do with the containers when the value changed: auto recreates containers whose
@@ -509,37 +534,38 @@ pub struct SyncArgs {
         env = "AUDSYNC_RESTART",
         value_enum,
         value_name = "MODE",
-        default_value = "auto"
+        default_value = "auto",
+        help_heading = HEADING_SINKS
     )]
     pub restart: RestartMode,
     /// A recreated container without a healthcheck counts as good once it has kept running
     /// this long; otherwise the old container is put back.
-    #[arg(long, env = "AUDSYNC_SETTLE", value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "AUDSYNC_SETTLE", value_name = "DURATION", default_value = "3s", value_parser = parse_duration, help_heading = HEADING_SINKS)]
     pub settle: Duration,
     /// How long a recreated container with a healthcheck may take to become healthy before the
     /// old one is put back. Default: start period + (interval + timeout) x retries of its check.
-    #[arg(long, env = "AUDSYNC_HEALTH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, env = "AUDSYNC_HEALTH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, help_heading = HEADING_SINKS)]
     pub health_timeout: Option<Duration>,
     /// How the .env file is written: atomic (temp file + rename) or in-place (same inode, for a
     /// file bind-mounted into a container).
-    #[arg(long, env = "AUDSYNC_WRITE_MODE", value_enum, default_value = "atomic")]
+    #[arg(long, env = "AUDSYNC_WRITE_MODE", value_enum, default_value = "atomic", help_heading = HEADING_SINKS)]
     pub write_mode: WriteMode,
     /// Create the .env file when it does not exist. Without it a missing .env is an error
     /// naming the path and the compose project directory its containers came from.
-    #[arg(long, env = "AUDSYNC_CREATE_ENV_FILE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "AUDSYNC_CREATE_ENV_FILE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = HEADING_SINKS)]
     pub create_env_file: bool,
     /// Show what would change (old value, new value, writes, restarts) and change nothing.
     /// Exit code 3 when something would change, 0 when in sync.
-    #[arg(long)]
+    #[arg(long, help_heading = HEADING_RUN)]
     pub dry_run: bool,
     /// Result format on stdout.
-    #[arg(long, env = "AUDSYNC_OUTPUT", value_enum, default_value = "text")]
+    #[arg(long, env = "AUDSYNC_OUTPUT", value_enum, default_value = "text", help_heading = HEADING_RUN)]
     pub output: Output,
     /// State file (owed restarts, cached application id). Default: <env-file>.audsync-state.json
-    #[arg(long, env = "AUDSYNC_STATE_FILE", value_name = "PATH")]
+    #[arg(long, env = "AUDSYNC_STATE_FILE", value_name = "PATH", help_heading = HEADING_RUN)]
     pub state_file: Option<PathBuf>,
     /// How long to wait for another run holding the lock.
-    #[arg(long, env = "AUDSYNC_LOCK_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "AUDSYNC_LOCK_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration, help_heading = HEADING_RUN)]
     pub lock_timeout: Duration,
     /// Where the AUD is learned: api (Cloudflare API) or edge (the protected host; no token).
     #[arg(
@@ -547,14 +573,15 @@ pub struct SyncArgs {
         env = "AUDSYNC_SOURCE",
         value_enum,
         value_name = "SOURCE",
-        default_value = "api"
+        default_value = "api",
+        help_heading = HEADING_SOURCE
     )]
     pub origin: Origin,
     #[command(flatten)]
     pub access: AccessArgs,
     /// Remotely-managed tunnel whose rule for the host requires Access: its audTag is kept
     /// current (one extra API request per pass).
-    #[arg(long, env = "CLOUDFLARE_TUNNEL_ID", value_name = "UUID")]
+    #[arg(long, env = "CLOUDFLARE_TUNNEL_ID", value_name = "UUID", help_heading = HEADING_TUNNEL)]
     pub tunnel_id: Option<String>,
     /// Send a notification on a change, a failure, a rollback or a recovery to URL (repeatable
     /// or comma-separated): https://… (JSON POST), ntfy+https://host/topic,

@@ -16,6 +16,7 @@ mod help;
 mod infisical;
 mod infisical_passes;
 mod notify;
+mod quickstart;
 mod setup_verify;
 mod trust;
 mod watch;
