@@ -254,7 +254,7 @@ async fn plan(
                 // Only an application that serves other hosts too covers this one: the host
                 // gets its own (an exact match wins from then on); the shared one is untouched.
                 rep.notes.push(format!(
-                    "{:?} ({}) covers {host} too, and also {}; it is left as it is and {host} gets its own application (pass --use-existing to use {:?} as it is instead)",
+                    "{:?} ({}) covers {host} only as one of several hosts ({}); it is left as it is and {host} gets its own application (pass --use-existing to use {:?} as it is instead)",
                     app.name,
                     app.id,
                     others.join(", "),
@@ -302,7 +302,7 @@ async fn plan(
             rep.application = Some(Step::new(
                 "exists",
                 format!(
-                    "{:?} ({}) (id {}, AUD {}) covers {host}{}; it also covers {}, so setup uses it as it is and never changes it",
+                    "{:?} ({}) (id {}, AUD {}) covers {host}{} and serves other hosts too ({}), so setup uses it as it is and never changes it",
                     app.name,
                     app.domain,
                     app.id,
@@ -322,6 +322,13 @@ async fn plan(
             (AppPlan::Use(app), PolicyPlan::None)
         }
         None => {
+            rep.application = Some(Step::new(
+                "would_create",
+                format!(
+                    "self_hosted application {:?} for {}: POST /accounts/{account}/access/apps",
+                    cfg.app_name, cfg.host
+                ),
+            ));
             let policy = policy(cfg, client, &account, rep).await?;
             (AppPlan::Create, policy)
         }
