@@ -266,6 +266,14 @@ pub struct SetupArgs {
     /// Create a policy that admits everyone when no email rule is given (explicit opt-in).
     #[arg(long, help_heading = HEADING_SETUP)]
     pub allow_everyone: bool,
+    /// When only an application shared with other hosts (e.g. *.example.com) covers the host,
+    /// use it as it is (never changed) instead of creating the host's own.
+    #[arg(long, env = "AUDSYNC_USE_EXISTING", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub use_existing: bool,
+    /// When the tunnel has no ingress rule for the host, add one to this service (e.g.
+    /// http://caddy:80) above the catch-all.
+    #[arg(long, env = "AUDSYNC_TUNNEL_SERVICE", value_name = "URL")]
+    pub tunnel_service: Option<String>,
 }
 
 /// `verify --skip`: the checks of `verify`, in debugging order.

@@ -273,8 +273,10 @@ fn setup_on_a_locally_managed_tunnel_says_what_to_do_and_writes_nothing_there() 
         !writes(&cf).iter().any(|w| w.path.contains("cfd_tunnel")),
         "never PUT to a local tunnel"
     );
-    // The sync pass still ran.
-    assert!(sb.read_env().contains(&aud(2)));
+    // A setup that cannot finish changes nothing: the sync pass did not run either.
+    assert!(writes(&cf).is_empty(), "{:?}", writes(&cf));
+    assert_eq!(sb.read_env(), "OTHER=1\n");
+    assert!(r.stdout.contains("nothing was changed"), "{r:?}");
 }
 
 #[test]
@@ -291,10 +293,219 @@ fn setup_without_a_rule_for_the_host_says_what_to_do() {
     assert_eq!(r.code, 1, "{r:?}");
     let all = format!("{}{}", r.stdout, r.stderr);
     assert!(
-        all.contains("no ingress rule for api.example.com") && all.contains("Public Hostname"),
+        all.contains("no ingress rule for api.example.com")
+            && all.contains("Public Hostname")
+            && all.contains("--tunnel-service"),
         "{r:?}"
     );
     assert!(writes(&cf).is_empty());
+    assert_eq!(sb.read_env(), "OTHER=1\n", "the .env is untouched");
+}
+
+const NEW_HOST: &str = "new.example.test";
+
+/// Only `*.example.test` covers NEW_HOST; it has a policy of its own (shared by every host).
+fn wildcard_app() -> Value {
+    let mut w = app(7, "*.example.test", &aud(7));
+    w["name"] = json!("Everything under example.test");
+    w["policies"] = json!([{"id": "55555555-1111-4000-8000-000000000000", "precedence": 1}]);
+    w
+}
+
+fn new_host_setup(sb: &Sandbox, extra: &[&str]) -> Run {
+    let mut c = sb.cmd();
+    c.args(["setup", "--domain", NEW_HOST, "--restart", "none"])
+        .args(extra);
+    run(&mut c)
+}
+
+/// Ingress with the new host served by a rule of its own.
+fn ingress_with_new_host() -> Value {
+    json!({"ingress": [
+        {"hostname": NEW_HOST, "service": "http://caddy:80"},
+        {"service": "http_status:404"}
+    ]})
+}
+
+#[test]
+fn setup_with_only_a_wildcard_creates_the_hosts_own_app_and_leaves_the_wildcard() {
+    let cf = fake(vec![wildcard_app()], "cloudflare", ingress_with_new_host());
+    cf.with(|s| s.policies.push(json!({"id": "55555555-1111-4000-8000-000000000000", "name": "Shared", "decision": "allow", "include": [{"everyone": {}}], "reusable": true})));
+    let sb = sandbox(&cf);
+    let r = new_host_setup(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let w = writes(&cf);
+    assert!(
+        !w.iter().any(|x| x.path.ends_with(&uuid(7))),
+        "nothing sent to the wildcard: {w:?}"
+    );
+    assert_eq!(
+        cf.with(|s| s.apps[0].clone()),
+        wildcard_app(),
+        "wildcard unchanged"
+    );
+    let paths: Vec<(&str, String)> = w
+        .iter()
+        .map(|x| (x.method.as_str(), x.path.clone()))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            ("POST", format!("/accounts/{ACCOUNT}/access/policies")),
+            ("POST", format!("/accounts/{ACCOUNT}/access/apps")),
+            (
+                "PUT",
+                format!("/accounts/{ACCOUNT}/cfd_tunnel/{TUNNEL}/configurations")
+            ),
+        ]
+    );
+    let body = w[1].body.clone().unwrap();
+    assert_eq!(body["domain"], NEW_HOST);
+    assert_eq!(
+        body["destinations"],
+        json!([{"type": "public", "uri": NEW_HOST}])
+    );
+    let own = cf.with(|s| s.apps[1]["aud"].as_str().unwrap().to_string());
+    assert_ne!(own, aud(7));
+    let env = sb.read_env();
+    assert!(env.contains(&format!("CLOUDFLARE_AUD_TAG={own}")), "{env}");
+    assert!(!env.contains(&aud(7)), "never the wildcard's AUD: {env}");
+    let put = w[2].body.clone().unwrap();
+    assert_eq!(
+        put["config"]["ingress"][0]["originRequest"]["access"],
+        access("myteam", &own)
+    );
+    // The report lists every change, in order.
+    let out = &r.stdout;
+    let (a, b, c) = (
+        out.find("1. POST /accounts/").unwrap_or(usize::MAX),
+        out.find("2. POST /accounts/").unwrap_or(usize::MAX),
+        out.find("3. PUT /accounts/").unwrap_or(usize::MAX),
+    );
+    assert!(a < b && b < c && c < usize::MAX, "{r:?}");
+    assert!(
+        out.contains("--use-existing"),
+        "says how to use the wildcard instead: {r:?}"
+    );
+
+    // From then on the exact match wins: a second run changes nothing.
+    let r2 = new_host_setup(&sb, &[]);
+    assert_eq!(r2.code, 0, "{r2:?}");
+    assert_eq!(writes(&cf).len(), 3, "{r2:?}");
+}
+
+#[test]
+fn setup_use_existing_takes_the_wildcard_as_it_is() {
+    let mut wild = wildcard_app();
+    wild["policies"] = json!([]);
+    let cf = fake(vec![wild.clone()], "cloudflare", ingress_with_new_host());
+    let sb = sandbox(&cf);
+    let r = new_host_setup(&sb, &["--use-existing"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let w = writes(&cf);
+    // Even a wildcard without any policy gets none: it is not ours to change.
+    assert!(
+        !w.iter().any(|x| x.path.contains("/access/")),
+        "no policy, no application written: {w:?}"
+    );
+    assert_eq!(cf.with(|s| s.apps.clone()), vec![wild]);
+    assert!(sb.read_env().contains(&aud(7)), "{}", sb.read_env());
+    // The env variable works too.
+    let cf = fake(vec![wildcard_app()], "cloudflare", ingress_with_new_host());
+    let mut sb = sandbox(&cf);
+    sb.var("AUDSYNC_USE_EXISTING", "true");
+    let r = new_host_setup(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!writes(&cf).iter().any(|x| x.path.contains("/access/")));
+}
+
+#[test]
+fn setup_never_changes_an_app_with_several_destinations() {
+    let mut shared = app(8, NEW_HOST, &aud(8));
+    shared["destinations"] = json!([{"type": "public", "uri": NEW_HOST}, {"type": "public", "uri": "other.example.test"}]);
+    let cf = fake(vec![shared.clone()], "cloudflare", ingress_with_new_host());
+    let sb = sandbox(&cf);
+    let r = new_host_setup(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let w = writes(&cf);
+    assert!(!w.iter().any(|x| x.path.contains("/access/")), "{w:?}");
+    assert_eq!(cf.with(|s| s.apps.clone()), vec![shared]);
+    assert!(r.stdout.contains("other.example.test"), "{r:?}");
+}
+
+#[test]
+fn setup_whose_tunnel_step_cannot_succeed_changes_nothing() {
+    // The case: only the wildcard covers the host, and the tunnel has no rule for it.
+    let no_rule = json!({"ingress": [
+        {"hostname": "web.example.test", "service": "http://web:80"},
+        {"service": "http_status:404"}
+    ]});
+    let cf = fake(vec![wildcard_app()], "cloudflare", no_rule.clone());
+    let sb = sandbox(&cf);
+    for extra in [&[][..], &["--use-existing"][..], &["--dry-run"][..]] {
+        let r = new_host_setup(&sb, extra);
+        assert_eq!(r.code, 1, "{extra:?}: {r:?}");
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            all.contains("no ingress rule for new.example.test")
+                && all.contains("--tunnel-service"),
+            "{extra:?}: {r:?}"
+        );
+        assert!(writes(&cf).is_empty(), "{extra:?}: {:?}", writes(&cf));
+        assert_eq!(sb.read_env(), "OTHER=1\n", "{extra:?}");
+        assert_eq!(cf.with(|s| s.apps.clone()), vec![wildcard_app()]);
+    }
+    // A policy that cannot be built is found before the first change as well.
+    let mut sb2 = sandbox(&cf);
+    sb2.unset("CLOUDFLARE_ACCESS_EMAILS")
+        .unset("CLOUDFLARE_ACCESS_EMAIL_DOMAIN");
+    let r = new_host_setup(&sb2, &["--tunnel-service", "http://caddy:80"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(writes(&cf).is_empty(), "{:?}", writes(&cf));
+    // A tunnel that cannot be read at all: nothing created either.
+    cf.with(|s| s.tunnels.clear());
+    let r = new_host_setup(&sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(writes(&cf).is_empty(), "{:?}", writes(&cf));
+}
+
+#[test]
+fn setup_tunnel_service_adds_the_rule_before_the_catch_all() {
+    let cfg = json!({"ingress": [
+        {"hostname": "web.example.test", "service": "http://web:80"},
+        {"service": "http_status:404"}
+    ], "warp-routing": {"enabled": true}});
+    let cf = fake(vec![], "cloudflare", cfg.clone());
+    let sb = sandbox(&cf);
+    // The dry run shows it and makes none.
+    let r = new_host_setup(&sb, &["--tunnel-service", "http://caddy:80", "--dry-run"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(writes(&cf).is_empty());
+    assert!(r.stdout.contains("http://caddy:80"), "{r:?}");
+    let mut sb = sandbox(&cf);
+    sb.var("AUDSYNC_TUNNEL_SERVICE", "http://caddy:80");
+    let r = new_host_setup(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let w = writes(&cf);
+    let put = w
+        .iter()
+        .find(|x| x.path.contains("cfd_tunnel"))
+        .unwrap()
+        .body
+        .clone()
+        .unwrap();
+    let own = cf.with(|s| s.apps[0]["aud"].as_str().unwrap().to_string());
+    let mut expected = cfg;
+    expected["ingress"].as_array_mut().unwrap().insert(
+        1,
+        json!({"hostname": NEW_HOST, "service": "http://caddy:80", "originRequest": {"access": access("myteam", &own)}}),
+    );
+    assert_eq!(put, json!({"config": expected}));
+    assert!(r.stdout.contains("added"), "{r:?}");
+    // Second run: the rule exists; nothing more.
+    let r = new_host_setup(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(writes(&cf).len(), w.len(), "{r:?}");
 }
 
 #[test]

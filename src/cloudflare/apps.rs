@@ -135,6 +135,16 @@ pub fn match_kind(app: &AccessApp, host: &str) -> Option<MatchKind> {
     best
 }
 
+/// The hosts `app` covers besides `host` itself: a `*.` wildcard, other destinations. An
+/// application with any is shared, and `setup` for one host must not change it (its policies
+/// decide who reaches every one of them).
+pub fn other_hosts(app: &AccessApp, host: &str) -> Vec<String> {
+    let host = host_of(host);
+    let mut v: Vec<String> = app.hosts().into_iter().filter(|h| *h != host).collect();
+    v.dedup();
+    v
+}
+
 /// The `*.` pattern of `app` that covers `host`, when only a wildcard does.
 pub fn wildcard_of(app: &AccessApp, host: &str) -> Option<String> {
     if match_kind(app, host) != Some(MatchKind::Wildcard) {
@@ -442,6 +452,24 @@ mod tests {
         assert!(match_kind(&a, "sh.example.com").is_none());
         a.domain.clear();
         assert_eq!(match_kind(&a, "sh.example.com"), Some(MatchKind::Exact));
+    }
+
+    #[test]
+    fn an_app_that_covers_other_hosts_is_shared() {
+        assert!(other_hosts(&app("1", "api.example.com", &[]), "API.example.com").is_empty());
+        assert_eq!(
+            other_hosts(&app("1", "*.example.com", &[]), "api.example.com"),
+            vec!["*.example.com"]
+        );
+        let several = app(
+            "1",
+            "api.example.com",
+            &["api.example.com/x", "web.example.com"],
+        );
+        assert_eq!(
+            other_hosts(&several, "api.example.com"),
+            vec!["web.example.com"]
+        );
     }
 
     #[test]

@@ -258,6 +258,95 @@ pub fn require_access(
     Ok(changed.then_some(new))
 }
 
+/// Whether an ingress rule is a catch-all: no hostname (or `*`) and no path.
+fn is_catch_all(rule: &Value) -> bool {
+    rule.get("hostname")
+        .and_then(Value::as_str)
+        .is_none_or(|h| h.is_empty() || h == "*")
+        && rule.get("path").is_none()
+}
+
+/// The configuration with a rule `{hostname: host, service}` added where cloudflared will pick
+/// it for `host`: above the first rule that already matches it (a `*.` wildcard, or the
+/// catch-all), as the dashboard's "Add public hostname" does; the catch-all stays last. A
+/// configuration without `ingress` gets one: the rule and a `http_status:404` catch-all. Refused
+/// (`Ok(None)`) when a rule for `host` already exists: that one is kept as it is.
+pub fn add_rule(config: &Value, host: &str, service: &str) -> Option<Value> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let mut new = config.clone();
+    if !new.is_object() {
+        new = json!({});
+    }
+    let rule = json!({"hostname": host, "service": service});
+    let obj = new.as_object_mut()?;
+    let Some(rules) = obj.get_mut("ingress").and_then(Value::as_array_mut) else {
+        obj.insert(
+            "ingress".into(),
+            json!([rule, {"service": "http_status:404"}]),
+        );
+        return Some(new);
+    };
+    if rules
+        .iter()
+        .any(|r| hostname(r).as_deref() == Some(host.as_str()))
+    {
+        return None;
+    }
+    let at = rules
+        .iter()
+        .position(|r| is_catch_all(r) || hostname(r).is_some_and(|h| wildcard_matches(&h, &host)))
+        .unwrap_or(rules.len());
+    rules.insert(at, rule);
+    Some(new)
+}
+
+/// What [`route`] decided for the rule of a host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The whole new configuration; `None` when nothing changes.
+    pub config: Option<Value>,
+    /// A rule for the host was added (with this service).
+    pub added: Option<String>,
+}
+
+/// The configuration with Access required on the rule for `host` ([`require_access`]); when
+/// the tunnel has no rule of its own for `host` (none, only a wildcard, no `ingress` at all) and
+/// a `service` is given, the rule is added first ([`add_rule`]). Without a service those cases
+/// are the [`IngressError`] that explains them.
+pub fn route(
+    config: &Value,
+    tunnel_id: &str,
+    host: &str,
+    team: &Team,
+    aud: &str,
+    service: Option<&str>,
+) -> Result<Route, IngressError> {
+    match require_access(config, tunnel_id, host, team, aud) {
+        Ok(new) => Ok(Route {
+            config: new,
+            added: None,
+        }),
+        Err(
+            e @ (IngressError::NoRule { .. }
+            | IngressError::OnlyWildcard { .. }
+            | IngressError::NoIngress { .. }),
+        ) => {
+            let Some(service) = service else {
+                return Err(e);
+            };
+            let Some(with_rule) = add_rule(config, host, service) else {
+                return Err(e);
+            };
+            let new = require_access(&with_rule, tunnel_id, host, team, aud)?;
+            Ok(Route {
+                config: Some(new.unwrap_or(with_rule)),
+                added: Some(service.to_string()),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The configuration with `aud` in the `audTag` of every rule for `host` that requires Access
 /// (rules that do not require it are left alone). `None` when nothing would change.
 ///
@@ -477,5 +566,70 @@ mod tests {
             json!(["n"])
         );
         assert_eq!(new["ingress"][1]["x-unknown"], 1);
+    }
+
+    #[test]
+    fn a_missing_rule_is_added_above_the_catch_all_or_the_wildcard() {
+        // No rule for x.y.org: added just before the catch-all, with Access required.
+        let r = route(
+            &config(),
+            T,
+            "x.y.org",
+            &team(),
+            "aa",
+            Some("http://caddy:80"),
+        )
+        .unwrap();
+        let new = r.config.unwrap();
+        assert_eq!(r.added.as_deref(), Some("http://caddy:80"));
+        let rules = new["ingress"].as_array().unwrap();
+        assert_eq!(rules.len(), 5);
+        assert_eq!(
+            rules[3],
+            json!({"hostname": "x.y.org", "service": "http://caddy:80", "originRequest": {"access": {"required": true, "teamName": "team", "audTag": ["aa"]}}})
+        );
+        assert_eq!(rules[4], json!({"service": "http_status:404"}));
+        assert_eq!(new["warp-routing"], config()["warp-routing"]);
+        // Only a wildcard serves db.example.com: the new rule goes above it, or it would never
+        // be reached.
+        let new = route(
+            &config(),
+            T,
+            "db.example.com",
+            &team(),
+            "aa",
+            Some("http://c:80"),
+        )
+        .unwrap()
+        .config
+        .unwrap();
+        assert_eq!(new["ingress"][2]["hostname"], "db.example.com");
+        assert_eq!(new["ingress"][3]["hostname"], "*.example.com");
+        // Without a service these stay errors.
+        assert!(matches!(
+            route(&config(), T, "x.y.org", &team(), "aa", None),
+            Err(IngressError::NoRule { .. })
+        ));
+        // No ingress at all: the rule and a catch-all.
+        let new = route(&json!({}), T, "x.y.org", &team(), "aa", Some("http://c:80"))
+            .unwrap()
+            .config
+            .unwrap();
+        assert_eq!(new["ingress"][1], json!({"service": "http_status:404"}));
+        // An existing rule is never replaced: the service is not used.
+        let r = route(
+            &config(),
+            T,
+            "api.example.com",
+            &team(),
+            "aa",
+            Some("http://c:80"),
+        )
+        .unwrap();
+        assert_eq!(r.added, None);
+        assert_eq!(
+            r.config.unwrap()["ingress"][1]["service"],
+            "http://lambda:8080"
+        );
     }
 }

@@ -20,6 +20,12 @@ pub struct SetupConfig {
     pub idp: Option<String>,
     /// The team for `originRequest.access.teamName` (needed with a tunnel).
     pub team: Option<edge::Team>,
+    /// Take an application that also covers other hosts (a wildcard, several destinations) as
+    /// it is, instead of creating the host's own (`--use-existing`).
+    pub use_existing: bool,
+    /// The service of the ingress rule to add when the tunnel has none for the host
+    /// (`--tunnel-service`); `None`: a missing rule is an error.
+    pub tunnel_service: Option<String>,
 }
 
 /// The `setup` configuration (credentials from Infisical as for `sync`). With a config file,
@@ -116,7 +122,13 @@ impl SetupConfig {
                 "CLOUDFLARE_TUNNEL_ID is set, and requiring Access on its route needs the team name: set CLOUDFLARE_TEAM_NAME, or CLOUDFLARE_AUTH_DOMAIN=https://<team>.cloudflareaccess.com",
             ));
         }
+        let tunnel_service = match a.tunnel_service.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(svc) => Some(tunnel_service(svc, sync.single().tunnel_id.is_some())?),
+        };
         Ok(SetupConfig {
+            use_existing: a.use_existing,
+            tunnel_service,
             app_name: a
                 .app_name
                 .clone()
@@ -134,6 +146,32 @@ impl SetupConfig {
             team,
             sync,
         })
+    }
+}
+
+/// Check `--tunnel-service`: an origin URL with a scheme and a host (`http://caddy:80`,
+/// `https://10.0.0.2`, `tcp://db:5432`), or one of cloudflared's own services
+/// (`http_status:404`, `hello_world`, `unix:/path`); and it needs a tunnel to go to.
+fn tunnel_service(svc: &str, has_tunnel: bool) -> Result<String, Error> {
+    if !has_tunnel {
+        return Err(Error::usage(
+            "--tunnel-service / AUDSYNC_TUNNEL_SERVICE adds an ingress rule to the tunnel: set CLOUDFLARE_TUNNEL_ID too",
+        ));
+    }
+    let builtin = svc == "hello_world"
+        || svc
+            .strip_prefix("http_status:")
+            .is_some_and(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()))
+        || svc.strip_prefix("unix:").is_some_and(|p| !p.is_empty())
+        || svc.strip_prefix("unix+tls:").is_some_and(|p| !p.is_empty());
+    let origin = svc.contains("://")
+        && url::Url::parse(svc).is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()));
+    if builtin || origin {
+        Ok(svc.to_string())
+    } else {
+        Err(Error::usage(format!(
+            "--tunnel-service {svc:?}: expected the origin as a URL with scheme and host, e.g. http://caddy:80 (or http_status:NNN, hello_world, unix:/path)"
+        )))
     }
 }
 
@@ -201,7 +239,27 @@ pub fn go_duration(s: &str) -> Result<u128, GoDurationError> {
 
 #[cfg(test)]
 mod tests {
-    use super::go_duration;
+    use super::{go_duration, tunnel_service};
+
+    #[test]
+    fn tunnel_services_are_urls_or_cloudflared_builtins() {
+        for ok in [
+            "http://caddy:80",
+            "https://10.0.0.2",
+            "tcp://db:5432",
+            "ssh://host:22",
+            "http_status:404",
+            "hello_world",
+            "unix:/run/app.sock",
+        ] {
+            assert!(tunnel_service(ok, true).is_ok(), "{ok}");
+        }
+        for bad in ["caddy:80", "caddy", "http://", "http_status:4", "unix:"] {
+            assert!(tunnel_service(bad, true).is_err(), "{bad}");
+        }
+        let e = tunnel_service("http://caddy:80", false).unwrap_err();
+        assert!(e.to_string().contains("CLOUDFLARE_TUNNEL_ID"), "{e}");
+    }
 
     #[test]
     fn go_durations_as_go_reads_them() {
