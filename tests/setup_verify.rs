@@ -1496,4 +1496,32 @@ fn verify_a_compose_stack_names_the_stale_container_and_a_missing_service() {
         "{r:?}"
     );
     assert!(!r.stdout.contains("not checked (compose"), "{r:?}");
+
+    // A configured container that does not exist fails too, naming it.
+    let gone = d.name("gone");
+    write_private(
+        &sb,
+        "audsync.toml",
+        &stack_toml(
+            &cf,
+            &[
+                (API, "API_AUD", &targets("api")[0]),
+                (N8N, "N8N_AUD", &format!("{{ container = \"{gone}\" }}")),
+            ],
+        ),
+    );
+    sb.write_env(&format!("API_AUD={}\nN8N_AUD={}\n", aud(1), aud(3)));
+    let r = verify_stack(&sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        section(&r, N8N).iter().any(|l| l.starts_with("consistency")
+            && l.contains("FAIL")
+            && l.contains(&format!("container {gone} does not exist"))),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("verify: FAILED ({N8N}: consistency)")),
+        "the api binding passes: {r:?}"
+    );
 }
