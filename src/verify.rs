@@ -763,7 +763,8 @@ async fn targets_seen(
                     }
                 }
                 let what = format!("container {n} {}", b.key);
-                container_seen(&engine, n, what, b, &watch, &container_fix, seen, errors).await;
+                let fix = container_fix.clone();
+                seen.extend(container_seen(&engine, n, what, fix, b, &watch, errors).await);
             }
             BindingTarget::ComposeService { project, service } => {
                 match engine.compose_members(project, service).await {
@@ -780,17 +781,10 @@ async fn targets_seen(
                                 "container {n} (compose service {project}/{service}) {}",
                                 b.key
                             );
-                            container_seen(
-                                &engine,
-                                n,
-                                what,
-                                b,
-                                &watch,
-                                &container_fix,
-                                seen,
-                                errors,
-                            )
-                            .await;
+                            let fix = container_fix.clone();
+                            seen.extend(
+                                container_seen(&engine, n, what, fix, b, &watch, errors).await,
+                            );
                         }
                     }
                 }
@@ -828,18 +822,17 @@ async fn targets_seen(
 }
 
 /// One container's environment: its value of the key, and any of audsync's own settings
-/// (`watch`) that leaked into it.
-#[allow(clippy::too_many_arguments)]
+/// (`watch`) that leaked into it. `None` when it could not be read and that is an error (a
+/// configured target), pushed onto `errors`.
 async fn container_seen(
     engine: &crate::docker::Engine,
     n: &str,
     what: String,
+    fix: String,
     b: &VerifyBinding,
     watch: &[String],
-    fix: &str,
-    seen: &mut Vec<Seen>,
     errors: &mut Vec<String>,
-) {
+) -> Option<Seen> {
     let mut ct = engine.container(n);
     let values = match ct.observe(std::slice::from_ref(&b.key), watch).await {
         Ok(o) => {
@@ -863,15 +856,11 @@ async fn container_seen(
         }
         Err(e) if b.targets_required => {
             errors.push(e.message);
-            return;
+            return None;
         }
         Err(e) => Err(e.message.into()),
     };
-    seen.push(Seen {
-        what,
-        values,
-        fix: fix.to_string(),
-    });
+    Some(Seen { what, values, fix })
 }
 
 async fn token(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> CheckResult {
