@@ -120,7 +120,15 @@ async fn run_command(parsed: Parsed) -> u8 {
             let cfg = config::commands::setup_config(args, &parsed).await;
             setup::command(cfg, args.sync.output.into()).await
         }
-        Command::Verify(args) => verify::command(verify::VerifyConfig::from_args(args, &env)).await,
+        Command::Verify(args) => {
+            let cfg = config::verify::VerifyConfig::build(
+                args,
+                &env,
+                parsed.file.as_ref(),
+                &parsed.origins,
+            );
+            verify::command(cfg).await
+        }
         Command::Watch(_) => {
             let argv = parsed.argv.clone();
             watch::run(parsed, argv).await

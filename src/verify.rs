@@ -1,8 +1,13 @@
 //! `audsync verify`: prove the chain works, one named check at a time, in the order a person
 //! would debug it: `redirect` (the edge protects the host), `certs` (the team's keys),
 //! `consistency` (the AUD is the same in Cloudflare, the sinks of `--sink` — the .env file and/or
-//! Infisical —, the containers and the tunnel rule) and `token` (a real token passes the checks
+//! Infisical —, the targets and the tunnel rule) and `token` (a real token passes the checks
 //! the server makes).
+//!
+//! With a config file's bindings, every binding (or the one `--domain` picks) is verified
+//! against its own key, sinks and targets — containers, each container of a compose service
+//! (found by its compose labels), a Swarm service's spec — in a section of its own; a configured
+//! target that cannot be found fails, naming it. The credential is checked once, first.
 //!
 //! Read-only: it changes nothing anywhere (Infisical is only read, never written). Each check prints `ok`, `FAIL` with the fix, or
 //! `not checked` with the reason (never a silent pass). A token is a credential: it is held as a
@@ -10,11 +15,12 @@
 
 use crate::cloudflare::jwt::{self, Jwks};
 use crate::cloudflare::{Client, edge, tunnel};
-pub use crate::config::verify::{Check, VerifyConfig};
+use crate::config::BindingTarget;
+pub use crate::config::verify::{Check, VerifyBinding, VerifyConfig, VerifySink};
 use crate::exit;
 use crate::reconcile::{Target, short};
+use crate::sink::env as envfile;
 use crate::sink::infisical;
-use crate::sink::{SinkKind, env as envfile};
 use crate::source;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,39 +78,83 @@ struct Learned {
     infisical_aud: Option<String>,
 }
 
-pub async fn run(cfg: &VerifyConfig) -> Vec<CheckResult> {
+/// The results of one binding (`binding` is `None` for the flag-only run, and for the checks
+/// made once for the whole file).
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub binding: Option<String>,
+    pub results: Vec<CheckResult>,
+}
+
+/// Every check, per binding: the flag-only run is one section with every check, as always; a
+/// config file's run checks the credential once, then each binding in a section of its own.
+pub async fn run(cfg: &VerifyConfig) -> Vec<Section> {
     let http = match edge::http(cfg.timeout) {
         Ok(h) => h,
         Err(e) => {
             let r = CheckResult::new(Check::Redirect, Status::Fail, e.message);
-            return vec![match e.hint {
-                Some(h) => r.fix(h),
-                None => r,
+            return vec![Section {
+                binding: None,
+                results: vec![match e.hint {
+                    Some(h) => r.fix(h),
+                    None => r,
+                }],
             }];
         }
     };
+    let per_binding = [
+        Check::Redirect,
+        Check::Certs,
+        Check::Consistency,
+        Check::Token,
+    ];
+    let Some(first) = cfg.bindings.first() else {
+        return vec![];
+    };
+    if cfg.config_file.is_none() {
+        let mut all = vec![Check::Credential];
+        all.extend(per_binding);
+        return vec![Section {
+            binding: None,
+            results: checks(cfg, first, &http, &all).await,
+        }];
+    }
+    let mut out = vec![Section {
+        binding: None,
+        results: checks(cfg, first, &http, &[Check::Credential]).await,
+    }];
+    for b in &cfg.bindings {
+        out.push(Section {
+            binding: Some(b.id.clone()),
+            results: checks(cfg, b, &http, &per_binding).await,
+        });
+    }
+    out
+}
+
+/// `which` checks for binding `b`, in order.
+async fn checks(
+    cfg: &VerifyConfig,
+    b: &VerifyBinding,
+    http: &reqwest::Client,
+    which: &[Check],
+) -> Vec<CheckResult> {
     let mut l = Learned {
         team_domain: cfg.team_domain.clone(),
         ..Learned::default()
     };
     let mut out = Vec::new();
-    for c in [
-        Check::Credential,
-        Check::Redirect,
-        Check::Certs,
-        Check::Consistency,
-        Check::Token,
-    ] {
+    for &c in which {
         if cfg.skip.contains(&c) {
             out.push(CheckResult::new(c, Status::Skipped, "skipped (--skip)"));
             continue;
         }
         let r = match c {
-            Check::Credential => credential(cfg).await,
-            Check::Redirect => redirect(cfg, &http, &mut l).await,
-            Check::Certs => certs(&http, &mut l).await,
-            Check::Consistency => consistency(cfg, &mut l).await,
-            Check::Token => token(cfg, &http, &mut l).await,
+            Check::Credential => credential(b).await,
+            Check::Redirect => redirect(b, http, &mut l).await,
+            Check::Certs => certs(http, &mut l).await,
+            Check::Consistency => consistency(cfg, b, &mut l).await,
+            Check::Token => token(cfg, http, &mut l).await,
         };
         out.push(r);
     }
@@ -112,37 +162,51 @@ pub async fn run(cfg: &VerifyConfig) -> Vec<CheckResult> {
 }
 
 /// 0 when every check that ran passed, else 1.
-pub fn exit_code(results: &[CheckResult]) -> u8 {
-    if results.iter().any(|r| r.status == Status::Fail) {
+pub fn exit_code(sections: &[Section]) -> u8 {
+    if sections
+        .iter()
+        .flat_map(|s| &s.results)
+        .any(|r| r.status == Status::Fail)
+    {
         exit::FAILURE
     } else {
         exit::OK
     }
 }
 
-pub fn render_text(results: &[CheckResult]) -> String {
+pub fn render_text(sections: &[Section]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    for r in results {
-        let st = match r.status {
-            Status::Ok => "ok",
-            Status::Fail => "FAIL",
-            Status::NotChecked => "not checked",
-            Status::Skipped => "skipped",
-        };
-        let _ = writeln!(s, "{:<12} {:<11} {}", name(r.check), st, r.summary);
-        for d in &r.details {
-            let _ = writeln!(s, "{:<24} {d}", "");
+    let mut failed: Vec<String> = Vec::new();
+    for sec in sections {
+        if let Some(id) = &sec.binding {
+            let _ = writeln!(s, "\nbinding {id}");
         }
-        if let Some(f) = &r.fix {
-            let _ = writeln!(s, "{:<24} fix: {f}", "");
+        for r in &sec.results {
+            let st = match r.status {
+                Status::Ok => "ok",
+                Status::Fail => "FAIL",
+                Status::NotChecked => "not checked",
+                Status::Skipped => "skipped",
+            };
+            let _ = writeln!(s, "{:<12} {:<11} {}", name(r.check), st, r.summary);
+            for d in &r.details {
+                let _ = writeln!(s, "{:<24} {d}", "");
+            }
+            if let Some(f) = &r.fix {
+                let _ = writeln!(s, "{:<24} fix: {f}", "");
+            }
+            if r.status == Status::Fail {
+                failed.push(match &sec.binding {
+                    Some(id) => format!("{id}: {}", name(r.check)),
+                    None => name(r.check).to_string(),
+                });
+            }
         }
     }
-    let failed: Vec<&str> = results
-        .iter()
-        .filter(|r| r.status == Status::Fail)
-        .map(|r| name(r.check))
-        .collect();
+    if sections.iter().any(|sec| sec.binding.is_some()) {
+        s.push('\n');
+    }
     let _ = writeln!(
         s,
         "{}",
@@ -159,7 +223,7 @@ fn is_aud(s: &str) -> bool {
     crate::aud::Aud::parse(s).is_ok()
 }
 
-async fn redirect(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> CheckResult {
+async fn redirect(cfg: &VerifyBinding, http: &reqwest::Client, l: &mut Learned) -> CheckResult {
     let c = Check::Redirect;
     let p = match edge::probe(http, &cfg.url, false).await {
         Ok(p) => p,
@@ -169,7 +233,7 @@ async fn redirect(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -
     };
     match (&p.login, p.status) {
         (Some(login), 301 | 302 | 303 | 307 | 308) => {
-            if let Some(t) = &cfg.team_domain
+            if let Some(t) = &l.team_domain
                 && t != &login.team_domain
             {
                 return CheckResult::new(
@@ -236,7 +300,7 @@ async fn redirect(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -
 
 /// The Cloudflare API token itself: `tokens/verify` says whether it is active and when it
 /// expires; within 14 days is a warning (the check still passes).
-async fn credential(cfg: &VerifyConfig) -> CheckResult {
+async fn credential(cfg: &VerifyBinding) -> CheckResult {
     let c = Check::Credential;
     let Some(api) = &cfg.api else {
         return CheckResult::new(c, Status::NotChecked, "no Cloudflare credentials");
@@ -355,17 +419,17 @@ struct Seen {
     fix: String,
 }
 
-async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
+async fn consistency(cfg: &VerifyConfig, b: &VerifyBinding, l: &mut Learned) -> CheckResult {
     let c = Check::Consistency;
     let mut seen: Vec<Seen> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     // Fixes for `errors` (places that could be read but answered with an error).
     let mut error_fixes: Vec<String> = Vec::new();
-    let sync_fix = format!("run `audsync sync --domain {}`", cfg.host);
+    let sync_fix = format!("run `audsync sync --domain {}`", b.host);
 
     // Cloudflare API.
     let mut account = None;
-    match &cfg.api {
+    match &b.api {
         None => seen.push(Seen {
             what: "Cloudflare API".into(),
             values: Err("no Cloudflare credentials".into()),
@@ -394,104 +458,64 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
             values: Ok(vec![k.clone()]),
             fix: format!(
                 "the edge enforces another application than the API reports for {}: look for a second application covering the host (or a path-specific one)",
-                cfg.host
+                b.host
             ),
         });
     }
-    // The .env file (`--sink env`).
-    if cfg.sinks.contains(&SinkKind::Env) {
-        let env_what = format!("{} {}", cfg.env_file.display(), cfg.key);
-        match crate::fsx::read_bounded(&cfg.env_file, crate::fsx::MAX_TEXT).and_then(|b| {
-            String::from_utf8(b)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
-        }) {
-            Ok(text) => match envfile::parse(&text) {
-                Ok(map) => {
-                    let v = map.get(&cfg.key).cloned();
-                    l.env_aud = v.clone();
-                    seen.push(Seen {
-                        what: env_what,
-                        values: Ok(vec![v.unwrap_or_else(|| "(unset)".into())]),
-                        fix: sync_fix.clone(),
-                    });
-                }
-                Err(e) => errors.push(format!("{env_what}: does not parse: {e}")),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => seen.push(Seen {
-                what: env_what,
-                values: Err("no such file".into()),
-                fix: String::new(),
-            }),
-            Err(e) => errors.push(format!("{env_what}: {e}")),
-        }
-    }
-    // Infisical (`--sink infisical`): read only.
-    if cfg.sinks.contains(&SinkKind::Infisical) {
-        infisical_seen(cfg, l, &mut seen, &mut errors, &mut error_fixes).await;
-    }
-    // Containers (the configured environment of the running container).
-    if !cfg.containers.is_empty() {
-        match crate::docker::Engine::connect(&cfg.docker_host).await {
-            Err(e) => {
-                for n in &cfg.containers {
-                    seen.push(Seen {
-                        what: format!("container {n}"),
-                        values: Err(format!("Docker is not reachable ({})", e.message).into()),
-                        fix: String::new(),
-                    });
-                }
-            }
-            Ok(engine) => {
-                // audsync's own settings in the .env it shares with the app (names only).
-                let own = crate::config::own_variables();
-                let watch: Vec<String> = if cfg.sinks.contains(&SinkKind::Env) {
-                    crate::fsx::read_text(&cfg.env_file)
-                        .ok()
-                        .flatten()
-                        .map(|t| {
-                            envfile::key_lines(&t)
-                                .into_keys()
-                                .filter(|k| own.contains(k))
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                } else {
-                    vec![]
-                };
-                for n in &cfg.containers {
-                    let mut ct = engine.container(n);
-                    let values = match ct.observe(std::slice::from_ref(&cfg.key), &watch).await {
-                        Ok(o) => {
-                            for name in &o.carries {
-                                errors.push(format!(
-                                    "container {n} carries {name} from {}: audsync's own setting has leaked into the app; move it out of that .env (into audsync.toml, a *_FILE or the unit's environment) and recreate the container",
-                                    cfg.env_file.display()
-                                ));
+    for sink in &b.sinks {
+        match sink {
+            // A .env file (`--sink env`).
+            VerifySink::Env(env_file) => {
+                let env_what = format!("{} {}", env_file.display(), b.key);
+                match crate::fsx::read_bounded(env_file, crate::fsx::MAX_TEXT).and_then(|t| {
+                    String::from_utf8(t).map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")
+                    })
+                }) {
+                    Ok(text) => match envfile::parse(&text) {
+                        Ok(map) => {
+                            let v = map.get(&b.key).cloned();
+                            if l.env_aud.is_none() {
+                                l.env_aud = v.clone();
                             }
-                            match o.env.get(&cfg.key).cloned() {
-                                Some(v) => Ok(vec![v]),
-                                None => Err(format!(
-                                    "{} is not in its environment (it may read the .env file itself)",
-                                    cfg.key
-                                )
-                                .into()),
-                            }
+                            seen.push(Seen {
+                                what: env_what,
+                                values: Ok(vec![v.unwrap_or_else(|| "(unset)".into())]),
+                                fix: sync_fix.clone(),
+                            });
                         }
-                        Err(e) => Err(e.message.into()),
-                    };
-                    seen.push(Seen {
-                        what: format!("container {n} {}", cfg.key),
-                        values,
-                        fix: format!("{sync_fix} (it recreates the container with the new value)"),
-                    });
+                        Err(e) => errors.push(format!("{env_what}: does not parse: {e}")),
+                    },
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => seen.push(Seen {
+                        what: env_what,
+                        values: Err("no such file".into()),
+                        fix: String::new(),
+                    }),
+                    Err(e) => errors.push(format!("{env_what}: {e}")),
                 }
             }
+            // Infisical (`--sink infisical`): read only.
+            VerifySink::Infisical(settings) => {
+                infisical_seen(
+                    b,
+                    settings.as_ref(),
+                    l,
+                    &mut seen,
+                    &mut errors,
+                    &mut error_fixes,
+                )
+                .await
+            }
         }
+    }
+    // The targets (the configured environment of what reads the value).
+    if !b.targets.is_empty() {
+        targets_seen(cfg, b, &sync_fix, &mut seen, &mut errors, &mut error_fixes).await;
     }
     // The tunnel rule.
-    if let Some(tid) = &cfg.tunnel_id {
+    if let Some(tid) = &b.tunnel_id {
         let what = format!("tunnel {tid} rule audTag");
-        match (&cfg.api, &account) {
+        match (&b.api, &account) {
             (Some(api), Some(acc)) => {
                 let client: Client = source::client(api);
                 match client.tunnel_configuration(acc, tid).await {
@@ -504,11 +528,11 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
                         fix: String::new(),
                     }),
                     Ok(answer) => {
-                        match tunnel::access_of(tunnel::config_of(&answer), tid, &cfg.host) {
+                        match tunnel::access_of(tunnel::config_of(&answer), tid, &b.host) {
                             Err(e) => errors.push(e.to_string()),
                             Ok(rules) if !rules.iter().any(|r| r.required) => errors.push(format!(
                                 "{what}: the rule for {} does not require Access (run `audsync setup --domain {}`)",
-                                cfg.host, cfg.host
+                                b.host, b.host
                             )),
                             Ok(rules) => seen.push(Seen {
                                 what,
@@ -622,32 +646,35 @@ async fn consistency(cfg: &VerifyConfig, l: &mut Learned) -> CheckResult {
 /// The AUD secret in Infisical. Not configured or not reachable: not checked, with the reason
 /// (like a container). Reachable but refusing (credentials, permissions): an error with its fix.
 async fn infisical_seen(
-    cfg: &VerifyConfig,
+    b: &VerifyBinding,
+    settings: Option<&infisical::Settings>,
     l: &mut Learned,
     seen: &mut Vec<Seen>,
     errors: &mut Vec<String>,
     error_fixes: &mut Vec<String>,
 ) {
-    let Some(settings) = &cfg.infisical else {
+    let Some(settings) = settings else {
         seen.push(Seen {
-            what: format!("Infisical {}", cfg.key),
+            what: format!("Infisical {}", b.key),
             values: Err("Infisical is not configured: set INFISICAL_PROJECT_ID and INFISICAL_CLIENT_ID + INFISICAL_CLIENT_SECRET (or INFISICAL_TOKEN)".into()),
             fix: String::new(),
         });
         return;
     };
-    let what = format!("Infisical {} {}", settings.location(), cfg.key);
+    let what = format!("Infisical {} {}", settings.location(), b.key);
     let mut client = infisical::Client::new(settings.clone());
-    match client.read(&cfg.key).await {
+    match client.read(&b.key).await {
         Ok(remote) => {
             let v = remote.map(|r| r.value);
-            l.infisical_aud = v.clone();
+            if l.infisical_aud.is_none() {
+                l.infisical_aud = v.clone();
+            }
             seen.push(Seen {
                 what,
                 values: Ok(vec![v.unwrap_or_else(|| "(unset)".into())]),
                 fix: format!(
                     "run `audsync sync --domain {} --sink infisical` (with the same INFISICAL_* settings)",
-                    cfg.host
+                    b.host
                 ),
             });
         }
@@ -663,6 +690,177 @@ async fn infisical_seen(
             errors.push(format!("{what}: {e}"));
         }
     }
+}
+
+/// How a target is named in the report.
+fn target_label(t: &BindingTarget) -> String {
+    match t {
+        BindingTarget::Container(n) => format!("container {n}"),
+        BindingTarget::ComposeService { project, service } => {
+            format!("compose service {project}/{service}")
+        }
+        BindingTarget::SwarmService(n) => format!("swarm service {n}"),
+    }
+}
+
+/// The binding's targets, read. A configured target (a config file's binding) that cannot be
+/// found or read fails; the flags' containers are `not checked` then, as always. An
+/// unreachable daemon is `not checked` either way.
+async fn targets_seen(
+    cfg: &VerifyConfig,
+    b: &VerifyBinding,
+    sync_fix: &str,
+    seen: &mut Vec<Seen>,
+    errors: &mut Vec<String>,
+    error_fixes: &mut Vec<String>,
+) {
+    let engine = match crate::docker::Engine::connect(&cfg.docker_host).await {
+        Ok(e) => e,
+        Err(e) => {
+            for t in &b.targets {
+                seen.push(Seen {
+                    what: target_label(t),
+                    values: Err(format!("Docker is not reachable ({})", e.message).into()),
+                    fix: String::new(),
+                });
+            }
+            return;
+        }
+    };
+    // audsync's own settings in the .env files it shares with the app (names only).
+    let own = crate::config::own_variables();
+    let watch: Vec<String> = b
+        .env_files()
+        .filter_map(|f| crate::fsx::read_text(f).ok().flatten())
+        .flat_map(|t| envfile::key_lines(&t).into_keys().collect::<Vec<_>>())
+        .filter(|k| own.contains(k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let container_fix = format!("{sync_fix} (it recreates the container with the new value)");
+    let missing_fix = match &cfg.config_file {
+        Some(f) => format!(
+            "check the binding's targets in {} against `docker ps -a`, `docker service ls` and the compose project name",
+            f.display()
+        ),
+        None => "check --container against `docker ps -a`".to_string(),
+    };
+    for t in &b.targets {
+        match t {
+            BindingTarget::Container(n) => {
+                if b.targets_required {
+                    match engine.name_of(n).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            errors.push(format!("container {n} does not exist"));
+                            error_fixes.push(missing_fix.clone());
+                            continue;
+                        }
+                        Err(e) => {
+                            errors.push(e.message);
+                            continue;
+                        }
+                    }
+                }
+                let what = format!("container {n} {}", b.key);
+                let fix = container_fix.clone();
+                seen.extend(container_seen(&engine, n, what, fix, b, &watch, errors).await);
+            }
+            BindingTarget::ComposeService { project, service } => {
+                match engine.compose_members(project, service).await {
+                    Err(e) => errors.push(e.message),
+                    Ok(names) if names.is_empty() => {
+                        errors.push(format!(
+                            "compose service {project}/{service} has no containers"
+                        ));
+                        error_fixes.push(missing_fix.clone());
+                    }
+                    Ok(names) => {
+                        for n in &names {
+                            let what = format!(
+                                "container {n} (compose service {project}/{service}) {}",
+                                b.key
+                            );
+                            let fix = container_fix.clone();
+                            seen.extend(
+                                container_seen(&engine, n, what, fix, b, &watch, errors).await,
+                            );
+                        }
+                    }
+                }
+            }
+            BindingTarget::SwarmService(n) => {
+                let svc = engine.swarm_service(n, None);
+                match svc.exists().await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        errors.push(format!("swarm service {n} does not exist"));
+                        error_fixes.push(missing_fix.clone());
+                        continue;
+                    }
+                    Err(e) => {
+                        errors.push(e.message);
+                        continue;
+                    }
+                }
+                match svc.observe(std::slice::from_ref(&b.key)).await {
+                    Ok(o) => seen.push(Seen {
+                        what: format!("swarm service {n} {}", b.key),
+                        values: match o.env.get(&b.key) {
+                            Some(v) => Ok(vec![v.clone()]),
+                            None => {
+                                Err(format!("{} is not in the service's environment", b.key).into())
+                            }
+                        },
+                        fix: format!("{sync_fix} (it updates the service's spec)"),
+                    }),
+                    Err(e) => errors.push(e.message),
+                }
+            }
+        }
+    }
+}
+
+/// One container's environment: its value of the key, and any of audsync's own settings
+/// (`watch`) that leaked into it. `None` when it could not be read and that is an error (a
+/// configured target), pushed onto `errors`.
+async fn container_seen(
+    engine: &crate::docker::Engine,
+    n: &str,
+    what: String,
+    fix: String,
+    b: &VerifyBinding,
+    watch: &[String],
+    errors: &mut Vec<String>,
+) -> Option<Seen> {
+    let mut ct = engine.container(n);
+    let values = match ct.observe(std::slice::from_ref(&b.key), watch).await {
+        Ok(o) => {
+            for name in &o.carries {
+                errors.push(format!(
+                    "container {n} carries {name} from {}: audsync's own setting has leaked into the app; move it out of that .env (into audsync.toml, a *_FILE or the unit's environment) and recreate the container",
+                    b.env_files()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            match o.env.get(&b.key).cloned() {
+                Some(v) => Ok(vec![v]),
+                None => Err(format!(
+                    "{} is not in its environment (it may read the .env file itself)",
+                    b.key
+                )
+                .into()),
+            }
+        }
+        Err(e) if b.targets_required => {
+            errors.push(e.message);
+            return None;
+        }
+        Err(e) => Err(e.message.into()),
+    };
+    Some(Seen { what, values, fix })
 }
 
 async fn token(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> CheckResult {
@@ -736,9 +934,9 @@ async fn token(cfg: &VerifyConfig, http: &reqwest::Client, l: &mut Learned) -> C
 pub async fn command(cfg: Result<VerifyConfig, crate::error::Error>) -> u8 {
     match cfg {
         Ok(cfg) => {
-            let results = run(&cfg).await;
-            print!("{}", render_text(&results));
-            exit_code(&results)
+            let sections = run(&cfg).await;
+            print!("{}", render_text(&sections));
+            exit_code(&sections)
         }
         Err(e) => {
             crate::sync::report_error(

@@ -1454,3 +1454,285 @@ fn setup_with_a_container_recreates_it_with_the_created_apps_aud() {
     assert_eq!((id_of(&name), started_at(&name)), (id, started));
     assert_eq!(cf.with(|s| s.apps.len()), 1);
 }
+
+// ---------------------------------------------------------------- a whole stack from the config file
+
+const API: &str = "api.example.com";
+const N8N: &str = "n8n.example.com";
+
+fn write_private(sb: &Sandbox, name: &str, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = sb.path(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Two bindings, each `(host, key, targets)`, both writing `.env`.
+fn stack_toml(cf: &FakeCloudflare, bindings: &[(&str, &str, &str)]) -> String {
+    let mut s = format!(
+        "[cloudflare]\naccount_id = \"{ACCOUNT}\"\napi_url = \"{}\"\n",
+        cf.url()
+    );
+    for (host, key, targets) in bindings {
+        s.push_str(&format!(
+            "\n[[binding]]\ndomain = \"{host}\"\nkey = \"{key}\"\nsinks = [{{ env = \".env\" }}]\ntargets = [{targets}]\n"
+        ));
+    }
+    s
+}
+
+/// The stack's sandbox: Cloudflare holds aud(1) for api and aud(3) for n8n; the .env holds
+/// aud(1) and `n8n_value`.
+fn stack_sandbox(n8n_value: &str, targets: [&str; 2]) -> (FakeCloudflare, Sandbox) {
+    let cf = FakeCloudflare::start(vec![app(1, API, &aud(1)), app(3, N8N, &aud(3))]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", TOKEN);
+    sb.write_env(&format!("API_AUD={}\nN8N_AUD={n8n_value}\n", aud(1)));
+    write_private(
+        &sb,
+        "audsync.toml",
+        &stack_toml(
+            &cf,
+            &[(API, "API_AUD", targets[0]), (N8N, "N8N_AUD", targets[1])],
+        ),
+    );
+    (cf, sb)
+}
+
+fn verify_stack(sb: &Sandbox, extra: &[&str]) -> Run {
+    let mut cmd = sb.cmd();
+    cmd.args(["verify", "--skip", "redirect,certs,token"])
+        .args(extra);
+    run(&mut cmd)
+}
+
+/// The lines of binding `id`'s section.
+fn section<'a>(r: &'a Run, id: &str) -> Vec<&'a str> {
+    let header = format!("binding {id}");
+    r.stdout
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn verify_with_a_config_file_verifies_every_binding_in_a_section_of_its_own() {
+    let (_cf, mut sb) = stack_sandbox("stale", ["", ""]);
+    sb.var("DOCKER_HOST", "tcp://127.0.0.1:1");
+    let r = verify_stack(&sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let api = section(&r, API);
+    let n8n = section(&r, N8N);
+    assert!(
+        api.iter()
+            .any(|l| l.starts_with("consistency") && l.contains(" ok ")),
+        "{r:?}"
+    );
+    assert!(
+        api.iter().any(|l| l.contains(".env API_AUD")),
+        "api reads its own key: {r:?}"
+    );
+    assert!(
+        n8n.iter().any(|l| l.starts_with("consistency")
+            && l.contains("FAIL")
+            && l.contains(".env N8N_AUD differs")),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("verify: FAILED ({N8N}: consistency)")),
+        "the summary names the failing binding: {r:?}"
+    );
+    assert!(
+        r.stdout.starts_with("credential"),
+        "the credential is checked once, first: {r:?}"
+    );
+    assert_eq!(r.stdout.matches("credential ").count(), 1, "{r:?}");
+
+    // In sync: exit 0.
+    sb.write_env(&format!("API_AUD={}\nN8N_AUD={}\n", aud(1), aud(3)));
+    let r = verify_stack(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("verify: every check that ran passed"));
+}
+
+#[test]
+fn verify_domain_picks_one_binding_and_checks_its_own_targets() {
+    // The issue: `verify --domain` with a config file checked the flag default `lambda-server`,
+    // never the binding's compose service.
+    let (_cf, mut sb) = stack_sandbox(
+        &aud(3),
+        [
+            "{ container = \"api-server\" }",
+            "{ compose_service = \"ai/n8n\" }",
+        ],
+    );
+    sb.var("DOCKER_HOST", "tcp://127.0.0.1:1");
+    let r = verify_stack(&sb, &["--domain", N8N]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let n8n = section(&r, N8N);
+    assert!(
+        n8n.iter()
+            .any(|l| l.contains("compose service ai/n8n: not checked (Docker is not reachable")),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("lambda-server"), "{r:?}");
+    assert!(
+        !r.stdout.contains(&format!("binding {API}")) && !r.stdout.contains("api-server"),
+        "only the picked binding: {r:?}"
+    );
+}
+
+#[test]
+fn verify_a_token_with_many_bindings_is_a_usage_error() {
+    let (_cf, sb) = stack_sandbox(&aud(3), ["", ""]);
+    let r = verify_stack(&sb, &["--token", "a.b.c"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("a token belongs to one application: pick its binding with --domain"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("a.b.c") && !r.stdout.contains("a.b.c"));
+}
+
+// The engine: a compose project (docker-compose v1) with one service per binding.
+
+fn stack_compose_file() -> String {
+    format!(
+        r#"version: "2.4"
+services:
+  api:
+    image: {image}
+    command: ["sleep", "3600"]
+    stop_grace_period: 1s
+    environment:
+      API_AUD: ${{API_AUD}}
+  n8n:
+    image: {image}
+    command: ["sleep", "3600"]
+    stop_grace_period: 1s
+    environment:
+      N8N_AUD: ${{N8N_AUD}}
+"#,
+        image = image()
+    )
+}
+
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn verify_a_compose_stack_names_the_stale_container_and_a_missing_service() {
+    require_docker!();
+    let d = Docker::new();
+    let project = d.prefix.clone();
+    let targets = |api: &str| {
+        [
+            format!("{{ compose_service = \"{project}/{api}\" }}"),
+            format!("{{ compose_service = \"{project}/n8n\" }}"),
+        ]
+    };
+    let t = targets("api");
+    // Compose starts both with .env's values: api aud(1) (in sync), n8n aud(2).
+    let (cf, sb) = stack_sandbox(&aud(2), [&t[0], &t[1]]);
+    std::fs::write(sb.path("docker-compose.yml"), stack_compose_file()).unwrap();
+    d.compose_project(sb.dir(), &project);
+    let out = std::process::Command::new("docker-compose")
+        .args(["-p", &project, "up", "-d"])
+        .current_dir(sb.dir())
+        .output()
+        .expect("docker-compose");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api_c = format!("{project}_api_1");
+    let n8n_c = format!("{project}_n8n_1");
+    assert_eq!(env_of(&n8n_c, "N8N_AUD"), Some(aud(2)));
+    // Cloudflare says aud(3) for n8n and the .env follows; the container still carries aud(2).
+    sb.write_env(&format!("API_AUD={}\nN8N_AUD={}\n", aud(1), aud(3)));
+
+    let r = verify_stack(&sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let api = section(&r, API);
+    assert!(
+        api.iter()
+            .any(|l| l.starts_with("consistency") && l.contains(" ok ") && l.contains("3 place")),
+        "api: Cloudflare, .env and its compose container agree: {r:?}"
+    );
+    assert!(
+        api.iter().any(|l| l.contains(&format!(
+            "container {api_c} (compose service {project}/api) API_AUD: {}",
+            short(&aud(1))
+        ))),
+        "{r:?}"
+    );
+    let n8n = section(&r, N8N);
+    assert!(
+        n8n.iter().any(|l| l.starts_with("consistency")
+            && l.contains("FAIL")
+            && l.contains(&format!(
+                "container {n8n_c} (compose service {project}/n8n) N8N_AUD differs"
+            ))),
+        "{r:?}"
+    );
+    assert!(
+        !n8n.iter().any(|l| l.contains(".env N8N_AUD differs")),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("verify: FAILED ({N8N}: consistency)")),
+        "{r:?}"
+    );
+
+    // One binding's compose service does not exist: a FAIL naming it, not `not checked`.
+    let t = targets("missing");
+    write_private(
+        &sb,
+        "audsync.toml",
+        &stack_toml(&cf, &[(API, "API_AUD", &t[0]), (N8N, "N8N_AUD", &t[1])]),
+    );
+    let r = verify_stack(&sb, &["--domain", API]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let api = section(&r, API);
+    assert!(
+        api.iter().any(|l| l.starts_with("consistency")
+            && l.contains("FAIL")
+            && l.contains(&format!(
+                "compose service {project}/missing has no containers"
+            ))),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("not checked (compose"), "{r:?}");
+
+    // A configured container that does not exist fails too, naming it.
+    let gone = d.name("gone");
+    write_private(
+        &sb,
+        "audsync.toml",
+        &stack_toml(
+            &cf,
+            &[
+                (API, "API_AUD", &targets("api")[0]),
+                (N8N, "N8N_AUD", &format!("{{ container = \"{gone}\" }}")),
+            ],
+        ),
+    );
+    sb.write_env(&format!("API_AUD={}\nN8N_AUD={}\n", aud(1), aud(3)));
+    let r = verify_stack(&sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        section(&r, N8N).iter().any(|l| l.starts_with("consistency")
+            && l.contains("FAIL")
+            && l.contains(&format!("container {gone} does not exist"))),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("verify: FAILED ({N8N}: consistency)")),
+        "the api binding passes: {r:?}"
+    );
+}

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{Command, Origin as SourceOrigin, SyncArgs};
+use crate::cli::{AccessArgs, Command, Origin as SourceOrigin, SourceArgs, SyncArgs};
 use crate::docker::RecreateOptions;
 use crate::docker::compose::ComposeEnv;
 use crate::error::Error;
@@ -56,6 +56,8 @@ pub struct Binding {
     pub tunnel_id: Option<String>,
     /// Create a missing `.env` sink (`create = true` / `--create-env-file`).
     pub create: bool,
+    /// Where the protected host is reached (`url` / `--url`), unchecked; `None`: `https://HOST/`.
+    pub url: Option<String>,
 }
 
 /// Result format on stdout (`--output`).
@@ -122,7 +124,7 @@ impl SyncConfig {
         let mut problems: Vec<String> = Vec::new();
         let bindings = match from_file {
             None => vec![flag_binding(a, env)?],
-            Some(f) => file_bindings(a, env, f, origins, &mut problems),
+            Some(f) => file_bindings(&Defaults::of(a), env, f, origins, &mut problems),
         };
         let wants_infisical = bindings.iter().any(|b| {
             b.sinks
@@ -249,6 +251,7 @@ fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
         restart: a.restart.into(),
         tunnel_id,
         create: a.create_env_file,
+        url: a.access.url.clone(),
     })
 }
 
@@ -273,8 +276,32 @@ fn overridden(origins: &std::collections::BTreeMap<String, Origin>, id: &str) ->
     )
 }
 
-fn file_bindings(
-    a: &SyncArgs,
+/// What a `[[binding]]` takes from the command line where it says nothing itself: `sync`'s
+/// flags, or `verify`'s (which has no restart or create options).
+pub(super) struct Defaults<'a> {
+    pub origin: SourceOrigin,
+    pub source: &'a SourceArgs,
+    pub access: &'a AccessArgs,
+    pub restart: crate::cli::RestartMode,
+    pub create_env_file: bool,
+}
+
+impl Defaults<'_> {
+    fn of(a: &SyncArgs) -> Defaults<'_> {
+        Defaults {
+            origin: a.origin,
+            source: &a.source,
+            access: &a.access,
+            restart: a.restart,
+            create_env_file: a.create_env_file,
+        }
+    }
+}
+
+/// The bindings of the config file `f` (only those `--domain` / `--app-id` pick, when given),
+/// every problem pushed onto `problems`.
+pub(super) fn file_bindings(
+    a: &Defaults<'_>,
     env: &Env,
     f: &FileConfig,
     origins: &std::collections::BTreeMap<String, Origin>,
@@ -354,7 +381,7 @@ fn file_bindings(
 }
 
 fn file_binding(
-    a: &SyncArgs,
+    a: &Defaults<'_>,
     env: &Env,
     fb: &FileBinding,
     restart_override: Option<RestartMode>,
@@ -468,6 +495,7 @@ fn file_binding(
                 restart,
                 tunnel_id,
                 create,
+                url: field("url"),
             })
         }
         _ => Err(errs),
@@ -500,9 +528,10 @@ pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     real.with_file_name(name)
 }
 
-/// `get`, `setup` and `verify` work on one binding: with bindings in the config file, the one
+/// `get` and `setup` work on one binding: with bindings in the config file, the one
 /// `--domain` / `--app-id` names (or the only one) fills the options the command line and the
-/// environment leave unset.
+/// environment leave unset. (`verify` builds its own configuration from every binding, in
+/// `config::verify`.)
 pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
     let Some(file) = p.file.as_ref().filter(|f| !f.bindings.is_empty()) else {
         return Ok(());
@@ -511,7 +540,6 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
     let (domain, app_id) = match &p.cli.command {
         Command::Get(a) => (a.source.domain.clone(), a.source.app_id.clone()),
         Command::Setup(a) => (a.sync.source.domain.clone(), a.sync.source.app_id.clone()),
-        Command::Verify(a) => (a.source.domain.clone(), a.source.app_id.clone()),
         _ => return Ok(()),
     };
     let want_host = domain
@@ -644,26 +672,6 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
                 && let Ok(m) = <crate::cli::RestartMode as clap::ValueEnum>::from_str(&r, false)
             {
                 s.restart = m;
-            }
-        }
-        Command::Verify(a) => {
-            fill_source(&mut a.source);
-            if unset("key")
-                && let Some(k) = field("key")
-            {
-                a.key = k;
-            }
-            if unset("sinks") && !kinds.is_empty() {
-                a.sinks = kinds;
-            }
-            if unset("containers") && !containers.is_empty() {
-                a.containers = containers;
-            }
-            if unset("tunnel_id") && field("tunnel_id").is_some() {
-                a.tunnel_id = field("tunnel_id");
-            }
-            if unset("url") && field("url").is_some() {
-                a.access.url = field("url");
             }
         }
         _ => {}

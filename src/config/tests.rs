@@ -385,22 +385,124 @@ fn single_binding_commands_pick_their_binding_from_the_file() {
         panic!()
     };
     assert_eq!(a.source.domain.as_deref(), Some("n8n.example.com"));
-    let p = parse_with(
-        &["verify", "--config", &cfg, "--domain", "api.example.com"],
-        &[],
-    )
-    .unwrap();
-    let Command::Verify(a) = &p.cli.command else {
-        panic!()
-    };
-    assert_eq!(a.key, "API_AUD");
-    assert_eq!(a.source.env_file, d.0.path().join("stack.env"));
-    assert_eq!(a.containers, vec!["lambda-server".to_string()]);
     let e = parse_with(&["get", "--config", &cfg], &[]).unwrap_err();
     let ParseError::Config(e) = e else { panic!() };
     assert!(
         e.to_string()
             .contains("has 2 bindings: pick one with --domain"),
+        "{e}"
+    );
+}
+
+fn verify_config(args: &[&str]) -> Result<verify::VerifyConfig, Error> {
+    let p = parse_with(args, &[]).map_err(|e| match e {
+        ParseError::Config(e) => e,
+        ParseError::Clap(e) => panic!("{e}"),
+    })?;
+    let Command::Verify(a) = &p.cli.command else {
+        panic!("not verify")
+    };
+    verify::VerifyConfig::build(a, &p.env, p.file.as_ref(), &p.origins)
+}
+
+#[test]
+fn verify_with_a_config_file_checks_every_binding_against_its_own_targets() {
+    let d = Dir::new();
+    let cfg = stack(&d, "");
+    let v = verify_config(&["verify", "--config", &cfg]).unwrap();
+    let got: Vec<(&str, &str, usize, bool)> = v
+        .bindings
+        .iter()
+        .map(|b| {
+            (
+                b.id.as_str(),
+                b.key.as_str(),
+                b.targets.len(),
+                b.targets_required,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("api.example.com", "API_AUD", 1, true),
+            ("n8n.example.com", "N8N_AUD", 2, true)
+        ]
+    );
+    assert_eq!(
+        v.bindings[1].targets[1],
+        BindingTarget::ComposeService {
+            project: "ai".into(),
+            service: "n8n".into()
+        }
+    );
+    assert_eq!(
+        v.bindings[1].env_files().collect::<Vec<_>>(),
+        [&d.0.path().join("stack.env")]
+    );
+    assert_eq!(v.bindings[1].url, "https://n8n.example.com/");
+    assert!(v.config_file.is_some());
+    // No credentials anywhere: verify still checks what it can (no API), as flag-only.
+    assert!(v.bindings.iter().all(|b| b.api.is_none()));
+
+    // --domain picks one binding and its own targets (never the flag default lambda-server).
+    let v = verify_config(&["verify", "--config", &cfg, "--domain", "n8n.example.com"]).unwrap();
+    assert_eq!(v.bindings.len(), 1);
+    assert_eq!(v.bindings[0].key, "N8N_AUD");
+    assert_eq!(
+        v.bindings[0].targets,
+        [
+            BindingTarget::Container("lambda-server".into()),
+            BindingTarget::ComposeService {
+                project: "ai".into(),
+                service: "n8n".into()
+            }
+        ]
+    );
+    let e = verify_config(&["verify", "--config", &cfg, "--domain", "x.example.com"]).unwrap_err();
+    assert!(e.to_string().contains("no binding in"), "{e}");
+}
+
+#[test]
+fn verify_without_a_config_file_is_the_flags_one_binding() {
+    let v = verify_config(&["verify", "--domain", "api.example.com"]).unwrap();
+    assert!(v.config_file.is_none());
+    assert_eq!(v.bindings.len(), 1);
+    let b = &v.bindings[0];
+    assert_eq!(
+        b.targets,
+        [BindingTarget::Container("lambda-server".into())]
+    );
+    assert!(!b.targets_required, "the flag default may not exist here");
+    assert_eq!(b.key, "CLOUDFLARE_AUD_TAG");
+}
+
+#[test]
+fn verify_refuses_a_token_for_many_bindings_and_binding_options_as_flags() {
+    let d = Dir::new();
+    let cfg = stack(&d, "");
+    let tok = d.write("tok", "a.b.c\n");
+    let e = verify_config(&["verify", "--config", &cfg, "--token-file", &tok]).unwrap_err();
+    assert!(
+        e.to_string().contains("a token belongs to one application"),
+        "{e}"
+    );
+    assert!(
+        verify_config(&[
+            "verify",
+            "--config",
+            &cfg,
+            "--token-file",
+            &tok,
+            "--domain",
+            "api.example.com"
+        ])
+        .is_ok()
+    );
+    let e = verify_config(&["verify", "--config", &cfg, "--container", "web"]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("--container / AUDSYNC_CONTAINER is set, but"),
         "{e}"
     );
 }

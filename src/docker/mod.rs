@@ -63,8 +63,28 @@ impl Engine {
     }
 
     /// The containers of compose service `project`/`service` (one-off `run` containers
-    /// excluded), by name, in container-number order.
+    /// excluded), by name, in container-number order; none is an error naming the service.
     pub(crate) async fn compose_service(
+        &self,
+        project: &str,
+        service: &str,
+    ) -> Result<Vec<String>, ActionError> {
+        let found = self.compose_members(project, service).await?;
+        if found.is_empty() {
+            return Err(ActionError {
+                rolled_back: false,
+                message: format!("compose service {project}/{service} has no containers"),
+                hint: Some(format!(
+                    "check --compose-service PROJECT/SERVICE against `docker ps -a --filter label=com.docker.compose.project={project}` (the project name is the directory name unless -p/COMPOSE_PROJECT_NAME set it)"
+                )),
+            });
+        }
+        Ok(found)
+    }
+
+    /// [`Engine::compose_service`]'s containers, where none is an empty list (an error only
+    /// when the engine cannot list them).
+    pub(crate) async fn compose_members(
         &self,
         project: &str,
         service: &str,
@@ -109,15 +129,6 @@ impl Engine {
             .collect();
         found.sort();
         found.dedup();
-        if found.is_empty() {
-            return Err(ActionError {
-                rolled_back: false,
-                message: format!("compose service {what} has no containers"),
-                hint: Some(format!(
-                    "check --compose-service PROJECT/SERVICE against `docker ps -a --filter label=com.docker.compose.project={project}` (the project name is the directory name unless -p/COMPOSE_PROJECT_NAME set it)"
-                )),
-            });
-        }
         Ok(found.into_iter().map(|(_, n)| n).collect())
     }
 

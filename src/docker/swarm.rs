@@ -63,6 +63,15 @@ impl SwarmService {
         label(&self.name)
     }
 
+    /// Whether the engine knows the service (a 404 is `false`; other failures are errors).
+    pub(crate) async fn exists(&self) -> Result<bool, ActionError> {
+        match self.inspect().await {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.inspect_failed(e)),
+        }
+    }
+
     pub(crate) async fn observe(&self, keys: &[String]) -> Result<TargetObservation, ActionError> {
         let svc = self.inspect().await.map_err(|e| self.inspect_failed(e))?;
         let env = env_of(&svc.spec.unwrap_or_default());
