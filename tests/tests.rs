@@ -15,6 +15,7 @@ mod faults;
 mod help;
 mod infisical;
 mod infisical_passes;
+mod locks;
 mod notify;
 mod setup_verify;
 mod trust;

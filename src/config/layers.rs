@@ -76,6 +76,7 @@ pub fn decides_where(name: &str) -> bool {
                 | "INFISICAL_HOST"
                 | "CLOUDFLARE_AUTH_DOMAIN"
                 | "AUDSYNC_CONFIG"
+                | "AUDSYNC_LOCK_DIR"
                 | "AUDSYNC_ALLOW_INSECURE_HTTP"
                 | "AUDSYNC_ALLOW_UNSIGNED_KID"
         )
