@@ -135,7 +135,9 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), Error> {
     }
     let m = std::fs::symlink_metadata(dir).map_err(|e| fail(e.to_string()))?;
     if m.file_type().is_symlink() {
-        return Err(fail("is a symlink; audsync does not follow links for its lock directory".into()));
+        return Err(fail(
+            "is a symlink; audsync does not follow links for its lock directory".into(),
+        ));
     }
     if !m.is_dir() {
         return Err(fail("not a directory".into()));
@@ -456,6 +458,43 @@ mod tests {
 mod trust_tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_lock_directory_is_private_and_never_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("locks");
+        ensure_dir(&d).unwrap();
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        ensure_dir(&d).unwrap();
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        let e = ensure_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("symlink"), "{e}");
+        // Another user's directory (only root can set that up) is refused.
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        if std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).is_ok() {
+            let e = ensure_dir(&theirs).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_flag_runs_own_lock_is_never_its_env_files_lock() {
+        let p = PathBuf::from("/srv/app/.env");
+        assert_ne!(
+            Resource::FlagRun(p.clone()).stem(),
+            Resource::EnvFile(p).stem()
+        );
+    }
 
     #[tokio::test]
     async fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {

@@ -361,3 +361,13 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod lock_dir_tests {
+    /// The lock directory decides where files are created: a file others can change may not
+    /// set it.
+    #[test]
+    fn the_lock_directory_decides_where() {
+        assert!(super::decides_where("AUDSYNC_LOCK_DIR"));
+    }
+}

@@ -55,7 +55,10 @@ impl Engine {
     /// address when the engine does not say.
     pub(crate) async fn id(&self) -> String {
         match self.docker.info().await {
-            Ok(i) => i.id.filter(|s| !s.is_empty()).unwrap_or_else(|| self.host.to_string()),
+            Ok(i) => {
+                i.id.filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| self.host.to_string())
+            }
             Err(_) => self.host.to_string(),
         }
     }

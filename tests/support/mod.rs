@@ -151,9 +151,13 @@ impl Sandbox {
     pub fn flag_lock(&self, env_name: &str) -> PathBuf {
         use std::os::unix::ffi::OsStrExt;
         let real = std::fs::canonicalize(self.path(env_name)).unwrap();
-        let h = real.as_os_str().as_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let h = real
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
         let name = real.file_name().unwrap().to_string_lossy().into_owned();
         self.locks.path().join(format!("run-{name}-{h:016x}.lock"))
     }
