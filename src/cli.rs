@@ -572,6 +572,11 @@ pub struct SyncArgs {
     /// State file (owed restarts, cached application id). Default: <env-file>.audsync-state.json
     #[arg(long, env = "AUDSYNC_STATE_FILE", value_name = "PATH", help_heading = HEADING_RUN)]
     pub state_file: Option<PathBuf>,
+    /// Where the locks on what a run touches live (one per .env, container and service),
+    /// shared by every way of running. Default: /run/audsync (root), else
+    /// $XDG_RUNTIME_DIR/audsync.
+    #[arg(long, env = "AUDSYNC_LOCK_DIR", value_name = "DIR")]
+    pub lock_dir: Option<PathBuf>,
     /// How long to wait for another run holding the lock.
     #[arg(long, env = "AUDSYNC_LOCK_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration, help_heading = HEADING_RUN)]
     pub lock_timeout: Duration,

@@ -1,13 +1,28 @@
-//! The advisory lock that serialises runs on one configuration (cron, a deploy hook and `watch`).
+//! The advisory locks that make runs take turns (cron, a deploy hook, `setup` and `watch`).
 //!
-//! An exclusive `flock` on a file next to the config file (or the `.env` of a flag-only run);
-//! released when the guard drops or the process dies, so a crashed run never leaves a stale
-//! lock. The file is opened without following a symlink, created 0600 and must be owned by the
-//! user running.
+//! Two kinds, always taken in this order: the configuration's own lock (next to the config
+//! file; for a flag-only run, `run-*.lock` in the lock directory), then one lock per
+//! [`Resource`] the pass may touch -- each `.env` written and each container, compose service
+//! or Swarm service that may be restarted -- in sorted order, in the lock directory
+//! (`/run/audsync` for root, `$XDG_RUNTIME_DIR/audsync` otherwise; 0700, owned by the user
+//! running). So a config run and a flag run that share a container take turns, whichever way
+//! they were started.
+//!
+//! A lock is an exclusive `flock`, released when the guard drops or the process dies, so a
+//! crashed run never leaves a stale lock. Every file is opened without following a symlink,
+//! created 0600 and must be owned by the user running. What belongs to a resource (a restart
+//! owed, the values its container last ran with) is kept beside its lock (`<lock>.json`), so
+//! whichever run takes the resource next finishes the job. `flock` conflicts between two open
+//! descriptions even in one process: a pass never opens one lock file twice (keys are
+//! deduplicated, and a flag run's configuration lock is not its `.env`'s).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, TryLockError};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 /// Why the lock was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +41,23 @@ pub(crate) enum Error {
     /// `flock` itself failed.
     #[error("cannot lock {}: {source}", .path.display())]
     Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lock directory cannot be made or is not safe (a symlink, not a directory, another
+    /// user's).
+    #[error(
+        "lock directory {}: {why}; fix it or point --lock-dir / AUDSYNC_LOCK_DIR elsewhere",
+        .path.display()
+    )]
+    Dir { path: PathBuf, why: String },
+    /// A resource's record (beside its lock) cannot be read safely.
+    #[error("resource record: {0}")]
+    Read(crate::fsx::Error),
+    /// A resource's record cannot be written.
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -73,6 +105,309 @@ pub(crate) async fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard,
         }
     }
 }
+
+/// The default lock directory: `/run/audsync` for root, `$XDG_RUNTIME_DIR/audsync` otherwise
+/// (`/tmp/audsync-<uid>` when that is unset; owner-checked like any other).
+pub(crate) fn default_dir(xdg_runtime_dir: Option<&str>) -> PathBuf {
+    let uid = rustix::process::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/audsync");
+    }
+    match xdg_runtime_dir.filter(|d| d.starts_with('/')) {
+        Some(d) => Path::new(d).join("audsync"),
+        None => PathBuf::from(format!("/tmp/audsync-{}", uid.as_raw())),
+    }
+}
+
+/// Make `dir` (mode 0700) when missing, then check it: a real directory (never a symlink),
+/// owned by the user running, that nobody else can enter. One of ours left more open is
+/// tightened; another user's is refused, so nobody else can delete or replace a lock file.
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let fail = |why: String| Error::Dir {
+        path: dir.to_path_buf(),
+        why,
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| fail(e.to_string()))?;
+    if m.file_type().is_symlink() {
+        return Err(fail(
+            "is a symlink; audsync does not follow links for its lock directory".into(),
+        ));
+    }
+    if !m.is_dir() {
+        return Err(fail("not a directory".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(fail(format!(
+            "owned by uid {}, not by the user running audsync (uid {me})",
+            m.uid()
+        )));
+    }
+    if m.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail(format!("cannot make it private (0700): {e}")))?;
+    }
+    Ok(())
+}
+
+/// Something two runs may both touch: one lock file (and one record) each.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Resource {
+    /// A flag-only run's configuration, by its `.env`'s real path (not the `.env`'s lock: one
+    /// process must never open one lock file twice).
+    FlagRun(PathBuf),
+    /// A `.env` written, by its real path.
+    EnvFile(PathBuf),
+    /// A container, by the engine's `/info` ID and the container's name.
+    Container { engine: String, name: String },
+    /// A compose service, by engine, project and service (a rollout renames its containers).
+    ComposeService {
+        engine: String,
+        project: String,
+        service: String,
+    },
+    /// A Swarm service, by engine and name.
+    SwarmService { engine: String, name: String },
+}
+
+/// FNV-1a, 64 bits: a stable short tag for a long key (not a security measure).
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Letters, digits, `.`, `_` and `-` kept, anything else `_`, at most 64 characters.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+impl Resource {
+    /// The real path of a `.env` (the parent's, for one not made yet): a symlink and its target
+    /// are one resource.
+    pub(crate) fn real_path(p: &Path) -> PathBuf {
+        if let Ok(r) = std::fs::canonicalize(p) {
+            return r;
+        }
+        match (p.parent(), p.file_name()) {
+            (Some(dir), Some(name)) => {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                std::fs::canonicalize(dir)
+                    .map(|d| d.join(name))
+                    .unwrap_or_else(|_| p.to_path_buf())
+            }
+            _ => p.to_path_buf(),
+        }
+    }
+
+    /// The file name of its lock, without `.lock`: readable, and unique by a hash of the key.
+    pub(crate) fn stem(&self) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        let (kind, label, key): (&str, String, Vec<u8>) = match self {
+            Resource::FlagRun(p) | Resource::EnvFile(p) => (
+                if matches!(self, Resource::FlagRun(_)) {
+                    "run"
+                } else {
+                    "env"
+                },
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                p.as_os_str().as_bytes().to_vec(),
+            ),
+            Resource::Container { engine, name } => (
+                "container",
+                name.clone(),
+                format!("{engine}\n{name}").into_bytes(),
+            ),
+            Resource::ComposeService {
+                engine,
+                project,
+                service,
+            } => (
+                "compose",
+                format!("{project}-{service}"),
+                format!("{engine}\n{project}\n{service}").into_bytes(),
+            ),
+            Resource::SwarmService { engine, name } => (
+                "swarm",
+                name.clone(),
+                format!("{engine}\n{name}").into_bytes(),
+            ),
+        };
+        format!("{kind}-{}-{:016x}", clean(&label), fnv(&key))
+    }
+}
+
+/// What is kept with a target's lock: whichever run takes it next reads it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Record {
+    /// A restart/recreate is owed for values already in the sinks.
+    #[serde(default)]
+    pub(crate) owed: bool,
+    /// The values the container last ran with after a pass, by key.
+    #[serde(default)]
+    pub(crate) ran_with: BTreeMap<String, String>,
+}
+
+/// The resource locks of a pass (none in a dry run, which only reads the records), and the
+/// target names whose records they hold.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    dir: PathBuf,
+    held: BTreeSet<String>,
+    _guards: Vec<LockGuard>,
+    /// Target name (as the pass names it) -> the stem of its resource.
+    targets: BTreeMap<String, String>,
+    read_only: bool,
+}
+
+/// Take the lock of every resource, in sorted order (so two runs never wait on each other
+/// crosswise), each waiting up to what is left of `timeout`. `targets` maps the pass's target
+/// names to their resources, whose records [`Held`] reads and writes. A dry run takes no lock.
+pub(crate) async fn acquire_all(
+    dir: &Path,
+    resources: &[Resource],
+    targets: BTreeMap<String, Resource>,
+    timeout: Duration,
+    dry_run: bool,
+) -> Result<Held, Error> {
+    let stems: BTreeSet<String> = resources
+        .iter()
+        .chain(targets.values())
+        .map(Resource::stem)
+        .collect();
+    let targets = targets.into_iter().map(|(n, r)| (n, r.stem())).collect();
+    let mut held = Held {
+        dir: dir.to_path_buf(),
+        held: BTreeSet::new(),
+        _guards: Vec::new(),
+        targets,
+        read_only: dry_run,
+    };
+    if dry_run {
+        return Ok(held);
+    }
+    ensure_dir(dir)?;
+    let start = Instant::now();
+    for stem in stems {
+        let left = timeout.saturating_sub(start.elapsed());
+        let g = acquire(&dir.join(format!("{stem}.lock")), left)
+            .await
+            .map_err(|e| match e {
+                Error::Held { path, .. } => Error::Held {
+                    path,
+                    waited: timeout,
+                },
+                e => e,
+            })?;
+        held._guards.push(g);
+        held.held.insert(stem);
+    }
+    Ok(held)
+}
+
+impl Held {
+    fn record_path(&self, stem: &str) -> PathBuf {
+        self.dir.join(format!("{stem}.json"))
+    }
+
+    /// The target names whose resources this pass holds (or, in a dry run, reads).
+    pub(crate) fn targets(&self) -> impl Iterator<Item = &String> {
+        self.targets.keys()
+    }
+
+    /// The record of target `name`; `None` when there is none yet (a resource no run of this
+    /// version has finished with), or `name` is not one of the pass's targets.
+    pub(crate) fn record(&self, name: &str) -> Result<Option<Record>, Error> {
+        let Some(stem) = self.targets.get(name) else {
+            return Ok(None);
+        };
+        let path = self.record_path(stem);
+        match crate::fsx::read_private(&path, crate::fsx::MAX_TEXT).map_err(Error::Read)? {
+            Some(b) => Ok(serde_json::from_slice(&b).ok().or_else(|| {
+                tracing::warn!(path = %path.display(), "ignoring an unreadable resource record");
+                None
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// Change the record of target `name` (when the pass holds its lock).
+    pub(crate) fn update(&self, name: &str, change: impl FnOnce(&mut Record)) -> Result<(), Error> {
+        let Some(stem) = self.targets.get(name).filter(|s| self.held.contains(*s)) else {
+            return Ok(());
+        };
+        if self.read_only {
+            return Ok(());
+        }
+        let mut r = self.record(name)?.unwrap_or_default();
+        let before = r.clone();
+        change(&mut r);
+        if r == before && self.record_path(stem).exists() {
+            return Ok(());
+        }
+        let path = self.record_path(stem);
+        let io = |source: std::io::Error| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        let body = serde_json::to_vec_pretty(&r).map_err(|e| io(e.into()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".record-")
+            .tempfile_in(&self.dir)
+            .map_err(io)?;
+        tmp.write_all(&body).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(&path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+}
+
+/// A test hook, compiled into debug builds only: `AUDSYNC_TEST_HOLD_APPLY=<path of a FIFO>`
+/// holds a pass just before it recreates or rolls out a container (under its locks) until the
+/// test releases it. Entering it creates `<path>.held`; opening the FIFO for reading blocks
+/// until the test opens it for writing, and reading ends when the test closes it: a barrier,
+/// no timing. A path that is not a FIFO does nothing.
+#[cfg(debug_assertions)]
+pub(crate) fn test_hold_apply() {
+    use std::os::unix::fs::FileTypeExt;
+    let Some(fifo) = std::env::var_os("AUDSYNC_TEST_HOLD_APPLY") else {
+        return;
+    };
+    let fifo = PathBuf::from(fifo);
+    if !std::fs::symlink_metadata(&fifo).is_ok_and(|m| m.file_type().is_fifo()) {
+        return;
+    }
+    let mut held = fifo.clone().into_os_string();
+    held.push(".held");
+    let _ = std::fs::write(&held, "");
+    tracing::debug!(fifo = %fifo.display(), "test hook: holding the apply");
+    let _ = std::fs::read(&fifo);
+}
+
+/// Release builds have no hook.
+#[cfg(not(debug_assertions))]
+pub(crate) fn test_hold_apply() {}
 
 #[cfg(test)]
 mod tests {
@@ -123,6 +458,43 @@ mod tests {
 mod trust_tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_lock_directory_is_private_and_never_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("locks");
+        ensure_dir(&d).unwrap();
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        ensure_dir(&d).unwrap();
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        let e = ensure_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("symlink"), "{e}");
+        // Another user's directory (only root can set that up) is refused.
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        if std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).is_ok() {
+            let e = ensure_dir(&theirs).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_flag_runs_own_lock_is_never_its_env_files_lock() {
+        let p = PathBuf::from("/srv/app/.env");
+        assert_ne!(
+            Resource::FlagRun(p.clone()).stem(),
+            Resource::EnvFile(p).stem()
+        );
+    }
 
     #[tokio::test]
     async fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {

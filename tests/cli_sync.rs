@@ -559,7 +559,7 @@ fn symlinked_env_is_written_through() {
     // Lock and state sit next to the real file, so the link and its target share them.
     assert!(sb.path("real.env.audsync-state.json").exists());
     assert!(!sb.path(".env.audsync-state.json").exists());
-    let lock = std::fs::File::open(sb.path("real.env.audsync.lock")).unwrap();
+    let lock = std::fs::File::open(sb.flag_lock("real.env")).unwrap();
     lock.lock().unwrap();
     let mut c = sb.cmd();
     c.args([
@@ -605,7 +605,7 @@ fn in_place_mode_keeps_the_inode_and_atomic_mode_replaces_it() {
 #[test]
 fn a_concurrent_run_holding_the_lock_blocks_this_one() {
     let (_cf, sb) = setup();
-    let lock = std::fs::File::create(sb.path(".env.audsync.lock")).unwrap();
+    let lock = std::fs::File::create(sb.flag_lock(".env")).unwrap();
     lock.lock().unwrap();
     let r = sync(&sb, &["--lock-timeout", "300ms"]);
     assert_eq!(r.code, 1, "{r:?}");

@@ -552,7 +552,7 @@ fn dry_run_says_per_container_what_and_why() {
     );
 }
 
-fn compose_file() -> String {
+pub(crate) fn compose_file() -> String {
     format!(
         r#"version: "2.4"
 services:
@@ -575,7 +575,7 @@ services:
     )
 }
 
-fn compose(sb: &Sandbox, project: &str, args: &[&str]) -> (i32, String) {
+pub(crate) fn compose(sb: &Sandbox, project: &str, args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new("docker-compose")
         .args(["-p", project])
         .args(args)
@@ -587,7 +587,7 @@ fn compose(sb: &Sandbox, project: &str, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn service_containers(project: &str) -> Vec<String> {
+pub(crate) fn service_containers(project: &str) -> Vec<String> {
     let out = docker(&[
         "ps",
         "-a",

@@ -75,13 +75,13 @@ fn odd_file_types_are_refused_and_nothing_hangs() {
         ),
         (
             "the lock file is a FIFO",
-            Box::new(|sb: &Sandbox| mkfifo(&sb.path(".env.audsync.lock"))),
+            Box::new(|sb: &Sandbox| mkfifo(&sb.flag_lock(".env"))),
             vec![],
         ),
         (
             "the lock file is a symlink to /dev/null",
             Box::new(|sb: &Sandbox| {
-                std::os::unix::fs::symlink("/dev/null", sb.path(".env.audsync.lock")).unwrap()
+                std::os::unix::fs::symlink("/dev/null", sb.flag_lock(".env")).unwrap()
             }),
             vec![],
         ),

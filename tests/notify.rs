@@ -386,7 +386,7 @@ fn a_failure_streak_of_five_passes_sends_one_failed_and_one_recovered() {
         &format!("http://127.0.0.1:{}/hook/{JSON_SECRET}", h.port()),
     );
     // Another run holds the lock: every pass fails at the lock stage.
-    let lock = std::fs::File::create(sb.path(".env.audsync.lock")).unwrap();
+    let lock = std::fs::File::create(sb.flag_lock(".env")).unwrap();
     lock.lock().unwrap();
     let (mut w, addr) = start_listening(
         &sb,
@@ -547,7 +547,7 @@ fn two_concurrent_triggers_run_one_pass() {
     let (_cf, mut sb) = cf_sandbox();
     sb.var("AUDSYNC_TRIGGER_TOKEN", TRIGGER);
     // The first pass waits for a lock another run holds, so both triggers arrive while it runs.
-    let lock = std::fs::File::create(sb.path(".env.audsync.lock")).unwrap();
+    let lock = std::fs::File::create(sb.flag_lock(".env")).unwrap();
     lock.lock().unwrap();
     let mut args = watch_args();
     args.extend_from_slice(&["--lock-timeout", "60s"]);
@@ -637,7 +637,7 @@ fn on_a_pty(sb: &Sandbox, args: &[&str]) -> (i32, String) {
 }
 
 fn held_lock(sb: &Sandbox) -> std::fs::File {
-    let lock = std::fs::File::create(sb.path(".env.audsync.lock")).unwrap();
+    let lock = std::fs::File::create(sb.flag_lock(".env")).unwrap();
     lock.lock().unwrap();
     lock
 }

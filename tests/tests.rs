@@ -15,6 +15,7 @@ mod faults;
 mod help;
 mod infisical;
 mod infisical_passes;
+mod locks;
 mod notify;
 mod quickstart;
 mod setup_verify;

@@ -48,6 +48,7 @@ impl Watcher {
         let mut c = Command::new(assert_cmd::cargo::cargo_bin("audsync"));
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AUDSYNC_LOCK_DIR", sb.locks.path())
             .envs(sb.vars.iter().map(|(k, v)| (k, v)))
             .current_dir(sb.dir())
             .arg("watch")
@@ -1185,7 +1186,7 @@ fn a_target_failure_is_counted_at_the_target_stage() {
 fn a_held_lock_fails_the_pass_at_the_lock_stage_until_it_is_released() {
     let (cf, sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
     // Another run (cron, a deploy hook) holds the lock next to the .env.
-    let lock = std::fs::File::create(sb.path(".env.audsync.lock")).unwrap();
+    let lock = std::fs::File::create(sb.flag_lock(".env")).unwrap();
     lock.lock().unwrap();
     let (mut w, addr) = start_listening(&sb, &fast(&["--domain", HOST, "--lock-timeout", "200ms"]));
     w.expect("two failures at the lock stage", LIMIT, |_| {

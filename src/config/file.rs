@@ -89,6 +89,7 @@ pub const SETTINGS: &[(&str, &str, Kind)] = &[
     ("infisical.token_file", "INFISICAL_TOKEN_FILE", Kind::Path),
     ("timeout", "AUDSYNC_TIMEOUT", Kind::Plain),
     ("state_file", "AUDSYNC_STATE_FILE", Kind::Path),
+    ("lock_dir", "AUDSYNC_LOCK_DIR", Kind::Path),
     ("lock_timeout", "AUDSYNC_LOCK_TIMEOUT", Kind::Plain),
     ("write_mode", "AUDSYNC_WRITE_MODE", Kind::Plain),
     ("create_env_file", "AUDSYNC_CREATE_ENV_FILE", Kind::Plain),

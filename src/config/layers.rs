@@ -76,6 +76,7 @@ pub fn decides_where(name: &str) -> bool {
                 | "INFISICAL_HOST"
                 | "CLOUDFLARE_AUTH_DOMAIN"
                 | "AUDSYNC_CONFIG"
+                | "AUDSYNC_LOCK_DIR"
                 | "AUDSYNC_ALLOW_INSECURE_HTTP"
                 | "AUDSYNC_ALLOW_UNSIGNED_KID"
         )
@@ -358,5 +359,15 @@ mod tests {
                 && !shown.contains("process-secret"),
             "{shown}"
         );
+    }
+}
+
+#[cfg(test)]
+mod lock_dir_tests {
+    /// The lock directory decides where files are created: a file others can change may not
+    /// set it.
+    #[test]
+    fn the_lock_directory_decides_where() {
+        assert!(super::decides_where("AUDSYNC_LOCK_DIR"));
     }
 }

@@ -77,6 +77,8 @@ pub struct SyncConfig {
     pub output: Output,
     pub state_file: PathBuf,
     pub lock_file: PathBuf,
+    /// The directory of the resource locks (and a flag run's own lock).
+    pub lock_dir: PathBuf,
     pub lock_timeout: Duration,
     /// Set when a binding writes to Infisical: the project settings (each sink sets its folder).
     pub infisical: Option<infisical::Settings>,
@@ -117,9 +119,21 @@ impl SyncConfig {
             (None, Some(f)) => sidecar(&f.path, ".audsync-state.json"),
             (None, None) => sidecar(&a.source.env_file, ".audsync-state.json"),
         };
+        let lock_dir = match &a.lock_dir {
+            Some(d) => d.clone(),
+            None => crate::lock::default_dir(env.process().raw("XDG_RUNTIME_DIR")),
+        };
+        // A flag run's own lock is not beside its `.env`: that file's lock is a resource lock
+        // of the same pass, and one process must never open one lock file twice (flock).
         let lock_file = match file {
             Some(f) => sidecar(&f.path, ".audsync.lock"),
-            None => sidecar(&a.source.env_file, ".audsync.lock"),
+            None => lock_dir.join(format!(
+                "{}.lock",
+                crate::lock::Resource::FlagRun(crate::lock::Resource::real_path(
+                    &a.source.env_file
+                ))
+                .stem()
+            )),
         };
         let mut problems: Vec<String> = Vec::new();
         let bindings = match from_file {
@@ -178,6 +192,7 @@ impl SyncConfig {
             output: a.output.into(),
             state_file,
             lock_file,
+            lock_dir,
             lock_timeout: a.lock_timeout,
             infisical,
             config_file: file.map(|f| f.path.clone()),

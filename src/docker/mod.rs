@@ -51,6 +51,18 @@ impl Engine {
         })
     }
 
+    /// The engine's `/info` ID (what two addresses of one engine share), falling back to the
+    /// address when the engine does not say.
+    pub(crate) async fn id(&self) -> String {
+        match self.docker.info().await {
+            Ok(i) => {
+                i.id.filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| self.host.to_string())
+            }
+            Err(_) => self.host.to_string(),
+        }
+    }
+
     pub(crate) fn container(&self, name: &str) -> Container {
         Container {
             engine: self.clone(),
@@ -327,6 +339,7 @@ impl Target for Container {
     }
 
     async fn recreate(&mut self, changes: &crate::reconcile::Values) -> Result<(), ActionError> {
+        crate::lock::test_hold_apply();
         let changes: Vec<(String, String)> = changes
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -342,6 +355,7 @@ impl Target for Container {
     }
 
     async fn rollout(&mut self, changes: &crate::reconcile::Values) -> Result<(), ActionError> {
+        crate::lock::test_hold_apply();
         let changes: Vec<(String, String)> = changes
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))

@@ -4,6 +4,7 @@
 //! This is the glue that `sync`, `watch` and `setup` share; the decisions live in `reconcile`,
 //! the containers in [`targets`], the tunnel rule in [`tunnel`], what is printed in [`report`].
 
+mod locks;
 pub mod report;
 pub mod targets;
 pub mod tunnel;
@@ -177,16 +178,35 @@ pub async fn run_pass(cfg: &SyncConfig) -> Result<Report, Error> {
 /// [`run_pass`], telling which step an early error came from.
 pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     let at = |stage: Stage| move |error: Error| PassError { stage, error };
+    let lock_error = |e: crate::lock::Error| Error::failed(e.to_string(), None);
+    // The configuration's own lock first, then one per resource, sorted; everything the pass
+    // reads after this, it reads under them.
     let _lock = if cfg.dry_run {
         None
     } else {
+        if cfg.lock_file.starts_with(&cfg.lock_dir) {
+            crate::lock::ensure_dir(&cfg.lock_dir)
+                .map_err(lock_error)
+                .map_err(at(Stage::Lock))?;
+        }
         Some(
             crate::lock::acquire(&cfg.lock_file, cfg.lock_timeout)
                 .await
-                .map_err(|e| Error::failed(e.to_string(), None))
+                .map_err(lock_error)
                 .map_err(at(Stage::Lock))?,
         )
     };
+    let (resources, target_resources) = locks::resources(cfg).await;
+    let held = crate::lock::acquire_all(
+        &cfg.lock_dir,
+        &resources,
+        target_resources,
+        cfg.lock_timeout,
+        cfg.dry_run,
+    )
+    .await
+    .map_err(lock_error)
+    .map_err(at(Stage::Lock))?;
     // Before anything else: finish or undo an in-place write an earlier run was killed in.
     let journal_done = if cfg.dry_run {
         let pending = StateFile::load(&cfg.state_file, true)
@@ -214,6 +234,10 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     }
     let mut state = StateFile::load(&cfg.state_file, cfg.dry_run)
         .map_err(|e| Error::failed(e.to_string(), Some("fix the file's permissions, or point --state-file / AUDSYNC_STATE_FILE elsewhere".into())))
+        .map_err(at(Stage::Lock))?;
+    // What belongs to a container (a restart owed, the values it ran with) is its record's.
+    locks::adopt(&held, &mut state.state)
+        .map_err(lock_error)
         .map_err(at(Stage::Lock))?;
     let before = state.state.clone();
 
@@ -343,12 +367,20 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         &plan,
         &mut sinks,
         &mut resolved.slots,
-        &mut state,
+        &mut locks::PassJournal {
+            state: &mut state,
+            held: &held,
+        },
         cfg.dry_run,
     )
     .await;
     let compose_warnings = compose_warnings(cfg, &plan, &resolved.slots);
     record_applied(cfg, &mut state, &plan, &outcome);
+    if !cfg.dry_run
+        && let Err(e) = locks::store_ran_with(&held, &state.state)
+    {
+        tracing::warn!(error = %e, "cannot record which value the containers run with");
+    }
     remember_pending(&sinks, &mut state);
 
     // 5. Tunnel rules, then the report.

@@ -77,6 +77,8 @@ impl Drop for Server {
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
     pub vars: Vec<(String, String)>,
+    /// The lock directory of every run (`AUDSYNC_LOCK_DIR`): never the machine's.
+    pub locks: tempfile::TempDir,
 }
 
 impl Sandbox {
@@ -84,6 +86,7 @@ impl Sandbox {
         Sandbox {
             dir: tempfile::tempdir().unwrap(),
             vars: Vec::new(),
+            locks: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -130,6 +133,7 @@ impl Sandbox {
         if let Ok(h) = std::env::var("DOCKER_HOST") {
             c.env("DOCKER_HOST", h);
         }
+        c.env("AUDSYNC_LOCK_DIR", self.locks.path());
         for (k, v) in &self.vars {
             c.env(k, v);
         }
@@ -140,6 +144,22 @@ impl Sandbox {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The lock a flag-only run with `--env-file <name>` takes first (in the lock directory,
+    /// named by the `.env`'s real path, as src/lock.rs names it).
+    pub fn flag_lock(&self, env_name: &str) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let real = std::fs::canonicalize(self.path(env_name)).unwrap();
+        let h = real
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let name = real.file_name().unwrap().to_string_lossy().into_owned();
+        self.locks.path().join(format!("run-{name}-{h:016x}.lock"))
     }
 }
 
