@@ -57,8 +57,7 @@ impl Engine {
             name: name.to_string(),
             opts: RecreateOptions::default(),
             group: None,
-            compose: false,
-            compose_env: compose::ComposeEnv::default(),
+            compose_probe: compose::Probe::default(),
         }
     }
 
@@ -224,10 +223,9 @@ pub struct Container {
     name: String,
     opts: RecreateOptions,
     group: Option<String>,
-    /// Made by compose (seen when observed): its config-hash label matters.
-    compose: bool,
-    /// Where the compose CLI that says the new config hash is found, and its variables.
-    compose_env: compose::ComposeEnv,
+    /// Where the compose CLI is found, its word before the sinks were written, and what
+    /// became of the config-hash label.
+    compose_probe: compose::Probe,
 }
 
 impl Container {
@@ -238,8 +236,20 @@ impl Container {
 
     /// The environment the compose CLI is looked for and run with (see [`compose`]).
     pub(crate) fn with_compose(mut self, env: compose::ComposeEnv) -> Container {
-        self.compose_env = env;
+        self.compose_probe.env = env;
         self
+    }
+
+    /// Ask compose for the service's hash and configuration when the container is observed,
+    /// before any sink is written (a pass that may replace it).
+    pub(crate) fn asking_compose_before(mut self) -> Container {
+        self.compose_probe.ask_before = true;
+        self
+    }
+
+    /// What became of its compose config-hash label in this pass's recreate or rollout.
+    pub(crate) fn hash_outcome(&self) -> &compose::HashOutcome {
+        &self.compose_probe.outcome
     }
 
     /// Containers of one group (a compose service) are done in order, and a failure stops
@@ -249,10 +259,11 @@ impl Container {
         self
     }
 
-    /// Whether the last observe found compose labels on it.
-    pub(crate) fn is_compose(&self) -> bool {
-        self.compose
+    /// Its name (or id) as given.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
+
 }
 
 impl Target for Container {
@@ -271,7 +282,9 @@ impl Target for Container {
             .inspect_container(&self.name, None)
             .await
             .map_err(|e| container_error(&self.name, "inspect", &e))?;
-        self.compose = compose::is_compose(&info);
+        if compose::is_compose(&info) && self.compose_probe.ask_before {
+            self.compose_probe.before = Some(compose::ask(&info, &self.compose_probe.env).await);
+        }
         let rollout_blocker = rollout::blocker(&info);
         let aliased = rollout::aliased(&info);
         let env = info.config.and_then(|c| c.env).unwrap_or_default();
@@ -325,7 +338,7 @@ impl Target for Container {
             &self.name,
             &changes,
             &self.opts,
-            &self.compose_env,
+            &mut self.compose_probe,
         )
         .await
     }
@@ -340,7 +353,7 @@ impl Target for Container {
             &self.name,
             &changes,
             &self.opts,
-            &self.compose_env,
+            &mut self.compose_probe,
         )
         .await
     }

@@ -16,13 +16,6 @@ pub enum Slot {
     Down(ActionError),
 }
 
-impl Slot {
-    /// A compose container (seen when observed): replacing it concerns compose's config hash.
-    pub fn is_compose(&self) -> bool {
-        matches!(self, Slot::Live(c) if c.is_compose())
-    }
-}
-
 impl Target for Slot {
     fn group(&self) -> Option<String> {
         match self {
@@ -58,6 +51,15 @@ impl Target for Slot {
             Slot::Live(c) => c.recreate(changes).await,
             Slot::Swarm(s) => s.update(&pairs(changes)).await,
             Slot::Down(e) => Err(e.clone()),
+        }
+    }
+    fn pending(&self) -> Option<Vec<String>> {
+        match self {
+            Slot::Live(c) => match c.hash_outcome() {
+                crate::docker::compose::HashOutcome::Pending(p) => Some(p.clone()),
+                _ => None,
+            },
+            Slot::Swarm(_) | Slot::Down(..) => None,
         }
     }
     async fn rollout(&mut self, changes: &Values) -> Result<(), ActionError> {
@@ -214,6 +216,12 @@ pub async fn resolve(
                     .container(name)
                     .with_options(cfg.recreate.clone())
                     .with_compose(cfg.compose.clone());
+                // Compose's word before any sink is written, when this pass may replace it.
+                let c = if may_act && !cfg.dry_run {
+                    c.asking_compose_before()
+                } else {
+                    c
+                };
                 Slot::Live(match group {
                     Some(g) => c.in_group(g),
                     None => c,
