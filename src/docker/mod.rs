@@ -10,6 +10,7 @@
 pub(crate) mod compose;
 mod error;
 mod ops;
+mod own;
 mod recover;
 mod recreate;
 mod rollout;
@@ -58,6 +59,7 @@ impl Engine {
             opts: RecreateOptions::default(),
             group: None,
             compose_probe: compose::Probe::default(),
+            refused: false,
         }
     }
 
@@ -226,6 +228,8 @@ pub struct Container {
     /// Where the compose CLI is found, its word before the sinks were written, and what
     /// became of the config-hash label.
     compose_probe: compose::Probe,
+    /// See [`Container::refused`].
+    refused: bool,
 }
 
 impl Container {
@@ -259,6 +263,12 @@ impl Container {
         self
     }
 
+    /// The last observe found no such container, or the one audsync runs in: its bindings
+    /// fail before any sink is written.
+    pub(crate) fn refused(&self) -> bool {
+        self.refused
+    }
+
     /// Its name (or id) as given.
     pub(crate) fn name(&self) -> &str {
         &self.name
@@ -276,12 +286,32 @@ impl Target for Container {
         keys: &[String],
         watch: &[String],
     ) -> Result<TargetObservation, ActionError> {
-        let info = self
-            .engine
-            .docker
-            .inspect_container(&self.name, None)
-            .await
-            .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        let info = match self.engine.docker.inspect_container(&self.name, None).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.refused = matches!(
+                    e,
+                    BollardError::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }
+                );
+                return Err(container_error(&self.name, "inspect", &e));
+            }
+        };
+        if let Some(id) = info.id.as_deref()
+            && own::is_own(id, own::ids(), own::hostname().as_deref())
+        {
+            self.refused = true;
+            return Err(ActionError {
+                rolled_back: false,
+                message: format!(
+                    "container {} is the one audsync runs in: audsync never restarts or replaces its own container",
+                    self.name
+                ),
+                hint: Some("take it out of the binding's targets; restart it from outside (or let its restart policy do it)".into()),
+            });
+        }
         if compose::is_compose(&info) && self.compose_probe.ask_before {
             self.compose_probe.before = Some(compose::ask(&info, &self.compose_probe.env).await);
         }

@@ -333,6 +333,9 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
             restart: b.restart,
         })
         .collect();
+    let mut inputs = inputs;
+    let mut sink_obs = sink_obs;
+    targets::hold_back(&resolved.refused, &mut inputs, &mut sink_obs);
     let plan = reconcile::plan(
         inputs,
         sink_obs,

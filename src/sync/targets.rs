@@ -88,6 +88,52 @@ pub struct Resolved {
     pub recovered: Vec<String>,
     /// Containers given by id (or prefix) -> their name, to remember in the state.
     pub names: BTreeMap<String, String>,
+    /// Targets (indexes into `slots`) that do not exist or are audsync's own container: their
+    /// bindings fail before any sink is written (see [`hold_back`]).
+    pub refused: std::collections::BTreeSet<usize>,
+}
+
+/// Targets are resolved before any sink is written: a binding with a refused target (see
+/// [`Resolved::refused`]) gets no desired value, so its key is written to no sink and its
+/// containers wait; its target reports why. Keys that a binding still going ahead writes to
+/// the same sink are kept.
+pub fn hold_back(
+    refused: &std::collections::BTreeSet<usize>,
+    inputs: &mut [crate::reconcile::BindingIn],
+    sinks: &mut [(
+        crate::reconcile::SinkInfo,
+        Values,
+        Result<crate::reconcile::SinkObservation, crate::reconcile::SinkError>,
+    )],
+) {
+    let held: Vec<bool> = inputs
+        .iter()
+        .map(|b| b.targets.iter().any(|t| refused.contains(t)))
+        .collect();
+    for (bi, b) in inputs.iter().enumerate() {
+        if !held[bi] {
+            continue;
+        }
+        for &si in &b.sinks {
+            let shared = inputs
+                .iter()
+                .enumerate()
+                .any(|(o, ob)| !held[o] && ob.key == b.key && ob.sinks.contains(&si));
+            if shared {
+                continue;
+            }
+            let (_, desired, obs) = &mut sinks[si];
+            desired.remove(&b.key);
+            if let Ok(obs) = obs {
+                obs.remove(&b.key);
+            }
+        }
+    }
+    for (b, held) in inputs.iter_mut().zip(held) {
+        if held {
+            b.desired = None;
+        }
+    }
 }
 
 /// Resolve and observe the containers. Containers are only asked about when their answer can
@@ -204,6 +250,7 @@ pub async fn resolve(
     let mut slots = Vec::new();
     let mut observed = Vec::new();
     let mut recovered = Vec::new();
+    let mut refused = std::collections::BTreeSet::new();
     for (i, (name, group)) in names.iter().enumerate() {
         let ran = ran_with.get(name).cloned().unwrap_or_default();
         let mut slot = match (&engine, down.get(name)) {
@@ -254,6 +301,9 @@ pub async fn resolve(
             }
         }
         let mut obs = slot.observe(&keys_of(i), watch).await;
+        if matches!(&slot, Slot::Live(c) if c.refused()) && !recovery_pending {
+            refused.insert(i);
+        }
         if recovery_pending && obs.is_err() {
             // A dry run leaves the cut-short recreate as it is, so the name may be missing;
             // a real run would restore it first. Plan as for a container without the keys.
@@ -272,5 +322,6 @@ pub async fn resolve(
         of_binding,
         recovered,
         names: names_of_ids,
+        refused,
     }
 }
