@@ -687,6 +687,7 @@ mod tests {
             error: Some("unhealthy".into()),
             rolled_back: true,
             keeps_old: Default::default(),
+            pending: None,
         });
         assert_eq!(s.pick(&once(&r)), Some(Event::RolledBack));
         s.on = [Event::Failed].into_iter().collect();

@@ -605,7 +605,118 @@ mod tests {
         assert_eq!(names, ["PATH", "DOCKER_HOST", "DOCKER_CONTEXT"]);
         let shown = format!("{env:?}");
         assert!(!shown.contains("unix:///run"), "{shown}");
-        assert_eq!(cli(&ComposeEnv::default()), None);
+        assert!(candidates(&ComposeEnv::default()).is_empty());
+    }
+
+    #[test]
+    fn v1_and_v2_are_told_apart_by_their_version_answers() {
+        // Recorded answers of `docker-compose version` (v1), `docker compose version` (v2
+        // plugin), a Docker Desktop build, and `--short`.
+        assert_eq!(
+            parse_version("docker-compose version 1.29.2, build unknown\ndocker-py version: 5.0.3\n"),
+            Some(1)
+        );
+        assert_eq!(parse_version("Docker Compose version v2.24.5\n"), Some(2));
+        assert_eq!(
+            parse_version("Docker Compose version v2.27.0-desktop.2\n"),
+            Some(2)
+        );
+        assert_eq!(parse_version("2.29.1\n"), Some(2));
+        assert_eq!(parse_version("docker: 'compose' is not a docker command.\n"), None);
+        let v1 = (PathBuf::from("/usr/bin/docker-compose"), false, Some(1));
+        let v2 = (PathBuf::from("/usr/bin/docker"), true, Some(2));
+        let none = (PathBuf::from("/usr/bin/docker"), true, None);
+        // The container's own compose version wins; otherwise the first that answered.
+        let c = choose(vec![v1.clone(), v2.clone()], Some(2)).unwrap();
+        assert!(c.plugin && c.major == 2);
+        assert_eq!(c.shown(), "docker compose");
+        assert_eq!(choose(vec![v1.clone(), v2], Some(1)).unwrap().major, 1);
+        assert_eq!(choose(vec![none.clone(), v1], None).unwrap().shown(), "docker-compose");
+        assert_eq!(choose(vec![none], Some(2)), None, "a docker CLI without the plugin");
+    }
+
+    /// `docker compose config` (v2.24) as recorded: top-level `name`, `env_file` resolved into
+    /// `environment`, networks spelled out.
+    const V2_CONFIG: &str = r#"name: lambda
+services:
+  lambda-server:
+    command:
+      - sleep
+      - "1000"
+    environment:
+      CLOUDFLARE_AUD_TAG: '@AUD@'
+      LOG_LEVEL: '@LVL@'
+      PORT: "8080"
+    image: busybox
+    networks:
+      default: null
+networks:
+  default:
+    name: lambda_default
+"#;
+    /// `docker-compose config` (v1.29) as recorded.
+    const V1_CONFIG: &str = "services:\n  lambda-server:\n    command: sleep 1000\n    environment:\n      CLOUDFLARE_AUD_TAG: '@AUD@'\n      LOG_LEVEL: '@LVL@'\n      PORT: '8080'\n    image: busybox\nversion: '3.9'\n";
+
+    fn snap(cli: &'static str, config: &str, hash: char, aud: &str, level: &str) -> Snapshot {
+        let h = hash.to_string().repeat(64);
+        let cfg = config.replace("@AUD@", aud).replace("@LVL@", level);
+        Snapshot::parse(cli, "lambda-server", &format!("lambda-server {h}\n"), &cfg).unwrap()
+    }
+
+    #[test]
+    fn the_hash_is_stamped_only_when_only_this_passes_keys_changed() {
+        for (cli, config) in [("docker-compose", V1_CONFIG), ("docker compose", V2_CONFIG)] {
+            let before = snap(cli, config, 'a', "old", "info");
+            assert_eq!(before.env()["PORT"], "8080");
+            let after = snap(cli, config, 'b', "new", "info");
+            let new_env = |level: &str| {
+                vec![
+                    "CLOUDFLARE_AUD_TAG=new".to_string(),
+                    format!("LOG_LEVEL={level}"),
+                    "PORT=8080".into(),
+                    "PATH=/bin".into(),
+                ]
+            };
+            let ours = ["CLOUDFLARE_AUD_TAG"];
+            let a = "a".repeat(64);
+            // Clean: the container matched compose before, and only our key changed.
+            assert_eq!(
+                decide(Some(&a), &before, &after, &ours, &new_env("info")),
+                Verdict::Stamp("b".repeat(64)),
+                "{cli}"
+            );
+            // The container did not match compose's configuration before the write.
+            assert_eq!(
+                decide(Some(&"c".repeat(64)), &before, &after, &ours, &new_env("info")),
+                Verdict::Keep { pending: vec![] },
+                "{cli}"
+            );
+            assert_eq!(
+                decide(None, &before, &after, &ours, &new_env("info")),
+                Verdict::Keep { pending: vec![] }
+            );
+            // LOG_LEVEL=debug set in .env before the pass: compose's hash already differed.
+            let before_dbg = snap(cli, config, 'd', "old", "debug");
+            let after_dbg = snap(cli, config, 'e', "new", "debug");
+            assert_eq!(
+                decide(Some(&a), &before_dbg, &after_dbg, &ours, &new_env("info")),
+                Verdict::Keep {
+                    pending: vec!["LOG_LEVEL".into()]
+                },
+                "{cli}"
+            );
+            // Changed between the two asks (another key of the .env written meanwhile).
+            assert_eq!(
+                decide(Some(&a), &before, &after_dbg, &ours, &new_env("info")),
+                Verdict::Keep {
+                    pending: vec!["LOG_LEVEL".into()]
+                },
+                "{cli}"
+            );
+            // Nothing of the configuration's values shows in Debug.
+            let shown = format!("{after_dbg:?}");
+            assert!(!shown.contains("debug") && !shown.contains("new"), "{shown}");
+        }
     }
 
     #[test]
