@@ -138,9 +138,10 @@ impl Cli {
 /// `2.24.5-desktop.1`, and just `2.24.5` with `--short`).
 pub(crate) fn parse_version(stdout: &str) -> Option<u8> {
     let line = stdout.lines().next()?.trim();
-    let word = line
-        .split_whitespace()
-        .find(|w| w.trim_start_matches('v').starts_with(|c: char| c.is_ascii_digit()))?;
+    let word = line.split_whitespace().find(|w| {
+        w.trim_start_matches('v')
+            .starts_with(|c: char| c.is_ascii_digit())
+    })?;
     let major = word.trim_start_matches('v').split('.').next()?;
     major.parse().ok()
 }
@@ -310,7 +311,10 @@ impl Snapshot {
 
 /// Ask compose about the service of compose container `info`: its hash and configuration
 /// now. The CLI is looked for on `env`'s `PATH` and run with `env`'s variables only.
-pub(crate) async fn ask(info: &ContainerInspectResponse, env: &ComposeEnv) -> Result<Snapshot, Error> {
+pub(crate) async fn ask(
+    info: &ContainerInspectResponse,
+    env: &ComposeEnv,
+) -> Result<Snapshot, Error> {
     let labels = info
         .config
         .as_ref()
@@ -613,7 +617,9 @@ mod tests {
         // Recorded answers of `docker-compose version` (v1), `docker compose version` (v2
         // plugin), a Docker Desktop build, and `--short`.
         assert_eq!(
-            parse_version("docker-compose version 1.29.2, build unknown\ndocker-py version: 5.0.3\n"),
+            parse_version(
+                "docker-compose version 1.29.2, build unknown\ndocker-py version: 5.0.3\n"
+            ),
             Some(1)
         );
         assert_eq!(parse_version("Docker Compose version v2.24.5\n"), Some(2));
@@ -622,7 +628,10 @@ mod tests {
             Some(2)
         );
         assert_eq!(parse_version("2.29.1\n"), Some(2));
-        assert_eq!(parse_version("docker: 'compose' is not a docker command.\n"), None);
+        assert_eq!(
+            parse_version("docker: 'compose' is not a docker command.\n"),
+            None
+        );
         let v1 = (PathBuf::from("/usr/bin/docker-compose"), false, Some(1));
         let v2 = (PathBuf::from("/usr/bin/docker"), true, Some(2));
         let none = (PathBuf::from("/usr/bin/docker"), true, None);
@@ -631,8 +640,15 @@ mod tests {
         assert!(c.plugin && c.major == 2);
         assert_eq!(c.shown(), "docker compose");
         assert_eq!(choose(vec![v1.clone(), v2], Some(1)).unwrap().major, 1);
-        assert_eq!(choose(vec![none.clone(), v1], None).unwrap().shown(), "docker-compose");
-        assert_eq!(choose(vec![none], Some(2)), None, "a docker CLI without the plugin");
+        assert_eq!(
+            choose(vec![none.clone(), v1], None).unwrap().shown(),
+            "docker-compose"
+        );
+        assert_eq!(
+            choose(vec![none], Some(2)),
+            None,
+            "a docker CLI without the plugin"
+        );
     }
 
     /// `docker compose config` (v2.24) as recorded: top-level `name`, `env_file` resolved into
@@ -687,7 +703,13 @@ networks:
             );
             // The container did not match compose's configuration before the write.
             assert_eq!(
-                decide(Some(&"c".repeat(64)), &before, &after, &ours, &new_env("info")),
+                decide(
+                    Some(&"c".repeat(64)),
+                    &before,
+                    &after,
+                    &ours,
+                    &new_env("info")
+                ),
                 Verdict::Keep { pending: vec![] },
                 "{cli}"
             );
@@ -715,7 +737,10 @@ networks:
             );
             // Nothing of the configuration's values shows in Debug.
             let shown = format!("{after_dbg:?}");
-            assert!(!shown.contains("debug") && !shown.contains("new"), "{shown}");
+            assert!(
+                !shown.contains("debug") && !shown.contains("new"),
+                "{shown}"
+            );
         }
     }
 

@@ -273,7 +273,6 @@ impl Container {
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
-
 }
 
 impl Target for Container {

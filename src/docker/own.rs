@@ -23,7 +23,10 @@ pub(super) fn ids() -> &'static [String] {
 
 /// The host name of this process (its UTS namespace's).
 pub(super) fn hostname() -> Option<String> {
-    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
     (!name.is_empty()).then_some(name)
 }
 
@@ -79,10 +82,12 @@ mod tests {
             "612 590 254:1 /var/lib/docker/containers/{ID}/resolv.conf /etc/resolv.conf rw,relatime - ext4 /dev/vda1 rw\n"
         );
         assert_eq!(ids_in(&etc_mounts(&mountinfo)), [ID]);
-        let host = format!(
-            "700 30 0:55 / /var/lib/docker/containers/{ID}/mounts/shm rw - tmpfs shm rw\n"
+        let host =
+            format!("700 30 0:55 / /var/lib/docker/containers/{ID}/mounts/shm rw - tmpfs shm rw\n");
+        assert!(
+            ids_in(&etc_mounts(&host)).is_empty(),
+            "another container's shm on a host"
         );
-        assert!(ids_in(&etc_mounts(&host)).is_empty(), "another container's shm on a host");
         assert!(ids_in("0::/\n").is_empty(), "cgroup v2 namespaced: nothing");
     }
 
@@ -91,7 +96,10 @@ mod tests {
         assert!(is_own(ID, &[ID.to_string()], None));
         assert!(is_own(ID, &[], Some(&ID[..12])));
         assert!(!is_own(ID, &[], Some("web-1")));
-        assert!(!is_own(ID, &[], Some("3f1e5b2c9a7d4")), "13 characters: not a prefix id");
+        assert!(
+            !is_own(ID, &[], Some("3f1e5b2c9a7d4")),
+            "13 characters: not a prefix id"
+        );
         let other = "a".repeat(64);
         assert!(!is_own(&other, &[ID.to_string()], Some(&ID[..12])));
     }

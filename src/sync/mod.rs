@@ -336,12 +336,13 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     let mut inputs = inputs;
     let mut sink_obs = sink_obs;
     targets::hold_back(&resolved.refused, &mut inputs, &mut sink_obs);
-    let plan = reconcile::plan(
+    let mut plan = reconcile::plan(
         inputs,
         sink_obs,
         std::mem::take(&mut resolved.observed),
         &owed,
     );
+    targets::refuse(&resolved.refused, &mut plan);
     let outcome = reconcile::apply(
         &plan,
         &mut sinks,

@@ -90,7 +90,7 @@ pub struct Resolved {
     pub names: BTreeMap<String, String>,
     /// Targets (indexes into `slots`) that do not exist or are audsync's own container: their
     /// bindings fail before any sink is written (see [`hold_back`]).
-    pub refused: std::collections::BTreeSet<usize>,
+    pub refused: BTreeMap<usize, ActionError>,
 }
 
 /// Targets are resolved before any sink is written: a binding with a refused target (see
@@ -98,7 +98,7 @@ pub struct Resolved {
 /// containers wait; its target reports why. Keys that a binding still going ahead writes to
 /// the same sink are kept.
 pub fn hold_back(
-    refused: &std::collections::BTreeSet<usize>,
+    refused: &BTreeMap<usize, ActionError>,
     inputs: &mut [crate::reconcile::BindingIn],
     sinks: &mut [(
         crate::reconcile::SinkInfo,
@@ -108,7 +108,7 @@ pub fn hold_back(
 ) {
     let held: Vec<bool> = inputs
         .iter()
-        .map(|b| b.targets.iter().any(|t| refused.contains(t)))
+        .map(|b| b.targets.iter().any(|t| refused.contains_key(t)))
         .collect();
     for (bi, b) in inputs.iter().enumerate() {
         if !held[bi] {
@@ -132,6 +132,18 @@ pub fn hold_back(
     for (b, held) in inputs.iter_mut().zip(held) {
         if held {
             b.desired = None;
+        }
+    }
+}
+
+/// After the plan: a refused target fails with its reason (rather than waiting for the
+/// binding that [`hold_back`] stopped).
+pub fn refuse(refused: &BTreeMap<usize, ActionError>, plan: &mut crate::reconcile::Plan) {
+    for (&i, e) in refused {
+        if let Some(t) = plan.targets.get_mut(i) {
+            t.blocked = Some(e.clone());
+            t.waiting = None;
+            t.reason = "resolved before any sink was written".into();
         }
     }
 }
@@ -250,7 +262,7 @@ pub async fn resolve(
     let mut slots = Vec::new();
     let mut observed = Vec::new();
     let mut recovered = Vec::new();
-    let mut refused = std::collections::BTreeSet::new();
+    let mut refused = BTreeMap::new();
     for (i, (name, group)) in names.iter().enumerate() {
         let ran = ran_with.get(name).cloned().unwrap_or_default();
         let mut slot = match (&engine, down.get(name)) {
@@ -301,8 +313,11 @@ pub async fn resolve(
             }
         }
         let mut obs = slot.observe(&keys_of(i), watch).await;
-        if matches!(&slot, Slot::Live(c) if c.refused()) && !recovery_pending {
-            refused.insert(i);
+        if let (Slot::Live(c), Err(e)) = (&slot, &obs)
+            && c.refused()
+            && !recovery_pending
+        {
+            refused.insert(i, e.clone());
         }
         if recovery_pending && obs.is_err() {
             // A dry run leaves the cut-short recreate as it is, so the name may be missing;
