@@ -1,8 +1,6 @@
 //! `sync` restarting containers on the real Docker engine (#[ignore]d:
 //! scripts/test.sh runs them after checking that the engine answers).
 
-use std::os::unix::fs::MetadataExt;
-
 use serde_json::Value;
 
 use crate::require_docker;

@@ -151,9 +151,6 @@ pub(crate) enum Error {
         what: &'static str,
         why: String,
     },
-    /// Someone else removed, renamed or replaced the container while audsync recreated it.
-    #[error("another process replaced the container ({what})")]
-    Replaced { what: String },
 }
 
 impl Error {

@@ -58,7 +58,7 @@ impl Engine {
             name: name.to_string(),
             opts: RecreateOptions::default(),
             group: None,
-            compose_probe: compose::Probe::default(),
+            compose_probe: Box::default(),
             refused: false,
         }
     }
@@ -227,7 +227,7 @@ pub struct Container {
     group: Option<String>,
     /// Where the compose CLI is found, its word before the sinks were written, and what
     /// became of the config-hash label.
-    compose_probe: compose::Probe,
+    compose_probe: Box<compose::Probe>,
     /// See [`Container::refused`].
     refused: bool,
 }

@@ -62,7 +62,7 @@ pub(super) fn ids_in(text: &str) -> Vec<String> {
 /// 12-character prefix is the `hostname`.
 pub(super) fn is_own(id: &str, ids: &[String], hostname: Option<&str>) -> bool {
     let id = id.to_ascii_lowercase();
-    ids.iter().any(|o| *o == id)
+    ids.contains(&id)
         || hostname.is_some_and(|h| {
             h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit()) && id.starts_with(h)
         })

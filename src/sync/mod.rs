@@ -334,7 +334,6 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         })
         .collect();
     let mut inputs = inputs;
-    let mut sink_obs = sink_obs;
     targets::hold_back(&resolved.refused, &mut inputs, &mut sink_obs);
     let mut plan = reconcile::plan(
         inputs,
