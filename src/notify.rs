@@ -85,6 +85,21 @@ pub struct TargetPass {
     pub error: Option<String>,
     pub rolled_back: bool,
     pub keeps_old: BTreeMap<String, KeepsOld>,
+    /// Replaced, but compose's configuration holds other changes (variable names).
+    pub pending: Option<Vec<String>>,
+}
+
+/// What a report and a notification say of a replaced compose container that keeps its old
+/// config-hash: the names of the variables that differ (never their values).
+pub fn pending_text(pending: &[String]) -> String {
+    if pending.is_empty() {
+        "other changes to its compose configuration are pending: the next `docker compose up -d` recreates it".into()
+    } else {
+        format!(
+            "other changes are pending ({}): the next `docker compose up -d` recreates it",
+            pending.join(", ")
+        )
+    }
 }
 
 impl Pass {
@@ -324,6 +339,9 @@ pub fn message(event: Event, r: &Pass, host: &str, ctx: &Context) -> Message {
         if !t.keeps_old.is_empty() {
             line.push_str(" — still runs the old value");
         }
+        if let Some(p) = &t.pending {
+            line.push_str(&format!(" — {}", pending_text(p)));
+        }
         if t.action != Action::None || t.error.is_some() || !t.keeps_old.is_empty() {
             lines.push(line);
         }
@@ -334,6 +352,7 @@ pub fn message(event: Event, r: &Pass, host: &str, ctx: &Context) -> Message {
             "rolled_back": t.rolled_back,
             "error": t.error,
             "keeps_old": t.keeps_old,
+            "pending": t.pending,
         }));
     }
     for m in &r.recovered {
@@ -668,6 +687,7 @@ mod tests {
             error: Some("unhealthy".into()),
             rolled_back: true,
             keeps_old: Default::default(),
+            pending: None,
         });
         assert_eq!(s.pick(&once(&r)), Some(Event::RolledBack));
         s.on = [Event::Failed].into_iter().collect();

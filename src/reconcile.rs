@@ -165,6 +165,12 @@ pub trait Target: Send {
     ) -> impl Future<Output = Result<(), ActionError>> + Send {
         self.recreate(changes)
     }
+    /// After a recreate or rollout: the target runs the new values, but its orchestrator
+    /// still holds other changes the next deploy applies (compose: the old config-hash was
+    /// kept) -- the names of the variables that differ, never their values.
+    fn pending(&self) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// Records the container actions that are owed, across runs.
@@ -649,6 +655,10 @@ pub struct TargetReport {
     /// restart of a container whose environment carries the key), and why.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub keeps_old: BTreeMap<String, KeepsOld>,
+    /// Replaced, but other changes of its orchestrator's configuration are pending (the next
+    /// `docker compose up -d` recreates it): the variable names that differ, never values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Vec<String>>,
 }
 
 /// The outcome of a pass.
@@ -712,6 +722,7 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             bindings: ids(t),
             error: error.or_else(|| t.blocked.clone()),
             keeps_old: t.keeps_old.clone(),
+            pending: None,
         };
     if dry_run {
         out.targets = plan
@@ -852,8 +863,9 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
         };
         match res {
             Ok(()) => {
-                out.targets
-                    .push(target_report(step, TargetResult::Done, None));
+                let mut r = target_report(step, TargetResult::Done, None);
+                r.pending = targets[i].pending();
+                out.targets.push(r);
                 if owed.remove(&step.name)
                     && let Err(e) = journal.set_owed(&owed)
                 {

@@ -4,6 +4,7 @@ mod support;
 
 mod bindings;
 mod cli_sync;
+mod compose_hash;
 mod conform;
 mod docker_recover;
 mod docker_recreate;

@@ -119,6 +119,38 @@ pub(crate) enum Error {
     /// Swarm paused the rollback to the previous spec.
     #[error("Swarm paused the rollback")]
     RollbackPaused,
+    /// Neither `docker-compose` nor `docker compose` is on the PATH audsync runs with.
+    #[error("no docker-compose (v1) or `docker compose` (v2) on PATH")]
+    ComposeMissing,
+    /// The container's compose labels do not say how `up` was run.
+    #[error("its compose labels lack an absolute working_dir or config_files")]
+    ComposeLabels,
+    /// The compose CLI could not be started.
+    #[error("cannot run {cli}: {source}")]
+    ComposeRun {
+        cli: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The compose CLI did not answer in time.
+    #[error("{cli} did not answer within {}", humantime::format_duration(*.within))]
+    ComposeTimeout { cli: String, within: Duration },
+    /// The compose CLI failed (`stderr`: its first line, which names files and services,
+    /// never values).
+    #[error("`{cli} {what}` failed ({status}): {stderr}")]
+    ComposeFailed {
+        cli: String,
+        what: &'static str,
+        status: String,
+        stderr: String,
+    },
+    /// The compose CLI's answer could not be read.
+    #[error("cannot read the answer of `{cli} {what}`: {why}")]
+    ComposeAnswer {
+        cli: String,
+        what: &'static str,
+        why: String,
+    },
 }
 
 impl Error {

@@ -10,6 +10,7 @@
 pub(crate) mod compose;
 mod error;
 mod ops;
+mod own;
 mod recover;
 mod recreate;
 mod rollout;
@@ -69,8 +70,8 @@ impl Engine {
             name: name.to_string(),
             opts: RecreateOptions::default(),
             group: None,
-            compose: false,
-            compose_env: compose::ComposeEnv::default(),
+            compose_probe: Box::default(),
+            refused: false,
         }
     }
 
@@ -247,10 +248,11 @@ pub struct Container {
     name: String,
     opts: RecreateOptions,
     group: Option<String>,
-    /// Made by compose (seen when observed): its config-hash label matters.
-    compose: bool,
-    /// Where the compose CLI that says the new config hash is found, and its variables.
-    compose_env: compose::ComposeEnv,
+    /// Where the compose CLI is found, its word before the sinks were written, and what
+    /// became of the config-hash label.
+    compose_probe: Box<compose::Probe>,
+    /// See [`Container::refused`].
+    refused: bool,
 }
 
 impl Container {
@@ -261,8 +263,20 @@ impl Container {
 
     /// The environment the compose CLI is looked for and run with (see [`compose`]).
     pub(crate) fn with_compose(mut self, env: compose::ComposeEnv) -> Container {
-        self.compose_env = env;
+        self.compose_probe.env = env;
         self
+    }
+
+    /// Ask compose for the service's hash and configuration when the container is observed,
+    /// before any sink is written (a pass that may replace it).
+    pub(crate) fn asking_compose_before(mut self) -> Container {
+        self.compose_probe.ask_before = true;
+        self
+    }
+
+    /// What became of its compose config-hash label in this pass's recreate or rollout.
+    pub(crate) fn hash_outcome(&self) -> &compose::HashOutcome {
+        &self.compose_probe.outcome
     }
 
     /// Containers of one group (a compose service) are done in order, and a failure stops
@@ -272,9 +286,15 @@ impl Container {
         self
     }
 
-    /// Whether the last observe found compose labels on it.
-    pub(crate) fn is_compose(&self) -> bool {
-        self.compose
+    /// The last observe found no such container, or the one audsync runs in: its bindings
+    /// fail before any sink is written.
+    pub(crate) fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// Its name (or id) as given.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -288,13 +308,35 @@ impl Target for Container {
         keys: &[String],
         watch: &[String],
     ) -> Result<TargetObservation, ActionError> {
-        let info = self
-            .engine
-            .docker
-            .inspect_container(&self.name, None)
-            .await
-            .map_err(|e| container_error(&self.name, "inspect", &e))?;
-        self.compose = compose::is_compose(&info);
+        let info = match self.engine.docker.inspect_container(&self.name, None).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.refused = matches!(
+                    e,
+                    BollardError::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }
+                );
+                return Err(container_error(&self.name, "inspect", &e));
+            }
+        };
+        if let Some(id) = info.id.as_deref()
+            && own::is_own(id, own::ids(), own::hostname().as_deref())
+        {
+            self.refused = true;
+            return Err(ActionError {
+                rolled_back: false,
+                message: format!(
+                    "container {} is the one audsync runs in: audsync never restarts or replaces its own container",
+                    self.name
+                ),
+                hint: Some("take it out of the binding's targets; restart it from outside (or let its restart policy do it)".into()),
+            });
+        }
+        if compose::is_compose(&info) && self.compose_probe.ask_before {
+            self.compose_probe.before = Some(compose::ask(&info, &self.compose_probe.env).await);
+        }
         let rollout_blocker = rollout::blocker(&info);
         let aliased = rollout::aliased(&info);
         let env = info.config.and_then(|c| c.env).unwrap_or_default();
@@ -349,7 +391,7 @@ impl Target for Container {
             &self.name,
             &changes,
             &self.opts,
-            &self.compose_env,
+            &mut self.compose_probe,
         )
         .await
     }
@@ -365,7 +407,7 @@ impl Target for Container {
             &self.name,
             &changes,
             &self.opts,
-            &self.compose_env,
+            &mut self.compose_probe,
         )
         .await
     }

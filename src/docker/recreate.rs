@@ -32,7 +32,7 @@ pub(super) async fn recreate(
     target: &str,
     changes: &[(String, String)],
     opts: &RecreateOptions,
-    compose_env: &super::compose::ComposeEnv,
+    compose: &mut super::compose::Probe,
 ) -> Result<(), ActionError> {
     let (info, name) = ops::inspect_named(docker, target).await?;
     if info.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
@@ -52,7 +52,7 @@ pub(super) async fn recreate(
     let old_id = info.id.clone().unwrap_or_else(|| target.to_string());
     let image = pinned_image(docker, &info).await;
     let mut spec = spec::build(&info, changes, &image);
-    super::compose::label_new_hash(&info, &mut spec.body, changes, compose_env).await;
+    compose.settle(&info, &mut spec.body, changes).await;
     let was_running = info.state.as_ref().and_then(|s| s.running) == Some(true);
     let stop_t = super::stop_timeout(&info);
 

@@ -105,7 +105,7 @@ pub(super) async fn rollout(
     target: &str,
     changes: &[(String, String)],
     opts: &RecreateOptions,
-    compose_env: &compose::ComposeEnv,
+    compose: &mut compose::Probe,
 ) -> Result<(), ActionError> {
     let (info, name) = ops::inspect_named(docker, target).await?;
     let fail = |message: String, rolled_back: bool| ActionError {
@@ -121,13 +121,13 @@ pub(super) async fn rollout(
     }
     if info.state.as_ref().and_then(|s| s.running) != Some(true) {
         // Nothing serves: nothing to keep up. A recreate leaves it stopped with the new value.
-        return super::recreate::recreate(docker, target, changes, opts, compose_env).await;
+        return super::recreate::recreate(docker, target, changes, opts, compose).await;
     }
     let old_id = info.id.clone().unwrap_or_else(|| target.to_string());
     let image = info.image.clone().unwrap_or_default();
     let image = pinned(docker, &info, image).await;
     let mut spec = spec::build(&info, changes, &image);
-    compose::label_new_hash(&info, &mut spec.body, changes, compose_env).await;
+    compose.settle(&info, &mut spec.body, changes).await;
     let stop_t = super::stop_timeout(&info);
     let (new_name, aside) = ops::temp_names(&name, true);
     let keys = changes

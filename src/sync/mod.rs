@@ -357,12 +357,15 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
             restart: b.restart,
         })
         .collect();
-    let plan = reconcile::plan(
+    let mut inputs = inputs;
+    targets::hold_back(&resolved.refused, &mut inputs, &mut sink_obs);
+    let mut plan = reconcile::plan(
         inputs,
         sink_obs,
         std::mem::take(&mut resolved.observed),
         &owed,
     );
+    targets::refuse(&resolved.refused, &mut plan);
     let outcome = reconcile::apply(
         &plan,
         &mut sinks,
@@ -374,7 +377,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         cfg.dry_run,
     )
     .await;
-    let compose_warnings = compose_warnings(cfg, &plan, &resolved.slots);
+    let compose_warnings = compose_warnings(&resolved.slots);
     record_applied(cfg, &mut state, &plan, &outcome);
     if !cfg.dry_run
         && let Err(e) = locks::store_ran_with(&held, &state.state)
@@ -428,31 +431,22 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     Ok(r)
 }
 
-/// Compose containers that get a new container while no compose CLI can say the new config
-/// hash: the next `docker-compose up -d` recreates them once more.
-fn compose_warnings(
-    cfg: &SyncConfig,
-    plan: &reconcile::Plan,
-    slots: &[targets::Slot],
-) -> Vec<String> {
-    let replaced: Vec<&str> = plan
-        .targets
+/// Compose containers replaced while compose could not be asked for the new config hash:
+/// they keep the old one, so the next `docker compose up -d` recreates them once more.
+fn compose_warnings(slots: &[targets::Slot]) -> Vec<String> {
+    slots
         .iter()
-        .zip(slots)
-        .filter(|(t, s)| {
-            matches!(
-                t.action,
-                reconcile::Action::Recreate | reconcile::Action::Rollout
-            ) && s.is_compose()
+        .filter_map(|s| match s {
+            targets::Slot::Live(c) => match c.hash_outcome() {
+                crate::docker::compose::HashOutcome::Unasked(why) => {
+                    Some(crate::docker::compose::unasked_warning(c.name(), why))
+                }
+                _ => None,
+            },
+            _ => None,
         })
-        .map(|(t, _)| t.name.as_str())
-        .collect();
-    if replaced.is_empty() || crate::docker::compose::cli(&cfg.compose).is_some() {
-        return Vec::new();
-    }
-    let w = crate::docker::compose::no_cli_warning(&replaced.join(", "));
-    tracing::warn!("{w}");
-    vec![w]
+        .inspect(|w| tracing::warn!("{w}"))
+        .collect()
 }
 
 /// audsync's own settings and credentials found in each binding's `.env` sinks (names only).

@@ -231,6 +231,7 @@ impl Report {
                     error: t.error.as_ref().map(|e| e.message.clone()),
                     rolled_back: t.error.as_ref().is_some_and(|e| e.rolled_back),
                     keeps_old: t.keeps_old.clone(),
+                    pending: t.pending.clone(),
                 })
                 .collect(),
             recovered: self.recovered.clone(),
@@ -616,6 +617,9 @@ pub fn render_text(r: &Report) -> String {
         );
         if let Some(e) = &c.error {
             let _ = writeln!(s, "    {}", e.message);
+        }
+        if let Some(p) = &c.pending {
+            let _ = writeln!(s, "    {}", crate::notify::pending_text(p));
         }
     }
     for w in &r.warnings {

@@ -16,13 +16,6 @@ pub enum Slot {
     Down(ActionError),
 }
 
-impl Slot {
-    /// A compose container (seen when observed): replacing it concerns compose's config hash.
-    pub fn is_compose(&self) -> bool {
-        matches!(self, Slot::Live(c) if c.is_compose())
-    }
-}
-
 impl Target for Slot {
     fn group(&self) -> Option<String> {
         match self {
@@ -60,6 +53,15 @@ impl Target for Slot {
             Slot::Down(e) => Err(e.clone()),
         }
     }
+    fn pending(&self) -> Option<Vec<String>> {
+        match self {
+            Slot::Live(c) => match c.hash_outcome() {
+                crate::docker::compose::HashOutcome::Pending(p) => Some(p.clone()),
+                _ => None,
+            },
+            Slot::Swarm(_) | Slot::Down(..) => None,
+        }
+    }
     async fn rollout(&mut self, changes: &Values) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.rollout(changes).await,
@@ -86,6 +88,64 @@ pub struct Resolved {
     pub recovered: Vec<String>,
     /// Containers given by id (or prefix) -> their name, to remember in the state.
     pub names: BTreeMap<String, String>,
+    /// Targets (indexes into `slots`) that do not exist or are audsync's own container: their
+    /// bindings fail before any sink is written (see [`hold_back`]).
+    pub refused: BTreeMap<usize, ActionError>,
+}
+
+/// Targets are resolved before any sink is written: a binding with a refused target (see
+/// [`Resolved::refused`]) gets no desired value, so its key is written to no sink and its
+/// containers wait; its target reports why. Keys that a binding still going ahead writes to
+/// the same sink are kept.
+pub fn hold_back(
+    refused: &BTreeMap<usize, ActionError>,
+    inputs: &mut [crate::reconcile::BindingIn],
+    sinks: &mut [(
+        crate::reconcile::SinkInfo,
+        Values,
+        Result<crate::reconcile::SinkObservation, crate::reconcile::SinkError>,
+    )],
+) {
+    let held: Vec<bool> = inputs
+        .iter()
+        .map(|b| b.targets.iter().any(|t| refused.contains_key(t)))
+        .collect();
+    for (bi, b) in inputs.iter().enumerate() {
+        if !held[bi] {
+            continue;
+        }
+        for &si in &b.sinks {
+            let shared = inputs
+                .iter()
+                .enumerate()
+                .any(|(o, ob)| !held[o] && ob.key == b.key && ob.sinks.contains(&si));
+            if shared {
+                continue;
+            }
+            let (_, desired, obs) = &mut sinks[si];
+            desired.remove(&b.key);
+            if let Ok(obs) = obs {
+                obs.remove(&b.key);
+            }
+        }
+    }
+    for (b, held) in inputs.iter_mut().zip(held) {
+        if held {
+            b.desired = None;
+        }
+    }
+}
+
+/// After the plan: a refused target fails with its reason (rather than waiting for the
+/// binding that [`hold_back`] stopped).
+pub fn refuse(refused: &BTreeMap<usize, ActionError>, plan: &mut crate::reconcile::Plan) {
+    for (&i, e) in refused {
+        if let Some(t) = plan.targets.get_mut(i) {
+            t.blocked = Some(e.clone());
+            t.waiting = None;
+            t.reason = "resolved before any sink was written".into();
+        }
+    }
 }
 
 /// Resolve and observe the containers. Containers are only asked about when their answer can
@@ -202,6 +262,7 @@ pub async fn resolve(
     let mut slots = Vec::new();
     let mut observed = Vec::new();
     let mut recovered = Vec::new();
+    let mut refused = BTreeMap::new();
     for (i, (name, group)) in names.iter().enumerate() {
         let ran = ran_with.get(name).cloned().unwrap_or_default();
         let mut slot = match (&engine, down.get(name)) {
@@ -214,6 +275,12 @@ pub async fn resolve(
                     .container(name)
                     .with_options(cfg.recreate.clone())
                     .with_compose(cfg.compose.clone());
+                // Compose's word before any sink is written, when this pass may replace it.
+                let c = if may_act && !cfg.dry_run {
+                    c.asking_compose_before()
+                } else {
+                    c
+                };
                 Slot::Live(match group {
                     Some(g) => c.in_group(g),
                     None => c,
@@ -246,6 +313,12 @@ pub async fn resolve(
             }
         }
         let mut obs = slot.observe(&keys_of(i), watch).await;
+        if let (Slot::Live(c), Err(e)) = (&slot, &obs)
+            && c.refused()
+            && !recovery_pending
+        {
+            refused.insert(i, e.clone());
+        }
         if recovery_pending && obs.is_err() {
             // A dry run leaves the cut-short recreate as it is, so the name may be missing;
             // a real run would restore it first. Plan as for a container without the keys.
@@ -264,5 +337,6 @@ pub async fn resolve(
         of_binding,
         recovered,
         names: names_of_ids,
+        refused,
     }
 }

@@ -511,6 +511,7 @@ mod tests {
                 rolled_back,
             }),
             keeps_old: Default::default(),
+            pending: None,
         };
         // One that was rolled back, one refused before anything changed (e.g. --rm).
         r.targets.push(failed(true));

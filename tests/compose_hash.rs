@@ -1,0 +1,171 @@
+//! Compose's config hash after audsync replaced a container (stamped only when it is true),
+//! and targets resolved before any sink is written, on the real Docker engine with
+//! docker-compose v1 (#[ignore]d: scripts/test.sh runs them).
+
+use std::time::Duration;
+
+use crate::require_docker;
+use crate::support::cloudflare::{FakeCloudflare, app, aud};
+use crate::support::docker::{Docker, docker, env_of, id_of, image, wait_healthy};
+use crate::support::{Run, Sandbox, run};
+
+const HOST: &str = "api.example.com";
+const KEY: &str = "CLOUDFLARE_AUD_TAG";
+
+fn setup(env: &str) -> (FakeCloudflare, Sandbox, Docker, String) {
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env(env);
+    let d = Docker::new();
+    let project = d.prefix.clone();
+    std::fs::write(
+        sb.path("docker-compose.yml"),
+        format!(
+            r#"version: "2.4"
+services:
+  api:
+    image: {image}
+    command: ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"]
+    env_file: .env
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 500ms
+      retries: 3
+"#,
+            image = image()
+        ),
+    )
+    .unwrap();
+    d.compose_project(sb.dir(), &project);
+    (cf, sb, d, project)
+}
+
+fn compose(sb: &Sandbox, project: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("docker-compose")
+        .args(["-p", project])
+        .args(args)
+        .current_dir(sb.dir())
+        .env_remove(KEY)
+        .env_remove("LOG_LEVEL")
+        .output()
+        .expect("docker-compose");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn sync(sb: &Sandbox, args: &[&str]) -> Run {
+    let mut c = sb.cmd();
+    c.args(["sync", "--domain", HOST, "--output", "json"]);
+    c.args(args);
+    run(&mut c)
+}
+
+fn container_of(project: &str) -> String {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    let names: Vec<&str> = out.lines().collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    names[0].to_string()
+}
+
+/// Issue 20: LOG_LEVEL=debug set in `.env` before the pass is not hidden by a stamped hash:
+/// the label stays, the report names LOG_LEVEL (never its value), and `up -d` recreates.
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn compose_hash_is_kept_while_other_changes_are_pending() {
+    require_docker!();
+    let (_cf, sb, _d, project) = setup(&format!("{KEY}=old\nLOG_LEVEL=info\n"));
+    compose(&sb, &project, &["up", "-d"]);
+    let n = container_of(&project);
+    wait_healthy(&n, Duration::from_secs(30));
+    sb.write_env(&format!("{KEY}=old\nLOG_LEVEL=debug-verbose-level\n"));
+
+    let r = sync(
+        &sb,
+        &[
+            "--compose-service",
+            &format!("{project}/api"),
+            "--restart",
+            "recreate",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["containers"][0]["action"], "recreate", "{r:?}");
+    assert_eq!(
+        j["containers"][0]["pending"],
+        serde_json::json!(["LOG_LEVEL"]),
+        "{r:?}"
+    );
+    assert!(
+        !r.stdout.contains("debug-verbose-level"),
+        "names only: {r:?}"
+    );
+    let after = id_of(&n);
+    assert_eq!(env_of(&n, KEY), Some(aud(2)));
+    assert_eq!(env_of(&n, "LOG_LEVEL").as_deref(), Some("info"));
+
+    let out = compose(&sb, &project, &["up", "-d"]);
+    assert_ne!(
+        id_of(&n),
+        after,
+        "`up -d` applies the pending change: {out}"
+    );
+    assert_eq!(
+        env_of(&n, "LOG_LEVEL").as_deref(),
+        Some("debug-verbose-level")
+    );
+    assert_eq!(env_of(&n, KEY), Some(aud(2)));
+}
+
+/// The clean case: nothing but the AUD changed, so compose's new hash is stamped and `up -d`
+/// leaves audsync's container alone.
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn compose_hash_is_stamped_when_only_the_aud_changed() {
+    require_docker!();
+    let (_cf, sb, _d, project) = setup(&format!("{KEY}=old\nLOG_LEVEL=info\n"));
+    compose(&sb, &project, &["up", "-d"]);
+    let n = container_of(&project);
+    wait_healthy(&n, Duration::from_secs(30));
+
+    let r = sync(
+        &sb,
+        &[
+            "--compose-service",
+            &format!("{project}/api"),
+            "--restart",
+            "recreate",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.json()["containers"][0].get("pending").is_none(), "{r:?}");
+    let after = id_of(&n);
+    let out = compose(&sb, &project, &["up", "-d"]);
+    assert!(out.contains("is up-to-date"), "{out}");
+    assert_eq!(id_of(&n), after, "{out}");
+}
+
+/// A bare container name nothing created fails its binding before its `.env` changes.
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn a_missing_container_fails_before_the_env_is_written() {
+    require_docker!();
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env(&format!("{KEY}=old\n"));
+    let d = Docker::new();
+    let missing = d.name("never-created");
+    let r = sync(&sb, &["--container", &missing, "--restart", "recreate"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(sb.read_env(), format!("{KEY}=old\n"), "{r:?}");
+    assert!(r.stdout.contains("does not exist"), "{r:?}");
+}
