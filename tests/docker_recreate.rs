@@ -286,6 +286,11 @@ fn recreate_preserves_everything_but_the_key() {
             "SYS_TIME",
             "--ulimit",
             "nofile=1024:2048",
+            // Podman replaces all its default ulimits with the ones given, and its default
+            // nproc (1048576) is above what a CI machine may grant: give one (never enforced
+            // on root, which the container runs as).
+            "--ulimit",
+            "nproc=4096:8192",
             "--workdir",
             "/www",
             &image(),

@@ -53,6 +53,7 @@ pub(crate) fn build(
         .filter(|_| !shares_netns);
     let domainname = config.domainname.filter(|_| !shares_netns);
     remount_anonymous_volumes(info, &mut host_config);
+    normalise_ulimits(&mut host_config);
 
     let (networking_config, extra_networks) = networks(info, &host_config, &id, &short_id);
 
@@ -87,6 +88,22 @@ pub(crate) fn build(
     Spec {
         body,
         extra_networks,
+    }
+}
+
+/// Podman's inspect names ulimits the kernel's way (`RLIMIT_NOFILE`), and its create refuses
+/// that name (`ulimit option "RLIMIT_NOFILE=…" requires name=SOFT:HARD`): send the name
+/// `docker run --ulimit` uses (`nofile`), which Docker and Podman both accept. Docker's own
+/// inspect already says `nofile`, so this changes nothing there.
+fn normalise_ulimits(hc: &mut HostConfig) {
+    for u in hc.ulimits.iter_mut().flatten() {
+        if let Some(name) = u.name.as_mut()
+            && let Some(short) = name
+                .strip_prefix("RLIMIT_")
+                .or_else(|| name.strip_prefix("rlimit_"))
+        {
+            *name = short.to_ascii_lowercase();
+        }
     }
 }
 
@@ -347,6 +364,28 @@ mod tests {
         );
         assert_eq!(s.body.image.as_deref(), Some("sha256:img"));
         assert_eq!(s.body.labels.unwrap()["a"], "b");
+    }
+
+    #[test]
+    fn podman_ulimit_names_are_sent_the_way_create_accepts_them() {
+        use bollard::models::ResourcesUlimits;
+        let u = |name: &str, soft: i64, hard: i64| ResourcesUlimits {
+            name: Some(name.into()),
+            soft: Some(soft),
+            hard: Some(hard),
+        };
+        let mut i = inspect();
+        i.host_config.as_mut().unwrap().ulimits = Some(vec![
+            u("RLIMIT_NOFILE", 1024, 2048),
+            u("RLIMIT_NPROC", 512, 512),
+            u("core", 0, 0),
+        ]);
+        let hc = build(&i, &one("K", "v"), "i").body.host_config.unwrap();
+        assert_eq!(
+            hc.ulimits.unwrap(),
+            vec![u("nofile", 1024, 2048), u("nproc", 512, 512), u("core", 0, 0)],
+            "names as `--ulimit` takes them, values kept"
+        );
     }
 
     #[test]
