@@ -9,6 +9,7 @@
 
 pub(crate) mod compose;
 mod error;
+pub(crate) mod inspect;
 mod ops;
 mod recover;
 mod recreate;
@@ -124,7 +125,7 @@ impl Engine {
     /// The name of the container `id_or_name` (without the leading `/`); `None` when the
     /// engine knows no such container.
     pub(crate) async fn name_of(&self, id_or_name: &str) -> Result<Option<String>, ActionError> {
-        match self.docker.inspect_container(id_or_name, None).await {
+        match inspect::container(&self.docker, id_or_name).await {
             Ok(i) => Ok(i.name.map(|n| n.trim_start_matches('/').to_string())),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -136,7 +137,7 @@ impl Engine {
     /// The compose project directory a container was started from (label
     /// `com.docker.compose.project.working_dir`), best effort.
     pub(crate) async fn project_dir(&self, id_or_name: &str) -> Option<String> {
-        let info = self.docker.inspect_container(id_or_name, None).await.ok()?;
+        let info = inspect::container(&self.docker, id_or_name).await.ok()?;
         info.config?
             .labels?
             .get("com.docker.compose.project.working_dir")
@@ -265,10 +266,7 @@ impl Target for Container {
         keys: &[String],
         watch: &[String],
     ) -> Result<TargetObservation, ActionError> {
-        let info = self
-            .engine
-            .docker
-            .inspect_container(&self.name, None)
+        let info = inspect::container(&self.engine.docker, &self.name)
             .await
             .map_err(|e| container_error(&self.name, "inspect", &e))?;
         self.compose = compose::is_compose(&info);
@@ -293,10 +291,7 @@ impl Target for Container {
     }
 
     async fn restart(&mut self) -> Result<(), ActionError> {
-        let info = self
-            .engine
-            .docker
-            .inspect_container(&self.name, None)
+        let info = inspect::container(&self.engine.docker, &self.name)
             .await
             .map_err(|e| container_error(&self.name, "inspect", &e))?;
         if info.state.as_ref().and_then(|s| s.paused) == Some(true) {

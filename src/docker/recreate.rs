@@ -267,11 +267,11 @@ impl Rollback<'_> {
         let name = self.name;
         if let Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
-        }) = self.docker.inspect_container(self.old_id, None).await
+        }) = super::inspect::container(self.docker, self.old_id).await
         {
             // Someone else removed the old container meanwhile: there is nothing to go back to.
             tracing::warn!(container = %name, reason = %why, "the old container was removed by someone else during the recreate");
-            let (new_state, settled) = match self.docker.inspect_container(self.new_id, None).await
+            let (new_state, settled) = match super::inspect::container(self.docker, self.new_id).await
             {
                 Ok(i) => {
                     let now = i.name.as_deref().unwrap_or("").trim_start_matches('/');
