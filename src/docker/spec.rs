@@ -35,9 +35,15 @@ pub(crate) fn build(
     let id = info.id.clone().unwrap_or_default();
     let short_id: String = id.chars().take(12).collect();
 
-    let env = config
-        .env
-        .map(|env| env.into_iter().map(|kv| changed(kv, changes)).collect());
+    // Podman lists `HOSTNAME=<hostname>` in the inspected environment: when that is the
+    // generated short id, copying it would tell the new container it is the old one.
+    let generated_hostname = format!("HOSTNAME={short_id}");
+    let env = config.env.map(|env| {
+        env.into_iter()
+            .filter(|kv| short_id.is_empty() || *kv != generated_hostname)
+            .map(|kv| changed(kv, changes))
+            .collect()
+    });
     // The engine sets the hostname to the short id when none was asked for; copying it would
     // name the new container after the old one.
     let mut host_config = info.host_config.clone().unwrap_or_default();
@@ -383,8 +389,34 @@ mod tests {
         let hc = build(&i, &one("K", "v"), "i").body.host_config.unwrap();
         assert_eq!(
             hc.ulimits.unwrap(),
-            vec![u("nofile", 1024, 2048), u("nproc", 512, 512), u("core", 0, 0)],
+            vec![
+                u("nofile", 1024, 2048),
+                u("nproc", 512, 512),
+                u("core", 0, 0)
+            ],
             "names as `--ulimit` takes them, values kept"
+        );
+    }
+
+    #[test]
+    fn podmans_hostname_variable_of_a_generated_hostname_is_dropped() {
+        let mut i = inspect();
+        i.config.as_mut().unwrap().env = Some(vec![
+            "container=podman".into(),
+            "CLOUDFLARE_AUD_TAG=old".into(),
+            "HOSTNAME=0123456789ab".into(),
+        ]);
+        let s = build(&i, &one("CLOUDFLARE_AUD_TAG", "new"), "i");
+        assert_eq!(
+            s.body.env.unwrap(),
+            vec!["container=podman", "CLOUDFLARE_AUD_TAG=new"],
+            "the engine sets HOSTNAME to the new container's own hostname"
+        );
+        i.config.as_mut().unwrap().env = Some(vec!["HOSTNAME=api".into()]);
+        assert_eq!(
+            build(&i, &[], "i").body.env.unwrap(),
+            vec!["HOSTNAME=api"],
+            "one the user chose is kept"
         );
     }
 
