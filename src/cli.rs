@@ -87,12 +87,11 @@ pub struct GlobalArgs {
     pub engine: Option<Engine>,
 }
 
-/// `--engine`: which container engine to look for.
+/// `--engine`: which container engine to look for (no per-value help: it would turn every
+/// `--help` into the long layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Engine {
-    /// Docker (unix:///var/run/docker.sock).
     Docker,
-    /// Podman's Docker-compatible API (rootful or rootless socket, whichever exists).
     Podman,
 }
 
