@@ -83,7 +83,6 @@ FILTER='
 | test(=docker_recreate::a_new_container_that_turns_unhealthy_is_rolled_back)
 | test(=docker_recreate::the_health_wait_is_bounded_by_health_timeout)
 | test(=docker_recreate::a_stopped_container_is_recreated_and_left_stopped)
-| test(=docker_rollout::rollout_drops_no_request_of_a_client_that_uses_the_network_alias)
 | test(=docker_rollout::a_rollout_whose_new_container_is_unhealthy_never_stops_the_old_one)
 | test(/^podman::/)
 | test(/^docker_recover::docker_recreate_killed/)

@@ -16,6 +16,7 @@ mod help;
 mod infisical;
 mod infisical_passes;
 mod notify;
+mod podman;
 mod setup_verify;
 mod trust;
 mod watch;

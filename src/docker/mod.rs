@@ -71,12 +71,13 @@ impl Engine {
         service: &str,
     ) -> Result<Vec<String>, ActionError> {
         let what = format!("{project}/{service}");
+        // One-off containers are left out here, not by a `oneoff=False` filter: podman-compose
+        // sets the project and service labels but no `oneoff` one.
         let filters = HashMap::from([(
             "label".to_string(),
             vec![
                 format!("com.docker.compose.project={project}"),
                 format!("com.docker.compose.service={service}"),
-                "com.docker.compose.oneoff=False".to_string(),
             ],
         )]);
         let list = self
@@ -96,6 +97,7 @@ impl Engine {
             })?;
         let mut found: Vec<(u64, String)> = list
             .into_iter()
+            .filter(|c| !compose::is_oneoff(c.labels.as_ref()))
             .filter_map(|c| {
                 let number = c
                     .labels
