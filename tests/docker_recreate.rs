@@ -229,7 +229,8 @@ fn assert_same_but_the_key(before: &Value, after: &Value, value: &str) {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .any(|b| b.as_str().is_some_and(|b| b.ends_with(&format!(":{dest}"))))
+                    // `src:dst[:opts]` (Podman lists every volume here, with options)
+                    .any(|b| b.as_str().and_then(|b| b.split(':').nth(1)) == Some(dest))
         })
         .map(|m| {
             format!(
