@@ -17,4 +17,5 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 export AUDSYNC_TEST_IMAGE=${AUDSYNC_TEST_IMAGE:-audsync-test/busybox:1}
 bash scripts/test-image.sh "$AUDSYNC_TEST_IMAGE"
-cargo nextest run --workspace --all-targets --no-fail-fast --run-ignored all "$@"
+# Podman-only tests (tests/podman.rs `podman_only_*`) run in scripts/test-podman.sh.
+cargo nextest run --workspace --all-targets --no-fail-fast --run-ignored all -E "not test(/podman_only_/)" "$@"

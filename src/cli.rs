@@ -74,6 +74,25 @@ pub struct GlobalArgs {
     /// Log line format on stderr.
     #[arg(long, global = true, env = "AUDSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Global options")]
     pub log_format: LogFormat,
+    /// The container engine, when DOCKER_HOST is not set: `podman` finds Podman's
+    /// Docker-compatible socket (rootful /run/podman/podman.sock; rootless
+    /// $XDG_RUNTIME_DIR/podman/podman.sock). DOCKER_HOST, when set, is used as it is.
+    #[arg(
+        long,
+        global = true,
+        env = "AUDSYNC_ENGINE",
+        value_enum,
+        help_heading = "Global options"
+    )]
+    pub engine: Option<Engine>,
+}
+
+/// `--engine`: which container engine to look for (no per-value help: it would turn every
+/// `--help` into the long layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    Docker,
+    Podman,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

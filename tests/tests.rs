@@ -18,6 +18,7 @@ mod infisical;
 mod infisical_passes;
 mod locks;
 mod notify;
+mod podman;
 mod quickstart;
 mod setup_verify;
 mod trust;

@@ -73,3 +73,12 @@ impl From<cli::Check> for super::verify::Check {
         }
     }
 }
+
+impl From<cli::Engine> for super::engine::Engine {
+    fn from(e: cli::Engine) -> Self {
+        match e {
+            cli::Engine::Docker => Self::Docker,
+            cli::Engine::Podman => Self::Podman,
+        }
+    }
+}

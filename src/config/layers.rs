@@ -157,6 +157,8 @@ pub struct Env {
     fetched: BTreeMap<String, Secret>,
     /// `--allow-insecure-http`: credentials may go over plain http to any host.
     pub allow_insecure_http: bool,
+    /// `--engine` / AUDSYNC_ENGINE: where to look for the engine when DOCKER_HOST is unset.
+    pub engine: Option<super::engine::Engine>,
     /// No layer sets a Cloudflare credential, and the build must leave it unset (`Auth::None`):
     /// the credentials phase reads it from Infisical after the build and installs it
     /// ([`super::credentials`]), or the build has already reported it missing.

@@ -10,6 +10,7 @@
 
 pub mod commands;
 pub mod credentials;
+pub mod engine;
 pub mod file;
 mod flags;
 pub mod infisical;
@@ -140,6 +141,7 @@ where
     }
     let cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
     env.allow_insecure_http = cli.global.allow_insecure_http;
+    env.engine = cli.global.engine.map(Into::into);
     let mut parsed = Parsed {
         cli,
         env,
@@ -515,9 +517,16 @@ pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// `DOCKER_HOST` from the process environment (as the docker CLI reads it), checked before
 /// anything is contacted: `unix:///absolute/path`, or `tcp://HOST:PORT` / `http://HOST:PORT`.
 /// Anything else is a usage error.
+///
+/// Without `DOCKER_HOST`, `--engine podman` looks for Podman's socket ([`engine::podman_host`]);
+/// `DOCKER_HOST` wins when both are set (it names one socket, the engine flag only where to
+/// look), as it does for the docker and podman-remote CLIs.
 pub fn docker_host(env: &Env) -> Result<String, Error> {
     let Some(h) = env.process().get("DOCKER_HOST") else {
-        return Ok(DEFAULT_DOCKER_HOST.to_string());
+        return match env.engine {
+            Some(engine::Engine::Podman) => engine::podman_host(env),
+            _ => Ok(DEFAULT_DOCKER_HOST.to_string()),
+        };
     };
     let bad = |why: &str| {
         Error::usage(format!(

@@ -552,8 +552,30 @@ fn parse_hash(stdout: &str, service: &str) -> Option<String> {
     })
 }
 
+/// A `docker compose run` container (label `com.docker.compose.oneoff=True`); a container
+/// without the label (podman-compose sets none) is a service member.
+pub(crate) fn is_oneoff(labels: Option<&std::collections::HashMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get("com.docker.compose.oneoff"))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_off_containers_are_told_apart_and_podman_compose_members_have_no_label() {
+        use std::collections::HashMap;
+        let with =
+            |v: &str| HashMap::from([("com.docker.compose.oneoff".to_string(), v.to_string())]);
+        assert!(is_oneoff(Some(&with("True"))));
+        assert!(!is_oneoff(Some(&with("False"))));
+        assert!(
+            !is_oneoff(Some(&HashMap::new())),
+            "podman-compose: no oneoff label"
+        );
+        assert!(!is_oneoff(None));
+    }
+
     use super::*;
     use std::collections::HashMap;
 

@@ -9,6 +9,7 @@
 
 pub(crate) mod compose;
 mod error;
+pub(crate) mod inspect;
 mod ops;
 mod own;
 mod recover;
@@ -103,12 +104,13 @@ impl Engine {
         service: &str,
     ) -> Result<Vec<String>, ActionError> {
         let what = format!("{project}/{service}");
+        // One-off containers are left out here, not by a `oneoff=False` filter: podman-compose
+        // sets the project and service labels but no `oneoff` one.
         let filters = HashMap::from([(
             "label".to_string(),
             vec![
                 format!("com.docker.compose.project={project}"),
                 format!("com.docker.compose.service={service}"),
-                "com.docker.compose.oneoff=False".to_string(),
             ],
         )]);
         let list = self
@@ -128,6 +130,7 @@ impl Engine {
             })?;
         let mut found: Vec<(u64, String)> = list
             .into_iter()
+            .filter(|c| !compose::is_oneoff(c.labels.as_ref()))
             .filter_map(|c| {
                 let number = c
                     .labels
@@ -148,7 +151,7 @@ impl Engine {
     /// The name of the container `id_or_name` (without the leading `/`); `None` when the
     /// engine knows no such container.
     pub(crate) async fn name_of(&self, id_or_name: &str) -> Result<Option<String>, ActionError> {
-        match self.docker.inspect_container(id_or_name, None).await {
+        match inspect::container(&self.docker, id_or_name).await {
             Ok(i) => Ok(i.name.map(|n| n.trim_start_matches('/').to_string())),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -160,7 +163,7 @@ impl Engine {
     /// The compose project directory a container was started from (label
     /// `com.docker.compose.project.working_dir`), best effort.
     pub(crate) async fn project_dir(&self, id_or_name: &str) -> Option<String> {
-        let info = self.docker.inspect_container(id_or_name, None).await.ok()?;
+        let info = inspect::container(&self.docker, id_or_name).await.ok()?;
         info.config?
             .labels?
             .get("com.docker.compose.project.working_dir")
@@ -308,7 +311,7 @@ impl Target for Container {
         keys: &[String],
         watch: &[String],
     ) -> Result<TargetObservation, ActionError> {
-        let info = match self.engine.docker.inspect_container(&self.name, None).await {
+        let info = match inspect::container(&self.engine.docker, &self.name).await {
             Ok(i) => i,
             Err(e) => {
                 self.refused = matches!(
@@ -358,10 +361,7 @@ impl Target for Container {
     }
 
     async fn restart(&mut self) -> Result<(), ActionError> {
-        let info = self
-            .engine
-            .docker
-            .inspect_container(&self.name, None)
+        let info = inspect::container(&self.engine.docker, &self.name)
             .await
             .map_err(|e| container_error(&self.name, "inspect", &e))?;
         if info.state.as_ref().and_then(|s| s.paused) == Some(true) {

@@ -149,8 +149,7 @@ pub(super) async fn inspect_named(
     docker: &Docker,
     target: &str,
 ) -> Result<(ContainerInspectResponse, String), crate::reconcile::ActionError> {
-    let info = docker
-        .inspect_container(target, None)
+    let info = super::inspect::container(docker, target)
         .await
         .map_err(|e| super::container_error(target, "inspect", &e))?;
     let name = name_of(&info, target);
@@ -200,7 +199,7 @@ pub(super) fn stop_progress(name: &str, t: Option<i32>) -> crate::progress::Wait
 pub(super) async fn wait_not_running(docker: &Docker, id: &str, bound: Duration) -> bool {
     let begin = Instant::now();
     loop {
-        let running = match docker.inspect_container(id, None).await {
+        let running = match super::inspect::container(docker, id).await {
             Ok(i) => i.state.and_then(|s| s.running) == Some(true),
             Err(_) => return false,
         };
@@ -326,8 +325,7 @@ pub(super) async fn wait_good(
 }
 
 async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInspectResponse, Error> {
-    docker
-        .inspect_container(id, None)
+    super::inspect::container(docker, id)
         .await
         .map_err(|e| Error::engine("cannot inspect the new container", e))
 }

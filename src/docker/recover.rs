@@ -61,7 +61,7 @@ async fn recover(
     opts: &super::RecreateOptions,
     dry_run: bool,
 ) -> Result<Vec<String>, ActionError> {
-    let base = match docker.inspect_container(target, None).await {
+    let base = match super::inspect::container(docker, target).await {
         Ok(i) => i
             .name
             .as_deref()
@@ -187,7 +187,7 @@ async fn recover_group(
     g: &Group,
     opts: &super::RecreateOptions,
 ) -> Result<String, Error> {
-    let current = match docker.inspect_container(base, None).await {
+    let current = match super::inspect::container(docker, base).await {
         Ok(i) => Some(i),
         Err(e) => match Error::engine(format!("cannot inspect {base}"), e) {
             Error::NotFound { .. } => None,

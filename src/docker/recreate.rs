@@ -267,24 +267,24 @@ impl Rollback<'_> {
         let name = self.name;
         if let Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
-        }) = self.docker.inspect_container(self.old_id, None).await
+        }) = super::inspect::container(self.docker, self.old_id).await
         {
             // Someone else removed the old container meanwhile: there is nothing to go back to.
             tracing::warn!(container = %name, reason = %why, "the old container was removed by someone else during the recreate");
-            let (new_state, settled) = match self.docker.inspect_container(self.new_id, None).await
-            {
-                Ok(i) => {
-                    let now = i.name.as_deref().unwrap_or("").trim_start_matches('/');
-                    (
-                        format!(
-                            "the new container {now} ({}) is left as it is",
-                            ops::short_id(self.new_id)
-                        ),
-                        ops::parse_temp(now).is_none(),
-                    )
-                }
-                Err(_) => ("the new container is gone too".to_string(), true),
-            };
+            let (new_state, settled) =
+                match super::inspect::container(self.docker, self.new_id).await {
+                    Ok(i) => {
+                        let now = i.name.as_deref().unwrap_or("").trim_start_matches('/');
+                        (
+                            format!(
+                                "the new container {now} ({}) is left as it is",
+                                ops::short_id(self.new_id)
+                            ),
+                            ops::parse_temp(now).is_none(),
+                        )
+                    }
+                    Err(_) => ("the new container is gone too".to_string(), true),
+                };
             // Nothing for a later pass to recover once the new container holds the name (or is
             // gone): the record goes, so no run chases the removed container. A new container
             // still under its temporary name keeps it: the next pass gives it the name.

@@ -35,9 +35,15 @@ pub(crate) fn build(
     let id = info.id.clone().unwrap_or_default();
     let short_id: String = id.chars().take(12).collect();
 
-    let env = config
-        .env
-        .map(|env| env.into_iter().map(|kv| changed(kv, changes)).collect());
+    // Podman lists `HOSTNAME=<hostname>` in the inspected environment: when that is the
+    // generated short id, copying it would tell the new container it is the old one.
+    let generated_hostname = format!("HOSTNAME={short_id}");
+    let env = config.env.map(|env| {
+        env.into_iter()
+            .filter(|kv| short_id.is_empty() || *kv != generated_hostname)
+            .map(|kv| changed(kv, changes))
+            .collect()
+    });
     // The engine sets the hostname to the short id when none was asked for; copying it would
     // name the new container after the old one.
     let mut host_config = info.host_config.clone().unwrap_or_default();
@@ -53,6 +59,7 @@ pub(crate) fn build(
         .filter(|_| !shares_netns);
     let domainname = config.domainname.filter(|_| !shares_netns);
     remount_anonymous_volumes(info, &mut host_config);
+    normalise_ulimits(&mut host_config);
 
     let (networking_config, extra_networks) = networks(info, &host_config, &id, &short_id);
 
@@ -87,6 +94,22 @@ pub(crate) fn build(
     Spec {
         body,
         extra_networks,
+    }
+}
+
+/// Podman's inspect names ulimits the kernel's way (`RLIMIT_NOFILE`), and its create refuses
+/// that name (`ulimit option "RLIMIT_NOFILE=…" requires name=SOFT:HARD`): send the name
+/// `docker run --ulimit` uses (`nofile`), which Docker and Podman both accept. Docker's own
+/// inspect already says `nofile`, so this changes nothing there.
+fn normalise_ulimits(hc: &mut HostConfig) {
+    for u in hc.ulimits.iter_mut().flatten() {
+        if let Some(name) = u.name.as_mut()
+            && let Some(short) = name
+                .strip_prefix("RLIMIT_")
+                .or_else(|| name.strip_prefix("rlimit_"))
+        {
+            *name = short.to_ascii_lowercase();
+        }
     }
 }
 
@@ -347,6 +370,54 @@ mod tests {
         );
         assert_eq!(s.body.image.as_deref(), Some("sha256:img"));
         assert_eq!(s.body.labels.unwrap()["a"], "b");
+    }
+
+    #[test]
+    fn podman_ulimit_names_are_sent_the_way_create_accepts_them() {
+        use bollard::models::ResourcesUlimits;
+        let u = |name: &str, soft: i64, hard: i64| ResourcesUlimits {
+            name: Some(name.into()),
+            soft: Some(soft),
+            hard: Some(hard),
+        };
+        let mut i = inspect();
+        i.host_config.as_mut().unwrap().ulimits = Some(vec![
+            u("RLIMIT_NOFILE", 1024, 2048),
+            u("RLIMIT_NPROC", 512, 512),
+            u("core", 0, 0),
+        ]);
+        let hc = build(&i, &one("K", "v"), "i").body.host_config.unwrap();
+        assert_eq!(
+            hc.ulimits.unwrap(),
+            vec![
+                u("nofile", 1024, 2048),
+                u("nproc", 512, 512),
+                u("core", 0, 0)
+            ],
+            "names as `--ulimit` takes them, values kept"
+        );
+    }
+
+    #[test]
+    fn podmans_hostname_variable_of_a_generated_hostname_is_dropped() {
+        let mut i = inspect();
+        i.config.as_mut().unwrap().env = Some(vec![
+            "container=podman".into(),
+            "CLOUDFLARE_AUD_TAG=old".into(),
+            "HOSTNAME=0123456789ab".into(),
+        ]);
+        let s = build(&i, &one("CLOUDFLARE_AUD_TAG", "new"), "i");
+        assert_eq!(
+            s.body.env.unwrap(),
+            vec!["container=podman", "CLOUDFLARE_AUD_TAG=new"],
+            "the engine sets HOSTNAME to the new container's own hostname"
+        );
+        i.config.as_mut().unwrap().env = Some(vec!["HOSTNAME=api".into()]);
+        assert_eq!(
+            build(&i, &[], "i").body.env.unwrap(),
+            vec!["HOSTNAME=api"],
+            "one the user chose is kept"
+        );
     }
 
     #[test]

@@ -50,6 +50,13 @@ pub fn require_engine() {
     }
 }
 
+/// Whether the engine under test is Podman's Docker-compatible API (scripts/test-podman.sh sets
+/// `AUDSYNC_TEST_ENGINE=podman` and points DOCKER_HOST at Podman's socket; the `docker` CLI these
+/// helpers run talks to it there). Tests use it only where Podman reports a thing differently.
+pub fn is_podman() -> bool {
+    std::env::var("AUDSYNC_TEST_ENGINE").is_ok_and(|e| e == "podman")
+}
+
 /// The local test image (busybox-static), built by scripts/test-image.sh.
 pub fn image() -> String {
     std::env::var("AUDSYNC_TEST_IMAGE").unwrap_or_else(|_| "audsync-test/busybox:1".into())
