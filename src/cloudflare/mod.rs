@@ -20,6 +20,39 @@ use serde_json::Value;
 
 use crate::secret::Secret;
 
+/// One path segment, percent-encoded: everything but RFC 3986's unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`) becomes `%XX`, so a value from an answer, the state file or a flag
+/// (`../`, `?`, `#`, `/`) can never step out of its segment. `.` and `..` alone are encoded too
+/// (URL parsers resolve them as dot segments even when they stand by themselves).
+pub fn seg(s: &str) -> String {
+    if s == "." || s == ".." {
+        return s.replace('.', "%2E");
+    }
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A Cloudflare object id as Access gives it: a UUID (`8-4-4-4-12` hex digits; also the 32
+/// digits without dashes, as `--app-id` accepts them).
+pub fn is_uuid(s: &str) -> bool {
+    if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return true;
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// How the client proves who it is.
 #[derive(Debug, Clone)]
 pub enum Auth {
@@ -285,7 +318,7 @@ impl Client {
                 }),
                 Some(acc),
             ) => {
-                self.get(&format!("/accounts/{acc}/tokens/verify"), &[])
+                self.get(&format!("/accounts/{}/tokens/verify", seg(acc)), &[])
                     .await
             }
             (other, _) => other,
@@ -701,6 +734,29 @@ mod tests {
             .unwrap();
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"]);
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded_and_ids_are_uuids() {
+        assert_eq!(
+            seg("../../../../user/tokens/verify?x="),
+            "..%2F..%2F..%2F..%2Fuser%2Ftokens%2Fverify%3Fx%3D"
+        );
+        assert_eq!(seg(".."), "%2E%2E");
+        assert_eq!(seg("a#b c"), "a%23b%20c");
+        let id = "0000000a-0000-4000-8000-000000000000";
+        assert_eq!(seg(id), id);
+        assert!(is_uuid(id));
+        assert!(is_uuid(&id.to_uppercase()));
+        for bad in [
+            "",
+            "a",
+            "../x",
+            "0000000a-0000-4000-8000-00000000000/",
+            "0000000a00004000800000000000000000",
+        ] {
+            assert!(!is_uuid(bad), "{bad}");
+        }
     }
 
     #[test]
