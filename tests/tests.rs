@@ -18,4 +18,5 @@ mod infisical_passes;
 mod notify;
 mod setup_verify;
 mod trust;
+mod units;
 mod watch;
