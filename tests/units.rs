@@ -34,7 +34,7 @@ fn unit_caps(unit: &str) -> Vec<String> {
 
 /// `sync` under setpriv with only `caps` in the bounding set (none inheritable, no new
 /// privileges), recreating `container`.
-fn confined_sync(sb: &Sandbox, caps: &[String], container: &str) -> Run {
+fn confined_sync(sb: &Sandbox, caps: &[String], container: &str, extra: &[&str]) -> Run {
     let bset = std::iter::once("-all".to_string())
         .chain(caps.iter().map(|c| format!("+{c}")))
         .collect::<Vec<_>>()
@@ -57,7 +57,8 @@ fn confined_sync(sb: &Sandbox, caps: &[String], container: &str) -> Run {
         "1s",
         "--output",
         "json",
-    ]);
+    ])
+    .args(extra);
     run(&mut c)
 }
 
@@ -71,7 +72,11 @@ fn the_units_capabilities_are_enough_to_rewrite_a_foreign_env_and_recreate() {
         "the units run audsync as root: run this test as root"
     );
     let caps = unit_caps("audsync-watch.service");
-    assert_eq!(caps, unit_caps("audsync.service"), "both units keep the same set");
+    assert_eq!(
+        caps,
+        unit_caps("audsync.service"),
+        "both units keep the same set"
+    );
     assert!(
         !caps.iter().any(|c| c == "sys_admin" || c == "net_admin"),
         "{caps:?}"
@@ -92,13 +97,13 @@ fn the_units_capabilities_are_enough_to_rewrite_a_foreign_env_and_recreate() {
     );
 
     // Without any capability root cannot even enter the directory: the proof is not vacuous.
-    let r = confined_sync(&sb, &[], &c);
+    let r = confined_sync(&sb, &[], &c, &[]);
     assert_ne!(r.code, 0, "{r:?}");
     assert_eq!(sb.read_env(), format!("{KEY}=old\n"));
     assert_eq!(env_of(&c, KEY).as_deref(), Some("old"));
 
     // With the unit's set: written, owner and mode kept, container recreated.
-    let r = confined_sync(&sb, &caps, &c);
+    let r = confined_sync(&sb, &caps, &c, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(sb.read_env(), format!("{KEY}={}\n", aud(2)));
     let m = std::fs::metadata(sb.env_path()).unwrap();
@@ -106,4 +111,15 @@ fn the_units_capabilities_are_enough_to_rewrite_a_foreign_env_and_recreate() {
     let j = r.json();
     assert_eq!(j["containers"][0]["action"], "recreate", "{r:?}");
     assert_eq!(env_of(&c, KEY), Some(aud(2)));
+
+    // A rotation written in place (the same inode: an .env bind-mounted as a single file).
+    let inode = m.ino();
+    cf.set_aud(0, &aud(3));
+    let r = confined_sync(&sb, &caps, &c, &["--write-mode", "in-place"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(sb.read_env(), format!("{KEY}={}\n", aud(3)));
+    let m = std::fs::metadata(sb.env_path()).unwrap();
+    assert_eq!(m.ino(), inode);
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (OWNER, OWNER, 0o600));
+    assert_eq!(env_of(&c, KEY), Some(aud(3)));
 }
