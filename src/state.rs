@@ -124,16 +124,20 @@ pub(crate) struct InPlaceWrite {
 
 impl State {
     /// The cached application for `host` (older files kept one in `app`).
-    /// An entry whose application id is not a UUID is not used (the file is data, never a
-    /// path): the host is looked up again.
+    /// An entry whose application id is not a UUID, or whose account id is not one, is not
+    /// used (the file is data, never a path): the host is looked up again.
     pub(crate) fn cached_app(&self, host: &str) -> Option<&CachedApp> {
         self.apps
             .get(host)
             .or(self.app.as_ref().filter(|a| a.host == host))
             .filter(|c| {
-                let ok = crate::cloudflare::is_uuid(&c.app_id);
+                let ok = crate::cloudflare::is_uuid(&c.app_id)
+                    && crate::cloudflare::is_account_id(&c.account_id);
                 if !ok {
-                    tracing::warn!(host, "the cached application id is not a UUID; ignored");
+                    tracing::warn!(
+                        host,
+                        "the cached application or account id is not one; ignored"
+                    );
                 }
                 ok
             })

@@ -984,10 +984,10 @@ mod ids_are_data {
         );
     }
 
-    /// An account id from `GET /accounts` goes into the path percent-encoded: it cannot leave
-    /// its segment.
+    /// An account id from `GET /accounts` that is not 32 hex digits is refused too (and were it
+    /// used, it would go into the path percent-encoded: src/cloudflare/mod.rs tests that).
     #[test]
-    fn path_segments_are_percent_encoded() {
+    fn an_account_id_that_is_not_one_is_refused() {
         let cf = FakeCloudflare::start(vec![app(3, HOST, &aud(3))]);
         cf.with(|s| s.accounts = vec![json!({"id": HOSTILE, "name": "Evil", "type": "standard"})]);
         let mut sb = Sandbox::with_cloudflare(&cf);
@@ -995,13 +995,20 @@ mod ids_are_data {
         sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
         let r = sync(&sb);
         assert_eq!(r.code, 1, "{r:?}");
+        assert!(both(&r).contains("not 32 hex digits"), "{r:?}");
+        assert_eq!(sb.read_env(), "CLOUDFLARE_AUD_TAG=old\n");
         only_app_paths(&cf);
-        assert!(
-            cf.requests().iter().any(|r| r
-                .path
-                .contains("..%2F..%2F..%2F..%2Fuser%2Ftokens%2Fverify%3Fx%3D")),
-            "{:?}",
-            cf.requests()
-        );
+        // A cached account id that is not one is not used either.
+        let state =
+            json!({"apps": {HOST: {"host": HOST, "account_id": HOSTILE, "app_id": uuid(3)}}});
+        std::fs::write(sb.path(".env.audsync-state.json"), state.to_string()).unwrap();
+        cf.with(|s| {
+            s.accounts =
+                vec![json!({"id": cloudflare::ACCOUNT, "name": "Home Lab", "type": "standard"})]
+        });
+        let r = sync(&sb);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(3)));
+        only_app_paths(&cf);
     }
 }

@@ -52,6 +52,19 @@ fn uuid_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     }
 }
 
+/// An account id that is one (32 hex digits), else a decoding error naming what it is not.
+fn account_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let id = String::deserialize(d)?;
+    if super::is_account_id(&id) {
+        Ok(id)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "the account id {:?} is not 32 hex digits",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Destination {
     #[serde(default, rename = "type")]
@@ -62,6 +75,8 @@ pub struct Destination {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Account {
+    /// Always 32 hex digits: an account with anything else is skipped where it is parsed.
+    #[serde(deserialize_with = "account_id")]
     pub id: String,
     #[serde(default)]
     pub name: String,

@@ -53,6 +53,11 @@ pub fn is_uuid(s: &str) -> bool {
             .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// A Cloudflare account id: 32 hex digits.
+pub fn is_account_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// How the client proves who it is.
 #[derive(Debug, Clone)]
 pub enum Auth {
@@ -757,6 +762,43 @@ mod tests {
         ] {
             assert!(!is_uuid(bad), "{bad}");
         }
+    }
+
+    /// A value that is not a plain segment stays one segment on the wire: `../` and `?` are
+    /// percent-encoded, never resolved or taken as the query.
+    #[tokio::test]
+    async fn an_id_is_sent_as_one_percent_encoded_segment() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let lines = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut buf = [0u8; 4096];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                lines
+                    .lock()
+                    .unwrap()
+                    .push(head.lines().next().unwrap_or_default().to_string());
+                let b = r#"{"success":false,"errors":[{"code":12130,"message":"access.api.error.application_not_found"}],"messages":[],"result":null}"#;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                    b.len()
+                );
+            }
+        });
+        let hostile = "../../../../user/tokens/verify?x=";
+        let res = client(&url).app_by_id(hostile, hostile).await;
+        assert!(res.is_err_and(|e| e.is_not_found()));
+        let enc = "..%2F..%2F..%2F..%2Fuser%2Ftokens%2Fverify%3Fx%3D";
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            [format!("GET /accounts/{enc}/access/apps/{enc} HTTP/1.1")]
+        );
     }
 
     #[test]
