@@ -104,7 +104,7 @@ pub async fn fetch_all(
     let mut out: Vec<Option<Result<Found, Error>>> = (0..cfgs.len()).map(|_| None).collect();
     for (i, cfg) in cfgs.iter().enumerate() {
         if let Some(edge) = &cfg.edge {
-            out[i] = Some(fetch_edge(cfg, edge).await);
+            out[i] = Some(fetch_edge(cfg, edge, Some(&mut *state)).await);
         }
     }
     let warm = |cfg: &SourceConfig| match &cfg.selector {
@@ -225,7 +225,7 @@ pub async fn fetch(
     mut cache: Option<&mut State>,
 ) -> Result<Found, Error> {
     if let Some(edge) = &cfg.edge {
-        return fetch_edge(cfg, edge).await;
+        return fetch_edge(cfg, edge, cache).await;
     }
     let cached = cache
         .as_ref()
@@ -280,8 +280,14 @@ pub async fn fetch(
     })
 }
 
-/// `--source edge`: the AUD from the protected host, no API call.
-async fn fetch_edge(cfg: &SourceConfig, edge: &crate::config::EdgeSource) -> Result<Found, Error> {
+/// `--source edge`: the AUD from the protected host, no API call. With `state`, signed metadata
+/// older than the one that set the host's value is refused when it would change it (a replayed
+/// token rolling the AUD back after a rotation); newer metadata moves the mark forward.
+async fn fetch_edge(
+    cfg: &SourceConfig,
+    edge: &crate::config::EdgeSource,
+    state: Option<&mut State>,
+) -> Result<Found, Error> {
     let http =
         crate::cloudflare::edge::http(cfg.timeout).map_err(|e| Error::failed(e.message, e.hint))?;
     let ask = crate::cloudflare::edge::Ask {
@@ -293,6 +299,32 @@ async fn fetch_edge(cfg: &SourceConfig, edge: &crate::config::EdgeSource) -> Res
     let got = crate::cloudflare::edge::learn_aud(&http, ask)
         .await
         .map_err(|e| Error::failed(e.message, e.hint))?;
+    if let (Some(state), Some(iat)) = (state, got.iat) {
+        let host = edge.host.to_ascii_lowercase();
+        match state.edge_issued.get(&host) {
+            Some(last) if iat < last.iat && last.aud != got.aud => {
+                return Err(Error::failed(
+                    format!(
+                        "{}: the signed cf-access-metadata answer was issued at {} (iat {iat}), before the one that set the current AUD (iat {}), and names another AUD: refused as a replay of old metadata (it would roll the AUD back); nothing written",
+                        edge.host,
+                        fmt_unix(iat),
+                        last.iat
+                    ),
+                    Some("a token replayed from before a rotation; the edge's next fresh answer is taken. If the AUD really went back, check the application in the Zero Trust dashboard, or use --source api".into()),
+                ));
+            }
+            Some(last) if iat <= last.iat => {}
+            _ => {
+                state.edge_issued.insert(
+                    host,
+                    crate::state::EdgeIssued {
+                        iat,
+                        aud: got.aud.clone(),
+                    },
+                );
+            }
+        }
+    }
     let mut warnings = Vec::new();
     if got.unsigned {
         let w = format!(
@@ -313,6 +345,16 @@ async fn fetch_edge(cfg: &SourceConfig, edge: &crate::config::EdgeSource) -> Res
         },
         warnings,
     })
+}
+
+/// Unix seconds as an RFC 3339 time, for messages.
+fn fmt_unix(secs: i64) -> String {
+    u64::try_from(secs)
+        .map(|s| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
+                .to_string()
+        })
+        .unwrap_or_else(|_| secs.to_string())
 }
 
 fn summary(app: &AccessApp, account: &str) -> AppSummary {

@@ -90,6 +90,18 @@ pub struct State {
     /// id, and the next run finds the container by this name instead of chasing the dead id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) container_names: BTreeMap<String, String>,
+    /// `--source edge`: by host (lowercase), the `iat` of the signed metadata that last set its
+    /// value, and that value. Older metadata that would change it is a replay and is refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) edge_issued: BTreeMap<String, EdgeIssued>,
+}
+
+/// The signed edge metadata that last set a host's value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct EdgeIssued {
+    /// Unix seconds (the metadata's `iat`).
+    pub(crate) iat: i64,
+    pub(crate) aud: String,
 }
 
 /// A run of failed `sync` runs.
@@ -112,10 +124,23 @@ pub(crate) struct InPlaceWrite {
 
 impl State {
     /// The cached application for `host` (older files kept one in `app`).
+    /// An entry whose application id is not a UUID, or whose account id is not one, is not
+    /// used (the file is data, never a path): the host is looked up again.
     pub(crate) fn cached_app(&self, host: &str) -> Option<&CachedApp> {
         self.apps
             .get(host)
             .or(self.app.as_ref().filter(|a| a.host == host))
+            .filter(|c| {
+                let ok = crate::cloudflare::is_uuid(&c.app_id)
+                    && crate::cloudflare::is_account_id(&c.account_id);
+                if !ok {
+                    tracing::warn!(
+                        host,
+                        "the cached application or account id is not one; ignored"
+                    );
+                }
+                ok
+            })
     }
 }
 

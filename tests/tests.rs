@@ -22,4 +22,5 @@ mod podman;
 mod quickstart;
 mod setup_verify;
 mod trust;
+mod units;
 mod watch;

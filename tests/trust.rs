@@ -253,6 +253,68 @@ mod edge {
     }
 
     #[test]
+    fn metadata_past_its_exp_or_before_its_nbf_is_refused() {
+        let e = edge();
+        let with = |k: &str, v: i64| {
+            let mut c = claims(HOST, &aud(6), now());
+            c[k] = json!(v);
+            c
+        };
+        for c in [with("exp", now() - 120), with("nbf", now() + 600)] {
+            e.fa.with(|s| s.metadata = Some(e.key.sign(&c)));
+            let r = sync(&e, &[]);
+            untouched(&e, &r);
+            assert!(
+                r.stderr.contains("expired") || r.stderr.contains("not yet valid"),
+                "{r:?}"
+            );
+        }
+        // A future exp and a past nbf are fine.
+        let mut c = with("exp", now() + 600);
+        c["nbf"] = json!(now() - 600);
+        e.fa.with(|s| s.metadata = Some(e.key.sign(&c)));
+        let r = sync(&e, &[]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(e.sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(6)));
+    }
+
+    /// A validly signed token is good for 24 h: replayed after a rotation it would roll the AUD
+    /// back. Metadata older than the one that set the value may confirm it, never change it.
+    #[test]
+    fn older_metadata_cannot_roll_the_value_back() {
+        let e = edge();
+        let t0 = now() - 3600;
+        let old = e.key.sign(&claims(HOST, &aud(6), t0));
+        e.fa.with(|s| s.metadata = Some(old.clone()));
+        let r = sync(&e, &[]);
+        assert_eq!(r.code, 0, "{r:?}");
+        // The rotation: newer metadata with the new AUD.
+        e.fa.with(|s| s.metadata = Some(e.key.sign(&claims(HOST, &aud(7), t0 + 600))));
+        let r = sync(&e, &[]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(e.sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(7)));
+        // The old token, replayed: refused, said so, nothing written.
+        e.fa.with(|s| s.metadata = Some(old.clone()));
+        let r = sync(&e, &[]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert_eq!(
+            e.sb.read_env(),
+            format!("CLOUDFLARE_AUD_TAG={}\n", aud(7)),
+            "{r:?}"
+        );
+        assert!(r.stderr.contains("replay"), "{r:?}");
+        assert!(!both(&r).contains(&old));
+        // Older metadata that only confirms the value is fine; newer metadata moves on.
+        e.fa.with(|s| s.metadata = Some(e.key.sign(&claims(HOST, &aud(7), t0 + 300))));
+        let r = sync(&e, &[]);
+        assert_eq!(r.code, 0, "{r:?}");
+        e.fa.with(|s| s.metadata = Some(e.key.sign(&claims(HOST, &aud(8), now()))));
+        let r = sync(&e, &[]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(e.sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(8)));
+    }
+
+    #[test]
     fn metadata_on_a_200_answer_is_refused() {
         let e = edge();
         // Even a correctly signed token (replayed by an origin) is not taken from a 200.
@@ -846,5 +908,107 @@ fn the_infisical_client_id_is_a_credential_in_output_and_logs() {
         ]);
         let r = run(&mut c);
         assert!(!both(&r).contains(CLIENT_ID), "{r:?}");
+    }
+}
+
+// ---------------------------------------------------------------- values from the API are data
+
+mod ids_are_data {
+    use serde_json::json;
+
+    use crate::support::cloudflare::{self, FakeCloudflare, app, aud, uuid};
+    use crate::support::{Sandbox, run};
+
+    use super::{HOST, both};
+
+    const HOSTILE: &str = "../../../../user/tokens/verify?x=";
+
+    fn sync(sb: &Sandbox) -> crate::support::Run {
+        let mut c = sb.cmd();
+        c.args(["sync", "-vvv", "--domain", HOST, "--restart", "none"]);
+        run(&mut c)
+    }
+
+    /// Every request stayed under the account's applications (or the account list).
+    fn only_app_paths(cf: &FakeCloudflare) {
+        assert!(
+            cf.with(|s| s.verifies.is_empty()),
+            "an id was requested as a path: {:?}",
+            cf.with(|s| s.verifies.clone())
+        );
+        for r in cf.requests() {
+            assert!(
+                r.path == "/accounts" || r.path.starts_with("/accounts/"),
+                "{} {}",
+                r.method,
+                r.path
+            );
+            assert!(!r.path.contains("/user/"), "{} {}", r.method, r.path);
+        }
+    }
+
+    #[test]
+    fn an_application_id_that_is_not_a_uuid_is_refused_where_it_is_parsed() {
+        let mut hostile = app(1, HOST, &aud(1));
+        hostile["id"] = json!(HOSTILE);
+        let cf = FakeCloudflare::start(vec![hostile]);
+        let sb = Sandbox::with_cloudflare(&cf);
+        sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+        for _ in 0..2 {
+            let r = sync(&sb);
+            assert_eq!(r.code, 1, "{r:?}");
+            assert!(both(&r).contains("not a UUID"), "{r:?}");
+            assert_eq!(sb.read_env(), "CLOUDFLARE_AUD_TAG=old\n", "{r:?}");
+        }
+        only_app_paths(&cf);
+        // Nothing hostile was cached.
+        let state = std::fs::read_to_string(sb.path(".env.audsync-state.json")).unwrap_or_default();
+        assert!(!state.contains("tokens"), "{state}");
+    }
+
+    #[test]
+    fn a_cached_id_that_is_not_a_uuid_is_never_requested() {
+        let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+        let sb = Sandbox::with_cloudflare(&cf);
+        sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+        let state = json!({"apps": {HOST: {"host": HOST, "account_id": cloudflare::ACCOUNT, "app_id": HOSTILE}}});
+        std::fs::write(sb.path(".env.audsync-state.json"), state.to_string()).unwrap();
+        let r = sync(&sb);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
+        only_app_paths(&cf);
+        let state = std::fs::read_to_string(sb.path(".env.audsync-state.json")).unwrap();
+        assert!(
+            state.contains(&uuid(2)) && !state.contains("tokens"),
+            "{state}"
+        );
+    }
+
+    /// An account id from `GET /accounts` that is not 32 hex digits is refused too (and were it
+    /// used, it would go into the path percent-encoded: src/cloudflare/mod.rs tests that).
+    #[test]
+    fn an_account_id_that_is_not_one_is_refused() {
+        let cf = FakeCloudflare::start(vec![app(3, HOST, &aud(3))]);
+        cf.with(|s| s.accounts = vec![json!({"id": HOSTILE, "name": "Evil", "type": "standard"})]);
+        let mut sb = Sandbox::with_cloudflare(&cf);
+        sb.unset("CLOUDFLARE_ACCOUNT_ID");
+        sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+        let r = sync(&sb);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(both(&r).contains("not 32 hex digits"), "{r:?}");
+        assert_eq!(sb.read_env(), "CLOUDFLARE_AUD_TAG=old\n");
+        only_app_paths(&cf);
+        // A cached account id that is not one is not used either.
+        let state =
+            json!({"apps": {HOST: {"host": HOST, "account_id": HOSTILE, "app_id": uuid(3)}}});
+        std::fs::write(sb.path(".env.audsync-state.json"), state.to_string()).unwrap();
+        cf.with(|s| {
+            s.accounts =
+                vec![json!({"id": cloudflare::ACCOUNT, "name": "Home Lab", "type": "standard"})]
+        });
+        let r = sync(&sb);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(3)));
+        only_app_paths(&cf);
     }
 }

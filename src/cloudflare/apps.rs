@@ -21,6 +21,9 @@ pub const ACCOUNTS_PER_PAGE: u32 = 50;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct AccessApp {
+    /// Always a UUID: an answer with anything else is refused where it is parsed (a list item
+    /// is skipped with a warning), so an id is data and never a path.
+    #[serde(deserialize_with = "uuid_id")]
     pub id: String,
     #[serde(default)]
     pub name: String,
@@ -36,6 +39,32 @@ pub struct AccessApp {
     pub self_hosted_domains: Vec<String>,
 }
 
+/// An application id that is a UUID, else a decoding error naming what it is not.
+fn uuid_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let id = String::deserialize(d)?;
+    if super::is_uuid(&id) {
+        Ok(id)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "the application id {:?} is not a UUID",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// An account id that is one (32 hex digits), else a decoding error naming what it is not.
+fn account_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let id = String::deserialize(d)?;
+    if super::is_account_id(&id) {
+        Ok(id)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "the account id {:?} is not 32 hex digits",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Destination {
     #[serde(default, rename = "type")]
@@ -46,6 +75,8 @@ pub struct Destination {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Account {
+    /// Always 32 hex digits: an account with anything else is skipped where it is parsed.
+    #[serde(deserialize_with = "account_id")]
     pub id: String,
     #[serde(default)]
     pub name: String,
@@ -237,8 +268,15 @@ impl Client {
 
     /// `GET /accounts/{account}/access/apps/{id}`.
     pub async fn app_by_id(&self, account: &str, id: &str) -> Result<AccessApp, Error> {
-        self.get(&format!("/accounts/{account}/access/apps/{id}"), &[])
-            .await
+        self.get(
+            &format!(
+                "/accounts/{}/access/apps/{}",
+                super::seg(account),
+                super::seg(id)
+            ),
+            &[],
+        )
+        .await
     }
 
     /// Every application the server returns for the `domain` filter, all pages.
@@ -248,14 +286,22 @@ impl Client {
         host: &str,
     ) -> Result<Vec<AccessApp>, Error> {
         let q = [("domain", host_of(host)), ("exact", "true".to_string())];
-        self.list_all(&format!("/accounts/{account}/access/apps"), &q, PER_PAGE)
-            .await
+        self.list_all(
+            &format!("/accounts/{}/access/apps", super::seg(account)),
+            &q,
+            PER_PAGE,
+        )
+        .await
     }
 
     /// Every application of the account, all pages (one listing serves every binding).
     pub async fn all_apps(&self, account: &str) -> Result<Vec<AccessApp>, Error> {
-        self.list_all(&format!("/accounts/{account}/access/apps"), &[], PER_PAGE)
-            .await
+        self.list_all(
+            &format!("/accounts/{}/access/apps", super::seg(account)),
+            &[],
+            PER_PAGE,
+        )
+        .await
     }
 
     /// The application for `host`: server filter, every page, then our own matching. Whether
@@ -271,7 +317,11 @@ impl Client {
             "the domain filter found no match; listing every application"
         );
         let all: Vec<AccessApp> = self
-            .list_all(&format!("/accounts/{account}/access/apps"), &[], PER_PAGE)
+            .list_all(
+                &format!("/accounts/{}/access/apps", super::seg(account)),
+                &[],
+                PER_PAGE,
+            )
             .await?;
         choose(&all, host).cloned()
     }
@@ -332,7 +382,11 @@ impl Client {
             return choose(&apps, host).cloned().map(Some);
         }
         let all: Vec<AccessApp> = self
-            .list_all(&format!("/accounts/{account}/access/apps"), &[], PER_PAGE)
+            .list_all(
+                &format!("/accounts/{}/access/apps", super::seg(account)),
+                &[],
+                PER_PAGE,
+            )
             .await?;
         if all.iter().any(|a| match_kind(a, host).is_some()) {
             choose(&all, host).cloned().map(Some)
@@ -343,8 +397,15 @@ impl Client {
 
     /// The whole application object, as JSON (for a GET-change-PUT round trip).
     pub async fn app_json(&self, account: &str, id: &str) -> Result<serde_json::Value, Error> {
-        self.get(&format!("/accounts/{account}/access/apps/{id}"), &[])
-            .await
+        self.get(
+            &format!(
+                "/accounts/{}/access/apps/{}",
+                super::seg(account),
+                super::seg(id)
+            ),
+            &[],
+        )
+        .await
     }
 
     /// `POST /accounts/{account}/access/apps`.
@@ -355,7 +416,7 @@ impl Client {
     ) -> Result<AccessApp, Error> {
         self.send(
             reqwest::Method::POST,
-            &format!("/accounts/{account}/access/apps"),
+            &format!("/accounts/{}/access/apps", super::seg(account)),
             body,
         )
         .await
@@ -371,7 +432,11 @@ impl Client {
     ) -> Result<AccessApp, Error> {
         self.send(
             reqwest::Method::PUT,
-            &format!("/accounts/{account}/access/apps/{id}"),
+            &format!(
+                "/accounts/{}/access/apps/{}",
+                super::seg(account),
+                super::seg(id)
+            ),
             &put_body(body),
         )
         .await

@@ -304,6 +304,8 @@ pub struct EdgeAud {
     pub team_domain: String,
     /// Set when the AUD is the unsigned `kid` (taken only with `--allow-unsigned-kid`).
     pub unsigned: bool,
+    /// The signed metadata's `iat` (Unix seconds); `None` for the unsigned `kid`.
+    pub iat: Option<i64>,
 }
 
 fn is_aud(s: &str) -> bool {
@@ -394,6 +396,7 @@ pub async fn learn_aud(http: &reqwest::Client, ask: Ask<'_>) -> Result<EdgeAud, 
             how: "cf-access-metadata",
             team_domain: domain,
             unsigned: false,
+            iat: Some(m.iat),
         });
     }
     if matches!(p.status, 405 | 501) {
@@ -437,6 +440,7 @@ pub async fn learn_aud(http: &reqwest::Client, ask: Ask<'_>) -> Result<EdgeAud, 
                     how: "login redirect kid",
                     team_domain,
                     unsigned: true,
+                    iat: None,
                 }),
                 _ => Err(err(
                     format!(

@@ -284,6 +284,9 @@ pub struct Metadata {
     pub aud: String,
     pub hostname: Option<String>,
     pub auth_domain: Option<String>,
+    /// When the edge issued it (Unix seconds): a later answer older than the one that set the
+    /// value is a replay.
+    pub iat: i64,
 }
 
 /// The `auth_domain` claim of a metadata token, unverified: only to know where the keys are.
@@ -297,7 +300,8 @@ pub fn unverified_auth_domain(token: &str) -> Option<String> {
 /// Verify a `cf-access-metadata` token the way cloudflared does (`token/token.go`,
 /// `GetAppInfo`): RS256 by a team key, `type == "match"`, `hostname` equal to `host`
 /// (case-insensitive), one non-empty `aud`, `iat` no older than 24 h and at most 5 min ahead
-/// of `now` (Unix seconds). It carries no `exp`.
+/// of `now` (Unix seconds). It usually carries no `exp` or `nbf`; when it does, they hold (30 s
+/// of leeway, as for application tokens).
 pub fn verify_metadata(
     token: &str,
     keys: &Jwks,
@@ -346,10 +350,28 @@ pub fn verify_metadata(
             "metadata is issued more than 5 min in the future (iat {iat}); check the clock (NTP)"
         )));
     }
+    let leeway = 30;
+    if let Some(exp) = claims.get("exp").filter(|v| !v.is_null()) {
+        let Some(exp) = exp.as_i64() else {
+            return Err(TokenError::Malformed("metadata exp is not a number".into()));
+        };
+        if exp + leeway < now {
+            return Err(TokenError::Expired { exp });
+        }
+    }
+    if let Some(nbf) = claims.get("nbf").filter(|v| !v.is_null()) {
+        let Some(nbf) = nbf.as_i64() else {
+            return Err(TokenError::Malformed("metadata nbf is not a number".into()));
+        };
+        if nbf - leeway > now {
+            return Err(TokenError::NotYetValid { nbf });
+        }
+    }
     Ok(Metadata {
         aud: aud.clone(),
         hostname: Some(hostname.to_string()),
         auth_domain: claims["auth_domain"].as_str().map(str::to_string),
+        iat,
     })
 }
 

@@ -20,6 +20,44 @@ use serde_json::Value;
 
 use crate::secret::Secret;
 
+/// One path segment, percent-encoded: everything but RFC 3986's unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`) becomes `%XX`, so a value from an answer, the state file or a flag
+/// (`../`, `?`, `#`, `/`) can never step out of its segment. `.` and `..` alone are encoded too
+/// (URL parsers resolve them as dot segments even when they stand by themselves).
+pub fn seg(s: &str) -> String {
+    if s == "." || s == ".." {
+        return s.replace('.', "%2E");
+    }
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A Cloudflare object id as Access gives it: a UUID (`8-4-4-4-12` hex digits; also the 32
+/// digits without dashes, as `--app-id` accepts them).
+pub fn is_uuid(s: &str) -> bool {
+    if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return true;
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A Cloudflare account id: 32 hex digits.
+pub fn is_account_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// How the client proves who it is.
 #[derive(Debug, Clone)]
 pub enum Auth {
@@ -285,7 +323,7 @@ impl Client {
                 }),
                 Some(acc),
             ) => {
-                self.get(&format!("/accounts/{acc}/tokens/verify"), &[])
+                self.get(&format!("/accounts/{}/tokens/verify", seg(acc)), &[])
                     .await
             }
             (other, _) => other,
@@ -701,6 +739,66 @@ mod tests {
             .unwrap();
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"]);
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded_and_ids_are_uuids() {
+        assert_eq!(
+            seg("../../../../user/tokens/verify?x="),
+            "..%2F..%2F..%2F..%2Fuser%2Ftokens%2Fverify%3Fx%3D"
+        );
+        assert_eq!(seg(".."), "%2E%2E");
+        assert_eq!(seg("a#b c"), "a%23b%20c");
+        let id = "0000000a-0000-4000-8000-000000000000";
+        assert_eq!(seg(id), id);
+        assert!(is_uuid(id));
+        assert!(is_uuid(&id.to_uppercase()));
+        for bad in [
+            "",
+            "a",
+            "../x",
+            "0000000a-0000-4000-8000-00000000000/",
+            "0000000a00004000800000000000000000",
+        ] {
+            assert!(!is_uuid(bad), "{bad}");
+        }
+    }
+
+    /// A value that is not a plain segment stays one segment on the wire: `../` and `?` are
+    /// percent-encoded, never resolved or taken as the query.
+    #[tokio::test]
+    async fn an_id_is_sent_as_one_percent_encoded_segment() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let lines = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut buf = [0u8; 4096];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                lines
+                    .lock()
+                    .unwrap()
+                    .push(head.lines().next().unwrap_or_default().to_string());
+                let b = r#"{"success":false,"errors":[{"code":12130,"message":"access.api.error.application_not_found"}],"messages":[],"result":null}"#;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                    b.len()
+                );
+            }
+        });
+        let hostile = "../../../../user/tokens/verify?x=";
+        let res = client(&url).app_by_id(hostile, hostile).await;
+        assert!(res.is_err_and(|e| e.is_not_found()));
+        let enc = "..%2F..%2F..%2F..%2Fuser%2Ftokens%2Fverify%3Fx%3D";
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            [format!("GET /accounts/{enc}/access/apps/{enc} HTTP/1.1")]
+        );
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl Client {
     /// Every policy of the account (all pages).
     pub async fn policies(&self, account: &str) -> Result<Vec<Policy>, Error> {
         self.list_all(
-            &format!("/accounts/{account}/access/policies"),
+            &format!("/accounts/{}/access/policies", super::seg(account)),
             &[],
             PER_PAGE,
         )
@@ -104,7 +104,7 @@ impl Client {
     pub async fn create_policy(&self, account: &str, body: &Value) -> Result<Policy, Error> {
         self.send(
             reqwest::Method::POST,
-            &format!("/accounts/{account}/access/policies"),
+            &format!("/accounts/{}/access/policies", super::seg(account)),
             body,
         )
         .await

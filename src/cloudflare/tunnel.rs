@@ -421,7 +421,11 @@ impl Client {
     /// (`{tunnel_id, version, config, source, …}`), as JSON.
     pub async fn tunnel_configuration(&self, account: &str, tunnel: &str) -> Result<Value, Error> {
         self.get(
-            &format!("/accounts/{account}/cfd_tunnel/{tunnel}/configurations"),
+            &format!(
+                "/accounts/{}/cfd_tunnel/{}/configurations",
+                super::seg(account),
+                super::seg(tunnel)
+            ),
             &[],
         )
         .await
@@ -436,7 +440,11 @@ impl Client {
     ) -> Result<Value, Error> {
         self.send(
             reqwest::Method::PUT,
-            &format!("/accounts/{account}/cfd_tunnel/{tunnel}/configurations"),
+            &format!(
+                "/accounts/{}/cfd_tunnel/{}/configurations",
+                super::seg(account),
+                super::seg(tunnel)
+            ),
             &json!({ "config": config }),
         )
         .await

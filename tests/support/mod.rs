@@ -142,6 +142,25 @@ impl Sandbox {
         c
     }
 
+    /// Like [`Sandbox::cmd`], but the binary runs under `wrapper` (`setpriv … --`, say): the
+    /// wrapper's words, then the binary's path, then the arguments added to the command.
+    pub fn cmd_via(&self, wrapper: &[&str]) -> assert_cmd::Command {
+        let bin = assert_cmd::cargo::cargo_bin("audsync");
+        let mut c = assert_cmd::Command::new(wrapper[0]);
+        c.args(&wrapper[1..]).arg(bin);
+        c.env_clear();
+        c.env("PATH", std::env::var("PATH").unwrap_or_default());
+        if let Ok(h) = std::env::var("DOCKER_HOST") {
+            c.env("DOCKER_HOST", h);
+        }
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c.current_dir(self.dir.path());
+        c.timeout(std::time::Duration::from_secs(120));
+        c
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
