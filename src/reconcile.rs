@@ -457,6 +457,36 @@ fn target_step(
     if mine.is_empty() {
         reasons.push("no binding targets it".into());
     }
+    // A replacement carries the other keys of the `.env` it reads, too: a key another binding of
+    // this pass manages in one of this container's sinks, which the container carries with
+    // another value, is set in the same recreate (its new value is known), so the container
+    // does not come back with a stale copy that compose's next `up -d` would have to fix.
+    if matches!(action, Action::Recreate | Action::Rollout)
+        && let Ok(obs) = &t.observation
+    {
+        let my_sinks: BTreeSet<usize> = mine
+            .iter()
+            .flat_map(|&bi| bindings[bi].input.sinks.iter().copied())
+            .collect();
+        for (bi, b) in bindings.iter().enumerate() {
+            let (Some(desired), None) = (&b.input.desired, &b.error) else {
+                continue;
+            };
+            if mine.contains(&bi)
+                || changes.contains_key(&b.input.key)
+                || !b.input.sinks.iter().any(|i| my_sinks.contains(i))
+            {
+                continue;
+            }
+            if obs.env.get(&b.input.key).is_some_and(|v| v != desired) {
+                changes.insert(b.input.key.clone(), desired.clone());
+                reasons.push(format!(
+                    "{} of binding {} (same sink) set too",
+                    b.input.key, b.input.id
+                ));
+            }
+        }
+    }
     if action != Action::None
         && let Ok(obs) = &t.observation
         && obs.shows_env_diff

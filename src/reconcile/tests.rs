@@ -399,9 +399,14 @@ async fn pass(
     }
     let mut tins = Vec::new();
     for (i, t) in targets.iter_mut().enumerate() {
-        let keys: Vec<String> = bindings
+        let my_sinks: Vec<usize> = bindings
             .iter()
             .filter(|b| b.targets.contains(&i))
+            .flat_map(|b| b.sinks.iter().copied())
+            .collect();
+        let keys: Vec<String> = bindings
+            .iter()
+            .filter(|b| b.targets.contains(&i) || b.sinks.iter().any(|s| my_sinks.contains(s)))
             .map(|b| b.key.clone())
             .collect();
         tins.push(TargetIn {
@@ -637,6 +642,54 @@ async fn a_container_reading_two_keys_is_recreated_once_with_both() {
     let (p, out) = pass(&b, &mut sinks, &mut targets, &mut j, false).await;
     assert!(!p.has_work() && !out.changed);
     assert_eq!((sinks[0].writes, targets[0].recreates.len()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_recreate_carries_the_other_bindings_keys_of_the_same_env() {
+    // One .env holds API_AUD and N8N_AUD; "api" targets the container, "n8n" targets nothing
+    // (or another container), but the container carries N8N_AUD through `env_file: .env`.
+    let mut env = MemSink::holding("x");
+    env.values = [
+        ("API_AUD".into(), "a0".into()),
+        ("N8N_AUD".into(), "n0".into()),
+    ]
+    .into();
+    // A sink of its own that the container does not read: its key is never set there.
+    let mut other = MemSink::holding("y");
+    other.values = [("OTHER_AUD".into(), "o0".into())].into();
+    let mut sinks = vec![env, other];
+    let mut targets = vec![MemTarget {
+        env: [
+            ("API_AUD".to_string(), "a0".to_string()),
+            ("N8N_AUD".to_string(), "n0".to_string()),
+            ("OTHER_AUD".to_string(), "o0".to_string()),
+        ]
+        .into(),
+        ..MemTarget::named("api")
+    }];
+    let b = vec![
+        binding("api", "API_AUD", Some("a1"), &[0], &[0]),
+        binding("n8n", "N8N_AUD", Some("n1"), &[0], &[]),
+        binding("other", "OTHER_AUD", Some("o1"), &[1], &[]),
+    ];
+    let mut j = MemJournal::default();
+    let (p, out) = pass(&b, &mut sinks, &mut targets, &mut j, false).await;
+    assert!(!out.failed, "{out:?}");
+    assert_eq!(targets[0].recreates.len(), 1, "acted on once");
+    assert_eq!(
+        targets[0].recreates[0],
+        [
+            ("API_AUD".to_string(), "a1".to_string()),
+            ("N8N_AUD".to_string(), "n1".to_string())
+        ]
+        .into(),
+        "the other binding's key of the same .env, not the key of another sink"
+    );
+    assert!(
+        p.targets[0].reason.contains("N8N_AUD of binding n8n"),
+        "{}",
+        p.targets[0].reason
+    );
 }
 
 #[tokio::test]

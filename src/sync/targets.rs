@@ -246,13 +246,22 @@ pub async fn resolve(
         mine.dedup();
         of_binding.push(mine);
     }
-    // The keys each container is asked about: those of every binding that targets it.
+    // The keys each container is asked about: those of every binding that targets it, and of
+    // every binding that writes one of those bindings' sinks (the container may carry them
+    // through `env_file`, and a recreate sets them too: reconcile's `target_step`).
     let keys_of = |i: usize| -> Vec<String> {
-        let mut k: Vec<String> = cfg
+        let sinks: Vec<&crate::config::BindingSink> = cfg
             .bindings
             .iter()
             .zip(&of_binding)
             .filter(|(_, t)| t.contains(&i))
+            .flat_map(|(b, _)| &b.sinks)
+            .collect();
+        let mut k: Vec<String> = cfg
+            .bindings
+            .iter()
+            .zip(&of_binding)
+            .filter(|(b, t)| t.contains(&i) || b.sinks.iter().any(|s| sinks.contains(&s)))
             .map(|(b, _)| b.key.clone())
             .collect();
         k.sort();
