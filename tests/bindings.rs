@@ -291,6 +291,46 @@ fn request_counts(n: usize, apps: usize) -> (u64, u64, u64) {
     )
 }
 
+/// A server that serves 20 applications a page whatever `per_page` asks: 120 applications are
+/// six pages, so a warm no-change pass over 3 bindings asks for each (3 requests), not for a
+/// six-page listing. The cold pass learns the size served.
+#[test]
+fn the_choice_of_a_listing_uses_the_page_size_the_server_served() {
+    let mut all: Vec<Value> = (0..117)
+        .map(|i| app(i + 10, &format!("other{i}.example.com"), &aud(9)))
+        .collect();
+    let hosts = ["h0.example.com", "h1.example.com", "h2.example.com"];
+    for (i, h) in hosts.iter().enumerate() {
+        all.push(app(1000 + i as u32, h, &aud(i as u8 + 1)));
+    }
+    let cf = FakeCloudflare::start(all);
+    cf.with(|s| s.page_cap = Some(20));
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    std::fs::write(sb.path("stack.env"), "").unwrap();
+    write_private(&sb, "audsync.toml", &stack_toml(&cf, &hosts));
+    let cold = sync(&sb, &[]);
+    assert_eq!(cold.code, 0, "{cold:?}");
+    assert_eq!(
+        cold.json()["requests"],
+        6,
+        "one listing of six pages: {cold:?}"
+    );
+    let n = cf.requests().len();
+    let warm = sync(&sb, &[]);
+    assert_eq!(warm.code, 0, "{warm:?}");
+    assert_eq!(warm.json()["status"], "in_sync");
+    assert_eq!(warm.json()["requests"], 3, "{warm:?}");
+    let reqs = cf.requests();
+    assert_eq!(
+        reqs.len() - n,
+        3,
+        "one request per binding: {:?}",
+        &reqs[n..]
+    );
+    assert!(reqs[n..].iter().all(|r| !r.query.contains_key("page")));
+}
+
 #[test]
 fn a_pass_over_many_bindings_never_lists_once_per_binding() {
     for (n, apps) in [(1usize, 0usize), (3, 0), (20, 0), (20, 130)] {

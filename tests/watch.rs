@@ -884,7 +884,11 @@ fn healthz_and_metrics_are_served_and_counters_move() {
 #[test]
 fn completions_and_man_into_a_closed_pipe_do_not_panic() {
     let sb = Sandbox::new();
-    for args in [&["completions", "zsh"][..], &["completions", "bash"], &["man"]] {
+    for args in [
+        &["completions", "zsh"][..],
+        &["completions", "bash"],
+        &["man"],
+    ] {
         // The read end is closed before the child starts: its first write gets EPIPE.
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);

@@ -243,8 +243,9 @@ impl Client {
     }
 
     /// Every application of the account, all pages (one listing serves every binding).
-    pub async fn all_apps(&self, account: &str) -> Result<Vec<AccessApp>, Error> {
-        self.list_all(&format!("/accounts/{account}/access/apps"), &[], PER_PAGE)
+    /// Also the page size the server served (see [`Client::list_all_sized`]).
+    pub async fn all_apps(&self, account: &str) -> Result<(Vec<AccessApp>, Option<u64>), Error> {
+        self.list_all_sized(&format!("/accounts/{account}/access/apps"), &[], PER_PAGE)
             .await
     }
 

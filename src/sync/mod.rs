@@ -224,7 +224,8 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     if (state.state.apps != before.apps
         || state.state.served != before.served
         || state.state.app != before.app
-        || state.state.app_count != before.app_count)
+        || state.state.app_count != before.app_count
+        || state.state.page_size != before.page_size)
         && let Err(e) = state.save()
     {
         tracing::warn!(error = %e, "cannot save the application cache");
