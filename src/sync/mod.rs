@@ -553,8 +553,9 @@ pub async fn command(
         },
         Err(e) => (Report::from_error(&e, dry_run), None),
     };
-    // `-q` keeps cron mail quiet: the text report is printed only when something happened.
-    if !(quiet && output == Output::Text && report.status == Status::InSync) {
+    // `-q` keeps cron mail quiet: nothing on success (a notification tells of a change), the
+    // report when the pass failed or waits. JSON was asked for by a tool: always printed.
+    if !(quiet && output == Output::Text && report.exit_code == crate::exit::OK) {
         print(&report, output);
     }
     if let Some(e) = &report.error {
