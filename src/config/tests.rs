@@ -456,3 +456,38 @@ fn config_command_for_a_flag_only_run() {
     assert!(!text.contains("tok-SECRET"), "{text}");
     insta::assert_snapshot!(text);
 }
+
+#[test]
+fn config_output_json_is_one_object_with_secrets_redacted() {
+    let d = Dir::new();
+    d.write("cf-token", "tok-SECRET\n");
+    let cfg = stack(&d, "");
+    let text = snapshot_text(
+        &d,
+        &["config", "--config", &cfg, "--output", "json"],
+        &[
+            ("CLOUDFLARE_API_TOKEN", "tok-SECRET"),
+            ("INFISICAL_CLIENT_SECRET", "inf-SECRET"),
+        ],
+    );
+    assert!(
+        !text.contains("tok-SECRET") && !text.contains("inf-SECRET"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["config_file"], "[DIR]/audsync.toml");
+    let values = v["values"].as_array().unwrap();
+    let get = |k: &str| values.iter().find(|e| e["key"] == k).cloned();
+    assert_eq!(
+        get("cloudflare.token").unwrap()["value"],
+        "[redacted]",
+        "{v}"
+    );
+    assert_eq!(
+        get("infisical.client_secret").unwrap()["origin"],
+        "env:INFISICAL_CLIENT_SECRET"
+    );
+    let sinks = get("binding[1].sinks").unwrap();
+    assert_eq!(sinks["value"][0]["env"], "[DIR]/stack.env", "{sinks}");
+    assert_eq!(sinks["origin"], "file:[DIR]/audsync.toml:7");
+}
