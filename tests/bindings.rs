@@ -475,6 +475,26 @@ fn get_reads_the_binding_from_the_config_file() {
 }
 
 #[test]
+fn get_domain_also_takes_a_bindings_name() {
+    let cf = FakeCloudflare::start(vec![
+        app(1, "api.example.com", &aud(1)),
+        app(2, "n8n.example.com", &aud(2)),
+    ]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    let toml = stack_toml(&cf, &["api.example.com", "n8n.example.com"]).replace(
+        "domain = \"n8n.example.com\"",
+        "name = \"workflows\"\ndomain = \"n8n.example.com\"",
+    );
+    write_private(&sb, "audsync.toml", &toml);
+    let r = run(sb.cmd().args(["get", "--domain", "workflows"]));
+    assert_eq!((r.code, r.stdout.trim()), (0, aud(2).as_str()), "{r:?}");
+    // A host still picks by host.
+    let r = run(sb.cmd().args(["get", "--domain", "api.example.com"]));
+    assert_eq!((r.code, r.stdout.trim()), (0, aud(1).as_str()), "{r:?}");
+}
+
+#[test]
 fn config_command_reports_missing_credentials() {
     let sb = Sandbox::new();
     write_private(

@@ -515,10 +515,20 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
         _ => return Ok(()),
     };
     let want_host = domain
+        .clone()
         .filter(|_| set("domain"))
         .map(|d| crate::cloudflare::apps::host_of(&d));
     let want_app = app_id.filter(|_| set("app_id"));
-    let candidates: Vec<&FileBinding> = file
+    // `--domain NAME` may also name a binding by its `name` (when no binding's host is NAME).
+    let by_name: Vec<&FileBinding> = match (&domain, set("domain"), &want_app) {
+        (Some(d), true, None) => file
+            .bindings
+            .iter()
+            .filter(|b| b.get("name").is_some_and(|n| n.value == *d))
+            .collect(),
+        _ => vec![],
+    };
+    let by_host: Vec<&FileBinding> = file
         .bindings
         .iter()
         .filter(|b| {
@@ -537,6 +547,8 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
             }
         })
         .collect();
+    let named = by_host.is_empty() && !by_name.is_empty();
+    let candidates = if named { by_name } else { by_host };
     let b = match candidates.as_slice() {
         [one] => *one,
         [] if want_host.is_some() || want_app.is_some() => return Ok(()),
@@ -598,7 +610,7 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
     let origins = p.origins.clone();
     let unset = |id: &str| !overridden(&origins, id);
     let fill_source = |s: &mut crate::cli::SourceArgs| {
-        if unset("domain") && unset("app_id") {
+        if (unset("domain") && unset("app_id")) || named {
             s.domain = field("domain");
             s.app_id = field("app_id");
         }
