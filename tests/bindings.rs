@@ -539,3 +539,45 @@ fn setup_takes_its_binding_and_its_lock_and_state_from_the_config_file() {
     );
     assert!(!sb.path("stack.env.audsync-state.json").exists());
 }
+
+/// A `.env` that does not exist, written by two bindings: the failure is said once, and no
+/// report line shows an empty field.
+#[test]
+fn a_missing_env_file_is_reported_once_with_no_empty_fields() {
+    let cf = FakeCloudflare::start(vec![
+        app(1, "api.example.com", &aud(1)),
+        app(2, "n8n.example.com", &aud(2)),
+    ]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    write_private(
+        &sb,
+        "audsync.toml",
+        &stack_toml(&cf, &["api.example.com", "n8n.example.com"]),
+    );
+    let r = run(sb.cmd().args(["sync", "--restart", "none"]));
+    assert_eq!(r.code, 1, "{r:?}");
+    // Once in the report, once in the error line on stderr; not once per binding and sink.
+    assert_eq!(r.stdout.matches("does not exist").count(), 1, "{r:?}");
+    assert_eq!(r.stderr.matches("does not exist").count(), 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("bindings api.example.com, n8n.example.com: sink env "),
+        "{r:?}"
+    );
+    for empty in ["()", ": (unchanged)", "(unchanged) [failed]", "[]", ": : "] {
+        assert!(!r.stdout.contains(empty), "{empty:?} in {r:?}");
+    }
+    assert!(r.stdout.contains("AUD_0 [failed]"), "{r:?}");
+    // JSON says it once too.
+    let j = sync(&sb, &["--restart", "none"]).json();
+    assert_eq!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .matches("does not exist")
+            .count(),
+        1,
+        "{j}"
+    );
+}
