@@ -581,3 +581,47 @@ fn a_missing_env_file_is_reported_once_with_no_empty_fields() {
         "{j}"
     );
 }
+
+/// Every bad value at its own line in one go, allowed values listed; a short enumerated word is
+/// quoted, free text never; a file-wide setting's problem once, not once per binding.
+#[test]
+fn validation_names_each_bad_value_at_its_line_with_the_allowed_values() {
+    let sb = Sandbox::new();
+    write_private(
+        &sb,
+        "audsync.toml",
+        "restart = \"recreat\"\nwrite_mode = \"in place please\"\ntimeout = \"tok-SECRET-1\"\n\n[cloudflare]\naccount_id = \"acc-SECRET-2\"\ntoken = \"x\"\n\n[[binding]]\ndomain = \"a.example.com\"\nrestart = \"sometimes\"\nsinks = [{ env = \"a.env\" }]\n\n[[binding]]\ndomain = \"b.example.com\"\nsinks = [{ env = \"b.env\" }]\n",
+    );
+    let r = run(sb.cmd().args(["config"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    for want in [
+        "audsync.toml:1: `restart` = \"recreat\" is not one of: auto, restart, recreate, rollout, none",
+        "audsync.toml:2: `write_mode` must be one of: atomic, in-place",
+        "audsync.toml:3: `timeout` is not a valid DURATION",
+    ] {
+        assert!(r.stderr.contains(want), "missing {want:?}: {r:?}");
+    }
+    assert!(!r.stderr.contains("SECRET"), "{r:?}");
+    // With the settings fixed: the account id once at its line, the binding's restart at its.
+    let fixed = std::fs::read_to_string(sb.path("audsync.toml"))
+        .unwrap()
+        .lines()
+        .skip(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    write_private(&sb, "audsync.toml", &fixed);
+    let r = run(sb.cmd().args(["config"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(
+        r.stderr.matches("is not a Cloudflare id").count(),
+        1,
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("audsync.toml:3: --account-id"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("audsync.toml:8: binding 1: `restart` = \"sometimes\" is not one of: auto"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("SECRET"), "{r:?}");
+}

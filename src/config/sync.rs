@@ -332,7 +332,34 @@ fn file_bindings(
                 }
                 out.push(b);
             }
-            Err(errs) => problems.extend(errs.into_iter().map(|e| format!("{at}: {e}"))),
+            Err(errs) => {
+                for e in errs {
+                    // A problem of a file-wide setting (the account id) is shown once, at the
+                    // setting's line, not once per binding.
+                    let setting = f.settings.iter().find(|(var, _)| {
+                        e.contains(&format!(" {var} ")) || e.contains(&format!(" {var}:"))
+                    });
+                    if let Some((_, at_setting)) = setting {
+                        let m = format!("{shown}:{}: {e}", at_setting.line);
+                        if !problems.contains(&m) {
+                            problems.push(m);
+                        }
+                        continue;
+                    }
+                    // A problem that knows its line (`line N: …`) is shown at it.
+                    let m = match e
+                        .strip_prefix("line ")
+                        .and_then(|r| r.split_once(": "))
+                        .and_then(|(l, rest)| Some((l.parse::<usize>().ok()?, rest)))
+                    {
+                        Some((line, rest)) => {
+                            format!("{shown}:{line}: binding {}: {rest}", n + 1)
+                        }
+                        None => format!("{at}: {e}"),
+                    };
+                    problems.push(m);
+                }
+            }
         }
     }
     if pick_domain.is_some() || pick_app.is_some() {
@@ -396,7 +423,19 @@ fn file_binding(
         (None, Some(r)) => match <crate::cli::RestartMode as clap::ValueEnum>::from_str(r, false) {
             Ok(m) => m.into(),
             Err(_) => {
-                errs.push("restart must be one of auto, restart, recreate, rollout, none".into());
+                let line = fb.get("restart").map_or(fb.line, |r| r.line);
+                // A short word is quoted (a typo to spot); anything else is not shown.
+                let shown = if r.len() <= 20
+                    && r.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    format!(" = {r:?}")
+                } else {
+                    String::new()
+                };
+                errs.push(format!(
+                    "line {line}: `restart`{shown} is not one of: auto, restart, recreate, rollout, none"
+                ));
                 a.restart.into()
             }
         },

@@ -310,7 +310,7 @@ fn every_problem_of_the_file_is_listed_at_once() {
     let e = e.to_string();
     for want in [
         "binding 3: key \"1X\" is not a variable name",
-        "binding 3: restart must be one of",
+        "audsync.toml:21: binding 3: `restart` = \"sometimes\" is not one of: auto",
         "binding 3: --domain \"bad host\" is not a host name",
         "binding 4: another binding already writes API_AUD to",
     ] {
