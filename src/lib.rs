@@ -135,11 +135,22 @@ async fn run_command(parsed: Parsed) -> u8 {
         }
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(args.shell, &mut cmd, "audsync", &mut std::io::stdout());
-            exit::OK
+            // Into a buffer first: clap_complete panics when a write fails, and a reader that
+            // stops early (`| head -1`) closes the pipe.
+            let mut buf = Vec::new();
+            clap_complete::generate(args.shell, &mut cmd, "audsync", &mut buf);
+            match write_stdout(&buf) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: cannot write the completions: {e}");
+                    exit::FAILURE
+                }
+            }
         }
         Command::Man(args) => match man(args.out_dir.as_deref()) {
             Ok(()) => exit::OK,
+            // `audsync man | head`: the reader had enough.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
             Err(e) => {
                 eprintln!("error: cannot write the man page: {e}");
                 exit::FAILURE
@@ -155,6 +166,16 @@ async fn run_command(parsed: Parsed) -> u8 {
                 e.exit_code()
             }
         },
+    }
+}
+
+/// Write `bytes` to stdout; a reader that went away (EPIPE) is no error.
+fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 

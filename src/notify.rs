@@ -235,8 +235,15 @@ impl Message {
     }
 }
 
+/// The bindings the title names: those this pass changed, wrote, failed or left pending; a
+/// binding that was in sync is no news.
 fn ids(r: &Pass) -> String {
-    let v: Vec<&str> = r.bindings.iter().map(|b| b.id.as_str()).collect();
+    let v: Vec<&str> = r
+        .bindings
+        .iter()
+        .filter(|b| b.status != Status::InSync)
+        .map(|b| b.id.as_str())
+        .collect();
     match v.len() {
         0 => String::new(),
         1..=3 => format!(" ({})", v.join(", ")),
@@ -640,6 +647,30 @@ mod tests {
             let err = Endpoint::parse(bad).unwrap_err().to_string();
             assert!(!err.contains("/services/x") && !err.contains("/y"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_title_names_only_the_bindings_that_changed() {
+        let mut r = report(Status::Changed);
+        r.wrote = true;
+        for (id, st) in [
+            ("api", Status::InSync),
+            ("n8n", Status::Changed),
+            ("grafana", Status::InSync),
+            ("wiki", Status::InSync),
+        ] {
+            r.bindings.push(BindingPass {
+                id: id.into(),
+                key: "AUD".into(),
+                previous: None,
+                aud: None,
+                status: st,
+                error: None,
+                wrote: st == Status::Changed,
+            });
+        }
+        let m = message(Event::Changed, &r, "host1", &Context::default());
+        assert_eq!(m.title, "[host1] AUD changed (n8n)");
     }
 
     fn report(status: Status) -> Pass {

@@ -111,9 +111,15 @@ pub async fn fetch_all(
         Selector::AppId(_) => true,
         Selector::Host(h) => state.cached_app(h).is_some(),
     };
+    // What a listing costs: the page size the server served last time, not the one asked for
+    // (a server that caps pages at 20 makes 120 applications six pages).
+    let served = state
+        .page_size
+        .filter(|&n| n > 0)
+        .unwrap_or(u64::from(apps::PER_PAGE));
     let pages = state
         .app_count
-        .map(|n| n.div_ceil(u64::from(apps::PER_PAGE)).max(1))
+        .map(|n| n.div_ceil(served).max(1))
         .unwrap_or(1);
     let singles =
         api.len() <= 1 || (api.iter().all(|&i| warm(cfgs[i])) && api.len() as u64 <= pages);
@@ -154,7 +160,7 @@ async fn list_and_match(
             }
         },
     };
-    let all = match client.all_apps(&account).await {
+    let (all, served) = match client.all_apps(&account).await {
         Ok(a) => a,
         Err(e) => {
             let msg = e.to_string();
@@ -166,6 +172,9 @@ async fn list_and_match(
         }
     };
     state.app_count = Some(all.len() as u64);
+    if served.is_some() {
+        state.page_size = served;
+    }
     for &i in api {
         let found = match &cfgs[i].selector {
             Selector::AppId(id) => all

@@ -58,6 +58,10 @@ pub struct State {
     /// asks for each cached application or lists them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) app_count: Option<u64>,
+    /// The page size the server served at that listing (it may cap the `per_page` asked for):
+    /// what a listing costs in requests. Absent: the size asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) page_size: Option<u64>,
     /// The values each container last ran with after a pass (restarted, recreated, or found in
     /// sync), by key. A container whose value here differs from the desired one is owed an
     /// action even when this run wrote nothing: the sink was changed by someone else (another

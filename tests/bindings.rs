@@ -291,6 +291,46 @@ fn request_counts(n: usize, apps: usize) -> (u64, u64, u64) {
     )
 }
 
+/// A server that serves 20 applications a page whatever `per_page` asks: 120 applications are
+/// six pages, so a warm no-change pass over 3 bindings asks for each (3 requests), not for a
+/// six-page listing. The cold pass learns the size served.
+#[test]
+fn the_choice_of_a_listing_uses_the_page_size_the_server_served() {
+    let mut all: Vec<Value> = (0..117)
+        .map(|i| app(i + 10, &format!("other{i}.example.com"), &aud(9)))
+        .collect();
+    let hosts = ["h0.example.com", "h1.example.com", "h2.example.com"];
+    for (i, h) in hosts.iter().enumerate() {
+        all.push(app(1000 + i as u32, h, &aud(i as u8 + 1)));
+    }
+    let cf = FakeCloudflare::start(all);
+    cf.with(|s| s.page_cap = Some(20));
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    std::fs::write(sb.path("stack.env"), "").unwrap();
+    write_private(&sb, "audsync.toml", &stack_toml(&cf, &hosts));
+    let cold = sync(&sb, &[]);
+    assert_eq!(cold.code, 0, "{cold:?}");
+    assert_eq!(
+        cold.json()["requests"],
+        6,
+        "one listing of six pages: {cold:?}"
+    );
+    let n = cf.requests().len();
+    let warm = sync(&sb, &[]);
+    assert_eq!(warm.code, 0, "{warm:?}");
+    assert_eq!(warm.json()["status"], "in_sync");
+    assert_eq!(warm.json()["requests"], 3, "{warm:?}");
+    let reqs = cf.requests();
+    assert_eq!(
+        reqs.len() - n,
+        3,
+        "one request per binding: {:?}",
+        &reqs[n..]
+    );
+    assert!(reqs[n..].iter().all(|r| !r.query.contains_key("page")));
+}
+
 #[test]
 fn a_pass_over_many_bindings_never_lists_once_per_binding() {
     for (n, apps) in [(1usize, 0usize), (3, 0), (20, 0), (20, 130)] {
@@ -435,6 +475,26 @@ fn get_reads_the_binding_from_the_config_file() {
 }
 
 #[test]
+fn get_domain_also_takes_a_bindings_name() {
+    let cf = FakeCloudflare::start(vec![
+        app(1, "api.example.com", &aud(1)),
+        app(2, "n8n.example.com", &aud(2)),
+    ]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    let toml = stack_toml(&cf, &["api.example.com", "n8n.example.com"]).replace(
+        "domain = \"n8n.example.com\"",
+        "name = \"workflows\"\ndomain = \"n8n.example.com\"",
+    );
+    write_private(&sb, "audsync.toml", &toml);
+    let r = run(sb.cmd().args(["get", "--domain", "workflows"]));
+    assert_eq!((r.code, r.stdout.trim()), (0, aud(2).as_str()), "{r:?}");
+    // A host still picks by host.
+    let r = run(sb.cmd().args(["get", "--domain", "api.example.com"]));
+    assert_eq!((r.code, r.stdout.trim()), (0, aud(1).as_str()), "{r:?}");
+}
+
+#[test]
 fn config_command_reports_missing_credentials() {
     let sb = Sandbox::new();
     write_private(
@@ -478,4 +538,90 @@ fn setup_takes_its_binding_and_its_lock_and_state_from_the_config_file() {
         "the config's state file"
     );
     assert!(!sb.path("stack.env.audsync-state.json").exists());
+}
+
+/// A `.env` that does not exist, written by two bindings: the failure is said once, and no
+/// report line shows an empty field.
+#[test]
+fn a_missing_env_file_is_reported_once_with_no_empty_fields() {
+    let cf = FakeCloudflare::start(vec![
+        app(1, "api.example.com", &aud(1)),
+        app(2, "n8n.example.com", &aud(2)),
+    ]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", crate::support::cloudflare::TOKEN);
+    write_private(
+        &sb,
+        "audsync.toml",
+        &stack_toml(&cf, &["api.example.com", "n8n.example.com"]),
+    );
+    let r = run(sb.cmd().args(["sync", "--restart", "none"]));
+    assert_eq!(r.code, 1, "{r:?}");
+    // Once in the report, once in the error line on stderr; not once per binding and sink.
+    assert_eq!(r.stdout.matches("does not exist").count(), 1, "{r:?}");
+    assert_eq!(r.stderr.matches("does not exist").count(), 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("bindings api.example.com, n8n.example.com: sink env "),
+        "{r:?}"
+    );
+    for empty in ["()", ": (unchanged)", "(unchanged) [failed]", "[]", ": : "] {
+        assert!(!r.stdout.contains(empty), "{empty:?} in {r:?}");
+    }
+    assert!(r.stdout.contains("AUD_0 [failed]"), "{r:?}");
+    // JSON says it once too.
+    let j = sync(&sb, &["--restart", "none"]).json();
+    assert_eq!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .matches("does not exist")
+            .count(),
+        1,
+        "{j}"
+    );
+}
+
+/// Every bad value at its own line in one go, allowed values listed; a short enumerated word is
+/// quoted, free text never; a file-wide setting's problem once, not once per binding.
+#[test]
+fn validation_names_each_bad_value_at_its_line_with_the_allowed_values() {
+    let sb = Sandbox::new();
+    write_private(
+        &sb,
+        "audsync.toml",
+        "restart = \"recreat\"\nwrite_mode = \"in place please\"\ntimeout = \"tok-SECRET-1\"\n\n[cloudflare]\naccount_id = \"acc-SECRET-2\"\ntoken = \"x\"\n\n[[binding]]\ndomain = \"a.example.com\"\nrestart = \"sometimes\"\nsinks = [{ env = \"a.env\" }]\n\n[[binding]]\ndomain = \"b.example.com\"\nsinks = [{ env = \"b.env\" }]\n",
+    );
+    let r = run(sb.cmd().args(["config"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    for want in [
+        "audsync.toml:1: `restart` = \"recreat\" is not one of: auto, restart, recreate, rollout, none",
+        "audsync.toml:2: `write_mode` must be one of: atomic, in-place",
+        "audsync.toml:3: `timeout` is not a valid DURATION",
+    ] {
+        assert!(r.stderr.contains(want), "missing {want:?}: {r:?}");
+    }
+    assert!(!r.stderr.contains("SECRET"), "{r:?}");
+    // With the settings fixed: the account id once at its line, the binding's restart at its.
+    let fixed = std::fs::read_to_string(sb.path("audsync.toml"))
+        .unwrap()
+        .lines()
+        .skip(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    write_private(&sb, "audsync.toml", &fixed);
+    let r = run(sb.cmd().args(["config"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(
+        r.stderr.matches("is not a Cloudflare id").count(),
+        1,
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("audsync.toml:3: --account-id"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("audsync.toml:8: binding 1: `restart` = \"sometimes\" is not one of: auto"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("SECRET"), "{r:?}");
 }

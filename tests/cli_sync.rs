@@ -647,14 +647,22 @@ fn help_documents_precedence_and_exit_codes() {
 }
 
 #[test]
-fn quiet_in_sync_run_prints_nothing_but_a_change_is_reported() {
-    let (_cf, sb) = setup();
+fn quiet_prints_nothing_on_success_and_the_report_on_failure() {
+    let (cf, sb) = setup();
+    // A change that succeeded is a success too: nothing printed.
     let r = sync(&sb, &["-q"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(
-        r.stdout.contains("written, not applied"),
-        "a change is always reported: {r:?}"
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (0, "", ""),
+        "{r:?}"
     );
+    assert!(sb.read_env().contains(&aud(2)), "the change was made");
+    // A dry run with work to do exits 3: the plan is printed.
+    cf.set_aud(1, &aud(5));
+    let r = sync(&sb, &["-q", "--dry-run"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stdout.contains("dry run"), "{r:?}");
+    cf.set_aud(1, &aud(2));
     let r = sync(&sb, &["-q"]);
     assert_eq!(
         (r.code, r.stdout.as_str(), r.stderr.as_str()),

@@ -537,7 +537,11 @@ fn post_sync_is_not_found_without_a_token() {
     let (mut w, addr) = start_listening(&sb, &watch_args());
     w.expect("the first pass", LIMIT, |_| passes(&addr) >= 1.0);
     assert_eq!(post_sync(&addr, Some(TRIGGER)).0, 404);
-    assert_eq!(post_sync(&addr, None).0, 404);
+    let (code, body) = post_sync(&addr, None);
+    assert_eq!(code, 404);
+    // One line that says how to turn the route on.
+    assert_eq!(body.lines().count(), 1, "{body:?}");
+    assert!(body.contains("AUDSYNC_TRIGGER_TOKEN"), "{body:?}");
     w.signal("TERM");
     assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
 }
@@ -625,6 +629,7 @@ fn on_a_pty(sb: &Sandbox, args: &[&str]) -> (i32, String) {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(sb.vars.iter().map(|(k, v)| (k, v)))
+        .env("AUDSYNC_LOCK_DIR", sb.locks.path())
         .env("TERM", "xterm-256color")
         .current_dir(sb.dir())
         .stdin(std::process::Stdio::null())

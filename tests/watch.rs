@@ -880,6 +880,32 @@ fn healthz_and_metrics_are_served_and_counters_move() {
 
 // ---- completions and man ----
 
+/// `audsync completions zsh | head -1`, `audsync man | head`: a reader that closed the pipe is
+/// no panic and no error.
+#[test]
+fn completions_and_man_into_a_closed_pipe_do_not_panic() {
+    let sb = Sandbox::new();
+    for args in [
+        &["completions", "zsh"][..],
+        &["completions", "bash"],
+        &["man"],
+    ] {
+        // The read end is closed before the child starts: its first write gets EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(assert_cmd::cargo::cargo_bin("audsync"))
+            .args(args)
+            .env_clear()
+            .current_dir(sb.dir())
+            .stdout(Stdio::from(writer))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn completions_and_man_page_mention_the_subcommands() {
     let sb = Sandbox::new();

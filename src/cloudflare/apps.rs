@@ -295,8 +295,9 @@ impl Client {
     }
 
     /// Every application of the account, all pages (one listing serves every binding).
-    pub async fn all_apps(&self, account: &str) -> Result<Vec<AccessApp>, Error> {
-        self.list_all(
+    /// Also the page size the server served (see [`Client::list_all_sized`]).
+    pub async fn all_apps(&self, account: &str) -> Result<(Vec<AccessApp>, Option<u64>), Error> {
+        self.list_all_sized(
             &format!("/accounts/{}/access/apps", super::seg(account)),
             &[],
             PER_PAGE,

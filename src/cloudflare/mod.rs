@@ -399,22 +399,46 @@ impl Client {
         query: &[(&str, String)],
         per_page: u32,
     ) -> Result<Vec<T>, Error> {
+        Ok(self.list_all_sized(path, query, per_page).await?.0)
+    }
+
+    /// [`Client::list_all`], with the page size the server actually served (its
+    /// `result_info.per_page`, else the size of a full first page that was followed by more),
+    /// which may be smaller than the `per_page` asked for: a server may cap it.
+    pub async fn list_all_sized<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        per_page: u32,
+    ) -> Result<(Vec<T>, Option<u64>), Error> {
         let mut all = Vec::new();
         let mut page: u32 = 1;
         let mut bound = MAX_PAGES;
+        let mut served = None;
         loop {
             let p: Page<T> = self.page(path, query, page, per_page).await?;
             let n = p.items.len() + p.skipped;
             all.extend(p.items);
             if page == 1 {
                 bound = page_bound(&p.info, per_page);
+                served = p.info.per_page.filter(|&s| s > 0);
             }
+            // Without `total_pages`, a page shorter than the size served is the last one.
+            let size = p
+                .info
+                .per_page
+                .filter(|&s| s > 0)
+                .unwrap_or(u64::from(per_page));
             let last = match p.info.total_pages {
                 Some(total) => u64::from(page) >= total,
-                None => n < per_page as usize,
+                None => (n as u64) < size,
             };
             if n == 0 || last {
-                return Ok(all);
+                if served.is_none() && page > 1 {
+                    // Pages went on after the first: its length was the size served.
+                    served = Some(size);
+                }
+                return Ok((all, served));
             }
             if page >= bound {
                 return Err(Error::Malformed {
@@ -721,6 +745,29 @@ mod tests {
         assert!(res.is_err(), "{res:?}");
         let n = seen.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(n, MAX_PAGES as usize);
+    }
+
+    /// A server that caps pages at 2 (asked for 50) and says so in `result_info.per_page`, without
+    /// `total_pages`: a page of 2 is not the last one; the size served is returned.
+    #[tokio::test]
+    async fn a_capped_page_size_without_total_pages_reads_every_page() {
+        let (url, seen) = pages(|page| {
+            let items = if page < 3 {
+                format!(r#"{{"id":"a{page}"}},{{"id":"b{page}"}}"#)
+            } else {
+                r#"{"id":"last"}"#.to_string()
+            };
+            format!(
+                r#"{{"success":true,"errors":[],"messages":[],"result":[{items}],"result_info":{{"page":{page},"per_page":2}}}}"#
+            )
+        });
+        let (items, served) = client(&url)
+            .list_all_sized::<Value>("/accounts", &[], 50)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 5);
+        assert_eq!(served, Some(2));
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     /// An item without `id` is skipped (with a warning), the rest of the page is kept.

@@ -273,18 +273,21 @@ pub fn parse(
     let shown = path.display().to_string();
     let lines = LineIndex::new(text);
     let (doc, errors) = DeTable::parse_recoverable(text);
-    let mut problems: Vec<String> = errors
-        .iter()
-        .map(|e| {
-            let line = e.span().map(|s| lines.line(s.start)).unwrap_or(0);
-            // The parser's message names the syntax rule only; its Display would quote the
-            // line, which may hold a secret.
-            format!("{shown}:{line}: TOML syntax error: {}", e.message())
-        })
-        .collect();
-    if !problems.is_empty() {
-        return Err(problems);
+    // The first error only: the parser's recovery turns one mistake (an unclosed quote) into a
+    // cascade of errors on the lines after it, which point nowhere useful.
+    if let Some(e) = errors.first() {
+        let (line, col) = e
+            .span()
+            .map(|s| lines.mistake_at(text, s.start))
+            .unwrap_or((0, 0));
+        // The parser's message names the syntax rule only; its Display would quote the line,
+        // which may hold a secret.
+        return Err(vec![format!(
+            "{shown}:{line}:{col}: TOML syntax error: {}",
+            e.message()
+        )]);
     }
+    let mut problems: Vec<String> = Vec::new();
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut cfg = FileConfig {
         path: path.to_path_buf(),
@@ -526,6 +529,33 @@ impl LineIndex {
             Err(i) => i,
         }
     }
+
+    /// Where the mistake behind a syntax error at `offset` is: an error found at the start of a
+    /// line (the next key after `sinks = [{ env = ".env" }` with no `]`) belongs to the end of
+    /// the last line before it that holds anything.
+    fn mistake_at(&self, text: &str, offset: usize) -> (usize, usize) {
+        let (line, col) = self.line_col(text, offset);
+        let start = self.0.get(line.saturating_sub(1)).copied().unwrap_or(0);
+        let before = text.get(start..offset.min(text.len())).unwrap_or("");
+        if !before.trim().is_empty() || line <= 1 {
+            return (line, col);
+        }
+        let prev = text.get(..start).unwrap_or("").trim_end();
+        if prev.is_empty() {
+            return (line, col);
+        }
+        self.line_col(text, prev.len())
+    }
+
+    /// Byte offset -> 1-based (line, column in characters).
+    fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let line = self.line(offset);
+        let start = self.0.get(line.saturating_sub(1)).copied().unwrap_or(0);
+        let col = text
+            .get(start..offset.min(text.len()))
+            .map_or(0, |s| s.chars().count());
+        (line, col + 1)
+    }
 }
 
 #[cfg(test)]
@@ -651,10 +681,31 @@ sinks = [{ env = "/srv/n8n/.env" }]
     }
 
     #[test]
+    fn a_syntax_error_is_one_message_at_the_line_and_column_of_the_mistake() {
+        // An unclosed string on line 2; the lines after it are fine.
+        let doc = "timeout = \"10s\"\nlisten = \"127.0.0.1:9\nsettle = \"3s\"\n[cloudflare]\naccount_id = \"abc\"\n";
+        let p = parse(doc, Path::new("a.toml"), Ok(())).unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("a.toml:2:"), "{p:?}");
+        // A bare word where a value belongs: line 3, column 9.
+        let doc = "[cloudflare]\naccount_id = \"abc\"\ntoken = cf-bare\n";
+        let p = parse(doc, Path::new("a.toml"), Ok(())).unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("a.toml:3:9: TOML syntax error"), "{p:?}");
+        // An array left open: the parser stumbles on the next line, five times over; the
+        // mistake is the end of line 3.
+        let doc = "[[binding]]\ndomain = \"a.example.com\"\nsinks = [{ env = \".env\" }\n\ntargets = []\n";
+        let p = parse(doc, Path::new("a.toml"), Ok(())).unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("a.toml:3:26: TOML syntax error"), "{p:?}");
+    }
+
+    #[test]
     fn a_syntax_error_names_the_line_not_the_text() {
         let doc = "[cloudflare]\ntoken = \"cf-SECRET-unclosed\nemail = \"a@b.c\"\n";
         let p = parse(doc, Path::new("a.toml"), Ok(())).unwrap_err();
         assert!(p.iter().all(|m| !m.contains("cf-SECRET")), "{p:?}");
-        assert!(p[0].starts_with("a.toml:2: TOML syntax error"), "{p:?}");
+        assert!(p[0].starts_with("a.toml:2:"), "{p:?}");
+        assert!(p[0].contains(": TOML syntax error"), "{p:?}");
     }
 }

@@ -94,13 +94,17 @@ where
         p.is_file().then(|| p.to_path_buf())
     });
     let file = match &config_path {
-        Some(p) => Some(file::load(p).map_err(|problems| {
-            ParseError::Config(Error::usage(format!(
-                "{} does not validate:\n  {}",
-                p.display(),
-                problems.join("\n  ")
-            )))
-        })?),
+        Some(p) => Some(
+            file::load(p)
+                .and_then(check_file_values)
+                .map_err(|problems| {
+                    ParseError::Config(Error::usage(format!(
+                        "{} does not validate:\n  {}",
+                        p.display(),
+                        problems.join("\n  ")
+                    )))
+                })?,
+        ),
         None => None,
     };
     // The .env file is read for settings as it always was, unless a config file is used: then
@@ -165,6 +169,80 @@ fn layered_all(cmd: clap::Command, env: &Env) -> clap::Command {
         cmd = cmd.mut_subcommand(n, |sc| layered(sc, env));
     }
     cmd
+}
+
+/// Every setting of the file checked against its option's parser at once, each at its line,
+/// before clap would stop at the first. An enumerated setting names the allowed values and
+/// quotes a short bad word (`restart = "recreat"`); free text is never quoted (it may be a
+/// secret typed into the wrong setting).
+fn check_file_values(f: file::FileConfig) -> Result<file::FileConfig, Vec<String>> {
+    let cmd = Cli::command();
+    let args: Vec<&clap::Arg> = cmd
+        .get_subcommands()
+        .flat_map(|s| s.get_arguments())
+        .chain(cmd.get_arguments())
+        .collect();
+    let mut problems = Vec::new();
+    for (var, at) in &f.settings {
+        let Some(arg) = args
+            .iter()
+            .find(|a| env_name(a).as_deref() == Some(var.as_str()))
+        else {
+            continue;
+        };
+        let values: Vec<&str> = match arg.get_value_delimiter() {
+            Some(d) => at.value.split(d).map(str::trim).collect(),
+            None => vec![at.value.as_str()],
+        };
+        // The option's own parser, alone on a scratch command (its relations to other options
+        // do not matter here).
+        let probe = clap::Command::new("probe").no_binary_name(true).arg(
+            clap::Arg::new("v")
+                .long("v")
+                .value_parser(arg.get_value_parser().clone()),
+        );
+        let bad = values.iter().find(|v| {
+            probe
+                .clone()
+                .try_get_matches_from([format!("--v={v}")])
+                .is_err()
+        });
+        let Some(bad) = bad else { continue };
+        let key = file::SETTINGS
+            .iter()
+            .find(|(_, v, _)| v == var)
+            .map_or(var.as_str(), |(k, _, _)| k);
+        let allowed: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|p| !p.is_hide_set())
+            .map(|p| p.get_name().to_string())
+            .collect();
+        let short_word = bad.len() <= 20
+            && bad
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let msg = match (allowed.is_empty(), short_word) {
+            (false, true) => format!("`{key}` = {bad:?} is not one of: {}", allowed.join(", ")),
+            (false, false) => format!("`{key}` must be one of: {}", allowed.join(", ")),
+            (true, _) => {
+                let what = arg
+                    .get_value_names()
+                    .and_then(|n| n.first())
+                    .map_or("value".to_string(), |n| n.to_string());
+                format!(
+                    "`{key}` is not a valid {what} (see `audsync help sync` for {})",
+                    arg.get_long().map_or(String::new(), |l| format!("--{l}"))
+                )
+            }
+        };
+        problems.push((at.line, format!("{}:{}: {msg}", f.path.display(), at.line)));
+    }
+    if problems.is_empty() {
+        return Ok(f);
+    }
+    problems.sort();
+    Err(problems.into_iter().map(|(_, m)| m).collect())
 }
 
 /// The variable an option reads, from its clap definition (`env = "…"`).
@@ -475,7 +553,8 @@ pub fn validate_id(flag: &str, id: &str) -> Result<String, Error> {
         Ok(id.to_ascii_lowercase())
     } else {
         Err(Error::usage(format!(
-            "{flag} {id:?} is not a Cloudflare id (32 hex digits, dashes allowed)"
+            // The value is not repeated: free text may be a secret pasted into the wrong place.
+            "{flag} is not a Cloudflare id (32 hex digits, dashes allowed)"
         )))
     }
 }

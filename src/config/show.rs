@@ -2,7 +2,7 @@
 //! where it came from (like `git config --show-origin`), secrets redacted. Validation problems
 //! are all listed and exit 2; nothing is contacted.
 
-use std::fmt::Write;
+use serde_json::{Value, json};
 
 use super::file::{Kind, SETTINGS};
 use super::{Env, Origin, Parsed, SyncConfig};
@@ -25,14 +25,7 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
         )
     };
     let cfg = SyncConfig::build(&args.watch.sync, &env, p.file.as_ref(), &p.origins)?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# effective configuration of sync / watch: <origin>\\t<key> = <value> (secrets redacted)"
-    );
-    if let Some(f) = &p.file {
-        let _ = writeln!(out, "# config file: {}", f.path.display());
-    }
+    let mut out = Entries::default();
     let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
     let config_cmd = cmd.find_subcommand("config");
     for (key, var, kind) in SETTINGS {
@@ -47,9 +40,9 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
         let shown = if *kind == Kind::Secret || origin == Origin::Infisical {
             "[redacted]".to_string()
         } else {
-            format!("{value:?}")
+            value
         };
-        let _ = writeln!(out, "{origin}\t{key} = {shown}");
+        out.put(origin, *key, shown);
     }
     if cfg.notify.enabled() {
         // The URLs carry tokens: kind, scheme and host only.
@@ -60,13 +53,13 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
             }
             _ => Origin::Default.to_string(),
         };
-        let shown: Vec<String> = cfg
+        let shown: Vec<Value> = cfg
             .notify
             .endpoints
             .iter()
-            .map(|e| format!("{:?}", format!("{e} [redacted]")))
+            .map(|e| json!(format!("{e} [redacted]")))
             .collect();
-        let _ = writeln!(out, "{origin}\tnotify = [{}]", shown.join(", "));
+        out.put(origin, "notify", shown);
     }
     for (i, b) in cfg.bindings.iter().enumerate() {
         let fb = p
@@ -114,59 +107,56 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
                 .to_string()
             })
             .unwrap_or_else(|| "flags".into());
-        let _ = writeln!(out, "{head}\tbinding[{n}] = {:?}", b.id);
+        out.put(head, format!("binding[{n}]"), b.id.as_str());
         match &b.source.selector {
             super::Selector::Host(h) => {
-                let _ = writeln!(
-                    out,
-                    "{}\tbinding[{n}].domain = {h:?}",
-                    origin_of("domain", "domain")
+                out.put(
+                    origin_of("domain", "domain"),
+                    format!("binding[{n}].domain"),
+                    h.as_str(),
                 );
             }
             super::Selector::AppId(a) => {
-                let _ = writeln!(
-                    out,
-                    "{}\tbinding[{n}].app_id = {a:?}",
-                    origin_of("app_id", "app_id")
+                out.put(
+                    origin_of("app_id", "app_id"),
+                    format!("binding[{n}].app_id"),
+                    a.as_str(),
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "{}\tbinding[{n}].key = {:?}",
+        out.put(
             origin_of("key", "key"),
-            b.key
+            format!("binding[{n}].key"),
+            b.key.as_str(),
         );
-        let sinks: Vec<String> = b
+        let sinks: Vec<Value> = b
             .sinks
             .iter()
             .map(|s| match s {
-                super::BindingSink::Env(p) => format!("{{ env = {:?} }}", p.display().to_string()),
-                super::BindingSink::Infisical(p) => format!("{{ infisical = {p:?} }}"),
+                super::BindingSink::Env(p) => json!({ "env": p.display().to_string() }),
+                super::BindingSink::Infisical(p) => json!({ "infisical": p }),
             })
             .collect();
-        let _ = writeln!(
-            out,
-            "{}\tbinding[{n}].sinks = [{}]",
+        out.put(
             line_of(fb.and_then(|f| f.sinks_line), "sinks"),
-            sinks.join(", ")
+            format!("binding[{n}].sinks"),
+            sinks,
         );
-        let targets: Vec<String> = b
+        let targets: Vec<Value> = b
             .targets
             .iter()
             .map(|t| match t {
-                super::BindingTarget::Container(c) => format!("{{ container = {c:?} }}"),
+                super::BindingTarget::Container(c) => json!({ "container": c }),
                 super::BindingTarget::ComposeService { project, service } => {
-                    format!("{{ compose_service = \"{project}/{service}\" }}")
+                    json!({ "compose_service": format!("{project}/{service}") })
                 }
-                super::BindingTarget::SwarmService(s) => format!("{{ swarm_service = {s:?} }}"),
+                super::BindingTarget::SwarmService(s) => json!({ "swarm_service": s }),
             })
             .collect();
-        let _ = writeln!(
-            out,
-            "{}\tbinding[{n}].targets = [{}]",
+        out.put(
             line_of(fb.and_then(|f| f.targets_line), "containers"),
-            targets.join(", ")
+            format!("binding[{n}].targets"),
+            targets,
         );
         let restart = serde_json::to_value(b.restart)
             .ok()
@@ -176,19 +166,19 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
             Some(o @ (Origin::Flag | Origin::Env(_) | Origin::EnvFile(..))) => o.to_string(),
             _ => origin_of("restart", "restart"),
         };
-        let _ = writeln!(out, "{restart_origin}\tbinding[{n}].restart = {restart:?}");
+        out.put(restart_origin, format!("binding[{n}].restart"), restart);
         if let Some(t) = &b.tunnel_id {
-            let _ = writeln!(
-                out,
-                "{}\tbinding[{n}].tunnel_id = {t:?}",
-                origin_of("tunnel_id", "tunnel_id")
+            out.put(
+                origin_of("tunnel_id", "tunnel_id"),
+                format!("binding[{n}].tunnel_id"),
+                t.as_str(),
             );
         }
         if b.source.edge.is_some() {
-            let _ = writeln!(
-                out,
-                "{}\tbinding[{n}].source = \"edge\"",
-                origin_of("source", "origin")
+            out.put(
+                origin_of("source", "origin"),
+                format!("binding[{n}].source"),
+                "edge",
             );
         }
     }
@@ -197,17 +187,76 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
         .get("state_file")
         .cloned()
         .unwrap_or(Origin::Default);
-    let _ = writeln!(
-        out,
-        "{state_origin}\tstate_file = {:?}",
-        cfg.state_file.display().to_string()
+    out.put(
+        state_origin,
+        "state_file",
+        cfg.state_file.display().to_string(),
     );
-    let _ = writeln!(
-        out,
-        "default\tlock_file = {:?}",
-        cfg.lock_file.display().to_string()
+    out.put(
+        Origin::Default,
+        "lock_file",
+        cfg.lock_file.display().to_string(),
     );
-    Ok(out)
+    let file = p.file.as_ref().map(|f| f.path.display().to_string());
+    Ok(match super::Output::from(args.watch.sync.output) {
+        super::Output::Text => out.text(file.as_deref()),
+        super::Output::Json => out.json(file.as_deref()),
+    })
+}
+
+/// The values shown, in order: (origin, key, value). A secret is already `[redacted]`.
+#[derive(Default)]
+struct Entries(Vec<(String, String, Value)>);
+
+impl Entries {
+    fn put(&mut self, origin: impl ToString, key: impl Into<String>, value: impl Into<Value>) {
+        self.0.push((origin.to_string(), key.into(), value.into()));
+    }
+
+    /// One value a line: `<origin>\t<key> = <value>`.
+    fn text(&self, file: Option<&str>) -> String {
+        let mut out = String::from(
+            "# effective configuration of sync / watch: <origin>\\t<key> = <value> (secrets redacted)\n",
+        );
+        if let Some(f) = file {
+            out.push_str(&format!("# config file: {f}\n"));
+        }
+        for (origin, key, value) in &self.0 {
+            out.push_str(&format!("{origin}\t{key} = {}\n", shown(value)));
+        }
+        out
+    }
+
+    /// One JSON object: `{"schema": 1, "config_file", "values": [{"key", "value", "origin"}]}`.
+    fn json(&self, file: Option<&str>) -> String {
+        let values: Vec<Value> = self
+            .0
+            .iter()
+            .map(|(origin, key, value)| json!({ "key": key, "value": value, "origin": origin }))
+            .collect();
+        let doc = json!({ "schema": 1, "config_file": file, "values": values });
+        format!("{doc}\n")
+    }
+}
+
+/// A value as the text lines show it: strings quoted, `[{ env = "…" }, …]` lists.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) if s == "[redacted]" => s.clone(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(shown).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(m) => {
+            let fields: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", shown(v)))
+                .collect();
+            format!("{{ {} }}", fields.join(", "))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// A setting's value and origin: a flag, a layer, or clap's default.

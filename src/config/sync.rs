@@ -374,7 +374,34 @@ pub(super) fn file_bindings(
                 }
                 out.push(b);
             }
-            Err(errs) => problems.extend(errs.into_iter().map(|e| format!("{at}: {e}"))),
+            Err(errs) => {
+                for e in errs {
+                    // A problem of a file-wide setting (the account id) is shown once, at the
+                    // setting's line, not once per binding.
+                    let setting = f.settings.iter().find(|(var, _)| {
+                        e.contains(&format!(" {var} ")) || e.contains(&format!(" {var}:"))
+                    });
+                    if let Some((_, at_setting)) = setting {
+                        let m = format!("{shown}:{}: {e}", at_setting.line);
+                        if !problems.contains(&m) {
+                            problems.push(m);
+                        }
+                        continue;
+                    }
+                    // A problem that knows its line (`line N: …`) is shown at it.
+                    let m = match e
+                        .strip_prefix("line ")
+                        .and_then(|r| r.split_once(": "))
+                        .and_then(|(l, rest)| Some((l.parse::<usize>().ok()?, rest)))
+                    {
+                        Some((line, rest)) => {
+                            format!("{shown}:{line}: binding {}: {rest}", n + 1)
+                        }
+                        None => format!("{at}: {e}"),
+                    };
+                    problems.push(m);
+                }
+            }
         }
     }
     if pick_domain.is_some() || pick_app.is_some() {
@@ -438,7 +465,19 @@ fn file_binding(
         (None, Some(r)) => match <crate::cli::RestartMode as clap::ValueEnum>::from_str(r, false) {
             Ok(m) => m.into(),
             Err(_) => {
-                errs.push("restart must be one of auto, restart, recreate, rollout, none".into());
+                let line = fb.get("restart").map_or(fb.line, |r| r.line);
+                // A short word is quoted (a typo to spot); anything else is not shown.
+                let shown = if r.len() <= 20
+                    && r.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    format!(" = {r:?}")
+                } else {
+                    String::new()
+                };
+                errs.push(format!(
+                    "line {line}: `restart`{shown} is not one of: auto, restart, recreate, rollout, none"
+                ));
                 a.restart.into()
             }
         },
@@ -558,10 +597,20 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
         _ => return Ok(()),
     };
     let want_host = domain
+        .clone()
         .filter(|_| set("domain"))
         .map(|d| crate::cloudflare::apps::host_of(&d));
     let want_app = app_id.filter(|_| set("app_id"));
-    let candidates: Vec<&FileBinding> = file
+    // `--domain NAME` may also name a binding by its `name` (when no binding's host is NAME).
+    let by_name: Vec<&FileBinding> = match (&domain, set("domain"), &want_app) {
+        (Some(d), true, None) => file
+            .bindings
+            .iter()
+            .filter(|b| b.get("name").is_some_and(|n| n.value == *d))
+            .collect(),
+        _ => vec![],
+    };
+    let by_host: Vec<&FileBinding> = file
         .bindings
         .iter()
         .filter(|b| {
@@ -580,6 +629,8 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
             }
         })
         .collect();
+    let named = by_host.is_empty() && !by_name.is_empty();
+    let candidates = if named { by_name } else { by_host };
     let b = match candidates.as_slice() {
         [one] => *one,
         [] if want_host.is_some() || want_app.is_some() => return Ok(()),
@@ -641,7 +692,7 @@ pub fn select_single_binding(p: &mut Parsed) -> Result<(), Error> {
     let origins = p.origins.clone();
     let unset = |id: &str| !overridden(&origins, id);
     let fill_source = |s: &mut crate::cli::SourceArgs| {
-        if unset("domain") && unset("app_id") {
+        if (unset("domain") && unset("app_id")) || named {
             s.domain = field("domain");
             s.app_id = field("app_id");
         }

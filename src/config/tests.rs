@@ -310,7 +310,7 @@ fn every_problem_of_the_file_is_listed_at_once() {
     let e = e.to_string();
     for want in [
         "binding 3: key \"1X\" is not a variable name",
-        "binding 3: restart must be one of",
+        "audsync.toml:21: binding 3: `restart` = \"sometimes\" is not one of: auto",
         "binding 3: --domain \"bad host\" is not a host name",
         "binding 4: another binding already writes API_AUD to",
     ] {
@@ -569,4 +569,39 @@ fn config_command_for_a_flag_only_run() {
         None => text,
     };
     insta::assert_snapshot!(text);
+}
+
+#[test]
+fn config_output_json_is_one_object_with_secrets_redacted() {
+    let d = Dir::new();
+    d.write("cf-token", "tok-SECRET\n");
+    let cfg = stack(&d, "");
+    let text = snapshot_text(
+        &d,
+        &["config", "--config", &cfg, "--output", "json"],
+        &[
+            ("CLOUDFLARE_API_TOKEN", "tok-SECRET"),
+            ("INFISICAL_CLIENT_SECRET", "inf-SECRET"),
+        ],
+    );
+    assert!(
+        !text.contains("tok-SECRET") && !text.contains("inf-SECRET"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["config_file"], "[DIR]/audsync.toml");
+    let values = v["values"].as_array().unwrap();
+    let get = |k: &str| values.iter().find(|e| e["key"] == k).cloned();
+    assert_eq!(
+        get("cloudflare.token").unwrap()["value"],
+        "[redacted]",
+        "{v}"
+    );
+    assert_eq!(
+        get("infisical.client_secret").unwrap()["origin"],
+        "env:INFISICAL_CLIENT_SECRET"
+    );
+    let sinks = get("binding[1].sinks").unwrap();
+    assert_eq!(sinks["value"][0]["env"], "[DIR]/stack.env", "{sinks}");
+    assert_eq!(sinks["origin"], "file:[DIR]/audsync.toml:7");
 }

@@ -249,7 +249,8 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         || state.state.served != before.served
         || state.state.app != before.app
         || state.state.app_count != before.app_count
-        || state.state.edge_issued != before.edge_issued)
+        || state.state.edge_issued != before.edge_issued
+        || state.state.page_size != before.page_size)
         && let Err(e) = state.save()
     {
         tracing::warn!(error = %e, "cannot save the application cache");
@@ -579,8 +580,9 @@ pub async fn command(
         },
         Err(e) => (Report::from_error(&e, dry_run), None),
     };
-    // `-q` keeps cron mail quiet: the text report is printed only when something happened.
-    if !(quiet && output == Output::Text && report.status == Status::InSync) {
+    // `-q` keeps cron mail quiet: nothing on success (a notification tells of a change), the
+    // report when the pass failed or waits. JSON was asked for by a tool: always printed.
+    if !(quiet && output == Output::Text && report.exit_code == crate::exit::OK) {
         print(&report, output);
     }
     if let Some(e) = &report.error {

@@ -320,7 +320,12 @@ pub fn build(
                     if let Some(e) = &s.error
                         && s.result != SinkResult::PendingApproval
                     {
-                        errors.push(format!("sink {} {}: {e}", s.kind, s.target));
+                        // The message usually names the file already.
+                        errors.push(if e.starts_with(&s.target) {
+                            format!("sink {} {e}", s.kind)
+                        } else {
+                            format!("sink {} {}: {e}", s.kind, s.target)
+                        });
                         stage.get_or_insert(Stage::Sink);
                     }
                 }
@@ -420,12 +425,22 @@ pub fn build(
         _ => exit::OK,
     };
     let failing: Vec<&BindingReport> = bindings.iter().filter(|b| b.error.is_some()).collect();
-    let error = (!failing.is_empty()).then(|| {
-        failing
+    // The same failure (one missing `.env` under several bindings) is said once, naming them.
+    let mut groups: Vec<(Vec<&str>, &str)> = Vec::new();
+    for b in &failing {
+        let e = b.error.as_deref().unwrap_or_default();
+        match groups.iter_mut().find(|(_, g)| *g == e) {
+            Some((ids, _)) => ids.push(&b.id),
+            None => groups.push((vec![&b.id], e)),
+        }
+    }
+    let error = (!groups.is_empty()).then(|| {
+        groups
             .iter()
-            .map(|b| match (multi, &b.error) {
-                (true, Some(e)) => format!("binding {}: {e}", b.id),
-                (_, e) => e.clone().unwrap_or_default(),
+            .map(|(ids, e)| match (multi, ids.len()) {
+                (false, _) => e.to_string(),
+                (true, 1) => format!("binding {}: {e}", ids[0]),
+                (true, _) => format!("bindings {}: {e}", ids.join(", ")),
             })
             .collect::<Vec<_>>()
             .join("; ")
@@ -524,6 +539,8 @@ pub fn render_text(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let multi = r.bindings.len() > 1;
+    // A failure shared by several bindings (one sink, one container) is printed once.
+    let mut said = std::collections::BTreeSet::new();
     for b in &r.bindings {
         let aud = b.aud.as_deref().map(|a| {
             if multi {
@@ -561,12 +578,16 @@ pub fn render_text(r: &Report) -> String {
                 .as_deref()
                 .map(reconcile::short)
                 .unwrap_or_else(|| "(unset)".into());
-            let new = b.aud.as_deref().map(reconcile::short).unwrap_or_default();
-            let change = if k.action == WriteAction::Write {
-                format!("{old} -> {new}")
-            } else {
-                format!("{new} (unchanged)")
+            let new = b.aud.as_deref().map(reconcile::short);
+            // No field is shown empty: a failed sink says nothing of values (its error does),
+            // a value unknown is left out.
+            let change = match (k.result, k.action, new) {
+                (SinkResult::Failed, _, _) => None,
+                (_, WriteAction::Write, Some(new)) => Some(format!("{old} -> {new}")),
+                (_, _, Some(new)) => Some(format!("{new} (unchanged)")),
+                (_, _, None) => k.old.is_some().then(|| format!("{old} (unchanged)")),
             };
+            let change = change.map(|c| format!(": {c}")).unwrap_or_default();
             let version = k.version.map(|v| format!(" v{v}")).unwrap_or_default();
             let result = serde_json::to_value(k.result)
                 .ok()
@@ -574,10 +595,12 @@ pub fn render_text(r: &Report) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  sink {} {} {}{version}: {change} [{result}]",
+                "  sink {} {} {}{version}{change} [{result}]",
                 k.kind, k.target, k.key
             );
-            if let Some(e) = &k.error {
+            if let Some(e) = &k.error
+                && said.insert(e.clone())
+            {
                 let _ = writeln!(s, "    {e}");
             }
         }
@@ -591,7 +614,17 @@ pub fn render_text(r: &Report) -> String {
                 let _ = writeln!(s, "    {line}");
             }
         }
-        if multi && let Some(e) = &b.error {
+        // Sink, container and tunnel failures are printed on their own lines above; a source
+        // failure has no other line.
+        let shown_above = b.stage != Some(Stage::Source)
+            || b.tunnel
+                .as_ref()
+                .is_some_and(|t| t.result == TunnelResult::Failed);
+        if multi
+            && !shown_above
+            && let Some(e) = &b.error
+            && said.insert(e.clone())
+        {
             let _ = writeln!(s, "  error: {e}");
         }
     }
@@ -610,12 +643,21 @@ pub fn render_text(r: &Report) -> String {
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "  container {}: {action} ({}) [{result}]",
-            c.name, c.reason
-        );
-        if let Some(e) = &c.error {
+        let reason = if c.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", c.reason)
+        };
+        // `no action [none]` says nothing twice.
+        let result = if c.action == reconcile::Action::None && c.result == TargetResult::None {
+            String::new()
+        } else {
+            format!(" [{result}]")
+        };
+        let _ = writeln!(s, "  container {}: {action}{reason}{result}", c.name);
+        if let Some(e) = &c.error
+            && said.insert(e.message.clone())
+        {
             let _ = writeln!(s, "    {}", e.message);
         }
         if let Some(p) = &c.pending {
@@ -649,5 +691,50 @@ pub fn report_error(message: &str, hint: Option<&str>, output: Output) {
     eprintln!("error: {message}");
     if let Some(h) = hint {
         eprintln!("hint: {h}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(
+        name: &str,
+        action: reconcile::Action,
+        reason: &str,
+        result: TargetResult,
+    ) -> TargetReport {
+        TargetReport {
+            name: name.into(),
+            action,
+            reason: reason.into(),
+            result,
+            bindings: vec![],
+            error: None,
+            keeps_old: Default::default(),
+            pending: Default::default(),
+        }
+    }
+
+    #[test]
+    fn container_lines_show_no_empty_fields() {
+        let mut r = Report::from_error(&Error::failed("x", None), false);
+        (r.status, r.error, r.single) = (Status::InSync, None, None);
+        r.targets = vec![
+            target("web", reconcile::Action::None, "", TargetResult::None),
+            target(
+                "api",
+                reconcile::Action::Restart,
+                "AUD changed",
+                TargetResult::Done,
+            ),
+        ];
+        let text = render_text(&r);
+        assert!(text.contains("  container web: no action\n"), "{text}");
+        assert!(
+            text.contains("  container api: restart (AUD changed) [done]\n"),
+            "{text}"
+        );
+        assert!(!text.contains("()") && !text.contains("[none]"), "{text}");
     }
 }

@@ -435,7 +435,13 @@ async fn trigger_sync(State(t): State<Arc<Telemetry>>, headers: axum::http::Head
             "too many requests\n",
         )
             .into_response(),
-        Verdict::NotFound => StatusCode::NOT_FOUND.into_response(),
+        // Someone tried the route: say in one line how to turn it on (it reveals nothing a
+        // reader of the README does not know).
+        Verdict::NotFound => (
+            StatusCode::NOT_FOUND,
+            "POST /sync is off: set AUDSYNC_TRIGGER_TOKEN (or AUDSYNC_TRIGGER_TOKEN_FILE, or trigger_token_file in audsync.toml) to enable it\n",
+        )
+            .into_response(),
     }
 }
 

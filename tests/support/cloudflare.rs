@@ -70,6 +70,9 @@ pub struct CfState {
     /// `…/tokens/verify` calls: recorded here, not in `requests`, so tests that count a pass's
     /// requests are not thrown off by the daily credential check of `watch`.
     pub verifies: Vec<Recorded>,
+    /// Serve at most this many items a page whatever `per_page` asks (its `result_info` then
+    /// says the size served), as a server may.
+    pub page_cap: Option<usize>,
 }
 
 pub type ExtraHandler = Box<dyn Fn(&mut CfState, &Recorded) -> Option<(StatusCode, Value)> + Send>;
@@ -133,6 +136,7 @@ impl FakeCloudflare {
             token_verify: json!({"id": "ed17574386854bf78a67040be0a770b0", "status": "active"}),
             account_owned_token: false,
             verifies: Vec::new(),
+            page_cap: None,
         }));
         let st = state.clone();
         let server = Server::start(move |req| {
@@ -188,6 +192,7 @@ fn paged(
     items: Vec<Value>,
     q: &BTreeMap<String, String>,
     (default, min, max): (usize, usize, usize),
+    cap: Option<usize>,
 ) -> Response {
     let page: usize = q
         .get("page")
@@ -207,6 +212,7 @@ fn paged(
             }
         },
     };
+    let per = cap.map_or(per, |c| per.min(c));
     let total = items.len();
     let total_pages = total.div_ceil(per).max(1);
     let slice: Vec<Value> = items.into_iter().skip((page - 1) * per).take(per).collect();
@@ -297,7 +303,9 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
     }
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, seg.as_slice()) {
-        (Method::GET, ["accounts"]) => paged(s.accounts.clone(), &query, ACCOUNTS_PER_PAGE),
+        (Method::GET, ["accounts"]) => {
+            paged(s.accounts.clone(), &query, ACCOUNTS_PER_PAGE, s.page_cap)
+        }
         (Method::GET, ["user", "tokens", "verify"]) => {
             if s.account_owned_token || rec.headers.contains_key("x-auth-key") {
                 return envelope_error(StatusCode::UNAUTHORIZED, 1000, "Invalid API Token");
@@ -332,7 +340,7 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
                     }
                 });
             }
-            paged(apps, &query, APPS_PER_PAGE)
+            paged(apps, &query, APPS_PER_PAGE, s.page_cap)
         }
         (Method::GET, ["accounts", _acc, "access", "apps", id]) => {
             match s.apps.iter().find(|a| a["id"] == *id) {
@@ -395,7 +403,7 @@ async fn handle(st: Arc<Mutex<CfState>>, req: Request<Body>) -> Response {
             ok(a)
         }
         (Method::GET, ["accounts", _acc, "access", "policies"]) => {
-            paged(s.policies.clone(), &query, POLICIES_PER_PAGE)
+            paged(s.policies.clone(), &query, POLICIES_PER_PAGE, s.page_cap)
         }
         (Method::POST, ["accounts", _acc, "access", "policies"]) => {
             let body = rec.body.clone().unwrap_or(Value::Null);
