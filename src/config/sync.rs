@@ -284,7 +284,7 @@ const BINDING_OPTIONS: &[(&str, &str)] = &[
     ("url", "--url / AUDSYNC_URL"),
 ];
 
-fn overridden(origins: &std::collections::BTreeMap<String, Origin>, id: &str) -> bool {
+pub(super) fn overridden(origins: &std::collections::BTreeMap<String, Origin>, id: &str) -> bool {
     matches!(
         origins.get(id),
         Some(Origin::Flag | Origin::Env(_) | Origin::EnvFile(..))

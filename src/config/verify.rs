@@ -202,7 +202,17 @@ impl VerifyConfig {
             restart: crate::cli::RestartMode::None,
             create_env_file: false,
         };
-        let built = file_bindings(&defaults, &lenient, f, origins, &mut problems);
+        // `--url` names where one host is reached: taken when one binding is verified (the
+        // file has one), refused as a binding option otherwise.
+        let url_flag = super::sync::overridden(origins, "url") && f.bindings.len() == 1;
+        let mut origins = origins.clone();
+        if url_flag {
+            origins.remove("url");
+        }
+        let mut built = file_bindings(&defaults, &lenient, f, &origins, &mut problems);
+        if url_flag && let Some(b) = built.first_mut() {
+            b.url.clone_from(&a.access.url);
+        }
         let wants_infisical = built.iter().any(|b| {
             b.sinks
                 .iter()
