@@ -19,6 +19,7 @@ pub mod notify;
 pub mod setup;
 pub mod show;
 pub mod sync;
+pub mod trust;
 pub mod verify;
 pub mod watch;
 
@@ -93,8 +94,9 @@ where
         let p = Path::new(file::DEFAULT_NAME);
         p.is_file().then(|| p.to_path_buf())
     });
+    let ctx = trust::Context::from_vars(&vars);
     let file = match &config_path {
-        Some(p) => Some(file::load(p).map_err(|problems| {
+        Some(p) => Some(file::load(p, &ctx).map_err(|problems| {
             ParseError::Config(Error::usage(format!(
                 "{} does not validate:\n  {}",
                 p.display(),
@@ -103,6 +105,15 @@ where
         })?),
         None => None,
     };
+    // A config file, found or named, steers the run only when it may ([`trust`]).
+    if let (Some(p), Some(Err(why))) = (
+        &config_path,
+        file.as_ref().and_then(|f| f.facts.as_ref()).map(|f| &f.verdict),
+    ) {
+        return Err(ParseError::Config(Error::usage(untrusted_config_file(
+            p, why,
+        ))));
+    }
     // The .env file is read for settings as it always was, unless a config file is used: then
     // only when named explicitly (the config file is where audsync's settings live).
     let env_file = sub
@@ -219,6 +230,39 @@ pub fn own_variables() -> std::collections::BTreeSet<String> {
         }
     }
     names
+}
+
+/// Every variable name audsync reads a setting or credential from (each with its `_FILE`
+/// variant): a `.env` that may not steer the run and holds one of these stops the run.
+pub fn setting_names() -> std::collections::BTreeSet<String> {
+    let mut names = own_variables();
+    names.extend(["CLOUDFLARE_EMAIL".to_string()]);
+    let cmd = Cli::command();
+    for a in cmd.get_arguments() {
+        names.extend(env_name(a));
+    }
+    for sc in cmd.get_subcommands() {
+        for a in sc.get_arguments() {
+            names.extend(env_name(a));
+        }
+    }
+    let with_files: Vec<String> = names.iter().map(|n| format!("{n}_FILE")).collect();
+    names.extend(with_files);
+    names
+}
+
+/// The message for a config file that may not steer the run.
+fn untrusted_config_file(path: &Path, why: &trust::Untrusted) -> String {
+    let owner = if why.uid == 0 || why.uid == why.me {
+        String::new()
+    } else {
+        format!("; or run audsync as its owner (uid {})", why.uid)
+    };
+    format!(
+        "the config file {} may not steer this run: {why}. Use a config file owned by root or by the user running audsync (e.g. /etc/audsync/audsync.toml, mode 0600, passed with --config), or run {}{owner}",
+        path.display(),
+        why.fix()
+    )
 }
 
 /// This machine's host name, for notifications (`uname -n`).
