@@ -350,8 +350,7 @@ impl SourceConfig {
         };
         let url = url::Url::parse(&a.api_url).map_err(|e| {
             Error::usage(format!(
-                "--api-url / CLOUDFLARE_API_URL {:?}: {e}",
-                a.api_url
+                "--api-url / CLOUDFLARE_API_URL does not parse as a URL: {e}"
             ))
         })?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -447,10 +446,10 @@ pub fn check_credential_url(setting: &str, url: &url::Url, env: &Env) -> Result<
 
 /// An http(s) URL given by --url.
 pub fn validate_url(u: &str) -> Result<url::Url, Error> {
-    let url = url::Url::parse(u).map_err(|e| Error::usage(format!("--url {u:?}: {e}")))?;
+    let url = url::Url::parse(u).map_err(|e| Error::usage(format!("--url does not parse as a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(Error::usage(format!(
-            "--url {u:?} must be an http(s) URL with a host"
+            "--url must be an http(s) URL with a host"
         )));
     }
     Ok(url)
@@ -508,7 +507,7 @@ pub fn validate_host(d: &str) -> Result<String, Error> {
         Ok(h)
     } else {
         Err(Error::usage(format!(
-            "--domain {d:?} is not a host name (expected e.g. api.example.com)"
+            "--domain is not a host name (expected e.g. api.example.com; the value is not repeated here)"
         )))
     }
 }
@@ -519,7 +518,7 @@ pub fn validate_id(flag: &str, id: &str) -> Result<String, Error> {
         Ok(id.to_ascii_lowercase())
     } else {
         Err(Error::usage(format!(
-            "{flag} {id:?} is not a Cloudflare id (32 hex digits, dashes allowed)"
+            "{flag} is not a Cloudflare id (32 hex digits, dashes allowed)"
         )))
     }
 }
@@ -534,7 +533,7 @@ pub fn validate_key(key: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::usage(format!(
-            "--key {key:?} is not a variable name (letters, digits, _)"
+            "--key is not a variable name (letters, digits, _)"
         )))
     }
 }
@@ -574,7 +573,7 @@ pub fn docker_host(env: &Env) -> Result<String, Error> {
     };
     let bad = |why: &str| {
         Error::usage(format!(
-            "DOCKER_HOST={h:?} does not parse: {why}; use unix:///var/run/docker.sock, or tcp://HOST:2375"
+            "DOCKER_HOST does not parse: {why}; use unix:///var/run/docker.sock, or tcp://HOST:2375"
         ))
     };
     if let Some(path) = h.strip_prefix("unix://") {

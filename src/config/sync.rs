@@ -527,7 +527,7 @@ pub fn parse_compose_service(s: &str) -> Result<BindingTarget, Error> {
             })
         }
         _ => Err(Error::usage(format!(
-            "--compose-service {s:?}: expected PROJECT/SERVICE, e.g. lambda/lambda-server (the project is the compose project name, see `docker compose ls`)"
+            "--compose-service: expected PROJECT/SERVICE, e.g. lambda/lambda-server (the project is the compose project name, see `docker compose ls`)"
         ))),
     }
 }
