@@ -393,6 +393,30 @@ mod tests {
     }
 
     #[test]
+    fn a_higher_layers_file_beats_a_lower_layers_plain_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "from-the-file\n").unwrap();
+        let p = dir.path().join(".env");
+        std::fs::write(&p, "CLOUDFLARE_API_TOKEN=from-the-env-file\n").unwrap();
+        let env = Env::new(Vars::from_pairs([(
+            "CLOUDFLARE_API_TOKEN_FILE",
+            token.to_str().unwrap(),
+        )]))
+        .with_env_file(&p)
+        .unwrap();
+        let got = env.secret("CLOUDFLARE_API_TOKEN").unwrap().unwrap();
+        assert_eq!(got.expose(), "from-the-file");
+        // Within one layer the plain value comes first.
+        let env = Env::new(Vars::from_pairs([
+            ("CLOUDFLARE_API_TOKEN_FILE", token.to_str().unwrap()),
+            ("CLOUDFLARE_API_TOKEN", "plain"),
+        ]));
+        let got = env.secret("CLOUDFLARE_API_TOKEN").unwrap().unwrap();
+        assert_eq!(got.expose(), "plain");
+    }
+
+    #[test]
     fn env_debug_shows_keys_not_values() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(".env");

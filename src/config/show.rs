@@ -247,6 +247,9 @@ pub fn redact_url(value: &str) -> String {
     let Ok(u) = url::Url::parse(value) else {
         return "[redacted: not a URL]".into();
     };
+    if u.username().is_empty() && u.password().is_none() && u.query().is_none() && u.fragment().is_none() {
+        return value.to_string();
+    }
     let mut out = format!("{}://", u.scheme());
     if !u.username().is_empty() || u.password().is_some() {
         out.push_str("[redacted]@");
@@ -278,7 +281,7 @@ mod redact_tests {
         );
         assert_eq!(
             super::redact_url("https://app.infisical.com"),
-            "https://app.infisical.com/"
+            "https://app.infisical.com"
         );
         assert!(!super::redact_url("not a url hunter2").contains("hunter2"));
     }

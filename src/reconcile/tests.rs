@@ -764,7 +764,7 @@ fn a_spec_target_lists_the_change_of_each_bound_key_and_a_container_does_not() {
     };
     let shown = reason(true);
     assert!(
-        shown.contains(&format!("env {K}: abababab… -> {NEW}")),
+        shown.contains(&format!("env {K}: abababab… -> {}", short(NEW))),
         "{shown}"
     );
     assert!(!reason(false).contains(" -> "), "{}", reason(false));
