@@ -594,8 +594,7 @@ pub fn short(v: &str) -> String {
 /// 64 characters out of `0-9a-f`: the shape of an AUD, the only old value ever shown.
 pub fn is_aud(v: &str) -> bool {
     v.len() == 64
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 

@@ -438,7 +438,9 @@ fn own(path: &std::path::Path, uid: u32, gid: u32, mode: u32) {
 /// The group of the Docker socket, when there is one.
 fn docker_gid() -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/var/run/docker.sock").ok().map(|m| m.gid())
+    std::fs::metadata("/var/run/docker.sock")
+        .ok()
+        .map(|m| m.gid())
 }
 
 const NEIGHBOUR: u32 = 4242;
@@ -455,7 +457,9 @@ fn a_neighbours_env_file_with_settings_stops_a_root_run_and_without_them_is_only
     );
     sb.write_env(&theirs);
     own(&sb.env_path(), NEIGHBOUR, NEIGHBOUR, 0o644);
-    let r = run(sb.cmd().args(["sync", "--env-file", ".env", "--domain", HOST]));
+    let r = run(sb
+        .cmd()
+        .args(["sync", "--env-file", ".env", "--domain", HOST]));
     assert_eq!(r.code, 2, "{r:?}");
     for want in [
         "AUDSYNC_KEY",
@@ -474,7 +478,10 @@ fn a_neighbours_env_file_with_settings_stops_a_root_run_and_without_them_is_only
         assert!(r.stderr.contains(want), "{want}: {r:?}");
     }
     let all = both(&r);
-    assert!(!all.contains("hunter2") && !all.contains("their-token"), "{r:?}");
+    assert!(
+        !all.contains("hunter2") && !all.contains("their-token"),
+        "{r:?}"
+    );
     assert_eq!(sb.read_env(), theirs, "nothing written");
     assert!(cf.requests().is_empty(), "nothing contacted");
     assert_eq!(hook.1.load(Ordering::SeqCst), 0, "nothing notified");
@@ -482,7 +489,15 @@ fn a_neighbours_env_file_with_settings_stops_a_root_run_and_without_them_is_only
     // Without audsync settings it is a sink (root's cron writing a deploy user's .env).
     sb.write_env("CLOUDFLARE_AUD_TAG=old\nAPP_SETTING=1\n");
     own(&sb.env_path(), NEIGHBOUR, NEIGHBOUR, 0o644);
-    let r = run(sb.cmd().args(["sync", "--env-file", ".env", "--domain", HOST, "--restart", "none"]));
+    let r = run(sb.cmd().args([
+        "sync",
+        "--env-file",
+        ".env",
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+    ]));
     assert_eq!(r.code, 0, "{r:?}");
     assert!(sb.read_env().contains(&aud(2)), "{r:?}");
 }
@@ -538,13 +553,18 @@ fn every_directory_on_the_path_counts_and_only_a_root_sticky_one_may_be_shared()
     let env = d.join(".env");
     std::fs::write(&env, format!("CLOUDFLARE_API_URL={}\n", cf.url())).unwrap();
     own(&env, 0, 0, 0o600);
-    let get = || run(sb.cmd().args(["get", "--env-file", "app/.env", "--domain", HOST]));
+    let get = || {
+        run(sb
+            .cmd()
+            .args(["get", "--env-file", "app/.env", "--domain", HOST]))
+    };
     // The neighbour owns the directory: they can swap the file.
     own(&d, NEIGHBOUR, NEIGHBOUR, 0o755);
     let r = get();
     assert_eq!(r.code, 2, "{r:?}");
     assert!(
-        r.stderr.contains(&format!("{} is owned by uid 4242", d.display())),
+        r.stderr
+            .contains(&format!("{} is owned by uid 4242", d.display())),
         "the directory is named: {r:?}"
     );
     // Root's, but anyone may write it.
@@ -556,7 +576,7 @@ fn every_directory_on_the_path_counts_and_only_a_root_sticky_one_may_be_shared()
     own(&d, 0, 0, 0o1777);
     let r = get();
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(cf.requests().len() >= 1);
+    assert!(!cf.requests().is_empty());
 }
 
 #[test]
@@ -599,7 +619,7 @@ fn a_config_file_someone_else_owns_does_not_take_over_the_run_found_or_named() {
 
 #[test]
 fn a_credential_file_someone_else_owns_is_refused_and_a_higher_layers_file_beats_a_lower_plain_value()
-{
+ {
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
     let mut sb = Sandbox::new();
     sb.var("CLOUDFLARE_API_URL", &cf.url())
@@ -632,8 +652,12 @@ fn an_old_value_that_is_not_an_aud_is_never_shown_notified_or_in_json() {
     let server = Server::start(move |req: Request<Body>| {
         let h = h.clone();
         async move {
-            let bytes = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
-            h.lock().unwrap().push(String::from_utf8_lossy(&bytes).into_owned());
+            let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            h.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&bytes).into_owned());
             (StatusCode::OK, "ok").into_response()
         }
     });
@@ -643,8 +667,16 @@ fn an_old_value_that_is_not_an_aud_is_never_shown_notified_or_in_json() {
     let sync = |extra: &[&str]| {
         sb.write_env(&format!("ADMIN_PASSWORD={ADMIN_PASSWORD}\n"));
         let mut c = sb.cmd();
-        c.args(["sync", "--domain", HOST, "--key", "ADMIN_PASSWORD", "--restart", "none"])
-            .args(extra);
+        c.args([
+            "sync",
+            "--domain",
+            HOST,
+            "--key",
+            "ADMIN_PASSWORD",
+            "--restart",
+            "none",
+        ])
+        .args(extra);
         run(&mut c)
     };
     let r = sync(&[]);
@@ -663,7 +695,15 @@ fn an_old_value_that_is_not_an_aud_is_never_shown_notified_or_in_json() {
     // An AUD's prefix is still shown.
     sb.write_env(&format!("ADMIN_PASSWORD={}\n", aud(3)));
     let mut c = sb.cmd();
-    c.args(["sync", "--domain", HOST, "--key", "ADMIN_PASSWORD", "--restart", "none"]);
+    c.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--key",
+        "ADMIN_PASSWORD",
+        "--restart",
+        "none",
+    ]);
     let r = run(&mut c);
     assert!(r.stdout.contains("03030303… -> 02020202"), "{r:?}");
 }
@@ -683,7 +723,9 @@ fn app_id_and_domain_together_must_agree() {
         "{r:?}"
     );
     assert!(!r.stdout.contains(&aud(3)), "{r:?}");
-    let r = run(sb.cmd().args(["get", "--app-id", &cloudflare::uuid(2), "--domain", HOST]));
+    let r = run(sb
+        .cmd()
+        .args(["get", "--app-id", &cloudflare::uuid(2), "--domain", HOST]));
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout.trim(), aud(2));
 }
@@ -705,7 +747,8 @@ fn config_shows_url_settings_without_userinfo_or_query_values_and_errors_quote_n
     assert_eq!(r.code, 0, "{r:?}");
     assert!(!both(&r).contains("hunter2"), "{r:?}");
     assert!(
-        r.stdout.contains("https://[redacted]@api.example.net/client/v4?sig=[redacted]"),
+        r.stdout
+            .contains("https://[redacted]@api.example.net/client/v4?sig=[redacted]"),
         "{r:?}"
     );
     assert!(r.stdout.contains("infisical.example.net"), "{r:?}");

@@ -82,9 +82,9 @@ pub fn infisical_settings(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(Error::usage(format!(
-            "--infisical-environment / INFISICAL_ENVIRONMENT is not an environment slug (e.g. dev, staging, prod)"
-        )));
+        return Err(Error::usage(
+            "--infisical-environment / INFISICAL_ENVIRONMENT is not an environment slug (e.g. dev, staging, prod)",
+        ));
     }
     let login_holdoff = match env.get(LOGIN_HOLDOFF_VAR) {
         None => LOGIN_HOLDOFF,

@@ -161,9 +161,8 @@ impl Env {
         let ctx = trust::Context::from_vars(&self.process);
         let (values, facts) = match trust::read(path, crate::fsx::MAX_TEXT, &ctx) {
             Ok(Some((bytes, facts))) => {
-                let text = String::from_utf8(bytes).map_err(|_| {
-                    Error::usage(format!("{}: not UTF-8 text", path.display()))
-                })?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Error::usage(format!("{}: not UTF-8 text", path.display())))?;
                 let parsed = envfile::parse(&text).map_err(|e| {
                     Error::usage(format!(
                         "{}: does not parse as a .env file: {e}",
@@ -182,10 +181,7 @@ impl Env {
             }
             Ok(None) => (BTreeMap::new(), None),
             Err(e) => {
-                return Err(Error::usage(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )));
+                return Err(Error::usage(format!("cannot read {}: {e}", path.display())));
             }
         };
         let values = match facts.as_ref().map(|f| &f.verdict) {

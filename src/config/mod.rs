@@ -108,7 +108,9 @@ where
     // A config file, found or named, steers the run only when it may ([`trust`]).
     if let (Some(p), Some(Err(why))) = (
         &config_path,
-        file.as_ref().and_then(|f| f.facts.as_ref()).map(|f| &f.verdict),
+        file.as_ref()
+            .and_then(|f| f.facts.as_ref())
+            .map(|f| &f.verdict),
     ) {
         return Err(ParseError::Config(Error::usage(untrusted_config_file(
             p, why,
@@ -446,11 +448,10 @@ pub fn check_credential_url(setting: &str, url: &url::Url, env: &Env) -> Result<
 
 /// An http(s) URL given by --url.
 pub fn validate_url(u: &str) -> Result<url::Url, Error> {
-    let url = url::Url::parse(u).map_err(|e| Error::usage(format!("--url does not parse as a URL: {e}")))?;
+    let url = url::Url::parse(u)
+        .map_err(|e| Error::usage(format!("--url does not parse as a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(Error::usage(format!(
-            "--url must be an http(s) URL with a host"
-        )));
+        return Err(Error::usage("--url must be an http(s) URL with a host"));
     }
     Ok(url)
 }
@@ -506,9 +507,9 @@ pub fn validate_host(d: &str) -> Result<String, Error> {
     if ok {
         Ok(h)
     } else {
-        Err(Error::usage(format!(
-            "--domain is not a host name (expected e.g. api.example.com; the value is not repeated here)"
-        )))
+        Err(Error::usage(
+            "--domain is not a host name (expected e.g. api.example.com; the value is not repeated here)",
+        ))
     }
 }
 
@@ -532,9 +533,9 @@ pub fn validate_key(key: &str) -> Result<(), Error> {
     if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         Ok(())
     } else {
-        Err(Error::usage(format!(
-            "--key is not a variable name (letters, digits, _)"
-        )))
+        Err(Error::usage(
+            "--key is not a variable name (letters, digits, _)",
+        ))
     }
 }
 

@@ -95,7 +95,8 @@ impl SetupConfig {
             .find(|e| !e.contains('@') || e.contains(char::is_whitespace))
         {
             return Err(Error::usage(format!(
-                "CLOUDFLARE_ACCESS_EMAILS: entry {} is not an email address", emails.iter().position(|e| e == bad).unwrap_or(0) + 1
+                "CLOUDFLARE_ACCESS_EMAILS: entry {} is not an email address",
+                emails.iter().position(|e| e == bad).unwrap_or(0) + 1
             )));
         }
         let email_domain = a
@@ -106,9 +107,9 @@ impl SetupConfig {
         if let Some(d) = &email_domain
             && (!d.contains('.') || d.contains(['@', '/', ' ']))
         {
-            return Err(Error::usage(format!(
-                "CLOUDFLARE_ACCESS_EMAIL_DOMAIN is not a domain (expected e.g. example.com)"
-            )));
+            return Err(Error::usage(
+                "CLOUDFLARE_ACCESS_EMAIL_DOMAIN is not a domain (expected e.g. example.com)",
+            ));
         }
         let everyone = a.allow_everyone && emails.is_empty() && email_domain.is_none();
         let idp = match &a.idp_id {
@@ -168,9 +169,9 @@ fn tunnel_service(svc: &str, has_tunnel: bool) -> Result<String, Error> {
     if builtin || origin {
         Ok(svc.to_string())
     } else {
-        Err(Error::usage(format!(
-            "--tunnel-service: expected the origin as a URL with scheme and host, e.g. http://caddy:80 (or http_status:NNN, hello_world, unix:/path)"
-        )))
+        Err(Error::usage(
+            "--tunnel-service: expected the origin as a URL with scheme and host, e.g. http://caddy:80 (or http_status:NNN, hello_world, unix:/path)",
+        ))
     }
 }
 
@@ -206,7 +207,9 @@ pub fn go_duration(s: &str) -> Result<u128, GoDurationError> {
             .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_len);
         if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-            return Err(GoDurationError("a part does not start with a number".to_string()));
+            return Err(GoDurationError(
+                "a part does not start with a number".to_string(),
+            ));
         }
         let unit_len = tail
             .find(|c: char| c.is_ascii_digit() || c == '.')

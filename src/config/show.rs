@@ -247,7 +247,11 @@ pub fn redact_url(value: &str) -> String {
     let Ok(u) = url::Url::parse(value) else {
         return "[redacted: not a URL]".into();
     };
-    if u.username().is_empty() && u.password().is_none() && u.query().is_none() && u.fragment().is_none() {
+    if u.username().is_empty()
+        && u.password().is_none()
+        && u.query().is_none()
+        && u.fragment().is_none()
+    {
         return value.to_string();
     }
     let mut out = format!("{}://", u.scheme());
@@ -274,7 +278,9 @@ pub fn redact_url(value: &str) -> String {
 mod redact_tests {
     #[test]
     fn url_settings_lose_their_userinfo_and_query_values() {
-        let r = super::redact_url("https://admin:hunter2@api.example.com:8443/client/v4?token=abc123&x=1");
+        let r = super::redact_url(
+            "https://admin:hunter2@api.example.com:8443/client/v4?token=abc123&x=1",
+        );
         assert_eq!(
             r,
             "https://[redacted]@api.example.com:8443/client/v4?token=[redacted]&x=[redacted]"

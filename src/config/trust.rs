@@ -77,10 +77,7 @@ impl Context {
             .groups
             .get(&gid)
             .is_some_and(|(_, members)| members.iter().any(|m| m != name));
-        let primary_others = self
-            .users
-            .iter()
-            .any(|(u, (_, g))| *u != uid && *g == gid);
+        let primary_others = self.users.iter().any(|(u, (_, g))| *u != uid && *g == gid);
         !listed_others && !primary_others
     }
 
@@ -107,7 +104,10 @@ fn parse_passwd(text: &str) -> BTreeMap<u32, (String, u32)> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            Some((f.get(2)?.parse().ok()?, (f[0].to_string(), f.get(3)?.parse().ok()?)))
+            Some((
+                f.get(2)?.parse().ok()?,
+                (f[0].to_string(), f.get(3)?.parse().ok()?),
+            ))
         })
         .collect()
 }
@@ -254,13 +254,7 @@ fn judge_path(path: &Path, m: &std::fs::Metadata, ctx: &Context) -> Result<(), U
     match std::fs::metadata(&real) {
         Ok(r) if r.dev() == m.dev() && r.ino() == m.ino() => {}
         _ => {
-            return Err(untrusted(
-                path,
-                m.uid(),
-                m.gid(),
-                m.mode(),
-                Why::Changed,
-            ));
+            return Err(untrusted(path, m.uid(), m.gid(), m.mode(), Why::Changed));
         }
     }
     for dir in real.ancestors().skip(1) {
@@ -280,7 +274,8 @@ mod tests {
     use super::*;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\ndeploy:x:1000:1000::/home/deploy:/bin/sh\nalice:x:1001:100::/home/alice:/bin/sh\nbob:x:1002:100::/home/bob:/bin/sh\n";
-    const GROUP: &str = "root:x:0:\ndeploy:x:1000:\nusers:x:100:\ndocker:x:105:deploy\nshared:x:200:deploy,alice\n";
+    const GROUP: &str =
+        "root:x:0:\ndeploy:x:1000:\nusers:x:100:\ndocker:x:105:deploy\nshared:x:200:deploy,alice\n";
 
     #[test]
     fn the_rule_of_strict_modes() {
@@ -289,9 +284,21 @@ mod tests {
         assert_eq!(c.judge(0, 0, 0o100644, false), None);
         assert_eq!(c.judge(1000, 1000, 0o100644, false), Some(Why::Owner));
         let deploy = Context::with_tables(1000, Some(105), PASSWD, GROUP);
-        assert_eq!(deploy.judge(1000, 1000, 0o100664, false), None, "private group");
-        assert_eq!(deploy.judge(0, 0, 0o100664, false), None, "root's private group");
-        assert_eq!(deploy.judge(1000, 105, 0o100664, false), None, "docker group");
+        assert_eq!(
+            deploy.judge(1000, 1000, 0o100664, false),
+            None,
+            "private group"
+        );
+        assert_eq!(
+            deploy.judge(0, 0, 0o100664, false),
+            None,
+            "root's private group"
+        );
+        assert_eq!(
+            deploy.judge(1000, 105, 0o100664, false),
+            None,
+            "docker group"
+        );
         assert_eq!(
             deploy.judge(1000, 200, 0o100664, false),
             Some(Why::GroupWritable),
@@ -303,11 +310,17 @@ mod tests {
             Some(Why::GroupWritable),
             "a primary group shared with bob is not private"
         );
-        assert_eq!(deploy.judge(1000, 1000, 0o100646, false), Some(Why::OtherWritable));
+        assert_eq!(
+            deploy.judge(1000, 1000, 0o100646, false),
+            Some(Why::OtherWritable)
+        );
         // Root-owned sticky directories only.
         assert_eq!(c.judge(0, 0, 0o41777, true), None);
         assert_eq!(c.judge(0, 0, 0o40777, true), Some(Why::OtherWritable));
         assert_eq!(c.judge(4242, 4242, 0o41777, true), Some(Why::Owner));
-        assert_eq!(deploy.judge(1000, 1000, 0o41777, true), Some(Why::OtherWritable));
+        assert_eq!(
+            deploy.judge(1000, 1000, 0o41777, true),
+            Some(Why::OtherWritable)
+        );
     }
 }
