@@ -34,25 +34,6 @@ pub(crate) enum Error {
     /// A secret file is not UTF-8; the caller names the path.
     #[error("the file is not UTF-8 text")]
     SecretNotUtf8 { path: PathBuf },
-    #[error("cannot check {}: {source}", path.display())]
-    Check {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// A settings file owned by another user than the one running.
-    #[error(
-        "{} is owned by uid {uid}, not by the user running audsync (uid {me}); run `chown {me} {}` (or run audsync as its owner)",
-        path.display(),
-        path.display()
-    )]
-    SettingsNotOwned { path: PathBuf, uid: u32, me: u32 },
-    /// A settings file others than its owner may write (`mode` is the permission bits).
-    #[error(
-        "{} is writable by others than its owner (mode {mode:o}); run `chmod go-w {}`",
-        path.display(),
-        path.display()
-    )]
-    WritableByOthers { path: PathBuf, mode: u32 },
     #[error("{}: larger than the {} KiB audsync reads", path.display(), cap / 1024)]
     TooLarge { path: PathBuf, cap: u64 },
     #[error("{} is not a regular file; point the setting at a regular file", path.display())]
@@ -179,33 +160,6 @@ pub(crate) fn read_open(f: File, cap: u64) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(buf)
-}
-
-/// Whether a settings file (the `.env`, the config file) may decide where credentials go and
-/// which files are written: owned by the user running, and writable by nobody else. The
-/// error says why not, and the fix.
-pub(crate) fn owner_only_writable(path: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).map_err(|source| Error::Check {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let me = rustix::process::geteuid().as_raw();
-    if m.uid() != me {
-        return Err(Error::SettingsNotOwned {
-            path: path.to_path_buf(),
-            uid: m.uid(),
-            me,
-        });
-    }
-    let mode = m.mode() & 0o777;
-    if mode & 0o022 != 0 {
-        return Err(Error::WritableByOthers {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(())
 }
 
 /// A private file's bytes (see [`open_private`]), at most `cap`; `None` when it does not exist.

@@ -322,7 +322,7 @@ pub fn message(event: Event, r: &Pass, host: &str, ctx: &Context) -> Message {
         bindings.push(json!({
             "id": b.id,
             "key": b.key,
-            "old": b.previous,
+            "old": b.previous.as_deref().filter(|v| reconcile::is_aud(v)),
             "new": b.aud,
             "status": b.status,
             "error": b.error,

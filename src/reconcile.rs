@@ -610,13 +610,22 @@ fn env_diff(env: &Values, changes: &Values) -> Vec<String> {
         .collect()
 }
 
-/// First 8 characters of an AUD, enough to tell two apart in a log line.
+/// First 8 characters of an AUD (64 lowercase hex, the rule of `crate::aud`), enough to tell
+/// two apart in a log line. Any other value is never shown, not even in part: a key pointed at
+/// a password must not print it ("(not an AUD)").
 pub fn short(v: &str) -> String {
-    if v.chars().count() > 12 {
-        format!("{}…", v.chars().take(8).collect::<String>())
+    if is_aud(v) {
+        format!("{}…", &v[..8])
     } else {
-        v.to_string()
+        "(not an AUD)".into()
     }
+}
+
+/// 64 characters out of `0-9a-f`: the shape of an AUD, the only old value ever shown.
+pub fn is_aud(v: &str) -> bool {
+    v.len() == 64
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 // ---------------------------------------------------------------- outcome

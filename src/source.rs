@@ -193,6 +193,7 @@ async fn list_and_match(
                 .inspect(|app| remember(state, host, &account, app)),
         };
         out[i] = Some(found.and_then(|app| {
+            covers_given_host(cfgs[i], &app)?;
             apps::validate_aud(&app.aud, &app)?;
             let (_kind, warnings) = match &cfgs[i].selector {
                 Selector::Host(host) => (
@@ -207,6 +208,24 @@ async fn list_and_match(
                 warnings,
             })
         }));
+    }
+}
+
+/// With `--app-id` and `--domain` both given, the application must cover the host: otherwise
+/// the AUD of one application would be written for another's host.
+fn covers_given_host(cfg: &SourceConfig, app: &AccessApp) -> Result<(), Error> {
+    match (&cfg.selector, &cfg.host) {
+        (Selector::AppId(id), Some(host)) if apps::match_kind(app, host).is_none() => {
+            Err(Error::failed(
+                format!(
+                    "--app-id {id} and --domain {host} disagree: application {:?} ({id}) does not cover {host} (it covers {})",
+                    app.name,
+                    app.hosts().join(", ")
+                ),
+                Some("give the application that protects the host, or only one of --app-id and --domain".into()),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -277,6 +296,7 @@ pub async fn fetch(
             }
         }
     };
+    covers_given_host(cfg, &app)?;
     apps::validate_aud(&app.aud, &app)?;
     let (_kind, warnings) = match &cfg.selector {
         Selector::Host(host) => (apps::match_kind(&app, host), note_served(cache, host, &app)),

@@ -269,7 +269,12 @@ fn log_pass(r: &Report, elapsed: Duration) {
                 .iter()
                 .any(|s| s.action == crate::reconcile::WriteAction::Write)
         {
-            let old = b.previous.as_deref().unwrap_or("(unset)");
+            // Only an AUD is logged; any other old value (a password) never is.
+            let old = match b.previous.as_deref() {
+                Some(v) if crate::reconcile::is_aud(v) => v,
+                Some(_) => "(not an AUD)",
+                None => "(unset)",
+            };
             if wrote {
                 tracing::warn!(binding = %b.id, old, new = %new, "AUD changed");
             } else if r.dry_run {

@@ -106,7 +106,7 @@ fn dry_run_prints_the_plan_changes_nothing_and_exits_3() {
     let r = sync(&sb, &["--dry-run"]);
     assert_eq!(r.code, 3, "{r:?}");
     assert_eq!(sb.read_env(), ENV);
-    assert!(r.stdout.contains("old -> 02020202"), "{r:?}");
+    assert!(r.stdout.contains("(not an AUD) -> 02020202"), "{r:?}");
     assert!(r.stdout.contains("dry run"), "{r:?}");
     assert!(
         !sb.path(".env.audsync-state.json").exists(),
@@ -124,7 +124,8 @@ fn json_output_has_the_documented_fields() {
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
     assert_eq!(j["aud"], aud(2));
-    assert_eq!(j["previous"], "old");
+    // An old value that is not an AUD is not carried (issue 21).
+    assert_eq!(j["previous"], serde_json::Value::Null);
     assert_eq!(j["changed"], true);
     assert_eq!(j["dry_run"], false);
     // --restart none: the container still runs the old value.
@@ -132,7 +133,7 @@ fn json_output_has_the_documented_fields() {
     assert_eq!(j["app"]["id"], uuid(2));
     assert_eq!(j["sinks"][0]["kind"], "env");
     assert_eq!(j["sinks"][0]["result"], "written");
-    assert_eq!(j["sinks"][0]["old"], "old");
+    assert_eq!(j["sinks"][0]["old"], serde_json::Value::Null);
     assert_eq!(j["containers"][0]["name"], "lambda-server");
     assert_eq!(j["containers"][0]["action"], "none");
 }

@@ -230,7 +230,7 @@ fn swarm_services_follow_the_aud_and_a_failing_update_is_rolled_back() {
     dry_run_shows(
         &sb,
         &web,
-        &format!("{KEY}: old -> {}", short(&aud(2))),
+        &format!("{KEY}: (not an AUD) -> {}", short(&aud(2))),
         "OTHER",
     );
 

@@ -115,7 +115,7 @@ fn infisical_writes_with_universal_auth_and_sends_the_documented_shape() {
     assert_eq!(s["kind"], "infisical");
     assert_eq!(s["target"], format!("{PROJECT}/dev/"));
     assert_eq!(s["key"], KEY);
-    assert_eq!(s["old"], "old");
+    assert_eq!(s["old"], Value::Null, "not an AUD: not carried");
     assert_eq!(s["version"], 1);
     assert_eq!(s["new_version"], 2);
     assert_eq!(s["result"], "written");
@@ -516,7 +516,7 @@ fn infisical_dry_run_and_json_show_target_key_version_old_and_new() {
     assert_eq!(r.code, 3, "{r:?}");
     assert!(
         r.stdout.contains(&format!(
-            "sink infisical {PROJECT}/dev/ {KEY} v1: old -> 02020202… [planned]"
+            "sink infisical {PROJECT}/dev/ {KEY} v1: (not an AUD) -> 02020202… [planned]"
         )),
         "{r:?}"
     );
@@ -540,7 +540,7 @@ fn infisical_dry_run_and_json_show_target_key_version_old_and_new() {
             &json!("infisical"),
             &json!(format!("{PROJECT}/dev/")),
             &json!(KEY),
-            &json!("old"),
+            &Value::Null,
             &json!(1),
             &json!("write"),
             &json!("planned")

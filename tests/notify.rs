@@ -153,13 +153,13 @@ fn a_change_is_notified_to_every_scheme_in_its_shape() {
     assert!(!host.is_empty());
     assert_eq!(j["source"], format!("audsync://{host}"));
     assert_eq!(j["data"]["bindings"][0]["id"], HOST);
-    assert_eq!(j["data"]["bindings"][0]["old"], "old");
+    assert_eq!(j["data"]["bindings"][0]["old"], Value::Null, "not an AUD");
     assert_eq!(j["data"]["bindings"][0]["new"], aud(2));
     assert_eq!(j["data"]["status"], "written");
     let text = j["message"].as_str().unwrap();
     assert!(text.contains(&format!("host: {host}")), "{text}");
     assert!(
-        text.contains(&format!("binding {HOST}: AUD old → {new}…")),
+        text.contains(&format!("binding {HOST}: AUD (not an AUD) → {new}…")),
         "{text}"
     );
     assert!(
@@ -187,13 +187,17 @@ fn a_change_is_notified_to_every_scheme_in_its_shape() {
     assert_eq!(n.headers["priority"], "3");
     assert!(n.headers.contains_key("tags"));
     assert!(n.headers["content-type"].starts_with("text/plain"));
-    assert!(n.body.contains(&format!("old → {new}")), "{}", n.body);
+    assert!(
+        n.body.contains(&format!("(not an AUD) → {new}")),
+        "{}",
+        n.body
+    );
 
     // Slack: {"text"} with a bold title.
     let s = h.at("/services/")[0].json();
     let t = s["text"].as_str().unwrap();
     assert!(
-        t.starts_with('*') && t.contains(&format!("old → {new}")),
+        t.starts_with('*') && t.contains(&format!("(not an AUD) → {new}")),
         "{t}"
     );
 
@@ -207,7 +211,7 @@ fn a_change_is_notified_to_every_scheme_in_its_shape() {
         d["embeds"][0]["description"]
             .as_str()
             .unwrap()
-            .contains(&format!("old → {new}"))
+            .contains(&format!("(not an AUD) → {new}"))
     );
     assert_eq!(d["allowed_mentions"]["parse"], serde_json::json!([]));
 
@@ -264,7 +268,7 @@ fn failing_sync_runs_notify_once_per_streak_across_runs() {
     let text = rec["message"].as_str().unwrap();
     assert!(text.contains("recovered after 3 failed pass(es)"), "{text}");
     assert!(
-        text.contains("old → "),
+        text.contains("(not an AUD) → "),
         "the change it made is in it: {text}"
     );
 }

@@ -426,95 +426,348 @@ fn a_wildcard_only_match_warns_and_a_change_of_the_serving_app_is_loud() {
     );
 }
 
-// ---------------------------------------------------------------- settings only from safe files
+// ---------------------------------------------------------------- settings only from trusted files
+
+/// Change `path`'s owner (uid, gid) and mode: a neighbour's file, simulated (tests run as root).
+fn own(path: &std::path::Path, uid: u32, gid: u32, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The group of the Docker socket, when there is one.
+fn docker_gid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/var/run/docker.sock")
+        .ok()
+        .map(|m| m.gid())
+}
+
+const NEIGHBOUR: u32 = 4242;
+const ADMIN_PASSWORD: &str = "hunter2-admin-password-not-an-aud";
 
 #[test]
-fn a_group_writable_or_foreign_env_file_cannot_choose_where_credentials_go() {
-    use std::os::unix::fs::PermissionsExt;
+fn a_neighbours_env_file_with_settings_stops_a_root_run_and_without_them_is_only_a_sink() {
+    let hook = sink_server();
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    let theirs = format!(
+        "ADMIN_PASSWORD={ADMIN_PASSWORD}\nAUDSYNC_KEY=ADMIN_PASSWORD\nAUDSYNC_CONTAINER=victim\nAUDSYNC_RESTART=recreate\nAUDSYNC_SINK=infisical\nINFISICAL_SECRET_PATH=/other-app\nAUDSYNC_NOTIFY={}/theirs\nCLOUDFLARE_API_TOKEN=their-token-SECRET\n",
+        hook.0.url
+    );
+    sb.write_env(&theirs);
+    own(&sb.env_path(), NEIGHBOUR, NEIGHBOUR, 0o644);
+    let r = run(sb
+        .cmd()
+        .args(["sync", "--env-file", ".env", "--domain", HOST]));
+    assert_eq!(r.code, 2, "{r:?}");
+    for want in [
+        "AUDSYNC_KEY",
+        "AUDSYNC_CONTAINER",
+        "AUDSYNC_RESTART",
+        "AUDSYNC_NOTIFY",
+        "INFISICAL_SECRET_PATH",
+        "CLOUDFLARE_API_TOKEN",
+        "owned by uid 4242",
+        "mode 0644",
+        "/etc/audsync/audsync.toml",
+        "sink only",
+        "chown 0",
+        "run audsync as the file's owner (uid 4242)",
+    ] {
+        assert!(r.stderr.contains(want), "{want}: {r:?}");
+    }
+    let all = both(&r);
+    assert!(
+        !all.contains("hunter2") && !all.contains("their-token"),
+        "{r:?}"
+    );
+    assert_eq!(sb.read_env(), theirs, "nothing written");
+    assert!(cf.requests().is_empty(), "nothing contacted");
+    assert_eq!(hook.1.load(Ordering::SeqCst), 0, "nothing notified");
+
+    // Without audsync settings it is a sink (root's cron writing a deploy user's .env).
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\nAPP_SETTING=1\n");
+    own(&sb.env_path(), NEIGHBOUR, NEIGHBOUR, 0o644);
+    let r = run(sb.cmd().args([
+        "sync",
+        "--env-file",
+        ".env",
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+    ]));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(sb.read_env().contains(&aud(2)), "{r:?}");
+}
+
+#[test]
+fn group_write_is_trusted_only_for_the_owners_private_group_or_the_docker_group() {
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
     let mut sb = Sandbox::new();
     sb.var("CLOUDFLARE_API_TOKEN", TOKEN)
         .var("CLOUDFLARE_ACCOUNT_ID", cloudflare::ACCOUNT);
+    let get = |sb: &Sandbox| run(sb.cmd().args(["get", "--domain", HOST]));
+    // A setting that decides nothing dangerous is no longer read from a shared-group file.
     sb.write_env(&format!(
-        "CLOUDFLARE_API_URL={}\nCLOUDFLARE_AUD_TAG=old\n",
+        "CLOUDFLARE_API_URL={}\nAUDSYNC_TIMEOUT=20s\n",
         cf.url()
     ));
-    let get = || {
-        let mut c = sb.cmd();
-        c.args(["get", "--domain", HOST]);
-        run(&mut c)
-    };
-    let set_mode = |m: u32| {
-        std::fs::set_permissions(sb.env_path(), std::fs::Permissions::from_mode(m)).unwrap()
-    };
-    for mode in [0o664, 0o646, 0o666] {
-        set_mode(mode);
-        let r = get();
-        assert_eq!(r.code, 2, "{mode:o}: {r:?}");
-        assert!(
-            r.stderr.contains("CLOUDFLARE_API_URL") && r.stderr.contains("chmod go-w"),
-            "{r:?}"
-        );
-        assert!(cf.requests().is_empty(), "nothing was contacted");
-    }
-    // Owned by another user.
-    set_mode(0o644);
-    if std::os::unix::fs::chown(sb.env_path(), Some(65534), None).is_ok() {
-        let r = get();
-        assert_eq!(r.code, 2, "{r:?}");
-        assert!(r.stderr.contains("owned by uid 65534"), "{r:?}");
-        assert!(cf.requests().is_empty());
-        std::os::unix::fs::chown(
-            sb.env_path(),
-            Some(rustix::process::geteuid().as_raw()),
-            None,
-        )
-        .unwrap();
-    }
-    // The owner's own file (0644) is trusted.
-    let r = get();
+    own(&sb.env_path(), 0, NEIGHBOUR, 0o664);
+    let r = get(&sb);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("AUDSYNC_TIMEOUT")
+            && r.stderr.contains("writable by group 4242")
+            && r.stderr.contains("chmod go-w"),
+        "{r:?}"
+    );
+    assert!(cf.requests().is_empty());
+    // Root's private group (root:x:0: with no other member).
+    own(&sb.env_path(), 0, 0, 0o664);
+    let r = get(&sb);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout.trim(), aud(2));
-    // A setting that decides nothing of the sort is still read from a group-writable file.
-    sb.write_env("AUDSYNC_TIMEOUT=20s\nCLOUDFLARE_AUD_TAG=old\n");
-    set_mode(0o664);
-    let mut sb2 = Sandbox::with_cloudflare(&cf);
-    sb2.dir = tempfile::tempdir().unwrap();
-    std::fs::copy(sb.env_path(), sb2.env_path()).unwrap();
-    std::fs::set_permissions(sb2.env_path(), std::fs::Permissions::from_mode(0o664)).unwrap();
-    let mut c = sb2.cmd();
-    c.args(["get", "--domain", HOST]);
-    let r = run(&mut c);
+    // The Docker socket's group: its members are root-equivalent already.
+    if let Some(gid) = docker_gid().filter(|g| *g != 0) {
+        own(&sb.env_path(), 0, gid, 0o664);
+        let r = get(&sb);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    // Writable by others: never.
+    own(&sb.env_path(), 0, 0, 0o646);
+    let r = get(&sb);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("writable by others"), "{r:?}");
+}
+
+#[test]
+fn every_directory_on_the_path_counts_and_only_a_root_sticky_one_may_be_shared() {
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", TOKEN)
+        .var("CLOUDFLARE_ACCOUNT_ID", cloudflare::ACCOUNT);
+    let d = sb.path("app");
+    std::fs::create_dir(&d).unwrap();
+    let env = d.join(".env");
+    std::fs::write(&env, format!("CLOUDFLARE_API_URL={}\n", cf.url())).unwrap();
+    own(&env, 0, 0, 0o600);
+    let get = || {
+        run(sb
+            .cmd()
+            .args(["get", "--env-file", "app/.env", "--domain", HOST]))
+    };
+    // The neighbour owns the directory: they can swap the file.
+    own(&d, NEIGHBOUR, NEIGHBOUR, 0o755);
+    let r = get();
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("{} is owned by uid 4242", d.display())),
+        "the directory is named: {r:?}"
+    );
+    // Root's, but anyone may write it.
+    own(&d, 0, 0, 0o777);
+    let r = get();
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("writable by others"), "{r:?}");
+    // A root-owned sticky directory (as /tmp) is fine.
+    own(&d, 0, 0, 0o1777);
+    let r = get();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!cf.requests().is_empty());
+}
+
+#[test]
+fn a_config_file_someone_else_owns_does_not_take_over_the_run_found_or_named() {
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    let cfg = sb.path("audsync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "restart = \"none\"\n\n[[binding]]\ndomain = \"{HOST}\"\nkey = \"ADMIN_PASSWORD\"\nsinks = [{{ env = \"{}\" }}]\n",
+            sb.env_path().display()
+        ),
+    )
+    .unwrap();
+    sb.write_env(&format!("ADMIN_PASSWORD={ADMIN_PASSWORD}\n"));
+    own(&cfg, NEIGHBOUR, NEIGHBOUR, 0o644);
+    for args in [
+        vec!["config"],
+        vec!["sync"],
+        vec!["sync", "--config", "audsync.toml"],
+    ] {
+        let r = run(sb.cmd().args(&args));
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("may not steer this run")
+                && r.stderr.contains("owned by uid 4242")
+                && r.stderr.contains("chown 0"),
+            "{args:?}: {r:?}"
+        );
+    }
+    assert!(sb.read_env().contains(ADMIN_PASSWORD), "nothing written");
+    assert!(cf.requests().is_empty());
+    // The same file, root's own: used.
+    own(&cfg, 0, 0, 0o600);
+    sb.write_env("ADMIN_PASSWORD=old\n");
+    let r = run(sb.cmd().args(["sync"]));
     assert_eq!(r.code, 0, "{r:?}");
 }
 
 #[test]
-fn a_group_writable_config_file_cannot_choose_urls_or_files() {
-    use std::os::unix::fs::PermissionsExt;
+fn a_credential_file_someone_else_owns_is_refused_and_a_higher_layers_file_beats_a_lower_plain_value()
+ {
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
-    let sb = Sandbox::with_cloudflare(&cf);
-    let cfg = sb.path("audsync.toml");
-    for doc in [
-        format!(
-            "[cloudflare]\napi_url = \"{}\"\n\n[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \".env\" }}]\n",
-            cf.url()
-        ),
-        format!(
-            "state_file = \"/tmp/elsewhere.json\"\n\n[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \".env\" }}]\n"
-        ),
-        format!(
-            "[[binding]]\ndomain = \"{HOST}\"\nsinks = [{{ env = \"/etc/somewhere/.env\" }}]\n"
-        ),
-    ] {
-        std::fs::write(&cfg, &doc).unwrap();
-        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let mut c = sb.cmd();
-        c.args(["sync", "--restart", "none"]);
-        let r = run(&mut c);
-        assert_eq!(r.code, 2, "{doc}: {r:?}");
-        assert!(r.stderr.contains("chmod go-w"), "{r:?}");
-    }
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_URL", &cf.url())
+        .var("CLOUDFLARE_ACCOUNT_ID", cloudflare::ACCOUNT);
+    let token = sb.path("cf-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    own(&token, NEIGHBOUR, NEIGHBOUR, 0o600);
+    sb.var("CLOUDFLARE_API_TOKEN_FILE", token.to_str().unwrap());
+    let get = |sb: &Sandbox| run(sb.cmd().args(["get", "--domain", HOST]));
+    let r = get(&sb);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("CLOUDFLARE_API_TOKEN_FILE") && r.stderr.contains("owned by uid 4242"),
+        "{r:?}"
+    );
+    assert!(!both(&r).contains(TOKEN));
     assert!(cf.requests().is_empty());
+    // Root's file in the process environment beats the .env's plain token.
+    own(&token, 0, 0, 0o600);
+    sb.write_env("CLOUDFLARE_API_TOKEN=a-stale-token-in-the-env-file\n");
+    let r = get(&sb);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), aud(2));
+}
+
+#[test]
+fn an_old_value_that_is_not_an_aud_is_never_shown_notified_or_in_json() {
+    let hook = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let h = hook.clone();
+    let server = Server::start(move |req: Request<Body>| {
+        let h = h.clone();
+        async move {
+            let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            h.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&bytes).into_owned());
+            (StatusCode::OK, "ok").into_response()
+        }
+    });
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let mut sb = Sandbox::with_cloudflare(&cf);
+    sb.var("AUDSYNC_NOTIFY", &format!("{}/hook", server.url));
+    let sync = |extra: &[&str]| {
+        sb.write_env(&format!("ADMIN_PASSWORD={ADMIN_PASSWORD}\n"));
+        let mut c = sb.cmd();
+        c.args([
+            "sync",
+            "--domain",
+            HOST,
+            "--key",
+            "ADMIN_PASSWORD",
+            "--restart",
+            "none",
+        ])
+        .args(extra);
+        run(&mut c)
+    };
+    let r = sync(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("(not an AUD) -> 02020202"), "{r:?}");
+    let r2 = sync(&["--output", "json"]);
+    assert_eq!(r2.code, 0, "{r2:?}");
+    let j = r2.json();
+    assert_eq!(j["previous"], serde_json::Value::Null, "{j}");
+    assert_eq!(j["sinks"][0]["old"], serde_json::Value::Null, "{j}");
+    let got = hook.lock().unwrap().join("\n");
+    assert!(got.contains("(not an AUD)"), "{got}");
+    for shown in [both(&r), both(&r2), got] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+    // An AUD's prefix is still shown.
+    sb.write_env(&format!("ADMIN_PASSWORD={}\n", aud(3)));
+    let mut c = sb.cmd();
+    c.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--key",
+        "ADMIN_PASSWORD",
+        "--restart",
+        "none",
+    ]);
+    let r = run(&mut c);
+    assert!(r.stdout.contains("03030303… -> 02020202"), "{r:?}");
+}
+
+#[test]
+fn app_id_and_domain_together_must_agree() {
+    let cf = FakeCloudflare::start(vec![
+        app(2, HOST, &aud(2)),
+        app(3, "other.example.com", &aud(3)),
+    ]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    let id = cloudflare::uuid(3);
+    let r = run(sb.cmd().args(["get", "--app-id", &id, "--domain", HOST]));
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains(&id) && r.stderr.contains(HOST) && r.stderr.contains("does not cover"),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains(&aud(3)), "{r:?}");
+    let r = run(sb
+        .cmd()
+        .args(["get", "--app-id", &cloudflare::uuid(2), "--domain", HOST]));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), aud(2));
+}
+
+#[test]
+fn config_shows_url_settings_without_userinfo_or_query_values_and_errors_quote_no_value() {
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", TOKEN)
+        .var("CLOUDFLARE_ACCOUNT_ID", cloudflare::ACCOUNT)
+        .var(
+            "CLOUDFLARE_API_URL",
+            "https://admin:hunter2pass@api.example.net/client/v4?sig=hunter2sig",
+        )
+        .var(
+            "INFISICAL_HOST",
+            "https://svc:hunter2infi@infisical.example.net/?token=hunter2tok",
+        );
+    let r = run(sb.cmd().args(["config", "--domain", HOST]));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!both(&r).contains("hunter2"), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("https://[redacted]@api.example.net/client/v4?sig=[redacted]"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("infisical.example.net"), "{r:?}");
+    // A value that does not validate is not quoted back.
+    for (var, bad) in [
+        ("CLOUDFLARE_API_URL", "hunter2-not-a-url"),
+        ("AUDSYNC_KEY", "hunter2-bad key"),
+    ] {
+        let mut sb2 = Sandbox::new();
+        sb2.var("CLOUDFLARE_API_TOKEN", TOKEN).var(var, bad);
+        let r = run(sb2.cmd().args(["get", "--domain", HOST]));
+        let r = if var == "AUDSYNC_KEY" {
+            run(sb2.cmd().args(["sync", "--domain", HOST, "--dry-run"]))
+        } else {
+            r
+        };
+        assert_eq!(r.code, 2, "{var}: {r:?}");
+        assert!(!both(&r).contains("hunter2"), "{var}: {r:?}");
+    }
 }
 
 // ---------------------------------------------------------------- quoted container logs

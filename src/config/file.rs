@@ -9,7 +9,6 @@
 //! the running user.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
@@ -181,6 +180,9 @@ pub struct FileConfig {
     pub bindings: Vec<FileBinding>,
     /// `notify = [...]`: notification URLs (secrets: they carry tokens).
     pub notify: Vec<At<String>>,
+    /// The file's owner and mode, and whether it may steer a run, as found when it was read
+    /// ([`super::trust`]); `parse` in `config` refuses an untrusted file before using it.
+    pub facts: Option<super::trust::Facts>,
 }
 
 impl FileConfig {
@@ -192,6 +194,7 @@ impl FileConfig {
                 .iter()
                 .map(|(k, v)| (k.clone(), (v.value.clone(), v.line)))
                 .collect(),
+            facts: self.facts.clone(),
         }
     }
 
@@ -200,69 +203,54 @@ impl FileConfig {
     }
 }
 
-/// Read and check the file; every problem found, each as `path:line: message`.
-pub fn load(path: &Path) -> Result<FileConfig, Vec<String>> {
+/// Read and check the file; every problem found, each as `path:line: message`. The file's
+/// owner and mode are recorded ([`FileConfig::facts`]); a file that may not steer the run is
+/// not parsed at all (its settings are refused as a whole by the caller).
+pub fn load(path: &Path, ctx: &super::trust::Context) -> Result<FileConfig, Vec<String>> {
     let shown = path.display().to_string();
-    let text = match crate::fsx::read_text(path) {
-        Ok(Some(t)) => t,
+    let (bytes, facts) = match super::trust::read(path, crate::fsx::MAX_TEXT, ctx) {
+        Ok(Some(read)) => read,
         Ok(None) => {
             return Err(vec![format!(
                 "{shown}: no such file (--config / AUDSYNC_CONFIG)"
             )]);
         }
-        Err(e) => return Err(vec![e.to_string()]),
+        Err(e) => return Err(vec![format!("cannot read {shown}: {e}")]),
     };
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let private = is_private(path);
-    let cfg = parse(&text, &abs, private)?;
-    // A file others can change may not choose URLs, credential files, the state file, or the
-    // `.env` files written.
-    let mut problems = Vec::new();
-    if let Err(e) = super::layers::refuse_unsafe_settings(path, cfg.settings.keys()) {
-        problems.push(e.to_string());
+    if !facts.trusted() {
+        return Ok(FileConfig {
+            path: abs,
+            facts: Some(facts),
+            ..FileConfig::default()
+        });
     }
-    let env_sinks = cfg
-        .bindings
-        .iter()
-        .flat_map(|b| &b.sinks)
-        .any(|s| matches!(s.value, SinkSpec::Env(_)));
-    if env_sinks && let Err(why) = crate::fsx::owner_only_writable(path) {
-        problems.push(format!(
-            "{why}: until then its bindings may not name .env files to write"
-        ));
-    }
-    if problems.is_empty() {
-        Ok(cfg)
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Err(vec![format!("{shown}: not UTF-8 text")]);
+    };
+    let private = if facts.private_to(ctx.euid) {
+        Ok(())
+    } else if facts.uid != ctx.euid {
+        Err(NotPrivate(format!(
+            "it is owned by uid {}, not by the user running audsync (uid {})",
+            facts.uid, ctx.euid
+        )))
     } else {
-        Err(problems)
-    }
+        Err(NotPrivate(format!(
+            "its mode is {:o}; run `chmod 600 {}`",
+            facts.mode & 0o777,
+            path.display()
+        )))
+    };
+    let mut cfg = parse(&text, &abs, private)?;
+    cfg.facts = Some(facts);
+    Ok(cfg)
 }
 
 /// Why a config file is not private (inline secrets are refused then).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct NotPrivate(String);
-
-/// True when only the running user can read or change the file: mode 0600 (or stricter) and
-/// owned by the effective user.
-fn is_private(path: &Path) -> Result<(), NotPrivate> {
-    let m = std::fs::metadata(path).map_err(|e| NotPrivate(e.to_string()))?;
-    let mode = m.permissions().mode() & 0o777;
-    let me = rustix::process::geteuid().as_raw();
-    if m.uid() != me {
-        return Err(NotPrivate(format!(
-            "it is owned by uid {}, not by the user running audsync (uid {me})",
-            m.uid()
-        )));
-    }
-    if mode & 0o077 != 0 {
-        return Err(NotPrivate(format!(
-            "its mode is {mode:o}; run `chmod 600 {}`",
-            path.display()
-        )));
-    }
-    Ok(())
-}
 
 /// Parse `text` (the file at `path`). `private` says whether inline secrets are allowed.
 pub fn parse(

@@ -67,8 +67,7 @@ pub fn infisical_settings(
     };
     let url = url::Url::parse(&a.infisical_host).map_err(|e| {
         Error::usage(format!(
-            "--infisical-host / INFISICAL_HOST {:?}: {e}",
-            a.infisical_host
+            "--infisical-host / INFISICAL_HOST does not parse as a URL: {e}"
         ))
     })?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -83,15 +82,15 @@ pub fn infisical_settings(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(Error::usage(format!(
-            "--infisical-environment / INFISICAL_ENVIRONMENT {environment:?} is not an environment slug (e.g. dev, staging, prod)"
-        )));
+        return Err(Error::usage(
+            "--infisical-environment / INFISICAL_ENVIRONMENT is not an environment slug (e.g. dev, staging, prod)",
+        ));
     }
     let login_holdoff = match env.get(LOGIN_HOLDOFF_VAR) {
         None => LOGIN_HOLDOFF,
         Some(v) => crate::cli::parse_duration(&v).map_err(|e| {
             Error::usage(format!(
-                "{LOGIN_HOLDOFF_VAR} {v:?}: {e} (a duration such as 5m, or 0)"
+                "{LOGIN_HOLDOFF_VAR}: {e} (a duration such as 5m, or 0)"
             ))
         })?,
     };

@@ -14,6 +14,8 @@ use crate::error::Error;
 use crate::secret::Secret;
 use crate::sink::envfile;
 
+use super::trust::{self, Facts};
+
 /// A snapshot of environment variables (the process's, or a test's).
 #[derive(Clone, Default, PartialEq)]
 pub struct Vars(BTreeMap<String, String>);
@@ -66,49 +68,6 @@ impl std::fmt::Debug for Vars {
     }
 }
 
-/// Settings that decide where credentials go or which files are written: taken from a `.env`
-/// or config file only when that file is its owner's alone ([`crate::fsx::owner_only_writable`]).
-pub fn decides_where(name: &str) -> bool {
-    name.ends_with("_FILE")
-        || matches!(
-            name,
-            "CLOUDFLARE_API_URL"
-                | "INFISICAL_HOST"
-                | "CLOUDFLARE_AUTH_DOMAIN"
-                | "AUDSYNC_CONFIG"
-                | "AUDSYNC_LOCK_DIR"
-                | "AUDSYNC_ALLOW_INSECURE_HTTP"
-                | "AUDSYNC_ALLOW_UNSIGNED_KID"
-        )
-}
-
-/// Settings a file others can change may not set (the message names them and the fix).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct UnsafeSettings(String);
-
-/// Refuse the file's settings that [`decides_where`] when the file is not its owner's alone.
-pub fn refuse_unsafe_settings<'a>(
-    path: &Path,
-    names: impl IntoIterator<Item = &'a String>,
-) -> Result<(), UnsafeSettings> {
-    let unsafe_names: Vec<&str> = names
-        .into_iter()
-        .map(String::as_str)
-        .filter(|n| decides_where(n))
-        .collect();
-    if unsafe_names.is_empty() {
-        return Ok(());
-    }
-    match crate::fsx::owner_only_writable(path) {
-        Ok(()) => Ok(()),
-        Err(why) => Err(UnsafeSettings(format!(
-            "{why}: until then it may not set {} (settings that decide where credentials go and which files are written); or set them in the process environment",
-            unsafe_names.join(", ")
-        ))),
-    }
-}
-
 /// Where a setting's value came from (`audsync config` shows it, like `git config --show-origin`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -142,6 +101,8 @@ impl std::fmt::Display for Origin {
 pub struct FileLayer {
     pub path: PathBuf,
     pub values: BTreeMap<String, (String, usize)>,
+    /// The file's owner and mode, and whether it may steer a run, as found when it was read.
+    pub facts: Option<Facts>,
 }
 
 /// Every layer below the flags. Its `Debug` shows keys only: the `.env` file and the config
@@ -192,9 +153,16 @@ impl Env {
     /// Add the `.env` file at `path` as the layer under the process environment. A missing file
     /// is an empty layer. A file that does not parse is reported by path and line only: its
     /// text may hold secrets.
+    ///
+    /// A `.env` that may not steer the run ([`trust`]) is only a sink: when it holds none of
+    /// audsync's settings its layer is empty; when it holds some, the run stops here, naming
+    /// them, the path component at fault and the fixes.
     pub fn with_env_file(mut self, path: &Path) -> Result<Env, Error> {
-        let values = match crate::fsx::read_text(path) {
-            Ok(Some(text)) => {
+        let ctx = trust::Context::from_vars(&self.process);
+        let (values, facts) = match trust::read(path, crate::fsx::MAX_TEXT, &ctx) {
+            Ok(Some((bytes, facts))) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Error::usage(format!("{}: not UTF-8 text", path.display())))?;
                 let parsed = envfile::parse(&text).map_err(|e| {
                     Error::usage(format!(
                         "{}: does not parse as a .env file: {e}",
@@ -202,23 +170,40 @@ impl Env {
                     ))
                 })?;
                 let lines = envfile::key_lines(&text);
-                parsed
+                let values: BTreeMap<String, (String, usize)> = parsed
                     .into_iter()
                     .map(|(k, v)| {
                         let line = lines.get(&k).copied().unwrap_or(0);
                         (k, (v, line))
                     })
-                    .collect()
+                    .collect();
+                (values, Some(facts))
             }
-            Ok(None) => BTreeMap::new(),
-            Err(e) => return Err(Error::usage(e.to_string())),
+            Ok(None) => (BTreeMap::new(), None),
+            Err(e) => {
+                return Err(Error::usage(format!("cannot read {}: {e}", path.display())));
+            }
         };
-        // Only values a lower layer would use matter, but refusing outright is clearer.
-        refuse_unsafe_settings(path, values.keys()).map_err(|e| Error::usage(e.to_string()))?;
+        let values = match facts.as_ref().map(|f| &f.verdict) {
+            Some(Err(why)) => {
+                let names = super::setting_names();
+                let found: Vec<&str> = values
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| names.contains(*k) || k.starts_with("AUDSYNC_"))
+                    .collect();
+                if !found.is_empty() {
+                    return Err(Error::usage(untrusted_env_file(path, &found, why)));
+                }
+                BTreeMap::new()
+            }
+            _ => values,
+        };
         self.env_file = Some(path.to_path_buf());
         self.dotenv = FileLayer {
             path: path.to_path_buf(),
             values,
+            facts,
         };
         Ok(self)
     }
@@ -241,24 +226,35 @@ impl Env {
 
     /// [`Env::get`] with the value's origin.
     pub fn lookup(&self, name: &str) -> Option<(String, Origin)> {
-        if let Some(v) = self.process.get(name) {
-            return Some((v.to_string(), Origin::Env(name.to_string())));
+        (0..4).find_map(|layer| self.in_layer(layer, name))
+    }
+
+    /// A non-empty value of `name` in one layer: 0 the process environment, 1 the `.env` file,
+    /// 2 the config file, 3 values fetched from a secret store.
+    fn in_layer(&self, layer: usize, name: &str) -> Option<(String, Origin)> {
+        let from_file = |l: &FileLayer, file: bool| {
+            let (v, line) = l.values.get(name).filter(|(v, _)| !v.is_empty())?;
+            let origin = if file {
+                Origin::File(l.path.clone(), *line)
+            } else {
+                Origin::EnvFile(l.path.clone(), *line)
+            };
+            Some((v.clone(), origin))
+        };
+        match layer {
+            0 => self
+                .process
+                .get(name)
+                .map(|v| (v.to_string(), Origin::Env(name.to_string()))),
+            1 => from_file(&self.dotenv, false),
+            2 => from_file(&self.file, true),
+            _ => self
+                .fetched
+                .get(name)
+                .map(|v| v.expose().to_string())
+                .filter(|v| !v.is_empty())
+                .map(|v| (v, Origin::Infisical)),
         }
-        for (layer, file) in [(&self.dotenv, false), (&self.file, true)] {
-            if let Some((v, line)) = layer.values.get(name).filter(|(v, _)| !v.is_empty()) {
-                let origin = if file {
-                    Origin::File(layer.path.clone(), *line)
-                } else {
-                    Origin::EnvFile(layer.path.clone(), *line)
-                };
-                return Some((v.clone(), origin));
-            }
-        }
-        self.fetched
-            .get(name)
-            .map(|v| v.expose().to_string())
-            .filter(|v| !v.is_empty())
-            .map(|v| (v, Origin::Infisical))
     }
 
     /// The value clap should take as the default of the option reading `name`, when the process
@@ -280,24 +276,69 @@ impl Env {
     }
 
     /// `NAME`, or the contents of the file named by `NAME_FILE` (trailing newline dropped).
+    /// Within one layer the two are one setting (the plain value first), and a higher layer's
+    /// `NAME_FILE` beats a lower layer's `NAME`. The file must be one that may steer the run
+    /// ([`trust`]).
     pub fn secret(&self, name: &str) -> Result<Option<Secret>, Error> {
-        if let Some(v) = self.get(name) {
-            return Ok(Some(Secret::new(v)));
-        }
         let file_var = format!("{name}_FILE");
-        let Some(path) = self.get(&file_var) else {
-            return Ok(None);
+        for layer in 0..4 {
+            if let Some((v, _)) = self.in_layer(layer, name) {
+                return Ok(Some(Secret::new(v)));
+            }
+            if let Some((path, _)) = self.in_layer(layer, &file_var) {
+                return self.read_secret_file(&file_var, &path).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn read_secret_file(&self, file_var: &str, path: &str) -> Result<Secret, Error> {
+        let ctx = trust::Context::from_vars(&self.process);
+        let (bytes, facts) = match trust::read(Path::new(path), crate::fsx::MAX_SECRET, &ctx) {
+            Ok(Some(read)) => read,
+            Ok(None) => {
+                return Err(Error::usage(format!(
+                    "{file_var}={path}: cannot read the file: no such file"
+                )));
+            }
+            Err(e) => {
+                return Err(Error::usage(format!(
+                    "{file_var}={path}: cannot read the file: {e}"
+                )));
+            }
         };
-        let raw = crate::fsx::read_secret_file(Path::new(&path))
-            .map_err(|e| Error::usage(format!("{file_var}={path}: {e}")))?;
+        if let Err(why) = &facts.verdict {
+            return Err(Error::usage(format!(
+                "{file_var}={path}: not trusted to hold a credential: {why}; run {}, or point {file_var} at a file owned by root or by the user running audsync (uid {}) that nobody else can write",
+                why.fix(),
+                why.me
+            )));
+        }
+        let raw = String::from_utf8(bytes)
+            .map_err(|_| Error::usage(format!("{file_var}={path}: the file is not UTF-8 text")))?;
         let v = raw.trim_end_matches(['\n', '\r']).to_string();
         if v.is_empty() {
             return Err(Error::usage(format!(
                 "{file_var}={path}: the file is empty"
             )));
         }
-        Ok(Some(Secret::new(v)))
+        Ok(Secret::new(v))
     }
+}
+
+/// The message for a `.env` that holds audsync settings but may not steer the run.
+fn untrusted_env_file(path: &Path, found: &[&str], why: &trust::Untrusted) -> String {
+    let p = path.display();
+    let owner = if why.uid == 0 || why.uid == why.me {
+        String::new()
+    } else {
+        format!(", or run audsync as the file's owner (uid {})", why.uid)
+    };
+    format!(
+        "{p} holds audsync settings ({}), but it may not steer this run: {why}. Move these settings to a config file owned by root (e.g. /etc/audsync/audsync.toml, mode 0600) and keep {p} a sink only (audsync still writes the AUD there); or run {}{owner}",
+        found.join(", "),
+        why.fix()
+    )
 }
 
 #[cfg(test)]
@@ -317,6 +358,7 @@ mod tests {
                 ("C".to_string(), ("file".to_string(), 5)),
             ]
             .into(),
+            facts: None,
         };
         let env = Env::new(Vars::from_pairs([("A", "process")]))
             .with_env_file(&p)
@@ -347,6 +389,30 @@ mod tests {
     }
 
     #[test]
+    fn a_higher_layers_file_beats_a_lower_layers_plain_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "from-the-file\n").unwrap();
+        let p = dir.path().join(".env");
+        std::fs::write(&p, "CLOUDFLARE_API_TOKEN=from-the-env-file\n").unwrap();
+        let env = Env::new(Vars::from_pairs([(
+            "CLOUDFLARE_API_TOKEN_FILE",
+            token.to_str().unwrap(),
+        )]))
+        .with_env_file(&p)
+        .unwrap();
+        let got = env.secret("CLOUDFLARE_API_TOKEN").unwrap().unwrap();
+        assert_eq!(got.expose(), "from-the-file");
+        // Within one layer the plain value comes first.
+        let env = Env::new(Vars::from_pairs([
+            ("CLOUDFLARE_API_TOKEN_FILE", token.to_str().unwrap()),
+            ("CLOUDFLARE_API_TOKEN", "plain"),
+        ]));
+        let got = env.secret("CLOUDFLARE_API_TOKEN").unwrap().unwrap();
+        assert_eq!(got.expose(), "plain");
+    }
+
+    #[test]
     fn env_debug_shows_keys_not_values() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(".env");
@@ -361,15 +427,5 @@ mod tests {
                 && !shown.contains("process-secret"),
             "{shown}"
         );
-    }
-}
-
-#[cfg(test)]
-mod lock_dir_tests {
-    /// The lock directory decides where files are created: a file others can change may not
-    /// set it.
-    #[test]
-    fn the_lock_directory_decides_where() {
-        assert!(super::decides_where("AUDSYNC_LOCK_DIR"));
     }
 }

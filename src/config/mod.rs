@@ -19,6 +19,7 @@ pub mod notify;
 pub mod setup;
 pub mod show;
 pub mod sync;
+pub mod trust;
 pub mod verify;
 pub mod watch;
 
@@ -93,20 +94,34 @@ where
         let p = Path::new(file::DEFAULT_NAME);
         p.is_file().then(|| p.to_path_buf())
     });
+    let ctx = trust::Context::from_vars(&vars);
     let file = match &config_path {
         Some(p) => Some(
-            file::load(p)
+            file::load(p, &ctx)
                 .and_then(check_file_values)
                 .map_err(|problems| {
                     ParseError::Config(Error::usage(format!(
-                        "{} does not validate:\n  {}",
+                        "{} does not validate:
+  {}",
                         p.display(),
-                        problems.join("\n  ")
+                        problems.join("
+  ")
                     )))
                 })?,
         ),
         None => None,
     };
+    // A config file, found or named, steers the run only when it may ([`trust`]).
+    if let (Some(p), Some(Err(why))) = (
+        &config_path,
+        file.as_ref()
+            .and_then(|f| f.facts.as_ref())
+            .map(|f| &f.verdict),
+    ) {
+        return Err(ParseError::Config(Error::usage(untrusted_config_file(
+            p, why,
+        ))));
+    }
     // The .env file is read for settings as it always was, unless a config file is used: then
     // only when named explicitly (the config file is where audsync's settings live).
     let env_file = sub
@@ -299,6 +314,39 @@ pub fn own_variables() -> std::collections::BTreeSet<String> {
     names
 }
 
+/// Every variable name audsync reads a setting or credential from (each with its `_FILE`
+/// variant): a `.env` that may not steer the run and holds one of these stops the run.
+pub fn setting_names() -> std::collections::BTreeSet<String> {
+    let mut names = own_variables();
+    names.extend(["CLOUDFLARE_EMAIL".to_string()]);
+    let cmd = Cli::command();
+    for a in cmd.get_arguments() {
+        names.extend(env_name(a));
+    }
+    for sc in cmd.get_subcommands() {
+        for a in sc.get_arguments() {
+            names.extend(env_name(a));
+        }
+    }
+    let with_files: Vec<String> = names.iter().map(|n| format!("{n}_FILE")).collect();
+    names.extend(with_files);
+    names
+}
+
+/// The message for a config file that may not steer the run.
+fn untrusted_config_file(path: &Path, why: &trust::Untrusted) -> String {
+    let owner = if why.uid == 0 || why.uid == why.me {
+        String::new()
+    } else {
+        format!("; or run audsync as its owner (uid {})", why.uid)
+    };
+    format!(
+        "the config file {} may not steer this run: {why}. Use a config file owned by root or by the user running audsync (e.g. /etc/audsync/audsync.toml, mode 0600, passed with --config), or run {}{owner}",
+        path.display(),
+        why.fix()
+    )
+}
+
 /// This machine's host name, for notifications (`uname -n`).
 pub fn host_name() -> String {
     let n = rustix::system::uname();
@@ -384,8 +432,7 @@ impl SourceConfig {
         };
         let url = url::Url::parse(&a.api_url).map_err(|e| {
             Error::usage(format!(
-                "--api-url / CLOUDFLARE_API_URL {:?}: {e}",
-                a.api_url
+                "--api-url / CLOUDFLARE_API_URL does not parse as a URL: {e}"
             ))
         })?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -481,11 +528,10 @@ pub fn check_credential_url(setting: &str, url: &url::Url, env: &Env) -> Result<
 
 /// An http(s) URL given by --url.
 pub fn validate_url(u: &str) -> Result<url::Url, Error> {
-    let url = url::Url::parse(u).map_err(|e| Error::usage(format!("--url {u:?}: {e}")))?;
+    let url = url::Url::parse(u)
+        .map_err(|e| Error::usage(format!("--url does not parse as a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(Error::usage(format!(
-            "--url {u:?} must be an http(s) URL with a host"
-        )));
+        return Err(Error::usage("--url must be an http(s) URL with a host"));
     }
     Ok(url)
 }
@@ -541,9 +587,9 @@ pub fn validate_host(d: &str) -> Result<String, Error> {
     if ok {
         Ok(h)
     } else {
-        Err(Error::usage(format!(
-            "--domain {d:?} is not a host name (expected e.g. api.example.com)"
-        )))
+        Err(Error::usage(
+            "--domain is not a host name (expected e.g. api.example.com; the value is not repeated here)",
+        ))
     }
 }
 
@@ -568,9 +614,9 @@ pub fn validate_key(key: &str) -> Result<(), Error> {
     if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         Ok(())
     } else {
-        Err(Error::usage(format!(
-            "--key {key:?} is not a variable name (letters, digits, _)"
-        )))
+        Err(Error::usage(
+            "--key is not a variable name (letters, digits, _)",
+        ))
     }
 }
 
@@ -609,7 +655,7 @@ pub fn docker_host(env: &Env) -> Result<String, Error> {
     };
     let bad = |why: &str| {
         Error::usage(format!(
-            "DOCKER_HOST={h:?} does not parse: {why}; use unix:///var/run/docker.sock, or tcp://HOST:2375"
+            "DOCKER_HOST does not parse: {why}; use unix:///var/run/docker.sock, or tcp://HOST:2375"
         ))
     };
     if let Some(path) = h.strip_prefix("unix://") {

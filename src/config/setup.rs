@@ -81,8 +81,7 @@ impl SetupConfig {
         }
         if let Err(why) = go_duration(&a.session_duration) {
             return Err(Error::usage(format!(
-                "--session-duration {:?}: {why}; Cloudflare takes a Go duration: numbers with the units ns, us (or µs), ms, s, m, h, e.g. 24h, 30m, 2h45m (not 1d or 30min)",
-                a.session_duration
+                "--session-duration: {why}; Cloudflare takes a Go duration: numbers with the units ns, us (or µs), ms, s, m, h, e.g. 24h, 30m, 2h45m (not 1d or 30min)"
             )));
         }
         let emails: Vec<String> = a
@@ -96,7 +95,8 @@ impl SetupConfig {
             .find(|e| !e.contains('@') || e.contains(char::is_whitespace))
         {
             return Err(Error::usage(format!(
-                "CLOUDFLARE_ACCESS_EMAILS: {bad:?} is not an email address"
+                "CLOUDFLARE_ACCESS_EMAILS: entry {} is not an email address",
+                emails.iter().position(|e| e == bad).unwrap_or(0) + 1
             )));
         }
         let email_domain = a
@@ -107,9 +107,9 @@ impl SetupConfig {
         if let Some(d) = &email_domain
             && (!d.contains('.') || d.contains(['@', '/', ' ']))
         {
-            return Err(Error::usage(format!(
-                "CLOUDFLARE_ACCESS_EMAIL_DOMAIN: {d:?} is not a domain (expected e.g. example.com)"
-            )));
+            return Err(Error::usage(
+                "CLOUDFLARE_ACCESS_EMAIL_DOMAIN is not a domain (expected e.g. example.com)",
+            ));
         }
         let everyone = a.allow_everyone && emails.is_empty() && email_domain.is_none();
         let idp = match &a.idp_id {
@@ -169,9 +169,9 @@ fn tunnel_service(svc: &str, has_tunnel: bool) -> Result<String, Error> {
     if builtin || origin {
         Ok(svc.to_string())
     } else {
-        Err(Error::usage(format!(
-            "--tunnel-service {svc:?}: expected the origin as a URL with scheme and host, e.g. http://caddy:80 (or http_status:NNN, hello_world, unix:/path)"
-        )))
+        Err(Error::usage(
+            "--tunnel-service: expected the origin as a URL with scheme and host, e.g. http://caddy:80 (or http_status:NNN, hello_world, unix:/path)",
+        ))
     }
 }
 
@@ -207,23 +207,23 @@ pub fn go_duration(s: &str) -> Result<u128, GoDurationError> {
             .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_len);
         if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-            return Err(GoDurationError(format!(
-                "{rest:?} does not start with a number"
-            )));
+            return Err(GoDurationError(
+                "a part does not start with a number".to_string(),
+            ));
         }
         let unit_len = tail
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         if unit.is_empty() {
-            return Err(GoDurationError(format!("missing unit after {num:?}")));
+            return Err(GoDurationError("a number has no unit".to_string()));
         }
         let Some((_, ns)) = UNITS.iter().find(|(u, _)| *u == unit) else {
             return Err(GoDurationError(format!("unknown unit {unit:?}")));
         };
         let n: f64 = num
             .parse()
-            .map_err(|_| GoDurationError(format!("{num:?} is not a number")))?;
+            .map_err(|_| GoDurationError("a number does not parse".to_string()))?;
         total += n * (*ns as f64);
         rest = next;
     }

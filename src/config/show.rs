@@ -39,6 +39,8 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
         };
         let shown = if *kind == Kind::Secret || origin == Origin::Infisical {
             "[redacted]".to_string()
+        } else if matches!(*var, "CLOUDFLARE_API_URL" | "INFISICAL_HOST") {
+            format!("{:?}", redact_url(&value))
         } else {
             value
         };
@@ -286,4 +288,56 @@ fn value_of(p: &Parsed, env: &Env, arg: Option<&clap::Arg>, var: &str) -> Option
         .map(|v| v.to_string_lossy().into_owned())
         .collect();
     (!d.is_empty()).then(|| (d.join(","), Origin::Default))
+}
+
+/// A URL setting as shown: `user:password@` and every query value replaced by `[redacted]`
+/// (they may carry credentials); a value that does not parse as a URL is not shown at all.
+pub fn redact_url(value: &str) -> String {
+    let Ok(u) = url::Url::parse(value) else {
+        return "[redacted: not a URL]".into();
+    };
+    if u.username().is_empty()
+        && u.password().is_none()
+        && u.query().is_none()
+        && u.fragment().is_none()
+    {
+        return value.to_string();
+    }
+    let mut out = format!("{}://", u.scheme());
+    if !u.username().is_empty() || u.password().is_some() {
+        out.push_str("[redacted]@");
+    }
+    out.push_str(u.host_str().unwrap_or(""));
+    if let Some(port) = u.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(u.path());
+    if u.query().is_some() {
+        let pairs: Vec<String> = u
+            .query_pairs()
+            .map(|(k, _)| format!("{k}=[redacted]"))
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn url_settings_lose_their_userinfo_and_query_values() {
+        let r = super::redact_url(
+            "https://admin:hunter2@api.example.com:8443/client/v4?token=abc123&x=1",
+        );
+        assert_eq!(
+            r,
+            "https://[redacted]@api.example.com:8443/client/v4?token=[redacted]&x=[redacted]"
+        );
+        assert_eq!(
+            super::redact_url("https://app.infisical.com"),
+            "https://app.infisical.com"
+        );
+        assert!(!super::redact_url("not a url hunter2").contains("hunter2"));
+    }
 }

@@ -565,9 +565,9 @@ pub fn parse_compose_service(s: &str) -> Result<BindingTarget, Error> {
                 service: svc.to_string(),
             })
         }
-        _ => Err(Error::usage(format!(
-            "--compose-service {s:?}: expected PROJECT/SERVICE, e.g. lambda/lambda-server (the project is the compose project name, see `docker compose ls`)"
-        ))),
+        _ => Err(Error::usage(
+            "--compose-service: expected PROJECT/SERVICE, e.g. lambda/lambda-server (the project is the compose project name, see `docker compose ls`)",
+        )),
     }
 }
 

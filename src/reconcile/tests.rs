@@ -118,10 +118,12 @@ fn a_container_that_last_ran_with_another_value_is_acted_on() {
 }
 
 #[test]
-fn short_cuts_on_characters_not_bytes() {
-    assert_eq!(short("未設定のプレースホルダーです"), "未設定のプレース…");
+fn only_an_aud_is_shortened_anything_else_is_not_shown() {
+    assert_eq!(short("未設定のプレースホルダーです"), "(not an AUD)");
     assert_eq!(short(&"ab".repeat(32)), "abababab…");
-    assert_eq!(short("old"), "old");
+    assert_eq!(short("old"), "(not an AUD)");
+    assert_eq!(short("hunter2-admin-password-0123456789"), "(not an AUD)");
+    assert_eq!(short(&"AB".repeat(32)), "(not an AUD)");
 }
 
 #[test]
@@ -815,7 +817,7 @@ fn a_spec_target_lists_the_change_of_each_bound_key_and_a_container_does_not() {
     };
     let shown = reason(true);
     assert!(
-        shown.contains(&format!("env {K}: abababab… -> {NEW}")),
+        shown.contains(&format!("env {K}: abababab… -> {}", short(NEW))),
         "{shown}"
     );
     assert!(!reason(false).contains(" -> "), "{}", reason(false));

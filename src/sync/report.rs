@@ -102,6 +102,8 @@ pub struct SinkLine {
     pub kind: &'static str,
     pub target: String,
     pub key: String,
+    /// The value before this pass; in JSON only when it is an AUD.
+    #[serde(serialize_with = "aud_only")]
     pub old: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
@@ -118,7 +120,8 @@ pub struct BindingReport {
     pub id: String,
     pub key: String,
     pub aud: Option<String>,
-    /// The value its first sink held before this pass.
+    /// The value its first sink held before this pass (in JSON only when it is an AUD).
+    #[serde(serialize_with = "aud_only")]
     pub previous: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<AppSummary>,
@@ -140,6 +143,7 @@ pub struct BindingReport {
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Single {
     pub aud: Option<String>,
+    #[serde(serialize_with = "aud_only")]
     pub previous: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<AppSummary>,
@@ -147,6 +151,15 @@ pub struct Single {
     pub containers: Vec<TargetReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelReport>,
+}
+
+/// An old value in JSON: only an AUD (any other value, a password a key was pointed at, is
+/// `null`).
+fn aud_only<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v.as_deref().filter(|v| reconcile::is_aud(v)) {
+        Some(v) => s.serialize_some(v),
+        None => s.serialize_none(),
+    }
 }
 
 /// What a pass printed and returned.
