@@ -18,4 +18,14 @@ fi
 export AUDSYNC_TEST_IMAGE=${AUDSYNC_TEST_IMAGE:-audsync-test/busybox:1}
 bash scripts/test-image.sh "$AUDSYNC_TEST_IMAGE"
 # Podman-only tests (tests/podman.rs `podman_only_*`) run in scripts/test-podman.sh.
-cargo nextest run --workspace --all-targets --no-fail-fast --run-ignored all -E "not test(/podman_only_/)" "$@"
+# Extra arguments narrow the run: `-E EXPR` is combined with that exclusion (nextest would take
+# two -E as their union).
+filter="not test(/podman_only_/)"
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -E) filter="($filter) and ($2)"; shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+cargo nextest run --workspace --all-targets --no-fail-fast --run-ignored all -E "$filter" "${args[@]}"
