@@ -21,6 +21,7 @@ pub mod show;
 pub mod sync;
 pub mod verify;
 pub mod watch;
+pub mod words;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -160,6 +160,7 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
                     format!("{{ compose_service = \"{project}/{service}\" }}")
                 }
                 super::BindingTarget::SwarmService(s) => format!("{{ swarm_service = {s:?} }}"),
+                super::BindingTarget::Exec(w) => format!("{{ exec = {w:?} }}"),
             })
             .collect();
         let _ = writeln!(
