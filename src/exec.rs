@@ -370,7 +370,7 @@ mod tests {
     #[tokio::test]
     async fn output_is_bounded_keeping_the_tail() {
         let r = run(
-            &sh("i=0; while [ $i -lt 3000 ]; do echo line-$i-padding-padding-padding; i=$((i+1)); done; echo LAST >&2"),
+            &sh("i=0; while [ $i -lt 3000 ]; do echo line-$i-padding-padding-padding; i=$((i+1)); done; echo LAST"),
             &[("PATH".into(), "/usr/bin:/bin".into())],
             Duration::from_secs(20),
         )
