@@ -292,3 +292,63 @@ fn exec_has_no_environment_variable_and_a_bad_command_line_is_a_usage_error() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("--exec"), "{r:?}");
 }
+
+/// docs/command-targets.md, "Example: a systemd service": the binding as printed there, with
+/// the `.env` in the sandbox and a `systemctl` on PATH that records what it was asked.
+#[test]
+fn the_systemd_example_of_the_docs_restarts_the_unit() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/command-targets.md"
+    ))
+    .unwrap();
+    let example = doc.split("## Example: a systemd service").nth(1).unwrap();
+    let block = example
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let cf = FakeCloudflare::start(vec![app(1, "lambda.example.com", &aud(1))]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", TOKEN);
+    sb.var("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let bin = sb.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let d = sb.dir().display().to_string();
+    std::fs::write(
+        bin.join("systemctl"),
+        format!("#!/bin/sh\necho \"$@\" >> {d}/systemctl.log\necho \"$AUDSYNC_NEW_AUD\" >> {d}/systemctl.log\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("systemctl"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    sb.var(
+        "PATH",
+        &format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+    );
+    let env = sb.path("lambda.env");
+    std::fs::write(&env, "CLOUDFLARE_AUD_TAG=old\n").unwrap();
+    let text = format!(
+        "[cloudflare]\naccount_id = \"{ACCOUNT}\"\napi_url = \"{}\"\n\n{}",
+        cf.url(),
+        block.replace("/etc/lambda/lambda.env", &env.display().to_string())
+    );
+    write_toml(&sb, &text, 0o600);
+    let r = run(sb.cmd().args(["sync"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("command systemctl restart lambda"),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.path("systemctl.log")).unwrap(),
+        format!("restart lambda\n{}\n", aud(1))
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env).unwrap(),
+        format!("CLOUDFLARE_AUD_TAG={}\n", aud(1))
+    );
+}
