@@ -352,3 +352,25 @@ fn the_systemd_example_of_the_docs_restarts_the_unit() {
         format!("CLOUDFLARE_AUD_TAG={}\n", aud(1))
     );
 }
+
+#[test]
+fn verify_shows_a_command_target_as_not_checked_and_never_runs_it() {
+    let cf = FakeCloudflare::start(vec![app(1, HOST, &aud(1))]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", TOKEN);
+    sb.var("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    std::fs::write(sb.path("stack.env"), format!("AUD_API={}\n", aud(1))).unwrap();
+    let rec = recorder(&sb);
+    let text = format!(
+        "[cloudflare]\naccount_id = \"{ACCOUNT}\"\napi_url = \"{}\"\n\n[[binding]]\nname = \"api\"\ndomain = \"{HOST}\"\nurl = \"http://127.0.0.1:9/\"\nkey = \"AUD_API\"\nsinks = [{{ env = \"stack.env\" }}]\ntargets = [{{ exec = [{rec:?}, \"reload\"] }}]\n",
+        cf.url()
+    );
+    write_toml(&sb, &text, 0o600);
+    let r = run(sb.cmd().args(["verify"]));
+    assert!(
+        r.stdout
+            .contains(&format!("command {rec} reload: not checked (a command)")),
+        "{r:?}"
+    );
+    assert_eq!(runs(&sb), 0);
+}
