@@ -374,3 +374,17 @@ fn verify_shows_a_command_target_as_not_checked_and_never_runs_it() {
     );
     assert_eq!(runs(&sb), 0);
 }
+
+#[test]
+fn exec_as_a_flag_is_refused_when_the_config_file_defines_bindings() {
+    let cf = FakeCloudflare::start(vec![app(1, HOST, &aud(1))]);
+    let mut sb = Sandbox::new();
+    sb.var("CLOUDFLARE_API_TOKEN", TOKEN);
+    std::fs::write(sb.path("stack.env"), "AUD_API=old\nAUD_WEB=old\n").unwrap();
+    let rec = recorder(&sb);
+    write_toml(&sb, &two_bindings(&cf, Path::new(&rec)), 0o600);
+    let r = run(sb.cmd().args(["sync", "--exec", &rec]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--exec is set"), "{r:?}");
+    assert_eq!(runs(&sb), 0);
+}
