@@ -23,6 +23,7 @@ FORBIDDEN = {
     "infisical": {"cli", "config", "sync", "watch", "setup", "verify", "notify"},
     "docker": {"cli", "config", "sync", "watch", "setup", "verify", "notify"},
     "sink": {"cli", "config", "sync", "watch", "setup", "verify", "notify"},
+    "exec": {"cli", "config", "sync", "watch", "setup", "verify", "notify"},
     "sync": {"cli"},
     "watch": {"cli"},
     "setup": {"cli"},

@@ -554,6 +554,16 @@ pub struct SyncArgs {
         help_heading = HEADING_SINKS
     )]
     pub swarm_services: Vec<String>,
+    /// A command to run once per pass after the value changed (repeatable): split into words
+    /// as a shell splits them, never run through a shell. It gets PATH, HOME, LANG and the
+    /// change (AUDSYNC_CHANGED_*, AUDSYNC_NEW_AUD, AUDSYNC_OLD_AUD), never audsync's environment.
+    /// No environment variable sets it: a .env must not choose what audsync runs.
+    #[arg(long = "exec", value_name = "'CMD ARGS'", help_heading = HEADING_SINKS)]
+    pub execs: Vec<String>,
+    /// How long a command target may run: past it its process group gets SIGTERM, then
+    /// SIGKILL after a grace (5s, or the timeout if shorter), and the binding fails.
+    #[arg(long, env = "AUDSYNC_EXEC_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration, help_heading = HEADING_SINKS)]
+    pub exec_timeout: Duration,
     /// What to do with the containers when the value changed: auto recreates containers whose
     /// environment carries the key (a restart would keep the old value) and restarts the others.
     #[arg(

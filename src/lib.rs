@@ -9,6 +9,7 @@ pub(crate) mod cloudflare;
 pub mod config;
 pub(crate) mod docker;
 pub(crate) mod error;
+pub(crate) mod exec;
 pub mod exit;
 pub(crate) mod fsx;
 pub(crate) mod http;

@@ -700,6 +700,7 @@ fn target_label(t: &BindingTarget) -> String {
             format!("compose service {project}/{service}")
         }
         BindingTarget::SwarmService(n) => format!("swarm service {n}"),
+        BindingTarget::Exec(w) => crate::exec::label(w),
     }
 }
 
@@ -714,10 +715,23 @@ async fn targets_seen(
     errors: &mut Vec<String>,
     error_fixes: &mut Vec<String>,
 ) {
+    // A command holds no value to read: shown, never run by verify.
+    for t in &b.targets {
+        if !t.is_docker() {
+            seen.push(Seen {
+                what: target_label(t),
+                values: Err("a command".to_string().into()),
+                fix: String::new(),
+            });
+        }
+    }
+    if !b.targets.iter().any(BindingTarget::is_docker) {
+        return;
+    }
     let engine = match crate::docker::Engine::connect(&cfg.docker_host).await {
         Ok(e) => e,
         Err(e) => {
-            for t in &b.targets {
+            for t in b.targets.iter().filter(|t| t.is_docker()) {
                 seen.push(Seen {
                     what: target_label(t),
                     values: Err(format!("Docker is not reachable ({})", e.message).into()),
@@ -789,6 +803,7 @@ async fn targets_seen(
                     }
                 }
             }
+            BindingTarget::Exec(_) => {}
             BindingTarget::SwarmService(n) => {
                 let svc = engine.swarm_service(n, None);
                 match svc.exists().await {

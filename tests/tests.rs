@@ -12,6 +12,7 @@ mod docker_restart;
 mod docker_rollout;
 mod docker_swarm;
 mod envfile_prop;
+mod exec;
 mod faults;
 mod help;
 mod infisical;

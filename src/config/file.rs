@@ -95,6 +95,7 @@ pub const SETTINGS: &[(&str, &str, Kind)] = &[
     ("restart", "AUDSYNC_RESTART", Kind::Plain),
     ("settle", "AUDSYNC_SETTLE", Kind::Plain),
     ("health_timeout", "AUDSYNC_HEALTH_TIMEOUT", Kind::Plain),
+    ("exec_timeout", "AUDSYNC_EXEC_TIMEOUT", Kind::Plain),
     ("output", "AUDSYNC_OUTPUT", Kind::Plain),
     ("log_format", "AUDSYNC_LOG_FORMAT", Kind::Plain),
     ("source", "AUDSYNC_SOURCE", Kind::Plain),
@@ -150,6 +151,8 @@ pub enum TargetSpec {
     ComposeService(String),
     /// A Swarm service, by name.
     SwarmService(String),
+    /// A command, as its words (`exec = ["systemctl", "restart", "lambda"]`).
+    Exec(Vec<String>),
 }
 
 /// One `[[binding]]`, as written (validated later, with the other layers, in `config`).
@@ -451,6 +454,23 @@ fn binding(
                         continue;
                     };
                     let ek = ek.get_ref().as_ref();
+                    if (key, ek) == ("targets", "exec") {
+                        let words: Option<Vec<String>> = ev.get_ref().as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|w| match w.get_ref() {
+                                    DeValue::String(s) => Some(s.to_string()),
+                                    _ => None,
+                                })
+                                .collect()
+                        });
+                        match words {
+                            Some(w) if !w.is_empty() && w.len() == ev.get_ref().as_array().map_or(0, |a| a.len()) && !w[0].is_empty() => {
+                                b.targets.push(At { value: TargetSpec::Exec(w), line: il })
+                            }
+                            _ => problems.push(format!("{shown}:{il}: `exec` must be a non-empty array of strings, the program first, e.g. {{ exec = [\"systemctl\", \"restart\", \"lambda\"] }}")),
+                        }
+                        continue;
+                    }
                     let Some(s) = scalar(ev.get_ref()) else {
                         problems.push(format!("{shown}:{il}: `{ek}` in `{key}` must be a string"));
                         continue;
@@ -462,7 +482,7 @@ fn binding(
                         ("targets", "compose_service") => b.targets.push(At { value: TargetSpec::ComposeService(s), line: il }),
                         ("targets", "swarm_service") => b.targets.push(At { value: TargetSpec::SwarmService(s), line: il }),
                         ("sinks", other) => problems.push(format!("{shown}:{il}: unknown sink `{other}` (expected env or infisical)")),
-                        (_, other) => problems.push(format!("{shown}:{il}: unknown target `{other}` (expected container, compose_service or swarm_service)")),
+                        (_, other) => problems.push(format!("{shown}:{il}: unknown target `{other}` (expected container, compose_service, swarm_service or exec)")),
                     }
                 }
             }

@@ -22,6 +22,7 @@ pub mod sync;
 pub mod trust;
 pub mod verify;
 pub mod watch;
+pub mod words;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -95,22 +96,23 @@ where
         p.is_file().then(|| p.to_path_buf())
     });
     let ctx = trust::Context::from_vars(&vars);
-    let file = match &config_path {
-        Some(p) => Some(
-            file::load(p, &ctx)
-                .and_then(check_file_values)
-                .map_err(|problems| {
+    let file =
+        match &config_path {
+            Some(p) => Some(file::load(p, &ctx).and_then(check_file_values).map_err(
+                |problems| {
                     ParseError::Config(Error::usage(format!(
                         "{} does not validate:
   {}",
                         p.display(),
-                        problems.join("
-  ")
+                        problems.join(
+                            "
+  "
+                        )
                     )))
-                })?,
-        ),
-        None => None,
-    };
+                },
+            )?),
+            None => None,
+        };
     // A config file, found or named, steers the run only when it may ([`trust`]).
     if let (Some(p), Some(Err(why))) = (
         &config_path,

@@ -40,7 +40,7 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
         let shown = if *kind == Kind::Secret || origin == Origin::Infisical {
             "[redacted]".to_string()
         } else if matches!(*var, "CLOUDFLARE_API_URL" | "INFISICAL_HOST") {
-            format!("{:?}", redact_url(&value))
+            redact_url(&value)
         } else {
             value
         };
@@ -153,6 +153,7 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
                     json!({ "compose_service": format!("{project}/{service}") })
                 }
                 super::BindingTarget::SwarmService(s) => json!({ "swarm_service": s }),
+                super::BindingTarget::Exec(w) => json!({ "exec": w }),
             })
             .collect();
         out.put(

@@ -14,6 +14,7 @@ use crate::cli::{AccessArgs, Command, Origin as SourceOrigin, SourceArgs, SyncAr
 use crate::docker::RecreateOptions;
 use crate::docker::compose::ComposeEnv;
 use crate::error::Error;
+use crate::exec::ExecSettings;
 use crate::reconcile::RestartMode;
 use crate::sink::infisical;
 use crate::sink::{SinkKind, WriteMode};
@@ -38,8 +39,20 @@ pub enum BindingSink {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum BindingTarget {
     Container(String),
-    ComposeService { project: String, service: String },
+    ComposeService {
+        project: String,
+        service: String,
+    },
     SwarmService(String),
+    /// A command run after the value changed, as its words (never through a shell).
+    Exec(Vec<String>),
+}
+
+impl BindingTarget {
+    /// A Docker object (a container, compose or Swarm service), not a command.
+    pub fn is_docker(&self) -> bool {
+        !matches!(self, BindingTarget::Exec(_))
+    }
 }
 
 /// One host (or application) -> one key in some sinks -> some containers.
@@ -96,6 +109,8 @@ pub struct SyncConfig {
     pub docker_host: String,
     /// `PATH` and the variables the compose CLI runs with (`docker-compose config --hash`).
     pub compose: ComposeEnv,
+    /// How command targets run (`exec_timeout`; the `PATH`, `HOME`, `LANG` they inherit).
+    pub exec: ExecSettings,
 }
 
 impl SyncConfig {
@@ -203,8 +218,28 @@ impl SyncConfig {
             notify,
             docker_host,
             compose: ComposeEnv::from_lookup(|n| env.process().raw(n)),
+            exec: exec_settings(a.exec_timeout, env),
         })
     }
+}
+
+/// How command targets run: the timeout, and the few variables of audsync's own environment
+/// they inherit (never the rest: it holds credentials).
+pub(crate) fn exec_settings(timeout: Duration, env: &Env) -> ExecSettings {
+    ExecSettings {
+        timeout,
+        base_env: crate::exec::INHERITED
+            .iter()
+            .filter_map(|n| Some((n.to_string(), env.process().raw(n)?.to_string())))
+            .collect(),
+    }
+}
+
+/// `--exec 'CMD ARGS'` -> a command target (split as a shell splits words).
+pub fn parse_exec(s: &str) -> Result<BindingTarget, Error> {
+    super::words::split(s)
+        .map(BindingTarget::Exec)
+        .map_err(|e| Error::usage(format!("--exec: cannot split the command into words: {e}")))
 }
 
 /// The one binding of a run without bindings in a config file: exactly the flags of old.
@@ -243,7 +278,14 @@ fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
             .filter(|s| !s.is_empty())
             .map(BindingTarget::SwarmService),
     );
-    if a.containers.is_empty() && a.compose_services.is_empty() && a.swarm_services.is_empty() {
+    for e in &a.execs {
+        targets.push(parse_exec(e)?);
+    }
+    if a.containers.is_empty()
+        && a.compose_services.is_empty()
+        && a.swarm_services.is_empty()
+        && a.execs.is_empty()
+    {
         targets.push(BindingTarget::Container(DEFAULT_CONTAINER.to_string()));
     }
     if targets.is_empty() && a.restart != crate::cli::RestartMode::None {
@@ -280,6 +322,7 @@ const BINDING_OPTIONS: &[(&str, &str)] = &[
         "--compose-service / AUDSYNC_COMPOSE_SERVICE",
     ),
     ("swarm_services", "--swarm-service / AUDSYNC_SWARM_SERVICE"),
+    ("execs", "--exec"),
     ("tunnel_id", "--tunnel-id / CLOUDFLARE_TUNNEL_ID"),
     ("url", "--url / AUDSYNC_URL"),
 ];
@@ -525,6 +568,7 @@ fn file_binding(
             TargetSpec::SwarmService(_) => {
                 errs.push(format!("line {}: empty swarm_service name", t.line))
             }
+            TargetSpec::Exec(w) => targets.push(BindingTarget::Exec(w.clone())),
             TargetSpec::ComposeService(s) => match parse_compose_service(s) {
                 Ok(t) => targets.push(t),
                 Err(e) => errs.push(

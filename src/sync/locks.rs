@@ -32,6 +32,7 @@ pub(crate) async fn resources(cfg: &SyncConfig) -> (Vec<Resource>, BTreeMap<Stri
         .iter()
         .filter(|b| b.restart != RestartMode::None)
         .flat_map(|b| b.targets.iter())
+        .filter(|t| t.is_docker())
         .collect();
     if acting.is_empty() {
         return (all, targets);
@@ -69,6 +70,7 @@ pub(crate) async fn resources(cfg: &SyncConfig) -> (Vec<Resource>, BTreeMap<Stri
                     targets.insert(name.clone(), container(&name));
                 }
             }
+            BindingTarget::Exec(_) => {}
             BindingTarget::SwarmService(s) => {
                 targets.insert(
                     crate::docker::swarm::label(s),

@@ -66,7 +66,7 @@ async fn project_dirs(cfg: &SyncConfig) -> BTreeMap<usize, PathBuf> {
     if cfg
         .bindings
         .iter()
-        .all(|b| b.restart == RestartMode::None || b.targets.is_empty())
+        .all(|b| b.restart == RestartMode::None || !b.targets.iter().any(|t| t.is_docker()))
     {
         return out;
     }
@@ -74,14 +74,15 @@ async fn project_dirs(cfg: &SyncConfig) -> BTreeMap<usize, PathBuf> {
         return out;
     };
     for (i, b) in cfg.bindings.iter().enumerate() {
-        let first = match b.targets.first() {
+        let first = match b.targets.iter().find(|t| t.is_docker()) {
             Some(config::BindingTarget::Container(c)) => Some(c.clone()),
             Some(config::BindingTarget::ComposeService { project, service }) => engine
                 .compose_service(project, service)
                 .await
                 .ok()
                 .and_then(|l| l.into_iter().next()),
-            Some(config::BindingTarget::SwarmService(_)) | None => None,
+            Some(config::BindingTarget::SwarmService(_) | config::BindingTarget::Exec(_))
+            | None => None,
         };
         if let Some(c) = first
             && let Some(d) = engine.project_dir(&c).await
@@ -368,6 +369,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         &owed,
     );
     targets::refuse(&resolved.refused, &mut plan);
+    targets::brief_commands(&mut plan, &mut resolved.slots, &state.state.applied, &owed);
     let outcome = reconcile::apply(
         &plan,
         &mut sinks,

@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use crate::config::{BindingTarget, SyncConfig};
 use crate::docker::swarm::{self, SwarmService};
 use crate::docker::{Container, Engine};
+use crate::exec::CommandTarget;
 use crate::reconcile::{ActionError, RestartMode, Target, TargetIn, TargetObservation, Values};
 
 /// A container target, or the reason none can be had (daemon unreachable).
 pub enum Slot {
     Live(Container),
     Swarm(SwarmService),
+    /// A command target: runs without Docker.
+    Command(CommandTarget),
     Down(ActionError),
 }
 
@@ -20,7 +23,7 @@ impl Target for Slot {
     fn group(&self) -> Option<String> {
         match self {
             Slot::Live(c) => c.group(),
-            Slot::Swarm(_) | Slot::Down(..) => None,
+            Slot::Swarm(_) | Slot::Command(_) | Slot::Down(..) => None,
         }
     }
     async fn observe(
@@ -31,12 +34,14 @@ impl Target for Slot {
         match self {
             Slot::Live(c) => c.observe(keys, watch).await,
             Slot::Swarm(s) => s.observe(keys).await,
+            Slot::Command(c) => c.observe(keys, watch).await,
             Slot::Down(e) => Err(e.clone()),
         }
     }
     async fn restart(&mut self) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.restart().await,
+            Slot::Command(c) => c.restart().await,
             // A restart would not read a new value either: the spec holds it.
             Slot::Swarm(s) => Err(ActionError {
                 rolled_back: false,
@@ -49,6 +54,7 @@ impl Target for Slot {
     async fn recreate(&mut self, changes: &Values) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.recreate(changes).await,
+            Slot::Command(c) => c.recreate(changes).await,
             Slot::Swarm(s) => s.update(&pairs(changes)).await,
             Slot::Down(e) => Err(e.clone()),
         }
@@ -59,12 +65,13 @@ impl Target for Slot {
                 crate::docker::compose::HashOutcome::Pending(p) => Some(p.clone()),
                 _ => None,
             },
-            Slot::Swarm(_) | Slot::Down(..) => None,
+            Slot::Swarm(_) | Slot::Command(_) | Slot::Down(..) => None,
         }
     }
     async fn rollout(&mut self, changes: &Values) -> Result<(), ActionError> {
         match self {
             Slot::Live(c) => c.rollout(changes).await,
+            Slot::Command(c) => c.rollout(changes).await,
             Slot::Swarm(s) => s.update(&pairs(changes)).await,
             Slot::Down(e) => Err(e.clone()),
         }
@@ -162,16 +169,22 @@ pub async fn resolve(
     let mut names_of_ids: BTreeMap<String, String> = BTreeMap::new();
     // The leak check (`watch`) rides on an inspection made anyway: a Docker round trip of its
     // own would triple the cost of a no-change pass (measured: 5 ms -> 16 ms).
-    let need_docker = cfg.bindings.iter().any(|b| match b.restart {
-        RestartMode::None => false,
-        RestartMode::Restart => may_act,
-        RestartMode::Auto | RestartMode::Recreate | RestartMode::Rollout => true,
+    // A binding whose targets are all commands needs no Docker.
+    let need_docker = cfg.bindings.iter().any(|b| {
+        b.targets.iter().any(BindingTarget::is_docker)
+            && match b.restart {
+                RestartMode::None => false,
+                RestartMode::Restart => may_act,
+                RestartMode::Auto | RestartMode::Recreate | RestartMode::Rollout => true,
+            }
     });
     let mut names: Vec<(String, Option<String>)> = Vec::new();
     let mut of_binding: Vec<Vec<usize>> = Vec::new();
     let mut down: BTreeMap<String, ActionError> = BTreeMap::new();
     // Target label -> Swarm service name.
     let mut services: BTreeMap<String, String> = BTreeMap::new();
+    // Target label -> a command's words.
+    let mut commands: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let engine = if need_docker {
         Some(Engine::connect(&cfg.docker_host).await)
     } else {
@@ -211,6 +224,12 @@ pub async fn resolve(
                         _ => c.clone(),
                     };
                     mine.push(index(name, None, &mut names))
+                }
+                BindingTarget::Exec(argv) => {
+                    // Two bindings naming the same words share one target: run once.
+                    let l = crate::exec::label(argv);
+                    commands.insert(l.clone(), argv.clone());
+                    mine.push(index(l, None, &mut names));
                 }
                 BindingTarget::SwarmService(s) => {
                     let l = swarm::label(s);
@@ -274,6 +293,16 @@ pub async fn resolve(
     let mut refused = BTreeMap::new();
     for (i, (name, group)) in names.iter().enumerate() {
         let ran = ran_with.get(name).cloned().unwrap_or_default();
+        if let Some(argv) = commands.get(name) {
+            let mut slot = Slot::Command(CommandTarget::new(argv.clone(), cfg.exec.clone()));
+            observed.push(TargetIn {
+                name: name.clone(),
+                observation: slot.observe(&keys_of(i), watch).await,
+                ran_with: ran,
+            });
+            slots.push(slot);
+            continue;
+        }
         let mut slot = match (&engine, down.get(name)) {
             (_, Some(err)) => Slot::Down(err.clone()),
             (Some(Ok(e)), None) if services.contains_key(name) => {
@@ -352,5 +381,78 @@ pub async fn resolve(
         recovered,
         names: names_of_ids,
         refused,
+    }
+}
+
+/// After the plan: each command target due to run is told what changed (the bindings whose
+/// value it is to apply; key, new and old value when only one), and its step says so in a
+/// command's words. A command is run, never restarted or recreated: whatever the restart mode,
+/// its step is one run.
+pub fn brief_commands(
+    plan: &mut crate::reconcile::Plan,
+    slots: &mut [Slot],
+    ran_with: &BTreeMap<String, Values>,
+    owed: &std::collections::BTreeSet<String>,
+) {
+    use crate::reconcile::Action;
+    for (i, slot) in slots.iter_mut().enumerate() {
+        let Slot::Command(cmd) = slot else { continue };
+        let Some(step) = plan.targets.get(i) else {
+            continue;
+        };
+        if step.action == Action::None {
+            continue;
+        }
+        let ran = ran_with.get(&step.name);
+        let mut changed = Vec::new();
+        for &bi in &step.bindings {
+            let b = &plan.bindings[bi];
+            let Some(new) = b.input.desired.clone().filter(|_| b.error.is_none()) else {
+                continue;
+            };
+            if b.input.restart == RestartMode::None {
+                continue;
+            }
+            let before = ran.and_then(|r| r.get(&b.input.key));
+            if !b.changed && before == Some(&new) {
+                continue;
+            }
+            let old = if b.changed {
+                b.input.sinks.iter().find_map(|&s| {
+                    plan.sinks[s]
+                        .observation
+                        .as_ref()
+                        .ok()?
+                        .get(&b.input.key)?
+                        .current
+                        .clone()
+                })
+            } else {
+                before.cloned()
+            };
+            changed.push((b.input.id.clone(), b.input.key.clone(), new, old));
+        }
+        let any_changed = step.bindings.iter().any(|&b| plan.bindings[b].changed);
+        let single = match changed.as_slice() {
+            [(_, key, new, old)] => {
+                Some((key.clone(), new.clone(), old.clone().unwrap_or_default()))
+            }
+            _ => None,
+        };
+        cmd.set_change(crate::exec::Change {
+            bindings: changed.into_iter().map(|(id, ..)| id).collect(),
+            single,
+        });
+        let step = &mut plan.targets[i];
+        step.action = Action::Restart;
+        step.reason = if any_changed {
+            "the value changed in the sinks: the command runs".into()
+        } else if owed.contains(&step.name) {
+            "an earlier pass changed the value but the command did not succeed: it runs again"
+                .into()
+        } else {
+            "it last ran with another value (the sink was changed elsewhere): the command runs"
+                .into()
+        };
     }
 }
