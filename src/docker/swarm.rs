@@ -102,14 +102,15 @@ impl SwarmService {
             let status = svc.update_status.as_ref();
             let why = unsettled(
                 status.and_then(|s| s.state),
-                status.and_then(|s| s.message.as_deref()).unwrap_or_default(),
+                status
+                    .and_then(|s| s.message.as_deref())
+                    .unwrap_or_default(),
                 &env,
                 &running,
                 replicas_of(&spec),
             );
             if why.is_none()
-                && let Some(state @ (S::PAUSED | S::ROLLBACK_PAUSED)) =
-                    status.and_then(|s| s.state)
+                && let Some(state @ (S::PAUSED | S::ROLLBACK_PAUSED)) = status.and_then(|s| s.state)
             {
                 // Paused stays paused: its running tasks carry the values (see docs/swarm.md).
                 tracing::info!(service = %self.name, "its update is {state}, but not on the values audsync keeps: left as it is");
@@ -223,7 +224,9 @@ impl SwarmService {
                 let running = self
                     .running(&id, &values.keys().cloned().collect::<Vec<_>>())
                     .await
-                    .map_err(|e| self.fail(&Error::engine("cannot list its tasks", e).to_string(), None))?;
+                    .map_err(|e| {
+                        self.fail(&Error::engine("cannot list its tasks", e).to_string(), None)
+                    })?;
                 let status = svc.update_status.as_ref();
                 let state = status.and_then(|s| s.state);
                 let carried: Values = values
@@ -231,8 +234,11 @@ impl SwarmService {
                     .filter(|(k, _)| before.contains_key(*k))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                let message = status.and_then(|s| s.message.as_deref()).unwrap_or_default();
-                if unsettled(state, message, &carried, &running, replicas_of_json(&spec)).is_none() {
+                let message = status
+                    .and_then(|s| s.message.as_deref())
+                    .unwrap_or_default();
+                if unsettled(state, message, &carried, &running, replicas_of_json(&spec)).is_none()
+                {
                     return Ok(());
                 }
                 // What to go back to: what a running task still carries, else the previous spec.
@@ -360,8 +366,7 @@ impl SwarmService {
                 .ok()
                 .and_then(|s| s.update_status);
             let state = status.as_ref().and_then(|s| s.state);
-            if !matches!(state, Some(S::UPDATING | S::ROLLBACK_STARTED))
-                || begin.elapsed() > SETTLE
+            if !matches!(state, Some(S::UPDATING | S::ROLLBACK_STARTED)) || begin.elapsed() > SETTLE
             {
                 return (state, status.and_then(|s| s.message).unwrap_or_default());
             }
@@ -542,7 +547,9 @@ impl SwarmService {
                 .map_err(|e| Error::engine("cannot list its tasks", e))?;
             if !matches!(state, Some(S::UPDATING | S::ROLLBACK_STARTED))
                 && !running.is_empty()
-                && running.iter().all(|t| old.iter().all(|(k, v)| t.get(k) == Some(v)))
+                && running
+                    .iter()
+                    .all(|t| old.iter().all(|(k, v)| t.get(k) == Some(v)))
             {
                 return Ok(());
             }
@@ -630,11 +637,13 @@ fn unsettled(
         format!(": {message}")
     };
     match state {
-        Some(
-            s @ (S::UPDATING | S::PAUSED | S::ROLLBACK_STARTED | S::ROLLBACK_PAUSED),
-        ) if other > 0 || short => Some(format!(
-            "not converged: its update is {s}{message}; {tasks}"
-        )),
+        Some(s @ (S::UPDATING | S::PAUSED | S::ROLLBACK_STARTED | S::ROLLBACK_PAUSED))
+            if other > 0 || short =>
+        {
+            Some(format!(
+                "not converged: its update is {s}{message}; {tasks}"
+            ))
+        }
         _ if other > 0 => Some(format!("not converged: {tasks}")),
         _ => None,
     }
@@ -672,7 +681,11 @@ fn env_json(spec: &Value, of: &Values) -> Values {
     let env: Vec<String> = spec
         .pointer("/TaskTemplate/ContainerSpec/Env")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     of.keys()
         .filter_map(|k| Some((k.clone(), env_value(&env, k)?)))
@@ -937,6 +950,119 @@ mod tests {
         assert_eq!(
             refused(&e),
             "the engine answered 500: rpc error: code = Unknown desc = update out of sequence"
+        );
+    }
+
+    fn vals(pairs: &[(&str, &str)]) -> Values {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn converged_is_the_running_tasks_not_the_spec() {
+        let spec = vals(&[("KEY", "new")]);
+        let new = vals(&[("KEY", "new")]);
+        let old = vals(&[("KEY", "old")]);
+        // Completed, every task on the value: in sync.
+        assert_eq!(
+            unsettled(
+                Some(S::COMPLETED),
+                "",
+                &spec,
+                &[new.clone(), new.clone()],
+                Some(2)
+            ),
+            None
+        );
+        // No update status at all (created with it): in sync.
+        assert_eq!(unsettled(None, "", &spec, &[new.clone()], Some(1)), None);
+        // The issue: paused with the old task still running.
+        let why = unsettled(
+            Some(S::PAUSED),
+            "update paused due to failure or early termination of task x",
+            &spec,
+            &[old.clone()],
+            Some(1),
+        )
+        .unwrap();
+        assert!(
+            why.contains("paused") && why.contains("0 of 1 running tasks"),
+            "{why}"
+        );
+        // Paused with no task running at all (stop-first, the new one failing).
+        assert!(unsettled(Some(S::PAUSED), "", &spec, &[], Some(1)).is_some());
+        // Rolled back or rolling back, tasks on another value.
+        for s in [
+            S::ROLLBACK_STARTED,
+            S::ROLLBACK_PAUSED,
+            S::ROLLBACK_COMPLETED,
+        ] {
+            assert!(
+                unsettled(Some(s), "", &spec, &[old.clone()], Some(1)).is_some(),
+                "{s}"
+            );
+        }
+        // Still rolling out.
+        assert!(
+            unsettled(
+                Some(S::UPDATING),
+                "",
+                &spec,
+                &[old.clone(), new.clone()],
+                Some(2)
+            )
+            .is_some()
+        );
+        // "Completed" but a task carries another value (FailureAction continue).
+        assert!(unsettled(Some(S::COMPLETED), "", &spec, &[new.clone(), old], Some(2)).is_some());
+        // Paused stays paused: a pause whose tasks all carry the values is not about them.
+        assert_eq!(
+            unsettled(Some(S::PAUSED), "", &spec, &[new.clone()], Some(1)),
+            None
+        );
+        // Scaled to 0: no task to carry anything, nothing to resume.
+        assert_eq!(unsettled(Some(S::PAUSED), "", &spec, &[], Some(0)), None);
+        assert_eq!(unsettled(Some(S::COMPLETED), "", &spec, &[], Some(0)), None);
+        // A crash-looping task (fewer running, none wrong) after a completed update: not ours.
+        assert_eq!(
+            unsettled(Some(S::COMPLETED), "", &spec, &[new.clone()], Some(2)),
+            None
+        );
+        // A global service (no replica count): by the running tasks only.
+        assert_eq!(unsettled(Some(S::COMPLETED), "", &spec, &[new], None), None);
+        // The spec carries none of the keys: nothing of ours to judge.
+        assert_eq!(
+            unsettled(Some(S::PAUSED), "", &Values::new(), &[], Some(1)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_backoff_of_failed_values_grows_to_a_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(300));
+        assert_eq!(backoff(2), Duration::from_secs(600));
+        assert_eq!(backoff(3), Duration::from_secs(1200));
+        assert_eq!(backoff(10), Duration::from_secs(6 * 3600));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(6 * 3600));
+        assert_eq!(backoff(0), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_replicas_of_a_spec() {
+        let replicated = serde_json::json!({"Mode": {"Replicated": {"Replicas": 0}}});
+        assert_eq!(replicas_of_json(&replicated), Some(0));
+        assert_eq!(
+            replicas_of_json(&serde_json::json!({"Mode": {"Global": {}}})),
+            None
+        );
+        let typed: ServiceSpec = serde_json::from_value(replicated).unwrap();
+        assert_eq!(replicas_of(&typed), Some(0));
+        let spec = serde_json::json!({"TaskTemplate": {"ContainerSpec": {"Env": ["A=1", "K=v"]}}});
+        assert_eq!(
+            env_json(&spec, &vals(&[("K", "x"), ("B", "y")])),
+            vals(&[("K", "v")])
         );
     }
 }
