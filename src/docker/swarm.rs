@@ -977,13 +977,16 @@ mod tests {
             None
         );
         // No update status at all (created with it): in sync.
-        assert_eq!(unsettled(None, "", &spec, &[new.clone()], Some(1)), None);
+        assert_eq!(
+            unsettled(None, "", &spec, std::slice::from_ref(&new), Some(1)),
+            None
+        );
         // The issue: paused with the old task still running.
         let why = unsettled(
             Some(S::PAUSED),
             "update paused due to failure or early termination of task x",
             &spec,
-            &[old.clone()],
+            std::slice::from_ref(&old),
             Some(1),
         )
         .unwrap();
@@ -1000,7 +1003,7 @@ mod tests {
             S::ROLLBACK_COMPLETED,
         ] {
             assert!(
-                unsettled(Some(s), "", &spec, &[old.clone()], Some(1)).is_some(),
+                unsettled(Some(s), "", &spec, std::slice::from_ref(&old), Some(1)).is_some(),
                 "{s}"
             );
         }
@@ -1019,7 +1022,13 @@ mod tests {
         assert!(unsettled(Some(S::COMPLETED), "", &spec, &[new.clone(), old], Some(2)).is_some());
         // Paused stays paused: a pause whose tasks all carry the values is not about them.
         assert_eq!(
-            unsettled(Some(S::PAUSED), "", &spec, &[new.clone()], Some(1)),
+            unsettled(
+                Some(S::PAUSED),
+                "",
+                &spec,
+                std::slice::from_ref(&new),
+                Some(1)
+            ),
             None
         );
         // Scaled to 0: no task to carry anything, nothing to resume.
@@ -1027,7 +1036,13 @@ mod tests {
         assert_eq!(unsettled(Some(S::COMPLETED), "", &spec, &[], Some(0)), None);
         // A crash-looping task (fewer running, none wrong) after a completed update: not ours.
         assert_eq!(
-            unsettled(Some(S::COMPLETED), "", &spec, &[new.clone()], Some(2)),
+            unsettled(
+                Some(S::COMPLETED),
+                "",
+                &spec,
+                std::slice::from_ref(&new),
+                Some(2)
+            ),
             None
         );
         // A global service (no replica count): by the running tasks only.
