@@ -267,6 +267,21 @@ pub(crate) struct Record {
     /// The values the container last ran with after a pass, by key.
     #[serde(default)]
     pub(crate) ran_with: BTreeMap<String, String>,
+    /// A Swarm service: the values whose update failed and was rolled back (not pushed again
+    /// until they change or a growing backoff has passed; see docs/swarm.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) failed: Option<FailedUpdate>,
+}
+
+/// Values whose update of a target failed and was rolled back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct FailedUpdate {
+    /// Key -> the value that failed.
+    pub(crate) values: BTreeMap<String, String>,
+    /// When it failed last (seconds since the Unix epoch).
+    pub(crate) at: u64,
+    /// How many updates to these values failed in a row.
+    pub(crate) attempts: u32,
 }
 
 /// The resource locks of a pass (none in a dry run, which only reads the records), and the

@@ -119,6 +119,10 @@ pub struct TargetObservation {
     /// The plan lists the change of each key it carries (`KEY: old -> new`, shortened): a
     /// Swarm service's spec, whose bound values are AUDs. Only keys of `env` are ever shown.
     pub shows_env_diff: bool,
+    /// It does not run what its configuration says (a Swarm update paused, rolled back or
+    /// still rolling out, or running tasks that carry another value), and why: even when the
+    /// configured values are the desired ones, it is not in sync -- the action finishes it.
+    pub unsettled: Option<String>,
 }
 
 /// A failure of a container action, already phrased for the user.
@@ -456,6 +460,17 @@ fn target_step(
     }
     if mine.is_empty() {
         reasons.push("no binding targets it".into());
+    }
+    if action == Action::None
+        && blocked.is_none()
+        && !changes.is_empty()
+        && let Ok(TargetObservation {
+            unsettled: Some(why),
+            ..
+        }) = &t.observation
+    {
+        action = Action::Recreate;
+        reasons = vec![why.clone()];
     }
     // A replacement carries the other keys of the `.env` it reads, too: a key another binding of
     // this pass manages in one of this container's sinks, which the container carries with

@@ -5,6 +5,8 @@
 //! networks down under other tests that run meanwhile. The swarm is initialised here when none is active, and
 //! left at the end only then; an active swarm is joined as it is.
 
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -141,6 +143,233 @@ fn short(v: &str) -> String {
     } else {
         v.to_string()
     }
+}
+
+/// The binary as a plain process (to kill it), with the sandbox's clean environment.
+fn spawn(sb: &Sandbox, service: &str, extra: &[(&str, &str)]) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_audsync"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AUDSYNC_LOCK_DIR", sb.locks.path())
+        .envs(sb.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(extra.iter().copied())
+        .current_dir(sb.dir())
+        .args(["sync", "--domain", HOST, "--swarm-service", service])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Ok(h) = std::env::var("DOCKER_HOST") {
+        c.env("DOCKER_HOST", h);
+    }
+    c.spawn().unwrap()
+}
+
+/// Kill `child` once `seen` holds (it must, within a minute, while the child still runs).
+fn kill_when(mut child: Child, what: &str, seen: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !seen() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what}: the run ended before the kill point"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what}: never seen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn update_state(name: &str) -> String {
+    inspect_service(name)["UpdateStatus"]["State"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The lock record of Swarm service `name` (src/lock.rs names it `swarm-<name>-<hash>.json`).
+fn record_path(sb: &Sandbox, name: &str) -> PathBuf {
+    std::fs::read_dir(sb.locks.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let f = p.file_name().unwrap().to_string_lossy().into_owned();
+            f.starts_with(&format!("swarm-{name}-")) && f.ends_with(".json")
+        })
+        .unwrap_or_else(|| panic!("no record of {name}"))
+}
+
+/// Issue 24: killed at each step of a Swarm update, the next run converges on the running
+/// tasks, not the spec: the service ends on the new value (exit 0), or, for a value whose new
+/// task fails its healthcheck, rolled back with exit 1 -- and that value is then remembered
+/// as failed, not pushed again until its backoff has passed, reported failing every pass.
+fn kill_points(swarm: &mut Swarm, d: &Docker) {
+    let want = format!("{KEY}={}", aud(2));
+    let old = format!("{KEY}=old");
+    let mut healthy = |what: &str| -> (Sandbox, String, FakeCloudflare) {
+        let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+        let sb = Sandbox::with_cloudflare(&cf);
+        sb.write_env(&format!("{KEY}=old\n"));
+        let name = d.name(what);
+        swarm.service(
+            &name,
+            &[
+                "--replicas",
+                "2",
+                "--env",
+                &old,
+                "--update-delay",
+                "3s",
+                "--update-monitor",
+                "1s",
+                &image(),
+                "sh",
+                "-c",
+                SERVER,
+            ],
+        );
+        running_tasks(&name, 2, Duration::from_secs(60));
+        (sb, name, cf)
+    };
+    let on_new_now = |name: &str| {
+        // Right when the run returns: no waiting for Swarm here.
+        for env in running_tasks(name, 2, Duration::from_secs(1)) {
+            assert!(env.contains(&want), "{name}: {env:?}");
+        }
+        assert_eq!(update_state(name), "completed", "{name}");
+    };
+
+    // 1. Killed after the sink write, before the service update.
+    let (sb, name, _cf) = healthy("k1");
+    let fifo = sb.path("hold.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let held = sb.path("hold.fifo.held");
+    let child = spawn(
+        &sb,
+        &name,
+        &[("AUDSYNC_TEST_HOLD_APPLY", fifo.to_str().unwrap())],
+    );
+    kill_when(child, "before the update", || held.exists());
+    assert!(sb.read_env().contains(&want), "the sink was written first");
+    assert!(
+        spec_env(&name).contains(&old),
+        "the service is not updated yet"
+    );
+    let r = sync(&sb, &name);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["containers"][0]["result"], "done", "{r:?}");
+    on_new_now(&name);
+
+    // 2. Killed once the update is sent, while Swarm rolls it out (3 s between the replicas):
+    // the spec says the new value, the tasks do not yet; the next run waits for them.
+    let (sb, name, _cf) = healthy("k2");
+    let child = spawn(&sb, &name, &[]);
+    kill_when(child, "during the rollout", || {
+        spec_env(&name).contains(&want)
+    });
+    let r = sync(&sb, &name);
+    assert_eq!(r.code, 0, "{r:?}");
+    let t = &r.json()["containers"][0];
+    assert_eq!(t["result"], "done", "{r:?}");
+    assert!(
+        t["reason"].as_str().unwrap().contains("not converged"),
+        "{r:?}"
+    );
+    on_new_now(&name);
+    let r = sync(&sb, &name);
+    assert_eq!(r.json()["containers"][0]["action"], "none", "{r:?}");
+
+    // 3. The issue: a new task that fails its healthcheck (update policy: pause), audsync
+    // killed once Swarm paused. The next run does not say "in sync".
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env(&format!("{KEY}=old\n"));
+    let name = d.name("k3");
+    let bad_aud = format!("BAD_AUD={}", aud(2));
+    swarm.service(
+        &name,
+        &[
+            "--env",
+            &old,
+            "--env",
+            &bad_aud,
+            "--health-cmd",
+            "[ \"$CLOUDFLARE_AUD_TAG\" != \"$BAD_AUD\" ]",
+            "--health-interval",
+            "500ms",
+            "--health-retries",
+            "2",
+            "--update-monitor",
+            "3s",
+            "--update-failure-action",
+            "pause",
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    running_tasks(&name, 1, Duration::from_secs(60));
+    let child = spawn(&sb, &name, &[]);
+    kill_when(child, "once Swarm paused", || {
+        update_state(&name) == "paused"
+    });
+    assert!(spec_env(&name).contains(&want), "paused on the new spec");
+    let r = sync(&sb, &name);
+    assert_eq!(r.code, 1, "not in sync: {r:?}");
+    let t = &r.json()["containers"][0];
+    assert_eq!(t["result"], "failed", "{r:?}");
+    assert_eq!(t["error"]["rolled_back"], true, "{r:?}");
+    assert!(spec_env(&name).contains(&old), "{:?}", spec_env(&name));
+    for env in running_tasks(&name, 1, Duration::from_secs(60)) {
+        assert!(env.contains(&old), "{env:?}");
+    }
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(record_path(&sb, &name)).unwrap()).unwrap();
+    assert_eq!(record["failed"]["values"][KEY], aud(2), "{record}");
+    assert_eq!(record["failed"]["attempts"], 1, "{record}");
+
+    // Remembered: not pushed again (the service is not touched), reported failing.
+    let version = inspect_service(&name)["Version"]["Index"].clone();
+    let r = sync(&sb, &name);
+    assert_eq!(r.code, 1, "{r:?}");
+    let t = &r.json()["containers"][0];
+    assert_eq!(t["result"], "failed", "{r:?}");
+    let msg = t["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("not pushed again"), "{msg}");
+    assert_eq!(
+        inspect_service(&name)["Version"]["Index"],
+        version,
+        "not pushed"
+    );
+
+    // Once the backoff has passed it is tried again, and the backoff grows.
+    let path = record_path(&sb, &name);
+    let mut record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    record["failed"]["at"] = 0.into();
+    std::fs::write(&path, record.to_string()).unwrap();
+    let r = sync(&sb, &name);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(
+        r.json()["containers"][0]["error"]["rolled_back"],
+        true,
+        "{r:?}"
+    );
+    assert_ne!(
+        inspect_service(&name)["Version"]["Index"],
+        version,
+        "tried again"
+    );
+    let record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(record["failed"]["attempts"], 2, "{record}");
+    assert!(spec_env(&name).contains(&old));
 }
 
 /// A `--dry-run` of `service` (JSON, then text) plans its update and shows `diff` for it,
@@ -297,6 +526,7 @@ fn swarm_services_follow_the_aud_and_a_failing_update_is_rolled_back() {
         "rolled back: {:?}",
         spec_env(&bad)
     );
+    kill_points(&mut swarm, &d);
     assert!(
         inspect_service(&bad)["Spec"]["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Retries"]
             == 2,

@@ -119,6 +119,10 @@ pub(crate) enum Error {
     /// Swarm paused the rollback to the previous spec.
     #[error("Swarm paused the rollback")]
     RollbackPaused,
+    /// A failed Swarm update to roll back, with no earlier value known (no running task and no
+    /// previous spec carries one).
+    #[error("no earlier value is known to roll back to")]
+    NothingToRollBackTo,
     /// Neither `docker-compose` nor `docker compose` is on the PATH audsync runs with.
     #[error("no docker-compose (v1) or `docker compose` (v2) on PATH")]
     ComposeMissing,

@@ -347,6 +347,7 @@ impl Target for Container {
             rollout_blocker,
             aliased,
             shows_env_diff: false,
+            unsettled: None,
             env: keys
                 .iter()
                 .filter_map(|k| Some((k.clone(), env_value(&env, k)?)))

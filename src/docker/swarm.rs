@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{Service, ServiceSpec, ServiceUpdateStatusStateEnum, TaskState};
-use bollard::query_parameters::{ListTasksOptions, UpdateServiceOptions};
+use bollard::query_parameters::ListTasksOptions;
 use serde_json::Value;
 
 use super::{Error, env_value};
-use crate::reconcile::{ActionError, TargetObservation};
+use crate::lock::FailedUpdate;
+use crate::reconcile::{ActionError, TargetObservation, Values};
 
 /// How often the service and its tasks are read while Swarm rolls out.
 const POLL: Duration = Duration::from_millis(500);
@@ -33,6 +34,13 @@ const ATTEMPTS: u32 = 5;
 const DEFAULT_MONITOR: Duration = Duration::from_secs(5);
 /// Per task when neither --health-timeout nor the service says more: start and turn healthy.
 const PER_TASK: Duration = Duration::from_secs(60);
+/// How long Swarm may take to finish an update or rollback under way before audsync judges.
+const SETTLE: Duration = Duration::from_secs(120);
+/// The first wait before values whose update failed are pushed again (then doubling).
+const BACKOFF: Duration = Duration::from_secs(5 * 60);
+const BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
+
+use ServiceUpdateStatusStateEnum as S;
 
 /// One Swarm service, by name or id.
 pub struct SwarmService {
@@ -41,6 +49,8 @@ pub struct SwarmService {
     host: String,
     name: String,
     health_timeout: Option<Duration>,
+    /// Values whose update failed and was rolled back (see [`update`](Self::update)).
+    failed: Option<FailedUpdate>,
 }
 
 impl SwarmService {
@@ -55,6 +65,7 @@ impl SwarmService {
             host: host.to_string(),
             name: name.to_string(),
             health_timeout,
+            failed: None,
         }
     }
 
@@ -74,27 +85,126 @@ impl SwarmService {
 
     pub(crate) async fn observe(&self, keys: &[String]) -> Result<TargetObservation, ActionError> {
         let svc = self.inspect().await.map_err(|e| self.inspect_failed(e))?;
-        let env = env_of(&svc.spec.unwrap_or_default());
+        let spec = svc.spec.clone().unwrap_or_default();
+        let env: Values = keys
+            .iter()
+            .filter_map(|k| Some((k.clone(), env_value(&env_of(&spec), k)?)))
+            .collect();
+        // Converged is what the running tasks carry, not what the spec says.
+        let unsettled = if env.is_empty() {
+            None
+        } else {
+            let id = svc.id.clone().unwrap_or_else(|| self.name.clone());
+            let running = self
+                .running(&id, keys)
+                .await
+                .map_err(|e| self.inspect_failed(Error::engine("cannot list its tasks", e)))?;
+            let status = svc.update_status.as_ref();
+            let why = unsettled(
+                status.and_then(|s| s.state),
+                status
+                    .and_then(|s| s.message.as_deref())
+                    .unwrap_or_default(),
+                &env,
+                &running,
+                replicas_of(&spec),
+            );
+            if why.is_none()
+                && let Some(state @ (S::PAUSED | S::ROLLBACK_PAUSED)) = status.and_then(|s| s.state)
+            {
+                // Paused stays paused: its running tasks carry the values (see docs/swarm.md).
+                tracing::info!(service = %self.name, "its update is {state}, but not on the values audsync keeps: left as it is");
+            }
+            why
+        };
         Ok(TargetObservation {
-            env: keys
-                .iter()
-                .filter_map(|k| Some((k.clone(), env_value(&env, k)?)))
-                .collect(),
+            env,
             // Swarm replaces tasks itself, by the service's own UpdateConfig.
             rollout_blocker: Some("a Swarm service: Swarm rolls it out by its UpdateConfig".into()),
             // The plan shows what the update changes in the spec: the bound keys only.
             shows_env_diff: true,
+            unsettled,
             ..TargetObservation::default()
         })
     }
 
-    /// Set every key of `changes` the spec carries, let Swarm roll it out, wait for the end.
-    pub(crate) async fn update(&self, changes: &[(String, String)]) -> Result<(), ActionError> {
+    /// The values of an update that failed and was rolled back, as remembered (the target's
+    /// lock record); after [`update`](Self::update), as they are to be remembered.
+    pub(crate) fn failed(&self) -> Option<&FailedUpdate> {
+        self.failed.as_ref()
+    }
+
+    pub(crate) fn remember_failed(&mut self, failed: Option<FailedUpdate>) {
+        self.failed = failed;
+    }
+
+    /// Set every key of `changes` the spec carries, let Swarm roll it out, wait for the end;
+    /// or, when the spec carries them already but the running tasks do not, finish that
+    /// update. Values whose update failed and was rolled back are not pushed again before
+    /// their backoff has passed.
+    pub(crate) async fn update(&mut self, changes: &[(String, String)]) -> Result<(), ActionError> {
+        let values: Values = changes.iter().cloned().collect();
+        let now = unix_now();
+        if let Some(f) = self.failed.as_ref().filter(|f| f.values == values) {
+            let due = f.at.saturating_add(backoff(f.attempts).as_secs());
+            if now < due {
+                return Err(self.held_back(f, due));
+            }
+        }
+        crate::lock::test_hold_apply();
+        let mut tried = false;
+        let result = self.update_inner(changes, &mut tried).await;
+        match &result {
+            Ok(()) => self.failed = None,
+            Err(_) if tried => {
+                let attempts = match &self.failed {
+                    Some(f) if f.values == values => f.attempts.saturating_add(1),
+                    _ => 1,
+                };
+                self.failed = Some(FailedUpdate {
+                    values,
+                    at: now,
+                    attempts,
+                });
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Why values that failed are not pushed again now.
+    fn held_back(&self, f: &FailedUpdate, due: u64) -> ActionError {
+        let values = f
+            .values
+            .iter()
+            .map(|(k, v)| format!("{k}={}", crate::reconcile::short(v)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let left = Duration::from_secs(due.saturating_sub(unix_now()));
+        self.fail(
+            &format!(
+                "the update to {values} failed and was rolled back ({} in a row); not pushed again for {} or until the desired value changes",
+                f.attempts,
+                humantime::format_duration(left)
+            ),
+            Some(format!(
+                "see `docker service ps --no-trunc {}`; fix what the new task complains about (the next try comes after the backoff)",
+                self.name
+            )),
+        )
+    }
+
+    async fn update_inner(
+        &self,
+        changes: &[(String, String)],
+        tried: &mut bool,
+    ) -> Result<(), ActionError> {
+        let values: Values = changes.iter().cloned().collect();
         let mut attempt = 0;
-        let (id, replicas, monitor) = loop {
+        let (id, replicas, monitor, old) = loop {
             attempt += 1;
             // The spec goes back exactly as the engine gave it (see `raw`).
-            let (id, version, mut spec) = self.raw_inspect().await?;
+            let (id, version, mut spec, previous) = self.raw_inspect().await?;
             let replicas = spec
                 .pointer("/Mode/Replicated/Replicas")
                 .and_then(Value::as_u64)
@@ -105,16 +215,100 @@ impl SwarmService {
                 .and_then(Value::as_u64)
                 .filter(|m| *m > 0)
                 .map_or(DEFAULT_MONITOR, Duration::from_nanos);
-            if !set_env_json(&mut spec, changes) {
-                return Ok(());
-            }
+            let before = env_json(&spec, &values);
+            let old = if set_env_json(&mut spec, changes) {
+                before
+            } else {
+                // The spec carries the values: is the service running them?
+                let svc = self.inspect().await.map_err(|e| self.inspect_failed(e))?;
+                let running = self
+                    .running(&id, &values.keys().cloned().collect::<Vec<_>>())
+                    .await
+                    .map_err(|e| {
+                        self.fail(&Error::engine("cannot list its tasks", e).to_string(), None)
+                    })?;
+                let status = svc.update_status.as_ref();
+                let state = status.and_then(|s| s.state);
+                let carried: Values = values
+                    .iter()
+                    .filter(|(k, _)| before.contains_key(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let message = status
+                    .and_then(|s| s.message.as_deref())
+                    .unwrap_or_default();
+                if unsettled(state, message, &carried, &running, replicas_of_json(&spec)).is_none()
+                {
+                    return Ok(());
+                }
+                // What to go back to: what a running task still carries, else the previous spec.
+                let old = running
+                    .iter()
+                    .find(|t| carried.iter().any(|(k, v)| t.get(k) != Some(v)))
+                    .map(|t| {
+                        carried
+                            .keys()
+                            .filter_map(|k| Some((k.clone(), t.get(k)?.clone())))
+                            .collect::<Values>()
+                    })
+                    .filter(|o| !o.is_empty())
+                    .unwrap_or_else(|| {
+                        env_json(&previous, &carried)
+                            .into_iter()
+                            .filter(|(k, v)| carried.get(k) != Some(v))
+                            .collect()
+                    });
+                if matches!(state, Some(S::UPDATING | S::ROLLBACK_STARTED)) {
+                    // An update under way (a run killed while Swarm rolled it out, or Swarm
+                    // rolling back by itself): let Swarm finish it, then judge it.
+                    tracing::info!(service = %self.name, "an update is under way; waiting for Swarm to finish it");
+                    let (done, message) = self.settle(&id).await;
+                    match (state, done) {
+                        (_, Some(S::COMPLETED)) => {
+                            *tried = true;
+                            break (id, replicas, monitor, old);
+                        }
+                        (
+                            Some(S::UPDATING),
+                            Some(
+                                stopped @ (S::PAUSED
+                                | S::ROLLBACK_STARTED
+                                | S::ROLLBACK_PAUSED
+                                | S::ROLLBACK_COMPLETED),
+                            ),
+                        ) => {
+                            // The values failed while nobody watched: what the killed run
+                            // would have done, done now.
+                            *tried = true;
+                            let why = Error::SwarmStopped {
+                                state: stopped,
+                                message,
+                                failed_task: self.failed_task(&id).await,
+                            };
+                            return Err(self.roll_back(&id, &old, why).await);
+                        }
+                        _ if attempt >= ATTEMPTS => {
+                            return Err(self.fail(
+                                "Swarm did not finish the update under way",
+                                Some(format!("see `docker service inspect {}`", self.name)),
+                            ));
+                        }
+                        _ => continue,
+                    }
+                }
+                // Paused (or done with tasks that carry other values): resume it, the way
+                // `docker service update` without changes does, and judge it like any update.
+                tracing::warn!(service = %self.name, "its update is {}: resuming it", state.map(|s| s.to_string()).unwrap_or_else(|| "done".into()));
+                old
+            };
             match raw::update(&self.docker, &self.host, &id, version, &spec, false).await {
                 Ok(warnings) => {
                     for w in warnings {
                         // Typically "image could not be accessed on a registry" for local images.
                         tracing::debug!(service = %self.name, "engine: {w}");
                     }
-                    break (id, replicas, monitor);
+                    *tried = true;
+                    break (id, replicas, monitor, old);
                 }
                 Err(e) if attempt < ATTEMPTS && self.stale(&id, version, &e).await => {
                     tracing::info!(service = %self.name, attempt, "update out of sequence; reading the service again");
@@ -132,25 +326,72 @@ impl SwarmService {
         let bound = per_task * replicas + Duration::from_secs(10);
         match self.wait(&id, changes, replicas, bound).await {
             Ok(()) => Ok(()),
-            Err(why) => {
-                let back = self.rollback(&id).await;
-                Err(ActionError {
-                    rolled_back: back.is_ok(),
-                    message: format!(
-                        "swarm service {}: {why}; {}",
-                        self.name,
-                        match back {
-                            Ok(()) => "rolled back to the previous spec".to_string(),
-                            Err(e) => format!("ROLLBACK FAILED: {e}"),
-                        }
-                    ),
-                    hint: Some(format!(
-                        "see `docker service ps --no-trunc {}`; fix what the new task complains about, then run sync again",
-                        self.name
-                    )),
-                })
-            }
+            Err(why) => Err(self.roll_back(&id, &old, why).await),
         }
+    }
+
+    /// The failure of an update (`why`), after putting `old` back into the spec.
+    async fn roll_back(&self, id: &str, old: &Values, why: Error) -> ActionError {
+        let back = if old.is_empty() {
+            Err(Error::NothingToRollBackTo)
+        } else {
+            self.put_back(id, old).await
+        };
+        ActionError {
+            rolled_back: back.is_ok(),
+            message: format!(
+                "swarm service {}: {why}; {}",
+                self.name,
+                match back {
+                    Ok(()) => "rolled back to the previous value".to_string(),
+                    Err(e) => format!("ROLLBACK FAILED: {e}"),
+                }
+            ),
+            hint: Some(format!(
+                "see `docker service ps --no-trunc {}`; fix what the new task complains about, then run sync again",
+                self.name
+            )),
+        }
+    }
+
+    /// Wait (bounded) until Swarm is no longer updating or rolling back; the state and its
+    /// message then.
+    async fn settle(&self, id: &str) -> (Option<ServiceUpdateStatusStateEnum>, String) {
+        let begin = Instant::now();
+        loop {
+            let status = self
+                .docker
+                .inspect_service(id, None)
+                .await
+                .ok()
+                .and_then(|s| s.update_status);
+            let state = status.as_ref().and_then(|s| s.state);
+            if !matches!(state, Some(S::UPDATING | S::ROLLBACK_STARTED)) || begin.elapsed() > SETTLE
+            {
+                return (state, status.and_then(|s| s.message).unwrap_or_default());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// For each running task (state `running`), the values of `keys` its spec carries.
+    async fn running(&self, id: &str, keys: &[String]) -> Result<Vec<Values>, BollardError> {
+        let tasks = self.tasks(id, "running").await?;
+        Ok(tasks
+            .iter()
+            .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
+            .map(|t| {
+                let env = t
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.container_spec.as_ref())
+                    .and_then(|c| c.env.clone())
+                    .unwrap_or_default();
+                keys.iter()
+                    .filter_map(|k| Some((k.clone(), env_value(&env, k)?)))
+                    .collect()
+            })
+            .collect())
     }
 
     /// Whether an update at index `sent` was refused because the index went stale: a 409, or
@@ -186,7 +427,6 @@ impl SwarmService {
             let status = svc.update_status.as_ref();
             let state = status.and_then(|s| s.state);
             let message = status.and_then(|s| s.message.clone()).unwrap_or_default();
-            use ServiceUpdateStatusStateEnum as S;
             if let Some(
                 stopped @ (S::PAUSED
                 | S::ROLLBACK_STARTED
@@ -262,73 +502,65 @@ impl SwarmService {
             .await
     }
 
-    /// `rollback=previous`, then wait (bounded) until Swarm says the rollback completed.
-    async fn rollback(&self, id: &str) -> Result<(), Error> {
+    /// Put `old` back into the spec (after Swarm's own rollback, if it rolls back, has
+    /// finished), then wait (bounded) until the running tasks carry it. Written into the spec
+    /// as read, not `rollback=previous`: after a resumed update the previous spec is the
+    /// failing one.
+    async fn put_back(&self, id: &str, old: &Values) -> Result<(), Error> {
+        let (state, _) = self.settle(id).await;
+        if state == Some(S::ROLLBACK_PAUSED) {
+            return Err(Error::RollbackPaused);
+        }
+        let old_pairs: Vec<(String, String)> =
+            old.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let svc = self
-                .docker
-                .inspect_service(id, None)
-                .await
-                .map_err(|e| Error::engine("cannot inspect it", e))?;
-            let version = svc.version.and_then(|v| v.index).ok_or(Error::NoVersion)?;
-            // The engine ignores the spec sent with `rollback=previous` (it still checks it is
-            // one), so the typed spec does, whatever fields bollard's model lost.
-            let spec = svc.spec.unwrap_or_default();
-            let answer = match i32::try_from(version) {
-                Ok(v) => self
-                    .docker
-                    .update_service(
-                        id,
-                        spec,
-                        UpdateServiceOptions {
-                            version: v,
-                            rollback: Some("previous".into()),
-                            ..Default::default()
-                        },
-                        None,
-                    )
-                    .await
-                    .map(drop)
-                    .map_err(|e| Error::engine("the rollback was refused", e)),
-                // bollard takes the index as an i32; the engine's is a u64 that a busy swarm
-                // outgrows: past i32::MAX only the raw call can name it.
-                Err(_) => {
-                    let spec = serde_json::to_value(&spec)
-                        .map_err(|e| Error::engine("the rollback was refused", e.into()))?;
-                    raw::update(&self.docker, &self.host, id, version, &spec, true)
-                        .await
-                        .map(drop)
-                }
-            };
-            match answer {
-                Ok(()) => break,
+            let v = raw::inspect(&self.docker, &self.host, id).await?;
+            let version = v
+                .pointer("/Version/Index")
+                .and_then(Value::as_u64)
+                .ok_or(Error::NoVersion)?;
+            let mut spec = v["Spec"].clone();
+            if !set_env_json(&mut spec, &old_pairs) {
+                break;
+            }
+            match raw::update(&self.docker, &self.host, id, version, &spec, false).await {
+                Ok(_) => break,
                 Err(e) if attempt < ATTEMPTS && self.stale(id, version, &e).await => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => return Err(e),
             }
         }
-        tracing::warn!(service = %self.name, "rolling the service back to its previous spec");
+        tracing::warn!(service = %self.name, "rolling the service back to its previous value");
         let begin = Instant::now();
-        while begin.elapsed() < Duration::from_secs(60) {
+        while begin.elapsed() < SETTLE {
             let svc = self.inspect().await?;
             let state = svc.update_status.and_then(|s| s.state);
-            if state == Some(ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED) {
-                return Ok(());
-            }
-            if state == Some(ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED) {
+            if matches!(state, Some(S::PAUSED | S::ROLLBACK_PAUSED)) {
                 return Err(Error::RollbackPaused);
+            }
+            let running = self
+                .running(id, &old.keys().cloned().collect::<Vec<_>>())
+                .await
+                .map_err(|e| Error::engine("cannot list its tasks", e))?;
+            if !matches!(state, Some(S::UPDATING | S::ROLLBACK_STARTED))
+                && !running.is_empty()
+                && running
+                    .iter()
+                    .all(|t| old.iter().all(|(k, v)| t.get(k) == Some(v)))
+            {
+                return Ok(());
             }
             tokio::time::sleep(POLL).await;
         }
-        // Requested and under way: the previous spec is in place, its tasks still starting.
+        // Requested and under way: the previous value is in the spec, its tasks still starting.
         Ok(())
     }
 
-    /// (id, version index, spec as raw JSON).
-    async fn raw_inspect(&self) -> Result<(String, u64, Value), ActionError> {
+    /// (id, version index, spec and previous spec as raw JSON).
+    async fn raw_inspect(&self) -> Result<(String, u64, Value, Value), ActionError> {
         let v = raw::inspect(&self.docker, &self.host, &self.name)
             .await
             .map_err(|e| self.inspect_failed(e))?;
@@ -337,7 +569,7 @@ impl SwarmService {
             .pointer("/Version/Index")
             .and_then(Value::as_u64)
             .ok_or_else(|| self.fail(&Error::NoVersion.to_string(), None))?;
-        Ok((id, version, v["Spec"].clone()))
+        Ok((id, version, v["Spec"].clone(), v["PreviousSpec"].clone()))
     }
 
     async fn inspect(&self) -> Result<Service, Error> {
@@ -372,6 +604,92 @@ impl SwarmService {
             hint,
         }
     }
+}
+
+/// Why a service whose spec carries `spec` (the bound keys it carries) does not run it, from
+/// its update state and the values of `keys` each running task carries; `None` when it does,
+/// or when it is paused but not on these values (a pause is left to whoever made it). A
+/// service scaled to 0 runs no task and is not short of any.
+fn unsettled(
+    state: Option<ServiceUpdateStatusStateEnum>,
+    message: &str,
+    spec: &Values,
+    running: &[Values],
+    replicas: Option<u64>,
+) -> Option<String> {
+    if spec.is_empty() {
+        return None;
+    }
+    let carrying = running
+        .iter()
+        .filter(|t| spec.iter().all(|(k, v)| t.get(k) == Some(v)))
+        .count();
+    let other = running.len() - carrying;
+    let short = replicas.is_some_and(|r| (carrying as u64) < r);
+    let keys = spec.keys().cloned().collect::<Vec<_>>().join(", ");
+    let tasks = format!(
+        "{carrying} of {} running tasks carry the spec's {keys}",
+        replicas.map_or(running.len() as u64, |r| r.max(running.len() as u64))
+    );
+    let message = if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    };
+    match state {
+        Some(s @ (S::UPDATING | S::PAUSED | S::ROLLBACK_STARTED | S::ROLLBACK_PAUSED))
+            if other > 0 || short =>
+        {
+            Some(format!(
+                "not converged: its update is {s}{message}; {tasks}"
+            ))
+        }
+        _ if other > 0 => Some(format!("not converged: {tasks}")),
+        _ => None,
+    }
+}
+
+/// How long values whose update failed `attempts` times in a row wait before the next try:
+/// 5 min, doubling, at most 6 h.
+fn backoff(attempts: u32) -> Duration {
+    let base = BACKOFF.as_secs();
+    let secs = base.saturating_mul(1u64 << attempts.saturating_sub(1).min(16));
+    Duration::from_secs(secs.min(BACKOFF_MAX.as_secs()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The replicas a replicated service asks for (`None`: global).
+fn replicas_of(spec: &ServiceSpec) -> Option<u64> {
+    spec.mode
+        .as_ref()
+        .and_then(|m| m.replicated.as_ref())
+        .map(|r| r.replicas.unwrap_or(1).max(0) as u64)
+}
+
+fn replicas_of_json(spec: &Value) -> Option<u64> {
+    spec.pointer("/Mode/Replicated")
+        .map(|r| r.get("Replicas").and_then(Value::as_u64).unwrap_or(1))
+}
+
+/// The values of the keys of `of` that the raw JSON spec carries.
+fn env_json(spec: &Value, of: &Values) -> Values {
+    let env: Vec<String> = spec
+        .pointer("/TaskTemplate/ContainerSpec/Env")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    of.keys()
+        .filter_map(|k| Some((k.clone(), env_value(&env, k)?)))
+        .collect()
 }
 
 /// How a refused update is reported: the engine's status and message, else what failed.
@@ -632,6 +950,134 @@ mod tests {
         assert_eq!(
             refused(&e),
             "the engine answered 500: rpc error: code = Unknown desc = update out of sequence"
+        );
+    }
+
+    fn vals(pairs: &[(&str, &str)]) -> Values {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn converged_is_the_running_tasks_not_the_spec() {
+        let spec = vals(&[("KEY", "new")]);
+        let new = vals(&[("KEY", "new")]);
+        let old = vals(&[("KEY", "old")]);
+        // Completed, every task on the value: in sync.
+        assert_eq!(
+            unsettled(
+                Some(S::COMPLETED),
+                "",
+                &spec,
+                &[new.clone(), new.clone()],
+                Some(2)
+            ),
+            None
+        );
+        // No update status at all (created with it): in sync.
+        assert_eq!(
+            unsettled(None, "", &spec, std::slice::from_ref(&new), Some(1)),
+            None
+        );
+        // The issue: paused with the old task still running.
+        let why = unsettled(
+            Some(S::PAUSED),
+            "update paused due to failure or early termination of task x",
+            &spec,
+            std::slice::from_ref(&old),
+            Some(1),
+        )
+        .unwrap();
+        assert!(
+            why.contains("paused") && why.contains("0 of 1 running tasks"),
+            "{why}"
+        );
+        // Paused with no task running at all (stop-first, the new one failing).
+        assert!(unsettled(Some(S::PAUSED), "", &spec, &[], Some(1)).is_some());
+        // Rolled back or rolling back, tasks on another value.
+        for s in [
+            S::ROLLBACK_STARTED,
+            S::ROLLBACK_PAUSED,
+            S::ROLLBACK_COMPLETED,
+        ] {
+            assert!(
+                unsettled(Some(s), "", &spec, std::slice::from_ref(&old), Some(1)).is_some(),
+                "{s}"
+            );
+        }
+        // Still rolling out.
+        assert!(
+            unsettled(
+                Some(S::UPDATING),
+                "",
+                &spec,
+                &[old.clone(), new.clone()],
+                Some(2)
+            )
+            .is_some()
+        );
+        // "Completed" but a task carries another value (FailureAction continue).
+        assert!(unsettled(Some(S::COMPLETED), "", &spec, &[new.clone(), old], Some(2)).is_some());
+        // Paused stays paused: a pause whose tasks all carry the values is not about them.
+        assert_eq!(
+            unsettled(
+                Some(S::PAUSED),
+                "",
+                &spec,
+                std::slice::from_ref(&new),
+                Some(1)
+            ),
+            None
+        );
+        // Scaled to 0: no task to carry anything, nothing to resume.
+        assert_eq!(unsettled(Some(S::PAUSED), "", &spec, &[], Some(0)), None);
+        assert_eq!(unsettled(Some(S::COMPLETED), "", &spec, &[], Some(0)), None);
+        // A crash-looping task (fewer running, none wrong) after a completed update: not ours.
+        assert_eq!(
+            unsettled(
+                Some(S::COMPLETED),
+                "",
+                &spec,
+                std::slice::from_ref(&new),
+                Some(2)
+            ),
+            None
+        );
+        // A global service (no replica count): by the running tasks only.
+        assert_eq!(unsettled(Some(S::COMPLETED), "", &spec, &[new], None), None);
+        // The spec carries none of the keys: nothing of ours to judge.
+        assert_eq!(
+            unsettled(Some(S::PAUSED), "", &Values::new(), &[], Some(1)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_backoff_of_failed_values_grows_to_a_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(300));
+        assert_eq!(backoff(2), Duration::from_secs(600));
+        assert_eq!(backoff(3), Duration::from_secs(1200));
+        assert_eq!(backoff(10), Duration::from_secs(6 * 3600));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(6 * 3600));
+        assert_eq!(backoff(0), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_replicas_of_a_spec() {
+        let replicated = serde_json::json!({"Mode": {"Replicated": {"Replicas": 0}}});
+        assert_eq!(replicas_of_json(&replicated), Some(0));
+        assert_eq!(
+            replicas_of_json(&serde_json::json!({"Mode": {"Global": {}}})),
+            None
+        );
+        let typed: ServiceSpec = serde_json::from_value(replicated).unwrap();
+        assert_eq!(replicas_of(&typed), Some(0));
+        let spec = serde_json::json!({"TaskTemplate": {"ContainerSpec": {"Env": ["A=1", "K=v"]}}});
+        assert_eq!(
+            env_json(&spec, &vals(&[("K", "x"), ("B", "y")])),
+            vals(&[("K", "v")])
         );
     }
 }

@@ -834,3 +834,36 @@ fn a_spec_target_lists_the_change_of_each_bound_key_and_a_container_does_not() {
     );
     assert!(!p.targets[0].reason.contains(" -> "));
 }
+
+/// A Swarm service whose spec carries the desired value but whose running tasks do not (a
+/// paused update) is not in sync: its action finishes the update, and says why.
+#[test]
+fn an_unsettled_target_is_acted_on_though_its_spec_carries_the_value() {
+    let mut t = tgt(Some(NEW));
+    if let Ok(o) = &mut t.observation {
+        o.unsettled = Some("not converged: its update is paused".into());
+    }
+    for mode in [
+        RestartMode::Auto,
+        RestartMode::Recreate,
+        RestartMode::Rollout,
+    ] {
+        let p = plan(
+            one(1, 1, mode),
+            vec![sink(false)],
+            vec![t.clone()],
+            &BTreeSet::new(),
+        );
+        assert_eq!(p.targets[0].action, Action::Recreate, "{mode:?}");
+        assert_eq!(p.targets[0].reason, "not converged: its update is paused");
+        assert_eq!(p.targets[0].changes[K], NEW);
+    }
+    // --restart none touches nothing, unsettled or not.
+    let p = plan(
+        one(1, 1, RestartMode::None),
+        vec![sink(false)],
+        vec![t],
+        &BTreeSet::new(),
+    );
+    assert_eq!(p.targets[0].action, Action::None);
+}

@@ -125,6 +125,34 @@ pub(crate) fn store_ran_with(held: &Held, state: &State) -> Result<(), lock::Err
     Ok(())
 }
 
+/// Give each Swarm service of the pass the values its record remembers as failed (an update
+/// rolled back: not pushed again before its backoff, see docs/swarm.md).
+pub(crate) fn swarm_failures_in(held: &Held, slots: &mut [super::targets::Slot]) {
+    for slot in slots {
+        if let super::targets::Slot::Swarm(s) = slot {
+            match held.record(&s.label()) {
+                Ok(r) => s.remember_failed(r.and_then(|r| r.failed)),
+                Err(e) => tracing::warn!(error = %e, "cannot read the record of {}", s.label()),
+            }
+        }
+    }
+}
+
+/// Write back into each Swarm service's record the values that failed (or none, after an
+/// update that worked).
+pub(crate) fn store_swarm_failures(
+    held: &Held,
+    slots: &[super::targets::Slot],
+) -> Result<(), lock::Error> {
+    for slot in slots {
+        if let super::targets::Slot::Swarm(s) = slot {
+            let failed = s.failed().cloned();
+            held.update(&s.label(), |r| r.failed = failed)?;
+        }
+    }
+    Ok(())
+}
+
 /// The journal of a pass: the owed actions go to each held target's record (before any sink is
 /// written, as always) and to the configuration's state file.
 pub(crate) struct PassJournal<'a> {

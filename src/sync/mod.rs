@@ -370,6 +370,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     );
     targets::refuse(&resolved.refused, &mut plan);
     targets::brief_commands(&mut plan, &mut resolved.slots, &state.state.applied, &owed);
+    locks::swarm_failures_in(&held, &mut resolved.slots);
     let outcome = reconcile::apply(
         &plan,
         &mut sinks,
@@ -387,6 +388,11 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         && let Err(e) = locks::store_ran_with(&held, &state.state)
     {
         tracing::warn!(error = %e, "cannot record which value the containers run with");
+    }
+    if !cfg.dry_run
+        && let Err(e) = locks::store_swarm_failures(&held, &resolved.slots)
+    {
+        tracing::warn!(error = %e, "cannot record which values failed on the Swarm services");
     }
     remember_pending(&sinks, &mut state);
 

@@ -324,12 +324,9 @@ pub async fn resolve(
                     None => c,
                 })
             }
-            (Some(Err(err)), None) => {
-                // The engine cannot be reached: the target cannot be resolved, so its binding
-                // writes nothing this pass (the next one, with the engine back, does both).
-                refused.insert(i, err.clone());
-                Slot::Down(err.clone())
-            }
+            // The engine cannot be reached: the sinks are still written (the value is right
+            // whatever the engine's state), the restart is owed and the next run does it.
+            (Some(Err(err)), None) => Slot::Down(err.clone()),
             (None, None) => {
                 let not_needed = ActionError {
                     rolled_back: false,
