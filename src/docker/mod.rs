@@ -10,6 +10,7 @@
 pub(crate) mod compose;
 mod error;
 pub(crate) mod inspect;
+mod journal;
 mod ops;
 mod own;
 mod recover;
@@ -70,6 +71,7 @@ impl Engine {
             engine: self.clone(),
             name: name.to_string(),
             opts: RecreateOptions::default(),
+            record: None,
             group: None,
             compose_probe: Box::default(),
             refused: false,
@@ -229,9 +231,9 @@ pub struct RecreateOptions {
     /// With a healthcheck: how long to wait for `healthy`; `None` derives it from the check
     /// (start period + (interval + timeout) x retries).
     pub(crate) health_timeout: Option<Duration>,
-    /// The state file recording recreates in progress (`recreating`): the only proof a
-    /// later pass accepts that a temporary container is audsync's. `None`: no record, and no
-    /// recovery touches anything.
+    /// The state file where older versions recorded recreates in progress (`recreating`):
+    /// read so that a recreate an older version left is finished, then cleared. The journal
+    /// itself is kept beside each container's lock ([`Container::with_record`]).
     pub(crate) journal: Option<std::path::PathBuf>,
 }
 
@@ -250,6 +252,9 @@ pub struct Container {
     engine: Engine,
     name: String,
     opts: RecreateOptions,
+    /// Its record beside its lock (`<lock>.json`): where the journal of a recreate or rollout
+    /// is kept. `None`: no journal, so no recovery acts on it.
+    record: Option<std::path::PathBuf>,
     group: Option<String>,
     /// Where the compose CLI is found, its word before the sinks were written, and what
     /// became of the config-hash label.
@@ -262,6 +267,16 @@ impl Container {
     pub(crate) fn with_options(mut self, opts: RecreateOptions) -> Container {
         self.opts = opts;
         self
+    }
+
+    /// Keep the journal of its recreates and rollouts in `record` (beside its lock).
+    pub(crate) fn with_record(mut self, record: Option<std::path::PathBuf>) -> Container {
+        self.record = record;
+        self
+    }
+
+    fn journal(&self) -> journal::Journal {
+        journal::Journal::new(self.record.as_deref(), self.opts.journal.as_deref())
     }
 
     /// The environment the compose CLI is looked for and run with (see [`compose`]).
@@ -386,11 +401,13 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let journal = self.journal();
         recreate::recreate(
             &self.engine.docker,
             &self.name,
             &changes,
             &self.opts,
+            &journal,
             &mut self.compose_probe,
         )
         .await
@@ -402,11 +419,13 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let journal = self.journal();
         rollout::rollout(
             &self.engine.docker,
             &self.name,
             &changes,
             &self.opts,
+            &journal,
             &mut self.compose_probe,
         )
         .await

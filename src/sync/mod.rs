@@ -324,12 +324,18 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    // Each container's journal of a recreate or rollout is kept beside its lock.
+    let records: BTreeMap<String, PathBuf> = held
+        .targets()
+        .filter_map(|n| Some((n.clone(), held.record_file(n)?)))
+        .collect();
     let mut resolved = targets::resolve(
         cfg,
         changing || !owed.is_empty() || elsewhere,
         &state.state.applied,
         &watch,
         &state.state.container_names,
+        &records,
     )
     .await;
     if !cfg.dry_run && !resolved.names.is_empty() {

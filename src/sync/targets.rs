@@ -158,6 +158,7 @@ pub async fn resolve(
     ran_with: &BTreeMap<String, Values>,
     watch: &[String],
     known_names: &BTreeMap<String, String>,
+    records: &BTreeMap<String, std::path::PathBuf>,
 ) -> Resolved {
     let mut names_of_ids: BTreeMap<String, String> = BTreeMap::new();
     // The leak check (`watch`) rides on an inspection made anyway: a Docker round trip of its
@@ -274,6 +275,7 @@ pub async fn resolve(
                 let c = e
                     .container(name)
                     .with_options(cfg.recreate.clone())
+                    .with_record(records.get(name).cloned())
                     .with_compose(cfg.compose.clone());
                 // Compose's word before any sink is written, when this pass may replace it.
                 let c = if may_act && !cfg.dry_run {
