@@ -226,7 +226,7 @@ async fn recover(
         ));
     }
     if j.step == ApplyStep::Legacy {
-        settle_legacy(docker, &mut j, &o, opts).await;
+        notes.extend(settle_legacy(docker, &mut j, &o, opts).await);
     }
     let (way, acts) = decide(&j, &o).map_err(fail)?;
     let step = serde_json::to_value(j.step)
@@ -272,7 +272,7 @@ async fn settle_legacy(
     j: &mut Applying,
     o: &Observed,
     opts: &super::RecreateOptions,
-) {
+) -> Option<String> {
     if let Some(t) = [&o.old, &o.new]
         .into_iter()
         .flatten()
@@ -285,11 +285,26 @@ async fn settle_legacy(
         .as_ref()
         .zip(j.new_id.as_deref())
         .is_some_and(|(w, n)| w.id == n);
-    j.healthy = match (&o.new, new_holds) {
-        (Some(_), true) if !j.was_running => true,
-        (Some(n), true) if n.running => wait_good(docker, &n.id, opts).await.is_ok(),
-        _ => false,
+    let (healthy, why) = match (&o.new, new_holds) {
+        (Some(_), true) if !j.was_running => (true, None),
+        (Some(n), true) if n.running => match wait_good(docker, &n.id, opts).await {
+            Ok(()) => (
+                true,
+                Some("the new container under the name is good".to_string()),
+            ),
+            Err(e) => (
+                false,
+                Some(format!("the new container under the name: {e}")),
+            ),
+        },
+        (Some(_), true) => (
+            false,
+            Some("the new container under the name was not running".to_string()),
+        ),
+        _ => (false, None),
     };
+    j.healthy = healthy;
+    why.map(|w| format!("(recorded by an older version in the state file) {w}"))
 }
 
 async fn run(
@@ -454,6 +469,7 @@ mod tests {
         assert_eq!(decide(&j, &o).unwrap(), (Way::Back, vec![Act::RemoveNew]));
         // Begun, no new id: nothing of the twin is touched, the old one keeps serving.
         let j = journal(ApplyKind::Rollout, ApplyStep::Begun, false);
+        let o = Observed { new: None, ..o };
         assert_eq!(decide(&j, &o).unwrap(), (Way::Back, vec![]));
     }
 
