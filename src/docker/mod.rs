@@ -4,8 +4,9 @@
 //! older engines accept the requests. Errors name the container and the fix. It must never
 //! remove a container before its replacement is good, nor remove a volume.
 //! [`spec`] computes the create request (pure); [`recreate`] runs the never-lose-the-service
-//! sequence with its health gate and roll back; [`recover`] finishes or undoes a recreate
-//! that was cut short, and sizes the timeout of stop calls.
+//! sequence with its health gate and roll back; [`rollout`] the one without a gap; both keep
+//! a journal beside the container's lock ([`journal`]), from which [`recover`] finishes or
+//! undoes one that was cut short.
 
 pub(crate) mod compose;
 mod error;

@@ -1,5 +1,5 @@
-//! The engine primitives a recreate and its recovery share: the temporary names that record a
-//! recreate in progress, the timeouts of stop calls, waiting until a container stopped or is
+//! The engine primitives a recreate and its recovery share: the temporary names of a recreate
+//! or rollout in progress (a name is never proof: the journal's ids are, see `journal.rs`), the timeouts of stop calls, waiting until a container stopped or is
 //! good (health gate), putting the old container back, and remove / rename.
 //!
 //! Imports neither [`super::recreate`] nor [`super::recover`] (both import it). It never

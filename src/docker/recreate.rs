@@ -3,9 +3,9 @@
 //! Order (compose's, which always keeps a way back): create the new container under a temporary
 //! name, stop the old one, move the old one aside, give the new one the name, start it, wait
 //! until it is good, and only then remove the old one. If the new one is not good it is removed
-//! and the old one is started again, then gets its name back. The temporary names record the
-//! recreate in progress ([`super::recover`] finishes or undoes one that was cut short: every
-//! step leaves a temporary name behind until the end). The old container is never removed
+//! and the old one is started again, then gets its name back. Each step is journalled before
+//! the next begins ([`super::journal`], beside the container's lock), and [`super::recover`]
+//! finishes (once the new one proved good) or undoes one that was cut short. The old container is never removed
 //! with its volumes (`v=false`): the new one mounts its anonymous volumes by name. The shared
 //! steps (names, stop timeouts, health gate, the way back) are [`super::ops`]'s; this module
 //! never imports [`super::recover`].

@@ -1,8 +1,8 @@
 //! Replacing a container without a gap: the new container starts beside the old one, with the
 //! same networks and aliases, and the old one is retired only once the new one is good.
 //!
-//! Order: create the new container under a temporary name (`NAME-audsync-new-TAG`, so a pass
-//! cut short is finished or undone by [`super::recover`] like a recreate), connect it to every
+//! Order: create the new container under a temporary name (`NAME-audsync-new-TAG`; every step
+//! journalled, so a pass cut short is finished or undone by [`super::recover`] like a recreate), connect it to every
 //! network of the old one with the same aliases, start it, wait until it is good (healthcheck,
 //! else `--settle`). Not good: remove it; the old container was never touched. Good: move the
 //! old one aside (`NAME-audsync-old-TAG`), give the new one the name, take the old one off its
