@@ -316,8 +316,9 @@ fn docker_journal_sync_finishes_its_recreate_on_sigterm() {
     )
     .unwrap();
     sb.var("AUDSYNC_TEST_HOLD_APPLY", fifo.to_str().unwrap());
-    sb.var("AUDSYNC_LOCK_DIR", sb.locks.path().to_str().unwrap());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_audsync"))
+    let locks = sb.locks.path().to_str().unwrap().to_string();
+    sb.var("AUDSYNC_LOCK_DIR", &locks);
+    let child = Command::new(env!("CARGO_BIN_EXE_audsync"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(sb.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -363,4 +364,70 @@ fn docker_journal_sync_finishes_its_recreate_on_sigterm() {
     crate::support::docker::wait_healthy(&c, Duration::from_secs(30));
     assert_whole(&c, "after SIGTERM");
     assert!(journal_of(&sb).is_empty());
+}
+
+/// `network_mode: container:<base>` with both targeted, in either order: the base is
+/// replaced, and the container sharing its network is recreated against the new base id
+/// after it (it answers on the base's new namespace); the next run is in sync.
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn docker_journal_a_container_sharing_the_network_of_a_replaced_base_follows_it() {
+    require_docker!();
+    let (_cf, sb, d) = setup();
+    let img = image();
+    let env = format!("{KEY}=old");
+    let sleeper = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    for (i, side_first) in [false, true].into_iter().enumerate() {
+        sb.write_env(&format!("{KEY}=old\n"));
+        let base = d.run(&format!("base{i}"), &["-e", &env, &img, "sh", "-c", SERVER]);
+        let netns = format!("container:{base}");
+        let side = d.run(
+            &format!("side{i}"),
+            &["--network", &netns, "-e", &env, &img, "sh", "-c", sleeper],
+        );
+        let targets = if side_first {
+            format!("{side},{base}")
+        } else {
+            format!("{base},{side}")
+        };
+        let mut cmd = sb.cmd();
+        cmd.args([
+            "sync",
+            "--domain",
+            HOST,
+            "--output",
+            "json",
+            "--settle",
+            "1s",
+            "--container",
+            &targets,
+            "--restart",
+            "recreate",
+        ]);
+        let r = run(&mut cmd);
+        assert_eq!(r.code, 0, "side first: {side_first}: {r:?}");
+        let base_id = id_of(&base);
+        assert_eq!(
+            inspect(&side)["HostConfig"]["NetworkMode"],
+            format!("container:{base_id}"),
+            "side first: {side_first}: joined the new base"
+        );
+        for c in [&base, &side] {
+            assert_eq!(inspect(c)["State"]["Running"], true, "{c} runs");
+            assert_eq!(env_of(c, KEY), Some(aud(2)), "{c}");
+        }
+        let (code, out) = docker_try(&[
+            "exec",
+            &side,
+            "wget",
+            "-q",
+            "-O",
+            "/dev/null",
+            "http://127.0.0.1:8080/",
+        ]);
+        assert_eq!(code, 0, "the sidecar reaches the base's server: {out}");
+        let r = run(&mut cmd);
+        assert_eq!(r.code, 0, "in sync: {r:?}");
+        docker(&["rm", "-f", &side, &base]);
+    }
 }

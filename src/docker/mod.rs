@@ -12,6 +12,7 @@ pub(crate) mod compose;
 mod error;
 pub(crate) mod inspect;
 mod journal;
+mod netns;
 mod ops;
 mod own;
 mod recover;
@@ -20,7 +21,7 @@ mod rollout;
 pub(crate) mod spec;
 pub mod swarm;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ pub(crate) struct Engine {
     docker: Arc<Docker>,
     /// The address it was reached at (`DOCKER_HOST` as config checked it).
     host: Arc<str>,
+    /// Which container replaced which in this pass (for containers sharing a network).
+    replaced: netns::Replaced,
 }
 
 impl Engine {
@@ -52,6 +55,7 @@ impl Engine {
         Ok(Engine {
             docker: Arc::new(docker),
             host: Arc::from(host),
+            replaced: netns::Replaced::default(),
         })
     }
 
@@ -73,6 +77,7 @@ impl Engine {
             name: name.to_string(),
             opts: RecreateOptions::default(),
             record: None,
+            siblings: Arc::default(),
             group: None,
             compose_probe: Box::default(),
             refused: false,
@@ -256,6 +261,9 @@ pub struct Container {
     /// Its record beside its lock (`<lock>.json`): where the journal of a recreate or rollout
     /// is kept. `None`: no journal, so no recovery acts on it.
     record: Option<std::path::PathBuf>,
+    /// The records of every container of the pass, by name: a dependent of a replaced base is
+    /// recreated only when the pass holds its lock.
+    siblings: Arc<BTreeMap<String, std::path::PathBuf>>,
     group: Option<String>,
     /// Where the compose CLI is found, its word before the sinks were written, and what
     /// became of the config-hash label.
@@ -270,9 +278,15 @@ impl Container {
         self
     }
 
-    /// Keep the journal of its recreates and rollouts in `record` (beside its lock).
-    pub(crate) fn with_record(mut self, record: Option<std::path::PathBuf>) -> Container {
+    /// Keep the journal of its recreates and rollouts in `record` (beside its lock);
+    /// `siblings`: the records of every container of the pass.
+    pub(crate) fn with_record(
+        mut self,
+        record: Option<std::path::PathBuf>,
+        siblings: Arc<BTreeMap<String, std::path::PathBuf>>,
+    ) -> Container {
         self.record = record;
+        self.siblings = siblings;
         self
     }
 
@@ -317,6 +331,76 @@ impl Container {
     }
 }
 
+impl Container {
+    /// After this container (as it was: `before`) was replaced, the containers sharing its
+    /// network follow it: each one the pass holds the lock of is recreated against the new
+    /// id, in order, journalled in its own record; any other is named in the error.
+    async fn follow(
+        &self,
+        before: &bollard::models::ContainerInspectResponse,
+    ) -> Result<(), ActionError> {
+        let docker = &self.engine.docker;
+        let old_id = before.id.clone().unwrap_or_default();
+        let now = inspect::container(docker, &self.name)
+            .await
+            .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        let new_id = now.id.clone().unwrap_or_default();
+        if old_id.is_empty() || new_id.is_empty() || old_id == new_id {
+            return Ok(());
+        }
+        self.engine.replaced.insert(&old_id, &new_id);
+        let old_name = ops::name_of(before, &self.name);
+        let deps = netns::dependents(docker, &old_id, &old_name)
+            .await
+            .map_err(|e| {
+                container_error(&self.name, "list the containers sharing the network of", &e)
+            })?;
+        let mut problems = Vec::new();
+        for dep in deps {
+            let Some(record) = self.siblings.get(&dep) else {
+                problems.push(format!(
+                    "container {dep} shares its network and is not a target of this run: it is cut off until it is recreated (target it too, or `docker compose up -d`)"
+                ));
+                continue;
+            };
+            tracing::info!(container = %dep, base = %self.name, "recreating a container that shares the network of the replaced one");
+            let journal = journal::Journal::new(Some(record), None);
+            let mut probe = compose::Probe::default();
+            if let Err(e) = recreate::recreate(
+                docker,
+                &dep,
+                &[],
+                &self.opts,
+                &journal,
+                Some(&new_id),
+                &mut probe,
+            )
+            .await
+            {
+                problems.push(format!(
+                    "container {dep} (sharing its network): {}",
+                    e.message
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ActionError {
+            rolled_back: false,
+            message: format!(
+                "{} was replaced and runs with the new value, but: {}",
+                self.name,
+                problems.join("; ")
+            ),
+            hint: Some(format!(
+                "recreate the containers sharing {}'s network against it, then run sync again",
+                self.name
+            )),
+        })
+    }
+}
+
 impl Target for Container {
     fn group(&self) -> Option<String> {
         self.group.clone()
@@ -351,6 +435,27 @@ impl Target for Container {
                     self.name
                 ),
                 hint: Some("take it out of the binding's targets; restart it from outside (or let its restart policy do it)".into()),
+            });
+        }
+        if let Some(base) = netns::base_of(&info)
+            && self.engine.replaced.get(&base).is_none()
+            && let Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) = inspect::container(&self.engine.docker, &base).await
+        {
+            // Its base was replaced (or removed) without it: it has no network any more, and
+            // a recreate copying the dead id would fail. Said on every run until it is fixed.
+            return Err(ActionError {
+                rolled_back: false,
+                message: format!(
+                    "container {} shares the network of container {}, which no longer exists: it is cut off",
+                    self.name,
+                    ops::short_id(&base)
+                ),
+                hint: Some(format!(
+                    "recreate {} against the container that replaced its base (docker compose up -d), or target both in one run so audsync recreates it after the base",
+                    self.name
+                )),
             });
         }
         if compose::is_compose(&info) && self.compose_probe.ask_before {
@@ -402,6 +507,11 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let before = inspect::container(&self.engine.docker, &self.name)
+            .await
+            .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        // Its base replaced earlier in this pass: it joins the new one.
+        let netns = netns::base_of(&before).and_then(|b| self.engine.replaced.get(&b));
         let journal = self.journal();
         recreate::recreate(
             &self.engine.docker,
@@ -409,9 +519,11 @@ impl Target for Container {
             &changes,
             &self.opts,
             &journal,
+            netns.as_deref(),
             &mut self.compose_probe,
         )
-        .await
+        .await?;
+        self.follow(&before).await
     }
 
     async fn rollout(&mut self, changes: &crate::reconcile::Values) -> Result<(), ActionError> {
@@ -420,6 +532,9 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let before = inspect::container(&self.engine.docker, &self.name)
+            .await
+            .map_err(|e| container_error(&self.name, "inspect", &e))?;
         let journal = self.journal();
         rollout::rollout(
             &self.engine.docker,
@@ -429,7 +544,8 @@ impl Target for Container {
             &journal,
             &mut self.compose_probe,
         )
-        .await
+        .await?;
+        self.follow(&before).await
     }
 }
 

@@ -34,6 +34,7 @@ pub(super) async fn recreate(
     changes: &[(String, String)],
     opts: &RecreateOptions,
     journal: &Journal,
+    netns: Option<&str>,
     compose: &mut super::compose::Probe,
 ) -> Result<(), ActionError> {
     let (info, name) = ops::inspect_named(docker, target).await?;
@@ -55,6 +56,12 @@ pub(super) async fn recreate(
     let image = pinned_image(docker, &info).await;
     let mut spec = spec::build(&info, changes, &image);
     compose.settle(&info, &mut spec.body, changes).await;
+    if let Some(base) = netns
+        && let Some(hc) = spec.body.host_config.as_mut()
+    {
+        // The container whose network it shares was replaced: it joins the new one.
+        hc.network_mode = Some(format!("container:{base}"));
+    }
     let was_running = info.state.as_ref().and_then(|s| s.running) == Some(true);
     let stop_t = super::stop_timeout(&info);
 

@@ -130,7 +130,8 @@ pub(super) async fn rollout(
     }
     if info.state.as_ref().and_then(|s| s.running) != Some(true) {
         // Nothing serves: nothing to keep up. A recreate leaves it stopped with the new value.
-        return super::recreate::recreate(docker, target, changes, opts, journal, compose).await;
+        return super::recreate::recreate(docker, target, changes, opts, journal, None, compose)
+            .await;
     }
     let old_id = info.id.clone().unwrap_or_else(|| target.to_string());
     let image = info.image.clone().unwrap_or_default();

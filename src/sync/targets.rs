@@ -260,6 +260,7 @@ pub async fn resolve(
         k.dedup();
         k
     };
+    let siblings = std::sync::Arc::new(records.clone());
     let mut slots = Vec::new();
     let mut observed = Vec::new();
     let mut recovered = Vec::new();
@@ -275,7 +276,7 @@ pub async fn resolve(
                 let c = e
                     .container(name)
                     .with_options(cfg.recreate.clone())
-                    .with_record(records.get(name).cloned())
+                    .with_record(records.get(name).cloned(), siblings.clone())
                     .with_compose(cfg.compose.clone());
                 // Compose's word before any sink is written, when this pass may replace it.
                 let c = if may_act && !cfg.dry_run {
