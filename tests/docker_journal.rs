@@ -279,23 +279,35 @@ fn docker_journal_a_container_that_took_the_name_is_never_touched() {
 
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
-fn docker_journal_a_paused_container_is_not_rolled_out() {
+fn docker_journal_a_paused_container_is_not_rolled_out_or_restarted() {
     require_docker!();
     let (_cf, sb, d) = setup();
-    let c = server(&d, "paused", &[]);
-    crate::support::docker::wait_healthy(&c, Duration::from_secs(30));
-    let id = id_of(&c);
-    docker(&["pause", &c]);
-    let (r, _) = sync(&sb, &c, "rollout");
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(format!("{r:?}").contains("paused"), "{r:?}");
-    assert_eq!(id_of(&c), id, "not replaced");
-    assert_eq!(inspect(&c)["State"]["Paused"], true, "still paused");
-    assert_eq!(family(&c), vec![c.clone()], "no twin");
-    docker(&["unpause", &c]);
-    let (r, _) = sync(&sb, &c, "rollout");
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_whole(&c, "unpaused");
+    for mode in ["rollout", "restart"] {
+        sb.write_env(&format!("{KEY}=old\n"));
+        let c = server(&d, &format!("paused-{mode}"), &[]);
+        crate::support::docker::wait_healthy(&c, Duration::from_secs(30));
+        let id = id_of(&c);
+        let started = inspect(&c)["State"]["StartedAt"].clone();
+        docker(&["pause", &c]);
+        let (r, _) = sync(&sb, &c, mode);
+        assert_eq!(r.code, 1, "{mode}: {r:?}");
+        assert!(format!("{r:?}").contains("paused"), "{mode}: {r:?}");
+        assert_eq!(id_of(&c), id, "{mode}: not replaced");
+        assert_eq!(inspect(&c)["State"]["Paused"], true, "{mode}: still paused");
+        assert_eq!(
+            inspect(&c)["State"]["StartedAt"],
+            started,
+            "{mode}: not restarted"
+        );
+        assert_eq!(family(&c), vec![c.clone()], "{mode}: no twin");
+        docker(&["unpause", &c]);
+        let (r, _) = sync(&sb, &c, mode);
+        assert_eq!(r.code, 0, "{mode}: {r:?}");
+        if mode == "rollout" {
+            assert_whole(&c, "unpaused");
+        }
+        docker(&["rm", "-f", &c]);
+    }
 }
 
 /// SIGTERM while a recreate is under way: the run finishes it, reports it and exits 0.
