@@ -78,6 +78,7 @@ impl Engine {
             opts: RecreateOptions::default(),
             record: None,
             siblings: Arc::default(),
+            finished_forward: false,
             group: None,
             compose_probe: Box::default(),
             refused: false,
@@ -264,6 +265,8 @@ pub struct Container {
     /// The records of every container of the pass, by name: a dependent of a replaced base is
     /// recreated only when the pass holds its lock.
     siblings: Arc<BTreeMap<String, std::path::PathBuf>>,
+    /// See [`Container::finished_forward`].
+    finished_forward: bool,
     group: Option<String>,
     /// Where the compose CLI is found, its word before the sinks were written, and what
     /// became of the config-hash label.

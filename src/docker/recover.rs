@@ -79,15 +79,23 @@ pub(super) enum Act {
 impl Container {
     /// Finish or undo any recreate or rollout of this container that was cut short; returns
     /// what was done (with `dry_run`: what would be). Run before observing it.
-    pub(crate) async fn recover(&self, dry_run: bool) -> Result<Vec<String>, ActionError> {
-        recover(
+    pub(crate) async fn recover(&mut self, dry_run: bool) -> Result<Vec<String>, ActionError> {
+        let (done, way) = recover(
             &self.engine.docker,
             &self.name,
             &self.opts,
             &self.journal(),
             dry_run,
         )
-        .await
+        .await?;
+        self.finished_forward = way == Some(Way::Forward);
+        Ok(done)
+    }
+
+    /// The last [`Container::recover`] finished an apply forward: the container runs with
+    /// the values that apply was making, so the action it was owed is done.
+    pub(crate) fn finished_forward(&self) -> bool {
+        self.finished_forward
     }
 }
 
@@ -191,16 +199,16 @@ async fn recover(
     opts: &super::RecreateOptions,
     journal: &Journal,
     dry_run: bool,
-) -> Result<Vec<String>, ActionError> {
+) -> Result<(Vec<String>, Option<Way>), ActionError> {
     if !journal.enabled() {
-        return Ok(vec![]);
+        return Ok((vec![], None));
     }
     let name = match super::inspect::container(docker, target).await {
         Ok(i) => base_name(&ops::name_of(&i, target)),
         Err(_) => base_name(target),
     };
     let Some(mut j) = journal.pending(&name) else {
-        return Ok(vec![]);
+        return Ok((vec![], None));
     };
     let what = match j.kind {
         ApplyKind::Recreate => "recreate",
@@ -245,13 +253,16 @@ async fn recover(
         ),
     };
     if dry_run {
-        return Ok(vec![format!(
-            "{name}: {}; the next run does it",
-            headline
-                .replace("finished forward", "to finish forward")
-                .replace("rolled back", "to roll back")
-                .replace("keeps the name", "is to keep the name")
-        )]);
+        return Ok((
+            vec![format!(
+                "{name}: {}; the next run does it",
+                headline
+                    .replace("finished forward", "to finish forward")
+                    .replace("rolled back", "to roll back")
+                    .replace("keeps the name", "is to keep the name")
+            )],
+            None,
+        ));
     }
     for act in acts {
         run(docker, &j, &mut o, act, opts).await.map_err(fail)?;
@@ -261,7 +272,7 @@ async fn recover(
     tracing::warn!(container = %name, "{headline}");
     let mut out = vec![format!("{name}: {headline}")];
     out.extend(notes.into_iter().map(|n| format!("{name}: {n}")));
-    Ok(out)
+    Ok((out, Some(way)))
 }
 
 /// An older version's state-file entry knows neither whether the old container was running

@@ -303,7 +303,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     }
 
     // 3. The containers, each once.
-    let owed = state.owed();
+    let mut owed = state.owed();
     let changing = sink_obs
         .iter()
         .any(|(_, _, o)| o.as_ref().is_ok_and(|o| o.values().any(|k| k.needs_write)));
@@ -363,6 +363,8 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
             restart: b.restart,
         })
         .collect();
+    // A recovery that finished an apply forward did the action that was owed.
+    owed.retain(|n| !resolved.finished.contains(n));
     let mut inputs = inputs;
     targets::hold_back(&resolved.refused, &mut inputs, &mut sink_obs);
     let mut plan = reconcile::plan(
