@@ -362,8 +362,9 @@ async fn run(
                 .await
                 .map_err(|e| Error::engine("cannot inspect the old container", e))?;
             let nets = super::rollout::networks(&info);
-            super::rollout::retire(docker, name, &j.old_id, &nets, super::stop_timeout(&info))
-                .await;
+            let _ =
+                super::rollout::retire(docker, name, &j.old_id, &nets, super::stop_timeout(&info))
+                    .await;
             o.old = look(docker, &j.old_id).await?;
             match &o.old {
                 None => Ok(()),

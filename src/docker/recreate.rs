@@ -234,10 +234,13 @@ pub(super) async fn recreate(
     // From here on a run that finds this cut short finishes it: the new value stays.
     journal.note(ApplyStep::Healthy, None);
     tracing::info!(container = %name, elapsed_ms = started.elapsed().as_millis() as u64, "the new container is good; removing the old one");
-    if let Err(e) = docker.remove_container(&old_id, Some(keep_volumes())).await {
-        tracing::warn!(container = %name, old = %aside, error = %e, "the new container runs, but the old one could not be removed; remove it by hand");
+    match docker.remove_container(&old_id, Some(keep_volumes())).await {
+        Ok(_) => journal.clear(&old_id),
+        // The journal stays: the next run retires it.
+        Err(e) => {
+            tracing::warn!(container = %name, old = %aside, error = %e, "the new container runs, but the old one could not be removed; the next run tries again")
+        }
     }
-    journal.clear(&old_id);
     Ok(())
 }
 

@@ -273,20 +273,22 @@ pub(super) async fn rollout(
         return Err(give_up(format!("could not rename the new container to {name}: {e}")).await);
     }
     journal.note(ApplyStep::Swapped, None);
-    retire(docker, &name, &old_id, &networks(&info), stop_t).await;
-    journal.clear(&old_id);
+    // An old container that could not be removed keeps the journal: the next run retires it.
+    if retire(docker, &name, &old_id, &networks(&info), stop_t).await {
+        journal.clear(&old_id);
+    }
     Ok(())
 }
 
 /// Take the old container of a rollout off its networks, stop it and remove it (volumes
-/// kept); best effort, each failure logged.
+/// kept); best effort, each failure logged. Returns whether it is gone.
 pub(super) async fn retire(
     docker: &Docker,
     name: &str,
     old_id: &str,
     nets: &[(String, bollard::models::EndpointSettings)],
     stop_t: Option<i32>,
-) {
+) -> bool {
     // Off the networks first, while it still runs: the network's DNS stops answering with the
     // old address (Docker 20.10: a few ms after its interface went, when the endpoint is
     // deleted), and a client that resolved it just before moves on to the new address. Stopping
@@ -314,8 +316,12 @@ pub(super) async fn retire(
     {
         tracing::warn!(container = %name, error = %e, "could not stop the old container; removing it anyway");
     }
-    if let Err(e) = ops::remove(docker, old_id).await {
-        tracing::warn!(container = %name, error = %e, "the new container runs, but the old one could not be removed; remove it by hand");
+    match ops::remove(docker, old_id).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(container = %name, error = %e, "the new container runs, but the old one could not be removed; the next run tries again");
+            false
+        }
     }
 }
 
