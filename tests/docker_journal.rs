@@ -367,8 +367,25 @@ fn docker_journal_sync_finishes_its_recreate_on_sigterm() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    // Release the hold: the recreate goes on.
-    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    // Release the hold: the recreate goes on. Non-blocking: a run the signal killed has no
+    // reader left, and the test fails instead of waiting for ever.
+    let mut child = child;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended on SIGTERM before finishing its recreate: {status}");
+        }
+        match rustix::fs::open(
+            &fifo,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK,
+            rustix::fs::Mode::empty(),
+        ) {
+            Ok(fd) => {
+                drop(fd);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
