@@ -271,6 +271,111 @@ pub(crate) struct Record {
     /// until they change or a growing backoff has passed; see docs/swarm.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) failed: Option<FailedUpdate>,
+    /// A recreate or rollout of the container in progress: written before its first change,
+    /// cleared when it is over (see `docker/journal.rs`). Whichever run takes the lock next
+    /// finishes or undoes what it records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) applying: Option<Applying>,
+}
+
+/// Which apply a journal records.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ApplyKind {
+    /// Stop the old container, then start the new one under its name.
+    Recreate,
+    /// Start the new one beside the old one, swap them once it is good.
+    Rollout,
+}
+
+/// The last step an apply reached (in the order each kind takes them).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ApplyStep {
+    /// Recorded; the new container may be being created (its id is not known yet).
+    Begun,
+    /// The new container exists (`new_id`), not started.
+    Created,
+    /// The old container was stopped (recreate).
+    OldStopped,
+    /// The new container was started.
+    Started,
+    /// The new container proved good (healthy, or ran for the settle time).
+    Healthy,
+    /// The old container was renamed aside.
+    OldAside,
+    /// The new container took the name.
+    Swapped,
+    /// Read from an older version's state file (`recreating`): the step is unknown.
+    Legacy,
+}
+
+/// The journal of one apply that changes a container: what a later run needs to finish or
+/// undo it, checking what it finds against these ids (never a name alone).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Applying {
+    pub(crate) kind: ApplyKind,
+    /// The container's name (the name the service keeps).
+    pub(crate) name: String,
+    /// The container being replaced: the user's, which carries no label of ours.
+    pub(crate) old_id: String,
+    /// A hash of the new container's create body.
+    #[serde(default)]
+    pub(crate) spec_hash: String,
+    /// Whether the old container was running when the apply began.
+    pub(crate) was_running: bool,
+    /// The temporary name of the new container, and the one the old one is moved aside to.
+    #[serde(default)]
+    pub(crate) new_name: String,
+    #[serde(default)]
+    pub(crate) aside: String,
+    /// The new container, once created.
+    #[serde(default)]
+    pub(crate) new_id: Option<String>,
+    pub(crate) step: ApplyStep,
+    /// Whether the new container ever proved good: a later run finishes forward when it did,
+    /// rolls back when it did not.
+    #[serde(default)]
+    pub(crate) healthy: bool,
+}
+
+/// Read the record at `path` (`None`: none yet; an unreadable one is ignored with a warning).
+pub(crate) fn read_record(path: &Path) -> Result<Option<Record>, Error> {
+    match crate::fsx::read_private(path, crate::fsx::MAX_TEXT).map_err(Error::Read)? {
+        Some(b) => Ok(serde_json::from_slice(&b).ok().or_else(|| {
+            tracing::warn!(path = %path.display(), "ignoring an unreadable resource record");
+            None
+        })),
+        None => Ok(None),
+    }
+}
+
+/// Change the record at `path` and write it atomically (a temporary file beside it, synced,
+/// then renamed). Only ever called by the run that holds the resource's lock.
+pub(crate) fn update_record(path: &Path, change: impl FnOnce(&mut Record)) -> Result<(), Error> {
+    let mut r = read_record(path)?.unwrap_or_default();
+    let before = r.clone();
+    change(&mut r);
+    if r == before && path.exists() {
+        return Ok(());
+    }
+    let io = |source: std::io::Error| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let body = serde_json::to_vec_pretty(&r).map_err(|e| io(e.into()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".record-")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(&body).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// Values whose update of a target failed and was rolled back.
@@ -357,14 +462,14 @@ impl Held {
         let Some(stem) = self.targets.get(name) else {
             return Ok(None);
         };
-        let path = self.record_path(stem);
-        match crate::fsx::read_private(&path, crate::fsx::MAX_TEXT).map_err(Error::Read)? {
-            Some(b) => Ok(serde_json::from_slice(&b).ok().or_else(|| {
-                tracing::warn!(path = %path.display(), "ignoring an unreadable resource record");
-                None
-            })),
-            None => Ok(None),
-        }
+        read_record(&self.record_path(stem))
+    }
+
+    /// Where the record of target `name` is kept, when this pass holds its lock (a dry run:
+    /// where it would be read).
+    pub(crate) fn record_file(&self, name: &str) -> Option<PathBuf> {
+        let stem = self.targets.get(name)?;
+        (self.read_only || self.held.contains(stem)).then(|| self.record_path(stem))
     }
 
     /// Change the record of target `name` (when the pass holds its lock).
@@ -375,26 +480,7 @@ impl Held {
         if self.read_only {
             return Ok(());
         }
-        let mut r = self.record(name)?.unwrap_or_default();
-        let before = r.clone();
-        change(&mut r);
-        if r == before && self.record_path(stem).exists() {
-            return Ok(());
-        }
-        let path = self.record_path(stem);
-        let io = |source: std::io::Error| Error::Write {
-            path: path.clone(),
-            source,
-        };
-        let body = serde_json::to_vec_pretty(&r).map_err(|e| io(e.into()))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".record-")
-            .tempfile_in(&self.dir)
-            .map_err(io)?;
-        tmp.write_all(&body).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(&path).map_err(|e| io(e.error))?;
-        Ok(())
+        update_record(&self.record_path(stem), change)
     }
 }
 

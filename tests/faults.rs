@@ -899,6 +899,12 @@ fn an_old_container_removed_by_someone_else_during_a_recreate_is_reported_as_rem
         serde_json::from_str(&std::fs::read_to_string(sb.path(".env.audsync-state.json")).unwrap())
             .unwrap();
     assert!(state.get("recreating").is_none(), "{state:#}");
+    for e in std::fs::read_dir(sb.locks.path()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".json") {
+            let rec = std::fs::read_to_string(e.path()).unwrap();
+            assert!(!rec.contains("applying"), "the journal is cleared: {rec}");
+        }
+    }
     // The next runs say what is there and settle; no endless chase.
     let mut codes = vec![];
     for _ in 0..3 {

@@ -81,21 +81,18 @@ pub(crate) enum Error {
     /// The new container was not `healthy` within the bound.
     #[error("the new container was not healthy within {}", humantime::format_duration(*.0))]
     NotHealthy(Duration),
-    /// The new container (found under the name by a recovery) was not running.
-    #[error("the new container was not running")]
-    NotRunning,
-    /// A recovery found the old container under the name as well as under its temporary one.
-    #[error("the old container holds both names")]
-    BothNames,
-    /// Putting the old container back left these things undone.
-    #[error("{}", .0.join("; "))]
-    Incomplete(Vec<String>),
-    /// A recovery rolled back (because of `why`) and could not finish it.
-    #[error("rolling back ({why}): {}", .problems.join("; "))]
-    RollbackIncomplete {
-        why: Box<Error>,
-        problems: Vec<String>,
-    },
+    /// A recovery found the name held by a container its journal does not name: it is
+    /// never started, renamed or removed.
+    #[error(
+        "the name {name} is held by container {id}, which this apply's journal does not name (audsync did not create it): it is left alone"
+    )]
+    NameTaken { name: String, id: String },
+    /// A recovery found neither the old container nor the new one of its journal.
+    #[error("neither the old container ({old}) nor the new one exists any more")]
+    BothGone { old: String },
+    /// After a recovery acted, what it sees is not what it meant to leave.
+    #[error("after recovering, {0}")]
+    Unverified(String),
     /// Swarm paused or rolled back an update (a new task failed).
     #[error(
         "Swarm stopped the update ({state}: {message}){}",

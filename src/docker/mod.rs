@@ -4,12 +4,15 @@
 //! older engines accept the requests. Errors name the container and the fix. It must never
 //! remove a container before its replacement is good, nor remove a volume.
 //! [`spec`] computes the create request (pure); [`recreate`] runs the never-lose-the-service
-//! sequence with its health gate and roll back; [`recover`] finishes or undoes a recreate
-//! that was cut short, and sizes the timeout of stop calls.
+//! sequence with its health gate and roll back; [`rollout`] the one without a gap; both keep
+//! a journal beside the container's lock ([`journal`]), from which [`recover`] finishes or
+//! undoes one that was cut short.
 
 pub(crate) mod compose;
 mod error;
 pub(crate) mod inspect;
+mod journal;
+mod netns;
 mod ops;
 mod own;
 mod recover;
@@ -18,7 +21,7 @@ mod rollout;
 pub(crate) mod spec;
 pub mod swarm;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +39,8 @@ pub(crate) struct Engine {
     docker: Arc<Docker>,
     /// The address it was reached at (`DOCKER_HOST` as config checked it).
     host: Arc<str>,
+    /// Which container replaced which in this pass (for containers sharing a network).
+    replaced: netns::Replaced,
 }
 
 impl Engine {
@@ -50,6 +55,7 @@ impl Engine {
         Ok(Engine {
             docker: Arc::new(docker),
             host: Arc::from(host),
+            replaced: netns::Replaced::default(),
         })
     }
 
@@ -70,6 +76,9 @@ impl Engine {
             engine: self.clone(),
             name: name.to_string(),
             opts: RecreateOptions::default(),
+            record: None,
+            siblings: Arc::default(),
+            finished_forward: false,
             group: None,
             compose_probe: Box::default(),
             refused: false,
@@ -229,9 +238,9 @@ pub struct RecreateOptions {
     /// With a healthcheck: how long to wait for `healthy`; `None` derives it from the check
     /// (start period + (interval + timeout) x retries).
     pub(crate) health_timeout: Option<Duration>,
-    /// The state file recording recreates in progress (`recreating`): the only proof a
-    /// later pass accepts that a temporary container is audsync's. `None`: no record, and no
-    /// recovery touches anything.
+    /// The state file where older versions recorded recreates in progress (`recreating`):
+    /// read so that a recreate an older version left is finished, then cleared. The journal
+    /// itself is kept beside each container's lock ([`Container::with_record`]).
     pub(crate) journal: Option<std::path::PathBuf>,
 }
 
@@ -250,6 +259,14 @@ pub struct Container {
     engine: Engine,
     name: String,
     opts: RecreateOptions,
+    /// Its record beside its lock (`<lock>.json`): where the journal of a recreate or rollout
+    /// is kept. `None`: no journal, so no recovery acts on it.
+    record: Option<std::path::PathBuf>,
+    /// The records of every container of the pass, by name: a dependent of a replaced base is
+    /// recreated only when the pass holds its lock.
+    siblings: Arc<BTreeMap<String, std::path::PathBuf>>,
+    /// See [`Container::finished_forward`].
+    finished_forward: bool,
     group: Option<String>,
     /// Where the compose CLI is found, its word before the sinks were written, and what
     /// became of the config-hash label.
@@ -262,6 +279,22 @@ impl Container {
     pub(crate) fn with_options(mut self, opts: RecreateOptions) -> Container {
         self.opts = opts;
         self
+    }
+
+    /// Keep the journal of its recreates and rollouts in `record` (beside its lock);
+    /// `siblings`: the records of every container of the pass.
+    pub(crate) fn with_record(
+        mut self,
+        record: Option<std::path::PathBuf>,
+        siblings: Arc<BTreeMap<String, std::path::PathBuf>>,
+    ) -> Container {
+        self.record = record;
+        self.siblings = siblings;
+        self
+    }
+
+    fn journal(&self) -> journal::Journal {
+        journal::Journal::new(self.record.as_deref(), self.opts.journal.as_deref())
     }
 
     /// The environment the compose CLI is looked for and run with (see [`compose`]).
@@ -301,6 +334,76 @@ impl Container {
     }
 }
 
+impl Container {
+    /// After this container (as it was: `before`) was replaced, the containers sharing its
+    /// network follow it: each one the pass holds the lock of is recreated against the new
+    /// id, in order, journalled in its own record; any other is named in the error.
+    async fn follow(
+        &self,
+        before: &bollard::models::ContainerInspectResponse,
+    ) -> Result<(), ActionError> {
+        let docker = &self.engine.docker;
+        let old_id = before.id.clone().unwrap_or_default();
+        let now = inspect::container(docker, &self.name)
+            .await
+            .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        let new_id = now.id.clone().unwrap_or_default();
+        if old_id.is_empty() || new_id.is_empty() || old_id == new_id {
+            return Ok(());
+        }
+        self.engine.replaced.insert(&old_id, &new_id);
+        let old_name = ops::name_of(before, &self.name);
+        let deps = netns::dependents(docker, &old_id, &old_name)
+            .await
+            .map_err(|e| {
+                container_error(&self.name, "list the containers sharing the network of", &e)
+            })?;
+        let mut problems = Vec::new();
+        for dep in deps {
+            let Some(record) = self.siblings.get(&dep) else {
+                problems.push(format!(
+                    "container {dep} shares its network and is not a target of this run: it is cut off until it is recreated (target it too, or `docker compose up -d`)"
+                ));
+                continue;
+            };
+            tracing::info!(container = %dep, base = %self.name, "recreating a container that shares the network of the replaced one");
+            let journal = journal::Journal::new(Some(record), None);
+            let mut probe = compose::Probe::default();
+            if let Err(e) = recreate::recreate(
+                docker,
+                &dep,
+                &[],
+                &self.opts,
+                &journal,
+                Some(&new_id),
+                &mut probe,
+            )
+            .await
+            {
+                problems.push(format!(
+                    "container {dep} (sharing its network): {}",
+                    e.message
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ActionError {
+            rolled_back: false,
+            message: format!(
+                "{} was replaced and runs with the new value, but: {}",
+                self.name,
+                problems.join("; ")
+            ),
+            hint: Some(format!(
+                "recreate the containers sharing {}'s network against it, then run sync again",
+                self.name
+            )),
+        })
+    }
+}
+
 impl Target for Container {
     fn group(&self) -> Option<String> {
         self.group.clone()
@@ -335,6 +438,27 @@ impl Target for Container {
                     self.name
                 ),
                 hint: Some("take it out of the binding's targets; restart it from outside (or let its restart policy do it)".into()),
+            });
+        }
+        if let Some(base) = netns::base_of(&info)
+            && self.engine.replaced.get(&base).is_none()
+            && let Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) = inspect::container(&self.engine.docker, &base).await
+        {
+            // Its base was replaced (or removed) without it: it has no network any more, and
+            // a recreate copying the dead id would fail. Said on every run until it is fixed.
+            return Err(ActionError {
+                rolled_back: false,
+                message: format!(
+                    "container {} shares the network of container {}, which no longer exists: it is cut off",
+                    self.name,
+                    ops::short_id(&base)
+                ),
+                hint: Some(format!(
+                    "recreate {} against the container that replaced its base (docker compose up -d), or target both in one run so audsync recreates it after the base",
+                    self.name
+                )),
             });
         }
         if compose::is_compose(&info) && self.compose_probe.ask_before {
@@ -387,14 +511,23 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let before = inspect::container(&self.engine.docker, &self.name)
+            .await
+            .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        // Its base replaced earlier in this pass: it joins the new one.
+        let netns = netns::base_of(&before).and_then(|b| self.engine.replaced.get(&b));
+        let journal = self.journal();
         recreate::recreate(
             &self.engine.docker,
             &self.name,
             &changes,
             &self.opts,
+            &journal,
+            netns.as_deref(),
             &mut self.compose_probe,
         )
-        .await
+        .await?;
+        self.follow(&before).await
     }
 
     async fn rollout(&mut self, changes: &crate::reconcile::Values) -> Result<(), ActionError> {
@@ -403,14 +536,20 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let before = inspect::container(&self.engine.docker, &self.name)
+            .await
+            .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        let journal = self.journal();
         rollout::rollout(
             &self.engine.docker,
             &self.name,
             &changes,
             &self.opts,
+            &journal,
             &mut self.compose_probe,
         )
-        .await
+        .await?;
+        self.follow(&before).await
     }
 }
 

@@ -1,5 +1,5 @@
-//! The engine primitives a recreate and its recovery share: the temporary names that record a
-//! recreate in progress, the timeouts of stop calls, waiting until a container stopped or is
+//! The engine primitives a recreate and its recovery share: the temporary names of a recreate
+//! or rollout in progress (a name is never proof: the journal's ids are, see `journal.rs`), the timeouts of stop calls, waiting until a container stopped or is
 //! good (health gate), putting the old container back, and remove / rename.
 //!
 //! Imports neither [`super::recreate`] nor [`super::recover`] (both import it). It never
@@ -35,29 +35,7 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_RETRIES: u32 = 3;
 
-/// Record in the journal (the state file) that `old_id` (named `name`) is being replaced by
-/// `new_id` (`None`: not created yet).
-pub(super) fn record(
-    journal: Option<&std::path::Path>,
-    name: &str,
-    old_id: &str,
-    new_id: Option<&str>,
-) -> Result<(), crate::state::Error> {
-    let Some(path) = journal else {
-        return Ok(());
-    };
-    crate::state::StateFile::update(path, |s| {
-        s.recreating.insert(
-            old_id.to_string(),
-            crate::state::RecreateRecord {
-                name: name.to_string(),
-                new_id: new_id.map(str::to_string),
-            },
-        );
-    })
-}
-
-/// The recreate of `old_id` is over (finished, undone, or recovered): drop its record.
+/// An older version's state-file entry for the recreate of `old_id` is over: drop it.
 pub(super) fn forget(journal: Option<&std::path::Path>, old_id: &str) {
     if let Some(path) = journal
         && let Err(e) = crate::state::StateFile::update(path, |s| {
@@ -68,7 +46,7 @@ pub(super) fn forget(journal: Option<&std::path::Path>, old_id: &str) {
     }
 }
 
-/// The recorded recreates of `name`: (old id, new id).
+/// The recreates of `name` an older version recorded in the state file: (old id, new id).
 pub(super) fn records(
     journal: Option<&std::path::Path>,
     name: &str,

@@ -3,9 +3,9 @@
 //! Order (compose's, which always keeps a way back): create the new container under a temporary
 //! name, stop the old one, move the old one aside, give the new one the name, start it, wait
 //! until it is good, and only then remove the old one. If the new one is not good it is removed
-//! and the old one is started again, then gets its name back. The temporary names record the
-//! recreate in progress ([`super::recover`] finishes or undoes one that was cut short: every
-//! step leaves a temporary name behind until the end). The old container is never removed
+//! and the old one is started again, then gets its name back. Each step is journalled before
+//! the next begins ([`super::journal`], beside the container's lock), and [`super::recover`]
+//! finishes (once the new one proved good) or undoes one that was cut short. The old container is never removed
 //! with its volumes (`v=false`): the new one mounts its anonymous volumes by name. The shared
 //! steps (names, stop timeouts, health gate, the way back) are [`super::ops`]'s; this module
 //! never imports [`super::recover`].
@@ -17,6 +17,7 @@ use bollard::models::{ContainerInspectResponse, NetworkConnectRequest};
 use bollard::query_parameters::{CreateContainerOptions, LogsOptions, StopContainerOptions};
 use futures_util::StreamExt;
 
+use super::journal::{ApplyKind, ApplyStep, Applying, Journal};
 use super::ops::{self, keep_volumes, rename, wait_good};
 use super::{RecreateOptions, container_error, spec};
 use crate::reconcile::ActionError;
@@ -32,6 +33,8 @@ pub(super) async fn recreate(
     target: &str,
     changes: &[(String, String)],
     opts: &RecreateOptions,
+    journal: &Journal,
+    netns: Option<&str>,
     compose: &mut super::compose::Probe,
 ) -> Result<(), ActionError> {
     let (info, name) = ops::inspect_named(docker, target).await?;
@@ -53,6 +56,12 @@ pub(super) async fn recreate(
     let image = pinned_image(docker, &info).await;
     let mut spec = spec::build(&info, changes, &image);
     compose.settle(&info, &mut spec.body, changes).await;
+    if let Some(base) = netns
+        && let Some(hc) = spec.body.host_config.as_mut()
+    {
+        // The container whose network it shares was replaced: it joins the new one.
+        hc.network_mode = Some(format!("container:{base}"));
+    }
     let was_running = info.state.as_ref().and_then(|s| s.running) == Some(true);
     let stop_t = super::stop_timeout(&info);
 
@@ -64,15 +73,27 @@ pub(super) async fn recreate(
         .collect::<Vec<_>>()
         .join(", ");
     tracing::info!(container = %name, temporary = %new_name, "recreating with {keys} changed");
-    let journal = opts.journal.as_deref();
-    // The record first: a temporary no record names is never touched by a recovery.
-    ops::record(journal, &name, &old_id, None).map_err(|e| ActionError {
-        rolled_back: false,
-        message: format!(
-            "cannot recreate container {name}: cannot record the recreate in the state file ({e}); the container was not touched"
-        ),
-        hint: Some("fix the state file (--state-file / AUDSYNC_STATE_FILE)".into()),
-    })?;
+    // The journal first: a container it does not name is never touched by a recovery.
+    journal
+        .begin(&Applying {
+            kind: ApplyKind::Recreate,
+            name: name.clone(),
+            old_id: old_id.clone(),
+            spec_hash: super::journal::spec_hash(&spec.body),
+            was_running,
+            new_name: new_name.clone(),
+            aside: aside.clone(),
+            new_id: None,
+            step: ApplyStep::Begun,
+            healthy: false,
+        })
+        .map_err(|e| ActionError {
+            rolled_back: false,
+            message: format!(
+                "cannot recreate container {name}: cannot record the recreate beside the container's lock ({e}); the container was not touched"
+            ),
+            hint: Some("check the lock directory (--lock-dir / AUDSYNC_LOCK_DIR)".into()),
+        })?;
 
     let created = docker
         .create_container(
@@ -84,7 +105,7 @@ pub(super) async fn recreate(
         )
         .await
         .map_err(|e| {
-            ops::forget(journal, &old_id);
+            journal.clear(&old_id);
             step_error(
                 &name,
                 "create the new container",
@@ -93,15 +114,20 @@ pub(super) async fn recreate(
             )
         })?;
     let new_id = created.id;
-    if let Err(e) = ops::record(journal, &name, &old_id, Some(&new_id)) {
-        remove(docker, &new_id).await;
-        ops::forget(journal, &old_id);
+    if let Err(e) = journal.step(ApplyStep::Created, Some(&new_id)) {
+        if docker
+            .remove_container(&new_id, Some(keep_volumes()))
+            .await
+            .is_ok()
+        {
+            journal.clear(&old_id);
+        }
         return Err(ActionError {
             rolled_back: false,
             message: format!(
-                "cannot recreate container {name}: cannot record the recreate in the state file ({e}); the new container was removed, the old one not touched"
+                "cannot recreate container {name}: cannot record the recreate beside the container's lock ({e}); the new container was removed, the old one not touched"
             ),
-            hint: Some("fix the state file (--state-file / AUDSYNC_STATE_FILE)".into()),
+            hint: Some("check the lock directory (--lock-dir / AUDSYNC_LOCK_DIR)".into()),
         });
     }
     for w in &created.warnings {
@@ -113,8 +139,13 @@ pub(super) async fn recreate(
             endpoint_config: Some(endpoint),
         };
         if let Err(e) = docker.connect_network(&net, req).await {
-            remove(docker, &new_id).await;
-            ops::forget(journal, &old_id);
+            if docker
+                .remove_container(&new_id, Some(keep_volumes()))
+                .await
+                .is_ok()
+            {
+                journal.clear(&old_id);
+            }
             return Err(step_error(
                 &name,
                 &format!("connect the new container to network {net}"),
@@ -166,6 +197,7 @@ pub(super) async fn recreate(
                 .undo(format!("could not stop the old container: {e}"))
                 .await);
         }
+        journal.note(ApplyStep::OldStopped, None);
     }
     if let Err(e) = rename(docker, &old_id, &aside).await {
         return Err(rb
@@ -175,16 +207,18 @@ pub(super) async fn recreate(
             .await);
     }
     rb.renamed = true;
+    journal.note(ApplyStep::OldAside, None);
     if let Err(e) = rename(docker, &new_id, &name).await {
         return Err(rb
             .undo(format!("could not rename the new container to {name}: {e}"))
             .await);
     }
+    journal.note(ApplyStep::Swapped, None);
     if !was_running {
         // It was stopped; it stays stopped, now with the new value.
         tracing::info!(container = %name, "the old container was not running; the new one is left created, not started");
         remove(docker, &old_id).await;
-        ops::forget(journal, &old_id);
+        journal.clear(&old_id);
         return Ok(());
     }
     let started = Instant::now();
@@ -193,14 +227,20 @@ pub(super) async fn recreate(
             .undo(format!("the new container did not start: {e}"))
             .await);
     }
+    journal.note(ApplyStep::Started, None);
     if let Err(why) = wait_good(docker, &new_id, opts).await {
         return Err(rb.undo(why.to_string()).await);
     }
+    // From here on a run that finds this cut short finishes it: the new value stays.
+    journal.note(ApplyStep::Healthy, None);
     tracing::info!(container = %name, elapsed_ms = started.elapsed().as_millis() as u64, "the new container is good; removing the old one");
-    if let Err(e) = docker.remove_container(&old_id, Some(keep_volumes())).await {
-        tracing::warn!(container = %name, old = %aside, error = %e, "the new container runs, but the old one could not be removed; remove it by hand");
+    match docker.remove_container(&old_id, Some(keep_volumes())).await {
+        Ok(_) => journal.clear(&old_id),
+        // The journal stays: the next run retires it.
+        Err(e) => {
+            tracing::warn!(container = %name, old = %aside, error = %e, "the new container runs, but the old one could not be removed; the next run tries again")
+        }
     }
-    ops::forget(journal, &old_id);
     Ok(())
 }
 
@@ -249,7 +289,7 @@ fn step_error(name: &str, what: &str, e: &bollard::errors::Error, after: &str) -
 /// The state needed to put the old container back.
 struct Rollback<'a> {
     docker: &'a Docker,
-    journal: Option<&'a std::path::Path>,
+    journal: &'a Journal,
     /// The container's environment values: replaced by `[redacted]` in quoted log lines.
     secrets: Vec<String>,
     name: &'a str,
@@ -289,7 +329,7 @@ impl Rollback<'_> {
             // gone): the record goes, so no run chases the removed container. A new container
             // still under its temporary name keeps it: the next pass gives it the name.
             if settled {
-                ops::forget(self.journal, self.old_id);
+                self.journal.clear(self.old_id);
             }
             return ActionError {
                 rolled_back: false,
@@ -320,7 +360,7 @@ impl Rollback<'_> {
         .await;
         if problems.is_empty() {
             // Whole again: nothing for a later pass to recover.
-            ops::forget(self.journal, self.old_id);
+            self.journal.clear(self.old_id);
         }
         let restored = if problems.is_empty() {
             format!("rolled back: the old container runs again as {name} with the old value")

@@ -1,8 +1,8 @@
 //! Replacing a container without a gap: the new container starts beside the old one, with the
 //! same networks and aliases, and the old one is retired only once the new one is good.
 //!
-//! Order: create the new container under a temporary name (`NAME-audsync-new-TAG`, so a pass
-//! cut short is finished or undone by [`super::recover`] like a recreate), connect it to every
+//! Order: create the new container under a temporary name (`NAME-audsync-new-TAG`; every step
+//! journalled, so a pass cut short is finished or undone by [`super::recover`] like a recreate), connect it to every
 //! network of the old one with the same aliases, start it, wait until it is good (healthcheck,
 //! else `--settle`). Not good: remove it; the old container was never touched. Good: move the
 //! old one aside (`NAME-audsync-old-TAG`), give the new one the name, take the old one off its
@@ -25,6 +25,7 @@ use bollard::Docker;
 use bollard::models::{ContainerInspectResponse, NetworkConnectRequest, NetworkDisconnectRequest};
 use bollard::query_parameters::{CreateContainerOptions, StopContainerOptions};
 
+use super::journal::{ApplyKind, ApplyStep, Applying, Journal};
 use super::ops::{self, rename, short_id, wait_good};
 use super::{RecreateOptions, compose, container_error, spec};
 use crate::reconcile::ActionError;
@@ -88,7 +89,9 @@ pub(crate) fn aliased(info: &ContainerInspectResponse) -> bool {
     })
 }
 
-fn networks(info: &ContainerInspectResponse) -> Vec<(String, bollard::models::EndpointSettings)> {
+pub(super) fn networks(
+    info: &ContainerInspectResponse,
+) -> Vec<(String, bollard::models::EndpointSettings)> {
     info.network_settings
         .as_ref()
         .and_then(|n| n.networks.clone())
@@ -99,12 +102,13 @@ fn networks(info: &ContainerInspectResponse) -> Vec<(String, bollard::models::En
 
 /// Roll `target` out with `changes` applied. Falls back to nothing: the caller (the plan)
 /// chose a rollout because [`blocker`] found none; if one appeared since, this fails without
-/// touching anything.
+/// touching anything. Every step is journalled (`journal`) before the next begins.
 pub(super) async fn rollout(
     docker: &Docker,
     target: &str,
     changes: &[(String, String)],
     opts: &RecreateOptions,
+    journal: &Journal,
     compose: &mut compose::Probe,
 ) -> Result<(), ActionError> {
     let (info, name) = ops::inspect_named(docker, target).await?;
@@ -119,9 +123,15 @@ pub(super) async fn rollout(
             false,
         ));
     }
+    if info.state.as_ref().and_then(|s| s.paused) == Some(true) {
+        // A twin would run while the old one stays paused, then the paused one be removed:
+        // someone paused the service on purpose.
+        return Err(super::recreate::paused(&name));
+    }
     if info.state.as_ref().and_then(|s| s.running) != Some(true) {
         // Nothing serves: nothing to keep up. A recreate leaves it stopped with the new value.
-        return super::recreate::recreate(docker, target, changes, opts, compose).await;
+        return super::recreate::recreate(docker, target, changes, opts, journal, None, compose)
+            .await;
     }
     let old_id = info.id.clone().unwrap_or_else(|| target.to_string());
     let image = info.image.clone().unwrap_or_default();
@@ -136,6 +146,28 @@ pub(super) async fn rollout(
         .collect::<Vec<_>>()
         .join(", ");
     tracing::info!(container = %name, temporary = %new_name, "rolling out with {keys} changed");
+    // The journal first: nothing is changed that a later run could not finish or undo.
+    journal
+        .begin(&Applying {
+            kind: ApplyKind::Rollout,
+            name: name.clone(),
+            old_id: old_id.clone(),
+            spec_hash: super::journal::spec_hash(&spec.body),
+            was_running: true,
+            new_name: new_name.clone(),
+            aside: aside.clone(),
+            new_id: None,
+            step: ApplyStep::Begun,
+            healthy: false,
+        })
+        .map_err(|e| {
+            fail(
+                format!(
+                    "cannot roll out {name}: cannot record the rollout beside the container's lock ({e}); the container was not touched"
+                ),
+                false,
+            )
+        })?;
 
     let created = docker
         .create_container(
@@ -147,6 +179,7 @@ pub(super) async fn rollout(
         )
         .await
         .map_err(|e| {
+            journal.clear(&old_id);
             let mut err = container_error(&name, "create the new container", &e);
             err.message = format!(
                 "rolling out {name}: {}; the old container was not touched",
@@ -155,24 +188,53 @@ pub(super) async fn rollout(
             err
         })?;
     let new_id = created.id;
+    if let Err(e) = journal.step(ApplyStep::Created, Some(&new_id)) {
+        let removed = ops::remove(docker, &new_id).await.is_ok();
+        if removed {
+            journal.clear(&old_id);
+        }
+        return Err(fail(
+            format!(
+                "cannot roll out {name}: cannot record the new container beside the container's lock ({e}); the new container was {}removed, the old one not touched",
+                if removed { "" } else { "NOT " }
+            ),
+            false,
+        ));
+    }
     for w in &created.warnings {
         tracing::warn!(container = %name, "engine: {w}");
     }
     let give_up = |why: String| {
         let docker = docker.clone();
         let new_id = new_id.clone();
+        let old_id = old_id.clone();
         let name = name.clone();
         async move {
             tracing::warn!(container = %name, reason = %why, "rollout failed; removing the new container");
-            let removed = match ops::remove(&docker, &new_id).await {
+            let removed = ops::remove(&docker, &new_id).await;
+            // Over only once the new container is gone and the old one has the name again.
+            let whole = removed.is_ok()
+                && super::inspect::container(&docker, &name)
+                    .await
+                    .is_ok_and(|i| i.id.as_deref() == Some(old_id.as_str()));
+            if whole {
+                journal.clear(&old_id);
+            }
+            let removed = match removed {
                 Ok(()) => "the new container was removed".to_string(),
                 Err(e) => format!("the new container could not be removed ({e})"),
             };
+            let end = if whole {
+                "rolled back: the old container never stopped serving with the old value"
+                    .to_string()
+            } else {
+                format!(
+                    "ROLLBACK INCOMPLETE: the old container does not hold the name {name}; the next run puts it back"
+                )
+            };
             ActionError {
                 rolled_back: true,
-                message: format!(
-                    "rolling out {name} failed: {why}; {removed}; rolled back: the old container never stopped serving with the old value"
-                ),
+                message: format!("rolling out {name} failed: {why}; {removed}; {end}"),
                 hint: Some("fix what the new container complains about (or its healthcheck), then run sync again: the change is retried".into()),
             }
         }
@@ -190,41 +252,61 @@ pub(super) async fn rollout(
     if let Err(e) = docker.start_container(&new_id, None).await {
         return Err(give_up(format!("the new container did not start: {e}")).await);
     }
+    journal.note(ApplyStep::Started, None);
     if let Err(why) = wait_good(docker, &new_id, opts).await {
         return Err(give_up(why.to_string()).await);
     }
+    // From here on a run that finds this cut short finishes it: the new value stays.
+    journal.note(ApplyStep::Healthy, None);
     tracing::info!(container = %name, elapsed_ms = started.elapsed().as_millis() as u64, "the new container is good; retiring the old one");
 
-    // From here the new container serves; a failure only leaves the old one to clean up.
     if let Err(e) = rename(docker, &old_id, &aside).await {
         return Err(give_up(format!(
             "could not rename the old container to {aside}: {e}"
         ))
         .await);
     }
+    journal.note(ApplyStep::OldAside, None);
     if let Err(e) = rename(docker, &new_id, &name).await {
         // Put the old name back; the new one is thrown away.
         let _ = rename(docker, &old_id, &name).await;
         return Err(give_up(format!("could not rename the new container to {name}: {e}")).await);
     }
+    journal.note(ApplyStep::Swapped, None);
+    // An old container that could not be removed keeps the journal: the next run retires it.
+    if retire(docker, &name, &old_id, &networks(&info), stop_t).await {
+        journal.clear(&old_id);
+    }
+    Ok(())
+}
+
+/// Take the old container of a rollout off its networks, stop it and remove it (volumes
+/// kept); best effort, each failure logged. Returns whether it is gone.
+pub(super) async fn retire(
+    docker: &Docker,
+    name: &str,
+    old_id: &str,
+    nets: &[(String, bollard::models::EndpointSettings)],
+    stop_t: Option<i32>,
+) -> bool {
     // Off the networks first, while it still runs: the network's DNS stops answering with the
     // old address (Docker 20.10: a few ms after its interface went, when the endpoint is
     // deleted), and a client that resolved it just before moves on to the new address. Stopping
     // it on the network instead would refuse connections for the whole stop and teardown
     // (measured: 44 vs 8 failed requests of a one-address client over 12 rollouts).
-    for (net, _) in networks(&info) {
+    for (net, _) in nets {
         let req = NetworkDisconnectRequest {
-            container: old_id.clone(),
+            container: old_id.to_string(),
             force: Some(false),
         };
-        if let Err(e) = docker.disconnect_network(&net, req).await {
+        if let Err(e) = docker.disconnect_network(net, req).await {
             tracing::debug!(container = %name, network = %net, error = %e, "could not take the old container off the network");
         }
     }
     tracing::info!(container = %name, "stopping the old container");
     if let Err(e) = ops::for_stop(docker, stop_t)
         .stop_container(
-            &old_id,
+            old_id,
             Some(StopContainerOptions {
                 signal: None,
                 t: stop_t,
@@ -234,10 +316,13 @@ pub(super) async fn rollout(
     {
         tracing::warn!(container = %name, error = %e, "could not stop the old container; removing it anyway");
     }
-    if let Err(e) = ops::remove(docker, &old_id).await {
-        tracing::warn!(container = %name, old = %aside, error = %e, "the new container runs, but the old one could not be removed; remove it by hand");
+    match ops::remove(docker, old_id).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(container = %name, error = %e, "the new container runs, but the old one could not be removed; the next run tries again");
+            false
+        }
     }
-    Ok(())
 }
 
 /// The image to create from: the name when it still points at the id the old container runs,

@@ -306,7 +306,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     }
 
     // 3. The containers, each once.
-    let owed = state.owed();
+    let mut owed = state.owed();
     let changing = sink_obs
         .iter()
         .any(|(_, _, o)| o.as_ref().is_ok_and(|o| o.values().any(|k| k.needs_write)));
@@ -327,12 +327,18 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    // Each container's journal of a recreate or rollout is kept beside its lock.
+    let records: BTreeMap<String, PathBuf> = held
+        .targets()
+        .filter_map(|n| Some((n.clone(), held.record_file(n)?)))
+        .collect();
     let mut resolved = targets::resolve(
         cfg,
         changing || !owed.is_empty() || elsewhere,
         &state.state.applied,
         &watch,
         &state.state.container_names,
+        &records,
     )
     .await;
     if !cfg.dry_run && !resolved.names.is_empty() {
@@ -360,6 +366,8 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
             restart: b.restart,
         })
         .collect();
+    // A recovery that finished an apply forward did the action that was owed.
+    owed.retain(|n| !resolved.finished.contains(n));
     let mut inputs = inputs;
     targets::hold_back(&resolved.refused, &mut inputs, &mut sink_obs);
     let mut plan = reconcile::plan(
@@ -578,7 +586,7 @@ pub async fn command(
     quiet: bool,
 ) -> u8 {
     let (report, notify) = match cfg {
-        Ok(cfg) => match run_pass_staged(&cfg).await {
+        Ok(cfg) => match finishing_on_stop(run_pass_staged(&cfg)).await {
             Ok(r) => (r, Some((cfg.notify, cfg.state_file))),
             Err(e) => {
                 let mut r = Report::from_error(&e.error, dry_run);
@@ -600,6 +608,39 @@ pub async fn command(
         notify_once(&n, &state_file, &report).await;
     }
     report.exit_code
+}
+
+/// Drive `pass` to its end through SIGTERM and a first SIGINT, as `watch` does: a recreate or
+/// rollout is never abandoned between two steps by a stop request (a service manager's stop,
+/// a deploy tool's timeout). A second SIGINT ends the process at once; the journal beside the
+/// container's lock lets the next run finish what it was doing.
+async fn finishing_on_stop<T>(pass: impl std::future::Future<Output = T>) -> T {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install the signal handlers: a stop request ends the pass at once");
+        return pass.await;
+    };
+    let mut pass = std::pin::pin!(pass);
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            r = &mut pass => return r,
+            _ = term.recv() => {
+                tracing::warn!("SIGTERM: finishing the pass in flight, then exiting");
+            }
+            _ = int.recv() => {
+                if interrupted {
+                    tracing::warn!("second SIGINT: stopping now; the next run finishes what was left");
+                    std::process::exit(130);
+                }
+                interrupted = true;
+                tracing::warn!("SIGINT: finishing the pass in flight (a second SIGINT stops at once)");
+            }
+        }
+    }
 }
 
 /// The notification a one-shot pass is worth, given the streak remembered in the state file.

@@ -2,7 +2,7 @@
 //! to its replicas), each container **once** however many bindings read it, recovered from a
 //! cut-short recreate, and observed for every key that matters to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{BindingTarget, SyncConfig};
 use crate::docker::swarm::{self, SwarmService};
@@ -93,6 +93,9 @@ pub struct Resolved {
     pub of_binding: Vec<Vec<usize>>,
     /// Recreates cut short by an earlier run, finished or undone (with `--dry-run`: found).
     pub recovered: Vec<String>,
+    /// Containers whose cut-short recreate or rollout was finished forward: they run with the
+    /// values it was making, so the action they were owed is done.
+    pub finished: BTreeSet<String>,
     /// Containers given by id (or prefix) -> their name, to remember in the state.
     pub names: BTreeMap<String, String>,
     /// Targets (indexes into `slots`) that do not exist or are audsync's own container: their
@@ -165,6 +168,7 @@ pub async fn resolve(
     ran_with: &BTreeMap<String, Values>,
     watch: &[String],
     known_names: &BTreeMap<String, String>,
+    records: &BTreeMap<String, std::path::PathBuf>,
 ) -> Resolved {
     let mut names_of_ids: BTreeMap<String, String> = BTreeMap::new();
     // The leak check (`watch`) rides on an inspection made anyway: a Docker round trip of its
@@ -287,9 +291,11 @@ pub async fn resolve(
         k.dedup();
         k
     };
+    let siblings = std::sync::Arc::new(records.clone());
     let mut slots = Vec::new();
     let mut observed = Vec::new();
     let mut recovered = Vec::new();
+    let mut finished = BTreeSet::new();
     let mut refused = BTreeMap::new();
     for (i, (name, group)) in names.iter().enumerate() {
         let ran = ran_with.get(name).cloned().unwrap_or_default();
@@ -312,6 +318,7 @@ pub async fn resolve(
                 let c = e
                     .container(name)
                     .with_options(cfg.recreate.clone())
+                    .with_record(records.get(name).cloned(), siblings.clone())
                     .with_compose(cfg.compose.clone());
                 // Compose's word before any sink is written, when this pass may replace it.
                 let c = if may_act && !cfg.dry_run {
@@ -343,11 +350,14 @@ pub async fn resolve(
             }
         };
         let mut recovery_pending = false;
-        if let Slot::Live(c) = &slot {
+        if let Slot::Live(c) = &mut slot {
             match c.recover(cfg.dry_run).await {
                 Ok(done) => {
                     recovery_pending = cfg.dry_run && !done.is_empty();
                     recovered.extend(done);
+                    if c.finished_forward() {
+                        finished.insert(name.clone());
+                    }
                 }
                 Err(e) => slot = Slot::Down(e),
             }
@@ -376,6 +386,7 @@ pub async fn resolve(
         observed,
         of_binding,
         recovered,
+        finished,
         names: names_of_ids,
         refused,
     }

@@ -1,0 +1,242 @@
+//! The journal of every apply that changes a container (recreate, rollout): written before the
+//! first change, brought up to date at each step, cleared when the apply is over. It is kept
+//! with the resource -- in the record beside the container's lock (`<lock>.json`, see
+//! `lock.rs`) -- not in one configuration's state file, so whichever run takes that lock next
+//! (`sync` or `watch`, any configuration) finishes it ([`super::recover`]).
+//!
+//! Only the container ids it records authorise a later run to remove a container: the new one
+//! audsync created, and the user's original moved aside. Older versions kept a recreate's
+//! journal in the state file (`recreating`); those entries are still read, and cleared once
+//! the recreate they record is over. This module never talks to the engine.
+
+use std::path::{Path, PathBuf};
+
+pub(crate) use crate::lock::{ApplyKind, ApplyStep, Applying};
+
+/// Where one container's journal is kept.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Journal {
+    /// The record beside the container's lock; `None`: no journal, so no recovery acts.
+    record: Option<PathBuf>,
+    /// An older version's state file, read for `recreating` entries only.
+    legacy: Option<PathBuf>,
+}
+
+/// Why the journal could not be written.
+pub(super) type Error = crate::lock::Error;
+
+impl Journal {
+    pub(super) fn new(record: Option<&Path>, legacy: Option<&Path>) -> Journal {
+        Journal {
+            record: record.map(Path::to_path_buf),
+            legacy: legacy.map(Path::to_path_buf),
+        }
+    }
+
+    /// Whether anything is recorded at all (else nothing may be recovered).
+    pub(super) fn enabled(&self) -> bool {
+        self.record.is_some()
+    }
+
+    /// Record an apply about to begin. Refuses when the record cannot be written: nothing is
+    /// changed without its journal.
+    pub(super) fn begin(&self, a: &Applying) -> Result<(), Error> {
+        let Some(path) = &self.record else {
+            return Ok(());
+        };
+        crate::lock::update_record(path, |r| r.applying = Some(a.clone()))?;
+        kill_point(a.step);
+        Ok(())
+    }
+
+    /// The apply reached `step` (`new_id`: the new container, once created).
+    pub(super) fn step(&self, step: ApplyStep, new_id: Option<&str>) -> Result<(), Error> {
+        let Some(path) = &self.record else {
+            return Ok(());
+        };
+        crate::lock::update_record(path, |r| {
+            if let Some(a) = r.applying.as_mut() {
+                a.step = step;
+                if let Some(id) = new_id {
+                    a.new_id = Some(id.to_string());
+                }
+                if step == ApplyStep::Healthy {
+                    a.healthy = true;
+                }
+            }
+        })?;
+        kill_point(step);
+        Ok(())
+    }
+
+    /// [`Journal::step`], where a failure to write is only logged: the apply goes on, and a
+    /// run that finds the older step still decides safely (a step it thinks not reached is
+    /// checked against what exists).
+    pub(super) fn note(&self, step: ApplyStep, new_id: Option<&str>) {
+        if let Err(e) = self.step(step, new_id) {
+            tracing::warn!(error = %e, "cannot record the step of the apply");
+        }
+    }
+
+    /// The apply is over (done, undone, or recovered): clear its record (and an older
+    /// version's entry for `old_id` in the state file).
+    pub(super) fn clear(&self, old_id: &str) {
+        if let Some(path) = &self.record
+            && let Err(e) = crate::lock::update_record(path, |r| {
+                if r.applying.as_ref().is_some_and(|a| a.old_id == old_id) {
+                    r.applying = None;
+                }
+            })
+        {
+            tracing::warn!(error = %e, "cannot clear the journal of the apply");
+        }
+        if let Some(path) = &self.legacy
+            && legacy_has(path, old_id)
+        {
+            super::ops::forget(Some(path), old_id);
+        }
+    }
+
+    /// The apply recorded for container `name`, if any: the record's first, else an older
+    /// version's state-file entry (migrated: finished like any other, then cleared).
+    pub(super) fn pending(&self, name: &str) -> Option<Applying> {
+        let path = self.record.as_ref()?;
+        match crate::lock::read_record(path) {
+            Ok(Some(r)) if r.applying.as_ref().is_some_and(|a| a.name == name) => {
+                return r.applying;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the journal of the container"),
+        }
+        let (old_id, new_id) = super::ops::records(self.legacy.as_deref(), name)
+            .into_iter()
+            .next()?;
+        Some(Applying {
+            kind: ApplyKind::Recreate,
+            name: name.to_string(),
+            old_id,
+            spec_hash: String::new(),
+            // Decided from what is found (see recover.rs).
+            was_running: true,
+            new_name: String::new(),
+            aside: String::new(),
+            new_id,
+            step: ApplyStep::Legacy,
+            healthy: false,
+        })
+    }
+}
+
+fn legacy_has(path: &Path, old_id: &str) -> bool {
+    crate::state::StateFile::load(path, true).is_ok_and(|f| f.state.recreating.contains_key(old_id))
+}
+
+/// A short stable hash of a create body (FNV-1a over its JSON), for the journal.
+pub(super) fn spec_hash(body: &bollard::models::ContainerCreateBody) -> String {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+/// A test hook, compiled into debug builds only: `AUDSYNC_TEST_KILL_AT=<step>` (the step's
+/// snake_case name, optionally `rollout:`/`recreate:`-free) kills the process with SIGKILL
+/// right after the journal recorded that step -- a kill at an exact step, no timing.
+#[cfg(debug_assertions)]
+fn kill_point(step: ApplyStep) {
+    let Some(want) = std::env::var_os("AUDSYNC_TEST_KILL_AT") else {
+        return;
+    };
+    let name = serde_json::to_value(step)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    if want.to_string_lossy() == name {
+        tracing::warn!(step = %name, "test hook: killed at this step");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
+/// Release builds have no hook.
+#[cfg(not(debug_assertions))]
+fn kill_point(_: ApplyStep) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applying() -> Applying {
+        Applying {
+            kind: ApplyKind::Rollout,
+            name: "app".into(),
+            old_id: "old".into(),
+            spec_hash: "h".into(),
+            was_running: true,
+            new_name: "app-audsync-new-x".into(),
+            aside: "app-audsync-old-x".into(),
+            new_id: None,
+            step: ApplyStep::Begun,
+            healthy: false,
+        }
+    }
+
+    #[test]
+    fn the_journal_is_kept_beside_the_lock_and_cleared_when_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = dir.path().join("container-app-0.json");
+        let j = Journal::new(Some(&rec), None);
+        j.begin(&applying()).unwrap();
+        j.step(ApplyStep::Created, Some("new")).unwrap();
+        j.step(ApplyStep::Started, None).unwrap();
+        let a = j.pending("app").unwrap();
+        assert_eq!(
+            (a.new_id.as_deref(), a.step, a.healthy),
+            (Some("new"), ApplyStep::Started, false)
+        );
+        j.step(ApplyStep::Healthy, None).unwrap();
+        assert!(j.pending("app").unwrap().healthy);
+        // Another configuration's run (same record, no state file of its own) sees it.
+        let other = Journal::new(Some(&rec), None);
+        assert_eq!(other.pending("app").unwrap().old_id, "old");
+        assert!(other.pending("else").is_none());
+        j.clear("old");
+        assert!(j.pending("app").is_none());
+        // The rest of the record (owed, ran_with) is kept as it was.
+        crate::lock::update_record(&rec, |r| r.owed = true).unwrap();
+        j.begin(&applying()).unwrap();
+        j.clear("old");
+        assert!(crate::lock::read_record(&rec).unwrap().unwrap().owed);
+    }
+
+    #[test]
+    fn an_older_state_files_recreate_entry_is_read_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = dir.path().join("container-app-0.json");
+        let state = dir.path().join("state.json");
+        std::fs::write(
+            &state,
+            r#"{"recreating": {"old1": {"name": "app", "new_id": "new1"}}}"#,
+        )
+        .unwrap();
+        let j = Journal::new(Some(&rec), Some(&state));
+        let a = j.pending("app").unwrap();
+        assert_eq!(
+            (a.kind, a.old_id.as_str(), a.new_id.as_deref(), a.step),
+            (ApplyKind::Recreate, "old1", Some("new1"), ApplyStep::Legacy)
+        );
+        j.clear("old1");
+        assert!(j.pending("app").is_none());
+        let left = std::fs::read_to_string(&state).unwrap();
+        assert!(!left.contains("recreating"), "{left}");
+    }
+
+    #[test]
+    fn without_a_record_nothing_is_journalled_or_recovered() {
+        let j = Journal::new(None, None);
+        assert!(!j.enabled());
+        j.begin(&applying()).unwrap();
+        assert!(j.pending("app").is_none());
+    }
+}
