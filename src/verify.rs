@@ -395,6 +395,9 @@ async fn certs(http: &reqwest::Client, l: &mut Learned) -> CheckResult {
     }
 }
 
+/// How a place that holds no value is shown (never taken for a value).
+const UNSET: &str = "(unset)";
+
 /// Why a place was not read (`not checked (…)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct NotChecked(String);
@@ -480,7 +483,7 @@ async fn consistency(cfg: &VerifyConfig, b: &VerifyBinding, l: &mut Learned) -> 
                             }
                             seen.push(Seen {
                                 what: env_what,
-                                values: Ok(vec![v.unwrap_or_else(|| "(unset)".into())]),
+                                values: Ok(vec![v.unwrap_or_else(|| UNSET.into())]),
                                 fix: sync_fix.clone(),
                             });
                         }
@@ -570,7 +573,10 @@ async fn consistency(cfg: &VerifyConfig, b: &VerifyBinding, l: &mut Learned) -> 
             Ok(v) => format!(
                 "{}: {}",
                 s.what,
-                v.iter().map(|x| short(x)).collect::<Vec<_>>().join(", ")
+                v.iter()
+                    .map(|x| if x == UNSET { UNSET.to_string() } else { short(x) })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Err(why) => format!("{}: not checked ({why})", s.what),
         })
@@ -671,7 +677,7 @@ async fn infisical_seen(
             }
             seen.push(Seen {
                 what,
-                values: Ok(vec![v.unwrap_or_else(|| "(unset)".into())]),
+                values: Ok(vec![v.unwrap_or_else(|| UNSET.into())]),
                 fix: format!(
                     "run `audsync sync --domain {} --sink infisical` (with the same INFISICAL_* settings)",
                     b.host
