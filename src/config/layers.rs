@@ -77,6 +77,8 @@ pub fn decides_where(name: &str) -> bool {
                 | "CLOUDFLARE_AUTH_DOMAIN"
                 | "AUDSYNC_CONFIG"
                 | "AUDSYNC_LOCK_DIR"
+                | "AUDSYNC_DISCOVER"
+                | "AUDSYNC_DISCOVER_ROOT"
                 | "AUDSYNC_ALLOW_INSECURE_HTTP"
                 | "AUDSYNC_ALLOW_UNSIGNED_KID"
         )

@@ -58,6 +58,8 @@ pub struct Binding {
     pub create: bool,
     /// Where the protected host is reached (`url` / `--url`), unchecked; `None`: `https://HOST/`.
     pub url: Option<String>,
+    /// Set on a discovered binding: where it came from (`label on container X`).
+    pub origin: Option<String>,
 }
 
 /// Result format on stdout (`--output`).
@@ -96,6 +98,8 @@ pub struct SyncConfig {
     pub docker_host: String,
     /// `PATH` and the variables the compose CLI runs with (`docker-compose config --hash`).
     pub compose: ComposeEnv,
+    /// `--discover`: bindings are also taken from labels, each pass.
+    pub discover: Option<super::discover::DiscoverConfig>,
 }
 
 impl SyncConfig {
@@ -136,7 +140,11 @@ impl SyncConfig {
             )),
         };
         let mut problems: Vec<String> = Vec::new();
+        // With --discover and no application on the command line, the labels are the bindings.
+        let discover_only =
+            a.discover && a.source.domain.is_none() && a.source.app_id.is_none();
         let bindings = match from_file {
+            None if discover_only => vec![],
             None => vec![flag_binding(a, env)?],
             Some(f) => file_bindings(&Defaults::of(a), env, f, origins, &mut problems),
         };
@@ -180,7 +188,7 @@ impl SyncConfig {
             }));
         }
         Ok(SyncConfig {
-            flag_binding: from_file.is_none(),
+            flag_binding: from_file.is_none() && !discover_only,
             bindings,
             recreate: RecreateOptions {
                 settle: a.settle,
@@ -203,6 +211,15 @@ impl SyncConfig {
             notify,
             docker_host,
             compose: ComposeEnv::from_lookup(|n| env.process().raw(n)),
+            discover: a.discover.then(|| {
+                super::discover::DiscoverConfig::new(
+                    &a.discover_roots,
+                    &a.source,
+                    &a.access,
+                    a.origin,
+                    env,
+                )
+            }),
         })
     }
 }
@@ -267,6 +284,7 @@ fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
         tunnel_id,
         create: a.create_env_file,
         url: a.access.url.clone(),
+        origin: None,
     })
 }
 
@@ -550,6 +568,7 @@ fn file_binding(
                 tunnel_id,
                 create,
                 url: field("url"),
+                origin: None,
             })
         }
         _ => Err(errs),

@@ -10,6 +10,7 @@
 pub(crate) mod compose;
 mod error;
 pub(crate) mod inspect;
+pub(crate) mod labels;
 mod ops;
 mod own;
 mod recover;

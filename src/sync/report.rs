@@ -116,6 +116,9 @@ pub struct SinkLine {
 #[derive(Debug, Clone, Serialize)]
 pub struct BindingReport {
     pub id: String,
+    /// A discovered binding's origin (`label on container X`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     pub key: String,
     pub aud: Option<String>,
     /// The value its first sink held before this pass.
@@ -179,6 +182,26 @@ pub struct Report {
 }
 
 impl Report {
+    /// A pass with no binding (only `--discover`, and no label found): in sync, nothing done.
+    pub fn nothing(dry_run: bool, warnings: Vec<String>) -> Report {
+        Report {
+            schema: 2,
+            status: Status::InSync,
+            exit_code: crate::exit::OK,
+            changed: false,
+            dry_run,
+            requests: 0,
+            bindings: vec![],
+            targets: vec![],
+            recovered: vec![],
+            warnings,
+            error: None,
+            hint: None,
+            stage: None,
+            single: None,
+        }
+    }
+
     pub fn from_error(e: &Error, dry_run: bool) -> Report {
         Report {
             schema: 2,
@@ -392,6 +415,7 @@ pub fn build(
         };
         bindings.push(BindingReport {
             id: b.id.clone(),
+            origin: b.origin.clone(),
             key: b.key.clone(),
             previous: sinks.first().and_then(|s| s.old.clone()),
             aud,
@@ -571,6 +595,9 @@ pub fn render_text(r: &Report) -> String {
                 let _ = writeln!(s, "binding {}: [{}]", b.id, b.status.as_str());
             }
             _ => {}
+        }
+        if let Some(o) = &b.origin {
+            let _ = writeln!(s, "  discovered: {o}");
         }
         for k in &b.sinks {
             let old = k
