@@ -591,6 +591,10 @@ pub struct SyncArgs {
     /// containers' environment only.
     #[arg(long = "discover-root", env = "AUDSYNC_DISCOVER_ROOT", value_name = "DIR", value_delimiter = ',', help_heading = HEADING_SINKS)]
     pub discover_roots: Vec<PathBuf>,
+    /// Discover only containers and services whose name (a compose container: its project)
+    /// starts with PREFIX; others on the engine are left alone.
+    #[arg(long, env = "AUDSYNC_DISCOVER_SCOPE", value_name = "PREFIX", help_heading = HEADING_SINKS)]
+    pub discover_scope: Option<String>,
     /// Show what would change (old value, new value, writes, restarts) and change nothing.
     /// Exit code 3 when something would change, 0 when in sync.
     #[arg(long, help_heading = HEADING_RUN)]

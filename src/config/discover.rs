@@ -30,6 +30,9 @@ pub struct DiscoverConfig {
     /// A compose project's `.env` is a sink only under one of these (as given; resolved when
     /// used). Empty: discovered bindings change the containers' environment only.
     pub roots: Vec<PathBuf>,
+    /// `--discover-scope`: only objects whose name (a compose container: its project) starts
+    /// with this.
+    pub scope: Option<String>,
     source: SourceArgs,
     access: AccessArgs,
     origin: SourceOrigin,
@@ -52,6 +55,7 @@ pub struct Found {
 impl DiscoverConfig {
     pub(super) fn new(
         roots: &[PathBuf],
+        scope: Option<&str>,
         source: &SourceArgs,
         access: &AccessArgs,
         origin: SourceOrigin,
@@ -68,6 +72,7 @@ impl DiscoverConfig {
                 .filter(|r| !r.as_os_str().is_empty())
                 .cloned()
                 .collect(),
+            scope: scope.filter(|s| !s.is_empty()).map(str::to_string),
             source,
             access,
             origin,

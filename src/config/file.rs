@@ -94,6 +94,7 @@ pub const SETTINGS: &[(&str, &str, Kind)] = &[
     ("write_mode", "AUDSYNC_WRITE_MODE", Kind::Plain),
     ("create_env_file", "AUDSYNC_CREATE_ENV_FILE", Kind::Plain),
     ("discover", "AUDSYNC_DISCOVER", Kind::Plain),
+    ("discover_scope", "AUDSYNC_DISCOVER_SCOPE", Kind::Plain),
     ("discover_roots", "AUDSYNC_DISCOVER_ROOT", Kind::Path),
     ("restart", "AUDSYNC_RESTART", Kind::Plain),
     ("settle", "AUDSYNC_SETTLE", Kind::Plain),

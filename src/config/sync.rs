@@ -141,8 +141,7 @@ impl SyncConfig {
         };
         let mut problems: Vec<String> = Vec::new();
         // With --discover and no application on the command line, the labels are the bindings.
-        let discover_only =
-            a.discover && a.source.domain.is_none() && a.source.app_id.is_none();
+        let discover_only = a.discover && a.source.domain.is_none() && a.source.app_id.is_none();
         let bindings = match from_file {
             None if discover_only => vec![],
             None => vec![flag_binding(a, env)?],
@@ -214,6 +213,7 @@ impl SyncConfig {
             discover: a.discover.then(|| {
                 super::discover::DiscoverConfig::new(
                     &a.discover_roots,
+                    a.discover_scope.as_deref(),
                     &a.source,
                     &a.access,
                     a.origin,

@@ -100,8 +100,20 @@ pub(crate) fn judge(objects: &[Labelled], d: &DiscoverConfig, configured: &[Bind
     let mut found: Vec<Found> = Vec::new();
     let mut seen_targets: BTreeSet<BindingTarget> = BTreeSet::new();
     for o in objects {
-        if o.labels.get(ONEOFF).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        if o.labels
+            .get(ONEOFF)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
             continue;
+        }
+        if let Some(scope) = &d.scope {
+            let name = match (o.kind, o.labels.get(PROJECT)) {
+                (Kind::Container, Some(p)) => p,
+                _ => &o.name,
+            };
+            if !name.starts_with(scope.as_str()) {
+                continue;
+            }
         }
         if o.kind == Kind::Container && crate::docker::labels::base_name(&o.name) != o.name {
             // A recreate's temporary stands for a container judged under its own name.
@@ -196,7 +208,10 @@ pub(crate) fn judge(objects: &[Labelled], d: &DiscoverConfig, configured: &[Bind
 /// A configured binding covers a discovered one: the same key in a shared sink or target.
 fn overlaps(configured: &Binding, discovered: &Binding) -> bool {
     configured.key == discovered.key
-        && (configured.sinks.iter().any(|s| discovered.sinks.contains(s))
+        && (configured
+            .sinks
+            .iter()
+            .any(|s| discovered.sinks.contains(s))
             || configured
                 .targets
                 .iter()
@@ -307,7 +322,8 @@ fn judge_one(
 /// owned by the owner of the project directory. The one place to change when the shared trust
 /// rule lands.
 pub(crate) fn trusted_env_file(env: &Path, dir: &Path) -> Result<(), String> {
-    let m = std::fs::symlink_metadata(env).map_err(|e| format!("cannot check {}: {e}", env.display()))?;
+    let m = std::fs::symlink_metadata(env)
+        .map_err(|e| format!("cannot check {}: {e}", env.display()))?;
     if !m.file_type().is_file() {
         return Err(format!("{} is not a regular file", env.display()));
     }
@@ -336,7 +352,9 @@ fn checked_project(
     domain: &str,
 ) -> Result<PathBuf, String> {
     let Some(wd) = o.labels.get(WORKING_DIR).filter(|d| !d.is_empty()) else {
-        return Err(format!("it names no compose working directory ({WORKING_DIR})"));
+        return Err(format!(
+            "it names no compose working directory ({WORKING_DIR})"
+        ));
     };
     let dir = std::fs::canonicalize(wd)
         .map_err(|_| format!("its working directory {wd} does not exist"))?;
@@ -346,7 +364,12 @@ fn checked_project(
     let files: Vec<&str> = o
         .labels
         .get(CONFIG_FILES)
-        .map(|f| f.split(',').map(str::trim).filter(|f| !f.is_empty()).collect())
+        .map(|f| {
+            f.split(',')
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     if files.is_empty() {
         return Err(format!("it names no compose file ({CONFIG_FILES})"));

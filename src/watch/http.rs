@@ -48,6 +48,8 @@ pub struct Telemetry {
     triggers: Family<Labels1, Counter>,
     /// `POST /sync`, and the loop's pass ids.
     pub trigger: super::trigger::Trigger,
+    /// The Docker event stream's state (shared with the loop and the stream's task).
+    pub follow: Arc<super::events::Follow>,
 }
 
 struct Health {
@@ -75,6 +77,10 @@ struct HealthBody {
     last_success_age_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     failed_stage: Option<Stage>,
+    /// The Docker event stream: `up`, or `down` (reopening with backoff); absent when not
+    /// followed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<&'static str>,
 }
 
 impl Telemetry {
@@ -196,6 +202,7 @@ impl Telemetry {
             notifications,
             triggers,
             trigger: Default::default(),
+            follow: Default::default(),
             health: Mutex::new(Health {
                 started: Instant::now(),
                 unhealthy_after,
@@ -313,6 +320,7 @@ impl Telemetry {
             consecutive_failures: h.consecutive_failures,
             last_success_age_seconds: h.last_success.map(|t| t.elapsed().as_secs()),
             failed_stage: h.last_failed_stage,
+            events: self.follow.up().map(|up| if up { "up" } else { "down" }),
         };
         (healthy, body)
     }
