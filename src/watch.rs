@@ -10,6 +10,7 @@
 
 pub(crate) mod events;
 pub mod http;
+pub(crate) mod status;
 pub mod trigger;
 
 use std::ffi::OsString;
@@ -236,6 +237,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
             continue;
         }
         let wait = next_wait(cfg.interval, failures, cfg.jitter, fastrand::f64());
+        telemetry.status.set_next_pass(wait);
         if failures > 0 {
             tracing::warn!(
                 failures,
