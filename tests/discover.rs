@@ -191,7 +191,7 @@ fn labels_that_would_choose_the_file_written_are_refused_and_named() {
         old,
     );
     rustix::fs::chown(
-        &own_dir.join(".env"),
+        own_dir.join(".env"),
         Some(rustix::fs::Uid::from_raw(4242)),
         Some(rustix::fs::Gid::from_raw(4242)),
     )
