@@ -591,6 +591,20 @@ pub struct SyncArgs {
     /// naming the path and the compose project directory its containers came from.
     #[arg(long, env = "AUDSYNC_CREATE_ENV_FILE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = HEADING_SINKS)]
     pub create_env_file: bool,
+    /// Also take bindings from labels: a container or Swarm service labelled
+    /// `audsync.domain=HOST` (optionally `audsync.key`, `audsync.restart`, `audsync.name`)
+    /// becomes a binding. Bindings of the config file win. See docs/discovery.md.
+    #[arg(long, env = "AUDSYNC_DISCOVER", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = HEADING_SINKS)]
+    pub discover: bool,
+    /// Where a discovered binding may write: a compose project's `.env` only under these
+    /// directories (repeatable or comma-separated). None: discovered bindings change the
+    /// containers' environment only.
+    #[arg(long = "discover-root", env = "AUDSYNC_DISCOVER_ROOT", value_name = "DIR", value_delimiter = ',', help_heading = HEADING_SINKS)]
+    pub discover_roots: Vec<PathBuf>,
+    /// Discover only containers and services whose name (a compose container: its project)
+    /// starts with PREFIX; others on the engine are left alone.
+    #[arg(long, env = "AUDSYNC_DISCOVER_SCOPE", value_name = "PREFIX", help_heading = HEADING_SINKS)]
+    pub discover_scope: Option<String>,
     /// Show what would change (old value, new value, writes, restarts) and change nothing.
     /// Exit code 3 when something would change, 0 when in sync.
     #[arg(long, help_heading = HEADING_RUN)]

@@ -574,7 +574,11 @@ async fn consistency(cfg: &VerifyConfig, b: &VerifyBinding, l: &mut Learned) -> 
                 "{}: {}",
                 s.what,
                 v.iter()
-                    .map(|x| if x == UNSET { UNSET.to_string() } else { short(x) })
+                    .map(|x| if x == UNSET {
+                        UNSET.to_string()
+                    } else {
+                        short(x)
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             ),

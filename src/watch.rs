@@ -8,7 +8,9 @@
 //! pass (inside `run_pass`), so cron, a deploy hook and the watcher never act at once. It never
 //! logs a secret: configuration is logged only through types that redact them.
 
+pub(crate) mod events;
 pub mod http;
+pub(crate) mod status;
 pub mod trigger;
 
 use std::ffi::OsString;
@@ -137,6 +139,11 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
             }
         }
     }
+    let follow = telemetry.follow.clone();
+    follow.set_interest(events::Interest::of(&cfg.sync));
+    if !events::Interest::of(&cfg.sync).is_empty() {
+        tokio::spawn(events::follow(cfg.sync.docker_host.clone(), follow.clone()));
+    }
     tracing::info!(
         interval = %humantime::format_duration(cfg.interval),
         jitter = cfg.jitter,
@@ -150,6 +157,10 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
     let mut sending = tokio::task::JoinSet::new();
     loop {
         let pass_id = telemetry.trigger.begin();
+        let due = follow.take();
+        if !due.is_empty() {
+            tracing::info!(pass = pass_id, objects = %due.join(", "), "engine events: converging");
+        }
         let span = tracing::info_span!("pass", id = pass_id);
         let started = Instant::now();
         let sync_cfg = cfg.sync.clone();
@@ -180,6 +191,13 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
             sync::print(&report, Output::Json);
         }
         telemetry.record(&report, elapsed);
+        let touched: Vec<String> = report
+            .targets
+            .iter()
+            .filter(|t| t.action != crate::reconcile::Action::None)
+            .map(|t| t.name.clone())
+            .collect();
+        follow.passed(&touched, started, Instant::now());
         let (events, ctx) = streak.next(&report.notice(), Some(pass_id));
         let notify = &cfg.sync.notify;
         if notify.enabled()
@@ -219,6 +237,7 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
             continue;
         }
         let wait = next_wait(cfg.interval, failures, cfg.jitter, fastrand::f64());
+        telemetry.status.set_next_pass(wait);
         if failures > 0 {
             tracing::warn!(
                 failures,
@@ -228,8 +247,9 @@ pub async fn run(parsed: Parsed, argv: Vec<OsString>) -> u8 {
         } else {
             tracing::debug!(next_in = %humantime::format_duration(round_ms(wait)), "waiting");
         }
-        match signals.sleep(wait, &telemetry.trigger).await {
+        match signals.sleep(wait, &telemetry.trigger, &follow).await {
             Wake::Elapsed => {}
+            Wake::Events => {}
             Wake::Triggered => tracing::info!("POST /sync: running a pass now"),
             Wake::Stop => {
                 tracing::info!("stopped");
@@ -318,6 +338,9 @@ async fn reload(
                 ..new
             };
             telemetry.set_unhealthy_after(cfg.unhealthy_after);
+            telemetry
+                .follow
+                .set_interest(events::Interest::of(&cfg.sync));
             telemetry.trigger.set_token(cfg.trigger_token.clone());
             telemetry.set_stuck_after(stuck_after(cfg));
             telemetry.reloaded(true);
@@ -355,6 +378,8 @@ enum Wake {
     Elapsed,
     /// `POST /sync` asked for a pass.
     Triggered,
+    /// Engine events about a target or a labelled container, folded.
+    Events,
     Stop,
     Reload,
 }
@@ -396,7 +421,12 @@ impl Signals {
     }
 
     /// Wait between passes; a stop or reload signal, or a trigger, ends the wait early.
-    async fn sleep(&mut self, d: Duration, trigger: &trigger::Trigger) -> Wake {
+    async fn sleep(
+        &mut self,
+        d: Duration,
+        trigger: &trigger::Trigger,
+        follow: &events::Follow,
+    ) -> Wake {
         let until = tokio::time::Instant::now() + d;
         loop {
             if trigger.pending() {
@@ -412,6 +442,7 @@ impl Signals {
                 }
                 // A wake-up left from a trigger already served is checked again above.
                 _ = trigger.woken() => {}
+                _ = follow.settled() => return Wake::Events,
             }
         }
     }

@@ -6,6 +6,7 @@ mod bindings;
 mod cli_sync;
 mod compose_hash;
 mod conform;
+mod discover;
 mod docker_journal;
 mod docker_recover;
 mod docker_recreate;

@@ -92,6 +92,9 @@ pub const SETTINGS: &[(&str, &str, Kind)] = &[
     ("lock_timeout", "AUDSYNC_LOCK_TIMEOUT", Kind::Plain),
     ("write_mode", "AUDSYNC_WRITE_MODE", Kind::Plain),
     ("create_env_file", "AUDSYNC_CREATE_ENV_FILE", Kind::Plain),
+    ("discover", "AUDSYNC_DISCOVER", Kind::Plain),
+    ("discover_scope", "AUDSYNC_DISCOVER_SCOPE", Kind::Plain),
+    ("discover_roots", "AUDSYNC_DISCOVER_ROOT", Kind::Path),
     ("restart", "AUDSYNC_RESTART", Kind::Plain),
     ("settle", "AUDSYNC_SETTLE", Kind::Plain),
     ("health_timeout", "AUDSYNC_HEALTH_TIMEOUT", Kind::Plain),
@@ -341,6 +344,27 @@ pub fn parse(
                         )),
                     }
                 }
+            }
+            ("discover_roots", DeValue::Array(items)) => {
+                // A list of directories: one comma-separated value, each taken from the file's
+                // directory when relative.
+                let mut roots = Vec::new();
+                for item in items.iter() {
+                    match item.get_ref() {
+                        DeValue::String(s) if !s.contains(',') => roots.push(resolve(dir, s)),
+                        _ => problems.push(format!(
+                            "{shown}:{}: each `discover_roots` entry must be a directory path (without commas)",
+                            at(&item.span())
+                        )),
+                    }
+                }
+                cfg.settings.insert(
+                    "AUDSYNC_DISCOVER_ROOT".to_string(),
+                    At {
+                        value: roots.join(","),
+                        line,
+                    },
+                );
             }
             ("notify", _) => problems.push(format!(
                 "{shown}:{line}: `notify` must be a list of URLs (notify = [\"ntfy+https://ntfy.sh/topic\"])"

@@ -10,6 +10,7 @@
 
 pub mod commands;
 pub mod credentials;
+pub mod discover;
 pub mod engine;
 pub mod file;
 mod flags;

@@ -71,6 +71,8 @@ pub struct Binding {
     pub create: bool,
     /// Where the protected host is reached (`url` / `--url`), unchecked; `None`: `https://HOST/`.
     pub url: Option<String>,
+    /// Set on a discovered binding: where it came from (`label on container X`).
+    pub origin: Option<String>,
 }
 
 /// Result format on stdout (`--output`).
@@ -111,6 +113,8 @@ pub struct SyncConfig {
     pub compose: ComposeEnv,
     /// How command targets run (`exec_timeout`; the `PATH`, `HOME`, `LANG` they inherit).
     pub exec: ExecSettings,
+    /// `--discover`: bindings are also taken from labels, each pass.
+    pub discover: Option<super::discover::DiscoverConfig>,
 }
 
 impl SyncConfig {
@@ -151,7 +155,10 @@ impl SyncConfig {
             )),
         };
         let mut problems: Vec<String> = Vec::new();
+        // With --discover and no application on the command line, the labels are the bindings.
+        let discover_only = a.discover && a.source.domain.is_none() && a.source.app_id.is_none();
         let bindings = match from_file {
+            None if discover_only => vec![],
             None => vec![flag_binding(a, env)?],
             Some(f) => file_bindings(&Defaults::of(a), env, f, origins, &mut problems),
         };
@@ -195,7 +202,7 @@ impl SyncConfig {
             }));
         }
         Ok(SyncConfig {
-            flag_binding: from_file.is_none(),
+            flag_binding: from_file.is_none() && !discover_only,
             bindings,
             recreate: RecreateOptions {
                 settle: a.settle,
@@ -219,6 +226,16 @@ impl SyncConfig {
             docker_host,
             compose: ComposeEnv::from_lookup(|n| env.process().raw(n)),
             exec: exec_settings(a.exec_timeout, env),
+            discover: a.discover.then(|| {
+                super::discover::DiscoverConfig::new(
+                    &a.discover_roots,
+                    a.discover_scope.as_deref(),
+                    &a.source,
+                    &a.access,
+                    a.origin,
+                    env,
+                )
+            }),
         })
     }
 }
@@ -309,6 +326,7 @@ fn flag_binding(a: &SyncArgs, env: &Env) -> Result<Binding, Error> {
         tunnel_id,
         create: a.create_env_file,
         url: a.access.url.clone(),
+        origin: None,
     })
 }
 
@@ -594,6 +612,7 @@ fn file_binding(
                 tunnel_id,
                 create,
                 url: field("url"),
+                origin: None,
             })
         }
         _ => Err(errs),

@@ -12,6 +12,7 @@ pub(crate) mod compose;
 mod error;
 pub(crate) mod inspect;
 mod journal;
+pub(crate) mod labels;
 mod netns;
 mod ops;
 mod own;

@@ -4,6 +4,7 @@
 //! This is the glue that `sync`, `watch` and `setup` share; the decisions live in `reconcile`,
 //! the containers in [`targets`], the tunnel rule in [`tunnel`], what is printed in [`report`].
 
+pub(crate) mod discover;
 mod locks;
 pub mod report;
 pub mod targets;
@@ -179,6 +180,22 @@ pub async fn run_pass(cfg: &SyncConfig) -> Result<Report, Error> {
 /// [`run_pass`], telling which step an early error came from.
 pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     let at = |stage: Stage| move |error: Error| PassError { stage, error };
+    // With --discover, the labels' bindings join the configuration's, judged anew each pass.
+    let discovered;
+    let (cfg, discover_warnings) = if cfg.discover.is_some() {
+        let (c, w) = discover::with_discovered(cfg).await;
+        for w in &w {
+            tracing::warn!("{w}");
+        }
+        discovered = c;
+        (&discovered, w)
+    } else {
+        (cfg, vec![])
+    };
+    if cfg.bindings.is_empty() {
+        tracing::info!("--discover: no labelled container or service to keep in sync");
+        return Ok(Report::nothing(cfg.dry_run, discover_warnings));
+    }
     let lock_error = |e: crate::lock::Error| Error::failed(e.to_string(), None);
     // The configuration's own lock first, then one per resource, sorted; everything the pass
     // reads after this, it reads under them.
@@ -441,6 +458,7 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
         .flat_map(|f| f.warnings.clone())
         .collect();
     let mut r = report::build(cfg, found, &plan, outcome, tunnels, client.requests());
+    r.warnings.extend(discover_warnings);
     r.warnings.extend(source_warnings);
     r.warnings.extend(leaked);
     r.warnings.extend(journal_done);

@@ -118,6 +118,9 @@ pub struct SinkLine {
 #[derive(Debug, Clone, Serialize)]
 pub struct BindingReport {
     pub id: String,
+    /// A discovered binding's origin (`label on container X`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     pub key: String,
     pub aud: Option<String>,
     /// The value its first sink held before this pass (in JSON only when it is an AUD).
@@ -192,6 +195,26 @@ pub struct Report {
 }
 
 impl Report {
+    /// A pass with no binding (only `--discover`, and no label found): in sync, nothing done.
+    pub fn nothing(dry_run: bool, warnings: Vec<String>) -> Report {
+        Report {
+            schema: 2,
+            status: Status::InSync,
+            exit_code: crate::exit::OK,
+            changed: false,
+            dry_run,
+            requests: 0,
+            bindings: vec![],
+            targets: vec![],
+            recovered: vec![],
+            warnings,
+            error: None,
+            hint: None,
+            stage: None,
+            single: None,
+        }
+    }
+
     pub fn from_error(e: &Error, dry_run: bool) -> Report {
         Report {
             schema: 2,
@@ -405,6 +428,7 @@ pub fn build(
         };
         bindings.push(BindingReport {
             id: b.id.clone(),
+            origin: b.origin.clone(),
             key: b.key.clone(),
             previous: sinks.first().and_then(|s| s.old.clone()),
             aud,
@@ -584,6 +608,9 @@ pub fn render_text(r: &Report) -> String {
                 let _ = writeln!(s, "binding {}: [{}]", b.id, b.status.as_str());
             }
             _ => {}
+        }
+        if let Some(o) = &b.origin {
+            let _ = writeln!(s, "  discovered: {o}");
         }
         for k in &b.sinks {
             let old = k

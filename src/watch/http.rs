@@ -48,6 +48,10 @@ pub struct Telemetry {
     triggers: Family<Labels1, Counter>,
     /// `POST /sync`, and the loop's pass ids.
     pub trigger: super::trigger::Trigger,
+    /// The Docker event stream's state (shared with the loop and the stream's task).
+    pub follow: Arc<super::events::Follow>,
+    /// `GET /status` and the per-binding, per-target metrics.
+    pub status: super::status::Status,
 }
 
 struct Health {
@@ -75,6 +79,10 @@ struct HealthBody {
     last_success_age_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     failed_stage: Option<Stage>,
+    /// The Docker event stream: `up`, or `down` (reopening with backoff); absent when not
+    /// followed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<&'static str>,
 }
 
 impl Telemetry {
@@ -181,6 +189,7 @@ impl Telemetry {
         build
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
+        let status = super::status::Status::new(&mut registry);
         Telemetry {
             registry,
             passes,
@@ -196,6 +205,8 @@ impl Telemetry {
             notifications,
             triggers,
             trigger: Default::default(),
+            follow: Default::default(),
+            status,
             health: Mutex::new(Health {
                 started: Instant::now(),
                 unhealthy_after,
@@ -217,6 +228,7 @@ impl Telemetry {
 
     /// Account for one finished pass.
     pub fn record(&self, r: &Report, elapsed: Duration) {
+        self.status.record(r);
         self.passes
             .get_or_create(&[("status", r.status.as_str())])
             .inc();
@@ -313,6 +325,7 @@ impl Telemetry {
             consecutive_failures: h.consecutive_failures,
             last_success_age_seconds: h.last_success.map(|t| t.elapsed().as_secs()),
             failed_stage: h.last_failed_stage,
+            events: self.follow.up().map(|up| if up { "up" } else { "down" }),
         };
         (healthy, body)
     }
@@ -337,6 +350,7 @@ pub async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>)
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/status", get(status))
         .route("/sync", post(trigger_sync))
         .with_state(telemetry);
     serve_bounded(listener, app, max_connections()).await;
@@ -395,6 +409,20 @@ async fn healthz(State(t): State<Arc<Telemetry>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(body)).into_response()
+}
+
+/// `GET /status` (see [`super::status`]): the trigger token's bearer, when one is set.
+async fn status(State(t): State<Arc<Telemetry>>, headers: axum::http::HeaderMap) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    if !t.trigger.allows_read(auth) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a valid Authorization: Bearer token is required\n",
+        )
+            .into_response();
+    }
+    axum::Json(t.status.doc()).into_response()
 }
 
 /// `POST /sync` (see [`super::trigger`]). Logs the outcome, never the header.

@@ -127,6 +127,21 @@ impl Trigger {
         }
     }
 
+    /// Whether a read (`GET /status`) may see: anyone when no token is set, else only with it.
+    pub fn allows_read(&self, authorization: Option<&[u8]>) -> bool {
+        let token = lock(&self.token).clone();
+        let Some(token) = token else {
+            return true;
+        };
+        let presented = authorization.and_then(|h| {
+            let (scheme, rest) = h.split_at_checked(7)?;
+            scheme
+                .eq_ignore_ascii_case(b"bearer ")
+                .then(|| rest.trim_ascii())
+        });
+        presented.is_some_and(|p| token_eq(p, token.expose().as_bytes()))
+    }
+
     /// Judge one request by its `Authorization` header.
     pub fn judge(&self, authorization: Option<&[u8]>) -> Verdict {
         let token = lock(&self.token).clone();

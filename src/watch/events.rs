@@ -1,0 +1,385 @@
+//! `watch` follows the Docker event stream, so a targeted or labelled container that starts
+//! with a stale value is converged within seconds rather than at the next interval.
+//!
+//! One task holds the stream (container create/start/rename/destroy, service update); an event
+//! about something a binding targets (by container name, compose project/service or Swarm
+//! service) or a container labelled `audsync.domain` (with `--discover`) marks a pass due. A
+//! burst (a whole `up -d`) is folded into one pass after [`QUIET`] without events (at most
+//! [`MAX_FOLD`] after the first). Events about containers a pass just replaced are audsync's
+//! own and are dropped ([`Follow::passed`]). When the stream ends (the engine restarted) it is
+//! reopened with backoff, from the last event's time, so nothing in between is missed; while
+//! it is down, /healthz says so. It never decides anything itself: it only asks for a pass.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::config::{BindingTarget, SyncConfig};
+use crate::docker::labels::{Event, base_name};
+
+/// Quiet time after the last event of a burst before the pass starts.
+pub const QUIET: Duration = Duration::from_millis(1500);
+/// The longest a burst can put its pass off.
+pub const MAX_FOLD: Duration = Duration::from_secs(10);
+/// How long after a pass the events of the containers it replaced are still its own.
+pub const OWN_EVENTS: Duration = Duration::from_secs(10);
+/// Reopening backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What events are about, to tell whether a pass is due.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Interest {
+    containers: BTreeSet<String>,
+    compose: BTreeSet<(String, String)>,
+    swarm: BTreeSet<String>,
+    labelled: bool,
+}
+
+impl Interest {
+    pub fn of(cfg: &SyncConfig) -> Interest {
+        let mut i = Interest {
+            labelled: cfg.discover.is_some(),
+            ..Interest::default()
+        };
+        for t in cfg.bindings.iter().flat_map(|b| &b.targets) {
+            match t {
+                BindingTarget::Container(c) => {
+                    i.containers.insert(c.clone());
+                }
+                BindingTarget::ComposeService { project, service } => {
+                    i.compose.insert((project.clone(), service.clone()));
+                }
+                BindingTarget::SwarmService(s) => {
+                    i.swarm.insert(s.clone());
+                }
+                BindingTarget::Exec(_) => {}
+            }
+        }
+        i
+    }
+
+    /// Nothing to follow: no container, service or label could ever matter.
+    pub fn is_empty(&self) -> bool {
+        !self.labelled
+            && self.containers.is_empty()
+            && self.compose.is_empty()
+            && self.swarm.is_empty()
+    }
+
+    /// Whether `e` may leave something a binding targets with a stale value.
+    pub fn matches(&self, e: &Event) -> bool {
+        let name = e.name.as_deref().map(base_name);
+        match e.kind.as_str() {
+            "service" => name.is_some_and(|n| self.swarm.contains(&n)),
+            "container" => {
+                let a = &e.attributes;
+                (self.labelled && a.contains_key(crate::config::discover::LABEL_DOMAIN))
+                    || name.is_some_and(|n| self.containers.contains(&n))
+                    || match (
+                        a.get("com.docker.compose.project"),
+                        a.get("com.docker.compose.service"),
+                    ) {
+                        (Some(p), Some(s)) => self.compose.contains(&(p.clone(), s.clone())),
+                        _ => false,
+                    }
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    interest: Interest,
+    /// Names of the objects whose events ask for a pass, not served yet (each with its
+    /// latest event's time).
+    due: std::collections::BTreeMap<String, Instant>,
+    /// The first unserved event's time.
+    first: Option<Instant>,
+    /// The containers the last pass replaced, and until when their events are its own.
+    own: HashMap<String, Instant>,
+    /// `None`: not following; `Some(false)`: the stream is down.
+    up: Option<bool>,
+    /// Events seen, and the ones that asked for a pass.
+    seen: u64,
+    asked: u64,
+}
+
+/// The state the stream's task and the loop share.
+#[derive(Default)]
+pub struct Follow {
+    inner: Mutex<Inner>,
+    wake: tokio::sync::Notify,
+}
+
+impl Follow {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_interest(&self, i: Interest) {
+        self.lock().interest = i;
+    }
+
+    /// `None`: not following; `Some(false)`: the stream is down (reopening).
+    pub fn up(&self) -> Option<bool> {
+        self.lock().up
+    }
+
+    fn set_up(&self, up: bool) {
+        self.lock().up = Some(up);
+    }
+
+    /// Note one event; true when it asks for a pass.
+    pub fn note(&self, e: &Event, now: Instant) -> bool {
+        let mut g = self.lock();
+        g.seen += 1;
+        if !g.interest.matches(e) {
+            return false;
+        }
+        let name = e.name.as_deref().map(base_name).unwrap_or_default();
+        g.own.retain(|_, until| *until > now);
+        if g.own.contains_key(&name) {
+            return false;
+        }
+        g.asked += 1;
+        g.due.insert(name, now);
+        g.first.get_or_insert(now);
+        drop(g);
+        self.wake.notify_one();
+        true
+    }
+
+    /// A pass is due.
+    pub fn pending(&self) -> bool {
+        !self.lock().due.is_empty()
+    }
+
+    /// A pass ended that replaced or restarted `touched`: their events until [`OWN_EVENTS`]
+    /// from now are its own; everything noted so far is served by it, except events about
+    /// other containers that arrived during the pass (a user's `up -d` meanwhile).
+    pub fn passed(&self, touched: &[String], started: Instant, now: Instant) {
+        let mut g = self.lock();
+        for t in touched {
+            g.own.insert(base_name(t), now + OWN_EVENTS);
+            g.due.remove(&base_name(t));
+        }
+        // Events from before the pass started were served by it.
+        g.due.retain(|_, at| *at > started);
+        g.first = g.due.values().min().copied();
+    }
+
+    /// Wait until a pass is due and the burst is over (quiet for [`QUIET`], or [`MAX_FOLD`]
+    /// after its first event).
+    pub async fn settled(&self) {
+        loop {
+            if self.pending() {
+                break;
+            }
+            self.wake.notified().await;
+        }
+        loop {
+            let first = self.lock().first.unwrap_or_else(Instant::now);
+            let left = MAX_FOLD.saturating_sub(first.elapsed());
+            if left.is_zero() {
+                return;
+            }
+            match tokio::time::timeout(QUIET.min(left), self.wake.notified()).await {
+                Err(_) => return,
+                Ok(()) => continue,
+            }
+        }
+    }
+
+    /// Take the due set when the pass starts (the names are for the log).
+    pub fn take(&self) -> Vec<String> {
+        let mut g = self.lock();
+        g.first = None;
+        std::mem::take(&mut g.due).into_keys().collect()
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Follow the engine at `host` until the process ends, reopening the stream with backoff.
+pub async fn follow(host: String, f: std::sync::Arc<Follow>) {
+    let mut since: Option<i64> = None;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let engine = match crate::docker::Engine::connect(&host).await {
+            Ok(e) => e,
+            Err(e) => {
+                if f.up() != Some(false) {
+                    tracing::warn!(error = %e.message, "the Docker event stream is down; reopening with backoff");
+                }
+                f.set_up(false);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        // From the last event seen (the same second again: a repeat only asks for a pass
+        // already due), or from now on the first opening.
+        let from = since.unwrap_or_else(unix_now);
+        let mut stream = Box::pin(engine.events(Some(from)));
+        if f.up() == Some(false) {
+            tracing::info!("the Docker event stream is open again");
+        }
+        f.set_up(true);
+        let opened = Instant::now();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(e) => {
+                    if let Some(t) = e.time {
+                        since = Some(t);
+                    }
+                    if f.note(&e, Instant::now()) {
+                        tracing::debug!(kind = %e.kind, action = %e.action, name = e.name.as_deref().unwrap_or(""), "engine event: a pass is due");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the Docker event stream failed");
+                    break;
+                }
+            }
+        }
+        since.get_or_insert(from);
+        f.set_up(false);
+        tracing::warn!("the Docker event stream ended (engine restarted?); reopening with backoff");
+        if opened.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, name: &str, labels: &[(&str, &str)]) -> Event {
+        let mut attributes: HashMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        attributes.insert("name".into(), name.into());
+        Event {
+            kind: kind.into(),
+            action: "start".into(),
+            name: Some(name.into()),
+            attributes,
+            time: Some(1),
+        }
+    }
+
+    fn interest() -> Interest {
+        Interest {
+            containers: ["web".to_string()].into(),
+            compose: [("p".to_string(), "api".to_string())].into(),
+            swarm: ["svc".to_string()].into(),
+            labelled: true,
+        }
+    }
+
+    #[test]
+    fn only_targeted_or_labelled_objects_ask_for_a_pass() {
+        let i = interest();
+        assert!(i.matches(&event("container", "web", &[])));
+        assert!(i.matches(&event(
+            "container",
+            "p_api_1",
+            &[
+                ("com.docker.compose.project", "p"),
+                ("com.docker.compose.service", "api")
+            ]
+        )));
+        assert!(i.matches(&event(
+            "container",
+            "x",
+            &[("audsync.domain", "a.example.com")]
+        )));
+        assert!(i.matches(&event("service", "svc", &[])));
+        assert!(!i.matches(&event("container", "other", &[])));
+        assert!(!i.matches(&event(
+            "container",
+            "p_db_1",
+            &[
+                ("com.docker.compose.project", "p"),
+                ("com.docker.compose.service", "db")
+            ]
+        )));
+        let unlabelled = Interest {
+            labelled: false,
+            ..interest()
+        };
+        assert!(!unlabelled.matches(&event("container", "x", &[("audsync.domain", "a")])));
+    }
+
+    #[test]
+    fn a_passes_own_replacements_do_not_ask_for_another() {
+        let f = Follow::default();
+        f.set_interest(interest());
+        let t0 = Instant::now();
+        // The pass replaced `web` (its temporaries and the final name).
+        f.passed(&["web".to_string()], t0, t0);
+        assert!(!f.note(&event("container", "web", &[]), t0 + Duration::from_secs(1)));
+        assert!(!f.pending());
+        // Later, a start of `web` is someone else's.
+        assert!(f.note(&event("container", "web", &[]), t0 + OWN_EVENTS * 2));
+        assert!(f.pending());
+    }
+
+    #[test]
+    fn events_before_a_pass_are_served_by_it_and_others_during_it_are_not() {
+        let f = Follow::default();
+        f.set_interest(interest());
+        let t0 = Instant::now();
+        f.note(&event("container", "web", &[]), t0);
+        f.passed(
+            &[],
+            t0 + Duration::from_secs(1),
+            t0 + Duration::from_secs(2),
+        );
+        assert!(!f.pending(), "served by the pass that started after it");
+        let f = Follow::default();
+        f.set_interest(interest());
+        f.note(&event("service", "svc", &[]), t0 + Duration::from_secs(3));
+        f.passed(
+            &["web".into()],
+            t0 + Duration::from_secs(1),
+            t0 + Duration::from_secs(4),
+        );
+        assert!(
+            f.pending(),
+            "an event during the pass about something else asks again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_folded_into_one_pass_after_a_quiet_time() {
+        let f = std::sync::Arc::new(Follow::default());
+        f.set_interest(interest());
+        let started = Instant::now();
+        let g = f.clone();
+        let waiter = tokio::spawn(async move { g.settled().await });
+        for _ in 0..3 {
+            f.note(&event("container", "web", &[]), Instant::now());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!waiter.is_finished(), "not while the burst goes on");
+        }
+        waiter.await.unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(600) + QUIET, "{waited:?}");
+        assert_eq!(f.take(), vec!["web".to_string()]);
+        assert!(!f.pending());
+    }
+}
