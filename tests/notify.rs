@@ -532,6 +532,23 @@ fn post_sync_needs_the_right_token_and_runs_a_pass() {
 }
 
 #[test]
+fn a_flood_of_unauthenticated_triggers_never_refuses_the_real_one() {
+    let (_cf, mut sb) = cf_sandbox();
+    sb.var("AUDSYNC_TRIGGER_TOKEN", TRIGGER);
+    let (mut w, addr) = start_listening(&sb, &watch_args());
+    w.expect("the first pass", LIMIT, |_| passes(&addr) >= 1.0);
+    // Far past the burst: the flood's own address is limited...
+    let codes: Vec<u16> = (0..25).map(|_| post_sync(&addr, None).0).collect();
+    assert_eq!(codes.last(), Some(&429), "{codes:?}");
+    // ...and the real trigger, from the same address, still runs a pass.
+    let (code, body) = post_sync(&addr, Some(TRIGGER));
+    assert_eq!(code, 202, "{body}");
+    w.expect("the triggered pass", LIMIT, |_| passes(&addr) >= 2.0);
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+#[test]
 fn post_sync_is_not_found_without_a_token() {
     let (_cf, sb) = cf_sandbox();
     let (mut w, addr) = start_listening(&sb, &watch_args());

@@ -735,6 +735,82 @@ fn healthz(addr: &str) -> Option<String> {
     Some(out)
 }
 
+/// `GET /healthz` with a generous read timeout: the status line, or None.
+fn probe(addr: &str, limit: std::time::Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines().next().map(str::to_string)
+}
+
+#[test]
+fn three_hundred_slow_clients_cannot_starve_healthz() {
+    use std::io::Write;
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    let port = crate::support::docker::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = [
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+        "--interval",
+        "1h",
+        "--listen",
+        &addr,
+    ];
+    // A soft limit of 128: 32 connection slots.
+    let _w = Watch::start(&sb, "-n 128", &args);
+    let log = || std::fs::read_to_string(sb.path("watch.log")).unwrap_or_default();
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || healthz(&addr)
+            .is_some()),
+        "{}",
+        log()
+    );
+    // 150 send nothing, 150 send their headers a byte at a time (never finishing).
+    let mut slow = Vec::new();
+    for i in 0..300 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        if i % 2 == 1 {
+            let _ = s.write_all(b"G");
+        }
+        slow.push(s);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dribble = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for s in slow.iter_mut().skip(1).step_by(2) {
+                    let _ = s.write_all(b"E");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            slow
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for n in 0..3 {
+        let answer = probe(&addr, std::time::Duration::from_secs(10));
+        assert!(
+            answer
+                .as_deref()
+                .is_some_and(|l| l.starts_with("HTTP/1.1 200")),
+            "probe {n} under 300 slow clients: {answer:?}\n{}",
+            log()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(dribble.join());
+}
+
 #[test]
 fn three_hundred_slow_clients_with_a_low_open_files_limit_leave_the_passes_running() {
     use std::io::Write;
