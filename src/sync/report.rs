@@ -522,6 +522,8 @@ pub fn summary(r: &Report) -> String {
 /// Render a report for people.
 pub fn render_text(r: &Report) -> String {
     use std::fmt::Write;
+
+    use crate::shown::{outside, outside_lines};
     let mut s = String::new();
     let multi = r.bindings.len() > 1;
     for b in &r.bindings {
@@ -536,8 +538,10 @@ pub fn render_text(r: &Report) -> String {
             (Some(aud), Some(app), false) => {
                 let _ = writeln!(
                     s,
-                    "AUD {aud}  (application {:?}, {}, id {})",
-                    app.name, app.domain, app.id
+                    "AUD {aud}  (application \"{}\", {}, id {})",
+                    outside(&app.name).replace('"', "\\\""),
+                    outside(&app.domain),
+                    outside(&app.id)
                 );
             }
             (Some(aud), Some(app), true) => {
@@ -545,8 +549,8 @@ pub fn render_text(r: &Report) -> String {
                     s,
                     "binding {}: AUD {aud}  (application {:?}, id {}) [{}]",
                     b.id,
-                    app.name,
-                    app.id,
+                    outside(&app.name).replace('"', "\\\""),
+                    outside(&app.id),
                     b.status.as_str()
                 );
             }
@@ -559,7 +563,7 @@ pub fn render_text(r: &Report) -> String {
             let old = k
                 .old
                 .as_deref()
-                .map(reconcile::short)
+                .map(|o| outside(&reconcile::short(o)).into_owned())
                 .unwrap_or_else(|| "(unset)".into());
             let new = b.aud.as_deref().map(reconcile::short).unwrap_or_default();
             let change = if k.action == WriteAction::Write {
@@ -578,7 +582,7 @@ pub fn render_text(r: &Report) -> String {
                 k.kind, k.target, k.key
             );
             if let Some(e) = &k.error {
-                let _ = writeln!(s, "    {e}");
+                let _ = writeln!(s, "    {}", outside_lines(&e.to_string()));
             }
         }
         if let Some(t) = &b.tunnel {
@@ -588,16 +592,16 @@ pub fn render_text(r: &Report) -> String {
                 .unwrap_or_default();
             let _ = writeln!(s, "  tunnel {} audTag: [{result}]", t.tunnel_id);
             for line in t.detail.iter().flat_map(|d| d.lines()) {
-                let _ = writeln!(s, "    {line}");
+                let _ = writeln!(s, "    {}", outside(line));
             }
         }
         if multi && let Some(e) = &b.error {
-            let _ = writeln!(s, "  error: {e}");
+            let _ = writeln!(s, "  error: {}", outside_lines(&e.to_string()));
         }
     }
     for m in &r.recovered {
         let verb = if r.dry_run { "to recover" } else { "recovered" };
-        let _ = writeln!(s, "  {verb}: {m}");
+        let _ = writeln!(s, "  {verb}: {}", outside_lines(&m.to_string()));
     }
     for c in &r.targets {
         let action = match c.action {
@@ -613,17 +617,18 @@ pub fn render_text(r: &Report) -> String {
         let _ = writeln!(
             s,
             "  container {}: {action} ({}) [{result}]",
-            c.name, c.reason
+            outside(&c.name),
+            outside(&c.reason)
         );
         if let Some(e) = &c.error {
-            let _ = writeln!(s, "    {}", e.message);
+            let _ = writeln!(s, "    {}", outside_lines(&e.message));
         }
         if let Some(p) = &c.pending {
             let _ = writeln!(s, "    {}", crate::notify::pending_text(p));
         }
     }
     for w in &r.warnings {
-        let _ = writeln!(s, "  warning: {w}");
+        let _ = writeln!(s, "  warning: {}", outside_lines(&w.to_string()));
     }
     let _ = writeln!(s, "{}", summary(r));
     s
@@ -646,8 +651,8 @@ pub fn report_error(message: &str, hint: Option<&str>, output: Output) {
         tracing::error!("{message}");
         return;
     }
-    eprintln!("error: {message}");
+    eprintln!("error: {}", crate::shown::outside_lines(message));
     if let Some(h) = hint {
-        eprintln!("hint: {h}");
+        eprintln!("hint: {}", crate::shown::outside_lines(h));
     }
 }
