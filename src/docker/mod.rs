@@ -10,6 +10,7 @@
 pub(crate) mod compose;
 mod error;
 pub(crate) mod inspect;
+mod logs;
 mod ops;
 mod own;
 mod recover;
@@ -91,6 +92,7 @@ impl Engine {
                 hint: Some(format!(
                     "check --compose-service PROJECT/SERVICE against `docker ps -a --filter label=com.docker.compose.project={project}` (the project name is the directory name unless -p/COMPOSE_PROJECT_NAME set it)"
                 )),
+                logs: Vec::new(),
             });
         }
         Ok(found)
@@ -127,6 +129,7 @@ impl Engine {
                 hint: Some(
                     "check that the Docker daemon is running and reachable (DOCKER_HOST)".into(),
                 ),
+                logs: Vec::new(),
             })?;
         let mut found: Vec<(u64, String)> = list
             .into_iter()
@@ -186,6 +189,7 @@ fn unreachable_daemon(host: &str, e: &BollardError) -> ActionError {
         rolled_back: false,
         message: format!("cannot reach the Docker daemon at {host}: {e}"),
         hint: Some("start Docker, check DOCKER_HOST, and that this user may use the socket (group `docker`)".into()),
+        logs: Vec::new(),
     }
 }
 
@@ -200,6 +204,7 @@ pub(crate) fn container_error(name: &str, what: &str, e: &BollardError) -> Actio
             hint: Some(format!(
                 "check --container (see `docker ps -a`); for a compose service use --compose-service PROJECT/SERVICE (could not {what})"
             )),
+            logs: Vec::new(),
         },
         BollardError::DockerResponseServerError {
             status_code,
@@ -210,6 +215,7 @@ pub(crate) fn container_error(name: &str, what: &str, e: &BollardError) -> Actio
                 "could not {what} container {name}: the engine answered {status_code}: {message}"
             ),
             hint: None,
+            logs: Vec::new(),
         },
         other => ActionError {
             rolled_back: false,
@@ -217,6 +223,7 @@ pub(crate) fn container_error(name: &str, what: &str, e: &BollardError) -> Actio
             hint: Some(
                 "check that the Docker daemon is running and reachable (DOCKER_HOST)".into(),
             ),
+            logs: Vec::new(),
         },
     }
 }
@@ -335,6 +342,7 @@ impl Target for Container {
                     self.name
                 ),
                 hint: Some("take it out of the binding's targets; restart it from outside (or let its restart policy do it)".into()),
+                logs: Vec::new(),
             });
         }
         if compose::is_compose(&info) && self.compose_probe.ask_before {

@@ -97,6 +97,7 @@ async fn recover(
                 hint: Some(format!(
                     "restore it by hand: see `docker ps -a --filter name={base}-audsync-`; the old container is {base}-audsync-old-{tag}"
                 )),
+                logs: Vec::new(),
             })?;
         tracing::warn!(container = %base, "recovered a recreate that was cut short: {step}");
         if let Some((old, _)) = records.iter().find(|(old, new)| {

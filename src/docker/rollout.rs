@@ -112,6 +112,7 @@ pub(super) async fn rollout(
         rolled_back,
         message,
         hint: None,
+        logs: Vec::new(),
     };
     if let Some(b) = blocker(&info) {
         return Err(fail(
@@ -174,6 +175,7 @@ pub(super) async fn rollout(
                     "rolling out {name} failed: {why}; {removed}; rolled back: the old container never stopped serving with the old value"
                 ),
                 hint: Some("fix what the new container complains about (or its healthcheck), then run sync again: the change is retried".into()),
+                logs: Vec::new(),
             }
         }
     };

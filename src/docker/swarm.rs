@@ -148,6 +148,7 @@ impl SwarmService {
                         "see `docker service ps --no-trunc {}`; fix what the new task complains about, then run sync again",
                         self.name
                     )),
+                    logs: Vec::new(),
                 })
             }
         }
@@ -370,6 +371,7 @@ impl SwarmService {
             rolled_back: false,
             message: format!("swarm service {}: {why}", self.name),
             hint,
+            logs: Vec::new(),
         }
     }
 }

@@ -170,6 +170,7 @@ fn gone() -> ActionError {
         rolled_back: false,
         message: "gone".into(),
         hint: None,
+        logs: Vec::new(),
     }
 }
 
@@ -343,6 +344,7 @@ impl Target for MemTarget {
                 rolled_back: false,
                 message: "daemon gone".into(),
                 hint: None,
+                logs: Vec::new(),
             });
         }
         self.restarts += 1;
@@ -354,6 +356,7 @@ impl Target for MemTarget {
                 rolled_back: false,
                 message: "unhealthy; rolled back".into(),
                 hint: None,
+                logs: Vec::new(),
             });
         }
         self.recreates.push(changes.clone());

@@ -622,6 +622,12 @@ pub fn render_text(r: &Report) -> String {
         );
         if let Some(e) = &c.error {
             let _ = writeln!(s, "    {}", outside_lines(&e.message));
+            if !e.logs.is_empty() {
+                let _ = writeln!(s, "    last log lines of the new container:");
+            }
+            for l in &e.logs {
+                let _ = writeln!(s, "      | {}", outside(l));
+            }
         }
         if let Some(p) = &c.pending {
             let _ = writeln!(s, "    {}", crate::notify::pending_text(p));

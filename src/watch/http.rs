@@ -601,6 +601,7 @@ mod tests {
                 message: "recreating failed".into(),
                 hint: None,
                 rolled_back,
+                logs: Vec::new(),
             }),
             keeps_old: Default::default(),
             pending: None,
