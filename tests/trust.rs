@@ -451,6 +451,58 @@ fn outside_strings_in_the_report_cannot_forge_lines_or_reach_the_terminal() {
     assert!(out.contains("\\nhint: run curl"), "shown escaped: {out}");
 }
 
+#[test]
+fn an_application_scoped_to_a_path_applies_only_to_a_binding_of_that_path() {
+    let mut wild = app(2, "*.example.com", &aud(2));
+    wild["name"] = serde_json::json!("Everything");
+    let mut docs = app(3, &format!("{HOST}/docs"), &aud(3));
+    docs["name"] = serde_json::json!("Docs");
+    let cf = FakeCloudflare::start(vec![wild, docs]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    let sync = |domain: &str| {
+        sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+        let mut c = sb.cmd();
+        c.args([
+            "sync",
+            "--domain",
+            domain,
+            "--restart",
+            "none",
+            "--output",
+            "json",
+        ]);
+        run(&mut c)
+    };
+    // The host: the wildcard's AUD, and a word on which requests carry the other one.
+    let r = sync(HOST);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        sb.read_env(),
+        format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)),
+        "{r:?}"
+    );
+    let warnings = r.json()["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!(
+            "requests to {HOST}/docs carry the AUD of application \\\"Docs\\\""
+        )),
+        "{warnings}"
+    );
+    // The path: the path application's AUD, and the rest of the host named.
+    let r = sync(&format!("{HOST}/docs"));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        sb.read_env(),
+        format!("CLOUDFLARE_AUD_TAG={}\n", aud(3)),
+        "{r:?}"
+    );
+    let warnings = r.json()["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("only requests to {HOST}/docs carry this AUD")),
+        "{warnings}"
+    );
+}
+
 // ---------------------------------------------------------------- settings only from safe files
 
 #[test]
