@@ -112,6 +112,7 @@ impl CommandTarget {
         let ran = run(&self.argv, &env, self.settings.timeout)
             .await
             .map_err(|e| ActionError {
+                logs: Vec::new(),
                 message: format!("command {shown}: {e}"),
                 hint: e.hint(),
                 rolled_back: false,
@@ -132,6 +133,7 @@ impl CommandTarget {
             message.push_str(&tail);
         }
         Err(ActionError {
+            logs: Vec::new(),
             message,
             hint: None,
             rolled_back: false,

@@ -20,6 +20,7 @@ pub(crate) mod progress;
 pub(crate) mod reconcile;
 pub(crate) mod secret;
 pub(crate) mod setup;
+pub(crate) mod shown;
 pub mod sink;
 pub(crate) mod source;
 pub(crate) mod state;

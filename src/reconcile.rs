@@ -135,6 +135,10 @@ pub struct ActionError {
     /// (or putting it back was attempted: the message says whether it worked).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub rolled_back: bool,
+    /// The last log lines of a container that failed to start, redacted: for the terminal
+    /// report only, never for a notification.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
 }
 
 impl std::fmt::Display for ActionError {
@@ -897,6 +901,7 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
                 rolled_back: false,
                 message: format!("not attempted: an earlier container of {g} failed"),
                 hint: None,
+                logs: Vec::new(),
             };
             out.targets
                 .push(target_report(step, TargetResult::Skipped, Some(e)));

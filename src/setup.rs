@@ -675,8 +675,9 @@ async fn policy(
 pub fn render_text(r: &SetupReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
+    use crate::shown::{outside, outside_lines};
     for n in &r.notes {
-        let _ = writeln!(s, "note: {n}");
+        let _ = writeln!(s, "note: {}", outside_lines(&n.to_string()));
     }
     let mut step = |name: &str, st: &Option<Step>| {
         if let Some(st) = st {
@@ -685,10 +686,10 @@ pub fn render_text(r: &SetupReport) -> String {
                 s,
                 "{name}: {} {}",
                 st.result.replace('_', " "),
-                lines.next().unwrap_or("")
+                outside(lines.next().unwrap_or(""))
             );
             for l in lines {
-                let _ = writeln!(s, "  {l}");
+                let _ = writeln!(s, "  {}", outside(l));
             }
             // The tunnel's change is the diff above; its whole body is in the JSON output.
             if let (Some(b), true, false) = (&st.body, r.dry_run, name == "tunnel") {
@@ -722,7 +723,13 @@ pub fn render_text(r: &SetupReport) -> String {
         } else {
             let _ = writeln!(s, "changes made, in order:");
             for (i, c) in r.changes.iter().enumerate() {
-                let _ = writeln!(s, "  {}. {}: {}", i + 1, c.request, c.detail);
+                let _ = writeln!(
+                    s,
+                    "  {}. {}: {}",
+                    i + 1,
+                    outside(&c.request),
+                    outside_lines(&c.detail)
+                );
             }
         }
     }

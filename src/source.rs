@@ -195,12 +195,13 @@ async fn list_and_match(
         out[i] = Some(found.and_then(|app| {
             covers_given_host(cfgs[i], &app)?;
             apps::validate_aud(&app.aud, &app)?;
-            let (_kind, warnings) = match &cfgs[i].selector {
-                Selector::Host(host) => (
-                    apps::match_kind(&app, host),
-                    note_served(Some(&mut *state), host, &app),
-                ),
-                Selector::AppId(_) => (None, vec![]),
+            let warnings = match &cfgs[i].selector {
+                Selector::Host(host) => {
+                    let mut w = note_served(Some(&mut *state), host, &app);
+                    w.extend(apps::path_notes(&all, host, &app));
+                    w
+                }
+                Selector::AppId(_) => vec![],
             };
             Ok(Found {
                 aud: app.aud.clone(),
@@ -265,6 +266,9 @@ pub async fn fetch(
         (None, None) => client.detect_account().await?,
     };
 
+    // What other applications cover of the host (paths): said each time, so a host with such
+    // applications is never answered from the cache.
+    let mut notes = Vec::new();
     let app = match &cfg.selector {
         Selector::AppId(id) => client.app_by_id(&account, id).await?,
         Selector::Host(host) => {
@@ -286,11 +290,16 @@ pub async fn fetch(
             match from_cache {
                 Some(app) => app,
                 None => {
-                    let app = client.find_app(&account, host).await?;
+                    let (app, found_notes) = client.find_app_noted(&account, host).await?;
                     if let Some(state) = cache.as_deref_mut() {
                         state.app = None;
-                        remember(state, host, &account, &app);
+                        if found_notes.is_empty() {
+                            remember(state, host, &account, &app);
+                        } else {
+                            state.apps.remove(host);
+                        }
                     }
+                    notes = found_notes;
                     app
                 }
             }
@@ -298,10 +307,11 @@ pub async fn fetch(
     };
     covers_given_host(cfg, &app)?;
     apps::validate_aud(&app.aud, &app)?;
-    let (_kind, warnings) = match &cfg.selector {
-        Selector::Host(host) => (apps::match_kind(&app, host), note_served(cache, host, &app)),
-        Selector::AppId(_) => (None, vec![]),
+    let mut warnings = match &cfg.selector {
+        Selector::Host(host) => note_served(cache, host, &app),
+        Selector::AppId(_) => vec![],
     };
+    warnings.extend(notes);
     Ok(Found {
         aud: app.aud.clone(),
         app: summary(&app, &account),

@@ -176,6 +176,8 @@ pub fn exit_code(sections: &[Section]) -> u8 {
 
 pub fn render_text(sections: &[Section]) -> String {
     use std::fmt::Write;
+
+    use crate::shown::outside_lines;
     let mut s = String::new();
     let mut failed: Vec<String> = Vec::new();
     for sec in sections {
@@ -189,12 +191,13 @@ pub fn render_text(sections: &[Section]) -> String {
                 Status::NotChecked => "not checked",
                 Status::Skipped => "skipped",
             };
-            let _ = writeln!(s, "{:<12} {:<11} {}", name(r.check), st, r.summary);
-            for d in &r.details {
-                let _ = writeln!(s, "{:<24} {d}", "");
+            let summary = outside_lines(&r.summary).replace('\n', "\n                         ");
+            let _ = writeln!(s, "{:<12} {:<11} {summary}", name(r.check), st);
+            for d in r.details.iter().flat_map(|d| d.lines()) {
+                let _ = writeln!(s, "{:<24} {}", "", crate::shown::outside(d));
             }
             if let Some(f) = &r.fix {
-                let _ = writeln!(s, "{:<24} fix: {f}", "");
+                let _ = writeln!(s, "{:<24} fix: {}", "", outside_lines(f));
             }
             if r.status == Status::Fail {
                 failed.push(match &sec.binding {

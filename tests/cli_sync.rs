@@ -266,6 +266,20 @@ fn ambiguous_matches_are_listed() {
     let cf = FakeCloudflare::start(vec![a, b]);
     let sb = Sandbox::with_cloudflare(&cf);
     sb.write_env(ENV);
+    // Each covers only a path: neither is the host's (issue 21), and both paths are named.
+    let r = sync(&sb, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("only paths of it")
+            && r.stderr.contains("api.example.com/v1")
+            && r.stderr.contains("api.example.com/v2"),
+        "{r:?}"
+    );
+    assert_eq!(sb.read_env(), ENV);
+    // Two applications for the whole host are ambiguous.
+    cf.with(|s| {
+        s.apps = vec![app(1, HOST, &aud(1)), app(2, HOST, &aud(2))];
+    });
     let r = sync(&sb, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(

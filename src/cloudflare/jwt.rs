@@ -122,8 +122,9 @@ pub enum Identity {
 impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Identity::User(e) => write!(f, "user {e}"),
-            Identity::Service(c) => write!(f, "service token {c}"),
+            // Claims are the token's: shown escaped (a newline there could forge a line).
+            Identity::User(e) => write!(f, "user {}", crate::shown::outside(e)),
+            Identity::Service(c) => write!(f, "service token {}", crate::shown::outside(c)),
             Identity::Unnamed => f.write_str("no email or common_name"),
         }
     }

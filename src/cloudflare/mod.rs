@@ -163,7 +163,7 @@ fn describe(errors: &[ApiMessage]) -> String {
     }
     errors
         .iter()
-        .map(|e| format!("[{}] {}", e.code, e.message))
+        .map(|e| format!("[{}] {}", e.code, crate::shown::outside(&e.message)))
         .collect::<Vec<_>>()
         .join("; ")
 }

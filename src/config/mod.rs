@@ -417,7 +417,7 @@ pub struct EdgeSource {
 impl SourceConfig {
     pub fn from_args(a: &SourceArgs, env: &Env) -> Result<SourceConfig, Error> {
         let host = match &a.domain {
-            Some(d) => Some(validate_host(d)?),
+            Some(d) => Some(validate_binding_domain(d)?),
             None => None,
         };
         let selector = match (&a.app_id, &host) {
@@ -581,6 +581,27 @@ pub fn cloudflare_auth(env: &Env) -> Result<Auth, Error> {
     }
 }
 
+/// A binding's `domain`: a host, or a host and a path (`api.example.com/docs`) for an
+/// application that covers only that path. The path keeps its case (paths are case-sensitive);
+/// a trailing `/` is dropped.
+pub fn validate_binding_domain(d: &str) -> Result<String, Error> {
+    let host = validate_host(d)?;
+    let Some(path) = crate::cloudflare::apps::path_of(d) else {
+        return Ok(host);
+    };
+    let ok = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~/%".contains(c))
+        && !path.contains("//");
+    if ok {
+        Ok(format!("{host}{path}"))
+    } else {
+        Err(Error::usage(format!(
+            "--domain {d:?}: the path {path:?} is not a plain URL path (expected e.g. api.example.com/docs)"
+        )))
+    }
+}
+
 pub fn validate_host(d: &str) -> Result<String, Error> {
     let h = crate::cloudflare::apps::host_of(d);
     let ok = !h.is_empty()
@@ -633,6 +654,15 @@ mod validator_tests {
         assert!(validate_id("--app-id", "nope").is_err());
         assert_eq!(validate_host("API.example.com").unwrap(), "api.example.com");
         assert!(validate_host("api example").is_err());
+        assert_eq!(
+            validate_binding_domain("API.example.com/Docs/").unwrap(),
+            "api.example.com/Docs"
+        );
+        assert_eq!(
+            validate_binding_domain("api.example.com").unwrap(),
+            "api.example.com"
+        );
+        assert!(validate_binding_domain("api.example.com/a b").is_err());
         assert!(validate_key("CLOUDFLARE_AUD_TAG").is_ok());
         assert!(validate_key("1X").is_err());
         assert!(validate_key("A-B").is_err());

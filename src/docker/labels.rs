@@ -58,6 +58,7 @@ impl Engine {
             }))
             .await
             .map_err(|e| ActionError {
+                logs: Vec::new(),
                 rolled_back: false,
                 message: format!("could not list the containers labelled {label}: {e}"),
                 hint: Some(

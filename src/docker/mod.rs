@@ -13,6 +13,7 @@ mod error;
 pub(crate) mod inspect;
 mod journal;
 pub(crate) mod labels;
+mod logs;
 mod netns;
 mod ops;
 mod own;
@@ -101,6 +102,7 @@ impl Engine {
                 hint: Some(format!(
                     "check --compose-service PROJECT/SERVICE against `docker ps -a --filter label=com.docker.compose.project={project}` (the project name is the directory name unless -p/COMPOSE_PROJECT_NAME set it)"
                 )),
+                logs: Vec::new(),
             });
         }
         Ok(found)
@@ -137,6 +139,7 @@ impl Engine {
                 hint: Some(
                     "check that the Docker daemon is running and reachable (DOCKER_HOST)".into(),
                 ),
+                logs: Vec::new(),
             })?;
         let mut found: Vec<(u64, String)> = list
             .into_iter()
@@ -196,6 +199,7 @@ fn unreachable_daemon(host: &str, e: &BollardError) -> ActionError {
         rolled_back: false,
         message: format!("cannot reach the Docker daemon at {host}: {e}"),
         hint: Some("start Docker, check DOCKER_HOST, and that this user may use the socket (group `docker`)".into()),
+        logs: Vec::new(),
     }
 }
 
@@ -210,6 +214,7 @@ pub(crate) fn container_error(name: &str, what: &str, e: &BollardError) -> Actio
             hint: Some(format!(
                 "check --container (see `docker ps -a`); for a compose service use --compose-service PROJECT/SERVICE (could not {what})"
             )),
+            logs: Vec::new(),
         },
         BollardError::DockerResponseServerError {
             status_code,
@@ -220,6 +225,7 @@ pub(crate) fn container_error(name: &str, what: &str, e: &BollardError) -> Actio
                 "could not {what} container {name}: the engine answered {status_code}: {message}"
             ),
             hint: None,
+            logs: Vec::new(),
         },
         other => ActionError {
             rolled_back: false,
@@ -227,6 +233,7 @@ pub(crate) fn container_error(name: &str, what: &str, e: &BollardError) -> Actio
             hint: Some(
                 "check that the Docker daemon is running and reachable (DOCKER_HOST)".into(),
             ),
+            logs: Vec::new(),
         },
     }
 }
@@ -391,6 +398,7 @@ impl Container {
             return Ok(());
         }
         Err(ActionError {
+            logs: Vec::new(),
             rolled_back: false,
             message: format!(
                 "{} was replaced and runs with the new value, but: {}",
@@ -439,6 +447,7 @@ impl Target for Container {
                     self.name
                 ),
                 hint: Some("take it out of the binding's targets; restart it from outside (or let its restart policy do it)".into()),
+                logs: Vec::new(),
             });
         }
         if let Some(base) = netns::base_of(&info)
@@ -450,6 +459,7 @@ impl Target for Container {
             // Its base was replaced (or removed) without it: it has no network any more, and
             // a recreate copying the dead id would fail. Said on every run until it is fixed.
             return Err(ActionError {
+                logs: Vec::new(),
                 rolled_back: false,
                 message: format!(
                     "container {} shares the network of container {}, which no longer exists: it is cut off",

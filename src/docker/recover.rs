@@ -215,6 +215,7 @@ async fn recover(
         ApplyKind::Rollout => "rollout",
     };
     let fail = |why: Error| ActionError {
+        logs: Vec::new(),
         rolled_back: false,
         message: format!("{name}: cannot recover from a {what} that was cut short: {why}"),
         hint: Some(format!(

@@ -46,6 +46,7 @@ pub(super) async fn recreate(
                 "cannot recreate container {name} safely: it runs with --rm (AutoRemove), so stopping it deletes it and a failed replacement could not be rolled back"
             ),
             hint: Some("run it without --rm (e.g. with a restart policy), or use --restart restart if it reads the value at start-up".into()),
+            logs: Vec::new(),
         });
     }
     if info.state.as_ref().and_then(|s| s.paused) == Some(true) {
@@ -88,6 +89,7 @@ pub(super) async fn recreate(
             healthy: false,
         })
         .map_err(|e| ActionError {
+            logs: Vec::new(),
             rolled_back: false,
             message: format!(
                 "cannot recreate container {name}: cannot record the recreate beside the container's lock ({e}); the container was not touched"
@@ -123,6 +125,7 @@ pub(super) async fn recreate(
             journal.clear(&old_id);
         }
         return Err(ActionError {
+            logs: Vec::new(),
             rolled_back: false,
             message: format!(
                 "cannot recreate container {name}: cannot record the recreate beside the container's lock ({e}); the new container was removed, the old one not touched"
@@ -167,6 +170,7 @@ pub(super) async fn recreate(
         .collect();
     secrets.sort();
     secrets.dedup();
+    let secrets = super::logs::forms(&secrets);
     let mut rb = Rollback {
         docker,
         journal,
@@ -270,6 +274,7 @@ pub(super) fn paused(name: &str) -> ActionError {
         hint: Some(format!(
             "unpause it (docker unpause {name}) and run sync again: the change is still owed"
         )),
+        logs: Vec::new(),
     }
 }
 
@@ -340,6 +345,7 @@ impl Rollback<'_> {
                 hint: Some(format!(
                     "check `docker ps -a` for {name}; bring it up again (docker compose up -d) and run sync again"
                 )),
+                logs: Vec::new(),
             };
         }
         tracing::warn!(container = %name, reason = %why, "rolling back to the old container");
@@ -367,18 +373,18 @@ impl Rollback<'_> {
         } else {
             format!("ROLLBACK INCOMPLETE: {}", problems.join("; "))
         };
+        // The log lines travel apart from the message: the terminal report quotes them, a
+        // notification only says where to look.
         let logs = if logs.is_empty() {
-            "(no log output)".to_string()
+            vec!["(no log output)".to_string()]
         } else {
-            logs.iter()
-                .map(|l| format!("  | {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            logs
         };
         ActionError {
             rolled_back: true,
+            logs,
             message: format!(
-                "recreating {name} failed: {why}. Last log lines of the new container:\n{logs}\n{restored}"
+                "recreating {name} failed: {why}; {restored} (the new container's last log lines are in the report of this run; `docker logs {name}` shows the running one's)"
             ),
             hint: Some(if problems.is_empty() {
                 "fix what the new container complains about (or its healthcheck), then run sync again: the change is retried".into()

@@ -116,6 +116,7 @@ pub(super) async fn rollout(
         rolled_back,
         message,
         hint: None,
+        logs: Vec::new(),
     };
     if let Some(b) = blocker(&info) {
         return Err(fail(
@@ -236,6 +237,7 @@ pub(super) async fn rollout(
                 rolled_back: true,
                 message: format!("rolling out {name} failed: {why}; {removed}; {end}"),
                 hint: Some("fix what the new container complains about (or its healthcheck), then run sync again: the change is retried".into()),
+                logs: Vec::new(),
             }
         }
     };

@@ -338,6 +338,7 @@ impl SwarmService {
             self.put_back(id, old).await
         };
         ActionError {
+            logs: Vec::new(),
             rolled_back: back.is_ok(),
             message: format!(
                 "swarm service {}: {why}; {}",
@@ -602,6 +603,7 @@ impl SwarmService {
             rolled_back: false,
             message: format!("swarm service {}: {why}", self.name),
             hint,
+            logs: Vec::new(),
         }
     }
 }

@@ -80,8 +80,8 @@ fn message_of(body: &Value) -> String {
 /// Infisical's error body `{reqId, statusCode, message, error}`, as text.
 pub(super) fn describe(status: StatusCode, body: &Value) -> String {
     let message = message_of(body);
-    let message = message.as_str();
-    let kind = body["error"].as_str().unwrap_or("").trim();
+    let message = crate::shown::outside(&message);
+    let kind = crate::shown::outside(body["error"].as_str().unwrap_or("").trim());
     match (kind.is_empty(), message.is_empty()) {
         (true, true) => format!("HTTP {}", status.as_u16()),
         (true, false) => format!("HTTP {}: {message}", status.as_u16()),

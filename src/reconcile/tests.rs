@@ -172,6 +172,7 @@ fn gone() -> ActionError {
         rolled_back: false,
         message: "gone".into(),
         hint: None,
+        logs: Vec::new(),
     }
 }
 
@@ -345,6 +346,7 @@ impl Target for MemTarget {
                 rolled_back: false,
                 message: "daemon gone".into(),
                 hint: None,
+                logs: Vec::new(),
             });
         }
         self.restarts += 1;
@@ -356,6 +358,7 @@ impl Target for MemTarget {
                 rolled_back: false,
                 message: "unhealthy; rolled back".into(),
                 hint: None,
+                logs: Vec::new(),
             });
         }
         self.recreates.push(changes.clone());

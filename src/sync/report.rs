@@ -574,6 +574,8 @@ pub fn summary(r: &Report) -> String {
 /// Render a report for people.
 pub fn render_text(r: &Report) -> String {
     use std::fmt::Write;
+
+    use crate::shown::{outside, outside_lines};
     let mut s = String::new();
     let multi = r.bindings.len() > 1;
     // A failure shared by several bindings (one sink, one container) is printed once.
@@ -590,8 +592,10 @@ pub fn render_text(r: &Report) -> String {
             (Some(aud), Some(app), false) => {
                 let _ = writeln!(
                     s,
-                    "AUD {aud}  (application {:?}, {}, id {})",
-                    app.name, app.domain, app.id
+                    "AUD {aud}  (application \"{}\", {}, id {})",
+                    outside(&app.name).replace('"', "\\\""),
+                    outside(&app.domain),
+                    outside(&app.id)
                 );
             }
             (Some(aud), Some(app), true) => {
@@ -599,8 +603,8 @@ pub fn render_text(r: &Report) -> String {
                     s,
                     "binding {}: AUD {aud}  (application {:?}, id {}) [{}]",
                     b.id,
-                    app.name,
-                    app.id,
+                    outside(&app.name).replace('"', "\\\""),
+                    outside(&app.id),
                     b.status.as_str()
                 );
             }
@@ -616,7 +620,7 @@ pub fn render_text(r: &Report) -> String {
             let old = k
                 .old
                 .as_deref()
-                .map(reconcile::short)
+                .map(|o| outside(&reconcile::short(o)).into_owned())
                 .unwrap_or_else(|| "(unset)".into());
             let new = b.aud.as_deref().map(reconcile::short);
             // No field is shown empty: a failed sink says nothing of values (its error does),
@@ -639,9 +643,9 @@ pub fn render_text(r: &Report) -> String {
                 k.kind, k.target, k.key
             );
             if let Some(e) = &k.error
-                && said.insert(e.clone())
+                && said.insert(e.to_string())
             {
-                let _ = writeln!(s, "    {e}");
+                let _ = writeln!(s, "    {}", outside_lines(&e.to_string()));
             }
         }
         if let Some(t) = &b.tunnel {
@@ -651,7 +655,7 @@ pub fn render_text(r: &Report) -> String {
                 .unwrap_or_default();
             let _ = writeln!(s, "  tunnel {} audTag: [{result}]", t.tunnel_id);
             for line in t.detail.iter().flat_map(|d| d.lines()) {
-                let _ = writeln!(s, "    {line}");
+                let _ = writeln!(s, "    {}", outside(line));
             }
         }
         // Sink, container and tunnel failures are printed on their own lines above; a source
@@ -665,12 +669,12 @@ pub fn render_text(r: &Report) -> String {
             && let Some(e) = &b.error
             && said.insert(e.clone())
         {
-            let _ = writeln!(s, "  error: {e}");
+            let _ = writeln!(s, "  error: {}", outside_lines(&e.to_string()));
         }
     }
     for m in &r.recovered {
         let verb = if r.dry_run { "to recover" } else { "recovered" };
-        let _ = writeln!(s, "  {verb}: {m}");
+        let _ = writeln!(s, "  {verb}: {}", outside_lines(&m.to_string()));
     }
     for c in &r.targets {
         let action = match c.action {
@@ -686,7 +690,7 @@ pub fn render_text(r: &Report) -> String {
         let reason = if c.reason.is_empty() {
             String::new()
         } else {
-            format!(" ({})", c.reason)
+            format!(" ({})", outside(&c.reason))
         };
         // `no action [none]` says nothing twice.
         let result = if c.action == reconcile::Action::None && c.result == TargetResult::None {
@@ -694,18 +698,28 @@ pub fn render_text(r: &Report) -> String {
         } else {
             format!(" [{result}]")
         };
-        let _ = writeln!(s, "  container {}: {action}{reason}{result}", c.name);
+        let _ = writeln!(
+            s,
+            "  container {}: {action}{reason}{result}",
+            outside(&c.name)
+        );
         if let Some(e) = &c.error
             && said.insert(e.message.clone())
         {
-            let _ = writeln!(s, "    {}", e.message);
+            let _ = writeln!(s, "    {}", outside_lines(&e.message));
+            if !e.logs.is_empty() {
+                let _ = writeln!(s, "    last log lines of the new container:");
+            }
+            for l in &e.logs {
+                let _ = writeln!(s, "      | {}", outside(l));
+            }
         }
         if let Some(p) = &c.pending {
             let _ = writeln!(s, "    {}", crate::notify::pending_text(p));
         }
     }
     for w in &r.warnings {
-        let _ = writeln!(s, "  warning: {w}");
+        let _ = writeln!(s, "  warning: {}", outside_lines(&w.to_string()));
     }
     let _ = writeln!(s, "{}", summary(r));
     s
@@ -728,9 +742,9 @@ pub fn report_error(message: &str, hint: Option<&str>, output: Output) {
         tracing::error!("{message}");
         return;
     }
-    eprintln!("error: {message}");
+    eprintln!("error: {}", crate::shown::outside_lines(message));
     if let Some(h) = hint {
-        eprintln!("hint: {h}");
+        eprintln!("hint: {}", crate::shown::outside_lines(h));
     }
 }
 

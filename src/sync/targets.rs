@@ -47,6 +47,7 @@ impl Target for Slot {
                 rolled_back: false,
                 message: format!("{}: a Swarm service is not restarted; its spec carries no such key to update", s.label()),
                 hint: Some("put the key in the service's environment (docker service update --env-add KEY=…)".into()),
+                logs: Vec::new(),
             }),
             Slot::Down(e) => Err(e.clone()),
         }
@@ -339,6 +340,7 @@ pub async fn resolve(
                     rolled_back: false,
                     message: "not inspected".into(),
                     hint: None,
+                    logs: Vec::new(),
                 };
                 slots.push(Slot::Down(not_needed));
                 observed.push(TargetIn {

@@ -361,9 +361,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one connection may last in all (one request: no keep-alive).
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How many connections are served at once: a quarter of the open-files limit, at most 64.
-/// Connections beyond it wait in the kernel's backlog and cost no file descriptor of ours, so
-/// a flood of (slow) clients can never starve the sync passes of descriptors.
+/// How many connections may be reading their request head at once: a quarter of the
+/// open-files limit, at most 64. When all are taken, the oldest one still reading its head is
+/// closed for the new one, so clients that send slowly (or nothing) can hold no slot against a
+/// client that sends its request at once (a monitoring probe).
 pub fn max_connections() -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
@@ -371,31 +372,117 @@ pub fn max_connections() -> usize {
     (soft / 4).clamp(1, 64) as usize
 }
 
-/// Serve `app` on `listener` with at most `limit` connections at once, each with a header read
-/// timeout ([`HEADER_TIMEOUT`]), no keep-alive and an overall bound ([`CONNECTION_TIMEOUT`]).
-/// A failed accept (EMFILE) is logged and retried after a pause, never a busy loop.
+/// Slots only `GET /healthz` and `GET /metrics` may take once the others are in use, so that
+/// requests to other routes (an unauthenticated `POST /sync` flood) never leave the probes
+/// without one.
+pub const RESERVED: usize = 4;
+
+/// The address of the client that sent a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// Connections still reading their request head, oldest first: each with the signal that
+/// closes it when a newer one needs the slot.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>,
+}
+
+fn pending_lock(p: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serve `app` on `listener`. Three pools:
+/// - at most `limit` connections reading their request head, with a header read timeout
+///   ([`HEADER_TIMEOUT`]); past it, the oldest such connection is closed for the new one;
+/// - at most `limit` requests being handled, plus [`RESERVED`] slots for `/healthz` and
+///   `/metrics` only (a request that finds no slot gets 503 at once);
+/// - every connection has no keep-alive and an overall bound ([`CONNECTION_TIMEOUT`]); at most
+///   `2 * limit + RESERVED` are open at once (a file descriptor each), the rest wait in the
+///   kernel's backlog.
+///
+/// The client's address reaches the handlers as a [`Peer`] extension. A failed accept
+/// (EMFILE) is logged and retried after a pause, never a busy loop.
 pub async fn serve_bounded(listener: tokio::net::TcpListener, app: Router, limit: usize) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    use tower::ServiceExt as _;
+    let limit = limit.max(1);
+    let open = Arc::new(tokio::sync::Semaphore::new(2 * limit + RESERVED));
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let handling = Arc::new(tokio::sync::Semaphore::new(limit));
+    let reserved = Arc::new(tokio::sync::Semaphore::new(RESERVED));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        let Ok(permit) = open.clone().acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "the /healthz and /metrics server cannot accept a connection; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let evict = Arc::new(tokio::sync::Notify::new());
+        let id = {
+            let mut p = pending_lock(&pending);
+            while p.queue.len() >= limit {
+                if let Some((_, oldest)) = p.queue.pop_front() {
+                    oldest.notify_one();
+                }
+            }
+            p.next += 1;
+            let id = p.next;
+            p.queue.push_back((id, evict.clone()));
+            id
+        };
+        let (app, pending, handling, reserved) = (
+            app.clone(),
+            pending.clone(),
+            handling.clone(),
+            reserved.clone(),
+        );
         tokio::spawn(async move {
+            let head_done = {
+                let pending = pending.clone();
+                move || pending_lock(&pending).queue.retain(|(i, _)| *i != id)
+            };
+            let service = hyper::service::service_fn(
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    head_done();
+                    let probe = req.method() == axum::http::Method::GET
+                        && matches!(req.uri().path(), "/healthz" | "/metrics");
+                    let slot = handling.clone().try_acquire_owned().or_else(|e| {
+                        if probe {
+                            reserved.clone().try_acquire_owned()
+                        } else {
+                            Err(e)
+                        }
+                    });
+                    req.extensions_mut().insert(Peer(peer));
+                    let app = app.clone();
+                    async move {
+                        let Ok(slot) = slot else {
+                            return Ok::<_, std::convert::Infallible>(
+                                (StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response(),
+                            );
+                        };
+                        let answer = app.oneshot(req).await;
+                        drop(slot);
+                        answer
+                    }
+                },
+            );
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                _ = evict.notified() => {}
+            }
+            pending_lock(&pending).queue.retain(|(i, _)| *i != id);
             drop(permit);
         });
     }
@@ -426,10 +513,15 @@ async fn status(State(t): State<Arc<Telemetry>>, headers: axum::http::HeaderMap)
 }
 
 /// `POST /sync` (see [`super::trigger`]). Logs the outcome, never the header.
-async fn trigger_sync(State(t): State<Arc<Telemetry>>, headers: axum::http::HeaderMap) -> Response {
+async fn trigger_sync(
+    State(t): State<Arc<Telemetry>>,
+    client: Option<axum::Extension<Peer>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     use super::trigger::Verdict;
     let auth = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    let verdict = t.trigger.judge(auth);
+    let ip = client.map(|c| c.0.0.ip());
+    let verdict = t.trigger.judge(auth, ip);
     let result = match verdict {
         Verdict::Accepted(_) => "accepted",
         Verdict::Unauthorized => "unauthorized",
@@ -543,6 +635,7 @@ mod tests {
                 message: "recreating failed".into(),
                 hint: None,
                 rolled_back,
+                logs: Vec::new(),
             }),
             keeps_old: Default::default(),
             pending: None,
