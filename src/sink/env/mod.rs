@@ -713,9 +713,10 @@ mod tests {
                     // sub: directory -> link to the root-only directory -> directory.
                     fs::rename(nb.join("sub"), nb.join("sub.dir")).unwrap();
                     fs::rename(nb.join("sub.link"), nb.join("sub")).unwrap();
-                    std::thread::yield_now();
+                    std::thread::sleep(std::time::Duration::from_micros(200));
                     fs::rename(nb.join("sub"), nb.join("sub.link")).unwrap();
                     fs::rename(nb.join("sub.dir"), nb.join("sub")).unwrap();
+                    std::thread::sleep(std::time::Duration::from_micros(200));
                     swaps += 1;
                 }
                 swaps
