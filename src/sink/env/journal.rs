@@ -7,7 +7,6 @@
 //! `.env` file except to put its saved content back, never remove a safety copy whose content
 //! may still be needed, and never put file content into an error or a message: paths only.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::write;
@@ -258,6 +257,7 @@ pub(crate) fn recover_in_place(state_path: &Path) -> Result<Vec<String>, Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn a_write_cut_short_is_finished_or_undone_by_recovery() {
