@@ -36,10 +36,27 @@ pub(crate) enum Error {
     /// The state could not be encoded.
     #[error(transparent)]
     Encode(#[from] serde_json::Error),
+    /// The file was written by a newer audsync: this binary neither reads nor writes it.
+    #[error(
+        "{}: written by a newer audsync (state schema {found}; this binary knows up to {SCHEMA_VERSION}); upgrade this audsync (an older and a newer one share the file, e.g. cron on the host and `watch` in a container); the file was left as it is",
+        .path.display()
+    )]
+    Newer { path: PathBuf, found: u64 },
 }
+
+/// The state file's schema. 1: files without `schema_version` (audsync before it was
+/// recorded). 2: `schema_version` itself, the AUD values of a journalled in-place write
+/// (`in_place_writes[].values`), and the single cached `app` of old moved into `apps`. A newer
+/// binary migrates an older file on read; an older binary refuses a newer file
+/// ([`Error::Newer`]) and never writes over it.
+pub(crate) const SCHEMA_VERSION: u64 = 2;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
+    /// The schema the file was written with ([`SCHEMA_VERSION`] once loaded: older files are
+    /// migrated on read).
+    #[serde(default)]
+    pub(crate) schema_version: u64,
     /// Containers that still need a restart/recreate for the values already in the sinks.
     #[serde(default)]
     pub(crate) owed: BTreeSet<String>,
@@ -124,6 +141,11 @@ pub(crate) struct InPlaceWrite {
     pub(crate) backup: PathBuf,
     pub(crate) new_len: u64,
     pub(crate) new_hash: String,
+    /// The values written (key -> AUD; an AUD is not a secret): the new content is the edit of
+    /// the safety copy's, so recovery can tell a torn write from someone else's edit. Empty in
+    /// schema 1 files.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) values: BTreeMap<String, String>,
 }
 
 impl State {
@@ -271,10 +293,7 @@ impl StateFile {
     pub(crate) fn load(path: &Path, read_only: bool) -> Result<StateFile, Error> {
         // Not through a symlink, and only a file of the user running (fsx::read_private).
         let state = match fsx::read_private(path, fsx::MAX_TEXT).map_err(Error::Read)? {
-            Some(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
-                State::default()
-            }),
+            Some(b) => decode(path, &b)?,
             None => State::default(),
         };
         Ok(StateFile {
@@ -291,7 +310,12 @@ impl StateFile {
             return Ok(());
         }
         let mut state = self.state.clone();
-        let on_disk = StateFile::load(&self.path, true).ok().map(|f| f.state);
+        let on_disk = match StateFile::load(&self.path, true) {
+            Ok(f) => Some(f.state),
+            // Never over a newer binary's file.
+            Err(e @ Error::Newer { .. }) => return Err(e),
+            Err(_) => None,
+        };
         state.infisical_login_refused = on_disk
             .as_ref()
             .and_then(|s| s.infisical_login_refused.clone());
@@ -311,6 +335,45 @@ impl StateFile {
         change(&mut state);
         write(path, &state)
     }
+}
+
+/// Read the file's bytes: a newer schema is refused before anything else is looked at (its
+/// fields may mean something else); an older one is migrated; a corrupt file is ignored with a
+/// warning (it is only a cache and a journal).
+fn decode(path: &Path, b: &[u8]) -> Result<State, Error> {
+    let value: serde_json::Value = match serde_json::from_slice(b) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
+            return Ok(State::default());
+        }
+    };
+    let found = match value.get("schema_version") {
+        None => 1,
+        Some(v) => v.as_u64().unwrap_or(u64::MAX),
+    };
+    if found > SCHEMA_VERSION {
+        return Err(Error::Newer {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    let mut state: State = match serde_json::from_value(value) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
+            return Ok(State::default());
+        }
+    };
+    if found < 2 {
+        // 1 -> 2: the single cached application of old joins the map.
+        if let Some(app) = state.app.take() {
+            state.apps.entry(app.host.clone()).or_insert(app);
+        }
+        tracing::info!(path = %path.display(), from = found, to = SCHEMA_VERSION, "migrated the state file");
+    }
+    state.schema_version = SCHEMA_VERSION;
+    Ok(state)
 }
 
 /// The temporary files of [`write`]: `.audsync-state-XXXXXX.tmp` beside the state file.
@@ -376,7 +439,11 @@ fn write(path: &Path, state: &State) -> Result<(), Error> {
     };
     let dir = state_dir(path);
     let mut tmp = locked_temp(dir).map_err(io)?;
-    let body = serde_json::to_vec_pretty(state)?;
+    let state = State {
+        schema_version: SCHEMA_VERSION,
+        ..state.clone()
+    };
+    let body = serde_json::to_vec_pretty(&state)?;
     tmp.write_all(&body).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
@@ -487,6 +554,48 @@ mod tests {
             vec![".audsync-state-Zz9Yy8.tmp".to_string()]
         );
         assert_eq!(StateFile::load(&p, true).unwrap().state.app_count, Some(2));
+    }
+
+    #[test]
+    fn an_older_file_is_migrated_and_a_newer_one_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        // Schema 1: no version, the single cached application, an in-place entry without values.
+        fs::write(
+            &p,
+            r#"{"owed":["web"],"app":{"host":"a.example","account_id":"acc","app_id":"id1"},"in_place_writes":[{"target":"/x/.env","backup":"/x/.env.audsync-backup","new_len":3,"new_hash":"00"}]}"#,
+        )
+        .unwrap();
+        let s = StateFile::load(&p, false).unwrap();
+        assert_eq!(s.state.schema_version, SCHEMA_VERSION);
+        assert_eq!(s.state.apps["a.example"].app_id, "id1");
+        assert_eq!(s.state.cached_app("a.example").unwrap().app_id, "id1");
+        assert_eq!(s.state.in_place_writes.len(), 1);
+        assert!(s.state.in_place_writes[0].values.is_empty());
+        s.save().unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        assert_eq!(raw["schema_version"], SCHEMA_VERSION);
+        assert_eq!(raw["apps"]["a.example"]["app_id"], "id1");
+        assert_eq!(raw["owed"][0], "web");
+
+        // A newer binary's file: refused by every way in, and never written over.
+        let newer = format!(
+            r#"{{"schema_version":{},"owed":{{"renamed":"shape"}},"future":true}}"#,
+            SCHEMA_VERSION + 1
+        );
+        fs::write(&p, &newer).unwrap();
+        let e = StateFile::load(&p, true).unwrap_err().to_string();
+        assert!(e.contains("newer audsync"), "{e}");
+        assert!(e.contains(&format!("schema {}", SCHEMA_VERSION + 1)), "{e}");
+        assert!(StateFile::update(&p, |st| st.app_count = Some(1)).is_err());
+        let mut stale = s;
+        stale.state.owed.insert("db".into());
+        assert!(
+            stale.save().is_err(),
+            "a copy loaded earlier does not write over it"
+        );
+        assert!(stale.set_owed(&["x".to_string()].into()).is_err());
+        assert_eq!(fs::read_to_string(&p).unwrap(), newer, "left byte for byte");
     }
 
     #[test]

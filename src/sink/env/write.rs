@@ -8,12 +8,16 @@
 //! read, and never put the content into an error: errors name paths and the I/O failure only.
 //! The journal that makes an in-place write recoverable is [`super::journal`]'s.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::FileType;
+
 use super::journal;
+use super::place::Place;
 
 /// Why the bytes did not reach the disk. Names paths and the I/O error, never the content.
 #[derive(Debug, thiserror::Error)]
@@ -131,106 +135,115 @@ pub(super) fn parent_dir(target: &Path) -> &Path {
 }
 
 /// `.audsync-<file name>.` : the temporary files of one target start so.
-pub(super) fn temp_prefix(target: &Path) -> String {
-    format!(
-        ".audsync-{}.",
-        target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| ".env".into())
-    )
+pub(super) fn temp_prefix(name: &OsStr) -> String {
+    format!(".audsync-{}.", name.to_string_lossy())
 }
 
-/// Temp file beside `target`, fsync, then — if the file is still what was read — rename over
-/// it (keeping mode and owner). A file that did not exist is created only if it still does not.
+#[cfg(test)]
+thread_local! {
+    /// Tests only: called right after the atomic writer's rename (an editor that opened the
+    /// file before it writes now).
+    pub(super) static AFTER_RENAME: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        std::cell::RefCell::new(None);
+}
+
+/// Temp file beside the target (in the resolved directory), fsync, then — if the file is still
+/// what was read (`snap`: content, and the inode under the name) — rename over it (keeping
+/// mode and owner). A file that did not exist is created only if it still does not. Returns
+/// the new file, now under the name (the caller checks the replaced one afterwards).
 pub(super) fn write_atomic(
-    target: &Path,
+    place: &Place,
     bytes: &[u8],
     snap: &Snapshot,
-    now: impl Fn(&Path) -> Result<Snapshot, super::Error>,
-) -> Result<(), WriteError> {
-    crate::fsx::check_writable_target(target).map_err(|source| Error::NotReplaceable {
-        path: target.to_path_buf(),
-        source,
-    })?;
-    let meta = match fs::metadata(target) {
-        Ok(m) => Some(m),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+    now: impl Fn(&Place) -> Result<Snapshot, super::Error>,
+) -> Result<fs::File, WriteError> {
+    let meta = match place.stat_in(&place.name) {
+        Ok(Some(st)) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
+            return Err(Error::NotReplaceable {
+                path: place.path.clone(),
+                source: crate::fsx::not_regular(),
+            }
+            .into());
+        }
+        Ok(m) => m,
         Err(e) => return Err(Error::Stat(e).into()),
     };
-    let dir = parent_dir(target);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix(target))
-        .suffix(".tmp")
-        .permissions(fs::Permissions::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(|source| Error::CreateTemp {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-    tmp.write_all(bytes).map_err(Error::WriteTemp)?;
+    let dir = parent_dir(&place.path).to_path_buf();
+    let tmp = place
+        .temp(&temp_prefix(&place.name))
+        .map_err(|source| Error::CreateTemp { dir, source })?;
+    let mut f = tmp.file();
+    f.write_all(bytes).map_err(Error::WriteTemp)?;
     if let Some(m) = &meta {
-        let f = tmp.as_file();
-        f.set_permissions(fs::Permissions::from_mode(m.permissions().mode() & 0o7777))
+        f.set_permissions(fs::Permissions::from_mode(m.st_mode & 0o7777))
             .map_err(Error::CopyMode)?;
-        if (m.uid(), m.gid()) != current_owner(f) {
-            std::os::unix::fs::fchown(f, Some(m.uid()), Some(m.gid())).map_err(|source| {
+        if (m.st_uid, m.st_gid) != current_owner(f) {
+            std::os::unix::fs::fchown(f, Some(m.st_uid), Some(m.st_gid)).map_err(|source| {
                 Error::KeepOwner {
-                    uid: m.uid(),
-                    gid: m.gid(),
+                    uid: m.st_uid,
+                    gid: m.st_gid,
                     source,
                 }
             })?;
         }
     }
-    tmp.as_file().sync_all().map_err(Error::Fsync)?;
-    // Right before the rename: has anyone changed the file since it was read?
-    match now(target) {
+    f.sync_all().map_err(Error::Fsync)?;
+    // Right before the rename: has anyone changed the file (or put another inode under the
+    // name) since it was read?
+    match now(place) {
         Ok(n) if n == *snap => {}
         Ok(_) => return Err(WriteError::Changed),
         Err(e) => return Err(Error::Recheck(Box::new(e)).into()),
     }
+    let name = tmp.name.clone();
     if snap.content.is_none() {
-        match tmp.persist_noclobber(target) {
-            Ok(_) => {}
-            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+        match place.rename(&name, &place.name, true) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(WriteError::Changed);
             }
-            Err(e) => return Err(Error::Create(e.error).into()),
+            Err(e) => return Err(Error::Create(e).into()),
         }
     } else {
-        tmp.persist(target).map_err(|e| Error::Replace(e.error))?;
+        place
+            .rename(&name, &place.name, false)
+            .map_err(Error::Replace)?;
     }
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
+    let ours = tmp.keep();
+    #[cfg(test)]
+    if let Some(hook) = AFTER_RENAME.with(|h| h.borrow_mut().take()) {
+        hook();
     }
-    Ok(())
+    place.sync_dir();
+    Ok(ours)
 }
 
-/// A plain atomic write (the safety copy): temp file, fsync, rename, mode 0600.
-fn write_atomic_plain(target: &Path, bytes: &[u8]) -> Result<(), Error> {
-    crate::fsx::check_writable_target(target).map_err(|source| Error::NotWritable {
-        path: target.to_path_buf(),
-        source,
-    })?;
-    let dir = parent_dir(target);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix(target))
-        .suffix(".tmp")
-        .permissions(fs::Permissions::from_mode(0o600))
-        .tempfile_in(dir)
+/// A plain atomic write (the safety copy `name` beside the file): temp file, fsync, rename,
+/// mode 0600.
+fn write_atomic_plain(place: &Place, name: &OsStr, bytes: &[u8]) -> Result<(), Error> {
+    if let Ok(Some(st)) = place.stat_in(name)
+        && FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+    {
+        return Err(Error::NotWritable {
+            path: place.sibling_path(name),
+            source: crate::fsx::not_regular(),
+        });
+    }
+    let tmp = place
+        .temp(&temp_prefix(&place.name))
         .map_err(|source| Error::CreateTemp {
-            dir: dir.to_path_buf(),
+            dir: parent_dir(&place.path).to_path_buf(),
             source,
         })?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
+    let mut f = tmp.file();
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
         .map_err(Error::SafetyCopy)?;
-    tmp.persist(target)
-        .map_err(|e| Error::SafetyCopy(e.error))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    place
+        .rename(&tmp.name, name, false)
+        .map_err(Error::SafetyCopy)?;
+    drop(tmp.keep());
+    place.sync_dir();
     Ok(())
 }
 
@@ -247,36 +260,38 @@ fn current_owner(f: &fs::File) -> (u32, u32) {
 /// copy is removed after a good write. `now` reads the file again right before it is touched.
 pub(super) fn write_in_place(
     journal: Option<&Path>,
-    target: &Path,
+    place: &Place,
     old: &str,
     new: &str,
+    values: &std::collections::BTreeMap<String, String>,
     snap: &Snapshot,
-    now: impl Fn(&Path) -> Result<Snapshot, super::Error>,
+    now: impl Fn(&Place) -> Result<Snapshot, super::Error>,
 ) -> Result<(), WriteError> {
-    let backup = journal::backup_path(target);
-    write_atomic_plain(&backup, old.as_bytes())?;
+    let backup = journal::backup_name(&place.name);
+    write_atomic_plain(place, &backup, old.as_bytes())?;
     let entry = crate::state::InPlaceWrite {
-        target: target.to_path_buf(),
-        backup: backup.clone(),
+        target: place.path.clone(),
+        backup: place.sibling_path(&backup),
         new_len: new.len() as u64,
         new_hash: journal::content_hash(new.as_bytes()),
+        values: values.clone(),
     };
     let forget = |why: &str| {
         if let Some(j) = journal
-            && let Err(e) = journal::clear(j, target)
+            && let Err(e) = journal::clear(j, &place.path)
         {
             tracing::warn!(error = %e, "cannot clear the in-place write journal ({why})");
         }
-        let _ = fs::remove_file(&backup);
+        let _ = place.unlink(&backup);
     };
     if let Some(j) = journal {
         journal::record(j, entry).map_err(|e| {
-            let _ = fs::remove_file(&backup);
+            let _ = place.unlink(&backup);
             Error::Journal(Box::new(e))
         })?;
     }
     // Right before touching the file: has anyone changed it since it was read?
-    match now(target) {
+    match now(place) {
         Ok(n) if n == *snap => {}
         Ok(_) => {
             forget("changed");
@@ -289,7 +304,7 @@ pub(super) fn write_in_place(
     }
     let mut touched = false;
     let result = (|| {
-        let mut f = crate::fsx::open_regular(target, true, None).map_err(Error::OpenForWrite)?;
+        let mut f = place.open(true).map_err(Error::OpenForWrite)?;
         rewrite(&mut f, new.as_bytes(), &mut touched)
     })();
     match result {
@@ -302,7 +317,8 @@ pub(super) fn write_in_place(
             Err(Error::Untouched(Box::new(e)).into())
         }
         Err(e) => {
-            let restored = crate::fsx::open_regular(target, true, None)
+            let restored = place
+                .open(true)
                 .map_err(Error::Reopen)
                 .and_then(|mut f| rewrite(&mut f, old.as_bytes(), &mut true));
             match restored {
@@ -312,7 +328,7 @@ pub(super) fn write_in_place(
                 }
                 Err(_) => Err(Error::SavedIn {
                     source: Box::new(e),
-                    backup: backup.clone(),
+                    backup: place.sibling_path(&backup),
                 }
                 .into()),
             }
