@@ -563,19 +563,28 @@ mod tests {
         // Schema 1: no version, the single cached application, an in-place entry without values.
         fs::write(
             &p,
-            r#"{"owed":["web"],"app":{"host":"a.example","account_id":"acc","app_id":"id1"},"in_place_writes":[{"target":"/x/.env","backup":"/x/.env.audsync-backup","new_len":3,"new_hash":"00"}]}"#,
+            r#"{"owed":["web"],"app":{"host":"a.example","account_id":"0123456789abcdef0123456789abcdef","app_id":"00000001-0000-4000-8000-000000000000"},"in_place_writes":[{"target":"/x/.env","backup":"/x/.env.audsync-backup","new_len":3,"new_hash":"00"}]}"#,
         )
         .unwrap();
         let s = StateFile::load(&p, false).unwrap();
         assert_eq!(s.state.schema_version, SCHEMA_VERSION);
-        assert_eq!(s.state.apps["a.example"].app_id, "id1");
-        assert_eq!(s.state.cached_app("a.example").unwrap().app_id, "id1");
+        assert_eq!(
+            s.state.apps["a.example"].app_id,
+            "00000001-0000-4000-8000-000000000000"
+        );
+        assert_eq!(
+            s.state.cached_app("a.example").unwrap().app_id,
+            "00000001-0000-4000-8000-000000000000"
+        );
         assert_eq!(s.state.in_place_writes.len(), 1);
         assert!(s.state.in_place_writes[0].values.is_empty());
         s.save().unwrap();
         let raw: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
         assert_eq!(raw["schema_version"], SCHEMA_VERSION);
-        assert_eq!(raw["apps"]["a.example"]["app_id"], "id1");
+        assert_eq!(
+            raw["apps"]["a.example"]["app_id"],
+            "00000001-0000-4000-8000-000000000000"
+        );
         assert_eq!(raw["owed"][0], "web");
 
         // A newer binary's file: refused by every way in, and never written over.
