@@ -8,7 +8,9 @@ In every .rs file under tests/ and src/, for each test function (`#[test]`, `#[t
   - a test carrying that attribute must call `require_docker!()` (so it fails, saying why, when
     it runs without an engine, instead of returning early and counting as passed);
   - no test is `#[ignore]`d for any other reason: scripts/test.sh runs every ignored test
-    (`--run-ignored all`), so another ignore would start running there unnoticed.
+    (`--run-ignored all`), so another ignore would start running there unnoticed. The one
+    exception: a measurement named `measure_*` with the MEASUREMENT reason, which test.sh
+    leaves out by name.
 Usage: python3 scripts/check-docker-tests.py [DIR...]   (default: tests src)
 """
 import os
@@ -16,6 +18,9 @@ import re
 import sys
 
 IGNORE = '#[ignore = "needs the Docker engine: run scripts/test.sh"]'
+# Measurements for BENCHMARKS.md, run by hand; scripts/test.sh leaves them out by name
+# (`measure_*`), so --run-ignored all never runs them in CI.
+MEASUREMENT = '#[ignore = "a measurement, minutes of I/O: run by hand for BENCHMARKS.md"]'
 TOUCHES = re.compile(r'require_docker!|\bDocker::new\(\)|Command::new\("docker"\)')
 TEST_ATTR = re.compile(r"#\[(tokio::)?test\b")
 
@@ -42,6 +47,10 @@ def check(path):
     # every #[ignore...] anywhere must be the Docker one
     for m in re.finditer(r"#\[ignore\b", code):
         end = src.index("]", m.start()) + 1
+        if src[m.start() : end] == MEASUREMENT:
+            fn = re.compile(r"\bfn\s+(\w+)").search(code, end)
+            if fn and fn.group(1).startswith("measure_"):
+                continue
         if src[m.start() : end] != IGNORE:
             problems.append(f"{path}:{line_of(m.start())}: {src[m.start():end]} is not `{IGNORE}`")
     # each test: the attributes above its fn, and its body

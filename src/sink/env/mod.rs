@@ -888,7 +888,7 @@ mod editor_loss {
 
     #[test]
     #[ignore = "a measurement, minutes of I/O: run by hand for BENCHMARKS.md"]
-    fn editor_loss() {
+    fn measure_editor_loss() {
         let writes = std::env::var("AUDSYNC_LOSS_WRITES")
             .ok()
             .and_then(|v| v.parse().ok())
