@@ -83,10 +83,9 @@ pub struct Account {
 }
 
 impl AccessApp {
-    /// The host names this application protects, lowercased, without paths: the public
-    /// `destinations`, else `domain`, else (past its end of support, so only as a last resort)
-    /// `self_hosted_domains`.
-    pub fn hosts(&self) -> Vec<String> {
+    /// What the application says it covers, as written: the public `destinations`, else
+    /// `domain`, else (past its end of support, so only as a last resort) `self_hosted_domains`.
+    fn raw_destinations(&self) -> Vec<&str> {
         let public: Vec<&str> = self
             .destinations
             .iter()
@@ -94,7 +93,7 @@ impl AccessApp {
             .map(|d| d.uri.as_str())
             .filter(|u| !u.is_empty())
             .collect();
-        let raw: Vec<&str> = if !public.is_empty() {
+        if !public.is_empty() {
             public
         } else if !self.domain.trim().is_empty() {
             vec![self.domain.as_str()]
@@ -103,8 +102,15 @@ impl AccessApp {
                 .iter()
                 .map(String::as_str)
                 .collect()
-        };
-        raw.into_iter()
+        }
+    }
+
+    /// The host names this application protects, lowercased, without paths: the public
+    /// `destinations`, else `domain`, else (past its end of support, so only as a last resort)
+    /// `self_hosted_domains`.
+    pub fn hosts(&self) -> Vec<String> {
+        self.raw_destinations()
+            .into_iter()
             .map(host_of)
             .filter(|h| !h.is_empty())
             .collect()
@@ -113,24 +119,8 @@ impl AccessApp {
     /// What this application covers: each public destination (else `domain`, else
     /// `self_hosted_domains`) as its lowercased host and its path (`None`: the whole host).
     pub fn scopes(&self) -> Vec<(String, Option<String>)> {
-        let public: Vec<&str> = self
-            .destinations
-            .iter()
-            .filter(|d| d.kind.is_empty() || d.kind == "public")
-            .map(|d| d.uri.as_str())
-            .filter(|u| !u.is_empty())
-            .collect();
-        let raw: Vec<&str> = if !public.is_empty() {
-            public
-        } else if !self.domain.trim().is_empty() {
-            vec![self.domain.as_str()]
-        } else {
-            self.self_hosted_domains
-                .iter()
-                .map(String::as_str)
-                .collect()
-        };
-        raw.into_iter()
+        self.raw_destinations()
+            .into_iter()
             .map(split)
             .filter(|(h, _)| !h.is_empty())
             .collect()
