@@ -338,14 +338,16 @@ async fn fetch_edge(
     let got = crate::cloudflare::edge::learn_aud(&http, ask)
         .await
         .map_err(|e| Error::failed(e.message, e.hint))?;
+    // The binding's domain (host, or host and path): a path's application has its own AUD and
+    // its own mark.
+    let domain = cfg.host.clone().unwrap_or_else(|| edge.host.clone());
     if let (Some(state), Some(iat)) = (state, got.iat) {
-        let host = edge.host.to_ascii_lowercase();
-        match state.edge_issued.get(&host) {
+        match state.edge_issued.get(&domain) {
             Some(last) if iat < last.iat && last.aud != got.aud => {
                 return Err(Error::failed(
                     format!(
                         "{}: the signed cf-access-metadata answer was issued at {} (iat {iat}), before the one that set the current AUD (iat {}), and names another AUD: refused as a replay of old metadata (it would roll the AUD back); nothing written",
-                        edge.host,
+                        domain,
                         fmt_unix(iat),
                         last.iat
                     ),
@@ -355,7 +357,7 @@ async fn fetch_edge(
             Some(last) if iat <= last.iat => {}
             _ => {
                 state.edge_issued.insert(
-                    host,
+                    domain.clone(),
                     crate::state::EdgeIssued {
                         iat,
                         aud: got.aud.clone(),
@@ -368,7 +370,7 @@ async fn fetch_edge(
     if got.unsigned {
         let w = format!(
             "the AUD of {} is the login redirect's unsigned kid (--allow-unsigned-kid): anyone able to answer for the host can choose it",
-            edge.host
+            domain
         );
         tracing::warn!("{w}");
         warnings.push(w);

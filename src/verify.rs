@@ -534,7 +534,11 @@ async fn consistency(cfg: &VerifyConfig, b: &VerifyBinding, l: &mut Learned) -> 
                         fix: String::new(),
                     }),
                     Ok(answer) => {
-                        match tunnel::access_of(tunnel::config_of(&answer), tid, &b.host) {
+                        match tunnel::access_of(
+                            tunnel::config_of(&answer),
+                            tid,
+                            &crate::cloudflare::apps::host_of(&b.host),
+                        ) {
                             Err(e) => errors.push(e.to_string()),
                             Ok(rules) if !rules.iter().any(|r| r.required) => errors.push(format!(
                                 "{what}: the rule for {} does not require Access (run `audsync setup --domain {}`)",

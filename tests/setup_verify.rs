@@ -752,6 +752,62 @@ fn edge_source_prefers_the_verified_metadata_answer() {
     assert!(r.stderr.contains("does not verify"), "{r:?}");
 }
 
+/// Issue 21 #7: a binding that names a path (`HOST/docs`) learns, from the edge, the AUD that
+/// requests under that path carry -- asked under the path; the host's own binding keeps the
+/// host's AUD. Each keeps its own replay mark.
+#[test]
+fn edge_source_asks_under_the_binding_path() {
+    let key = team_key();
+    let fa = FakeAccess::start(HOST, &aud(5), &[&key]);
+    let mut sb = edge_sandbox(&fa);
+    sb.var("CLOUDFLARE_AUTH_DOMAIN", &fa.team_url());
+    let meta = |a: &str, app: &str| {
+        key.sign(&json!({"type": "match", "hostname": HOST, "auth_domain": "myteam.cloudflareaccess.com", "aud": a, "app_hostname": app, "iat": now()}))
+    };
+    let docs_app = format!("{HOST}/docs");
+    fa.with(|s| {
+        s.metadata = Some(meta(&aud(6), HOST));
+        s.paths = vec![("/docs".into(), aud(7), Some(meta(&aud(7), &docs_app)))];
+    });
+    let get = |domain: &str| {
+        let mut c = sb.cmd();
+        c.args(["get", "--source", "edge", "--domain", domain]);
+        run(&mut c)
+    };
+    let r = get(&docs_app);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), aud(7), "the path's application: {r:?}");
+    let reqs = fa.with(|s| std::mem::take(&mut s.requests));
+    assert_eq!(reqs[0], ("HEAD".into(), "/docs".into(), true), "{reqs:?}");
+
+    let r = get(HOST);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), aud(6), "the host's application: {r:?}");
+
+    // sync: both bindings of one .env, each with its own value.
+    sb.write_env("HOST_AUD=old\nDOCS_AUD=old\n");
+    for (domain, key) in [(HOST, "HOST_AUD"), (docs_app.as_str(), "DOCS_AUD")] {
+        let mut c = sb.cmd();
+        c.args([
+            "sync",
+            "--source",
+            "edge",
+            "--domain",
+            domain,
+            "--key",
+            key,
+            "--restart",
+            "none",
+        ]);
+        let r = run(&mut c);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    assert_eq!(
+        sb.read_env(),
+        format!("HOST_AUD={}\nDOCS_AUD={}\n", aud(6), aud(7))
+    );
+}
+
 #[test]
 fn edge_source_on_an_unprotected_host_fails() {
     let key = team_key();
@@ -788,6 +844,35 @@ fn chain() -> Chain {
         .var("AUDSYNC_CONTAINER", "audsync-test-no-such-container");
     sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(2)));
     Chain { cf, fa, key, sb }
+}
+
+/// Issue 21 #7: `verify --domain HOST/docs` checks the application that covers only that path:
+/// the API's path application, the redirect under the path and the `.env` agree on its AUD
+/// (the host's own application, with another AUD, is not what it compares with).
+#[test]
+fn verify_checks_a_path_binding_under_its_path() {
+    let key = team_key();
+    let fa = FakeAccess::start(HOST, &aud(2), &[&key]);
+    fa.with(|s| s.paths = vec![("/docs".into(), aud(3), None)]);
+    let docs = format!("{HOST}/docs");
+    let cf = fake(
+        vec![app(2, HOST, &aud(2)), app(3, &docs, &aud(3))],
+        "cloudflare",
+        ingress(),
+    );
+    let mut sb = Sandbox::with_cloudflare(&cf);
+    sb.var("CLOUDFLARE_AUTH_DOMAIN", &fa.team_url())
+        .var("AUDSYNC_URL", &fa.host_url())
+        .var("AUDSYNC_CONTAINER", "audsync-test-no-such-container");
+    sb.write_env(&format!("CLOUDFLARE_AUD_TAG={}\n", aud(3)));
+    let mut cmd = sb.cmd();
+    cmd.args(["verify", "--domain", &docs]);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(line(&r, "redirect").contains(&aud(3)), "{r:?}");
+    assert!(line(&r, "consistency").contains(" ok "), "{r:?}");
+    let reqs = fa.with(|s| s.requests.clone());
+    assert!(reqs.iter().all(|(_, p, _)| p == "/docs"), "{reqs:?}");
 }
 
 fn claims(c: &Chain) -> Value {

@@ -472,8 +472,10 @@ impl SourceConfig {
             ));
         }
         let url = access.url.as_deref().map(validate_url).transpose()?;
-        let host = match (&a.domain, &url) {
-            (Some(d), _) => validate_host(d)?,
+        // The binding's domain: a host, or a host and a path for an application that covers
+        // only that path; the edge is asked under that path, the metadata must name the host.
+        let domain = match (&a.domain, &url) {
+            (Some(d), _) => validate_binding_domain(d)?,
             (None, Some(u)) => validate_host(u.host_str().unwrap_or(""))?,
             (None, None) => {
                 return Err(Error::usage(
@@ -481,7 +483,8 @@ impl SourceConfig {
                 ));
             }
         };
-        let url = url.map_or_else(|| format!("https://{host}/"), |u| u.to_string());
+        let host = crate::cloudflare::apps::host_of(&domain);
+        let url = reach_url(&domain, url);
         let any_credential = has_cloudflare_credentials(env);
         let auth = if any_credential {
             if let Ok(u) = url::Url::parse(&a.api_url) {
@@ -499,12 +502,12 @@ impl SourceConfig {
             api_url: a.api_url.clone(),
             auth,
             account_id,
-            selector: Selector::Host(host.clone()),
-            host: Some(host.clone()),
+            selector: Selector::Host(domain.clone()),
+            host: Some(domain),
             timeout: a.timeout,
             edge: Some(EdgeSource {
                 url,
-                host: host.clone(),
+                host,
                 team_domain: crate::cloudflare::edge::configured_team_domain(
                     access.auth_domain.as_deref(),
                     access.team_name.as_deref(),
@@ -527,6 +530,22 @@ pub fn check_credential_url(setting: &str, url: &url::Url, env: &Env) -> Result<
         url.scheme(),
         url.host_str().unwrap_or("")
     )))
+}
+
+/// Where a binding's host is reached to be probed: `--url` when given (with the binding's
+/// path when the URL names none: `--url` says where the host is, `domain` which part of it),
+/// else `https://DOMAIN` (`https://HOST/` for a whole host).
+pub fn reach_url(domain: &str, url: Option<url::Url>) -> String {
+    let path = crate::cloudflare::apps::path_of(domain);
+    match (url, path) {
+        (Some(mut u), Some(p)) if u.path() == "/" || u.path().is_empty() => {
+            u.set_path(&p);
+            u.to_string()
+        }
+        (Some(u), _) => u.to_string(),
+        (None, Some(_)) => format!("https://{domain}"),
+        (None, None) => format!("https://{domain}/"),
+    }
 }
 
 /// An http(s) URL given by --url.

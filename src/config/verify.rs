@@ -41,6 +41,7 @@ pub struct VerifyConfig {
 pub struct VerifyBinding {
     /// How the report names it (the binding's `name`, else its host).
     pub id: String,
+    /// The binding's domain: a host, or a host and a path (`api.example.com/docs`).
     pub host: String,
     pub url: String,
     pub key: String,
@@ -109,8 +110,9 @@ impl VerifyConfig {
             .as_deref()
             .map(config::validate_url)
             .transpose()?;
+        // A host, or a host and a path (an application that covers only that path).
         let host = match (&a.source.domain, &url) {
-            (Some(d), _) => config::validate_host(d)?,
+            (Some(d), _) => config::validate_binding_domain(d)?,
             (None, Some(u)) => config::validate_host(u.host_str().unwrap_or(""))?,
             (None, None) => return Err(Error::usage("verify needs --domain HOST (or --url URL)")),
         };
@@ -159,7 +161,7 @@ impl VerifyConfig {
         Ok(VerifyConfig {
             bindings: vec![VerifyBinding {
                 id: host.clone(),
-                url: url.map_or_else(|| format!("https://{host}/"), |u| u.to_string()),
+                url: config::reach_url(&host, url),
                 host,
                 key: a.key.clone(),
                 sinks,
@@ -244,7 +246,7 @@ impl VerifyConfig {
                 continue;
             };
             let url = match b.url.as_deref().map(config::validate_url).transpose() {
-                Ok(u) => u.map_or_else(|| format!("https://{host}/"), |u| u.to_string()),
+                Ok(u) => config::reach_url(&host, u),
                 Err(e) => {
                     problems.push(format!(
                         "binding {}: {}",

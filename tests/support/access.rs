@@ -116,6 +116,9 @@ pub struct AccessState {
     pub certs_fetches: usize,
     /// (method, path, had the metadata request header)
     pub requests: Vec<(String, String, bool)>,
+    /// Applications scoped to a path of the host: (path prefix, AUD, metadata JWT). A request
+    /// under the path is answered for that application, the rest of the host as above.
+    pub paths: Vec<(String, String, Option<String>)>,
 }
 
 pub struct FakeAccess {
@@ -137,6 +140,7 @@ impl FakeAccess {
             rotate_to: None,
             certs_fetches: 0,
             requests: vec![],
+            paths: vec![],
         }));
         let st = state.clone();
         let team = Server::start(move |req: Request<Body>| {
@@ -189,14 +193,20 @@ impl FakeAccess {
                 if !s.protected {
                     return (StatusCode::OK, "hello from the origin").into_response();
                 }
+                let path = req.uri().path();
+                let (aud, metadata) = s
+                    .paths
+                    .iter()
+                    .find(|(p, _, _)| path == p || path.starts_with(&format!("{p}/")))
+                    .map_or((&s.aud, &s.metadata), |(_, a, m)| (a, m));
                 let location = format!(
                     "{}/cdn-cgi/access/login/{}?kid={}&redirect_url=%2F&meta=eyJraWQiOiJ4In0",
-                    s.team_url, s.host, s.aud
+                    s.team_url, s.host, aud
                 );
                 let mut r = Response::builder()
                     .status(StatusCode::FOUND)
                     .header("location", location);
-                if meta && let Some(m) = &s.metadata {
+                if meta && let Some(m) = metadata {
                     r = r.header("cf-access-metadata", m.as_str());
                 }
                 r.body(Body::empty()).unwrap()
