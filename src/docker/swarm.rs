@@ -150,10 +150,24 @@ impl SwarmService {
             ),
             Finding::Finish(values) => {
                 let changes = pairs_of(&values);
-                let on_fail = self.on_fail(&values);
+                // A failure the killed run recorded is that failure, not another one.
+                let recorded = self.failed_of_record();
+                let on_fail = match recorded {
+                    Some(f) if j.step == ApplyStep::RollingBack && f.values == values => f,
+                    recorded => {
+                        self.failed = recorded;
+                        self.on_fail(&values)
+                    }
+                };
                 let mut tried = false;
                 match self
-                    .update_inner(&changes, &mut tried, &journal, &on_fail)
+                    .update_inner(
+                        &changes,
+                        &mut tried,
+                        &journal,
+                        &on_fail,
+                        j.step != ApplyStep::RollingBack,
+                    )
                     .await
                 {
                     Ok(()) => {
@@ -337,7 +351,7 @@ impl SwarmService {
         let on_fail = self.on_fail(&values);
         let journal = self.journal();
         let result = self
-            .update_inner(changes, &mut tried, &journal, &on_fail)
+            .update_inner(changes, &mut tried, &journal, &on_fail, true)
             .await;
         match &result {
             Ok(()) => self.failed = None,
@@ -370,13 +384,16 @@ impl SwarmService {
     }
 
     /// `journal`: where the update is recorded before it is sent; `on_fail`: what is
-    /// remembered (with the `rolling_back` step) when it fails.
+    /// remembered (with the `rolling_back` step) when it fails; `resume`: whether an update of
+    /// these values found not converged may be resumed (not when it is known to have failed:
+    /// then it is rolled back).
     async fn update_inner(
         &self,
         changes: &[(String, String)],
         tried: &mut bool,
         journal: &Journal,
         on_fail: &FailedUpdate,
+        resume: bool,
     ) -> Result<(), ActionError> {
         let values: Values = changes.iter().cloned().collect();
         let mut attempt = 0;
@@ -437,6 +454,12 @@ impl SwarmService {
                             .filter(|(k, v)| carried.get(k) != Some(v))
                             .collect()
                     });
+                if !resume {
+                    *tried = true;
+                    return Err(self
+                        .roll_back(&id, &old, Error::FailedBefore, journal, on_fail)
+                        .await);
+                }
                 if matches!(state, Some(S::UPDATING | S::ROLLBACK_STARTED)) {
                     // An update under way (a run killed while Swarm rolled it out, or Swarm
                     // rolling back by itself): let Swarm finish it, then judge it.
