@@ -444,6 +444,27 @@ fn journal_kill_points(swarm: &mut Swarm, d: &Docker) {
         "no value in the journal: {r}"
     );
     assert!(spec_env(&name).contains(&want), "sent");
+    // A dry run says what the next run does, and leaves the journal.
+    let mut c = sb.cmd();
+    c.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--output",
+        "json",
+        "--swarm-service",
+        &name,
+        "--dry-run",
+    ]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.json()["recovered"]
+            .to_string()
+            .contains("the next run does it"),
+        "{r:?}"
+    );
+    assert_eq!(record(&sb, &name)["applying"]["step"], "sent", "kept");
     let r = sync(&sb, &name);
     assert_eq!(r.code, 0, "{r:?}");
     let recovered = r.json()["recovered"].to_string();
