@@ -271,9 +271,9 @@ pub(crate) struct Record {
     /// until they change or a growing backoff has passed; see docs/swarm.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) failed: Option<FailedUpdate>,
-    /// A recreate or rollout of the container in progress: written before its first change,
-    /// cleared when it is over (see `docker/journal.rs`). Whichever run takes the lock next
-    /// finishes or undoes what it records.
+    /// A recreate or rollout of the container, or an update of the Swarm service, in progress:
+    /// written before its first change, cleared when it is over (see `docker/journal.rs`).
+    /// Whichever run takes the lock next finishes or undoes what it records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) applying: Option<Applying>,
 }
@@ -286,6 +286,8 @@ pub(crate) enum ApplyKind {
     Recreate,
     /// Start the new one beside the old one, swap them once it is good.
     Rollout,
+    /// Update a Swarm service's spec; Swarm rolls its tasks out.
+    SwarmUpdate,
 }
 
 /// The last step an apply reached (in the order each kind takes them).
@@ -308,6 +310,11 @@ pub(crate) enum ApplyStep {
     Swapped,
     /// Read from an older version's state file (`recreating`): the step is unknown.
     Legacy,
+    /// A Swarm update: the engine accepted the new spec; Swarm rolls the tasks out.
+    Sent,
+    /// A Swarm update: Swarm stopped it (a new task failed) or it timed out, and audsync is
+    /// putting the previous value back (the values are already remembered as failed).
+    RollingBack,
 }
 
 /// The journal of one apply that changes a container: what a later run needs to finish or
@@ -337,6 +344,13 @@ pub(crate) struct Applying {
     /// rolls back when it did not.
     #[serde(default)]
     pub(crate) healthy: bool,
+    /// A Swarm update: the service's version index the update was sent at (read just before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) version: Option<u64>,
+    /// A Swarm update: key -> a hash of the value being set (never the value itself), so a
+    /// later run can tell whether the spec it finds is the one this update sent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) values: BTreeMap<String, String>,
 }
 
 /// Read the record at `path` (`None`: none yet; an unreadable one is ignored with a warning).

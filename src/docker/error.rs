@@ -113,6 +113,9 @@ pub(crate) enum Error {
         bound: Duration,
         state: Option<ServiceUpdateStatusStateEnum>,
     },
+    /// A previous run found the update failed and was rolling it back when it stopped.
+    #[error("the update had failed; a previous run was rolling it back")]
+    FailedBefore,
     /// Swarm paused the rollback to the previous spec.
     #[error("Swarm paused the rollback")]
     RollbackPaused,

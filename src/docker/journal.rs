@@ -1,16 +1,20 @@
-//! The journal of every apply that changes a container (recreate, rollout): written before the
-//! first change, brought up to date at each step, cleared when the apply is over. It is kept
-//! with the resource -- in the record beside the container's lock (`<lock>.json`, see
-//! `lock.rs`) -- not in one configuration's state file, so whichever run takes that lock next
-//! (`sync` or `watch`, any configuration) finishes it ([`super::recover`]).
+//! The journal of every apply that changes a container or a service (recreate, rollout, Swarm
+//! update): written before the first change, brought up to date at each step, cleared when the
+//! apply is over. It is kept with the resource -- in the record beside the container's or
+//! service's lock (`<lock>.json`, see `lock.rs`) -- not in one configuration's state file, so
+//! whichever run takes that lock next (`sync` or `watch`, any configuration) finishes it
+//! ([`super::recover`] for a container, [`super::swarm`] for a service).
 //!
 //! Only the container ids it records authorise a later run to remove a container: the new one
 //! audsync created, and the user's original moved aside. Older versions kept a recreate's
 //! journal in the state file (`recreating`); those entries are still read, and cleared once
-//! the recreate they record is over. This module never talks to the engine.
+//! the recreate they record is over. A Swarm update records the service's id, the version
+//! index it was sent at and, per key, a hash of the value it sets -- never a value. This module
+//! never talks to the engine.
 
 use std::path::{Path, PathBuf};
 
+use crate::lock::FailedUpdate;
 pub(crate) use crate::lock::{ApplyKind, ApplyStep, Applying};
 
 /// Where one container's journal is kept.
@@ -97,12 +101,47 @@ impl Journal {
         }
     }
 
+    /// A Swarm update failed (Swarm stopped it, or it timed out): before audsync puts the
+    /// previous value back, record that step and remember `failed` in the same write, so a
+    /// run killed during the rollback leaves the failure known to the next one.
+    pub(super) fn rolling_back(&self, failed: &FailedUpdate) -> Result<(), Error> {
+        let Some(path) = &self.record else {
+            return Ok(());
+        };
+        crate::lock::update_record(path, |r| {
+            if let Some(a) = r.applying.as_mut() {
+                a.step = ApplyStep::RollingBack;
+            }
+            r.failed = Some(failed.clone());
+        })?;
+        kill_point(ApplyStep::RollingBack);
+        Ok(())
+    }
+
+    /// The Swarm update recorded for service `service` (as the pass names it), if any.
+    pub(super) fn pending_update(&self, service: &str) -> Option<Applying> {
+        let path = self.record.as_ref()?;
+        match crate::lock::read_record(path) {
+            Ok(r) => r?
+                .applying
+                .filter(|a| a.kind == ApplyKind::SwarmUpdate && a.name == service),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the journal of the service");
+                None
+            }
+        }
+    }
+
     /// The apply recorded for container `name`, if any: the record's first, else an older
     /// version's state-file entry (migrated: finished like any other, then cleared).
     pub(super) fn pending(&self, name: &str) -> Option<Applying> {
         let path = self.record.as_ref()?;
         match crate::lock::read_record(path) {
-            Ok(Some(r)) if r.applying.as_ref().is_some_and(|a| a.name == name) => {
+            Ok(Some(r))
+                if r.applying
+                    .as_ref()
+                    .is_some_and(|a| a.name == name && a.kind != ApplyKind::SwarmUpdate) =>
+            {
                 return r.applying;
             }
             Ok(_) => {}
@@ -123,6 +162,8 @@ impl Journal {
             new_id,
             step: ApplyStep::Legacy,
             healthy: false,
+            version: None,
+            values: Default::default(),
         })
     }
 }
@@ -133,7 +174,16 @@ fn legacy_has(path: &Path, old_id: &str) -> bool {
 
 /// A short stable hash of a create body (FNV-1a over its JSON), for the journal.
 pub(super) fn spec_hash(body: &bollard::models::ContainerCreateBody) -> String {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    fnv(&serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// A short stable hash of one value a Swarm update sets (FNV-1a): the journal holds this,
+/// never the value.
+pub(super) fn value_hash(value: &str) -> String {
+    fnv(value.as_bytes())
+}
+
+fn fnv(bytes: &[u8]) -> String {
     let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -141,7 +191,7 @@ pub(super) fn spec_hash(body: &bollard::models::ContainerCreateBody) -> String {
 }
 
 /// A test hook, compiled into debug builds only: `AUDSYNC_TEST_KILL_AT=<step>` (the step's
-/// snake_case name, optionally `rollout:`/`recreate:`-free) kills the process with SIGKILL
+/// snake_case name, e.g. `started`, `sent`, `rolling_back`) kills the process with SIGKILL
 /// right after the journal recorded that step -- a kill at an exact step, no timing.
 #[cfg(debug_assertions)]
 fn kill_point(step: ApplyStep) {
@@ -179,6 +229,8 @@ mod tests {
             new_id: None,
             step: ApplyStep::Begun,
             healthy: false,
+            version: None,
+            values: Default::default(),
         }
     }
 
@@ -230,6 +282,74 @@ mod tests {
         assert!(j.pending("app").is_none());
         let left = std::fs::read_to_string(&state).unwrap();
         assert!(!left.contains("recreating"), "{left}");
+    }
+
+    #[test]
+    fn a_swarm_updates_journal_is_its_services_alone_and_its_rollback_remembers_the_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = dir.path().join("swarm-web-0.json");
+        let j = Journal::new(Some(&rec), None);
+        let update = Applying {
+            kind: ApplyKind::SwarmUpdate,
+            name: "web".into(),
+            old_id: "svc1".into(),
+            step: ApplyStep::Begun,
+            version: Some(7),
+            values: [("KEY".to_string(), value_hash("aud"))].into(),
+            ..applying()
+        };
+        j.begin(&update).unwrap();
+        j.step(ApplyStep::Sent, None).unwrap();
+        let a = j.pending_update("web").unwrap();
+        assert_eq!((a.step, a.version), (ApplyStep::Sent, Some(7)));
+        assert!(j.pending("web").is_none(), "not a container's apply");
+        assert!(j.pending_update("other").is_none());
+        let failed = FailedUpdate {
+            values: [("KEY".to_string(), "aud".to_string())].into(),
+            at: 1,
+            attempts: 1,
+        };
+        j.rolling_back(&failed).unwrap();
+        let r = crate::lock::read_record(&rec).unwrap().unwrap();
+        assert_eq!(r.applying.unwrap().step, ApplyStep::RollingBack);
+        assert_eq!(r.failed, Some(failed.clone()));
+        j.clear("svc1");
+        let r = crate::lock::read_record(&rec).unwrap().unwrap();
+        assert_eq!((r.applying, r.failed), (None, Some(failed)));
+        // A container's journal is never taken for a service's.
+        j.begin(&applying()).unwrap();
+        assert!(j.pending_update("app").is_none());
+    }
+
+    #[test]
+    fn a_record_written_before_swarm_updates_were_journalled_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = dir.path().join("container-app-0.json");
+        std::fs::write(
+            &rec,
+            r#"{"owed": true, "ran_with": {}, "applying": {"kind": "rollout", "name": "app",
+                "old_id": "old", "spec_hash": "h", "was_running": true, "new_name": "n",
+                "aside": "a", "new_id": "new", "step": "started", "healthy": false}}"#,
+        )
+        .unwrap();
+        let a = Journal::new(Some(&rec), None).pending("app").unwrap();
+        assert_eq!(
+            (a.kind, a.version, a.values.len()),
+            (ApplyKind::Rollout, None, 0)
+        );
+        // And written back without the new fields (an older binary reads it).
+        j_step_roundtrip(&rec);
+    }
+
+    fn j_step_roundtrip(rec: &Path) {
+        Journal::new(Some(rec), None)
+            .step(ApplyStep::Healthy, None)
+            .unwrap();
+        let text = std::fs::read_to_string(rec).unwrap();
+        assert!(
+            !text.contains("version") && !text.contains("\"values\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -213,6 +213,8 @@ async fn recover(
     let what = match j.kind {
         ApplyKind::Recreate => "recreate",
         ApplyKind::Rollout => "rollout",
+        // A service's record, never a container's (`Journal::pending` leaves it out).
+        ApplyKind::SwarmUpdate => return Ok((vec![], None)),
     };
     let fail = |why: Error| ActionError {
         logs: Vec::new(),
@@ -433,6 +435,8 @@ mod tests {
             new_id: (step != ApplyStep::Begun).then(|| "new".to_string()),
             step,
             healthy,
+            version: None,
+            values: Default::default(),
         }
     }
 

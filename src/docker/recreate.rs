@@ -87,6 +87,8 @@ pub(super) async fn recreate(
             new_id: None,
             step: ApplyStep::Begun,
             healthy: false,
+            version: None,
+            values: Default::default(),
         })
         .map_err(|e| ActionError {
             logs: Vec::new(),

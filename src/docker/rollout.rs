@@ -160,6 +160,8 @@ pub(super) async fn rollout(
             new_id: None,
             step: ApplyStep::Begun,
             healthy: false,
+            version: None,
+            values: Default::default(),
         })
         .map_err(|e| {
             fail(

@@ -10,10 +10,18 @@
 //! back is rolled back to the previous spec (`rollback=previous`) and reported as failed. It
 //! never creates or removes a service and never prints an environment value.
 //!
+//! Every update is journalled like a container's recreate ([`super::journal`]): before it is
+//! sent, the record beside the service's lock says which service (id), at which version index,
+//! and a hash of each value it sets; then `sent`, then `rolling_back` when it failed; cleared
+//! when it converged or was rolled back. The next run that takes the service's lock finds it
+//! ([`SwarmService::recover`]), compares it with the service it sees, and finishes it: waits for
+//! Swarm, resumes or rolls back as its own update would, and reports which.
+//!
 //! Everything goes through bollard (`inspect_service`, `list_tasks`, `update_service` for the
 //! rollback) except reading the spec to change and sending it back: see [`raw`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -22,6 +30,7 @@ use bollard::models::{Service, ServiceSpec, ServiceUpdateStatusStateEnum, TaskSt
 use bollard::query_parameters::ListTasksOptions;
 use serde_json::Value;
 
+use super::journal::{ApplyKind, ApplyStep, Applying, Journal, value_hash};
 use super::{Error, env_value};
 use crate::lock::FailedUpdate;
 use crate::reconcile::{ActionError, TargetObservation, Values};
@@ -51,6 +60,13 @@ pub struct SwarmService {
     health_timeout: Option<Duration>,
     /// Values whose update failed and was rolled back (see [`update`](Self::update)).
     failed: Option<FailedUpdate>,
+    /// The record beside the service's lock, which holds the journal of its update.
+    record: Option<PathBuf>,
+    /// A recovery rolled back the update of these values in this pass: the pass's update of
+    /// them reports that rollback (see [`recover`](Self::recover)).
+    recovered: Option<(Values, ActionError)>,
+    /// The last recovery finished an update forward.
+    finished_forward: bool,
 }
 
 impl SwarmService {
@@ -66,6 +82,179 @@ impl SwarmService {
             name: name.to_string(),
             health_timeout,
             failed: None,
+            record: None,
+            recovered: None,
+            finished_forward: false,
+        }
+    }
+
+    /// Keep the journal of its updates in `record` (beside its lock; `None`: no journal).
+    pub(crate) fn with_record(mut self, record: Option<PathBuf>) -> SwarmService {
+        self.record = record;
+        self
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::new(self.record.as_deref(), None)
+    }
+
+    /// The last [`recover`](Self::recover) finished an update forward: the running tasks carry
+    /// the values it was setting, so the action the service was owed is done.
+    pub(crate) fn finished_forward(&self) -> bool {
+        self.finished_forward
+    }
+
+    /// Finish an update of this service that a previous run began and did not see through (its
+    /// journal is in the service's record): compare what the journal says with the service as
+    /// it is, then wait for Swarm, resume, or roll back as that run would have; returns what
+    /// was done (with `dry_run`: what would be). Run before observing it.
+    pub(crate) async fn recover(&mut self, dry_run: bool) -> Result<Vec<String>, ActionError> {
+        self.finished_forward = false;
+        let journal = self.journal();
+        let Some(j) = journal.pending_update(&self.name) else {
+            return Ok(vec![]);
+        };
+        let found = match raw::inspect(&self.docker, &self.host, &self.name).await {
+            Ok(v) => Some(Found::of(&v, &j)),
+            Err(Error::NotFound { .. }) => None,
+            Err(e) => return Err(self.inspect_failed(e)),
+        };
+        let step = serde_json::to_value(j.step)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let head = format!(
+            "{}: finishing a Swarm update a previous run began (step {step})",
+            self.label()
+        );
+        let finding = decide(&j, found.as_ref());
+        if dry_run {
+            return Ok(vec![format!(
+                "{head}: {}; the next run does it",
+                finding.planned()
+            )]);
+        }
+        let id = j.old_id.clone();
+        let line = |what: &str| format!("{head}: {what}");
+        let done = match finding {
+            Finding::Gone => line("the service no longer exists; nothing to finish"),
+            Finding::Replaced(other) => line(&format!(
+                "another service ({}) has the name now; the journal does not apply to it",
+                super::ops::short_id(&other)
+            )),
+            Finding::NotSent => line(
+                "it was never sent (the service is at the version it was read at); nothing to finish",
+            ),
+            Finding::Changed => line(
+                "the service's spec no longer carries the values it was setting (changed since); left to this pass",
+            ),
+            Finding::Finish(values) => {
+                let changes = pairs_of(&values);
+                // A failure the killed run recorded is that failure, not another one.
+                let recorded = self.failed_of_record();
+                let on_fail = match recorded {
+                    Some(f) if j.step == ApplyStep::RollingBack && f.values == values => f,
+                    recorded => {
+                        self.failed = recorded;
+                        self.on_fail(&values)
+                    }
+                };
+                let mut tried = false;
+                match self
+                    .update_inner(
+                        &changes,
+                        &mut tried,
+                        &journal,
+                        &on_fail,
+                        j.step != ApplyStep::RollingBack,
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        self.finished_forward = true;
+                        self.failed = None;
+                        line("done: every running task carries the new value")
+                    }
+                    Err(e) if tried && e.rolled_back => {
+                        self.failed = Some(on_fail);
+                        let e = ActionError {
+                            message: line(&e.message),
+                            ..e
+                        };
+                        self.recovered = Some((values, e.clone()));
+                        // The journal was cleared by the rollback; the failure is reported
+                        // by this pass's update of these values.
+                        tracing::warn!(service = %self.name, "{}", e.message);
+                        return Ok(vec![e.message]);
+                    }
+                    // Not finished: the journal stays, the next run tries again.
+                    Err(e) => {
+                        return Err(ActionError {
+                            message: line(&e.message),
+                            ..e
+                        });
+                    }
+                }
+            }
+            Finding::RollBack(previous) => {
+                let (state, message) = self.settle(&id).await;
+                let keys: Vec<String> = previous.keys().cloned().collect();
+                let running = self
+                    .running(&id, &keys)
+                    .await
+                    .map_err(|e| self.inspect_failed(Error::engine("cannot list its tasks", e)))?;
+                let replicas = found.as_ref().and_then(|f| f.replicas);
+                journal.clear(&id);
+                let failed = self.failed_of_record();
+                let why = unsettled(state, &message, &previous, &running, replicas);
+                let e = ActionError {
+                    logs: Vec::new(),
+                    rolled_back: why.is_none(),
+                    message: match &why {
+                        None => line(
+                            "the update had failed and was being rolled back: the rollback is finished, the running tasks carry the previous value",
+                        ),
+                        Some(why) => line(&format!(
+                            "the update had failed and was being rolled back: ROLLBACK INCOMPLETE, {why}"
+                        )),
+                    },
+                    hint: Some(format!(
+                        "see `docker service ps --no-trunc {}`; fix what the new task complains about, then run sync again",
+                        self.name
+                    )),
+                };
+                tracing::warn!(service = %self.name, "{}", e.message);
+                match (why, failed) {
+                    (None, Some(f)) => {
+                        self.failed = Some(f.clone());
+                        self.recovered = Some((f.values, e.clone()));
+                        return Ok(vec![e.message]);
+                    }
+                    _ => return Err(e),
+                }
+            }
+        };
+        journal.clear(&id);
+        tracing::warn!(service = %self.name, "{done}");
+        Ok(vec![done])
+    }
+
+    /// The failed values remembered in the service's record (written with `rolling_back`).
+    fn failed_of_record(&self) -> Option<FailedUpdate> {
+        let path = self.record.as_ref()?;
+        crate::lock::read_record(path).ok().flatten()?.failed
+    }
+
+    /// What is remembered when an update of `values` fails now.
+    fn on_fail(&self, values: &Values) -> FailedUpdate {
+        let attempts = match &self.failed {
+            Some(f) if f.values == *values => f.attempts.saturating_add(1),
+            _ => 1,
+        };
+        FailedUpdate {
+            values: values.clone(),
+            at: unix_now(),
+            attempts,
         }
     }
 
@@ -144,6 +333,12 @@ impl SwarmService {
     /// their backoff has passed.
     pub(crate) async fn update(&mut self, changes: &[(String, String)]) -> Result<(), ActionError> {
         let values: Values = changes.iter().cloned().collect();
+        if let Some((v, e)) = self.recovered.take()
+            && v == values
+        {
+            // This pass's recovery just rolled these values back: that is the outcome.
+            return Err(e);
+        }
         let now = unix_now();
         if let Some(f) = self.failed.as_ref().filter(|f| f.values == values) {
             let due = f.at.saturating_add(backoff(f.attempts).as_secs());
@@ -153,20 +348,14 @@ impl SwarmService {
         }
         crate::lock::test_hold_apply();
         let mut tried = false;
-        let result = self.update_inner(changes, &mut tried).await;
+        let on_fail = self.on_fail(&values);
+        let journal = self.journal();
+        let result = self
+            .update_inner(changes, &mut tried, &journal, &on_fail, true)
+            .await;
         match &result {
             Ok(()) => self.failed = None,
-            Err(_) if tried => {
-                let attempts = match &self.failed {
-                    Some(f) if f.values == values => f.attempts.saturating_add(1),
-                    _ => 1,
-                };
-                self.failed = Some(FailedUpdate {
-                    values,
-                    at: now,
-                    attempts,
-                });
-            }
+            Err(_) if tried => self.failed = Some(on_fail),
             Err(_) => {}
         }
         result
@@ -194,10 +383,17 @@ impl SwarmService {
         )
     }
 
+    /// `journal`: where the update is recorded before it is sent; `on_fail`: what is
+    /// remembered (with the `rolling_back` step) when it fails; `resume`: whether an update of
+    /// these values found not converged may be resumed (not when it is known to have failed:
+    /// then it is rolled back).
     async fn update_inner(
         &self,
         changes: &[(String, String)],
         tried: &mut bool,
+        journal: &Journal,
+        on_fail: &FailedUpdate,
+        resume: bool,
     ) -> Result<(), ActionError> {
         let values: Values = changes.iter().cloned().collect();
         let mut attempt = 0;
@@ -258,6 +454,12 @@ impl SwarmService {
                             .filter(|(k, v)| carried.get(k) != Some(v))
                             .collect()
                     });
+                if !resume {
+                    *tried = true;
+                    return Err(self
+                        .roll_back(&id, &old, Error::FailedBefore, journal, on_fail)
+                        .await);
+                }
                 if matches!(state, Some(S::UPDATING | S::ROLLBACK_STARTED)) {
                     // An update under way (a run killed while Swarm rolled it out, or Swarm
                     // rolling back by itself): let Swarm finish it, then judge it.
@@ -285,7 +487,7 @@ impl SwarmService {
                                 message,
                                 failed_task: self.failed_task(&id).await,
                             };
-                            return Err(self.roll_back(&id, &old, why).await);
+                            return Err(self.roll_back(&id, &old, why, journal, on_fail).await);
                         }
                         _ if attempt >= ATTEMPTS => {
                             return Err(self.fail(
@@ -301,6 +503,29 @@ impl SwarmService {
                 tracing::warn!(service = %self.name, "its update is {}: resuming it", state.map(|s| s.to_string()).unwrap_or_else(|| "done".into()));
                 old
             };
+            // Nothing is changed without its journal.
+            let sending = Applying {
+                kind: ApplyKind::SwarmUpdate,
+                name: self.name.clone(),
+                old_id: id.clone(),
+                spec_hash: String::new(),
+                was_running: true,
+                new_name: String::new(),
+                aside: String::new(),
+                new_id: None,
+                step: ApplyStep::Begun,
+                healthy: false,
+                version: Some(version),
+                values: hashes(&env_json(&spec, &values)),
+            };
+            if let Err(e) = journal.begin(&sending) {
+                return Err(self.fail(
+                    &format!(
+                        "cannot record the update before sending it (nothing was changed): {e}"
+                    ),
+                    None,
+                ));
+            }
             match raw::update(&self.docker, &self.host, &id, version, &spec, false).await {
                 Ok(warnings) => {
                     for w in warnings {
@@ -308,6 +533,7 @@ impl SwarmService {
                         tracing::debug!(service = %self.name, "engine: {w}");
                     }
                     *tried = true;
+                    journal.note(ApplyStep::Sent, None);
                     break (id, replicas, monitor, old);
                 }
                 Err(e) if attempt < ATTEMPTS && self.stale(&id, version, &e).await => {
@@ -315,6 +541,7 @@ impl SwarmService {
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 }
                 Err(e) => {
+                    journal.clear(&id);
                     return Err(
                         self.fail(&format!("the update was refused: {}", refused(&e)), None)
                     );
@@ -325,18 +552,36 @@ impl SwarmService {
         let per_task = self.health_timeout.unwrap_or(PER_TASK) + monitor;
         let bound = per_task * replicas + Duration::from_secs(10);
         match self.wait(&id, changes, replicas, bound).await {
-            Ok(()) => Ok(()),
-            Err(why) => Err(self.roll_back(&id, &old, why).await),
+            Ok(()) => {
+                journal.clear(&id);
+                Ok(())
+            }
+            Err(why) => Err(self.roll_back(&id, &old, why, journal, on_fail).await),
         }
     }
 
-    /// The failure of an update (`why`), after putting `old` back into the spec.
-    async fn roll_back(&self, id: &str, old: &Values, why: Error) -> ActionError {
+    /// The failure of an update (`why`), after putting `old` back into the spec. The journal
+    /// says so first (with the values remembered as failed), and is cleared once the rollback
+    /// is done; a rollback that failed leaves it for the next run.
+    async fn roll_back(
+        &self,
+        id: &str,
+        old: &Values,
+        why: Error,
+        journal: &Journal,
+        on_fail: &FailedUpdate,
+    ) -> ActionError {
+        if let Err(e) = journal.rolling_back(on_fail) {
+            tracing::warn!(error = %e, "cannot record the rollback of the update");
+        }
         let back = if old.is_empty() {
             Err(Error::NothingToRollBackTo)
         } else {
             self.put_back(id, old).await
         };
+        if back.is_ok() {
+            journal.clear(id);
+        }
         ActionError {
             logs: Vec::new(),
             rolled_back: back.is_ok(),
@@ -648,6 +893,96 @@ fn unsettled(
         }
         _ if other > 0 => Some(format!("not converged: {tasks}")),
         _ => None,
+    }
+}
+
+/// The journal's form of values: key -> a hash of the value.
+fn hashes(values: &Values) -> BTreeMap<String, String> {
+    values
+        .iter()
+        .map(|(k, v)| (k.clone(), value_hash(v)))
+        .collect()
+}
+
+fn pairs_of(values: &Values) -> Vec<(String, String)> {
+    values.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A service as a recovery finds it, against its journal.
+#[derive(Debug, Clone, PartialEq)]
+struct Found {
+    id: String,
+    version: Option<u64>,
+    /// The values of the journal's keys that its spec carries.
+    carried: Values,
+    replicas: Option<u64>,
+}
+
+impl Found {
+    fn of(v: &Value, j: &Applying) -> Found {
+        let spec = &v["Spec"];
+        let keys: Values = j
+            .values
+            .keys()
+            .map(|k| (k.clone(), String::new()))
+            .collect();
+        Found {
+            id: v["ID"].as_str().unwrap_or_default().to_string(),
+            version: v.pointer("/Version/Index").and_then(Value::as_u64),
+            carried: env_json(spec, &keys),
+            replicas: replicas_of_json(spec),
+        }
+    }
+}
+
+/// What a recovery makes of a Swarm update's journal and the service it finds.
+#[derive(Debug, Clone, PartialEq)]
+enum Finding {
+    /// No service has the name any more.
+    Gone,
+    /// Another service (this id) has the name.
+    Replaced(String),
+    /// Recorded, never sent: the service is at the version it was read at.
+    NotSent,
+    /// The spec carries other values than those sent (someone changed it since).
+    Changed,
+    /// The spec carries the values sent (these): see the update through.
+    Finish(Values),
+    /// The update failed and its rollback was sent: see the rollback through (the spec's
+    /// values now).
+    RollBack(Values),
+}
+
+impl Finding {
+    /// What a dry run says the next run does.
+    fn planned(&self) -> &'static str {
+        match self {
+            Finding::Gone | Finding::Replaced(_) | Finding::NotSent | Finding::Changed => {
+                "nothing to finish, the journal is to be cleared"
+            }
+            Finding::Finish(_) => {
+                "to be seen through (wait for Swarm, resume, or roll back if it failed)"
+            }
+            Finding::RollBack(_) => "its rollback to be seen through",
+        }
+    }
+}
+
+/// Pure: the tests below go through every case.
+fn decide(j: &Applying, found: Option<&Found>) -> Finding {
+    let Some(f) = found else {
+        return Finding::Gone;
+    };
+    if f.id != j.old_id {
+        return Finding::Replaced(f.id.clone());
+    }
+    let unsent = j.step == ApplyStep::Begun && f.version.is_some() && f.version == j.version;
+    let carries = !j.values.is_empty() && hashes(&f.carried) == j.values;
+    match (unsent, carries, j.step) {
+        (true, _, _) => Finding::NotSent,
+        (false, true, _) => Finding::Finish(f.carried.clone()),
+        (false, false, ApplyStep::RollingBack) => Finding::RollBack(f.carried.clone()),
+        (false, false, _) => Finding::Changed,
     }
 }
 
@@ -1054,6 +1389,107 @@ mod tests {
             unsettled(Some(S::PAUSED), "", &Values::new(), &[], Some(1)),
             None
         );
+    }
+
+    fn journal(step: ApplyStep, values: &Values) -> Applying {
+        Applying {
+            kind: ApplyKind::SwarmUpdate,
+            name: "web".into(),
+            old_id: "svc1".into(),
+            spec_hash: String::new(),
+            was_running: true,
+            new_name: String::new(),
+            aside: String::new(),
+            new_id: None,
+            step,
+            healthy: false,
+            version: Some(10),
+            values: hashes(values),
+        }
+    }
+
+    fn found(id: &str, version: u64, carried: &Values) -> Found {
+        Found {
+            id: id.into(),
+            version: Some(version),
+            carried: carried.clone(),
+            replicas: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_swarm_updates_journal_is_judged_against_the_service_found() {
+        let new = vals(&[("KEY", "new")]);
+        let old = vals(&[("KEY", "old")]);
+        // The journal holds hashes, never the values.
+        let j = journal(ApplyStep::Sent, &new);
+        assert!(!serde_json::to_string(&j).unwrap().contains("new\""));
+        assert_eq!(j.values["KEY"], value_hash("new"));
+        // Sent, the spec carries the values: see it through.
+        assert_eq!(
+            decide(&j, Some(&found("svc1", 11, &new))),
+            Finding::Finish(new.clone())
+        );
+        // Killed before sending: the version has not moved, nothing to finish.
+        let begun = journal(ApplyStep::Begun, &new);
+        assert_eq!(
+            decide(&begun, Some(&found("svc1", 10, &old))),
+            Finding::NotSent
+        );
+        // Begun, but the version moved and the spec carries them: it was sent.
+        assert_eq!(
+            decide(&begun, Some(&found("svc1", 11, &new))),
+            Finding::Finish(new.clone())
+        );
+        // Someone changed the spec since: left to the pass.
+        assert_eq!(decide(&j, Some(&found("svc1", 12, &old))), Finding::Changed);
+        // A rollback under way: the spec carries the previous value.
+        let back = journal(ApplyStep::RollingBack, &new);
+        assert_eq!(
+            decide(&back, Some(&found("svc1", 12, &old))),
+            Finding::RollBack(old.clone())
+        );
+        // A rollback recorded, not sent yet: the update is judged again (it fails again).
+        assert_eq!(
+            decide(&back, Some(&found("svc1", 11, &new))),
+            Finding::Finish(new.clone())
+        );
+        // The service is gone, or another one has the name: never acted on.
+        assert_eq!(decide(&j, None), Finding::Gone);
+        assert_eq!(
+            decide(&j, Some(&found("svc2", 1, &new))),
+            Finding::Replaced("svc2".into())
+        );
+        // A journal without values (nothing of ours in the spec) finishes nothing.
+        let empty = journal(ApplyStep::Sent, &Values::new());
+        assert_eq!(
+            decide(&empty, Some(&found("svc1", 11, &Values::new()))),
+            Finding::Changed
+        );
+    }
+
+    #[test]
+    fn the_service_found_is_read_from_the_engines_answer() {
+        let j = journal(ApplyStep::Sent, &vals(&[("KEY", "new")]));
+        let v = serde_json::json!({
+            "ID": "svc1",
+            "Version": {"Index": 11},
+            "Spec": {
+                "Mode": {"Replicated": {"Replicas": 2}},
+                "TaskTemplate": {"ContainerSpec": {"Env": ["A=1", "KEY=new"]}}
+            }
+        });
+        assert_eq!(
+            Found::of(&v, &j),
+            found("svc1", 11, &vals(&[("KEY", "new")])).with_replicas(Some(2))
+        );
+    }
+
+    impl Found {
+        fn with_replicas(mut self, r: Option<u64>) -> Found {
+            self.replicas = r;
+            self
+        }
     }
 
     #[test]

@@ -92,10 +92,11 @@ pub struct Resolved {
     pub observed: Vec<TargetIn>,
     /// For each binding, the indexes of its containers.
     pub of_binding: Vec<Vec<usize>>,
-    /// Recreates cut short by an earlier run, finished or undone (with `--dry-run`: found).
+    /// Recreates, rollouts and Swarm updates cut short by an earlier run, finished or undone
+    /// (with `--dry-run`: found).
     pub recovered: Vec<String>,
-    /// Containers whose cut-short recreate or rollout was finished forward: they run with the
-    /// values it was making, so the action they were owed is done.
+    /// Containers (and Swarm services) whose cut-short recreate, rollout or update was finished
+    /// forward: they run with the values it was making, so the action they were owed is done.
     pub finished: BTreeSet<String>,
     /// Containers given by id (or prefix) -> their name, to remember in the state.
     pub names: BTreeMap<String, String>,
@@ -312,9 +313,10 @@ pub async fn resolve(
         }
         let mut slot = match (&engine, down.get(name)) {
             (_, Some(err)) => Slot::Down(err.clone()),
-            (Some(Ok(e)), None) if services.contains_key(name) => {
-                Slot::Swarm(e.swarm_service(&services[name], cfg.recreate.health_timeout))
-            }
+            (Some(Ok(e)), None) if services.contains_key(name) => Slot::Swarm(
+                e.swarm_service(&services[name], cfg.recreate.health_timeout)
+                    .with_record(records.get(name).cloned()),
+            ),
             (Some(Ok(e)), None) => {
                 let c = e
                     .container(name)
@@ -358,6 +360,17 @@ pub async fn resolve(
                     recovery_pending = cfg.dry_run && !done.is_empty();
                     recovered.extend(done);
                     if c.finished_forward() {
+                        finished.insert(name.clone());
+                    }
+                }
+                Err(e) => slot = Slot::Down(e),
+            }
+        }
+        if let Slot::Swarm(sv) = &mut slot {
+            match sv.recover(cfg.dry_run).await {
+                Ok(done) => {
+                    recovered.extend(done);
+                    if sv.finished_forward() {
                         finished.insert(name.clone());
                     }
                 }
