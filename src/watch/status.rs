@@ -197,16 +197,27 @@ impl Status {
         for b in &r.bindings {
             let prev = old.get(&b.id).cloned().unwrap_or_default();
             let failed = b.status == crate::sync::Status::Failed;
-            let wrote = b.status == crate::sync::Status::Written;
+            // A value written to one of its sinks: the pass is `changed` when every target
+            // then runs it, `written` when some still does not, even `failed` when one failed.
+            let wrote = b
+                .sinks
+                .iter()
+                .any(|s| s.result == crate::reconcile::SinkResult::Written);
             let bl = Self::label(&mut named.bindings, &b.id);
             let labels = vec![("binding", bl)];
+            // Both counters exist from the binding's first pass (at 0), so a query over them
+            // sees the binding before its first change or failure.
+            let (failures, changes) = (
+                self.failures.get_or_create(&labels),
+                self.changes.get_or_create(&labels),
+            );
             if failed {
-                self.failures.get_or_create(&labels).inc();
+                failures.inc();
             } else {
                 self.last_success.get_or_create(&labels).set(t as f64);
             }
             if wrote {
-                self.changes.get_or_create(&labels).inc();
+                changes.inc();
             }
             doc.bindings.push(BindingStatus {
                 id: b.id.clone(),
@@ -304,7 +315,17 @@ mod tests {
             aud: Some("0123456789abcdef".into()),
             previous: None,
             app: None,
-            sinks: vec![],
+            sinks: vec![crate::sync::report::SinkLine {
+                kind: "env",
+                target: "/srv/app/.env".into(),
+                key: "CLOUDFLARE_AUD_TAG".into(),
+                old: None,
+                version: None,
+                action: crate::reconcile::WriteAction::Write,
+                result: crate::reconcile::SinkResult::Written,
+                new_version: None,
+                error: None,
+            }],
             targets: vec!["t1".into()],
             tunnel: None,
             status,
@@ -347,7 +368,8 @@ mod tests {
     fn a_pass_that_fails_before_any_binding_keeps_them_with_its_error() {
         let mut reg = Registry::default();
         let s = Status::new(&mut reg);
-        s.record(&pass(crate::sync::Status::Written, vec![]));
+        // `changed`: written, and every target runs it.
+        s.record(&pass(crate::sync::Status::Changed, vec![]));
         let mut r = Report::from_error(
             &crate::error::Error::failed("the listing failed", None),
             false,
