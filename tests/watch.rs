@@ -1535,6 +1535,50 @@ fn status_shows_every_binding_behind_the_trigger_token_and_no_secret() {
     assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
 }
 
+/// An Infisical sink: `/status` names it and its state, and no secret of Infisical (the
+/// client secret, the access tokens, another secret of the folder) nor Cloudflare's token.
+#[test]
+fn status_of_an_infisical_sink_shows_no_infisical_secret() {
+    use crate::support::infisical::{CLIENT_ID, CLIENT_SECRET, FakeInfisical, PROJECT};
+    let (_cf, mut sb, target) = status_setup();
+    let inf = FakeInfisical::start();
+    inf.put("dev", "/", "CLOUDFLARE_AUD_TAG", "old", 1);
+    inf.put("dev", "/", "DB_PASSWORD", "db-password-SECRET-5150", 1);
+    sb.var("INFISICAL_HOST", &inf.url())
+        .var("INFISICAL_PROJECT_ID", PROJECT)
+        .var("INFISICAL_CLIENT_ID", CLIENT_ID)
+        .var("INFISICAL_CLIENT_SECRET", CLIENT_SECRET);
+    let script = sb.path("reload.sh").display().to_string();
+    let mut args = status_args(&script);
+    args.extend(["--sink", "infisical"]);
+    let (mut w, addr) = start_listening(&sb, &args);
+    let mut body = String::new();
+    w.expect("the written Infisical sink in /status", LIMIT, |_| {
+        body = http_get(&addr, "/status").2;
+        body.contains(r#""state":"written""#)
+    });
+    assert_eq!(
+        inf.secret("dev", "/", "CLOUDFLARE_AUD_TAG").map(|s| s.0),
+        Some(aud(2))
+    );
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let b = &doc["bindings"][0];
+    assert_eq!(b["sinks"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert!(
+        b["sinks"][0]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("infisical ") && n.contains(PROJECT)),
+        "{doc}"
+    );
+    assert_eq!(b["targets"][0]["name"], target.as_str(), "{doc}");
+    assert!(!inf.writes().is_empty());
+    for secret in ["SECRET", CLIENT_SECRET, TOKEN, aud(2).as_str()] {
+        assert!(!body.contains(secret), "{secret} leaked: {body}");
+    }
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
 /// After a pass that changed something: the per-binding and per-target series, labelled
 /// `binding` / `target` (and nothing else but `result` and `le`), with the apply duration of
 /// the command target; `/status` answers without a token when none is configured.
