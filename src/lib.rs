@@ -108,9 +108,11 @@ async fn run_command(parsed: Parsed) -> u8 {
             let cfg = config::commands::sync_config(args, &parsed).await;
             sync::command(cfg, args.dry_run, args.output.into(), quiet > 0).await
         }
-        Command::Config(_) => match config::show::render(&parsed) {
-            Ok(text) => {
-                print!("{text}");
+        Command::Config(_) => match config::show::prepare(&parsed) {
+            Ok(mut shown) => {
+                let found = sync::discover::discovered(shown.config()).await;
+                shown.add_discovered(&found.bindings, &found.warnings);
+                print!("{}", shown.render());
                 exit::OK
             }
             Err(e) => {

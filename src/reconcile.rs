@@ -717,6 +717,10 @@ pub struct TargetReport {
     /// `docker compose up -d` recreates it): the variable names that differ, never values.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending: Option<Vec<String>>,
+    /// How long its restart, recreate, rollout or command took, when one ran (not in the
+    /// report's JSON: it differs from run to run; `watch` turns it into a metric).
+    #[serde(skip)]
+    pub duration: Option<std::time::Duration>,
 }
 
 /// The outcome of a pass.
@@ -781,6 +785,7 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             error: error.or_else(|| t.blocked.clone()),
             keeps_old: t.keeps_old.clone(),
             pending: None,
+            duration: None,
         };
     if dry_run {
         out.targets = plan
@@ -914,16 +919,19 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             failed_groups.extend(group);
             continue;
         }
+        let started = std::time::Instant::now();
         let res = match step.action {
             Action::Restart => targets[i].restart().await,
             Action::Recreate => targets[i].recreate(&step.changes).await,
             Action::Rollout => targets[i].rollout(&step.changes).await,
             Action::None => Ok(()),
         };
+        let took = Some(started.elapsed());
         match res {
             Ok(()) => {
                 let mut r = target_report(step, TargetResult::Done, None);
                 r.pending = targets[i].pending();
+                r.duration = took;
                 out.targets.push(r);
                 if owed.remove(&step.name)
                     && let Err(e) = journal.set_owed(&owed)
@@ -933,8 +941,9 @@ pub async fn apply<S: Sink, T: Target, J: Journal>(
             }
             Err(e) => {
                 out.failed = true;
-                out.targets
-                    .push(target_report(step, TargetResult::Failed, Some(e)));
+                let mut r = target_report(step, TargetResult::Failed, Some(e));
+                r.duration = took;
+                out.targets.push(r);
                 failed_groups.extend(group);
             }
         }

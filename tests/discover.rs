@@ -263,3 +263,101 @@ fn labels_that_would_choose_the_file_written_are_refused_and_named() {
         Some("old")
     );
 }
+
+/// `audsync config --discover` lists the bindings labels make, each value with its origin
+/// (`label on container X`), after the configured ones; `sync --dry-run` names the origin too.
+/// Without `--discover` nothing is listed.
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn config_lists_discovered_bindings_with_their_origin() {
+    require_docker!();
+    let cf = cloudflare();
+    let sb = Sandbox::with_cloudflare(&cf);
+    let d = Docker::new();
+    let srv = sb.path("srv");
+    let (dir, p) = project(
+        &d,
+        &srv,
+        "",
+        &[service("api", &[("audsync.domain", API)])],
+        "CLOUDFLARE_AUD_TAG=old\n",
+    );
+    compose(&dir, &p, &["up", "-d"]);
+    let root = srv.display().to_string();
+    let origin = format!("label on container {p}_api_1");
+    let config = |extra: &[&str]| {
+        let mut c = sb.cmd();
+        c.args([
+            "config",
+            "--discover-scope",
+            &d.prefix,
+            "--discover-root",
+            &root,
+        ]);
+        c.args(extra);
+        run(&mut c)
+    };
+
+    let r = config(&["--discover"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let env = std::fs::canonicalize(dir.join(".env")).unwrap();
+    for line in [
+        format!("{origin}\tbinding[1] = \"{API}\""),
+        format!("{origin}\tbinding[1].domain = \"{API}\""),
+        format!("{origin}\tbinding[1].key = \"CLOUDFLARE_AUD_TAG\""),
+        format!(
+            "{origin}\tbinding[1].sinks = [{{ env = \"{}\" }}]",
+            env.display()
+        ),
+        format!("{origin}\tbinding[1].targets = [{{ compose_service = \"{p}/api\" }}]"),
+    ] {
+        assert!(
+            r.stdout.lines().any(|l| l == line),
+            "no line {line:?} in\n{}",
+            r.stdout
+        );
+    }
+
+    let r = config(&["--discover", "--domain", ADMIN, "--output", "json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let of = |key: &str| {
+        j["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {key} in {j}"))
+    };
+    assert_eq!(
+        of("binding[1].domain")["value"],
+        ADMIN,
+        "the configured binding first"
+    );
+    assert_eq!(of("binding[2].domain")["value"], API, "{j}");
+    assert_eq!(of("binding[2].domain")["origin"], origin.as_str(), "{j}");
+
+    let r = config(&["--domain", ADMIN]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stdout.contains("label on"), "opt-in only:\n{}", r.stdout);
+
+    let mut c = sb.cmd();
+    c.args([
+        "sync",
+        "--discover",
+        "--discover-scope",
+        &d.prefix,
+        "--discover-root",
+        &root,
+        "--dry-run",
+    ]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stdout.contains(&format!("discovered: {origin}")), "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".env")).unwrap(),
+        "CLOUDFLARE_AUD_TAG=old\n",
+        "nothing written"
+    );
+}

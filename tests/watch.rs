@@ -510,11 +510,16 @@ fn secrets_never_reach_the_logs_at_any_verbosity() {
 
 /// GET over a raw HTTP/1.1 connection: (status, content type, body).
 pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    http_get_with(addr, path, "")
+}
+
+/// GET with extra header lines (each ending in `\r\n`): (status, content type, body).
+pub(crate) fn http_get_with(addr: &str, path: &str, headers: &str) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = String::new();
@@ -1391,6 +1396,257 @@ fn healthz_and_metrics_answer_while_a_pass_is_held_inside_its_env_write() {
         metric(&addr, "audsync_passes_total", &[("status", "written")]) == 1.0
     });
     assert_eq!(health(&addr).1["status"], "ok");
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+// ---- GET /status and the per-binding, per-target metrics (a command target: no engine) ----
+
+const TRIGGER: &str = "status-trigger-token-0123456789";
+
+/// A `.env` sink and a command target that records its runs; no engine anywhere.
+fn status_setup() -> (FakeCloudflare, Sandbox, String) {
+    let (cf, mut sb) = setup("CLOUDFLARE_AUD_TAG=old\n");
+    sb.var("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let script = sb.path("reload.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho run >> {}\n", sb.path("runs").display()),
+    )
+    .unwrap();
+    set_mode(&script, 0o755);
+    let target = format!("command {}", script.display());
+    (cf, sb, target)
+}
+
+fn status_args(script: &str) -> Vec<&str> {
+    vec![
+        "--domain",
+        HOST,
+        "--exec",
+        script,
+        "--interval",
+        "1h",
+        "--jitter",
+        "0",
+    ]
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The document with every value replaced by its JSON type, arrays by their first element:
+/// the schema, for a snapshot that changes only when the schema does.
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Number(_) => "number".into(),
+        Value::String(_) => "string".into(),
+        Value::Array(a) => Value::Array(a.iter().take(1).map(shape).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+    }
+}
+
+/// `GET /status` over HTTP, behind the trigger token: every binding with the prefix of its
+/// AUD (never the value), its application, last check and change, no error, its sink's and
+/// target's state, and the next pass; no secret anywhere; refused without the token.
+#[test]
+fn status_shows_every_binding_behind_the_trigger_token_and_no_secret() {
+    let (_cf, mut sb, target) = status_setup();
+    sb.var("AUDSYNC_TRIGGER_TOKEN", TRIGGER);
+    let script = sb.path("reload.sh").display().to_string();
+    let (mut w, addr) = start_listening(&sb, &status_args(&script));
+    let bearer = format!("Authorization: Bearer {TRIGGER}\r\n");
+    let mut doc = Value::Null;
+    w.expect("the first pass in /status", LIMIT, |_| {
+        let (code, _, body) = http_get_with(&addr, "/status", &bearer);
+        doc = serde_json::from_str(&body).unwrap_or(Value::Null);
+        code == 200 && doc["bindings"][0]["status"] == "changed" && !doc["next_pass"].is_null()
+    });
+    assert!(holds(&sb, &aud(2)), "{}", sb.read_env());
+    let (code, ctype, body) = http_get_with(&addr, "/status", &bearer);
+    assert_eq!(code, 200, "{body}");
+    assert!(ctype.starts_with("application/json"), "{ctype}");
+
+    assert_eq!(doc["schema"], 1, "{doc}");
+    let now = unix_now();
+    let next = doc["next_pass"].as_u64().unwrap();
+    assert!(
+        next > now + 3000 && next <= now + 3601,
+        "an hour ahead: {doc}"
+    );
+    let bindings = doc["bindings"].as_array().unwrap();
+    assert_eq!(bindings.len(), 1, "{doc}");
+    let b = &bindings[0];
+    assert_eq!(b["id"], HOST, "{doc}");
+    assert_eq!(b["key"], "CLOUDFLARE_AUD_TAG", "{doc}");
+    assert_eq!(b["aud_prefix"], aud(2)[..8], "{doc}");
+    assert_eq!(b["application"], "App 2", "{doc}");
+    for t in ["last_check", "last_change"] {
+        let t = b[t].as_u64().unwrap_or_else(|| panic!("{t}: {doc}"));
+        assert!(t + 120 > now && t <= now + 1, "{doc}");
+    }
+    assert!(b["last_error"].is_null(), "{doc}");
+    assert!(
+        b.get("origin").is_none(),
+        "a configured binding has no origin: {doc}"
+    );
+    // The sink as configured (the default `.env`, relative to the working directory).
+    assert_eq!(
+        b["sinks"],
+        serde_json::json!([{"name": "env .env", "state": "written"}]),
+        "{doc}"
+    );
+    assert_eq!(
+        b["targets"],
+        serde_json::json!([{"name": target, "state": "done"}]),
+        "{doc}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.path("runs")).unwrap(),
+        "run\n",
+        "the command target ran once"
+    );
+    // Only the prefix of the AUD; neither token.
+    for secret in [aud(2).as_str(), TOKEN, TRIGGER] {
+        assert!(!body.contains(secret), "{secret} leaked: {body}");
+    }
+    insta::assert_snapshot!(
+        "status_schema",
+        serde_json::to_string_pretty(&shape(&doc)).unwrap()
+    );
+
+    // Without the token, or with another: refused, and nothing of the document shown.
+    let other = "Authorization: Bearer status-trigger-token-0123456780\r\n";
+    for headers in ["", other, "Authorization: Basic c3RhdHVz\r\n"] {
+        let (code, _, body) = http_get_with(&addr, "/status", headers);
+        assert_eq!(code, 401, "{headers:?}: {body}");
+        assert!(
+            !body.contains(HOST) && !body.contains(&aud(2)[..8]),
+            "{body}"
+        );
+    }
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+/// An Infisical sink: `/status` names it and its state, and no secret of Infisical (the
+/// client secret, the access tokens, another secret of the folder) nor Cloudflare's token.
+#[test]
+fn status_of_an_infisical_sink_shows_no_infisical_secret() {
+    use crate::support::infisical::{CLIENT_ID, CLIENT_SECRET, FakeInfisical, PROJECT};
+    let (_cf, mut sb, target) = status_setup();
+    let inf = FakeInfisical::start();
+    inf.put("dev", "/", "CLOUDFLARE_AUD_TAG", "old", 1);
+    inf.put("dev", "/", "DB_PASSWORD", "db-password-SECRET-5150", 1);
+    sb.var("INFISICAL_HOST", &inf.url())
+        .var("INFISICAL_PROJECT_ID", PROJECT)
+        .var("INFISICAL_CLIENT_ID", CLIENT_ID)
+        .var("INFISICAL_CLIENT_SECRET", CLIENT_SECRET);
+    let script = sb.path("reload.sh").display().to_string();
+    let mut args = status_args(&script);
+    args.extend(["--sink", "infisical"]);
+    let (mut w, addr) = start_listening(&sb, &args);
+    let mut body = String::new();
+    w.expect("the written Infisical sink in /status", LIMIT, |_| {
+        body = http_get(&addr, "/status").2;
+        body.contains(r#""state":"written""#)
+    });
+    assert_eq!(
+        inf.secret("dev", "/", "CLOUDFLARE_AUD_TAG").map(|s| s.0),
+        Some(aud(2))
+    );
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let b = &doc["bindings"][0];
+    assert_eq!(b["sinks"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert!(
+        b["sinks"][0]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("infisical ") && n.contains(PROJECT)),
+        "{doc}"
+    );
+    assert_eq!(b["targets"][0]["name"], target.as_str(), "{doc}");
+    assert!(!inf.writes().is_empty());
+    for secret in ["SECRET", CLIENT_SECRET, TOKEN, aud(2).as_str()] {
+        assert!(!body.contains(secret), "{secret} leaked: {body}");
+    }
+    w.signal("TERM");
+    assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
+}
+
+/// After a pass that changed something: the per-binding and per-target series, labelled
+/// `binding` / `target` (and nothing else but `result` and `le`), with the apply duration of
+/// the command target; `/status` answers without a token when none is configured.
+#[test]
+fn per_binding_and_per_target_metrics_follow_a_change() {
+    let (_cf, sb, target) = status_setup();
+    let script = sb.path("reload.sh").display().to_string();
+    let (mut w, addr) = start_listening(&sb, &status_args(&script));
+    // `changed`: written, and the command target ran.
+    w.expect("a pass that changed the value", LIMIT, |_| {
+        metric(&addr, "audsync_passes_total", &[("status", "changed")]) == 1.0
+    });
+    let m = scrape(&addr);
+    let b = [("binding", HOST)];
+    let t = [("target", target.as_str())];
+    let bt = [("binding", HOST), ("target", target.as_str())];
+    assert_eq!(value(&m, "audsync_binding_changes_total", &b), 1.0);
+    assert_eq!(value(&m, "audsync_binding_failures_total", &b), 0.0);
+    assert_eq!(
+        value(
+            &m,
+            "audsync_target_actions_total",
+            &[t[0], ("result", "done")]
+        ),
+        1.0
+    );
+    let now = unix_now() as f64;
+    for (name, labels) in [
+        ("audsync_binding_last_success_timestamp_seconds", &b),
+        ("audsync_target_last_success_timestamp_seconds", &t),
+    ] {
+        let at = value(&m, name, labels);
+        assert!(at > now - 120.0 && at <= now + 1.0, "{name} = {at}");
+    }
+    assert_eq!(
+        value(&m, "audsync_target_apply_duration_seconds_count", &bt),
+        1.0
+    );
+    let sum = value(&m, "audsync_target_apply_duration_seconds_sum", &bt);
+    assert!(sum > 0.0, "{sum}");
+    assert_eq!(
+        value(
+            &m,
+            "audsync_target_apply_duration_seconds_bucket",
+            &[bt[0], bt[1], ("le", "+Inf")]
+        ),
+        1.0
+    );
+    // Bounded label sets: only the names of bindings and targets, and fixed words.
+    for s in m
+        .iter()
+        .filter(|s| s.name.starts_with("audsync_binding_") || s.name.starts_with("audsync_target_"))
+    {
+        for (k, v) in &s.labels {
+            let ok = match k.as_str() {
+                "binding" => v == HOST,
+                "target" => *v == target,
+                "result" => ["done", "failed"].contains(&v.as_str()),
+                "le" => s.name.ends_with("_bucket"),
+                _ => false,
+            };
+            assert!(ok, "{} {k}={v:?}", s.name);
+        }
+    }
+    let (code, _, body) = http_get(&addr, "/status");
+    assert_eq!(code, 200, "no token configured: /status is open: {body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["bindings"][0]["targets"][0]["state"], "done", "{doc}");
     w.signal("TERM");
     assert_eq!(w.wait_exit(LIMIT), 0, "{}", w.stderr());
 }

@@ -1,15 +1,75 @@
 //! `audsync config`: the effective configuration of `sync` / `watch`, one value a line with
 //! where it came from (like `git config --show-origin`), secrets redacted. Validation problems
-//! are all listed and exit 2; nothing is contacted.
+//! are all listed and exit 2. Nothing is contacted, except that with `--discover` the caller
+//! asks the engine which bindings labels make and adds them ([`Shown::add_discovered`]), each
+//! with its origin (`label on container X`).
 
 use serde_json::{Value, json};
 
 use super::file::{Kind, SETTINGS};
-use super::{Env, Origin, Parsed, SyncConfig};
+use super::{Binding, Env, Origin, Parsed, SyncConfig};
 use crate::error::Error;
 
-/// Render the configuration, or every problem found.
+/// The configuration as shown, before discovered bindings are added.
+pub struct Shown {
+    cfg: SyncConfig,
+    entries: Entries,
+    /// Where discovered bindings go: after the configured ones, before the files.
+    at: usize,
+    warnings: Vec<String>,
+    file: Option<String>,
+    output: super::Output,
+}
+
+impl Shown {
+    /// The validated configuration shown (for discovery).
+    pub fn config(&self) -> &SyncConfig {
+        &self.cfg
+    }
+
+    /// Add the bindings labels make, numbered after the configured ones, each value with the
+    /// binding's origin; and what discovery refused or left out (warnings).
+    pub fn add_discovered(&mut self, found: &[Binding], warnings: &[String]) {
+        let mut out = Entries::default();
+        for (i, b) in found.iter().enumerate() {
+            let n = self.cfg.bindings.len() + i + 1;
+            let origin = b.origin.clone().unwrap_or_else(|| "label".into());
+            out.put(&origin, format!("binding[{n}]"), b.id.as_str());
+            match &b.source.selector {
+                super::Selector::Host(h) => {
+                    out.put(&origin, format!("binding[{n}].domain"), h.as_str())
+                }
+                super::Selector::AppId(a) => {
+                    out.put(&origin, format!("binding[{n}].app_id"), a.as_str())
+                }
+            }
+            out.put(&origin, format!("binding[{n}].key"), b.key.as_str());
+            out.put(&origin, format!("binding[{n}].sinks"), sinks_value(b));
+            out.put(&origin, format!("binding[{n}].targets"), targets_value(b));
+            out.put(&origin, format!("binding[{n}].restart"), restart_value(b));
+        }
+        let len = out.0.len();
+        self.entries.0.splice(self.at..self.at, out.0);
+        self.at += len;
+        self.warnings.extend(warnings.iter().cloned());
+    }
+
+    /// Text (one value a line) or JSON, as `--output` says.
+    pub fn render(&self) -> String {
+        match self.output {
+            super::Output::Text => self.entries.text(self.file.as_deref(), &self.warnings),
+            super::Output::Json => self.entries.json(self.file.as_deref(), &self.warnings),
+        }
+    }
+}
+
+/// Render the configuration (without discovered bindings), or every problem found.
 pub fn render(p: &Parsed) -> Result<String, Error> {
+    prepare(p).map(|s| s.render())
+}
+
+/// Build the configuration to show, or every problem found.
+pub fn prepare(p: &Parsed) -> Result<Shown, Error> {
     let crate::cli::Command::Config(args) = &p.cli.command else {
         return Err(Error::usage("not the config command"));
     };
@@ -131,40 +191,19 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
             format!("binding[{n}].key"),
             b.key.as_str(),
         );
-        let sinks: Vec<Value> = b
-            .sinks
-            .iter()
-            .map(|s| match s {
-                super::BindingSink::Env(p) => json!({ "env": p.display().to_string() }),
-                super::BindingSink::Infisical(p) => json!({ "infisical": p }),
-            })
-            .collect();
+        let sinks = sinks_value(b);
         out.put(
             line_of(fb.and_then(|f| f.sinks_line), "sinks"),
             format!("binding[{n}].sinks"),
             sinks,
         );
-        let targets: Vec<Value> = b
-            .targets
-            .iter()
-            .map(|t| match t {
-                super::BindingTarget::Container(c) => json!({ "container": c }),
-                super::BindingTarget::ComposeService { project, service } => {
-                    json!({ "compose_service": format!("{project}/{service}") })
-                }
-                super::BindingTarget::SwarmService(s) => json!({ "swarm_service": s }),
-                super::BindingTarget::Exec(w) => json!({ "exec": w }),
-            })
-            .collect();
+        let targets = targets_value(b);
         out.put(
             line_of(fb.and_then(|f| f.targets_line), "containers"),
             format!("binding[{n}].targets"),
             targets,
         );
-        let restart = serde_json::to_value(b.restart)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
+        let restart = restart_value(b);
         let restart_origin = match p.origins.get("restart") {
             Some(o @ (Origin::Flag | Origin::Env(_) | Origin::EnvFile(..))) => o.to_string(),
             _ => origin_of("restart", "restart"),
@@ -185,6 +224,7 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
             );
         }
     }
+    let at = out.0.len();
     let state_origin = p
         .origins
         .get("state_file")
@@ -200,11 +240,45 @@ pub fn render(p: &Parsed) -> Result<String, Error> {
         "lock_file",
         cfg.lock_file.display().to_string(),
     );
-    let file = p.file.as_ref().map(|f| f.path.display().to_string());
-    Ok(match super::Output::from(args.watch.sync.output) {
-        super::Output::Text => out.text(file.as_deref()),
-        super::Output::Json => out.json(file.as_deref()),
+    Ok(Shown {
+        cfg,
+        entries: out,
+        at,
+        warnings: Vec::new(),
+        file: p.file.as_ref().map(|f| f.path.display().to_string()),
+        output: super::Output::from(args.watch.sync.output),
     })
+}
+
+fn sinks_value(b: &Binding) -> Vec<Value> {
+    b.sinks
+        .iter()
+        .map(|s| match s {
+            super::BindingSink::Env(p) => json!({ "env": p.display().to_string() }),
+            super::BindingSink::Infisical(p) => json!({ "infisical": p }),
+        })
+        .collect()
+}
+
+fn targets_value(b: &Binding) -> Vec<Value> {
+    b.targets
+        .iter()
+        .map(|t| match t {
+            super::BindingTarget::Container(c) => json!({ "container": c }),
+            super::BindingTarget::ComposeService { project, service } => {
+                json!({ "compose_service": format!("{project}/{service}") })
+            }
+            super::BindingTarget::SwarmService(s) => json!({ "swarm_service": s }),
+            super::BindingTarget::Exec(w) => json!({ "exec": w }),
+        })
+        .collect()
+}
+
+fn restart_value(b: &Binding) -> String {
+    serde_json::to_value(b.restart)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 /// The values shown, in order: (origin, key, value). A secret is already `[redacted]`.
@@ -216,8 +290,8 @@ impl Entries {
         self.0.push((origin.to_string(), key.into(), value.into()));
     }
 
-    /// One value a line: `<origin>\t<key> = <value>`.
-    fn text(&self, file: Option<&str>) -> String {
+    /// One value a line: `<origin>\t<key> = <value>`; discovery's warnings as `#` lines.
+    fn text(&self, file: Option<&str>, warnings: &[String]) -> String {
         let mut out = String::from(
             "# effective configuration of sync / watch: <origin>\\t<key> = <value> (secrets redacted)\n",
         );
@@ -225,19 +299,27 @@ impl Entries {
             out.push_str(&format!("# config file: {f}\n"));
         }
         for (origin, key, value) in &self.0 {
+            let origin = crate::shown::outside(origin);
             out.push_str(&format!("{origin}\t{key} = {}\n", shown(value)));
+        }
+        for w in warnings {
+            out.push_str(&format!("# discover: {}\n", crate::shown::outside(w)));
         }
         out
     }
 
-    /// One JSON object: `{"schema": 1, "config_file", "values": [{"key", "value", "origin"}]}`.
-    fn json(&self, file: Option<&str>) -> String {
+    /// One JSON object: `{"schema": 1, "config_file", "values": [{"key", "value", "origin"}]}`,
+    /// and `warnings` when discovery refused or left something out.
+    fn json(&self, file: Option<&str>, warnings: &[String]) -> String {
         let values: Vec<Value> = self
             .0
             .iter()
             .map(|(origin, key, value)| json!({ "key": key, "value": value, "origin": origin }))
             .collect();
-        let doc = json!({ "schema": 1, "config_file": file, "values": values });
+        let mut doc = json!({ "schema": 1, "config_file": file, "values": values });
+        if !warnings.is_empty() {
+            doc["warnings"] = json!(warnings);
+        }
         format!("{doc}\n")
     }
 }

@@ -55,6 +55,15 @@ pub(crate) async fn with_discovered(cfg: &SyncConfig) -> (SyncConfig, Vec<String
     (out, found.warnings)
 }
 
+/// The bindings labels make and what was refused (nothing without `--discover`), for
+/// `audsync config`: judged exactly as a pass judges them, nothing written.
+pub(crate) async fn discovered(cfg: &SyncConfig) -> Discovery {
+    match &cfg.discover {
+        Some(d) => discover(cfg, d).await,
+        None => Discovery::default(),
+    }
+}
+
 async fn discover(cfg: &SyncConfig, d: &DiscoverConfig) -> Discovery {
     let engine = match crate::docker::Engine::connect(&cfg.docker_host).await {
         Ok(e) => e,

@@ -767,6 +767,7 @@ mod tests {
             error: None,
             keeps_old: Default::default(),
             pending: Default::default(),
+            duration: None,
         }
     }
 

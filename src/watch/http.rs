@@ -639,6 +639,7 @@ mod tests {
             }),
             keeps_old: Default::default(),
             pending: None,
+            duration: None,
         };
         // One that was rolled back, one refused before anything changed (e.g. --rm).
         r.targets.push(failed(true));

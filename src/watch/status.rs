@@ -2,7 +2,8 @@
 //! binding's AUD prefix (never the whole value), application, last check, last change, last
 //! error, each sink's and target's state, and when the next pass is due. Behind the same
 //! bearer token as `POST /sync` when one is set. Also the per-binding and per-target metrics,
-//! with label sets bounded by [`MAX_SERIES`].
+//! with label sets bounded by [`MAX_SERIES`]: label values are only the names of configured or
+//! discovered bindings and of their targets, never anything else a container says.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -10,13 +11,14 @@ use std::sync::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::sync::Report;
 
-/// At most this many bindings and this many targets get series of their own; the rest are
-/// counted under `binding="(other)"` / `target="(other)"`.
+/// At most this many bindings, this many targets and this many (binding, target) pairs get
+/// series of their own; the rest are counted under `binding="(other)"` / `target="(other)"`.
 pub const MAX_SERIES: usize = 100;
 const OTHER: &str = "(other)";
 
@@ -62,7 +64,21 @@ pub struct Status {
     failures: Family<Labels, Counter>,
     target_actions: Family<Labels, Counter>,
     target_last_success: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    named: Mutex<(Vec<String>, Vec<String>)>,
+    apply_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    named: Mutex<Named>,
+}
+
+/// The label values handed out so far: bindings, targets, and (binding, target) pairs.
+#[derive(Default)]
+struct Named {
+    bindings: Vec<String>,
+    targets: Vec<String>,
+    pairs: Vec<(String, String)>,
+}
+
+/// Buckets of a target's apply: 50 ms to about 100 s (a recreate that waits for health).
+fn apply_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 12))
 }
 
 fn now() -> u64 {
@@ -89,6 +105,7 @@ impl Status {
             failures: Family::default(),
             target_actions: Family::default(),
             target_last_success: Family::default(),
+            apply_duration: Family::new_with_constructor(apply_histogram),
             named: Mutex::default(),
         };
         registry.register(
@@ -116,6 +133,11 @@ impl Status {
             "Unix time of the last pass in which the target ran the current values",
             s.target_last_success.clone(),
         );
+        registry.register(
+            "audsync_target_apply_duration_seconds",
+            "How long the target's restart, recreate, rollout or command took, by binding and target",
+            s.apply_duration.clone(),
+        );
         s
     }
 
@@ -131,6 +153,25 @@ impl Status {
         OTHER.to_string()
     }
 
+    /// The labels of a (binding, target) pair: both `(other)` once [`MAX_SERIES`] pairs are
+    /// named, so the histogram's series stay bounded even when every target serves every
+    /// binding.
+    fn pair(named: &mut Named, binding: &str, target: &str) -> Labels {
+        let b = Self::label(&mut named.bindings, binding);
+        let t = Self::label(&mut named.targets, target);
+        let known = named.pairs.iter().any(|(pb, pt)| *pb == b && *pt == t);
+        if !known && named.pairs.len() >= MAX_SERIES {
+            return vec![
+                ("binding", OTHER.to_string()),
+                ("target", OTHER.to_string()),
+            ];
+        }
+        if !known {
+            named.pairs.push((b.clone(), t.clone()));
+        }
+        vec![("binding", b), ("target", t)]
+    }
+
     pub fn set_next_pass(&self, wait: std::time::Duration) {
         self.doc.lock().unwrap_or_else(|p| p.into_inner()).next_pass = Some(now() + wait.as_secs());
     }
@@ -139,21 +180,44 @@ impl Status {
         let t = now();
         let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
         let mut doc = self.doc.lock().unwrap_or_else(|p| p.into_inner());
+        if r.bindings.is_empty() && r.status == crate::sync::Status::Failed {
+            // The pass failed before it judged any binding (the lock, the Cloudflare listing):
+            // every binding known keeps its last state, with this failure.
+            for b in &mut doc.bindings {
+                let labels = vec![("binding", Self::label(&mut named.bindings, &b.id))];
+                self.failures.get_or_create(&labels).inc();
+                b.status = r.status.as_str().to_string();
+                b.last_check = Some(t);
+                b.last_error = r.error.clone();
+            }
+            return;
+        }
         let old: BTreeMap<String, BindingStatus> =
             doc.bindings.drain(..).map(|b| (b.id.clone(), b)).collect();
         for b in &r.bindings {
             let prev = old.get(&b.id).cloned().unwrap_or_default();
             let failed = b.status == crate::sync::Status::Failed;
-            let wrote = b.status == crate::sync::Status::Written;
-            let bl = Self::label(&mut named.0, &b.id);
+            // A value written to one of its sinks: the pass is `changed` when every target
+            // then runs it, `written` when some still does not, even `failed` when one failed.
+            let wrote = b
+                .sinks
+                .iter()
+                .any(|s| s.result == crate::reconcile::SinkResult::Written);
+            let bl = Self::label(&mut named.bindings, &b.id);
             let labels = vec![("binding", bl)];
+            // Both counters exist from the binding's first pass (at 0), so a query over them
+            // sees the binding before its first change or failure.
+            let (failures, changes) = (
+                self.failures.get_or_create(&labels),
+                self.changes.get_or_create(&labels),
+            );
             if failed {
-                self.failures.get_or_create(&labels).inc();
+                failures.inc();
             } else {
                 self.last_success.get_or_create(&labels).set(t as f64);
             }
             if wrote {
-                self.changes.get_or_create(&labels).inc();
+                changes.inc();
             }
             doc.bindings.push(BindingStatus {
                 id: b.id.clone(),
@@ -191,11 +255,18 @@ impl Status {
             });
         }
         for c in &r.targets {
-            let tl = Self::label(&mut named.1, &c.name);
+            let tl = Self::label(&mut named.targets, &c.name);
             let result = match c.result {
                 crate::reconcile::TargetResult::Failed => "failed",
                 _ => "done",
             };
+            if let Some(took) = c.duration {
+                for b in &c.bindings {
+                    self.apply_duration
+                        .get_or_create(&Self::pair(&mut named, b, &c.name))
+                        .observe(took.as_secs_f64());
+                }
+            }
             if c.action != crate::reconcile::Action::None {
                 self.target_actions
                     .get_or_create(&vec![
@@ -204,7 +275,12 @@ impl Status {
                     ])
                     .inc();
             }
-            if result == "done" {
+            // Skipped (its sink failed, or it waits) or planned: it does not run the values.
+            let runs_them = matches!(
+                c.result,
+                crate::reconcile::TargetResult::Done | crate::reconcile::TargetResult::None
+            );
+            if runs_them {
                 self.target_last_success
                     .get_or_create(&vec![("target", tl)])
                     .set(t as f64);
@@ -229,6 +305,152 @@ mod tests {
         }
         assert_eq!(Status::label(&mut l, "one-more"), OTHER);
         assert_eq!(Status::label(&mut l, "b0"), "b0");
+    }
+
+    fn binding(id: &str, status: crate::sync::Status) -> crate::sync::report::BindingReport {
+        crate::sync::report::BindingReport {
+            id: id.into(),
+            origin: None,
+            key: "CLOUDFLARE_AUD_TAG".into(),
+            aud: Some("0123456789abcdef".into()),
+            previous: None,
+            app: None,
+            sinks: vec![crate::sync::report::SinkLine {
+                kind: "env",
+                target: "/srv/app/.env".into(),
+                key: "CLOUDFLARE_AUD_TAG".into(),
+                old: None,
+                version: None,
+                action: crate::reconcile::WriteAction::Write,
+                result: crate::reconcile::SinkResult::Written,
+                new_version: None,
+                error: None,
+            }],
+            targets: vec!["t1".into()],
+            tunnel: None,
+            status,
+            error: None,
+            hint: None,
+            stage: None,
+        }
+    }
+
+    fn target(result: crate::reconcile::TargetResult) -> crate::reconcile::TargetReport {
+        crate::reconcile::TargetReport {
+            name: "t1".into(),
+            action: crate::reconcile::Action::Restart,
+            reason: String::new(),
+            result,
+            bindings: vec!["b1".into()],
+            error: None,
+            keeps_old: Default::default(),
+            pending: None,
+            duration: Some(std::time::Duration::from_millis(300)),
+        }
+    }
+
+    fn pass(status: crate::sync::Status, targets: Vec<crate::reconcile::TargetReport>) -> Report {
+        let mut r = Report::from_error(&crate::error::Error::failed("x", None), false);
+        r.status = status;
+        r.error = None;
+        r.bindings = vec![binding("b1", status)];
+        r.targets = targets;
+        r
+    }
+
+    fn encoded(reg: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, reg).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_pass_that_fails_before_any_binding_keeps_them_with_its_error() {
+        let mut reg = Registry::default();
+        let s = Status::new(&mut reg);
+        // `changed`: written, and every target runs it.
+        s.record(&pass(crate::sync::Status::Changed, vec![]));
+        let mut r = Report::from_error(
+            &crate::error::Error::failed("the listing failed", None),
+            false,
+        );
+        r.stage = Some(crate::sync::Stage::Source);
+        s.record(&r);
+        let doc = s.doc();
+        assert_eq!(doc.bindings.len(), 1, "{doc:?}");
+        let b = &doc.bindings[0];
+        assert_eq!(b.status, "failed");
+        assert!(
+            b.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("the listing failed")),
+            "{b:?}"
+        );
+        assert_eq!(
+            b.aud_prefix.as_deref(),
+            Some("01234567"),
+            "the last value known is kept"
+        );
+        assert!(b.last_change.is_some(), "{b:?}");
+        assert!(encoded(&reg).contains(r#"audsync_binding_failures_total{binding="b1"} 1"#));
+    }
+
+    #[test]
+    fn apply_durations_are_observed_per_binding_and_target_and_skipped_targets_are_no_success() {
+        use crate::reconcile::TargetResult;
+        let mut reg = Registry::default();
+        let s = Status::new(&mut reg);
+        let mut skipped = target(TargetResult::Skipped);
+        skipped.duration = None;
+        s.record(&pass(crate::sync::Status::Failed, vec![skipped]));
+        let text = encoded(&reg);
+        assert!(
+            !text.contains(r#"audsync_target_last_success_timestamp_seconds{target="t1"}"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"audsync_target_apply_duration_seconds_count{"#),
+            "{text}"
+        );
+        s.record(&pass(
+            crate::sync::Status::Written,
+            vec![target(TargetResult::Done)],
+        ));
+        let text = encoded(&reg);
+        assert!(
+            text.contains(r#"audsync_target_last_success_timestamp_seconds{target="t1"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"audsync_target_apply_duration_seconds_count{binding="b1",target="t1"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"audsync_target_apply_duration_seconds_sum{binding="b1",target="t1"} 0.3"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pairs_of_binding_and_target_are_bounded_too() {
+        let mut named = Named::default();
+        // 10 bindings x 10 targets: each name is within its own cap, the pairs are not.
+        for i in 0..MAX_SERIES {
+            let l = Status::pair(&mut named, &format!("b{}", i / 10), &format!("t{}", i % 10));
+            assert_eq!(l[0].1, format!("b{}", i / 10));
+        }
+        let l = Status::pair(&mut named, "b0", "t-new");
+        assert_eq!((l[0].1.as_str(), l[1].1.as_str()), (OTHER, OTHER));
+        let l = Status::pair(&mut named, "b0", "t0");
+        assert_eq!(
+            (l[0].1.as_str(), l[1].1.as_str()),
+            ("b0", "t0"),
+            "a known pair keeps its labels"
+        );
     }
 
     #[test]
