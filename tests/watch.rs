@@ -1415,7 +1415,13 @@ fn status_setup() -> (FakeCloudflare, Sandbox, String) {
     )
     .unwrap();
     set_mode(&script, 0o755);
-    let target = format!("command {}", script.display());
+    // Unguarded readers see a command by its program and a hash of its argv, never the argv
+    // (which may carry a credential): FNV-1a of the argv as the report quotes it.
+    let argv = script.display().to_string();
+    let hash = argv.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let target = format!("command reload.sh #{:08x}", hash >> 32);
     (cf, sb, target)
 }
 

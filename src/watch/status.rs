@@ -93,6 +93,29 @@ pub fn prefix(aud: &str) -> String {
     aud.chars().take(8).collect()
 }
 
+/// How a target is named where no token guards the reader (`/metrics`, and `/status` when no
+/// token is set): a container or service by its name; a command (`command ARGV`) by its
+/// program and a hash of the whole argv only, since an operator's argv may carry a credential
+/// (a `curl -H 'Authorization: …'`). Two argvs still get two names.
+pub(crate) fn public_target(name: &str) -> String {
+    let Some(argv) = name.strip_prefix("command ") else {
+        return name.to_string();
+    };
+    let program = argv
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_matches(['\'', '"'])
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    // FNV-1a: stable across runs and versions, so a series keeps its name.
+    let hash = argv.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("command {program} #{:08x}", hash >> 32)
+}
+
 impl Status {
     pub fn new(registry: &mut Registry) -> Status {
         let s = Status {
@@ -158,7 +181,7 @@ impl Status {
     /// binding.
     fn pair(named: &mut Named, binding: &str, target: &str) -> Labels {
         let b = Self::label(&mut named.bindings, binding);
-        let t = Self::label(&mut named.targets, target);
+        let t = Self::label(&mut named.targets, &public_target(target));
         let known = named.pairs.iter().any(|(pb, pt)| *pb == b && *pt == t);
         if !known && named.pairs.len() >= MAX_SERIES {
             return vec![
@@ -245,7 +268,7 @@ impl Status {
                     .iter()
                     .filter(|c| b.targets.contains(&c.name))
                     .map(|c| Part {
-                        name: c.name.clone(),
+                        name: public_target(&c.name),
                         state: serde_json::to_value(c.result)
                             .ok()
                             .and_then(|v| v.as_str().map(str::to_string))
@@ -255,7 +278,7 @@ impl Status {
             });
         }
         for c in &r.targets {
-            let tl = Self::label(&mut named.targets, &c.name);
+            let tl = Self::label(&mut named.targets, &public_target(&c.name));
             let result = match c.result {
                 crate::reconcile::TargetResult::Failed => "failed",
                 _ => "done",
@@ -296,6 +319,20 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_target_is_named_by_its_program_and_a_hash_only() {
+        let a = public_target("command curl -H 'Authorization: Bearer SECRET1' https://x/");
+        let b = public_target("command curl -H 'Authorization: Bearer SECRET2' https://x/");
+        assert!(a.starts_with("command curl #"), "{a}");
+        assert!(!a.contains("SECRET") && !a.contains("Bearer"), "{a}");
+        assert_ne!(a, b, "two argvs, two names");
+        assert_eq!(public_target("/usr/bin/true"), "/usr/bin/true");
+        assert!(
+            public_target("command /usr/bin/systemctl restart x")
+                .starts_with("command systemctl #")
+        );
+    }
 
     #[test]
     fn label_sets_are_bounded() {
