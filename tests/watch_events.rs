@@ -224,6 +224,8 @@ fn watch_reopens_the_event_stream_after_the_engine_goes_away() {
     let api = format!("{p}_api_1");
     let (mut w, addr) = watch(&mut sb, &d, &srv);
     expect_converged(&mut w, &dir, &api, KEY, &aud(1));
+    // Cut only between passes: this is about the event stream, not a pass cut short.
+    w.expect("the first pass to end", LIMIT, |_| passes(&addr) >= 1);
     w.expect("the event stream up", LIMIT, |_| {
         events_state(&addr) == "up"
     });

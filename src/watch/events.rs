@@ -39,12 +39,16 @@ pub struct Interest {
     compose: BTreeSet<(String, String)>,
     swarm: BTreeSet<String>,
     labelled: bool,
+    /// `--discover-scope`: labelled containers outside it are never discovered, so their
+    /// events ask for nothing.
+    scope: Option<String>,
 }
 
 impl Interest {
     pub fn of(cfg: &SyncConfig) -> Interest {
         let mut i = Interest {
             labelled: cfg.discover.is_some(),
+            scope: cfg.discover.as_ref().and_then(|d| d.scope.clone()),
             ..Interest::default()
         };
         for t in cfg.bindings.iter().flat_map(|b| &b.targets) {
@@ -72,6 +76,15 @@ impl Interest {
             && self.swarm.is_empty()
     }
 
+    /// Whether a labelled container named `name` (a compose container: its project) is
+    /// within `--discover-scope` (as `sync::discover` judges it).
+    fn in_scope(&self, name: Option<&str>) -> bool {
+        match &self.scope {
+            None => true,
+            Some(scope) => name.is_some_and(|n| n.starts_with(scope.as_str())),
+        }
+    }
+
     /// Whether `e` may leave something a binding targets with a stale value.
     pub fn matches(&self, e: &Event) -> bool {
         let name = e.name.as_deref().map(base_name);
@@ -79,7 +92,13 @@ impl Interest {
             "service" => name.is_some_and(|n| self.swarm.contains(&n)),
             "container" => {
                 let a = &e.attributes;
-                (self.labelled && a.contains_key(crate::config::discover::LABEL_DOMAIN))
+                (self.labelled
+                    && a.contains_key(crate::config::discover::LABEL_DOMAIN)
+                    && self.in_scope(
+                        a.get("com.docker.compose.project")
+                            .map(String::as_str)
+                            .or(name.as_deref()),
+                    ))
                     || name.is_some_and(|n| self.containers.contains(&n))
                     || match (
                         a.get("com.docker.compose.project"),
@@ -316,7 +335,31 @@ mod tests {
             compose: [("p".to_string(), "api".to_string())].into(),
             swarm: ["svc".to_string()].into(),
             labelled: true,
+            scope: None,
         }
+    }
+
+    #[test]
+    fn labelled_containers_outside_the_discovery_scope_ask_for_nothing() {
+        let i = Interest {
+            scope: Some("shop".into()),
+            ..interest()
+        };
+        let domain = ("audsync.domain", "a.example.com");
+        assert!(i.matches(&event("container", "shop-api", &[domain])));
+        assert!(i.matches(&event(
+            "container",
+            "x_api_1",
+            &[domain, ("com.docker.compose.project", "shop2")]
+        )));
+        assert!(!i.matches(&event("container", "blog-api", &[domain])));
+        assert!(!i.matches(&event(
+            "container",
+            "shop_api_1",
+            &[domain, ("com.docker.compose.project", "blog")]
+        )));
+        // A binding's own targets are followed whatever the scope.
+        assert!(i.matches(&event("container", "web", &[])));
     }
 
     #[test]
