@@ -25,26 +25,29 @@ const KEY: &str = "CLOUDFLARE_AUD_TAG";
 /// `watch --discover` over `root`, this test's containers only, interval 1 h (no jitter): only
 /// the first pass and engine events act. Serves /healthz; returns the watcher and its address.
 fn watch(sb: &mut Sandbox, d: &Docker, root: &Path) -> (Watcher, String) {
+    watch_with(sb, d, root, &[])
+}
+
+fn watch_with(sb: &mut Sandbox, d: &Docker, root: &Path, extra: &[&str]) -> (Watcher, String) {
     if !sb.vars.iter().any(|(k, _)| k == "DOCKER_HOST")
         && let Ok(h) = std::env::var("DOCKER_HOST")
     {
         sb.var("DOCKER_HOST", &h);
     }
     let root = root.display().to_string();
-    start_listening(
-        sb,
-        &[
-            "--discover",
-            "--discover-root",
-            &root,
-            "--discover-scope",
-            &d.prefix,
-            "--interval",
-            "1h",
-            "--jitter",
-            "0",
-        ],
-    )
+    let mut args = vec![
+        "--discover",
+        "--discover-root",
+        &root,
+        "--discover-scope",
+        &d.prefix,
+        "--interval",
+        "1h",
+        "--jitter",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    start_listening(sb, &args)
 }
 
 fn env_file_holds(dir: &Path, key: &str, value: &str) -> bool {
@@ -265,7 +268,7 @@ fn measure_convergence_after_a_stale_recreate() {
     let srv = sb.path("srv");
     let (dir, p) = one_service(&d, &srv);
     let api = format!("{p}_api_1");
-    let (mut w, addr) = watch(&mut sb, &d, &srv);
+    let (mut w, addr) = watch_with(&mut sb, &d, &srv, &["-v"]);
     expect_converged(&mut w, &dir, &api, KEY, &aud(1));
     w.expect("the first pass to end", LIMIT, |_| passes(&addr) >= 1);
     let mut times = Vec::new();
@@ -286,6 +289,15 @@ fn measure_convergence_after_a_stale_recreate() {
         times.push(took);
         // The pass has ended (its lock released) before the next round.
         w.expect("the pass to end", LIMIT, |_| passes(&addr) > before);
+    }
+    // Where the time of the last pass went (its log, with timestamps).
+    let logs = w.json_logs();
+    let last = logs
+        .iter()
+        .rposition(|l| message(l) == "engine events: converging")
+        .unwrap_or(0);
+    for l in &logs[last..] {
+        println!("{} {}", l["timestamp"].as_str().unwrap_or(""), message(l));
     }
     times.sort();
     println!(
