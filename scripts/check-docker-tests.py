@@ -10,7 +10,7 @@ In every .rs file under tests/ and src/, for each test function (`#[test]`, `#[t
   - no test is `#[ignore]`d for any other reason: scripts/test.sh runs every ignored test
     (`--run-ignored all`), so another ignore would start running there unnoticed. The one
     exception: a measurement named `measure_*` with the MEASUREMENT reason, which test.sh
-    leaves out by name.
+    leaves out by name (one that uses the engine calls require_docker!() too).
 Usage: python3 scripts/check-docker-tests.py [DIR...]   (default: tests src)
 """
 import os
@@ -81,9 +81,12 @@ def check(path):
         body = code[start:i]
         name, at = fn.group(1), f"{path}:{line_of(fn.start())}"
         ignored = IGNORE in attrs
+        measurement = MEASUREMENT in attrs and name.startswith("measure_")
         engine_tests += ignored
-        if TOUCHES.search(body) and not ignored:
+        if TOUCHES.search(body) and not ignored and not measurement:
             problems.append(f"{at}: test `{name}` touches the Docker engine but lacks `{IGNORE}`")
+        if measurement and TOUCHES.search(body) and "require_docker!" not in body:
+            problems.append(f"{at}: measurement `{name}` touches the Docker engine but never calls require_docker!()")
         if ignored and "require_docker!" not in body:
             problems.append(f"{at}: test `{name}` is ignored for the engine but never calls require_docker!()")
     return problems, engine_tests

@@ -9,11 +9,11 @@ use crate::support::cloudflare::{FakeCloudflare, app, aud};
 use crate::support::docker::{Docker, env_of, id_of, image};
 use crate::support::{Run, Sandbox, run};
 
-const API: &str = "api.example.com";
-const ADMIN: &str = "admin.example.com";
-const DOCS: &str = "docs.example.com";
+pub(crate) const API: &str = "api.example.com";
+pub(crate) const ADMIN: &str = "admin.example.com";
+pub(crate) const DOCS: &str = "docs.example.com";
 
-fn service(name: &str, labels: &[(&str, &str)]) -> String {
+pub(crate) fn service(name: &str, labels: &[(&str, &str)]) -> String {
     let mut s = format!(
         "  {name}:\n    image: {}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3600 & wait\"]\n    env_file: .env\n",
         image()
@@ -28,7 +28,7 @@ fn service(name: &str, labels: &[(&str, &str)]) -> String {
 }
 
 /// A compose project directory `parent/<prefix><suffix>` with these services and `.env`.
-fn project(
+pub(crate) fn project(
     d: &Docker,
     parent: &Path,
     suffix: &str,
@@ -48,7 +48,7 @@ fn project(
     (dir, name)
 }
 
-fn compose(dir: &Path, project: &str, args: &[&str]) -> String {
+pub(crate) fn compose(dir: &Path, project: &str, args: &[&str]) -> String {
     let out = std::process::Command::new("docker-compose")
         .args(["-p", project])
         .args(args)
@@ -76,7 +76,7 @@ fn sync(sb: &Sandbox, d: &Docker, args: &[&str]) -> Run {
     run(&mut c)
 }
 
-fn cloudflare() -> FakeCloudflare {
+pub(crate) fn cloudflare() -> FakeCloudflare {
     FakeCloudflare::start(vec![
         app(1, API, &aud(1)),
         app(2, ADMIN, &aud(2)),

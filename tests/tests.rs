@@ -27,3 +27,4 @@ mod setup_verify;
 mod trust;
 mod units;
 mod watch;
+mod watch_events;

@@ -1104,7 +1104,7 @@ fn failures_at(addr: &str, stage: &str) -> f64 {
 }
 
 /// GET /healthz: (status code, JSON body).
-fn health(addr: &str) -> (u16, Value) {
+pub(crate) fn health(addr: &str) -> (u16, Value) {
     let (code, _, body) = http_get(addr, "/healthz");
     let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     (code, v)

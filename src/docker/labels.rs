@@ -33,6 +33,8 @@ pub(crate) struct Event {
     /// `container` or `service`.
     pub kind: String,
     pub action: String,
+    /// The object's id (a container's changes with every recreate; its name does not).
+    pub id: Option<String>,
     /// The object's name (attribute `name`), when the engine gives it.
     pub name: Option<String>,
     /// The object's labels (container events carry them as attributes).
@@ -125,6 +127,7 @@ impl Engine {
                     Event {
                         kind: m.typ.map(|t| t.to_string()).unwrap_or_default(),
                         action: m.action.unwrap_or_default(),
+                        id: actor.id.filter(|i| !i.is_empty()),
                         name: attributes.get("name").cloned(),
                         attributes,
                         time: m.time,

@@ -5,12 +5,13 @@
 //! about something a binding targets (by container name, compose project/service or Swarm
 //! service) or a container labelled `audsync.domain` (with `--discover`) marks a pass due. A
 //! burst (a whole `up -d`) is folded into one pass after [`QUIET`] without events (at most
-//! [`MAX_FOLD`] after the first). Events about containers a pass just replaced are audsync's
-//! own and are dropped ([`Follow::passed`]). When the stream ends (the engine restarted) it is
+//! [`MAX_FOLD`] after the first). Events about the containers a pass just made or replaced are
+//! audsync's own and are dropped ([`Follow::passed`]); they are known by id, not by name, so a
+//! container someone recreates under the same name right after a pass still asks for one. When the stream ends (the engine restarted) it is
 //! reopened with backoff, from the last event's time, so nothing in between is missed; while
 //! it is down, /healthz says so. It never decides anything itself: it only asks for a pass.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,10 @@ use crate::docker::labels::{Event, base_name};
 pub const QUIET: Duration = Duration::from_millis(1500);
 /// The longest a burst can put its pass off.
 pub const MAX_FOLD: Duration = Duration::from_secs(10);
-/// How long after a pass the events of the containers it replaced are still its own.
+/// How long after a pass the events of the containers it made or replaced are still its own.
 pub const OWN_EVENTS: Duration = Duration::from_secs(10);
+/// At most this many (name, id) pairs remembered between two passes.
+const MAX_IDS: usize = 4096;
 /// Reopening backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -36,12 +39,16 @@ pub struct Interest {
     compose: BTreeSet<(String, String)>,
     swarm: BTreeSet<String>,
     labelled: bool,
+    /// `--discover-scope`: labelled containers outside it are never discovered, so their
+    /// events ask for nothing.
+    scope: Option<String>,
 }
 
 impl Interest {
     pub fn of(cfg: &SyncConfig) -> Interest {
         let mut i = Interest {
             labelled: cfg.discover.is_some(),
+            scope: cfg.discover.as_ref().and_then(|d| d.scope.clone()),
             ..Interest::default()
         };
         for t in cfg.bindings.iter().flat_map(|b| &b.targets) {
@@ -69,6 +76,15 @@ impl Interest {
             && self.swarm.is_empty()
     }
 
+    /// Whether a labelled container named `name` (a compose container: its project) is
+    /// within `--discover-scope` (as `sync::discover` judges it).
+    fn in_scope(&self, name: Option<&str>) -> bool {
+        match &self.scope {
+            None => true,
+            Some(scope) => name.is_some_and(|n| n.starts_with(scope.as_str())),
+        }
+    }
+
     /// Whether `e` may leave something a binding targets with a stale value.
     pub fn matches(&self, e: &Event) -> bool {
         let name = e.name.as_deref().map(base_name);
@@ -76,7 +92,13 @@ impl Interest {
             "service" => name.is_some_and(|n| self.swarm.contains(&n)),
             "container" => {
                 let a = &e.attributes;
-                (self.labelled && a.contains_key(crate::config::discover::LABEL_DOMAIN))
+                (self.labelled
+                    && a.contains_key(crate::config::discover::LABEL_DOMAIN)
+                    && self.in_scope(
+                        a.get("com.docker.compose.project")
+                            .map(String::as_str)
+                            .or(name.as_deref()),
+                    ))
                     || name.is_some_and(|n| self.containers.contains(&n))
                     || match (
                         a.get("com.docker.compose.project"),
@@ -99,8 +121,12 @@ struct Inner {
     due: std::collections::BTreeMap<String, Instant>,
     /// The first unserved event's time.
     first: Option<Instant>,
-    /// The containers the last pass replaced, and until when their events are its own.
+    /// The ids of the objects the last pass made or replaced, and until when their events are
+    /// its own.
     own: HashMap<String, Instant>,
+    /// The (base name, id, time) of the events noted since the last pass ended: which ids a
+    /// pass's objects had, learnt from its own events.
+    ids: VecDeque<(String, String, Instant)>,
     /// `None`: not following; `Some(false)`: the stream is down.
     up: Option<bool>,
     /// Events seen, and the ones that asked for a pass.
@@ -142,8 +168,14 @@ impl Follow {
         }
         let name = e.name.as_deref().map(base_name).unwrap_or_default();
         g.own.retain(|_, until| *until > now);
-        if g.own.contains_key(&name) {
-            return false;
+        if let Some(id) = &e.id {
+            if g.own.contains_key(id) {
+                return false;
+            }
+            if g.ids.len() >= MAX_IDS {
+                g.ids.pop_front();
+            }
+            g.ids.push_back((name.clone(), id.clone(), now));
         }
         g.asked += 1;
         g.due.insert(name, now);
@@ -158,14 +190,25 @@ impl Follow {
         !self.lock().due.is_empty()
     }
 
-    /// A pass ended that replaced or restarted `touched`: their events until [`OWN_EVENTS`]
-    /// from now are its own; everything noted so far is served by it, except events about
-    /// other containers that arrived during the pass (a user's `up -d` meanwhile).
+    /// A pass ended that replaced or restarted `touched`: the events, until [`OWN_EVENTS`]
+    /// from now, of the objects that bore those names during the pass (by id: the containers
+    /// it made and the ones it replaced) are its own; everything noted so far is served by it,
+    /// except events about other containers that arrived during the pass (a user's `up -d`
+    /// meanwhile). A container made later under one of those names is someone else's.
     pub fn passed(&self, touched: &[String], started: Instant, now: Instant) {
         let mut g = self.lock();
-        for t in touched {
-            g.own.insert(base_name(t), now + OWN_EVENTS);
-            g.due.remove(&base_name(t));
+        let touched: BTreeSet<String> = touched.iter().map(|t| base_name(t)).collect();
+        let ids: Vec<String> = g
+            .ids
+            .drain(..)
+            .filter(|(name, _, at)| *at >= started && touched.contains(name))
+            .map(|(_, id, _)| id)
+            .collect();
+        for id in ids {
+            g.own.insert(id, now + OWN_EVENTS);
+        }
+        for t in &touched {
+            g.due.remove(t);
         }
         // Events from before the pass started were served by it.
         g.due.retain(|_, at| *at > started);
@@ -267,6 +310,10 @@ mod tests {
     use super::*;
 
     fn event(kind: &str, name: &str, labels: &[(&str, &str)]) -> Event {
+        event_of(kind, name, "id-1", labels)
+    }
+
+    fn event_of(kind: &str, name: &str, id: &str, labels: &[(&str, &str)]) -> Event {
         let mut attributes: HashMap<String, String> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -275,6 +322,7 @@ mod tests {
         Event {
             kind: kind.into(),
             action: "start".into(),
+            id: Some(id.into()),
             name: Some(name.into()),
             attributes,
             time: Some(1),
@@ -287,7 +335,31 @@ mod tests {
             compose: [("p".to_string(), "api".to_string())].into(),
             swarm: ["svc".to_string()].into(),
             labelled: true,
+            scope: None,
         }
+    }
+
+    #[test]
+    fn labelled_containers_outside_the_discovery_scope_ask_for_nothing() {
+        let i = Interest {
+            scope: Some("shop".into()),
+            ..interest()
+        };
+        let domain = ("audsync.domain", "a.example.com");
+        assert!(i.matches(&event("container", "shop-api", &[domain])));
+        assert!(i.matches(&event(
+            "container",
+            "x_api_1",
+            &[domain, ("com.docker.compose.project", "shop2")]
+        )));
+        assert!(!i.matches(&event("container", "blog-api", &[domain])));
+        assert!(!i.matches(&event(
+            "container",
+            "shop_api_1",
+            &[domain, ("com.docker.compose.project", "blog")]
+        )));
+        // A binding's own targets are followed whatever the scope.
+        assert!(i.matches(&event("container", "web", &[])));
     }
 
     #[test]
@@ -329,13 +401,47 @@ mod tests {
         let f = Follow::default();
         f.set_interest(interest());
         let t0 = Instant::now();
-        // The pass replaced `web` (its temporaries and the final name).
-        f.passed(&["web".to_string()], t0, t0);
-        assert!(!f.note(&event("container", "web", &[]), t0 + Duration::from_secs(1)));
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // During the pass: its new container (a temporary name, then `web`), the old one gone.
+        f.note(&event_of("container", "web", "old", &[]), at(1));
+        f.note(
+            &event_of("container", "web-audsync-new-abc123-running", "new", &[]),
+            at(1),
+        );
+        f.note(&event_of("container", "web", "new", &[]), at(2));
+        f.passed(&["web".to_string()], t0, at(3));
+        assert!(!f.pending());
+        // Its events arriving late are its own.
+        assert!(!f.note(&event_of("container", "web", "new", &[]), at(4)));
+        assert!(!f.note(&event_of("container", "web", "old", &[]), at(4)));
         assert!(!f.pending());
         // Later, a start of `web` is someone else's.
-        assert!(f.note(&event("container", "web", &[]), t0 + OWN_EVENTS * 2));
+        assert!(f.note(
+            &event_of("container", "web", "new", &[]),
+            at(3) + OWN_EVENTS * 2
+        ));
         assert!(f.pending());
+    }
+
+    /// A container recreated by hand (or `up -d --force-recreate` from a stale `.env`) right
+    /// after a pass replaced it bears the same name but a new id: it asks for a pass.
+    #[test]
+    fn a_recreate_by_someone_else_right_after_a_pass_asks_for_one() {
+        let f = Follow::default();
+        f.set_interest(interest());
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        f.note(
+            &event_of("container", "web", "made-by-the-pass", &[]),
+            at(1),
+        );
+        f.passed(&["web".to_string()], t0, at(2));
+        assert!(!f.note(
+            &event_of("container", "web", "made-by-the-pass", &[]),
+            at(3)
+        ));
+        assert!(f.note(&event_of("container", "web", "made-by-a-user", &[]), at(3)));
+        assert_eq!(f.take(), vec!["web".to_string()]);
     }
 
     #[test]

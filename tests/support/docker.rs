@@ -358,3 +358,17 @@ pub fn stop_duration(events: &[Value]) -> (Duration, bool) {
         killed,
     )
 }
+
+/// The value of `key` in the environment of container `name` when it exists and is running;
+/// `None` meanwhile (absent, being recreated, stopped, or without the key).
+pub fn running_env(name: &str, key: &str) -> Option<String> {
+    let v = inspect_try(name).ok()?;
+    if v["State"]["Running"] != true {
+        return None;
+    }
+    v["Config"]["Env"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
+}

@@ -5,6 +5,7 @@ pub mod access;
 pub mod cloudflare;
 pub mod docker;
 pub mod infisical;
+pub mod proxy;
 
 use std::future::Future;
 use std::net::SocketAddr;
