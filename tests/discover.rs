@@ -361,3 +361,58 @@ fn config_lists_discovered_bindings_with_their_origin() {
         "nothing written"
     );
 }
+
+/// An engine that cannot be asked is no "nothing labelled": the labelled services were not
+/// looked at, so the pass fails (exit 1, stage `target`), alone or beside configured bindings
+/// (which are still synced).
+#[test]
+fn discovery_without_an_engine_fails_the_pass_instead_of_calling_it_in_sync() {
+    let cf = cloudflare();
+    let mut sb = Sandbox::with_cloudflare(&cf);
+    sb.var(
+        "DOCKER_HOST",
+        "unix:///nonexistent/audsync-test-docker.sock",
+    );
+    let root = sb.path("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let root = root.display().to_string();
+    let mut c = sb.cmd();
+    c.args([
+        "sync",
+        "--discover",
+        "--discover-root",
+        &root,
+        "--output",
+        "json",
+    ]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 1, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["stage"], "target", "{r:?}");
+    assert!(
+        j["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("could not be listed")),
+        "{r:?}"
+    );
+
+    // Beside a configured binding: that one is written, the pass still fails.
+    sb.write_env("CLOUDFLARE_AUD_TAG=old\n");
+    let mut c = sb.cmd();
+    c.args([
+        "sync",
+        "--discover",
+        "--discover-root",
+        &root,
+        "--domain",
+        API,
+        "--restart",
+        "none",
+        "--output",
+        "json",
+    ]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(sb.read_env(), format!("CLOUDFLARE_AUD_TAG={}\n", aud(1)));
+    assert_eq!(r.json()["status"], "failed", "{r:?}");
+}

@@ -42,17 +42,21 @@ const MAX_COMPOSE_FILE: u64 = 1 << 20;
 pub(crate) struct Discovery {
     pub bindings: Vec<Binding>,
     pub warnings: Vec<String>,
+    /// The engine could not be asked: nothing was judged, so nothing may be called in sync.
+    pub unreachable: Option<String>,
 }
 
 /// The configuration with the discovered bindings added (the configuration's own first).
-pub(crate) async fn with_discovered(cfg: &SyncConfig) -> (SyncConfig, Vec<String>) {
+/// With the engine unreachable, the third part says so (the labelled services were not
+/// looked at).
+pub(crate) async fn with_discovered(cfg: &SyncConfig) -> (SyncConfig, Vec<String>, Option<String>) {
     let mut out = cfg.clone();
     let Some(d) = &cfg.discover else {
-        return (out, vec![]);
+        return (out, vec![], None);
     };
     let found = discover(cfg, d).await;
     out.bindings.extend(found.bindings);
-    (out, found.warnings)
+    (out, found.warnings, found.unreachable)
 }
 
 /// The bindings labels make and what was refused (nothing without `--discover`), for
@@ -67,19 +71,20 @@ pub(crate) async fn discovered(cfg: &SyncConfig) -> Discovery {
 async fn discover(cfg: &SyncConfig, d: &DiscoverConfig) -> Discovery {
     let engine = match crate::docker::Engine::connect(&cfg.docker_host).await {
         Ok(e) => e,
-        Err(e) => {
-            return Discovery {
-                bindings: vec![],
-                warnings: vec![format!("--discover: {}", e.message)],
-            };
-        }
+        Err(e) => return unreachable(&e.message),
     };
     match engine.labelled(LABEL_DOMAIN).await {
         Ok(objects) => judge(&objects, d, &cfg.bindings),
-        Err(e) => Discovery {
-            bindings: vec![],
-            warnings: vec![format!("--discover: {}", e.message)],
-        },
+        Err(e) => unreachable(&e.message),
+    }
+}
+
+fn unreachable(why: &str) -> Discovery {
+    let message = format!("--discover: the labelled containers could not be listed: {why}");
+    Discovery {
+        bindings: vec![],
+        warnings: vec![message.clone()],
+        unreachable: Some(message),
     }
 }
 

@@ -182,16 +182,30 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     let at = |stage: Stage| move |error: Error| PassError { stage, error };
     // With --discover, the labels' bindings join the configuration's, judged anew each pass.
     let discovered;
-    let (cfg, discover_warnings) = if cfg.discover.is_some() {
-        let (c, w) = discover::with_discovered(cfg).await;
+    let (cfg, discover_warnings, discover_failed) = if cfg.discover.is_some() {
+        let (c, w, failed) = discover::with_discovered(cfg).await;
         for w in &w {
             tracing::warn!("{w}");
         }
         discovered = c;
-        (&discovered, w)
+        (&discovered, w, failed)
     } else {
-        (cfg, vec![])
+        (cfg, vec![], None)
     };
+    // Labelled services that could not be looked at are not in sync: the pass fails (after
+    // the configured bindings, which do not need the listing).
+    let discover_error = |message: String| {
+        Error::failed(
+            message,
+            Some("discovery lists the labelled containers through the engine: check DOCKER_HOST and that the engine answers (docker info)".into()),
+        )
+    };
+    if let (true, Some(m)) = (cfg.bindings.is_empty(), &discover_failed) {
+        return Err(PassError {
+            stage: Stage::Target,
+            error: discover_error(m.clone()),
+        });
+    }
     if cfg.bindings.is_empty() {
         tracing::info!("--discover: no labelled container or service to keep in sync");
         return Ok(Report::nothing(cfg.dry_run, discover_warnings));
@@ -464,6 +478,9 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     r.warnings.extend(journal_done);
     r.warnings.extend(compose_warnings);
     r.add_recovered(std::mem::take(&mut resolved.recovered));
+    if let Some(m) = discover_failed {
+        r.fail_with(discover_error(m));
+    }
     Ok(r)
 }
 

@@ -195,6 +195,20 @@ pub struct Report {
 }
 
 impl Report {
+    /// The pass failed beside its bindings (the labelled containers could not be listed): the
+    /// status and exit code say so whatever the bindings did.
+    pub fn fail_with(&mut self, e: Error) {
+        self.status = Status::Failed;
+        if matches!(self.exit_code, exit::OK | exit::PENDING) {
+            self.exit_code = exit::FAILURE;
+        }
+        if self.error.is_none() {
+            self.error = Some(e.to_string());
+            self.hint = e.hint();
+            self.stage = Some(Stage::Target);
+        }
+    }
+
     /// A pass with no binding (only `--discover`, and no label found): in sync, nothing done.
     pub fn nothing(dry_run: bool, warnings: Vec<String>) -> Report {
         Report {
