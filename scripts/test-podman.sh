@@ -107,10 +107,11 @@ fi
 # Podman reads containers.conf when it starts: a service already running must have been started
 # with the helpers named there, and an administrator's file is left as it is.
 if [ -n "$HELPERS_DIR" ] && ! grep -qF "\"$HELPERS_DIR\"" "$CONF" 2>/dev/null; then
-  if ours; then
+  if [ -e "$CONF" ] && ours; then
     die "$CONF does not name $HELPERS_DIR: stop the podman service on $SOCKET and run this again"
   fi
-  die "$CONF is not this script's, and Podman's netavark is older than $NETAVARK_MIN: add
+  die "Podman's netavark is older than $NETAVARK_MIN and $CONF (not written by this script) does
+not name newer helpers: add
   helper_binaries_dir = [\"$HELPERS_DIR\", $HELPER_DIRS]
 under [engine] there and restart the podman service (docs/podman.md)"
 fi
