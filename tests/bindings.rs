@@ -62,7 +62,7 @@ fn binding<'a>(j: &'a Value, id: &str) -> &'a Value {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn three_hosts_two_keys_in_one_env_one_in_infisical_one_recreate_per_container() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let cf = FakeCloudflare::start(vec![
         app(1, "api.example.com", &aud(1)),
         app(2, "n8n.example.com", &aud(2)),
@@ -352,7 +352,7 @@ fn a_pass_over_many_bindings_never_lists_once_per_binding() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_credential_in_the_apps_env_file_is_named_by_sync_and_fails_verify() {
-    require_docker!();
+    require_docker!(not_podman: "verify and setup are not checked on Podman");
     let cf = FakeCloudflare::start(vec![app(2, "api.example.com", &aud(2))]);
     let mut sb = Sandbox::new();
     sb.var("CLOUDFLARE_API_URL", &cf.url())

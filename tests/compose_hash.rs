@@ -81,7 +81,7 @@ fn container_of(project: &str) -> String {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn compose_hash_is_kept_while_other_changes_are_pending() {
-    require_docker!();
+    require_docker!(not_podman: "compose's config-hash; podman-compose's own hash is not stamped");
     let (_cf, sb, _d, project) = setup(&format!("{KEY}=old\nLOG_LEVEL=info\n"));
     compose(&sb, &project, &["up", "-d"]);
     let n = container_of(&project);
@@ -131,7 +131,7 @@ fn compose_hash_is_kept_while_other_changes_are_pending() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn compose_hash_is_stamped_when_only_the_aud_changed() {
-    require_docker!();
+    require_docker!(not_podman: "compose's config-hash; podman-compose's own hash is not stamped");
     let (_cf, sb, _d, project) = setup(&format!("{KEY}=old\nLOG_LEVEL=info\n"));
     compose(&sb, &project, &["up", "-d"]);
     let n = container_of(&project);
@@ -158,7 +158,7 @@ fn compose_hash_is_stamped_when_only_the_aud_changed() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_missing_container_fails_before_the_env_is_written() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
     let sb = Sandbox::with_cloudflare(&cf);
     sb.write_env(&format!("{KEY}=old\n"));

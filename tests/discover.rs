@@ -90,7 +90,7 @@ pub(crate) fn cloudflare() -> FakeCloudflare {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn discovered_services_follow_their_applications_and_the_unlabelled_is_left_alone() {
-    require_docker!();
+    require_docker!(not_podman: "runs docker-compose; podman-compose is not checked");
     let cf = cloudflare();
     let sb = Sandbox::with_cloudflare(&cf);
     let d = Docker::new();
@@ -176,7 +176,7 @@ fn discovered_services_follow_their_applications_and_the_unlabelled_is_left_alon
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn labels_that_would_choose_the_file_written_are_refused_and_named() {
-    require_docker!();
+    require_docker!(not_podman: "runs docker-compose; podman-compose is not checked");
     let cf = cloudflare();
     let sb = Sandbox::with_cloudflare(&cf);
     let d = Docker::new();
@@ -270,7 +270,7 @@ fn labels_that_would_choose_the_file_written_are_refused_and_named() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn config_lists_discovered_bindings_with_their_origin() {
-    require_docker!();
+    require_docker!(not_podman: "runs docker-compose; podman-compose is not checked");
     let cf = cloudflare();
     let sb = Sandbox::with_cloudflare(&cf);
     let d = Docker::new();

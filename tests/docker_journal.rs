@@ -168,7 +168,7 @@ fn kill_at_each_step(restart: &str, steps: &[(&str, bool)]) {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_journal_a_rollout_killed_at_each_step_ends_whole_on_the_new_value() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman (docker_recover's fault tests are)");
     kill_at_each_step(
         "rollout",
         &[
@@ -185,7 +185,7 @@ fn docker_journal_a_rollout_killed_at_each_step_ends_whole_on_the_new_value() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_journal_a_recreate_killed_at_each_step_ends_whole_on_the_new_value() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman (docker_recover's fault tests are)");
     kill_at_each_step(
         "recreate",
         &[
@@ -206,7 +206,7 @@ fn docker_journal_a_recreate_killed_at_each_step_ends_whole_on_the_new_value() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_journal_an_old_container_that_cannot_start_again_is_never_counted_done() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman (docker_recover's fault tests are)");
     let (_cf, sb, d) = setup();
     let port = free_port().to_string();
     let publish = format!("{port}:8080");
@@ -240,7 +240,7 @@ fn docker_journal_an_old_container_that_cannot_start_again_is_never_counted_done
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_journal_a_container_that_took_the_name_is_never_touched() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman (docker_recover's fault tests are)");
     let (_cf, sb, d) = setup();
     let img = image();
     for (what, create) in [("created", "create"), ("running", "run")] {
@@ -280,7 +280,7 @@ fn docker_journal_a_container_that_took_the_name_is_never_touched() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_journal_a_paused_container_is_not_rolled_out_or_restarted() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman (docker_recover's fault tests are)");
     let (_cf, sb, d) = setup();
     for mode in ["rollout", "restart"] {
         sb.write_env(&format!("{KEY}=old\n"));
@@ -314,7 +314,7 @@ fn docker_journal_a_paused_container_is_not_rolled_out_or_restarted() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_journal_sync_finishes_its_recreate_on_sigterm() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman (docker_recover's fault tests are)");
     let (_cf, mut sb, d) = setup();
     let c = server(&d, "term", &[]);
     crate::support::docker::wait_healthy(&c, Duration::from_secs(30));
@@ -401,7 +401,7 @@ fn docker_journal_sync_finishes_its_recreate_on_sigterm() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_journal_a_container_sharing_the_network_of_a_replaced_base_follows_it() {
-    require_docker!();
+    require_docker!(not_podman: "network_mode container:<base> is not checked on Podman");
     let (_cf, sb, d) = setup();
     let img = image();
     let env = format!("{KEY}=old");

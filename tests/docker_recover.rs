@@ -126,7 +126,7 @@ fn docker_recreate_killed_between_the_renames_gives_the_name_back() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_a_dry_run_reports_a_recreate_cut_short_and_touches_nothing() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (_cf, sb, d) = setup();
     let c = old_container(&d, &[]);
     let temp = new_container(&sb, &c, &[]);
@@ -232,7 +232,7 @@ fn docker_recreate_killed_with_an_unhealthy_new_one_under_the_name_is_rolled_bac
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn docker_compose_service_leftovers_are_not_taken_for_members() {
-    require_docker!();
+    require_docker!(not_podman: "docker-compose's labels; podman-compose's are tests/podman.rs");
     let (_cf, sb, d) = setup();
     let project = d.prefix.clone();
     let labels = [

@@ -480,7 +480,7 @@ fn a_new_container_that_exits_is_rolled_back() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn drift_is_converged_and_a_second_sync_does_nothing() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (_cf, sb, d) = setup();
     let args = |d: &Docker| {
         d.run(
@@ -523,7 +523,7 @@ fn drift_is_converged_and_a_second_sync_does_nothing() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn dry_run_says_per_container_what_and_why() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (_cf, sb, d) = setup();
     let baked = d.run(
         "baked",
@@ -641,7 +641,7 @@ pub(crate) fn service_containers(project: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_compose_service_is_recreated_one_container_at_a_time() {
-    require_docker!();
+    require_docker!(not_podman: "runs docker-compose; podman-compose is not checked");
     let (_cf, sb, d) = setup();
     let project = d.prefix.clone();
     std::fs::write(sb.path("docker-compose.yml"), compose_file()).unwrap();
@@ -695,7 +695,7 @@ fn a_compose_service_is_recreated_one_container_at_a_time() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_failure_in_a_compose_service_stops_the_rest_of_it() {
-    require_docker!();
+    require_docker!(not_podman: "runs docker-compose; podman-compose is not checked");
     let (_cf, sb, d) = setup();
     let project = d.prefix.clone();
     std::fs::write(sb.path("docker-compose.yml"), compose_file()).unwrap();
@@ -741,7 +741,7 @@ fn a_failure_in_a_compose_service_stops_the_rest_of_it() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn an_unknown_compose_service_is_a_clear_error() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (_cf, sb, d) = setup();
     let service = format!("{}/nothing", d.prefix);
     let mut sb = sb;
@@ -762,7 +762,7 @@ fn an_unknown_compose_service_is_a_clear_error() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn no_secret_from_a_container_environment_is_logged_at_vvv() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (_cf, sb, d) = setup();
     // A container fed from the same .env (compose `env_file: .env`) holds the API token.
     let token = format!("CLOUDFLARE_API_TOKEN={}", crate::support::cloudflare::TOKEN);
@@ -834,7 +834,7 @@ fn a_stopped_container_is_recreated_and_left_stopped() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_container_run_with_rm_is_not_recreated() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (_cf, sb, d) = setup();
     let c = d.run(
         "ephemeral",
@@ -901,7 +901,7 @@ fn the_health_wait_is_bounded_by_health_timeout() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn recreate_mode_recreates_a_container_without_the_key_where_auto_restarts() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (_cf, sb, d) = setup();
     // Reads its value at start-up: no CLOUDFLARE_AUD_TAG in its environment.
     let c = d.run(
@@ -964,7 +964,7 @@ fn recreate_mode_recreates_a_container_without_the_key_where_auto_restarts() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn recreate_stops_the_old_container_with_its_own_stop_timeout() {
-    require_docker!();
+    require_docker!(not_podman: "stop times from the event stream; not checked on Podman");
     let (_cf, sb, d) = setup();
     let c = d.run(
         "stubborn",

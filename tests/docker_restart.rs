@@ -66,7 +66,7 @@ fn a_changed_value_restarts_the_container() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_no_change_run_restarts_nothing() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (_cf, sb, d) = setup();
     let c = server(&d, "srv");
     assert_eq!(sync(&sb, &c, &[]).code, 0);
@@ -82,7 +82,7 @@ fn a_no_change_run_restarts_nothing() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_missing_container_fails_before_the_write_and_the_next_run_restarts_it() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (_cf, sb, d) = setup();
     let name = d.name("late");
     let r = sync(&sb, &name, &[]);
@@ -118,7 +118,7 @@ fn a_missing_container_fails_before_the_write_and_the_next_run_restarts_it() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn an_unreachable_daemon_fails_after_the_write_and_the_next_run_restarts() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (_cf, mut sb, d) = setup();
     let c = server(&d, "srv");
     let before = started_at(&c);
@@ -150,7 +150,7 @@ fn an_unreachable_daemon_fails_after_the_write_and_the_next_run_restarts() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_value_changed_by_someone_else_still_restarts_the_container_once() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     let (cf, sb, d) = setup();
     let c = server(&d, "srv");
     assert_eq!(sync(&sb, &c, &[]).code, 0, "first run: applied aud(2)");
@@ -182,7 +182,7 @@ fn a_value_changed_by_someone_else_still_restarts_the_container_once() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_restart_honours_the_containers_own_stop_timeout() {
-    require_docker!();
+    require_docker!(not_podman: "stop times from the event stream; not checked on Podman");
     let (_cf, sb, d) = setup();
     // The engine's default is 10 s; this container asks for 1 s.
     let c = d.run(

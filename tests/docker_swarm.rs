@@ -653,7 +653,7 @@ fn dry_run_shows(sb: &Sandbox, service: &str, diff: &str, other: &str) {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn swarm_services_follow_the_aud_and_a_failing_update_is_rolled_back() {
-    require_docker!();
+    require_docker!(not_podman: "Podman has no Swarm");
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
     let sb = Sandbox::with_cloudflare(&cf);
     sb.write_env(&format!("{KEY}=old\n"));

@@ -685,7 +685,7 @@ fn a_paused_container_is_left_paused_not_recreated_running() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_container_in_another_ones_network_namespace_is_recreated() {
-    crate::require_docker!();
+    crate::require_docker!(not_podman: "network_mode container:<base> is not checked on Podman");
     use crate::support::docker::{Docker, docker, env_of, image, inspect};
     let d = Docker::new();
     let (_cf, sb) = setup(&format!("{KEY}=old\n"));
@@ -750,7 +750,7 @@ fn a_container_given_by_id_prefix_is_found_by_name_after_a_recreate() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_missing_env_names_the_compose_project_directory_and_another_env_is_warned_about() {
-    crate::require_docker!();
+    crate::require_docker!(not_podman: "not checked on Podman");
     use crate::support::docker::{Docker, docker, image};
     let d = Docker::new();
     let (_cf, sb) = setup("");

@@ -976,7 +976,7 @@ fn infisical_static_token_never_leaks_at_any_verbosity() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn infisical_both_sinks_one_failing_real_container() {
-    crate::require_docker!();
+    crate::require_docker!(not_podman: "not checked on Podman");
     let d = Docker::new();
     let name = d.run("inf", &["--stop-timeout", "1", &image(), "sleep", "3600"]);
     let first_start = started_at(&name);
@@ -1032,7 +1032,7 @@ fn infisical_both_sinks_one_failing_real_container() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn infisical_approval_then_merge_restarts_real_container_once() {
-    crate::require_docker!();
+    crate::require_docker!(not_podman: "not checked on Podman");
     let d = Docker::new();
     let name = d.run(
         "infapr",

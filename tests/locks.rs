@@ -77,7 +77,7 @@ fn until(what: &str, mut ok: impl FnMut() -> bool) {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_config_run_and_a_flag_run_on_one_compose_service_take_turns() {
-    require_docker!();
+    require_docker!(not_podman: "runs docker-compose; podman-compose is not checked");
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
     let sb = Sandbox::with_cloudflare(&cf);
     sb.write_env(&format!("{KEY}=old\n"));

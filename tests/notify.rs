@@ -555,7 +555,7 @@ fn a_flood_of_unauthenticated_triggers_never_refuses_the_real_one() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_failed_recreate_sends_no_log_lines_and_the_report_redacts_every_form_of_a_secret() {
-    crate::require_docker!();
+    crate::require_docker!(not_podman: "not checked on Podman");
     use crate::support::docker::{Docker, image};
     use base64::Engine as _;
     let h = hooks();
@@ -859,7 +859,7 @@ mod docker {
     #[test]
     #[ignore = "needs the Docker engine: run scripts/test.sh"]
     fn restart_on_a_container_that_carries_the_key_warns_it_keeps_the_old_value() {
-        require_docker!();
+        require_docker!(not_podman: "not checked on Podman");
         let d = Docker::new();
         let c = d.run(
             "carrier",
@@ -910,7 +910,7 @@ mod docker {
     #[test]
     #[ignore = "needs the Docker engine: run scripts/test.sh"]
     fn a_drift_repair_says_converged_not_new_aud() {
-        require_docker!();
+        require_docker!(not_podman: "not checked on Podman");
         let d = Docker::new();
         // The .env already holds the current AUD; the container was created with an old one.
         let c = d.run(
@@ -929,7 +929,7 @@ mod docker {
     #[test]
     #[ignore = "needs the Docker engine: run scripts/test.sh"]
     fn a_rolled_back_recreate_is_notified_as_rolled_back() {
-        require_docker!();
+        require_docker!(not_podman: "not checked on Podman");
         let h = hooks();
         let d = Docker::new();
         let bad = format!("BAD_AUD={}", aud(2));

@@ -74,7 +74,7 @@ fn compose(dir: &Path, project: &str, args: &[&str]) -> (i32, String) {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn the_readme_quickstart_works_as_written_on_a_deploy_users_compose_project() {
-    require_docker!();
+    require_docker!(not_podman: "runs docker-compose; podman-compose is not checked");
     let commands = quickstart_commands();
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
     let key = TestKey::generate("team-key-1");

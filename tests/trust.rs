@@ -853,7 +853,7 @@ fn config_shows_url_settings_without_userinfo_or_query_values_and_errors_quote_n
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn quoted_logs_of_a_failed_recreate_hide_the_containers_environment_and_control_characters() {
-    crate::require_docker!();
+    crate::require_docker!(not_podman: "not checked on Podman");
     use crate::support::docker::{Docker, image};
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
     let sb = Sandbox::with_cloudflare(&cf);
@@ -914,7 +914,7 @@ fn quoted_logs_of_a_failed_recreate_hide_the_containers_environment_and_control_
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_foreign_container_named_like_a_temporary_is_never_started_renamed_or_removed() {
-    crate::require_docker!();
+    crate::require_docker!(not_podman: "not checked on Podman");
     use crate::support::docker::{Docker, docker, image, inspect};
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
     let sb = Sandbox::with_cloudflare(&cf);

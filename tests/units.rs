@@ -65,7 +65,7 @@ fn confined_sync(sb: &Sandbox, caps: &[String], container: &str, extra: &[&str])
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn the_units_capabilities_are_enough_to_rewrite_a_foreign_env_and_recreate() {
-    require_docker!();
+    require_docker!(not_podman: "not checked on Podman");
     assert_eq!(
         std::fs::metadata("/proc/self").unwrap().uid(),
         0,

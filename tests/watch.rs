@@ -989,7 +989,7 @@ impl Drop for Container {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn restarts_are_counted_in_the_metrics() {
-    crate::require_docker!();
+    crate::require_docker!(not_podman: "the watch loop is not checked on Podman");
     let image = std::env::var("AUDSYNC_TEST_IMAGE").unwrap_or("audsync-test/busybox:1".into());
     let name = format!(
         "audsync-watch-test-{}-{}",
@@ -1706,7 +1706,7 @@ mod engine {
     #[test]
     #[ignore = "needs the Docker engine: run scripts/test.sh"]
     fn recreates_are_counted_in_the_metrics() {
-        require_docker!();
+        require_docker!(not_podman: "the watch loop is not checked on Podman");
         let d = Docker::new();
         let old = format!("{KEY}=old");
         let c = d.run("lambda", &["-e", &old, &image(), "sh", "-c", IDLE]);
@@ -1738,7 +1738,7 @@ mod engine {
     #[test]
     #[ignore = "needs the Docker engine: run scripts/test.sh"]
     fn a_rolled_back_recreate_is_counted_as_a_rollback() {
-        require_docker!();
+        require_docker!(not_podman: "the watch loop is not checked on Podman");
         let d = Docker::new();
         let old = format!("{KEY}=old");
         let bad = format!("BAD_AUD={}", aud(2));
@@ -1799,7 +1799,7 @@ mod engine {
     #[test]
     #[ignore = "needs the Docker engine: run scripts/test.sh"]
     fn sigterm_during_a_recreate_exits_only_after_it() {
-        require_docker!();
+        require_docker!(not_podman: "the watch loop is not checked on Podman");
         let d = Docker::new();
         let old = format!("{KEY}=old");
         // The first probe runs 3s after the start: the health wait of the recreate takes that.

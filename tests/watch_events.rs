@@ -112,7 +112,7 @@ fn one_service(d: &Docker, srv: &Path) -> (std::path::PathBuf, String) {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn watch_converges_labelled_services_and_one_added_with_up_d() {
-    require_docker!();
+    require_docker!(not_podman: "the watch loop and its event stream are not checked on Podman");
     let cf = cloudflare();
     let mut sb = Sandbox::with_cloudflare(&cf);
     let d = Docker::new();
@@ -184,7 +184,7 @@ fn watch_converges_labelled_services_and_one_added_with_up_d() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn a_stale_recreate_under_watch_is_converged_from_the_engine_events() {
-    require_docker!();
+    require_docker!(not_podman: "the watch loop and its event stream are not checked on Podman");
     let cf = cloudflare();
     let mut sb = Sandbox::with_cloudflare(&cf);
     let d = Docker::new();
@@ -216,7 +216,7 @@ fn a_stale_recreate_under_watch_is_converged_from_the_engine_events() {
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn watch_reopens_the_event_stream_after_the_engine_goes_away() {
-    require_docker!();
+    require_docker!(not_podman: "the watch loop and its event stream are not checked on Podman");
     let cf = cloudflare();
     let mut sb = Sandbox::with_cloudflare(&cf);
     let d = Docker::new();

@@ -19,10 +19,20 @@ use serde_json::Value;
 /// or `cargo test` reports it skipped (never passed without running); scripts/test.sh runs it
 /// with `--run-ignored all`. When it does run, an unreachable engine fails it with a clear
 /// message (never a silent return). scripts/check-docker-tests.py checks the pairing.
+///
+/// An engine test that is not in the Podman set (the tests scripts/test-podman.sh runs against
+/// Podman, docs/podman.md) says why in its first line instead:
+/// `require_docker!(not_podman: "Podman has no Swarm")`. scripts/test-podman.sh never runs such a
+/// test; if one is run against Podman anyway (`AUDSYNC_TEST_ENGINE=podman`) it fails with that
+/// reason rather than pass or skip unchecked. scripts/check-docker-tests.py fails when an engine
+/// test is in neither group, or in both.
 #[macro_export]
 macro_rules! require_docker {
     () => {
         $crate::support::docker::require_engine()
+    };
+    (not_podman: $why:literal) => {
+        $crate::support::docker::require_engine_not_podman($why)
     };
 }
 
@@ -48,6 +58,21 @@ pub fn require_engine() {
             std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
         );
     }
+}
+
+/// [`require_engine`], and fail with `why` when the engine under test is Podman: the test is not
+/// in the Podman set (see [`require_docker!`]).
+pub fn require_engine_not_podman(why: &str) {
+    assert!(
+        !why.trim().is_empty(),
+        "require_docker!(not_podman: …) needs a reason"
+    );
+    require_engine();
+    assert!(
+        !is_podman(),
+        "this engine test is not run against Podman: {why} (scripts/test-podman.sh runs the \
+         Podman set; docs/podman.md)"
+    );
 }
 
 /// Whether the engine under test is Podman's Docker-compatible API (scripts/test-podman.sh sets
