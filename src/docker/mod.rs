@@ -360,7 +360,11 @@ impl Container {
             return found.map_err(|e| container_error(&self.name, "inspect", &e));
         };
         // A container this pass replaced (its network's base) stands for the one read.
-        let expected = self.engine.replaced.get(read).unwrap_or_else(|| read.clone());
+        let expected = self
+            .engine
+            .replaced
+            .get(read)
+            .unwrap_or_else(|| read.clone());
         if let Ok(info) = &found
             && info.id.as_deref() == Some(expected.as_str())
         {
