@@ -21,7 +21,7 @@ pub(crate) struct Got {
     path: String,
     query: String,
     headers: BTreeMap<String, String>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Got {
