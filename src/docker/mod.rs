@@ -375,7 +375,7 @@ impl Container {
             Some(i) => Err(ActionError {
                 rolled_back: false,
                 message: format!(
-                    "{doing} {read_name} failed: {} after audsync read it; nothing was changed",
+                    "{doing} {read_name} failed: since audsync read it, {}; nothing was changed",
                     i.says(read_name, &expected)
                 ),
                 hint: Some(ops::intrusion_hint(read_name)),
@@ -419,7 +419,11 @@ impl Container {
             tracing::info!(container = %dep, base = %self.name, "recreating a container that shares the network of the replaced one");
             let journal = journal::Journal::new(Some(record), None);
             let mut probe = compose::Probe::default();
-            if let Err(e) = recreate::recreate(
+            let dep_id = |i: Result<bollard::models::ContainerInspectResponse, BollardError>| {
+                i.ok().and_then(|i| i.id)
+            };
+            let dep_old = dep_id(inspect::container(docker, &dep).await);
+            let done = recreate::recreate(
                 docker,
                 &dep,
                 &[],
@@ -428,8 +432,15 @@ impl Container {
                 Some(&new_id),
                 &mut probe,
             )
-            .await
+            .await;
+            // This pass replaced it: its own recreate (when it is a target) acts on the new one.
+            if let (Some(old), Some(new)) =
+                (dep_old, dep_id(inspect::container(docker, &dep).await))
+                && old != new
             {
+                self.engine.replaced.insert(&old, &new);
+            }
+            if let Err(e) = done {
                 problems.push(format!(
                     "container {dep} (sharing its network): {}",
                     e.message

@@ -518,7 +518,7 @@ pub(super) async fn intruded(
     crate::reconcile::ActionError {
         rolled_back: false,
         message: format!(
-            "{doing} {name} failed: {} meanwhile, so audsync stopped and rolled nothing back{why}; {new_state}{old_state}",
+            "{doing} {name} failed: meanwhile, {}; audsync gave up and rolled nothing back{why}; {new_state}{old_state}",
             intrusion.says(name, old_id)
         ),
         hint: Some(intrusion_hint(name)),
