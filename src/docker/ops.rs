@@ -536,6 +536,27 @@ mod tests {
     use bollard::models::HealthConfig;
 
     #[test]
+    fn another_process_is_named_as_the_cause_with_short_ids() {
+        let old = "0123456789abcdef0123";
+        assert_eq!(
+            Intrusion::Removed.says("api", old),
+            "another process removed the container api (0123456789ab)"
+        );
+        assert_eq!(
+            Intrusion::Renamed { to: "api_x".into() }.says("api", old),
+            "another process renamed the container api (0123456789ab) to api_x"
+        );
+        assert_eq!(
+            Intrusion::Replaced {
+                by: "fedcba9876543210fedc".into()
+            }
+            .says("api", old),
+            "another process replaced the container api: the name is held by container fedcba987654, which audsync neither read nor created"
+        );
+        assert!(!intrusion_hint("api").contains("health"));
+    }
+
+    #[test]
     fn temp_names_round_trip_with_the_running_flag() {
         for running in [true, false] {
             let (new, old) = temp_names("lambda-server.1", running);
