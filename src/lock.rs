@@ -500,11 +500,28 @@ impl Held {
 
 /// A test hook, compiled into debug builds only: `AUDSYNC_TEST_HOLD_APPLY=<path of a FIFO>`
 /// holds a pass just before it recreates or rolls out a container (under its locks) until the
-/// test releases it. Entering it creates `<path>.held`; opening the FIFO for reading blocks
+/// test releases it -- or, with `AUDSYNC_TEST_HOLD_AT=<step>` (a journal step's snake_case
+/// name, e.g. `created`), right after the apply's journal recorded that step instead
+/// ([`test_hold_at`]). Entering it creates `<path>.held`; opening the FIFO for reading blocks
 /// until the test opens it for writing, and reading ends when the test closes it: a barrier,
 /// no timing. A path that is not a FIFO does nothing.
 #[cfg(debug_assertions)]
 pub(crate) fn test_hold_apply() {
+    if std::env::var_os("AUDSYNC_TEST_HOLD_AT").is_none() {
+        hold();
+    }
+}
+
+/// The hold of [`test_hold_apply`] at journal step `step` (debug builds only).
+#[cfg(debug_assertions)]
+pub(crate) fn test_hold_at(step: &str) {
+    if std::env::var_os("AUDSYNC_TEST_HOLD_AT").is_some_and(|s| s == step) {
+        hold();
+    }
+}
+
+#[cfg(debug_assertions)]
+fn hold() {
     use std::os::unix::fs::FileTypeExt;
     let Some(fifo) = std::env::var_os("AUDSYNC_TEST_HOLD_APPLY") else {
         return;
@@ -523,6 +540,10 @@ pub(crate) fn test_hold_apply() {
 /// Release builds have no hook.
 #[cfg(not(debug_assertions))]
 pub(crate) fn test_hold_apply() {}
+
+/// Release builds have no hook.
+#[cfg(not(debug_assertions))]
+pub(crate) fn test_hold_at(_: &str) {}
 
 #[cfg(test)]
 mod tests {

@@ -126,6 +126,61 @@ fn compose_hash_is_kept_while_other_changes_are_pending() {
     assert_eq!(env_of(&n, KEY), Some(aud(2)));
 }
 
+/// Issue 20: the same pending change is said in the text report and in the notification, in
+/// the issue's words, with the variable's name and never a value.
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn compose_pending_changes_are_named_in_the_text_report_and_the_notification() {
+    require_docker!(not_podman: "compose's config-hash; podman-compose's own hash is not stamped");
+    const BEFORE: &str = "quiet-level-before";
+    const AFTER: &str = "debug-verbose-level";
+    let (_cf, mut sb, _d, project) = setup(&format!("{KEY}=old\nLOG_LEVEL={BEFORE}\n"));
+    let h = crate::notify::hooks();
+    sb.var(
+        "AUDSYNC_NOTIFY",
+        &format!("http://127.0.0.1:{}/hook/x", h.port()),
+    );
+    compose(&sb, &project, &["up", "-d"]);
+    let n = container_of(&project);
+    wait_healthy(&n, Duration::from_secs(30));
+    sb.write_env(&format!("{KEY}=old\nLOG_LEVEL={AFTER}\n"));
+
+    let mut c = sb.cmd();
+    c.args([
+        "sync",
+        "--domain",
+        HOST,
+        "--compose-service",
+        &format!("{project}/api"),
+        "--restart",
+        "recreate",
+    ]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "{r:?}");
+    let said =
+        "other changes are pending (LOG_LEVEL): the next `docker compose up -d` recreates it";
+    assert!(r.stdout.contains(said), "the text report says it: {r:?}");
+    let got = h.at("/hook");
+    assert_eq!(h.events(), vec!["changed"], "{r:?}");
+    let body = &got[0].body;
+    let j = got[0].json();
+    assert!(
+        j["message"].as_str().unwrap_or_default().contains(said),
+        "the notification says it: {j:#}"
+    );
+    assert_eq!(
+        j["data"]["containers"][0]["pending"],
+        serde_json::json!(["LOG_LEVEL"]),
+        "{j:#}"
+    );
+    for value in [BEFORE, AFTER] {
+        assert!(!r.stdout.contains(value), "names only: {r:?}");
+        assert!(!r.stderr.contains(value), "names only: {r:?}");
+        assert!(!body.contains(value), "names only: {body}");
+    }
+    assert_eq!(env_of(&n, "LOG_LEVEL").as_deref(), Some(BEFORE));
+}
+
 /// The clean case: nothing but the AUD changed, so compose's new hash is stamped and `up -d`
 /// leaves audsync's container alone.
 #[test]

@@ -1003,3 +1003,110 @@ fn recreate_stops_the_old_container_with_its_own_stop_timeout() {
         "SIGTERM to exit took {stop:?}: the 1 s StopTimeout was not used"
     );
 }
+
+/// Issue 20: a container replaced by another process while audsync's recreate is under way
+/// (held right after audsync created its new container; the other process renames the old one
+/// away and starts its own under the name, as compose does) is reported as that: exit 1, a
+/// `failed` notification naming the cause, no rollback claimed and no health advice; the
+/// intruder and the old container are left exactly as the other process left them, and the
+/// container audsync created is removed.
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn a_container_replaced_by_another_process_during_a_recreate_is_reported_as_replaced() {
+    require_docker!(not_podman: "not checked on Podman");
+    const IDLE: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
+    let (_cf, mut sb, d) = setup();
+    let h = crate::notify::hooks();
+    sb.var(
+        "AUDSYNC_NOTIFY",
+        &format!("http://127.0.0.1:{}/hook/x", h.port()),
+    );
+    let c = d.run(
+        "replaced",
+        &["-e", &format!("{KEY}=old"), &image(), "sh", "-c", IDLE],
+    );
+    let old_id = id_of(&c);
+    let (fifo, held) = crate::locks::hold_fifo(&sb);
+    let mut child = crate::locks::spawn(
+        &sb,
+        &[
+            ("AUDSYNC_TEST_HOLD_APPLY", fifo.to_str().unwrap()),
+            ("AUDSYNC_TEST_HOLD_AT", "created"),
+        ],
+        &[
+            "sync",
+            "--domain",
+            HOST,
+            "--container",
+            &c,
+            "--restart",
+            "recreate",
+            "--settle",
+            "1s",
+            "--output",
+            "json",
+        ],
+    );
+    let err = crate::locks::collect(&mut child);
+    crate::locks::until("the recreate held after its create", || held.exists());
+
+    // Another process replaces it: the old one renamed away, its own under the name.
+    let moved = d.name("moved");
+    docker(&["rename", &c, &moved]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &c,
+        "-e",
+        &format!("{KEY}=intruder"),
+        &image(),
+        "sh",
+        "-c",
+        IDLE,
+    ]);
+    let intruder = id_of(&c);
+    crate::locks::release(&fifo);
+    let (code, out) = crate::locks::finish(child);
+    let log = err.lock().unwrap().clone();
+    assert_eq!(code, 1, "{out}\n{log}");
+    let j: Value = serde_json::from_str(out.trim()).unwrap();
+    let e = &j["containers"][0]["error"];
+    let msg = e["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("another process replaced the container {c}")),
+        "{j:#}"
+    );
+    assert!(msg.contains("rolled nothing back"), "{j:#}");
+    assert!(!msg.contains("rolled back:"), "{j:#}");
+    assert!(!msg.contains("ROLLBACK INCOMPLETE"), "{j:#}");
+    assert_ne!(e["rolled_back"], true, "{j:#}");
+    let hint = e["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("another process"), "{j:#}");
+    assert!(!hint.contains("healthcheck"), "no health advice: {j:#}");
+
+    // Notified as a failure with that cause, never as a rollback.
+    assert_eq!(h.events(), vec!["failed"], "{j:#}");
+    let n = h.at("/hook")[0].json();
+    let text = n["message"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(&format!("another process replaced the container {c}")),
+        "{text}"
+    );
+    assert!(!text.contains("(rolled back)"), "{text}");
+    assert!(!text.contains("complains about"), "{text}");
+
+    // Theirs untouched: the intruder holds the name, running with its own value; the old
+    // container runs on under the name it was given; audsync's new container is gone.
+    assert_eq!(id_of(&c), intruder);
+    assert_eq!(env_of(&c, KEY).as_deref(), Some("intruder"));
+    assert_eq!(inspect(&c)["State"]["Running"], true);
+    assert_eq!(id_of(&moved), old_id);
+    assert_eq!(inspect(&moved)["State"]["Running"], true);
+    assert_eq!(env_of(&moved, KEY).as_deref(), Some("old"));
+    let mut left = d.containers();
+    left.sort();
+    let mut want = vec![c.clone(), moved.clone()];
+    want.sort();
+    assert_eq!(left, want, "no container of audsync's is left");
+}

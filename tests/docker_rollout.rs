@@ -365,3 +365,171 @@ fn compose_up_keeps_the_container_audsync_recreated() {
         );
     }
 }
+
+/// Runs `sync --restart rollout` on `c` held by the test hook (`at`: a journal step, else just
+/// before the rollout), lets `meanwhile` act as another process, and returns the exit code,
+/// the JSON report and the notifications' events and texts.
+fn rollout_held(
+    sb: &mut Sandbox,
+    c: &str,
+    at: Option<&str>,
+    meanwhile: impl FnOnce(),
+) -> (i32, serde_json::Value, Vec<String>, Vec<String>) {
+    let h = crate::notify::hooks();
+    sb.var(
+        "AUDSYNC_NOTIFY",
+        &format!("http://127.0.0.1:{}/hook/x", h.port()),
+    );
+    let (fifo, held) = crate::locks::hold_fifo(sb);
+    let mut env = vec![("AUDSYNC_TEST_HOLD_APPLY", fifo.to_str().unwrap())];
+    if let Some(step) = at {
+        env.push(("AUDSYNC_TEST_HOLD_AT", step));
+    }
+    let mut child = crate::locks::spawn(
+        sb,
+        &env,
+        &[
+            "sync",
+            "--domain",
+            HOST,
+            "--container",
+            c,
+            "--restart",
+            "rollout",
+            "--settle",
+            "1s",
+            "--output",
+            "json",
+        ],
+    );
+    let err = crate::locks::collect(&mut child);
+    crate::locks::until("the rollout held", || held.exists());
+    meanwhile();
+    crate::locks::release(&fifo);
+    let (code, out) = crate::locks::finish(child);
+    let j = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("{e}: {out}\n{}", err.lock().unwrap()));
+    let texts = h
+        .at("/hook")
+        .iter()
+        .map(|g| g.json()["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    (code, j, h.events(), texts)
+}
+
+/// Issue 20: the old container renamed by another process while the new one starts beside it
+/// is reported as renamed: exit 1, a `failed` notification, no "never stopped serving"; the
+/// renamed container runs on untouched and audsync's new container is removed.
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn a_container_renamed_by_another_process_during_a_rollout_is_reported_as_renamed() {
+    require_docker!(not_podman: "not checked on Podman");
+    const IDLE: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
+    let (_cf, mut sb, d) = setup();
+    let net = d.network("net");
+    let c = d.run(
+        "renamed",
+        &[
+            "--network",
+            &net,
+            "-e",
+            &format!("{KEY}=old"),
+            &image(),
+            "sh",
+            "-c",
+            IDLE,
+        ],
+    );
+    let old_id = id_of(&c);
+    let moved = d.name("moved");
+    let (code, j, events, texts) = rollout_held(&mut sb, &c, Some("created"), || {
+        docker(&["rename", &c, &moved]);
+    });
+    assert_eq!(code, 1, "{j:#}");
+    let e = &j["containers"][0]["error"];
+    let msg = e["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!(
+            "another process renamed the container {c} ({}) to {moved}",
+            &old_id[..12]
+        )),
+        "{j:#}"
+    );
+    assert!(!msg.contains("never stopped serving"), "{j:#}");
+    assert_ne!(e["rolled_back"], true, "{j:#}");
+    assert!(
+        !e["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("healthcheck"),
+        "{j:#}"
+    );
+    assert_eq!(events, vec!["failed"], "{j:#}");
+    assert!(
+        texts[0].contains("another process renamed the container"),
+        "{texts:?}"
+    );
+    assert!(!texts[0].contains("(rolled back)"), "{texts:?}");
+    // The renamed container runs on, untouched; nothing of audsync's is left.
+    assert_eq!(id_of(&moved), old_id);
+    assert_eq!(inspect(&moved)["State"]["Running"], true);
+    assert_eq!(env_of(&moved, KEY).as_deref(), Some("old"));
+    assert_eq!(d.containers(), vec![moved.clone()]);
+}
+
+/// Issue 20: a container replaced by another process after audsync read it (held just before
+/// the rollout: removed, and another container started under its name) is reported as
+/// replaced; the container audsync never read is not rolled out, stopped or removed.
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn a_container_replaced_after_it_was_read_is_left_alone_and_reported() {
+    require_docker!(not_podman: "not checked on Podman");
+    const IDLE: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
+    let (_cf, mut sb, d) = setup();
+    let net = d.network("net");
+    let run = |value: &str| {
+        vec![
+            "--network".to_string(),
+            net.clone(),
+            "-e".to_string(),
+            format!("{KEY}={value}"),
+            image(),
+            "sh".to_string(),
+            "-c".to_string(),
+            IDLE.to_string(),
+        ]
+    };
+    let args = run("old");
+    let c = d.run(
+        "replaced",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let intruder = std::cell::RefCell::new(String::new());
+    let (code, j, events, texts) = rollout_held(&mut sb, &c, None, || {
+        docker(&["rm", "-f", &c]);
+        let mut all = vec!["run", "-d", "--name", &c];
+        let args = run("intruder");
+        all.extend(args.iter().map(String::as_str));
+        docker(&all);
+        *intruder.borrow_mut() = id_of(&c);
+    });
+    assert_eq!(code, 1, "{j:#}");
+    let msg = j["containers"][0]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        msg.contains(&format!("another process replaced the container {c}")),
+        "{j:#}"
+    );
+    assert!(msg.contains("nothing was changed"), "{j:#}");
+    assert_eq!(events, vec!["failed"], "{j:#}");
+    assert!(
+        texts[0].contains("another process replaced the container"),
+        "{texts:?}"
+    );
+    // The intruder is untouched.
+    assert_eq!(id_of(&c), *intruder.borrow());
+    assert_eq!(env_of(&c, KEY).as_deref(), Some("intruder"));
+    assert_eq!(inspect(&c)["State"]["Running"], true);
+    assert_eq!(d.containers(), vec![c.clone()]);
+}

@@ -17,7 +17,11 @@ const KEY: &str = "CLOUDFLARE_AUD_TAG";
 const LIMIT: Duration = Duration::from_secs(90);
 
 /// The real binary, spawned with the sandbox's clean environment.
-fn spawn(sb: &Sandbox, extra_env: &[(&str, &str)], args: &[&str]) -> std::process::Child {
+pub(crate) fn spawn(
+    sb: &Sandbox,
+    extra_env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Child {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("audsync"));
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -36,7 +40,7 @@ fn spawn(sb: &Sandbox, extra_env: &[(&str, &str)], args: &[&str]) -> std::proces
 }
 
 /// The child's stderr, collected by a thread as it comes.
-fn collect(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+pub(crate) fn collect(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
     let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut from = child.stderr.take().unwrap();
     let to = out.clone();
@@ -54,7 +58,7 @@ fn collect(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<S
     out
 }
 
-fn finish(child: std::process::Child) -> (i32, String) {
+pub(crate) fn finish(child: std::process::Child) -> (i32, String) {
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -62,7 +66,28 @@ fn finish(child: std::process::Child) -> (i32, String) {
     )
 }
 
-fn until(what: &str, mut ok: impl FnMut() -> bool) {
+/// A FIFO for `AUDSYNC_TEST_HOLD_APPLY` in the sandbox, and the file the hook creates when it
+/// holds (see src/lock.rs `test_hold_apply`).
+pub(crate) fn hold_fifo(sb: &Sandbox) -> (std::path::PathBuf, std::path::PathBuf) {
+    let fifo = sb.path("hold-apply.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let held = sb.path("hold-apply.fifo.held");
+    (fifo, held)
+}
+
+/// Release a run held on `fifo`: opening it meets the hook's open, closing it ends its read.
+pub(crate) fn release(fifo: &std::path::Path) {
+    drop(std::fs::OpenOptions::new().write(true).open(fifo).unwrap());
+}
+
+pub(crate) fn until(what: &str, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
         assert!(start.elapsed() < LIMIT, "never happened: {what}");

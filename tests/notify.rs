@@ -17,26 +17,26 @@ use crate::watch::{HOST, LIMIT, metric, setup, start_listening};
 
 /// One request the webhook server received.
 #[derive(Debug, Clone)]
-struct Got {
+pub(crate) struct Got {
     path: String,
     query: String,
     headers: BTreeMap<String, String>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Got {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 }
 
 /// A webhook receiver: records every request, answers like Slack (200 `ok`).
-struct Hooks {
+pub(crate) struct Hooks {
     server: Server,
     got: Arc<Mutex<Vec<Got>>>,
 }
 
-fn hooks() -> Hooks {
+pub(crate) fn hooks() -> Hooks {
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     let server = Server::start(move |req: Request<Body>| {
@@ -70,19 +70,19 @@ impl Hooks {
         self.got.lock().unwrap().clone()
     }
 
-    fn at(&self, prefix: &str) -> Vec<Got> {
+    pub(crate) fn at(&self, prefix: &str) -> Vec<Got> {
         self.got()
             .into_iter()
             .filter(|g| g.path.starts_with(prefix))
             .collect()
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.server.addr.port()
     }
 
     /// The events posted to the plain JSON endpoint, in order.
-    fn events(&self) -> Vec<String> {
+    pub(crate) fn events(&self) -> Vec<String> {
         self.at("/hook")
             .iter()
             .map(|g| g.json()["event"].as_str().unwrap_or_default().to_string())

@@ -190,18 +190,20 @@ fn fnv(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-/// A test hook, compiled into debug builds only: `AUDSYNC_TEST_KILL_AT=<step>` (the step's
-/// snake_case name, e.g. `started`, `sent`, `rolling_back`) kills the process with SIGKILL
-/// right after the journal recorded that step -- a kill at an exact step, no timing.
+/// Test hooks, compiled into debug builds only, right after the journal recorded `step` (its
+/// snake_case name, e.g. `started`, `sent`, `rolling_back`): `AUDSYNC_TEST_KILL_AT=<step>` kills the process with SIGKILL -- a kill at
+/// an exact step, no timing; `AUDSYNC_TEST_HOLD_AT=<step>` holds it on the FIFO of
+/// `AUDSYNC_TEST_HOLD_APPLY` until the test releases it (see `lock::test_hold_apply`).
 #[cfg(debug_assertions)]
 fn kill_point(step: ApplyStep) {
-    let Some(want) = std::env::var_os("AUDSYNC_TEST_KILL_AT") else {
-        return;
-    };
     let name = serde_json::to_value(step)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
+    crate::lock::test_hold_at(&name);
+    let Some(want) = std::env::var_os("AUDSYNC_TEST_KILL_AT") else {
+        return;
+    };
     if want.to_string_lossy() == name {
         tracing::warn!(step = %name, "test hook: killed at this step");
         let _ =

@@ -84,6 +84,7 @@ impl Engine {
             group: None,
             compose_probe: Box::default(),
             refused: false,
+            observed: None,
         }
     }
 
@@ -281,6 +282,9 @@ pub struct Container {
     compose_probe: Box<compose::Probe>,
     /// See [`Container::refused`].
     refused: bool,
+    /// The container as the last observe read it: (id, name). A recreate or rollout acts on
+    /// that container only.
+    observed: Option<(String, String)>,
 }
 
 impl Container {
@@ -343,6 +347,44 @@ impl Container {
 }
 
 impl Container {
+    /// Inspect the container before a recreate or rollout (`doing`) and make sure it is the
+    /// one the last observe read (or the one this pass put in its place): when another
+    /// process removed, renamed or replaced it since, nothing is touched and the error says so.
+    async fn before_apply(
+        &self,
+        doing: &str,
+    ) -> Result<bollard::models::ContainerInspectResponse, ActionError> {
+        let docker = &self.engine.docker;
+        let found = inspect::container(docker, &self.name).await;
+        let Some((read, read_name)) = &self.observed else {
+            return found.map_err(|e| container_error(&self.name, "inspect", &e));
+        };
+        // A container this pass replaced (its network's base) stands for the one read.
+        let expected = self
+            .engine
+            .replaced
+            .get(read)
+            .unwrap_or_else(|| read.clone());
+        if let Ok(info) = &found
+            && info.id.as_deref() == Some(expected.as_str())
+        {
+            return found.map_err(|e| container_error(&self.name, "inspect", &e));
+        }
+        let names = [read_name.as_str()];
+        match ops::intrusion(docker, read_name, &expected, &names, None).await {
+            Some(i) => Err(ActionError {
+                rolled_back: false,
+                message: format!(
+                    "{doing} {read_name} failed: since audsync read it, {}; nothing was changed",
+                    i.says(read_name, &expected)
+                ),
+                hint: Some(ops::intrusion_hint(read_name)),
+                logs: Vec::new(),
+            }),
+            None => found.map_err(|e| container_error(&self.name, "inspect", &e)),
+        }
+    }
+
     /// After this container (as it was: `before`) was replaced, the containers sharing its
     /// network follow it: each one the pass holds the lock of is recreated against the new
     /// id, in order, journalled in its own record; any other is named in the error.
@@ -377,7 +419,11 @@ impl Container {
             tracing::info!(container = %dep, base = %self.name, "recreating a container that shares the network of the replaced one");
             let journal = journal::Journal::new(Some(record), None);
             let mut probe = compose::Probe::default();
-            if let Err(e) = recreate::recreate(
+            let dep_id = |i: Result<bollard::models::ContainerInspectResponse, BollardError>| {
+                i.ok().and_then(|i| i.id)
+            };
+            let dep_old = dep_id(inspect::container(docker, &dep).await);
+            let done = recreate::recreate(
                 docker,
                 &dep,
                 &[],
@@ -386,8 +432,15 @@ impl Container {
                 Some(&new_id),
                 &mut probe,
             )
-            .await
+            .await;
+            // This pass replaced it: its own recreate (when it is a target) acts on the new one.
+            if let (Some(old), Some(new)) =
+                (dep_old, dep_id(inspect::container(docker, &dep).await))
+                && old != new
             {
+                self.engine.replaced.insert(&old, &new);
+            }
+            if let Err(e) = done {
                 problems.push(format!(
                     "container {dep} (sharing its network): {}",
                     e.message
@@ -475,6 +528,10 @@ impl Target for Container {
         if compose::is_compose(&info) && self.compose_probe.ask_before {
             self.compose_probe.before = Some(compose::ask(&info, &self.compose_probe.env).await);
         }
+        self.observed = info
+            .id
+            .clone()
+            .map(|id| (id, ops::name_of(&info, &self.name)));
         let rollout_blocker = rollout::blocker(&info);
         let aliased = rollout::aliased(&info);
         let env = info.config.and_then(|c| c.env).unwrap_or_default();
@@ -522,9 +579,7 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let before = inspect::container(&self.engine.docker, &self.name)
-            .await
-            .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        let before = self.before_apply("recreating").await?;
         // Its base replaced earlier in this pass: it joins the new one.
         let netns = netns::base_of(&before).and_then(|b| self.engine.replaced.get(&b));
         let journal = self.journal();
@@ -547,9 +602,7 @@ impl Target for Container {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let before = inspect::container(&self.engine.docker, &self.name)
-            .await
-            .map_err(|e| container_error(&self.name, "inspect", &e))?;
+        let before = self.before_apply("rolling out").await?;
         let journal = self.journal();
         rollout::rollout(
             &self.engine.docker,

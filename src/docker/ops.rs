@@ -373,6 +373,159 @@ pub(super) async fn rename(
         .await
 }
 
+/// What another process did to a container audsync is replacing (read as `old_id` under
+/// `name`), as the engine shows it: never guessed from an error's text.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Intrusion {
+    /// The container audsync read is gone.
+    Removed,
+    /// It carries a name audsync did not give it.
+    Renamed { to: String },
+    /// The name is held by a container audsync neither read nor created.
+    Replaced { by: String },
+}
+
+impl Intrusion {
+    /// "another process removed/renamed/replaced the container NAME …".
+    pub(super) fn says(&self, name: &str, old_id: &str) -> String {
+        let old = short_id(old_id);
+        match self {
+            Intrusion::Removed => {
+                format!("another process removed the container {name} ({old})")
+            }
+            Intrusion::Renamed { to } => {
+                format!("another process renamed the container {name} ({old}) to {to}")
+            }
+            Intrusion::Replaced { by } => format!(
+                "another process replaced the container {name}: the name is held by container {}, which audsync neither read nor created",
+                short_id(by)
+            ),
+        }
+    }
+}
+
+/// Whether another process acted on container `name` since audsync read it as `old_id`:
+/// removed it, gave it a name not in `names` (its own, and the one audsync moved it aside to),
+/// or put a container that is neither it nor `new_id` (the one audsync created) under `name`.
+/// `None` when everything is as audsync left it, or when the engine cannot tell.
+pub(super) async fn intrusion(
+    docker: &Docker,
+    name: &str,
+    old_id: &str,
+    names: &[&str],
+    new_id: Option<&str>,
+) -> Option<Intrusion> {
+    match super::inspect::container(docker, name).await {
+        Ok(holder) => {
+            let by = holder.id.unwrap_or_default();
+            if !by.is_empty() && by != old_id && Some(by.as_str()) != new_id {
+                return Some(Intrusion::Replaced { by });
+            }
+        }
+        Err(e) if gone(&e) => {}
+        Err(_) => return None,
+    }
+    match super::inspect::container(docker, old_id).await {
+        Ok(old) => {
+            let now = name_of(&old, "");
+            (!now.is_empty() && !names.contains(&now.as_str()))
+                .then_some(Intrusion::Renamed { to: now })
+        }
+        Err(e) if gone(&e) => Some(Intrusion::Removed),
+        Err(_) => None,
+    }
+}
+
+/// The engine answered that no such container exists.
+fn gone(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// The hint of a failure another process caused: no advice about the new container's health.
+pub(super) fn intrusion_hint(name: &str) -> String {
+    format!(
+        "another process (docker compose, another audsync run, a person) acts on {name}: check `docker ps -a`, let it finish, then run sync again; audsync never touches a container it neither read nor created"
+    )
+}
+
+/// A recreate or rollout (`doing`: "recreating", "rolling out") of `name` that met another
+/// process's change (`why`: the step that failed, if any): the old container and any intruder
+/// are left as they are (`old_stopped`: audsync had stopped the old one, said so); the new
+/// container audsync created keeps the name when it already holds it, else it is removed.
+/// The journal is cleared once nothing of this apply is left for a later run.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn intruded(
+    docker: &Docker,
+    journal: &super::journal::Journal,
+    doing: &str,
+    name: &str,
+    old_id: &str,
+    new_id: &str,
+    old_stopped: bool,
+    intrusion: &Intrusion,
+    why: Option<&str>,
+) -> crate::reconcile::ActionError {
+    tracing::warn!(container = %name, reason = ?why, "{}", intrusion.says(name, old_id));
+    let now = match super::inspect::container(docker, new_id).await {
+        Ok(i) => Ok(Some(name_of(&i, ""))),
+        Err(e) if gone(&e) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let new_state = match now.as_ref().map(Option::as_deref) {
+        Err(e) => format!(
+            "the new container audsync created ({}) could not be inspected ({e}); the next run looks at it again",
+            short_id(new_id)
+        ),
+        Ok(Some(n)) if n == name => {
+            journal.clear(old_id);
+            format!(
+                "the new container audsync created ({}) holds the name with the new value and is left as it is",
+                short_id(new_id)
+            )
+        }
+        Ok(None) => {
+            journal.clear(old_id);
+            "the new container audsync created is gone".to_string()
+        }
+        Ok(Some(_)) => match remove(docker, new_id).await {
+            Ok(()) => {
+                journal.clear(old_id);
+                format!(
+                    "the new container audsync created ({}) was removed",
+                    short_id(new_id)
+                )
+            }
+            Err(e) => format!(
+                "the new container audsync created ({}) could not be removed ({e}); the next run removes it",
+                short_id(new_id)
+            ),
+        },
+    };
+    let old_state = match intrusion {
+        Intrusion::Removed => String::new(),
+        _ if old_stopped => {
+            "; the old container, which audsync had stopped, is left as it is".to_string()
+        }
+        _ => "; the old container is left as it is".to_string(),
+    };
+    let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+    crate::reconcile::ActionError {
+        rolled_back: false,
+        message: format!(
+            "{doing} {name} failed: meanwhile, {}; audsync gave up and rolled nothing back{why}; {new_state}{old_state}",
+            intrusion.says(name, old_id)
+        ),
+        hint: Some(intrusion_hint(name)),
+        logs: Vec::new(),
+    }
+}
+
 pub(super) fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
@@ -381,6 +534,27 @@ pub(super) fn short_id(id: &str) -> &str {
 mod tests {
     use super::*;
     use bollard::models::HealthConfig;
+
+    #[test]
+    fn another_process_is_named_as_the_cause_with_short_ids() {
+        let old = "0123456789abcdef0123";
+        assert_eq!(
+            Intrusion::Removed.says("api", old),
+            "another process removed the container api (0123456789ab)"
+        );
+        assert_eq!(
+            Intrusion::Renamed { to: "api_x".into() }.says("api", old),
+            "another process renamed the container api (0123456789ab) to api_x"
+        );
+        assert_eq!(
+            Intrusion::Replaced {
+                by: "fedcba9876543210fedc".into()
+            }
+            .says("api", old),
+            "another process replaced the container api: the name is held by container fedcba987654, which audsync neither read nor created"
+        );
+        assert!(!intrusion_hint("api").contains("health"));
+    }
 
     #[test]
     fn temp_names_round_trip_with_the_running_flag() {

@@ -182,9 +182,17 @@ pub(super) async fn recreate(
         new_id: &new_id,
         was_running,
         renamed: false,
+        old_stopped: false,
+        aside: &aside,
         stop_wait: ops::stop_wait(stop_t),
     };
 
+    // The last look before the old container is touched: another process that removed,
+    // renamed or replaced it since it was read owns the outcome (a rollback would start or
+    // rename a container someone else is handling).
+    if let Some(i) = ops::intrusion(docker, &name, &old_id, &[&name], Some(&new_id)).await {
+        return Err(rb.intruded(&i, None).await);
+    }
     if was_running {
         tracing::info!(container = %name, "stopping the old container");
         let progress = ops::stop_progress(&name, stop_t);
@@ -203,6 +211,7 @@ pub(super) async fn recreate(
                 .undo(format!("could not stop the old container: {e}"))
                 .await);
         }
+        rb.old_stopped = true;
         journal.note(ApplyStep::OldStopped, None);
     }
     if let Err(e) = rename(docker, &old_id, &aside).await {
@@ -304,51 +313,46 @@ struct Rollback<'a> {
     new_id: &'a str,
     was_running: bool,
     renamed: bool,
+    /// audsync stopped the old container.
+    old_stopped: bool,
+    /// The name audsync moves the old container aside to.
+    aside: &'a str,
     /// How long the old container may still take to stop after a failed stop call.
     stop_wait: Duration,
 }
 
 impl Rollback<'_> {
+    /// Another process acted on the container: say so, leave theirs alone.
+    async fn intruded(&self, i: &ops::Intrusion, why: Option<&str>) -> ActionError {
+        ops::intruded(
+            self.docker,
+            self.journal,
+            "recreating",
+            self.name,
+            self.old_id,
+            self.new_id,
+            self.old_stopped,
+            i,
+            why,
+        )
+        .await
+    }
+
     /// Remove the new container, give the old one its name back, start it; say what happened.
     async fn undo(&self, why: String) -> ActionError {
         let name = self.name;
-        if let Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) = super::inspect::container(self.docker, self.old_id).await
+        // Someone else removed, renamed or replaced the old container meanwhile: there is
+        // nothing of ours to go back to, and theirs is not ours to start or rename.
+        if let Some(i) = ops::intrusion(
+            self.docker,
+            name,
+            self.old_id,
+            &[name, self.aside],
+            Some(self.new_id),
+        )
+        .await
         {
-            // Someone else removed the old container meanwhile: there is nothing to go back to.
-            tracing::warn!(container = %name, reason = %why, "the old container was removed by someone else during the recreate");
-            let (new_state, settled) =
-                match super::inspect::container(self.docker, self.new_id).await {
-                    Ok(i) => {
-                        let now = i.name.as_deref().unwrap_or("").trim_start_matches('/');
-                        (
-                            format!(
-                                "the new container {now} ({}) is left as it is",
-                                ops::short_id(self.new_id)
-                            ),
-                            ops::parse_temp(now).is_none(),
-                        )
-                    }
-                    Err(_) => ("the new container is gone too".to_string(), true),
-                };
-            // Nothing for a later pass to recover once the new container holds the name (or is
-            // gone): the record goes, so no run chases the removed container. A new container
-            // still under its temporary name keeps it: the next pass gives it the name.
-            if settled {
-                self.journal.clear(self.old_id);
-            }
-            return ActionError {
-                rolled_back: false,
-                message: format!(
-                    "recreating {name} failed: the old container ({}) was removed by someone else during the recreate, so nothing was rolled back ({why}); {new_state}",
-                    ops::short_id(self.old_id)
-                ),
-                hint: Some(format!(
-                    "check `docker ps -a` for {name}; bring it up again (docker compose up -d) and run sync again"
-                )),
-                logs: Vec::new(),
-            };
+            return self.intruded(&i, Some(&why)).await;
         }
         tracing::warn!(container = %name, reason = %why, "rolling back to the old container");
         let logs: Vec<String> = last_logs(self.docker, self.new_id)

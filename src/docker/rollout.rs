@@ -212,7 +212,26 @@ pub(super) async fn rollout(
         let new_id = new_id.clone();
         let old_id = old_id.clone();
         let name = name.clone();
+        let aside = aside.clone();
         async move {
+            // Someone else removed, renamed or replaced the old container meanwhile: theirs
+            // is left alone, and no "never stopped serving" is claimed.
+            if let Some(i) =
+                ops::intrusion(&docker, &name, &old_id, &[&name, &aside], Some(&new_id)).await
+            {
+                return ops::intruded(
+                    &docker,
+                    journal,
+                    "rolling out",
+                    &name,
+                    &old_id,
+                    &new_id,
+                    false,
+                    &i,
+                    Some(&why),
+                )
+                .await;
+            }
             tracing::warn!(container = %name, reason = %why, "rollout failed; removing the new container");
             let removed = ops::remove(&docker, &new_id).await;
             // Over only once the new container is gone and the old one has the name again.
@@ -263,6 +282,21 @@ pub(super) async fn rollout(
     // From here on a run that finds this cut short finishes it: the new value stays.
     journal.note(ApplyStep::Healthy, None);
     tracing::info!(container = %name, elapsed_ms = started.elapsed().as_millis() as u64, "the new container is good; retiring the old one");
+    // The last look before the old container is touched (see `recreate`).
+    if let Some(i) = ops::intrusion(docker, &name, &old_id, &[&name], Some(&new_id)).await {
+        return Err(ops::intruded(
+            docker,
+            journal,
+            "rolling out",
+            &name,
+            &old_id,
+            &new_id,
+            false,
+            &i,
+            None,
+        )
+        .await);
+    }
 
     if let Err(e) = rename(docker, &old_id, &aside).await {
         return Err(give_up(format!(
