@@ -751,3 +751,64 @@ fn owner_and_mode_are_kept_by_the_atomic_write() {
         (1234, 2345, 0o640)
     );
 }
+
+/// clap's own refusals name the option and the form it takes, never the value typed (it may be
+/// a secret given to the wrong option); an enumerated option quotes a short bad word only.
+#[test]
+fn a_flag_value_that_does_not_parse_is_not_repeated() {
+    let sb = Sandbox::new();
+    for args in [
+        &["watch", "--interval", "SECRETJUNK"][..],
+        &["watch", "--interval", "5 tok-SECRET"],
+        &["sync", "--settle", "5SECRET"],
+        &["sync", "--health-timeout", "SECRET-health"],
+        &["watch", "--listen", "SECRET:listen"],
+        &["watch", "--jitter", "SECRET%"],
+        &["sync", "--restart", "recreate-SECRET-and-some-more"],
+        &["sync", "--output=https://u:SECRET@x"],
+        &["sync", "--create-env-file=SECRET"],
+        &["sync", "xoxb-SECRET-positional"],
+    ] {
+        let r = run(sb.cmd().args(args));
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            !r.stderr.contains("SECRET") && !r.stdout.contains("SECRET"),
+            "{args:?}: {r:?}"
+        );
+        let flag = args[1].split('=').next().unwrap();
+        if flag.starts_with("--") {
+            assert!(r.stderr.contains(flag), "names the option: {args:?}: {r:?}");
+        }
+    }
+    let r = run(sb.cmd().args(["watch", "--interval", "SECRETJUNK"]));
+    assert!(
+        r.stderr.contains("not a duration (examples: 30s, 5m, 1h"),
+        "says the form: {r:?}"
+    );
+    // Values checked after parsing say the same.
+    let r = run(sb.cmd().env("CLOUDFLARE_API_TOKEN", TOKEN).args([
+        "sync",
+        "--app-id",
+        "notauuid-SECRET",
+        "--dry-run",
+    ]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("--app-id is not a Cloudflare id"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("SECRET"), "{r:?}");
+    let r = run(sb.cmd().env("CLOUDFLARE_API_TOKEN", TOKEN).args([
+        "sync",
+        "--domain",
+        "api.example.com/tok SECRET",
+        "--dry-run",
+    ]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(!r.stderr.contains("SECRET"), "{r:?}");
+    // A short word for an enumerated option is a typo to spot: quoted, with the allowed values.
+    let r = run(sb.cmd().args(["sync", "--restart", "recreat"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("'recreat'"), "{r:?}");
+    assert!(r.stderr.contains("auto, restart, recreate"), "{r:?}");
+}

@@ -8,6 +8,7 @@
 //! and each value's [`Origin`] is known (`audsync config`). Secrets never come from flags;
 //! [`Env::secret`] reads `NAME` or the file named by `NAME_FILE`, and returns a [`Secret`].
 
+mod clap_errors;
 pub mod commands;
 pub mod credentials;
 pub mod discover;
@@ -80,7 +81,7 @@ where
                 .try_get_matches_from(&args)
                 .err()
                 .unwrap_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidValue));
-            return Err(ParseError::Clap(e));
+            return Err(ParseError::Clap(clap_errors::without_values(e)));
         }
     };
     let sub_name = first.subcommand_name().unwrap_or_default().to_string();
@@ -141,7 +142,7 @@ where
     let matches = cmd
         .clone()
         .try_get_matches_from(&args)
-        .map_err(ParseError::Clap)?;
+        .map_err(|e| ParseError::Clap(clap_errors::without_values(e)))?;
     let mut origins = BTreeMap::new();
     // The variable names come from the command as defined (the layered one has none).
     let defined = Cli::command();
@@ -161,7 +162,8 @@ where
             origins.insert(id.to_string(), origin);
         }
     }
-    let cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+    let cli = Cli::from_arg_matches(&matches)
+        .map_err(|e| ParseError::Clap(clap_errors::without_values(e)))?;
     env.allow_insecure_http = cli.global.allow_insecure_http;
     env.engine = cli.global.engine.map(Into::into);
     let mut parsed = Parsed {
