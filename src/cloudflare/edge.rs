@@ -85,15 +85,16 @@ pub fn configured_team_domain(
             .map_err(|e| TeamDomainError(format!("CLOUDFLARE_AUTH_DOMAIN is not a URL: {e}")))?;
         let host_ok = u.host_str().is_some_and(|h| !h.is_empty());
         if !host_ok || !u.username().is_empty() || u.password().is_some() {
-            return Err(TeamDomainError(format!(
-                "CLOUDFLARE_AUTH_DOMAIN must be the team domain (no user or password), e.g. https://team.cloudflareaccess.com"
-            )));
+            return Err(TeamDomainError(
+                "CLOUDFLARE_AUTH_DOMAIN must be the team domain (no user or password), e.g. https://team.cloudflareaccess.com".to_string(),
+            ));
         }
         let loopback_http = u.scheme() == "http" && crate::http::credential_safe(&u);
         if u.scheme() != "https" && !loopback_http {
-            return Err(TeamDomainError(format!(
+            return Err(TeamDomainError(
                 "CLOUDFLARE_AUTH_DOMAIN must be https (plain http only to a loopback address)"
-            )));
+                    .to_string(),
+            ));
         }
         return Ok(Some(u.origin().ascii_serialization()));
     }

@@ -52,6 +52,15 @@ pub(super) fn without_values(e: clap::Error) -> clap::Error {
             "unexpected argument (a value without an option before it; not repeated here)"
                 .to_string()
         }
+        // A mistyped command is a short word (quoted, with clap's suggestion); anything else
+        // is not repeated.
+        ErrorKind::InvalidSubcommand => match text(ContextKind::InvalidSubcommand) {
+            Some(s) if !short_word(&s) => {
+                "unrecognized subcommand (not repeated here); see `audsync help` for the commands"
+                    .to_string()
+            }
+            _ => return e,
+        },
         _ => return e,
     };
     let usage = match e.get(ContextKind::Usage) {
