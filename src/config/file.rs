@@ -2,8 +2,8 @@
 //! protected host.
 //!
 //! The file is walked by hand over the TOML parser's spanned tree, so every problem is listed
-//! at once with its line, and no message ever quotes a value (a mistyped secret must not be
-//! printed). Settings map onto the same variable names as the environment (`cloudflare.account_id`
+//! at once at the line and column of the bad value ([`Problem`]), and no message quotes a value
+//! (a mistyped secret must not be printed) but a short bad word of an enumerated setting. Settings map onto the same variable names as the environment (`cloudflare.account_id`
 //! is `CLOUDFLARE_ACCOUNT_ID`) and become a layer below it; relative paths are taken from the
 //! file's directory. Inline secrets are accepted only from a file that is mode 0600 and owned by
 //! the running user.

@@ -1,7 +1,10 @@
 //! The `sync` / `watch` configuration: settings for the pass plus every binding, from the flags
 //! (one binding, as always) or from the config file's `[[binding]]` tables.
 //!
-//! Validation lists every problem of the file at once. Binding options given as flags or
+//! Validation lists every problem of the file at once, each at its value's line and column: a
+//! binding's own values are checked with the file's settings before anything else
+//! ([`binding_fields`]), what needs the other layers (credentials, a sink written twice) when
+//! the configuration is built. Binding options given as flags or
 //! environment variables are refused when the file defines bindings (they would be ambiguous),
 //! except `--domain` / `--app-id`, which select bindings, and `--restart`, which overrides every
 //! binding's.
