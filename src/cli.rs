@@ -668,7 +668,8 @@ pub struct SyncArgs {
     pub source: SourceArgs,
 }
 
-/// A flag value that does not parse; clap prints it after the flag's name.
+/// A flag value that does not parse; shown after the flag's name. It says what is expected and
+/// never repeats the value (free text may be a secret given to the wrong option).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ValueError(String);
@@ -676,13 +677,11 @@ pub struct ValueError(String);
 /// `10%`, `12.5%` or `10` (percent) -> 0.10; between 0% and 50%.
 pub fn parse_percent(s: &str) -> Result<f64, ValueError> {
     let n = s.trim().trim_end_matches('%').trim();
-    let v: f64 = n.parse().map_err(|_| {
-        ValueError(format!(
-            "{s:?} is not a percentage (examples: 0%, 10%, 25%)"
-        ))
-    })?;
+    let v: f64 = n
+        .parse()
+        .map_err(|_| ValueError("not a percentage (examples: 0%, 10%, 25%)".to_string()))?;
     if !(0.0..=50.0).contains(&v) {
-        return Err(ValueError(format!("{s:?} is out of range: use 0% to 50%")));
+        return Err(ValueError("out of range: use 0% to 50%".to_string()));
     }
     Ok(v / 100.0)
 }
@@ -692,10 +691,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     if let Ok(secs) = s.trim().parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(s).map_err(|e| {
-        ValueError(format!(
-            "{e} (examples: 30s, 5m, 1h; a bare number is seconds)"
-        ))
+    // humantime's message quotes the part it did not understand: not repeated.
+    humantime::parse_duration(s).map_err(|_| {
+        ValueError("not a duration (examples: 30s, 5m, 1h; a bare number is seconds)".to_string())
     })
 }
 

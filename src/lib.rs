@@ -75,14 +75,65 @@ fn init_with(filter: tracing_subscriber::EnvFilter, format: LogFormat) {
     let filter = filter.and(log_ceiling());
     // Colour only on a terminal: journald, Loki and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let layer = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(progress::stderr);
-    let layer = match format {
-        LogFormat::Json => layer.json().with_filter(filter).boxed(),
-        LogFormat::Text => layer.with_filter(filter).boxed(),
-    };
+    let layer = log_layer(format, ansi, progress::stderr).with_filter(filter);
     let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// The log lines, text or JSON, written to what `out` makes. Every field and message passes the
+/// one sanitiser (`shown`): a log line carries app names, hosts, engine and API messages, and
+/// none of them may end the line, colour it or reorder it. In JSON, the encoder escapes control
+/// characters and `shown::in_json` the rest.
+fn log_layer<S, W>(
+    format: LogFormat,
+    ansi: bool,
+    out: fn() -> W,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: std::io::Write + 'static,
+{
+    use tracing_subscriber::Layer as _;
+    let layer = tracing_subscriber::fmt::layer().with_ansi(ansi);
+    match format {
+        LogFormat::Json => layer.json().with_writer(move || JsonLines(out())).boxed(),
+        LogFormat::Text => layer
+            .fmt_fields(sanitised_fields())
+            .with_writer(out)
+            .boxed(),
+    }
+}
+
+/// The text log's fields as tracing writes them (`name=value`, the message bare), each value
+/// escaped by [`shown::in_log`].
+fn sanitised_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> {
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let v = format!("{value:?}");
+        let v = shown::in_log(&v);
+        if field.name() == "message" {
+            write!(w, "{v}")
+        } else {
+            write!(w, "{}={v}", field.name())
+        }
+    })
+    .delimited(" ")
+}
+
+/// A writer of JSON log lines: each line through [`shown::in_json`].
+struct JsonLines<W>(W);
+
+impl<W: std::io::Write> std::io::Write for JsonLines<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(s) => self.0.write_all(shown::in_json(s).as_bytes())?,
+            Err(_) => self.0.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Run a parsed command; returns the process exit code. The Infisical access tokens the run
@@ -261,5 +312,65 @@ mod logging_tests {
         // -qq ("off") and RUST_LOG=off: nothing at all, bollard included.
         assert!(shown("off").is_empty());
         assert!(shown("error").is_empty());
+    }
+
+    static LINES: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+    struct Lines;
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            LINES
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    use super::LogFormat;
+
+    /// Whatever a log line carries — a message built from an outside string, a `%` field, a
+    /// `?` field, a plain string field — reaches the log escaped, in text and in JSON.
+    #[test]
+    fn every_log_field_passes_the_sanitiser() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let evil = "\u{1b}[31mApp\u{202e}ppa\u{200b}\nhint: forged";
+        for format in [LogFormat::Text, LogFormat::Json] {
+            LINES.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            let sub =
+                tracing_subscriber::registry().with(super::log_layer(format, false, || Lines));
+            tracing::subscriber::with_default(sub, || {
+                tracing::warn!(app = %evil, name = evil, debug = ?evil, "skipped {evil}");
+            });
+            let out =
+                String::from_utf8(LINES.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap();
+            assert_eq!(out.lines().count(), 1, "{format:?}: one line: {out}");
+            assert!(out.ends_with('\n'), "{format:?}: {out}");
+            for raw in ['\u{1b}', '\u{202e}', '\u{200b}'] {
+                assert!(!out.contains(raw), "{format:?}: raw {raw:?} in {out}");
+            }
+            match format {
+                LogFormat::Text => {
+                    assert!(
+                        out.contains(r"skipped \e[31mApp\u{202e}ppa\u{200b}\nhint: forged"),
+                        "{out}"
+                    );
+                    assert!(
+                        out.contains(r"app=\e[31mApp\u{202e}ppa\u{200b}\nhint: forged"),
+                        "{out}"
+                    );
+                }
+                LogFormat::Json => {
+                    let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+                    assert_eq!(v["fields"]["app"], evil, "the value a parser reads is kept");
+                    assert!(out.contains(r"\u202e") && out.contains(r"\u200b"), "{out}");
+                }
+            }
+        }
     }
 }

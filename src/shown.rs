@@ -22,15 +22,50 @@ fn hidden(c: char) -> bool {
             | '\u{E0000}'..='\u{E007F}')
 }
 
-/// An outside string as it may be shown in text output, logs and notifications.
+/// An outside string as it may be shown in text output and notifications.
 pub(crate) fn outside(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| hidden(c) || c == '\\') {
+    escape(s, true)
+}
+
+/// A field or the message of a text log line (every one, whatever it carries: the log writer
+/// cannot tell an app name from a path): [`outside`]'s escapes, except that a backslash is left
+/// as it is, so that the escapes tracing already wrote into a quoted field (`\"`, `\n`) stay
+/// readable. No character of the line can end it, colour it or reorder it.
+pub(crate) fn in_log(s: &str) -> Cow<'_, str> {
+    escape(s, false)
+}
+
+/// A JSON log line: JSON escapes control characters already, not bidi or zero-width ones; those
+/// are written as JSON's own `\uXXXX` escapes (they only occur inside strings: the structure is
+/// ASCII), so a reader of the raw line sees them and a parser reads the same value.
+pub(crate) fn in_json(s: &str) -> Cow<'_, str> {
+    // A raw line break is the line's own end (JSON writes those inside strings as `\n`).
+    let raw = |c: char| hidden(c) && c != '\n';
+    if !s.chars().any(raw) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if raw(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{:04x}", u));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn escape(s: &str, backslash: bool) -> Cow<'_, str> {
+    if !s.chars().any(|c| hidden(c) || (backslash && c == '\\')) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
         match c {
-            '\\' => out.push_str("\\\\"),
+            '\\' if backslash => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
@@ -74,5 +109,32 @@ mod tests {
             "one\ntwo\\e]0;x\\u{0007}"
         );
         assert_eq!(outside("Ünïcödé ok"), "Ünïcödé ok");
+    }
+
+    #[test]
+    fn log_lines_escape_the_same_characters_and_keep_their_own_escapes() {
+        assert_eq!(
+            in_log("name=\"a\\\"b\" \u{1b}[31mred\u{202e}\nhint: forged"),
+            "name=\"a\\\"b\" \\e[31mred\\u{202e}\\nhint: forged"
+        );
+        assert!(matches!(in_log("plain line"), Cow::Borrowed(_)));
+        // JSON: the value a parser reads is unchanged, the raw line shows the characters.
+        let line =
+            serde_json::json!({"f": "a\u{202e}b\u{200b}c\u{e0041}\u{1b}\u{85}"}).to_string() + "\n";
+        let safe = in_json(&line);
+        assert!(
+            safe.ends_with("}\n") && safe.matches('\n').count() == 1,
+            "{safe}"
+        );
+        assert!(
+            !safe.contains('\u{202e}') && !safe.contains('\u{200b}'),
+            "{safe}"
+        );
+        assert!(
+            safe.contains("\\u202e") && safe.contains("\\udb40\\udc41"),
+            "{safe}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["f"], "a\u{202e}b\u{200b}c\u{e0041}\u{1b}\u{85}");
     }
 }

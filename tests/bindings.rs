@@ -439,9 +439,9 @@ fn config_command_exits_2_listing_every_problem_and_quotes_no_value() {
     let r = run(sb.cmd().args(["config", "-vvv"]));
     assert_eq!(r.code, 2, "{r:?}");
     for want in [
-        "audsync.toml:2: `cloudflare.token` must be a string",
-        "audsync.toml:3: unknown setting `cloudflare.account`",
-        "audsync.toml:6: unknown binding key `domian`",
+        "audsync.toml:2:9: `cloudflare.token` must be a string",
+        "audsync.toml:3:1: unknown setting `cloudflare.account`",
+        "audsync.toml:6:1: unknown binding key `domian`",
     ] {
         assert!(r.stderr.contains(want), "missing {want:?}: {r:?}");
     }
@@ -582,46 +582,89 @@ fn a_missing_env_file_is_reported_once_with_no_empty_fields() {
     );
 }
 
-/// Every bad value at its own line in one go, allowed values listed; a short enumerated word is
-/// quoted, free text never; a file-wide setting's problem once, not once per binding.
+/// Every bad value of the file in one go, each at its own line and column: the settings', the
+/// file-wide ids', every binding's (a missing key at its binding's header), with the allowed
+/// values; a short enumerated word is quoted, free text never (a domain, a URL with a password,
+/// an id may be a secret typed into the wrong place); a file-wide setting's problem once.
 #[test]
 fn validation_names_each_bad_value_at_its_line_with_the_allowed_values() {
     let sb = Sandbox::new();
-    write_private(
-        &sb,
-        "audsync.toml",
-        "restart = \"recreat\"\nwrite_mode = \"in place please\"\ntimeout = \"tok-SECRET-1\"\n\n[cloudflare]\naccount_id = \"acc-SECRET-2\"\ntoken = \"x\"\n\n[[binding]]\ndomain = \"a.example.com\"\nrestart = \"sometimes\"\nsinks = [{ env = \"a.env\" }]\n\n[[binding]]\ndomain = \"b.example.com\"\nsinks = [{ env = \"b.env\" }]\n",
-    );
+    let doc = [
+        "restart = \"recreat\"",                                                 // 1
+        "write_mode = \"in place please\"",                                      // 2
+        "timeout = \"tok-SECRET-1\"",                                            // 3
+        "",                                                                      // 4
+        "[cloudflare]",                                                          // 5
+        "account_id = \"acc-SECRET-2\"",                                         // 6
+        "token = \"x\"",                                                         // 7
+        "",                                                                      // 8
+        "[[binding]]",                                                           // 9
+        "name = \"one\"",                                                        // 10
+        "domain = \"tok_SECRET3 pasted here\"",                                  // 11
+        "restart = \"sometimes\"",                                               // 12
+        "sinks = [{ env = \"a.env\" }]",                                         // 13
+        "",                                                                      // 14
+        "[[binding]]",                                                           // 15
+        "domain = \"b.example.com\"",                                            // 16
+        "source = \"edge\"",                                                     // 17
+        "url = \"ftp://user:pw-SECRET-4@b.example.com/\"",                       // 18
+        "key = \"not a key SECRET5\"",                                           // 19
+        "  targets = [{ compose_service = \"SECRET6\" }, { container = \"\" }]", // 20
+        "sinks = [{ env = \"b.env\" }]",                                         // 21
+        "",                                                                      // 22
+        "[[binding]]",                                                           // 23
+        "app_id = \"notauuid-SECRET7\"",                                         // 24
+        "create = \"yes please SECRET8\"",                                       // 25
+        "",                                                                      // 26
+        "[[binding]]",                                                           // 27
+        "tunnel_id = \"SECRET9\"",                                               // 28
+        "sinks = [{ env = \"d.env\" }]",                                         // 29
+    ]
+    .join("\n");
+    write_private(&sb, "audsync.toml", &doc);
     let r = run(sb.cmd().args(["config"]));
     assert_eq!(r.code, 2, "{r:?}");
-    for want in [
-        "audsync.toml:1: `restart` = \"recreat\" is not one of: auto, restart, recreate, rollout, none",
-        "audsync.toml:2: `write_mode` must be one of: atomic, in-place",
-        "audsync.toml:3: `timeout` is not a valid DURATION",
-    ] {
-        assert!(r.stderr.contains(want), "missing {want:?}: {r:?}");
+    let want = [
+        "audsync.toml:1:11: `restart` = \"recreat\" is not one of: auto, restart, recreate, rollout, none",
+        "audsync.toml:2:14: `write_mode` must be one of: atomic, in-place",
+        "audsync.toml:3:11: `timeout` is not a valid DURATION",
+        "audsync.toml:6:14: `cloudflare.account_id` is not a Cloudflare id",
+        "audsync.toml:11:10: `domain` is not a host name",
+        "audsync.toml:12:11: `restart` = \"sometimes\" is not one of: auto, restart, recreate, rollout, none",
+        "audsync.toml:18:7: `url` must be an http(s) URL with a host",
+        "audsync.toml:19:7: `key` is not a variable name",
+        "audsync.toml:20:34: `compose_service`: expected PROJECT/SERVICE",
+        "audsync.toml:20:61: empty container name",
+        "audsync.toml:23:1: give at least one sink",
+        "audsync.toml:24:10: `app_id` is not a Cloudflare id",
+        "audsync.toml:25:10: `create` must be one of: true, false",
+        "audsync.toml:27:1: give `domain` (the host the Access application protects) or `app_id`",
+        "audsync.toml:28:13: `tunnel_id` is not a Cloudflare id",
+    ];
+    for w in want {
+        assert!(r.stderr.contains(w), "missing {w:?}: {r:?}");
     }
-    assert!(!r.stderr.contains("SECRET"), "{r:?}");
-    // With the settings fixed: the account id once at its line, the binding's restart at its.
-    let fixed = std::fs::read_to_string(sb.path("audsync.toml"))
-        .unwrap()
+    // In the file's order, one line each, nothing else.
+    let listed: Vec<&str> = r
+        .stderr
         .lines()
-        .skip(3)
-        .collect::<Vec<_>>()
-        .join("\n");
-    write_private(&sb, "audsync.toml", &fixed);
-    let r = run(sb.cmd().args(["config"]));
-    assert_eq!(r.code, 2, "{r:?}");
-    assert_eq!(
-        r.stderr.matches("is not a Cloudflare id").count(),
-        1,
-        "{r:?}"
-    );
-    assert!(r.stderr.contains("audsync.toml:3: --account-id"), "{r:?}");
+        .filter(|l| {
+            l.trim_start()
+                .starts_with(&*sb.path("audsync.toml").display().to_string())
+        })
+        .collect();
+    assert_eq!(listed.len(), want.len(), "{r:?}");
+    for (l, w) in listed.iter().zip(want) {
+        assert!(l.contains(w), "{l:?} is not {w:?}: {r:?}");
+    }
     assert!(
-        r.stderr
-            .contains("audsync.toml:8: binding 1: `restart` = \"sometimes\" is not one of: auto"),
+        !r.stderr.contains("SECRET") && !r.stdout.contains("SECRET"),
         "{r:?}"
     );
+    assert!(!r.stderr.contains("pw-"), "{r:?}");
+    // `sync` refuses the same way, before contacting anything.
+    let r = run(sb.cmd().args(["sync", "--dry-run"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains(want[4]), "{r:?}");
     assert!(!r.stderr.contains("SECRET"), "{r:?}");
 }

@@ -751,3 +751,129 @@ fn owner_and_mode_are_kept_by_the_atomic_write() {
         (1234, 2345, 0o640)
     );
 }
+
+/// clap's own refusals name the option and the form it takes, never the value typed (it may be
+/// a secret given to the wrong option); an enumerated option quotes a short bad word only.
+#[test]
+fn a_flag_value_that_does_not_parse_is_not_repeated() {
+    let sb = Sandbox::new();
+    for args in [
+        &["watch", "--interval", "SECRETJUNK"][..],
+        &["watch", "--interval", "5 tok-SECRET"],
+        &["sync", "--settle", "5SECRET"],
+        &["sync", "--health-timeout", "SECRET-health"],
+        &["watch", "--listen", "SECRET:listen"],
+        &["watch", "--jitter", "SECRET%"],
+        &["sync", "--restart", "recreate-SECRET-and-some-more"],
+        &["sync", "--output=https://u:SECRET@x"],
+        &["sync", "--create-env-file=SECRET"],
+        &["sync", "xoxb-SECRET-positional"],
+        &["xoxb-SECRET-as-a-command"],
+    ] {
+        let r = run(sb.cmd().args(args));
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            !r.stderr.contains("SECRET") && !r.stdout.contains("SECRET"),
+            "{args:?}: {r:?}"
+        );
+        let flag = args.get(1).map_or("", |a| a.split('=').next().unwrap());
+        if flag.starts_with("--") {
+            assert!(r.stderr.contains(flag), "names the option: {args:?}: {r:?}");
+        }
+    }
+    let r = run(sb.cmd().args(["watch", "--interval", "SECRETJUNK"]));
+    assert!(
+        r.stderr.contains("not a duration (examples: 30s, 5m, 1h"),
+        "says the form: {r:?}"
+    );
+    // Values checked after parsing say the same.
+    let r = run(sb.cmd().env("CLOUDFLARE_API_TOKEN", TOKEN).args([
+        "sync",
+        "--app-id",
+        "notauuid-SECRET",
+        "--dry-run",
+    ]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("--app-id is not a Cloudflare id"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("SECRET"), "{r:?}");
+    let r = run(sb.cmd().env("CLOUDFLARE_API_TOKEN", TOKEN).args([
+        "sync",
+        "--domain",
+        "api.example.com/tok SECRET",
+        "--dry-run",
+    ]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(!r.stderr.contains("SECRET"), "{r:?}");
+    // A short word for an enumerated option is a typo to spot: quoted, with the allowed values.
+    let r = run(sb.cmd().args(["sync", "--restart", "recreat"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("'recreat'"), "{r:?}");
+    assert!(r.stderr.contains("auto, restart, recreate"), "{r:?}");
+}
+
+/// What Cloudflare answers reaches the log lines only through the one sanitiser: a tunnel rule's
+/// hostname carrying an escape sequence, a bidi override and a newline that would forge a
+/// `hint:` line is written visibly escaped, in text and in JSON logs; the line stays one line.
+#[test]
+fn outside_strings_in_log_lines_are_escaped() {
+    const TUNNEL: &str = "c0ffee00-0000-4000-8000-0000000000aa";
+    let evil = "\u{1b}[31mevil.example.com\u{202e}moc\nhint: forged by the API";
+    let mut a = app(2, HOST, &aud(2));
+    a["name"] = serde_json::json!(evil);
+    let cf = FakeCloudflare::start(vec![a]);
+    cf.with(|s| {
+        s.tunnels.insert(
+            TUNNEL.into(),
+            cloudflare::tunnel(
+                TUNNEL,
+                "cloudflare",
+                serde_json::json!({"ingress": [
+                    {"hostname": evil, "service": "http://web:80"},
+                    {"service": "http_status:404"}
+                ]}),
+            ),
+        );
+    });
+    let mut sb = Sandbox::with_cloudflare(&cf);
+    sb.write_env(ENV);
+    sb.var("CLOUDFLARE_TUNNEL_ID", TUNNEL)
+        .var("CLOUDFLARE_TEAM_NAME", "myteam");
+    for format in ["text", "json"] {
+        let r = sync(&sb, &["-v", "--log-format", format, "--dry-run"]);
+        // The log line that carries the rule's hostnames.
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.contains("tunnel rule not managed"))
+            .unwrap_or_else(|| panic!("{format}: no log line about the rule: {r:?}"));
+        assert!(line.contains("evil.example.com"), "{format}: {line}");
+        for raw in ['\u{1b}', '\u{202e}'] {
+            assert!(!r.stderr.contains(raw), "{format}: raw {raw:?} in {r:?}");
+        }
+        assert!(
+            !r.stderr.lines().any(|l| l.starts_with("hint: forged")),
+            "{format}: a forged line: {r:?}"
+        );
+        // The report quotes the same rules: no forged line there either.
+        assert!(
+            !r.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with("hint: forged")),
+            "{format}: a forged report line: {r:?}"
+        );
+        if format == "text" {
+            assert!(
+                line.contains(r"\e[31mevil.example.com\u{202e}moc\nhint: forged"),
+                "{line}"
+            );
+        } else {
+            let v: serde_json::Value = serde_json::from_str(line).expect("one JSON object");
+            assert!(v.to_string().contains("evil.example.com"), "{v}");
+            let error = v["fields"]["error"].as_str().unwrap_or_default();
+            assert!(error.contains(r"\u{202e}moc\nhint: forged"), "{v}");
+        }
+    }
+}

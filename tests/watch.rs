@@ -443,7 +443,7 @@ fn watch_reads_the_config_file_and_sighup_rereads_it() {
     });
     assert!(
         w.stderr()
-            .contains("audsync.toml:9: unknown binding key `bogus`"),
+            .contains("audsync.toml:9:1: unknown binding key `bogus`"),
         "{}",
         w.stderr()
     );

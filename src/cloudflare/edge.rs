@@ -80,20 +80,21 @@ pub fn configured_team_domain(
         } else {
             format!("https://{d}")
         };
-        let u = url::Url::parse(&full).map_err(|e| {
-            TeamDomainError(format!("CLOUDFLARE_AUTH_DOMAIN {d:?} is not a URL: {e}"))
-        })?;
+        // The value is never repeated: it may carry a password (`https://user:pw@…`).
+        let u = url::Url::parse(&full)
+            .map_err(|e| TeamDomainError(format!("CLOUDFLARE_AUTH_DOMAIN is not a URL: {e}")))?;
         let host_ok = u.host_str().is_some_and(|h| !h.is_empty());
         if !host_ok || !u.username().is_empty() || u.password().is_some() {
-            return Err(TeamDomainError(format!(
-                "CLOUDFLARE_AUTH_DOMAIN {d:?} must be the team domain, e.g. https://team.cloudflareaccess.com"
-            )));
+            return Err(TeamDomainError(
+                "CLOUDFLARE_AUTH_DOMAIN must be the team domain (no user or password), e.g. https://team.cloudflareaccess.com".to_string(),
+            ));
         }
         let loopback_http = u.scheme() == "http" && crate::http::credential_safe(&u);
         if u.scheme() != "https" && !loopback_http {
-            return Err(TeamDomainError(format!(
-                "CLOUDFLARE_AUTH_DOMAIN {d:?} must be https (plain http only to a loopback address)"
-            )));
+            return Err(TeamDomainError(
+                "CLOUDFLARE_AUTH_DOMAIN must be https (plain http only to a loopback address)"
+                    .to_string(),
+            ));
         }
         return Ok(Some(u.origin().ascii_serialization()));
     }
@@ -103,9 +104,10 @@ pub fn configured_team_domain(
             "https://{}.cloudflareaccess.com",
             t.to_ascii_lowercase()
         ))),
-        Some(t) => Err(TeamDomainError(format!(
-            "CLOUDFLARE_TEAM_NAME {t:?} is not a team name (one DNS label: letters, digits, '-')"
-        ))),
+        Some(_) => Err(TeamDomainError(
+            "CLOUDFLARE_TEAM_NAME is not a team name (one DNS label: letters, digits, '-')"
+                .to_string(),
+        )),
     }
 }
 

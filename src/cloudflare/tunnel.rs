@@ -12,11 +12,14 @@ use serde_json::{Map, Value, json};
 use super::edge::Team;
 use super::{Client, Error};
 
-/// Why the rule for a host cannot be managed here; each message says what to do instead.
+/// Why the rule for a host cannot be managed here; each message says what to do instead. What
+/// the configuration says (its rules' hostnames, its `source`) is shown through the sanitiser:
+/// the message has lines of its own (`hint: …`), so no outside string may add one.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum IngressError {
     #[error(
-        "tunnel {tunnel_id} is locally managed (source \"{source_kind}\"): its ingress lives in cloudflared's own config file, which this program does not edit.\n{}",
+        "tunnel {tunnel_id} is locally managed (source \"{}\"): its ingress lives in cloudflared's own config file, which this program does not edit.\n{}",
+        crate::shown::outside(.source_kind),
         local_instructions(.host, .team, .aud)
     )]
     Local {
@@ -36,7 +39,8 @@ pub enum IngressError {
         hostnames: Vec<String>,
     },
     #[error(
-        "tunnel {tunnel_id}: {host} is served only by the wildcard rule {wildcard:?}; requiring Access there would demand this application's token on every host it covers.\nhint: add a public hostname {host} (same service) above the wildcard rule, then run this again"
+        "tunnel {tunnel_id}: {host} is served only by the wildcard rule \"{}\"; requiring Access there would demand this application's token on every host it covers.\nhint: add a public hostname {host} (same service) above the wildcard rule, then run this again",
+        crate::shown::outside(.wildcard)
     )]
     OnlyWildcard {
         tunnel_id: String,
@@ -57,7 +61,10 @@ fn list(v: &[String]) -> String {
     if v.is_empty() {
         "none".into()
     } else {
-        v.join(", ")
+        v.iter()
+            .map(|h| crate::shown::outside(h))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

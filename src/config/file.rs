@@ -2,8 +2,8 @@
 //! protected host.
 //!
 //! The file is walked by hand over the TOML parser's spanned tree, so every problem is listed
-//! at once with its line, and no message ever quotes a value (a mistyped secret must not be
-//! printed). Settings map onto the same variable names as the environment (`cloudflare.account_id`
+//! at once at the line and column of the bad value ([`Problem`]), and no message quotes a value
+//! (a mistyped secret must not be printed) but a short bad word of an enumerated setting. Settings map onto the same variable names as the environment (`cloudflare.account_id`
 //! is `CLOUDFLARE_ACCOUNT_ID`) and become a layer below it; relative paths are taken from the
 //! file's directory. Inline secrets are accepted only from a file that is mode 0600 and owned by
 //! the running user.
@@ -130,11 +130,18 @@ pub const BINDING_KEYS: &[&str] = &[
     "create",
 ];
 
-/// A value with the line it was read from.
+/// A value with the line and column (1-based, in characters) of where it is written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct At<T> {
     pub value: T,
     pub line: usize,
+    pub col: usize,
+}
+
+impl<T> At<T> {
+    pub fn pos(&self) -> (usize, usize) {
+        (self.line, self.col)
+    }
 }
 
 /// Where a binding writes the value.
@@ -161,8 +168,9 @@ pub enum TargetSpec {
 /// One `[[binding]]`, as written (validated later, with the other layers, in `config`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FileBinding {
-    /// Line of the `[[binding]]` header.
+    /// Line and column of the `[[binding]]` header (where a missing key is reported).
     pub line: usize,
+    pub col: usize,
     pub fields: BTreeMap<String, At<String>>,
     pub sinks: Vec<At<SinkSpec>>,
     pub targets: Vec<At<TargetSpec>>,
@@ -174,6 +182,11 @@ pub struct FileBinding {
 impl FileBinding {
     pub fn get(&self, k: &str) -> Option<&At<String>> {
         self.fields.get(k)
+    }
+
+    /// Where the value of `k` is written, else the binding's header.
+    pub fn pos(&self, k: &str) -> (usize, usize) {
+        self.fields.get(k).map_or((self.line, self.col), At::pos)
     }
 }
 
@@ -189,6 +202,8 @@ pub struct FileConfig {
     /// The file's owner and mode, and whether it may steer a run, as found when it was read
     /// ([`super::trust`]); `parse` in `config` refuses an untrusted file before using it.
     pub facts: Option<super::trust::Facts>,
+    /// The problems of the file's shape ([`parse_all`]), reported with the values' problems.
+    pub problems: Vec<Problem>,
 }
 
 impl FileConfig {
@@ -209,7 +224,8 @@ impl FileConfig {
     }
 }
 
-/// Read and check the file; every problem found, each as `path:line: message`. The file's
+/// Read and check the file; a file that cannot be read, or a syntax error, is the one message
+/// returned; the problems of its shape are kept in [`FileConfig::problems`]. The file's
 /// owner and mode are recorded ([`FileConfig::facts`]); a file that may not steer the run is
 /// not parsed at all (its settings are refused as a whole by the caller).
 pub fn load(path: &Path, ctx: &super::trust::Context) -> Result<FileConfig, Vec<String>> {
@@ -248,7 +264,7 @@ pub fn load(path: &Path, ctx: &super::trust::Context) -> Result<FileConfig, Vec<
             path.display()
         )))
     };
-    let mut cfg = parse(&text, &abs, private)?;
+    let mut cfg = parse_all(&text, &abs, private)?;
     cfg.facts = Some(facts);
     Ok(cfg)
 }
@@ -258,8 +274,57 @@ pub fn load(path: &Path, ctx: &super::trust::Context) -> Result<FileConfig, Vec<
 #[error("{0}")]
 pub struct NotPrivate(String);
 
+/// A problem of the file, at the line and column of the bad value (of the key that is unknown,
+/// or of the table that lacks a key). Its message names the setting and what is allowed, never
+/// the value (free text may be a secret typed into the wrong place); the one exception is a
+/// short bad word for an enumerated setting (`restart = "recreat"`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub line: usize,
+    pub col: usize,
+    pub msg: String,
+}
+
+impl Problem {
+    pub fn new(pos: (usize, usize), msg: impl Into<String>) -> Problem {
+        Problem {
+            line: pos.0,
+            col: pos.1,
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Every problem as `path:line:col: message`, in the file's order, each once.
+pub fn render(path: &Path, mut problems: Vec<Problem>) -> Vec<String> {
+    problems.sort();
+    problems.dedup();
+    let shown = path.display();
+    problems
+        .into_iter()
+        .map(|p| format!("{shown}:{}:{}: {}", p.line, p.col, p.msg))
+        .collect()
+}
+
 /// Parse `text` (the file at `path`). `private` says whether inline secrets are allowed.
+/// Every problem of the file's shape is returned at once ([`render`]ed).
 pub fn parse(
+    text: &str,
+    path: &Path,
+    private: Result<(), NotPrivate>,
+) -> Result<FileConfig, Vec<String>> {
+    let cfg = parse_all(text, path, private)?;
+    if cfg.problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(render(path, cfg.problems))
+    }
+}
+
+/// [`parse`], keeping the problems of the file's shape in [`FileConfig::problems`] beside what
+/// did parse, so that the values' problems are reported with them in one go. A syntax error is
+/// the one message returned alone.
+pub fn parse_all(
     text: &str,
     path: &Path,
     private: Result<(), NotPrivate>,
@@ -281,16 +346,16 @@ pub fn parse(
             e.message()
         )]);
     }
-    let mut problems: Vec<String> = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut cfg = FileConfig {
         path: path.to_path_buf(),
         ..FileConfig::default()
     };
-    let at = |s: &std::ops::Range<usize>| lines.line(s.start);
+    let at = |s: &std::ops::Range<usize>| lines.line_col(text, s.start);
     for (k, v) in doc.get_ref().iter() {
         let key = k.get_ref().as_ref();
-        let line = at(&k.span());
+        let kat = at(&k.span());
         match (key, v.get_ref()) {
             ("cloudflare" | "infisical", DeValue::Table(t)) => {
                 for (k2, v2) in t.iter() {
@@ -299,48 +364,51 @@ pub fn parse(
                         &full,
                         v2,
                         at(&k2.span()),
+                        at(&v2.span()),
                         dir,
                         &private,
-                        &shown,
                         &mut cfg,
                         &mut problems,
                     );
                 }
             }
-            ("cloudflare" | "infisical", _) => {
-                problems.push(format!("{shown}:{line}: `{key}` must be a table ([{key}])"))
-            }
+            ("cloudflare" | "infisical", _) => problems.push(Problem::new(
+                at(&v.span()),
+                format!("`{key}` must be a table ([{key}])"),
+            )),
             ("binding", DeValue::Array(items)) => {
                 for item in items.iter() {
                     match item.get_ref() {
                         DeValue::Table(t) => {
-                            let b =
-                                binding(t, at(&item.span()), dir, &lines, &shown, &mut problems);
+                            let b = binding(t, at(&item.span()), dir, &at, &mut problems);
                             cfg.bindings.push(b);
                         }
-                        _ => problems.push(format!(
-                            "{shown}:{}: each binding must be a table ([[binding]])",
-                            at(&item.span())
+                        _ => problems.push(Problem::new(
+                            at(&item.span()),
+                            "each binding must be a table ([[binding]])",
                         )),
                     }
                 }
             }
             ("notify", DeValue::Array(items)) => {
                 if let Err(why) = &private {
-                    problems.push(format!(
-                        "{shown}:{line}: `notify` URLs carry tokens, but {why}; make the file private, or set AUDSYNC_NOTIFY in the environment"
+                    problems.push(Problem::new(
+                        kat,
+                        format!("`notify` URLs carry tokens, but {why}; make the file private, or set AUDSYNC_NOTIFY in the environment"),
                     ));
                     continue;
                 }
                 for item in items.iter() {
+                    let (line, col) = at(&item.span());
                     match item.get_ref() {
                         DeValue::String(s) => cfg.notify.push(At {
                             value: s.to_string(),
-                            line: at(&item.span()),
+                            line,
+                            col,
                         }),
-                        _ => problems.push(format!(
-                            "{shown}:{}: each `notify` entry must be a URL string",
-                            at(&item.span())
+                        _ => problems.push(Problem::new(
+                            (line, col),
+                            "each `notify` entry must be a URL string",
                         )),
                     }
                 }
@@ -352,69 +420,75 @@ pub fn parse(
                 for item in items.iter() {
                     match item.get_ref() {
                         DeValue::String(s) if !s.contains(',') => roots.push(resolve(dir, s)),
-                        _ => problems.push(format!(
-                            "{shown}:{}: each `discover_roots` entry must be a directory path (without commas)",
-                            at(&item.span())
+                        _ => problems.push(Problem::new(
+                            at(&item.span()),
+                            "each `discover_roots` entry must be a directory path (without commas)",
                         )),
                     }
                 }
+                let (line, col) = at(&v.span());
                 cfg.settings.insert(
                     "AUDSYNC_DISCOVER_ROOT".to_string(),
                     At {
                         value: roots.join(","),
                         line,
+                        col,
                     },
                 );
             }
-            ("notify", _) => problems.push(format!(
-                "{shown}:{line}: `notify` must be a list of URLs (notify = [\"ntfy+https://ntfy.sh/topic\"])"
+            ("notify", _) => problems.push(Problem::new(
+                at(&v.span()),
+                "`notify` must be a list of URLs (notify = [\"ntfy+https://ntfy.sh/topic\"])",
             )),
-            ("binding", _) => problems.push(format!(
-                "{shown}:{line}: `binding` must be an array of tables ([[binding]])"
+            ("binding", _) => problems.push(Problem::new(
+                kat,
+                "`binding` must be an array of tables ([[binding]])",
             )),
-            _ => setting(key, v, line, dir, &private, &shown, &mut cfg, &mut problems),
+            _ => setting(
+                key,
+                v,
+                kat,
+                at(&v.span()),
+                dir,
+                &private,
+                &mut cfg,
+                &mut problems,
+            ),
         }
     }
-    if problems.is_empty() {
-        return Ok(cfg);
-    }
-    // In the file's order (the parser's tables are sorted by key).
-    let line_of = |m: &String| -> usize {
-        m.get(shown.len() + 1..)
-            .and_then(|r| r.split(':').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    problems.sort_by_key(line_of);
-    Err(problems)
+    cfg.problems = problems;
+    Ok(cfg)
 }
 
+/// One setting: `kat` is where its key is, `vat` where its value is.
 #[allow(clippy::too_many_arguments)]
 fn setting(
     key: &str,
     v: &Spanned<DeValue<'_>>,
-    line: usize,
+    kat: (usize, usize),
+    vat: (usize, usize),
     dir: &Path,
     private: &Result<(), NotPrivate>,
-    shown: &str,
     cfg: &mut FileConfig,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) {
     let Some((_, var, kind)) = SETTINGS.iter().find(|(k, _, _)| *k == key) else {
-        problems.push(format!(
-            "{shown}:{line}: unknown setting `{key}` (see the README's config file section)"
+        problems.push(Problem::new(
+            kat,
+            format!("unknown setting `{key}` (see docs/configuration.md)"),
         ));
         return;
     };
     let Some(value) = scalar(v.get_ref()) else {
-        problems.push(format!("{shown}:{line}: `{key}` must be a string"));
+        problems.push(Problem::new(vat, format!("`{key}` must be a string")));
         return;
     };
     let value = match kind {
         Kind::Secret => {
             if let Err(why) = private {
-                problems.push(format!(
-                    "{shown}:{line}: `{key}` is a secret written in the file, but {why}; make the file private, or use `{key}_file` / the {var} environment variable"
+                problems.push(Problem::new(
+                    vat,
+                    format!("`{key}` is a secret written in the file, but {why}; make the file private, or use `{key}_file` / the {var} environment variable"),
                 ));
                 return;
             }
@@ -423,60 +497,76 @@ fn setting(
         Kind::Path => resolve(dir, &value),
         Kind::Plain => value,
     };
-    cfg.settings.insert(var.to_string(), At { value, line });
+    cfg.settings.insert(
+        var.to_string(),
+        At {
+            value,
+            line: vat.0,
+            col: vat.1,
+        },
+    );
 }
 
 fn binding(
     t: &DeTable<'_>,
-    line: usize,
+    header: (usize, usize),
     dir: &Path,
-    lines: &LineIndex,
-    shown: &str,
-    problems: &mut Vec<String>,
+    at: &dyn Fn(&std::ops::Range<usize>) -> (usize, usize),
+    problems: &mut Vec<Problem>,
 ) -> FileBinding {
     let mut b = FileBinding {
-        line,
+        line: header.0,
+        col: header.1,
         ..FileBinding::default()
     };
     for (k, v) in t.iter() {
         let key = k.get_ref().as_ref();
-        let kl = lines.line(k.span().start);
+        let kat = at(&k.span());
+        let vat = at(&v.span());
         if !BINDING_KEYS.contains(&key) {
-            problems.push(format!(
-                "{shown}:{kl}: unknown binding key `{key}` (expected one of: {})",
-                BINDING_KEYS.join(", ")
+            problems.push(Problem::new(
+                kat,
+                format!(
+                    "unknown binding key `{key}` (expected one of: {})",
+                    BINDING_KEYS.join(", ")
+                ),
             ));
             continue;
         }
         match key {
             "sinks" | "targets" => {
                 let Some(items) = v.get_ref().as_array() else {
-                    problems.push(format!(
-                        "{shown}:{kl}: `{key}` must be an array of tables, e.g. {key} = [{{ {} }}]",
-                        if key == "sinks" {
-                            "env = \".env\""
-                        } else {
-                            "container = \"lambda-server\""
-                        }
+                    problems.push(Problem::new(
+                        vat,
+                        format!(
+                            "`{key}` must be an array of tables, e.g. {key} = [{{ {} }}]",
+                            if key == "sinks" {
+                                "env = \".env\""
+                            } else {
+                                "container = \"lambda-server\""
+                            }
+                        ),
                     ));
                     continue;
                 };
                 if key == "sinks" {
-                    b.sinks_line = Some(kl);
+                    b.sinks_line = Some(kat.0);
                 } else {
-                    b.targets_line = Some(kl);
+                    b.targets_line = Some(kat.0);
                 }
                 for item in items.iter() {
-                    let il = lines.line(item.span().start);
+                    let iat = at(&item.span());
                     let entry = item.get_ref().as_table().and_then(|t| {
                         let mut it = t.iter();
                         let first = it.next()?;
                         it.next().is_none().then_some(first)
                     });
                     let Some((ek, ev)) = entry else {
-                        problems.push(format!("{shown}:{il}: each entry of `{key}` is a table with one key, e.g. {{ env = \"/srv/app/.env\" }}"));
+                        problems.push(Problem::new(iat, format!("each entry of `{key}` is a table with one key, e.g. {{ env = \"/srv/app/.env\" }}")));
                         continue;
                     };
+                    let eat = at(&ev.span());
+                    let (line, col) = eat;
                     let ek = ek.get_ref().as_ref();
                     if (key, ek) == ("targets", "exec") {
                         let words: Option<Vec<String>> = ev.get_ref().as_array().map(|a| {
@@ -489,33 +579,44 @@ fn binding(
                         });
                         match words {
                             Some(w) if !w.is_empty() && w.len() == ev.get_ref().as_array().map_or(0, |a| a.len()) && !w[0].is_empty() => {
-                                b.targets.push(At { value: TargetSpec::Exec(w), line: il })
+                                b.targets.push(At { value: TargetSpec::Exec(w), line, col })
                             }
-                            _ => problems.push(format!("{shown}:{il}: `exec` must be a non-empty array of strings, the program first, e.g. {{ exec = [\"systemctl\", \"restart\", \"lambda\"] }}")),
+                            _ => problems.push(Problem::new(eat, "`exec` must be a non-empty array of strings, the program first, e.g. { exec = [\"systemctl\", \"restart\", \"lambda\"] }")),
                         }
                         continue;
                     }
                     let Some(s) = scalar(ev.get_ref()) else {
-                        problems.push(format!("{shown}:{il}: `{ek}` in `{key}` must be a string"));
+                        problems.push(Problem::new(
+                            eat,
+                            format!("`{ek}` in `{key}` must be a string"),
+                        ));
                         continue;
                     };
                     match (key, ek) {
-                        ("sinks", "env") => b.sinks.push(At { value: SinkSpec::Env(PathBuf::from(resolve(dir, &s))), line: il }),
-                        ("sinks", "infisical") => b.sinks.push(At { value: SinkSpec::Infisical(s), line: il }),
-                        ("targets", "container") => b.targets.push(At { value: TargetSpec::Container(s), line: il }),
-                        ("targets", "compose_service") => b.targets.push(At { value: TargetSpec::ComposeService(s), line: il }),
-                        ("targets", "swarm_service") => b.targets.push(At { value: TargetSpec::SwarmService(s), line: il }),
-                        ("sinks", other) => problems.push(format!("{shown}:{il}: unknown sink `{other}` (expected env or infisical)")),
-                        (_, other) => problems.push(format!("{shown}:{il}: unknown target `{other}` (expected container, compose_service, swarm_service or exec)")),
+                        ("sinks", "env") => b.sinks.push(At { value: SinkSpec::Env(PathBuf::from(resolve(dir, &s))), line, col }),
+                        ("sinks", "infisical") => b.sinks.push(At { value: SinkSpec::Infisical(s), line, col }),
+                        ("targets", "container") => b.targets.push(At { value: TargetSpec::Container(s), line, col }),
+                        ("targets", "compose_service") => b.targets.push(At { value: TargetSpec::ComposeService(s), line, col }),
+                        ("targets", "swarm_service") => b.targets.push(At { value: TargetSpec::SwarmService(s), line, col }),
+                        ("sinks", other) => problems.push(Problem::new(at(&item.span()), format!("unknown sink `{other}` (expected env or infisical)"))),
+                        (_, other) => problems.push(Problem::new(at(&item.span()), format!("unknown target `{other}` (expected container, compose_service, swarm_service or exec)"))),
                     }
                 }
             }
             _ => match scalar(v.get_ref()) {
                 Some(s) => {
-                    b.fields.insert(key.to_string(), At { value: s, line: kl });
+                    b.fields.insert(
+                        key.to_string(),
+                        At {
+                            value: s,
+                            line: vat.0,
+                            col: vat.1,
+                        },
+                    );
                 }
-                None => problems.push(format!(
-                    "{shown}:{kl}: binding key `{key}` must be a string"
+                None => problems.push(Problem::new(
+                    vat,
+                    format!("binding key `{key}` must be a string"),
                 )),
             },
         }
@@ -636,7 +737,8 @@ sinks = [{ env = "/srv/n8n/.env" }]
             cfg.settings["AUDSYNC_TIMEOUT"],
             At {
                 value: "10s".into(),
-                line: 2
+                line: 2,
+                col: 11,
             }
         );
         assert_eq!(cfg.settings["CLOUDFLARE_ACCOUNT_ID"].line, 4);
@@ -675,21 +777,21 @@ sinks = [{ env = "/srv/n8n/.env" }]
         let p = parse(doc, Path::new("a.toml"), Ok(())).unwrap_err();
         assert_eq!(p.len(), 4, "{p:?}");
         assert!(
-            p[0].starts_with("a.toml:1: unknown setting `tmeout`"),
+            p[0].starts_with("a.toml:1:1: unknown setting `tmeout`"),
             "{p:?}"
         );
         assert!(
-            p[1].starts_with("a.toml:3: unknown setting `cloudflare.account`"),
-            "{p:?}"
-        );
-        assert!(
-            p.iter()
-                .any(|m| m.starts_with("a.toml:5: unknown binding key `domian`")),
+            p[1].starts_with("a.toml:3:1: unknown setting `cloudflare.account`"),
             "{p:?}"
         );
         assert!(
             p.iter()
-                .any(|m| m.starts_with("a.toml:6: unknown sink `file`")),
+                .any(|m| m.starts_with("a.toml:5:1: unknown binding key `domian`")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("a.toml:6:10: unknown sink `file`")),
             "{p:?}"
         );
     }

@@ -8,6 +8,7 @@
 //! and each value's [`Origin`] is known (`audsync config`). Secrets never come from flags;
 //! [`Env::secret`] reads `NAME` or the file named by `NAME_FILE`, and returns a [`Secret`].
 
+mod clap_errors;
 pub mod commands;
 pub mod credentials;
 pub mod discover;
@@ -80,7 +81,7 @@ where
                 .try_get_matches_from(&args)
                 .err()
                 .unwrap_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidValue));
-            return Err(ParseError::Clap(e));
+            return Err(ParseError::Clap(clap_errors::without_values(e)));
         }
     };
     let sub_name = first.subcommand_name().unwrap_or_default().to_string();
@@ -141,7 +142,7 @@ where
     let matches = cmd
         .clone()
         .try_get_matches_from(&args)
-        .map_err(ParseError::Clap)?;
+        .map_err(|e| ParseError::Clap(clap_errors::without_values(e)))?;
     let mut origins = BTreeMap::new();
     // The variable names come from the command as defined (the layered one has none).
     let defined = Cli::command();
@@ -161,7 +162,8 @@ where
             origins.insert(id.to_string(), origin);
         }
     }
-    let cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+    let cli = Cli::from_arg_matches(&matches)
+        .map_err(|e| ParseError::Clap(clap_errors::without_values(e)))?;
     env.allow_insecure_http = cli.global.allow_insecure_http;
     env.engine = cli.global.engine.map(Into::into);
     let mut parsed = Parsed {
@@ -189,19 +191,29 @@ fn layered_all(cmd: clap::Command, env: &Env) -> clap::Command {
     cmd
 }
 
-/// Every setting of the file checked against its option's parser at once, each at its line,
-/// before clap would stop at the first. An enumerated setting names the allowed values and
-/// quotes a short bad word (`restart = "recreat"`); free text is never quoted (it may be a
-/// secret typed into the wrong setting).
-fn check_file_values(f: file::FileConfig) -> Result<file::FileConfig, Vec<String>> {
+/// Every value of the file checked at once, with the problems of its shape
+/// ([`file::FileConfig::problems`]), each at the line and column of the bad value, before clap
+/// would stop at the first: settings against their option's parser (and the ids and URLs
+/// checked later by the build), bindings against what a binding allows. An enumerated setting
+/// names the allowed values and quotes a short bad word (`restart = "recreat"`); free text is
+/// never quoted (it may be a secret typed into the wrong setting).
+fn check_file_values(mut f: file::FileConfig) -> Result<file::FileConfig, Vec<String>> {
     let cmd = Cli::command();
     let args: Vec<&clap::Arg> = cmd
         .get_subcommands()
         .flat_map(|s| s.get_arguments())
         .chain(cmd.get_arguments())
         .collect();
-    let mut problems = Vec::new();
+    let mut problems = std::mem::take(&mut f.problems);
     for (var, at) in &f.settings {
+        let key = file::SETTINGS
+            .iter()
+            .find(|(_, v, _)| v == var)
+            .map_or(var.as_str(), |(k, _, _)| k);
+        if let Some(msg) = checked_setting(key, var, &at.value) {
+            problems.push(file::Problem::new(at.pos(), msg));
+            continue;
+        }
         let Some(arg) = args
             .iter()
             .find(|a| env_name(a).as_deref() == Some(var.as_str()))
@@ -226,41 +238,77 @@ fn check_file_values(f: file::FileConfig) -> Result<file::FileConfig, Vec<String
                 .is_err()
         });
         let Some(bad) = bad else { continue };
-        let key = file::SETTINGS
-            .iter()
-            .find(|(_, v, _)| v == var)
-            .map_or(var.as_str(), |(k, _, _)| k);
         let allowed: Vec<String> = arg
             .get_possible_values()
             .iter()
             .filter(|p| !p.is_hide_set())
             .map(|p| p.get_name().to_string())
             .collect();
-        let short_word = bad.len() <= 20
-            && bad
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        let msg = match (allowed.is_empty(), short_word) {
-            (false, true) => format!("`{key}` = {bad:?} is not one of: {}", allowed.join(", ")),
-            (false, false) => format!("`{key}` must be one of: {}", allowed.join(", ")),
-            (true, _) => {
-                let what = arg
-                    .get_value_names()
-                    .and_then(|n| n.first())
-                    .map_or("value".to_string(), |n| n.to_string());
-                format!(
-                    "`{key}` is not a valid {what} (see `audsync help sync` for {})",
-                    arg.get_long().map_or(String::new(), |l| format!("--{l}"))
-                )
-            }
+        let msg = if allowed.is_empty() {
+            let what = arg
+                .get_value_names()
+                .and_then(|n| n.first())
+                .map_or("value".to_string(), |n| n.to_string());
+            format!(
+                "`{key}` is not a valid {what} (see `audsync help sync` for {})",
+                arg.get_long().map_or(String::new(), |l| format!("--{l}"))
+            )
+        } else {
+            let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+            sync::not_one_of(key, bad, &allowed)
         };
-        problems.push((at.line, format!("{}:{}: {msg}", f.path.display(), at.line)));
+        problems.push(file::Problem::new(at.pos(), msg));
+    }
+    for fb in &f.bindings {
+        let (_, found) = sync::binding_fields(fb, None);
+        problems.extend(found);
     }
     if problems.is_empty() {
         return Ok(f);
     }
-    problems.sort();
-    Err(problems.into_iter().map(|(_, m)| m).collect())
+    Err(file::render(&f.path, problems))
+}
+
+/// The file-wide settings the build checks beyond their option's parser (ids, URLs), checked
+/// here so that they are reported with everything else; the message names the setting, never
+/// the value.
+fn checked_setting(key: &str, var: &str, value: &str) -> Option<String> {
+    let url_ok = |v: &str| {
+        url::Url::parse(v)
+            .ok()
+            .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+    };
+    match var {
+        "CLOUDFLARE_ACCOUNT_ID" if validate_id(key, value).is_err() => Some(format!(
+            "`{key}` is not a Cloudflare id (32 hex digits, dashes allowed)"
+        )),
+        "CLOUDFLARE_API_URL" | "INFISICAL_HOST" if !url_ok(value) => Some(format!(
+            "`{key}` must be an http(s) URL with a host, e.g. {}",
+            if var == "INFISICAL_HOST" {
+                "https://app.infisical.com"
+            } else {
+                "https://api.cloudflare.com/client/v4"
+            }
+        )),
+        "CLOUDFLARE_AUTH_DOMAIN" | "CLOUDFLARE_TEAM_NAME" => {
+            let (d, t) = if var == "CLOUDFLARE_AUTH_DOMAIN" {
+                (Some(value), None)
+            } else {
+                (None, Some(value))
+            };
+            crate::cloudflare::edge::configured_team_domain(d, t)
+                .err()
+                .map(|_| match var {
+                    "CLOUDFLARE_AUTH_DOMAIN" => format!(
+                        "`{key}` must be the team domain, https (plain http only to a loopback address), e.g. https://team.cloudflareaccess.com"
+                    ),
+                    _ => format!(
+                        "`{key}` is not a team name (one DNS label: letters, digits, '-')"
+                    ),
+                })
+        }
+        _ => None,
+    }
 }
 
 /// The variable an option reads, from its clap definition (`env = "…"`).
@@ -615,9 +663,10 @@ pub fn validate_binding_domain(d: &str) -> Result<String, Error> {
     if ok {
         Ok(format!("{host}{path}"))
     } else {
-        Err(Error::usage(format!(
-            "--domain {d:?}: the path {path:?} is not a plain URL path (expected e.g. api.example.com/docs)"
-        )))
+        // The value is not repeated: free text may be a secret pasted into the wrong place.
+        Err(Error::usage(
+            "--domain: the part after the host is not a plain URL path (letters, digits, -._~/%; expected e.g. api.example.com/docs)",
+        ))
     }
 }
 

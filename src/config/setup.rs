@@ -219,7 +219,7 @@ pub fn go_duration(s: &str) -> Result<u128, GoDurationError> {
             return Err(GoDurationError("a number has no unit".to_string()));
         }
         let Some((_, ns)) = UNITS.iter().find(|(u, _)| *u == unit) else {
-            return Err(GoDurationError(format!("unknown unit {unit:?}")));
+            return Err(GoDurationError("unknown unit".to_string()));
         };
         let n: f64 = num
             .parse()

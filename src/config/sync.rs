@@ -1,7 +1,10 @@
 //! The `sync` / `watch` configuration: settings for the pass plus every binding, from the flags
 //! (one binding, as always) or from the config file's `[[binding]]` tables.
 //!
-//! Validation lists every problem of the file at once. Binding options given as flags or
+//! Validation lists every problem of the file at once, each at its value's line and column: a
+//! binding's own values are checked with the file's settings before anything else
+//! ([`binding_fields`]), what needs the other layers (credentials, a sink written twice) when
+//! the configuration is built. Binding options given as flags or
 //! environment variables are refused when the file defines bindings (they would be ambiguous),
 //! except `--domain` / `--app-id`, which select bindings, and `--restart`, which overrides every
 //! binding's.
@@ -19,7 +22,7 @@ use crate::reconcile::RestartMode;
 use crate::sink::infisical;
 use crate::sink::{SinkKind, WriteMode};
 
-use super::file::{FileBinding, SinkSpec, TargetSpec};
+use super::file::{FileBinding, Problem, SinkSpec, TargetSpec};
 use super::{Env, FileConfig, Origin, Parsed, SourceConfig};
 
 /// The container a flag-only `sync` acts on when neither --container nor --compose-service is
@@ -417,54 +420,47 @@ pub(super) fn file_bindings(
         .flatten();
     let mut out = Vec::new();
     let mut seen: BTreeSet<(BindingSink, String)> = BTreeSet::new();
+    let mut found: Vec<Problem> = Vec::new();
     for (n, fb) in f.bindings.iter().enumerate() {
-        let at = format!("{shown}:{}: binding {}", fb.line, n + 1);
+        let label = format!("binding {}", n + 1);
         match file_binding(a, env, fb, restart_override) {
             Ok(b) => {
-                for s in &b.sinks {
+                for (s, at) in b.sinks.iter().zip(&fb.sinks) {
                     if !seen.insert((s.clone(), b.key.clone())) {
-                        problems.push(format!(
-                            "{at}: another binding already writes {} to {}; one key in one sink has one source",
-                            b.key,
-                            match s {
-                                BindingSink::Env(p) => p.display().to_string(),
-                                BindingSink::Infisical(p) => format!("Infisical {p}"),
-                            }
+                        found.push(Problem::new(
+                            at.pos(),
+                            format!(
+                                "{label}: another binding already writes {} to {}; one key in one sink has one source",
+                                b.key,
+                                match s {
+                                    BindingSink::Env(p) => crate::shown::outside(&p.display().to_string()).into_owned(),
+                                    BindingSink::Infisical(p) => format!("Infisical {}", crate::shown::outside(p)),
+                                }
+                            ),
                         ));
                     }
                 }
                 out.push(b);
             }
             Err(errs) => {
-                for e in errs {
+                for p in errs {
                     // A problem of a file-wide setting (the account id) is shown once, at the
-                    // setting's line, not once per binding.
+                    // setting's value, not once per binding.
                     let setting = f.settings.iter().find(|(var, _)| {
-                        e.contains(&format!(" {var} ")) || e.contains(&format!(" {var}:"))
+                        p.msg.contains(&format!(" {var} ")) || p.msg.contains(&format!(" {var}:"))
                     });
-                    if let Some((_, at_setting)) = setting {
-                        let m = format!("{shown}:{}: {e}", at_setting.line);
-                        if !problems.contains(&m) {
-                            problems.push(m);
-                        }
-                        continue;
+                    match setting {
+                        Some((_, at)) => found.push(Problem::new(at.pos(), p.msg)),
+                        None => found.push(Problem {
+                            msg: format!("{label}: {}", p.msg),
+                            ..p
+                        }),
                     }
-                    // A problem that knows its line (`line N: …`) is shown at it.
-                    let m = match e
-                        .strip_prefix("line ")
-                        .and_then(|r| r.split_once(": "))
-                        .and_then(|(l, rest)| Some((l.parse::<usize>().ok()?, rest)))
-                    {
-                        Some((line, rest)) => {
-                            format!("{shown}:{line}: binding {}: {rest}", n + 1)
-                        }
-                        None => format!("{at}: {e}"),
-                    };
-                    problems.push(m);
                 }
             }
         }
     }
+    problems.extend(super::file::render(&f.path, found));
     if pick_domain.is_some() || pick_app.is_some() {
         let host = pick_domain.as_deref().map(crate::cloudflare::apps::host_of);
         out.retain(|b| {
@@ -483,87 +479,139 @@ pub(super) fn file_bindings(
     out
 }
 
-fn file_binding(
-    a: &Defaults<'_>,
-    env: &Env,
+/// A `[[binding]]`'s own values, checked ([`binding_fields`]).
+#[derive(Debug, Default)]
+pub(super) struct Fields {
+    key: String,
+    origin: Option<SourceOrigin>,
+    restart: Option<RestartMode>,
+    tunnel_id: Option<String>,
+    create: Option<bool>,
+    sinks: Vec<BindingSink>,
+    targets: Vec<BindingTarget>,
+}
+
+/// What a `[[binding]]` says itself, checked without the other layers: the values that do not
+/// parse are problems at their own line and column (a missing key at the binding's header).
+/// `origin` is the source the binding falls back to when it names none, when known (the
+/// file's own check runs before the flags are parsed: then only the host part of `domain` is
+/// checked, as both sources need it).
+pub(super) fn binding_fields(
     fb: &FileBinding,
-    restart_override: Option<RestartMode>,
-) -> Result<Binding, Vec<String>> {
+    origin: Option<SourceOrigin>,
+) -> (Fields, Vec<Problem>) {
     let mut errs = Vec::new();
-    let field = |k: &str| fb.get(k).map(|v| v.value.clone());
-    let key = field("key").unwrap_or_else(|| DEFAULT_KEY.to_string());
-    if let Err(e) = super::validate_key(&key) {
-        errs.push(e.to_string().replace("--key", "key"));
+    let field = |k: &str| fb.get(k).map(|v| v.value.as_str());
+    let header = (fb.line, fb.col);
+    let key = field("key").unwrap_or(DEFAULT_KEY).to_string();
+    if super::validate_key(&key).is_err() {
+        errs.push(Problem::new(
+            fb.pos("key"),
+            "`key` is not a variable name (letters, digits, _; not starting with a digit)",
+        ));
     }
-    let origin = match field("source").as_deref() {
-        None => a.origin,
-        Some("api") => SourceOrigin::Api,
-        Some("edge") => SourceOrigin::Edge,
-        Some(_) => {
-            errs.push("source must be \"api\" or \"edge\"".into());
-            a.origin
-        }
-    };
-    let mut src = a.source.clone();
-    src.domain = field("domain");
-    src.app_id = field("app_id");
-    if src.domain.is_none() && src.app_id.is_none() {
-        errs.push("give `domain` (the host the Access application protects) or `app_id`".into());
-    }
-    let mut access = a.access.clone();
-    access.url = field("url");
-    let source = match SourceConfig::from_args_with(&src, env, origin, &access) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            // Credentials are checked once for the whole file, not per binding.
-            errs.push(e.to_string());
+    let own_origin = match field("source") {
+        None => None,
+        Some("api") => Some(SourceOrigin::Api),
+        Some("edge") => Some(SourceOrigin::Edge),
+        Some(s) => {
+            errs.push(Problem::new(
+                fb.pos("source"),
+                not_one_of("source", s, &["api", "edge"]),
+            ));
             None
         }
     };
-    let restart = match (restart_override, field("restart").as_deref()) {
-        (Some(r), _) => r,
-        (None, None) => a.restart.into(),
-        (None, Some(r)) => match <crate::cli::RestartMode as clap::ValueEnum>::from_str(r, false) {
-            Ok(m) => m.into(),
-            Err(_) => {
-                let line = fb.get("restart").map_or(fb.line, |r| r.line);
-                // A short word is quoted (a typo to spot); anything else is not shown.
-                let shown = if r.len() <= 20
-                    && r.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                {
-                    format!(" = {r:?}")
-                } else {
-                    String::new()
-                };
-                errs.push(format!(
-                    "line {line}: `restart`{shown} is not one of: auto, restart, recreate, rollout, none"
+    match (field("domain"), field("app_id")) {
+        (None, None) => errs.push(Problem::new(
+            header,
+            "give `domain` (the host the Access application protects) or `app_id`",
+        )),
+        (domain, app_id) => {
+            if let Some(d) = domain {
+                let api = own_origin.or(origin) == Some(SourceOrigin::Api);
+                if super::validate_host(d).is_err() {
+                    errs.push(Problem::new(
+                        fb.pos("domain"),
+                        "`domain` is not a host name (letters, digits, '-', '.', a leading '*.'; e.g. api.example.com, or api.example.com/docs for a path)",
+                    ));
+                } else if api && super::validate_binding_domain(d).is_err() {
+                    errs.push(Problem::new(
+                        fb.pos("domain"),
+                        "`domain`: the part after the host is not a plain URL path (letters, digits, -._~/%; e.g. api.example.com/docs)",
+                    ));
+                }
+            }
+            if app_id.is_some() && own_origin.or(origin) == Some(SourceOrigin::Edge) {
+                errs.push(Problem::new(
+                    fb.pos("app_id"),
+                    "`app_id` needs source = \"api\": the edge knows hosts, not application ids (give `domain`)",
                 ));
-                a.restart.into()
+            } else if let Some(id) = app_id
+                && super::validate_id("app_id", id).is_err()
+            {
+                errs.push(Problem::new(
+                    fb.pos("app_id"),
+                    "`app_id` is not a Cloudflare id (32 hex digits, dashes allowed)",
+                ));
+            }
+        }
+    }
+    if let Some(u) = field("url")
+        && super::validate_url(u).is_err()
+    {
+        errs.push(Problem::new(
+            fb.pos("url"),
+            "`url` must be an http(s) URL with a host, e.g. https://api.example.com/",
+        ));
+    }
+    let restart = match field("restart") {
+        None => None,
+        Some(r) => match <crate::cli::RestartMode as clap::ValueEnum>::from_str(r, false) {
+            Ok(m) => Some(m.into()),
+            Err(_) => {
+                errs.push(Problem::new(
+                    fb.pos("restart"),
+                    not_one_of(
+                        "restart",
+                        r,
+                        &["auto", "restart", "recreate", "rollout", "none"],
+                    ),
+                ));
+                None
             }
         },
     };
     let tunnel_id = match field("tunnel_id") {
-        Some(t) => match super::validate_id("tunnel_id", &t) {
+        Some(t) => match super::validate_id("tunnel_id", t) {
             Ok(t) => Some(t),
-            Err(e) => {
-                errs.push(e.to_string());
+            Err(_) => {
+                errs.push(Problem::new(
+                    fb.pos("tunnel_id"),
+                    "`tunnel_id` is not a Cloudflare id (32 hex digits, dashes allowed)",
+                ));
                 None
             }
         },
         None => None,
     };
-    let create = match field("create").as_deref() {
-        None => a.create_env_file,
-        Some("true") => true,
-        Some("false") => false,
-        Some(_) => {
-            errs.push("create must be true or false".into());
-            a.create_env_file
+    let create = match field("create") {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(c) => {
+            errs.push(Problem::new(
+                fb.pos("create"),
+                not_one_of("create", c, &["true", "false"]),
+            ));
+            None
         }
     };
     if fb.sinks.is_empty() {
-        errs.push("give at least one sink, e.g. sinks = [{ env = \"/srv/app/.env\" }]".into());
+        errs.push(Problem::new(
+            header,
+            "give at least one sink, e.g. sinks = [{ env = \"/srv/app/.env\" }]",
+        ));
     }
     let sinks = fb
         .sinks
@@ -579,44 +627,88 @@ fn file_binding(
             TargetSpec::Container(c) if !c.trim().is_empty() => {
                 targets.push(BindingTarget::Container(c.trim().to_string()))
             }
-            TargetSpec::Container(_) => errs.push(format!("line {}: empty container name", t.line)),
+            TargetSpec::Container(_) => errs.push(Problem::new(t.pos(), "empty container name")),
             TargetSpec::SwarmService(s) if !s.trim().is_empty() => {
                 targets.push(BindingTarget::SwarmService(s.trim().to_string()))
             }
             TargetSpec::SwarmService(_) => {
-                errs.push(format!("line {}: empty swarm_service name", t.line))
+                errs.push(Problem::new(t.pos(), "empty swarm_service name"))
             }
             TargetSpec::Exec(w) => targets.push(BindingTarget::Exec(w.clone())),
             TargetSpec::ComposeService(s) => match parse_compose_service(s) {
                 Ok(t) => targets.push(t),
-                Err(e) => errs.push(
-                    e.to_string()
-                        .replace("--compose-service", "compose_service"),
-                ),
+                Err(_) => errs.push(Problem::new(
+                    t.pos(),
+                    "`compose_service`: expected PROJECT/SERVICE, e.g. lambda/lambda-server (the project is the compose project name, see `docker compose ls`)",
+                )),
             },
         }
     }
-    match (source, errs.is_empty()) {
-        (Some(source), true) => {
-            let id = field("name")
-                .or_else(|| source.host.clone())
-                .or_else(|| field("app_id"))
-                .unwrap_or_default();
-            Ok(Binding {
-                id,
-                source,
-                key,
-                sinks,
-                targets,
-                restart,
-                tunnel_id,
-                create,
-                url: field("url"),
-                origin: None,
-            })
-        }
-        _ => Err(errs),
+    let fields = Fields {
+        key,
+        origin: own_origin,
+        restart,
+        tunnel_id,
+        create,
+        sinks,
+        targets,
+    };
+    (fields, errs)
+}
+
+/// An enumerated setting's bad value: the allowed words, and the value itself only when it is a
+/// short word (a typo to spot); anything else may be a secret typed into the wrong place.
+pub(super) fn not_one_of(key: &str, bad: &str, allowed: &[&str]) -> String {
+    let short_word = !bad.is_empty()
+        && bad.len() <= 20
+        && bad
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if short_word {
+        format!("`{key}` = {bad:?} is not one of: {}", allowed.join(", "))
+    } else {
+        format!("`{key}` must be one of: {}", allowed.join(", "))
     }
+}
+
+fn file_binding(
+    a: &Defaults<'_>,
+    env: &Env,
+    fb: &FileBinding,
+    restart_override: Option<RestartMode>,
+) -> Result<Binding, Vec<Problem>> {
+    let (f, errs) = binding_fields(fb, Some(a.origin));
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let field = |k: &str| fb.get(k).map(|v| v.value.clone());
+    let mut src = a.source.clone();
+    src.domain = field("domain");
+    src.app_id = field("app_id");
+    let mut access = a.access.clone();
+    access.url = field("url");
+    // The binding's own values passed the check above: what is left is the file-wide settings
+    // (the account id, the credentials), or the binding's combination of them.
+    let source = SourceConfig::from_args_with(&src, env, f.origin.unwrap_or(a.origin), &access)
+        .map_err(|e| vec![Problem::new((fb.line, fb.col), e.to_string())])?;
+    let id = field("name")
+        .or_else(|| source.host.clone())
+        .or_else(|| field("app_id"))
+        .unwrap_or_default();
+    Ok(Binding {
+        id,
+        source,
+        key: f.key,
+        sinks: f.sinks,
+        targets: f.targets,
+        restart: restart_override
+            .or(f.restart)
+            .unwrap_or_else(|| a.restart.into()),
+        tunnel_id: f.tunnel_id,
+        create: f.create.unwrap_or(a.create_env_file),
+        url: field("url"),
+        origin: None,
+    })
 }
 
 /// `PROJECT/SERVICE` -> a compose service target.

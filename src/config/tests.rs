@@ -304,18 +304,32 @@ fn every_problem_of_the_file_is_listed_at_once() {
         &d,
         "\n[[binding]]\ndomain = \"bad host\"\nkey = \"1X\"\nsinks = [{ env = \"stack.env\" }]\nrestart = \"sometimes\"\n\n[[binding]]\nkey = \"API_AUD\"\nsinks = [{ env = \"stack.env\" }]\ndomain = \"dup.example.com\"\n",
     );
-    let p = parse_with(&["sync", "--config", &cfg], &[]).unwrap();
-    let e = build(&p).unwrap_err();
+    // The values of the file, each at its line and column, before anything else is read.
+    let e = match parse_with(&["sync", "--config", &cfg], &[]) {
+        Err(ParseError::Config(e)) => e,
+        other => panic!("{other:?}"),
+    };
     assert_eq!(e.exit_code(), crate::exit::USAGE);
     let e = e.to_string();
     for want in [
-        "binding 3: key is not a variable name",
-        "audsync.toml:21: binding 3: `restart` = \"sometimes\" is not one of: auto",
-        "binding 3: --domain is not a host name",
-        "binding 4: another binding already writes API_AUD to",
+        "audsync.toml:18:10: `domain` is not a host name",
+        "audsync.toml:19:7: `key` is not a variable name",
+        "audsync.toml:21:11: `restart` = \"sometimes\" is not one of: auto",
     ] {
         assert!(e.contains(want), "missing {want:?} in:\n{e}");
     }
+    assert!(!e.contains("bad host"), "{e}");
+    // What needs the other bindings: a sink written twice, at the second one's value.
+    let cfg = stack(
+        &d,
+        "\n[[binding]]\nkey = \"API_AUD\"\nsinks = [{ env = \"stack.env\" }]\ndomain = \"dup.example.com\"\n",
+    );
+    let p = parse_with(&["sync", "--config", &cfg], &[]).unwrap();
+    let e = build(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("audsync.toml:19:18: binding 3: another binding already writes API_AUD to"),
+        "{e}"
+    );
 }
 
 #[test]
