@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsx;
+use crate::lock::InPlaceWrite;
 use crate::reconcile::{self, Journal};
 
 /// Why the state file could not be read or written.
@@ -101,10 +102,11 @@ pub struct State {
     /// one `recovered` when it ends). Written only through [`StateFile::update`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) failure_streak: Option<FailureStreak>,
-    /// In-place `.env` writes begun and not yet known to be finished: the journal the next
-    /// run reads first, to finish or undo a write that was cut short (see
-    /// `sink::envfile::recover_in_place`). Written only through [`StateFile::update`];
-    /// [`StateFile::save`] keeps the file's copy.
+    /// In-place `.env` writes journalled here by older versions (this one keeps the journal
+    /// in the record beside the `.env`'s lock, see `lock::Record::in_place_write`): read so
+    /// that the next pass moves each into its record, finishes it there, and drops it from
+    /// here (`sink::env::recover_in_place`). Never added to by this version; written only
+    /// through [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) in_place_writes: Vec<InPlaceWrite>,
     /// Containers given by id (or id prefix) -> the name they had: a recreate gives a new
@@ -131,21 +133,6 @@ pub struct FailureStreak {
     pub(crate) failures: u32,
     /// Unix seconds of the first failure.
     pub(crate) since: u64,
-}
-
-/// One journalled in-place write: the file, its safety copy (the old content), and what the
-/// new content is (length and hash), so the next run can tell finished from torn.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct InPlaceWrite {
-    pub(crate) target: PathBuf,
-    pub(crate) backup: PathBuf,
-    pub(crate) new_len: u64,
-    pub(crate) new_hash: String,
-    /// The values written (key -> AUD; an AUD is not a secret): the new content is the edit of
-    /// the safety copy's, so recovery can tell a torn write from someone else's edit. Empty in
-    /// schema 1 files.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) values: BTreeMap<String, String>,
 }
 
 impl State {

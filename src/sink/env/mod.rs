@@ -10,8 +10,8 @@
 //!
 //! Writes are atomic (temp file, fsync, rename, keeping mode and owner) or, with
 //! `--write-mode in-place`, rewrite the same inode for a file bind-mounted into a container,
-//! journalled in the state file so a run killed mid-write is finished or undone by the next
-//! one. A file whose mode has no write bit is refused, not replaced.
+//! journalled in the record beside the `.env`'s lock so a run killed mid-write is finished or
+//! undone by the next run that takes that lock, whichever configuration it runs. A file whose mode has no write bit is refused, not replaced.
 //!
 //! This module owns the sink type ([`EnvFileSink`]): which file is meant (symlinks, a missing
 //! file, the dry run's checks), reading it, and driving an edit to a write, redone when someone
@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use super::WriteOutcome;
 pub use edit::{Error as EditError, checked_edit, set_key};
-pub(crate) use journal::recover_in_place;
+pub(crate) use journal::{pending_in_place, recover_in_place};
 pub(crate) use parse::key_lines;
 pub use parse::{ParseError, parse};
 use place::Place;
@@ -146,7 +146,8 @@ pub(crate) struct EnvFileSink {
     /// Create the file when it is missing (`create = true` / `--create-env-file`); without it a
     /// missing file is an error naming the directory the stack was expected in.
     pub(crate) create: bool,
-    /// The state file that journals in-place writes (none: in-place writes are not journalled).
+    /// The record beside the `.env`'s lock (`lock::Record`) that journals its in-place writes
+    /// (none: in-place writes are not journalled).
     pub(crate) journal: Option<PathBuf>,
     /// The compose project directory of the containers this file is for, when known.
     pub(crate) project_dir: Option<PathBuf>,
@@ -596,7 +597,7 @@ mod tests {
 
     fn sink_in(dir: &Path, mode: WriteMode) -> EnvFileSink {
         EnvFileSink {
-            journal: Some(dir.join("state.json")),
+            journal: Some(dir.join("env-record.json")),
             ..EnvFileSink::new(dir.join(".env"), mode)
         }
     }
@@ -730,7 +731,7 @@ mod tests {
                 WriteMode::InPlace
             };
             let sink = EnvFileSink {
-                journal: Some(base.path().join("state.json")),
+                journal: Some(base.path().join("env-record.json")),
                 ..EnvFileSink::new(nb.join(".env"), mode)
             };
             let desired = BTreeMap::from([(K.to_string(), format!("{:064x}", i + 1))]);
@@ -738,7 +739,11 @@ mod tests {
                 Ok(_) => ok += 1,
                 Err(_) => refused += 1,
             }
-            let _ = recover_in_place(&base.path().join("state.json"));
+            let records = BTreeMap::from([(
+                crate::lock::Resource::real_path(&nb.join(".env")),
+                base.path().join("env-record.json"),
+            )]);
+            let _ = recover_in_place(&records, None);
         }
         stop.store(true, Ordering::Relaxed);
         let swaps = neighbour.join().unwrap();
@@ -816,11 +821,9 @@ mod tests {
             "the safety copy is removed"
         );
         assert!(
-            crate::state::StateFile::load(&dir.path().join("state.json"), true)
+            crate::lock::read_record(&dir.path().join("env-record.json"))
                 .unwrap()
-                .state
-                .in_place_writes
-                .is_empty(),
+                .is_none_or(|r| r.in_place_write.is_none()),
             "nothing left in the journal"
         );
         // The next write goes through.
@@ -850,7 +853,7 @@ mod editor_loss {
         let dir = tempfile::tempdir().unwrap();
         let sink = EnvFileSink::new(dir.path().join(".env"), mode);
         let sink = EnvFileSink {
-            journal: Some(dir.path().join("state.json")),
+            journal: Some(dir.path().join("env-record.json")),
             ..sink
         };
         fs::write(&sink.path, "A=1\nCLOUDFLARE_AUD_TAG=old\n").unwrap();

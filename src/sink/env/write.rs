@@ -61,8 +61,8 @@ pub(crate) enum Error {
     Replace(#[source] std::io::Error),
     #[error("cannot write the safety copy: {0}; nothing was written")]
     SafetyCopy(#[source] std::io::Error),
-    /// The state file could not record the in-place write.
-    #[error("cannot journal the in-place write in the state file: {0}; nothing was written")]
+    /// The record beside the `.env`'s lock could not journal the in-place write.
+    #[error("cannot journal the in-place write: {0}; nothing was written")]
     Journal(#[source] Box<journal::Error>),
     /// The file could not be read again right before it was replaced.
     #[error(transparent)]
@@ -255,7 +255,8 @@ fn current_owner(f: &fs::File) -> (u32, u32) {
 
 /// Rewrite the same inode. Not atomic by nature, so it is journalled: a copy of the
 /// current content is first written (atomically) beside the file and the write recorded in
-/// the state file `journal`; the next run finishes or undoes a write that was cut short
+/// `journal`, the record beside the `.env`'s lock; the next run that takes that lock (any
+/// configuration's) finishes or undoes a write that was cut short
 /// ([`journal::recover_in_place`]). After a failed write the content is put back at once; the
 /// copy is removed after a good write. `now` reads the file again right before it is touched.
 pub(super) fn write_in_place(
@@ -269,7 +270,7 @@ pub(super) fn write_in_place(
 ) -> Result<(), WriteError> {
     let backup = journal::backup_name(&place.name);
     write_atomic_plain(place, &backup, old.as_bytes())?;
-    let entry = crate::state::InPlaceWrite {
+    let entry = crate::lock::InPlaceWrite {
         target: place.path.clone(),
         backup: place.sibling_path(&backup),
         new_len: new.len() as u64,
