@@ -47,10 +47,14 @@ pub(crate) enum Error {
 
 /// The state file's schema. 1: files without `schema_version` (audsync before it was
 /// recorded). 2: `schema_version` itself, the AUD values of a journalled in-place write
-/// (`in_place_writes[].values`), and the single cached `app` of old moved into `apps`. A newer
-/// binary migrates an older file on read; an older binary refuses a newer file
-/// ([`Error::Newer`]) and never writes over it.
-pub(crate) const SCHEMA_VERSION: u64 = 2;
+/// (`in_place_writes[].values`), and the single cached `app` of old moved into `apps`. 3: the
+/// in-place `.env` write journal lives in the record beside the `.env`'s lock
+/// (`lock::Record::in_place_write`); `in_place_writes` is only read, and the next pass moves
+/// its entries into the records (`sink::env::recover_in_place`). An older binary would not see
+/// that journal -- it would take a torn file for the user's and remove the safety copy -- so it
+/// must refuse the file. A newer binary migrates an older file on read; an older binary
+/// refuses a newer file ([`Error::Newer`]) and never writes over it.
+pub(crate) const SCHEMA_VERSION: u64 = 3;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -357,6 +361,10 @@ fn decode(path: &Path, b: &[u8]) -> Result<State, Error> {
         if let Some(app) = state.app.take() {
             state.apps.entry(app.host.clone()).or_insert(app);
         }
+    }
+    // 2 -> 3: nothing to change on read; the in-place entries (`in_place_writes`) are moved into
+    // the records beside the `.env` locks by the next pass, which holds those locks.
+    if found < SCHEMA_VERSION {
         tracing::info!(path = %path.display(), from = found, to = SCHEMA_VERSION, "migrated the state file");
     }
     state.schema_version = SCHEMA_VERSION;
@@ -592,6 +600,27 @@ mod tests {
         );
         assert!(stale.set_owed(&["x".to_string()].into()).is_err());
         assert_eq!(fs::read_to_string(&p).unwrap(), newer, "left byte for byte");
+    }
+
+    /// Schema 2 kept the in-place journal here: its entries are still read (the next pass moves
+    /// them beside the `.env`'s lock) and the file is written back as schema 3, which a schema-2
+    /// binary (that would not look for the journal there) refuses.
+    #[test]
+    fn a_schema_2_file_keeps_its_in_place_entries_for_the_pass_and_becomes_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        fs::write(
+            &p,
+            r#"{"schema_version":2,"in_place_writes":[{"target":"/x/.env","backup":"/x/.env.audsync-backup","new_len":3,"new_hash":"00","values":{"K":"v"}}]}"#,
+        )
+        .unwrap();
+        let s = StateFile::load(&p, false).unwrap();
+        assert_eq!(s.state.in_place_writes.len(), 1);
+        assert_eq!(s.state.in_place_writes[0].values["K"], "v");
+        s.save().unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        assert_eq!(raw["schema_version"], 3);
+        assert_eq!(raw["in_place_writes"][0]["target"], "/x/.env");
     }
 
     #[test]

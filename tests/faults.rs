@@ -399,10 +399,13 @@ fn an_in_place_write_a_config_run_left_torn_is_finished_by_a_flag_run_on_the_sam
     // Run B: a flag-only run on the same .env.
     let r = sync(&sb, &["--write-mode", "in-place"]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(
-        std::fs::read_to_string(sb.env_path()).unwrap(),
-        new,
-        "run B finished the write run A left torn: {r:?}"
+    let after = std::fs::read_to_string(sb.env_path()).unwrap();
+    assert!(
+        after == new,
+        "run B did not finish the write run A left torn ({} bytes, expected {}): {}",
+        after.len(),
+        new.len(),
+        r.stderr
     );
     assert!(
         r.stderr.contains("was undone") || r.stdout.contains("was undone"),
