@@ -11,10 +11,11 @@
 //! A lock is an exclusive `flock`, released when the guard drops or the process dies, so a
 //! crashed run never leaves a stale lock. Every file is opened without following a symlink,
 //! created 0600 and must be owned by the user running. What belongs to a resource (a restart
-//! owed, the values its container last ran with) is kept beside its lock (`<lock>.json`), so
-//! whichever run takes the resource next finishes the job. `flock` conflicts between two open
-//! descriptions even in one process: a pass never opens one lock file twice (keys are
-//! deduplicated, and a flag run's configuration lock is not its `.env`'s).
+//! owed, the values its container last ran with, the journal of an unfinished apply: a
+//! container's recreate or rollout, a `.env`'s in-place write) is kept beside its lock
+//! (`<lock>.json`), so whichever run takes the resource next finishes the job. `flock`
+//! conflicts between two open descriptions even in one process: a pass never opens one lock
+//! file twice (keys are deduplicated, and a flag run's configuration lock is not its `.env`'s).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, TryLockError};
@@ -276,6 +277,28 @@ pub(crate) struct Record {
     /// Whichever run takes the lock next finishes or undoes what it records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) applying: Option<Applying>,
+    /// A `.env`: an in-place write in progress, recorded before the file is touched and
+    /// cleared once it is done or undone (see `sink/env/journal.rs`). Whichever run takes the
+    /// `.env`'s lock next -- any configuration, a flag run, `watch` -- finishes or undoes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) in_place_write: Option<InPlaceWrite>,
+}
+
+/// One journalled in-place write: the file, its safety copy (the old content), and what the
+/// new content is (length and hash), so the next run can tell finished from torn. Kept in the
+/// record beside the `.env`'s lock (older versions kept it in the state file's
+/// `in_place_writes`, still read and migrated).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct InPlaceWrite {
+    pub(crate) target: PathBuf,
+    pub(crate) backup: PathBuf,
+    pub(crate) new_len: u64,
+    pub(crate) new_hash: String,
+    /// The values written (key -> AUD; an AUD is not a secret): the new content is the edit of
+    /// the safety copy's, so recovery can tell a torn write from someone else's edit. Empty in
+    /// the entries of state files of schema 1.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) values: BTreeMap<String, String>,
 }
 
 /// Which apply a journal records.
@@ -477,6 +500,13 @@ impl Held {
             return Ok(None);
         };
         read_record(&self.record_path(stem))
+    }
+
+    /// Where the record of `resource` is kept, when this pass holds its lock (a dry run: where
+    /// it would be read). For a `.env`, whose record keeps its in-place write journal.
+    pub(crate) fn resource_record(&self, resource: &Resource) -> Option<PathBuf> {
+        let stem = resource.stem();
+        (self.read_only || self.held.contains(&stem)).then(|| self.record_path(&stem))
     }
 
     /// Where the record of target `name` is kept, when this pass holds its lock (a dry run:

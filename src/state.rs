@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsx;
+use crate::lock::InPlaceWrite;
 use crate::reconcile::{self, Journal};
 
 /// Why the state file could not be read or written.
@@ -46,10 +47,14 @@ pub(crate) enum Error {
 
 /// The state file's schema. 1: files without `schema_version` (audsync before it was
 /// recorded). 2: `schema_version` itself, the AUD values of a journalled in-place write
-/// (`in_place_writes[].values`), and the single cached `app` of old moved into `apps`. A newer
-/// binary migrates an older file on read; an older binary refuses a newer file
-/// ([`Error::Newer`]) and never writes over it.
-pub(crate) const SCHEMA_VERSION: u64 = 2;
+/// (`in_place_writes[].values`), and the single cached `app` of old moved into `apps`. 3: the
+/// in-place `.env` write journal lives in the record beside the `.env`'s lock
+/// (`lock::Record::in_place_write`); `in_place_writes` is only read, and the next pass moves
+/// its entries into the records (`sink::env::recover_in_place`). An older binary would not see
+/// that journal -- it would take a torn file for the user's and remove the safety copy -- so it
+/// must refuse the file. A newer binary migrates an older file on read; an older binary
+/// refuses a newer file ([`Error::Newer`]) and never writes over it.
+pub(crate) const SCHEMA_VERSION: u64 = 3;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -101,10 +106,11 @@ pub struct State {
     /// one `recovered` when it ends). Written only through [`StateFile::update`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) failure_streak: Option<FailureStreak>,
-    /// In-place `.env` writes begun and not yet known to be finished: the journal the next
-    /// run reads first, to finish or undo a write that was cut short (see
-    /// `sink::envfile::recover_in_place`). Written only through [`StateFile::update`];
-    /// [`StateFile::save`] keeps the file's copy.
+    /// In-place `.env` writes journalled here by older versions (this one keeps the journal
+    /// in the record beside the `.env`'s lock, see `lock::Record::in_place_write`): read so
+    /// that the next pass moves each into its record, finishes it there, and drops it from
+    /// here (`sink::env::recover_in_place`). Never added to by this version; written only
+    /// through [`StateFile::update`]; [`StateFile::save`] keeps the file's copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) in_place_writes: Vec<InPlaceWrite>,
     /// Containers given by id (or id prefix) -> the name they had: a recreate gives a new
@@ -131,21 +137,6 @@ pub struct FailureStreak {
     pub(crate) failures: u32,
     /// Unix seconds of the first failure.
     pub(crate) since: u64,
-}
-
-/// One journalled in-place write: the file, its safety copy (the old content), and what the
-/// new content is (length and hash), so the next run can tell finished from torn.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct InPlaceWrite {
-    pub(crate) target: PathBuf,
-    pub(crate) backup: PathBuf,
-    pub(crate) new_len: u64,
-    pub(crate) new_hash: String,
-    /// The values written (key -> AUD; an AUD is not a secret): the new content is the edit of
-    /// the safety copy's, so recovery can tell a torn write from someone else's edit. Empty in
-    /// schema 1 files.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) values: BTreeMap<String, String>,
 }
 
 impl State {
@@ -370,6 +361,10 @@ fn decode(path: &Path, b: &[u8]) -> Result<State, Error> {
         if let Some(app) = state.app.take() {
             state.apps.entry(app.host.clone()).or_insert(app);
         }
+    }
+    // 2 -> 3: nothing to change on read; the in-place entries (`in_place_writes`) are moved into
+    // the records beside the `.env` locks by the next pass, which holds those locks.
+    if found < SCHEMA_VERSION {
         tracing::info!(path = %path.display(), from = found, to = SCHEMA_VERSION, "migrated the state file");
     }
     state.schema_version = SCHEMA_VERSION;
@@ -605,6 +600,27 @@ mod tests {
         );
         assert!(stale.set_owed(&["x".to_string()].into()).is_err());
         assert_eq!(fs::read_to_string(&p).unwrap(), newer, "left byte for byte");
+    }
+
+    /// Schema 2 kept the in-place journal here: its entries are still read (the next pass moves
+    /// them beside the `.env`'s lock) and the file is written back as schema 3, which a schema-2
+    /// binary (that would not look for the journal there) refuses.
+    #[test]
+    fn a_schema_2_file_keeps_its_in_place_entries_for_the_pass_and_becomes_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        fs::write(
+            &p,
+            r#"{"schema_version":2,"in_place_writes":[{"target":"/x/.env","backup":"/x/.env.audsync-backup","new_len":3,"new_hash":"00","values":{"K":"v"}}]}"#,
+        )
+        .unwrap();
+        let s = StateFile::load(&p, false).unwrap();
+        assert_eq!(s.state.in_place_writes.len(), 1);
+        assert_eq!(s.state.in_place_writes[0].values["K"], "v");
+        s.save().unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        assert_eq!(raw["schema_version"], 3);
+        assert_eq!(raw["in_place_writes"][0]["target"], "/x/.env");
     }
 
     #[test]

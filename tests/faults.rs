@@ -43,6 +43,7 @@ fn spawn(sb: &Sandbox, args: &[&str]) -> std::process::Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_audsync"));
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AUDSYNC_LOCK_DIR", sb.locks.path())
         .envs(sb.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(sb.dir())
         .args(args)
@@ -213,6 +214,7 @@ fn killed_at_byte(sb: &Sandbox, args: &[&str], limit: usize) -> bool {
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AUDSYNC_LOCK_DIR", sb.locks.path())
         .envs(sb.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(sb.dir())
         .stdout(Stdio::null())
@@ -313,8 +315,9 @@ fn in_place_write_killed_at_20_moments_is_old_or_new_never_a_mix_after_the_next_
         let state = std::fs::read_to_string(sb.path(".env.audsync-state.json")).unwrap();
         assert!(
             !state.contains("in_place_writes"),
-            "run {i}: the journal is cleared: {state}"
+            "run {i}: nothing journalled in the state file: {state}"
         );
+        assert_eq!(journalled(&sb), 0, "run {i}: the journal is cleared");
         assert_eq!(
             std::fs::metadata(sb.env_path()).unwrap().ino(),
             ino,
@@ -328,6 +331,94 @@ fn in_place_write_killed_at_20_moments_is_old_or_new_never_a_mix_after_the_next_
             tally.torn_after_kill > 0,
             "some kills tore the file: {tally:?}"
         );
+    }
+}
+
+/// The in-place writes journalled in the records of the lock directory (`<lock>.json`).
+fn journalled(sb: &Sandbox) -> usize {
+    std::fs::read_dir(sb.locks.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter(|e| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            !v["in_place_write"].is_null()
+        })
+        .count()
+}
+
+/// Issue 20: what belongs to a resource is kept with its lock. A config run (its state file
+/// beside `a/audsync.toml`) is killed at an exact byte of its in-place write of `.env`; then a
+/// flag run on the same `.env` (another configuration, another state file) takes that
+/// `.env`'s lock and finds the journal beside it: it puts the previous content back, writes
+/// the new one, and says so. (With the journal in the config run's state file, the flag run
+/// never saw it: it took the torn file as it was and removed the safety copy as a leftover.)
+#[test]
+fn an_in_place_write_a_config_run_left_torn_is_finished_by_a_flag_run_on_the_same_env() {
+    assert!(
+        Command::new("prlimit").arg("--version").output().is_ok(),
+        "needs prlimit (util-linux) to kill at an exact byte"
+    );
+    let (old, new) = big_env();
+    let (_cf, sb) = setup(&old);
+    std::fs::create_dir(sb.path("a")).unwrap();
+    std::fs::write(
+        sb.path("a/audsync.toml"),
+        format!(
+            "[[binding]]\ndomain = \"{HOST}\"\nkey = \"CLOUDFLARE_AUD_TAG\"\nrestart = \"none\"\n\
+             sinks = [{{ env = \"../.env\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let backup = sb.path(".env.audsync-backup");
+    // Past the old length, before the end of the new content: the write is cut there.
+    let at = old.len() + (new.len() - old.len()) / 2;
+    let killed = killed_at_byte(
+        &sb,
+        &[
+            "sync",
+            "--config",
+            "a/audsync.toml",
+            "--write-mode",
+            "in-place",
+        ],
+        at,
+    );
+    assert!(killed, "run A was killed mid-write");
+    let torn = std::fs::read_to_string(sb.env_path()).unwrap();
+    assert!(
+        torn != old && torn != new && new.starts_with(&torn),
+        "run A left the file torn ({} bytes; old {}, new {})",
+        torn.len(),
+        old.len(),
+        new.len()
+    );
+    assert!(backup.exists(), "run A's safety copy is there");
+
+    // Run B: a flag-only run on the same .env.
+    let r = sync(&sb, &["--write-mode", "in-place"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let after = std::fs::read_to_string(sb.env_path()).unwrap();
+    assert!(
+        after == new,
+        "run B did not finish the write run A left torn ({} bytes, expected {}): {}",
+        after.len(),
+        new.len(),
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("was undone") || r.stdout.contains("was undone"),
+        "run B says what it did: {r:?}"
+    );
+    assert!(!backup.exists(), "the safety copy is removed");
+    assert_eq!(journalled(&sb), 0, "the journal is cleared");
+    for state in [
+        "a/audsync.toml.audsync-state.json",
+        ".env.audsync-state.json",
+    ] {
+        let s = std::fs::read_to_string(sb.path(state)).unwrap_or_default();
+        assert!(!s.contains("in_place_writes"), "{state}: {s}");
     }
 }
 
@@ -399,6 +490,7 @@ fn peak_rss_kib(sb: &Sandbox, args: &[&str]) -> Option<(i32, String, u64)> {
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AUDSYNC_LOCK_DIR", sb.locks.path())
         .envs(sb.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(sb.dir())
         .output()

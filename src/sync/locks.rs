@@ -1,7 +1,8 @@
 //! The resource locks of a pass: which `.env` files and containers (compose services, Swarm
 //! services) it may touch, taken after the configuration's lock and before anything is read,
 //! so everything the pass inspects it inspects under them; and the records kept with them
-//! (a restart owed, the values a container last ran with), which outlive one configuration.
+//! (a restart owed, the values a container last ran with, a `.env`'s in-place write journal),
+//! which outlive one configuration.
 //!
 //! Never decides what to do: it only feeds the records into the state the plan reads, and
 //! writes them back.
@@ -26,6 +27,14 @@ pub(crate) async fn resources(cfg: &SyncConfig) -> (Vec<Resource>, BTreeMap<Stri
                 all.push(Resource::EnvFile(Resource::real_path(p)));
             }
         }
+    }
+    // An in-place write an older version journalled in this configuration's state file: its
+    // `.env` is locked too, so the pass can finish it under that lock (then it is the record's).
+    for w in StateFile::load(&cfg.state_file, true)
+        .map(|f| f.state.in_place_writes)
+        .unwrap_or_default()
+    {
+        all.push(Resource::EnvFile(Resource::real_path(&w.target)));
     }
     let acting: Vec<_> = cfg
         .bindings
@@ -83,6 +92,21 @@ pub(crate) async fn resources(cfg: &SyncConfig) -> (Vec<Resource>, BTreeMap<Stri
         }
     }
     (all, targets)
+}
+
+/// The record beside each `.env`'s lock the pass holds (a dry run: where it would be read), by
+/// the `.env`'s real path: where its in-place writes are journalled (`sink::env::journal`).
+pub(crate) fn env_records(
+    held: &Held,
+    resources: &[Resource],
+) -> BTreeMap<std::path::PathBuf, std::path::PathBuf> {
+    resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::EnvFile(p) => Some((p.clone(), held.resource_record(r)?)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The names remembered for containers given by id (the state file is read again under the

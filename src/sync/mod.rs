@@ -100,6 +100,7 @@ fn build_sinks(
     sinks: &Sinks,
     state: &crate::state::State,
     dirs: &BTreeMap<usize, PathBuf>,
+    env_records: &BTreeMap<PathBuf, PathBuf>,
 ) -> Result<Vec<AnySink>, Error> {
     sinks
         .specs
@@ -107,6 +108,9 @@ fn build_sinks(
         .enumerate()
         .map(|(i, spec)| match spec {
             BindingSink::Env(p) => Ok(AnySink::Env(EnvFileSink {
+                journal: env_records
+                    .get(&crate::lock::Resource::real_path(p))
+                    .cloned(),
                 path: cfg
                     .bindings
                     .iter()
@@ -130,7 +134,6 @@ fn build_sinks(
                     .iter()
                     .zip(&sinks.of_binding)
                     .any(|(b, s)| s.contains(&i) && b.create),
-                journal: Some(cfg.state_file.clone()),
                 project_dir: sinks
                     .of_binding
                     .iter()
@@ -239,19 +242,19 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     .await
     .map_err(lock_error)
     .map_err(at(Stage::Lock))?;
-    // Before anything else: finish or undo an in-place write an earlier run was killed in.
+    // Each `.env`'s record, beside its lock: where its in-place writes are journalled.
+    let env_records = locks::env_records(&held, &resources);
+    // Before anything else: finish or undo an in-place write an earlier run -- of this
+    // configuration or any other that writes the same `.env` -- was killed in.
     let journal_done = if cfg.dry_run {
-        let pending = StateFile::load(&cfg.state_file, true)
-            .map(|s| s.state.in_place_writes.len())
-            .unwrap_or(0);
-        if pending > 0 {
+        if crate::sink::env::pending_in_place(&env_records, Some(&cfg.state_file)) {
             tracing::warn!(
                 "an in-place .env write of an earlier run was cut short; the next real run finishes or undoes it first"
             );
         }
         vec![]
     } else {
-        crate::sink::env::recover_in_place(&cfg.state_file)
+        crate::sink::env::recover_in_place(&env_records, Some(&cfg.state_file))
             .map_err(|e| {
                 Error::failed(
                     e.to_string(),
@@ -301,7 +304,8 @@ pub async fn run_pass_staged(cfg: &SyncConfig) -> Result<Report, PassError> {
     // 2. What the sinks hold.
     let phys = sinks_of(cfg);
     let dirs = project_dirs(cfg).await;
-    let mut sinks = build_sinks(cfg, &phys, &state.state, &dirs).map_err(at(Stage::Sink))?;
+    let mut sinks =
+        build_sinks(cfg, &phys, &state.state, &dirs, &env_records).map_err(at(Stage::Sink))?;
     if !cfg.dry_run {
         for s in &sinks {
             if let AnySink::Env(e) = s {

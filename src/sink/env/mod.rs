@@ -10,8 +10,8 @@
 //!
 //! Writes are atomic (temp file, fsync, rename, keeping mode and owner) or, with
 //! `--write-mode in-place`, rewrite the same inode for a file bind-mounted into a container,
-//! journalled in the state file so a run killed mid-write is finished or undone by the next
-//! one. A file whose mode has no write bit is refused, not replaced.
+//! journalled in the record beside the `.env`'s lock so a run killed mid-write is finished or
+//! undone by the next run that takes that lock, whichever configuration it runs. A file whose mode has no write bit is refused, not replaced.
 //!
 //! This module owns the sink type ([`EnvFileSink`]): which file is meant (symlinks, a missing
 //! file, the dry run's checks), reading it, and driving an edit to a write, redone when someone
@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use super::WriteOutcome;
 pub use edit::{Error as EditError, checked_edit, set_key};
-pub(crate) use journal::recover_in_place;
+pub(crate) use journal::{pending_in_place, recover_in_place};
 pub(crate) use parse::key_lines;
 pub use parse::{ParseError, parse};
 use place::Place;
@@ -146,7 +146,8 @@ pub(crate) struct EnvFileSink {
     /// Create the file when it is missing (`create = true` / `--create-env-file`); without it a
     /// missing file is an error naming the directory the stack was expected in.
     pub(crate) create: bool,
-    /// The state file that journals in-place writes (none: in-place writes are not journalled).
+    /// The record beside the `.env`'s lock (`lock::Record`) that journals its in-place writes
+    /// (none: in-place writes are not journalled).
     pub(crate) journal: Option<PathBuf>,
     /// The compose project directory of the containers this file is for, when known.
     pub(crate) project_dir: Option<PathBuf>,
@@ -401,16 +402,22 @@ impl EnvFileSink {
         let place = self.place()?;
         // After the atomic rename, someone's write to the file just replaced (an editor that
         // opened it before the rename): their content, and what is under the name now (ours).
-        let mut carried: Option<(String, Snapshot, fs::File)> = None;
+        let mut carried: Option<(String, Snapshot, fs::File, Option<write::Watch>)> = None;
         let mut written = false;
         let (mut changed, mut redone) = (0, 0);
         loop {
-            let (snap, file, base) = match carried.take() {
-                Some((theirs, snap, file)) => (snap, Some(file), Some(theirs)),
+            let (snap, file, base, mut watch) = match carried.take() {
+                Some((theirs, snap, file, watch)) => (snap, Some(file), Some(theirs), watch),
                 None => {
                     let (snap, file) = self.read(&place)?;
+                    // Who opens the file read from now on (atomic mode: waited for after the
+                    // rename, see write::Watch).
+                    let watch = match (&file, self.mode) {
+                        (Some(f), WriteMode::Atomic) => write::Watch::on(f),
+                        _ => None,
+                    };
                     let base = snap.content.clone();
-                    (snap, file, base)
+                    (snap, file, base, watch)
                 }
             };
             if base.is_none() && !self.create {
@@ -455,12 +462,14 @@ impl EnvFileSink {
                     |p| self.snapshot(p),
                 )
                 .map(|()| None),
-                _ => write::write_atomic(&place, new.as_bytes(), &snap, |p| self.snapshot(p))
-                    .map(Some),
+                _ => write::write_atomic(&place, new.as_bytes(), &snap, watch.as_mut(), |p| {
+                    self.snapshot(p)
+                })
+                .map(Some),
             };
             match result {
                 Ok(None) => return Ok(WriteOutcome::Written { version: None }),
-                Ok(Some(ours)) => {
+                Ok(Some((ours, ours_watch))) => {
                     written = true;
                     // After the rename: did anyone write the file it replaced since it was
                     // read? Then their content gets the edit, and replaces ours.
@@ -491,6 +500,7 @@ impl EnvFileSink {
                             meta: Some(meta_key(&meta)),
                         },
                         ours,
+                        ours_watch,
                     ));
                 }
                 Err(WriteError::Failed(source)) => {
@@ -596,7 +606,7 @@ mod tests {
 
     fn sink_in(dir: &Path, mode: WriteMode) -> EnvFileSink {
         EnvFileSink {
-            journal: Some(dir.join("state.json")),
+            journal: Some(dir.join("env-record.json")),
             ..EnvFileSink::new(dir.join(".env"), mode)
         }
     }
@@ -672,6 +682,75 @@ mod tests {
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
+    /// Issue 24 #4, the other side of the rename: an editor opened the file after audsync read
+    /// it, and writes into it only after audsync has replaced it -- later than audsync's first
+    /// look at the replaced file (it writes once it sees that look, an `IN_ACCESS`, or after
+    /// 2 s). audsync waits for the editor to close the file before its last look, so the line
+    /// is found and kept; checked at once after the rename (the old code), it is lost.
+    #[test]
+    fn an_editor_that_writes_the_replaced_file_after_the_first_look_is_waited_for() {
+        use rustix::fs::inotify::{CreateFlags, ReadFlags, Reader, WatchFlags, add_watch, init};
+        use std::io::Write as _;
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink_in(dir.path(), WriteMode::Atomic);
+        fs::write(&sink.path, "A=1\nCLOUDFLARE_AUD_TAG=old\n").unwrap();
+        let desired = BTreeMap::from([(K.to_string(), V.to_string())]);
+        let path = sink.path.clone();
+        write::SETTLE_FOR_TESTS.with(|c| c.set(Some(std::time::Duration::from_secs(30))));
+        let editor = std::rc::Rc::new(std::cell::RefCell::new(None::<fs::File>));
+        let e2 = editor.clone();
+        let thread = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let t2 = thread.clone();
+        let out = sink
+            .write_all_between(&desired, &mut || {
+                if e2.borrow().is_some() {
+                    return;
+                }
+                // Opened after audsync's read, before its rename...
+                *e2.borrow_mut() = Some(fs::OpenOptions::new().append(true).open(&path).unwrap());
+                let (e3, t3) = (e2.clone(), t2.clone());
+                write::AFTER_RENAME.with(|h| {
+                    *h.borrow_mut() = Some(Box::new(move || {
+                        // ...written once audsync reads the replaced file (or after 2 s), then
+                        // closed.
+                        let mut f = e3.borrow_mut().take().unwrap();
+                        let ino = init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).unwrap();
+                        add_watch(
+                            &ino,
+                            format!("/proc/self/fd/{}", f.as_raw_fd()),
+                            WatchFlags::ACCESS,
+                        )
+                        .unwrap();
+                        *t3.borrow_mut() = Some(std::thread::spawn(move || {
+                            let start = std::time::Instant::now();
+                            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+                            let mut looked = false;
+                            while !looked && start.elapsed() < std::time::Duration::from_secs(2) {
+                                let mut r = Reader::new(&ino, &mut buf);
+                                looked = r
+                                    .next()
+                                    .is_ok_and(|e| e.events().contains(ReadFlags::ACCESS));
+                                std::thread::sleep(std::time::Duration::from_millis(1));
+                            }
+                            f.write_all(b"THEIRS=1\n").unwrap();
+                            drop(f);
+                            looked
+                        }));
+                    }))
+                });
+            })
+            .unwrap();
+        write::SETTLE_FOR_TESTS.with(|c| c.set(None));
+        let looked_first = thread.borrow_mut().take().unwrap().join().unwrap();
+        assert_eq!(out, WriteOutcome::Written { version: None });
+        assert_eq!(
+            fs::read_to_string(&sink.path).unwrap(),
+            "A=1\nCLOUDFLARE_AUD_TAG=newvalue\nTHEIRS=1\n",
+            "their line kept, ours redone on it (audsync looked before they wrote: {looked_first})"
+        );
+    }
+
     /// Issue 21 #2: a neighbour (uid 4242) owns `nbhome` with `.env -> sub/victim.env` and
     /// swaps `sub` between a directory and a link to a root-only directory while root syncs
     /// in a loop. The root-only file is never written, nor anything created beside it.
@@ -730,7 +809,7 @@ mod tests {
                 WriteMode::InPlace
             };
             let sink = EnvFileSink {
-                journal: Some(base.path().join("state.json")),
+                journal: Some(base.path().join("env-record.json")),
                 ..EnvFileSink::new(nb.join(".env"), mode)
             };
             let desired = BTreeMap::from([(K.to_string(), format!("{:064x}", i + 1))]);
@@ -738,7 +817,11 @@ mod tests {
                 Ok(_) => ok += 1,
                 Err(_) => refused += 1,
             }
-            let _ = recover_in_place(&base.path().join("state.json"));
+            let records = BTreeMap::from([(
+                crate::lock::Resource::real_path(&nb.join(".env")),
+                base.path().join("env-record.json"),
+            )]);
+            let _ = recover_in_place(&records, None);
         }
         stop.store(true, Ordering::Relaxed);
         let swaps = neighbour.join().unwrap();
@@ -816,11 +899,9 @@ mod tests {
             "the safety copy is removed"
         );
         assert!(
-            crate::state::StateFile::load(&dir.path().join("state.json"), true)
+            crate::lock::read_record(&dir.path().join("env-record.json"))
                 .unwrap()
-                .state
-                .in_place_writes
-                .is_empty(),
+                .is_none_or(|r| r.in_place_write.is_none()),
             "nothing left in the journal"
         );
         // The next write goes through.
@@ -850,7 +931,7 @@ mod editor_loss {
         let dir = tempfile::tempdir().unwrap();
         let sink = EnvFileSink::new(dir.path().join(".env"), mode);
         let sink = EnvFileSink {
-            journal: Some(dir.path().join("state.json")),
+            journal: Some(dir.path().join("env-record.json")),
             ..sink
         };
         fs::write(&sink.path, "A=1\nCLOUDFLARE_AUD_TAG=old\n").unwrap();

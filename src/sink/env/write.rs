@@ -61,8 +61,8 @@ pub(crate) enum Error {
     Replace(#[source] std::io::Error),
     #[error("cannot write the safety copy: {0}; nothing was written")]
     SafetyCopy(#[source] std::io::Error),
-    /// The state file could not record the in-place write.
-    #[error("cannot journal the in-place write in the state file: {0}; nothing was written")]
+    /// The record beside the `.env`'s lock could not journal the in-place write.
+    #[error("cannot journal the in-place write: {0}; nothing was written")]
     Journal(#[source] Box<journal::Error>),
     /// The file could not be read again right before it was replaced.
     #[error(transparent)]
@@ -139,8 +139,82 @@ pub(super) fn temp_prefix(name: &OsStr) -> String {
     format!(".audsync-{}.", name.to_string_lossy())
 }
 
+/// How long, after the rename, audsync waits for the writers of the file it replaced to close
+/// it (each `open` seen since the watch was set, not yet closed) before it checks that file a
+/// last time. An editor appending (`open`, `write`, `close`) takes microseconds; a reader that
+/// keeps it open costs this wait once per write, no more.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Who opens and closes one inode: an inotify watch on it (through a descriptor on it, so it is
+/// the inode read, never what the name holds now). Set on the file read right after the read,
+/// and on the atomic writer's new file before the rename (nobody can have opened it by name
+/// before). After the rename, [`Watch::settle`] waits (at most [`SETTLE`]) until every open of
+/// the replaced file seen since is closed again, so an editor that opened it before the rename
+/// and writes after it has written before the last check. An open made before the watch was
+/// set is not seen: its write, if it comes after the last check, is the loss that remains.
+/// Without inotify (or `/proc`), there is no watch and the check is made at once, as before.
+pub(super) struct Watch {
+    fd: rustix::fd::OwnedFd,
+    /// Opens minus closes seen since the watch was set.
+    open: i64,
+}
+
+impl Watch {
+    pub(super) fn on(f: &fs::File) -> Option<Watch> {
+        use rustix::fs::inotify::{CreateFlags, WatchFlags, add_watch, init};
+        use std::os::fd::AsRawFd;
+        let fd = init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).ok()?;
+        let flags = WatchFlags::OPEN | WatchFlags::CLOSE_WRITE | WatchFlags::CLOSE_NOWRITE;
+        add_watch(&fd, format!("/proc/self/fd/{}", f.as_raw_fd()), flags).ok()?;
+        Some(Watch { fd, open: 0 })
+    }
+
+    /// Count the events that came since the last look. The kernel merges an event into the
+    /// one before it when both are alike and that one was not read yet: two opens in a row
+    /// count once. So this is called before audsync opens the file itself (its own open would
+    /// merge into an editor's).
+    pub(super) fn drain(&mut self) {
+        use rustix::fs::inotify::{ReadFlags, Reader};
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+        let mut r = Reader::new(&self.fd, &mut buf);
+        while let Ok(e) = r.next() {
+            let ev = e.events();
+            if ev.contains(ReadFlags::OPEN) {
+                self.open += 1;
+            }
+            if ev.intersects(ReadFlags::CLOSE_WRITE | ReadFlags::CLOSE_NOWRITE) {
+                self.open -= 1;
+            }
+        }
+    }
+
+    /// Wait until every open seen since the watch was set is closed again, at most
+    /// [`SETTLE`]. Returns whether it waited in vain (someone still holds it open).
+    pub(super) fn settle(&mut self) -> bool {
+        #[cfg(test)]
+        let limit = SETTLE_FOR_TESTS.with(|c| c.get()).unwrap_or(SETTLE);
+        #[cfg(not(test))]
+        let limit = SETTLE;
+        let start = std::time::Instant::now();
+        loop {
+            self.drain();
+            if self.open <= 0 {
+                return false;
+            }
+            if start.elapsed() >= limit {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
 #[cfg(test)]
 thread_local! {
+    /// Tests only: a longer [`SETTLE`], so a test's editor is waited for however slow the
+    /// machine is.
+    pub(super) static SETTLE_FOR_TESTS: std::cell::Cell<Option<std::time::Duration>> =
+        const { std::cell::Cell::new(None) };
     /// Tests only: called right after the atomic writer's rename (an editor that opened the
     /// file before it writes now).
     pub(super) static AFTER_RENAME: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
@@ -149,14 +223,17 @@ thread_local! {
 
 /// Temp file beside the target (in the resolved directory), fsync, then — if the file is still
 /// what was read (`snap`: content, and the inode under the name) — rename over it (keeping
-/// mode and owner). A file that did not exist is created only if it still does not. Returns
-/// the new file, now under the name (the caller checks the replaced one afterwards).
+/// mode and owner). A file that did not exist is created only if it still does not. `old`:
+/// the watch on the file read; after the rename, its writers are waited for
+/// ([`Watch::settle`]). Returns the new file, now under the name, and a watch on it set before
+/// the rename (the caller checks the replaced one afterwards, and the new one on a redo).
 pub(super) fn write_atomic(
     place: &Place,
     bytes: &[u8],
     snap: &Snapshot,
+    old: Option<&mut Watch>,
     now: impl Fn(&Place) -> Result<Snapshot, super::Error>,
-) -> Result<fs::File, WriteError> {
+) -> Result<(fs::File, Option<Watch>), WriteError> {
     let meta = match place.stat_in(&place.name) {
         Ok(Some(st)) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
             return Err(Error::NotReplaceable {
@@ -188,8 +265,15 @@ pub(super) fn write_atomic(
         }
     }
     f.sync_all().map_err(Error::Fsync)?;
+    // Nobody can have opened the new file by name yet: every open of it from here is seen.
+    let watch = Watch::on(f);
     // Right before the rename: has anyone changed the file (or put another inode under the
-    // name) since it was read?
+    // name) since it was read? (The opens seen so far are counted first: the check's own open
+    // of the file must not merge into an editor's.)
+    let mut old = old;
+    if let Some(w) = old.as_mut() {
+        w.drain();
+    }
     match now(place) {
         Ok(n) if n == *snap => {}
         Ok(_) => return Err(WriteError::Changed),
@@ -215,7 +299,14 @@ pub(super) fn write_atomic(
         hook();
     }
     place.sync_dir();
-    Ok(ours)
+    // Whoever opened the replaced file before the rename writes into it now, or has: let them
+    // finish before the caller looks at it again.
+    if let Some(w) = old
+        && w.settle()
+    {
+        tracing::debug!(file = %place.path.display(), "the file replaced is still held open by someone");
+    }
+    Ok((ours, watch))
 }
 
 /// A plain atomic write (the safety copy `name` beside the file): temp file, fsync, rename,
@@ -255,7 +346,8 @@ fn current_owner(f: &fs::File) -> (u32, u32) {
 
 /// Rewrite the same inode. Not atomic by nature, so it is journalled: a copy of the
 /// current content is first written (atomically) beside the file and the write recorded in
-/// the state file `journal`; the next run finishes or undoes a write that was cut short
+/// `journal`, the record beside the `.env`'s lock; the next run that takes that lock (any
+/// configuration's) finishes or undoes a write that was cut short
 /// ([`journal::recover_in_place`]). After a failed write the content is put back at once; the
 /// copy is removed after a good write. `now` reads the file again right before it is touched.
 pub(super) fn write_in_place(
@@ -269,7 +361,7 @@ pub(super) fn write_in_place(
 ) -> Result<(), WriteError> {
     let backup = journal::backup_name(&place.name);
     write_atomic_plain(place, &backup, old.as_bytes())?;
-    let entry = crate::state::InPlaceWrite {
+    let entry = crate::lock::InPlaceWrite {
         target: place.path.clone(),
         backup: place.sibling_path(&backup),
         new_len: new.len() as u64,
