@@ -60,11 +60,15 @@ docker run -d --name "$NAME" \
   -e CLOUDFLARE_API_URL=http://127.0.0.1:9 \
   "$TAG" watch --env-file /.env --domain api.example.com --restart none \
   --interval 1s --listen 127.0.0.1:9464 --timeout 1s >/dev/null
-sleep 2
+# Wait for the first failed pass (not a fixed time: a loaded machine starts it late), then stop.
+for _ in $(seq 120); do
+  docker logs "$NAME" 2>&1 | grep -q 'pass failed' && break
+  sleep 0.25
+done
 [ "$(docker inspect -f '{{.State.Running}}' "$NAME")" = true ] || fail "watch died: $(docker logs "$NAME" 2>&1 | tail -5)"
 docker stop -t 20 "$NAME" >/dev/null
 code=$(docker inspect -f '{{.State.ExitCode}}' "$NAME")
 [ "$code" -eq 0 ] || fail "watch exited $code on docker stop: $(docker logs "$NAME" 2>&1 | tail -5)"
-docker logs "$NAME" 2>&1 | grep -q 'pass failed' || fail "no failed pass was logged"
+docker logs "$NAME" 2>&1 | grep -q 'pass failed' || fail "no failed pass was logged: $(docker logs "$NAME" 2>&1 | tail -5)"
 if docker logs "$NAME" 2>&1 | grep -q 'ci-not-a-token'; then fail "the token was logged"; fi
 echo "ci-image: OK (FROM scratch image runs --version, rejects bad config with 2, stops cleanly on SIGTERM)"

@@ -567,13 +567,9 @@ fn hold() {
     let _ = std::fs::read(&fifo);
 }
 
-/// Release builds have no hook.
+/// Release builds have no hook (`test_hold_at` is called only from debug-only code).
 #[cfg(not(debug_assertions))]
 pub(crate) fn test_hold_apply() {}
-
-/// Release builds have no hook.
-#[cfg(not(debug_assertions))]
-pub(crate) fn test_hold_at(_: &str) {}
 
 #[cfg(test)]
 mod tests {
