@@ -28,7 +28,9 @@ fi
 
 start_service() {
   mkdir -p "$(dirname "$SOCKET")"
-  nohup podman system service --time=0 "unix://$SOCKET" >>"$LOG" 2>&1 &
+  # From /: the service (and every conmon it starts) keeps its working directory, which must
+  # outlive this checkout.
+  (cd / && exec nohup podman system service --time=0 "unix://$SOCKET") >>"$LOG" 2>&1 &
   SERVICE_PID=$!
   for _ in $(seq 50); do podman_api && return 0; sleep 0.2; done
   die "podman system service did not answer on $SOCKET (log: $LOG)"
@@ -124,6 +126,10 @@ if ! podman image exists "$IMAGE"; then
   DOCKER_HOST= docker save "$IMAGE" | podman load >/dev/null || die "cannot load $IMAGE into podman"
 fi
 podman run --rm "$IMAGE" true || die "podman cannot run a container (see $LOG)"
+# Through the socket too: a service that answers /_ping can still be unable to start anything
+# (e.g. one whose working directory was deleted: conmon "Failed to get working directory").
+docker run --rm "$IMAGE" true >/dev/null ||
+  die "Podman's service on $SOCKET answers but cannot run a container: stop it (it is restarted here) and see $LOG"
 
 # Podman asks systemd to run its healthchecks; without systemd nothing probes them.
 if [ ! -d /run/systemd/system ]; then
