@@ -17,6 +17,8 @@ SRC = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file_
 FORBIDDEN = {
     "cli": "*",
     "reconcile": "*",
+    "shown": "*",
+    "tag": "*",
     "config": {"sync", "watch", "setup", "verify", "notify"},
     "notify": {"sync", "watch", "setup", "verify", "cli"},
     "cloudflare": {"cli", "config", "sync", "watch", "setup", "verify", "notify"},

@@ -25,6 +25,7 @@ pub mod sink;
 pub(crate) mod source;
 pub(crate) mod state;
 pub(crate) mod sync;
+pub(crate) mod tag;
 pub(crate) mod verify;
 pub(crate) mod watch;
 

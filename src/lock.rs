@@ -177,13 +177,6 @@ pub(crate) enum Resource {
     SwarmService { engine: String, name: String },
 }
 
-/// FNV-1a, 64 bits: a stable short tag for a long key (not a security measure).
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// Letters, digits, `.`, `_` and `-` kept, anything else `_`, at most 64 characters.
 fn clean(s: &str) -> String {
     s.chars()
@@ -255,7 +248,7 @@ impl Resource {
                 format!("{engine}\n{name}").into_bytes(),
             ),
         };
-        format!("{kind}-{}-{:016x}", clean(&label), fnv(&key))
+        format!("{kind}-{}-{:016x}", clean(&label), crate::tag::fnv1a(&key))
     }
 }
 

@@ -32,18 +32,18 @@ fn sync(sb: &Sandbox, args: &[&str]) -> Run {
     run(&mut c)
 }
 
-/// A client on `net` asking `http://<alias>:8080/` every 20 ms; logs `ok` or `FAIL ...` per
-/// request. It does what the dialers of real proxies do (Go's `net.Dialer` in Caddy, Traefik and
-/// cloudflared; curl; Python's `create_connection`): resolve the name, try its addresses in
-/// order, and move to the next one only while no connection could be made (refused, or no
-/// answer to the connect within 1 s). A request that was connected and got no answer fails:
-/// it is never sent twice, and the name is resolved once per request.
-fn client(d: &Docker, net: &str, alias: &str) -> String {
+/// A client on `net` with four loops, each asking `http://<alias>:8080/<path>` every 20 ms; logs
+/// `ok` or `FAIL ...` per request. It does what the dialers of real proxies do (Go's
+/// `net.Dialer` in Caddy, Traefik and cloudflared; curl; Python's `create_connection`): resolve
+/// the name, try its addresses in order, and move to the next one only while no connection could
+/// be made (refused, or no answer to the connect within 1 s). A request that was connected and
+/// got no answer fails: it is never sent twice, and the name is resolved once per request.
+fn client(d: &Docker, net: &str, alias: &str, path: &str) -> String {
     let script = format!(
-        r#"while true; do
+        r#"ask() {{ while true; do
   r="FAIL no address"
   for ip in $(timeout 1 nslookup {alias} 2>/dev/null | sed -n 's/^Address: *\([0-9.]*\)$/\1/p'); do
-    out=$(printf 'GET / HTTP/1.0\r\n\r\n' | timeout 3 nc -w 1 $ip 8080 2>&1)
+    out=$(printf 'GET /{path} HTTP/1.0\r\n\r\n' | timeout 3 nc -w 1 $ip 8080 2>&1)
     case "$out" in
       *" 200 OK"*) r=ok; break;;
       *"can't connect"*|*"timed out"*) r="FAIL $ip: $out";;
@@ -52,7 +52,8 @@ fn client(d: &Docker, net: &str, alias: &str) -> String {
   done
   echo "$r"
   usleep 20000
-done"#
+done; }}
+ask & ask & ask & ask & wait"#
     );
     d.run("client", &["--network", net, &image(), "sh", "-c", &script])
 }
@@ -77,11 +78,24 @@ fn wait_requests(client: &str, n: usize) {
     }
 }
 
+/// What a well-behaved server does on SIGTERM: stop listening, answer the requests in flight
+/// (up to 2 s), leave. `/cgi-bin/slow` answers after 300 ms, so a request is nearly always in
+/// flight.
+const GRACEFUL: &str = "mkdir -p /www/cgi-bin; \
+    printf '#!/bin/sh\\nsleep 0.3\\necho Content-Type: text/plain\\necho\\necho ok\\n' >/www/cgi-bin/slow; \
+    chmod +x /www/cgi-bin/slow; \
+    trap 'kill $p; sleep 2; exit 0' TERM; httpd -f -p 8080 -h /www & p=$!; wait";
+
 /// A server on `net` under the alias `api-alias` that listens only `boot` seconds after it
 /// starts (an API that loads before it binds), healthy once it answers.
 fn server(d: &Docker, net: &str, boot: u32, extra: &[&str]) -> String {
+    serving(d, net, boot, SERVER, extra)
+}
+
+/// [`server`] running `serve` (a shell command line) once it has booted.
+fn serving(d: &Docker, net: &str, boot: u32, serve: &str, extra: &[&str]) -> String {
     let env = format!("{KEY}=old");
-    let cmd = format!("sleep {boot}; {SERVER}");
+    let cmd = format!("sleep {boot}; {serve}");
     let mut args = vec![
         "--network",
         net,
@@ -106,19 +120,21 @@ fn server(d: &Docker, net: &str, boot: u32, extra: &[&str]) -> String {
     c
 }
 
-/// Three rotations of a server that takes a second to listen: Docker's DNS answers with the
-/// new container from the moment it joins the network, and with the old one until a moment
-/// after it left; the client moves past an address that takes no connection, as proxies do, and
-/// never gets a failed request (`recreate` fails it for the second in which nothing serves:
-/// BENCHMARKS.md has both, with a client that tries one address only).
+/// Three rotations of a server that takes a second to listen and 300 ms to answer: Docker's DNS
+/// answers with the new container from the moment it joins the network, and with the old one
+/// until a moment after it stopped; the client moves past an address that takes no connection,
+/// as proxies do, and the requests in flight on the old container when it is retired are
+/// answered (it is stopped on its networks, so it drains them), so no request fails (`recreate`
+/// fails them for the second in which nothing serves: BENCHMARKS.md has both, with a client that
+/// tries one address only).
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn rollout_drops_no_request_of_a_client_that_uses_the_network_alias() {
     require_docker!();
     let (cf, sb, d) = setup();
     let net = d.network("net");
-    let c = server(&d, &net, 1, &[]);
-    let cl = client(&d, &net, "api-alias");
+    let c = serving(&d, &net, 1, GRACEFUL, &[]);
+    let cl = client(&d, &net, "api-alias", "cgi-bin/slow");
     wait_requests(&cl, 10);
     let at_start = tally(&cl).0;
 

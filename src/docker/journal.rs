@@ -184,10 +184,7 @@ pub(super) fn value_hash(value: &str) -> String {
 }
 
 fn fnv(bytes: &[u8]) -> String {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{h:016x}")
+    format!("{:016x}", crate::tag::fnv1a(bytes))
 }
 
 /// Test hooks, compiled into debug builds only, right after the journal recorded `step` (its

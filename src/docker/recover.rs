@@ -364,10 +364,8 @@ async fn run(
             let info = super::inspect::container(docker, &j.old_id)
                 .await
                 .map_err(|e| Error::engine("cannot inspect the old container", e))?;
-            let nets = super::rollout::networks(&info);
             let _ =
-                super::rollout::retire(docker, name, &j.old_id, &nets, super::stop_timeout(&info))
-                    .await;
+                super::rollout::retire(docker, name, &j.old_id, super::stop_timeout(&info)).await;
             o.old = look(docker, &j.old_id).await?;
             match &o.old {
                 None => Ok(()),

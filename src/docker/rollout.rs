@@ -22,7 +22,7 @@
 //! imports [`super::recover`].
 
 use bollard::Docker;
-use bollard::models::{ContainerInspectResponse, NetworkConnectRequest, NetworkDisconnectRequest};
+use bollard::models::{ContainerInspectResponse, NetworkConnectRequest};
 use bollard::query_parameters::{CreateContainerOptions, StopContainerOptions};
 
 use super::journal::{ApplyKind, ApplyStep, Applying, Journal};
@@ -89,9 +89,7 @@ pub(crate) fn aliased(info: &ContainerInspectResponse) -> bool {
     })
 }
 
-pub(super) fn networks(
-    info: &ContainerInspectResponse,
-) -> Vec<(String, bollard::models::EndpointSettings)> {
+fn networks(info: &ContainerInspectResponse) -> Vec<(String, bollard::models::EndpointSettings)> {
     info.network_settings
         .as_ref()
         .and_then(|n| n.networks.clone())
@@ -312,35 +310,23 @@ pub(super) async fn rollout(
     }
     journal.note(ApplyStep::Swapped, None);
     // An old container that could not be removed keeps the journal: the next run retires it.
-    if retire(docker, &name, &old_id, &networks(&info), stop_t).await {
+    if retire(docker, &name, &old_id, stop_t).await {
         journal.clear(&old_id);
     }
     Ok(())
 }
 
-/// Take the old container of a rollout off its networks, stop it and remove it (volumes
+/// Stop the old container of a rollout (its own stop signal and timeout) and remove it (volumes
 /// kept); best effort, each failure logged. Returns whether it is gone.
-pub(super) async fn retire(
-    docker: &Docker,
-    name: &str,
-    old_id: &str,
-    nets: &[(String, bollard::models::EndpointSettings)],
-    stop_t: Option<i32>,
-) -> bool {
-    // Off the networks first, while it still runs: the network's DNS stops answering with the
-    // old address (Docker 20.10: a few ms after its interface went, when the endpoint is
-    // deleted), and a client that resolved it just before moves on to the new address. Stopping
-    // it on the network instead would refuse connections for the whole stop and teardown
-    // (measured: 44 vs 8 failed requests of a one-address client over 12 rollouts).
-    for (net, _) in nets {
-        let req = NetworkDisconnectRequest {
-            container: old_id.to_string(),
-            force: Some(false),
-        };
-        if let Err(e) = docker.disconnect_network(net, req).await {
-            tracing::debug!(container = %name, network = %net, error = %e, "could not take the old container off the network");
-        }
-    }
+///
+/// It is stopped while still on its networks: a server that shuts down gracefully closes its
+/// listener (a client that resolved its address is refused and moves on to the new one), answers
+/// the requests it has in flight and closes its idle keep-alive connections, so a client's pool
+/// redials. Taking it off the networks first would cut those requests and leave pooled
+/// connections hanging on an address that no longer answers (a request in flight was lost in 1 of
+/// 145 with 20 ms requests, nearly every one with 300 ms requests); the price is a little more
+/// failure for clients that try only the first resolved address (BENCHMARKS.md, section 8).
+pub(super) async fn retire(docker: &Docker, name: &str, old_id: &str, stop_t: Option<i32>) -> bool {
     tracing::info!(container = %name, "stopping the old container");
     if let Err(e) = ops::for_stop(docker, stop_t)
         .stop_container(

@@ -109,10 +109,8 @@ pub(crate) fn public_target(name: &str) -> String {
         .rsplit('/')
         .next()
         .unwrap_or_default();
-    // FNV-1a: stable across runs and versions, so a series keeps its name.
-    let hash = argv.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    // Stable across runs and versions, so a series keeps its name.
+    let hash = crate::tag::fnv1a(argv.as_bytes());
     format!("command {program} #{:08x}", hash >> 32)
 }
 
