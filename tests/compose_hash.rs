@@ -224,3 +224,74 @@ fn a_missing_container_fails_before_the_env_is_written() {
     assert_eq!(sb.read_env(), format!("{KEY}=old\n"), "{r:?}");
     assert!(r.stdout.contains("does not exist"), "{r:?}");
 }
+
+/// A recreate asks compose twice (before the `.env` write and after): the CLI is found once
+/// (one `version`), and each time its two questions (`config --hash`, `config`) run at once,
+/// not one after the other: a docker-compose v1 start costs a second on a loaded machine.
+/// A wrapper on PATH logs every start and end and holds `config` calls for a second.
+#[test]
+#[ignore = "needs the Docker engine: run scripts/test.sh"]
+fn compose_is_found_once_per_pass_and_asked_both_questions_at_once() {
+    require_docker!(not_podman: "docker-compose v1's CLI; podman-compose's own hash is not stamped");
+    let (_cf, mut sb, _d, project) = setup(&format!("{KEY}=old\n"));
+    compose(&sb, &project, &["up", "-d"]);
+    let n = container_of(&project);
+    wait_healthy(&n, Duration::from_secs(30));
+
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v docker-compose"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    let bin = sb.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = sb.path("calls.log");
+    let wrapper = bin.join("docker-compose");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"start $*\" >> {log}\ncase \"$*\" in *config*) sleep 1;; esac\n{real} \"$@\"\nrc=$?\necho \"end $*\" >> {log}\nexit $rc\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    sb.var("PATH", &path);
+
+    let r = sync(
+        &sb,
+        &[
+            "--compose-service",
+            &format!("{project}/api"),
+            "--restart",
+            "recreate",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(env_of(&n, KEY), Some(aud(2)));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    let starts = |what: &str| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("start") && l.ends_with(what))
+            .count()
+    };
+    assert_eq!(starts(" version"), 1, "the CLI is found once:\n{calls}");
+    assert_eq!(starts(" config"), 2, "asked before and after:\n{calls}");
+    assert_eq!(starts(" config --hash=api"), 2, "{calls}");
+    // Each ask: both questions start before either ends.
+    let questions: Vec<&&str> = lines.iter().filter(|l| l.contains(" config")).collect();
+    assert_eq!(questions.len(), 8, "{calls}");
+    for ask in questions.chunks(4) {
+        assert!(
+            ask[0].starts_with("start") && ask[1].starts_with("start"),
+            "the two questions of one ask run at once:\n{calls}"
+        );
+    }
+}

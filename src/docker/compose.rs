@@ -310,10 +310,13 @@ impl Snapshot {
 }
 
 /// Ask compose about the service of compose container `info`: its hash and configuration
-/// now. The CLI is looked for on `env`'s `PATH` and run with `env`'s variables only.
+/// now. The CLI is `known` (found by an earlier ask of the same probe), else looked for on
+/// `env`'s `PATH` (and remembered in `known`); it runs with `env`'s variables only. The two
+/// questions are asked at once: each docker-compose v1 start costs about a second.
 pub(crate) async fn ask(
     info: &ContainerInspectResponse,
     env: &ComposeEnv,
+    known: &mut Option<Cli>,
 ) -> Result<Snapshot, Error> {
     let labels = info
         .config
@@ -325,8 +328,12 @@ pub(crate) async fn ask(
     let dir = labels.get(WORKING_DIR).cloned().unwrap_or_default();
     let want = labels.get(VERSION).and_then(|v| parse_version(v));
     let env = env.clone();
-    let run = tokio::task::spawn_blocking(move || -> Result<Snapshot, Error> {
-        let cli = find(&env, want).ok_or(Error::ComposeMissing)?;
+    let cli = known.clone();
+    let run = tokio::task::spawn_blocking(move || -> Result<(Cli, Snapshot), Error> {
+        let cli = match cli {
+            Some(c) => c,
+            None => find(&env, want).ok_or(Error::ComposeMissing)?,
+        };
         let shown = cli.shown();
         let run = |what: &'static str, extra: &[String]| -> Result<String, Error> {
             let out = cli
@@ -350,15 +357,31 @@ pub(crate) async fn ask(
             }
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
-        let hash = run(
-            "config --hash",
-            &["config".into(), format!("--hash={service}")],
-        )?;
-        let config = run("config", &["config".into()])?;
-        Snapshot::parse(shown, &service, &hash, &config)
+        let (hash, config) = std::thread::scope(|s| {
+            let hash = s.spawn(|| {
+                run(
+                    "config --hash",
+                    &["config".into(), format!("--hash={service}")],
+                )
+            });
+            let config = run("config", &["config".into()]);
+            let hash = hash.join().unwrap_or_else(|_| {
+                Err(Error::ComposeRun {
+                    cli: shown.to_string(),
+                    source: std::io::Error::other("the thread asking for the hash panicked"),
+                })
+            });
+            (hash, config)
+        });
+        let snapshot = Snapshot::parse(shown, &service, &hash?, &config?)?;
+        Ok((cli, snapshot))
     });
     match tokio::time::timeout(CLI_TIMEOUT, run).await {
-        Ok(Ok(r)) => r,
+        Ok(Ok(Ok((cli, snapshot)))) => {
+            *known = Some(cli);
+            Ok(snapshot)
+        }
+        Ok(Ok(Err(e))) => Err(e),
         Ok(Err(e)) => Err(Error::ComposeRun {
             cli: "compose".into(),
             source: std::io::Error::other(e.to_string()),
@@ -417,6 +440,7 @@ pub(crate) async fn settle(
     changes: &[(String, String)],
     before: Option<&Result<Snapshot, Error>>,
     env: &ComposeEnv,
+    known: &mut Option<Cli>,
 ) -> Result<Option<Vec<String>>, Error> {
     if !is_compose(info) {
         return Ok(None);
@@ -433,7 +457,7 @@ pub(crate) async fn settle(
         Some(Ok(b)) => Some(b),
         None => None,
     };
-    let after = ask(info, env).await?;
+    let after = ask(info, env, known).await?;
     let before = before.unwrap_or(&after);
     let label = info
         .config
@@ -481,6 +505,8 @@ pub(crate) struct Probe {
     pub(crate) ask_before: bool,
     pub(crate) before: Option<Result<Snapshot, Error>>,
     pub(crate) outcome: HashOutcome,
+    /// The CLI the first ask found: the second ask of the pass skips the `version` probes.
+    pub(crate) cli: Option<Cli>,
 }
 
 impl Probe {
@@ -494,7 +520,8 @@ impl Probe {
         if !is_compose(info) {
             return;
         }
-        self.outcome = match settle(info, body, changes, self.before.as_ref(), &self.env).await {
+        let before = self.before.as_ref();
+        self.outcome = match settle(info, body, changes, before, &self.env, &mut self.cli).await {
             Ok(None) => HashOutcome::Stamped,
             Ok(Some(p)) => HashOutcome::Pending(p),
             Err(e) => {

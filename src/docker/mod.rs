@@ -526,7 +526,8 @@ impl Target for Container {
             });
         }
         if compose::is_compose(&info) && self.compose_probe.ask_before {
-            self.compose_probe.before = Some(compose::ask(&info, &self.compose_probe.env).await);
+            let probe = &mut self.compose_probe;
+            probe.before = Some(compose::ask(&info, &probe.env, &mut probe.cli).await);
         }
         self.observed = info
             .id

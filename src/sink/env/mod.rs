@@ -604,6 +604,16 @@ mod tests {
     const K: &str = "CLOUDFLARE_AUD_TAG";
     const V: &str = "newvalue";
 
+    /// No temporary file of a write is left in `dir`.
+    fn assert_no_temp_files(dir: &Path) {
+        let left: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     fn sink_in(dir: &Path, mode: WriteMode) -> EnvFileSink {
         EnvFileSink {
             journal: Some(dir.join("env-record.json")),
@@ -674,12 +684,7 @@ mod tests {
             "A=1\nCLOUDFLARE_AUD_TAG=newvalue\nTHEIRS=1\n",
             "their line kept, ours redone on it"
         );
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_no_temp_files(dir.path());
     }
 
     /// Issue 24 #4, the other side of the rename: an editor opened the file after audsync read
@@ -865,12 +870,7 @@ mod tests {
                 format!("CLOUDFLARE_AUD_TAG=old\nTHEIRS={n}\n"),
                 "{mode:?}: the last edit is kept, nothing of ours written"
             );
-            let leftovers: Vec<_> = fs::read_dir(dir.path())
-                .unwrap()
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-                .collect();
-            assert!(leftovers.is_empty(), "{leftovers:?}");
+            assert_no_temp_files(dir.path());
         }
     }
 
