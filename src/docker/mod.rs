@@ -562,7 +562,7 @@ impl Target for Container {
             return Err(recreate::paused(&self.name));
         }
         // Honour the container's own stop timeout; the engine uses its stop signal.
-        let t = stop_timeout(&info);
+        let t = stop_grace(&self.engine.docker, &info).await;
         tracing::info!(container = %self.name, "restarting");
         let _progress = recover::stop_progress(&self.name, t);
         recover::for_stop(&self.engine.docker, t)
@@ -625,6 +625,36 @@ pub(crate) fn stop_timeout(info: &bollard::models::ContainerInspectResponse) -> 
     let t = info.config.as_ref()?.stop_timeout?;
     // The engine stores an int; out of range here means "wait as long as possible".
     Some(i32::try_from(t).unwrap_or(i32::MAX))
+}
+
+/// What Podman gives a container it creates itself without a stop timeout (`stop_timeout` of
+/// `containers.conf`), and Docker an unset one.
+const PODMAN_STOP_TIMEOUT: i32 = 10;
+
+/// The stop timeout to give container `info` of `docker`: its own ([`stop_timeout`]), except
+/// on Podman, whose Docker-compatible API reports (and obeys) 0 for a container created through
+/// it without one -- `docker run`, docker-compose -- where `podman run` would give 10 s: there
+/// a 0 becomes [`PODMAN_STOP_TIMEOUT`], so a server gets its grace to answer the requests it
+/// holds (a rollout's old container above all). On Podman an explicit 0 cannot be told from
+/// an unset one; the engine is asked only when the timeout is 0.
+pub(crate) async fn stop_grace(
+    docker: &Docker,
+    info: &bollard::models::ContainerInspectResponse,
+) -> Option<i32> {
+    match stop_timeout(info) {
+        Some(0) if is_podman(docker).await => Some(PODMAN_STOP_TIMEOUT),
+        t => t,
+    }
+}
+
+/// Whether the engine says it is Podman (its `/version` components).
+async fn is_podman(docker: &Docker) -> bool {
+    docker.version().await.is_ok_and(|v| {
+        v.components
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name.to_ascii_lowercase().starts_with("podman"))
+    })
 }
 
 /// The value of `key` in a `KEY=value` list, if present.

@@ -364,8 +364,8 @@ async fn run(
             let info = super::inspect::container(docker, &j.old_id)
                 .await
                 .map_err(|e| Error::engine("cannot inspect the old container", e))?;
-            let _ =
-                super::rollout::retire(docker, name, &j.old_id, super::stop_timeout(&info)).await;
+            let stop_t = super::stop_grace(docker, &info).await;
+            let _ = super::rollout::retire(docker, name, &j.old_id, stop_t).await;
             o.old = look(docker, &j.old_id).await?;
             match &o.old {
                 None => Ok(()),

@@ -64,7 +64,7 @@ pub(super) async fn recreate(
         hc.network_mode = Some(format!("container:{base}"));
     }
     let was_running = info.state.as_ref().and_then(|s| s.running) == Some(true);
-    let stop_t = super::stop_timeout(&info);
+    let stop_t = super::stop_grace(docker, &info).await;
 
     // The names record the recreate in progress, for a pass that finds it cut short.
     let (new_name, aside) = ops::temp_names(&name, was_running);

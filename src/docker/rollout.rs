@@ -137,7 +137,7 @@ pub(super) async fn rollout(
     let image = pinned(docker, &info, image).await;
     let mut spec = spec::build(&info, changes, &image);
     compose.settle(&info, &mut spec.body, changes).await;
-    let stop_t = super::stop_timeout(&info);
+    let stop_t = super::stop_grace(docker, &info).await;
     let (new_name, aside) = ops::temp_names(&name, true);
     let keys = changes
         .iter()
