@@ -322,10 +322,10 @@ pub(super) async fn rollout(
 /// It is stopped while still on its networks: a server that shuts down gracefully closes its
 /// listener (a client that resolved its address is refused and moves on to the new one), answers
 /// the requests it has in flight and closes its idle keep-alive connections, so a client's pool
-/// redials. Taking it off the networks first would cut those requests and leave pooled
-/// connections hanging on an address that no longer answers (a request in flight was lost in 1 of
-/// 145 with 20 ms requests, nearly every one with 300 ms requests); the price is a little more
-/// failure for clients that try only the first resolved address (BENCHMARKS.md, section 8).
+/// redials. Taking it off the networks first cut those requests and left pooled connections
+/// hanging on an address that no longer answers (1 of 145 requests lost with 20 ms answers, 6 of
+/// 115 with 300 ms ones); clients that try only the first resolved address fared no worse for
+/// the change (BENCHMARKS.md, section 8).
 pub(super) async fn retire(docker: &Docker, name: &str, old_id: &str, stop_t: Option<i32>) -> bool {
     tracing::info!(container = %name, "stopping the old container");
     if let Err(e) = ops::for_stop(docker, stop_t)
