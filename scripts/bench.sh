@@ -265,7 +265,8 @@ before 2026-12-06) cut them: \`docker_rollout::rollout_drops_no_request_of_a_cli
 (four dialer loops, 300 ms answers, three rollouts) failed 6 of 115 requests on the old order
 (\`connected, no answer\` from the old address) and 0 in 3 of 3 runs on the new one; with 20 ms
 answers the old order lost one in 145 in a CI run. The one-address client did not get worse
-(2026-12-06, this script: 38 failed over 5 rollouts on the old order, 35 on the new).
+(this script: 38 failed over 5 rollouts on the old order on 2026-12-02, 35 on the new on
+2026-12-06).
 
 ## Targets (from the performance issue)
 
