@@ -271,10 +271,8 @@ fn kill_points(swarm: &mut Swarm, d: &Docker) {
     // 2. Killed once the update is sent, while Swarm rolls it out (3 s between the replicas):
     // the spec says the new value, the tasks do not yet; the next run waits for them.
     let (sb, name, _cf) = healthy("k2");
-    let child = spawn(&sb, &name, &[]);
-    kill_when(child, "during the rollout", || {
-        spec_env(&name).contains(&want)
-    });
+    killed_at(&sb, &name, "sent");
+    assert!(spec_env(&name).contains(&want), "the update was sent");
     let r = sync(&sb, &name);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
@@ -288,7 +286,7 @@ fn kill_points(swarm: &mut Swarm, d: &Docker) {
     assert_eq!(r.json()["containers"][0]["action"], "none", "{r:?}");
 
     // 3. The issue: a new task that fails its healthcheck (update policy: pause), audsync
-    // killed once Swarm paused. The next run does not say "in sync".
+    // killed during the update, Swarm paused. The next run does not say "in sync".
     let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
     let sb = Sandbox::with_cloudflare(&cf);
     sb.write_env(&format!("{KEY}=old\n"));
@@ -318,10 +316,18 @@ fn kill_points(swarm: &mut Swarm, d: &Docker) {
         ],
     );
     running_tasks(&name, 1, Duration::from_secs(60));
-    let child = spawn(&sb, &name, &[]);
-    kill_when(child, "once Swarm paused", || {
-        update_state(&name) == "paused"
-    });
+    // Killed right after the update was sent (a kill point, not a race with audsync's own
+    // wait, which sees the pause as soon as the test would); then Swarm pauses on its own.
+    killed_at(&sb, &name, "sent");
+    let start = Instant::now();
+    while update_state(&name) != "paused" {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "Swarm never paused: {}",
+            update_state(&name)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(spec_env(&name).contains(&want), "paused on the new spec");
     let r = sync(&sb, &name);
     assert_eq!(r.code, 1, "not in sync: {r:?}");
