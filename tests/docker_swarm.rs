@@ -656,6 +656,74 @@ fn dry_run_shows(sb: &Sandbox, service: &str, diff: &str, other: &str) {
     assert_eq!(sb.read_env(), env_file);
 }
 
+/// Issue 22: `watch --discover` follows a Swarm service labelled `audsync.domain` on the
+/// engine's events, although service events carry no labels: an update that puts a stale value
+/// in its spec is converged by a pass the events asked for (the interval is 1 h).
+fn watch_follows_labelled_services(swarm: &mut Swarm, d: &Docker) {
+    let cf = FakeCloudflare::start(vec![app(2, HOST, &aud(2))]);
+    let mut sb = Sandbox::with_cloudflare(&cf);
+    if let Ok(h) = std::env::var("DOCKER_HOST") {
+        sb.var("DOCKER_HOST", &h);
+    }
+    let name = d.name("labelled");
+    let label = format!("audsync.domain={HOST}");
+    let old = format!("{KEY}=old");
+    let want = format!("{KEY}={}", aud(2));
+    swarm.service(
+        &name,
+        &[
+            "--label",
+            &label,
+            "--env",
+            &old,
+            &image(),
+            "sh",
+            "-c",
+            SERVER,
+        ],
+    );
+    running_tasks(&name, 1, Duration::from_secs(60));
+    let limit = Duration::from_secs(120);
+    let (mut w, _addr) = crate::watch::start_listening(
+        &sb,
+        &[
+            "--discover",
+            "--discover-scope",
+            &d.prefix,
+            "--interval",
+            "1h",
+            "--jitter",
+            "0",
+        ],
+    );
+    w.expect("the first pass converges the service", limit, |_| {
+        spec_env(&name).contains(&want)
+    });
+    let events_pass = |w: &crate::watch::Watcher| {
+        w.json_logs().iter().any(|l| {
+            crate::watch::message(l) == "engine events: converging"
+                && l["fields"]["objects"]
+                    .as_str()
+                    .is_some_and(|o| o.split(", ").any(|n| n == name))
+        })
+    };
+    w.expect("the first pass ends", limit, |w| {
+        w.json_logs()
+            .iter()
+            .any(|l| crate::watch::message(l) == "pass done")
+    });
+    let stale = format!("{KEY}=stale");
+    docker(&["service", "update", "--detach", "--env-add", &stale, &name]);
+    w.expect(
+        "the stale update is converged from the events",
+        limit,
+        |w| events_pass(w) && spec_env(&name).contains(&want),
+    );
+    for env in running_tasks(&name, 1, Duration::from_secs(60)) {
+        assert!(env.contains(&want), "{env:?}");
+    }
+}
+
 #[test]
 #[ignore = "needs the Docker engine: run scripts/test.sh"]
 fn swarm_services_follow_the_aud_and_a_failing_update_is_rolled_back() {
@@ -764,6 +832,7 @@ fn swarm_services_follow_the_aud_and_a_failing_update_is_rolled_back() {
     kill_points(&mut swarm, &d);
     journal_kill_points(&mut swarm, &d);
     paused_stays_paused(&mut swarm, &d);
+    watch_follows_labelled_services(&mut swarm, &d);
     assert!(
         inspect_service(&bad)["Spec"]["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Retries"]
             == 2,

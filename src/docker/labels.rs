@@ -99,6 +99,13 @@ impl Engine {
         Ok(out)
     }
 
+    /// The labels of Swarm service `id` (service events carry none); `None` when it cannot be
+    /// inspected (removed meanwhile, not a manager).
+    pub(crate) async fn service_labels(&self, id: &str) -> Option<HashMap<String, String>> {
+        let s = self.docker.inspect_service(id, None).await.ok()?;
+        s.spec?.labels
+    }
+
     /// The engine's event stream from `since` (seconds since the epoch; `None`: from now):
     /// container create/start/rename/destroy and service updates. It ends when the engine
     /// goes away; an item is an error when the connection fails.

@@ -3,7 +3,8 @@
 //!
 //! One task holds the stream (container create/start/rename/destroy, service update); an event
 //! about something a binding targets (by container name, compose project/service or Swarm
-//! service) or a container labelled `audsync.domain` (with `--discover`) marks a pass due. A
+//! service) or a container or Swarm service labelled `audsync.domain` (with `--discover`; a
+//! service event carries no labels, so the service's are looked up) marks a pass due. A
 //! burst (a whole `up -d`) is folded into one pass after [`QUIET`] without events (at most
 //! [`MAX_FOLD`] after the first). Events about the containers a pass just made or replaced are
 //! audsync's own and are dropped ([`Follow::passed`]); they are known by id, not by name, so a
@@ -89,7 +90,14 @@ impl Interest {
     pub fn matches(&self, e: &Event) -> bool {
         let name = e.name.as_deref().map(base_name);
         match e.kind.as_str() {
-            "service" => name.is_some_and(|n| self.swarm.contains(&n)),
+            "service" => {
+                // Service events carry no labels: `follow` adds the service's own.
+                (self.labelled
+                    && e.attributes
+                        .contains_key(crate::config::discover::LABEL_DOMAIN)
+                    && self.in_scope(name.as_deref()))
+                    || name.is_some_and(|n| self.swarm.contains(&n))
+            }
             "container" => {
                 let a = &e.attributes;
                 (self.labelled
@@ -148,6 +156,12 @@ impl Follow {
 
     pub fn set_interest(&self, i: Interest) {
         self.lock().interest = i;
+    }
+
+    /// Whether labelled objects matter (`--discover`): a service event then needs the
+    /// service's labels, which it does not carry.
+    fn labelled(&self) -> bool {
+        self.lock().interest.labelled
     }
 
     /// `None`: not following; `Some(false)`: the stream is down (reopening).
@@ -280,9 +294,18 @@ pub async fn follow(host: String, f: std::sync::Arc<Follow>) {
         let opened = Instant::now();
         while let Some(item) = stream.next().await {
             match item {
-                Ok(e) => {
+                Ok(mut e) => {
                     if let Some(t) = e.time {
                         since = Some(t);
+                    }
+                    if e.kind == "service"
+                        && f.labelled()
+                        && let Some(id) = e.id.as_deref()
+                        && let Some(labels) = engine.service_labels(id).await
+                    {
+                        for (k, v) in labels {
+                            e.attributes.entry(k).or_insert(v);
+                        }
                     }
                     if f.note(&e, Instant::now()) {
                         tracing::debug!(kind = %e.kind, action = %e.action, name = e.name.as_deref().unwrap_or(""), "engine event: a pass is due");
@@ -360,6 +383,30 @@ mod tests {
         )));
         // A binding's own targets are followed whatever the scope.
         assert!(i.matches(&event("container", "web", &[])));
+    }
+
+    /// A labelled Swarm service (its labels added to the event by `follow`) asks for a pass
+    /// with `--discover`, within the scope; an unlabelled one, or any without `--discover`,
+    /// does not.
+    #[test]
+    fn labelled_swarm_services_ask_for_a_pass_within_the_scope() {
+        let domain = ("audsync.domain", "a.example.com");
+        let i = Interest {
+            scope: Some("shop".into()),
+            ..interest()
+        };
+        assert!(i.matches(&event("service", "shop-api", &[domain])));
+        assert!(!i.matches(&event("service", "blog-api", &[domain])));
+        assert!(!i.matches(&event("service", "shop-db", &[])));
+        let off = Interest {
+            labelled: false,
+            ..interest()
+        };
+        assert!(!off.matches(&event("service", "shop-api", &[domain])));
+        assert!(
+            off.matches(&event("service", "svc", &[])),
+            "a target still is"
+        );
     }
 
     #[test]
