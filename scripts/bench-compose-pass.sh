@@ -23,12 +23,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-sed -n '/^cat >"\$work\/fake.py"/,/^PY$/p' scripts/bench-recreate.sh | sed '1d;$d' >"$work/fake.py"
-aud() { printf '%02x' "$1" | awk '{ s = ""; for (i = 0; i < 32; i++) s = s $0; print s }'; }
-aud 1 >"$work/aud"
-coproc FAKE { exec python3 "$work/fake.py" "$work/aud"; }
-fake_pid=$FAKE_PID
-read -r port <&"${FAKE[0]}"
+source scripts/bench/engine.sh
+start_fake
 
 cat >"$work/docker-compose.yml" <<EOF
 version: "2.4"
@@ -43,7 +39,6 @@ echo "CLOUDFLARE_AUD_TAG=$(aud 1)" >"$work/.env"
 cd "$work"
 env -u CLOUDFLARE_AUD_TAG docker-compose -p "$project" up -d >/dev/null 2>&1
 
-median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 : >"$work/a.txt"
 : >"$work/b.txt"
 n=1

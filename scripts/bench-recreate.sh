@@ -29,33 +29,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A minimal stand-in for GET /accounts/{id}/access/apps/{app}: answers with the AUD in $work/aud.
-cat >"$work/fake.py" <<'PY'
-import http.server, json, sys, pathlib
-aud_file = pathlib.Path(sys.argv[1])
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        app = {"id": "00000001-0000-4000-8000-000000000000", "name": "bench", "type": "self_hosted",
-               "domain": "api.example.com", "aud": aud_file.read_text().strip(),
-               "destinations": [{"type": "public", "uri": "api.example.com"}]}
-        body = json.dumps({"success": True, "errors": [], "messages": [], "result": app}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-srv = http.server.HTTPServer(("127.0.0.1", 0), H)
-print(srv.server_port, flush=True)
-srv.serve_forever()
-PY
-aud() { printf '%02x' "$1" | awk '{ s = ""; for (i = 0; i < 32; i++) s = s $0; print s }'; }
-aud 1 >"$work/aud"
-# exec: the coprocess IS python, so killing $FAKE_PID stops the server (and frees our stdout).
-coproc FAKE { exec python3 "$work/fake.py" "$work/aud"; }
-fake_pid=$FAKE_PID
-read -r port <&"${FAKE[0]}"
+# A stand-in for the Cloudflare application (scripts/bench/fake_app.py).
+source scripts/bench/engine.sh
+start_fake
 
 cat >"$work/docker-compose.yml" <<EOF
 version: "2.4"
@@ -98,7 +74,6 @@ measure() {
       END { printf "%d %d\n", (start - die) / 1e6, (healthy - die) / 1e6 }'
 }
 
-median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 
 wait_healthy
 : >"$work/audsync.txt"
