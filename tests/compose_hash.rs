@@ -62,6 +62,19 @@ fn sync(sb: &Sandbox, args: &[&str]) -> Run {
     run(&mut c)
 }
 
+/// `sync` that recreates the project's service `api`.
+fn recreate(sb: &Sandbox, project: &str) -> Run {
+    sync(
+        sb,
+        &[
+            "--compose-service",
+            &format!("{project}/api"),
+            "--restart",
+            "recreate",
+        ],
+    )
+}
+
 fn container_of(project: &str) -> String {
     let out = docker(&[
         "ps",
@@ -88,15 +101,7 @@ fn compose_hash_is_kept_while_other_changes_are_pending() {
     wait_healthy(&n, Duration::from_secs(30));
     sb.write_env(&format!("{KEY}=old\nLOG_LEVEL=debug-verbose-level\n"));
 
-    let r = sync(
-        &sb,
-        &[
-            "--compose-service",
-            &format!("{project}/api"),
-            "--restart",
-            "recreate",
-        ],
-    );
+    let r = recreate(&sb, &project);
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
     assert_eq!(j["containers"][0]["action"], "recreate", "{r:?}");
@@ -192,15 +197,7 @@ fn compose_hash_is_stamped_when_only_the_aud_changed() {
     let n = container_of(&project);
     wait_healthy(&n, Duration::from_secs(30));
 
-    let r = sync(
-        &sb,
-        &[
-            "--compose-service",
-            &format!("{project}/api"),
-            "--restart",
-            "recreate",
-        ],
-    );
+    let r = recreate(&sb, &project);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.json()["containers"][0].get("pending").is_none(), "{r:?}");
     let after = id_of(&n);
@@ -263,15 +260,7 @@ fn compose_is_found_once_per_pass_and_asked_both_questions_at_once() {
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     sb.var("PATH", &path);
 
-    let r = sync(
-        &sb,
-        &[
-            "--compose-service",
-            &format!("{project}/api"),
-            "--restart",
-            "recreate",
-        ],
-    );
+    let r = recreate(&sb, &project);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(env_of(&n, KEY), Some(aud(2)));
     let calls = std::fs::read_to_string(&log).unwrap();
